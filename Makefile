@@ -1,0 +1,86 @@
+# muxd — build, run and test. `make run` and `make check` install missing
+# Debian packages first (scripts/install-deps).
+
+CC      ?= cc
+PKGS    := libevent libevent_extra gnutls libnghttp2 libngtcp2 libngtcp2_crypto_gnutls libnghttp3 inih
+BUILD   ?= build
+OPT     ?= -O2
+
+ifeq ($(SANITIZE),1)
+BUILD   := build/sanitize
+OPT     := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g $(OPT) -Isrc \
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+SRCS      := $(wildcard src/*.c src/*/*.c)
+OBJS      := $(SRCS:%.c=$(BUILD)/%.o)
+LIB_OBJS  := $(filter-out $(BUILD)/src/main.o,$(OBJS))
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+
+.PHONY: all run check unit integration deps clean format bench fuzz
+
+all: $(BUILD)/muxd
+
+$(BUILD)/muxd: $(OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c $(wildcard src/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(shell pkg-config --cflags check) $(LDFLAGS) -o $@ $< $(LIB_OBJS) \
+	    $(LDLIBS) $(shell pkg-config --libs check)
+
+# Fuzz targets replayed over their seed corpus plus random inputs (a plain
+# driver; `make fuzz` runs them under libFuzzer with clang).
+$(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/driver.c $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< tests/fuzz/driver.c $(LIB_OBJS) $(LDLIBS)
+
+deps:
+	@scripts/install-deps
+
+run:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory all
+	$(BUILD)/muxd
+
+unit: $(UNIT_BINS) $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
+	@set -e; for f in $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%); do \
+	    echo "== $$f"; $$f 20000 tests/fuzz/corpus/$$(basename $$f | sed 's/^fuzz_//'); done
+
+integration: $(BUILD)/muxd
+	MUXD_BIN=$(abspath $(BUILD)/muxd) /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
+
+check:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory integration
+
+bench:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory all
+	bench/run
+
+fuzz:
+	@for f in $(FUZZ_SRCS); do \
+	    n=$$(basename $$f .c); mkdir -p build/libfuzzer; \
+	    clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc -fsanitize=fuzzer,address,undefined \
+	        -o build/libfuzzer/$$n $$f $(filter-out src/main.c,$(SRCS)) $(LDLIBS) || exit 1; \
+	    build/libfuzzer/$$n -max_total_time=60 tests/fuzz/corpus/$${n#fuzz_}; done
+
+format:
+	clang-format -i src/*.c src/*.h src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c
+
+clean:
+	rm -rf build

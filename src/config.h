@@ -1,0 +1,105 @@
+/*
+ * config — the daemon's configuration: built-in defaults, overlaid by an INI
+ * file (parsed with inih). A loaded config is immutable and refcounted: a
+ * reload builds a new one, and in-flight work keeps the one it started with.
+ * Owns: struct config and everything it points to.
+ */
+#ifndef MUXD_CONFIG_H
+#define MUXD_CONFIG_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define CONFIG_MAX_LISTEN 16
+#define CONFIG_MAX_ALLOW 64
+#define CONFIG_MAX_PORTS 64
+
+enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
+
+struct config_listen {
+	struct sockaddr_storage addr;
+	socklen_t addr_len;
+	char text[64]; /* as written, normalised: "127.0.0.1:3128", "[::1]:3128" */
+};
+
+struct config_cidr {
+	int family; /* AF_INET or AF_INET6 */
+	uint8_t addr[16];
+	int prefix; /* 0..32 or 0..128 */
+};
+
+struct config {
+	int refs;
+	char *file; /* the file it came from, or NULL for built-in defaults */
+
+	/* [muxd] */
+	struct config_listen listen[CONFIG_MAX_LISTEN];
+	size_t nlisten;
+	struct config_cidr allow[CONFIG_MAX_ALLOW];
+	size_t nallow;
+	char *state_dir; /* resolved: $STATE_DIRECTORY, /var/lib/muxd (root),
+	                    $XDG_STATE_HOME/muxd, ~/.local/state/muxd */
+	enum log_level log_level;
+	char *access_log; /* NULL = off, "stderr", or a path */
+	bool via;
+	unsigned max_clients;
+	uint64_t shutdown_timeout_ms;
+	uint16_t connect_ports[CONFIG_MAX_PORTS];
+	size_t nconnect_ports;
+	uint64_t tunnel_idle_timeout_ms;
+
+	/* [pool] */
+	uint64_t idle_timeout_ms;
+	unsigned max_idle_per_origin;
+	unsigned max_idle;
+	unsigned max_connections;
+	unsigned max_h1_per_origin;
+	unsigned max_h2_per_origin;
+	unsigned max_requests_per_connection; /* 0 = unlimited */
+	uint64_t max_connection_age_ms;       /* 0 = off */
+	uint64_t connect_timeout_ms;
+	bool h2;
+	bool h3;
+	uint64_t h3_timeout_ms;
+	char *altsvc_file; /* NULL = off; relative to state_dir unless absolute */
+};
+
+/*
+ * Errors collected while loading: every problem, each one line of the form
+ * "FILE:LINE: [section] key: what is wrong (expected FORM)".
+ */
+struct config_errors {
+	char **lines;
+	size_t n;
+};
+
+/* Built-in defaults (DESIGN.md). Never fails except on out-of-memory (NULL). */
+struct config *config_defaults(void);
+
+/*
+ * Load defaults overlaid by the INI file at path. On any error returns NULL
+ * and fills errs (caller frees with config_errors_free). A missing or
+ * unreadable file is an error naming the file.
+ */
+struct config *config_load(const char *path, struct config_errors *errs);
+
+/* Replace the listen list (the -l options); returns false on a bad address,
+ * with a message in err. */
+bool config_set_listen(struct config *cfg, const char *const *addrs, size_t n, char *err,
+                       size_t err_size);
+
+struct config *config_ref(struct config *cfg);
+void config_unref(struct config *cfg);
+void config_errors_free(struct config_errors *errs);
+
+/* Helpers also used elsewhere (and unit-tested). */
+bool config_parse_duration(const char *s, uint64_t *ms);     /* "90s", "300ms", "10m", "2h", "30" */
+bool config_parse_addr_port(const char *s, struct config_listen *out); /* "127.0.0.1:3128", "[::1]:3128" */
+bool config_parse_cidr(const char *s, struct config_cidr *out);        /* "127.0.0.0/8", "::1" */
+bool config_cidr_match(const struct config_cidr *c, const struct sockaddr *sa);
+bool config_port_allowed(const struct config *cfg, uint16_t port); /* connect_ports */
+
+#endif

@@ -1,0 +1,151 @@
+/*
+ * http1 — strict HTTP/1.1 message parsing and serialising (RFC 9110, 9112).
+ *
+ * Pure code: no I/O, no allocation except the copy of a message head that a
+ * parsed message owns. This is a security boundary: anything ambiguous is
+ * rejected (request smuggling vectors, obs-fold, bare CR, control bytes).
+ * Owns: struct http1_msg (a parsed head), struct http1_chunked (an incremental
+ * chunked-body decoder), URI/authority parsing helpers.
+ */
+#ifndef MUXD_HTTP1_H
+#define MUXD_HTTP1_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define HTTP1_MAX_HEAD (64 * 1024) /* larger heads get 431 */
+#define HTTP1_MAX_FIELDS 128       /* more fields: 431 */
+
+enum http1_result {
+	HTTP1_OK = 0,      /* a complete head was parsed */
+	HTTP1_INCOMPLETE,  /* need more bytes */
+	HTTP1_BAD,         /* malformed or ambiguous: 400 (or 502 for a response) */
+	HTTP1_TOO_LARGE,   /* head over HTTP1_MAX_HEAD or too many fields: 431 */
+};
+
+enum http1_body {
+	HTTP1_BODY_NONE,    /* no body (or Content-Length: 0) */
+	HTTP1_BODY_LENGTH,  /* exactly content_length bytes */
+	HTTP1_BODY_CHUNKED, /* final transfer coding is chunked */
+	HTTP1_BODY_CLOSE,   /* response only: body ends when the connection closes */
+};
+
+struct http1_field {
+	const char *name; /* NUL-terminated, points into msg->head */
+	size_t name_len;
+	const char *value; /* NUL-terminated, leading/trailing OWS stripped */
+	size_t value_len;
+};
+
+struct http1_msg {
+	char *head; /* owned copy of the head bytes (modified in place: NULs) */
+	size_t head_len;
+
+	/* request line */
+	const char *method; /* NUL-terminated */
+	const char *target; /* NUL-terminated request-target */
+	/* status line */
+	int status;
+	const char *reason; /* NUL-terminated, may be empty */
+
+	int version_minor; /* HTTP/1.<minor>: 0 or 1 */
+
+	struct http1_field fields[HTTP1_MAX_FIELDS];
+	size_t nfields;
+
+	/* derived framing */
+	enum http1_body body;
+	uint64_t content_length; /* valid when body == HTTP1_BODY_LENGTH */
+	bool keep_alive;         /* persistent after this message (version + Connection) */
+	bool expect_continue;    /* request: "Expect: 100-continue" */
+};
+
+/*
+ * Parse a request head from data[0..len). On HTTP1_OK, *consumed is the head
+ * length (including the final CRLF CRLF) and *msg is filled (free with
+ * http1_msg_free). Lines must end in CRLF. Rejected (HTTP1_BAD): both
+ * Content-Length and Transfer-Encoding; differing duplicate Content-Length;
+ * a transfer coding other than a single final "chunked"; Transfer-Encoding
+ * in HTTP/1.0; obs-fold; bare CR; NUL or other CTLs in fields; whitespace
+ * between field name and colon; invalid tokens; versions other than 1.0/1.1;
+ * HTTP/1.1 without Host. HTTP1_TOO_LARGE when no complete head fits in
+ * HTTP1_MAX_HEAD bytes or there are more than HTTP1_MAX_FIELDS fields.
+ */
+enum http1_result http1_parse_request(const char *data, size_t len, struct http1_msg *msg,
+                                      size_t *consumed);
+
+/*
+ * Parse a response head. request_method decides framing (HEAD, and 2xx to
+ * CONNECT, have no body); 1xx, 204 and 304 have no body. Without
+ * Content-Length or chunked, the body is HTTP1_BODY_CLOSE.
+ */
+enum http1_result http1_parse_response(const char *data, size_t len, const char *request_method,
+                                       struct http1_msg *msg, size_t *consumed);
+
+void http1_msg_free(struct http1_msg *msg);
+
+/* First field with this name (case-insensitive), or NULL. */
+const struct http1_field *http1_find(const struct http1_msg *msg, const char *name);
+
+/* Case-insensitive search for token in a comma-separated list value. */
+bool http1_list_has(const char *value, size_t value_len, const char *token);
+
+/*
+ * True when a field must not be forwarded by a proxy (RFC 9110 7.6.1):
+ * Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding, Upgrade,
+ * Proxy-Authorization, Proxy-Authenticate, Trailer is NOT hop-by-hop; and any
+ * field named in the message's Connection header(s).
+ * Content-Length is not hop-by-hop (the caller re-frames bodies itself).
+ */
+bool http1_is_hop_by_hop(const struct http1_msg *msg, const char *name);
+
+/* Incremental chunked-body decoder. Zero-initialise before first use. */
+struct http1_chunked {
+	int state;
+	uint64_t remaining; /* bytes left in the current chunk */
+	size_t line_len;    /* bytes of the current size/trailer line seen */
+	size_t trailer_len; /* bytes of trailer section seen so far */
+	char trailers[8192]; /* validated trailer fields, each "name: value\r\n" */
+};
+
+enum http1_chunk_event {
+	HTTP1_CHUNK_DATA,      /* *data/*data_len is body data inside the input */
+	HTTP1_CHUNK_NEED_MORE, /* all input consumed; call again with more */
+	HTTP1_CHUNK_DONE,      /* last chunk and trailers read; c->trailers holds them */
+	HTTP1_CHUNK_ERROR,     /* bad chunk size (non-hex, overflow), missing CRLF,
+	                          bad trailer field, trailers over sizeof(trailers) */
+};
+
+/*
+ * Feed in[0..len). *consumed tells how many input bytes were used; on DATA,
+ * the data span lies inside the consumed input. Chunk extensions are
+ * validated and dropped.
+ */
+enum http1_chunk_event http1_chunked_next(struct http1_chunked *c, const char *in, size_t len,
+                                          size_t *consumed, const char **data, size_t *data_len);
+
+/* A parsed http:// or https:// absolute URI (RFC 9112 3.2.2). */
+struct http1_uri {
+	char scheme[8];  /* "http" or "https", lower-cased */
+	char host[256];  /* lower-cased; IPv6 literal without brackets */
+	uint16_t port;   /* explicit or scheme default */
+	char path[8192]; /* path + query, "/" when empty; never the fragment */
+	bool ipv6;       /* host is an IPv6 literal */
+};
+
+/*
+ * Parse an absolute-form request target. Returns false on anything other
+ * than http/https, userinfo, empty host, bad port, bad characters, or a path
+ * longer than the buffer.
+ */
+bool http1_parse_absolute_uri(const char *target, struct http1_uri *uri);
+
+/* Parse CONNECT's authority-form "host:port" ("[v6]:port"); port required. */
+bool http1_parse_authority(const char *target, char *host, size_t host_size, uint16_t *port,
+                           bool *ipv6);
+
+/* Standard reason phrase for a status code ("Unknown" when none). */
+const char *http1_reason(int status);
+
+#endif
