@@ -61,6 +61,7 @@ struct config {
 	unsigned max_requests_per_connection; /* 0 = unlimited */
 	uint64_t max_connection_age_ms;       /* 0 = off */
 	uint64_t connect_timeout_ms;
+	uint64_t response_timeout_ms; /* longest wait for the next response byte */
 	bool h2;
 	bool h3;
 	uint64_t h3_timeout_ms;

@@ -71,6 +71,7 @@ struct http1_msg {
  * between field name and colon; invalid tokens; versions other than 1.0/1.1;
  * HTTP/1.1 without Host. HTTP1_TOO_LARGE when no complete head fits in
  * HTTP1_MAX_HEAD bytes or there are more than HTTP1_MAX_FIELDS fields.
+ * On any result but HTTP1_OK, *msg is zeroed and owns nothing.
  */
 enum http1_result http1_parse_request(const char *data, size_t len, struct http1_msg *msg,
                                       size_t *consumed);
@@ -94,7 +95,7 @@ bool http1_list_has(const char *value, size_t value_len, const char *token);
 /*
  * True when a field must not be forwarded by a proxy (RFC 9110 7.6.1):
  * Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding, Upgrade,
- * Proxy-Authorization, Proxy-Authenticate, Trailer is NOT hop-by-hop; and any
+ * Proxy-Authorization, Proxy-Authenticate (Trailer is NOT hop-by-hop), and any
  * field named in the message's Connection header(s).
  * Content-Length is not hop-by-hop (the caller re-frames bodies itself).
  */
@@ -105,12 +106,12 @@ struct http1_chunked {
 	int state;
 	uint64_t remaining; /* bytes left in the current chunk */
 	size_t line_len;    /* bytes of the current size/trailer line seen */
-	size_t trailer_len; /* bytes of trailer section seen so far */
+	size_t trailer_len; /* bytes stored in trailers so far */
 	char trailers[8192]; /* validated trailer fields, each "name: value\r\n" */
 };
 
 enum http1_chunk_event {
-	HTTP1_CHUNK_DATA,      /* *data/*data_len is body data inside the input */
+	HTTP1_CHUNK_DATA,      /* *data, *data_len: body data inside the input */
 	HTTP1_CHUNK_NEED_MORE, /* all input consumed; call again with more */
 	HTTP1_CHUNK_DONE,      /* last chunk and trailers read; c->trailers holds them */
 	HTTP1_CHUNK_ERROR,     /* bad chunk size (non-hex, overflow), missing CRLF,

@@ -1,0 +1,741 @@
+/*
+ * config — built-in defaults overlaid by an INI file. inih does the tokenising; a
+ * line-counting reader feeds it one physical line at a time, so every handler call
+ * and every syntax problem is known by its line. The reader also sees section
+ * headers (inih does not report them) to reject unknown sections, and notices lines
+ * inih silently dropped as syntax errors, so that every problem in the file is
+ * collected rather than only the first. Each key is described once in a table (its
+ * section, kind, field and range); values are parsed into a fresh copy of the
+ * defaults, which is thrown away if anything was wrong.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define DURATION_FORM "a number with ms, s, m or h"
+#define BOOL_FORM "on, off, yes, no, true, false, 1 or 0"
+#define LISTEN_FORM "ADDR:PORT with a numeric address, IPv6 in brackets"
+#define CIDR_FORM "an address or ADDR/PREFIX"
+
+enum kind {
+	K_LISTEN,
+	K_ALLOW,
+	K_PORTS,
+	K_STATE_DIR,
+	K_LOG_LEVEL,
+	K_OPT_PATH, /* off | PATH  (access_log also takes "stderr", which is a path here) */
+	K_BOOL,
+	K_UINT,
+	K_DURATION,     /* > 0 */
+	K_DURATION_ANY, /* >= 0 */
+	K_DURATION_OFF, /* off = 0 */
+};
+
+struct key {
+	const char *section;
+	const char *name;
+	enum kind kind;
+	size_t off;
+	unsigned min, max; /* K_UINT */
+};
+
+#define F(field) offsetof(struct config, field)
+static const struct key keys[] = {
+    {"muxd", "listen", K_LISTEN, 0, 0, 0},
+    {"muxd", "allow", K_ALLOW, 0, 0, 0},
+    {"muxd", "state_dir", K_STATE_DIR, F(state_dir), 0, 0},
+    {"muxd", "log_level", K_LOG_LEVEL, F(log_level), 0, 0},
+    {"muxd", "access_log", K_OPT_PATH, F(access_log), 0, 0},
+    {"muxd", "via", K_BOOL, F(via), 0, 0},
+    {"muxd", "max_clients", K_UINT, F(max_clients), 1, 1000000},
+    {"muxd", "shutdown_timeout", K_DURATION_ANY, F(shutdown_timeout_ms), 0, 0},
+    {"muxd", "connect_ports", K_PORTS, 0, 0, 0},
+    {"muxd", "tunnel_idle_timeout", K_DURATION, F(tunnel_idle_timeout_ms), 0, 0},
+    {"pool", "idle_timeout", K_DURATION, F(idle_timeout_ms), 0, 0},
+    {"pool", "max_idle_per_origin", K_UINT, F(max_idle_per_origin), 0, 100000},
+    {"pool", "max_idle", K_UINT, F(max_idle), 0, 1000000},
+    {"pool", "max_connections", K_UINT, F(max_connections), 1, 1000000},
+    {"pool", "max_h1_per_origin", K_UINT, F(max_h1_per_origin), 1, 100000},
+    {"pool", "max_h2_per_origin", K_UINT, F(max_h2_per_origin), 1, 10000},
+    {"pool", "max_requests_per_connection", K_UINT, F(max_requests_per_connection), 0, UINT_MAX},
+    {"pool", "max_connection_age", K_DURATION_OFF, F(max_connection_age_ms), 0, 0},
+    {"pool", "connect_timeout", K_DURATION, F(connect_timeout_ms), 0, 0},
+    {"pool", "response_timeout", K_DURATION, F(response_timeout_ms), 0, 0},
+    {"pool", "h2", K_BOOL, F(h2), 0, 0},
+    {"pool", "h3", K_BOOL, F(h3), 0, 0},
+    {"pool", "h3_timeout", K_DURATION, F(h3_timeout_ms), 0, 0},
+    {"pool", "altsvc_file", K_OPT_PATH, F(altsvc_file), 0, 0},
+};
+#define NKEYS (sizeof keys / sizeof keys[0])
+
+/* ---- helpers ------------------------------------------------------------ */
+
+bool config_parse_duration(const char *s, uint64_t *ms)
+{
+	static const struct {
+		const char *suffix;
+		uint64_t mult;
+	} units[] = {{"", 1000}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
+	uint64_t n = 0;
+	const char *p = s;
+
+	if (!isdigit((unsigned char)*p))
+		return false;
+	for (; isdigit((unsigned char)*p); p++) {
+		if (n > (UINT64_MAX - 9) / 10)
+			return false;
+		n = n * 10 + (uint64_t)(*p - '0');
+	}
+	for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+		if (strcmp(p, units[i].suffix) == 0) {
+			if (n > UINT64_MAX / units[i].mult)
+				return false;
+			*ms = n * units[i].mult;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* A decimal number of at most max, digits only. */
+static bool parse_uint(const char *s, unsigned long max, unsigned long *out)
+{
+	unsigned long n = 0;
+
+	if (!*s)
+		return false;
+	for (; *s; s++) {
+		if (!isdigit((unsigned char)*s))
+			return false;
+		n = n * 10 + (unsigned long)(*s - '0');
+		if (n > max)
+			return false;
+	}
+	*out = n;
+	return true;
+}
+
+bool config_parse_addr_port(const char *s, struct config_listen *out)
+{
+	char host[INET6_ADDRSTRLEN];
+	const char *end, *port;
+	int family = AF_INET;
+	unsigned long p;
+
+	if (*s == '[') {
+		end = strchr(++s, ']');
+		if (!end || end[1] != ':')
+			return false;
+		port = end + 2;
+		family = AF_INET6;
+	} else {
+		end = strrchr(s, ':');
+		if (!end)
+			return false;
+		port = end + 1;
+	}
+	if (end == s || (size_t)(end - s) >= sizeof host || !parse_uint(port, 65535, &p))
+		return false;
+	memcpy(host, s, (size_t)(end - s));
+	host[end - s] = '\0';
+
+	memset(out, 0, sizeof *out);
+	if (family == AF_INET) {
+		struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
+		if (inet_pton(AF_INET, host, &sin.sin_addr) != 1)
+			return false;
+		memcpy(&out->addr, &sin, sizeof sin);
+		out->addr_len = sizeof sin;
+		inet_ntop(AF_INET, &sin.sin_addr, host, sizeof host);
+		snprintf(out->text, sizeof out->text, "%s:%lu", host, p);
+	} else {
+		struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6,
+		                            .sin6_port = htons((uint16_t)p)};
+		if (inet_pton(AF_INET6, host, &sin6.sin6_addr) != 1)
+			return false;
+		memcpy(&out->addr, &sin6, sizeof sin6);
+		out->addr_len = sizeof sin6;
+		inet_ntop(AF_INET6, &sin6.sin6_addr, host, sizeof host);
+		snprintf(out->text, sizeof out->text, "[%s]:%lu", host, p);
+	}
+	return true;
+}
+
+bool config_parse_cidr(const char *s, struct config_cidr *out)
+{
+	char host[INET6_ADDRSTRLEN];
+	const char *slash = strchr(s, '/');
+	size_t len = slash ? (size_t)(slash - s) : strlen(s);
+	unsigned long prefix;
+
+	if (len == 0 || len >= sizeof host)
+		return false;
+	memcpy(host, s, len);
+	host[len] = '\0';
+	memset(out, 0, sizeof *out);
+	if (inet_pton(AF_INET, host, out->addr) == 1)
+		out->family = AF_INET;
+	else if (inet_pton(AF_INET6, host, out->addr) == 1)
+		out->family = AF_INET6;
+	else
+		return false;
+	out->prefix = out->family == AF_INET ? 32 : 128;
+	if (slash) {
+		if (!parse_uint(slash + 1, (unsigned long)out->prefix, &prefix))
+			return false;
+		out->prefix = (int)prefix;
+	}
+	return true;
+}
+
+static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+static bool prefix_equal(const uint8_t *a, const uint8_t *b, int bits)
+{
+	int whole = bits / 8, rest = bits % 8;
+
+	if (memcmp(a, b, (size_t)whole) != 0)
+		return false;
+	return rest == 0 || ((a[whole] ^ b[whole]) & (uint8_t)(0xff << (8 - rest))) == 0;
+}
+
+/* IPv4-mapped IPv6 addresses (the client side of a dual-stack socket, or a
+ * ::ffff:0:0/96 network) are compared as IPv4. */
+bool config_cidr_match(const struct config_cidr *c, const struct sockaddr *sa)
+{
+	uint8_t addr[16];
+	int family;
+	const uint8_t *net = c->addr;
+	int net_family = c->family, prefix = c->prefix;
+
+	if (sa->sa_family == AF_INET) {
+		struct sockaddr_in sin;
+		memcpy(&sin, sa, sizeof sin);
+		memcpy(addr, &sin.sin_addr, 4);
+		family = AF_INET;
+	} else if (sa->sa_family == AF_INET6) {
+		struct sockaddr_in6 sin6;
+		memcpy(&sin6, sa, sizeof sin6);
+		const uint8_t *b = sin6.sin6_addr.s6_addr;
+		family = memcmp(b, v4mapped, 12) == 0 ? AF_INET : AF_INET6;
+		memcpy(addr, family == AF_INET ? b + 12 : b, family == AF_INET ? 4 : 16);
+	} else {
+		return false;
+	}
+	if (net_family == AF_INET6 && prefix >= 96 && memcmp(net, v4mapped, 12) == 0) {
+		net += 12;
+		prefix -= 96;
+		net_family = AF_INET;
+	}
+	if (prefix < 0 || prefix > (net_family == AF_INET ? 32 : 128))
+		return false;
+	return net_family == family && prefix_equal(addr, net, prefix);
+}
+
+bool config_port_allowed(const struct config *cfg, uint16_t port)
+{
+	for (size_t i = 0; i < cfg->nconnect_ports; i++)
+		if (cfg->connect_ports[i] == port)
+			return true;
+	return false;
+}
+
+/* ---- defaults and lifetime -------------------------------------------- */
+
+/* $STATE_DIRECTORY (its first entry), /var/lib/muxd as root, else the XDG state
+ * directory. Empty or relative environment values are ignored. */
+static char *default_state_dir(void)
+{
+	const char *env = getenv("STATE_DIRECTORY");
+	char *dir = NULL;
+
+	if (env && env[0] == '/')
+		return strndup(env, strcspn(env, ":"));
+	if (geteuid() == 0)
+		return strdup("/var/lib/muxd");
+	if ((env = getenv("XDG_STATE_HOME")) && env[0] == '/')
+		return asprintf(&dir, "%s/muxd", env) < 0 ? NULL : dir;
+	env = getenv("HOME");
+	if (!env || env[0] != '/') {
+		struct passwd *pw = getpwuid(geteuid());
+		env = pw && pw->pw_dir && pw->pw_dir[0] == '/' ? pw->pw_dir : NULL;
+	}
+	if (!env)
+		return strdup("/var/lib/muxd");
+	return asprintf(&dir, "%s/.local/state/muxd", env) < 0 ? NULL : dir;
+}
+
+struct config *config_defaults(void)
+{
+	static const char *const listen[] = {"127.0.0.1:3128", "[::1]:3128"};
+	static const char *const allow[] = {"127.0.0.0/8", "::1"};
+	struct config *cfg = calloc(1, sizeof *cfg);
+
+	if (!cfg)
+		return NULL;
+	cfg->refs = 1;
+	for (; cfg->nlisten < 2; cfg->nlisten++)
+		config_parse_addr_port(listen[cfg->nlisten], &cfg->listen[cfg->nlisten]);
+	for (; cfg->nallow < 2; cfg->nallow++)
+		config_parse_cidr(allow[cfg->nallow], &cfg->allow[cfg->nallow]);
+	cfg->log_level = LOG_INFO;
+	cfg->via = true;
+	cfg->max_clients = 4096;
+	cfg->shutdown_timeout_ms = 30000;
+	cfg->connect_ports[cfg->nconnect_ports++] = 443;
+	cfg->tunnel_idle_timeout_ms = 600000;
+	cfg->idle_timeout_ms = 90000;
+	cfg->max_idle_per_origin = 6;
+	cfg->max_idle = 256;
+	cfg->max_connections = 1024;
+	cfg->max_h1_per_origin = 16;
+	cfg->max_h2_per_origin = 4;
+	cfg->connect_timeout_ms = 10000;
+	cfg->response_timeout_ms = 60000;
+	cfg->h2 = cfg->h3 = true;
+	cfg->h3_timeout_ms = 300;
+	cfg->state_dir = default_state_dir();
+	cfg->altsvc_file = strdup("altsvc.cache");
+	if (!cfg->state_dir || !cfg->altsvc_file) {
+		config_unref(cfg);
+		return NULL;
+	}
+	return cfg;
+}
+
+struct config *config_ref(struct config *cfg)
+{
+	cfg->refs++;
+	return cfg;
+}
+
+void config_unref(struct config *cfg)
+{
+	if (!cfg || --cfg->refs > 0)
+		return;
+	free(cfg->file);
+	free(cfg->state_dir);
+	free(cfg->access_log);
+	free(cfg->altsvc_file);
+	free(cfg);
+}
+
+void config_errors_free(struct config_errors *errs)
+{
+	for (size_t i = 0; i < errs->n; i++)
+		free(errs->lines[i]);
+	free(errs->lines);
+	errs->lines = NULL;
+	errs->n = 0;
+}
+
+/* ---- values ------------------------------------------------------------- */
+
+/* The next space- or comma-separated token of *p into tok; false at the end.
+ * A token too long for tok is truncated (it is invalid anyway). */
+static bool next_token(const char **p, char *tok, size_t size)
+{
+	size_t len;
+
+	*p += strspn(*p, " \t,");
+	if (!**p)
+		return false;
+	len = strcspn(*p, " \t,");
+	snprintf(tok, size, "%.*s", (int)len, *p);
+	*p += len;
+	return true;
+}
+
+static bool set_listen(struct config *cfg, const char *const *addrs, size_t n, char *why,
+                       size_t size)
+{
+	struct config_listen tmp[CONFIG_MAX_LISTEN];
+
+	if (n == 0 || n > CONFIG_MAX_LISTEN) {
+		snprintf(why, size, "%s addresses (expected 1 to %d)", n ? "too many" : "no",
+		         CONFIG_MAX_LISTEN);
+		return false;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (!config_parse_addr_port(addrs[i], &tmp[i])) {
+			snprintf(why, size, "bad address '%s' (expected %s)", addrs[i],
+			         LISTEN_FORM);
+			return false;
+		}
+	}
+	memcpy(cfg->listen, tmp, n * sizeof tmp[0]);
+	cfg->nlisten = n;
+	return true;
+}
+
+bool config_set_listen(struct config *cfg, const char *const *addrs, size_t n, char *err,
+                       size_t err_size)
+{
+	return set_listen(cfg, addrs, n, err, err_size);
+}
+
+/* A list value: each token is parsed into a temporary array which replaces (or,
+ * for a continuation line, extends) the configured one only when all are good. */
+static bool set_list(struct config *cfg, enum kind kind, const char *v, bool append, char *why,
+                     size_t size)
+{
+	struct config_cidr allow[CONFIG_MAX_ALLOW];
+	uint16_t ports[CONFIG_MAX_PORTS];
+	const char *addrs[CONFIG_MAX_LISTEN];
+	char toks[CONFIG_MAX_LISTEN][80], tok[80];
+	size_t n = 0, max = kind == K_LISTEN  ? CONFIG_MAX_LISTEN
+	                    : kind == K_ALLOW ? CONFIG_MAX_ALLOW
+	                                      : CONFIG_MAX_PORTS;
+	unsigned long port;
+
+	if (append && kind == K_LISTEN)
+		for (; n < cfg->nlisten; n++)
+			addrs[n] = strcpy(toks[n], cfg->listen[n].text);
+	if (append && kind == K_ALLOW)
+		memcpy(allow, cfg->allow, (n = cfg->nallow) * sizeof allow[0]);
+	if (append && kind == K_PORTS)
+		memcpy(ports, cfg->connect_ports, (n = cfg->nconnect_ports) * sizeof ports[0]);
+
+	while (next_token(&v, tok, sizeof tok)) {
+		if (n == max) {
+			snprintf(why, size, "too many entries (expected at most %zu)", max);
+			return false;
+		}
+		if (kind == K_LISTEN) {
+			addrs[n] = strcpy(toks[n], tok);
+		} else if (kind == K_ALLOW && !config_parse_cidr(tok, &allow[n])) {
+			snprintf(why, size, "bad network '%s' (expected %s)", tok, CIDR_FORM);
+			return false;
+		} else if (kind == K_PORTS) {
+			if (!parse_uint(tok, 65535, &port) || port == 0) {
+				snprintf(why, size, "bad port '%s' (expected 1 to 65535)", tok);
+				return false;
+			}
+			ports[n] = (uint16_t)port;
+		}
+		n++;
+	}
+	if (kind == K_LISTEN)
+		return set_listen(cfg, addrs, n, why, size);
+	if (kind == K_ALLOW && n == 0) {
+		snprintf(why, size, "empty list (expected at least one network: %s)", CIDR_FORM);
+		return false;
+	}
+	if (kind == K_ALLOW)
+		memcpy(cfg->allow, allow, (cfg->nallow = n) * sizeof allow[0]);
+	else
+		memcpy(cfg->connect_ports, ports, (cfg->nconnect_ports = n) * sizeof ports[0]);
+	return true;
+}
+
+static bool parse_bool(const char *v, bool *out)
+{
+	static const char *const yes[] = {"on", "yes", "true", "1"};
+	static const char *const no[] = {"off", "no", "false", "0"};
+
+	for (size_t i = 0; i < 4; i++) {
+		if (strcasecmp(v, yes[i]) == 0 || strcasecmp(v, no[i]) == 0) {
+			*out = strcasecmp(v, yes[i]) == 0;
+			return true;
+		}
+	}
+	return false;
+}
+
+static bool replace_str(char **field, const char *v, char *why, size_t size)
+{
+	char *copy = v ? strdup(v) : NULL;
+
+	if (v && !copy) {
+		snprintf(why, size, "out of memory");
+		return false;
+	}
+	free(*field);
+	*field = copy;
+	return true;
+}
+
+/* Parse v for key k into cfg; on error, a message "what (expected FORM)" in why. */
+static bool set_value(struct config *cfg, const struct key *k, const char *v, bool append,
+                      char *why, size_t size)
+{
+	static const char *const levels[] = {"error", "warn", "info", "debug"};
+	void *field = (char *)cfg + k->off;
+	unsigned long n;
+	uint64_t ms;
+	bool b;
+
+	switch (k->kind) {
+	case K_LISTEN:
+	case K_ALLOW:
+	case K_PORTS:
+		return set_list(cfg, k->kind, v, append, why, size);
+	case K_STATE_DIR:
+		if (!*v)
+			return true; /* the resolved default stays */
+		if (*v == '/')
+			return replace_str(field, v, why, size);
+		snprintf(why, size, "relative path '%s' (expected an absolute path, or empty)", v);
+		return false;
+	case K_LOG_LEVEL:
+		for (size_t i = 0; i < 4; i++) {
+			if (strcasecmp(v, levels[i]) == 0) {
+				*(enum log_level *)field = (enum log_level)i;
+				return true;
+			}
+		}
+		snprintf(why, size, "bad log level '%s' (expected error, warn, info or debug)", v);
+		return false;
+	case K_OPT_PATH:
+		if (*v)
+			return replace_str(field, strcasecmp(v, "off") == 0 ? NULL : v, why, size);
+		snprintf(why, size, "empty value (expected off%s or a path)",
+		         k->off == F(access_log) ? ", stderr" : "");
+		return false;
+	case K_BOOL:
+		if (parse_bool(v, &b)) {
+			*(bool *)field = b;
+			return true;
+		}
+		snprintf(why, size, "bad boolean '%s' (expected %s)", v, BOOL_FORM);
+		return false;
+	case K_UINT:
+		if (parse_uint(v, k->max, &n) && n >= k->min) {
+			*(unsigned *)field = (unsigned)n;
+			return true;
+		}
+		snprintf(why, size, "bad number '%s' (expected an integer from %u to %u)", v,
+		         k->min, k->max);
+		return false;
+	case K_DURATION:
+	case K_DURATION_ANY:
+	case K_DURATION_OFF:
+		if (k->kind == K_DURATION_OFF && strcasecmp(v, "off") == 0)
+			v = "0";
+		if (!config_parse_duration(v, &ms)) {
+			snprintf(why, size, "bad duration '%s' (expected %s%s)", v,
+			         k->kind == K_DURATION_OFF ? "off or " : "", DURATION_FORM);
+			return false;
+		}
+		if (ms == 0 && k->kind == K_DURATION) {
+			snprintf(why, size, "bad duration '%s' (expected more than 0)", v);
+			return false;
+		}
+		*(uint64_t *)field = ms;
+		return true;
+	}
+	return false;
+}
+
+/* ---- loading ------------------------------------------------------------ */
+
+struct load {
+	const char *path;
+	FILE *f;
+	struct config *cfg;
+	struct config_errors *errs;
+	size_t nerr;
+	int line;
+	char *buf;
+	size_t cap;
+	int read_errno;
+	bool expect;       /* the current line must reach the handler */
+	bool handled;      /* ... and it did */
+	bool continuation; /* it is an indented continuation of the previous key */
+	bool have_name;    /* a key was seen since the last section header */
+	int first_syntax;  /* the first line reported as a syntax error */
+	int seen[NKEYS];   /* the line each key was given on */
+};
+
+static void errf(struct load *ld, int line, const char *fmt, ...)
+{
+	char *msg = NULL, *full = NULL, **lines;
+	va_list ap;
+
+	ld->nerr++;
+	if (!ld->errs)
+		return;
+	va_start(ap, fmt);
+	if (vasprintf(&msg, fmt, ap) < 0)
+		msg = NULL;
+	va_end(ap);
+	if (msg && (line ? asprintf(&full, "%s:%d: %s", ld->path, line, msg)
+	                 : asprintf(&full, "%s: %s", ld->path, msg)) < 0)
+		full = NULL;
+	free(msg);
+	lines = full ? realloc(ld->errs->lines, (ld->errs->n + 1) * sizeof *lines) : NULL;
+	if (!lines) {
+		free(full);
+		return;
+	}
+	lines[ld->errs->n++] = full;
+	ld->errs->lines = lines;
+}
+
+static bool known_section(const char *name, size_t len)
+{
+	return (len == 4 && strncmp(name, "muxd", 4) == 0) ||
+	       (len == 4 && strncmp(name, "pool", 4) == 0);
+}
+
+/* Where inih's scan for c stops: at c, at an inline ';' comment (one preceded by
+ * whitespace), or at the end of the string. */
+static const char *find_end(const char *s, char c)
+{
+	for (bool space = false; *s && *s != c; space = isspace((unsigned char)*s), s++)
+		if (*s == ';' && space)
+			break;
+	return s;
+}
+
+/* A line that had to reach the handler and did not was dropped by inih. */
+static void check_syntax(struct load *ld)
+{
+	if (ld->expect && !ld->handled) {
+		errf(ld, ld->line, "syntax error (expected key = value, [section] or ; comment)");
+		if (!ld->first_syntax)
+			ld->first_syntax = ld->line;
+	}
+	ld->expect = ld->handled = false;
+}
+
+/* Classifies the line the way inih will, to know what to expect from it. */
+static void classify(struct load *ld, const char *line)
+{
+	const char *s = line, *end;
+
+	if (ld->line == 1 && strncmp(s, "\xEF\xBB\xBF", 3) == 0)
+		s += 3;
+	while (isspace((unsigned char)*s))
+		s++;
+	ld->continuation = false;
+	if (!*s || *s == ';' || *s == '#')
+		return;
+	if (ld->have_name && s > line) {
+		ld->expect = ld->continuation = true;
+	} else if (*s == '[') {
+		end = find_end(s + 1, ']');
+		if (*end != ']') {
+			ld->expect = true; /* never handled: reported as a syntax error */
+			return;
+		}
+		ld->have_name = false;
+		if (!known_section(s + 1, (size_t)(end - s - 1)))
+			errf(ld, ld->line, "[%.*s]: unknown section", (int)(end - s - 1), s + 1);
+	} else {
+		ld->expect = true;
+	}
+}
+
+/* The ini_reader: hands inih one physical line, so its line count is ours. */
+static char *read_line(char *str, int num, void *stream)
+{
+	struct load *ld = stream;
+	ssize_t len;
+
+	check_syntax(ld);
+	len = getline(&ld->buf, &ld->cap, ld->f);
+	if (len < 0) {
+		if (ferror(ld->f))
+			ld->read_errno = errno;
+		return NULL;
+	}
+	ld->line++;
+	if (len > num - 1) {
+		errf(ld, ld->line, "line too long (expected at most %d characters)", num - 3);
+		return strcpy(str, "\n");
+	}
+	memcpy(str, ld->buf, (size_t)len + 1);
+	classify(ld, str);
+	return str;
+}
+
+static int on_pair(void *user, const char *section, const char *name, const char *value)
+{
+	struct load *ld = user;
+	const struct key *k = NULL;
+	bool cont = ld->continuation;
+	char why[256];
+
+	ld->handled = true;
+	ld->have_name = true;
+	if (!*section) {
+		if (!cont)
+			errf(ld, ld->line,
+			     "%s: not in a section (expected [muxd] or [pool] above it)", name);
+		return 1;
+	}
+	if (!known_section(section, strlen(section)))
+		return 1; /* reported at its header */
+	for (size_t i = 0; i < NKEYS && !k; i++)
+		if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0)
+			k = &keys[i];
+	if (!k) {
+		if (!cont)
+			errf(ld, ld->line, "[%s] %s: unknown key", section, name);
+		return 1;
+	}
+	if (cont && k->kind != K_LISTEN && k->kind != K_ALLOW && k->kind != K_PORTS) {
+		errf(ld, ld->line,
+		     "[%s] %s: continuation line (expected one value on the key's line)", section,
+		     name);
+		return 1;
+	}
+	if (!cont && ld->seen[k - keys]) {
+		errf(ld, ld->line, "[%s] %s: given twice (expected once; first on line %d)",
+		     section, name, ld->seen[k - keys]);
+		return 1;
+	}
+	if (!cont)
+		ld->seen[k - keys] = ld->line;
+	if (!set_value(ld->cfg, k, value, cont, why, sizeof why))
+		errf(ld, ld->line, "[%s] %s: %s", section, name, why);
+	return 1;
+}
+
+struct config *config_load(const char *path, struct config_errors *errs)
+{
+	struct load ld = {.path = path, .errs = errs};
+	int ret;
+
+	if (errs)
+		*errs = (struct config_errors){0};
+	ld.cfg = config_defaults();
+	if (!ld.cfg || !(ld.cfg->file = strdup(path))) {
+		errf(&ld, 0, "out of memory");
+		config_unref(ld.cfg);
+		return NULL;
+	}
+	ld.f = fopen(path, "r");
+	if (!ld.f) {
+		errf(&ld, 0, "cannot open: %s", strerror(errno));
+		config_unref(ld.cfg);
+		return NULL;
+	}
+	ret = ini_parse_stream(read_line, &ld, on_pair, &ld);
+	check_syntax(&ld);
+	if (ret > 0 && ret != ld.first_syntax)
+		errf(&ld, ret, "syntax error");
+	if (ret == -2)
+		errf(&ld, 0, "out of memory");
+	if (ld.read_errno)
+		errf(&ld, 0, "cannot read: %s", strerror(ld.read_errno));
+	fclose(ld.f);
+	free(ld.buf);
+	if (ld.nerr) {
+		config_unref(ld.cfg);
+		return NULL;
+	}
+	return ld.cfg;
+}

@@ -1,0 +1,377 @@
+/*
+ * downstream — the client side of muxd: one struct per accepted connection.
+ * Heads are parsed only once a blank line is in the buffer (or the buffer is
+ * over the limit), so a head dribbled in byte by byte costs linear time.
+ * Closing is "lingering": muxd's write side is shut after the last byte and
+ * whatever the client still sends is discarded until it closes, so an error
+ * response is not destroyed by a reset.
+ */
+#include "downstream.h"
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "admin.h"
+#include "config.h"
+#include "exchange.h"
+#include "http1.h"
+#include "log.h"
+#include "transport/transport.h"
+
+#define LINGER_MS 5000
+
+struct downstream {
+	struct muxd *m;
+	struct transport *t;
+	char peer[64];
+	bool loopback;
+	struct exchange *ex;
+	size_t scan_from;
+	bool closing; /* lingering close in progress */
+	struct event *linger;
+	struct downstream *prev, *next;
+};
+
+static struct downstream **list_head(struct muxd *m)
+{
+	return &m->clients;
+}
+
+static void ds_free(struct downstream *ds)
+{
+	struct muxd *m = ds->m;
+
+	if (ds->ex)
+		exchange_abort(ds->ex);
+	if (ds->prev)
+		ds->prev->next = ds->next;
+	else
+		*list_head(m) = ds->next;
+	if (ds->next)
+		ds->next->prev = ds->prev;
+	if (ds->linger)
+		event_free(ds->linger);
+	transport_close(ds->t);
+	free(ds);
+	m->nclients--;
+	muxd_client_closed(m);
+}
+
+static void linger_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	ds_free(arg);
+}
+
+/* Shut our write side once the output is flushed; free when the client
+ * closes or after LINGER_MS. */
+static void start_close(struct downstream *ds)
+{
+	struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
+
+	if (ds->closing)
+		return;
+	ds->closing = true;
+	ds->linger = evtimer_new(ds->m->base, linger_timeout, ds);
+	if (!ds->linger) {
+		ds_free(ds);
+		return;
+	}
+	evtimer_add(ds->linger, &tv);
+	ds->t->ops->shutdown(ds->t);
+	ds->t->ops->set_reading(ds->t, true);
+}
+
+struct transport *downstream_transport(struct downstream *ds)
+{
+	return ds->t;
+}
+
+const char *downstream_peer(const struct downstream *ds)
+{
+	return ds->peer;
+}
+
+void downstream_respond(struct downstream *ds, int status, const char *content_type,
+                        const char *body, size_t body_len, bool close)
+{
+	struct evbuffer *out = transport_output(ds->t);
+
+	evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
+	                    status, http1_reason(status), content_type, body_len,
+	                    close ? "Connection: close\r\n" : "");
+	evbuffer_add(out, body, body_len);
+}
+
+static void respond_text(struct downstream *ds, int status, const char *text, bool close)
+{
+	downstream_respond(ds, status, "text/plain", text, strlen(text), close);
+	if (close)
+		start_close(ds);
+}
+
+/* A request whose Via names muxd has been here before. */
+static bool is_loop(const struct http1_msg *req)
+{
+	for (size_t i = 0; i < req->nfields; i++) {
+		const struct http1_field *f = &req->fields[i];
+		if (strcasecmp(f->name, "via") != 0)
+			continue;
+		/* entries: "protocol pseudonym [comment]", comma separated */
+		const char *p = f->value, *end = f->value + f->value_len;
+		while (p < end) {
+			const char *comma = memchr(p, ',', (size_t)(end - p));
+			const char *stop = comma ? comma : end;
+			const char *sp;
+			while (p < stop && (*p == ' ' || *p == '\t'))
+				p++;
+			sp = memchr(p, ' ', (size_t)(stop - p));
+			if (sp) {
+				const char *name = sp + 1;
+				size_t n = 0;
+				while (name + n < stop && name[n] != ' ' && name[n] != '\t')
+					n++;
+				if (n == 4 && strncasecmp(name, "muxd", 4) == 0)
+					return true;
+			}
+			p = stop + 1;
+		}
+	}
+	return false;
+}
+
+static void handle_request(struct downstream *ds, struct http1_msg *req)
+{
+	struct http1_uri uri;
+
+	if (strcmp(req->method, "CONNECT") == 0) {
+		char host[256];
+		uint16_t port;
+		bool v6;
+		if (!http1_parse_authority(req->target, host, sizeof(host), &port, &v6))
+			respond_text(ds, 400, "muxd: bad CONNECT target\n", true);
+		else if (!config_port_allowed(ds->m->cfg, port))
+			respond_text(ds, 403, "muxd: CONNECT to this port is not allowed\n", true);
+		else
+			respond_text(ds, 501, "muxd: CONNECT is not supported yet\n", true);
+		return;
+	}
+	if (req->target[0] == '/') {
+		if (!ds->loopback) {
+			respond_text(ds, 403, "muxd: admin pages are for loopback clients only\n",
+			             false);
+			return;
+		}
+		struct admin_response r;
+		admin_handle(ds->m, req, &r);
+		downstream_respond(ds, r.status, r.content_type, r.body, r.body_len,
+		                   !req->keep_alive);
+		admin_response_free(&r);
+		if (!req->keep_alive)
+			start_close(ds);
+		return;
+	}
+	if (!http1_parse_absolute_uri(req->target, &uri)) {
+		respond_text(ds, 400, "muxd: bad request target\n", true);
+		return;
+	}
+	if (is_loop(req)) {
+		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
+		return;
+	}
+	ds->ex = exchange_start(ds->m, ds, req, &uri);
+	if (!ds->ex)
+		respond_text(ds, 500, "muxd: out of memory\n", true);
+}
+
+/* Parse and handle requests while complete heads are waiting. */
+static void process(struct downstream *ds)
+{
+	struct evbuffer *in = transport_input(ds->t);
+
+	while (!ds->ex && !ds->closing) {
+		size_t len = evbuffer_get_length(in), consumed = 0;
+		struct evbuffer_ptr p;
+		struct http1_msg req;
+
+		if (len == 0)
+			return;
+		if (ds->m->draining) {
+			start_close(ds);
+			return;
+		}
+		if (len > HTTP1_MAX_HEAD + 4)
+			len = HTTP1_MAX_HEAD + 4;
+		evbuffer_ptr_set(in, &p, ds->scan_from < len ? ds->scan_from : 0, EVBUFFER_PTR_SET);
+		p = evbuffer_search(in, "\r\n\r\n", 4, &p);
+		if (p.pos < 0 && len <= HTTP1_MAX_HEAD) {
+			ds->scan_from = len > 3 ? len - 3 : 0;
+			return;
+		}
+		const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
+		enum http1_result r = http1_parse_request(data, len, &req, &consumed);
+		if (r == HTTP1_INCOMPLETE && len <= HTTP1_MAX_HEAD) {
+			ds->scan_from = len > 3 ? len - 3 : 0;
+			return;
+		}
+		ds->scan_from = 0;
+		if (r == HTTP1_TOO_LARGE || r == HTTP1_INCOMPLETE) {
+			respond_text(ds, 431, "muxd: request head too large\n", true);
+			return;
+		}
+		if (r != HTTP1_OK) {
+			respond_text(ds, 400, "muxd: malformed request\n", true);
+			return;
+		}
+		evbuffer_drain(in, consumed);
+		handle_request(ds, &req);
+		http1_msg_free(&req); /* a no-op when the exchange took it */
+	}
+}
+
+void downstream_exchange_done(struct downstream *ds, bool keep_alive)
+{
+	ds->ex = NULL;
+	if (!keep_alive || ds->m->draining) {
+		start_close(ds);
+		return;
+	}
+	process(ds);
+}
+
+void downstream_abort(struct downstream *ds)
+{
+	ds->ex = NULL;
+	ds_free(ds);
+}
+
+static void on_read(void *ctx)
+{
+	struct downstream *ds = ctx;
+
+	if (ds->closing) {
+		struct evbuffer *in = transport_input(ds->t);
+		evbuffer_drain(in, evbuffer_get_length(in));
+	} else if (ds->ex) {
+		exchange_client_read(ds->ex);
+	} else {
+		process(ds);
+	}
+}
+
+static void on_drain(void *ctx)
+{
+	struct downstream *ds = ctx;
+
+	if (ds->ex)
+		exchange_client_drain(ds->ex);
+}
+
+static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
+{
+	struct downstream *ds = ctx;
+
+	(void)err;
+	if (ev == TRANSPORT_EOF && ds->ex) {
+		exchange_client_eof(ds->ex); /* may free ds */
+		return;
+	}
+	if (ev == TRANSPORT_EOF && !ds->closing) {
+		/* pipelined requests before the EOF are still answered */
+		process(ds);
+		if (!ds->ex)
+			start_close(ds);
+		return;
+	}
+	if (ev == TRANSPORT_ERROR)
+		log_debug("client %s: %s", ds->peer, reason);
+	ds_free(ds);
+}
+
+static const struct transport_cbs client_cbs = {on_read, on_drain, on_event};
+
+static bool is_loopback(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+	if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		if (IN6_IS_ADDR_V4MAPPED(a))
+			return a->s6_addr[12] == 127;
+		return IN6_IS_ADDR_LOOPBACK(a);
+	}
+	return false;
+}
+
+static void format_peer(const struct sockaddr *sa, char *out, size_t size)
+{
+	char ip[INET6_ADDRSTRLEN] = "?";
+
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *s = (const struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &s->sin_addr, ip, sizeof(ip));
+		snprintf(out, size, "%s:%u", ip, ntohs(s->sin_port));
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)sa;
+		inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof(ip));
+		snprintf(out, size, "[%s]:%u", ip, ntohs(s->sin6_port));
+	} else {
+		snprintf(out, size, "?");
+	}
+}
+
+void downstream_accept(struct muxd *m, int fd, const struct sockaddr *peer, socklen_t peer_len)
+{
+	struct downstream *ds = calloc(1, sizeof(*ds));
+	bool allowed = false;
+
+	(void)peer_len;
+	if (!ds) {
+		close(fd);
+		return;
+	}
+	ds->m = m;
+	format_peer(peer, ds->peer, sizeof(ds->peer));
+	ds->loopback = is_loopback(peer);
+	ds->t = tcp_accepted(m, fd, &client_cbs, ds);
+	if (!ds->t) {
+		free(ds);
+		return;
+	}
+	ds->next = *list_head(m);
+	if (ds->next)
+		ds->next->prev = ds;
+	*list_head(m) = ds;
+	m->nclients++;
+	for (size_t i = 0; i < m->cfg->nallow && !allowed; i++)
+		allowed = config_cidr_match(&m->cfg->allow[i], peer);
+	if (!allowed) {
+		log_info("client %s refused: not in allow", ds->peer);
+		respond_text(ds, 403, "muxd: client address not allowed\n", true);
+	}
+}
+
+void downstream_drain_all(struct muxd *m)
+{
+	struct downstream *ds = *list_head(m), *next;
+
+	for (; ds; ds = next) {
+		next = ds->next;
+		if (!ds->ex)
+			start_close(ds);
+	}
+}
+
+void downstream_close_all(struct muxd *m)
+{
+	while (*list_head(m))
+		ds_free(*list_head(m));
+}

@@ -1,0 +1,487 @@
+/*
+ * exchange — one request/response relayed between a client connection and
+ * an upstream stream. Bytes move only while the receiving side has room
+ * (TRANSPORT_BUF), so memory per exchange is bounded whatever the speeds.
+ */
+#include "exchange.h"
+
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "config.h"
+#include "downstream.h"
+#include "log.h"
+#include "pool.h"
+#include "transport/transport.h"
+#include "upstream/upstream.h"
+
+#define VIA_TOKEN "1.1 muxd"
+
+struct exchange {
+	struct muxd *m;
+	struct config *cfg;
+	struct downstream *ds;
+	struct transport *client;
+	struct http1_msg req;
+	struct http1_uri uri;
+	struct pool_key key;
+	char authority[300];
+	struct upstream_field fields[HTTP1_MAX_FIELDS + 2];
+	size_t nfields;
+
+	/* request body, client -> upstream */
+	uint64_t req_remaining;
+	struct http1_chunked *req_chunked;
+	bool req_body_done;
+	bool req_end_sent;
+	bool body_started;
+	uint64_t bytes_in;
+
+	/* upstream */
+	struct pool_wait *wait;
+	struct upstream_stream *stream;
+	bool reused;
+	bool retried;
+	bool got_stream;
+
+	/* response, upstream -> client */
+	bool head_sent;
+	int status;
+	bool chunk_out;  /* re-frame the body as chunked to the client */
+	bool keep_alive; /* the client connection survives this exchange */
+	uint64_t bytes_out;
+	struct timespec start;
+};
+
+static const struct upstream_stream_cbs stream_cbs;
+static const struct pool_wait_cbs wait_cbs;
+
+static bool is_replayable(const struct exchange *ex)
+{
+	static const char *const idempotent[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
+
+	if (ex->body_started)
+		return false;
+	for (size_t i = 0; i < sizeof(idempotent) / sizeof(idempotent[0]); i++)
+		if (strcmp(ex->req.method, idempotent[i]) == 0)
+			return true;
+	return false;
+}
+
+static void exchange_free(struct exchange *ex)
+{
+	if (ex->wait)
+		pool_wait_cancel(ex->wait);
+	if (ex->stream)
+		ex->stream->ops->cancel(ex->stream);
+	http1_msg_free(&ex->req);
+	free(ex->req_chunked);
+	config_unref(ex->cfg);
+	free(ex);
+}
+
+static void access_log(struct exchange *ex)
+{
+	struct timespec now;
+	char when[32];
+	time_t t = time(NULL);
+	struct tm tm;
+	long ms;
+
+	if (!ex->m->access_log)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	ms = (now.tv_sec - ex->start.tv_sec) * 1000 + (now.tv_nsec - ex->start.tv_nsec) / 1000000;
+	gmtime_r(&t, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	fprintf(ex->m->access_log, "%s %s %s %s %d %llu %llu %ldms %s %s\n", when,
+	        downstream_peer(ex->ds), ex->req.method, ex->req.target, ex->status,
+	        (unsigned long long)ex->bytes_in, (unsigned long long)ex->bytes_out, ms,
+	        ex->got_stream ? "h1" : "-", !ex->got_stream ? "-" : ex->reused ? "reused" : "new");
+	fflush(ex->m->access_log);
+}
+
+/* The exchange is over: log, free, and let the client connection go on. */
+static void finish(struct exchange *ex)
+{
+	struct downstream *ds = ex->ds;
+	bool keep_alive = ex->keep_alive && ex->req_body_done;
+
+	access_log(ex);
+	exchange_free(ex);
+	downstream_exchange_done(ds, keep_alive);
+}
+
+static void fail_abruptly(struct exchange *ex)
+{
+	struct downstream *ds = ex->ds;
+
+	access_log(ex);
+	exchange_free(ex);
+	downstream_abort(ds);
+}
+
+/* Answer with muxd's own error before any response head went out. */
+static void answer_error(struct exchange *ex, enum muxd_err err, const char *reason)
+{
+	char body[700];
+	const char *host = ex->uri.host;
+	unsigned port = ex->uri.port;
+	int n;
+
+	switch (err) {
+	case ERR_DNS:
+		n = snprintf(body, sizeof(body), "muxd: %s: %s\n", host, reason);
+		break;
+	case ERR_CONNECT:
+		n = snprintf(body, sizeof(body), "muxd: cannot connect to %s:%u: %s\n", host, port,
+		             reason);
+		break;
+	case ERR_CONNECT_TIMEOUT:
+		n = snprintf(body, sizeof(body), "muxd: timed out connecting to %s:%u\n", host, port);
+		break;
+	case ERR_RESPONSE_TIMEOUT:
+		n = snprintf(body, sizeof(body), "muxd: %s:%u did not answer in time\n", host, port);
+		break;
+	case ERR_BAD_RESPONSE:
+		n = snprintf(body, sizeof(body), "muxd: bad response from %s:%u: %s\n", host, port,
+		             reason);
+		break;
+	default:
+		n = snprintf(body, sizeof(body), "muxd: %s:%u: %s\n", host, port, reason);
+		break;
+	}
+	if (n < 0 || (size_t)n >= sizeof(body))
+		n = (int)strlen(body);
+	ex->status = muxd_err_status(err);
+	ex->keep_alive = ex->keep_alive && ex->req_body_done;
+	downstream_respond(ex->ds, ex->status, "text/plain", body, (size_t)n, !ex->keep_alive);
+	finish(ex);
+}
+
+/* --- request body: client -> upstream --- */
+
+static void send_request_body(struct exchange *ex)
+{
+	struct evbuffer *in = transport_input(ex->client);
+	struct upstream_stream *s = ex->stream;
+
+	while (!ex->req_body_done && s->ops->send_space(s) > 0 && evbuffer_get_length(in) > 0) {
+		size_t room = s->ops->send_space(s);
+		struct evbuffer_iovec v;
+
+		evbuffer_peek(in, -1, NULL, &v, 1);
+		if (!ex->req_chunked) {
+			size_t n = v.iov_len;
+			if (n > ex->req_remaining)
+				n = (size_t)ex->req_remaining;
+			if (n > room)
+				n = room;
+			s->ops->send_body(s, v.iov_base, n);
+			evbuffer_drain(in, n);
+			ex->bytes_in += n;
+			ex->req_remaining -= n;
+			ex->body_started = true;
+			ex->req_body_done = ex->req_remaining == 0;
+		} else {
+			const char *data;
+			size_t consumed = 0, dlen = 0;
+			if (v.iov_len > room)
+				v.iov_len = room > 64 ? room : 64;
+			enum http1_chunk_event e = http1_chunked_next(ex->req_chunked, v.iov_base,
+			                                              v.iov_len, &consumed, &data, &dlen);
+			if (e == HTTP1_CHUNK_ERROR) {
+				/* the client broke its own framing: nothing sane can follow */
+				if (ex->head_sent) {
+					fail_abruptly(ex);
+				} else {
+					ex->keep_alive = false;
+					ex->req_body_done = true;
+					ex->status = 400;
+					downstream_respond(ex->ds, 400, "text/plain",
+					                   "muxd: malformed chunked body\n", 29, true);
+					finish(ex);
+				}
+				return;
+			}
+			if (e == HTTP1_CHUNK_DATA) {
+				s->ops->send_body(s, data, dlen);
+				ex->bytes_in += dlen;
+				ex->body_started = true;
+			}
+			evbuffer_drain(in, consumed);
+			ex->req_body_done = e == HTTP1_CHUNK_DONE;
+			if (e == HTTP1_CHUNK_NEED_MORE && consumed == 0)
+				break;
+		}
+	}
+	if (ex->req_body_done && !ex->req_end_sent) {
+		ex->req_end_sent = true;
+		s->ops->send_end(s, ex->req_chunked ? ex->req_chunked->trailers : "");
+	}
+}
+
+/* --- response: upstream -> client --- */
+
+static void add_line(struct evbuffer *out, const char *name, size_t nlen, const char *value,
+                     size_t vlen)
+{
+	evbuffer_add(out, name, nlen);
+	evbuffer_add(out, ": ", 2);
+	evbuffer_add(out, value, vlen);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+static void write_head(struct exchange *ex, const struct http1_msg *h, bool final)
+{
+	struct evbuffer *out = transport_output(ex->client);
+
+	evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", h->status, h->reason);
+	for (size_t i = 0; i < h->nfields; i++) {
+		const struct http1_field *f = &h->fields[i];
+		if (http1_is_hop_by_hop(h, f->name))
+			continue;
+		add_line(out, f->name, f->name_len, f->value, f->value_len);
+	}
+	if (ex->cfg->via)
+		evbuffer_add_printf(out, "Via: %s\r\n", VIA_TOKEN);
+	if (final) {
+		if (ex->chunk_out)
+			evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
+		if (!ex->keep_alive)
+			evbuffer_add_printf(out, "Connection: close\r\n");
+		else if (ex->req.version_minor == 0)
+			evbuffer_add_printf(out, "Connection: keep-alive\r\n");
+	}
+	evbuffer_add(out, "\r\n", 2);
+}
+
+static void on_head(void *ctx, const struct http1_msg *h)
+{
+	struct exchange *ex = ctx;
+	bool client10 = ex->req.version_minor == 0;
+
+	if (h->status < 200) {
+		if (!client10)
+			write_head(ex, h, false);
+		return;
+	}
+	ex->status = h->status;
+	ex->chunk_out = (h->body == HTTP1_BODY_CHUNKED || h->body == HTTP1_BODY_CLOSE) && !client10;
+	if (client10 && (h->body == HTTP1_BODY_CHUNKED || h->body == HTTP1_BODY_CLOSE))
+		ex->keep_alive = false; /* an HTTP/1.0 body of unknown length ends with the connection */
+	if (ex->m->draining)
+		ex->keep_alive = false;
+	write_head(ex, h, true);
+	ex->head_sent = true;
+}
+
+/* Move decoded response body to the client while it has room. May end in
+ * the stream finishing (and the exchange being freed): callers must not
+ * touch ex afterwards. */
+static void pump_response(struct exchange *ex)
+{
+	struct evbuffer *out = transport_output(ex->client);
+	struct upstream_stream *s = ex->stream;
+	struct evbuffer *body;
+	size_t n, used = evbuffer_get_length(out);
+
+	if (!s || !ex->head_sent)
+		return;
+	body = s->ops->body(s);
+	n = evbuffer_get_length(body);
+	if (used >= TRANSPORT_BUF || n == 0)
+		return;
+	if (n > TRANSPORT_BUF - used)
+		n = TRANSPORT_BUF - used;
+	if (ex->chunk_out)
+		evbuffer_add_printf(out, "%zx\r\n", n);
+	evbuffer_remove_buffer(body, out, n);
+	if (ex->chunk_out)
+		evbuffer_add(out, "\r\n", 2);
+	ex->bytes_out += n;
+	s->ops->consumed(s);
+}
+
+static void on_body(void *ctx)
+{
+	pump_response(ctx);
+}
+
+static void on_end(void *ctx, const char *trailers)
+{
+	struct exchange *ex = ctx;
+	struct evbuffer *out = transport_output(ex->client);
+
+	ex->stream = NULL; /* the connection takes it back */
+	if (ex->chunk_out)
+		evbuffer_add_printf(out, "0\r\n%s\r\n", trailers);
+	finish(ex);
+}
+
+static void on_error(void *ctx, enum muxd_err err, const char *reason, bool nothing_received)
+{
+	struct exchange *ex = ctx;
+
+	ex->stream = NULL;
+	if (ex->head_sent) {
+		log_info("%s: response from %s broke off: %s", downstream_peer(ex->ds), ex->key.id,
+		         reason);
+		fail_abruptly(ex);
+		return;
+	}
+	if (nothing_received && ex->reused && !ex->retried && is_replayable(ex)) {
+		log_debug("retrying %s %s on a new connection (%s)", ex->req.method, ex->req.target,
+		          reason);
+		ex->retried = true;
+		ex->m->metrics.upstream_retries++;
+		ex->wait = pool_start_stream(ex->m->pool, &ex->key, true, &stream_cbs, &wait_cbs, ex);
+		if (ex->wait)
+			return;
+		reason = "out of memory";
+	}
+	answer_error(ex, err, reason);
+}
+
+static void on_send_ready(void *ctx)
+{
+	struct exchange *ex = ctx;
+
+	if (ex->stream && !ex->req_end_sent)
+		send_request_body(ex);
+}
+
+static const struct upstream_stream_cbs stream_cbs = {on_head, on_body, on_end, on_error,
+                                                      on_send_ready};
+
+static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
+{
+	struct exchange *ex = ctx;
+	struct upstream_request r = {
+	    .method = ex->req.method,
+	    .authority = ex->authority,
+	    .path = ex->uri.path,
+	    .fields = ex->fields,
+	    .nfields = ex->nfields,
+	    .has_body = ex->req.body != HTTP1_BODY_NONE,
+	    .content_length =
+	        ex->req.body == HTTP1_BODY_LENGTH ? (int64_t)ex->req.content_length : -1,
+	};
+
+	ex->wait = NULL;
+	ex->stream = s;
+	ex->reused = reused;
+	if (!ex->got_stream)
+		ex->m->metrics.requests[PROTO_H1]++;
+	ex->got_stream = true;
+	upstream_stream_send_head(s, &r);
+	send_request_body(ex);
+}
+
+static void wait_error(void *ctx, enum muxd_err err, const char *reason)
+{
+	struct exchange *ex = ctx;
+
+	ex->wait = NULL;
+	answer_error(ex, err, reason);
+}
+
+static const struct pool_wait_cbs wait_cbs = {wait_stream, wait_error};
+
+/* The end-to-end fields to send upstream: hop-by-hop, Host and framing go. */
+static void build_fields(struct exchange *ex)
+{
+	static const char *const skip[] = {"host", "content-length", "transfer-encoding"};
+	const struct http1_msg *req = &ex->req;
+	const struct http1_field *te = http1_find(req, "te");
+
+	for (size_t i = 0; i < req->nfields; i++) {
+		const struct http1_field *f = &req->fields[i];
+		bool drop = http1_is_hop_by_hop(req, f->name);
+		for (size_t k = 0; k < sizeof(skip) / sizeof(skip[0]); k++)
+			drop = drop || strcasecmp(f->name, skip[k]) == 0;
+		if (!drop)
+			ex->fields[ex->nfields++] =
+			    (struct upstream_field){f->name, f->name_len, f->value, f->value_len};
+	}
+	if (ex->cfg->via)
+		ex->fields[ex->nfields++] =
+		    (struct upstream_field){"Via", 3, VIA_TOKEN, strlen(VIA_TOKEN)};
+	if (te && http1_list_has(te->value, te->value_len, "trailers"))
+		ex->fields[ex->nfields++] = (struct upstream_field){"TE", 2, "trailers", 8};
+}
+
+struct exchange *exchange_start(struct muxd *m, struct downstream *ds, struct http1_msg *req,
+                                const struct http1_uri *uri)
+{
+	struct exchange *ex = calloc(1, sizeof(*ex));
+	bool v6 = uri->ipv6;
+	bool default_port = (strcmp(uri->scheme, "http") == 0 && uri->port == 80) ||
+	                    (strcmp(uri->scheme, "https") == 0 && uri->port == 443);
+
+	if (!ex)
+		return NULL;
+	if (req->body == HTTP1_BODY_CHUNKED && !(ex->req_chunked = calloc(1, sizeof(*ex->req_chunked)))) {
+		free(ex);
+		return NULL;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &ex->start);
+	ex->m = m;
+	ex->cfg = config_ref(m->cfg);
+	ex->ds = ds;
+	ex->client = downstream_transport(ds);
+	ex->req = *req;
+	memset(req, 0, sizeof(*req));
+	ex->uri = *uri;
+	ex->keep_alive = ex->req.keep_alive && !m->draining;
+	ex->req_remaining = ex->req.body == HTTP1_BODY_LENGTH ? ex->req.content_length : 0;
+	ex->req_body_done = ex->req.body == HTTP1_BODY_NONE;
+	snprintf(ex->authority, sizeof(ex->authority), "%s%s%s", v6 ? "[" : "", uri->host,
+	         v6 ? "]" : "");
+	if (!default_port)
+		snprintf(ex->authority + strlen(ex->authority),
+		         sizeof(ex->authority) - strlen(ex->authority), ":%u", uri->port);
+	pool_key_init(&ex->key, uri->scheme, uri->host, uri->port);
+	build_fields(ex);
+	ex->wait = pool_start_stream(m->pool, &ex->key, false, &stream_cbs, &wait_cbs, ex);
+	if (!ex->wait) {
+		*req = ex->req;
+		memset(&ex->req, 0, sizeof(ex->req));
+		exchange_free(ex);
+		return NULL;
+	}
+	return ex;
+}
+
+void exchange_client_read(struct exchange *ex)
+{
+	if (ex->stream && !ex->req_end_sent)
+		send_request_body(ex);
+}
+
+void exchange_client_drain(struct exchange *ex)
+{
+	pump_response(ex);
+}
+
+void exchange_client_eof(struct exchange *ex)
+{
+	/* A client that half-closes after its whole request still gets the
+	 * response; one that vanishes mid-request takes the exchange with it. */
+	if (!ex->req_body_done) {
+		struct downstream *ds = ex->ds;
+		exchange_free(ex);
+		downstream_abort(ds);
+	} else {
+		ex->keep_alive = false;
+	}
+}
+
+void exchange_abort(struct exchange *ex)
+{
+	exchange_free(ex);
+}

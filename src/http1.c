@@ -1,0 +1,766 @@
+/*
+ * http1 — strict HTTP/1.1 head parser, incremental chunked-body decoder and
+ * URI/authority helpers (RFC 9110, RFC 9112). Pure code; see http1.h.
+ * Anything ambiguous is rejected rather than repaired.
+ */
+#include "http1.h"
+
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK_LINE_MAX 4096 /* longest chunk-size line (with extensions) */
+
+static bool is_ows(unsigned char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+static bool is_alnum(unsigned char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static bool is_tchar(unsigned char c)
+{
+	return is_alnum(c) || (c != 0 && memchr("!#$%&'*+-.^_`|~", c, 15) != NULL);
+}
+
+/* field-value octets: HTAB, SP, VCHAR, obs-text */
+static bool is_value_char(unsigned char c)
+{
+	return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+static int hex_value(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+		return (c | 0x20) - 'a' + 10;
+	return -1;
+}
+
+static char lower(char c)
+{
+	return c >= 'A' && c <= 'Z' ? (char)(c + ('a' - 'A')) : c;
+}
+
+/* Case-insensitive (ASCII) comparison of s[0..n) with the string b. */
+static bool ieq(const char *s, size_t n, const char *b)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (b[i] == '\0' || lower(s[i]) != lower(b[i]))
+			return false;
+	return b[n] == '\0';
+}
+
+static void trim_ows(const char *s, size_t *start, size_t *end)
+{
+	while (*start < *end && is_ows(s[*start]))
+		(*start)++;
+	while (*end > *start && is_ows(s[*end - 1]))
+		(*end)--;
+}
+
+/* ---- message heads ---- */
+
+/*
+ * Find the end of a head that starts at data[start]: the offset just past
+ * CRLF CRLF. Bare CR, bare LF and NUL are rejected as soon as they are seen.
+ */
+static enum http1_result find_head(const char *d, size_t len, size_t start, size_t *end)
+{
+	size_t lim = len < HTTP1_MAX_HEAD ? len : HTTP1_MAX_HEAD;
+	size_t line = start;
+	size_t i;
+
+	for (i = start; i < lim; i++) {
+		if (d[i] == '\0')
+			return HTTP1_BAD;
+		if (d[i] == '\r' && i + 1 < len && d[i + 1] != '\n')
+			return HTTP1_BAD;
+		if (d[i] != '\n')
+			continue;
+		if (i == start || d[i - 1] != '\r')
+			return HTTP1_BAD;
+		if (i - line == 1) {
+			*end = i + 1;
+			return HTTP1_OK;
+		}
+		line = i + 1;
+	}
+	return len >= HTTP1_MAX_HEAD ? HTTP1_TOO_LARGE : HTTP1_INCOMPLETE;
+}
+
+static bool parse_version(const char *s, size_t n, int *minor)
+{
+	if (n != 8 || memcmp(s, "HTTP/1.", 7) != 0 || (s[7] != '0' && s[7] != '1'))
+		return false;
+	*minor = s[7] - '0';
+	return true;
+}
+
+/* method SP request-target SP HTTP-version */
+static bool parse_request_line(char *line, size_t n, struct http1_msg *m)
+{
+	char *end = line + n, *sp1, *sp2, *p;
+
+	sp1 = memchr(line, ' ', n);
+	if (!sp1 || sp1 == line)
+		return false;
+	for (p = line; p < sp1; p++)
+		if (!is_tchar(*p))
+			return false;
+	sp2 = memchr(sp1 + 1, ' ', end - sp1 - 1);
+	if (!sp2 || sp2 == sp1 + 1)
+		return false;
+	for (p = sp1 + 1; p < sp2; p++)
+		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+			return false;
+	if (!parse_version(sp2 + 1, end - sp2 - 1, &m->version_minor))
+		return false;
+	*sp1 = *sp2 = '\0';
+	m->method = line;
+	m->target = sp1 + 1;
+	return true;
+}
+
+/* HTTP-version SP 3DIGIT [SP reason-phrase] */
+static bool parse_status_line(char *line, size_t n, struct http1_msg *m)
+{
+	size_t i;
+
+	if (n < 12 || !parse_version(line, 8, &m->version_minor) || line[8] != ' ')
+		return false;
+	for (i = 9; i < 12; i++) {
+		if (line[i] < '0' || line[i] > '9')
+			return false;
+		m->status = m->status * 10 + (line[i] - '0');
+	}
+	if (m->status < 100 || m->status > 599)
+		return false;
+	if (n == 12) {
+		m->reason = line + 12; /* the NUL that replaced CR */
+		return true;
+	}
+	if (line[12] != ' ')
+		return false;
+	for (i = 13; i < n; i++)
+		if (!is_value_char(line[i]))
+			return false;
+	m->reason = line + 13;
+	return true;
+}
+
+/* field-name ":" OWS field-value OWS; line[n] is already NUL. */
+static bool parse_field(char *line, size_t n, struct http1_field *f)
+{
+	size_t i = 0, v, e = n;
+
+	while (i < n && is_tchar(line[i]))
+		i++;
+	if (i == 0 || i == n || line[i] != ':') /* also catches obs-fold */
+		return false;
+	v = i + 1;
+	trim_ows(line, &v, &e);
+	for (size_t k = v; k < e; k++)
+		if (!is_value_char(line[k]))
+			return false;
+	line[i] = '\0';
+	line[e] = '\0';
+	f->name = line;
+	f->name_len = i;
+	f->value = line + v;
+	f->value_len = e - v;
+	return true;
+}
+
+/* A Content-Length value: a list of identical decimal numbers ("5, 5"). */
+static bool parse_content_length(const struct http1_field *f, bool *have, uint64_t *cl)
+{
+	size_t i = 0;
+
+	while (i <= f->value_len) {
+		size_t s = i, e;
+		uint64_t v = 0;
+
+		while (i < f->value_len && f->value[i] != ',')
+			i++;
+		e = i++;
+		trim_ows(f->value, &s, &e);
+		if (s == e)
+			return false;
+		for (; s < e; s++) {
+			unsigned d = (unsigned char)f->value[s] - '0';
+
+			if (d > 9 || v > (UINT64_MAX - d) / 10)
+				return false;
+			v = v * 10 + d;
+		}
+		if (*have && v != *cl)
+			return false;
+		*have = true;
+		*cl = v;
+	}
+	return true;
+}
+
+/* Every Transfer-Encoding element must be "chunked"; *count adds them up. */
+static bool parse_transfer_encoding(const struct http1_field *f, int *count)
+{
+	size_t i = 0;
+
+	while (i <= f->value_len) {
+		size_t s = i, e;
+
+		while (i < f->value_len && f->value[i] != ',')
+			i++;
+		e = i++;
+		trim_ows(f->value, &s, &e);
+		if (!ieq(f->value + s, e - s, "chunked"))
+			return false;
+		(*count)++;
+	}
+	return true;
+}
+
+static bool connection_has(const struct http1_msg *m, const char *token)
+{
+	for (size_t i = 0; i < m->nfields; i++) {
+		const struct http1_field *f = &m->fields[i];
+
+		if (ieq(f->name, f->name_len, "Connection") &&
+		    http1_list_has(f->value, f->value_len, token))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Content-Length / Transfer-Encoding checks shared by requests and
+ * responses; sets body to CHUNKED, LENGTH or NONE (no framing fields).
+ */
+static enum http1_result framing(struct http1_msg *m)
+{
+	bool have_cl = false;
+	int te_count = 0, te_fields = 0;
+	uint64_t cl = 0;
+
+	for (size_t i = 0; i < m->nfields; i++) {
+		const struct http1_field *f = &m->fields[i];
+
+		if (ieq(f->name, f->name_len, "Content-Length")) {
+			if (!parse_content_length(f, &have_cl, &cl))
+				return HTTP1_BAD;
+		} else if (ieq(f->name, f->name_len, "Transfer-Encoding")) {
+			te_fields++;
+			if (!parse_transfer_encoding(f, &te_count))
+				return HTTP1_BAD;
+		}
+	}
+	if (te_fields > 0) {
+		if (te_count != 1 || have_cl || m->version_minor == 0)
+			return HTTP1_BAD;
+		m->body = HTTP1_BODY_CHUNKED;
+	} else if (have_cl) {
+		m->content_length = cl;
+		m->body = cl ? HTTP1_BODY_LENGTH : HTTP1_BODY_NONE;
+	} else {
+		m->body = HTTP1_BODY_NONE;
+	}
+	m->keep_alive = m->version_minor == 1
+	                    ? !connection_has(m, "close")
+	                    : connection_has(m, "keep-alive") && !connection_has(m, "close");
+	return HTTP1_OK;
+}
+
+/* Host = uri-host [ ":" port ]; checked loosely by character class. */
+static bool valid_host_value(const struct http1_field *f)
+{
+	for (size_t i = 0; i < f->value_len; i++) {
+		unsigned char c = f->value[i];
+
+		if (!is_alnum(c) && !memchr("-._~%!$&'()*+,;=:[]", c, 19))
+			return false;
+	}
+	return true;
+}
+
+static enum http1_result request_semantics(struct http1_msg *m)
+{
+	const struct http1_field *host = NULL, *expect;
+	enum http1_result r;
+
+	for (size_t i = 0; i < m->nfields; i++) {
+		if (!ieq(m->fields[i].name, m->fields[i].name_len, "Host"))
+			continue;
+		if (host || !valid_host_value(&m->fields[i]))
+			return HTTP1_BAD;
+		host = &m->fields[i];
+	}
+	if (!host && m->version_minor == 1)
+		return HTTP1_BAD;
+	r = framing(m);
+	if (r != HTTP1_OK)
+		return r;
+	expect = http1_find(m, "Expect");
+	m->expect_continue = expect && ieq(expect->value, expect->value_len, "100-continue");
+	return HTTP1_OK;
+}
+
+static enum http1_result response_semantics(struct http1_msg *m, const char *method)
+{
+	enum http1_result r = framing(m);
+
+	if (r != HTTP1_OK)
+		return r;
+	if ((method && strcmp(method, "HEAD") == 0) || m->status < 200 || m->status == 204 ||
+	    m->status == 304 || (method && strcmp(method, "CONNECT") == 0 && m->status < 300))
+		m->body = HTTP1_BODY_NONE;
+	else if (m->body == HTTP1_BODY_NONE && !http1_find(m, "Content-Length"))
+		m->body = HTTP1_BODY_CLOSE;
+	if (m->body == HTTP1_BODY_CLOSE)
+		m->keep_alive = false;
+	return HTTP1_OK;
+}
+
+static enum http1_result parse_head(const char *data, size_t len, bool request, const char *method,
+                                    struct http1_msg *m, size_t *consumed)
+{
+	enum http1_result r;
+	size_t skip = 0, end;
+	char *line, *last, *cr;
+
+	memset(m, 0, sizeof(*m));
+	/* RFC 9112 2.2: empty lines before a request line are ignored */
+	while (request && skip + 1 < len && data[skip] == '\r' && data[skip + 1] == '\n')
+		skip += 2;
+	r = find_head(data, len, skip, &end);
+	if (r != HTTP1_OK)
+		return r;
+	m->head_len = end - skip;
+	m->head = malloc(m->head_len + 1);
+	if (!m->head)
+		return HTTP1_BAD;
+	memcpy(m->head, data + skip, m->head_len);
+	m->head[m->head_len] = '\0';
+
+	/* find_head guarantees: every CR is followed by LF, the head ends in CRLF CRLF */
+	last = m->head + m->head_len - 2;
+	line = m->head;
+	cr = memchr(line, '\r', m->head_len);
+	*cr = '\0';
+	if (request ? !parse_request_line(line, cr - line, m)
+	            : !parse_status_line(line, cr - line, m)) {
+		r = HTTP1_BAD;
+		goto fail;
+	}
+	for (line = cr + 2; line < last; line = cr + 2) {
+		cr = memchr(line, '\r', last + 1 - line);
+		*cr = '\0';
+		if (m->nfields == HTTP1_MAX_FIELDS) {
+			r = HTTP1_TOO_LARGE;
+			goto fail;
+		}
+		if (!parse_field(line, cr - line, &m->fields[m->nfields++])) {
+			r = HTTP1_BAD;
+			goto fail;
+		}
+	}
+	r = request ? request_semantics(m) : response_semantics(m, method);
+	if (r != HTTP1_OK)
+		goto fail;
+	*consumed = end;
+	return HTTP1_OK;
+fail:
+	http1_msg_free(m);
+	return r;
+}
+
+enum http1_result http1_parse_request(const char *data, size_t len, struct http1_msg *msg,
+                                      size_t *consumed)
+{
+	return parse_head(data, len, true, NULL, msg, consumed);
+}
+
+enum http1_result http1_parse_response(const char *data, size_t len, const char *request_method,
+                                       struct http1_msg *msg, size_t *consumed)
+{
+	return parse_head(data, len, false, request_method, msg, consumed);
+}
+
+void http1_msg_free(struct http1_msg *msg)
+{
+	free(msg->head);
+	memset(msg, 0, sizeof(*msg));
+}
+
+const struct http1_field *http1_find(const struct http1_msg *msg, const char *name)
+{
+	for (size_t i = 0; i < msg->nfields; i++)
+		if (ieq(msg->fields[i].name, msg->fields[i].name_len, name))
+			return &msg->fields[i];
+	return NULL;
+}
+
+bool http1_list_has(const char *value, size_t value_len, const char *token)
+{
+	size_t i = 0;
+
+	if (!*token)
+		return false;
+	while (i <= value_len) {
+		size_t s = i, e;
+
+		while (i < value_len && value[i] != ',')
+			i++;
+		e = i++;
+		trim_ows(value, &s, &e);
+		if (ieq(value + s, e - s, token))
+			return true;
+	}
+	return false;
+}
+
+bool http1_is_hop_by_hop(const struct http1_msg *msg, const char *name)
+{
+	static const char *const hop[] = {
+	    "Connection",        "Keep-Alive",          "Proxy-Connection",   "TE",
+	    "Transfer-Encoding", "Proxy-Authorization", "Proxy-Authenticate", "Upgrade",
+	};
+	size_t n = strlen(name);
+
+	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+		if (ieq(name, n, hop[i]))
+			return true;
+	return msg && connection_has(msg, name);
+}
+
+/* ---- chunked bodies ---- */
+
+enum {
+	C_SIZE = 0, /* chunk-size hex digits; line_len counts them */
+	C_SIZE_WS,  /* BWS after size or extension value: ';' must follow */
+	C_EXT_NAME0,
+	C_EXT_NAME,
+	C_EXT_NAME_WS, /* BWS after a name: '=' or ';' must follow */
+	C_EXT_VAL0,
+	C_EXT_TOKEN,
+	C_EXT_QUOTED,
+	C_EXT_QESC,
+	C_EXT_QEND,
+	C_SIZE_LF,
+	C_DATA,
+	C_DATA_CR,
+	C_DATA_LF,
+	C_TR_NAME, /* trailer line; line_len bytes stored at trailers[trailer_len] */
+	C_TR_VALUE,
+	C_TR_LF,
+	C_END_LF,
+	C_DONE,
+	C_ERROR,
+};
+
+/* End of a size line (CR) or an extension separator: the next state, or C_ERROR. */
+static int ext_delim(unsigned char ch)
+{
+	if (ch == ';')
+		return C_EXT_NAME0;
+	if (ch == '\r')
+		return C_SIZE_LF;
+	return is_ows(ch) ? C_SIZE_WS : C_ERROR;
+}
+
+/* A complete trailer line: rewrite it in place as "name: value\r\n". */
+static bool finish_trailer(struct http1_chunked *c)
+{
+	char *base = c->trailers + c->trailer_len;
+	size_t name_len = (char *)memchr(base, ':', c->line_len) - base;
+	size_t v = name_len + 1, e = c->line_len, out;
+
+	trim_ows(base, &v, &e);
+	out = name_len + 2 + (e - v) + 2;
+	if (c->trailer_len + out >= sizeof(c->trailers))
+		return false;
+	memmove(base + name_len + 2, base + v, e - v);
+	base[name_len + 1] = ' ';
+	memcpy(base + name_len + 2 + (e - v), "\r\n", 2);
+	c->trailer_len += out;
+	c->trailers[c->trailer_len] = '\0';
+	c->line_len = 0;
+	return true;
+}
+
+static bool store_trailer_byte(struct http1_chunked *c, char ch)
+{
+	if (c->trailer_len + c->line_len + 1 >= sizeof(c->trailers))
+		return false;
+	c->trailers[c->trailer_len + c->line_len++] = ch;
+	return true;
+}
+
+/* Advance the decoder by one byte outside chunk data. Returns the new state. */
+static int chunk_step(struct http1_chunked *c, unsigned char ch)
+{
+	int h;
+
+	if (c->state < C_SIZE_LF && ++c->line_len > CHUNK_LINE_MAX)
+		return C_ERROR;
+	switch (c->state) {
+	case C_SIZE:
+		h = hex_value(ch);
+		if (h >= 0) {
+			if (c->remaining > UINT64_MAX >> 4)
+				return C_ERROR;
+			c->remaining = c->remaining << 4 | (uint64_t)h;
+			return C_SIZE;
+		}
+		return c->line_len == 1 ? C_ERROR : ext_delim(ch);
+	case C_SIZE_WS:
+		return is_ows(ch) ? C_SIZE_WS : ch == ';' ? C_EXT_NAME0 : C_ERROR;
+	case C_EXT_NAME0:
+		return is_ows(ch) ? C_EXT_NAME0 : is_tchar(ch) ? C_EXT_NAME : C_ERROR;
+	case C_EXT_NAME:
+		if (is_tchar(ch))
+			return C_EXT_NAME;
+		if (ch == '=')
+			return C_EXT_VAL0;
+		return is_ows(ch) ? C_EXT_NAME_WS : ext_delim(ch);
+	case C_EXT_NAME_WS:
+		if (is_ows(ch))
+			return C_EXT_NAME_WS;
+		if (ch == '=')
+			return C_EXT_VAL0;
+		return ch == ';' ? C_EXT_NAME0 : C_ERROR;
+	case C_EXT_VAL0:
+		if (is_ows(ch))
+			return C_EXT_VAL0;
+		if (ch == '"')
+			return C_EXT_QUOTED;
+		return is_tchar(ch) ? C_EXT_TOKEN : C_ERROR;
+	case C_EXT_TOKEN:
+		return is_tchar(ch) ? C_EXT_TOKEN : ext_delim(ch);
+	case C_EXT_QUOTED:
+		if (ch == '"')
+			return C_EXT_QEND;
+		if (ch == '\\')
+			return C_EXT_QESC;
+		return is_value_char(ch) ? C_EXT_QUOTED : C_ERROR;
+	case C_EXT_QESC:
+		return is_value_char(ch) ? C_EXT_QUOTED : C_ERROR;
+	case C_EXT_QEND:
+		return ext_delim(ch);
+	case C_SIZE_LF:
+		if (ch != '\n')
+			return C_ERROR;
+		c->line_len = 0;
+		return c->remaining ? C_DATA : C_TR_NAME;
+	case C_DATA_CR:
+		return ch == '\r' ? C_DATA_LF : C_ERROR;
+	case C_DATA_LF:
+		c->line_len = 0;
+		return ch == '\n' ? C_SIZE : C_ERROR;
+	case C_TR_NAME:
+		if (ch == '\r' && c->line_len == 0)
+			return C_END_LF;
+		if (!(is_tchar(ch) || (ch == ':' && c->line_len > 0)) || !store_trailer_byte(c, ch))
+			return C_ERROR;
+		return ch == ':' ? C_TR_VALUE : C_TR_NAME;
+	case C_TR_VALUE:
+		if (ch == '\r')
+			return C_TR_LF;
+		return is_value_char(ch) && store_trailer_byte(c, ch) ? C_TR_VALUE : C_ERROR;
+	case C_TR_LF:
+		return ch == '\n' && finish_trailer(c) ? C_TR_NAME : C_ERROR;
+	case C_END_LF:
+		return ch == '\n' ? C_DONE : C_ERROR;
+	}
+	return C_ERROR;
+}
+
+enum http1_chunk_event http1_chunked_next(struct http1_chunked *c, const char *in, size_t len,
+                                          size_t *consumed, const char **data, size_t *data_len)
+{
+	size_t i = 0;
+
+	*data = NULL;
+	*data_len = 0;
+	while (i < len && c->state != C_DONE && c->state != C_ERROR) {
+		if (c->state == C_DATA) {
+			size_t n = len - i < c->remaining ? len - i : (size_t)c->remaining;
+
+			*data = in + i;
+			*data_len = n;
+			*consumed = i + n;
+			c->remaining -= n;
+			if (c->remaining == 0)
+				c->state = C_DATA_CR;
+			return HTTP1_CHUNK_DATA;
+		}
+		c->state = chunk_step(c, (unsigned char)in[i++]);
+	}
+	*consumed = i;
+	if (c->state == C_DONE)
+		return HTTP1_CHUNK_DONE;
+	return c->state == C_ERROR ? HTTP1_CHUNK_ERROR : HTTP1_CHUNK_NEED_MORE;
+}
+
+/* ---- URIs ---- */
+
+/*
+ * host [":" port] or "[" IPv6 "]" [":" port] in s[0..n); the host is copied
+ * lower-cased. *port is 0 when absent (allowed only if !port_required).
+ */
+static bool parse_host_port(const char *s, size_t n, char *host, size_t host_size, uint16_t *port,
+                            bool *ipv6, bool port_required)
+{
+	const char *h = s, *rest;
+	size_t hn, i;
+	uint32_t p = 0;
+
+	*ipv6 = false;
+	if (n > 0 && s[0] == '[') {
+		const char *rb = memchr(s, ']', n);
+		char tmp[INET6_ADDRSTRLEN];
+		struct in6_addr a;
+
+		if (!rb)
+			return false;
+		h = s + 1;
+		hn = rb - h;
+		rest = rb + 1;
+		if (hn == 0 || hn >= sizeof(tmp))
+			return false;
+		memcpy(tmp, h, hn);
+		tmp[hn] = '\0';
+		if (inet_pton(AF_INET6, tmp, &a) != 1)
+			return false;
+		*ipv6 = true;
+	} else {
+		const char *colon = memchr(s, ':', n);
+
+		hn = colon ? (size_t)(colon - s) : n;
+		rest = s + hn;
+		if (hn == 0)
+			return false;
+		for (i = 0; i < hn; i++)
+			if (!is_alnum(s[i]) && !memchr("-._~", s[i], 4))
+				return false;
+	}
+	n -= rest - s;
+	if (n == 0 && port_required)
+		return false;
+	if (n > 0) {
+		if (rest[0] != ':' || n < 2 || n > 6)
+			return false;
+		for (i = 1; i < n; i++) {
+			if (rest[i] < '0' || rest[i] > '9')
+				return false;
+			p = p * 10 + (uint32_t)(rest[i] - '0');
+		}
+		if (p == 0 || p > 65535)
+			return false;
+	}
+	if (hn >= host_size)
+		return false;
+	for (i = 0; i < hn; i++)
+		host[i] = lower(h[i]);
+	host[hn] = '\0';
+	*port = (uint16_t)p;
+	return true;
+}
+
+bool http1_parse_absolute_uri(const char *target, struct http1_uri *uri)
+{
+	const char *sep, *auth, *path;
+	size_t auth_len, path_len, i;
+	bool query_only;
+
+	memset(uri, 0, sizeof(*uri));
+	for (i = 0; target[i]; i++)
+		if ((unsigned char)target[i] <= 0x20 || (unsigned char)target[i] >= 0x7f)
+			return false;
+	sep = strstr(target, "://");
+	if (!sep)
+		return false;
+	if (ieq(target, sep - target, "http"))
+		strcpy(uri->scheme, "http");
+	else if (ieq(target, sep - target, "https"))
+		strcpy(uri->scheme, "https");
+	else
+		return false;
+	auth = sep + 3;
+	auth_len = strcspn(auth, "/?#");
+	if (memchr(auth, '@', auth_len) ||
+	    !parse_host_port(auth, auth_len, uri->host, sizeof(uri->host), &uri->port, &uri->ipv6,
+	                     false))
+		return false;
+	if (uri->port == 0)
+		uri->port = uri->scheme[4] == 's' ? 443 : 80;
+	path = auth + auth_len;
+	path_len = strcspn(path, "#");
+	query_only = path_len == 0 || path[0] == '?';
+	if (path_len + query_only >= sizeof(uri->path))
+		return false;
+	if (query_only)
+		uri->path[0] = '/';
+	memcpy(uri->path + query_only, path, path_len);
+	uri->path[path_len + query_only] = '\0';
+	return true;
+}
+
+bool http1_parse_authority(const char *target, char *host, size_t host_size, uint16_t *port,
+                           bool *ipv6)
+{
+	return parse_host_port(target, strlen(target), host, host_size, port, ipv6, true);
+}
+
+const char *http1_reason(int status)
+{
+	static const struct {
+		int status;
+		const char *text;
+	} reasons[] = {
+	    {100, "Continue"},
+	    {101, "Switching Protocols"},
+	    {200, "OK"},
+	    {201, "Created"},
+	    {202, "Accepted"},
+	    {204, "No Content"},
+	    {206, "Partial Content"},
+	    {301, "Moved Permanently"},
+	    {302, "Found"},
+	    {303, "See Other"},
+	    {304, "Not Modified"},
+	    {307, "Temporary Redirect"},
+	    {308, "Permanent Redirect"},
+	    {400, "Bad Request"},
+	    {401, "Unauthorized"},
+	    {403, "Forbidden"},
+	    {404, "Not Found"},
+	    {405, "Method Not Allowed"},
+	    {407, "Proxy Authentication Required"},
+	    {408, "Request Timeout"},
+	    {411, "Length Required"},
+	    {413, "Content Too Large"},
+	    {414, "URI Too Long"},
+	    {417, "Expectation Failed"},
+	    {421, "Misdirected Request"},
+	    {431, "Request Header Fields Too Large"},
+	    {500, "Internal Server Error"},
+	    {501, "Not Implemented"},
+	    {502, "Bad Gateway"},
+	    {503, "Service Unavailable"},
+	    {504, "Gateway Timeout"},
+	    {505, "HTTP Version Not Supported"},
+	    {508, "Loop Detected"},
+	};
+
+	for (size_t i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++)
+		if (reasons[i].status == status)
+			return reasons[i].text;
+	return "Unknown";
+}

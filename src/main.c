@@ -1,0 +1,312 @@
+/*
+ * main — command line, startup, signals, reload and shutdown.
+ *
+ *   muxd [-c FILE] [-l ADDR:PORT]... [-S DIR] [-v] [-t] [-V] [-h]
+ *
+ * SIGHUP reloads the file: new requests use the new config, in-flight ones
+ * keep theirs (refcounted), the pool survives, listeners are re-bound only
+ * when the list changed; a bad file keeps the old config. SIGTERM/SIGINT
+ * stop accepting and let in-flight exchanges finish (shutdown_timeout).
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "dns.h"
+#include "downstream.h"
+#include "listen.h"
+#include "log.h"
+#include "muxd.h"
+#include "pool.h"
+
+#define MUXD_VERSION "0.1.0"
+#define DEFAULT_CONFIG "/etc/muxd/muxd.conf"
+
+struct options {
+	const char *config_file; /* NULL: built-in defaults */
+	const char *listen[CONFIG_MAX_LISTEN];
+	size_t nlisten;
+	const char *state_dir;
+	bool verbose;
+	bool check_only;
+};
+
+/* The daemon's root state and what only main needs next to it. */
+struct daemon {
+	struct muxd m;
+	struct options opt;
+	struct event *sig_term, *sig_int, *sig_hup;
+	struct event *shutdown_timer;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: muxd [-c FILE] [-l ADDR:PORT]... [-S DIR] [-v] [-t] [-V] [-h]\n"
+	           "  -c FILE       configuration file (default %s when it exists)\n"
+	           "  -l ADDR:PORT  listen address, repeatable; replaces [muxd] listen\n"
+	           "  -S DIR        state directory\n"
+	           "  -v            debug logging\n"
+	           "  -t            check the configuration and exit (0 = valid)\n"
+	           "  -V            print the version\n"
+	           "  -h            this help\n",
+	       DEFAULT_CONFIG);
+}
+
+/* Load the file (or defaults) and apply the command line on top. */
+static struct config *load_config(const struct options *opt, bool report)
+{
+	struct config_errors errs = {0};
+	struct config *cfg;
+	char err[256];
+
+	cfg = opt->config_file ? config_load(opt->config_file, &errs) : config_defaults();
+	if (!cfg) {
+		for (size_t i = 0; i < errs.n; i++)
+			if (report)
+				fprintf(stderr, "%s\n", errs.lines[i]);
+			else
+				log_error("%s", errs.lines[i]);
+		if (errs.n == 0)
+			log_error("out of memory loading the configuration");
+		config_errors_free(&errs);
+		return NULL;
+	}
+	if (opt->nlisten && !config_set_listen(cfg, opt->listen, opt->nlisten, err, sizeof(err))) {
+		if (report)
+			fprintf(stderr, "-l: %s\n", err);
+		else
+			log_error("-l: %s", err);
+		config_unref(cfg);
+		return NULL;
+	}
+	if (opt->state_dir) {
+		char *dir = strdup(opt->state_dir);
+		if (!dir) {
+			config_unref(cfg);
+			return NULL;
+		}
+		free(cfg->state_dir);
+		cfg->state_dir = dir;
+	}
+	if (opt->verbose)
+		cfg->log_level = LOG_DEBUG;
+	return cfg;
+}
+
+static bool open_access_log(struct muxd *m, const struct config *cfg)
+{
+	FILE *f = NULL;
+
+	if (cfg->access_log && strcmp(cfg->access_log, "stderr") == 0) {
+		f = stderr;
+	} else if (cfg->access_log) {
+		f = fopen(cfg->access_log, "a");
+		if (!f) {
+			log_error("access_log %s: %s", cfg->access_log, strerror(errno));
+			return false;
+		}
+	}
+	if (m->access_log && m->access_log != stderr)
+		fclose(m->access_log);
+	m->access_log = f;
+	return true;
+}
+
+static void reload(struct daemon *d)
+{
+	struct muxd *m = &d->m;
+	struct config *cfg;
+	char err[300];
+
+	log_info("reloading %s", d->opt.config_file ? d->opt.config_file : "built-in defaults");
+	cfg = load_config(&d->opt, false);
+	if (!cfg) {
+		log_error("reload failed: keeping the running configuration");
+		return;
+	}
+	if (!listeners_match(m->listeners, cfg)) {
+		struct listeners *l;
+		listeners_free(m->listeners); /* free first: the new set may reuse ports */
+		m->listeners = NULL;
+		l = listeners_open(m, cfg, err, sizeof(err));
+		if (!l) {
+			log_error("reload: %s; keeping the running configuration", err);
+			m->listeners = listeners_open(m, m->cfg, err, sizeof(err));
+			if (!m->listeners)
+				log_error("cannot restore listeners: %s", err);
+			config_unref(cfg);
+			return;
+		}
+		m->listeners = l;
+	}
+	open_access_log(m, cfg);
+	log_set_level(cfg->log_level);
+	config_unref(m->cfg);
+	m->cfg = cfg;
+	log_info("configuration reloaded");
+}
+
+static void shutdown_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	(void)fd;
+	(void)what;
+	log_warn("shutdown_timeout reached: closing %u client connections", d->m.nclients);
+	downstream_close_all(&d->m);
+	event_base_loopbreak(d->m.base);
+}
+
+static void begin_shutdown(struct daemon *d)
+{
+	struct muxd *m = &d->m;
+	uint64_t ms = m->cfg->shutdown_timeout_ms;
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+
+	if (m->draining)
+		return;
+	log_info("shutting down: %u client connections open", m->nclients);
+	m->draining = true;
+	listeners_free(m->listeners);
+	m->listeners = NULL;
+	pool_close_idle(m->pool);
+	downstream_drain_all(m);
+	d->shutdown_timer = evtimer_new(m->base, shutdown_deadline, d);
+	if (d->shutdown_timer)
+		evtimer_add(d->shutdown_timer, &tv);
+	muxd_client_closed(m);
+}
+
+void muxd_client_closed(struct muxd *m)
+{
+	if (m->draining && m->nclients == 0)
+		event_base_loopbreak(m->base);
+	else if (m->nclients < m->cfg->max_clients)
+		listeners_pause(m->listeners, false);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	(void)what;
+	if (sig == SIGHUP)
+		reload(arg);
+	else
+		begin_shutdown(arg);
+}
+
+static int run(struct daemon *d)
+{
+	struct muxd *m = &d->m;
+	char err[300];
+	int rc = 1;
+
+	m->base = event_base_new();
+	if (!m->base)
+		return 1;
+	m->dns = dns_new(m->base);
+	m->pool = pool_new(m);
+	if (!m->dns || !m->pool) {
+		log_error("cannot start: out of memory");
+		goto out;
+	}
+	if (!open_access_log(m, m->cfg))
+		goto out;
+	m->listeners = listeners_open(m, m->cfg, err, sizeof(err));
+	if (!m->listeners) {
+		log_error("%s", err);
+		goto out;
+	}
+	d->sig_term = evsignal_new(m->base, SIGTERM, signal_cb, d);
+	d->sig_int = evsignal_new(m->base, SIGINT, signal_cb, d);
+	d->sig_hup = evsignal_new(m->base, SIGHUP, signal_cb, d);
+	if (!d->sig_term || !d->sig_int || !d->sig_hup)
+		goto out;
+	evsignal_add(d->sig_term, NULL);
+	evsignal_add(d->sig_int, NULL);
+	evsignal_add(d->sig_hup, NULL);
+	log_info("muxd %s ready", MUXD_VERSION);
+	event_base_dispatch(m->base);
+	log_info("stopped");
+	rc = 0;
+out:
+	downstream_close_all(m);
+	pool_free(m->pool);
+	listeners_free(m->listeners);
+	dns_free(m->dns);
+	if (d->sig_term)
+		event_free(d->sig_term);
+	if (d->sig_int)
+		event_free(d->sig_int);
+	if (d->sig_hup)
+		event_free(d->sig_hup);
+	if (d->shutdown_timer)
+		event_free(d->shutdown_timer);
+	if (m->access_log && m->access_log != stderr)
+		fclose(m->access_log);
+	config_unref(m->cfg);
+	event_base_free(m->base);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	struct daemon d;
+	int c;
+
+	memset(&d, 0, sizeof(d));
+	while ((c = getopt(argc, argv, "c:l:S:vtVh")) != -1) {
+		switch (c) {
+		case 'c':
+			d.opt.config_file = optarg;
+			break;
+		case 'l':
+			if (d.opt.nlisten == CONFIG_MAX_LISTEN) {
+				fprintf(stderr, "muxd: at most %d -l options\n", CONFIG_MAX_LISTEN);
+				return 2;
+			}
+			d.opt.listen[d.opt.nlisten++] = optarg;
+			break;
+		case 'S':
+			d.opt.state_dir = optarg;
+			break;
+		case 'v':
+			d.opt.verbose = true;
+			break;
+		case 't':
+			d.opt.check_only = true;
+			break;
+		case 'V':
+			printf("muxd %s\n", MUXD_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "muxd: unknown command '%s'\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+	if (!d.opt.config_file && access(DEFAULT_CONFIG, F_OK) == 0)
+		d.opt.config_file = DEFAULT_CONFIG;
+	d.m.cfg = load_config(&d.opt, true);
+	if (!d.m.cfg)
+		return 1;
+	if (d.opt.check_only) {
+		printf("%s: configuration ok\n", d.opt.config_file ? d.opt.config_file : "defaults");
+		config_unref(d.m.cfg);
+		return 0;
+	}
+	log_set_level(d.m.cfg->log_level);
+	signal(SIGPIPE, SIG_IGN);
+	return run(&d);
+}

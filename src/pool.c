@@ -1,0 +1,527 @@
+/*
+ * pool — matchmaking between requests and upstream connections.
+ *
+ * Per origin (pool key) there is a FIFO of waiters and a list of
+ * connections. Dispatch first gives connections with a free stream slot to
+ * waiters (most recently used first: the warmest), then opens connections
+ * for the waiters left, within max_h1_per_origin and max_connections (the
+ * latter evicting the least recently used idle connection anywhere). A
+ * waiter that can get no connection because the budget is spent gets 503
+ * after connect_timeout. Idle connections sit in one global LRU list.
+ */
+#include "pool.h"
+
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "config.h"
+#include "log.h"
+#include "transport/transport.h"
+
+#define POOL_BUCKETS 256
+
+struct pool_origin;
+
+struct pool_conn {
+	struct pool *pool;
+	struct pool_origin *o;
+	struct upstream_conn *uc;  /* NULL while connecting */
+	struct transport *pending; /* the transport being connected */
+	TAILQ_ENTRY(pool_conn) o_link;
+	TAILQ_ENTRY(pool_conn) idle_link;
+	bool idle;
+	struct event *idle_timer;
+};
+
+struct pool_wait {
+	struct pool_origin *o;
+	TAILQ_ENTRY(pool_wait) link;
+	bool fresh_only;
+	struct upstream_stream_cbs stream_cbs;
+	struct pool_wait_cbs cbs;
+	void *ctx;
+	struct event *budget_timer; /* armed while blocked on max_connections */
+};
+
+TAILQ_HEAD(pool_conn_list, pool_conn);
+TAILQ_HEAD(pool_wait_list, pool_wait);
+
+struct pool_origin {
+	struct pool *pool;
+	struct pool_key key;
+	struct pool_origin *next; /* hash chain */
+	struct pool_conn_list conns;
+	struct pool_wait_list waiters;
+	unsigned nconns; /* including connecting */
+	unsigned nconnecting;
+	unsigned nwaiters;
+	unsigned nidle;
+	struct event *dispatch_ev;
+};
+
+struct pool {
+	struct muxd *m;
+	struct pool_origin *buckets[POOL_BUCKETS];
+	struct pool_conn_list idle; /* LRU first */
+	unsigned nconns;
+	unsigned nidle;
+};
+
+void pool_key_init(struct pool_key *key, const char *scheme, const char *host, uint16_t port)
+{
+	memset(key, 0, sizeof(*key));
+	snprintf(key->scheme, sizeof(key->scheme), "%s", scheme);
+	snprintf(key->host, sizeof(key->host), "%s", host);
+	key->port = port;
+	snprintf(key->id, sizeof(key->id), "%s://%s%s%s:%u", scheme, strchr(host, ':') ? "[" : "",
+	         host, strchr(host, ':') ? "]" : "", port);
+}
+
+static unsigned hash(const char *s)
+{
+	unsigned h = 2166136261u;
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 16777619u;
+	return h % POOL_BUCKETS;
+}
+
+struct pool *pool_new(struct muxd *m)
+{
+	struct pool *p = calloc(1, sizeof(*p));
+	if (!p)
+		return NULL;
+	p->m = m;
+	TAILQ_INIT(&p->idle);
+	return p;
+}
+
+static void dispatch_cb(evutil_socket_t fd, short what, void *arg);
+
+static struct pool_origin *origin_get(struct pool *p, const struct pool_key *key, bool create)
+{
+	unsigned h = hash(key->id);
+	struct pool_origin *o;
+
+	for (o = p->buckets[h]; o; o = o->next)
+		if (strcmp(o->key.id, key->id) == 0)
+			return o;
+	if (!create || !(o = calloc(1, sizeof(*o))))
+		return NULL;
+	o->pool = p;
+	o->key = *key;
+	TAILQ_INIT(&o->conns);
+	TAILQ_INIT(&o->waiters);
+	o->dispatch_ev = event_new(p->m->base, -1, 0, dispatch_cb, o);
+	if (!o->dispatch_ev) {
+		free(o);
+		return NULL;
+	}
+	o->next = p->buckets[h];
+	p->buckets[h] = o;
+	return o;
+}
+
+static void origin_maybe_free(struct pool_origin *o)
+{
+	struct pool_origin **pp;
+
+	if (o->nconns || o->nwaiters)
+		return;
+	for (pp = &o->pool->buckets[hash(o->key.id)]; *pp != o; pp = &(*pp)->next)
+		;
+	*pp = o->next;
+	event_free(o->dispatch_ev);
+	free(o);
+}
+
+static void schedule(struct pool_origin *o)
+{
+	event_active(o->dispatch_ev, EV_TIMEOUT, 0);
+}
+
+static void schedule_all(struct pool *p)
+{
+	for (unsigned i = 0; i < POOL_BUCKETS; i++)
+		for (struct pool_origin *o = p->buckets[i]; o; o = o->next)
+			if (o->nwaiters > o->nconnecting)
+				schedule(o);
+}
+
+static void set_idle(struct pool_conn *pc, bool idle)
+{
+	struct pool *p = pc->pool;
+
+	if (pc->idle == idle)
+		return;
+	pc->idle = idle;
+	if (idle) {
+		uint64_t ms = p->m->cfg->idle_timeout_ms;
+		struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+		TAILQ_INSERT_TAIL(&p->idle, pc, idle_link);
+		p->nidle++;
+		pc->o->nidle++;
+		evtimer_add(pc->idle_timer, &tv);
+	} else {
+		TAILQ_REMOVE(&p->idle, pc, idle_link);
+		p->nidle--;
+		pc->o->nidle--;
+		evtimer_del(pc->idle_timer);
+	}
+}
+
+/* Forget a connection (already closed or about to be). */
+static void conn_forget(struct pool_conn *pc)
+{
+	struct pool_origin *o = pc->o;
+
+	set_idle(pc, false);
+	TAILQ_REMOVE(&o->conns, pc, o_link);
+	o->nconns--;
+	pc->pool->nconns--;
+	if (!pc->uc)
+		o->nconnecting--;
+	event_free(pc->idle_timer);
+	free(pc);
+	schedule_all(o->pool);
+	origin_maybe_free(o);
+}
+
+static void evict(struct pool_conn *pc, enum evict_reason why)
+{
+	struct upstream_conn *uc = pc->uc;
+
+	log_debug("pool: closing %s connection to %s (%s)", proto_name(uc->proto), pc->o->key.id,
+	          evict_reason_name(why));
+	pc->pool->m->metrics.evictions[why]++;
+	conn_forget(pc);
+	uc->ops->close(uc);
+}
+
+static void idle_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	evict(arg, EVICT_IDLE_TIMEOUT);
+}
+
+static void waiter_free(struct pool_wait *w)
+{
+	struct pool_origin *o = w->o;
+
+	TAILQ_REMOVE(&o->waiters, w, link);
+	o->nwaiters--;
+	if (w->budget_timer)
+		event_free(w->budget_timer);
+	free(w);
+}
+
+/* Open a stream on pc for w and hand it over; w is freed. */
+static void give(struct pool_conn *pc, struct pool_wait *w)
+{
+	struct upstream_conn *uc = pc->uc;
+	bool reused = uc->requests > 0;
+	struct upstream_stream *s = uc->ops->open_stream(uc, &w->stream_cbs, w->ctx);
+	struct pool_wait_cbs cbs = w->cbs;
+	void *ctx = w->ctx;
+
+	if (!s)
+		return;
+	set_idle(pc, false);
+	if (reused)
+		pc->pool->m->metrics.upstream_reuses++;
+	waiter_free(w);
+	cbs.on_stream(ctx, s, reused);
+}
+
+static struct pool_conn *find_free(struct pool_origin *o)
+{
+	struct pool_conn *pc, *best = NULL;
+
+	/* the most recently used idle connection is the warmest */
+	TAILQ_FOREACH(pc, &o->conns, o_link)
+	if (pc->uc && pc->uc->ops->free_slots(pc->uc) > 0)
+		best = pc;
+	return best;
+}
+
+static void budget_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pool_wait *w = arg;
+	struct pool_wait_cbs cbs = w->cbs;
+	void *ctx = w->ctx;
+	struct pool_origin *o = w->o;
+
+	(void)fd;
+	(void)what;
+	waiter_free(w);
+	origin_maybe_free(o);
+	cbs.on_error(ctx, ERR_BUDGET, "upstream connection limit reached");
+}
+
+static void budget_wait(struct pool_origin *o)
+{
+	struct pool_wait *w;
+	uint64_t ms = o->pool->m->cfg->connect_timeout_ms;
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+
+	TAILQ_FOREACH(w, &o->waiters, link)
+	{
+		if (w->budget_timer)
+			continue;
+		w->budget_timer = evtimer_new(o->pool->m->base, budget_timeout_cb, w);
+		if (w->budget_timer)
+			evtimer_add(w->budget_timer, &tv);
+	}
+}
+
+static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason);
+static const struct upstream_owner_cbs owner_cbs;
+
+static bool open_conn(struct pool_origin *o)
+{
+	struct pool *p = o->pool;
+	struct pool_conn *pc = calloc(1, sizeof(*pc));
+	static const struct transport_cbs tcbs = {NULL, NULL, conn_event};
+
+	if (!pc)
+		return false;
+	pc->pool = p;
+	pc->o = o;
+	pc->idle_timer = evtimer_new(p->m->base, idle_timeout_cb, pc);
+	if (pc->idle_timer)
+		pc->pending = tcp_connect(p->m, o->key.host, o->key.port, p->m->cfg->connect_timeout_ms,
+		                          &tcbs, pc);
+	if (!pc->pending) {
+		if (pc->idle_timer)
+			event_free(pc->idle_timer);
+		free(pc);
+		return false;
+	}
+	TAILQ_INSERT_TAIL(&o->conns, pc, o_link);
+	o->nconns++;
+	o->nconnecting++;
+	p->nconns++;
+	return true;
+}
+
+static void dispatch(struct pool_origin *o)
+{
+	struct pool *p = o->pool;
+	const struct config *cfg = p->m->cfg;
+	struct pool_wait *w;
+	struct pool_conn *pc;
+
+	/* 1. free slots on existing connections to waiters that accept them */
+	for (;;) {
+		TAILQ_FOREACH(w, &o->waiters, link)
+		if (!w->fresh_only)
+			break;
+		if (!w || !(pc = find_free(o)))
+			break;
+		give(pc, w);
+	}
+	/* 2. new connections for the rest */
+	while (o->nwaiters > o->nconnecting && !p->m->draining) {
+		if (o->nconns >= cfg->max_h1_per_origin) {
+			pc = find_free(o); /* only fresh_only waiters are left */
+			if (!pc)
+				break;
+			evict(pc, EVICT_LIMIT);
+			continue;
+		}
+		if (p->nconns >= cfg->max_connections) {
+			if (TAILQ_EMPTY(&p->idle)) {
+				budget_wait(o);
+				break;
+			}
+			evict(TAILQ_FIRST(&p->idle), EVICT_LIMIT);
+			continue;
+		}
+		if (!open_conn(o)) {
+			budget_wait(o);
+			break;
+		}
+	}
+	origin_maybe_free(o);
+}
+
+static void dispatch_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	dispatch(arg);
+}
+
+/* A connection has a free slot: give it to the first waiter that takes it,
+ * else park it idle. */
+static void conn_available(void *owner, struct upstream_conn *uc)
+{
+	struct pool_conn *pc = owner;
+	struct pool_origin *o = pc->o;
+	struct pool *p = pc->pool;
+	struct pool_wait *w;
+	bool fresh = uc->requests == 0;
+
+	(void)uc;
+	TAILQ_FOREACH(w, &o->waiters, link)
+	if (fresh || !w->fresh_only)
+		break;
+	if (w) {
+		give(pc, w);
+		return;
+	}
+	if (p->m->draining) {
+		conn_forget(pc);
+		uc->ops->close(uc);
+		return;
+	}
+	set_idle(pc, true);
+	if (o->nidle > p->m->cfg->max_idle_per_origin) {
+		struct pool_conn *lru;
+		TAILQ_FOREACH(lru, &p->idle, idle_link)
+		if (lru->o == o)
+			break;
+		evict(lru, EVICT_LIMIT);
+	}
+	if (p->nidle > p->m->cfg->max_idle)
+		evict(TAILQ_FIRST(&p->idle), EVICT_LIMIT);
+}
+
+static void conn_closed(void *owner, struct upstream_conn *uc, enum evict_reason why)
+{
+	struct pool_conn *pc = owner;
+
+	if (why < EVICT_COUNT) {
+		pc->pool->m->metrics.evictions[why]++;
+		log_debug("pool: %s connection to %s left the pool (%s)", proto_name(uc->proto),
+		          pc->o->key.id, evict_reason_name(why));
+	}
+	conn_forget(pc);
+}
+
+static const struct upstream_owner_cbs owner_cbs = {conn_available, conn_closed};
+
+static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
+{
+	struct pool_conn *pc = ctx;
+	struct pool_origin *o = pc->o;
+	struct pool *p = pc->pool;
+	struct transport *t = pc->pending;
+	struct pool_wait *w;
+	char why[256];
+
+	pc->pending = NULL;
+	if (ev == TRANSPORT_CONNECTED) {
+		pc->uc = h1_conn_new(p->m, t, &owner_cbs, pc);
+		if (pc->uc) {
+			o->nconnecting--;
+			p->m->metrics.upstream_opened[PROTO_H1]++;
+			log_debug("pool: new connection to %s", o->key.id);
+			conn_available(pc, pc->uc);
+			return;
+		}
+		err = ERR_CONNECT;
+		reason = "out of memory";
+	}
+	/* connect failed: the first waiter learns why; the others try again */
+	snprintf(why, sizeof(why), "%s", reason ? reason : "connect failed");
+	transport_close(t);
+	w = TAILQ_FIRST(&o->waiters);
+	if (!w) {
+		conn_forget(pc);
+		return;
+	}
+	struct pool_wait_cbs cbs = w->cbs;
+	void *wctx = w->ctx;
+	waiter_free(w);
+	conn_forget(pc);
+	cbs.on_error(wctx, err, why);
+}
+
+struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, bool fresh_only,
+                                    const struct upstream_stream_cbs *stream_cbs,
+                                    const struct pool_wait_cbs *cbs, void *ctx)
+{
+	struct pool_origin *o = origin_get(p, key, true);
+	struct pool_wait *w;
+
+	if (!o)
+		return NULL;
+	w = calloc(1, sizeof(*w));
+	if (!w) {
+		origin_maybe_free(o);
+		return NULL;
+	}
+	w->o = o;
+	w->fresh_only = fresh_only;
+	w->stream_cbs = *stream_cbs;
+	w->cbs = *cbs;
+	w->ctx = ctx;
+	TAILQ_INSERT_TAIL(&o->waiters, w, link);
+	o->nwaiters++;
+	schedule(o);
+	return w;
+}
+
+void pool_wait_cancel(struct pool_wait *w)
+{
+	struct pool_origin *o = w->o;
+
+	waiter_free(w);
+	origin_maybe_free(o);
+}
+
+void pool_close_idle(struct pool *p)
+{
+	while (!TAILQ_EMPTY(&p->idle))
+		evict(TAILQ_FIRST(&p->idle), EVICT_LIMIT);
+}
+
+void pool_count(struct pool *p, struct pool_counts *out)
+{
+	memset(out, 0, sizeof(*out));
+	for (unsigned i = 0; i < POOL_BUCKETS; i++)
+		for (struct pool_origin *o = p->buckets[i]; o; o = o->next) {
+			struct pool_conn *pc;
+			TAILQ_FOREACH(pc, &o->conns, o_link)
+			{
+				if (!pc->uc)
+					continue;
+				if (pc->idle)
+					out->idle[pc->uc->proto]++;
+				else
+					out->active[pc->uc->proto]++;
+			}
+		}
+}
+
+void pool_free(struct pool *p)
+{
+	if (!p)
+		return;
+	for (unsigned i = 0; i < POOL_BUCKETS; i++)
+		while (p->buckets[i]) {
+			struct pool_origin *o = p->buckets[i];
+			struct pool_wait *w;
+			struct pool_conn *pc;
+			while ((w = TAILQ_FIRST(&o->waiters)))
+				waiter_free(w);
+			o->nwaiters = 0;
+			o->nconns++; /* keep the origin alive while emptying it */
+			while ((pc = TAILQ_FIRST(&o->conns))) {
+				struct upstream_conn *uc = pc->uc;
+				struct transport *t = pc->pending;
+				conn_forget(pc);
+				if (uc)
+					uc->ops->close(uc);
+				else if (t)
+					transport_close(t);
+			}
+			o->nconns--;
+			origin_maybe_free(o);
+		}
+	free(p);
+}

@@ -1,0 +1,61 @@
+/*
+ * pool — the one shared pool of upstream connections. Requests ask for a
+ * stream by pool key; the pool matches them to an idle connection, to a
+ * connection being set up, or opens a new one within the limits, and evicts
+ * idle connections (idle timeout, per-origin and global idle caps, the
+ * connection budget). Owns: every upstream connection and all waiters.
+ */
+#ifndef MUXD_POOL_H
+#define MUXD_POOL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "muxd.h"
+#include "upstream/upstream.h"
+
+/* Everything that decides whether two requests may share a connection
+ * (DESIGN.md principle 2); two keys are equal iff their id strings are. */
+struct pool_key {
+	char scheme[8];
+	char host[256];
+	uint16_t port;
+	char id[600]; /* canonical: "http://host:port" + identity of the route */
+};
+
+void pool_key_init(struct pool_key *key, const char *scheme, const char *host, uint16_t port);
+
+struct pool;
+struct pool_wait;
+
+struct pool_wait_cbs {
+	/* A stream was opened for the request (reused: on a connection that had
+	 * served before). */
+	void (*on_stream)(void *ctx, struct upstream_stream *s, bool reused);
+	/* No stream can be had: err/reason say why (the waiter is gone). */
+	void (*on_error)(void *ctx, enum muxd_err err, const char *reason);
+};
+
+struct pool *pool_new(struct muxd *m);
+void pool_free(struct pool *p);
+
+/*
+ * Ask for a stream; the answer always comes later from the event loop.
+ * fresh_only: only a newly opened connection will do (the retry after a
+ * reused connection failed).
+ */
+struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, bool fresh_only,
+                                    const struct upstream_stream_cbs *stream_cbs,
+                                    const struct pool_wait_cbs *cbs, void *ctx);
+void pool_wait_cancel(struct pool_wait *w);
+
+/* Close every idle connection (shutdown, reload of pool limits). */
+void pool_close_idle(struct pool *p);
+
+struct pool_counts {
+	unsigned active[PROTO_COUNT];
+	unsigned idle[PROTO_COUNT];
+};
+void pool_count(struct pool *p, struct pool_counts *out);
+
+#endif

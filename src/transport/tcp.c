@@ -1,0 +1,341 @@
+/*
+ * tcp — the bottom transport layer: a socket in a libevent bufferevent.
+ * Connecting resolves the host, then races the addresses (happy eyeballs,
+ * RFC 8305): one attempt starts, the next 250 ms later or as soon as one
+ * fails, and the first socket to connect wins; the others are closed.
+ */
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "dns.h"
+#include "transport/transport.h"
+
+#define HE_DELAY_MS 250
+
+struct tcp_attempt {
+	int fd;
+	struct event *ev;
+	struct tcp *owner;
+};
+
+struct tcp {
+	struct transport base;
+	struct muxd *m;
+	char host[256];
+	uint16_t port;
+	struct dns_query *query;
+	struct dns_addrs addrs;
+	size_t next_addr;
+	struct tcp_attempt attempts[DNS_MAX_ADDRS];
+	size_t nattempts; /* attempts still running */
+	struct event *he_timer;
+	struct event *timeout;
+	int last_errno;
+	struct bufferevent *bev;
+	bool alive;
+	bool shut_pending;
+};
+
+static struct evbuffer *tcp_input(struct transport *t)
+{
+	return bufferevent_get_input(((struct tcp *)t)->bev);
+}
+
+static struct evbuffer *tcp_output(struct transport *t)
+{
+	return bufferevent_get_output(((struct tcp *)t)->bev);
+}
+
+static void tcp_set_reading(struct transport *t, bool on)
+{
+	struct tcp *c = (struct tcp *)t;
+	if (on)
+		bufferevent_enable(c->bev, EV_READ);
+	else
+		bufferevent_disable(c->bev, EV_READ);
+}
+
+static void do_shutdown(struct tcp *c)
+{
+	c->shut_pending = false;
+	shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+}
+
+static void tcp_shutdown(struct transport *t)
+{
+	struct tcp *c = (struct tcp *)t;
+
+	if (!c->bev)
+		return;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+		do_shutdown(c);
+	} else {
+		c->shut_pending = true;
+		bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+	}
+}
+
+static void close_attempt(struct tcp_attempt *a)
+{
+	if (a->ev)
+		event_free(a->ev);
+	if (a->fd >= 0)
+		close(a->fd);
+	a->ev = NULL;
+	a->fd = -1;
+}
+
+static void tcp_close(struct transport *t)
+{
+	struct tcp *c = (struct tcp *)t;
+
+	if (c->query)
+		dns_cancel(c->query);
+	for (size_t i = 0; i < DNS_MAX_ADDRS; i++)
+		close_attempt(&c->attempts[i]);
+	if (c->he_timer)
+		event_free(c->he_timer);
+	if (c->timeout)
+		event_free(c->timeout);
+	if (c->bev)
+		bufferevent_free(c->bev);
+	free(c);
+}
+
+static bool tcp_is_alive(struct transport *t)
+{
+	return ((struct tcp *)t)->alive;
+}
+
+static const struct transport_ops tcp_ops = {
+	.input = tcp_input,
+	.output = tcp_output,
+	.set_reading = tcp_set_reading,
+	.shutdown = tcp_shutdown,
+	.close = tcp_close,
+	.is_alive = tcp_is_alive,
+};
+
+void transport_set_cbs(struct transport *t, const struct transport_cbs *cbs, void *ctx)
+{
+	t->cbs = *cbs;
+	t->ctx = ctx;
+}
+
+static void bev_read(struct bufferevent *bev, void *arg)
+{
+	struct tcp *c = arg;
+	(void)bev;
+	c->base.cbs.on_read(c->base.ctx);
+}
+
+static void bev_write(struct bufferevent *bev, void *arg)
+{
+	struct tcp *c = arg;
+
+	if (c->shut_pending && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+		do_shutdown(c);
+	if (c->base.cbs.on_drain)
+		c->base.cbs.on_drain(c->base.ctx);
+}
+
+static void bev_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct tcp *c = arg;
+	(void)bev;
+
+	c->alive = false;
+	if (what & BEV_EVENT_EOF) {
+		c->base.cbs.on_event(c->base.ctx, TRANSPORT_EOF, ERR_CLOSED, "connection closed");
+	} else if (what & BEV_EVENT_ERROR) {
+		int e = EVUTIL_SOCKET_ERROR();
+		c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR, ERR_CLOSED,
+		                     e ? strerror(e) : "connection error");
+	}
+}
+
+static bool start_bev(struct tcp *c, int fd)
+{
+	int one = 1;
+
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	c->bev = bufferevent_socket_new(c->m->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (!c->bev) {
+		close(fd);
+		return false;
+	}
+	bufferevent_setcb(c->bev, bev_read, bev_write, bev_event, c);
+	bufferevent_setwatermark(c->bev, EV_READ, 0, TRANSPORT_BUF);
+	bufferevent_setwatermark(c->bev, EV_WRITE, TRANSPORT_BUF / 2, 0);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	c->alive = true;
+	return true;
+}
+
+struct transport *tcp_accepted(struct muxd *m, int fd, const struct transport_cbs *cbs,
+                               void *ctx)
+{
+	struct tcp *c = calloc(1, sizeof(*c));
+
+	if (!c) {
+		close(fd);
+		return NULL;
+	}
+	for (size_t i = 0; i < DNS_MAX_ADDRS; i++)
+		c->attempts[i].fd = -1;
+	c->base.ops = &tcp_ops;
+	c->m = m;
+	transport_set_cbs(&c->base, cbs, ctx);
+	if (!start_bev(c, fd)) {
+		free(c);
+		return NULL;
+	}
+	return &c->base;
+}
+
+static void fail(struct tcp *c, enum muxd_err err, const char *reason)
+{
+	c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR, err, reason);
+}
+
+static void start_next_attempt(struct tcp *c);
+
+static void attempt_done(evutil_socket_t fd, short what, void *arg)
+{
+	struct tcp_attempt *a = arg;
+	struct tcp *c = a->owner;
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	(void)what;
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err) {
+		c->last_errno = err;
+		close_attempt(a);
+		c->nattempts--;
+		start_next_attempt(c); /* may report the failure */
+		return;
+	}
+	/* winner: keep its fd, drop everything else */
+	a->fd = -1;
+	close_attempt(a);
+	for (size_t i = 0; i < DNS_MAX_ADDRS; i++)
+		close_attempt(&c->attempts[i]);
+	event_del(c->he_timer);
+	event_del(c->timeout);
+	if (!start_bev(c, (int)fd)) {
+		fail(c, ERR_CONNECT, "out of memory");
+		return;
+	}
+	c->base.cbs.on_event(c->base.ctx, TRANSPORT_CONNECTED, ERR_NONE, NULL);
+}
+
+/* Start the next address; reports failure when nothing is left running. */
+static void start_next_attempt(struct tcp *c)
+{
+	while (c->next_addr < c->addrs.n) {
+		size_t i = c->next_addr++;
+		struct sockaddr_storage *ss = &c->addrs.addr[i];
+		socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+		                                          : sizeof(struct sockaddr_in);
+		struct tcp_attempt *a = &c->attempts[i];
+		int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+		if (fd < 0) {
+			c->last_errno = errno;
+			continue;
+		}
+		if (connect(fd, (struct sockaddr *)ss, len) < 0 && errno != EINPROGRESS) {
+			c->last_errno = errno;
+			close(fd);
+			continue;
+		}
+		a->fd = fd;
+		a->owner = c;
+		a->ev = event_new(c->m->base, fd, EV_WRITE, attempt_done, a);
+		if (!a->ev) {
+			close_attempt(a);
+			continue;
+		}
+		event_add(a->ev, NULL);
+		c->nattempts++;
+		struct timeval tv = {0, HE_DELAY_MS * 1000};
+		evtimer_add(c->he_timer, &tv);
+		return;
+	}
+	if (c->nattempts == 0) {
+		char reason[300];
+		int e = c->last_errno ? c->last_errno : ECONNREFUSED;
+		snprintf(reason, sizeof(reason), "%s",
+		         e == ECONNREFUSED ? "connection refused" : strerror(e));
+		fail(c, ERR_CONNECT, reason);
+	}
+}
+
+static void he_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	start_next_attempt(arg);
+}
+
+static void timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	fail(arg, ERR_CONNECT_TIMEOUT, "connect timed out");
+}
+
+static void resolved(void *ctx, int err, const char *reason, const struct dns_addrs *addrs)
+{
+	struct tcp *c = ctx;
+	char msg[300];
+
+	c->query = NULL;
+	if (err) {
+		snprintf(msg, sizeof(msg), "cannot resolve: %s", reason);
+		fail(c, ERR_DNS, msg);
+		return;
+	}
+	c->addrs = *addrs;
+	start_next_attempt(c);
+}
+
+struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port,
+                              uint64_t timeout_ms, const struct transport_cbs *cbs, void *ctx)
+{
+	struct tcp *c = calloc(1, sizeof(*c));
+	struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
+
+	if (!c)
+		return NULL;
+	for (size_t i = 0; i < DNS_MAX_ADDRS; i++)
+		c->attempts[i].fd = -1;
+	c->base.ops = &tcp_ops;
+	c->m = m;
+	transport_set_cbs(&c->base, cbs, ctx);
+	snprintf(c->host, sizeof(c->host), "%s", host);
+	c->port = port;
+	c->he_timer = evtimer_new(m->base, he_timer_cb, c);
+	c->timeout = evtimer_new(m->base, timeout_cb, c);
+	if (!c->he_timer || !c->timeout)
+		goto fail;
+	evtimer_add(c->timeout, &tv);
+	c->query = dns_resolve(m->dns, host, port, resolved, c);
+	if (!c->query)
+		goto fail;
+	return &c->base;
+fail:
+	tcp_close(&c->base);
+	return NULL;
+}

@@ -1,0 +1,78 @@
+/*
+ * transport — a byte-stream layer (model: curl's connection filters). A layer
+ * owns the one below it. Readers take bytes from transport_input() and
+ * writers append to transport_output(); backpressure is the size of those
+ * buffers: the layer stops reading from below while its input holds
+ * TRANSPORT_BUF bytes, and tells its user when its output has drained.
+ * Layers: tcp (async DNS + happy eyeballs). TLS and proxy hops stack on top.
+ */
+#ifndef MUXD_TRANSPORT_H
+#define MUXD_TRANSPORT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "muxd.h"
+
+#define TRANSPORT_BUF (64 * 1024)
+
+struct evbuffer;
+struct transport;
+
+enum transport_event {
+	TRANSPORT_CONNECTED, /* connect finished; the layer is ready for bytes */
+	TRANSPORT_EOF,       /* the peer finished sending (input may still hold data) */
+	TRANSPORT_ERROR,     /* failed: err and reason say why; only close() is left */
+};
+
+struct transport_cbs {
+	void (*on_read)(void *ctx);  /* new bytes in transport_input() */
+	void (*on_drain)(void *ctx); /* output went below TRANSPORT_BUF / 2 */
+	void (*on_event)(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason);
+};
+
+struct transport_ops {
+	struct evbuffer *(*input)(struct transport *t);
+	struct evbuffer *(*output)(struct transport *t);
+	void (*set_reading)(struct transport *t, bool on);
+	void (*shutdown)(struct transport *t); /* half-close: no more writes */
+	void (*close)(struct transport *t);    /* frees the layer and those below */
+	bool (*is_alive)(struct transport *t);
+};
+
+struct transport {
+	const struct transport_ops *ops;
+	struct transport_cbs cbs;
+	void *ctx;
+};
+
+static inline struct evbuffer *transport_input(struct transport *t)
+{
+	return t->ops->input(t);
+}
+static inline struct evbuffer *transport_output(struct transport *t)
+{
+	return t->ops->output(t);
+}
+static inline void transport_close(struct transport *t)
+{
+	t->ops->close(t);
+}
+
+/* Replace the callbacks (a pooled connection changes hands). */
+void transport_set_cbs(struct transport *t, const struct transport_cbs *cbs, void *ctx);
+
+/*
+ * Open a TCP connection to host:port: resolve, then race addresses (IPv6
+ * first, the next one 250 ms later or as soon as one fails; first to connect
+ * wins). Ends in TRANSPORT_CONNECTED or TRANSPORT_ERROR (ERR_DNS,
+ * ERR_CONNECT, ERR_CONNECT_TIMEOUT after timeout_ms).
+ */
+struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port,
+                              uint64_t timeout_ms, const struct transport_cbs *cbs, void *ctx);
+
+/* Wrap an accepted socket (client side). */
+struct transport *tcp_accepted(struct muxd *m, int fd, const struct transport_cbs *cbs,
+                               void *ctx);
+
+#endif

@@ -1,0 +1,113 @@
+/*
+ * upstream — one interface for an upstream connection and the request/
+ * response streams on it, whatever the protocol (model: h2o's httpclient).
+ * The exchange code talks only to this interface. A connection says how many
+ * more streams it can take and whether it is idle; a stream takes a request
+ * head, body data and an end, and calls back with the response head (interim
+ * 1xx heads too), body data (taken from stream->body, then "consumed"), the
+ * end with trailers, or an error.
+ * Owns: nothing; implementations (h1.c) own their connections and streams.
+ */
+#ifndef MUXD_UPSTREAM_H
+#define MUXD_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "http1.h"
+#include "muxd.h"
+
+struct evbuffer;
+struct transport;
+struct upstream_conn;
+struct upstream_stream;
+
+/* A header field to send; name and value need not be NUL-terminated. */
+struct upstream_field {
+	const char *name;
+	size_t name_len;
+	const char *value;
+	size_t value_len;
+};
+
+struct upstream_request {
+	const char *method;
+	const char *authority; /* host[:port] for Host / :authority */
+	const char *path;      /* origin-form target */
+	const struct upstream_field *fields; /* end-to-end fields only */
+	size_t nfields;
+	bool has_body;
+	int64_t content_length; /* -1: unknown (streamed) */
+};
+
+struct upstream_stream_cbs {
+	/* Response head; interim (1xx) heads come first and may repeat. The
+	 * message stays valid until the next callback. */
+	void (*on_head)(void *ctx, const struct http1_msg *head);
+	/* Decoded body bytes are waiting in upstream_stream_body(). Take what
+	 * fits, then call upstream_stream_consumed() when ready for more. */
+	void (*on_body)(void *ctx);
+	/* The response is complete; trailers is "name: value\r\n"... or "". */
+	void (*on_end)(void *ctx, const char *trailers);
+	/* The stream failed. nothing_received: no response byte arrived, so a
+	 * replayable request may be retried. After this the stream is gone. */
+	void (*on_error)(void *ctx, enum muxd_err err, const char *reason, bool nothing_received);
+	/* More request body may be sent (upstream_stream_send_space() > 0). */
+	void (*on_send_ready)(void *ctx);
+};
+
+struct upstream_stream_ops {
+	void (*send_head)(struct upstream_stream *s, const struct upstream_request *req);
+	size_t (*send_space)(struct upstream_stream *s);
+	void (*send_body)(struct upstream_stream *s, const void *data, size_t len);
+	void (*send_end)(struct upstream_stream *s, const char *trailers);
+	struct evbuffer *(*body)(struct upstream_stream *s);
+	void (*consumed)(struct upstream_stream *s);
+	/* Drop the stream; the connection decides whether it survives. */
+	void (*cancel)(struct upstream_stream *s);
+};
+
+struct upstream_stream {
+	const struct upstream_stream_ops *ops;
+	struct upstream_stream_cbs cbs;
+	void *ctx;
+	struct upstream_conn *conn;
+};
+
+struct upstream_conn_ops {
+	/* Open a stream; NULL when the connection cannot take one now. */
+	struct upstream_stream *(*open_stream)(struct upstream_conn *c,
+	                                       const struct upstream_stream_cbs *cbs, void *ctx);
+	unsigned (*free_slots)(struct upstream_conn *c);
+	bool (*is_idle)(struct upstream_conn *c);
+	/* Close now, whatever runs on it (streams get no callback). */
+	void (*close)(struct upstream_conn *c);
+};
+
+/* Owner of connections: told when a connection becomes free, or dies. */
+struct upstream_owner_cbs {
+	void (*on_available)(void *owner, struct upstream_conn *c); /* a stream slot freed */
+	void (*on_closed)(void *owner, struct upstream_conn *c, enum evict_reason why);
+};
+
+struct upstream_conn {
+	const struct upstream_conn_ops *ops;
+	enum proto proto;
+	struct upstream_owner_cbs owner_cbs;
+	void *owner; /* the pool's bookkeeping for this connection */
+	uint64_t requests; /* streams opened so far */
+	bool reusable;     /* false once the connection may carry no more streams */
+};
+
+static inline void upstream_stream_send_head(struct upstream_stream *s,
+                                             const struct upstream_request *r)
+{
+	s->ops->send_head(s, r);
+}
+
+/* HTTP/1.1 over an established transport (takes ownership of it). */
+struct upstream_conn *h1_conn_new(struct muxd *m, struct transport *t,
+                                  const struct upstream_owner_cbs *owner_cbs, void *owner);
+
+#endif

@@ -1,0 +1,567 @@
+/* Unit tests for src/config.c: defaults, every key, value forms, error reports. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char tmp_path[64];
+
+/* Writes text to a fresh temporary file; its path is in tmp_path. */
+static const char *write_conf(const char *text)
+{
+	strcpy(tmp_path, "/tmp/test_config.XXXXXX");
+	int fd = mkstemp(tmp_path);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	return tmp_path;
+}
+
+static struct config *load_text(const char *text, struct config_errors *errs)
+{
+	struct config *cfg = config_load(write_conf(text), errs);
+	unlink(tmp_path);
+	return cfg;
+}
+
+/* Loads text that must be valid. */
+static struct config *load_ok(const char *text)
+{
+	struct config_errors errs;
+	struct config *cfg = load_text(text, &errs);
+	ck_assert_msg(cfg, "unexpected error: %s", errs.n ? errs.lines[0] : "?");
+	ck_assert_uint_eq(errs.n, 0);
+	return cfg;
+}
+
+/* Loads text that must fail with exactly one error, which must end with want. */
+static void load_bad(const char *text, const char *want)
+{
+	struct config_errors errs;
+	struct config *cfg = load_text(text, &errs);
+	ck_assert_ptr_null(cfg);
+	ck_assert_msg(errs.n == 1, "%zu errors for %s", errs.n, text);
+	const char *got = errs.lines[0] + strlen(tmp_path);
+	ck_assert_str_eq(got, want);
+	config_errors_free(&errs);
+}
+
+static struct sockaddr_storage sa(const char *text)
+{
+	struct sockaddr_storage ss = {0};
+	struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+	if (inet_pton(AF_INET, text, &sin->sin_addr) == 1) {
+		sin->sin_family = AF_INET;
+	} else {
+		ck_assert_int_eq(inet_pton(AF_INET6, text, &sin6->sin6_addr), 1);
+		sin6->sin6_family = AF_INET6;
+	}
+	return ss;
+}
+
+static bool match(const char *cidr, const char *addr)
+{
+	struct config_cidr c;
+	struct sockaddr_storage ss = sa(addr);
+	ck_assert_msg(config_parse_cidr(cidr, &c), "cidr %s", cidr);
+	return config_cidr_match(&c, (struct sockaddr *)&ss);
+}
+
+START_TEST(defaults)
+{
+	setenv("STATE_DIRECTORY", "/run/state/muxd:/other", 1);
+	struct config *cfg = config_defaults();
+	ck_assert_ptr_nonnull(cfg);
+	ck_assert_int_eq(cfg->refs, 1);
+	ck_assert_ptr_null(cfg->file);
+	ck_assert_uint_eq(cfg->nlisten, 2);
+	ck_assert_str_eq(cfg->listen[0].text, "127.0.0.1:3128");
+	ck_assert_str_eq(cfg->listen[1].text, "[::1]:3128");
+	ck_assert_int_eq(cfg->listen[1].addr.ss_family, AF_INET6);
+	ck_assert_uint_eq(cfg->nallow, 2);
+	ck_assert_int_eq(cfg->allow[0].prefix, 8);
+	ck_assert_int_eq(cfg->allow[1].prefix, 128);
+	ck_assert_str_eq(cfg->state_dir, "/run/state/muxd");
+	ck_assert_int_eq(cfg->log_level, LOG_INFO);
+	ck_assert_ptr_null(cfg->access_log);
+	ck_assert(cfg->via);
+	ck_assert_uint_eq(cfg->max_clients, 4096);
+	ck_assert_uint_eq(cfg->shutdown_timeout_ms, 30000);
+	ck_assert_uint_eq(cfg->nconnect_ports, 1);
+	ck_assert_uint_eq(cfg->connect_ports[0], 443);
+	ck_assert_uint_eq(cfg->tunnel_idle_timeout_ms, 600000);
+	ck_assert_uint_eq(cfg->idle_timeout_ms, 90000);
+	ck_assert_uint_eq(cfg->max_idle_per_origin, 6);
+	ck_assert_uint_eq(cfg->max_idle, 256);
+	ck_assert_uint_eq(cfg->max_connections, 1024);
+	ck_assert_uint_eq(cfg->max_h1_per_origin, 16);
+	ck_assert_uint_eq(cfg->max_h2_per_origin, 4);
+	ck_assert_uint_eq(cfg->max_requests_per_connection, 0);
+	ck_assert_uint_eq(cfg->max_connection_age_ms, 0);
+	ck_assert_uint_eq(cfg->connect_timeout_ms, 10000);
+	ck_assert(cfg->h2 && cfg->h3);
+	ck_assert_uint_eq(cfg->h3_timeout_ms, 300);
+	ck_assert_str_eq(cfg->altsvc_file, "altsvc.cache");
+	config_unref(cfg);
+	unsetenv("STATE_DIRECTORY");
+}
+END_TEST
+
+START_TEST(state_dir_resolution)
+{
+	unsetenv("STATE_DIRECTORY");
+	setenv("XDG_STATE_HOME", "/xdg", 1);
+	setenv("HOME", "/home/u", 1);
+	struct config *cfg = config_defaults();
+	ck_assert_str_eq(cfg->state_dir, geteuid() == 0 ? "/var/lib/muxd" : "/xdg/muxd");
+	config_unref(cfg);
+	setenv("XDG_STATE_HOME", "", 1); /* empty: ignored */
+	cfg = config_defaults();
+	ck_assert_str_eq(cfg->state_dir,
+	                 geteuid() == 0 ? "/var/lib/muxd" : "/home/u/.local/state/muxd");
+	config_unref(cfg);
+	unsetenv("XDG_STATE_HOME");
+}
+END_TEST
+
+START_TEST(every_key)
+{
+	struct config *cfg = load_ok("; comment\n"
+	                             "# another\n"
+	                             "[muxd]\n"
+	                             "listen = 0.0.0.0:8080, [2001:DB8::1]:3129\n"
+	                             "allow = 10.0.0.0/8,192.168.1.7 fd00::/8 ; inline comment\n"
+	                             "state_dir = /srv/muxd\n"
+	                             "log_level = debug\n"
+	                             "access_log = /var/log/muxd.log\n"
+	                             "via = no\n"
+	                             "max_clients = 10\n"
+	                             "shutdown_timeout = 0\n"
+	                             "connect_ports = 443 8443,22\n"
+	                             "tunnel_idle_timeout = 2h\n"
+	                             "\n"
+	                             "[pool]\n"
+	                             "idle_timeout = 5\n"
+	                             "max_idle_per_origin = 0\n"
+	                             "max_idle = 7\n"
+	                             "max_connections = 8\n"
+	                             "max_h1_per_origin = 9\n"
+	                             "max_h2_per_origin = 2\n"
+	                             "max_requests_per_connection = 100\n"
+	                             "max_connection_age = 1m\n"
+	                             "connect_timeout = 1500ms\n"
+	                             "h2 = off\n"
+	                             "h3 = false\n"
+	                             "h3_timeout = 1s\n"
+	                             "altsvc_file = off\n");
+	ck_assert_uint_eq(cfg->nlisten, 2);
+	ck_assert_str_eq(cfg->listen[0].text, "0.0.0.0:8080");
+	ck_assert_str_eq(cfg->listen[1].text, "[2001:db8::1]:3129");
+	ck_assert_uint_eq(cfg->nallow, 3);
+	ck_assert_int_eq(cfg->allow[1].family, AF_INET);
+	ck_assert_int_eq(cfg->allow[1].prefix, 32);
+	ck_assert_int_eq(cfg->allow[2].family, AF_INET6);
+	ck_assert_int_eq(cfg->allow[2].prefix, 8);
+	ck_assert_str_eq(cfg->state_dir, "/srv/muxd");
+	ck_assert_int_eq(cfg->log_level, LOG_DEBUG);
+	ck_assert_str_eq(cfg->access_log, "/var/log/muxd.log");
+	ck_assert(!cfg->via);
+	ck_assert_uint_eq(cfg->max_clients, 10);
+	ck_assert_uint_eq(cfg->shutdown_timeout_ms, 0);
+	ck_assert_uint_eq(cfg->nconnect_ports, 3);
+	ck_assert_uint_eq(cfg->connect_ports[2], 22);
+	ck_assert_uint_eq(cfg->tunnel_idle_timeout_ms, 7200000);
+	ck_assert_uint_eq(cfg->idle_timeout_ms, 5000);
+	ck_assert_uint_eq(cfg->max_idle_per_origin, 0);
+	ck_assert_uint_eq(cfg->max_idle, 7);
+	ck_assert_uint_eq(cfg->max_connections, 8);
+	ck_assert_uint_eq(cfg->max_h1_per_origin, 9);
+	ck_assert_uint_eq(cfg->max_h2_per_origin, 2);
+	ck_assert_uint_eq(cfg->max_requests_per_connection, 100);
+	ck_assert_uint_eq(cfg->max_connection_age_ms, 60000);
+	ck_assert_uint_eq(cfg->connect_timeout_ms, 1500);
+	ck_assert(!cfg->h2 && !cfg->h3);
+	ck_assert_uint_eq(cfg->h3_timeout_ms, 1000);
+	ck_assert_ptr_null(cfg->altsvc_file);
+	ck_assert_ptr_nonnull(cfg->file);
+	config_unref(cfg);
+}
+END_TEST
+
+START_TEST(value_forms)
+{
+	struct config *cfg = load_ok("[muxd]\n"
+	                             "state_dir =\n"
+	                             "log_level = WARN\n"
+	                             "access_log = stderr\n"
+	                             "via = 1\n"
+	                             "connect_ports =\n"
+	                             "listen = 127.0.0.1:1\n"
+	                             "         [::]:2\n" /* continuation extends a list */
+	                             "[pool]\n"
+	                             "max_connection_age = off\n"
+	                             "altsvc_file = /abs/alt\n"
+	                             "h2 = Yes\n"
+	                             "h3 = 0\n");
+	struct config *def = config_defaults();
+	ck_assert_str_eq(cfg->state_dir, def->state_dir);
+	ck_assert_int_eq(cfg->log_level, LOG_WARN);
+	ck_assert_str_eq(cfg->access_log, "stderr");
+	ck_assert(cfg->via && cfg->h2 && !cfg->h3);
+	ck_assert_uint_eq(cfg->nconnect_ports, 0);
+	ck_assert(!config_port_allowed(cfg, 443));
+	ck_assert_uint_eq(cfg->nlisten, 2);
+	ck_assert_str_eq(cfg->listen[1].text, "[::]:2");
+	ck_assert_uint_eq(cfg->max_connection_age_ms, 0);
+	ck_assert_str_eq(cfg->altsvc_file, "/abs/alt");
+	config_unref(def);
+	config_unref(cfg);
+}
+END_TEST
+
+START_TEST(durations)
+{
+	uint64_t ms = 1;
+	ck_assert(config_parse_duration("90s", &ms) && ms == 90000);
+	ck_assert(config_parse_duration("300ms", &ms) && ms == 300);
+	ck_assert(config_parse_duration("10m", &ms) && ms == 600000);
+	ck_assert(config_parse_duration("2h", &ms) && ms == 7200000);
+	ck_assert(config_parse_duration("30", &ms) && ms == 30000);
+	ck_assert(config_parse_duration("0ms", &ms) && ms == 0);
+	static const char *const bad[] = {"",
+	                                  "abc",
+	                                  "-1",
+	                                  "1.5s",
+	                                  "s",
+	                                  "10 s",
+	                                  " 10",
+	                                  "10x",
+	                                  "1d",
+	                                  "+5s",
+	                                  "10msx",
+	                                  "10S",
+	                                  "99999999999999999999",
+	                                  "18446744073709551615h"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		ck_assert_msg(!config_parse_duration(bad[i], &ms), "accepted '%s'", bad[i]);
+}
+END_TEST
+
+START_TEST(addr_port)
+{
+	struct config_listen l;
+	ck_assert(config_parse_addr_port("127.0.0.1:3128", &l));
+	ck_assert_str_eq(l.text, "127.0.0.1:3128");
+	ck_assert_uint_eq(l.addr_len, sizeof(struct sockaddr_in));
+	ck_assert_uint_eq(ntohs(((struct sockaddr_in *)&l.addr)->sin_port), 3128);
+	ck_assert(config_parse_addr_port("[0:0::1]:65535", &l));
+	ck_assert_str_eq(l.text, "[::1]:65535");
+	ck_assert_uint_eq(l.addr_len, sizeof(struct sockaddr_in6));
+	static const char *const bad[] = {
+	    "127.0.0.1",     "127.0.0.1:", "127.0.0.1:-1", "127.0.0.1:65536",
+	    "::1:3128",      "[::1]3128",  "[::1]",       "localhost:3128",
+	    "[127.0.0.1]:1", ":3128",      "1.2.3.4:80x", "[fe80::1%eth0]:1",
+	    "[]:1",          "1.2.3.4:-1"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		ck_assert_msg(!config_parse_addr_port(bad[i], &l), "accepted '%s'", bad[i]);
+}
+END_TEST
+
+START_TEST(cidr)
+{
+	struct config_cidr c;
+	static const char *const bad[] = {"",          "10.0.0.0/33", "::/129",
+	                                  "10.0.0.0/", "10/8",        "10.0.0.0/8x",
+	                                  "/8",        "x",           "10.0.0.0/-1"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		ck_assert_msg(!config_parse_cidr(bad[i], &c), "accepted '%s'", bad[i]);
+
+	ck_assert(match("127.0.0.0/8", "127.1.2.3"));
+	ck_assert(!match("127.0.0.0/8", "128.0.0.1"));
+	ck_assert(match("10.1.2.3/8", "10.200.0.1")); /* host bits are masked */
+	ck_assert(match("192.168.1.7", "192.168.1.7"));
+	ck_assert(!match("192.168.1.7", "192.168.1.8"));
+	ck_assert(match("192.168.0.0/23", "192.168.1.255"));
+	ck_assert(!match("192.168.0.0/23", "192.168.2.0"));
+	ck_assert(match("0.0.0.0/0", "8.8.8.8"));
+	ck_assert(!match("0.0.0.0/0", "2001:db8::1"));
+	ck_assert(match("::1", "::1"));
+	ck_assert(!match("::1", "::2"));
+	ck_assert(match("2001:db8::/32", "2001:db8:ffff::1"));
+	ck_assert(!match("2001:db8::/33", "2001:db8:8000::1"));
+	ck_assert(match("fe80::/10", "febf::1"));
+	ck_assert(!match("::/0", "10.0.0.1"));
+	/* IPv4-mapped clients match IPv4 networks, and mapped networks match IPv4 */
+	ck_assert(match("127.0.0.0/8", "::ffff:127.0.0.1"));
+	ck_assert(!match("127.0.0.0/8", "::ffff:128.0.0.1"));
+	ck_assert(!match("::1", "::ffff:127.0.0.1"));
+	ck_assert(match("::ffff:10.0.0.0/104", "10.9.9.9"));
+	ck_assert(match("::ffff:10.0.0.0/104", "::ffff:10.9.9.9"));
+
+	struct sockaddr_storage unix_sa = {.ss_family = AF_UNIX};
+	ck_assert(config_parse_cidr("0.0.0.0/0", &c));
+	ck_assert(!config_cidr_match(&c, (struct sockaddr *)&unix_sa));
+}
+END_TEST
+
+START_TEST(ports)
+{
+	struct config *cfg = load_ok("[muxd]\nconnect_ports = 443,  8443 , 1 65535\n");
+	ck_assert_uint_eq(cfg->nconnect_ports, 4);
+	ck_assert(config_port_allowed(cfg, 443));
+	ck_assert(config_port_allowed(cfg, 8443));
+	ck_assert(config_port_allowed(cfg, 1));
+	ck_assert(config_port_allowed(cfg, 65535));
+	ck_assert(!config_port_allowed(cfg, 80));
+	config_unref(cfg);
+	load_bad("[muxd]\nconnect_ports = 443 0\n",
+	         ":2: [muxd] connect_ports: bad port '0' (expected 1 to 65535)");
+	load_bad("[muxd]\nconnect_ports = 70000\n",
+	         ":2: [muxd] connect_ports: bad port '70000' (expected 1 to 65535)");
+}
+END_TEST
+
+START_TEST(list_replaces_default)
+{
+	struct config *cfg = load_ok("[muxd]\nallow = 10.0.0.0/8\nlisten=[::1]:1\n");
+	ck_assert_uint_eq(cfg->nallow, 1);
+	ck_assert_uint_eq(cfg->nlisten, 1);
+	ck_assert_str_eq(cfg->listen[0].text, "[::1]:1");
+	config_unref(cfg);
+}
+END_TEST
+
+START_TEST(bad_values)
+{
+	load_bad("[pool]\nidle_timeout = abc\n",
+	         ":2: [pool] idle_timeout: bad duration 'abc' (expected a number with ms, s, m "
+	         "or h)");
+	load_bad("[pool]\nconnect_timeout = 0s\n",
+	         ":2: [pool] connect_timeout: bad duration '0s' (expected more than 0)");
+	load_bad("[pool]\nmax_connection_age = never\n",
+	         ":2: [pool] max_connection_age: bad duration 'never' (expected off or a number "
+	         "with ms, s, m or h)");
+	load_bad("[pool]\nh2 = maybe\n",
+	         ":2: [pool] h2: bad boolean 'maybe' (expected on, off, yes, no, true, false, 1 or "
+	         "0)");
+	load_bad("[muxd]\nvia = on # not a comment\n",
+	         ":2: [muxd] via: bad boolean 'on # not a comment' (expected on, off, yes, no, "
+	         "true, false, 1 or 0)");
+	load_bad("[muxd]\nmax_clients = 0\n",
+	         ":2: [muxd] max_clients: bad number '0' (expected an integer from 1 to 1000000)");
+	load_bad("[pool]\nmax_connections = -1\n",
+	         ":2: [pool] max_connections: bad number '-1' (expected an integer from 1 to "
+	         "1000000)");
+	load_bad("[pool]\nmax_h1_per_origin = 0\n",
+	         ":2: [pool] max_h1_per_origin: bad number '0' (expected an integer from 1 to "
+	         "100000)");
+	load_bad("[pool]\nmax_h2_per_origin = 0\n",
+	         ":2: [pool] max_h2_per_origin: bad number '0' (expected an integer from 1 to "
+	         "10000)");
+	load_bad("[pool]\nmax_idle = 99999999999999999999\n",
+	         ":2: [pool] max_idle: bad number '99999999999999999999' (expected an integer from "
+	         "0 to 1000000)");
+	load_bad("[muxd]\nlog_level = trace\n",
+	         ":2: [muxd] log_level: bad log level 'trace' (expected error, warn, info or "
+	         "debug)");
+	load_bad("[muxd]\naccess_log =\n",
+	         ":2: [muxd] access_log: empty value (expected off, stderr or a path)");
+	load_bad("[pool]\naltsvc_file =\n",
+	         ":2: [pool] altsvc_file: empty value (expected off or a path)");
+	load_bad("[muxd]\nstate_dir = var/lib\n",
+	         ":2: [muxd] state_dir: relative path 'var/lib' (expected an absolute path, or "
+	         "empty)");
+	load_bad("[muxd]\nlisten = 127.0.0.1:3128 localhost:3128\n",
+	         ":2: [muxd] listen: bad address 'localhost:3128' (expected ADDR:PORT with a "
+	         "numeric address, IPv6 in brackets)");
+	load_bad("[muxd]\nlisten =\n", ":2: [muxd] listen: no addresses (expected 1 to 16)");
+	load_bad("[muxd]\nallow = 10.0.0.0/40\n",
+	         ":2: [muxd] allow: bad network '10.0.0.0/40' (expected an address or "
+	         "ADDR/PREFIX)");
+	load_bad("[muxd]\nallow = ,\n",
+	         ":2: [muxd] allow: empty list (expected at least one network: an address or "
+	         "ADDR/PREFIX)");
+	load_bad("[muxd]\nconnect_ports = 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 "
+	         "22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47\n"
+	         "  48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65\n",
+	         ":3: [muxd] connect_ports: too many entries (expected at most 64)");
+}
+END_TEST
+
+START_TEST(structure_errors)
+{
+	load_bad("[muxd]\nvia = on\n\n[intercept]\nenabled = on\n",
+	         ":4: [intercept]: unknown section");
+	load_bad("[route *]\nproxy = direct\n", ":1: [route *]: unknown section");
+	load_bad("[pool]\nfoo = 1\n", ":2: [pool] foo: unknown key");
+	load_bad("[muxd]\nidle_timeout = 1s\n", ":2: [muxd] idle_timeout: unknown key");
+	load_bad("via = on\n", ":1: via: not in a section (expected [muxd] or [pool] above it)");
+	load_bad("[muxd]\nvia = on\nvia = off\n",
+	         ":3: [muxd] via: given twice (expected once; first on line 2)");
+	load_bad("[muxd]\nvia = on\n  off\n",
+	         ":3: [muxd] via: continuation line (expected one value on the key's line)");
+	load_bad("[muxd]\njust words\n",
+	         ":2: syntax error (expected key = value, [section] or ; comment)");
+	load_bad("[muxd]\n[pool ; no bracket]\n",
+	         ":2: syntax error (expected key = value, [section] or ; comment)");
+	char line[400];
+	snprintf(line, sizeof line, "[muxd]\n; %0300d\nvia = on\n", 0);
+	load_bad(line, ":2: line too long (expected at most 197 characters)");
+}
+END_TEST
+
+START_TEST(all_errors_reported)
+{
+	struct config_errors errs;
+	struct config *cfg = load_text("# several problems\n"  /* 1 */
+	                               "[muxd]\n"              /* 2 */
+	                               "max_clients = lots\n"  /* 3 */
+	                               "colour = blue\n"       /* 4 */
+	                               "no equals sign here\n" /* 5 */
+	                               "via = on\n"            /* 6 */
+	                               "[pool]\n"              /* 7 */
+	                               "idle_timeout = abc\n"  /* 8 */
+	                               "h3 = on ; fine\n"      /* 9 */
+	                               "[foo]\n"               /* 10 */
+	                               "bar = 1\n"             /* 11 */
+	                               "[pool]\n"              /* 12 */
+	                               "h3_timeout = 5 ms\n",  /* 13 */
+	                               &errs);
+	ck_assert_ptr_null(cfg);
+	static const char *const want[] = {
+	    ":3: [muxd] max_clients: bad number 'lots' (expected an integer from 1 to 1000000)",
+	    ":4: [muxd] colour: unknown key",
+	    ":5: syntax error (expected key = value, [section] or ; comment)",
+	    ":8: [pool] idle_timeout: bad duration 'abc' (expected a number with ms, s, m or h)",
+	    ":10: [foo]: unknown section",
+	    ":13: [pool] h3_timeout: bad duration '5 ms' (expected a number with ms, s, m or h)",
+	};
+	ck_assert_uint_eq(errs.n, sizeof want / sizeof want[0]);
+	for (size_t i = 0; i < errs.n; i++) {
+		ck_assert_msg(strncmp(errs.lines[i], tmp_path, strlen(tmp_path)) == 0, "%s",
+		              errs.lines[i]);
+		ck_assert_str_eq(errs.lines[i] + strlen(tmp_path), want[i]);
+	}
+	config_errors_free(&errs);
+	ck_assert_uint_eq(errs.n, 0);
+	ck_assert_ptr_null(errs.lines);
+}
+END_TEST
+
+START_TEST(missing_file)
+{
+	struct config_errors errs;
+	ck_assert_ptr_null(config_load("/nonexistent/muxd.conf", &errs));
+	ck_assert_uint_eq(errs.n, 1);
+	ck_assert_str_eq(errs.lines[0], "/nonexistent/muxd.conf: cannot open: No such file or "
+	                                "directory");
+	config_errors_free(&errs);
+
+	ck_assert_ptr_null(config_load("/", &errs));
+	ck_assert_uint_eq(errs.n, 1);
+	ck_assert_str_eq(errs.lines[0], "/: cannot read: Is a directory");
+	config_errors_free(&errs);
+
+	ck_assert_ptr_null(config_load("/nonexistent", NULL)); /* errs is optional */
+}
+END_TEST
+
+START_TEST(empty_file)
+{
+	struct config *cfg = load_ok("");
+	struct config *def = config_defaults();
+	ck_assert_str_eq(cfg->file, tmp_path);
+	ck_assert_uint_eq(cfg->max_clients, def->max_clients);
+	ck_assert_str_eq(cfg->listen[0].text, def->listen[0].text);
+	config_unref(def);
+	config_unref(cfg);
+}
+END_TEST
+
+START_TEST(example_file)
+{
+	struct config_errors errs;
+	struct config *cfg = config_load("conf/muxd.conf", &errs);
+	ck_assert_msg(cfg, "conf/muxd.conf: %s", errs.n ? errs.lines[0] : "?");
+	struct config *def = config_defaults();
+	ck_assert_uint_eq(cfg->nlisten, def->nlisten);
+	ck_assert_str_eq(cfg->listen[1].text, def->listen[1].text);
+	ck_assert_uint_eq(cfg->nallow, def->nallow);
+	ck_assert_str_eq(cfg->state_dir, def->state_dir);
+	ck_assert_int_eq(cfg->log_level, def->log_level);
+	ck_assert_uint_eq(cfg->tunnel_idle_timeout_ms, def->tunnel_idle_timeout_ms);
+	ck_assert_uint_eq(cfg->h3_timeout_ms, def->h3_timeout_ms);
+	ck_assert_uint_eq(cfg->max_connection_age_ms, def->max_connection_age_ms);
+	ck_assert_str_eq(cfg->altsvc_file, def->altsvc_file);
+	config_unref(def);
+	config_unref(cfg);
+}
+END_TEST
+
+START_TEST(set_listen)
+{
+	struct config *cfg = config_defaults();
+	char err[256];
+	const char *good[] = {"0.0.0.0:8080", "[::]:8080", "10.0.0.1:1"};
+	const char *bad[] = {"0.0.0.0:8080", "localhost:1"};
+
+	ck_assert(config_set_listen(cfg, good, 3, err, sizeof err));
+	ck_assert_uint_eq(cfg->nlisten, 3);
+	ck_assert_str_eq(cfg->listen[1].text, "[::]:8080");
+	ck_assert(!config_set_listen(cfg, bad, 2, err, sizeof err));
+	ck_assert_str_eq(err, "bad address 'localhost:1' (expected ADDR:PORT with a numeric "
+	                      "address, IPv6 in brackets)");
+	ck_assert_uint_eq(cfg->nlisten, 3); /* unchanged on error */
+	ck_assert(!config_set_listen(cfg, good, 0, err, sizeof err));
+	config_unref(cfg);
+}
+END_TEST
+
+START_TEST(refcount)
+{
+	struct config *cfg = load_ok("[muxd]\naccess_log = /tmp/a.log\n");
+	ck_assert_ptr_eq(config_ref(cfg), cfg);
+	ck_assert_int_eq(cfg->refs, 2);
+	config_unref(cfg);
+	ck_assert_int_eq(cfg->refs, 1);
+	ck_assert_str_eq(cfg->access_log, "/tmp/a.log");
+	config_unref(cfg); /* freed here: ASan/LSan checks there is no leak */
+	config_unref(NULL);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("config");
+	TCase *tc = tcase_create("config");
+
+	tcase_add_test(tc, defaults);
+	tcase_add_test(tc, state_dir_resolution);
+	tcase_add_test(tc, every_key);
+	tcase_add_test(tc, value_forms);
+	tcase_add_test(tc, durations);
+	tcase_add_test(tc, addr_port);
+	tcase_add_test(tc, cidr);
+	tcase_add_test(tc, ports);
+	tcase_add_test(tc, list_replaces_default);
+	tcase_add_test(tc, bad_values);
+	tcase_add_test(tc, structure_errors);
+	tcase_add_test(tc, all_errors_reported);
+	tcase_add_test(tc, missing_file);
+	tcase_add_test(tc, empty_file);
+	tcase_add_test(tc, example_file);
+	tcase_add_test(tc, set_listen);
+	tcase_add_test(tc, refcount);
+	suite_add_tcase(s, tc);
+
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
