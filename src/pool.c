@@ -22,6 +22,7 @@
 #include "transport/transport.h"
 
 #define POOL_BUCKETS 256
+#define TRIM_DELAY_MS 250 /* surplus idle connections get this long to be reused */
 
 struct pool_origin;
 
@@ -66,6 +67,7 @@ struct pool {
 	struct muxd *m;
 	struct pool_origin *buckets[POOL_BUCKETS];
 	struct pool_conn_list idle; /* LRU first */
+	struct event *trim_timer;   /* closes idle connections over the caps */
 	unsigned nconns;
 	unsigned nidle;
 };
@@ -88,6 +90,8 @@ static unsigned hash(const char *s)
 	return h % POOL_BUCKETS;
 }
 
+static void trim_cb(evutil_socket_t fd, short what, void *arg);
+
 struct pool *pool_new(struct muxd *m)
 {
 	struct pool *p = calloc(1, sizeof(*p));
@@ -95,6 +99,11 @@ struct pool *pool_new(struct muxd *m)
 		return NULL;
 	p->m = m;
 	TAILQ_INIT(&p->idle);
+	p->trim_timer = evtimer_new(m->base, trim_cb, p);
+	if (!p->trim_timer) {
+		free(p);
+		return NULL;
+	}
 	return p;
 }
 
@@ -379,15 +388,30 @@ static void conn_available(void *owner, struct upstream_conn *uc)
 		return;
 	}
 	set_idle(pc, true);
-	if (o->nidle > p->m->cfg->max_idle_per_origin) {
-		struct pool_conn *lru;
-		TAILQ_FOREACH(lru, &p->idle, idle_link)
-		if (lru->o == o)
-			break;
-		evict(lru, EVICT_LIMIT);
+	if ((o->nidle > p->m->cfg->max_idle_per_origin || p->nidle > p->m->cfg->max_idle) &&
+	    !evtimer_pending(p->trim_timer, NULL)) {
+		struct timeval tv = {0, TRIM_DELAY_MS * 1000};
+		evtimer_add(p->trim_timer, &tv);
 	}
-	if (p->nidle > p->m->cfg->max_idle)
-		evict(TAILQ_FIRST(&p->idle), EVICT_LIMIT);
+}
+
+/* Close the least recently used idle connections over max_idle_per_origin
+ * and max_idle. Deferred by TRIM_DELAY_MS so that a burst of requests does
+ * not churn connections that the next moment would have reused. */
+static void trim_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pool *p = arg;
+	const struct config *cfg = p->m->cfg;
+	struct pool_conn *pc, *next;
+
+	(void)fd;
+	(void)what;
+	for (pc = TAILQ_FIRST(&p->idle); pc; pc = next) {
+		next = TAILQ_NEXT(pc, idle_link);
+		if (pc->o->nidle > cfg->max_idle_per_origin || p->nidle > cfg->max_idle) {
+			evict(pc, EVICT_LIMIT);
+		}
+	}
 }
 
 static void conn_closed(void *owner, struct upstream_conn *uc, enum evict_reason why)
@@ -523,5 +547,6 @@ void pool_free(struct pool *p)
 			o->nconns--;
 			origin_maybe_free(o);
 		}
+	event_free(p->trim_timer);
 	free(p);
 }
