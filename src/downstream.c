@@ -212,13 +212,13 @@ static void process(struct downstream *ds)
 			len = HTTP1_MAX_HEAD + 4;
 		evbuffer_ptr_set(in, &p, ds->scan_from < len ? ds->scan_from : 0, EVBUFFER_PTR_SET);
 		p = evbuffer_search(in, "\r\n\r\n", 4, &p);
-		if (p.pos < 0 && len <= HTTP1_MAX_HEAD) {
+		if (p.pos < 0 && len < HTTP1_MAX_HEAD) {
 			ds->scan_from = len > 3 ? len - 3 : 0;
 			return;
 		}
 		const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
 		enum http1_result r = http1_parse_request(data, len, &req, &consumed);
-		if (r == HTTP1_INCOMPLETE && len <= HTTP1_MAX_HEAD) {
+		if (r == HTTP1_INCOMPLETE && len < HTTP1_MAX_HEAD) {
 			ds->scan_from = len > 3 ? len - 3 : 0;
 			return;
 		}

@@ -60,6 +60,7 @@ struct pool_origin {
 	unsigned nconnecting;
 	unsigned nwaiters;
 	unsigned nidle;
+	unsigned holds; /* dispatch running: callbacks must not free the origin */
 	struct event *dispatch_ev;
 };
 
@@ -137,7 +138,7 @@ static void origin_maybe_free(struct pool_origin *o)
 {
 	struct pool_origin **pp;
 
-	if (o->nconns || o->nwaiters)
+	if (o->nconns || o->nwaiters || o->holds)
 		return;
 	for (pp = &o->pool->buckets[hash(o->key.id)]; *pp != o; pp = &(*pp)->next)
 		;
@@ -323,6 +324,7 @@ static void dispatch(struct pool_origin *o)
 	struct pool_wait *w;
 	struct pool_conn *pc;
 
+	o->holds++; /* give() runs callbacks that may close connections */
 	/* 1. free slots on existing connections to waiters that accept them */
 	for (;;) {
 		TAILQ_FOREACH(w, &o->waiters, link)
@@ -354,6 +356,7 @@ static void dispatch(struct pool_origin *o)
 			break;
 		}
 	}
+	o->holds--;
 	origin_maybe_free(o);
 }
 

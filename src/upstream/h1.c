@@ -171,13 +171,13 @@ static bool read_head(struct h1_conn *c, struct evbuffer *in)
 		len = HTTP1_MAX_HEAD + 1;
 	evbuffer_ptr_set(in, &p, s->scan_from < len ? s->scan_from : 0, EVBUFFER_PTR_SET);
 	p = evbuffer_search(in, "\r\n\r\n", 4, &p);
-	if (p.pos < 0 && len <= HTTP1_MAX_HEAD) {
+	if (p.pos < 0 && len < HTTP1_MAX_HEAD) {
 		s->scan_from = len > 3 ? len - 3 : 0;
 		return false;
 	}
 	const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
 	enum http1_result r = http1_parse_response(data, len, s->method, &s->head, &consumed);
-	if (r == HTTP1_INCOMPLETE && len <= HTTP1_MAX_HEAD) {
+	if (r == HTTP1_INCOMPLETE && len < HTTP1_MAX_HEAD) {
 		s->scan_from = len > 3 ? len - 3 : 0;
 		return false;
 	}
