@@ -16,6 +16,7 @@ struct dns;
 struct pool;
 struct listeners;
 struct downstream;
+struct tls_client_ctx;
 
 /* Why an upstream attempt failed; decides the status a client sees. */
 enum muxd_err {
@@ -27,6 +28,7 @@ enum muxd_err {
 	ERR_BAD_RESPONSE,     /* 502 */
 	ERR_CLOSED,           /* 502: upstream closed or reset mid-exchange */
 	ERR_BUDGET,           /* 503: no connection could be had */
+	ERR_TLS,              /* 502: handshake or certificate failure */
 };
 
 enum proto { PROTO_H1 = 0, PROTO_H2, PROTO_H3, PROTO_TUNNEL, PROTO_COUNT };
@@ -51,6 +53,7 @@ struct muxd {
 	unsigned nclients;
 	bool draining;     /* shutting down: no new requests */
 	FILE *access_log;  /* NULL when off */
+	struct tls_client_ctx *tls; /* trust stores and the session cache */
 };
 
 const char *proto_name(enum proto p);

@@ -1,0 +1,45 @@
+/*
+ * tls — the TLS client transport layer: GnuTLS over the layer below it
+ * (custom push/pull functions on that layer's buffers, never a socket).
+ * TLS 1.2 and 1.3 only, SNI, ALPN, certificate and host name verification
+ * against the system trust store or a CA file, verification off on request,
+ * and session resumption through a cache keyed by the pool key.
+ * Owns: the GnuTLS session and the layer below.
+ */
+#ifndef MUXD_TLS_H
+#define MUXD_TLS_H
+
+#include <stdbool.h>
+
+#include "muxd.h"
+#include "transport/transport.h"
+
+/* Process-wide TLS client state: credentials per trust store, session cache. */
+struct tls_client_ctx *tls_client_ctx_new(void);
+void tls_client_ctx_free(struct tls_client_ctx *ctx);
+
+struct tls_client_params {
+	const char *sni;         /* host name for SNI and verification; IP literals: no SNI */
+	const char *alpn;        /* comma-separated protocol ids, e.g. "http/1.1" or "h2,http/1.1" */
+	const char *ca_file;     /* PEM trust anchors; NULL = the system trust store */
+	bool verify;             /* false: no certificate or host name check */
+	const char *session_key; /* resumption cache key (the pool key id); NULL = none */
+};
+
+/*
+ * Start a TLS handshake over lower (connected; ownership moves to the new
+ * layer, also on failure). Ends in TRANSPORT_CONNECTED or TRANSPORT_ERROR
+ * with ERR_TLS and a reason naming what failed, e.g. "certificate signed by
+ * unknown authority", "certificate name does not match", "handshake failed:
+ * <GnuTLS error>". Returns NULL only when out of memory (lower is closed).
+ */
+struct transport *tls_client_new(struct muxd *m, struct transport *lower,
+                                 const struct tls_client_params *p,
+                                 const struct transport_cbs *cbs, void *ctx);
+
+/* After TRANSPORT_CONNECTED: the ALPN protocol chosen ("" when none) and
+ * whether the session was resumed. */
+const char *tls_alpn(struct transport *t);
+bool tls_resumed(struct transport *t);
+
+#endif
