@@ -418,6 +418,10 @@ bool http1_list_has(const char *value, size_t value_len, const char *token)
 		while (i < value_len && value[i] != ',')
 			i++;
 		e = i++;
+		/* compare the element's token only, not its parameters (";q=1") */
+		const char *semi = memchr(value + s, ';', e - s);
+		if (semi)
+			e = (size_t)(semi - value);
 		trim_ows(value, &s, &e);
 		if (ieq(value + s, e - s, token))
 			return true;

@@ -89,7 +89,8 @@ void http1_msg_free(struct http1_msg *msg);
 /* First field with this name (case-insensitive), or NULL. */
 const struct http1_field *http1_find(const struct http1_msg *msg, const char *name);
 
-/* Case-insensitive search for token in a comma-separated list value. */
+/* Case-insensitive search for token in a comma-separated list value;
+ * parameters after an element's token (";q=1") are ignored. */
 bool http1_list_has(const char *value, size_t value_len, const char *token);
 
 /*

@@ -182,14 +182,6 @@ static void begin_shutdown(struct daemon *d)
 	muxd_client_closed(m);
 }
 
-void muxd_client_closed(struct muxd *m)
-{
-	if (m->draining && m->nclients == 0)
-		event_base_loopbreak(m->base);
-	else if (m->nclients < m->cfg->max_clients)
-		listeners_pause(m->listeners, false);
-}
-
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
 {
 	(void)what;

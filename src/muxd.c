@@ -1,6 +1,11 @@
 /* muxd — names and mappings shared by every module. */
 #include "muxd.h"
 
+#include <event2/event.h>
+
+#include "config.h"
+#include "listen.h"
+
 const char *proto_name(enum proto p)
 {
 	static const char *const names[] = {"h1", "h2", "h3", "tunnel"};
@@ -24,4 +29,12 @@ int muxd_err_status(enum muxd_err err)
 	default:
 		return 502;
 	}
+}
+
+void muxd_client_closed(struct muxd *m)
+{
+	if (m->draining && m->nclients == 0)
+		event_base_loopbreak(m->base);
+	else if (m->nclients < m->cfg->max_clients)
+		listeners_pause(m->listeners, false);
 }
