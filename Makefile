@@ -59,7 +59,8 @@ unit: $(UNIT_BINS) $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 	    echo "== $$f"; $$f 20000 tests/fuzz/corpus/$$(basename $$f | sed 's/^fuzz_//'); done
 
 integration: $(BUILD)/muxd
-	MUXD_BIN=$(abspath $(BUILD)/muxd) /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
+	MUXD_BIN=$(abspath $(BUILD)/muxd) MUXD_SANITIZE=$(SANITIZE) \
+	    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 
 check:
 	@$(MAKE) --no-print-directory deps

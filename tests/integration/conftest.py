@@ -1,0 +1,286 @@
+"""Fixtures for the muxd integration tests.
+
+* ``muxd``   factory: muxd(conf, args) starts a daemon on an ephemeral port
+             and returns a ``Muxd`` (.port, .proc, .pid, .stderr, .metrics(),
+             .reload(), .stop()).  conf is INI text or {section: {key: value}}.
+* ``nginx``  a running nginx (files are served from ``nginx.root``; its access
+             log records ``$connection`` so tests can count connections).
+* ``origin`` factory: origin(handler) starts a scriptable python origin
+             (support.Origin).
+
+Each test gets its own processes on fresh loopback ports; all of them are
+stopped at teardown.  When a test fails, the stderr of its muxd instances and
+nginx's logs are attached to the report.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from support import LOCALHOST, MUXD_BIN, SANITIZE, HTTPReader, Metrics, Origin, connect, echo_handler, free_port
+
+STARTUP_TIMEOUT = 30.0 if SANITIZE else 10.0
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+# Defaults every test daemon gets unless its config says otherwise: a short
+# shutdown_timeout keeps teardown quick when a test leaves a client hanging.
+DEFAULT_CONF = {"muxd": {"shutdown_timeout": "5s"}}
+
+
+def render_conf(conf):
+    """INI text from {section: {key: value}} (merged over DEFAULT_CONF), or
+    the text itself when conf is a string."""
+    if isinstance(conf, str):
+        return conf
+    sections = {s: dict(kv) for s, kv in DEFAULT_CONF.items()}
+    for section, kv in (conf or {}).items():
+        sections.setdefault(section, {}).update(kv)
+    out = []
+    for section, kv in sections.items():
+        out.append(f"[{section}]")
+        out += [f"{k} = {v}" for k, v in kv.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def attach_log(request, title, path):
+    request.node.__dict__.setdefault("_log_files", []).append((title, Path(path)))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for title, path in getattr(item, "_log_files", []):
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            if len(text) > 20000:
+                text = "[...]\n" + text[-20000:]
+            rep.sections.append((f"{title} ({path})", text))
+
+
+# --------------------------------------------------------------------------
+# muxd
+
+
+class Muxd:
+    def __init__(self, workdir, conf=None, args=()):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True)
+        self.conf_path = self.dir / "muxd.conf"
+        self.state_dir = self.dir / "state"
+        self.state_dir.mkdir()
+        self.stderr = self.dir / "stderr.log"
+        self.args = list(args)
+        self.proc = None
+        self.port = None
+        self.write_conf(conf)
+
+    def write_conf(self, conf):
+        self.conf_path.write_text(render_conf(conf))
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self):
+        return self.stderr.read_text(errors="replace")
+
+    def start(self):
+        cmd = [MUXD_BIN, "-c", str(self.conf_path), "-S", str(self.state_dir), "-l", f"{LOCALHOST}:0"] + self.args
+        with open(self.stderr, "wb") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log())
+            if m:
+                self.port = int(m.group(1))
+                return self
+            if self.proc.poll() is not None:
+                pytest.fail(f"muxd exited with {self.proc.returncode} at startup:\n{self.log()}")
+            time.sleep(0.02)
+        pytest.fail(f"muxd did not log 'listening on 127.0.0.1:PORT' within {STARTUP_TIMEOUT}s")
+
+    def proxy_url(self):
+        return f"http://{LOCALHOST}:{self.port}"
+
+    def admin(self, path):
+        """GET path from muxd's own admin endpoint (origin-form request)."""
+        with connect(self.port, timeout=10) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {LOCALHOST}:{self.port}\r\nConnection: close\r\n\r\n".encode())
+            return HTTPReader(s).read_response()
+
+    def metrics(self):
+        resp = self.admin("/metrics")
+        assert resp.status == 200, resp
+        return Metrics.parse(resp.text)
+
+    def reload(self, conf=None):
+        """Optionally rewrite the config file, then SIGHUP."""
+        if conf is not None:
+            self.write_conf(conf)
+        self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        """Signal muxd and wait for it to exit; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def sanitizer_report(self):
+        text = self.log()
+        return text if any(marker in text for marker in SANITIZER_MARKERS) else None
+
+
+@pytest.fixture
+def muxd(request, tmp_path):
+    """Factory: muxd(conf=None, args=()) -> started Muxd."""
+    if not os.access(MUXD_BIN, os.X_OK):
+        pytest.fail(f"muxd binary {MUXD_BIN} not found (set MUXD_BIN or run make)")
+    instances = []
+
+    def start(conf=None, args=()):
+        m = Muxd(tmp_path / f"muxd{len(instances)}", conf, args)
+        instances.append(m)
+        attach_log(request, "muxd stderr", m.stderr)
+        return m.start()
+
+    yield start
+    reports = []
+    for m in instances:
+        if m.proc is not None:
+            m.stop(timeout=10.0)
+            if m.sanitizer_report():
+                reports.append(str(m.stderr))
+    if reports:
+        pytest.fail(f"sanitizer reported errors, see {reports}")
+
+
+# --------------------------------------------------------------------------
+# nginx
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+{user}
+pid {dir}/nginx.pid;
+error_log {dir}/error.log info;
+events {{ worker_connections 512; }}
+http {{
+    log_format conns '$connection $connection_requests "$request" $status $body_bytes_sent';
+    access_log {dir}/access.log conns;
+    client_body_temp_path {dir}/tmp/client_body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    default_type application/octet-stream;
+    keepalive_timeout 120s;
+    keepalive_requests 100000;
+    server {{
+        listen {LOCALHOST}:{port};
+        root {dir}/www;
+    }}
+}}
+"""
+
+
+class Nginx:
+    def __init__(self, workdir):
+        self.dir = Path(workdir)
+        self.root = self.dir / "www"
+        self.access_log = self.dir / "access.log"
+        self.error_log = self.dir / "error.log"
+        (self.dir / "tmp").mkdir(parents=True)
+        self.root.mkdir()
+        self.proc = None
+        self.port = None
+
+    def start(self):
+        for _ in range(5):
+            self.port = free_port()
+            conf = self.dir / "nginx.conf"
+            user = "user root;" if os.geteuid() == 0 else ""  # tmp_path is 0700
+            conf.write_text(NGINX_CONF.format(dir=self.dir, port=self.port, user=user, LOCALHOST=LOCALHOST))
+            with open(self.dir / "stderr.log", "ab") as err:
+                self.proc = subprocess.Popen(
+                    ["nginx", "-p", str(self.dir), "-c", str(conf), "-e", str(self.error_log)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    start_new_session=True,
+                )
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    connect(self.port, timeout=1).close()
+                    return self
+                except OSError:
+                    time.sleep(0.05)
+            self.stop()  # port taken by someone else: try another
+        pytest.fail(f"nginx did not start; see {self.error_log}")
+
+    def url(self, path="/"):
+        return f"http://{LOCALHOST}:{self.port}{path}"
+
+    def log_lines(self):
+        if not self.access_log.exists():
+            return []
+        return [line.split(" ", 2) for line in self.access_log.read_text().splitlines() if line]
+
+    def connections(self):
+        """Distinct nginx connection serial numbers seen in the access log."""
+        return {fields[0] for fields in self.log_lines()}
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def nginx(request, tmp_path):
+    ng = Nginx(tmp_path / "nginx")
+    attach_log(request, "nginx error log", ng.error_log)
+    ng.start()
+    yield ng
+    ng.stop()
+
+
+# --------------------------------------------------------------------------
+# python origins
+
+
+@pytest.fixture
+def origin():
+    """Factory: origin(handler=echo_handler, auto_continue=True) -> Origin."""
+    origins = []
+
+    def start(handler=echo_handler, **kw):
+        o = Origin(handler, **kw)
+        origins.append(o)
+        return o
+
+    yield start
+    for o in origins:
+        o.stop()
