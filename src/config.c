@@ -328,7 +328,87 @@ void config_unref(struct config *cfg)
 	free(cfg->state_dir);
 	free(cfg->access_log);
 	free(cfg->altsvc_file);
+	for (size_t i = 0; i < cfg->nroutes; i++) {
+		free(cfg->routes[i].pattern);
+		free(cfg->routes[i].ca_file);
+	}
+	free(cfg->routes);
 	free(cfg);
+}
+
+static bool host_chars(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && *s != '-' && *s != '.' && *s != '_')
+			return false;
+	return true;
+}
+
+bool config_parse_route_pattern(const char *s, struct config_route *out)
+{
+	struct in6_addr a6;
+	struct in_addr a4;
+	const char *colon;
+	unsigned long port;
+
+	memset(out, 0, sizeof(*out));
+	out->verify = -1;
+	if (strcmp(s, "*") == 0) {
+		out->kind = ROUTE_ANY;
+		return true;
+	}
+	if (strchr(s, '/')) {
+		out->kind = ROUTE_CIDR;
+		return config_parse_cidr(s, &out->cidr);
+	}
+	if (inet_pton(AF_INET, s, &a4) == 1 || inet_pton(AF_INET6, s, &a6) == 1) {
+		out->kind = ROUTE_HOST;
+		if (strchr(s, ':'))
+			inet_ntop(AF_INET6, &a6, out->host, sizeof(out->host));
+		else
+			inet_ntop(AF_INET, &a4, out->host, sizeof(out->host));
+		return true;
+	}
+	if (strncmp(s, "*.", 2) == 0) {
+		out->kind = ROUTE_SUFFIX;
+		if (strlen(s + 1) >= sizeof(out->host) || !host_chars(s + 2))
+			return false;
+		for (size_t i = 0; s[i + 1]; i++)
+			out->host[i] = (char)tolower((unsigned char)s[i + 1]);
+		return true;
+	}
+	if (*s == '[') {
+		const char *end = strchr(s, ']');
+		char ip[INET6_ADDRSTRLEN];
+		if (!end || end[1] != ':' || (size_t)(end - s - 1) >= sizeof(ip))
+			return false;
+		memcpy(ip, s + 1, (size_t)(end - s - 1));
+		ip[end - s - 1] = '\0';
+		if (inet_pton(AF_INET6, ip, &a6) != 1 || !parse_uint(end + 2, 65535, &port) || !port)
+			return false;
+		out->kind = ROUTE_HOST_PORT;
+		inet_ntop(AF_INET6, &a6, out->host, sizeof(out->host));
+		out->port = (uint16_t)port;
+		return true;
+	}
+	colon = strchr(s, ':');
+	if (colon) {
+		if (!parse_uint(colon + 1, 65535, &port) || !port ||
+		    (size_t)(colon - s) >= sizeof(out->host))
+			return false;
+		out->kind = ROUTE_HOST_PORT;
+		out->port = (uint16_t)port;
+	} else {
+		out->kind = ROUTE_HOST;
+		colon = s + strlen(s);
+	}
+	if ((size_t)(colon - s) >= sizeof(out->host))
+		return false;
+	for (size_t i = 0; s + i < colon; i++)
+		out->host[i] = (char)tolower((unsigned char)s[i]);
+	return host_chars(out->host);
 }
 
 void config_errors_free(struct config_errors *errs)
@@ -583,10 +663,96 @@ static void errf(struct load *ld, int line, const char *fmt, ...)
 	ld->errs->lines = lines;
 }
 
+static bool is_route_section(const char *name, size_t len)
+{
+	return len > 6 && strncmp(name, "route ", 6) == 0;
+}
+
 static bool known_section(const char *name, size_t len)
 {
 	return (len == 4 && strncmp(name, "muxd", 4) == 0) ||
-	       (len == 4 && strncmp(name, "pool", 4) == 0);
+	       (len == 4 && strncmp(name, "pool", 4) == 0) || is_route_section(name, len);
+}
+
+static struct config_route *find_route(struct config *cfg, const char *pattern)
+{
+	for (size_t i = cfg->nroutes; i-- > 0;)
+		if (strcmp(cfg->routes[i].pattern, pattern) == 0)
+			return &cfg->routes[i];
+	return NULL;
+}
+
+/* A [route PATTERN] header: validate the pattern and add the route. */
+static void add_route(struct load *ld, const char *pattern, size_t len)
+{
+	struct config_route r, *routes, *dup;
+
+	while (len > 0 && isspace((unsigned char)*pattern)) {
+		pattern++;
+		len--;
+	}
+	while (len > 0 && isspace((unsigned char)pattern[len - 1]))
+		len--;
+	char *p = strndup(pattern, len);
+	if (!p) {
+		errf(ld, ld->line, "out of memory");
+		return;
+	}
+	if (!config_parse_route_pattern(p, &r)) {
+		errf(ld, ld->line,
+		     "[route %s]: bad pattern (expected *, host, *.suffix, host:port, an IP or a CIDR)",
+		     p);
+		free(p);
+		return;
+	}
+	if ((dup = find_route(ld->cfg, p)) != NULL) {
+		errf(ld, ld->line, "[route %s]: given twice (expected once; first on line %d)", p,
+		     dup->line);
+		free(p);
+		return;
+	}
+	routes = realloc(ld->cfg->routes, (ld->cfg->nroutes + 1) * sizeof(*routes));
+	if (!routes) {
+		errf(ld, ld->line, "out of memory");
+		free(p);
+		return;
+	}
+	r.pattern = p;
+	r.line = ld->line;
+	routes[ld->cfg->nroutes++] = r;
+	ld->cfg->routes = routes;
+}
+
+/* A key inside a [route PATTERN] section. */
+static void route_key(struct load *ld, const char *section, const char *name, const char *v)
+{
+	struct config_route *r = find_route(ld->cfg, section + 6);
+	char why[256];
+	bool b;
+
+	if (!r)
+		return; /* its header was reported */
+	if (strcmp(name, "verify") == 0) {
+		if (r->verify != -1)
+			errf(ld, ld->line, "[%s] %s: given twice (expected once)", section, name);
+		else if (!parse_bool(v, &b))
+			errf(ld, ld->line, "[%s] %s: bad boolean '%s' (expected %s)", section, name, v,
+			     BOOL_FORM);
+		else
+			r->verify = b;
+	} else if (strcmp(name, "ca_file") == 0) {
+		if (r->ca_file)
+			errf(ld, ld->line, "[%s] %s: given twice (expected once)", section, name);
+		else if (!*v)
+			errf(ld, ld->line, "[%s] %s: empty value (expected a PEM file)", section, name);
+		else if (access(v, R_OK) != 0)
+			errf(ld, ld->line, "[%s] %s: cannot read '%s': %s (expected a PEM file)",
+			     section, name, v, strerror(errno));
+		else if (!replace_str(&r->ca_file, v, why, sizeof(why)))
+			errf(ld, ld->line, "[%s] %s: %s", section, name, why);
+	} else {
+		errf(ld, ld->line, "[%s] %s: unknown key", section, name);
+	}
 }
 
 /* Where inih's scan for c stops: at c, at an inline ';' comment (one preceded by
@@ -631,7 +797,9 @@ static void classify(struct load *ld, const char *line)
 			return;
 		}
 		ld->have_name = false;
-		if (!known_section(s + 1, (size_t)(end - s - 1)))
+		if (is_route_section(s + 1, (size_t)(end - s - 1)))
+			add_route(ld, s + 7, (size_t)(end - s - 7));
+		else if (!known_section(s + 1, (size_t)(end - s - 1)))
 			errf(ld, ld->line, "[%.*s]: unknown section", (int)(end - s - 1), s + 1);
 	} else {
 		ld->expect = true;
@@ -678,6 +846,11 @@ static int on_pair(void *user, const char *section, const char *name, const char
 	}
 	if (!known_section(section, strlen(section)))
 		return 1; /* reported at its header */
+	if (is_route_section(section, strlen(section))) {
+		if (!cont)
+			route_key(ld, section, name, value);
+		return 1;
+	}
 	for (size_t i = 0; i < NKEYS && !k; i++)
 		if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0)
 			k = &keys[i];

@@ -31,6 +31,27 @@ struct config_cidr {
 	int prefix; /* 0..32 or 0..128 */
 };
 
+/* A [route PATTERN] section as written; route.c resolves and matches them. */
+enum route_pattern_kind {
+	ROUTE_ANY,       /* * */
+	ROUTE_HOST,      /* exact host name or IP literal */
+	ROUTE_HOST_PORT, /* host:port */
+	ROUTE_SUFFIX,    /* *.example.com (matches subdomains, not example.com) */
+	ROUTE_CIDR,      /* 10.0.0.0/8, 2001:db8::/32 */
+};
+
+struct config_route {
+	char *pattern;                /* as written */
+	enum route_pattern_kind kind;
+	char host[256];               /* ROUTE_HOST(_PORT): lower-cased; ROUTE_SUFFIX: ".example.com" */
+	uint16_t port;                /* ROUTE_HOST_PORT */
+	struct config_cidr cidr;      /* ROUTE_CIDR (and IP literals as /32 or /128) */
+	int line;                     /* of the section header */
+	/* keys; NULL / -1 = not set here (inherit from [route *], then defaults) */
+	char *ca_file;
+	int verify;
+};
+
 struct config {
 	int refs;
 	char *file; /* the file it came from, or NULL for built-in defaults */
@@ -66,6 +87,10 @@ struct config {
 	bool h3;
 	uint64_t h3_timeout_ms;
 	char *altsvc_file; /* NULL = off; relative to state_dir unless absolute */
+
+	/* [route PATTERN] sections in file order */
+	struct config_route *routes;
+	size_t nroutes;
 };
 
 /*
@@ -102,5 +127,7 @@ bool config_parse_addr_port(const char *s, struct config_listen *out); /* "127.0
 bool config_parse_cidr(const char *s, struct config_cidr *out);        /* "127.0.0.0/8", "::1" */
 bool config_cidr_match(const struct config_cidr *c, const struct sockaddr *sa);
 bool config_port_allowed(const struct config *cfg, uint16_t port); /* connect_ports */
+/* "*", "host", "*.suffix", "host:port", "[v6]:port", an IP or a CIDR. */
+bool config_parse_route_pattern(const char *s, struct config_route *out);
 
 #endif

@@ -24,6 +24,7 @@
 #include "http1.h"
 #include "log.h"
 #include "transport/transport.h"
+#include "tunnel.h"
 
 #define LINGER_MS 5000
 
@@ -33,6 +34,7 @@ struct downstream {
 	char peer[64];
 	bool loopback;
 	struct exchange *ex;
+	struct tunnel *tunnel;
 	size_t scan_from;
 	bool closing; /* lingering close in progress */
 	struct event *linger;
@@ -50,6 +52,8 @@ static void ds_free(struct downstream *ds)
 
 	if (ds->ex)
 		exchange_abort(ds->ex);
+	if (ds->tunnel)
+		tunnel_abort(ds->tunnel);
 	if (ds->prev)
 		ds->prev->next = ds->next;
 	else
@@ -100,15 +104,20 @@ const char *downstream_peer(const struct downstream *ds)
 	return ds->peer;
 }
 
+static void respond_head(struct downstream *ds, int status, const char *content_type,
+                         size_t body_len, bool close)
+{
+	evbuffer_add_printf(transport_output(ds->t),
+	                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
+	                    status, http1_reason(status), content_type, body_len,
+	                    close ? "Connection: close\r\n" : "");
+}
+
 void downstream_respond(struct downstream *ds, int status, const char *content_type,
                         const char *body, size_t body_len, bool close)
 {
-	struct evbuffer *out = transport_output(ds->t);
-
-	evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
-	                    status, http1_reason(status), content_type, body_len,
-	                    close ? "Connection: close\r\n" : "");
-	evbuffer_add(out, body, body_len);
+	respond_head(ds, status, content_type, body_len, close);
+	evbuffer_add(transport_output(ds->t), body, body_len);
 }
 
 static void respond_text(struct downstream *ds, int status, const char *text, bool close)
@@ -160,8 +169,8 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 			respond_text(ds, 400, "muxd: bad CONNECT target\n", true);
 		else if (!config_port_allowed(ds->m->cfg, port))
 			respond_text(ds, 403, "muxd: CONNECT to this port is not allowed\n", true);
-		else
-			respond_text(ds, 501, "muxd: CONNECT is not supported yet\n", true);
+		else if (!(ds->tunnel = tunnel_start(ds->m, ds, host, port)))
+			respond_text(ds, 500, "muxd: out of memory\n", true);
 		return;
 	}
 	if (req->target[0] == '/') {
@@ -172,8 +181,11 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 		}
 		struct admin_response r;
 		admin_handle(ds->m, req, &r);
-		downstream_respond(ds, r.status, r.content_type, r.body, r.body_len,
-		                   !req->keep_alive);
+		if (strcmp(req->method, "HEAD") == 0)
+			respond_head(ds, r.status, r.content_type, r.body_len, !req->keep_alive);
+		else
+			downstream_respond(ds, r.status, r.content_type, r.body, r.body_len,
+			                   !req->keep_alive);
 		admin_response_free(&r);
 		if (!req->keep_alive)
 			start_close(ds);
@@ -197,7 +209,7 @@ static void process(struct downstream *ds)
 {
 	struct evbuffer *in = transport_input(ds->t);
 
-	while (!ds->ex && !ds->closing) {
+	while (!ds->ex && !ds->tunnel && !ds->closing) {
 		size_t len = evbuffer_get_length(in), consumed = 0;
 		struct evbuffer_ptr p;
 		struct http1_msg req;
@@ -247,6 +259,12 @@ void downstream_exchange_done(struct downstream *ds, bool keep_alive)
 	process(ds);
 }
 
+void downstream_tunnel_done(struct downstream *ds)
+{
+	ds->tunnel = NULL;
+	ds_free(ds);
+}
+
 void downstream_abort(struct downstream *ds)
 {
 	ds->ex = NULL;
@@ -262,6 +280,8 @@ static void on_read(void *ctx)
 		evbuffer_drain(in, evbuffer_get_length(in));
 	} else if (ds->ex) {
 		exchange_client_read(ds->ex);
+	} else if (ds->tunnel) {
+		tunnel_client_read(ds->tunnel);
 	} else {
 		process(ds);
 	}
@@ -273,6 +293,8 @@ static void on_drain(void *ctx)
 
 	if (ds->ex)
 		exchange_client_drain(ds->ex);
+	else if (ds->tunnel)
+		tunnel_client_drain(ds->tunnel);
 }
 
 static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
@@ -282,6 +304,10 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 	(void)err;
 	if (ev == TRANSPORT_EOF && ds->ex) {
 		exchange_client_eof(ds->ex); /* may free ds */
+		return;
+	}
+	if (ev == TRANSPORT_EOF && ds->tunnel) {
+		tunnel_client_eof(ds->tunnel); /* may free ds */
 		return;
 	}
 	if (ev == TRANSPORT_EOF && !ds->closing) {
@@ -365,7 +391,7 @@ void downstream_drain_all(struct muxd *m)
 
 	for (; ds; ds = next) {
 		next = ds->next;
-		if (!ds->ex)
+		if (!ds->ex && !ds->tunnel)
 			start_close(ds);
 	}
 }

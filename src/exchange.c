@@ -16,6 +16,7 @@
 #include "downstream.h"
 #include "log.h"
 #include "pool.h"
+#include "route.h"
 #include "transport/transport.h"
 #include "upstream/upstream.h"
 
@@ -28,6 +29,7 @@ struct exchange {
 	struct transport *client;
 	struct http1_msg req;
 	struct http1_uri uri;
+	struct route route;
 	struct pool_key key;
 	char authority[300];
 	struct upstream_field fields[HTTP1_MAX_FIELDS + 2];
@@ -129,34 +131,8 @@ static void fail_abruptly(struct exchange *ex)
 static void answer_error(struct exchange *ex, enum muxd_err err, const char *reason)
 {
 	char body[700];
-	const char *host = ex->uri.host;
-	unsigned port = ex->uri.port;
-	int n;
+	int n = muxd_error_body(err, ex->uri.host, ex->uri.port, reason, body, sizeof(body));
 
-	switch (err) {
-	case ERR_DNS:
-		n = snprintf(body, sizeof(body), "muxd: %s: %s\n", host, reason);
-		break;
-	case ERR_CONNECT:
-		n = snprintf(body, sizeof(body), "muxd: cannot connect to %s:%u: %s\n", host, port,
-		             reason);
-		break;
-	case ERR_CONNECT_TIMEOUT:
-		n = snprintf(body, sizeof(body), "muxd: timed out connecting to %s:%u\n", host, port);
-		break;
-	case ERR_RESPONSE_TIMEOUT:
-		n = snprintf(body, sizeof(body), "muxd: %s:%u did not answer in time\n", host, port);
-		break;
-	case ERR_BAD_RESPONSE:
-		n = snprintf(body, sizeof(body), "muxd: bad response from %s:%u: %s\n", host, port,
-		             reason);
-		break;
-	default:
-		n = snprintf(body, sizeof(body), "muxd: %s:%u: %s\n", host, port, reason);
-		break;
-	}
-	if (n < 0 || (size_t)n >= sizeof(body))
-		n = (int)strlen(body);
 	ex->status = muxd_err_status(err);
 	ex->keep_alive = ex->keep_alive && ex->req_body_done;
 	downstream_respond(ex->ds, ex->status, "text/plain", body, (size_t)n, !ex->keep_alive);
@@ -445,7 +421,13 @@ struct exchange *exchange_start(struct muxd *m, struct downstream *ds, struct ht
 	if (!default_port)
 		snprintf(ex->authority + strlen(ex->authority),
 		         sizeof(ex->authority) - strlen(ex->authority), ":%u", uri->port);
-	pool_key_init(&ex->key, uri->scheme, uri->host, uri->port);
+	route_for(ex->cfg, uri->host, uri->port, &ex->route);
+	if (!pool_key_init(&ex->key, uri->scheme, uri->host, uri->port, &ex->route)) {
+		*req = ex->req;
+		memset(&ex->req, 0, sizeof(ex->req));
+		exchange_free(ex);
+		return NULL;
+	}
 	build_fields(ex);
 	ex->wait = pool_start_stream(m->pool, &ex->key, false, &stream_cbs, &wait_cbs, ex);
 	if (!ex->wait) {

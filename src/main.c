@@ -24,6 +24,7 @@
 #include "log.h"
 #include "muxd.h"
 #include "pool.h"
+#include "transport/tls.h"
 
 #define MUXD_VERSION "0.1.0"
 #define DEFAULT_CONFIG "/etc/muxd/muxd.conf"
@@ -202,7 +203,8 @@ static int run(struct daemon *d)
 		return 1;
 	m->dns = dns_new(m->base);
 	m->pool = pool_new(m);
-	if (!m->dns || !m->pool) {
+	m->tls = tls_client_ctx_new();
+	if (!m->dns || !m->pool || !m->tls) {
 		log_error("cannot start: out of memory");
 		goto out;
 	}
@@ -230,6 +232,7 @@ out:
 	pool_free(m->pool);
 	listeners_free(m->listeners);
 	dns_free(m->dns);
+	tls_client_ctx_free(m->tls);
 	if (d->sig_term)
 		event_free(d->sig_term);
 	if (d->sig_int)

@@ -7,6 +7,7 @@
 #define MUXD_MUXD_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -59,6 +60,10 @@ struct muxd {
 const char *proto_name(enum proto p);
 const char *evict_reason_name(enum evict_reason r);
 int muxd_err_status(enum muxd_err err);
+/* The one-line text body for an upstream failure, naming host and reason.
+ * Returns its length (< size). */
+int muxd_error_body(enum muxd_err err, const char *host, unsigned port, const char *reason,
+                    char *buf, size_t size);
 
 /* A client connection closed: lets a draining daemon finish. */
 void muxd_client_closed(struct muxd *m);

@@ -16,9 +16,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <sys/stat.h>
 
 #include "config.h"
 #include "log.h"
+#include "route.h"
+#include "transport/tls.h"
 #include "transport/transport.h"
 
 #define POOL_BUCKETS 256
@@ -30,7 +33,8 @@ struct pool_conn {
 	struct pool *pool;
 	struct pool_origin *o;
 	struct upstream_conn *uc;  /* NULL while connecting */
-	struct transport *pending; /* the transport being connected */
+	struct transport *pending; /* the transport chain being connected */
+	bool tls_started;          /* pending is the TLS layer over tcp */
 	TAILQ_ENTRY(pool_conn) o_link;
 	TAILQ_ENTRY(pool_conn) idle_link;
 	bool idle;
@@ -73,14 +77,36 @@ struct pool {
 	unsigned nidle;
 };
 
-void pool_key_init(struct pool_key *key, const char *scheme, const char *host, uint16_t port)
+bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, uint16_t port,
+                   const struct route *route)
 {
+	struct stat st = {0};
+	bool v6 = strchr(host, ':') != NULL;
+	int n;
+
 	memset(key, 0, sizeof(*key));
 	snprintf(key->scheme, sizeof(key->scheme), "%s", scheme);
 	snprintf(key->host, sizeof(key->host), "%s", host);
 	key->port = port;
-	snprintf(key->id, sizeof(key->id), "%s://%s%s%s:%u", scheme, strchr(host, ':') ? "[" : "",
-	         host, strchr(host, ':') ? "]" : "", port);
+	key->tls = strcmp(scheme, "https") == 0;
+	n = snprintf(key->id, sizeof(key->id), "%s://%s%s%s:%u", scheme, v6 ? "[" : "", host,
+	             v6 ? "]" : "", port);
+	if (!key->tls)
+		return n > 0 && (size_t)n < sizeof(key->id);
+	key->verify = route->verify;
+	snprintf(key->alpn, sizeof(key->alpn), "http/1.1");
+	if (route->ca_file) {
+		if ((size_t)snprintf(key->ca_file, sizeof(key->ca_file), "%s", route->ca_file) >=
+		    sizeof(key->ca_file))
+			return false;
+		stat(route->ca_file, &st); /* trust anchors by file identity */
+	}
+	n = snprintf(key->id, sizeof(key->id),
+	             "%s://%s%s%s:%u sni=%s alpn=%s verify=%d ca=%s@%llu:%llu:%lld:%lld", scheme,
+	             v6 ? "[" : "", host, v6 ? "]" : "", port, host, key->alpn, key->verify,
+	             key->ca_file[0] ? key->ca_file : "system", (unsigned long long)st.st_dev,
+	             (unsigned long long)st.st_ino, (long long)st.st_size, (long long)st.st_mtime);
+	return n > 0 && (size_t)n < sizeof(key->id);
 }
 
 static unsigned hash(const char *s)
@@ -440,6 +466,24 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 	struct pool_wait *w;
 	char why[256];
 
+	if (ev == TRANSPORT_CONNECTED && o->key.tls && !pc->tls_started) {
+		struct tls_client_params tp = {
+		    .sni = o->key.host,
+		    .alpn = o->key.alpn,
+		    .ca_file = o->key.ca_file[0] ? o->key.ca_file : NULL,
+		    .verify = o->key.verify,
+		    .session_key = o->key.id,
+		};
+		static const struct transport_cbs tcbs = {NULL, NULL, conn_event};
+		pc->tls_started = true;
+		pc->pending = tls_client_new(p->m, t, &tp, &tcbs, pc);
+		if (pc->pending)
+			return;
+		t = NULL;
+		ev = TRANSPORT_ERROR;
+		err = ERR_TLS;
+		reason = "out of memory";
+	}
 	pc->pending = NULL;
 	if (ev == TRANSPORT_CONNECTED) {
 		pc->uc = h1_conn_new(p->m, t, &owner_cbs, pc);
@@ -455,7 +499,8 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 	}
 	/* connect failed: the first waiter learns why; the others try again */
 	snprintf(why, sizeof(why), "%s", reason ? reason : "connect failed");
-	transport_close(t);
+	if (t)
+		transport_close(t);
 	w = TAILQ_FIRST(&o->waiters);
 	if (!w) {
 		conn_forget(pc);

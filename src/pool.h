@@ -15,15 +15,23 @@
 #include "upstream/upstream.h"
 
 /* Everything that decides whether two requests may share a connection
- * (DESIGN.md principle 2); two keys are equal iff their id strings are. */
+ * (DESIGN.md principle 2); two keys are equal iff their id strings are. The
+ * pool builds a new connection's transport chain from the key alone. */
 struct pool_key {
 	char scheme[8];
-	char host[256];
+	char host[256]; /* IPv6 literal without brackets */
 	uint16_t port;
-	char id[600]; /* canonical: "http://host:port" + identity of the route */
+	bool tls;
+	bool verify;
+	char ca_file[512]; /* "" = system trust store */
+	char alpn[32];     /* offered protocols, comma-separated */
+	char id[1024];     /* canonical form of all of the above */
 };
 
-void pool_key_init(struct pool_key *key, const char *scheme, const char *host, uint16_t port);
+struct route;
+/* Fails (false) only when a field does not fit. */
+bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, uint16_t port,
+                   const struct route *route);
 
 struct pool;
 struct pool_wait;

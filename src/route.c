@@ -1,0 +1,73 @@
+/* route — destination -> route, by specificity of [route PATTERN] sections. */
+#include "route.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Higher is more specific; 0 = no match. */
+static int specificity(const struct config_route *r, const char *host, uint16_t port,
+                       const struct sockaddr *ip)
+{
+	size_t hl, sl;
+
+	switch (r->kind) {
+	case ROUTE_HOST_PORT:
+		return r->port == port && strcmp(r->host, host) == 0 ? 4000 : 0;
+	case ROUTE_HOST:
+		return strcmp(r->host, host) == 0 ? 3000 : 0;
+	case ROUTE_SUFFIX:
+		hl = strlen(host);
+		sl = strlen(r->host);
+		return hl > sl && strcmp(host + hl - sl, r->host) == 0 ? 2000 + (int)sl : 0;
+	case ROUTE_CIDR:
+		return ip && config_cidr_match(&r->cidr, ip) ? 1000 + r->cidr.prefix : 0;
+	case ROUTE_ANY:
+		return 1;
+	}
+	return 0;
+}
+
+void route_for(const struct config *cfg, const char *host, uint16_t port, struct route *out)
+{
+	struct sockaddr_storage ss;
+	const struct sockaddr *ip = NULL;
+	const struct config_route *best = NULL, *any = NULL;
+	char norm[256];
+	int best_score = 0;
+
+	memset(&ss, 0, sizeof(ss));
+	snprintf(norm, sizeof(norm), "%s", host);
+	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+		ss.ss_family = AF_INET;
+		ip = (const struct sockaddr *)&ss;
+	} else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+		ss.ss_family = AF_INET6;
+		ip = (const struct sockaddr *)&ss;
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, norm, sizeof(norm));
+	}
+	for (size_t i = 0; i < cfg->nroutes; i++) {
+		const struct config_route *r = &cfg->routes[i];
+		int score = specificity(r, norm, port, ip);
+		if (r->kind == ROUTE_ANY)
+			any = r;
+		if (score > best_score) {
+			best = r;
+			best_score = score;
+		}
+	}
+	out->rule = best;
+	out->ca_file = NULL;
+	out->verify = true;
+	/* defaults, then [route *], then the winner */
+	const struct config_route *layers[2] = {any, best != any ? best : NULL};
+	for (int i = 0; i < 2; i++) {
+		if (!layers[i])
+			continue;
+		if (layers[i]->ca_file)
+			out->ca_file = layers[i]->ca_file;
+		if (layers[i]->verify != -1)
+			out->verify = layers[i]->verify;
+	}
+}

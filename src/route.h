@@ -1,0 +1,24 @@
+/*
+ * route — what the configuration says about reaching one destination: the
+ * most specific [route PATTERN] wins (exact host:port, exact host, longest
+ * *.suffix, longest CIDR, *); keys it does not set come from [route *], then
+ * from the built-in defaults. Pure code over an immutable config.
+ */
+#ifndef MUXD_ROUTE_H
+#define MUXD_ROUTE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+
+struct route {
+	const struct config_route *rule; /* the winning section, NULL when none matched */
+	const char *ca_file;             /* trust anchors for origins; NULL = system store */
+	bool verify;
+};
+
+/* host: lower-cased name or IP literal (IPv6 without brackets). */
+void route_for(const struct config *cfg, const char *host, uint16_t port, struct route *out);
+
+#endif

@@ -1,0 +1,188 @@
+/*
+ * tunnel — CONNECT: a spliced pair of transports. Each direction moves
+ * bytes only while the other side's output has room, so a tunnel holds at
+ * most TRANSPORT_BUF per direction in muxd, whatever the speeds.
+ */
+#include "tunnel.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "downstream.h"
+#include "log.h"
+#include "transport/transport.h"
+
+struct tunnel {
+	struct muxd *m;
+	struct config *cfg;
+	struct downstream *ds;
+	struct transport *client;
+	struct transport *origin; /* connecting until established */
+	char host[256];
+	uint16_t port;
+	bool established;
+	bool client_eof, origin_eof; /* that side finished sending */
+	bool client_shut, origin_shut; /* we shut our writing towards that side */
+	struct event *idle;
+};
+
+static void tunnel_free(struct tunnel *tn)
+{
+	if (tn->origin)
+		transport_close(tn->origin);
+	if (tn->idle)
+		event_free(tn->idle);
+	config_unref(tn->cfg);
+	free(tn);
+}
+
+/* End the tunnel and the client connection. */
+static void tunnel_end(struct tunnel *tn)
+{
+	struct downstream *ds = tn->ds;
+
+	tunnel_free(tn);
+	downstream_tunnel_done(ds);
+}
+
+static void touch(struct tunnel *tn)
+{
+	uint64_t ms = tn->cfg->tunnel_idle_timeout_ms;
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	evtimer_add(tn->idle, &tv);
+}
+
+/* Move from one side's input to the other's output while there is room;
+ * pass the half-close along once the input is drained. */
+static void pump(struct tunnel *tn, struct transport *from, struct transport *to, bool from_eof,
+                 bool *to_shut)
+{
+	struct evbuffer *in = transport_input(from), *out = transport_output(to);
+	size_t used = evbuffer_get_length(out), n = evbuffer_get_length(in);
+
+	if (n > 0 && used < TRANSPORT_BUF) {
+		if (n > TRANSPORT_BUF - used)
+			n = TRANSPORT_BUF - used;
+		evbuffer_remove_buffer(in, out, n);
+		touch(tn);
+	}
+	if (from_eof && evbuffer_get_length(in) == 0 && !*to_shut) {
+		*to_shut = true;
+		to->ops->shutdown(to);
+	}
+}
+
+static void pump_both(struct tunnel *tn)
+{
+	pump(tn, tn->client, tn->origin, tn->client_eof, &tn->origin_shut);
+	pump(tn, tn->origin, tn->client, tn->origin_eof, &tn->client_shut);
+	if (tn->origin_shut && tn->client_shut &&
+	    evbuffer_get_length(transport_output(tn->client)) == 0 &&
+	    evbuffer_get_length(transport_output(tn->origin)) == 0)
+		tunnel_end(tn);
+}
+
+static void idle_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct tunnel *tn = arg;
+	(void)fd;
+	(void)what;
+	log_debug("tunnel to %s:%u idle: closing", tn->host, tn->port);
+	tunnel_end(tn);
+}
+
+static void origin_read(void *ctx)
+{
+	pump_both(ctx);
+}
+
+static void origin_drain(void *ctx)
+{
+	pump_both(ctx);
+}
+
+static void origin_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
+{
+	struct tunnel *tn = ctx;
+	char body[600];
+	int n;
+
+	if (!tn->established) {
+		if (ev == TRANSPORT_CONNECTED) {
+			static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+			tn->established = true;
+			tn->m->metrics.requests[PROTO_TUNNEL]++;
+			evbuffer_add(transport_output(tn->client), ok, sizeof(ok) - 1);
+			touch(tn);
+			pump_both(tn); /* bytes the client sent early */
+			return;
+		}
+		n = muxd_error_body(err, tn->host, tn->port, reason, body, sizeof(body));
+		transport_close(tn->origin);
+		tn->origin = NULL;
+		downstream_respond(tn->ds, muxd_err_status(err), "text/plain", body, (size_t)n, true);
+		tunnel_end(tn);
+		return;
+	}
+	if (ev == TRANSPORT_EOF) {
+		tn->origin_eof = true;
+		pump_both(tn);
+		return;
+	}
+	log_debug("tunnel to %s:%u: %s", tn->host, tn->port, reason);
+	tunnel_end(tn); /* a reset on one side resets the other */
+}
+
+struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *host,
+                            uint16_t port)
+{
+	static const struct transport_cbs cbs = {origin_read, origin_drain, origin_event};
+	struct tunnel *tn = calloc(1, sizeof(*tn));
+
+	if (!tn)
+		return NULL;
+	tn->m = m;
+	tn->cfg = config_ref(m->cfg);
+	tn->ds = ds;
+	tn->client = downstream_transport(ds);
+	snprintf(tn->host, sizeof(tn->host), "%s", host);
+	tn->port = port;
+	tn->idle = evtimer_new(m->base, idle_cb, tn);
+	if (tn->idle)
+		tn->origin = tcp_connect(m, host, port, tn->cfg->connect_timeout_ms, &cbs, tn);
+	if (!tn->origin) {
+		tunnel_free(tn);
+		return NULL;
+	}
+	return tn;
+}
+
+void tunnel_client_read(struct tunnel *tn)
+{
+	if (tn->established)
+		pump_both(tn);
+}
+
+void tunnel_client_drain(struct tunnel *tn)
+{
+	if (tn->established)
+		pump_both(tn);
+}
+
+void tunnel_client_eof(struct tunnel *tn)
+{
+	tn->client_eof = true;
+	if (tn->established)
+		pump_both(tn);
+	else
+		tunnel_end(tn);
+}
+
+void tunnel_abort(struct tunnel *tn)
+{
+	tunnel_free(tn);
+}

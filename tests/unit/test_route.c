@@ -1,0 +1,210 @@
+/* Unit tests: [route PATTERN] parsing, matching order and inheritance, and
+ * pool keys that differ on every TLS field. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "pool.h"
+#include "route.h"
+
+static char path[64];
+
+static struct config *load(const char *text)
+{
+	struct config_errors errs;
+	struct config *cfg;
+	int fd;
+
+	snprintf(path, sizeof(path), "/tmp/muxd-route-XXXXXX");
+	fd = mkstemp(path);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	cfg = config_load(path, &errs);
+	for (size_t i = 0; i < errs.n; i++)
+		fprintf(stderr, "%s\n", errs.lines[i]);
+	config_errors_free(&errs);
+	unlink(path);
+	return cfg;
+}
+
+static size_t load_errors(const char *text, const char *want)
+{
+	struct config_errors errs;
+	struct config *cfg;
+	size_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/tmp/muxd-route-XXXXXX");
+	fd = mkstemp(path);
+	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	cfg = config_load(path, &errs);
+	ck_assert_ptr_null(cfg);
+	n = errs.n;
+	ck_assert_msg(n > 0 && strstr(errs.lines[0], want), "got '%s', want '%s'",
+	              n ? errs.lines[0] : "", want);
+	config_errors_free(&errs);
+	unlink(path);
+	return n;
+}
+
+START_TEST(patterns)
+{
+	struct config_route r;
+
+	ck_assert(config_parse_route_pattern("*", &r) && r.kind == ROUTE_ANY);
+	ck_assert(config_parse_route_pattern("Api.Example.com", &r) && r.kind == ROUTE_HOST);
+	ck_assert_str_eq(r.host, "api.example.com");
+	ck_assert(config_parse_route_pattern("*.example.com", &r) && r.kind == ROUTE_SUFFIX);
+	ck_assert_str_eq(r.host, ".example.com");
+	ck_assert(config_parse_route_pattern("h:8443", &r) && r.kind == ROUTE_HOST_PORT);
+	ck_assert_uint_eq(r.port, 8443);
+	ck_assert(config_parse_route_pattern("[::1]:443", &r) && r.kind == ROUTE_HOST_PORT);
+	ck_assert_str_eq(r.host, "::1");
+	ck_assert(config_parse_route_pattern("10.0.0.0/8", &r) && r.kind == ROUTE_CIDR);
+	ck_assert(config_parse_route_pattern("0:0::1", &r) && r.kind == ROUTE_HOST);
+	ck_assert_str_eq(r.host, "::1");
+	static const char *const bad[] = {"", "h:", "h:0", "h:70000", "*.", "a b", "[::1]",
+	                                  "10.0.0.0/33", "x/8", "*x.com"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		ck_assert_msg(!config_parse_route_pattern(bad[i], &r), "accepted '%s'", bad[i]);
+}
+END_TEST
+
+START_TEST(matching_order)
+{
+	struct config *cfg = load("[route *]\nverify = on\n"
+	                          "[route 10.0.0.0/8]\nca_file = /dev/null\n"
+	                          "[route 10.1.0.0/16]\nverify = off\n"
+	                          "[route *.example.com]\nverify = off\n"
+	                          "[route *.api.example.com]\nca_file = /dev/null\n"
+	                          "[route api.example.com]\nca_file = /dev/null\n"
+	                          "[route api.example.com:8443]\nverify = off\n");
+	struct route r;
+
+	ck_assert_ptr_nonnull(cfg);
+	route_for(cfg, "api.example.com", 8443, &r);
+	ck_assert_str_eq(r.rule->pattern, "api.example.com:8443");
+	route_for(cfg, "api.example.com", 443, &r);
+	ck_assert_str_eq(r.rule->pattern, "api.example.com");
+	route_for(cfg, "v1.api.example.com", 443, &r);
+	ck_assert_str_eq(r.rule->pattern, "*.api.example.com");
+	route_for(cfg, "www.example.com", 443, &r);
+	ck_assert_str_eq(r.rule->pattern, "*.example.com");
+	route_for(cfg, "example.com", 443, &r); /* a suffix does not match its own apex */
+	ck_assert_str_eq(r.rule->pattern, "*");
+	route_for(cfg, "10.1.2.3", 443, &r);
+	ck_assert_str_eq(r.rule->pattern, "10.1.0.0/16");
+	route_for(cfg, "10.2.2.3", 443, &r);
+	ck_assert_str_eq(r.rule->pattern, "10.0.0.0/8");
+	route_for(cfg, "other.org", 443, &r);
+	ck_assert_str_eq(r.rule->pattern, "*");
+	config_unref(cfg);
+}
+END_TEST
+
+START_TEST(inheritance)
+{
+	struct config *cfg = load("[route *]\nca_file = /dev/null\n"
+	                          "[route a.test]\nverify = off\n"
+	                          "[route b.test]\n");
+	struct route r;
+
+	ck_assert_ptr_nonnull(cfg);
+	route_for(cfg, "a.test", 443, &r); /* verify from the rule, ca_file from [route *] */
+	ck_assert(!r.verify);
+	ck_assert_str_eq(r.ca_file, "/dev/null");
+	route_for(cfg, "b.test", 443, &r);
+	ck_assert(r.verify);
+	config_unref(cfg);
+
+	cfg = load("[muxd]\nvia = on\n");
+	route_for(cfg, "x.test", 443, &r); /* built-in defaults */
+	ck_assert_ptr_null(r.rule);
+	ck_assert(r.verify);
+	ck_assert_ptr_null(r.ca_file);
+	config_unref(cfg);
+}
+END_TEST
+
+START_TEST(route_errors)
+{
+	load_errors("[route a b]\n", "bad pattern");
+	load_errors("[route *]\nverify = maybe\n", "[route *] verify: bad boolean");
+	load_errors("[route *]\nproxyx = direct\n", "[route *] proxyx: unknown key");
+	load_errors("[route *]\nca_file = /nonexistent/ca.pem\n", "cannot read");
+	load_errors("[route x]\n[route x]\n", "given twice");
+	ck_assert_uint_eq(load_errors("[route *]\nverify = x\n[route y]\nverify = z\n", ":2:"), 2);
+}
+END_TEST
+
+START_TEST(pool_keys)
+{
+	struct route base = {.verify = true, .ca_file = NULL}, r;
+	struct pool_key a, b;
+
+	ck_assert(pool_key_init(&a, "https", "h.test", 443, &base));
+	ck_assert(pool_key_init(&b, "https", "h.test", 443, &base));
+	ck_assert_str_eq(a.id, b.id);
+
+	r = base;
+	r.verify = false;
+	ck_assert(pool_key_init(&b, "https", "h.test", 443, &r));
+	ck_assert_str_ne(a.id, b.id);
+
+	r = base;
+	r.ca_file = "/dev/null";
+	ck_assert(pool_key_init(&b, "https", "h.test", 443, &r));
+	ck_assert_str_ne(a.id, b.id);
+
+	ck_assert(pool_key_init(&b, "https", "h.test", 8443, &base));
+	ck_assert_str_ne(a.id, b.id);
+	ck_assert(pool_key_init(&b, "https", "g.test", 443, &base));
+	ck_assert_str_ne(a.id, b.id);
+	ck_assert(pool_key_init(&b, "http", "h.test", 443, &base));
+	ck_assert_str_ne(a.id, b.id);
+
+	/* the same path, another file (identity, not name) */
+	char p1[] = "/tmp/muxd-ca-XXXXXX";
+	int fd = mkstemp(p1);
+	close(fd);
+	r = base;
+	r.ca_file = p1;
+	ck_assert(pool_key_init(&a, "https", "h.test", 443, &r));
+	unlink(p1);
+	fd = open(p1, O_CREAT | O_WRONLY | O_EXCL, 0600);
+	ck_assert_int_ge(fd, 0);
+	char filler[1 << 12];
+	memset(filler, 'x', sizeof(filler));
+	ck_assert_int_eq(write(fd, filler, sizeof(filler)), (ssize_t)sizeof(filler));
+	close(fd);
+	ck_assert(pool_key_init(&b, "https", "h.test", 443, &r));
+	unlink(p1);
+	ck_assert_str_ne(a.id, b.id);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("route");
+	TCase *tc = tcase_create("route");
+	SRunner *sr;
+	int failed;
+
+	tcase_add_test(tc, patterns);
+	tcase_add_test(tc, matching_order);
+	tcase_add_test(tc, inheritance);
+	tcase_add_test(tc, route_errors);
+	tcase_add_test(tc, pool_keys);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
