@@ -51,3 +51,67 @@ def test_slow_client_100mb_download_bounded_rss(muxd, nginx, big_file):
     print(f"muxd peak RSS: {peak} KiB")
     if not SANITIZE:  # ASan's shadow memory and quarantine make RSS meaningless
         assert peak < RSS_LIMIT_KIB, f"muxd peak RSS {peak} KiB >= {RSS_LIMIT_KIB} KiB"
+
+
+def slow_sink(rate):
+    """A raw origin that reads one request body at `rate` bytes/s and answers
+    with its length and sha256.  Returns (port, result dict, thread)."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    result = {}
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += conn.recv(65536)
+            head, body = buf.split(b"\r\n\r\n", 1)
+            length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+            h = hashlib.sha256(body)
+            got = len(body)
+            start = time.monotonic()
+            while got < length:
+                piece = conn.recv(min(65536, length - got))
+                if not piece:
+                    break
+                h.update(piece)
+                got += len(piece)
+                ahead = got / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+            result["len"], result["sha"] = got, h.hexdigest()
+            answer = f"{got} {result['sha']}".encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+        srv.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv.getsockname()[1], result, t
+
+
+def test_upload_to_slow_origin_bounded_rss(muxd):
+    """An upload is read from the client only as fast as the origin takes it."""
+    port, result, thread = slow_sink(RATE)
+    m = muxd()
+    expected = hashlib.sha256()
+    with connect(m.port, timeout=60) as s:
+        s.sendall(
+            f"PUT http://127.0.0.1:{port}/up HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Length: {SIZE}\r\n\r\n".encode()
+        )
+        for chunk in pattern_chunks(SIZE, seed=9):
+            expected.update(chunk)
+            s.sendall(chunk)  # blocks while muxd does not read: that is the point
+        resp = HTTPReader(s).read_response()
+    thread.join(10)
+    assert resp.status == 200
+    assert result == {"len": SIZE, "sha": expected.hexdigest()}
+    peak = vm_hwm_kib(m.pid)
+    print(f"muxd peak RSS: {peak} KiB")
+    if not SANITIZE:
+        assert peak < RSS_LIMIT_KIB, f"muxd peak RSS {peak} KiB >= {RSS_LIMIT_KIB} KiB"
