@@ -259,10 +259,13 @@ void downstream_exchange_done(struct downstream *ds, bool keep_alive)
 	process(ds);
 }
 
-void downstream_tunnel_done(struct downstream *ds)
+void downstream_tunnel_done(struct downstream *ds, bool flush)
 {
 	ds->tunnel = NULL;
-	ds_free(ds);
+	if (flush)
+		start_close(ds);
+	else
+		ds_free(ds);
 }
 
 void downstream_abort(struct downstream *ds)

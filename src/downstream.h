@@ -36,8 +36,9 @@ void downstream_respond(struct downstream *ds, int status, const char *content_t
  * next request. The exchange is already freed. */
 void downstream_exchange_done(struct downstream *ds, bool keep_alive);
 
-/* The CONNECT tunnel ended (already freed): the connection closes. */
-void downstream_tunnel_done(struct downstream *ds);
+/* The CONNECT tunnel ended (already freed): the connection closes, after
+ * flushing what was written to it when flush is set (an error answer). */
+void downstream_tunnel_done(struct downstream *ds, bool flush);
 
 /* The exchange failed after its response head went out: close abruptly so
  * the client cannot mistake a truncated body for a whole one. */

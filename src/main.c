@@ -100,6 +100,15 @@ static struct config *load_config(const struct options *opt, bool report)
 	return cfg;
 }
 
+/* Say loudly which routes skip certificate checks. */
+static void warn_insecure(const struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->nroutes; i++)
+		if (cfg->routes[i].verify == 0)
+			log_warn("[route %s] verify = off: origin certificates are not checked",
+			         cfg->routes[i].pattern);
+}
+
 static bool open_access_log(struct muxd *m, const struct config *cfg)
 {
 	FILE *f = NULL;
@@ -148,6 +157,7 @@ static void reload(struct daemon *d)
 	}
 	open_access_log(m, cfg);
 	log_set_level(cfg->log_level);
+	warn_insecure(cfg);
 	config_unref(m->cfg);
 	m->cfg = cfg;
 	log_info("configuration reloaded");
@@ -302,6 +312,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_set_level(d.m.cfg->log_level);
+	warn_insecure(d.m.cfg);
 	signal(SIGPIPE, SIG_IGN);
 	return run(&d);
 }

@@ -40,13 +40,14 @@ static void tunnel_free(struct tunnel *tn)
 	free(tn);
 }
 
-/* End the tunnel and the client connection. */
-static void tunnel_end(struct tunnel *tn)
+/* End the tunnel and the client connection (flush: after sending what was
+ * written to the client, such as an error answer). */
+static void tunnel_end(struct tunnel *tn, bool flush)
 {
 	struct downstream *ds = tn->ds;
 
 	tunnel_free(tn);
-	downstream_tunnel_done(ds);
+	downstream_tunnel_done(ds, flush);
 }
 
 static void touch(struct tunnel *tn)
@@ -83,7 +84,7 @@ static void pump_both(struct tunnel *tn)
 	if (tn->origin_shut && tn->client_shut &&
 	    evbuffer_get_length(transport_output(tn->client)) == 0 &&
 	    evbuffer_get_length(transport_output(tn->origin)) == 0)
-		tunnel_end(tn);
+		tunnel_end(tn, false);
 }
 
 static void idle_cb(evutil_socket_t fd, short what, void *arg)
@@ -92,7 +93,7 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	log_debug("tunnel to %s:%u idle: closing", tn->host, tn->port);
-	tunnel_end(tn);
+	tunnel_end(tn, false);
 }
 
 static void origin_read(void *ctx)
@@ -125,7 +126,7 @@ static void origin_event(void *ctx, enum transport_event ev, enum muxd_err err, 
 		transport_close(tn->origin);
 		tn->origin = NULL;
 		downstream_respond(tn->ds, muxd_err_status(err), "text/plain", body, (size_t)n, true);
-		tunnel_end(tn);
+		tunnel_end(tn, true);
 		return;
 	}
 	if (ev == TRANSPORT_EOF) {
@@ -134,7 +135,7 @@ static void origin_event(void *ctx, enum transport_event ev, enum muxd_err err, 
 		return;
 	}
 	log_debug("tunnel to %s:%u: %s", tn->host, tn->port, reason);
-	tunnel_end(tn); /* a reset on one side resets the other */
+	tunnel_end(tn, false); /* a reset on one side resets the other */
 }
 
 struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *host,
@@ -179,7 +180,7 @@ void tunnel_client_eof(struct tunnel *tn)
 	if (tn->established)
 		pump_both(tn);
 	else
-		tunnel_end(tn);
+		tunnel_end(tn, false);
 }
 
 void tunnel_abort(struct tunnel *tn)

@@ -216,7 +216,6 @@ enum tls_state { TLS_HANDSHAKE, TLS_OPEN, TLS_DEAD };
 
 struct tls {
 	struct transport base;
-	struct muxd *m;
 	struct tls_client_ctx *ctx;
 	struct transport *lower;
 	gnutls_session_t s;        /* NULL when setup failed */
@@ -488,6 +487,7 @@ static int decrypt_pass(struct tls *t, bool *got)
 	t->in_full = false;
 	while (t->reading && !t->peer_eof) {
 		struct evbuffer_iovec v;
+		size_t before;
 		ssize_t r;
 
 		if (evbuffer_get_length(t->in) >= TRANSPORT_BUF) {
@@ -499,8 +499,8 @@ static int decrypt_pass(struct tls *t, bool *got)
 			break;
 		if (evbuffer_reserve_space(t->in, RECORD_MAX, &v, 1) < 1)
 			return GNUTLS_E_MEMORY_ERROR;
+		before = evbuffer_get_length(low);
 		r = gnutls_record_recv(t->s, v.iov_base, v.iov_len);
-		fprintf(stderr, "DBG recv %zd lowlen %zu eof %d\n", r, evbuffer_get_length(low), t->lower_eof);
 		if (r > 0) {
 			v.iov_len = (size_t)r;
 			evbuffer_commit_space(t->in, &v, 1);
@@ -514,14 +514,18 @@ static int decrypt_pass(struct tls *t, bool *got)
 			break;
 		}
 		if (r == GNUTLS_E_AGAIN) {
-			if (t->lower_eof || t->lower_failed)
+			/* also returned after a post-handshake message (a ticket) */
+			if (evbuffer_get_length(low) > 0 && evbuffer_get_length(low) < before)
+				continue;
+			if ((t->lower_eof || t->lower_failed) && evbuffer_get_length(low) == 0)
 				t->peer_eof = true; /* a truncated record at EOF */
 			break;
 		}
-		if (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_REHANDSHAKE ||
-		    !gnutls_error_is_fatal((int)r))
-			continue; /* renegotiation is refused by ignoring it */
-		return (int)r;
+		if (gnutls_error_is_fatal((int)r))
+			return (int)r;
+		/* a warning alert, a renegotiation request (refused by ignoring it) */
+		if (evbuffer_get_length(low) >= before)
+			break;
 	}
 	return 0;
 }
@@ -771,7 +775,6 @@ struct transport *tls_client_new(struct muxd *m, struct transport *lower,
 	}
 	t->base.ops = &tls_ops;
 	transport_set_cbs(&t->base, cbs, ctx);
-	t->m = m;
 	t->ctx = m->tls;
 	t->lower = lower;
 	t->reading = true;

@@ -7,6 +7,13 @@
              log records ``$connection`` so tests can count connections).
 * ``origin`` factory: origin(handler) starts a scriptable python origin
              (support.Origin).
+* ``pki``    (session) a test CA, a leaf it signs for 127.0.0.1/localhost and
+             a self-signed certificate (support.PKI).
+* ``nginx_tls``, ``nginx_selfsigned``  nginx serving HTTPS with the leaf
+             (CA-signed) or the self-signed certificate; .url() gives https.
+             ``tls_nginx_factory(cert, protocols)`` starts more of them.
+* ``stream_server`` factory: stream_server(handler, host=...) starts a raw
+             TCP server (support.StreamServer), e.g. a CONNECT target.
 
 Each test gets its own processes on fresh loopback ports; all of them are
 stopped at teardown.  When a test fails, the stderr of its muxd instances and
@@ -22,7 +29,19 @@ from pathlib import Path
 
 import pytest
 
-from support import LOCALHOST, MUXD_BIN, SANITIZE, HTTPReader, Metrics, Origin, connect, echo_handler, free_port
+from support import (
+    LOCALHOST,
+    MUXD_BIN,
+    SANITIZE,
+    HTTPReader,
+    Metrics,
+    Origin,
+    StreamServer,
+    connect,
+    echo_handler,
+    free_port,
+    make_pki,
+)
 
 STARTUP_TIMEOUT = 30.0 if SANITIZE else 10.0
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
@@ -192,16 +211,31 @@ http {{
     keepalive_timeout 120s;
     keepalive_requests 100000;
     server {{
-        listen {LOCALHOST}:{port};
+        listen {LOCALHOST}:{port}{listen_opts};
         root {dir}/www;
-    }}
+{server_extra}    }}
 }}
 """
 
 
+NGINX_TLS_SERVER = """\
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols {protocols};
+        ssl_session_cache shared:SSL:1m;
+        ssl_session_timeout 5m;
+        ssl_session_tickets on;
+"""
+
+
 class Nginx:
-    def __init__(self, workdir):
+    def __init__(self, workdir, tls=None, tls_protocols="TLSv1.2 TLSv1.3"):
+        """tls: (certificate, key) paths to serve HTTPS instead of HTTP;
+        tls_protocols: nginx's ssl_protocols."""
         self.dir = Path(workdir)
+        self.tls = tls
+        self.tls_protocols = tls_protocols
+        self.scheme = "https" if tls else "http"
         self.root = self.dir / "www"
         self.access_log = self.dir / "access.log"
         self.error_log = self.dir / "error.log"
@@ -215,7 +249,22 @@ class Nginx:
             self.port = free_port()
             conf = self.dir / "nginx.conf"
             user = "user root;" if os.geteuid() == 0 else ""  # tmp_path is 0700
-            conf.write_text(NGINX_CONF.format(dir=self.dir, port=self.port, user=user, LOCALHOST=LOCALHOST))
+            listen_opts, server_extra = "", ""
+            if self.tls:
+                listen_opts = " ssl"
+                server_extra = NGINX_TLS_SERVER.format(
+                    cert=self.tls[0], key=self.tls[1], protocols=self.tls_protocols
+                )
+            conf.write_text(
+                NGINX_CONF.format(
+                    dir=self.dir,
+                    port=self.port,
+                    user=user,
+                    LOCALHOST=LOCALHOST,
+                    listen_opts=listen_opts,
+                    server_extra=server_extra,
+                )
+            )
             with open(self.dir / "stderr.log", "ab") as err:
                 self.proc = subprocess.Popen(
                     ["nginx", "-p", str(self.dir), "-c", str(conf), "-e", str(self.error_log)],
@@ -235,7 +284,11 @@ class Nginx:
         pytest.fail(f"nginx did not start; see {self.error_log}")
 
     def url(self, path="/"):
-        return f"http://{LOCALHOST}:{self.port}{path}"
+        return f"{self.scheme}://{LOCALHOST}:{self.port}{path}"
+
+    @property
+    def authority(self):
+        return f"{LOCALHOST}:{self.port}"
 
     def log_lines(self):
         if not self.access_log.exists():
@@ -267,6 +320,41 @@ def nginx(request, tmp_path):
     ng.stop()
 
 
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """The test CA and certificates (created once per session)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tls_nginx_factory(request, tmp_path, pki):
+    """Factory: tls_nginx_factory(cert=pki.leaf, protocols="TLSv1.2 TLSv1.3")
+    -> a started HTTPS nginx."""
+    servers = []
+
+    def start(cert=None, protocols="TLSv1.2 TLSv1.3"):
+        ng = Nginx(tmp_path / f"nginx_tls{len(servers)}", tls=cert or pki.leaf, tls_protocols=protocols)
+        servers.append(ng)
+        attach_log(request, f"nginx error log ({ng.dir.name})", ng.error_log)
+        return ng.start()
+
+    yield start
+    for ng in servers:
+        ng.stop()
+
+
+@pytest.fixture
+def nginx_tls(tls_nginx_factory):
+    """nginx serving HTTPS with a certificate signed by pki.ca_cert."""
+    return tls_nginx_factory()
+
+
+@pytest.fixture
+def nginx_selfsigned(tls_nginx_factory, pki):
+    """nginx serving HTTPS with a self-signed certificate."""
+    return tls_nginx_factory(pki.self_signed)
+
+
 # --------------------------------------------------------------------------
 # python origins
 
@@ -284,3 +372,19 @@ def origin():
     yield start
     for o in origins:
         o.stop()
+
+
+@pytest.fixture
+def stream_server():
+    """Factory: stream_server(handler, host="127.0.0.1") -> StreamServer.
+    Raises OSError when host cannot be bound (e.g. no ::1)."""
+    servers = []
+
+    def start(handler, host=LOCALHOST):
+        srv = StreamServer(handler, host)
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()

@@ -9,7 +9,11 @@ share:
 * ``HTTPReader``    a strict HTTP/1.x response reader for raw client sockets
                     (interim 1xx, pipelining, truncation detection);
 * ``Metrics``       a parser for muxd's Prometheus text;
-* ``parse_access_log`` and small utilities (free ports, waiting, curl).
+* ``parse_access_log`` and small utilities (free ports, waiting, curl);
+* ``make_pki``      a test CA, a leaf it signs and a self-signed certificate
+                    (certtool from gnutls-bin);
+* ``StreamServer``  a threaded raw TCP server (tunnel targets), and
+                    ``open_tunnel`` to CONNECT through muxd.
 """
 
 import hashlib
@@ -309,8 +313,9 @@ def raw_exchange(port, data, timeout=10.0, method="GET"):
 
 
 def proxy_request(method, url, headers=(), body=None, version="HTTP/1.1", host=True):
-    """Serialise an absolute-form request to send to the proxy."""
-    m = re.match(r"http://([^/]+)(/.*)?$", url)
+    """Serialise an absolute-form request (http:// or https://) to send to
+    the proxy."""
+    m = re.match(r"https?://([^/]+)(/.*)?$", url)
     lines = [f"{method} {url} {version}"]
     if host and m:
         lines.append(f"Host: {m.group(1)}")
@@ -596,3 +601,209 @@ def vm_hwm_kib(pid):
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     raise AssertionError("no VmHWM in /proc status")
+
+
+# --------------------------------------------------------------------------
+# TLS: a test PKI
+
+
+class PKI:
+    """Paths of the test certificates (PEM): ca_cert (trust anchor), leaf
+    (signed by the CA, SAN IP 127.0.0.1 and DNS localhost) and self_signed
+    (same names, signed by itself)."""
+
+    def __init__(self, d):
+        self.dir = Path(d)
+        self.ca_cert = self.dir / "ca.pem"
+        self.ca_key = self.dir / "ca.key"
+        self.leaf_cert = self.dir / "leaf.pem"
+        self.leaf_key = self.dir / "leaf.key"
+        self.self_cert = self.dir / "self.pem"
+        self.self_key = self.dir / "self.key"
+
+    @property
+    def leaf(self):
+        return (self.leaf_cert, self.leaf_key)
+
+    @property
+    def self_signed(self):
+        return (self.self_cert, self.self_key)
+
+
+CA_TEMPLATE = """\
+cn = "muxd test CA"
+organization = "muxd tests"
+serial = 1
+expiration_days = 30
+ca
+cert_signing_key
+crl_signing_key
+"""
+
+SERVER_TEMPLATE = """\
+cn = "{cn}"
+organization = "muxd tests"
+serial = {serial}
+expiration_days = 30
+dns_name = "localhost"
+ip_address = "127.0.0.1"
+tls_www_server
+signing_key
+encryption_key
+"""
+
+
+def _certtool(*args):
+    subprocess.run(["certtool", *args], check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def make_pki(d):
+    """Create a CA, a leaf signed by it and a self-signed certificate in d."""
+    pki = PKI(d)
+    pki.dir.mkdir(parents=True, exist_ok=True)
+    for key in (pki.ca_key, pki.leaf_key, pki.self_key):
+        _certtool("--generate-privkey", "--key-type=ecdsa", "--outfile", str(key))
+    tmpl = pki.dir / "ca.tmpl"
+    tmpl.write_text(CA_TEMPLATE)
+    _certtool("--generate-self-signed", "--load-privkey", str(pki.ca_key), "--template", str(tmpl),
+              "--outfile", str(pki.ca_cert))
+    tmpl = pki.dir / "leaf.tmpl"
+    tmpl.write_text(SERVER_TEMPLATE.format(cn="localhost", serial=2))
+    _certtool("--generate-certificate", "--load-privkey", str(pki.leaf_key), "--load-ca-certificate",
+              str(pki.ca_cert), "--load-ca-privkey", str(pki.ca_key), "--template", str(tmpl),
+              "--outfile", str(pki.leaf_cert))
+    tmpl = pki.dir / "self.tmpl"
+    tmpl.write_text(SERVER_TEMPLATE.format(cn="localhost (self-signed)", serial=3))
+    _certtool("--generate-self-signed", "--load-privkey", str(pki.self_key), "--template", str(tmpl),
+              "--outfile", str(pki.self_cert))
+    return pki
+
+
+# --------------------------------------------------------------------------
+# raw TCP servers and CONNECT tunnels
+
+
+class StreamServer:
+    """A threaded raw TCP server on an ephemeral loopback port (127.0.0.1, or
+    ::1 with host="::1"; binding raises OSError when it is unusable).
+
+    handler(sock) runs in its own thread for every accepted connection and
+    owns nothing: the server closes the socket when the handler returns.
+    .connections counts accepted connections, .errors collects handler
+    exceptions."""
+
+    def __init__(self, handler, host=LOCALHOST):
+        self.handler = handler
+        self.host = host
+        self.connections = 0
+        self.errors = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.socks = set()
+        self.threads = []
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.listener.bind((host, 0))
+            self.listener.listen(64)
+        except OSError:
+            self.listener.close()
+            raise
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self.thread.start()
+
+    @property
+    def authority(self):
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def _accept_loop(self):
+        while not self.stopping.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            sock.settimeout(None)
+            with self.lock:
+                self.connections += 1
+                self.socks.add(sock)
+            t = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, sock):
+        try:
+            self.handler(sock)
+        except Exception as e:  # noqa: BLE001 - recorded for the test to inspect
+            with self.lock:
+                self.errors.append(repr(e))
+        finally:
+            with self.lock:
+                self.socks.discard(sock)
+            sock.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.listener.close()
+        self.thread.join(5)
+        with self.lock:
+            socks = list(self.socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in self.threads:
+            t.join(5)
+
+
+def recv_all(sock, bufsize=1 << 18):
+    """Read until EOF (a reset counts as EOF); return the bytes."""
+    out = bytearray()
+    while True:
+        try:
+            data = sock.recv(bufsize)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        out += data
+    return bytes(out)
+
+
+def echo_stream(sock):
+    """StreamServer handler: echo every byte; on EOF half-close and end."""
+    while True:
+        try:
+            data = sock.recv(1 << 18)
+        except ConnectionResetError:
+            return
+        if not data:
+            break
+        sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+
+
+def open_tunnel(proxy_port, authority, early=b"", timeout=10.0, headers=()):
+    """Send `CONNECT authority` to muxd (plus `early` bytes in the same
+    write) and read the answer's head.  Returns (response, reader): for a
+    200 the response has no body and reader.buf holds any tunnel bytes that
+    arrived with the head; otherwise the body has been read.  The caller
+    closes reader.sock."""
+    s = connect(proxy_port, timeout)
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+    lines += [f"{n}: {v}" for n, v in headers]
+    s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + early)
+    reader = HTTPReader(s)
+    try:
+        version, status, reason, hdrs = reader.read_head()
+        resp = Response(version, status, reason, hdrs)
+        if not 200 <= status < 300:
+            resp.body = b"".join(reader.iter_body(hdrs, status))
+    except BaseException:
+        s.close()
+        raise
+    return resp, reader
