@@ -355,6 +355,7 @@ bool config_parse_route_pattern(const char *s, struct config_route *out)
 
 	memset(out, 0, sizeof(*out));
 	out->verify = -1;
+	out->h2 = -1;
 	if (strcmp(s, "*") == 0) {
 		out->kind = ROUTE_ANY;
 		return true;
@@ -732,14 +733,15 @@ static void route_key(struct load *ld, const char *section, const char *name, co
 
 	if (!r)
 		return; /* its header was reported */
-	if (strcmp(name, "verify") == 0) {
-		if (r->verify != -1)
+	if (strcmp(name, "verify") == 0 || strcmp(name, "h2") == 0) {
+		int *field = name[0] == 'v' ? &r->verify : &r->h2;
+		if (*field != -1)
 			errf(ld, ld->line, "[%s] %s: given twice (expected once)", section, name);
 		else if (!parse_bool(v, &b))
 			errf(ld, ld->line, "[%s] %s: bad boolean '%s' (expected %s)", section, name, v,
 			     BOOL_FORM);
 		else
-			r->verify = b;
+			*field = b;
 	} else if (strcmp(name, "ca_file") == 0) {
 		if (r->ca_file)
 			errf(ld, ld->line, "[%s] %s: given twice (expected once)", section, name);

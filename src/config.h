@@ -50,6 +50,7 @@ struct config_route {
 	/* keys; NULL / -1 = not set here (inherit from [route *], then defaults) */
 	char *ca_file;
 	int verify;
+	int h2;
 };
 
 struct config {

@@ -49,6 +49,7 @@ struct exchange {
 	bool reused;
 	bool retried;
 	bool got_stream;
+	enum proto proto; /* of the stream's connection */
 
 	/* response, upstream -> client */
 	bool head_sent;
@@ -103,7 +104,8 @@ static void access_log(struct exchange *ex)
 	fprintf(ex->m->access_log, "%s %s %s %s %d %llu %llu %ldms %s %s\n", when,
 	        downstream_peer(ex->ds), ex->req.method, ex->req.target, ex->status,
 	        (unsigned long long)ex->bytes_in, (unsigned long long)ex->bytes_out, ms,
-	        ex->got_stream ? "h1" : "-", !ex->got_stream ? "-" : ex->reused ? "reused" : "new");
+	        ex->got_stream ? proto_name(ex->proto) : "-",
+	        !ex->got_stream ? "-" : ex->reused ? "reused" : "new");
 	fflush(ex->m->access_log);
 }
 
@@ -310,7 +312,10 @@ static void on_error(void *ctx, enum muxd_err err, const char *reason, bool noth
 		fail_abruptly(ex);
 		return;
 	}
-	if (nothing_received && ex->reused && !ex->retried && is_replayable(ex)) {
+	/* a stream the origin never processed may go again whatever its method;
+	 * a request that died on a reused connection, when it is replayable */
+	bool unprocessed = err == ERR_UNPROCESSED && !ex->body_started;
+	if (!ex->retried && (unprocessed || (nothing_received && ex->reused && is_replayable(ex)))) {
 		log_debug("retrying %s %s on a new connection (%s)", ex->req.method, ex->req.target,
 		          reason);
 		ex->retried = true;
@@ -339,6 +344,7 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 	struct exchange *ex = ctx;
 	struct upstream_request r = {
 	    .method = ex->req.method,
+	    .scheme = ex->uri.scheme,
 	    .authority = ex->authority,
 	    .path = ex->uri.path,
 	    .fields = ex->fields,
@@ -351,8 +357,9 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 	ex->wait = NULL;
 	ex->stream = s;
 	ex->reused = reused;
+	ex->proto = s->conn->proto;
 	if (!ex->got_stream)
-		ex->m->metrics.requests[PROTO_H1]++;
+		ex->m->metrics.requests[ex->proto]++;
 	ex->got_stream = true;
 	upstream_stream_send_head(s, &r);
 	send_request_body(ex);

@@ -30,10 +30,12 @@ enum muxd_err {
 	ERR_CLOSED,           /* 502: upstream closed or reset mid-exchange */
 	ERR_BUDGET,           /* 503: no connection could be had */
 	ERR_TLS,              /* 502: handshake or certificate failure */
+	ERR_UNPROCESSED,      /* the origin did not process the request (GOAWAY above
+	                         last-stream-id, REFUSED_STREAM): retry elsewhere */
 };
 
 enum proto { PROTO_H1 = 0, PROTO_H2, PROTO_H3, PROTO_TUNNEL, PROTO_COUNT };
-enum evict_reason { EVICT_IDLE_TIMEOUT = 0, EVICT_LIMIT, EVICT_DEAD, EVICT_COUNT };
+enum evict_reason { EVICT_IDLE_TIMEOUT = 0, EVICT_LIMIT, EVICT_DEAD, EVICT_GOAWAY, EVICT_COUNT };
 
 struct metrics {
 	uint64_t requests[PROTO_COUNT];

@@ -35,6 +35,7 @@ struct pool_conn {
 	struct upstream_conn *uc;  /* NULL while connecting */
 	struct transport *pending; /* the transport chain being connected */
 	bool tls_started;          /* pending is the TLS layer over tcp */
+	uint64_t serial;           /* order of creation, for fresh-only waiters */
 	TAILQ_ENTRY(pool_conn) o_link;
 	TAILQ_ENTRY(pool_conn) idle_link;
 	bool idle;
@@ -44,7 +45,7 @@ struct pool_conn {
 struct pool_wait {
 	struct pool_origin *o;
 	TAILQ_ENTRY(pool_wait) link;
-	bool fresh_only;
+	uint64_t min_serial; /* accepts only connections created from then on */
 	struct upstream_stream_cbs stream_cbs;
 	struct pool_wait_cbs cbs;
 	void *ctx;
@@ -64,6 +65,7 @@ struct pool_origin {
 	unsigned nconnecting;
 	unsigned nwaiters;
 	unsigned nidle;
+	enum proto learned; /* what ALPN chose last time (PROTO_COUNT: not known) */
 	unsigned holds; /* dispatch running: callbacks must not free the origin */
 	struct event *dispatch_ev;
 };
@@ -75,6 +77,7 @@ struct pool {
 	struct event *trim_timer;   /* closes idle connections over the caps */
 	unsigned nconns;
 	unsigned nidle;
+	uint64_t next_serial;
 };
 
 bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, uint16_t port,
@@ -94,7 +97,7 @@ bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, u
 	if (!key->tls)
 		return n > 0 && (size_t)n < sizeof(key->id);
 	key->verify = route->verify;
-	snprintf(key->alpn, sizeof(key->alpn), "http/1.1");
+	snprintf(key->alpn, sizeof(key->alpn), "%s", route->h2 ? "h2,http/1.1" : "http/1.1");
 	if (route->ca_file) {
 		if ((size_t)snprintf(key->ca_file, sizeof(key->ca_file), "%s", route->ca_file) >=
 		    sizeof(key->ca_file))
@@ -148,6 +151,7 @@ static struct pool_origin *origin_get(struct pool *p, const struct pool_key *key
 		return NULL;
 	o->pool = p;
 	o->key = *key;
+	o->learned = key->tls ? PROTO_COUNT : PROTO_H1;
 	TAILQ_INIT(&o->conns);
 	TAILQ_INIT(&o->waiters);
 	o->dispatch_ev = event_new(p->m->base, -1, 0, dispatch_cb, o);
@@ -254,6 +258,11 @@ static void waiter_free(struct pool_wait *w)
 	free(w);
 }
 
+static bool accepts(const struct pool_wait *w, const struct pool_conn *pc)
+{
+	return pc->serial >= w->min_serial;
+}
+
 /* Open a stream on pc for w and hand it over; w is freed. */
 static void give(struct pool_conn *pc, struct pool_wait *w)
 {
@@ -272,15 +281,56 @@ static void give(struct pool_conn *pc, struct pool_wait *w)
 	cbs.on_stream(ctx, s, reused);
 }
 
-static struct pool_conn *find_free(struct pool_origin *o)
+/* The first waiter that pc may serve, or NULL. */
+static struct pool_wait *first_for(struct pool_origin *o, const struct pool_conn *pc)
+{
+	struct pool_wait *w;
+
+	TAILQ_FOREACH(w, &o->waiters, link)
+	if (accepts(w, pc))
+		return w;
+	return NULL;
+}
+
+/* A connection with a free stream slot for some waiter (the most recently
+ * used one: the warmest), and that waiter. */
+static struct pool_conn *find_match(struct pool_origin *o, struct pool_wait **wp)
 {
 	struct pool_conn *pc, *best = NULL;
+	struct pool_wait *w;
 
-	/* the most recently used idle connection is the warmest */
+	*wp = NULL;
 	TAILQ_FOREACH(pc, &o->conns, o_link)
-	if (pc->uc && pc->uc->ops->free_slots(pc->uc) > 0)
-		best = pc;
+	{
+		if (!pc->uc || pc->uc->ops->free_slots(pc->uc) == 0)
+			continue;
+		if ((w = first_for(o, pc)) != NULL) {
+			best = pc;
+			*wp = w;
+		}
+	}
 	return best;
+}
+
+/* An idle connection of o (to make room under the per-origin cap). */
+static struct pool_conn *find_idle(struct pool_origin *o)
+{
+	struct pool_conn *pc;
+
+	TAILQ_FOREACH(pc, &o->conns, o_link)
+	if (pc->idle)
+		return pc;
+	return NULL;
+}
+
+static struct pool_conn *conn_by_serial(struct pool_origin *o, uint64_t serial)
+{
+	struct pool_conn *pc;
+
+	TAILQ_FOREACH(pc, &o->conns, o_link)
+	if (pc->serial == serial)
+		return pc;
+	return NULL;
 }
 
 static void budget_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -336,6 +386,7 @@ static bool open_conn(struct pool_origin *o)
 		free(pc);
 		return false;
 	}
+	pc->serial = p->next_serial++;
 	TAILQ_INSERT_TAIL(&o->conns, pc, o_link);
 	o->nconns++;
 	o->nconnecting++;
@@ -343,33 +394,43 @@ static bool open_conn(struct pool_origin *o)
 	return true;
 }
 
+/* How many more connections the waiters of o call for now. HTTP/2 (or a
+ * TLS origin whose protocol ALPN has not told yet) takes one connection at a
+ * time: requests that arrive while it is being set up wait for it. */
+static unsigned wanted(const struct pool_origin *o, unsigned *cap)
+{
+	const struct config *cfg = o->pool->m->cfg;
+	bool maybe_h2 = strstr(o->key.alpn, "h2") != NULL && o->learned != PROTO_H1;
+
+	if (maybe_h2) {
+		*cap = cfg->max_h2_per_origin;
+		return o->nconnecting == 0 ? 1 : 0;
+	}
+	*cap = cfg->max_h1_per_origin;
+	return o->nwaiters > o->nconnecting ? o->nwaiters - o->nconnecting : 0;
+}
+
 static void dispatch(struct pool_origin *o)
 {
 	struct pool *p = o->pool;
-	const struct config *cfg = p->m->cfg;
 	struct pool_wait *w;
 	struct pool_conn *pc;
+	unsigned cap;
 
 	o->holds++; /* give() runs callbacks that may close connections */
-	/* 1. free slots on existing connections to waiters that accept them */
-	for (;;) {
-		TAILQ_FOREACH(w, &o->waiters, link)
-		if (!w->fresh_only)
-			break;
-		if (!w || !(pc = find_free(o)))
-			break;
+	/* 1. free stream slots on existing connections */
+	while ((pc = find_match(o, &w)) != NULL)
 		give(pc, w);
-	}
-	/* 2. new connections for the rest */
-	while (o->nwaiters > o->nconnecting && !p->m->draining) {
-		if (o->nconns >= cfg->max_h1_per_origin) {
-			pc = find_free(o); /* only fresh_only waiters are left */
+	/* 2. new connections for the waiters left */
+	while (o->nwaiters > 0 && wanted(o, &cap) > 0 && !p->m->draining) {
+		if (o->nconns >= cap) {
+			pc = find_idle(o); /* idle, yet no waiter may use it: make room */
 			if (!pc)
 				break;
 			evict(pc, EVICT_LIMIT);
 			continue;
 		}
-		if (p->nconns >= cfg->max_connections) {
+		if (p->nconns >= p->m->cfg->max_connections) {
 			if (TAILQ_EMPTY(&p->idle)) {
 				budget_wait(o);
 				break;
@@ -393,22 +454,25 @@ static void dispatch_cb(evutil_socket_t fd, short what, void *arg)
 	dispatch(arg);
 }
 
-/* A connection has a free slot: give it to the first waiter that takes it,
- * else park it idle. */
+/* A connection has free stream slots: give them to the waiters that take
+ * it; park it idle when nothing runs on it. */
 static void conn_available(void *owner, struct upstream_conn *uc)
 {
 	struct pool_conn *pc = owner;
 	struct pool_origin *o = pc->o;
 	struct pool *p = pc->pool;
+	uint64_t serial = pc->serial;
 	struct pool_wait *w;
-	bool fresh = uc->requests == 0;
 
-	(void)uc;
-	TAILQ_FOREACH(w, &o->waiters, link)
-	if (fresh || !w->fresh_only)
-		break;
-	if (w) {
+	o->holds++;
+	while ((pc = conn_by_serial(o, serial)) && uc->ops->free_slots(uc) > 0 &&
+	       (w = first_for(o, pc)))
 		give(pc, w);
+	o->holds--;
+	if (!pc || !uc->ops->is_idle(uc)) {
+		if (o->nwaiters)
+			schedule(o); /* more waiters than this connection's slots */
+		origin_maybe_free(o);
 		return;
 	}
 	if (p->m->draining) {
@@ -486,11 +550,13 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 	}
 	pc->pending = NULL;
 	if (ev == TRANSPORT_CONNECTED) {
-		pc->uc = h1_conn_new(p->m, t, &owner_cbs, pc);
+		bool h2 = o->key.tls && strcmp(tls_alpn(t), "h2") == 0;
+		pc->uc = h2 ? h2_conn_new(p->m, t, &owner_cbs, pc) : h1_conn_new(p->m, t, &owner_cbs, pc);
 		if (pc->uc) {
 			o->nconnecting--;
-			p->m->metrics.upstream_opened[PROTO_H1]++;
-			log_debug("pool: new connection to %s", o->key.id);
+			o->learned = pc->uc->proto;
+			p->m->metrics.upstream_opened[pc->uc->proto]++;
+			log_debug("pool: new %s connection to %s", proto_name(pc->uc->proto), o->key.id);
 			conn_available(pc, pc->uc);
 			return;
 		}
@@ -528,7 +594,7 @@ struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, 
 		return NULL;
 	}
 	w->o = o;
-	w->fresh_only = fresh_only;
+	w->min_serial = fresh_only ? p->next_serial : 0;
 	w->stream_cbs = *stream_cbs;
 	w->cbs = *cbs;
 	w->ctx = ctx;

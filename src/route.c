@@ -60,6 +60,7 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 	out->rule = best;
 	out->ca_file = NULL;
 	out->verify = true;
+	out->h2 = true;
 	/* defaults, then [route *], then the winner */
 	const struct config_route *layers[2] = {any, best != any ? best : NULL};
 	for (int i = 0; i < 2; i++) {
@@ -69,5 +70,8 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 			out->ca_file = layers[i]->ca_file;
 		if (layers[i]->verify != -1)
 			out->verify = layers[i]->verify;
+		if (layers[i]->h2 != -1)
+			out->h2 = layers[i]->h2;
 	}
+	out->h2 = out->h2 && cfg->h2;
 }

@@ -16,6 +16,7 @@ struct route {
 	const struct config_route *rule; /* the winning section, NULL when none matched */
 	const char *ca_file;             /* trust anchors for origins; NULL = system store */
 	bool verify;
+	bool h2; /* offer h2 by ALPN: [pool] h2 and the route's h2 */
 };
 
 /* host: lower-cased name or IP literal (IPv6 without brackets). */

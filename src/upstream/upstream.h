@@ -33,6 +33,7 @@ struct upstream_field {
 
 struct upstream_request {
 	const char *method;
+	const char *scheme;    /* "http" or "https", for :scheme */
 	const char *authority; /* host[:port] for Host / :authority */
 	const char *path;      /* origin-form target */
 	const struct upstream_field *fields; /* end-to-end fields only */
@@ -108,6 +109,11 @@ static inline void upstream_stream_send_head(struct upstream_stream *s,
 
 /* HTTP/1.1 over an established transport (takes ownership of it). */
 struct upstream_conn *h1_conn_new(struct muxd *m, struct transport *t,
+                                  const struct upstream_owner_cbs *owner_cbs, void *owner);
+
+/* HTTP/2 (nghttp2 client session) over an established transport whose ALPN
+ * chose "h2" (takes ownership of it). */
+struct upstream_conn *h2_conn_new(struct muxd *m, struct transport *t,
                                   const struct upstream_owner_cbs *owner_cbs, void *owner);
 
 #endif

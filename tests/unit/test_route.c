@@ -162,6 +162,11 @@ START_TEST(pool_keys)
 	ck_assert(pool_key_init(&b, "https", "h.test", 443, &r));
 	ck_assert_str_ne(a.id, b.id);
 
+	r = base;
+	r.h2 = true; /* another ALPN set */
+	ck_assert(pool_key_init(&b, "https", "h.test", 443, &r));
+	ck_assert_str_ne(a.id, b.id);
+
 	ck_assert(pool_key_init(&b, "https", "h.test", 8443, &base));
 	ck_assert_str_ne(a.id, b.id);
 	ck_assert(pool_key_init(&b, "https", "g.test", 443, &base));
