@@ -563,20 +563,36 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 		err = ERR_CONNECT;
 		reason = "out of memory";
 	}
-	/* connect failed: the first waiter learns why; the others try again */
+	/* Connect failed. The waiters that coalesced on this connection learn
+	 * why; with HTTP/1.1 each waiter has its own attempt, so only the first
+	 * fails and the others go on. */
 	snprintf(why, sizeof(why), "%s", reason ? reason : "connect failed");
 	if (t)
 		transport_close(t);
-	w = TAILQ_FIRST(&o->waiters);
-	if (!w) {
-		conn_forget(pc);
-		return;
+	bool coalesced = strstr(o->key.alpn, "h2") != NULL && o->learned != PROTO_H1;
+	struct pool_wait_list failed;
+	struct pool_wait *next;
+	TAILQ_INIT(&failed);
+	for (w = TAILQ_FIRST(&o->waiters); w; w = next) {
+		next = TAILQ_NEXT(w, link);
+		if (!accepts(w, pc))
+			continue;
+		TAILQ_REMOVE(&o->waiters, w, link);
+		o->nwaiters--;
+		TAILQ_INSERT_TAIL(&failed, w, link);
+		if (!coalesced)
+			break;
 	}
-	struct pool_wait_cbs cbs = w->cbs;
-	void *wctx = w->ctx;
-	waiter_free(w);
 	conn_forget(pc);
-	cbs.on_error(wctx, err, why);
+	while ((w = TAILQ_FIRST(&failed)) != NULL) {
+		struct pool_wait_cbs cbs = w->cbs;
+		void *wctx = w->ctx;
+		TAILQ_REMOVE(&failed, w, link);
+		if (w->budget_timer)
+			event_free(w->budget_timer);
+		free(w);
+		cbs.on_error(wctx, err, why);
+	}
 }
 
 struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, bool fresh_only,

@@ -14,6 +14,10 @@
              ``tls_nginx_factory(cert, protocols)`` starts more of them.
 * ``stream_server`` factory: stream_server(handler, host=...) starts a raw
              TCP server (support.StreamServer), e.g. a CONNECT target.
+* ``nginx_h2`` nginx serving HTTPS and HTTP/2 (``listen ... ssl http2``);
+             ``tls_nginx_factory(http2=True)`` starts more of them.
+* ``h2_origin`` factory: h2_origin(handler, **options) starts a scripted
+             HTTP/2 origin over TLS with the test PKI (h2origin.H2Origin).
 
 Each test gets its own processes on fresh loopback ports; all of them are
 stopped at teardown.  When a test fails, the stderr of its muxd instances and
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from h2origin import H2Origin, ok_handler
 from support import (
     LOCALHOST,
     MUXD_BIN,
@@ -200,7 +205,7 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log info;
 events {{ worker_connections 512; }}
 http {{
-    log_format conns '$connection $connection_requests "$request" $status $body_bytes_sent';
+    log_format conns '$connection $connection_requests "$request" $status $body_bytes_sent $server_protocol';
     access_log {dir}/access.log conns;
     client_body_temp_path {dir}/tmp/client_body;
     proxy_temp_path {dir}/tmp/proxy;
@@ -229,11 +234,12 @@ NGINX_TLS_SERVER = """\
 
 
 class Nginx:
-    def __init__(self, workdir, tls=None, tls_protocols="TLSv1.2 TLSv1.3"):
+    def __init__(self, workdir, tls=None, tls_protocols="TLSv1.2 TLSv1.3", http2=False):
         """tls: (certificate, key) paths to serve HTTPS instead of HTTP;
-        tls_protocols: nginx's ssl_protocols."""
+        tls_protocols: nginx's ssl_protocols; http2: offer h2 by ALPN."""
         self.dir = Path(workdir)
         self.tls = tls
+        self.http2 = http2
         self.tls_protocols = tls_protocols
         self.scheme = "https" if tls else "http"
         self.root = self.dir / "www"
@@ -251,7 +257,7 @@ class Nginx:
             user = "user root;" if os.geteuid() == 0 else ""  # tmp_path is 0700
             listen_opts, server_extra = "", ""
             if self.tls:
-                listen_opts = " ssl"
+                listen_opts = " ssl http2" if self.http2 else " ssl"
                 server_extra = NGINX_TLS_SERVER.format(
                     cert=self.tls[0], key=self.tls[1], protocols=self.tls_protocols
                 )
@@ -299,6 +305,10 @@ class Nginx:
         """Distinct nginx connection serial numbers seen in the access log."""
         return {fields[0] for fields in self.log_lines()}
 
+    def protocols(self):
+        """$server_protocol of every access log line (HTTP/1.1, HTTP/2.0)."""
+        return [fields[2].rsplit(" ", 1)[-1] for fields in self.log_lines()]
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             try:
@@ -328,12 +338,12 @@ def pki(tmp_path_factory):
 
 @pytest.fixture
 def tls_nginx_factory(request, tmp_path, pki):
-    """Factory: tls_nginx_factory(cert=pki.leaf, protocols="TLSv1.2 TLSv1.3")
-    -> a started HTTPS nginx."""
+    """Factory: tls_nginx_factory(cert=pki.leaf, protocols="TLSv1.2 TLSv1.3",
+    http2=False) -> a started HTTPS nginx."""
     servers = []
 
-    def start(cert=None, protocols="TLSv1.2 TLSv1.3"):
-        ng = Nginx(tmp_path / f"nginx_tls{len(servers)}", tls=cert or pki.leaf, tls_protocols=protocols)
+    def start(cert=None, protocols="TLSv1.2 TLSv1.3", http2=False):
+        ng = Nginx(tmp_path / f"nginx_tls{len(servers)}", tls=cert or pki.leaf, tls_protocols=protocols, http2=http2)
         servers.append(ng)
         attach_log(request, f"nginx error log ({ng.dir.name})", ng.error_log)
         return ng.start()
@@ -353,6 +363,12 @@ def nginx_tls(tls_nginx_factory):
 def nginx_selfsigned(tls_nginx_factory, pki):
     """nginx serving HTTPS with a self-signed certificate."""
     return tls_nginx_factory(pki.self_signed)
+
+
+@pytest.fixture
+def nginx_h2(tls_nginx_factory):
+    """nginx serving HTTPS with HTTP/2 (ALPN h2), certificate from pki."""
+    return tls_nginx_factory(http2=True)
 
 
 # --------------------------------------------------------------------------
@@ -388,3 +404,20 @@ def stream_server():
     yield start
     for srv in servers:
         srv.stop()
+
+
+@pytest.fixture
+def h2_origin(pki):
+    """Factory: h2_origin(handler=h2origin.ok_handler, alpn=("h2",),
+    max_concurrent_streams=None, initial_window_size=None, ping="ack")
+    -> a started h2origin.H2Origin (TLS with pki.leaf)."""
+    origins = []
+
+    def start(handler=ok_handler, **kw):
+        o = H2Origin(pki, handler, **kw)
+        origins.append(o)
+        return o
+
+    yield start
+    for o in origins:
+        o.stop()

@@ -159,6 +159,7 @@ class Response:
         self.headers = headers
         self.body = body
         self.interim = list(interim)  # 1xx responses that preceded this one
+        self.trailers = Headers()  # trailer fields of a chunked body
 
     @property
     def text(self):
@@ -178,6 +179,7 @@ class HTTPReader:
         self.sock = sock
         self.buf = bytearray()
         self.eof = False
+        self.trailers = Headers()  # of the last chunked body read
 
     def _fill(self):
         if self.eof:
@@ -245,6 +247,7 @@ class HTTPReader:
             break
         resp = Response(version, status, reason, headers, interim=interim)
         resp.body = b"".join(self.iter_body(headers, status, method))
+        resp.trailers = self.trailers
         return resp
 
     def iter_body(self, headers, status=200, method="GET"):
@@ -252,6 +255,7 @@ class HTTPReader:
         piece as it arrives.  Raises IncompleteResponse if it is cut short."""
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             return
+        self.trailers = Headers()
         te = headers.tokens("transfer-encoding")
         if te:
             assert te[-1] == "chunked", f"unexpected transfer-encoding {te}"
@@ -259,8 +263,11 @@ class HTTPReader:
                 line = self.read_until(b"\r\n")
                 size = int(line.split(b";")[0].strip(), 16)
                 if size == 0:
-                    while self.read_until(b"\r\n") != b"\r\n":  # trailers
-                        pass
+                    trailers = []
+                    while (line := self.read_until(b"\r\n")) != b"\r\n":
+                        name, _, value = line[:-2].partition(b":")
+                        trailers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+                    self.trailers = Headers(trailers)
                     return
                 yield from self._iter_exact(size)
                 if self.read_exact(2) != b"\r\n":
