@@ -43,6 +43,7 @@ struct metrics {
 	uint64_t upstream_reuses;
 	uint64_t upstream_retries;
 	uint64_t evictions[EVICT_COUNT];
+	uint64_t tls_leaf_issued;
 };
 
 struct muxd {

@@ -44,6 +44,9 @@ void local_ca_fingerprint(const struct local_ca *ca, char *out, size_t size);
 struct local_ca_leaf *local_ca_leaf_get(struct local_ca *ca, const char *host, bool *issued,
                                         char *err, size_t err_size);
 gnutls_certificate_credentials_t local_ca_leaf_creds(const struct local_ca_leaf *leaf);
+/* The key for client session tickets of intercepted sessions (random, made
+ * when the CA is opened; tickets do not survive a restart). */
+const gnutls_datum_t *local_ca_ticket_key(const struct local_ca *ca);
 void local_ca_leaf_put(struct local_ca_leaf *leaf);
 
 #endif

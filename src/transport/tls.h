@@ -42,4 +42,28 @@ struct transport *tls_client_new(struct muxd *m, struct transport *lower,
 const char *tls_alpn(struct transport *t);
 bool tls_resumed(struct transport *t);
 
+/* --- server side, for interception (tls_server.c) --- */
+
+struct local_ca;
+
+struct tls_server_params {
+	struct local_ca *ca;      /* issues the leaf for the client's SNI */
+	const char *default_host; /* the leaf's name when the client sends no SNI */
+	const char *alpn;         /* protocols to accept, e.g. "http/1.1" */
+};
+
+/*
+ * Terminate a client's TLS over lower (connected; ownership moves to the new
+ * layer, also on failure). TLS 1.2/1.3, the leaf chosen from the SNI during
+ * the handshake (local_ca_leaf_get; each new issue counts in
+ * m->metrics.tls_leaf_issued), session tickets with local_ca_ticket_key.
+ * Ends in TRANSPORT_CONNECTED or TRANSPORT_ERROR (ERR_TLS, reason).
+ */
+struct transport *tls_server_new(struct muxd *m, struct transport *lower,
+                                 const struct tls_server_params *p,
+                                 const struct transport_cbs *cbs, void *ctx);
+
+/* After TRANSPORT_CONNECTED: the SNI the client sent ("" when none). */
+const char *tls_server_sni(struct transport *t);
+
 #endif
