@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "pool.h"
+#include "tls/ca.h"
 
 static void render_metrics(struct muxd *m, FILE *f)
 {
@@ -45,6 +46,10 @@ static void render_metrics(struct muxd *m, FILE *f)
 	for (int r = 0; r < EVICT_COUNT; r++)
 		fprintf(f, "muxd_pool_evictions_total{reason=\"%s\"} %llu\n", evict_reason_name(r),
 		        (unsigned long long)mt->evictions[r]);
+	fprintf(f, "# HELP muxd_tls_leaf_issued_total Leaf certificates issued for interception.\n"
+	           "# TYPE muxd_tls_leaf_issued_total counter\n"
+	           "muxd_tls_leaf_issued_total %llu\n",
+	        (unsigned long long)mt->tls_leaf_issued);
 	fprintf(f, "# HELP muxd_client_connections Open client connections.\n"
 	           "# TYPE muxd_client_connections gauge\n"
 	           "muxd_client_connections %u\n",
@@ -73,6 +78,12 @@ void admin_handle(struct muxd *m, const struct http1_msg *req, struct admin_resp
 		out->status = 200;
 		out->content_type = "text/plain; version=0.0.4";
 		render_metrics(m, f);
+	} else if (plen == 7 && strncmp(path, "/ca.pem", 7) == 0 && m->ca) {
+		size_t n;
+		const char *pem = local_ca_pem(m->ca, &n);
+		out->status = 200;
+		out->content_type = "application/x-pem-file";
+		fwrite(pem, 1, n, f);
 	} else {
 		out->status = 404;
 		out->content_type = "text/plain";

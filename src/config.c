@@ -32,6 +32,8 @@ enum kind {
 	K_LISTEN,
 	K_ALLOW,
 	K_PORTS,
+	K_IPORTS, /* [intercept] ports */
+	K_BYPASS, /* host patterns */
 	K_STATE_DIR,
 	K_LOG_LEVEL,
 	K_OPT_PATH, /* off | PATH  (access_log also takes "stderr", which is a path here) */
@@ -76,6 +78,10 @@ static const struct key keys[] = {
     {"pool", "h3", K_BOOL, F(h3), 0, 0},
     {"pool", "h3_timeout", K_DURATION, F(h3_timeout_ms), 0, 0},
     {"pool", "altsvc_file", K_OPT_PATH, F(altsvc_file), 0, 0},
+    {"intercept", "enabled", K_BOOL, F(intercept_enabled), 0, 0},
+    {"intercept", "ports", K_IPORTS, 0, 0, 0},
+    {"intercept", "bypass", K_BYPASS, 0, 0, 0},
+    {"intercept", "leaf_cache", K_UINT, F(leaf_cache), 1, 1000000},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
@@ -303,6 +309,10 @@ struct config *config_defaults(void)
 	cfg->max_h2_per_origin = 4;
 	cfg->connect_timeout_ms = 10000;
 	cfg->response_timeout_ms = 60000;
+	cfg->intercept_enabled = true;
+	cfg->intercept_ports[0] = 443;
+	cfg->nintercept_ports = 1;
+	cfg->leaf_cache = 1024;
 	cfg->h2 = cfg->h3 = true;
 	cfg->h3_timeout_ms = 300;
 	cfg->state_dir = default_state_dir();
@@ -478,6 +488,8 @@ static bool set_list(struct config *cfg, enum kind kind, const char *v, bool app
 	size_t n = 0, max = kind == K_LISTEN  ? CONFIG_MAX_LISTEN
 	                    : kind == K_ALLOW ? CONFIG_MAX_ALLOW
 	                                      : CONFIG_MAX_PORTS;
+	uint16_t *cfg_ports = kind == K_IPORTS ? cfg->intercept_ports : cfg->connect_ports;
+	size_t *cfg_nports = kind == K_IPORTS ? &cfg->nintercept_ports : &cfg->nconnect_ports;
 	unsigned long port;
 
 	if (append && kind == K_LISTEN)
@@ -485,8 +497,8 @@ static bool set_list(struct config *cfg, enum kind kind, const char *v, bool app
 			addrs[n] = strcpy(toks[n], cfg->listen[n].text);
 	if (append && kind == K_ALLOW)
 		memcpy(allow, cfg->allow, (n = cfg->nallow) * sizeof allow[0]);
-	if (append && kind == K_PORTS)
-		memcpy(ports, cfg->connect_ports, (n = cfg->nconnect_ports) * sizeof ports[0]);
+	if (append && (kind == K_PORTS || kind == K_IPORTS))
+		memcpy(ports, cfg_ports, (n = *cfg_nports) * sizeof ports[0]);
 
 	while (next_token(&v, tok, sizeof tok)) {
 		if (n == max) {
@@ -498,7 +510,7 @@ static bool set_list(struct config *cfg, enum kind kind, const char *v, bool app
 		} else if (kind == K_ALLOW && !config_parse_cidr(tok, &allow[n])) {
 			snprintf(why, size, "bad network '%s' (expected %s)", tok, CIDR_FORM);
 			return false;
-		} else if (kind == K_PORTS) {
+		} else if (kind == K_PORTS || kind == K_IPORTS) {
 			if (!parse_uint(tok, 65535, &port) || port == 0) {
 				snprintf(why, size, "bad port '%s' (expected 1 to 65535)", tok);
 				return false;
@@ -516,7 +528,33 @@ static bool set_list(struct config *cfg, enum kind kind, const char *v, bool app
 	if (kind == K_ALLOW)
 		memcpy(cfg->allow, allow, (cfg->nallow = n) * sizeof allow[0]);
 	else
-		memcpy(cfg->connect_ports, ports, (cfg->nconnect_ports = n) * sizeof ports[0]);
+		memcpy(cfg_ports, ports, (*cfg_nports = n) * sizeof ports[0]);
+	return true;
+}
+
+/* [intercept] bypass: host patterns (*, host, *.suffix, host:port, IP, CIDR). */
+static bool set_bypass(struct config *cfg, const char *v, bool append, char *why, size_t size)
+{
+	struct config_route pats[CONFIG_MAX_BYPASS];
+	size_t n = append ? cfg->nbypass : 0;
+	char tok[300];
+
+	memcpy(pats, cfg->bypass, n * sizeof(pats[0]));
+	while (next_token(&v, tok, sizeof tok)) {
+		if (n == CONFIG_MAX_BYPASS) {
+			snprintf(why, size, "too many entries (expected at most %d)", CONFIG_MAX_BYPASS);
+			return false;
+		}
+		if (!config_parse_route_pattern(tok, &pats[n])) {
+			snprintf(why, size,
+			         "bad pattern '%.64s' (expected *, host, *.suffix, host:port, an IP or a "
+			         "CIDR)",
+			         tok);
+			return false;
+		}
+		n++;
+	}
+	memcpy(cfg->bypass, pats, (cfg->nbypass = n) * sizeof(pats[0]));
 	return true;
 }
 
@@ -561,7 +599,10 @@ static bool set_value(struct config *cfg, const struct key *k, const char *v, bo
 	case K_LISTEN:
 	case K_ALLOW:
 	case K_PORTS:
+	case K_IPORTS:
 		return set_list(cfg, k->kind, v, append, why, size);
+	case K_BYPASS:
+		return set_bypass(cfg, v, append, why, size);
 	case K_STATE_DIR:
 		if (!*v)
 			return true; /* the resolved default stays */
@@ -672,7 +713,8 @@ static bool is_route_section(const char *name, size_t len)
 static bool known_section(const char *name, size_t len)
 {
 	return (len == 4 && strncmp(name, "muxd", 4) == 0) ||
-	       (len == 4 && strncmp(name, "pool", 4) == 0) || is_route_section(name, len);
+	       (len == 4 && strncmp(name, "pool", 4) == 0) ||
+	       (len == 9 && strncmp(name, "intercept", 9) == 0) || is_route_section(name, len);
 }
 
 static struct config_route *find_route(struct config *cfg, const char *pattern)
@@ -861,7 +903,8 @@ static int on_pair(void *user, const char *section, const char *name, const char
 			errf(ld, ld->line, "[%s] %s: unknown key", section, name);
 		return 1;
 	}
-	if (cont && k->kind != K_LISTEN && k->kind != K_ALLOW && k->kind != K_PORTS) {
+	if (cont && k->kind != K_LISTEN && k->kind != K_ALLOW && k->kind != K_PORTS &&
+	    k->kind != K_IPORTS && k->kind != K_BYPASS) {
 		errf(ld, ld->line,
 		     "[%s] %s: continuation line (expected one value on the key's line)", section,
 		     name);

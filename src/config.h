@@ -16,6 +16,7 @@
 #define CONFIG_MAX_LISTEN 16
 #define CONFIG_MAX_ALLOW 64
 #define CONFIG_MAX_PORTS 64
+#define CONFIG_MAX_BYPASS 64
 
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
@@ -88,6 +89,14 @@ struct config {
 	bool h3;
 	uint64_t h3_timeout_ms;
 	char *altsvc_file; /* NULL = off; relative to state_dir unless absolute */
+
+	/* [intercept] */
+	bool intercept_enabled;
+	uint16_t intercept_ports[CONFIG_MAX_PORTS];
+	size_t nintercept_ports;
+	struct config_route bypass[CONFIG_MAX_BYPASS]; /* host patterns, always tunneled */
+	size_t nbypass;
+	unsigned leaf_cache;
 
 	/* [route PATTERN] sections in file order */
 	struct config_route *routes;

@@ -24,9 +24,19 @@
 #include "http1.h"
 #include "log.h"
 #include "transport/transport.h"
+#include "route.h"
+#include "transport/tls.h"
 #include "tunnel.h"
 
 #define LINGER_MS 5000
+#define PEEK_MS 1000 /* a client that sends nothing after CONNECT is tunneled */
+
+enum ds_mode {
+	DS_PROXY,       /* requests to the proxy (absolute-form, CONNECT, admin) */
+	DS_PEEK,        /* 200 sent for an interceptable CONNECT: TLS or not? */
+	DS_HANDSHAKE,   /* terminating the client's TLS */
+	DS_INTERCEPTED, /* requests inside the client's TLS, for one origin */
+};
 
 struct downstream {
 	struct muxd *m;
@@ -35,6 +45,10 @@ struct downstream {
 	bool loopback;
 	struct exchange *ex;
 	struct tunnel *tunnel;
+	enum ds_mode mode;
+	char origin_host[256]; /* DS_PEEK onwards: the CONNECT authority */
+	uint16_t origin_port;
+	struct event *peek_timer;
 	size_t scan_from;
 	bool closing; /* lingering close in progress */
 	struct event *linger;
@@ -62,7 +76,10 @@ static void ds_free(struct downstream *ds)
 		ds->next->prev = ds->prev;
 	if (ds->linger)
 		event_free(ds->linger);
-	transport_close(ds->t);
+	if (ds->peek_timer)
+		event_free(ds->peek_timer);
+	if (ds->t)
+		transport_close(ds->t);
 	free(ds);
 	m->nclients--;
 	muxd_client_closed(m);
@@ -73,6 +90,18 @@ static void linger_timeout(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	ds_free(arg);
+}
+
+/* Free from the event loop, not from inside the caller (out of memory). */
+static void free_soon(struct downstream *ds)
+{
+	struct timeval zero = {0, 0};
+
+	ds->closing = true;
+	if (!ds->linger)
+		ds->linger = evtimer_new(ds->m->base, linger_timeout, ds);
+	if (ds->linger)
+		evtimer_add(ds->linger, &zero);
 }
 
 /* Shut our write side once the output is flushed; free when the client
@@ -157,9 +186,45 @@ static bool is_loop(const struct http1_msg *req)
 	return false;
 }
 
+static void forward(struct downstream *ds, struct http1_msg *req, const struct http1_uri *uri);
+static void start_peek(struct downstream *ds, const char *host, uint16_t port);
+static void handle_intercepted(struct downstream *ds, struct http1_msg *req);
+
+/* Whether a Host value ("name", "name:port", "[v6]:port"; port 443 when
+ * absent) names host:port. */
+static bool names_origin(const char *value, const char *host, uint16_t port)
+{
+	const char *name = value, *end, *colon;
+	unsigned long p = 443;
+	char *stop;
+
+	if (*value == '[') {
+		name = value + 1;
+		end = strchr(name, ']');
+		if (!end || (end[1] && end[1] != ':'))
+			return false;
+		colon = end[1] ? end + 1 : NULL;
+	} else {
+		colon = strrchr(value, ':');
+		end = colon ? colon : value + strlen(value);
+	}
+	if (colon) {
+		p = strtoul(colon + 1, &stop, 10);
+		if (!colon[1] || *stop)
+			return false;
+	}
+	return p == port && (size_t)(end - name) == strlen(host) &&
+	       strncasecmp(name, host, (size_t)(end - name)) == 0;
+}
+
 static void handle_request(struct downstream *ds, struct http1_msg *req)
 {
 	struct http1_uri uri;
+
+	if (ds->mode == DS_INTERCEPTED) {
+		handle_intercepted(ds, req);
+		return;
+	}
 
 	if (strcmp(req->method, "CONNECT") == 0) {
 		char host[256];
@@ -167,9 +232,11 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 		bool v6;
 		if (!http1_parse_authority(req->target, host, sizeof(host), &port, &v6))
 			respond_text(ds, 400, "muxd: bad CONNECT target\n", true);
+		else if (ds->m->ca && route_intercepts(ds->m->cfg, host, port))
+			start_peek(ds, host, port);
 		else if (!config_port_allowed(ds->m->cfg, port))
 			respond_text(ds, 403, "muxd: CONNECT to this port is not allowed\n", true);
-		else if (!(ds->tunnel = tunnel_start(ds->m, ds, host, port)))
+		else if (!(ds->tunnel = tunnel_start(ds->m, ds, host, port, false)))
 			respond_text(ds, 500, "muxd: out of memory\n", true);
 		return;
 	}
@@ -195,11 +262,48 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 		respond_text(ds, 400, "muxd: bad request target\n", true);
 		return;
 	}
+	forward(ds, req, &uri);
+}
+
+/* A request inside an intercepted TLS session: its origin is the CONNECT
+ * authority, and its Host (or absolute URI) must name that same origin. */
+static void handle_intercepted(struct downstream *ds, struct http1_msg *req)
+{
+	const struct http1_field *host = http1_find(req, "host");
+	struct http1_uri uri;
+
+	memset(&uri, 0, sizeof(uri));
+	if (req->target[0] == '/') {
+		snprintf(uri.scheme, sizeof(uri.scheme), "https");
+		snprintf(uri.host, sizeof(uri.host), "%s", ds->origin_host);
+		uri.port = ds->origin_port;
+		uri.ipv6 = strchr(ds->origin_host, ':') != NULL;
+		if (strlen(req->target) >= sizeof(uri.path)) {
+			respond_text(ds, 414, "muxd: request target too long\n", true);
+			return;
+		}
+		snprintf(uri.path, sizeof(uri.path), "%s", req->target);
+	} else if (strcmp(req->method, "CONNECT") == 0 ||
+	           !http1_parse_absolute_uri(req->target, &uri) ||
+	           strcmp(uri.scheme, "https") != 0 || strcasecmp(uri.host, ds->origin_host) != 0 ||
+	           uri.port != ds->origin_port) {
+		respond_text(ds, 400, "muxd: request does not name the CONNECT origin\n", true);
+		return;
+	}
+	if (host && !names_origin(host->value, ds->origin_host, ds->origin_port)) {
+		respond_text(ds, 400, "muxd: Host does not match the CONNECT origin\n", true);
+		return;
+	}
+	forward(ds, req, &uri);
+}
+
+static void forward(struct downstream *ds, struct http1_msg *req, const struct http1_uri *uri)
+{
 	if (is_loop(req)) {
 		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
 		return;
 	}
-	ds->ex = exchange_start(ds->m, ds, req, &uri);
+	ds->ex = exchange_start(ds->m, ds, req, uri);
 	if (!ds->ex)
 		respond_text(ds, 500, "muxd: out of memory\n", true);
 }
@@ -209,7 +313,8 @@ static void process(struct downstream *ds)
 {
 	struct evbuffer *in = transport_input(ds->t);
 
-	while (!ds->ex && !ds->tunnel && !ds->closing) {
+	while (!ds->ex && !ds->tunnel && !ds->closing &&
+	       (ds->mode == DS_PROXY || ds->mode == DS_INTERCEPTED)) {
 		size_t len = evbuffer_get_length(in), consumed = 0;
 		struct evbuffer_ptr p;
 		struct http1_msg req;
@@ -274,11 +379,64 @@ void downstream_abort(struct downstream *ds)
 	ds_free(ds);
 }
 
+static const struct transport_cbs client_cbs;
+
+/* What followed an interceptable CONNECT's 200: a TLS ClientHello is
+ * terminated here, anything else (or silence) is tunneled as it is. */
+static void end_peek(struct downstream *ds)
+{
+	struct evbuffer *in = transport_input(ds->t);
+	unsigned char first = 0;
+
+	evtimer_del(ds->peek_timer);
+	if (evbuffer_copyout(in, &first, 1) == 1 && first == 0x16) {
+		struct tls_server_params p = {
+		    .ca = ds->m->ca, .default_host = ds->origin_host, .alpn = "http/1.1"};
+		ds->mode = DS_HANDSHAKE;
+		ds->t = tls_server_new(ds->m, ds->t, &p, &client_cbs, ds);
+		if (!ds->t)
+			free_soon(ds);
+		return;
+	}
+	ds->mode = DS_PROXY;
+	ds->tunnel = tunnel_start(ds->m, ds, ds->origin_host, ds->origin_port, true);
+	if (!ds->tunnel)
+		free_soon(ds);
+}
+
+static void peek_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	end_peek(arg);
+}
+
+static void start_peek(struct downstream *ds, const char *host, uint16_t port)
+{
+	static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+	struct timeval tv = {PEEK_MS / 1000, (PEEK_MS % 1000) * 1000};
+
+	ds->peek_timer = evtimer_new(ds->m->base, peek_timeout, ds);
+	if (!ds->peek_timer) {
+		respond_text(ds, 500, "muxd: out of memory\n", true);
+		return;
+	}
+	snprintf(ds->origin_host, sizeof(ds->origin_host), "%s", host);
+	ds->origin_port = port;
+	ds->mode = DS_PEEK;
+	evbuffer_add(transport_output(ds->t), ok, sizeof(ok) - 1);
+	evtimer_add(ds->peek_timer, &tv);
+	if (evbuffer_get_length(transport_input(ds->t)) > 0)
+		end_peek(ds); /* the ClientHello came with the CONNECT */
+}
+
 static void on_read(void *ctx)
 {
 	struct downstream *ds = ctx;
 
-	if (ds->closing) {
+	if (ds->mode == DS_PEEK) {
+		end_peek(ds);
+	} else if (ds->closing) {
 		struct evbuffer *in = transport_input(ds->t);
 		evbuffer_drain(in, evbuffer_get_length(in));
 	} else if (ds->ex) {
@@ -305,6 +463,13 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 	struct downstream *ds = ctx;
 
 	(void)err;
+	if (ev == TRANSPORT_CONNECTED) { /* the client's TLS handshake is done */
+		log_debug("client %s: intercepting %s:%u (SNI '%s')", ds->peer, ds->origin_host,
+		          ds->origin_port, tls_server_sni(ds->t));
+		ds->mode = DS_INTERCEPTED;
+		process(ds);
+		return;
+	}
 	if (ev == TRANSPORT_EOF && ds->ex) {
 		exchange_client_eof(ds->ex); /* may free ds */
 		return;

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "muxd.h"
 #include "pool.h"
+#include "tls/ca.h"
 #include "transport/tls.h"
 
 #define MUXD_VERSION "0.1.0"
@@ -49,6 +50,8 @@ struct daemon {
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: muxd [-c FILE] [-l ADDR:PORT]... [-S DIR] [-v] [-t] [-V] [-h]\n"
+	           "       muxd env [-c FILE] [-S DIR]   print shell exports pointing clients at muxd\n"
+	           "       muxd ca [-c FILE] [-S DIR]    create the local CA if missing; print it\n"
 	           "  -c FILE       configuration file (default %s when it exists)\n"
 	           "  -l ADDR:PORT  listen address, repeatable; replaces [muxd] listen\n"
 	           "  -S DIR        state directory\n"
@@ -202,6 +205,70 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 		begin_shutdown(arg);
 }
 
+static struct local_ca *open_ca(const struct config *cfg)
+{
+	char err[512];
+	struct local_ca *ca = local_ca_open(cfg->state_dir, cfg->leaf_cache, err, sizeof(err));
+
+	if (!ca)
+		log_error("local CA: %s", err);
+	return ca;
+}
+
+/* muxd ca: create the CA if missing, print its path and fingerprint. */
+static int cmd_ca(const struct config *cfg)
+{
+	struct local_ca *ca = open_ca(cfg);
+	char fp[200];
+
+	if (!ca)
+		return 1;
+	local_ca_fingerprint(ca, fp, sizeof(fp));
+	printf("%s\n%s\n", local_ca_cert_path(ca), fp);
+	local_ca_free(ca);
+	return 0;
+}
+
+/* Single-quote s for a POSIX shell. */
+static void print_export(const char *name, const char *value)
+{
+	printf("export %s='", name);
+	for (const char *c = value; *c; c++)
+		if (*c == '\'')
+			fputs("'\\''", stdout);
+		else
+			putchar(*c);
+	printf("'\n");
+}
+
+/* muxd env: exports that point clients at muxd and make them trust its CA. */
+static int cmd_env(const struct config *cfg)
+{
+	static const char *const proxy_vars[] = {"http_proxy", "https_proxy", "HTTP_PROXY",
+	                                         "HTTPS_PROXY"};
+	static const char *const ca_vars[] = {"SSL_CERT_FILE", "CURL_CA_BUNDLE",
+	                                      "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO"};
+	struct local_ca *ca = open_ca(cfg);
+	char url[128];
+
+	if (!ca)
+		return 1;
+	if (cfg->nlisten == 0) {
+		local_ca_free(ca);
+		return 1;
+	}
+	snprintf(url, sizeof(url), "http://%s", cfg->listen[0].text);
+	for (size_t i = 0; i < 4; i++)
+		print_export(proxy_vars[i], url);
+	print_export("no_proxy", "localhost,127.0.0.1,::1");
+	print_export("NO_PROXY", "localhost,127.0.0.1,::1");
+	for (size_t i = 0; i < 4; i++)
+		print_export(ca_vars[i], local_ca_bundle_path(ca));
+	print_export("NODE_EXTRA_CA_CERTS", local_ca_cert_path(ca));
+	local_ca_free(ca);
+	return 0;
+}
+
 static int run(struct daemon *d)
 {
 	struct muxd *m = &d->m;
@@ -219,6 +286,8 @@ static int run(struct daemon *d)
 		goto out;
 	}
 	if (!open_access_log(m, m->cfg))
+		goto out;
+	if (m->cfg->intercept_enabled && !(m->ca = open_ca(m->cfg)))
 		goto out;
 	m->listeners = listeners_open(m, m->cfg, err, sizeof(err));
 	if (!m->listeners) {
@@ -243,6 +312,7 @@ out:
 	listeners_free(m->listeners);
 	dns_free(m->dns);
 	tls_client_ctx_free(m->tls);
+	local_ca_free(m->ca);
 	if (d->sig_term)
 		event_free(d->sig_term);
 	if (d->sig_int)
@@ -296,6 +366,20 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
+	const char *command = NULL;
+	if (optind < argc && (strcmp(argv[optind], "env") == 0 || strcmp(argv[optind], "ca") == 0)) {
+		command = argv[optind++];
+		while ((c = getopt(argc, argv, "c:S:")) != -1) {
+			if (c == 'c') {
+				d.opt.config_file = optarg;
+			} else if (c == 'S') {
+				d.opt.state_dir = optarg;
+			} else {
+				usage(stderr);
+				return 2;
+			}
+		}
+	}
 	if (optind < argc) {
 		fprintf(stderr, "muxd: unknown command '%s'\n", argv[optind]);
 		usage(stderr);
@@ -306,6 +390,11 @@ int main(int argc, char **argv)
 	d.m.cfg = load_config(&d.opt, true);
 	if (!d.m.cfg)
 		return 1;
+	if (command) {
+		int rc = strcmp(command, "env") == 0 ? cmd_env(d.m.cfg) : cmd_ca(d.m.cfg);
+		config_unref(d.m.cfg);
+		return rc;
+	}
 	if (d.opt.check_only) {
 		printf("%s: configuration ok\n", d.opt.config_file ? d.opt.config_file : "defaults");
 		config_unref(d.m.cfg);

@@ -18,6 +18,7 @@ struct pool;
 struct listeners;
 struct downstream;
 struct tls_client_ctx;
+struct local_ca;
 
 /* Why an upstream attempt failed; decides the status a client sees. */
 enum muxd_err {
@@ -58,6 +59,7 @@ struct muxd {
 	bool draining;     /* shutting down: no new requests */
 	FILE *access_log;  /* NULL when off */
 	struct tls_client_ctx *tls; /* trust stores and the session cache */
+	struct local_ca *ca;        /* for interception; NULL when it is off */
 };
 
 const char *proto_name(enum proto p);

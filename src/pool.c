@@ -403,8 +403,14 @@ static unsigned wanted(const struct pool_origin *o, unsigned *cap)
 	bool maybe_h2 = strstr(o->key.alpn, "h2") != NULL && o->learned != PROTO_H1;
 
 	if (maybe_h2) {
+		const struct pool_conn *pc;
 		*cap = cfg->max_h2_per_origin;
-		return o->nconnecting == 0 ? 1 : 0;
+		if (o->nconnecting > 0)
+			return 0;
+		TAILQ_FOREACH(pc, &o->conns, o_link)
+		if (pc->uc && pc->uc->warming)
+			return 0;
+		return 1;
 	}
 	*cap = cfg->max_h1_per_origin;
 	return o->nwaiters > o->nconnecting ? o->nwaiters - o->nconnecting : 0;

@@ -29,24 +29,55 @@ static int specificity(const struct config_route *r, const char *host, uint16_t 
 	return 0;
 }
 
+/* The host in the form patterns hold, and its address when it is an IP. */
+static const struct sockaddr *normalise(const char *host, char *norm, size_t size,
+                                        struct sockaddr_storage *ss)
+{
+	memset(ss, 0, sizeof(*ss));
+	snprintf(norm, size, "%s", host);
+	for (char *c = norm; *c; c++)
+		if (*c >= 'A' && *c <= 'Z')
+			*c = (char)(*c - 'A' + 'a');
+	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
+		ss->ss_family = AF_INET;
+		return (const struct sockaddr *)ss;
+	}
+	if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
+		ss->ss_family = AF_INET6;
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ss)->sin6_addr, norm, size);
+		return (const struct sockaddr *)ss;
+	}
+	return NULL;
+}
+
+bool route_intercepts(const struct config *cfg, const char *host, uint16_t port)
+{
+	struct sockaddr_storage ss;
+	const struct sockaddr *ip;
+	char norm[256];
+	bool port_ok = false;
+
+	if (!cfg->intercept_enabled)
+		return false;
+	for (size_t i = 0; i < cfg->nintercept_ports; i++)
+		port_ok = port_ok || cfg->intercept_ports[i] == port;
+	if (!port_ok)
+		return false;
+	ip = normalise(host, norm, sizeof(norm), &ss);
+	for (size_t i = 0; i < cfg->nbypass; i++)
+		if (specificity(&cfg->bypass[i], norm, port, ip) > 0)
+			return false;
+	return true;
+}
+
 void route_for(const struct config *cfg, const char *host, uint16_t port, struct route *out)
 {
 	struct sockaddr_storage ss;
-	const struct sockaddr *ip = NULL;
 	const struct config_route *best = NULL, *any = NULL;
 	char norm[256];
 	int best_score = 0;
+	const struct sockaddr *ip = normalise(host, norm, sizeof(norm), &ss);
 
-	memset(&ss, 0, sizeof(ss));
-	snprintf(norm, sizeof(norm), "%s", host);
-	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
-		ss.ss_family = AF_INET;
-		ip = (const struct sockaddr *)&ss;
-	} else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
-		ss.ss_family = AF_INET6;
-		ip = (const struct sockaddr *)&ss;
-		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, norm, sizeof(norm));
-	}
 	for (size_t i = 0; i < cfg->nroutes; i++) {
 		const struct config_route *r = &cfg->routes[i];
 		int score = specificity(r, norm, port, ip);

@@ -22,4 +22,8 @@ struct route {
 /* host: lower-cased name or IP literal (IPv6 without brackets). */
 void route_for(const struct config *cfg, const char *host, uint16_t port, struct route *out);
 
+/* CONNECT to host:port is to be intercepted: [intercept] enabled, the port
+ * in ports, and the host matching no bypass pattern. */
+bool route_intercepts(const struct config *cfg, const char *host, uint16_t port);
+
 #endif

@@ -25,6 +25,7 @@ struct tunnel {
 	char host[256];
 	uint16_t port;
 	bool established;
+	bool answered; /* the client already has its 200 */
 	bool client_eof, origin_eof; /* that side finished sending */
 	bool client_shut, origin_shut; /* we shut our writing towards that side */
 	struct event *idle;
@@ -117,9 +118,15 @@ static void origin_event(void *ctx, enum transport_event ev, enum muxd_err err, 
 			static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
 			tn->established = true;
 			tn->m->metrics.requests[PROTO_TUNNEL]++;
-			evbuffer_add(transport_output(tn->client), ok, sizeof(ok) - 1);
+			if (!tn->answered)
+				evbuffer_add(transport_output(tn->client), ok, sizeof(ok) - 1);
 			touch(tn);
 			pump_both(tn); /* bytes the client sent early */
+			return;
+		}
+		log_info("tunnel to %s:%u failed: %s", tn->host, tn->port, reason);
+		if (tn->answered) {
+			tunnel_end(tn, false);
 			return;
 		}
 		n = muxd_error_body(err, tn->host, tn->port, reason, body, sizeof(body));
@@ -139,7 +146,7 @@ static void origin_event(void *ctx, enum transport_event ev, enum muxd_err err, 
 }
 
 struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *host,
-                            uint16_t port)
+                            uint16_t port, bool answered)
 {
 	static const struct transport_cbs cbs = {origin_read, origin_drain, origin_event};
 	struct tunnel *tn = calloc(1, sizeof(*tn));
@@ -149,6 +156,7 @@ struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *h
 	tn->m = m;
 	tn->cfg = config_ref(m->cfg);
 	tn->ds = ds;
+	tn->answered = answered;
 	tn->client = downstream_transport(ds);
 	snprintf(tn->host, sizeof(tn->host), "%s", host);
 	tn->port = port;

@@ -99,6 +99,7 @@ struct upstream_conn {
 	void *owner; /* the pool's bookkeeping for this connection */
 	uint64_t requests; /* streams opened so far */
 	bool reusable;     /* false once the connection may carry no more streams */
+	bool warming;      /* set up, but no streams until the peer's settings arrive */
 };
 
 static inline void upstream_stream_send_head(struct upstream_stream *s,

@@ -395,9 +395,9 @@ END_TEST
 
 START_TEST(structure_errors)
 {
-	load_bad("[muxd]\nvia = on\n\n[intercept]\nenabled = on\n",
-	         ":4: [intercept]: unknown section");
-	load_bad("[route *]\nproxy = direct\n", ":1: [route *]: unknown section");
+	load_bad("[muxd]\nvia = on\n\n[intercepts]\nenabled = on\n",
+	         ":4: [intercepts]: unknown section");
+	load_bad("[route *]\nproxyx = direct\n", ":2: [route *] proxyx: unknown key");
 	load_bad("[pool]\nfoo = 1\n", ":2: [pool] foo: unknown key");
 	load_bad("[muxd]\nidle_timeout = 1s\n", ":2: [muxd] idle_timeout: unknown key");
 	load_bad("via = on\n", ":1: via: not in a section (expected [muxd] or [pool] above it)");

@@ -194,6 +194,40 @@ START_TEST(pool_keys)
 }
 END_TEST
 
+START_TEST(intercept_and_bypass)
+{
+	struct config *cfg = load("[intercept]\nports = 443 8443\n"
+	                          "bypass = bank.example *.internal 10.0.0.0/8 pinned.test:443\n");
+
+	ck_assert_ptr_nonnull(cfg);
+	ck_assert(route_intercepts(cfg, "api.example.com", 443));
+	ck_assert(route_intercepts(cfg, "api.example.com", 8443));
+	ck_assert(!route_intercepts(cfg, "api.example.com", 4443)); /* not in ports */
+	ck_assert(!route_intercepts(cfg, "bank.example", 443));
+	ck_assert(!route_intercepts(cfg, "BANK.example", 443));
+	ck_assert(!route_intercepts(cfg, "git.internal", 443));
+	ck_assert(route_intercepts(cfg, "internal", 443));
+	ck_assert(!route_intercepts(cfg, "10.1.2.3", 443));
+	ck_assert(route_intercepts(cfg, "11.1.2.3", 443));
+	ck_assert(!route_intercepts(cfg, "pinned.test", 443));
+	ck_assert(route_intercepts(cfg, "pinned.test", 8443));
+	config_unref(cfg);
+
+	cfg = load("[intercept]\nenabled = off\n");
+	ck_assert(!route_intercepts(cfg, "api.example.com", 443));
+	config_unref(cfg);
+
+	cfg = load("[muxd]\nvia = on\n"); /* defaults: on, port 443, nothing bypassed */
+	ck_assert(route_intercepts(cfg, "api.example.com", 443));
+	ck_assert_uint_eq(cfg->leaf_cache, 1024);
+	config_unref(cfg);
+
+	load_errors("[intercept]\nbypass = a b/99\n", "[intercept] bypass: bad pattern");
+	load_errors("[intercept]\nports = 0\n", "[intercept] ports: bad port");
+	load_errors("[intercept]\nleaf_cache = 0\n", "[intercept] leaf_cache");
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("route");
@@ -206,6 +240,7 @@ int main(void)
 	tcase_add_test(tc, inheritance);
 	tcase_add_test(tc, route_errors);
 	tcase_add_test(tc, pool_keys);
+	tcase_add_test(tc, intercept_and_bypass);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
