@@ -366,20 +366,10 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
+	/* GNU getopt has already taken the options after the command word too */
 	const char *command = NULL;
-	if (optind < argc && (strcmp(argv[optind], "env") == 0 || strcmp(argv[optind], "ca") == 0)) {
+	if (optind < argc && (strcmp(argv[optind], "env") == 0 || strcmp(argv[optind], "ca") == 0))
 		command = argv[optind++];
-		while ((c = getopt(argc, argv, "c:S:")) != -1) {
-			if (c == 'c') {
-				d.opt.config_file = optarg;
-			} else if (c == 'S') {
-				d.opt.state_dir = optarg;
-			} else {
-				usage(stderr);
-				return 2;
-			}
-		}
-	}
 	if (optind < argc) {
 		fprintf(stderr, "muxd: unknown command '%s'\n", argv[optind]);
 		usage(stderr);
