@@ -49,7 +49,7 @@
 #include "transport/transport.h"
 #include "upstream/upstream.h"
 
-#define H2_MAX_STREAMS 100                /* our cap on concurrent streams */
+#define H2_MAX_STREAMS 256 /* streams per connection, whatever the peer allows */
 #define H2_STREAM_WINDOW 65535            /* SETTINGS_INITIAL_WINDOW_SIZE */
 #define H2_CONN_WINDOW (16 * 1024 * 1024) /* connection-level receive window */
 #define H2_PING_AFTER_IDLE_MS 2000        /* idle this long: PING on the next stream */
