@@ -657,7 +657,7 @@ START_TEST(concurrent_streams)
 	}
 	RUN_UNTIL(uc->ops->is_idle(uc) && own.available > 0, 1000);
 	ck_assert(uc->ops->is_idle(uc));
-	ck_assert_uint_eq(uc->ops->free_slots(uc), 256);
+	ck_assert_uint_eq(uc->ops->free_slots(uc), 100);
 	finish();
 }
 END_TEST
