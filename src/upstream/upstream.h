@@ -90,6 +90,10 @@ struct upstream_conn_ops {
 struct upstream_owner_cbs {
 	void (*on_available)(void *owner, struct upstream_conn *c); /* a stream slot freed */
 	void (*on_closed)(void *owner, struct upstream_conn *c, enum evict_reason why);
+	/* Set-up failed (connections that set themselves up: HTTP/3); the
+	 * connection is gone afterwards. */
+	void (*on_failed)(void *owner, struct upstream_conn *c, enum muxd_err err,
+	                  const char *reason);
 };
 
 struct upstream_conn {
@@ -115,6 +119,22 @@ struct upstream_conn *h1_conn_new(struct muxd *m, struct transport *t,
 /* HTTP/2 (nghttp2 client session) over an established transport whose ALPN
  * chose "h2" (takes ownership of it). */
 struct upstream_conn *h2_conn_new(struct muxd *m, struct transport *t,
+                                  const struct upstream_owner_cbs *owner_cbs, void *owner);
+
+/* HTTP/3 over QUIC (ngtcp2 + nghttp3). The connection sets itself up:
+ * resolve host, race the addresses (happy eyeballs), QUIC handshake with
+ * TLS for sni. It reports on_available once streams can be opened, or
+ * on_failed. While setting up, free_slots() is 0 and warming is true. */
+struct h3_params {
+	const char *host;        /* where to send UDP (the alt-authority host) */
+	uint16_t port;           /* the alternative's UDP port */
+	const char *sni;         /* the origin's host: TLS name and verification */
+	const char *authority;   /* unused by the connection; for logs */
+	const char *ca_file;     /* NULL = system store */
+	bool verify;
+	const char *session_key; /* resumption cache key */
+};
+struct upstream_conn *h3_conn_new(struct muxd *m, const struct h3_params *p,
                                   const struct upstream_owner_cbs *owner_cbs, void *owner);
 
 #endif
