@@ -46,6 +46,13 @@ static void render_metrics(struct muxd *m, FILE *f)
 	for (int r = 0; r < EVICT_COUNT; r++)
 		fprintf(f, "muxd_pool_evictions_total{reason=\"%s\"} %llu\n", evict_reason_name(r),
 		        (unsigned long long)mt->evictions[r]);
+	fprintf(f, "# HELP muxd_h3_fallbacks_total QUIC attempts that failed over to TCP.\n"
+	           "# TYPE muxd_h3_fallbacks_total counter\n"
+	           "muxd_h3_fallbacks_total %llu\n"
+	           "# HELP muxd_altsvc_entries Origins with a live HTTP/3 alternative.\n"
+	           "# TYPE muxd_altsvc_entries gauge\n"
+	           "muxd_altsvc_entries %zu\n",
+	        (unsigned long long)mt->h3_fallbacks, pool_altsvc_count(m->pool));
 	fprintf(f, "# HELP muxd_tls_leaf_issued_total Leaf certificates issued for interception.\n"
 	           "# TYPE muxd_tls_leaf_issued_total counter\n"
 	           "muxd_tls_leaf_issued_total %llu\n",

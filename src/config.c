@@ -366,6 +366,7 @@ bool config_parse_route_pattern(const char *s, struct config_route *out)
 	memset(out, 0, sizeof(*out));
 	out->verify = -1;
 	out->h2 = -1;
+	out->h3 = -1;
 	if (strcmp(s, "*") == 0) {
 		out->kind = ROUTE_ANY;
 		return true;
@@ -775,8 +776,8 @@ static void route_key(struct load *ld, const char *section, const char *name, co
 
 	if (!r)
 		return; /* its header was reported */
-	if (strcmp(name, "verify") == 0 || strcmp(name, "h2") == 0) {
-		int *field = name[0] == 'v' ? &r->verify : &r->h2;
+	if (strcmp(name, "verify") == 0 || strcmp(name, "h2") == 0 || strcmp(name, "h3") == 0) {
+		int *field = name[0] == 'v' ? &r->verify : name[1] == '2' ? &r->h2 : &r->h3;
 		if (*field != -1)
 			errf(ld, ld->line, "[%s] %s: given twice (expected once)", section, name);
 		else if (!parse_bool(v, &b))

@@ -52,6 +52,7 @@ struct config_route {
 	char *ca_file;
 	int verify;
 	int h2;
+	int h3;
 };
 
 struct config {

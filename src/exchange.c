@@ -249,6 +249,9 @@ static void on_head(void *ctx, const struct http1_msg *h)
 		return;
 	}
 	ex->status = h->status;
+	const struct http1_field *alt = http1_find(h, "alt-svc");
+	if (alt)
+		pool_altsvc_learned(ex->m->pool, &ex->key, alt->value, alt->value_len);
 	ex->chunk_out = (h->body == HTTP1_BODY_CHUNKED || h->body == HTTP1_BODY_CLOSE) && !client10;
 	if (client10 && (h->body == HTTP1_BODY_CHUNKED || h->body == HTTP1_BODY_CLOSE))
 		ex->keep_alive = false; /* an HTTP/1.0 body of unknown length ends with the connection */

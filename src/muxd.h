@@ -45,6 +45,7 @@ struct metrics {
 	uint64_t upstream_retries;
 	uint64_t evictions[EVICT_COUNT];
 	uint64_t tls_leaf_issued;
+	uint64_t h3_fallbacks;
 };
 
 struct muxd {

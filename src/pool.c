@@ -8,6 +8,13 @@
  * latter evicting the least recently used idle connection anywhere). A
  * waiter that can get no connection because the budget is spent gets 503
  * after connect_timeout. Idle connections sit in one global LRU list.
+ *
+ * HTTP/3 (principle 7): when the Alt-Svc cache holds a live h3 alternative
+ * for a TLS origin whose route allows it, dispatch starts a QUIC connection
+ * first. TCP waits for it only h3_timeout; then both race and the first
+ * ready serves the waiters. A QUIC attempt that fails, or is still not ready
+ * after H3_GIVE_UP times h3_timeout, marks the alternative broken and counts
+ * a fallback; the waiters never notice.
  */
 #include "pool.h"
 
@@ -17,7 +24,9 @@
 #include <string.h>
 #include <sys/queue.h>
 #include <sys/stat.h>
+#include <time.h>
 
+#include "altsvc.h"
 #include "config.h"
 #include "log.h"
 #include "route.h"
@@ -26,13 +35,16 @@
 
 #define POOL_BUCKETS 256
 #define TRIM_DELAY_MS 250 /* surplus idle connections get this long to be reused */
+#define H3_GIVE_UP 10     /* a QUIC attempt not ready after 10 x h3_timeout failed */
+#define ALTSVC_SAVE_MS 1000 /* the cache file is written this soon after a change */
 
 struct pool_origin;
 
 struct pool_conn {
 	struct pool *pool;
 	struct pool_origin *o;
-	struct upstream_conn *uc;  /* NULL while connecting */
+	struct upstream_conn *uc;  /* NULL while a transport chain connects */
+	bool connecting;           /* not ready for streams yet (counted in nconnecting) */
 	struct transport *pending; /* the transport chain being connected */
 	bool tls_started;          /* pending is the TLS layer over tcp */
 	uint64_t serial;           /* order of creation, for fresh-only waiters */
@@ -68,6 +80,9 @@ struct pool_origin {
 	enum proto learned; /* what ALPN chose last time (PROTO_COUNT: not known) */
 	unsigned holds; /* dispatch running: callbacks must not free the origin */
 	struct event *dispatch_ev;
+	struct pool_conn *h3_attempt; /* QUIC connection being set up */
+	struct event *race_timer;     /* h3_timeout: TCP may start; later: give up */
+	bool race_fired;
 };
 
 struct pool {
@@ -75,6 +90,8 @@ struct pool {
 	struct pool_origin *buckets[POOL_BUCKETS];
 	struct pool_conn_list idle; /* LRU first */
 	struct event *trim_timer;   /* closes idle connections over the caps */
+	struct altsvc_cache *altsvc;
+	struct event *save_timer; /* writes the Alt-Svc cache soon after a change */
 	unsigned nconns;
 	unsigned nidle;
 	uint64_t next_serial;
@@ -97,6 +114,7 @@ bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, u
 	if (!key->tls)
 		return n > 0 && (size_t)n < sizeof(key->id);
 	key->verify = route->verify;
+	key->h3 = route->h3;
 	snprintf(key->alpn, sizeof(key->alpn), "%s", route->h2 ? "h2,http/1.1" : "http/1.1");
 	if (route->ca_file) {
 		if ((size_t)snprintf(key->ca_file, sizeof(key->ca_file), "%s", route->ca_file) >=
@@ -105,8 +123,9 @@ bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, u
 		stat(route->ca_file, &st); /* trust anchors by file identity */
 	}
 	n = snprintf(key->id, sizeof(key->id),
-	             "%s://%s%s%s:%u sni=%s alpn=%s verify=%d ca=%s@%llu:%llu:%lld:%lld", scheme,
-	             v6 ? "[" : "", host, v6 ? "]" : "", port, host, key->alpn, key->verify,
+	             "%s://%s%s%s:%u sni=%s alpn=%s%s verify=%d ca=%s@%llu:%llu:%lld:%lld", scheme,
+	             v6 ? "[" : "", host, v6 ? "]" : "", port, host, key->alpn, key->h3 ? ",h3" : "",
+	             key->verify,
 	             key->ca_file[0] ? key->ca_file : "system", (unsigned long long)st.st_dev,
 	             (unsigned long long)st.st_ino, (long long)st.st_size, (long long)st.st_mtime);
 	return n > 0 && (size_t)n < sizeof(key->id);
@@ -122,18 +141,71 @@ static unsigned hash(const char *s)
 
 static void trim_cb(evutil_socket_t fd, short what, void *arg);
 
+/* The Alt-Svc cache file: [pool] altsvc_file, relative to state_dir. */
+static const char *altsvc_path(const struct config *cfg, char *buf, size_t size)
+{
+	if (!cfg->altsvc_file)
+		return NULL;
+	if (cfg->altsvc_file[0] == '/')
+		snprintf(buf, size, "%s", cfg->altsvc_file);
+	else
+		snprintf(buf, size, "%s/%s", cfg->state_dir, cfg->altsvc_file);
+	return buf;
+}
+
+static void save_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pool *p = arg;
+	char path[1024];
+
+	(void)fd;
+	(void)what;
+	if (!p->altsvc || !altsvc_path(p->m->cfg, path, sizeof(path)) ||
+	    !altsvc_cache_dirty(p->altsvc))
+		return;
+	mkdir(p->m->cfg->state_dir, 0700);
+	if (!altsvc_cache_save(p->altsvc, time(NULL)))
+		log_warn("cannot write the Alt-Svc cache %s", path);
+}
+
+void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value,
+                         size_t len)
+{
+	struct altsvc_parsed parsed;
+	struct timeval tv = {ALTSVC_SAVE_MS / 1000, (ALTSVC_SAVE_MS % 1000) * 1000};
+
+	/* only what a verified TLS origin says about itself counts */
+	if (!key->tls || !key->verify || !altsvc_parse(value, len, &parsed))
+		return;
+	altsvc_cache_update(p->altsvc, key->scheme, key->host, key->port, &parsed, time(NULL));
+	if (altsvc_cache_dirty(p->altsvc) && !evtimer_pending(p->save_timer, NULL))
+		evtimer_add(p->save_timer, &tv);
+}
+
+size_t pool_altsvc_count(struct pool *p)
+{
+	return altsvc_cache_count(p->altsvc, time(NULL));
+}
+
 struct pool *pool_new(struct muxd *m)
 {
+	char path[1024];
 	struct pool *p = calloc(1, sizeof(*p));
 	if (!p)
 		return NULL;
 	p->m = m;
 	TAILQ_INIT(&p->idle);
 	p->trim_timer = evtimer_new(m->base, trim_cb, p);
-	if (!p->trim_timer) {
-		free(p);
+	p->save_timer = evtimer_new(m->base, save_cb, p);
+	p->altsvc = altsvc_cache_new(altsvc_path(m->cfg, path, sizeof(path)));
+	if (!p->trim_timer || !p->save_timer || !p->altsvc) {
+		pool_free(p);
 		return NULL;
 	}
+	const char *warning = NULL;
+	altsvc_cache_load(p->altsvc, time(NULL), &warning);
+	if (warning)
+		log_warn("%s: %s (ignored)", path, warning);
 	return p;
 }
 
@@ -174,6 +246,8 @@ static void origin_maybe_free(struct pool_origin *o)
 		;
 	*pp = o->next;
 	event_free(o->dispatch_ev);
+	if (o->race_timer)
+		event_free(o->race_timer);
 	free(o);
 }
 
@@ -221,8 +295,12 @@ static void conn_forget(struct pool_conn *pc)
 	TAILQ_REMOVE(&o->conns, pc, o_link);
 	o->nconns--;
 	pc->pool->nconns--;
-	if (!pc->uc)
+	if (pc->connecting)
 		o->nconnecting--;
+	if (o->h3_attempt == pc) {
+		o->h3_attempt = NULL;
+		evtimer_del(o->race_timer);
+	}
 	event_free(pc->idle_timer);
 	free(pc);
 	schedule_all(o->pool);
@@ -365,6 +443,18 @@ static void budget_wait(struct pool_origin *o)
 
 static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason);
 static const struct upstream_owner_cbs owner_cbs;
+static void conn_ready(struct pool_conn *pc);
+static void maybe_start_h3(struct pool_origin *o);
+
+static void add_conn(struct pool_origin *o, struct pool_conn *pc)
+{
+	pc->serial = o->pool->next_serial++;
+	pc->connecting = true;
+	TAILQ_INSERT_TAIL(&o->conns, pc, o_link);
+	o->nconns++;
+	o->nconnecting++;
+	o->pool->nconns++;
+}
 
 static bool open_conn(struct pool_origin *o)
 {
@@ -386,11 +476,7 @@ static bool open_conn(struct pool_origin *o)
 		free(pc);
 		return false;
 	}
-	pc->serial = p->next_serial++;
-	TAILQ_INSERT_TAIL(&o->conns, pc, o_link);
-	o->nconns++;
-	o->nconnecting++;
-	p->nconns++;
+	add_conn(o, pc);
 	return true;
 }
 
@@ -402,13 +488,15 @@ static unsigned wanted(const struct pool_origin *o, unsigned *cap)
 	const struct config *cfg = o->pool->m->cfg;
 	bool maybe_h2 = strstr(o->key.alpn, "h2") != NULL && o->learned != PROTO_H1;
 
+	if (o->h3_attempt && !o->race_fired)
+		return 0; /* TCP waits for QUIC until h3_timeout */
 	if (maybe_h2) {
 		const struct pool_conn *pc;
 		*cap = cfg->max_h2_per_origin;
 		if (o->nconnecting > 0)
 			return 0;
 		TAILQ_FOREACH(pc, &o->conns, o_link)
-		if (pc->uc && pc->uc->warming)
+		if (pc->uc && pc->uc->warming && pc != o->h3_attempt)
 			return 0;
 		return 1;
 	}
@@ -427,7 +515,9 @@ static void dispatch(struct pool_origin *o)
 	/* 1. free stream slots on existing connections */
 	while ((pc = find_match(o, &w)) != NULL)
 		give(pc, w);
-	/* 2. new connections for the waiters left */
+	/* 2. new connections for the waiters left: QUIC first when it is known */
+	if (o->nwaiters > 0 && !p->m->draining)
+		maybe_start_h3(o);
 	while (o->nwaiters > 0 && wanted(o, &cap) > 0 && !p->m->draining) {
 		if (o->nconns >= cap) {
 			pc = find_idle(o); /* idle, yet no waiter may use it: make room */
@@ -470,6 +560,8 @@ static void conn_available(void *owner, struct upstream_conn *uc)
 	uint64_t serial = pc->serial;
 	struct pool_wait *w;
 
+	if (pc->connecting) /* a connection that set itself up (HTTP/3) is ready */
+		conn_ready(pc);
 	o->holds++;
 	while ((pc = conn_by_serial(o, serial)) && uc->ops->free_slots(uc) > 0 &&
 	       (w = first_for(o, pc)))
@@ -513,6 +605,120 @@ static void trim_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* A new connection can carry streams. */
+static void conn_ready(struct pool_conn *pc)
+{
+	struct pool_origin *o = pc->o;
+	struct pool *p = pc->pool;
+
+	pc->connecting = false;
+	o->nconnecting--;
+	p->m->metrics.upstream_opened[pc->uc->proto]++;
+	log_debug("pool: new %s connection to %s", proto_name(pc->uc->proto), o->key.id);
+	if (o->h3_attempt == pc) {
+		o->h3_attempt = NULL;
+		evtimer_del(o->race_timer);
+		altsvc_cache_mark_ok(p->altsvc, o->key.scheme, o->key.host, o->key.port);
+	}
+}
+
+/* The QUIC attempt failed: TCP takes over, and the alternative is broken. */
+static void h3_fallback(struct pool_origin *o, const char *reason)
+{
+	struct pool *p = o->pool;
+
+	log_info("pool: HTTP/3 to %s failed (%s): using TCP", o->key.id, reason);
+	p->m->metrics.h3_fallbacks++;
+	altsvc_cache_mark_broken(p->altsvc, o->key.scheme, o->key.host, o->key.port, time(NULL));
+	o->race_fired = true;
+}
+
+static void conn_failed(void *owner, struct upstream_conn *uc, enum muxd_err err,
+                        const char *reason)
+{
+	struct pool_conn *pc = owner;
+
+	(void)uc;
+	(void)err;
+	if (pc->o->h3_attempt == pc)
+		h3_fallback(pc->o, reason);
+	conn_forget(pc); /* the connection frees itself */
+}
+
+/* h3_timeout passed without QUIC being ready: TCP may start now. Much
+ * later, a QUIC attempt still not ready is given up. */
+static void race_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pool_origin *o = arg;
+	struct pool_conn *pc = o->h3_attempt;
+	uint64_t ms = o->pool->m->cfg->h3_timeout_ms * (H3_GIVE_UP - 1);
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+
+	(void)fd;
+	(void)what;
+	if (!pc)
+		return;
+	if (!o->race_fired) {
+		log_debug("pool: QUIC to %s not ready after h3_timeout: racing TCP", o->key.id);
+		o->race_fired = true;
+		evtimer_add(o->race_timer, &tv);
+		schedule(o);
+		return;
+	}
+	h3_fallback(o, "handshake timed out");
+	struct upstream_conn *uc = pc->uc;
+	conn_forget(pc);
+	uc->ops->close(uc);
+}
+
+/* Start a QUIC connection when the Alt-Svc cache says the origin has h3. */
+static void maybe_start_h3(struct pool_origin *o)
+{
+	struct pool *p = o->pool;
+	struct altsvc_alt alt;
+	struct pool_conn *pc;
+	uint64_t ms = p->m->cfg->h3_timeout_ms;
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+
+	if (!o->key.h3 || o->h3_attempt || p->nconns >= p->m->cfg->max_connections)
+		return;
+	TAILQ_FOREACH(pc, &o->conns, o_link)
+	if (pc->uc && pc->uc->proto == PROTO_H3)
+		return; /* one QUIC connection per origin */
+	if (!altsvc_cache_lookup(p->altsvc, o->key.scheme, o->key.host, o->key.port, time(NULL),
+	                         &alt))
+		return;
+	if (!o->race_timer && !(o->race_timer = evtimer_new(p->m->base, race_cb, o)))
+		return;
+	if (!(pc = calloc(1, sizeof(*pc))))
+		return;
+	pc->pool = p;
+	pc->o = o;
+	pc->idle_timer = evtimer_new(p->m->base, idle_timeout_cb, pc);
+	struct h3_params hp = {
+	    .host = alt.host[0] ? alt.host : o->key.host,
+	    .port = alt.port,
+	    .sni = o->key.host,
+	    .authority = o->key.id,
+	    .ca_file = o->key.ca_file[0] ? o->key.ca_file : NULL,
+	    .verify = o->key.verify,
+	    .session_key = o->key.id,
+	};
+	if (pc->idle_timer)
+		pc->uc = h3_conn_new(p->m, &hp, &owner_cbs, pc);
+	if (!pc->uc) {
+		if (pc->idle_timer)
+			event_free(pc->idle_timer);
+		free(pc);
+		return;
+	}
+	log_debug("pool: trying HTTP/3 for %s at %s:%u", o->key.id, hp.host, hp.port);
+	add_conn(o, pc);
+	o->h3_attempt = pc;
+	o->race_fired = false;
+	evtimer_add(o->race_timer, &tv);
+}
+
 static void conn_closed(void *owner, struct upstream_conn *uc, enum evict_reason why)
 {
 	struct pool_conn *pc = owner;
@@ -525,7 +731,8 @@ static void conn_closed(void *owner, struct upstream_conn *uc, enum evict_reason
 	conn_forget(pc);
 }
 
-static const struct upstream_owner_cbs owner_cbs = {conn_available, conn_closed};
+static const struct upstream_owner_cbs owner_cbs = {conn_available, conn_closed, conn_failed};
+
 
 static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
 {
@@ -559,10 +766,8 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 		bool h2 = o->key.tls && strcmp(tls_alpn(t), "h2") == 0;
 		pc->uc = h2 ? h2_conn_new(p->m, t, &owner_cbs, pc) : h1_conn_new(p->m, t, &owner_cbs, pc);
 		if (pc->uc) {
-			o->nconnecting--;
 			o->learned = pc->uc->proto;
-			p->m->metrics.upstream_opened[pc->uc->proto]++;
-			log_debug("pool: new %s connection to %s", proto_name(pc->uc->proto), o->key.id);
+			conn_ready(pc);
 			conn_available(pc, pc->uc);
 			return;
 		}
@@ -648,7 +853,7 @@ void pool_count(struct pool *p, struct pool_counts *out)
 			struct pool_conn *pc;
 			TAILQ_FOREACH(pc, &o->conns, o_link)
 			{
-				if (!pc->uc)
+				if (!pc->uc || pc->connecting)
 					continue;
 				if (pc->idle)
 					out->idle[pc->uc->proto]++;
@@ -683,6 +888,13 @@ void pool_free(struct pool *p)
 			o->nconns--;
 			origin_maybe_free(o);
 		}
-	event_free(p->trim_timer);
+	if (p->trim_timer)
+		event_free(p->trim_timer);
+	if (p->save_timer) {
+		save_cb(-1, 0, p); /* a last write at shutdown */
+		event_free(p->save_timer);
+	}
+	if (p->altsvc)
+		altsvc_cache_free(p->altsvc);
 	free(p);
 }

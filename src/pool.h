@@ -23,6 +23,7 @@ struct pool_key {
 	uint16_t port;
 	bool tls;
 	bool verify;
+	bool h3;           /* HTTP/3 allowed when the Alt-Svc cache knows it */
 	char ca_file[512]; /* "" = system trust store */
 	char alpn[32];     /* offered protocols, comma-separated */
 	char id[1024];     /* canonical form of all of the above */
@@ -56,6 +57,12 @@ struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, 
                                     const struct upstream_stream_cbs *stream_cbs,
                                     const struct pool_wait_cbs *cbs, void *ctx);
 void pool_wait_cancel(struct pool_wait *w);
+
+/* A verified TLS origin's Alt-Svc field value, from a response. */
+void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value,
+                         size_t len);
+/* Origins with a live HTTP/3 alternative (muxd_altsvc_entries). */
+size_t pool_altsvc_count(struct pool *p);
 
 /* Close every idle connection (shutdown, reload of pool limits). */
 void pool_close_idle(struct pool *p);

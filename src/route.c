@@ -92,6 +92,7 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 	out->ca_file = NULL;
 	out->verify = true;
 	out->h2 = true;
+	out->h3 = true;
 	/* defaults, then [route *], then the winner */
 	const struct config_route *layers[2] = {any, best != any ? best : NULL};
 	for (int i = 0; i < 2; i++) {
@@ -103,6 +104,9 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 			out->verify = layers[i]->verify;
 		if (layers[i]->h2 != -1)
 			out->h2 = layers[i]->h2;
+		if (layers[i]->h3 != -1)
+			out->h3 = layers[i]->h3;
 	}
 	out->h2 = out->h2 && cfg->h2;
+	out->h3 = out->h3 && cfg->h3;
 }

@@ -17,6 +17,7 @@ struct route {
 	const char *ca_file;             /* trust anchors for origins; NULL = system store */
 	bool verify;
 	bool h2; /* offer h2 by ALPN: [pool] h2 and the route's h2 */
+	bool h3; /* HTTP/3 when advertised: [pool] h3 and the route's h3 */
 };
 
 /* host: lower-cased name or IP literal (IPv6 without brackets). */

@@ -71,6 +71,32 @@ void transport_set_cbs(struct transport *t, const struct transport_cbs *cbs, voi
 struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port,
                               uint64_t timeout_ms, const struct transport_cbs *cbs, void *ctx);
 
+/*
+ * SOCKS5 (RFC 1928) through a connected proxy connection lower, with
+ * username/password (RFC 1929) when user is set, else no authentication.
+ * remote_dns (socks5h): the host name goes to the proxy; otherwise muxd
+ * resolves it first and sends the address. Takes ownership of lower. Ends
+ * in TRANSPORT_CONNECTED, or TRANSPORT_ERROR ERR_CONNECT with a reason
+ * naming the proxy and the reply's meaning ("SOCKS5 proxy 127.0.0.1:1080:
+ * connection refused by destination host", "...: authentication failed").
+ */
+struct transport *socks5_connect(struct muxd *m, struct transport *lower, const char *proxy_name,
+                                 const char *host, uint16_t port, bool remote_dns,
+                                 const char *user, const char *pass,
+                                 const struct transport_cbs *cbs, void *ctx);
+
+/*
+ * CONNECT host:port through an HTTP/1.1 proxy connection lower (a tunnel:
+ * afterwards the layer is a plain byte stream to the origin). auth: the
+ * "user:password" for Proxy-Authorization: Basic, or NULL. A non-2xx answer
+ * is TRANSPORT_ERROR ERR_CONNECT with a reason naming the proxy and its
+ * status line ("proxy 127.0.0.1:3128 answered 407 Proxy Authentication
+ * Required"); never retried. Takes ownership of lower.
+ */
+struct transport *h1_connect_new(struct muxd *m, struct transport *lower, const char *proxy_name,
+                                 const char *host, uint16_t port, const char *auth,
+                                 const struct transport_cbs *cbs, void *ctx);
+
 /* Wrap an accepted socket (client side). */
 struct transport *tcp_accepted(struct muxd *m, int fd, const struct transport_cbs *cbs,
                                void *ctx);
