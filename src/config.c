@@ -9,6 +9,7 @@
  * defaults, which is thrown away if anything was wrong.
  */
 #include "config.h"
+#include "http1.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -339,11 +340,109 @@ void config_unref(struct config *cfg)
 	free(cfg->access_log);
 	free(cfg->altsvc_file);
 	for (size_t i = 0; i < cfg->nroutes; i++) {
-		free(cfg->routes[i].pattern);
-		free(cfg->routes[i].ca_file);
+		struct config_route *r = &cfg->routes[i];
+		free(r->pattern);
+		free(r->ca_file);
+		free(r->proxy_ca_file);
+		free(r->no_proxy);
+		for (size_t h = 0; h < r->nhops; h++)
+			config_hop_free(&r->hops[h]);
 	}
 	free(cfg->routes);
 	free(cfg);
+}
+
+void config_hop_free(struct config_hop *hop)
+{
+	free(hop->user);
+	free(hop->pass);
+	hop->user = hop->pass = NULL;
+}
+
+/* Percent-decode s[0..n) into a new string; NULL on a bad escape. */
+static char *pct_decode(const char *s, size_t n)
+{
+	char *out = malloc(n + 1), *o = out;
+
+	if (!out)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] == '%') {
+			unsigned v;
+			if (i + 2 >= n || !isxdigit((unsigned char)s[i + 1]) ||
+			    !isxdigit((unsigned char)s[i + 2]) || sscanf(s + i + 1, "%2x", &v) != 1) {
+				free(out);
+				return NULL;
+			}
+			*o++ = (char)v;
+			i += 2;
+		} else {
+			*o++ = s[i];
+		}
+	}
+	*o = '\0';
+	return out;
+}
+
+bool config_parse_hop(const char *url, struct config_hop *out, char *why, size_t why_size)
+{
+	static const struct {
+		const char *prefix;
+		enum hop_kind kind;
+		uint16_t port;
+	} kinds[] = {{"http://", HOP_HTTP, 80},
+	             {"https://", HOP_HTTPS, 443},
+	             {"socks5://", HOP_SOCKS5, 1080},
+	             {"socks5h://", HOP_SOCKS5H, 1080}};
+	const char *rest = NULL, *at, *end;
+	char authority[300];
+	bool v6;
+
+	memset(out, 0, sizeof(*out));
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]) && !rest; i++) {
+		if (strncasecmp(url, kinds[i].prefix, strlen(kinds[i].prefix)) == 0) {
+			rest = url + strlen(kinds[i].prefix);
+			out->kind = kinds[i].kind;
+			out->port = kinds[i].port;
+		}
+	}
+	if (!rest) {
+		snprintf(why, why_size, "bad proxy '%.64s' (expected direct, env, or http://, "
+		                        "https://, socks5:// or socks5h:// URLs)", url);
+		return false;
+	}
+	end = rest + strcspn(rest, "/?#");
+	if (*end && strcmp(end, "/") != 0) {
+		snprintf(why, why_size, "bad proxy '%.64s' (expected no path)", url);
+		return false;
+	}
+	at = memrchr(rest, '@', (size_t)(end - rest));
+	if (at) {
+		const char *colon = memchr(rest, ':', (size_t)(at - rest));
+		const char *uend = colon ? colon : at;
+		out->user = pct_decode(rest, (size_t)(uend - rest));
+		out->pass = pct_decode(colon ? colon + 1 : at, colon ? (size_t)(at - colon - 1) : 0);
+		if (!out->user || !out->pass) {
+			config_hop_free(out);
+			snprintf(why, why_size, "bad proxy credentials (expected percent-encoding)");
+			return false;
+		}
+		rest = at + 1;
+	}
+	if ((size_t)(end - rest) >= sizeof(authority) - 8)
+		goto bad_host;
+	memcpy(authority, rest, (size_t)(end - rest));
+	authority[end - rest] = '\0';
+	/* a port is optional: add the scheme's default when absent */
+	if (!(authority[0] == '[' ? strstr(authority, "]:") != NULL : strchr(authority, ':') != NULL))
+		snprintf(authority + strlen(authority), 8, ":%u", out->port);
+	if (!http1_parse_authority(authority, out->host, sizeof(out->host), &out->port, &v6))
+		goto bad_host;
+	return true;
+bad_host:
+	config_hop_free(out);
+	snprintf(why, why_size, "bad proxy address in '%.64s' (expected host:port)", url);
+	return false;
 }
 
 static bool host_chars(const char *s)
@@ -367,6 +466,7 @@ bool config_parse_route_pattern(const char *s, struct config_route *out)
 	out->verify = -1;
 	out->h2 = -1;
 	out->h3 = -1;
+	out->proxy_set = -1;
 	if (strcmp(s, "*") == 0) {
 		out->kind = ROUTE_ANY;
 		return true;
@@ -767,6 +867,71 @@ static void add_route(struct load *ld, const char *pattern, size_t len)
 	ld->cfg->routes = routes;
 }
 
+static const char *env_either(const char *lower, const char *upper)
+{
+	const char *v = getenv(lower);
+	return v && *v ? v : getenv(upper);
+}
+
+/* Whether a hop points back at one of muxd's own listen addresses. */
+static bool hop_is_self(const struct config *cfg, const struct config_hop *hop)
+{
+	for (size_t i = 0; i < cfg->nlisten; i++) {
+		char host[64];
+		uint16_t port;
+		bool v6;
+		if (http1_parse_authority(cfg->listen[i].text, host, sizeof(host), &port, &v6) &&
+		    port == hop->port &&
+		    (strcmp(host, hop->host) == 0 || strcmp(hop->host, "localhost") == 0))
+			return true;
+	}
+	return false;
+}
+
+/* proxy = direct | env | URL... */
+static bool route_proxy(const struct config *cfg, struct config_route *r, const char *v,
+                        char *why, size_t size)
+{
+	char tok[512];
+
+	r->proxy_set = 1;
+	if (strcasecmp(v, "direct") == 0)
+		return true;
+	if (strcasecmp(v, "env") == 0) {
+		const char *url = env_either("https_proxy", "HTTPS_PROXY");
+		const char *no = env_either("no_proxy", "NO_PROXY");
+		r->proxy_env = true;
+		if (!url || !*url)
+			url = env_either("http_proxy", "HTTP_PROXY");
+		if (!url || !*url)
+			return true; /* no parent in the environment: direct */
+		if (!config_parse_hop(url, &r->hops[0], why, size))
+			return false;
+		r->nhops = 1;
+		if (hop_is_self(cfg, &r->hops[0])) {
+			snprintf(why, size, "the environment's proxy %.64s:%u is muxd itself "
+			                    "(expected a parent proxy)",
+			         r->hops[0].host, r->hops[0].port);
+			return false;
+		}
+		if (no && *no && !(r->no_proxy = strdup(no))) {
+			snprintf(why, size, "out of memory");
+			return false;
+		}
+		return true;
+	}
+	while (next_token(&v, tok, sizeof(tok))) {
+		if (r->nhops == CONFIG_MAX_HOPS) {
+			snprintf(why, size, "too many hops (expected at most %d)", CONFIG_MAX_HOPS);
+			return false;
+		}
+		if (!config_parse_hop(tok, &r->hops[r->nhops], why, size))
+			return false;
+		r->nhops++;
+	}
+	return true;
+}
+
 /* A key inside a [route PATTERN] section. */
 static void route_key(struct load *ld, const char *section, const char *name, const char *v)
 {
@@ -785,6 +950,19 @@ static void route_key(struct load *ld, const char *section, const char *name, co
 			     BOOL_FORM);
 		else
 			*field = b;
+	} else if (strcmp(name, "proxy") == 0) {
+		if (r->proxy_set != -1)
+			errf(ld, ld->line, "[%s] %s: given twice (expected once)", section, name);
+		else if (!route_proxy(ld->cfg, r, v, why, sizeof(why)))
+			errf(ld, ld->line, "[%s] %s: %s", section, name, why);
+	} else if (strcmp(name, "proxy_ca_file") == 0) {
+		if (r->proxy_ca_file)
+			errf(ld, ld->line, "[%s] %s: given twice (expected once)", section, name);
+		else if (access(v, R_OK) != 0)
+			errf(ld, ld->line, "[%s] %s: cannot read '%s': %s (expected a PEM file)",
+			     section, name, v, strerror(errno));
+		else if (!replace_str(&r->proxy_ca_file, v, why, sizeof(why)))
+			errf(ld, ld->line, "[%s] %s: %s", section, name, why);
 	} else if (strcmp(name, "ca_file") == 0) {
 		if (r->ca_file)
 			errf(ld, ld->line, "[%s] %s: given twice (expected once)", section, name);

@@ -41,6 +41,18 @@ enum route_pattern_kind {
 	ROUTE_CIDR,      /* 10.0.0.0/8, 2001:db8::/32 */
 };
 
+#define CONFIG_MAX_HOPS 4
+
+/* One parent proxy of a route's chain. */
+enum hop_kind { HOP_HTTP, HOP_HTTPS, HOP_SOCKS5, HOP_SOCKS5H };
+struct config_hop {
+	enum hop_kind kind;
+	char host[256]; /* lower-cased; IPv6 without brackets */
+	uint16_t port;
+	char *user; /* percent-decoded; NULL when the URL has none */
+	char *pass;
+};
+
 struct config_route {
 	char *pattern;                /* as written */
 	enum route_pattern_kind kind;
@@ -53,6 +65,12 @@ struct config_route {
 	int verify;
 	int h2;
 	int h3;
+	int proxy_set; /* -1: not set here; else hops[] (0 hops = direct) */
+	bool proxy_env; /* proxy = env: hops come from the environment */
+	struct config_hop hops[CONFIG_MAX_HOPS];
+	size_t nhops;
+	char *no_proxy; /* proxy = env: the environment's no_proxy list */
+	char *proxy_ca_file;
 };
 
 struct config {
@@ -138,6 +156,9 @@ bool config_parse_addr_port(const char *s, struct config_listen *out); /* "127.0
 bool config_parse_cidr(const char *s, struct config_cidr *out);        /* "127.0.0.0/8", "::1" */
 bool config_cidr_match(const struct config_cidr *c, const struct sockaddr *sa);
 bool config_port_allowed(const struct config *cfg, uint16_t port); /* connect_ports */
+/* A proxy URL: http://, https://, socks5://, socks5h://, [user:pass@]host[:port]. */
+bool config_parse_hop(const char *url, struct config_hop *out, char *why, size_t why_size);
+void config_hop_free(struct config_hop *hop);
 /* "*", "host", "*.suffix", "host:port", "[v6]:port", an IP or a CIDR. */
 bool config_parse_route_pattern(const char *s, struct config_route *out);
 

@@ -50,7 +50,8 @@ struct downstream {
 	uint16_t origin_port;
 	struct event *peek_timer;
 	size_t scan_from;
-	bool closing; /* lingering close in progress */
+	bool closing;  /* lingering close in progress */
+	bool peer_eof; /* the client finished sending */
 	struct event *linger;
 	struct downstream *prev, *next;
 };
@@ -354,9 +355,23 @@ static void process(struct downstream *ds)
 	}
 }
 
+/* The client has closed its side: nothing to linger for once our answer is
+ * out (freed now when nothing is pending, else when it drains). */
+static void close_after_eof(struct downstream *ds)
+{
+	if (evbuffer_get_length(transport_output(ds->t)) == 0)
+		ds_free(ds);
+	else
+		start_close(ds);
+}
+
 void downstream_exchange_done(struct downstream *ds, bool keep_alive)
 {
 	ds->ex = NULL;
+	if (ds->peer_eof) {
+		close_after_eof(ds);
+		return;
+	}
 	if (!keep_alive || ds->m->draining) {
 		start_close(ds);
 		return;
@@ -456,6 +471,8 @@ static void on_drain(void *ctx)
 		exchange_client_drain(ds->ex);
 	else if (ds->tunnel)
 		tunnel_client_drain(ds->tunnel);
+	else if (ds->closing && ds->peer_eof && evbuffer_get_length(transport_output(ds->t)) == 0)
+		ds_free(ds);
 }
 
 static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
@@ -479,10 +496,17 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 		return;
 	}
 	if (ev == TRANSPORT_EOF && !ds->closing) {
+		ds->peer_eof = true;
+		if (ds->mode == DS_PEEK) { /* bytes, then EOF: a tunnel gets both */
+			end_peek(ds);
+			if (ds->tunnel)
+				tunnel_client_eof(ds->tunnel); /* may free ds */
+			return;
+		}
 		/* pipelined requests before the EOF are still answered */
 		process(ds);
-		if (!ds->ex)
-			start_close(ds);
+		if (!ds->ex && !ds->tunnel)
+			close_after_eof(ds);
 		return;
 	}
 	if (ev == TRANSPORT_ERROR)

@@ -6,6 +6,7 @@
 #include "exchange.h"
 
 #include <event2/buffer.h>
+#include <gnutls/gnutls.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +33,9 @@ struct exchange {
 	struct route route;
 	struct pool_key key;
 	char authority[300];
-	struct upstream_field fields[HTTP1_MAX_FIELDS + 2];
+	struct upstream_field fields[HTTP1_MAX_FIELDS + 3];
+	char absolute[8600];   /* forwarding to an HTTP parent: the absolute URI */
+	char proxy_auth[400];  /* its Proxy-Authorization value */
 	size_t nfields;
 
 	/* request body, client -> upstream */
@@ -350,6 +353,7 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 	    .scheme = ex->uri.scheme,
 	    .authority = ex->authority,
 	    .path = ex->uri.path,
+	    .absolute = ex->key.forward ? ex->absolute : NULL,
 	    .fields = ex->fields,
 	    .nfields = ex->nfields,
 	    .has_body = ex->req.body != HTTP1_BODY_NONE,
@@ -378,6 +382,24 @@ static void wait_error(void *ctx, enum muxd_err err, const char *reason)
 
 static const struct pool_wait_cbs wait_cbs = {wait_stream, wait_error};
 
+/* "Basic base64(user:pass)" */
+static bool basic_auth(const char *user, const char *pass, char *out, size_t size)
+{
+	char plain[300];
+	gnutls_datum_t in, b64;
+	int n = snprintf(plain, sizeof(plain), "%s:%s", user, pass);
+
+	if (n < 0 || (size_t)n >= sizeof(plain))
+		return false;
+	in.data = (unsigned char *)plain;
+	in.size = (unsigned)n;
+	if (gnutls_base64_encode2(&in, &b64) < 0)
+		return false;
+	n = snprintf(out, size, "Basic %.*s", (int)b64.size, (const char *)b64.data);
+	gnutls_free(b64.data);
+	return n > 0 && (size_t)n < size;
+}
+
 /* The end-to-end fields to send upstream: hop-by-hop, Host and framing go. */
 static void build_fields(struct exchange *ex)
 {
@@ -399,6 +421,15 @@ static void build_fields(struct exchange *ex)
 		    (struct upstream_field){"Via", 3, VIA_TOKEN, strlen(VIA_TOKEN)};
 	if (te && http1_list_has(te->value, te->value_len, "trailers"))
 		ex->fields[ex->nfields++] = (struct upstream_field){"TE", 2, "trailers", 8};
+	if (ex->key.forward) {
+		const struct pool_hop *last = &ex->key.hops[ex->key.nhops - 1];
+		snprintf(ex->absolute, sizeof(ex->absolute), "%s://%s%s", ex->uri.scheme, ex->authority,
+		         ex->uri.path);
+		if (last->auth && basic_auth(last->user, last->pass, ex->proxy_auth,
+		                             sizeof(ex->proxy_auth)))
+			ex->fields[ex->nfields++] = (struct upstream_field){
+			    "Proxy-Authorization", 19, ex->proxy_auth, strlen(ex->proxy_auth)};
+	}
 }
 
 struct exchange *exchange_start(struct muxd *m, struct downstream *ds, struct http1_msg *req,

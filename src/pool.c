@@ -19,6 +19,7 @@
 #include "pool.h"
 
 #include <event2/event.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +47,6 @@ struct pool_conn {
 	struct upstream_conn *uc;  /* NULL while a transport chain connects */
 	bool connecting;           /* not ready for streams yet (counted in nconnecting) */
 	struct transport *pending; /* the transport chain being connected */
-	bool tls_started;          /* pending is the TLS layer over tcp */
 	uint64_t serial;           /* order of creation, for fresh-only waiters */
 	TAILQ_ENTRY(pool_conn) o_link;
 	TAILQ_ENTRY(pool_conn) idle_link;
@@ -97,38 +97,140 @@ struct pool {
 	uint64_t next_serial;
 };
 
+/* FNV-1a, 64 bits: an identity for credentials that does not reveal them. */
+static uint64_t fnv64(const char *a, const char *b)
+{
+	uint64_t h = 14695981039346656037ull;
+	for (const char *s = a; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	h = (h ^ ':') * 1099511628211ull;
+	for (const char *s = b; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	return h;
+}
+
+static bool append(char *buf, size_t size, size_t *len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static bool append(char *buf, size_t size, size_t *len, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf + *len, size - *len, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= size - *len)
+		return false;
+	*len += (size_t)n;
+	return true;
+}
+
+/* Trust anchors by file identity: the same path with new contents is
+ * another key. */
+static bool append_file_id(char *buf, size_t size, size_t *len, const char *name,
+                           const char *path)
+{
+	struct stat st = {0};
+
+	if (!path || !*path)
+		return append(buf, size, len, " %s=system", name);
+	stat(path, &st);
+	return append(buf, size, len, " %s=%s@%llu:%llu:%lld:%lld", name, path,
+	              (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
+	              (long long)st.st_size, (long long)st.st_mtime);
+}
+
 bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, uint16_t port,
                    const struct route *route)
 {
-	struct stat st = {0};
-	bool v6 = strchr(host, ':') != NULL;
-	int n;
+	static const char *const kinds[] = {"http", "https", "socks5", "socks5h"};
+	bool v6 = strchr(host, ':') != NULL, ok = true;
+	size_t len = 0;
 
 	memset(key, 0, sizeof(*key));
 	snprintf(key->scheme, sizeof(key->scheme), "%s", scheme);
 	snprintf(key->host, sizeof(key->host), "%s", host);
 	key->port = port;
 	key->tls = strcmp(scheme, "https") == 0;
-	n = snprintf(key->id, sizeof(key->id), "%s://%s%s%s:%u", scheme, v6 ? "[" : "", host,
-	             v6 ? "]" : "", port);
-	if (!key->tls)
-		return n > 0 && (size_t)n < sizeof(key->id);
-	key->verify = route->verify;
-	key->h3 = route->h3;
-	snprintf(key->alpn, sizeof(key->alpn), "%s", route->h2 ? "h2,http/1.1" : "http/1.1");
-	if (route->ca_file) {
-		if ((size_t)snprintf(key->ca_file, sizeof(key->ca_file), "%s", route->ca_file) >=
-		    sizeof(key->ca_file))
+	if (route->nhops > sizeof(key->hops) / sizeof(key->hops[0]))
+		return false;
+	for (size_t i = 0; i < route->nhops; i++) {
+		const struct config_hop *h = &route->hops[i];
+		struct pool_hop *k = &key->hops[i];
+		k->kind = h->kind;
+		snprintf(k->host, sizeof(k->host), "%s", h->host);
+		k->port = h->port;
+		k->auth = h->user != NULL;
+		if (h->user && ((size_t)snprintf(k->user, sizeof(k->user), "%s", h->user) >=
+		                    sizeof(k->user) ||
+		                (size_t)snprintf(k->pass, sizeof(k->pass), "%s", h->pass) >=
+		                    sizeof(k->pass)))
 			return false;
-		stat(route->ca_file, &st); /* trust anchors by file identity */
 	}
-	n = snprintf(key->id, sizeof(key->id),
-	             "%s://%s%s%s:%u sni=%s alpn=%s%s verify=%d ca=%s@%llu:%llu:%lld:%lld", scheme,
-	             v6 ? "[" : "", host, v6 ? "]" : "", port, host, key->alpn, key->h3 ? ",h3" : "",
-	             key->verify,
-	             key->ca_file[0] ? key->ca_file : "system", (unsigned long long)st.st_dev,
-	             (unsigned long long)st.st_ino, (long long)st.st_size, (long long)st.st_mtime);
-	return n > 0 && (size_t)n < sizeof(key->id);
+	key->nhops = route->nhops;
+	if (route->proxy_ca_file)
+		snprintf(key->proxy_ca_file, sizeof(key->proxy_ca_file), "%s", route->proxy_ca_file);
+	key->forward = !key->tls && key->nhops > 0 &&
+	               (key->hops[key->nhops - 1].kind == HOP_HTTP ||
+	                key->hops[key->nhops - 1].kind == HOP_HTTPS);
+
+	/* forwarding to an HTTP parent shares the parent's connections across
+	 * all http:// origins */
+	if (key->forward)
+		ok = append(key->id, sizeof(key->id), &len, "http-forward");
+	else
+		ok = append(key->id, sizeof(key->id), &len, "%s://%s%s%s:%u", scheme, v6 ? "[" : "",
+		            host, v6 ? "]" : "", port);
+	if (ok && key->tls) {
+		key->verify = route->verify;
+		key->h3 = route->h3 && key->nhops == 0; /* QUIC does not pass through parents */
+		snprintf(key->alpn, sizeof(key->alpn), "%s", route->h2 ? "h2,http/1.1" : "http/1.1");
+		if (route->ca_file &&
+		    (size_t)snprintf(key->ca_file, sizeof(key->ca_file), "%s", route->ca_file) >=
+		        sizeof(key->ca_file))
+			return false;
+		ok = append(key->id, sizeof(key->id), &len, " sni=%s alpn=%s%s verify=%d", host,
+		            key->alpn, key->h3 ? ",h3" : "", key->verify) &&
+		     append_file_id(key->id, sizeof(key->id), &len, "ca", key->ca_file);
+	}
+	for (size_t i = 0; ok && i < key->nhops; i++) {
+		const struct pool_hop *h = &key->hops[i];
+		ok = append(key->id, sizeof(key->id), &len, " via=%s://%s%s%s:%u", kinds[h->kind],
+		            strchr(h->host, ':') ? "[" : "", h->host, strchr(h->host, ':') ? "]" : "",
+		            h->port);
+		if (ok && h->auth)
+			ok = append(key->id, sizeof(key->id), &len, "#%016llx",
+			            (unsigned long long)fnv64(h->user, h->pass));
+		if (ok && h->kind == HOP_HTTPS)
+			ok = append_file_id(key->id, sizeof(key->id), &len, "proxy_ca",
+			                    key->proxy_ca_file);
+	}
+	return ok;
+}
+
+/* The connection path of a key, for chain_connect. */
+static void key_chain(const struct pool_key *key, struct chain_hop *hops, struct chain_spec *sp,
+                      uint64_t timeout_ms)
+{
+	for (size_t i = 0; i < key->nhops; i++)
+		hops[i] = (struct chain_hop){key->hops[i].kind, key->hops[i].host, key->hops[i].port,
+		                             key->hops[i].auth ? key->hops[i].user : NULL,
+		                             key->hops[i].auth ? key->hops[i].pass : NULL};
+	*sp = (struct chain_spec){
+	    .hops = hops,
+	    .nhops = key->nhops,
+	    .proxy_ca_file = key->proxy_ca_file[0] ? key->proxy_ca_file : NULL,
+	    .host = key->host,
+	    .port = key->port,
+	    .forward = key->forward,
+	    .tls = key->tls,
+	    .sni = key->host,
+	    .alpn = key->alpn,
+	    .ca_file = key->ca_file[0] ? key->ca_file : NULL,
+	    .session_key = key->id,
+	    .verify = key->verify,
+	    .timeout_ms = timeout_ms,
+	};
 }
 
 static unsigned hash(const char *s)
@@ -467,9 +569,11 @@ static bool open_conn(struct pool_origin *o)
 	pc->pool = p;
 	pc->o = o;
 	pc->idle_timer = evtimer_new(p->m->base, idle_timeout_cb, pc);
+	struct chain_hop hops[4];
+	struct chain_spec spec;
+	key_chain(&o->key, hops, &spec, p->m->cfg->connect_timeout_ms);
 	if (pc->idle_timer)
-		pc->pending = tcp_connect(p->m, o->key.host, o->key.port, p->m->cfg->connect_timeout_ms,
-		                          &tcbs, pc);
+		pc->pending = chain_connect(p->m, &spec, &tcbs, pc);
 	if (!pc->pending) {
 		if (pc->idle_timer)
 			event_free(pc->idle_timer);
@@ -743,27 +847,9 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 	struct pool_wait *w;
 	char why[256];
 
-	if (ev == TRANSPORT_CONNECTED && o->key.tls && !pc->tls_started) {
-		struct tls_client_params tp = {
-		    .sni = o->key.host,
-		    .alpn = o->key.alpn,
-		    .ca_file = o->key.ca_file[0] ? o->key.ca_file : NULL,
-		    .verify = o->key.verify,
-		    .session_key = o->key.id,
-		};
-		static const struct transport_cbs tcbs = {NULL, NULL, conn_event};
-		pc->tls_started = true;
-		pc->pending = tls_client_new(p->m, t, &tp, &tcbs, pc);
-		if (pc->pending)
-			return;
-		t = NULL;
-		ev = TRANSPORT_ERROR;
-		err = ERR_TLS;
-		reason = "out of memory";
-	}
 	pc->pending = NULL;
 	if (ev == TRANSPORT_CONNECTED) {
-		bool h2 = o->key.tls && strcmp(tls_alpn(t), "h2") == 0;
+		bool h2 = strcmp(chain_alpn(t), "h2") == 0;
 		pc->uc = h2 ? h2_conn_new(p->m, t, &owner_cbs, pc) : h1_conn_new(p->m, t, &owner_cbs, pc);
 		if (pc->uc) {
 			o->learned = pc->uc->proto;

@@ -25,8 +25,20 @@ struct pool_key {
 	bool verify;
 	bool h3;           /* HTTP/3 allowed when the Alt-Svc cache knows it */
 	char ca_file[512]; /* "" = system trust store */
+	/* parent proxies in order (none: direct); credentials are in the key but
+	 * only a hash of them is in id, which is logged */
+	struct pool_hop {
+		int kind; /* enum hop_kind */
+		char host[256];
+		uint16_t port;
+		char user[128], pass[128];
+		bool auth;
+	} hops[4];
+	size_t nhops;
+	char proxy_ca_file[512];
+	bool forward; /* http:// origin, last hop an HTTP parent: absolute-form to it */
 	char alpn[32];     /* offered protocols, comma-separated */
-	char id[1024];     /* canonical form of all of the above */
+	char id[2048];     /* canonical form of all of the above */
 };
 
 struct route;

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 /* Higher is more specific; 0 = no match. */
 static int specificity(const struct config_route *r, const char *host, uint16_t port,
@@ -27,6 +28,30 @@ static int specificity(const struct config_route *r, const char *host, uint16_t 
 		return 1;
 	}
 	return 0;
+}
+
+/* The environment's no_proxy: "*", names (".example.com" or "example.com",
+ * matching the name and its subdomains) and IPs, comma separated. */
+static bool no_proxy_matches(const char *list, const char *host)
+{
+	size_t hl = strlen(host);
+
+	while (list && *list) {
+		size_t n = strcspn(list, ", ");
+		const char *tok = list;
+		if (n > 0 && tok[0] == '.') {
+			tok++;
+			n--;
+		}
+		if ((n == 1 && tok[0] == '*') ||
+		    (n == hl && strncasecmp(host, tok, n) == 0) ||
+		    (n > 0 && hl > n && host[hl - n - 1] == '.' &&
+		     strncasecmp(host + hl - n, tok, n) == 0))
+			return true;
+		list = tok + n;
+		list += strspn(list, ", ");
+	}
+	return false;
 }
 
 /* The host in the form patterns hold, and its address when it is an IP. */
@@ -95,9 +120,19 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 	out->h3 = true;
 	/* defaults, then [route *], then the winner */
 	const struct config_route *layers[2] = {any, best != any ? best : NULL};
+	out->hops = NULL;
+	out->nhops = 0;
+	out->proxy_ca_file = NULL;
 	for (int i = 0; i < 2; i++) {
 		if (!layers[i])
 			continue;
+		if (layers[i]->proxy_set != -1) {
+			bool exempt = layers[i]->proxy_env && no_proxy_matches(layers[i]->no_proxy, norm);
+			out->hops = exempt ? NULL : layers[i]->hops;
+			out->nhops = exempt ? 0 : layers[i]->nhops;
+		}
+		if (layers[i]->proxy_ca_file)
+			out->proxy_ca_file = layers[i]->proxy_ca_file;
 		if (layers[i]->ca_file)
 			out->ca_file = layers[i]->ca_file;
 		if (layers[i]->verify != -1)

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "downstream.h"
 #include "log.h"
+#include "route.h"
 #include "transport/transport.h"
 
 struct tunnel {
@@ -161,8 +162,22 @@ struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *h
 	snprintf(tn->host, sizeof(tn->host), "%s", host);
 	tn->port = port;
 	tn->idle = evtimer_new(m->base, idle_cb, tn);
+	/* through the route's parents, if any: a CONNECT or SOCKS5 per hop */
+	struct route route;
+	struct chain_hop hops[CONFIG_MAX_HOPS];
+	route_for(tn->cfg, host, port, &route);
+	for (size_t i = 0; i < route.nhops; i++)
+		hops[i] = (struct chain_hop){route.hops[i].kind, route.hops[i].host,
+		                             route.hops[i].port, route.hops[i].user,
+		                             route.hops[i].pass};
+	struct chain_spec spec = {.hops = hops,
+	                          .nhops = route.nhops,
+	                          .proxy_ca_file = route.proxy_ca_file,
+	                          .host = host,
+	                          .port = port,
+	                          .timeout_ms = tn->cfg->connect_timeout_ms};
 	if (tn->idle)
-		tn->origin = tcp_connect(m, host, port, tn->cfg->connect_timeout_ms, &cbs, tn);
+		tn->origin = chain_connect(m, &spec, &cbs, tn);
 	if (!tn->origin) {
 		tunnel_free(tn);
 		return NULL;
@@ -187,8 +202,9 @@ void tunnel_client_eof(struct tunnel *tn)
 	tn->client_eof = true;
 	if (tn->established)
 		pump_both(tn);
-	else
-		tunnel_end(tn, false);
+	else if (!tn->answered)
+		tunnel_end(tn, false); /* gone before its 200: nobody to answer */
+	/* else: its bytes and its half-close go through once connected */
 }
 
 void tunnel_abort(struct tunnel *tn)

@@ -806,3 +806,35 @@ bool tls_resumed(struct transport *base)
 {
 	return ((struct tls *)base)->resumed;
 }
+
+/* ---- for layers that run their own GnuTLS session (HTTP/3 over QUIC) ---- */
+
+gnutls_certificate_credentials_t tls_client_creds(struct tls_client_ctx *ctx, const char *ca_file,
+                                                  bool verify, char *reason, size_t reason_len)
+{
+	return get_cred(ctx, ca_file, verify, reason, reason_len);
+}
+
+gnutls_priority_t tls_client_priority(struct tls_client_ctx *ctx)
+{
+	return ctx->priority;
+}
+
+bool tls_session_get(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t *data)
+{
+	struct tls_cached_session *e = key ? session_find(ctx, key) : NULL;
+
+	if (!e)
+		return false;
+	*data = e->data;
+	return true;
+}
+
+void tls_session_put(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data)
+{
+	if (!key) {
+		gnutls_free(data.data);
+		return;
+	}
+	session_store(ctx, key, data);
+}

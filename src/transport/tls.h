@@ -9,6 +9,7 @@
 #ifndef MUXD_TLS_H
 #define MUXD_TLS_H
 
+#include <gnutls/gnutls.h>
 #include <stdbool.h>
 
 #include "muxd.h"
@@ -41,6 +42,21 @@ struct transport *tls_client_new(struct muxd *m, struct transport *lower,
  * whether the session was resumed. */
 const char *tls_alpn(struct transport *t);
 bool tls_resumed(struct transport *t);
+
+/* --- for layers that run their own GnuTLS session (HTTP/3 over QUIC) --- */
+
+/* The shared credentials for a trust store (ca_file NULL: the system store;
+ * !verify: no trust anchors), loaded on first use and owned by ctx. NULL on
+ * failure, with reason filled. */
+gnutls_certificate_credentials_t tls_client_creds(struct tls_client_ctx *ctx, const char *ca_file,
+                                                  bool verify, char *reason, size_t reason_len);
+/* The context's priority cache (TLS 1.2 and 1.3). */
+gnutls_priority_t tls_client_priority(struct tls_client_ctx *ctx);
+/* Session resumption data cached under key: borrowed, valid until the next
+ * tls_session_put or the next TLS layer's handshake. */
+bool tls_session_get(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t *data);
+/* Store session data under key; takes ownership of data.data (gnutls_malloc). */
+void tls_session_put(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data);
 
 /* --- server side, for interception (tls_server.c) --- */
 

@@ -97,6 +97,37 @@ struct transport *h1_connect_new(struct muxd *m, struct transport *lower, const 
                                  const char *host, uint16_t port, const char *auth,
                                  const struct transport_cbs *cbs, void *ctx);
 
+/*
+ * A whole connection path as one layer: TCP to the first hop (or the target),
+ * then per parent proxy its layers (TLS to an https:// parent, then CONNECT
+ * or SOCKS5 to the next hop or the target), then TLS to the target when
+ * asked. Reports TRANSPORT_CONNECTED once every layer is up; errors name
+ * the hop that failed. forward: stop at the last hop (an HTTP parent that
+ * takes absolute-form requests itself).
+ */
+struct chain_hop {
+	int kind; /* enum hop_kind (config.h) */
+	const char *host;
+	uint16_t port;
+	const char *user, *pass; /* NULL: no credentials */
+};
+struct chain_spec {
+	const struct chain_hop *hops;
+	size_t nhops;
+	const char *proxy_ca_file; /* for https:// parents; NULL = system store */
+	const char *host;          /* the target */
+	uint16_t port;
+	bool forward;
+	bool tls;                /* TLS to the target after the hops */
+	const char *sni, *alpn, *ca_file, *session_key;
+	bool verify;
+	uint64_t timeout_ms; /* connect_timeout, for each TCP connect */
+};
+struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
+                                const struct transport_cbs *cbs, void *ctx);
+/* The ALPN protocol of the TLS to the target ("" when none). */
+const char *chain_alpn(struct transport *t);
+
 /* Wrap an accepted socket (client side). */
 struct transport *tcp_accepted(struct muxd *m, int fd, const struct transport_cbs *cbs,
                                void *ctx);

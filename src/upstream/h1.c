@@ -376,8 +376,8 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 	struct evbuffer *out = transport_output(c->t);
 
 	snprintf(s->method, sizeof(s->method), "%s", r->method);
-	evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nHost: %s\r\n", r->method, r->path,
-	                    r->authority);
+	evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nHost: %s\r\n", r->method,
+	                    r->absolute ? r->absolute : r->path, r->authority);
 	for (size_t i = 0; i < r->nfields; i++)
 		add_field(out, r->fields[i].name, r->fields[i].name_len, r->fields[i].value,
 		          r->fields[i].value_len);

@@ -36,6 +36,7 @@ struct upstream_request {
 	const char *scheme;    /* "http" or "https", for :scheme */
 	const char *authority; /* host[:port] for Host / :authority */
 	const char *path;      /* origin-form target */
+	const char *absolute;  /* HTTP/1.1 to a parent proxy: the absolute-form target */
 	const struct upstream_field *fields; /* end-to-end fields only */
 	size_t nfields;
 	bool has_body;

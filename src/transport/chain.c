@@ -1,0 +1,258 @@
+/*
+ * chain — a connection path built from layers, presented as one layer.
+ *
+ * The steps are planned up front from the spec: TCP to the first hop; for
+ * each parent, TLS to it when it is https://, then CONNECT (http/https) or
+ * SOCKS5 to the next hop or the target (not for the last hop in forward
+ * mode); then TLS to the target. Each step's layer owns the one before it.
+ * While building, the chain listens to the newest layer; once everything is
+ * up it forwards that layer's events to its user, and its operations go to
+ * that top layer.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "transport/tls.h"
+#include "transport/transport.h"
+
+#define CHAIN_MAX_STEPS (2 * CONFIG_MAX_HOPS + 2)
+
+enum step_kind { STEP_TCP, STEP_TLS_HOP, STEP_TUNNEL, STEP_TLS_TARGET };
+
+struct step {
+	enum step_kind kind;
+	size_t hop; /* the hop this step talks to (TLS_HOP, TUNNEL) */
+};
+
+struct chain {
+	struct transport base;
+	struct muxd *m;
+	struct transport *top;
+	struct chain_spec spec; /* strings copied below */
+	struct chain_hop hops[CONFIG_MAX_HOPS];
+	char strs[CONFIG_MAX_HOPS][3][256];
+	char host[256], sni[256], alpn[32], ca_file[512], proxy_ca_file[512], session_key[1024];
+	struct step steps[CHAIN_MAX_STEPS];
+	size_t nsteps, next; /* steps planned; the next one to start */
+	bool up;
+};
+
+static struct evbuffer *c_input(struct transport *t)
+{
+	return transport_input(((struct chain *)t)->top);
+}
+
+static struct evbuffer *c_output(struct transport *t)
+{
+	return transport_output(((struct chain *)t)->top);
+}
+
+static void c_set_reading(struct transport *t, bool on)
+{
+	struct transport *top = ((struct chain *)t)->top;
+	top->ops->set_reading(top, on);
+}
+
+static void c_shutdown(struct transport *t)
+{
+	struct transport *top = ((struct chain *)t)->top;
+	top->ops->shutdown(top);
+}
+
+static void c_close(struct transport *t)
+{
+	struct chain *c = (struct chain *)t;
+	if (c->top)
+		transport_close(c->top);
+	free(c);
+}
+
+static bool c_is_alive(struct transport *t)
+{
+	struct chain *c = (struct chain *)t;
+	return c->up && c->top->ops->is_alive(c->top);
+}
+
+static const struct transport_ops chain_ops = {c_input,    c_output, c_set_reading,
+                                               c_shutdown, c_close,  c_is_alive};
+
+static void on_read(void *ctx)
+{
+	struct chain *c = ctx;
+	if (c->up && c->base.cbs.on_read)
+		c->base.cbs.on_read(c->base.ctx);
+}
+
+static void on_drain(void *ctx)
+{
+	struct chain *c = ctx;
+	if (c->up && c->base.cbs.on_drain)
+		c->base.cbs.on_drain(c->base.ctx);
+}
+
+static const char *hop_name(struct chain *c, size_t i, char *buf, size_t size)
+{
+	const struct chain_hop *h = &c->hops[i];
+	snprintf(buf, size, "%s%s%s:%u", strchr(h->host, ':') ? "[" : "", h->host,
+	         strchr(h->host, ':') ? "]" : "", h->port);
+	return buf;
+}
+
+static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason);
+
+/* Put the next step's layer on top; false when it could not be made. */
+static bool start_step(struct chain *c)
+{
+	static const struct transport_cbs cbs = {on_read, on_drain, on_event};
+	const struct step *st = &c->steps[c->next++];
+	const struct chain_spec *sp = &c->spec;
+	char name[300];
+
+	switch (st->kind) {
+	case STEP_TCP: {
+		const char *host = sp->nhops ? c->hops[0].host : sp->host;
+		uint16_t port = sp->nhops ? c->hops[0].port : sp->port;
+		c->top = tcp_connect(c->m, host, port, sp->timeout_ms, &cbs, c);
+		break;
+	}
+	case STEP_TLS_HOP: {
+		struct tls_client_params p = {.sni = c->hops[st->hop].host,
+		                              .alpn = "http/1.1",
+		                              .ca_file = sp->proxy_ca_file,
+		                              .verify = true,
+		                              .session_key = NULL};
+		c->top = tls_client_new(c->m, c->top, &p, &cbs, c);
+		break;
+	}
+	case STEP_TUNNEL: {
+		const struct chain_hop *h = &c->hops[st->hop];
+		bool last = st->hop + 1 == sp->nhops;
+		const char *host = last ? sp->host : c->hops[st->hop + 1].host;
+		uint16_t port = last ? sp->port : c->hops[st->hop + 1].port;
+		char auth[600];
+		hop_name(c, st->hop, name, sizeof(name));
+		if (h->kind == HOP_SOCKS5 || h->kind == HOP_SOCKS5H) {
+			c->top = socks5_connect(c->m, c->top, name, host, port, h->kind == HOP_SOCKS5H,
+			                        h->user, h->pass, &cbs, c);
+		} else {
+			if (h->user)
+				snprintf(auth, sizeof(auth), "%s:%s", h->user, h->pass ? h->pass : "");
+			c->top = h1_connect_new(c->m, c->top, name, host, port, h->user ? auth : NULL,
+			                        &cbs, c);
+		}
+		break;
+	}
+	case STEP_TLS_TARGET: {
+		struct tls_client_params p = {.sni = sp->sni,
+		                              .alpn = sp->alpn,
+		                              .ca_file = sp->ca_file,
+		                              .verify = sp->verify,
+		                              .session_key = sp->session_key};
+		c->top = tls_client_new(c->m, c->top, &p, &cbs, c);
+		break;
+	}
+	}
+	return c->top != NULL;
+}
+
+static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
+{
+	struct chain *c = ctx;
+
+	if (c->up) {
+		c->base.cbs.on_event(c->base.ctx, ev, err, reason);
+		return;
+	}
+	if (ev == TRANSPORT_CONNECTED && c->next < c->nsteps) {
+		if (!start_step(c)) /* the failed layer closed those below it */
+			c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR, ERR_CONNECT, "out of memory");
+		return;
+	}
+	if (ev == TRANSPORT_CONNECTED) {
+		c->up = true;
+		c->base.cbs.on_event(c->base.ctx, TRANSPORT_CONNECTED, ERR_NONE, NULL);
+		return;
+	}
+	/* a failure while building: say which hop */
+	const struct step *st = &c->steps[c->next - 1];
+	char msg[700], name[300];
+	bool via_hop = st->kind == STEP_TLS_HOP || (st->kind == STEP_TCP && c->spec.nhops > 0);
+	if (via_hop) {
+		snprintf(msg, sizeof(msg), "proxy %s: %s",
+		         hop_name(c, st->kind == STEP_TCP ? 0 : st->hop, name, sizeof(name)),
+		         reason ? reason : "failed");
+		c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR,
+		                     err == ERR_CONNECT_TIMEOUT ? err : ERR_CONNECT, msg);
+		return;
+	}
+	c->base.cbs.on_event(c->base.ctx, ev == TRANSPORT_EOF ? TRANSPORT_ERROR : ev,
+	                     ev == TRANSPORT_EOF ? ERR_CONNECT : err,
+	                     reason ? reason : "connection closed");
+}
+
+static void copy(char *dst, size_t size, const char *src)
+{
+	snprintf(dst, size, "%s", src ? src : "");
+}
+
+struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
+                                const struct transport_cbs *cbs, void *ctx)
+{
+	struct chain *c = calloc(1, sizeof(*c));
+
+	if (!c || spec->nhops > CONFIG_MAX_HOPS) {
+		free(c);
+		return NULL;
+	}
+	c->base.ops = &chain_ops;
+	transport_set_cbs(&c->base, cbs, ctx);
+	c->m = m;
+	c->spec = *spec;
+	for (size_t i = 0; i < spec->nhops; i++) {
+		c->hops[i] = spec->hops[i];
+		copy(c->strs[i][0], sizeof(c->strs[i][0]), spec->hops[i].host);
+		c->hops[i].host = c->strs[i][0];
+		if (spec->hops[i].user) {
+			copy(c->strs[i][1], sizeof(c->strs[i][1]), spec->hops[i].user);
+			copy(c->strs[i][2], sizeof(c->strs[i][2]), spec->hops[i].pass);
+			c->hops[i].user = c->strs[i][1];
+			c->hops[i].pass = c->strs[i][2];
+		}
+	}
+	c->spec.hops = c->hops;
+	copy(c->host, sizeof(c->host), spec->host);
+	copy(c->sni, sizeof(c->sni), spec->sni);
+	copy(c->alpn, sizeof(c->alpn), spec->alpn);
+	copy(c->ca_file, sizeof(c->ca_file), spec->ca_file);
+	copy(c->proxy_ca_file, sizeof(c->proxy_ca_file), spec->proxy_ca_file);
+	copy(c->session_key, sizeof(c->session_key), spec->session_key);
+	c->spec.host = c->host;
+	c->spec.sni = c->sni;
+	c->spec.alpn = c->alpn;
+	c->spec.ca_file = spec->ca_file ? c->ca_file : NULL;
+	c->spec.proxy_ca_file = spec->proxy_ca_file ? c->proxy_ca_file : NULL;
+	c->spec.session_key = spec->session_key ? c->session_key : NULL;
+
+	c->steps[c->nsteps++] = (struct step){STEP_TCP, 0};
+	for (size_t i = 0; i < spec->nhops; i++) {
+		if (spec->hops[i].kind == HOP_HTTPS)
+			c->steps[c->nsteps++] = (struct step){STEP_TLS_HOP, i};
+		if (!(spec->forward && i + 1 == spec->nhops))
+			c->steps[c->nsteps++] = (struct step){STEP_TUNNEL, i};
+	}
+	if (spec->tls && !spec->forward)
+		c->steps[c->nsteps++] = (struct step){STEP_TLS_TARGET, 0};
+	if (!start_step(c)) {
+		free(c);
+		return NULL;
+	}
+	return &c->base;
+}
+
+const char *chain_alpn(struct transport *t)
+{
+	struct chain *c = (struct chain *)t;
+	return c->spec.tls && !c->spec.forward && c->up ? tls_alpn(c->top) : "";
+}
