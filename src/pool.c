@@ -52,6 +52,7 @@ struct pool_conn {
 	TAILQ_ENTRY(pool_conn) idle_link;
 	bool idle;
 	struct event *idle_timer;
+	struct timespec created, idle_since;
 };
 
 struct pool_wait {
@@ -366,6 +367,18 @@ static void schedule_all(struct pool *p)
 				schedule(o);
 }
 
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double since(const struct timespec *t)
+{
+	return now_s() - ((double)t->tv_sec + (double)t->tv_nsec / 1e9);
+}
+
 static void set_idle(struct pool_conn *pc, bool idle)
 {
 	struct pool *p = pc->pool;
@@ -373,6 +386,7 @@ static void set_idle(struct pool_conn *pc, bool idle)
 	if (pc->idle == idle)
 		return;
 	pc->idle = idle;
+	clock_gettime(CLOCK_MONOTONIC, &pc->idle_since);
 	if (idle) {
 		uint64_t ms = p->m->cfg->idle_timeout_ms;
 		struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
@@ -550,6 +564,7 @@ static void maybe_start_h3(struct pool_origin *o);
 
 static void add_conn(struct pool_origin *o, struct pool_conn *pc)
 {
+	clock_gettime(CLOCK_MONOTONIC, &pc->created);
 	pc->serial = o->pool->next_serial++;
 	pc->connecting = true;
 	TAILQ_INSERT_TAIL(&o->conns, pc, o_link);
@@ -947,6 +962,58 @@ void pool_count(struct pool *p, struct pool_counts *out)
 					out->active[pc->uc->proto]++;
 			}
 		}
+}
+
+void pool_foreach_conn(struct pool *p, void (*fn)(void *arg, const struct pool_conn_info *c),
+                       void *arg)
+{
+	for (unsigned i = 0; i < POOL_BUCKETS; i++)
+		for (struct pool_origin *o = p->buckets[i]; o; o = o->next) {
+			struct pool_conn *pc;
+			TAILQ_FOREACH(pc, &o->conns, o_link)
+			{
+				struct upstream_conn *uc = pc->uc;
+				struct pool_conn_info c = {
+				    .key = o->key.id,
+				    .host = o->key.host,
+				    .port = o->key.port,
+				    .proto = uc ? uc->proto : PROTO_COUNT,
+				    .state = pc->connecting ? "connecting" : pc->idle ? "idle" : "active",
+				    .streams = !uc || pc->connecting ? 0
+				               : uc->ops->streams  ? uc->ops->streams(uc)
+				               : uc->ops->is_idle(uc) ? 0
+				                                      : 1,
+				    .requests = uc ? uc->requests : 0,
+				    .age_s = since(&pc->created),
+				    .idle_s = pc->idle ? since(&pc->idle_since) : 0,
+				};
+				fn(arg, &c);
+			}
+		}
+}
+
+struct altsvc_visit {
+	void (*fn)(void *arg, const char *origin, const char *alt_host, uint16_t alt_port,
+	           long expires_in_s, long broken_for_s);
+	void *arg;
+	time_t now;
+};
+
+static void visit_alt(void *arg, const char *origin, const struct altsvc_alt *alt, time_t expires,
+                      time_t broken_until)
+{
+	struct altsvc_visit *v = arg;
+	v->fn(v->arg, origin, alt->host, alt->port, (long)(expires - v->now),
+	      broken_until > v->now ? (long)(broken_until - v->now) : 0);
+}
+
+void pool_foreach_altsvc(struct pool *p,
+                         void (*fn)(void *arg, const char *origin, const char *alt_host,
+                                    uint16_t alt_port, long expires_in_s, long broken_for_s),
+                         void *arg)
+{
+	struct altsvc_visit v = {fn, arg, time(NULL)};
+	altsvc_cache_foreach(p->altsvc, v.now, visit_alt, &v);
 }
 
 void pool_free(struct pool *p)

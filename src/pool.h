@@ -85,4 +85,24 @@ struct pool_counts {
 };
 void pool_count(struct pool *p, struct pool_counts *out);
 
+/* One upstream connection, for the status page. */
+struct pool_conn_info {
+	const char *key;   /* the pool key id (credentials only as a hash) */
+	const char *host;  /* origin host and port */
+	uint16_t port;
+	enum proto proto;  /* PROTO_COUNT while connecting (not known yet) */
+	const char *state; /* "connecting", "active" or "idle" */
+	unsigned streams;  /* open now */
+	uint64_t requests; /* served so far */
+	double age_s;
+	double idle_s; /* 0 unless idle */
+};
+void pool_foreach_conn(struct pool *p, void (*fn)(void *arg, const struct pool_conn_info *c),
+                       void *arg);
+/* Call fn for each live Alt-Svc entry. */
+void pool_foreach_altsvc(struct pool *p,
+                         void (*fn)(void *arg, const char *origin, const char *alt_host,
+                                    uint16_t alt_port, long expires_in_s, long broken_for_s),
+                         void *arg);
+
 #endif

@@ -1150,11 +1150,17 @@ static void h2_close(struct upstream_conn *uc)
 		conn_free(c);
 }
 
+static unsigned h2_streams(struct upstream_conn *uc)
+{
+	return live_count((struct h2_conn *)uc);
+}
+
 static const struct upstream_conn_ops h2_conn_ops = {
     .open_stream = h2_open_stream,
     .free_slots = h2_free_slots,
     .is_idle = h2_is_idle,
     .close = h2_close,
+    .streams = h2_streams,
 };
 
 static bool session_new(struct h2_conn *c)

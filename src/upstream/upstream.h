@@ -85,6 +85,8 @@ struct upstream_conn_ops {
 	bool (*is_idle)(struct upstream_conn *c);
 	/* Close now, whatever runs on it (streams get no callback). */
 	void (*close)(struct upstream_conn *c);
+	/* Streams open now; optional (NULL: 0 when idle, else 1). */
+	unsigned (*streams)(struct upstream_conn *c);
 };
 
 /* Owner of connections: told when a connection becomes free, or dies. */
