@@ -85,3 +85,45 @@ format:
 
 clean:
 	rm -rf build
+
+# Install: the binary, the example configuration (never over an existing one),
+# the systemd units (ExecStart= pointing at the installed binary) and the man
+# pages. `make uninstall` removes exactly those; the configuration only when it
+# is still the one install put there (unchanged).
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+SBINDIR    ?= $(PREFIX)/sbin
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
+
+.PHONY: install uninstall
+
+install: $(BUILD)/muxd
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8 \
+	    $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(SYSCONFDIR)/muxd
+	install -m 755 $(BUILD)/muxd $(DESTDIR)$(SBINDIR)/muxd
+	sed 's|@SBINDIR@|$(SBINDIR)|g' systemd/muxd.service >$(DESTDIR)$(UNITDIR)/muxd.service.tmp
+	chmod 644 $(DESTDIR)$(UNITDIR)/muxd.service.tmp
+	mv -f $(DESTDIR)$(UNITDIR)/muxd.service.tmp $(DESTDIR)$(UNITDIR)/muxd.service
+	install -m 644 systemd/muxd.socket $(DESTDIR)$(UNITDIR)/muxd.socket
+	install -m 644 man/muxd.8 $(DESTDIR)$(MANDIR)/man8/muxd.8
+	install -m 644 man/muxd.conf.5 $(DESTDIR)$(MANDIR)/man5/muxd.conf.5
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/muxd/muxd.conf ]; then \
+	    echo "keeping the existing $(DESTDIR)$(SYSCONFDIR)/muxd/muxd.conf"; \
+	else \
+	    echo "install -m 644 conf/muxd.conf $(DESTDIR)$(SYSCONFDIR)/muxd/muxd.conf"; \
+	    install -m 644 conf/muxd.conf $(DESTDIR)$(SYSCONFDIR)/muxd/muxd.conf; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/muxd $(DESTDIR)$(UNITDIR)/muxd.service \
+	    $(DESTDIR)$(UNITDIR)/muxd.socket $(DESTDIR)$(MANDIR)/man8/muxd.8 \
+	    $(DESTDIR)$(MANDIR)/man5/muxd.conf.5
+	@if [ -f $(DESTDIR)$(SYSCONFDIR)/muxd/muxd.conf ] && \
+	    cmp -s conf/muxd.conf $(DESTDIR)$(SYSCONFDIR)/muxd/muxd.conf; then \
+	    echo "rm -f $(DESTDIR)$(SYSCONFDIR)/muxd/muxd.conf"; \
+	    rm -f $(DESTDIR)$(SYSCONFDIR)/muxd/muxd.conf; \
+	elif [ -e $(DESTDIR)$(SYSCONFDIR)/muxd/muxd.conf ]; then \
+	    echo "keeping $(DESTDIR)$(SYSCONFDIR)/muxd/muxd.conf (changed or not installed by make install)"; \
+	fi
+	-rmdir $(DESTDIR)$(SYSCONFDIR)/muxd 2>/dev/null || true

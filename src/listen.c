@@ -1,14 +1,22 @@
-/* listen — listening sockets on libevent connection listeners. */
+/*
+ * listen — listening sockets on libevent connection listeners, bound from the
+ * config or adopted from the service manager (systemd socket activation:
+ * $LISTEN_FDS sockets from fd 3 on, meant for us when $LISTEN_PID is our pid).
+ */
 #include "listen.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/listener.h>
+#include <event2/util.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "downstream.h"
@@ -20,7 +28,10 @@ struct listeners {
 	char text[CONFIG_MAX_LISTEN][64]; /* as configured */
 	struct evconnlistener *l[CONFIG_MAX_LISTEN];
 	bool paused;
+	bool activated; /* sockets from the service manager: never re-bound */
 };
+
+#define LISTEN_FDS_START 3
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
                       void *arg)
@@ -42,13 +53,44 @@ static void error_cb(struct evconnlistener *l, void *arg)
 	log_warn("accept failed: %s", strerror(e));
 }
 
+/* The bound address of fd as ADDR:PORT ("[v6]:PORT", "unix:PATH"). */
+static bool sock_name(int fd, char *out, size_t size)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char ip[INET6_ADDRSTRLEN];
+
+	memset(&ss, 0, sizeof(ss));
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+		return false;
+	if (ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+		inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+		snprintf(out, size, "[%s]:%u", ip, ntohs(s6->sin6_port));
+	} else if (ss.ss_family == AF_INET) {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+		inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+		snprintf(out, size, "%s:%u", ip, ntohs(s4->sin_port));
+	} else if (ss.ss_family == AF_UNIX) {
+		struct sockaddr_un *su = (struct sockaddr_un *)&ss;
+		size_t n = len > offsetof(struct sockaddr_un, sun_path)
+		               ? len - offsetof(struct sockaddr_un, sun_path)
+		               : 0;
+		if (n > 0 && su->sun_path[0] == '\0')
+			snprintf(out, size, "unix:@%.*s", (int)(n - 1), su->sun_path + 1);
+		else
+			snprintf(out, size, "unix:%.*s", (int)strnlen(su->sun_path, n),
+			         su->sun_path);
+	} else {
+		snprintf(out, size, "family %d", ss.ss_family);
+	}
+	return true;
+}
+
 static int bind_one(const struct config_listen *cl, char *actual, size_t actual_size, char *err,
                     size_t err_size)
 {
 	int one = 1, fd = socket(cl->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof(ss);
-	char ip[INET6_ADDRSTRLEN];
 
 	if (fd < 0) {
 		snprintf(err, err_size, "%s: %s", cl->text, strerror(errno));
@@ -58,21 +100,12 @@ static int bind_one(const struct config_listen *cl, char *actual, size_t actual_
 	if (cl->addr.ss_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	if (bind(fd, (const struct sockaddr *)&cl->addr, cl->addr_len) < 0 || listen(fd, 511) < 0 ||
-	    getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
+	    !sock_name(fd, actual, actual_size)) {
 		int e = errno;
 		snprintf(err, err_size, "cannot listen on %s: %s", cl->text, strerror(e));
 		close(fd);
 		errno = e;
 		return -1;
-	}
-	if (ss.ss_family == AF_INET6) {
-		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-		inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
-		snprintf(actual, actual_size, "[%s]:%u", ip, ntohs(s6->sin6_port));
-	} else {
-		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-		inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
-		snprintf(actual, actual_size, "%s:%u", ip, ntohs(s4->sin_port));
 	}
 	return fd;
 }
@@ -106,8 +139,8 @@ struct listeners *listeners_open(struct muxd *m, const struct config *cfg, char 
 			listeners_free(ls);
 			return NULL;
 		}
-		ls->l[ls->n] = evconnlistener_new(m->base, accept_cb, ls,
-		                                  LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+		ls->l[ls->n] = evconnlistener_new(
+		    m->base, accept_cb, ls, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
 		if (!ls->l[ls->n]) {
 			close(fd);
 			snprintf(err, err_size, "cannot listen on %s: out of memory", cl->text);
@@ -127,8 +160,107 @@ struct listeners *listeners_open(struct muxd *m, const struct config *cfg, char 
 	return ls;
 }
 
+/* A listening stream socket handed over by the service manager, made ready for
+ * libevent; its name in out. */
+static bool adopt_fd(int fd, char *out, size_t size, char *err, size_t err_size)
+{
+	int type = 0, accepting = 0, flags;
+	socklen_t len = sizeof(type), alen = sizeof(accepting);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) {
+		snprintf(err, err_size, "LISTEN_FDS: fd %d: %s (expected a socket)", fd,
+		         strerror(errno));
+		return false;
+	}
+	if (type != SOCK_STREAM ||
+	    (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &alen) == 0 && !accepting)) {
+		snprintf(err, err_size,
+		         "LISTEN_FDS: fd %d is not a listening stream socket (expected "
+		         "ListenStream=)",
+		         fd);
+		return false;
+	}
+	if (!sock_name(fd, out, size)) {
+		snprintf(err, err_size, "LISTEN_FDS: fd %d: %s", fd, strerror(errno));
+		return false;
+	}
+	flags = fcntl(fd, F_GETFD);
+	if (flags >= 0)
+		fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+	if (evutil_make_socket_nonblocking(fd) < 0) {
+		snprintf(err, err_size, "LISTEN_FDS: fd %d: cannot make it non-blocking", fd);
+		return false;
+	}
+	return true;
+}
+
+struct listeners *listeners_from_env(struct muxd *m, char *err, size_t err_size)
+{
+	const char *pid_s = getenv("LISTEN_PID"), *fds_s = getenv("LISTEN_FDS");
+	struct listeners *ls;
+	char *end;
+	long pid, n;
+
+	err[0] = '\0';
+	if (!pid_s || !fds_s)
+		return NULL;
+	errno = 0;
+	pid = strtol(pid_s, &end, 10);
+	if (errno || end == pid_s || *end || pid != (long)getpid())
+		return NULL; /* meant for another process: leave them alone */
+	unsetenv("LISTEN_PID");
+	unsetenv("LISTEN_FDS");
+	unsetenv("LISTEN_FDNAMES");
+	errno = 0;
+	n = strtol(fds_s, &end, 10);
+	if (errno || end == fds_s || *end || n < 0) {
+		snprintf(err, err_size, "LISTEN_FDS=%s: not a number", fds_s);
+		return NULL;
+	}
+	if (n == 0)
+		return NULL;
+	if (n > CONFIG_MAX_LISTEN) {
+		snprintf(err, err_size, "LISTEN_FDS=%ld: too many sockets (expected at most %d)", n,
+		         CONFIG_MAX_LISTEN);
+		return NULL;
+	}
+	ls = calloc(1, sizeof(*ls));
+	if (!ls) {
+		snprintf(err, err_size, "out of memory");
+		return NULL;
+	}
+	ls->m = m;
+	ls->activated = true;
+	for (long i = 0; i < n; i++) {
+		int fd = LISTEN_FDS_START + (int)i;
+
+		if (!adopt_fd(fd, ls->text[ls->n], sizeof(ls->text[0]), err, err_size)) {
+			listeners_free(ls);
+			return NULL;
+		}
+		ls->l[ls->n] = evconnlistener_new(
+		    m->base, accept_cb, ls, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+		if (!ls->l[ls->n]) {
+			snprintf(err, err_size, "LISTEN_FDS: fd %d: out of memory", fd);
+			listeners_free(ls);
+			return NULL;
+		}
+		evconnlistener_set_error_cb(ls->l[ls->n], error_cb);
+		log_info("listening on %s (socket activation)", ls->text[ls->n]);
+		ls->n++;
+	}
+	return ls;
+}
+
+bool listeners_activated(const struct listeners *ls)
+{
+	return ls && ls->activated;
+}
+
 bool listeners_match(const struct listeners *ls, const struct config *cfg)
 {
+	if (ls->activated)
+		return true; /* the service manager owns the addresses */
 	if (ls->n != cfg->nlisten)
 		return false;
 	for (size_t i = 0; i < ls->n; i++)

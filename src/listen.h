@@ -1,6 +1,7 @@
 /*
  * listen — the client-facing listening sockets. Bound from the config's
- * listen list; re-bound on reload only when that list changed. Accepted
+ * listen list; re-bound on reload only when that list changed. Or taken from
+ * the service manager (systemd socket activation), then never re-bound. Accepted
  * sockets go to downstream_accept (which applies the allow ACL).
  * Owns: the listening sockets.
  */
@@ -18,7 +19,17 @@ struct listeners;
 /* Bind every address of cfg; on failure returns NULL with a message. */
 struct listeners *listeners_open(struct muxd *m, const struct config *cfg, char *err,
                                  size_t err_size);
-/* True when cfg asks for exactly the addresses these listeners were opened for. */
+/*
+ * Socket activation: when $LISTEN_PID is this process and $LISTEN_FDS > 0,
+ * adopt fds 3.. as the listeners (and unset the LISTEN_* variables). Returns
+ * NULL with err "" when there is nothing to adopt, NULL with a message when the
+ * handed-over sockets are unusable.
+ */
+struct listeners *listeners_from_env(struct muxd *m, char *err, size_t err_size);
+/* True when the listeners came from the service manager. */
+bool listeners_activated(const struct listeners *l);
+/* True when cfg asks for exactly the addresses these listeners were opened for;
+ * always true for activated listeners (the service manager owns the addresses). */
 bool listeners_match(const struct listeners *l, const struct config *cfg);
 /* Stop or resume accepting (max_clients). */
 void listeners_pause(struct listeners *l, bool paused);

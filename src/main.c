@@ -7,14 +7,21 @@
  * keep theirs (refcounted), the pool survives, listeners are re-bound only
  * when the list changed; a bad file keeps the old config. SIGTERM/SIGINT
  * stop accepting and let in-flight exchanges finish (shutdown_timeout).
+ *
+ * Under systemd (Type=notify) the service manager hears READY=1 once the
+ * listeners are bound (or adopted from socket activation) and the CA is
+ * loaded, RELOADING=1/READY=1 around a reload, STOPPING=1 at shutdown, a
+ * STATUS= line every few seconds, and WATCHDOG=1 at half of WATCHDOG_USEC.
  */
 #include <errno.h>
 #include <event2/event.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -23,12 +30,14 @@
 #include "listen.h"
 #include "log.h"
 #include "muxd.h"
+#include "notify.h"
 #include "pool.h"
 #include "tls/ca.h"
 #include "transport/tls.h"
 
 #define MUXD_VERSION "0.1.0"
 #define DEFAULT_CONFIG "/etc/muxd/muxd.conf"
+#define STATUS_INTERVAL_S 10
 
 struct options {
 	const char *config_file; /* NULL: built-in defaults */
@@ -45,6 +54,8 @@ struct daemon {
 	struct options opt;
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *shutdown_timer;
+	struct event *status_timer;   /* STATUS= to the service manager */
+	struct event *watchdog_timer; /* WATCHDOG=1 */
 };
 
 static void usage(FILE *f)
@@ -131,7 +142,73 @@ static bool open_access_log(struct muxd *m, const struct config *cfg)
 	return true;
 }
 
-static void reload(struct daemon *d)
+/* "N clients, N upstream connections, N requests" for STATUS=. */
+static void status_line(const struct muxd *m, char *buf, size_t size)
+{
+	struct pool_counts pc;
+	unsigned conns = 0;
+	uint64_t requests = 0;
+
+	memset(&pc, 0, sizeof(pc));
+	pool_count(m->pool, &pc);
+	for (int p = 0; p < PROTO_COUNT; p++) {
+		conns += pc.active[p] + pc.idle[p];
+		requests += m->metrics.requests[p];
+	}
+	snprintf(buf, size, "%u clients, %u upstream connections, %llu requests", m->nclients,
+	         conns, (unsigned long long)requests);
+}
+
+/* Tell the service manager state (READY=1 ...) along with the status line. */
+static void notify_state(const struct muxd *m, const char *state)
+{
+	char status[160];
+
+	if (!notify_enabled())
+		return;
+	status_line(m, status, sizeof(status));
+	notify_sendf("%s%sSTATUS=%s%s", state, *state ? "\n" : "", m->draining ? "stopping: " : "",
+	             status);
+}
+
+static void status_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	(void)fd;
+	(void)what;
+	notify_state(&d->m, "");
+}
+
+static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	notify_send("WATCHDOG=1");
+}
+
+/* Periodic STATUS= and, when asked for, WATCHDOG=1 at half the interval. */
+static bool start_notify_timers(struct daemon *d)
+{
+	struct timeval status_tv = {STATUS_INTERVAL_S, 0};
+	uint64_t half = notify_watchdog_usec() / 2;
+
+	if (!notify_enabled())
+		return true;
+	d->status_timer = event_new(d->m.base, -1, EV_PERSIST, status_cb, d);
+	if (!d->status_timer || event_add(d->status_timer, &status_tv) < 0)
+		return false;
+	if (half > 0) {
+		struct timeval tv = {(time_t)(half / 1000000), (suseconds_t)(half % 1000000)};
+		d->watchdog_timer = event_new(d->m.base, -1, EV_PERSIST, watchdog_cb, d);
+		if (!d->watchdog_timer || event_add(d->watchdog_timer, &tv) < 0)
+			return false;
+		log_debug("watchdog: WATCHDOG=1 every %llu us", (unsigned long long)half);
+	}
+	return true;
+}
+
+static void reload_config(struct daemon *d)
 {
 	struct muxd *m = &d->m;
 	struct config *cfg;
@@ -166,6 +243,25 @@ static void reload(struct daemon *d)
 	log_info("configuration reloaded");
 }
 
+static void reload(struct daemon *d)
+{
+	struct muxd *m = &d->m;
+
+	if (m->draining) {
+		log_info("SIGHUP while shutting down: ignored");
+		return;
+	}
+	if (notify_enabled()) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		notify_sendf("RELOADING=1\nMONOTONIC_USEC=%llu",
+		             (unsigned long long)ts.tv_sec * 1000000ULL +
+		                 (unsigned long long)ts.tv_nsec / 1000ULL);
+	}
+	reload_config(d);
+	notify_state(m, "READY=1");
+}
+
 static void shutdown_deadline(evutil_socket_t fd, short what, void *arg)
 {
 	struct daemon *d = arg;
@@ -186,6 +282,7 @@ static void begin_shutdown(struct daemon *d)
 		return;
 	log_info("shutting down: %u client connections open", m->nclients);
 	m->draining = true;
+	notify_state(m, "STOPPING=1");
 	listeners_free(m->listeners);
 	m->listeners = NULL;
 	pool_close_idle(m->pool);
@@ -289,7 +386,13 @@ static int run(struct daemon *d)
 		goto out;
 	if (m->cfg->intercept_enabled && !(m->ca = open_ca(m->cfg)))
 		goto out;
-	m->listeners = listeners_open(m, m->cfg, err, sizeof(err));
+	m->listeners = listeners_from_env(m, err, sizeof(err));
+	if (!m->listeners && err[0]) {
+		log_error("socket activation: %s", err);
+		goto out;
+	}
+	if (!m->listeners)
+		m->listeners = listeners_open(m, m->cfg, err, sizeof(err));
 	if (!m->listeners) {
 		log_error("%s", err);
 		goto out;
@@ -302,7 +405,12 @@ static int run(struct daemon *d)
 	evsignal_add(d->sig_term, NULL);
 	evsignal_add(d->sig_int, NULL);
 	evsignal_add(d->sig_hup, NULL);
+	if (!start_notify_timers(d)) {
+		log_error("cannot start: out of memory");
+		goto out;
+	}
 	log_info("muxd %s ready", MUXD_VERSION);
+	notify_state(m, "READY=1");
 	event_base_dispatch(m->base);
 	log_info("stopped");
 	rc = 0;
@@ -321,6 +429,10 @@ out:
 		event_free(d->sig_hup);
 	if (d->shutdown_timer)
 		event_free(d->shutdown_timer);
+	if (d->status_timer)
+		event_free(d->status_timer);
+	if (d->watchdog_timer)
+		event_free(d->watchdog_timer);
 	if (m->access_log && m->access_log != stderr)
 		fclose(m->access_log);
 	config_unref(m->cfg);
@@ -392,6 +504,7 @@ int main(int argc, char **argv)
 	}
 	log_set_level(d.m.cfg->log_level);
 	warn_insecure(d.m.cfg);
+	notify_init();
 	signal(SIGPIPE, SIG_IGN);
 	return run(&d);
 }

@@ -61,6 +61,7 @@ struct muxd {
 	FILE *access_log;  /* NULL when off */
 	struct tls_client_ctx *tls; /* trust stores and the session cache */
 	struct local_ca *ca;        /* for interception; NULL when it is off */
+	struct admin_history *history; /* admin.c: samples for the status page chart */
 };
 
 const char *proto_name(enum proto p);

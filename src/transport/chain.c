@@ -4,7 +4,9 @@
  * The steps are planned up front from the spec: TCP to the first hop; for
  * each parent, TLS to it when it is https://, then CONNECT (http/https) or
  * SOCKS5 to the next hop or the target (not for the last hop in forward
- * mode); then TLS to the target. Each step's layer owns the one before it.
+ * mode); then TLS to the target. A first hop that is an https:// parent is
+ * reached through the pool instead: its connection is shared (HTTP/2 streams)
+ * and the tunnel is a CONNECT stream on it. Each step's layer owns the one before it.
  * While building, the chain listens to the newest layer; once everything is
  * up it forwards that layer's events to its user, and its operations go to
  * that top layer.
@@ -14,12 +16,20 @@
 #include <string.h>
 
 #include "config.h"
+#include "pool.h"
+#include "route.h"
 #include "transport/tls.h"
 #include "transport/transport.h"
 
 #define CHAIN_MAX_STEPS (2 * CONFIG_MAX_HOPS + 2)
 
-enum step_kind { STEP_TCP, STEP_TLS_HOP, STEP_TUNNEL, STEP_TLS_TARGET };
+enum step_kind {
+	STEP_TCP,
+	STEP_TLS_HOP,
+	STEP_TUNNEL,
+	STEP_POOL_TUNNEL, /* CONNECT as a stream on the pool's connection to hop 0 */
+	STEP_TLS_TARGET,
+};
 
 struct step {
 	enum step_kind kind;
@@ -117,9 +127,27 @@ static bool start_step(struct chain *c)
 		c->top = tcp_connect(c->m, host, port, sp->timeout_ms, &cbs, c);
 		break;
 	}
+	case STEP_POOL_TUNNEL: {
+		const struct chain_hop *h = &c->hops[0];
+		bool last = sp->nhops == 1;
+		struct route r = {.verify = true, .h2 = true, .ca_file = sp->proxy_ca_file};
+		struct pool_key key;
+		char auth[600];
+		if (!pool_key_init(&key, "https", h->host, h->port, &r))
+			return false;
+		if (h->user)
+			snprintf(auth, sizeof(auth), "%s:%s", h->user, h->pass ? h->pass : "");
+		c->top = stream_tunnel_connect(c->m, &key, hop_name(c, 0, name, sizeof(name)),
+		                               last ? sp->host : c->hops[1].host,
+		                               last ? sp->port : c->hops[1].port,
+		                               h->user ? auth : NULL, &cbs, c);
+		break;
+	}
 	case STEP_TLS_HOP: {
+		/* forwarding to this parent: it may speak HTTP/2 (requests as streams) */
+		bool fwd = sp->forward && st->hop + 1 == sp->nhops;
 		struct tls_client_params p = {.sni = c->hops[st->hop].host,
-		                              .alpn = "http/1.1",
+		                              .alpn = fwd ? "h2,http/1.1" : "http/1.1",
 		                              .ca_file = sp->proxy_ca_file,
 		                              .verify = true,
 		                              .session_key = NULL};
@@ -235,8 +263,14 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
 	c->spec.proxy_ca_file = spec->proxy_ca_file ? c->proxy_ca_file : NULL;
 	c->spec.session_key = spec->session_key ? c->session_key : NULL;
 
-	c->steps[c->nsteps++] = (struct step){STEP_TCP, 0};
-	for (size_t i = 0; i < spec->nhops; i++) {
+	size_t first = 0;
+	if (spec->nhops > 0 && spec->hops[0].kind == HOP_HTTPS && !(spec->forward && spec->nhops == 1)) {
+		c->steps[c->nsteps++] = (struct step){STEP_POOL_TUNNEL, 0};
+		first = 1;
+	} else {
+		c->steps[c->nsteps++] = (struct step){STEP_TCP, 0};
+	}
+	for (size_t i = first; i < spec->nhops; i++) {
 		if (spec->hops[i].kind == HOP_HTTPS)
 			c->steps[c->nsteps++] = (struct step){STEP_TLS_HOP, i};
 		if (!(spec->forward && i + 1 == spec->nhops))
@@ -254,5 +288,9 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
 const char *chain_alpn(struct transport *t)
 {
 	struct chain *c = (struct chain *)t;
-	return c->spec.tls && !c->spec.forward && c->up ? tls_alpn(c->top) : "";
+	const struct step *last = &c->steps[c->nsteps - 1];
+
+	if (!c->up || (last->kind != STEP_TLS_TARGET && last->kind != STEP_TLS_HOP))
+		return "";
+	return tls_alpn(c->top);
 }

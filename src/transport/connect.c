@@ -32,9 +32,10 @@ struct hc {
 	struct event *pass_ev;
 	struct evbuffer *early_in, *early_out; /* the user's buffers before CONNECTED */
 	enum hc_state state;
-	char *name;      /* the proxy, for messages */
+	char *name;       /* the proxy, for messages */
 	char target[300]; /* host:port, for messages */
 	bool reading;     /* the user wants bytes */
+	bool opened;      /* the handshake succeeded: the lower buffers are ours */
 	bool shut_wanted;
 	bool lower_eof, lower_failed;
 	bool peer_eof;
@@ -164,8 +165,9 @@ static bool read_head(struct hc *t)
 			t->state = HC_OPEN;
 			return true;
 		}
-		snprintf(reason, sizeof(reason), "proxy %s answered %d%s%.200s", t->name, msg.status,
-		         msg.reason && *msg.reason ? " " : "", msg.reason ? msg.reason : "");
+		snprintf(reason, sizeof(reason), "proxy %s answered %d%s%.200s", t->name,
+		         msg.status, msg.reason && *msg.reason ? " " : "",
+		         msg.reason ? msg.reason : "");
 		http1_msg_free(&msg);
 		fail(t, reason);
 		return false;
@@ -177,6 +179,7 @@ static void become_open(struct hc *t)
 {
 	struct evbuffer *in = transport_input(t->lower);
 
+	t->opened = true;
 	if (evbuffer_get_length(t->early_out) > 0)
 		evbuffer_add_buffer(transport_output(t->lower), t->early_out);
 	if (t->shut_wanted)
@@ -294,14 +297,14 @@ static struct evbuffer *hc_input(struct transport *base)
 {
 	struct hc *t = (struct hc *)base;
 
-	return t->state == HC_OPEN ? transport_input(t->lower) : t->early_in;
+	return t->opened ? transport_input(t->lower) : t->early_in;
 }
 
 static struct evbuffer *hc_output(struct transport *base)
 {
 	struct hc *t = (struct hc *)base;
 
-	return t->state == HC_OPEN ? transport_output(t->lower) : t->early_out;
+	return t->opened ? transport_output(t->lower) : t->early_out;
 }
 
 static void hc_set_reading(struct transport *base, bool on)

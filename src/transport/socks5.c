@@ -58,6 +58,7 @@ struct s5 {
 	bool have_addr;
 	struct sockaddr_storage addr;
 	bool reading; /* the user wants bytes */
+	bool opened;  /* the handshake succeeded: the lower buffers are ours */
 	bool shut_wanted;
 	bool lower_eof, lower_failed;
 	bool peer_eof;
@@ -245,13 +246,11 @@ static bool step(struct s5 *t)
 			} else if (b[1] == M_USERPASS && t->offered_auth) {
 				send_auth(t);
 			} else if (b[1] == M_REFUSED) {
-				fail(t,
-				     t->offered_auth ? "no acceptable authentication method"
-				                     : "authentication required");
+				fail(t, t->offered_auth ? "no acceptable authentication method"
+				                        : "authentication required");
 				return false;
 			} else {
-				fail(t,
-				     "selected an authentication method that was not offered");
+				fail(t, "selected an authentication method that was not offered");
 				return false;
 			}
 			break;
@@ -326,6 +325,7 @@ static void become_open(struct s5 *t)
 	struct evbuffer *in = transport_input(t->lower);
 
 	log_debug("socks5: %s:%u via %s: connected", t->host, t->port, t->name);
+	t->opened = true;
 	if (evbuffer_get_length(t->early_out) > 0)
 		evbuffer_add_buffer(transport_output(t->lower), t->early_out);
 	if (t->shut_wanted)
@@ -339,7 +339,8 @@ static void become_open(struct s5 *t)
 			return;
 	}
 	if (t->lower_failed)
-		report(t, TRANSPORT_ERROR, t->lower_err, t->lower_reason); else if (t->lower_eof && !t->peer_eof) {
+		report(t, TRANSPORT_ERROR, t->lower_err, t->lower_reason);
+	else if (t->lower_eof && !t->peer_eof) {
 		t->peer_eof = true;
 		report(t, TRANSPORT_EOF, ERR_CLOSED, "connection closed");
 	}
@@ -465,14 +466,14 @@ static struct evbuffer *s5_input(struct transport *base)
 {
 	struct s5 *t = (struct s5 *)base;
 
-	return t->state == S5_OPEN ? transport_input(t->lower) : t->early_in;
+	return t->opened ? transport_input(t->lower) : t->early_in;
 }
 
 static struct evbuffer *s5_output(struct transport *base)
 {
 	struct s5 *t = (struct s5 *)base;
 
-	return t->state == S5_OPEN ? transport_output(t->lower) : t->early_out;
+	return t->opened ? transport_output(t->lower) : t->early_out;
 }
 
 static void s5_set_reading(struct transport *base, bool on)
@@ -536,9 +537,8 @@ static bool is_ip_literal(const char *s)
 }
 
 struct transport *socks5_connect(struct muxd *m, struct transport *lower, const char *proxy_name,
-                                 const char *host, uint16_t port, bool remote_dns,
-                                 const char *user, const char *pass,
-                                 const struct transport_cbs *cbs, void *ctx)
+                                 const char *host, uint16_t port, bool remote_dns, const char *user,
+                                 const char *pass, const struct transport_cbs *cbs, void *ctx)
 {
 	static const struct transport_cbs lower_cbs = {lower_on_read, lower_on_drain,
 	                                               lower_on_event};

@@ -128,6 +128,19 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
 /* The ALPN protocol of the TLS to the target ("" when none). */
 const char *chain_alpn(struct transport *t);
 
+/*
+ * A tunnel to host:port as a CONNECT stream on the pool's connection to an
+ * https:// parent proxy (its pool key): with HTTP/2 many tunnels share one
+ * connection, which stays active while any of them lives (DESIGN.md
+ * principle 6); with HTTP/1.1 the tunnel takes a connection of its own.
+ * auth: "user:password" for Proxy-Authorization, or NULL.
+ */
+struct pool_key;
+struct transport *stream_tunnel_connect(struct muxd *m, const struct pool_key *proxy,
+                                        const char *proxy_name, const char *host, uint16_t port,
+                                        const char *auth, const struct transport_cbs *cbs,
+                                        void *ctx);
+
 /* Wrap an accepted socket (client side). */
 struct transport *tcp_accepted(struct muxd *m, int fd, const struct transport_cbs *cbs,
                                void *ctx);

@@ -27,6 +27,7 @@ struct h1_stream {
 	bool req_done;
 	bool got_bytes; /* any response byte arrived */
 	bool body_done; /* the whole body is decoded into body */
+	bool tunnel;    /* CONNECT: after a 2xx the connection is a byte pipe */
 	struct http1_msg head;
 	bool head_valid;
 	size_t scan_from; /* where to look for the end of the head next */
@@ -116,7 +117,7 @@ static void stream_reset(struct h1_stream *s)
 	s->chunked = NULL;
 	evbuffer_drain(s->body, evbuffer_get_length(s->body));
 	s->state = H1_IDLE;
-	s->req_done = s->req_chunked = s->got_bytes = s->body_done = false;
+	s->req_done = s->req_chunked = s->got_bytes = s->body_done = s->tunnel = false;
 	s->scan_from = 0;
 	s->base.ctx = NULL;
 }
@@ -201,6 +202,12 @@ static bool read_head(struct h1_conn *c, struct evbuffer *in)
 	}
 	s->state = H1_BODY;
 	s->remaining = s->head.content_length;
+	if (s->tunnel && s->head.status < 300) {
+		/* the tunnel is up: bytes until EOF, and never another request */
+		s->head.body = HTTP1_BODY_CLOSE;
+		c->base.reusable = false;
+		evtimer_del(c->timer);
+	}
 	if (s->head.body == HTTP1_BODY_CHUNKED) {
 		s->chunked = calloc(1, sizeof(*s->chunked));
 		if (!s->chunked) {
@@ -300,7 +307,9 @@ static void process(struct h1_conn *c)
 		}
 	}
 	if (s->state == H1_BODY) {
-		if (evbuffer_get_length(s->body) < TRANSPORT_BUF)
+		if (s->tunnel) /* a tunnel has its own idle timer */
+			evtimer_del(c->timer);
+		else if (evbuffer_get_length(s->body) < TRANSPORT_BUF)
 			arm_timer(c);
 		else
 			evtimer_del(c->timer);
@@ -376,17 +385,19 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 	struct evbuffer *out = transport_output(c->t);
 
 	snprintf(s->method, sizeof(s->method), "%s", r->method);
+	s->tunnel = strcmp(r->method, "CONNECT") == 0;
 	evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nHost: %s\r\n", r->method,
-	                    r->absolute ? r->absolute : r->path, r->authority);
+	                    s->tunnel ? r->authority : r->absolute ? r->absolute : r->path,
+	                    r->authority);
 	for (size_t i = 0; i < r->nfields; i++)
 		add_field(out, r->fields[i].name, r->fields[i].name_len, r->fields[i].value,
 		          r->fields[i].value_len);
-	if (r->has_body && r->content_length >= 0)
+	if (r->has_body && r->content_length >= 0 && !s->tunnel)
 		evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)r->content_length);
-	else if (r->has_body)
+	else if (r->has_body && !s->tunnel)
 		evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
 	evbuffer_add(out, "\r\n", 2);
-	s->req_chunked = r->has_body && r->content_length < 0;
+	s->req_chunked = r->has_body && r->content_length < 0 && !s->tunnel;
 	s->req_done = !r->has_body;
 	s->state = H1_HEAD;
 	arm_timer(c);
@@ -420,6 +431,8 @@ static void s_send_end(struct upstream_stream *us, const char *trailers)
 
 	if (s->req_chunked)
 		evbuffer_add_printf(out, "0\r\n%s\r\n", trailers ? trailers : "");
+	if (s->tunnel) /* the tunnel's half-close */
+		((struct h1_conn *)us->conn)->t->ops->shutdown(((struct h1_conn *)us->conn)->t);
 	s->req_done = true;
 }
 

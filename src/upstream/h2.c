@@ -92,6 +92,7 @@ struct h2_stream {
 	bool open;  /* the session knows the stream (submitted, not closed) */
 	bool head_sent;
 	bool is_head;
+	bool is_connect; /* a tunnel: no response timeout once it is up */
 	bool req_body;   /* a data provider feeds the request body */
 	bool send_ended; /* send_end() was called */
 	bool eof_sent;   /* the request's end is submitted */
@@ -284,6 +285,10 @@ static void settle(struct h2_conn *c)
 
 static void arm(struct h2_stream *s)
 {
+	if (s->is_connect && s->got_final) {
+		evtimer_del(s->timer); /* an established tunnel has its own idle timer */
+		return;
+	}
 	if (s->c->cfg->response_timeout_ms > 0)
 		set_timer(s->timer, s->c->cfg->response_timeout_ms);
 }
@@ -938,6 +943,7 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 		goto out;
 	s->head_sent = true;
 	s->is_head = strcmp(r->method, "HEAD") == 0;
+	s->is_connect = strcmp(r->method, "CONNECT") == 0;
 	if (!c->authority[0])
 		snprintf(c->authority, sizeof(c->authority), "%s", r->authority);
 	for (size_t i = 0; i < r->nfields; i++)
@@ -947,9 +953,11 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 	if (!nva || !lower || c->failed)
 		goto fail;
 	nva[nnv++] = NV(":method", 7, r->method, strlen(r->method));
-	nva[nnv++] = NV(":scheme", 7, r->scheme, strlen(r->scheme));
+	if (!s->is_connect) /* CONNECT names only the authority (RFC 9113 8.5) */
+		nva[nnv++] = NV(":scheme", 7, r->scheme, strlen(r->scheme));
 	nva[nnv++] = NV(":authority", 10, r->authority, strlen(r->authority));
-	nva[nnv++] = NV(":path", 5, r->path, strlen(r->path));
+	if (!s->is_connect)
+		nva[nnv++] = NV(":path", 5, r->path, strlen(r->path));
 	names = 0;
 	for (size_t i = 0; i < r->nfields; i++) {
 		const struct upstream_field *f = &r->fields[i];

@@ -207,6 +207,7 @@ struct h3_conn {
 	bool freeing;
 	bool session_stored;
 	bool close_sent;
+	bool silent; /* idled out: no CONNECTION_CLOSE */
 	int holds;
 };
 
@@ -858,8 +859,10 @@ static int h3_acked_cb(nghttp3_conn *h, int64_t id, uint64_t len, void *ud, void
 			s->last = NULL;
 		free(b);
 	}
-	if (s->user && !s->send_ended && s->queued - s->acked < TRANSPORT_BUF / 2)
+	if (s->user && !s->send_ended && s->queued - s->acked < TRANSPORT_BUF / 2) {
 		s->send_ready = true;
+		kick(s->c); /* on_send_ready from the kick */
+	}
 	return 0;
 }
 
@@ -1334,7 +1337,7 @@ static bool path_read(struct h3_path *a)
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				break;
 			snprintf(why, sizeof(why), "%s: %s", a->addr,
-			         errno == ECONNREFUSED ? "connection refused (ICMP)"
+			         errno == ECONNREFUSED ? "refused (ICMP port unreachable)"
 			                               : strerror(errno));
 			if (!c->established || a != c->a)
 				attempt_failed(a, ERR_CONNECT, why);
@@ -1392,6 +1395,7 @@ static void on_expiry(evutil_socket_t fd, short what, void *arg)
 			attempt_failed(a, ERR_CONNECT_TIMEOUT, "QUIC handshake timed out");
 		} else {
 			log_debug("h3: connection to %s idle: closed", origin(c));
+			c->silent = true;
 			conn_fail(c, ERR_CLOSED, "QUIC idle timeout", false);
 		}
 		goto out;
@@ -1717,8 +1721,8 @@ static void send_close(struct h3_conn *c)
 	uint8_t buf[H3_PKT_MAX];
 	ngtcp2_ssize n;
 
-	if (c->close_sent || !a || a->fd < 0 || !a->q || ngtcp2_conn_is_in_closing_period(a->q) ||
-	    ngtcp2_conn_is_in_draining_period(a->q))
+	if (c->close_sent || c->silent || !a || a->fd < 0 || !a->q ||
+	    ngtcp2_conn_is_in_closing_period(a->q) || ngtcp2_conn_is_in_draining_period(a->q))
 		return;
 	c->close_sent = true;
 	ngtcp2_connection_close_error_default(&cc);
@@ -2215,7 +2219,14 @@ struct upstream_conn *h3_conn_new(struct muxd *m, const struct h3_params *p,
 	c->p.sni = strdup(p->sni ? p->sni : (p->host ? p->host : ""));
 	c->p.authority = NULL;
 	c->p.ca_file = p->ca_file ? strdup(p->ca_file) : NULL;
-	c->p.session_key = p->session_key ? strdup(p->session_key) : NULL;
+	if (p->session_key) {
+		/* apart from TCP's: a QUIC ticket is TLS 1.3 with QUIC parameters */
+		size_t n = strlen(p->session_key) + 4;
+		char *k = malloc(n);
+		if (k)
+			snprintf(k, n, "h3|%s", p->session_key);
+		c->p.session_key = k;
+	}
 	snprintf(c->name, sizeof(c->name), v6 ? "[%s]:%u" : "%s:%u", p->host ? p->host : "",
 	         (unsigned)p->port);
 	c->kick = event_new(m->base, -1, 0, on_kick, c);

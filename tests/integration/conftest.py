@@ -16,6 +16,10 @@
              TCP server (support.StreamServer), e.g. a CONNECT target.
 * ``nginx_h2`` nginx serving HTTPS and HTTP/2 (``listen ... ssl http2``);
              ``tls_nginx_factory(http2=True)`` starts more of them.
+* ``h3_server`` factory: h3_server() starts gtlsserver (ngtcp2-server), an
+             HTTP/3 origin on UDP serving files from ``.root`` with the test
+             PKI (support.H3Server); ``tls_nginx_factory(extra=...)`` adds
+             directives (e.g. ``add_header Alt-Svc ...``) to nginx.
 * ``h2_origin`` factory: h2_origin(handler, **options) starts a scripted
              HTTP/2 origin over TLS with the test PKI (h2origin.H2Origin).
 
@@ -35,9 +39,11 @@ import pytest
 
 from h2origin import H2Origin, ok_handler
 from support import (
+    GTLSSERVER,
     LOCALHOST,
     MUXD_BIN,
     SANITIZE,
+    H3Server,
     HTTPReader,
     Metrics,
     Origin,
@@ -234,10 +240,13 @@ NGINX_TLS_SERVER = """\
 
 
 class Nginx:
-    def __init__(self, workdir, tls=None, tls_protocols="TLSv1.2 TLSv1.3", http2=False):
+    def __init__(self, workdir, tls=None, tls_protocols="TLSv1.2 TLSv1.3", http2=False, extra=""):
         """tls: (certificate, key) paths to serve HTTPS instead of HTTP;
-        tls_protocols: nginx's ssl_protocols; http2: offer h2 by ALPN."""
+        tls_protocols: nginx's ssl_protocols; http2: offer h2 by ALPN;
+        extra: more directives for the server block (e.g. add_header,
+        location blocks)."""
         self.dir = Path(workdir)
+        self.extra = extra
         self.tls = tls
         self.http2 = http2
         self.tls_protocols = tls_protocols
@@ -261,6 +270,8 @@ class Nginx:
                 server_extra = NGINX_TLS_SERVER.format(
                     cert=self.tls[0], key=self.tls[1], protocols=self.tls_protocols
                 )
+            if self.extra:
+                server_extra += "".join(f"        {line}\n" for line in self.extra.splitlines())
             conf.write_text(
                 NGINX_CONF.format(
                     dir=self.dir,
@@ -339,11 +350,13 @@ def pki(tmp_path_factory):
 @pytest.fixture
 def tls_nginx_factory(request, tmp_path, pki):
     """Factory: tls_nginx_factory(cert=pki.leaf, protocols="TLSv1.2 TLSv1.3",
-    http2=False) -> a started HTTPS nginx."""
+    http2=False, extra="") -> a started HTTPS nginx (extra: more directives
+    for its server block)."""
     servers = []
 
-    def start(cert=None, protocols="TLSv1.2 TLSv1.3", http2=False):
-        ng = Nginx(tmp_path / f"nginx_tls{len(servers)}", tls=cert or pki.leaf, tls_protocols=protocols, http2=http2)
+    def start(cert=None, protocols="TLSv1.2 TLSv1.3", http2=False, extra=""):
+        ng = Nginx(tmp_path / f"nginx_tls{len(servers)}", tls=cert or pki.leaf, tls_protocols=protocols, http2=http2,
+                   extra=extra)
         servers.append(ng)
         attach_log(request, f"nginx error log ({ng.dir.name})", ng.error_log)
         return ng.start()
@@ -369,6 +382,26 @@ def nginx_selfsigned(tls_nginx_factory, pki):
 def nginx_h2(tls_nginx_factory):
     """nginx serving HTTPS with HTTP/2 (ALPN h2), certificate from pki."""
     return tls_nginx_factory(http2=True)
+
+
+@pytest.fixture
+def h3_server(request, tmp_path, pki):
+    """Factory: h3_server(cert=pki.leaf, port=None, options=()) -> a started
+    support.H3Server: gtlsserver serving .root over HTTP/3 on UDP
+    127.0.0.1:.port."""
+    if not os.access(GTLSSERVER, os.X_OK):
+        pytest.skip(f"{GTLSSERVER} not installed (Debian package ngtcp2-server)")
+    servers = []
+
+    def start(cert=None, port=None, options=()):
+        srv = H3Server(tmp_path / f"h3server{len(servers)}", cert or pki.leaf, port=port, options=options)
+        servers.append(srv)
+        attach_log(request, f"gtlsserver log ({srv.dir.name})", srv.log_path)
+        return srv.start()
+
+    yield start
+    for srv in servers:
+        srv.stop()
 
 
 # --------------------------------------------------------------------------

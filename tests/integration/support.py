@@ -814,3 +814,71 @@ def open_tunnel(proxy_port, authority, early=b"", timeout=10.0, headers=()):
         s.close()
         raise
     return resp, reader
+
+
+# --------------------------------------------------------------------------
+# HTTP/3 origin: gtlsserver (Debian package ngtcp2-server)
+
+GTLSSERVER = os.environ.get("GTLSSERVER") or "/usr/sbin/gtlsserver"
+
+
+def free_udp_port(host=LOCALHOST):
+    """A loopback UDP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def udp_bound(port, host=LOCALHOST):
+    """True when some socket is bound to UDP host:port (from /proc/net/udp)."""
+    want = "%s:%04X" % ("".join("%02X" % int(b) for b in reversed(host.split("."))), port)
+    try:
+        with open("/proc/net/udp") as f:
+            return any(line.split()[1] == want for line in list(f)[1:])
+    except OSError:
+        return False
+
+
+class H3Server:
+    """gtlsserver (ngtcp2's example server) serving the files of .root over
+    HTTP/3 on UDP 127.0.0.1:.port with the given certificate.  stop() and
+    start() again keep the port (so a cached Alt-Svc stays right)."""
+
+    def __init__(self, workdir, cert, port=None, options=()):
+        self.dir = Path(workdir)
+        self.root = self.dir / "www"
+        self.root.mkdir(parents=True)
+        self.log_path = self.dir / "gtlsserver.log"
+        self.cert, self.key = cert
+        self.options = list(options)
+        self.port = port
+        self.proc = None
+
+    def start(self, timeout=10.0):
+        for _ in range(5):
+            port = self.port or free_udp_port()
+            cmd = [GTLSSERVER, "-q", "-d", str(self.root), *self.options, LOCALHOST, str(port), str(self.key),
+                   str(self.cert)]
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if udp_bound(port):
+                    self.port = port
+                    return self
+                time.sleep(0.02)
+            self.stop()
+            if self.port:  # a fixed port that cannot be bound: give up
+                break
+        raise AssertionError(f"gtlsserver did not start; see {self.log_path}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.port:
+            wait_until(lambda: not udp_bound(self.port), timeout=5, what=f"UDP port {self.port} released")

@@ -327,7 +327,7 @@ static void own_closed(void *owner, struct upstream_conn *c, enum evict_reason w
 	uc = NULL; /* it frees itself */
 }
 
-static const struct upstream_owner_cbs owner_cbs = {own_available, own_closed};
+static const struct upstream_owner_cbs owner_cbs = {own_available, own_closed, NULL};
 
 struct cstream {
 	struct upstream_stream *s;

@@ -1,0 +1,388 @@
+"""HTTP/3 (DESIGN principle 7): an origin is first reached over TCP; an
+``Alt-Svc: h3`` advertisement from a verified TLS origin is cached (with its
+``ma``, honouring ``clear``) and persisted in STATE/altsvc.cache, and later
+requests go over QUIC.  If QUIC fails the request goes over TCP without the
+client noticing, and the alternative is marked broken with backoff.
+
+The origin is a pair that serves *different* content for the same path, so
+the body proves which way a request went:
+
+* nginx (TLS, http2) on TCP, sending ``Alt-Svc: h3=":UDPPORT"``, serving
+  ``/which`` = "tcp";
+* gtlsserver (ngtcp2's example server, Debian package ngtcp2-server) on UDP
+  UDPPORT with the same certificate, serving ``/which`` = "quic".
+
+Clients are fresh curl processes going through muxd's TLS interception
+(``curl --cacert STATE/ca.pem -x muxd https://localhost:NGINXPORT/which``),
+so the origin muxd sees is https://localhost:NGINXPORT.
+
+Only test_first_request_tcp_later_ones_h3 lets nginx keep its HTTP/2
+connection open: the spec says that once the alternative is cached, requests
+go over HTTP/3 (not merely "new connections do").  The other tests isolate
+their own feature from that question: their nginx answers one request per
+connection (``keepalive_requests 1``), so every request after the first needs
+a new upstream connection, and the Alt-Svc cache decides which kind.
+"""
+
+import hashlib
+import re
+import subprocess
+import threading
+import time
+import socket
+
+import pytest
+
+from support import (
+    LOCALHOST,
+    SANITIZE,
+    clean_env,
+    curl,
+    pattern_chunks,
+    vm_hwm_kib,
+    wait_until,
+)
+
+BIG = 100 * 1024 * 1024
+RSS_LIMIT_KIB = 48 * 1024
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def altsvc_origin(tls_nginx_factory, h3_server, ma=3600, keepalive=True, extra=""):
+    """gtlsserver serving /which = "quic" on UDP, and an HTTP/2 nginx serving
+    /which = "tcp" that advertises the former with `Alt-Svc: h3=":UDP";
+    ma=MA` on every response.  keepalive=False: nginx closes each HTTP/2
+    connection after one request.  Returns (nginx, h3server)."""
+    q = h3_server()
+    (q.root / "which").write_text("quic\n")
+    directives = f"add_header Alt-Svc 'h3=\":{q.port}\"; ma={ma}' always;\n"
+    if not keepalive:
+        directives += "keepalive_requests 1;\n"
+    ng = tls_nginx_factory(http2=True, extra=directives + extra)
+    (ng.root / "which").write_text("tcp\n")
+    return ng, q
+
+
+def h3_conf(pki, port, **sections):
+    """Intercept CONNECTs to port; origins are verified against the test CA."""
+    c = {"intercept": {"ports": port}, "route *": {"ca_file": pki.ca_cert}}
+    for section, kv in sections.items():
+        c.setdefault(section, {}).update(kv)
+    return c
+
+
+def fetch(m, ng, path="/which", timeout=20):
+    """GET https://localhost:NGINXPORT/path with a fresh curl through muxd
+    (intercepted).  Returns (body, seconds curl took, response headers)."""
+    out = curl(m.port, f"https://localhost:{ng.port}{path}", "--cacert", str(m.state_dir / "ca.pem"),
+               "-D", "-", "-w", "\n%{http_code} %{time_total}", timeout=timeout)
+    stdout, _, tail = out.stdout.rpartition(b"\n")
+    assert out.returncode == 0, f"curl exit {out.returncode}: {out.stderr.decode(errors='replace')}"
+    code, seconds = tail.decode().split()
+    head, body = b"", stdout
+    while body.startswith(b"HTTP/"):  # the proxy's CONNECT answer, then the response's
+        head, _, body = body.partition(b"\r\n\r\n")
+    assert code == "200", f"HTTP {code}: {stdout[:300]!r}"
+    return body, float(seconds), head.decode("latin-1")
+
+
+def which(m, ng, timeout=20):
+    """Which server answered /which: "tcp" (nginx) or "quic" (gtlsserver)."""
+    body, _, _ = fetch(m, ng, timeout=timeout)
+    return body.decode().strip()
+
+
+def origin_id(ng):
+    return f"localhost:{ng.port}"
+
+
+def log_count(m, pattern):
+    return len(re.findall(pattern, m.log()))
+
+
+def trying_h3(m, ng):
+    return log_count(m, r"pool: trying HTTP/3 for \S*" + re.escape(origin_id(ng)))
+
+
+def metric(m, name, **labels):
+    return m.metrics().sum(name, **labels)
+
+
+def nginx_requests(ng, path="/which"):
+    return sum(1 for fields in ng.log_lines() if f" {path} " in fields[2])
+
+
+def restart(m):
+    """Stop muxd with SIGTERM (it writes the Alt-Svc cache at shutdown) and
+    start it again with the same config and state directory."""
+    assert m.stop() == 0, m.log()
+    m.start()
+
+
+def cache_lines(m):
+    path = m.state_dir / "altsvc.cache"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+# --------------------------------------------------------------------------
+# 1. first request over TCP, later ones over HTTP/3
+
+
+def test_first_request_tcp_later_ones_h3(muxd, tls_nginx_factory, h3_server, pki):
+    ng, q = altsvc_origin(tls_nginx_factory, h3_server)
+    m = muxd(h3_conf(pki, ng.port), args=["-v"])
+
+    body, _, head = fetch(m, ng)
+    assert body == b"tcp\n", "the first request did not go over TCP"
+    assert re.search(rf"(?im)^alt-svc: h3=\":{q.port}\"", head), f"Alt-Svc not passed to the client:\n{head}"
+    assert metric(m, "muxd_altsvc_entries") == 1
+
+    answers = [which(m, ng) for _ in range(5)]
+    assert answers == ["quic"] * 5, (
+        f"after learning Alt-Svc h3 the next requests went {answers} (nginx's HTTP/2 connection was still open; "
+        f"the spec says they go over HTTP/3)")
+    assert nginx_requests(ng) == 1
+    mm = m.metrics()
+    assert mm.sum("muxd_requests_total", proto="h3") == 5
+    assert mm.sum("muxd_upstream_connections_opened_total", proto="h3") == 1
+    assert mm.sum("muxd_h3_fallbacks_total") == 0
+    assert trying_h3(m, ng) == 1
+    assert log_count(m, r"pool: new h3 connection to \S*" + re.escape(origin_id(ng))) == 1
+
+
+def test_h3_used_once_learned_when_tcp_connection_gone(muxd, tls_nginx_factory, h3_server, pki):
+    """The same, with nginx closing its connection after each request: the
+    next connection muxd opens is QUIC, and serves the following requests."""
+    ng, q = altsvc_origin(tls_nginx_factory, h3_server, keepalive=False)
+    m = muxd(h3_conf(pki, ng.port), args=["-v"])
+    assert which(m, ng) == "tcp"
+    assert [which(m, ng) for _ in range(5)] == ["quic"] * 5
+    assert nginx_requests(ng) == 1
+    mm = m.metrics()
+    assert mm.sum("muxd_requests_total", proto="h3") == 5
+    assert mm.sum("muxd_upstream_connections_opened_total", proto="h3") == 1
+    assert mm.sum("muxd_altsvc_entries") == 1
+    assert trying_h3(m, ng) == 1
+
+
+# --------------------------------------------------------------------------
+# 2. the cache: persisted across restarts, ma, clear, corrupted file
+
+
+def test_cache_persists_across_restart(muxd, tls_nginx_factory, h3_server, pki):
+    ng, q = altsvc_origin(tls_nginx_factory, h3_server, keepalive=False)
+    m = muxd(h3_conf(pki, ng.port), args=["-v"])
+    assert which(m, ng) == "tcp"
+    # written about a second after the change
+    lines = wait_until(lambda: len(cache_lines(m)) >= 2 and cache_lines(m), timeout=5, what="STATE/altsvc.cache")
+    assert lines[0] == "muxd-altsvc 1", lines
+    fields = lines[1].split()
+    assert len(fields) == 8, f"want SCHEME HOST PORT ALPN ALTHOST ALTPORT EXPIRES PERSIST: {lines[1]!r}"
+    assert fields[:4] == ["https", "localhost", str(ng.port), "h3"], lines[1]
+    assert fields[5] == str(q.port), lines[1]
+    assert 3500 < int(fields[6]) - time.time() <= 3601, f"EXPIRES is not now + ma: {lines[1]!r}"
+
+    restart(m)
+    assert which(m, ng) == "quic", "after a restart the first request did not use the persisted h3 alternative"
+    assert nginx_requests(ng) == 1
+    assert metric(m, "muxd_requests_total", proto="h3") == 1
+    assert metric(m, "muxd_altsvc_entries") == 1
+
+
+def test_ma_expiry(muxd, tls_nginx_factory, h3_server, pki):
+    """ma=2: within two seconds QUIC is used; after three the cached
+    alternative is stale and the first request goes over TCP again (and
+    re-learns it).  idle_timeout = 1s so that no QUIC connection outlives the
+    test's pause: RFC 7838 lets existing connections to an alternative be
+    used after its freshness ends, ma only governs new ones."""
+    ng, q = altsvc_origin(tls_nginx_factory, h3_server, ma=2, keepalive=False)
+    m = muxd(h3_conf(pki, ng.port, pool={"idle_timeout": "1s"}), args=["-v"])
+    assert which(m, ng) == "tcp"
+    assert which(m, ng) == "quic"
+    time.sleep(3.2)
+    assert metric(m, "muxd_altsvc_entries") == 0, "the expired alternative is still counted"
+    assert which(m, ng) == "tcp", "the first request after ma expired went over HTTP/3"
+    assert which(m, ng) == "quic", "the TCP response re-advertised h3, yet the next request did not use it"
+    assert nginx_requests(ng) == 2
+
+
+def test_clear(muxd, tls_nginx_factory, h3_server, pki):
+    """`Alt-Svc: clear` invalidates the origin's alternatives.  To get a
+    response over TCP while the h3 alternative is live, the route is
+    reloaded with h3 = off for that request (muxd learns Alt-Svc from every
+    verified TLS response whatever the route's h3 setting); reloaded back to
+    h3 = on, the next request goes over TCP since nothing is cached."""
+    ng, q = altsvc_origin(tls_nginx_factory, h3_server, keepalive=False,
+                          extra="location = /clear { add_header Alt-Svc clear always; }")
+    (ng.root / "clear").write_text("cleared\n")
+    conf = h3_conf(pki, ng.port)
+    m = muxd(conf, args=["-v"])
+    assert which(m, ng) == "tcp"
+    assert metric(m, "muxd_altsvc_entries") == 1
+
+    reloads = log_count(m, "configuration reloaded")
+    m.reload(h3_conf(pki, ng.port, **{"route *": {"h3": "off"}}))
+    wait_until(lambda: log_count(m, "configuration reloaded") > reloads, timeout=5, what="reload")
+    body, _, head = fetch(m, ng, "/clear")
+    assert body == b"cleared\n"
+    assert re.search(r"(?im)^alt-svc: clear", head), head
+    assert metric(m, "muxd_altsvc_entries") == 0, "Alt-Svc: clear left the entry in the cache"
+
+    reloads = log_count(m, "configuration reloaded")
+    m.reload(conf)
+    wait_until(lambda: log_count(m, "configuration reloaded") > reloads, timeout=5, what="reload")
+    assert which(m, ng) == "tcp", "after Alt-Svc: clear the request still went over HTTP/3"
+    assert which(m, ng) == "quic", "re-advertised h3 not used (was the cache lost on reload?)"
+    assert metric(m, "muxd_h3_fallbacks_total") == 0
+
+
+def test_corrupted_cache_file_is_ignored(muxd, tls_nginx_factory, h3_server, pki):
+    ng, q = altsvc_origin(tls_nginx_factory, h3_server, keepalive=False)
+    m = muxd(h3_conf(pki, ng.port), args=["-v"])
+    assert m.stop() == 0
+    # a well-formed live entry for the origin, then garbage: the whole file
+    # is ignored, so the first request goes over TCP
+    (m.state_dir / "altsvc.cache").write_bytes(
+        b"muxd-altsvc 1\nhttps localhost %d h3 - %d %d 0\n" % (ng.port, q.port, time.time() + 3600)
+        + b"https localhost %d h3 \x00\xff\xfe %d not-a-time\n" % (ng.port, q.port) + bytes(range(256)) * 4)
+    m.start()
+    log = m.log()
+    assert re.search(r"(?i)warn.*altsvc\.cache", log), f"no warning naming the cache file on stderr:\n{log}"
+    assert which(m, ng) == "tcp"
+    assert which(m, ng) == "quic", "the Alt-Svc learned after a corrupted cache file is not used"
+    assert m.proc.poll() is None
+
+
+# --------------------------------------------------------------------------
+# 3. QUIC fails: TCP serves, the alternative is broken, no more waiting
+
+
+class UdpBlackHole:
+    """A UDP socket on 127.0.0.1:port that reads and drops every datagram
+    (a QUIC server that never answers, and no ICMP refusal either)."""
+
+    def __init__(self, port):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOCALHOST, port))
+        self.sock.settimeout(0.1)
+        self.received = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping.is_set():
+            try:
+                self.sock.recv(65536)
+                self.received += 1
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("failure", ["stopped", "silent"])
+def test_quic_failure_falls_back_to_tcp_and_marks_broken(muxd, tls_nginx_factory, h3_server, pki, failure):
+    """stopped: nothing listens on the UDP port (ICMP port unreachable);
+    silent: datagrams are swallowed, the handshake times out (10 x h3_timeout),
+    TCP having started after h3_timeout."""
+    ng, q = altsvc_origin(tls_nginx_factory, h3_server, keepalive=False)
+    m = muxd(h3_conf(pki, ng.port, pool={"h3_timeout": "400ms"}), args=["-v"])
+    assert which(m, ng) == "tcp"
+    assert metric(m, "muxd_altsvc_entries") == 1
+    q.stop()
+    hole = UdpBlackHole(q.port) if failure == "silent" else None
+    try:
+        body, seconds, _ = fetch(m, ng)
+        assert body == b"tcp\n"
+        if hole:
+            assert hole.received > 0, "muxd sent no QUIC packets"
+            assert seconds >= 0.35, f"TCP did not wait h3_timeout for QUIC ({seconds:.3f} s)"
+            assert seconds < 2.0, f"the request waited for QUIC much longer than h3_timeout ({seconds:.3f} s)"
+        wait_until(lambda: metric(m, "muxd_h3_fallbacks_total") == 1, timeout=8, what="muxd_h3_fallbacks_total 1")
+        assert re.search(r"pool: HTTP/3 to \S*" + re.escape(origin_id(ng)) + r" .*failed \(.*\): using TCP", m.log())
+        assert trying_h3(m, ng) == 1
+        times = []
+        for _ in range(4):
+            body, seconds, _ = fetch(m, ng)
+            assert body == b"tcp\n"
+            times.append(seconds)
+        assert trying_h3(m, ng) == 1, "muxd tried QUIC again while the alternative is marked broken"
+        assert max(times) < 0.3, f"requests after the fallback were slow (waiting for QUIC?): {times}"
+        mm = m.metrics()
+        assert mm.sum("muxd_h3_fallbacks_total") == 1
+        assert mm.sum("muxd_requests_total", proto="h3") == 0
+        assert mm.sum("muxd_upstream_connections_opened_total", proto="h3") == 0
+        assert nginx_requests(ng) == 6
+    finally:
+        if hole:
+            hole.stop()
+
+
+# --------------------------------------------------------------------------
+# 4. streams share one QUIC connection; a big download with bounded memory
+
+
+def test_concurrent_requests_share_one_quic_connection(muxd, tls_nginx_factory, h3_server, pki):
+    ng, q = altsvc_origin(tls_nginx_factory, h3_server, keepalive=False)
+    m = muxd(h3_conf(pki, ng.port), args=["-v"])
+    assert which(m, ng) == "tcp"
+    results = [None] * 10
+
+    def one(i):
+        results[i] = which(m, ng)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == ["quic"] * 10, results
+    mm = m.metrics()
+    assert mm.sum("muxd_upstream_connections_opened_total", proto="h3") == 1
+    assert mm.sum("muxd_requests_total", proto="h3") == 10
+    assert trying_h3(m, ng) == 1
+    assert nginx_requests(ng) == 1
+
+
+def test_100mb_download_over_h3(muxd, tls_nginx_factory, h3_server, pki):
+    ng, q = altsvc_origin(tls_nginx_factory, h3_server, keepalive=False)
+    digest = hashlib.sha256()
+    with open(q.root / "big", "wb") as f:
+        for chunk in pattern_chunks(BIG, seed=3):
+            f.write(chunk)
+            digest.update(chunk)
+    (ng.root / "big").write_text("tcp\n")  # a download over TCP would be tiny
+    m = muxd(h3_conf(pki, ng.port), args=["-v"])
+    assert which(m, ng) == "tcp"
+
+    cmd = ["curl", "-sS", "--noproxy", "", "--max-time", "60", "-x", f"http://{LOCALHOST}:{m.port}",
+           "--cacert", str(m.state_dir / "ca.pem"), f"https://localhost:{ng.port}/big"]
+    got = hashlib.sha256()
+    size = 0
+    t0 = time.monotonic()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env()) as p:
+        while chunk := p.stdout.read(1 << 20):
+            got.update(chunk)
+            size += len(chunk)
+        err = p.stderr.read().decode(errors="replace")
+        rc = p.wait()
+    elapsed = time.monotonic() - t0
+    peak = vm_hwm_kib(m.pid)
+    print(f"100 MB over HTTP/3 in {elapsed:.2f} s ({BIG / elapsed / 1e6:.0f} MB/s); muxd peak RSS {peak} KiB")
+    assert rc == 0, f"curl exit {rc}: {err}"
+    assert size == BIG, f"got {size} bytes"
+    assert got.hexdigest() == digest.hexdigest(), "the body differs"
+    assert elapsed < 30, f"100 MB over HTTP/3 took {elapsed:.1f} s"
+    assert metric(m, "muxd_requests_total", proto="h3") == 1
+    assert nginx_requests(ng, "/big") == 0
+    if not SANITIZE:
+        assert peak < RSS_LIMIT_KIB, f"muxd peak RSS {peak} KiB >= {RSS_LIMIT_KIB} KiB"
