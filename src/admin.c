@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "pool.h"
@@ -585,6 +586,11 @@ static void html_counter_sample(void *arg, const char *name, const char *l1, con
 #define CHART_H 140
 #define CHART_PAD 30
 
+static double chart_x(const struct timespec *t0, const struct timespec *t, double span)
+{
+	return CHART_PAD + (CHART_W - 2 * CHART_PAD) * seconds_between(t0, t) / span;
+}
+
 /* Requests and reuses per interval over the history, as an inline SVG line
  * chart (the last point is the interval in progress, up to now). */
 static void render_chart(struct muxd *m, FILE *f)
@@ -630,13 +636,14 @@ static void render_chart(struct muxd *m, FILE *f)
 	for (int series = 0; series < 2; series++) {
 		fprintf(f, "<polyline fill=\"none\" stroke-width=\"2\" stroke=\"%s\" points=\"",
 		        series ? "#2a8" : "#36c");
+		/* a step per interval: its count held from its start to its end */
 		for (unsigned i = 1; i < n; i++) {
 			uint64_t d = series ? pts[i].reuses - pts[i - 1].reuses
 			                    : pts[i].requests - pts[i - 1].requests;
-			double x = CHART_PAD + (CHART_W - 2 * CHART_PAD) *
-			                           seconds_between(&pts[0].at, &pts[i].at) / span;
 			double y = CHART_H - (double)(CHART_H - 4) * (double)d / (double)max;
-			fprintf(f, "%s%.1f,%.1f", i > 1 ? " " : "", x, y);
+			fprintf(f, "%s%.1f,%.1f %.1f,%.1f", i > 1 ? " " : "",
+			        chart_x(&pts[0].at, &pts[i - 1].at, span), y,
+			        chart_x(&pts[0].at, &pts[i].at, span), y);
 		}
 		fputs("\"/>\n", f);
 	}
@@ -746,6 +753,37 @@ static void render_html(struct muxd *m, const struct snapshot *s, FILE *f)
 
 /* ------------------------------------------------------------------ routing */
 
+/* Whether a Via entry names muxd ("protocol pseudonym [comment]"): the
+ * request came through a muxd, most likely this one (an absolute-form request
+ * for muxd's own address). Admin pages are never served through a proxy. */
+static bool via_muxd(const struct http1_msg *req)
+{
+	for (size_t i = 0; i < req->nfields; i++) {
+		const struct http1_field *f = &req->fields[i];
+		const char *p = f->value, *end = f->value + f->value_len;
+		if (strcasecmp(f->name, "via") != 0)
+			continue;
+		while (p < end) {
+			const char *comma = memchr(p, ',', (size_t)(end - p));
+			const char *stop = comma ? comma : end, *name;
+			size_t n = 0;
+			while (p < stop && (*p == ' ' || *p == '\t'))
+				p++;
+			while (p < stop && *p != ' ' && *p != '\t')
+				p++; /* protocol */
+			while (p < stop && (*p == ' ' || *p == '\t'))
+				p++;
+			name = p;
+			while (name + n < stop && name[n] != ' ' && name[n] != '\t')
+				n++;
+			if (n == 4 && strncasecmp(name, "muxd", 4) == 0)
+				return true;
+			p = stop + (stop < end);
+		}
+	}
+	return false;
+}
+
 static bool path_is(const char *path, size_t plen, const char *name)
 {
 	return plen == strlen(name) && strncmp(path, name, plen) == 0;
@@ -770,6 +808,10 @@ void admin_handle(struct muxd *m, const struct http1_msg *req, struct admin_resp
 		out->status = 405;
 		out->content_type = "text/plain";
 		fprintf(f, "muxd: admin pages answer GET only\n");
+	} else if (via_muxd(req)) {
+		out->status = 508;
+		out->content_type = "text/plain";
+		fprintf(f, "muxd: request loops back into muxd\n");
 	} else if (path_is(path, plen, "/metrics")) {
 		out->status = 200;
 		out->content_type = "text/plain; version=0.0.4; charset=utf-8";

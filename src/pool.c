@@ -486,17 +486,23 @@ static struct pool_wait *first_for(struct pool_origin *o, const struct pool_conn
 	return NULL;
 }
 
-/* A connection with a free stream slot for some waiter (the most recently
- * used one: the warmest), and that waiter. */
+/* A connection with a free stream slot for some waiter, and that waiter:
+ * HTTP/3 when there is one, else the most recently used (the warmest).
+ * While a QUIC attempt is young (h3_timeout), requests wait for it. */
 static struct pool_conn *find_match(struct pool_origin *o, struct pool_wait **wp)
 {
 	struct pool_conn *pc, *best = NULL;
 	struct pool_wait *w;
+	bool wait_quic = o->h3_attempt && !o->race_fired;
 
 	*wp = NULL;
 	TAILQ_FOREACH(pc, &o->conns, o_link)
 	{
 		if (!pc->uc || pc->uc->ops->free_slots(pc->uc) == 0)
+			continue;
+		if (wait_quic && pc->uc->proto != PROTO_H3)
+			continue;
+		if (best && best->uc->proto == PROTO_H3 && pc->uc->proto != PROTO_H3)
 			continue;
 		if ((w = first_for(o, pc)) != NULL) {
 			best = pc;
@@ -607,12 +613,15 @@ static unsigned wanted(const struct pool_origin *o, unsigned *cap)
 	const struct config *cfg = o->pool->m->cfg;
 	bool maybe_h2 = strstr(o->key.alpn, "h2") != NULL && o->learned != PROTO_H1;
 
+	/* TCP connections being set up (a QUIC attempt is not one of them) */
+	unsigned connecting = o->nconnecting - (o->h3_attempt ? 1 : 0);
+
 	if (o->h3_attempt && !o->race_fired)
 		return 0; /* TCP waits for QUIC until h3_timeout */
 	if (maybe_h2) {
 		const struct pool_conn *pc;
 		*cap = cfg->max_h2_per_origin;
-		if (o->nconnecting > 0)
+		if (connecting > 0)
 			return 0;
 		TAILQ_FOREACH(pc, &o->conns, o_link)
 		if (pc->uc && pc->uc->warming && pc != o->h3_attempt)
@@ -620,7 +629,7 @@ static unsigned wanted(const struct pool_origin *o, unsigned *cap)
 		return 1;
 	}
 	*cap = cfg->max_h1_per_origin;
-	return o->nwaiters > o->nconnecting ? o->nwaiters - o->nconnecting : 0;
+	return o->nwaiters > connecting ? o->nwaiters - connecting : 0;
 }
 
 static void dispatch(struct pool_origin *o)
@@ -631,12 +640,13 @@ static void dispatch(struct pool_origin *o)
 	unsigned cap;
 
 	o->holds++; /* give() runs callbacks that may close connections */
+	/* 0. an origin known to speak HTTP/3 gets a QUIC connection first */
+	if (o->nwaiters > 0 && !p->m->draining)
+		maybe_start_h3(o);
 	/* 1. free stream slots on existing connections */
 	while ((pc = find_match(o, &w)) != NULL)
 		give(pc, w);
-	/* 2. new connections for the waiters left: QUIC first when it is known */
-	if (o->nwaiters > 0 && !p->m->draining)
-		maybe_start_h3(o);
+	/* 2. new connections for the waiters left */
 	while (o->nwaiters > 0 && wanted(o, &cap) > 0 && !p->m->draining) {
 		if (o->nconns >= cap) {
 			pc = find_idle(o); /* idle, yet no waiter may use it: make room */
