@@ -70,8 +70,7 @@ static const struct history_sample *history_at(const struct admin_history *h, un
 	return &h->samples[(h->head + i) % HISTORY_LEN];
 }
 
-/* The history, created on first use (with its first sample) if admin_start
- * has not run. */
+/* The history, with its first sample (no timer yet). */
 static struct admin_history *history_get(struct muxd *m)
 {
 	if (!m->history) {
@@ -253,7 +252,7 @@ static void snapshot_free(struct snapshot *s)
 
 static bool snapshot_take(struct muxd *m, struct snapshot *s)
 {
-	struct admin_history *h = history_get(m);
+	struct admin_history *h = m->history; /* NULL before admin_start */
 	struct timespec now;
 
 	memset(s, 0, sizeof(*s));
@@ -630,9 +629,9 @@ static void render_chart(struct muxd *m, FILE *f)
 	        "<text x=\"%d\" y=\"%d\" font-size=\"11\" text-anchor=\"end\">0</text>\n"
 	        "<text x=\"%d\" y=\"%d\" font-size=\"11\">-%.0fs</text>\n"
 	        "<text x=\"%d\" y=\"%d\" font-size=\"11\" text-anchor=\"end\">now</text>\n",
-	        CHART_W, CHART_H + 20, CHART_W, CHART_H + 20, CHART_PAD, CHART_W - CHART_PAD,
+	        CHART_W, CHART_H + 20, CHART_W, CHART_H + 20, CHART_PAD, CHART_W - 2 * CHART_PAD,
 	        CHART_H, CHART_PAD - 4, (unsigned long long)max, CHART_PAD - 4, CHART_H, CHART_PAD,
-	        CHART_H + 14, span, CHART_W, CHART_H + 14);
+	        CHART_H + 14, span, CHART_W - CHART_PAD, CHART_H + 14);
 	for (int series = 0; series < 2; series++) {
 		fprintf(f, "<polyline fill=\"none\" stroke-width=\"2\" stroke=\"%s\" points=\"",
 		        series ? "#2a8" : "#36c");

@@ -556,27 +556,38 @@ static void table_row(struct table *t, const char *const *vals)
 	t->nrows++;
 }
 
+/* Characters, not bytes, for padding (UTF-8 continuation bytes do not count). */
+static int text_width(const char *s)
+{
+	int n = 0;
+	for (; *s; s++)
+		n += ((unsigned char)*s & 0xc0) != 0x80;
+	return n;
+}
+
 static void table_print(const struct table *t)
 {
 	int w[MAX_COLS];
 	for (size_t c = 0; c < t->ncols; c++) {
-		w[c] = (int)strlen(t->head[c]);
+		w[c] = text_width(t->head[c]);
 		for (size_t r = 0; r < t->nrows; r++) {
 			const char *s = t->cells[r * t->ncols + c];
-			if (s && (int)strlen(s) > w[c])
-				w[c] = (int)strlen(s);
+			if (s && text_width(s) > w[c])
+				w[c] = text_width(s);
 		}
 	}
 	for (size_t r = 0; r <= t->nrows; r++) {
 		for (size_t c = 0; c < t->ncols; c++) {
 			const char *s = r ? t->cells[(r - 1) * t->ncols + c] : t->head[c];
 			bool last = c + 1 == t->ncols;
+			int pad;
 			if (!s)
 				s = "";
+			pad = w[c] - text_width(s);
 			if (t->right[c])
-				printf("%*s", w[c], s);
+				printf("%*s%s", pad, "", s);
 			else
-				printf("%-*s", last ? 0 : w[c], s);
+				printf("%s%*s", s, last ? 0 : pad, "");
 			fputs(last ? "\n" : "  ", stdout);
 		}
 	}

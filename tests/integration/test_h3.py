@@ -26,10 +26,10 @@ a new upstream connection, and the Alt-Svc cache decides which kind.
 
 import hashlib
 import re
+import socket
 import subprocess
 import threading
 import time
-import socket
 
 import pytest
 
@@ -115,13 +115,6 @@ def nginx_requests(ng, path="/which"):
     return sum(1 for fields in ng.log_lines() if f" {path} " in fields[2])
 
 
-def restart(m):
-    """Stop muxd with SIGTERM (it writes the Alt-Svc cache at shutdown) and
-    start it again with the same config and state directory."""
-    assert m.stop() == 0, m.log()
-    m.start()
-
-
 def cache_lines(m):
     path = m.state_dir / "altsvc.cache"
     return path.read_text().splitlines() if path.exists() else []
@@ -172,24 +165,38 @@ def test_h3_used_once_learned_when_tcp_connection_gone(muxd, tls_nginx_factory, 
 # 2. the cache: persisted across restarts, ma, clear, corrupted file
 
 
-def test_cache_persists_across_restart(muxd, tls_nginx_factory, h3_server, pki):
+def test_cache_file_written_soon_after_learning(muxd, tls_nginx_factory, h3_server, pki):
     ng, q = altsvc_origin(tls_nginx_factory, h3_server, keepalive=False)
     m = muxd(h3_conf(pki, ng.port), args=["-v"])
     assert which(m, ng) == "tcp"
-    # written about a second after the change
+    # written about a second after the change, while muxd runs
     lines = wait_until(lambda: len(cache_lines(m)) >= 2 and cache_lines(m), timeout=5, what="STATE/altsvc.cache")
     assert lines[0] == "muxd-altsvc 1", lines
+    assert len(lines) == 2, lines
     fields = lines[1].split()
     assert len(fields) == 8, f"want SCHEME HOST PORT ALPN ALTHOST ALTPORT EXPIRES PERSIST: {lines[1]!r}"
     assert fields[:4] == ["https", "localhost", str(ng.port), "h3"], lines[1]
     assert fields[5] == str(q.port), lines[1]
     assert 3500 < int(fields[6]) - time.time() <= 3601, f"EXPIRES is not now + ma: {lines[1]!r}"
 
-    restart(m)
+
+def test_cache_persists_across_restart(muxd, tls_nginx_factory, h3_server, pki):
+    """SIGTERM right after learning (before the delayed write): the cache
+    is written at shutdown, and the restarted muxd's first request to the
+    origin goes over HTTP/3."""
+    ng, q = altsvc_origin(tls_nginx_factory, h3_server, keepalive=False)
+    m = muxd(h3_conf(pki, ng.port), args=["-v"])
+    assert which(m, ng) == "tcp"
+    assert m.stop() == 0, m.log()
+    assert any(line.split()[:4] == ["https", "localhost", str(ng.port), "h3"] for line in cache_lines(m)[1:]), (
+        f"STATE/altsvc.cache after SIGTERM: {cache_lines(m)}")
+
+    m.start()
     assert which(m, ng) == "quic", "after a restart the first request did not use the persisted h3 alternative"
     assert nginx_requests(ng) == 1
     assert metric(m, "muxd_requests_total", proto="h3") == 1
     assert metric(m, "muxd_altsvc_entries") == 1
+    assert trying_h3(m, ng) == 1
 
 
 def test_ma_expiry(muxd, tls_nginx_factory, h3_server, pki):
