@@ -241,6 +241,10 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 			respond_text(ds, 500, "muxd: out of memory\n", true);
 		return;
 	}
+	if (is_loop(req)) { /* also muxd's own pages requested through muxd */
+		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
+		return;
+	}
 	if (req->target[0] == '/') {
 		if (!ds->loopback) {
 			respond_text(ds, 403, "muxd: admin pages are for loopback clients only\n",

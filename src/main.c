@@ -24,7 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "config.h"
+#include "status_cmd.h"
 #include "dns.h"
 #include "downstream.h"
 #include "listen.h"
@@ -63,6 +65,7 @@ static void usage(FILE *f)
 	fprintf(f, "usage: muxd [-c FILE] [-l ADDR:PORT]... [-S DIR] [-v] [-t] [-V] [-h]\n"
 	           "       muxd env [-c FILE] [-S DIR]   print shell exports pointing clients at muxd\n"
 	           "       muxd ca [-c FILE] [-S DIR]    create the local CA if missing; print it\n"
+	           "       muxd status [-c FILE]         print the live pool of a running muxd\n"
 	           "  -c FILE       configuration file (default %s when it exists)\n"
 	           "  -l ADDR:PORT  listen address, repeatable; replaces [muxd] listen\n"
 	           "  -S DIR        state directory\n"
@@ -377,6 +380,7 @@ static int run(struct daemon *d)
 		return 1;
 	m->dns = dns_new(m->base);
 	m->pool = pool_new(m);
+	admin_start(m);
 	m->tls = tls_client_ctx_new();
 	if (!m->dns || !m->pool || !m->tls) {
 		log_error("cannot start: out of memory");
@@ -436,6 +440,7 @@ out:
 	if (m->access_log && m->access_log != stderr)
 		fclose(m->access_log);
 	config_unref(m->cfg);
+	admin_stop(m);
 	event_base_free(m->base);
 	return rc;
 }
@@ -480,7 +485,8 @@ int main(int argc, char **argv)
 	}
 	/* GNU getopt has already taken the options after the command word too */
 	const char *command = NULL;
-	if (optind < argc && (strcmp(argv[optind], "env") == 0 || strcmp(argv[optind], "ca") == 0))
+	if (optind < argc && (strcmp(argv[optind], "env") == 0 || strcmp(argv[optind], "ca") == 0 ||
+	                      strcmp(argv[optind], "status") == 0))
 		command = argv[optind++];
 	if (optind < argc) {
 		fprintf(stderr, "muxd: unknown command '%s'\n", argv[optind]);
@@ -493,7 +499,9 @@ int main(int argc, char **argv)
 	if (!d.m.cfg)
 		return 1;
 	if (command) {
-		int rc = strcmp(command, "env") == 0 ? cmd_env(d.m.cfg) : cmd_ca(d.m.cfg);
+		int rc = strcmp(command, "env") == 0      ? cmd_env(d.m.cfg)
+		         : strcmp(command, "status") == 0 ? status_cmd(d.m.cfg)
+		                                          : cmd_ca(d.m.cfg);
 		config_unref(d.m.cfg);
 		return rc;
 	}

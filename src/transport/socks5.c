@@ -403,7 +403,14 @@ static void resolved(void *ctx, int err, const char *reason, const struct dns_ad
 		log_debug("socks5: %s", msg);
 		report(t, TRANSPORT_ERROR, ERR_DNS, msg);
 	} else {
+		/* one address can be tried through the proxy: IPv4 when there is
+		 * one (the resolver lists IPv6 first for happy eyeballs) */
 		t->addr = addrs->addr[0];
+		for (size_t i = 0; i < addrs->n; i++)
+			if (addrs->addr[i].ss_family == AF_INET) {
+				t->addr = addrs->addr[i];
+				break;
+			}
 		t->have_addr = true;
 		if (t->state == S5_WAIT_DNS)
 			send_request(t);
