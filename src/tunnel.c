@@ -52,9 +52,16 @@ static void tunnel_end(struct tunnel *tn, bool flush)
 	downstream_tunnel_done(ds, flush);
 }
 
+/* A tunnel half-closed by one side gets this long without traffic: a peer
+ * that cannot pass the half-close on (an HTTP/2 parent with an HTTP/1.1
+ * backend) would otherwise keep it open for tunnel_idle_timeout. */
+#define HALF_CLOSED_IDLE_MS 5000
+
 static void touch(struct tunnel *tn)
 {
 	uint64_t ms = tn->cfg->tunnel_idle_timeout_ms;
+	if ((tn->client_eof || tn->origin_eof) && ms > HALF_CLOSED_IDLE_MS)
+		ms = HALF_CLOSED_IDLE_MS;
 	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
 	evtimer_add(tn->idle, &tv);
 }
@@ -76,6 +83,7 @@ static void pump(struct tunnel *tn, struct transport *from, struct transport *to
 	if (from_eof && evbuffer_get_length(in) == 0 && !*to_shut) {
 		*to_shut = true;
 		to->ops->shutdown(to);
+		touch(tn); /* half-closed now: a shorter idle deadline */
 	}
 }
 

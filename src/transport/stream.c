@@ -48,12 +48,12 @@ static void st_free(struct stream_tunnel *st)
 		pool_wait_cancel(st->wait);
 	if (st->s)
 		st->s->ops->cancel(st->s);
-	if (st->pass)
-		event_free(st->pass);
 	if (st->in)
 		evbuffer_free(st->in);
 	if (st->out)
 		evbuffer_free(st->out);
+	if (st->pass)
+		event_free(st->pass);
 	free(st);
 }
 
@@ -270,6 +270,20 @@ static void wait_error(void *ctx, enum muxd_err err, const char *reason)
 
 static const struct pool_wait_cbs wait_cbs = {wait_stream, wait_error};
 
+static void out_added(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
+{
+	(void)b;
+	if (info->n_added > 0)
+		schedule(arg);
+}
+
+static void in_drained(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
+{
+	(void)b;
+	if (info->n_deleted > 0)
+		schedule(arg);
+}
+
 /* "Basic base64(user:pass)" */
 static bool basic(const char *auth, char *out, size_t size)
 {
@@ -316,12 +330,14 @@ struct transport *stream_tunnel_connect(struct muxd *m, const struct pool_key *p
 	st->in = evbuffer_new();
 	st->out = evbuffer_new();
 	st->pass = event_new(m->base, -1, 0, pass_cb, st);
-	if (st->in && st->out && st->pass)
+	if (st->in && st->out && st->pass) {
+		evbuffer_add_cb(st->out, out_added, st); /* the user's writes go in a pass */
+		evbuffer_add_cb(st->in, in_drained, st); /* room to read more */
 		st->wait = pool_start_stream(m->pool, proxy, false, &stream_cbs, &wait_cbs, st);
+	}
 	if (!st->wait) {
 		st_free(st);
 		return NULL;
 	}
-	/* the user's writes: push them through in a pass */
 	return &st->base;
 }
