@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <gnutls/gnutls.h>
 #include <ini.h>
 #include <limits.h>
 #include <pwd.h>
@@ -344,6 +345,8 @@ void config_unref(struct config *cfg)
 		free(r->pattern);
 		free(r->ca_file);
 		free(r->proxy_ca_file);
+		free(r->client_cert);
+		free(r->client_key);
 		free(r->no_proxy);
 		for (size_t h = 0; h < r->nhops; h++)
 			config_hop_free(&r->hops[h]);
@@ -973,8 +976,68 @@ static void route_key(struct load *ld, const char *section, const char *name, co
 			     section, name, v, strerror(errno));
 		else if (!replace_str(&r->ca_file, v, why, sizeof(why)))
 			errf(ld, ld->line, "[%s] %s: %s", section, name, why);
+	} else if (strcmp(name, "client_cert") == 0 || strcmp(name, "client_key") == 0) {
+		bool cert = name[7] == 'c';
+		char **field = cert ? &r->client_cert : &r->client_key;
+		int *line = cert ? &r->client_cert_line : &r->client_key_line;
+		if (*line) {
+			errf(ld, ld->line, "[%s] %s: given twice (expected once; first on line %d)",
+			     section, name, *line);
+			return;
+		}
+		*line = ld->line; /* given, even when the value is bad */
+		if (!*v)
+			errf(ld, ld->line, "[%s] %s: empty value (expected a PEM file)", section, name);
+		else if (access(v, R_OK) != 0)
+			errf(ld, ld->line, "[%s] %s: cannot read '%s': %s (expected a PEM file)",
+			     section, name, v, strerror(errno));
+		else if (!replace_str(field, v, why, sizeof(why)))
+			errf(ld, ld->line, "[%s] %s: %s", section, name, why);
 	} else {
 		errf(ld, ld->line, "[%s] %s: unknown key", section, name);
+	}
+}
+
+/* After the whole file: a route's client_cert and client_key come together, and
+ * GnuTLS must accept them as a pair (readable PEM, the key matching the
+ * certificate), as it will when connecting. */
+static void check_client_certs(struct load *ld)
+{
+	for (size_t i = 0; i < ld->cfg->nroutes; i++) {
+		const struct config_route *r = &ld->cfg->routes[i];
+		gnutls_certificate_credentials_t cred;
+		int ret;
+
+		if (!r->client_cert_line && !r->client_key_line)
+			continue;
+		if (!r->client_cert_line || !r->client_key_line) {
+			bool cert = r->client_cert_line != 0;
+			errf(ld, cert ? r->client_cert_line : r->client_key_line,
+			     "[route %s] %s: given without %s (expected both client_cert and "
+			     "client_key, or neither)",
+			     r->pattern, cert ? "client_cert" : "client_key",
+			     cert ? "client_key" : "client_cert");
+			continue;
+		}
+		if (!r->client_cert || !r->client_key)
+			continue; /* a bad value, reported on its line */
+		if (gnutls_certificate_allocate_credentials(&cred) < 0) {
+			errf(ld, r->client_key_line, "out of memory");
+			continue;
+		}
+		ret = gnutls_certificate_set_x509_key_file(cred, r->client_cert, r->client_key,
+		                                           GNUTLS_X509_FMT_PEM);
+		gnutls_certificate_free_credentials(cred);
+		if (ret == GNUTLS_E_CERTIFICATE_KEY_MISMATCH)
+			errf(ld, r->client_key_line,
+			     "[route %s] client_key: '%s' does not match client_cert '%s' (expected "
+			     "the certificate's private key)",
+			     r->pattern, r->client_key, r->client_cert);
+		else if (ret < 0)
+			errf(ld, r->client_key_line,
+			     "[route %s] client_key: cannot load '%s' with client_cert '%s': %s "
+			     "(expected a PEM certificate and its unencrypted PEM private key)",
+			     r->pattern, r->client_key, r->client_cert, gnutls_strerror(ret));
 	}
 }
 
@@ -1122,6 +1185,7 @@ struct config *config_load(const char *path, struct config_errors *errs)
 	}
 	ret = ini_parse_stream(read_line, &ld, on_pair, &ld);
 	check_syntax(&ld);
+	check_client_certs(&ld);
 	if (ret > 0 && ret != ld.first_syntax)
 		errf(&ld, ret, "syntax error");
 	if (ret == -2)

@@ -71,6 +71,10 @@ struct config_route {
 	size_t nhops;
 	char *no_proxy; /* proxy = env: the environment's no_proxy list */
 	char *proxy_ca_file;
+	/* the TLS client certificate for origins and its private key (PEM): both or
+	 * neither; checked to match at load */
+	char *client_cert, *client_key;
+	int client_cert_line, client_key_line; /* where they were given */
 };
 
 struct config {

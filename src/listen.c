@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/util.h>
 #include <fcntl.h>
@@ -21,6 +22,7 @@
 
 #include "downstream.h"
 #include "log.h"
+#include "pool.h"
 
 struct listeners {
 	struct muxd *m;
@@ -29,7 +31,10 @@ struct listeners {
 	struct evconnlistener *l[CONFIG_MAX_LISTEN];
 	bool paused;
 	bool activated; /* sockets from the service manager: never re-bound */
+	struct event *backoff; /* accepting paused after running out of descriptors */
 };
+
+#define ACCEPT_BACKOFF_MS 100
 
 #define LISTEN_FDS_START 3
 
@@ -44,13 +49,32 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		listeners_pause(ls, true);
 }
 
+static void backoff_done(evutil_socket_t fd, short what, void *arg)
+{
+	struct listeners *ls = arg;
+	(void)fd;
+	(void)what;
+	if (ls->m->nclients < ls->m->cfg->max_clients)
+		listeners_pause(ls, false);
+}
+
 static void error_cb(struct evconnlistener *l, void *arg)
 {
+	struct listeners *ls = arg;
 	int e = EVUTIL_SOCKET_ERROR();
+	struct timeval tv = {0, ACCEPT_BACKOFF_MS * 1000};
+
 	(void)l;
-	(void)arg;
-	/* EMFILE and friends: logged; libevent retries on the next readiness */
 	log_warn("accept failed: %s", strerror(e));
+	if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM)
+		return;
+	/* The pending connection stays readable: without a pause the loop
+	 * would spin. Give idle upstream connections back and retry shortly. */
+	pool_relieve(ls->m->pool);
+	if (!ls->backoff && !(ls->backoff = evtimer_new(ls->m->base, backoff_done, ls)))
+		return;
+	listeners_pause(ls, true);
+	evtimer_add(ls->backoff, &tv);
 }
 
 /* The bound address of fd as ADDR:PORT ("[v6]:PORT", "unix:PATH"). */
@@ -291,5 +315,7 @@ void listeners_free(struct listeners *ls)
 	for (size_t i = 0; i < ls->n; i++)
 		if (ls->l[i])
 			evconnlistener_free(ls->l[i]);
+	if (ls->backoff)
+		event_free(ls->backoff);
 	free(ls);
 }

@@ -243,6 +243,7 @@ static void reload_config(struct daemon *d)
 	warn_insecure(cfg);
 	config_unref(m->cfg);
 	m->cfg = cfg;
+	pool_reconfigured(m->pool);
 	log_info("configuration reloaded");
 }
 

@@ -16,7 +16,7 @@ const char *proto_name(enum proto p)
 
 const char *evict_reason_name(enum evict_reason r)
 {
-	static const char *const names[] = {"idle_timeout", "limit", "dead", "goaway"};
+	static const char *const names[] = {"idle_timeout", "limit", "dead", "goaway", "age"};
 	return r < EVICT_COUNT ? names[r] : "?";
 }
 

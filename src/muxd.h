@@ -36,7 +36,14 @@ enum muxd_err {
 };
 
 enum proto { PROTO_H1 = 0, PROTO_H2, PROTO_H3, PROTO_TUNNEL, PROTO_COUNT };
-enum evict_reason { EVICT_IDLE_TIMEOUT = 0, EVICT_LIMIT, EVICT_DEAD, EVICT_GOAWAY, EVICT_COUNT };
+enum evict_reason {
+	EVICT_IDLE_TIMEOUT = 0,
+	EVICT_LIMIT, /* idle caps, the connection budget, descriptor pressure */
+	EVICT_DEAD,
+	EVICT_GOAWAY,
+	EVICT_AGE, /* max_connection_age or max_requests_per_connection reached */
+	EVICT_COUNT
+};
 
 struct metrics {
 	uint64_t requests[PROTO_COUNT];

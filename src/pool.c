@@ -53,6 +53,9 @@ struct pool_conn {
 	bool idle;
 	struct event *idle_timer;
 	struct timespec created, idle_since;
+	bool retired;                  /* takes no new streams; closed once idle */
+	enum evict_reason retire_why;  /* counted then (EVICT_COUNT: not counted) */
+	struct event *age_timer;       /* max_connection_age */
 };
 
 struct pool_wait {
@@ -126,15 +129,15 @@ static bool append(char *buf, size_t size, size_t *len, const char *fmt, ...)
 	return true;
 }
 
-/* Trust anchors by file identity: the same path with new contents is
- * another key. */
+/* Trust anchors, client certificates and keys by file identity: the same path
+ * with new contents is another key. none: what an empty path stands for. */
 static bool append_file_id(char *buf, size_t size, size_t *len, const char *name,
-                           const char *path)
+                           const char *path, const char *none)
 {
 	struct stat st = {0};
 
 	if (!path || !*path)
-		return append(buf, size, len, " %s=system", name);
+		return append(buf, size, len, " %s=%s", name, none);
 	stat(path, &st);
 	return append(buf, size, len, " %s=%s@%llu:%llu:%lld:%lld", name, path,
 	              (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
@@ -184,15 +187,31 @@ bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, u
 		            host, v6 ? "]" : "", port);
 	if (ok && key->tls) {
 		key->verify = route->verify;
-		key->h3 = route->h3 && key->nhops == 0; /* QUIC does not pass through parents */
+		/* QUIC does not pass through parents. The HTTP/3 layer presents no client
+		 * certificate: a route with one stays on TCP, so that what the origin sees
+		 * (and what it grants) is the same whatever the transport. */
+		key->h3 = route->h3 && key->nhops == 0 && !route->client_cert;
 		snprintf(key->alpn, sizeof(key->alpn), "%s", route->h2 ? "h2,http/1.1" : "http/1.1");
 		if (route->ca_file &&
 		    (size_t)snprintf(key->ca_file, sizeof(key->ca_file), "%s", route->ca_file) >=
 		        sizeof(key->ca_file))
 			return false;
+		if (route->client_cert &&
+		    ((size_t)snprintf(key->client_cert, sizeof(key->client_cert), "%s",
+		                      route->client_cert) >= sizeof(key->client_cert) ||
+		     (size_t)snprintf(key->client_key, sizeof(key->client_key), "%s",
+		                      route->client_key ? route->client_key : "") >=
+		         sizeof(key->client_key)))
+			return false;
 		ok = append(key->id, sizeof(key->id), &len, " sni=%s alpn=%s%s verify=%d", host,
 		            key->alpn, key->h3 ? ",h3" : "", key->verify) &&
-		     append_file_id(key->id, sizeof(key->id), &len, "ca", key->ca_file);
+		     append_file_id(key->id, sizeof(key->id), &len, "ca", key->ca_file, "system");
+		/* connections with different client certificates are never shared */
+		if (ok && key->client_cert[0])
+			ok = append_file_id(key->id, sizeof(key->id), &len, "cert", key->client_cert,
+			                    "none") &&
+			     append_file_id(key->id, sizeof(key->id), &len, "key", key->client_key,
+			                    "none");
 	}
 	for (size_t i = 0; ok && i < key->nhops; i++) {
 		const struct pool_hop *h = &key->hops[i];
@@ -204,7 +223,7 @@ bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, u
 			            (unsigned long long)fnv64(h->user, h->pass));
 		if (ok && h->kind == HOP_HTTPS)
 			ok = append_file_id(key->id, sizeof(key->id), &len, "proxy_ca",
-			                    key->proxy_ca_file);
+			                    key->proxy_ca_file, "system");
 	}
 	return ok;
 }
@@ -228,6 +247,8 @@ static void key_chain(const struct pool_key *key, struct chain_hop *hops, struct
 	    .sni = key->host,
 	    .alpn = key->alpn,
 	    .ca_file = key->ca_file[0] ? key->ca_file : NULL,
+	    .client_cert = key->client_cert[0] ? key->client_cert : NULL,
+	    .client_key = key->client_key[0] ? key->client_key : NULL,
 	    .session_key = key->id,
 	    .verify = key->verify,
 	    .timeout_ms = timeout_ms,
@@ -417,6 +438,8 @@ static void conn_forget(struct pool_conn *pc)
 		o->h3_attempt = NULL;
 		evtimer_del(o->race_timer);
 	}
+	if (pc->age_timer)
+		event_free(pc->age_timer);
 	event_free(pc->idle_timer);
 	free(pc);
 	schedule_all(o->pool);
@@ -429,9 +452,29 @@ static void evict(struct pool_conn *pc, enum evict_reason why)
 
 	log_debug("pool: closing %s connection to %s (%s)", proto_name(uc->proto), pc->o->key.id,
 	          evict_reason_name(why));
-	pc->pool->m->metrics.evictions[why]++;
+	if (why < EVICT_COUNT)
+		pc->pool->m->metrics.evictions[why]++;
 	conn_forget(pc);
 	uc->ops->close(uc);
+}
+
+/* No new streams on pc; it leaves when its last stream has ended. */
+static void retire(struct pool_conn *pc, enum evict_reason why)
+{
+	if (pc->retired || !pc->uc)
+		return;
+	pc->retired = true;
+	pc->retire_why = why;
+	pc->uc->reusable = false;
+	if (pc->idle)
+		evict(pc, why);
+}
+
+static void age_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	retire(arg, EVICT_AGE);
 }
 
 static void idle_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -471,6 +514,9 @@ static void give(struct pool_conn *pc, struct pool_wait *w)
 	set_idle(pc, false);
 	if (reused)
 		pc->pool->m->metrics.upstream_reuses++;
+	unsigned max = pc->pool->m->cfg->max_requests_per_connection;
+	if (max > 0 && uc->requests >= max)
+		retire(pc, EVICT_AGE);
 	waiter_free(w);
 	cbs.on_stream(ctx, s, reused);
 }
@@ -707,6 +753,10 @@ static void conn_available(void *owner, struct upstream_conn *uc)
 		uc->ops->close(uc);
 		return;
 	}
+	if (pc->retired) {
+		evict(pc, pc->retire_why);
+		return;
+	}
 	set_idle(pc, true);
 	if ((o->nidle > p->m->cfg->max_idle_per_origin || p->nidle > p->m->cfg->max_idle) &&
 	    !evtimer_pending(p->trim_timer, NULL)) {
@@ -743,6 +793,11 @@ static void conn_ready(struct pool_conn *pc)
 	pc->connecting = false;
 	o->nconnecting--;
 	p->m->metrics.upstream_opened[pc->uc->proto]++;
+	uint64_t age = p->m->cfg->max_connection_age_ms;
+	if (age > 0 && (pc->age_timer = evtimer_new(p->m->base, age_cb, pc)) != NULL) {
+		struct timeval tv = {(time_t)(age / 1000), (suseconds_t)(age % 1000) * 1000};
+		evtimer_add(pc->age_timer, &tv);
+	}
 	log_debug("pool: new %s connection to %s", proto_name(pc->uc->proto), o->key.id);
 	if (o->h3_attempt == pc) {
 		o->h3_attempt = NULL;
@@ -852,6 +907,8 @@ static void conn_closed(void *owner, struct upstream_conn *uc, enum evict_reason
 {
 	struct pool_conn *pc = owner;
 
+	if (pc->retired)
+		why = pc->retire_why; /* it left because the pool retired it */
 	if (why < EVICT_COUNT) {
 		pc->pool->m->metrics.evictions[why]++;
 		log_debug("pool: %s connection to %s left the pool (%s)", proto_name(uc->proto),
@@ -885,6 +942,8 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 		err = ERR_CONNECT;
 		reason = "out of memory";
 	}
+	if (err == ERR_BUDGET) /* out of descriptors: give some back */
+		pool_relieve(p);
 	/* Connect failed. The waiters that coalesced on this connection learn
 	 * why; with HTTP/1.1 each waiter has its own attempt, so only the first
 	 * fails and the others go on. */
@@ -948,6 +1007,37 @@ void pool_wait_cancel(struct pool_wait *w)
 
 	waiter_free(w);
 	origin_maybe_free(o);
+}
+
+void pool_reconfigured(struct pool *p)
+{
+	for (unsigned i = 0; i < POOL_BUCKETS; i++)
+		for (struct pool_origin *o = p->buckets[i], *next; o; o = next) {
+			struct route r;
+			struct pool_key k;
+			struct pool_conn *pc, *pnext;
+			next = o->next;
+			route_for(p->m->cfg, o->key.host, o->key.port, &r);
+			if (pool_key_init(&k, o->key.scheme, o->key.host, o->key.port, &r) &&
+			    strcmp(k.id, o->key.id) == 0)
+				continue;
+			/* no route leads here any more: drain what serves it */
+			o->nconns++; /* keep o while its idle connections go */
+			for (pc = TAILQ_FIRST(&o->conns); pc; pc = pnext) {
+				pnext = TAILQ_NEXT(pc, o_link);
+				retire(pc, EVICT_COUNT);
+			}
+			o->nconns--;
+			origin_maybe_free(o);
+		}
+}
+
+void pool_relieve(struct pool *p)
+{
+	unsigned n = (p->nidle + 1) / 2;
+
+	while (n-- > 0 && !TAILQ_EMPTY(&p->idle))
+		evict(TAILQ_FIRST(&p->idle), EVICT_LIMIT);
 }
 
 void pool_close_idle(struct pool *p)

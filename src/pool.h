@@ -25,6 +25,7 @@ struct pool_key {
 	bool verify;
 	bool h3;           /* HTTP/3 allowed when the Alt-Svc cache knows it */
 	char ca_file[512]; /* "" = system trust store */
+	char client_cert[512], client_key[512]; /* "" = no client certificate */
 	/* parent proxies in order (none: direct); credentials are in the key but
 	 * only a hash of them is in id, which is logged */
 	struct pool_hop {
@@ -75,6 +76,12 @@ void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char 
                          size_t len);
 /* Origins with a live HTTP/3 alternative (muxd_altsvc_entries). */
 size_t pool_altsvc_count(struct pool *p);
+
+/* The configuration changed (SIGHUP): connections whose key no route makes
+ * any more take no new streams and close once idle. */
+void pool_reconfigured(struct pool *p);
+/* Descriptor pressure: close half of the idle connections (LRU first). */
+void pool_relieve(struct pool *p);
 
 /* Close every idle connection (shutdown, reload of pool limits). */
 void pool_close_idle(struct pool *p);

@@ -123,6 +123,7 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 	out->hops = NULL;
 	out->nhops = 0;
 	out->proxy_ca_file = NULL;
+	out->client_cert = out->client_key = NULL;
 	for (int i = 0; i < 2; i++) {
 		if (!layers[i])
 			continue;
@@ -135,6 +136,10 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 			out->proxy_ca_file = layers[i]->proxy_ca_file;
 		if (layers[i]->ca_file)
 			out->ca_file = layers[i]->ca_file;
+		if (layers[i]->client_cert) { /* the pair comes from one section */
+			out->client_cert = layers[i]->client_cert;
+			out->client_key = layers[i]->client_key;
+		}
 		if (layers[i]->verify != -1)
 			out->verify = layers[i]->verify;
 		if (layers[i]->h2 != -1)

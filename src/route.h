@@ -21,6 +21,8 @@ struct route {
 	const struct config_hop *hops; /* parent proxies in order; none = direct */
 	size_t nhops;
 	const char *proxy_ca_file; /* trust anchors for https:// parents; NULL = system */
+	/* TLS client certificate and key for origins (a pair from one section); NULL = none */
+	const char *client_cert, *client_key;
 };
 
 /* host: lower-cased name or IP literal (IPv6 without brackets). */

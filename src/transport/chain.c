@@ -44,6 +44,7 @@ struct chain {
 	struct chain_hop hops[CONFIG_MAX_HOPS];
 	char strs[CONFIG_MAX_HOPS][3][256];
 	char host[256], sni[256], alpn[32], ca_file[512], proxy_ca_file[512], session_key[1024];
+	char client_cert[512], client_key[512];
 	struct step steps[CHAIN_MAX_STEPS];
 	size_t nsteps, next; /* steps planned; the next one to start */
 	bool up;
@@ -177,7 +178,9 @@ static bool start_step(struct chain *c)
 		                              .alpn = sp->alpn,
 		                              .ca_file = sp->ca_file,
 		                              .verify = sp->verify,
-		                              .session_key = sp->session_key};
+		                              .session_key = sp->session_key,
+		                              .client_cert = sp->client_cert,
+		                              .client_key = sp->client_key};
 		c->top = tls_client_new(c->m, c->top, &p, &cbs, c);
 		break;
 	}
@@ -256,12 +259,16 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
 	copy(c->ca_file, sizeof(c->ca_file), spec->ca_file);
 	copy(c->proxy_ca_file, sizeof(c->proxy_ca_file), spec->proxy_ca_file);
 	copy(c->session_key, sizeof(c->session_key), spec->session_key);
+	copy(c->client_cert, sizeof(c->client_cert), spec->client_cert);
+	copy(c->client_key, sizeof(c->client_key), spec->client_key);
 	c->spec.host = c->host;
 	c->spec.sni = c->sni;
 	c->spec.alpn = c->alpn;
 	c->spec.ca_file = spec->ca_file ? c->ca_file : NULL;
 	c->spec.proxy_ca_file = spec->proxy_ca_file ? c->proxy_ca_file : NULL;
 	c->spec.session_key = spec->session_key ? c->session_key : NULL;
+	c->spec.client_cert = spec->client_cert ? c->client_cert : NULL;
+	c->spec.client_key = spec->client_key ? c->client_key : NULL;
 
 	size_t first = 0;
 	if (spec->nhops > 0 && spec->hops[0].kind == HOP_HTTPS && !(spec->forward && spec->nhops == 1)) {

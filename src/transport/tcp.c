@@ -276,9 +276,12 @@ static void start_next_attempt(struct tcp *c)
 	if (c->nattempts == 0) {
 		char reason[300];
 		int e = c->last_errno ? c->last_errno : ECONNREFUSED;
+		bool no_fds = e == EMFILE || e == ENFILE;
 		snprintf(reason, sizeof(reason), "%s",
-		         e == ECONNREFUSED ? "connection refused" : strerror(e));
-		fail(c, ERR_CONNECT, reason);
+		         e == ECONNREFUSED ? "connection refused"
+		         : no_fds          ? "out of file descriptors"
+		                           : strerror(e));
+		fail(c, no_fds ? ERR_BUDGET : ERR_CONNECT, reason);
 	}
 }
 

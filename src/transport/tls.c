@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "log.h"
 #include "transport/tls.h"
@@ -32,6 +33,7 @@ struct tls_cred {
 	struct tls_cred *next;
 	char *ca_file; /* NULL: the system store (or no trust anchors when !verify) */
 	bool verify;
+	char *client; /* the client certificate and key by file identity; NULL: none */
 	gnutls_certificate_credentials_t cred;
 };
 
@@ -110,6 +112,7 @@ void tls_client_ctx_free(struct tls_client_ctx *ctx)
 		ctx->creds = c->next;
 		gnutls_certificate_free_credentials(c->cred);
 		free(c->ca_file);
+		free(c->client);
 		free(c);
 	}
 	gnutls_priority_deinit(ctx->priority);
@@ -151,26 +154,74 @@ static void session_store(struct tls_client_ctx *ctx, const char *key, gnutls_da
 	}
 }
 
+/* A client certificate and key by file identity (path, device, inode, size,
+ * mtime), so that replaced files are loaded afresh; false when one cannot be
+ * examined (reason says which). */
+static bool client_id(const char *cert, const char *key, char *buf, size_t size, char *reason,
+                      size_t reason_len)
+{
+	const char *paths[2] = {cert, key};
+	size_t len = 0;
+
+	for (int i = 0; i < 2; i++) {
+		struct stat st;
+		int n;
+		if (stat(paths[i], &st) != 0) {
+			snprintf(reason, reason_len, "cannot load client %s %s: %s",
+			         i ? "key" : "certificate", paths[i], strerror(errno));
+			return false;
+		}
+		n = snprintf(buf + len, size - len, "%s%s@%llu:%llu:%lld:%lld", i ? " " : "",
+		             paths[i], (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
+		             (long long)st.st_size, (long long)st.st_mtime);
+		if (n < 0 || (size_t)n >= size - len) {
+			snprintf(reason, reason_len, "client certificate path too long");
+			return false;
+		}
+		len += (size_t)n;
+	}
+	return true;
+}
+
 /*
- * The credentials for a trust store, loaded on first use. A store that fails
- * to load is not cached (the file may be fixed later); reason says why.
+ * The credentials for a trust store and a client certificate (NULL: none),
+ * loaded on first use. Credentials that fail to load are not cached (the
+ * files may be fixed later); reason says why.
  */
 static gnutls_certificate_credentials_t get_cred(struct tls_client_ctx *ctx, const char *ca_file,
-                                                 bool verify, char *reason, size_t reason_len)
+                                                 bool verify, const char *client_cert,
+                                                 const char *client_key, char *reason,
+                                                 size_t reason_len)
 {
 	gnutls_certificate_credentials_t cred;
 	struct tls_cred *c;
+	char client[2200];
 	int r;
 
 	if (!verify)
 		ca_file = NULL; /* no trust anchors are consulted */
+	if (client_cert && !client_key)
+		client_key = client_cert; /* both in one PEM file */
+	if (client_cert &&
+	    !client_id(client_cert, client_key, client, sizeof(client), reason, reason_len))
+		return NULL;
 	for (c = ctx->creds; c; c = c->next)
 		if (c->verify == verify &&
-		    (ca_file ? c->ca_file && strcmp(c->ca_file, ca_file) == 0 : !c->ca_file))
+		    (ca_file ? c->ca_file && strcmp(c->ca_file, ca_file) == 0 : !c->ca_file) &&
+		    (client_cert ? c->client && strcmp(c->client, client) == 0 : !c->client))
 			return c->cred;
 	if (gnutls_certificate_allocate_credentials(&cred) < 0) {
 		snprintf(reason, reason_len, "out of memory");
 		return NULL;
+	}
+	if (client_cert) {
+		r = gnutls_certificate_set_x509_key_file(cred, client_cert, client_key,
+		                                         GNUTLS_X509_FMT_PEM);
+		if (r < 0) {
+			snprintf(reason, reason_len, "cannot load client certificate %s (key %s): %s",
+			         client_cert, client_key, gnutls_strerror(r));
+			goto fail;
+		}
 	}
 	if (verify && ca_file) {
 		FILE *f = fopen(ca_file, "r");
@@ -195,7 +246,10 @@ static gnutls_certificate_credentials_t get_cred(struct tls_client_ctx *ctx, con
 		}
 	}
 	c = calloc(1, sizeof(*c));
-	if (!c || (ca_file && !(c->ca_file = strdup(ca_file)))) {
+	if (!c || (ca_file && !(c->ca_file = strdup(ca_file))) ||
+	    (client_cert && !(c->client = strdup(client)))) {
+		if (c)
+			free(c->ca_file);
 		free(c);
 		snprintf(reason, reason_len, "out of memory");
 		goto fail;
@@ -730,7 +784,8 @@ static void setup_session(struct tls *t, const struct tls_client_params *p)
 	gnutls_session_t s;
 	int r;
 
-	cred = get_cred(t->ctx, p->ca_file, p->verify, t->fail_reason, sizeof(t->fail_reason));
+	cred = get_cred(t->ctx, p->ca_file, p->verify, p->client_cert, p->client_key,
+	                t->fail_reason, sizeof(t->fail_reason));
 	if (!cred)
 		return;
 	r = gnutls_init(&s, GNUTLS_CLIENT | GNUTLS_NONBLOCK);
@@ -782,8 +837,15 @@ struct transport *tls_client_new(struct muxd *m, struct transport *lower,
 	t->out = evbuffer_new();
 	t->pass_ev = event_new(m->base, -1, 0, pass_cb, t);
 	t->host = strdup(p->sni ? p->sni : "");
-	if (p->session_key)
+	/* a session made with one client certificate never resumes with another,
+	 * even when the caller's key was cut short */
+	if (p->session_key && p->client_cert) {
+		if (asprintf(&t->session_key, "%s client=%s:%s", p->session_key, p->client_cert,
+		             p->client_key ? p->client_key : "") < 0)
+			t->session_key = NULL;
+	} else if (p->session_key) {
 		t->session_key = strdup(p->session_key);
+	}
 	if (!t->in || !t->out || !t->pass_ev || !t->host || (p->session_key && !t->session_key) ||
 	    !evbuffer_add_cb(t->in, in_changed, t) || !evbuffer_add_cb(t->out, out_changed, t)) {
 		tls_free(t);
@@ -812,7 +874,7 @@ bool tls_resumed(struct transport *base)
 gnutls_certificate_credentials_t tls_client_creds(struct tls_client_ctx *ctx, const char *ca_file,
                                                   bool verify, char *reason, size_t reason_len)
 {
-	return get_cred(ctx, ca_file, verify, reason, reason_len);
+	return get_cred(ctx, ca_file, verify, NULL, NULL, reason, reason_len);
 }
 
 gnutls_priority_t tls_client_priority(struct tls_client_ctx *ctx)

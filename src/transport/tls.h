@@ -15,7 +15,8 @@
 #include "muxd.h"
 #include "transport/transport.h"
 
-/* Process-wide TLS client state: credentials per trust store, session cache. */
+/* Process-wide TLS client state: credentials per (trust store, verify, client
+ * certificate), session cache. */
 struct tls_client_ctx *tls_client_ctx_new(void);
 void tls_client_ctx_free(struct tls_client_ctx *ctx);
 
@@ -25,6 +26,9 @@ struct tls_client_params {
 	const char *ca_file;     /* PEM trust anchors; NULL = the system trust store */
 	bool verify;             /* false: no certificate or host name check */
 	const char *session_key; /* resumption cache key (the pool key id); NULL = none */
+	/* PEM client certificate and its private key, presented when the server asks
+	 * (and names the certificate's issuer, or no issuer at all); NULL = none */
+	const char *client_cert, *client_key;
 };
 
 /*

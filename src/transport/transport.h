@@ -122,6 +122,8 @@ struct chain_spec {
 	const char *sni, *alpn, *ca_file, *session_key;
 	bool verify;
 	uint64_t timeout_ms; /* connect_timeout, for each TCP connect */
+	/* PEM client certificate and key presented to the target; NULL = none */
+	const char *client_cert, *client_key;
 };
 struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
                                 const struct transport_cbs *cbs, void *ctx);
