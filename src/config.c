@@ -987,7 +987,8 @@ static void route_key(struct load *ld, const char *section, const char *name, co
 		}
 		*line = ld->line; /* given, even when the value is bad */
 		if (!*v)
-			errf(ld, ld->line, "[%s] %s: empty value (expected a PEM file)", section, name);
+			errf(ld, ld->line, "[%s] %s: empty value (expected a PEM file)", section,
+			     name);
 		else if (access(v, R_OK) != 0)
 			errf(ld, ld->line, "[%s] %s: cannot read '%s': %s (expected a PEM file)",
 			     section, name, v, strerror(errno));
@@ -1030,8 +1031,8 @@ static void check_client_certs(struct load *ld)
 		gnutls_certificate_free_credentials(cred);
 		if (ret == GNUTLS_E_CERTIFICATE_KEY_MISMATCH)
 			errf(ld, r->client_key_line,
-			     "[route %s] client_key: '%s' does not match client_cert '%s' (expected "
-			     "the certificate's private key)",
+			     "[route %s] client_key: '%s' does not match client_cert '%s' "
+			     "(expected the certificate's private key)",
 			     r->pattern, r->client_key, r->client_cert);
 		else if (ret < 0)
 			errf(ld, r->client_key_line,

@@ -129,15 +129,15 @@ static bool append(char *buf, size_t size, size_t *len, const char *fmt, ...)
 	return true;
 }
 
-/* Trust anchors, client certificates and keys by file identity: the same path
- * with new contents is another key. none: what an empty path stands for. */
+/* Trust anchors (and client certificates and keys) by file identity: the same
+ * path with new contents is another key. */
 static bool append_file_id(char *buf, size_t size, size_t *len, const char *name,
-                           const char *path, const char *none)
+                           const char *path)
 {
 	struct stat st = {0};
 
 	if (!path || !*path)
-		return append(buf, size, len, " %s=%s", name, none);
+		return append(buf, size, len, " %s=system", name);
 	stat(path, &st);
 	return append(buf, size, len, " %s=%s@%llu:%llu:%lld:%lld", name, path,
 	              (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
@@ -205,13 +205,12 @@ bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, u
 			return false;
 		ok = append(key->id, sizeof(key->id), &len, " sni=%s alpn=%s%s verify=%d", host,
 		            key->alpn, key->h3 ? ",h3" : "", key->verify) &&
-		     append_file_id(key->id, sizeof(key->id), &len, "ca", key->ca_file, "system");
+		     append_file_id(key->id, sizeof(key->id), &len, "ca", key->ca_file);
 		/* connections with different client certificates are never shared */
 		if (ok && key->client_cert[0])
-			ok = append_file_id(key->id, sizeof(key->id), &len, "cert", key->client_cert,
-			                    "none") &&
-			     append_file_id(key->id, sizeof(key->id), &len, "key", key->client_key,
-			                    "none");
+			ok = append_file_id(key->id, sizeof(key->id), &len, "cert",
+			                    key->client_cert) &&
+			     append_file_id(key->id, sizeof(key->id), &len, "key", key->client_key);
 	}
 	for (size_t i = 0; ok && i < key->nhops; i++) {
 		const struct pool_hop *h = &key->hops[i];
@@ -223,7 +222,7 @@ bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, u
 			            (unsigned long long)fnv64(h->user, h->pass));
 		if (ok && h->kind == HOP_HTTPS)
 			ok = append_file_id(key->id, sizeof(key->id), &len, "proxy_ca",
-			                    key->proxy_ca_file, "system");
+			                    key->proxy_ca_file);
 	}
 	return ok;
 }

@@ -178,10 +178,9 @@ static bool start_step(struct chain *c)
 		                              .alpn = sp->alpn,
 		                              .ca_file = sp->ca_file,
 		                              .verify = sp->verify,
-		                              .session_key = sp->session_key,
-		                              .client_cert = sp->client_cert,
-		                              .client_key = sp->client_key};
-		c->top = tls_client_new(c->m, c->top, &p, &cbs, c);
+		                              .session_key = sp->session_key};
+		c->top =
+		    tls_client_new_cert(c->m, c->top, &p, sp->client_cert, sp->client_key, &cbs, c);
 		break;
 	}
 	}

@@ -218,8 +218,9 @@ static gnutls_certificate_credentials_t get_cred(struct tls_client_ctx *ctx, con
 		r = gnutls_certificate_set_x509_key_file(cred, client_cert, client_key,
 		                                         GNUTLS_X509_FMT_PEM);
 		if (r < 0) {
-			snprintf(reason, reason_len, "cannot load client certificate %s (key %s): %s",
-			         client_cert, client_key, gnutls_strerror(r));
+			snprintf(reason, reason_len,
+			         "cannot load client certificate %s (key %s): %s", client_cert,
+			         client_key, gnutls_strerror(r));
 			goto fail;
 		}
 	}
@@ -777,15 +778,16 @@ static int set_alpn(gnutls_session_t s, const char *list)
 }
 
 /* Builds the session; on failure fills t->fail_reason (reported later). */
-static void setup_session(struct tls *t, const struct tls_client_params *p)
+static void setup_session(struct tls *t, const struct tls_client_params *p, const char *client_cert,
+                          const char *client_key)
 {
 	gnutls_certificate_credentials_t cred;
 	struct tls_cached_session *cached;
 	gnutls_session_t s;
 	int r;
 
-	cred = get_cred(t->ctx, p->ca_file, p->verify, p->client_cert, p->client_key,
-	                t->fail_reason, sizeof(t->fail_reason));
+	cred = get_cred(t->ctx, p->ca_file, p->verify, client_cert, client_key, t->fail_reason,
+	                sizeof(t->fail_reason));
 	if (!cred)
 		return;
 	r = gnutls_init(&s, GNUTLS_CLIENT | GNUTLS_NONBLOCK);
@@ -820,6 +822,14 @@ struct transport *tls_client_new(struct muxd *m, struct transport *lower,
                                  const struct tls_client_params *p, const struct transport_cbs *cbs,
                                  void *ctx)
 {
+	return tls_client_new_cert(m, lower, p, NULL, NULL, cbs, ctx);
+}
+
+struct transport *tls_client_new_cert(struct muxd *m, struct transport *lower,
+                                      const struct tls_client_params *p, const char *client_cert,
+                                      const char *client_key, const struct transport_cbs *cbs,
+                                      void *ctx)
+{
 	static const struct transport_cbs lower_cbs = {lower_on_read, lower_on_drain,
 	                                               lower_on_event};
 	struct tls *t = calloc(1, sizeof(*t));
@@ -839,9 +849,9 @@ struct transport *tls_client_new(struct muxd *m, struct transport *lower,
 	t->host = strdup(p->sni ? p->sni : "");
 	/* a session made with one client certificate never resumes with another,
 	 * even when the caller's key was cut short */
-	if (p->session_key && p->client_cert) {
-		if (asprintf(&t->session_key, "%s client=%s:%s", p->session_key, p->client_cert,
-		             p->client_key ? p->client_key : "") < 0)
+	if (p->session_key && client_cert) {
+		if (asprintf(&t->session_key, "%s client=%s:%s", p->session_key, client_cert,
+		             client_key ? client_key : "") < 0)
 			t->session_key = NULL;
 	} else if (p->session_key) {
 		t->session_key = strdup(p->session_key);
@@ -852,7 +862,7 @@ struct transport *tls_client_new(struct muxd *m, struct transport *lower,
 		return NULL;
 	}
 	transport_set_cbs(lower, &lower_cbs, t);
-	setup_session(t, p);
+	setup_session(t, p, client_cert, client_key);
 	apply_reading(t);
 	/* the first pass (ClientHello, or the setup failure) runs from the loop */
 	event_active(t->pass_ev, EV_TIMEOUT, 0);

@@ -26,9 +26,6 @@ struct tls_client_params {
 	const char *ca_file;     /* PEM trust anchors; NULL = the system trust store */
 	bool verify;             /* false: no certificate or host name check */
 	const char *session_key; /* resumption cache key (the pool key id); NULL = none */
-	/* PEM client certificate and its private key, presented when the server asks
-	 * (and names the certificate's issuer, or no issuer at all); NULL = none */
-	const char *client_cert, *client_key;
 };
 
 /*
@@ -41,6 +38,16 @@ struct tls_client_params {
 struct transport *tls_client_new(struct muxd *m, struct transport *lower,
                                  const struct tls_client_params *p,
                                  const struct transport_cbs *cbs, void *ctx);
+/*
+ * The same, also presenting a client certificate when the server asks for one
+ * (and names the certificate's issuer, or no issuer at all): PEM files, the
+ * certificate and its unencrypted private key; NULL: none. A session made with
+ * one client certificate is never resumed with another.
+ */
+struct transport *tls_client_new_cert(struct muxd *m, struct transport *lower,
+                                      const struct tls_client_params *p, const char *client_cert,
+                                      const char *client_key, const struct transport_cbs *cbs,
+                                      void *ctx);
 
 /* After TRANSPORT_CONNECTED: the ALPN protocol chosen ("" when none) and
  * whether the session was resumed. */

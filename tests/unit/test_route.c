@@ -1,10 +1,13 @@
 /* Unit tests: [route PATTERN] parsing, matching order and inheritance, and
  * pool keys that differ on every TLS field. */
 #include <check.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -194,6 +197,175 @@ START_TEST(pool_keys)
 }
 END_TEST
 
+/* ---- client certificates ---- */
+
+static char cert_dir[64];
+static char cert1[128], key1[128], cert2[128], key2[128];
+
+static void write_pem(const char *file, const gnutls_datum_t *pem)
+{
+	FILE *f = fopen(file, "w");
+
+	ck_assert_ptr_nonnull(f);
+	ck_assert_uint_eq(fwrite(pem->data, 1, pem->size, f), pem->size);
+	fclose(f);
+}
+
+/* A self-signed client certificate (CN cn) and its ECDSA key, as PEM files. */
+static void make_client_cert(const char *cn, const char *cert, const char *key)
+{
+	gnutls_x509_privkey_t k;
+	gnutls_x509_crt_t c;
+	gnutls_datum_t pem;
+	unsigned char serial = (unsigned char)cn[0];
+	time_t now = time(NULL);
+
+	ck_assert_int_eq(gnutls_x509_privkey_init(&k), 0);
+	ck_assert_int_eq(
+	    gnutls_x509_privkey_generate(k, GNUTLS_PK_ECDSA,
+	                                 GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0),
+	    0);
+	ck_assert_int_eq(gnutls_x509_crt_init(&c), 0);
+	ck_assert_int_eq(gnutls_x509_crt_set_version(c, 3), 0);
+	ck_assert_int_eq(gnutls_x509_crt_set_serial(c, &serial, 1), 0);
+	ck_assert_int_eq(
+	    gnutls_x509_crt_set_dn_by_oid(c, GNUTLS_OID_X520_COMMON_NAME, 0, cn, strlen(cn)), 0);
+	ck_assert_int_eq(gnutls_x509_crt_set_key(c, k), 0);
+	ck_assert_int_eq(gnutls_x509_crt_set_activation_time(c, now - 60), 0);
+	ck_assert_int_eq(gnutls_x509_crt_set_expiration_time(c, now + 3600), 0);
+	ck_assert_int_eq(gnutls_x509_crt_set_key_purpose_oid(c, GNUTLS_KP_TLS_WWW_CLIENT, 0), 0);
+	ck_assert_int_eq(gnutls_x509_crt_sign2(c, c, k, GNUTLS_DIG_SHA256, 0), 0);
+	ck_assert_int_eq(gnutls_x509_crt_export2(c, GNUTLS_X509_FMT_PEM, &pem), 0);
+	write_pem(cert, &pem);
+	gnutls_free(pem.data);
+	ck_assert_int_eq(gnutls_x509_privkey_export2(k, GNUTLS_X509_FMT_PEM, &pem), 0);
+	write_pem(key, &pem);
+	gnutls_free(pem.data);
+	gnutls_x509_crt_deinit(c);
+	gnutls_x509_privkey_deinit(k);
+}
+
+static void client_certs_setup(void)
+{
+	snprintf(cert_dir, sizeof(cert_dir), "/tmp/muxd-client-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(cert_dir));
+	snprintf(cert1, sizeof(cert1), "%s/one.pem", cert_dir);
+	snprintf(key1, sizeof(key1), "%s/one.key", cert_dir);
+	snprintf(cert2, sizeof(cert2), "%s/two.pem", cert_dir);
+	snprintf(key2, sizeof(key2), "%s/two.key", cert_dir);
+	make_client_cert("one", cert1, key1);
+	make_client_cert("two", cert2, key2);
+}
+
+static void client_certs_teardown(void)
+{
+	unlink(cert1);
+	unlink(key1);
+	unlink(cert2);
+	unlink(key2);
+	rmdir(cert_dir);
+}
+
+START_TEST(client_cert_config)
+{
+	char text[1024];
+	struct config *cfg;
+	struct route r;
+
+	snprintf(text, sizeof(text),
+	         "[route *]\nclient_cert = %s\nclient_key = %s\n"
+	         "[route two.test]\nclient_cert = %s\nclient_key = %s\n"
+	         "[route plain.test]\nverify = off\n",
+	         cert1, key1, cert2, key2);
+	cfg = load(text);
+	ck_assert_ptr_nonnull(cfg);
+	route_for(cfg, "two.test", 443, &r);
+	ck_assert_str_eq(r.client_cert, cert2);
+	ck_assert_str_eq(r.client_key, key2);
+	route_for(cfg, "plain.test", 443, &r); /* inherited from [route *], as a pair */
+	ck_assert_str_eq(r.client_cert, cert1);
+	ck_assert_str_eq(r.client_key, key1);
+	config_unref(cfg);
+
+	cfg = load("[route *]\nverify = on\n");
+	route_for(cfg, "x.test", 443, &r);
+	ck_assert_ptr_null(r.client_cert);
+	ck_assert_ptr_null(r.client_key);
+	config_unref(cfg);
+
+	/* the key of another certificate: an error on the client_key line */
+	snprintf(text, sizeof(text),
+	         "[route *]\nverify = on\n[route a.test]\nclient_cert = %s\nclient_key = %s\n",
+	         cert1, key2);
+	ck_assert_uint_eq(load_errors(text, ":5: [route a.test] client_key: "), 1);
+	load_errors(text, "does not match client_cert");
+
+	/* one without the other */
+	snprintf(text, sizeof(text), "[route a.test]\nclient_cert = %s\n", cert1);
+	ck_assert_uint_eq(
+	    load_errors(text, ":2: [route a.test] client_cert: given without client_key"), 1);
+	snprintf(text, sizeof(text), "[route *]\nclient_key = %s\n", key1);
+	load_errors(text, ":2: [route *] client_key: given without client_cert");
+	/* not even completed by inheritance: each section gives both or neither */
+	snprintf(text, sizeof(text),
+	         "[route *]\nclient_cert = %s\nclient_key = %s\n[route a.test]\nclient_key = %s\n",
+	         cert1, key1, key2);
+	load_errors(text, ":5: [route a.test] client_key: given without client_cert");
+
+	/* unreadable, not a key, given twice */
+	snprintf(text, sizeof(text), "[route *]\nclient_cert = %s/missing.pem\nclient_key = %s\n",
+	         cert_dir, key1);
+	ck_assert_uint_eq(load_errors(text, ":2: [route *] client_cert: cannot read"), 1);
+	snprintf(text, sizeof(text), "[route *]\nclient_cert = %s\nclient_key = %s\n", cert1,
+	         cert2);
+	load_errors(text, ":3: [route *] client_key: cannot load");
+	snprintf(text, sizeof(text),
+	         "[route *]\nclient_cert = %s\nclient_key = %s\nclient_key = %s\n", cert1, key1,
+	         key1);
+	load_errors(text, ":4: [route *] client_key: given twice");
+}
+END_TEST
+
+START_TEST(client_cert_keys)
+{
+	struct route base = {.verify = true, .h2 = true, .h3 = true}, r;
+	struct pool_key none, one, two, k;
+
+	ck_assert(pool_key_init(&none, "https", "h.test", 443, &base));
+	ck_assert(none.h3);
+	ck_assert_str_eq(none.client_cert, "");
+	r = base;
+	r.client_cert = cert1;
+	r.client_key = key1;
+	ck_assert(pool_key_init(&one, "https", "h.test", 443, &r));
+	ck_assert_str_eq(one.client_cert, cert1);
+	ck_assert_str_eq(one.client_key, key1);
+	ck_assert(!one.h3); /* HTTP/3 presents no client certificate: TCP only */
+	ck_assert_str_ne(none.id, one.id);
+	ck_assert(pool_key_init(&k, "https", "h.test", 443, &r));
+	ck_assert_str_eq(one.id, k.id);
+	r.client_cert = cert2;
+	r.client_key = key2;
+	ck_assert(pool_key_init(&two, "https", "h.test", 443, &r));
+	ck_assert_str_ne(one.id, two.id);
+	ck_assert_str_ne(none.id, two.id);
+
+	/* the same paths, other contents (by file identity, not name): another key */
+	FILE *f = fopen(cert1, "a");
+	ck_assert_ptr_nonnull(f);
+	fputs("\n", f);
+	fclose(f);
+	r.client_cert = cert1;
+	r.client_key = key1;
+	ck_assert(pool_key_init(&k, "https", "h.test", 443, &r));
+	ck_assert_str_ne(one.id, k.id);
+
+	/* plain http:// has no TLS, hence no client certificate */
+	ck_assert(pool_key_init(&k, "http", "h.test", 80, &r));
+	ck_assert_str_eq(k.client_cert, "");
+}
+END_TEST
+
 START_TEST(intercept_and_bypass)
 {
 	struct config *cfg = load("[intercept]\nports = 443 8443\n"
@@ -241,6 +413,11 @@ int main(void)
 	tcase_add_test(tc, route_errors);
 	tcase_add_test(tc, pool_keys);
 	tcase_add_test(tc, intercept_and_bypass);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("client_cert");
+	tcase_add_checked_fixture(tc, client_certs_setup, client_certs_teardown);
+	tcase_add_test(tc, client_cert_config);
+	tcase_add_test(tc, client_cert_keys);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
