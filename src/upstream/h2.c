@@ -41,45 +41,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "config.h"
 #include "log.h"
 #include "transport/transport.h"
+#include "upstream/fields.h"
 #include "upstream/upstream.h"
 
-#define H2_MAX_STREAMS 256 /* streams per connection, whatever the peer allows */
+#define H2_MAX_STREAMS 256                /* streams per connection, whatever the peer allows */
 #define H2_STREAM_WINDOW 65535            /* SETTINGS_INITIAL_WINDOW_SIZE */
 #define H2_CONN_WINDOW (16 * 1024 * 1024) /* connection-level receive window */
 #define H2_PING_AFTER_IDLE_MS 2000        /* idle this long: PING on the next stream */
 #define H2_PING_TIMEOUT_MS 3000           /* no PING ACK by then: the connection is dead */
 #define H2_IDLE_PING_MS 30000             /* PING interval while idle */
-#define H2_MAX_TRAILERS HTTP1_MAX_HEAD    /* response trailers, "name: value\r\n"... */
-
-/* A growable NUL-terminated byte string. */
-struct sbuf {
-	char *p;
-	size_t len, cap;
-};
-
-static bool sbuf_add(struct sbuf *b, const void *data, size_t n)
-{
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		char *p;
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		if (!(p = realloc(b->p, cap)))
-			return false;
-		b->p = p;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, data, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-	return true;
-}
 
 struct h2_conn;
 
@@ -580,19 +555,12 @@ static int cb_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
 	return 0;
 }
 
-static int parse_status(const uint8_t *v, size_t len)
-{
-	if (len != 3 || v[0] < '1' || v[0] > '5' || v[1] < '0' || v[1] > '9' || v[2] < '0' ||
-	    v[2] > '9')
-		return -1;
-	return (v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0');
-}
-
 static int cb_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
                      size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
 {
 	struct h2_conn *c = ud;
 	struct h2_stream *s;
+	const char *bad = NULL;
 
 	(void)flags;
 	if (c->freeing)
@@ -601,57 +569,24 @@ static int cb_header(nghttp2_session *session, const nghttp2_frame *frame, const
 	    !s->user)
 		return 0;
 	if (s->got_final) {
-		if (s->trailers.len + namelen + valuelen + 4 > H2_MAX_TRAILERS) {
-			s->bad = "response trailers too large";
-			return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-		}
-		if (!sbuf_add(&s->trailers, name, namelen) || !sbuf_add(&s->trailers, ": ", 2) ||
-		    !sbuf_add(&s->trailers, value, valuelen) ||
-		    !sbuf_add(&s->trailers, "\r\n", 2)) {
-			s->bad = "out of memory";
-			return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-		}
-		return 0;
-	}
-	if (namelen > 0 && name[0] == ':') {
+		bad = fields_add_trailer(&s->trailers, name, namelen, value, valuelen);
+	} else if (namelen > 0 && name[0] == ':') {
 		if (namelen == 7 && memcmp(name, ":status", 7) == 0)
-			s->status = parse_status(value, valuelen);
-		return 0;
+			s->status = fields_status(value, valuelen);
+	} else {
+		bad = fields_add_head(&s->hdrs, &s->nhdrs, name, namelen, value, valuelen);
 	}
-	if (s->nhdrs >= HTTP1_MAX_FIELDS || s->hdrs.len + namelen + valuelen + 2 > HTTP1_MAX_HEAD) {
-		s->bad = "response head too large";
+	if (bad) {
+		s->bad = bad;
 		return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
 	}
-	if (!sbuf_add(&s->hdrs, name, namelen) || !sbuf_add(&s->hdrs, "", 1) ||
-	    !sbuf_add(&s->hdrs, value, valuelen) || !sbuf_add(&s->hdrs, "", 1)) {
-		s->bad = "out of memory";
-		return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-	}
-	s->nhdrs++;
 	return 0;
-}
-
-static bool parse_length(const char *v, size_t len, uint64_t *out)
-{
-	uint64_t n = 0;
-
-	if (len == 0 || len > 18)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		if (v[i] < '0' || v[i] > '9')
-			return false;
-		n = n * 10 + (uint64_t)(v[i] - '0');
-	}
-	*out = n;
-	return true;
 }
 
 /* A response head (interim or final) arrived complete. */
 static void got_head(struct h2_conn *c, struct h2_stream *s, bool end)
 {
-	struct http1_msg *m = &s->msg;
-	const char *p = s->hdrs.p;
-	bool interim;
+	bool interim = s->status < 200;
 
 	if (s->status < 100) {
 		nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, s->id,
@@ -661,36 +596,7 @@ static void got_head(struct h2_conn *c, struct h2_stream *s, bool end)
 		kick(c);
 		return;
 	}
-	memset(m, 0, sizeof(*m));
-	m->head = s->hdrs.p;
-	m->head_len = s->hdrs.len;
-	m->status = s->status;
-	m->reason = http1_reason(s->status);
-	m->version_minor = 1;
-	m->keep_alive = true;
-	for (size_t i = 0; i < s->nhdrs; i++) {
-		struct http1_field *f = &m->fields[i];
-		f->name = p;
-		f->name_len = strlen(p);
-		p += f->name_len + 1;
-		f->value = p;
-		f->value_len = strlen(p);
-		p += f->value_len + 1;
-	}
-	m->nfields = s->nhdrs;
-	interim = s->status < 200;
-	if (interim || s->status == 204 || s->status == 304 || s->is_head || end) {
-		m->body = HTTP1_BODY_NONE;
-	} else {
-		const struct http1_field *cl = http1_find(m, "content-length");
-		uint64_t n;
-		if (cl && parse_length(cl->value, cl->value_len, &n)) {
-			m->body = n > 0 ? HTTP1_BODY_LENGTH : HTTP1_BODY_NONE;
-			m->content_length = n;
-		} else {
-			m->body = HTTP1_BODY_CHUNKED; /* unknown length: the exchange re-frames */
-		}
-	}
+	fields_msg(&s->msg, s->hdrs.p, s->hdrs.len, s->nhdrs, s->status, s->is_head || end);
 	if (!interim)
 		s->got_final = true;
 	if (end) {
@@ -699,7 +605,7 @@ static void got_head(struct h2_conn *c, struct h2_stream *s, bool end)
 	} else {
 		arm(s);
 	}
-	s->base.cbs.on_head(s->base.ctx, m);
+	s->base.cbs.on_head(s->base.ctx, &s->msg);
 	if (end && !c->freeing)
 		maybe_end(s);
 }
@@ -852,20 +758,6 @@ static int cb_frame_not_send(nghttp2_session *session, const nghttp2_frame *fram
 	return 0;
 }
 
-static bool field_dropped(const char *name, size_t nlen, const char *value, size_t vlen)
-{
-	static const char *const drop[] = {"connection",        "keep-alive", "proxy-connection",
-	                                   "transfer-encoding", "upgrade",    "host",
-	                                   "content-length"};
-
-	for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
-		if (strlen(drop[i]) == nlen && strncasecmp(name, drop[i], nlen) == 0)
-			return true;
-	if (nlen == 2 && strncasecmp(name, "te", 2) == 0)
-		return !(vlen == 8 && strncasecmp(value, "trailers", 8) == 0);
-	return false;
-}
-
 /* The request body: what send_body() buffered, then the end (and trailers). */
 static ssize_t data_read(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
                          uint32_t *data_flags, nghttp2_data_source *source, void *ud)
@@ -888,30 +780,15 @@ static ssize_t data_read(nghttp2_session *session, int32_t stream_id, uint8_t *b
 		if (s->trailers_out.len > 0) {
 			nghttp2_nv nv[HTTP1_MAX_FIELDS];
 			size_t nnv = 0;
-			char *p = s->trailers_out.p;
-			while (*p && nnv < HTTP1_MAX_FIELDS) {
-				char *eol = strstr(p, "\r\n"), *colon, *v;
-				if (!eol)
-					break;
-				*eol = '\0';
-				colon = strchr(p, ':');
-				if (colon && colon > p) {
-					*colon = '\0';
-					v = colon + 1;
-					while (*v == ' ' || *v == '\t')
-						v++;
-					if (field_dropped(p, strlen(p), v, strlen(v))) {
-						p = eol + 2;
-						continue;
-					}
-					for (char *q = p; *q; q++)
-						if (*q >= 'A' && *q <= 'Z')
-							*q = (char)(*q - 'A' + 'a');
-					nv[nnv++] =
-					    (nghttp2_nv){(uint8_t *)p, (uint8_t *)v, strlen(p),
-					                 strlen(v), NGHTTP2_NV_FLAG_NONE};
-				}
-				p = eol + 2;
+			char *p = s->trailers_out.p, *n, *v;
+			while (nnv < HTTP1_MAX_FIELDS && (p = fields_next_line(p, &n, &v))) {
+				if (!n || fields_dropped(n, strlen(n), v, strlen(v)))
+					continue;
+				for (char *q = n; *q; q++)
+					if (*q >= 'A' && *q <= 'Z')
+						*q = (char)(*q - 'A' + 'a');
+				nv[nnv++] = (nghttp2_nv){(uint8_t *)n, (uint8_t *)v, strlen(n),
+				                         strlen(v), NGHTTP2_NV_FLAG_NONE};
 			}
 			if (nnv > 0 && nghttp2_submit_trailer(session, stream_id, nv, nnv) == 0)
 				*data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
@@ -962,7 +839,7 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 	for (size_t i = 0; i < r->nfields; i++) {
 		const struct upstream_field *f = &r->fields[i];
 		char *n = lower + names;
-		if (field_dropped(f->name, f->name_len, f->value, f->value_len))
+		if (fields_dropped(f->name, f->name_len, f->value, f->value_len))
 			continue;
 		for (size_t k = 0; k < f->name_len; k++) {
 			char ch = f->name[k];

@@ -51,7 +51,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -61,6 +60,7 @@
 #include "log.h"
 #include "transport/tls.h"
 #include "transport/transport.h"
+#include "upstream/fields.h"
 #include "upstream/upstream.h"
 
 #define H3_MAX_STREAMS 256                /* streams per connection, whatever the peer allows */
@@ -69,38 +69,13 @@
 #define H3_IDLE_TIMEOUT_MS 30000          /* QUIC max_idle_timeout */
 #define H3_HANDSHAKE_MS 10000             /* set-up deadline */
 #define H3_EYEBALLS_MS 250                /* stagger between address attempts */
-#define H3_MAX_TRAILERS HTTP1_MAX_HEAD
-#define H3_PKT_MAX 1500  /* largest UDP payload we send */
-#define H3_BATCH 16      /* datagrams per sendmmsg */
-#define H3_MAX_WRITE 256 /* datagrams per write-out before yielding to the loop */
-#define H3_MAX_READ 128  /* datagrams per readable event */
-#define H3_BLOCK 16384   /* request body block */
+#define H3_PKT_MAX 1500                   /* largest UDP payload we send */
+#define H3_BATCH 16                       /* datagrams per sendmmsg */
+#define H3_MAX_WRITE 256                  /* datagrams per write-out before yielding to the loop */
+#define H3_MAX_READ 128                   /* datagrams per readable event */
+#define H3_BLOCK 16384                    /* request body block */
 #define H3_SCID_LEN 18
 #define H3_PRIORITY "NORMAL:-VERS-ALL:+VERS-TLS1.3:%DISABLE_TLS13_COMPAT_MODE"
-
-/* A growable NUL-terminated byte string. */
-struct sbuf {
-	char *p;
-	size_t len, cap;
-};
-
-static bool sbuf_add(struct sbuf *b, const void *data, size_t n)
-{
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		char *p;
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		if (!(p = realloc(b->p, cap)))
-			return false;
-		b->p = p;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, data, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-	return true;
-}
 
 /* Request body bytes; stay put (nghttp3 points at them) until acknowledged. */
 struct h3_block {
@@ -957,14 +932,6 @@ static int h3_begin_headers_cb(nghttp3_conn *h, int64_t id, void *ud, void *sud)
 	return 0;
 }
 
-static int parse_status(const uint8_t *v, size_t len)
-{
-	if (len != 3 || v[0] < '1' || v[0] > '5' || v[1] < '0' || v[1] > '9' || v[2] < '0' ||
-	    v[2] > '9')
-		return -1;
-	return (v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0');
-}
-
 static int h3_recv_header_cb(nghttp3_conn *h, int64_t id, int32_t token, nghttp3_rcbuf *name,
                              nghttp3_rcbuf *value, uint8_t flags, void *ud, void *sud)
 {
@@ -981,54 +948,20 @@ static int h3_recv_header_cb(nghttp3_conn *h, int64_t id, int32_t token, nghttp3
 	if (!s || !s->user || s->bad)
 		return 0;
 	if (s->got_final) {
-		if (s->trailers.len + n.len + v.len + 4 > H3_MAX_TRAILERS) {
-			s->bad = "response trailers too large";
-			return 0;
-		}
-		if (!sbuf_add(&s->trailers, n.base, n.len) || !sbuf_add(&s->trailers, ": ", 2) ||
-		    !sbuf_add(&s->trailers, v.base, v.len) || !sbuf_add(&s->trailers, "\r\n", 2))
-			s->bad = "out of memory";
-		return 0;
-	}
-	if (n.len > 0 && n.base[0] == ':') {
+		s->bad = fields_add_trailer(&s->trailers, n.base, n.len, v.base, v.len);
+	} else if (n.len > 0 && n.base[0] == ':') {
 		if (n.len == 7 && memcmp(n.base, ":status", 7) == 0)
-			s->status = parse_status(v.base, v.len);
-		return 0;
+			s->status = fields_status(v.base, v.len);
+	} else {
+		s->bad = fields_add_head(&s->hdrs, &s->nhdrs, n.base, n.len, v.base, v.len);
 	}
-	if (s->nhdrs >= HTTP1_MAX_FIELDS || s->hdrs.len + n.len + v.len + 2 > HTTP1_MAX_HEAD) {
-		s->bad = "response head too large";
-		return 0;
-	}
-	if (!sbuf_add(&s->hdrs, n.base, n.len) || !sbuf_add(&s->hdrs, "", 1) ||
-	    !sbuf_add(&s->hdrs, v.base, v.len) || !sbuf_add(&s->hdrs, "", 1)) {
-		s->bad = "out of memory";
-		return 0;
-	}
-	s->nhdrs++;
 	return 0;
-}
-
-static bool parse_length(const char *v, size_t len, uint64_t *out)
-{
-	uint64_t n = 0;
-
-	if (len == 0 || len > 18)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		if (v[i] < '0' || v[i] > '9')
-			return false;
-		n = n * 10 + (uint64_t)(v[i] - '0');
-	}
-	*out = n;
-	return true;
 }
 
 /* A response head (interim or final) arrived complete. */
 static void got_head(struct h3_stream *s, bool end)
 {
-	struct http1_msg *m = &s->msg;
-	const char *p = s->hdrs.p;
-	bool interim;
+	bool interim = s->status < 200;
 
 	if (s->bad || s->status < 100) {
 		stream_error(s, ERR_BAD_RESPONSE,
@@ -1036,36 +969,8 @@ static void got_head(struct h3_stream *s, bool end)
 		             true);
 		return;
 	}
-	memset(m, 0, sizeof(*m));
-	m->head = s->hdrs.p ? s->hdrs.p : "";
-	m->head_len = s->hdrs.len;
-	m->status = s->status;
-	m->reason = http1_reason(s->status);
-	m->version_minor = 1;
-	m->keep_alive = true;
-	for (size_t i = 0; i < s->nhdrs; i++) {
-		struct http1_field *f = &m->fields[i];
-		f->name = p;
-		f->name_len = strlen(p);
-		p += f->name_len + 1;
-		f->value = p;
-		f->value_len = strlen(p);
-		p += f->value_len + 1;
-	}
-	m->nfields = s->nhdrs;
-	interim = s->status < 200;
-	if (interim || s->status == 204 || s->status == 304 || s->is_head || end) {
-		m->body = HTTP1_BODY_NONE;
-	} else {
-		const struct http1_field *cl = http1_find(m, "content-length");
-		uint64_t n;
-		if (cl && parse_length(cl->value, cl->value_len, &n)) {
-			m->body = n > 0 ? HTTP1_BODY_LENGTH : HTTP1_BODY_NONE;
-			m->content_length = n;
-		} else {
-			m->body = HTTP1_BODY_CHUNKED; /* unknown length: the exchange re-frames */
-		}
-	}
+	fields_msg(&s->msg, s->hdrs.p ? s->hdrs.p : "", s->hdrs.len, s->nhdrs, s->status,
+	           s->is_head || end);
 	if (!interim)
 		s->got_final = true;
 	if (end) {
@@ -1074,7 +979,7 @@ static void got_head(struct h3_stream *s, bool end)
 	} else {
 		arm(s);
 	}
-	s->base.cbs.on_head(s->base.ctx, m);
+	s->base.cbs.on_head(s->base.ctx, &s->msg);
 	if (end && !s->c->freeing)
 		maybe_end(s);
 }
@@ -1821,20 +1726,6 @@ static void on_stream_timeout(evutil_socket_t fd, short what, void *arg)
 
 /* --- stream operations --- */
 
-static bool field_dropped(const char *name, size_t nlen, const char *value, size_t vlen)
-{
-	static const char *const drop[] = {"connection",        "keep-alive", "proxy-connection",
-	                                   "transfer-encoding", "upgrade",    "host",
-	                                   "content-length"};
-
-	for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
-		if (strlen(drop[i]) == nlen && strncasecmp(name, drop[i], nlen) == 0)
-			return true;
-	if (nlen == 2 && strncasecmp(name, "te", 2) == 0)
-		return !(vlen == 8 && strncasecmp(value, "trailers", 8) == 0);
-	return false;
-}
-
 static bool add_field(struct sbuf *b, size_t *n, const char *name, size_t nlen, const char *value,
                       size_t vlen)
 {
@@ -1871,25 +1762,12 @@ static void submit_trailers(struct h3_stream *s)
 {
 	struct sbuf tb = {0};
 	size_t n = 0;
-	char *p = s->trailers_out.p;
+	char *p = s->trailers_out.p, *name, *v;
 	nghttp3_nv *nv;
 
-	while (p && *p && n < HTTP1_MAX_FIELDS) {
-		char *eol = strstr(p, "\r\n"), *colon, *v;
-		if (!eol)
-			break;
-		*eol = '\0';
-		colon = strchr(p, ':');
-		if (colon && colon > p) {
-			*colon = '\0';
-			v = colon + 1;
-			while (*v == ' ' || *v == '\t')
-				v++;
-			if (!field_dropped(p, strlen(p), v, strlen(v)))
-				add_field(&tb, &n, p, strlen(p), v, strlen(v));
-		}
-		p = eol + 2;
-	}
+	while (n < HTTP1_MAX_FIELDS && (p = fields_next_line(p, &name, &v)))
+		if (name && !fields_dropped(name, strlen(name), v, strlen(v)))
+			add_field(&tb, &n, name, strlen(name), v, strlen(v));
 	if (n > 0 && (nv = nv_list(&tb, n))) {
 		nghttp3_conn_submit_trailers(s->c->h3, s->id, nv, n);
 		free(nv);
@@ -1989,7 +1867,7 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 	     add_field(&s->req, &s->nreq, ":path", 5, r->path, strlen(r->path));
 	for (size_t i = 0; ok && i < r->nfields; i++) {
 		const struct upstream_field *f = &r->fields[i];
-		if (field_dropped(f->name, f->name_len, f->value, f->value_len) ||
+		if (fields_dropped(f->name, f->name_len, f->value, f->value_len) ||
 		    memchr(f->value, '\0', f->value_len))
 			continue;
 		ok = add_field(&s->req, &s->nreq, f->name, f->name_len, f->value, f->value_len);
