@@ -102,7 +102,7 @@ def pytest_runtest_makereport(item, call):
 
 
 class Muxd:
-    def __init__(self, workdir, conf=None, args=()):
+    def __init__(self, workdir, conf=None, args=(), preexec_fn=None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True)
         self.conf_path = self.dir / "muxd.conf"
@@ -110,6 +110,7 @@ class Muxd:
         self.state_dir.mkdir()
         self.stderr = self.dir / "stderr.log"
         self.args = list(args)
+        self.preexec_fn = preexec_fn  # run in the child before exec (e.g. setrlimit)
         self.proc = None
         self.port = None
         self.write_conf(conf)
@@ -127,7 +128,8 @@ class Muxd:
     def start(self):
         cmd = [MUXD_BIN, "-c", str(self.conf_path), "-S", str(self.state_dir), "-l", f"{LOCALHOST}:0"] + self.args
         with open(self.stderr, "wb") as err:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                         preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             m = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log())
@@ -177,13 +179,14 @@ class Muxd:
 
 @pytest.fixture
 def muxd(request, tmp_path):
-    """Factory: muxd(conf=None, args=()) -> started Muxd."""
+    """Factory: muxd(conf=None, args=(), preexec_fn=None) -> started Muxd
+    (preexec_fn runs in the child before exec, e.g. to lower RLIMIT_NOFILE)."""
     if not os.access(MUXD_BIN, os.X_OK):
         pytest.fail(f"muxd binary {MUXD_BIN} not found (set MUXD_BIN or run make)")
     instances = []
 
-    def start(conf=None, args=()):
-        m = Muxd(tmp_path / f"muxd{len(instances)}", conf, args)
+    def start(conf=None, args=(), preexec_fn=None):
+        m = Muxd(tmp_path / f"muxd{len(instances)}", conf, args, preexec_fn)
         instances.append(m)
         attach_log(request, "muxd stderr", m.stderr)
         return m.start()
