@@ -208,6 +208,35 @@ EOF
     assert m.metrics().sum("muxd_requests_total") >= 2
 
 
+def test_muxd_env_makes_git_clone_over_https_go_through_muxd(muxd, nginx_tls, pki, tmp_path):
+    """git over https (the dumb HTTP protocol, served by nginx from a bare
+    repository) verifies muxd's leaf through GIT_SSL_CAINFO from muxd env."""
+    src = tmp_path / "src"
+    subprocess.run(["git", "init", "-q", str(src)], check=True)
+    (src / "hello.txt").write_text("through muxd\n")
+    git = ["git", "-C", str(src), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["add", "hello.txt"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "one"], check=True)
+    bare = nginx_tls.root / "repo.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(bare)], check=True)
+    subprocess.run(["git", "-C", str(bare), "update-server-info"], check=True)
+
+    m = muxd(intercept_conf(pki, nginx_tls.port))
+    env_cmd = [MUXD_BIN, "env", "-c", str(m.conf_path), "-S", str(m.state_dir), "-l", f"{LOCALHOST}:{m.port}"]
+    script = f"""
+set -e
+eval "$({' '.join(env_cmd)})"
+unset no_proxy NO_PROXY   # the test origin is on loopback (see the test above)
+git clone -q https://localhost:{nginx_tls.port}/repo.git "$1/clone"
+"""
+    done = subprocess.run(["bash", "-c", script, "bash", str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, env=clean_env())
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert (tmp_path / "clone" / "hello.txt").read_text() == "through muxd\n"
+    assert leaf_issued(m) == 1  # git's TLS ended at muxd, with muxd's leaf
+    assert m.metrics().sum("muxd_requests_total") >= 2
+
+
 def muxd_ca(m):
     out = subprocess.run([MUXD_BIN, "ca", "-c", str(m.conf_path), "-S", str(m.state_dir)],
                          capture_output=True, text=True, timeout=10, env=clean_env())
