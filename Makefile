@@ -21,6 +21,7 @@ OBJS      := $(SRCS:%.c=$(BUILD)/%.o)
 LIB_OBJS  := $(filter-out $(BUILD)/src/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+UNIT_HELPERS := $(BUILD)/tests/unit/harness.o
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 
 .PHONY: all run check unit integration deps clean format bench fuzz
@@ -34,9 +35,14 @@ $(BUILD)/%.o: %.c $(wildcard src/*.h src/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS)
+# The unit tests' shared scaffolding, linked into every unit test binary.
+$(UNIT_HELPERS): tests/unit/harness.c tests/unit/harness.h $(wildcard src/*.h src/*/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(shell pkg-config --cflags check) $(LDFLAGS) -o $@ $< $(LIB_OBJS) \
+	$(CC) $(CFLAGS) $(shell pkg-config --cflags check) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/harness.h $(LIB_OBJS) $(UNIT_HELPERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(shell pkg-config --cflags check) $(LDFLAGS) -o $@ $< $(UNIT_HELPERS) $(LIB_OBJS) \
 	    $(LDLIBS) $(shell pkg-config --libs check)
 
 # Fuzz targets replayed over their seed corpus plus random inputs (a plain

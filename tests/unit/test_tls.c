@@ -18,12 +18,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "harness.h"
 #include "log.h"
 #include "muxd.h"
 #include "transport/tls.h"
 #include "transport/transport.h"
 
-#define MB (1024 * 1024)
 #define SLACK (16 * 1024 + 1024) /* a record beyond a buffer limit */
 
 static char tmpdir[64];
@@ -119,8 +119,7 @@ static void make_certs(void)
 {
 	gnutls_datum_t pem;
 
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/muxd-tls-XXXXXX");
-	if (!mkdtemp(tmpdir)) {
+	if (!tmpdir_new(tmpdir, sizeof(tmpdir), "tls")) {
 		perror("mkdtemp");
 		exit(EXIT_FAILURE);
 	}
@@ -143,9 +142,7 @@ static void make_certs(void)
 
 static void free_certs(void)
 {
-	unlink(ca_path);
-	unlink(empty_path);
-	rmdir(tmpdir);
+	tmpdir_remove(tmpdir);
 	gnutls_x509_crt_deinit(ca1);
 	gnutls_x509_crt_deinit(ca2);
 	gnutls_x509_crt_deinit(leaf_good);
@@ -269,66 +266,6 @@ static void server_wait(pid_t pid)
 
 /* ---- the client side ---- */
 
-static struct muxd m;
-
-struct client {
-	struct transport *t, *lower;
-	pid_t pid;
-	bool connected, eof, failed, timed_out;
-	enum muxd_err err;
-	char reason[512];
-	struct evbuffer *got;
-	size_t expect;            /* break the loop once this much arrived (0: never) */
-	const unsigned char *src; /* bytes to send, respecting backpressure */
-	size_t src_len, sent;
-	bool shutdown_after_send;
-	bool slow;             /* drain input from a timer, not from on_read */
-	bool close_on_read;    /* close the layer inside on_read */
-	bool close_on_connect; /* ... inside on_event(CONNECTED) */
-	bool pause_on_connect; /* set_reading(false) inside on_event(CONNECTED) */
-	struct event *drain_timer;
-	size_t max_in, max_out, max_lower_in, max_lower_out;
-};
-
-static void track(struct client *c)
-{
-	size_t n;
-
-	if ((n = evbuffer_get_length(transport_input(c->t))) > c->max_in)
-		c->max_in = n;
-	if ((n = evbuffer_get_length(transport_output(c->t))) > c->max_out)
-		c->max_out = n;
-	if ((n = evbuffer_get_length(transport_input(c->lower))) > c->max_lower_in)
-		c->max_lower_in = n;
-	if ((n = evbuffer_get_length(transport_output(c->lower))) > c->max_lower_out)
-		c->max_lower_out = n;
-}
-
-static void pump(struct client *c)
-{
-	struct evbuffer *out = transport_output(c->t);
-
-	while (c->sent < c->src_len && evbuffer_get_length(out) < TRANSPORT_BUF) {
-		size_t n = c->src_len - c->sent;
-		if (n > 10000)
-			n = 10000; /* odd sizes: records do not line up with writes */
-		evbuffer_add(out, c->src + c->sent, n);
-		c->sent += n;
-	}
-	track(c);
-	if (c->src && c->sent == c->src_len && c->shutdown_after_send) {
-		c->shutdown_after_send = false;
-		c->t->ops->shutdown(c->t);
-	}
-}
-
-static void take_input(struct client *c)
-{
-	evbuffer_add_buffer(c->got, transport_input(c->t));
-	if (c->expect && evbuffer_get_length(c->got) >= c->expect)
-		event_base_loopbreak(m.base);
-}
-
 static void drain_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -343,10 +280,7 @@ static void on_read(void *ctx)
 
 	track(c);
 	if (c->close_on_read) {
-		evbuffer_add_buffer(c->got, transport_input(c->t));
-		transport_close(c->t);
-		c->t = NULL;
-		event_base_loopbreak(m.base);
+		client_read_close(c);
 		return;
 	}
 	if (c->slow) {
@@ -373,9 +307,7 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 		ck_assert(!c->connected);
 		c->connected = true;
 		if (c->close_on_connect) {
-			transport_close(c->t);
-			c->t = NULL;
-			event_base_loopbreak(m.base);
+			client_close_layer(c);
 			return;
 		}
 		if (c->pause_on_connect)
@@ -386,52 +318,19 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 			event_base_loopbreak(m.base);
 		break;
 	case TRANSPORT_EOF:
-		c->eof = true;
-		take_input(c);
-		event_base_loopbreak(m.base);
+		client_eof(c);
 		break;
 	case TRANSPORT_ERROR:
-		c->failed = true;
-		c->err = err;
-		snprintf(c->reason, sizeof(c->reason), "%s", reason ? reason : "");
-		event_base_loopbreak(m.base);
+		client_error(c, err, reason);
 		break;
 	}
 }
 
 static const struct transport_cbs client_cbs = {on_read, on_drain, on_event};
 
-static void timeout_cb(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	((struct client *)arg)->timed_out = true;
-	event_base_loopbreak(m.base);
-}
-
-static void run(struct client *c, int ms)
-{
-	struct event *timer = evtimer_new(m.base, timeout_cb, c);
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-
-	evtimer_add(timer, &tv);
-	event_base_dispatch(m.base);
-	event_free(timer);
-}
-
 static void setup(void)
 {
-	m.base = event_base_new();
-	ck_assert_ptr_nonnull(m.base);
-	m.tls = tls_client_ctx_new();
-	ck_assert_ptr_nonnull(m.tls);
-}
-
-static void teardown(void)
-{
-	tls_client_ctx_free(m.tls);
-	event_base_free(m.base);
-	memset(&m, 0, sizeof(m));
+	muxd_setup(HM_TLS);
 }
 
 static void client_open(struct client *c, const struct srv_opts *so,
@@ -443,6 +342,7 @@ static void client_open(struct client *c, const struct srv_opts *so,
 		c->got = evbuffer_new();
 		c->drain_timer = evtimer_new(m.base, drain_timer_cb, c);
 	}
+	c->track_lower = true;
 	c->pid = server_start(so, &fd);
 	c->lower = tcp_accepted(&m, fd, &client_cbs, c);
 	ck_assert_ptr_nonnull(c->lower);
@@ -518,8 +418,7 @@ static void expect_echo(struct client *c, const struct srv_opts *so,
 	ck_assert(!c->timed_out);
 	ck_assert(c->connected);
 	ck_assert(c->eof);
-	ck_assert_uint_eq(evbuffer_get_length(c->got), strlen(msg));
-	ck_assert(memcmp(evbuffer_pullup(c->got, -1), msg, strlen(msg)) == 0);
+	client_expect_got(c, msg, strlen(msg));
 	ck_assert(!c->t->ops->is_alive(c->t));
 }
 
@@ -530,14 +429,9 @@ static void echo_1mb(bool slow)
 	struct srv_opts so = {SRV_ECHO, NULL, NULL, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
-	unsigned char *src = malloc(MB);
-	unsigned x = 12345;
+	unsigned char *src = pattern_new(MB, 12345);
 
 	ck_assert_ptr_nonnull(src);
-	for (size_t i = 0; i < MB; i++) {
-		x = x * 1103515245 + 12345;
-		src[i] = (unsigned char)(x >> 16);
-	}
 	client_open(&c, &so, &p);
 	c.src = src;
 	c.src_len = MB;
@@ -548,14 +442,13 @@ static void echo_1mb(bool slow)
 	ck_assert(!c.timed_out);
 	ck_assert(c.eof);
 	ck_assert_uint_eq(c.sent, MB);
-	ck_assert_uint_eq(evbuffer_get_length(c.got), MB);
-	ck_assert(memcmp(evbuffer_pullup(c.got, -1), src, MB) == 0);
-	ck_assert_uint_le(c.max_in, TRANSPORT_BUF + SLACK);
-	ck_assert_uint_le(c.max_out, TRANSPORT_BUF + 10000);
-	ck_assert_uint_le(c.max_lower_in, 2 * TRANSPORT_BUF);
-	ck_assert_uint_le(c.max_lower_out, TRANSPORT_BUF + SLACK);
+	client_expect_got(&c, src, MB);
+	ck_assert_uint_le(c.max.in, TRANSPORT_BUF + SLACK);
+	ck_assert_uint_le(c.max.out, TRANSPORT_BUF + 10000);
+	ck_assert_uint_le(c.max.lower_in, 2 * TRANSPORT_BUF);
+	ck_assert_uint_le(c.max.lower_out, TRANSPORT_BUF + SLACK);
 	if (slow)
-		ck_assert_uint_ge(c.max_in, TRANSPORT_BUF); /* decrypting did stop and resume */
+		ck_assert_uint_ge(c.max.in, TRANSPORT_BUF); /* decrypting did stop and resume */
 	client_done(&c);
 	client_free(&c);
 	free(src);
@@ -783,8 +676,7 @@ static void peer_close(enum srv_mode mode)
 	ck_assert(!c.timed_out);
 	ck_assert_msg(!c.failed, "%s", c.reason);
 	ck_assert(c.eof);
-	ck_assert_uint_eq(evbuffer_get_length(c.got), 5);
-	ck_assert(memcmp(evbuffer_pullup(c.got, -1), "hello", 5) == 0);
+	client_expect_got(&c, "hello", 5);
 	ck_assert(!c.t->ops->is_alive(c.t));
 	client_done(&c);
 	client_free(&c);
@@ -893,7 +785,7 @@ static Suite *tls_suite(void)
 	Suite *s = suite_create("tls");
 	TCase *t = tcase_create("tls");
 
-	tcase_add_checked_fixture(t, setup, teardown);
+	tcase_add_checked_fixture(t, setup, muxd_teardown);
 	tcase_set_timeout(t, 15);
 	tcase_add_test(t, echo_1mb_fast_reader);
 	tcase_add_test(t, echo_1mb_slow_reader);
@@ -921,15 +813,11 @@ static Suite *tls_suite(void)
 
 int main(void)
 {
-	SRunner *sr;
 	int failed;
 
 	signal(SIGPIPE, SIG_IGN);
 	make_certs();
-	sr = srunner_create(tls_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	failed = run_suite(tls_suite());
 	free_certs();
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

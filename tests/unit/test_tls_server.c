@@ -19,13 +19,13 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "harness.h"
 #include "log.h"
 #include "muxd.h"
 #include "tls/ca.h"
 #include "transport/tls.h"
 #include "transport/transport.h"
 
-#define MB (1024 * 1024)
 #define SLACK (16 * 1024 + 1024) /* a record beyond a buffer limit */
 #define HELLO_PART 40            /* bytes of a ClientHello sent before a pause */
 
@@ -144,15 +144,10 @@ static size_t recv_all(gnutls_session_t s, unsigned char *buf, size_t cap)
 
 static unsigned char *pattern(size_t n)
 {
-	unsigned char *p = malloc(n);
-	unsigned x = 4242;
+	unsigned char *p = pattern_new(n, 4242);
 
 	if (!p)
 		_exit(CLI_EXIT_SETUP);
-	for (size_t i = 0; i < n; i++) {
-		x = x * 1103515245 + 12345;
-		p[i] = (unsigned char)(x >> 16);
-	}
 	return p;
 }
 
@@ -302,7 +297,6 @@ static void cli_main(const struct cli_opts *o, int fd1, int fd2)
 
 /* ---- the server side (this process) ---- */
 
-static struct muxd m;
 static struct local_ca *ca;
 static struct event *sigchld_ev;
 static pid_t child;
@@ -318,22 +312,8 @@ struct conn {
 	char reason[512];
 	char sni[256];
 	size_t echoed;
-	size_t max_in, max_out, max_lower_in, max_lower_out;
+	struct peaks max;
 };
-
-static void track(struct conn *c)
-{
-	size_t n;
-
-	if ((n = evbuffer_get_length(transport_input(c->t))) > c->max_in)
-		c->max_in = n;
-	if ((n = evbuffer_get_length(transport_output(c->t))) > c->max_out)
-		c->max_out = n;
-	if ((n = evbuffer_get_length(transport_input(c->lower))) > c->max_lower_in)
-		c->max_lower_in = n;
-	if ((n = evbuffer_get_length(transport_output(c->lower))) > c->max_lower_out)
-		c->max_lower_out = n;
-}
 
 /* The application: echo, bounded by the output buffer; half-close after EOF. */
 static void echo_move(struct conn *c)
@@ -342,13 +322,13 @@ static void echo_move(struct conn *c)
 	size_t used = evbuffer_get_length(out);
 	int n;
 
-	track(c);
+	peaks_track(&c->max, c->t, c->lower);
 	if (used < TRANSPORT_BUF) {
 		n = evbuffer_remove_buffer(in, out, TRANSPORT_BUF - used);
 		if (n > 0)
 			c->echoed += (size_t)n;
 	}
-	track(c);
+	peaks_track(&c->max, c->t, c->lower);
 	if (c->eof && evbuffer_get_length(in) == 0 && !c->shut) {
 		c->shut = true;
 		c->t->ops->shutdown(c->t);
@@ -426,30 +406,15 @@ static void sigchld_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-static void timeout_cb(evutil_socket_t fd, short what, void *arg)
+static void run_loop(int ms)
 {
-	(void)fd;
-	(void)what;
-	(void)arg;
-	timed_out = true;
-	event_base_loopbreak(m.base);
-}
-
-static void run(int ms)
-{
-	struct event *timer = evtimer_new(m.base, timeout_cb, NULL);
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-
-	timed_out = false;
-	evtimer_add(timer, &tv);
-	event_base_dispatch(m.base);
-	event_free(timer);
+	timed_out = loop_run(ms);
 }
 
 /* Run until the child exits; returns its exit status. */
 static int run_until_child_exits(void)
 {
-	run(10000);
+	run_loop(10000);
 	if (!child_done) {
 		kill(child, SIGKILL);
 		ck_assert_int_eq(waitpid(child, &child_status, 0), child);
@@ -460,25 +425,12 @@ static int run_until_child_exits(void)
 	return WEXITSTATUS(child_status);
 }
 
-static void rm_state_dir(void)
-{
-	char cmd[128];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", state_dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "cannot remove %s\n", state_dir);
-}
-
 static void setup(void)
 {
 	char err[256] = "";
 
-	m.base = event_base_new();
-	ck_assert_ptr_nonnull(m.base);
-	m.cfg = config_defaults();
-	ck_assert_ptr_nonnull(m.cfg);
-	snprintf(state_dir, sizeof(state_dir), "/tmp/muxd-tlss-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(state_dir));
+	muxd_setup(HM_CFG);
+	ck_assert(tmpdir_new(state_dir, sizeof(state_dir), "tlss"));
 	ck_assert_int_eq(rmdir(state_dir), 0); /* the CA creates it (0700) */
 	snprintf(ca_pem, sizeof(ca_pem), "%s/ca.pem", state_dir);
 	ca = local_ca_open(state_dir, 16, err, sizeof(err));
@@ -495,10 +447,8 @@ static void teardown(void)
 	event_free(sigchld_ev);
 	local_ca_free(ca);
 	ca = NULL;
-	config_unref(m.cfg);
-	event_base_free(m.base);
-	memset(&m, 0, sizeof(m));
-	rm_state_dir();
+	muxd_teardown();
+	tmpdir_remove(state_dir);
 }
 
 /*
@@ -536,7 +486,7 @@ static void start(const struct cli_opts *o, struct conn *conns, int n,
 static void wait_failed(struct conn *c)
 {
 	if (!c->failed)
-		run(5000); /* breaks at the failure: the child is gone */
+		run_loop(5000); /* breaks at the failure: the child is gone */
 }
 
 static void conn_close(struct conn *c)
@@ -585,10 +535,10 @@ START_TEST(sni_echo_1mb)
 	ck_assert_uint_eq(m.metrics.tls_leaf_issued, 1);
 	ck_assert(c.eof && c.shut);
 	ck_assert_uint_eq(c.echoed, MB);
-	ck_assert_uint_le(c.max_in, TRANSPORT_BUF + SLACK);
-	ck_assert_uint_le(c.max_out, TRANSPORT_BUF);
-	ck_assert_uint_le(c.max_lower_in, 2 * TRANSPORT_BUF);
-	ck_assert_uint_le(c.max_lower_out, TRANSPORT_BUF + SLACK);
+	ck_assert_uint_le(c.max.in, TRANSPORT_BUF + SLACK);
+	ck_assert_uint_le(c.max.out, TRANSPORT_BUF);
+	ck_assert_uint_le(c.max.lower_in, 2 * TRANSPORT_BUF);
+	ck_assert_uint_le(c.max.lower_out, TRANSPORT_BUF + SLACK);
 	ck_assert(!c.t->ops->is_alive(c.t));
 	conn_close(&c);
 }
@@ -762,7 +712,7 @@ static void preread(bool split)
 
 	c.pre_want = split ? HELLO_PART : 5;
 	start(&o, &c, 1, &p);
-	run(5000);
+	run_loop(5000);
 	ck_assert(!timed_out && !c.failed);
 	in = transport_input(c.lower);
 	if (!split) { /* wait for the whole record */
@@ -770,7 +720,7 @@ static void preread(bool split)
 		ck_assert_int_eq(hdr[0], 22); /* handshake */
 		c.pre_want = 5 + ((size_t)hdr[3] << 8 | hdr[4]);
 		while (evbuffer_get_length(in) < c.pre_want) {
-			run(5000);
+			run_loop(5000);
 			ck_assert(!timed_out && !c.failed);
 		}
 	}
@@ -856,7 +806,7 @@ START_TEST(close_on_connect)
 	ck_assert_int_eq(run_until_child_exits(), CLI_EXIT_OK);
 	ck_assert(c.connected && !c.t);
 	ck_assert(!c.eof && !c.failed);
-	run(50); /* nothing fires on the closed layer */
+	run_loop(50); /* nothing fires on the closed layer */
 	ck_assert(!c.eof && !c.failed);
 }
 END_TEST
@@ -871,7 +821,7 @@ START_TEST(close_before_first_pass)
 	start(&o, &c, 1, &p);
 	conn_close(&c);
 	ck_assert_int_eq(run_until_child_exits(), CLI_EXIT_OK);
-	run(50);
+	run_loop(50);
 	ck_assert(!c.connected && !c.failed);
 	ck_assert_uint_eq(m.metrics.tls_leaf_issued, 0);
 }
@@ -925,13 +875,6 @@ static Suite *tls_server_suite(void)
 
 int main(void)
 {
-	SRunner *sr;
-	int failed;
-
 	signal(SIGPIPE, SIG_IGN);
-	sr = srunner_create(tls_server_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return run_suite(tls_server_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
 }
