@@ -15,6 +15,7 @@
 #include "config.h"
 #include "log.h"
 #include "transport/transport.h"
+#include "upstream/streams.h"
 #include "upstream/upstream.h"
 
 enum h1_state { H1_IDLE, H1_HEAD, H1_BODY, H1_DONE };
@@ -524,11 +525,7 @@ struct upstream_conn *h1_conn_new(struct muxd *m, struct transport *t,
 	c->m = m;
 	c->cfg = config_ref(m->cfg);
 	c->t = t;
-	c->base.ops = &h1_conn_ops;
-	c->base.proto = PROTO_H1;
-	c->base.owner_cbs = *owner_cbs;
-	c->base.owner = owner;
-	c->base.reusable = true;
+	upstream_conn_init(&c->base, &h1_conn_ops, PROTO_H1, owner_cbs, owner);
 	c->stream.base.ops = &h1_stream_ops;
 	c->stream.base.conn = &c->base;
 	c->stream.body = evbuffer_new();

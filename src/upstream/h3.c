@@ -61,6 +61,7 @@
 #include "transport/tls.h"
 #include "transport/transport.h"
 #include "upstream/fields.h"
+#include "upstream/streams.h"
 #include "upstream/upstream.h"
 
 #define H3_MAX_STREAMS 256                /* streams per connection, whatever the peer allows */
@@ -87,47 +88,19 @@ struct h3_block {
 struct h3_conn;
 
 struct h3_stream {
-	struct upstream_stream base;
+	struct mux_stream ms; /* first; ms.id: -1 until the request is submitted */
 	struct h3_conn *c;
-	struct h3_stream *next;
-	int64_t id; /* -1 until the request is submitted */
-	bool user;  /* the exchange still gets callbacks */
-	bool open;  /* the libraries know the stream (submitted, not closed) */
-	bool head_sent;
-	bool submit_pending; /* send_head() was called; submit from the kick */
-	bool cancel_pending; /* reset the stream from the kick */
-	bool resume;         /* more request body for nghttp3 */
-	bool is_head;
-	bool req_body;
-	bool send_ended;
-	bool eof_sent;
-	bool send_ready;
-	bool got_any;
-	bool got_final;
-	bool remote_ended;
-	bool peer_reset;
-	const char *bad;
-	bool err_pending;
-	enum muxd_err err;
-	const char *err_reason;
-	char reason[96];
-	int status;
-	struct sbuf req;  /* the request head: name\0value\0... */
-	size_t nreq;      /* fields in req */
-	struct sbuf hdrs; /* the response head being received: name\0value\0... */
-	size_t nhdrs;
-	struct http1_msg msg;
-	struct sbuf trailers;
-	struct sbuf trailers_out;
+	bool submit_pending;            /* send_head() was called; submit from the kick */
+	bool cancel_pending;            /* reset the stream from the kick */
+	bool resume;                    /* more request body for nghttp3 */
+	struct sbuf req;                /* the request head: name\0value\0... */
+	size_t nreq;                    /* fields in req */
 	struct h3_block *blocks, *last; /* request body, oldest first */
 	size_t blk_off;                 /* acknowledged bytes at the front of blocks */
 	uint64_t queued;                /* request body bytes buffered so far (total) */
 	uint64_t handed;                /* ... given to nghttp3 */
 	uint64_t acked;                 /* ... acknowledged by the origin */
-	struct evbuffer *body;
-	size_t unconsumed; /* body bytes not yet given back to the window */
-	size_t credit;     /* consumed bytes to give back from the kick */
-	struct event *timer;
+	size_t credit;                  /* consumed bytes to give back from the kick */
 };
 
 /* One QUIC connection attempt to one address; the winner carries the
@@ -153,9 +126,7 @@ struct h3_path {
 };
 
 struct h3_conn {
-	struct upstream_conn base;
-	struct muxd *m;
-	struct config *cfg;
+	struct mux_conn mc; /* first; mc.name: host:port for logs */
 	struct h3_params p; /* strings owned */
 	struct dns_query *dq;
 	struct dns_addrs addrs;
@@ -163,11 +134,8 @@ struct h3_conn {
 	struct h3_path *paths; /* attempts while warming */
 	struct h3_path *a;     /* the established path */
 	nghttp3_conn *h3;
-	struct h3_stream *streams;
-	struct event *kick;
 	struct event *eyeballs; /* start the next attempt */
 	struct event *deadline; /* set-up deadline */
-	char name[300];         /* host:port for logs */
 	enum muxd_err fail_err; /* the most telling set-up failure so far */
 	char fail_reason[512];
 	int64_t goaway_id;
@@ -175,16 +143,12 @@ struct h3_conn {
 	bool established;
 	bool setup_failed; /* tell on_failed from the kick */
 	bool in_lib;       /* inside ngtcp2/nghttp3 */
-	bool want_available;
-	bool goaway;
-	bool failed;
-	bool told;
-	bool freeing;
 	bool session_stored;
 	bool close_sent;
 	bool silent; /* idled out: no CONNECTION_CLOSE */
-	int holds;
 };
+
+#define H3S(p) ((struct h3_stream *)(p))
 
 static ngtcp2_tstamp now_ts(void)
 {
@@ -193,34 +157,24 @@ static ngtcp2_tstamp now_ts(void)
 	return (uint64_t)ts.tv_sec * NGTCP2_SECONDS + (uint64_t)ts.tv_nsec;
 }
 
-static void set_timer(struct event *ev, uint64_t ms)
-{
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
-	evtimer_add(ev, &tv);
-}
-
 static const char *origin(const struct h3_conn *c)
 {
-	return c->name;
+	return mux_origin(&c->mc);
 }
 
 /* --- freeing --- */
 
-static void stream_free(struct h3_stream *s)
+static void stream_free(struct mux_stream *ms)
 {
+	struct h3_stream *s = H3S(ms);
+
 	while (s->blocks) {
 		struct h3_block *b = s->blocks;
 		s->blocks = b->next;
 		free(b);
 	}
 	free(s->req.p);
-	free(s->hdrs.p);
-	free(s->trailers.p);
-	free(s->trailers_out.p);
-	if (s->body)
-		evbuffer_free(s->body);
-	if (s->timer)
-		event_free(s->timer);
+	mux_stream_free_bufs(ms);
 	free(s);
 }
 
@@ -242,15 +196,13 @@ static void path_free(struct h3_path *a)
 
 static void send_close(struct h3_conn *c);
 
-static void conn_free(struct h3_conn *c)
+static void conn_free(struct mux_conn *mc)
 {
-	if (c->established && !c->failed)
+	struct h3_conn *c = (struct h3_conn *)mc;
+
+	if (c->established && !mc->failed)
 		send_close(c);
-	while (c->streams) {
-		struct h3_stream *s = c->streams;
-		c->streams = s->next;
-		stream_free(s);
-	}
+	mux_conn_free_base(mc);
 	if (c->h3)
 		nghttp3_conn_del(c->h3);
 	while (c->paths) {
@@ -262,8 +214,6 @@ static void conn_free(struct h3_conn *c)
 		path_free(c->a);
 	if (c->dq)
 		dns_cancel(c->dq);
-	if (c->kick)
-		event_free(c->kick);
 	if (c->eyeballs)
 		event_free(c->eyeballs);
 	if (c->deadline)
@@ -272,66 +222,17 @@ static void conn_free(struct h3_conn *c)
 	free((char *)c->p.sni);
 	free((char *)c->p.ca_file);
 	free((char *)c->p.session_key);
-	config_unref(c->cfg);
 	free(c);
 }
 
-static void kick(struct h3_conn *c)
+/* Free finished streams (their credit goes back to the connection window)
+ * and dead attempts; close after GOAWAY; offer freed slots. Runs with
+ * exactly one hold, when no callback is running. */
+static void settle(struct mux_conn *mc)
 {
-	if (!c->freeing)
-		event_active(c->kick, EV_TIMEOUT, 0);
-}
-
-static unsigned live_count(const struct h3_conn *c)
-{
-	unsigned n = 0;
-	for (const struct h3_stream *s = c->streams; s; s = s->next)
-		n += s->user || s->open;
-	return n;
-}
-
-static void hold(struct h3_conn *c)
-{
-	c->holds++;
-}
-
-static void settle(struct h3_conn *c);
-
-/* Returns false when the connection is being freed. */
-static bool release(struct h3_conn *c)
-{
-	if (c->holds > 1) {
-		c->holds--;
-		return !c->freeing;
-	}
-	if (!c->freeing)
-		settle(c);
-	c->holds = 0;
-	if (c->freeing) {
-		conn_free(c);
-		return false;
-	}
-	return true;
-}
-
-static void tell_owner(struct h3_conn *c, enum evict_reason why)
-{
-	if (c->told)
-		return;
-	c->told = true;
-	c->base.reusable = false;
-	hold(c);
-	c->base.owner_cbs.on_closed(c->base.owner, &c->base, why);
-	release(c);
-}
-
-/* Free finished streams and dead attempts; close after GOAWAY; offer freed
- * slots. Runs with exactly one hold, when no callback is running. */
-static void settle(struct h3_conn *c)
-{
-	struct h3_stream **pp = &c->streams;
+	struct h3_conn *c = (struct h3_conn *)mc;
 	struct h3_path **ap = &c->paths;
-	unsigned live = 0, freed = 0;
+	unsigned live, freed;
 
 	while (*ap) {
 		struct h3_path *a = *ap;
@@ -342,79 +243,35 @@ static void settle(struct h3_conn *c)
 			ap = &a->next;
 		}
 	}
-	while (*pp) {
-		struct h3_stream *s = *pp;
-		if (!s->user && !s->open) {
-			if (s->credit > 0 && c->a && c->a->q && !c->failed)
-				ngtcp2_conn_extend_max_offset(c->a->q, s->credit);
-			*pp = s->next;
-			stream_free(s);
-			freed++;
-		} else {
-			live++;
-			pp = &s->next;
-		}
-	}
-	if (!c->established)
-		return;
-	if (!c->told && live == 0 && (c->goaway || !c->base.reusable)) {
-		log_debug("h3: connection to %s done after GOAWAY", origin(c));
-		tell_owner(c, EVICT_GOAWAY);
-	}
-	if (c->told) {
-		if (live == 0)
-			c->freeing = true;
-		return;
-	}
-	if (freed > 0 && c->base.reusable) {
-		c->want_available = true;
-		kick(c);
-	}
+	for (struct mux_stream *ms = mc->streams; ms; ms = ms->next)
+		if (!ms->user && !ms->open && H3S(ms)->credit > 0 && c->a && c->a->q && !mc->failed)
+			ngtcp2_conn_extend_max_offset(c->a->q, H3S(ms)->credit);
+	mux_sweep(mc, &live, &freed);
+	if (c->established)
+		mux_settle_tail(mc, live, freed);
 }
 
-static void arm(struct h3_stream *s)
+/* Detaching: reset the stream from the kick; its unconsumed bytes become
+ * credit. */
+static void detach(struct mux_stream *ms, bool reset)
 {
-	if (s->c->cfg->response_timeout_ms > 0)
-		set_timer(s->timer, s->c->cfg->response_timeout_ms);
-}
+	struct h3_stream *s = H3S(ms);
 
-/* No more callbacks for the stream; reset it (from the kick) when it runs. */
-static void detach(struct h3_stream *s, bool rst)
-{
-	struct h3_conn *c = s->c;
-
-	s->user = false;
 	s->submit_pending = false;
-	evtimer_del(s->timer);
-	if (rst && s->open && !(s->remote_ended && s->eof_sent))
+	if (reset)
 		s->cancel_pending = true;
-	s->credit += s->unconsumed;
-	s->unconsumed = 0;
-	evbuffer_drain(s->body, evbuffer_get_length(s->body));
-	kick(c);
+	s->credit += ms->unconsumed;
+	ms->unconsumed = 0;
 }
 
-static void stream_error(struct h3_stream *s, enum muxd_err err, const char *reason, bool nothing,
-                         bool rst)
+static void give(struct mux_stream *ms, size_t n)
 {
-	struct upstream_stream_cbs cbs = s->base.cbs;
-	void *ctx = s->base.ctx;
-
-	if (!s->user)
-		return;
-	detach(s, rst);
-	cbs.on_error(ctx, err, reason, nothing);
+	H3S(ms)->credit += n;
 }
 
-static void maybe_end(struct h3_stream *s)
+static void resume(struct mux_stream *ms)
 {
-	struct upstream_stream_cbs cbs = s->base.cbs;
-	void *ctx = s->base.ctx;
-
-	if (!s->user || !s->remote_ended || evbuffer_get_length(s->body) > 0)
-		return;
-	detach(s, true); /* resets only a request that is still being sent */
-	cbs.on_end(ctx, s->trailers.p ? s->trailers.p : "");
+	H3S(ms)->resume = true;
 }
 
 /* --- packets out --- */
@@ -552,7 +409,7 @@ static int write_pkts(struct h3_path *a)
 		if (n == 0)
 			break;
 		if (total >= H3_MAX_WRITE) {
-			kick(c); /* let the loop breathe; continue from the kick */
+			mux_kick(&c->mc); /* let the loop breathe; continue from the kick */
 			break;
 		}
 	}
@@ -573,12 +430,12 @@ static void path_write(struct h3_path *a)
 	char buf[160], why[64];
 	int r;
 
-	if (a->dead || c->freeing || c->failed || c->in_lib)
+	if (a->dead || c->mc.freeing || c->mc.failed || c->in_lib)
 		return;
 	c->in_lib = true;
 	r = write_pkts(a);
 	c->in_lib = false;
-	if (c->freeing)
+	if (c->mc.freeing)
 		return;
 	if (r > 0) {
 		snprintf(buf, sizeof(buf), "sending to %s failed: %s", a->addr,
@@ -603,7 +460,7 @@ static void setup_failed(struct h3_conn *c)
 	if (c->setup_failed || c->established)
 		return;
 	c->setup_failed = true;
-	kick(c);
+	mux_kick(&c->mc);
 }
 
 static void start_next(struct h3_conn *c);
@@ -635,7 +492,7 @@ static void attempt_failed(struct h3_path *a, enum muxd_err err, const char *rea
 	}
 	if (!alive)
 		setup_failed(c);
-	kick(c); /* settle frees it */
+	mux_kick(&c->mc); /* settle frees it */
 }
 
 static void path_failed(struct h3_path *a, enum muxd_err err, const char *reason)
@@ -674,14 +531,30 @@ static int handshake_completed_cb(ngtcp2_conn *q, void *ud)
 
 	(void)q;
 	a->handshake_done = true;
-	if (a->c->established || a->c->freeing)
+	if (a->c->established || a->c->mc.freeing)
 		return 0; /* another attempt won: this one is dropped */
 	return h3_setup(a->c, a) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
 }
 
 static bool is_ours(struct h3_path *a)
 {
-	return a->c->a == a && a->c->h3 && !a->c->freeing;
+	return a->c->a == a && a->c->h3 && !a->c->mc.freeing;
+}
+
+/* Reopens the stream's and the connection's receive windows by n bytes. */
+static void give_window(ngtcp2_conn *q, int64_t id, uint64_t n)
+{
+	ngtcp2_conn_extend_max_stream_offset(q, id, n);
+	ngtcp2_conn_extend_max_offset(q, n);
+}
+
+/* The origin will send no more on stream id (reset, or STOP_SENDING). */
+static int shutdown_read(struct h3_path *a, int64_t id)
+{
+	if (!is_ours(a))
+		return 0;
+	return nghttp3_conn_shutdown_stream_read(a->c->h3, id) == 0 ? 0
+	                                                            : NGTCP2_ERR_CALLBACK_FAILURE;
 }
 
 static void maybe_store_session(struct h3_conn *c)
@@ -697,7 +570,7 @@ static void maybe_store_session(struct h3_conn *c)
 		return;
 	}
 	c->session_stored = true;
-	tls_session_put(c->m->tls, c->p.session_key, data);
+	tls_session_put(c->mc.m->tls, c->p.session_key, data);
 }
 
 static int recv_stream_data_cb(ngtcp2_conn *q, uint32_t flags, int64_t id, uint64_t offset,
@@ -710,9 +583,9 @@ static int recv_stream_data_cb(ngtcp2_conn *q, uint32_t flags, int64_t id, uint6
 	(void)offset;
 	(void)sud;
 	if (!is_ours(a))
-		return c->freeing ? NGTCP2_ERR_CALLBACK_FAILURE : 0;
+		return c->mc.freeing ? NGTCP2_ERR_CALLBACK_FAILURE : 0;
 	n = nghttp3_conn_read_stream(c->h3, id, data, len, flags & NGTCP2_STREAM_DATA_FLAG_FIN);
-	if (c->freeing)
+	if (c->mc.freeing)
 		return NGTCP2_ERR_CALLBACK_FAILURE;
 	if (n < 0) {
 		log_debug("h3: %s: nghttp3_conn_read_stream: %s", origin(c),
@@ -720,8 +593,7 @@ static int recv_stream_data_cb(ngtcp2_conn *q, uint32_t flags, int64_t id, uint6
 		c->app_err = nghttp3_err_infer_quic_app_error_code((int)n);
 		return NGTCP2_ERR_CALLBACK_FAILURE;
 	}
-	ngtcp2_conn_extend_max_stream_offset(q, id, (uint64_t)n);
-	ngtcp2_conn_extend_max_offset(q, (uint64_t)n);
+	give_window(q, id, (uint64_t)n);
 	return 0;
 }
 
@@ -754,7 +626,7 @@ static int stream_close_cb(ngtcp2_conn *q, uint32_t flags, int64_t id, uint64_t 
 	r = nghttp3_conn_close_stream(a->c->h3, id, code);
 	if (r != 0 && r != NGHTTP3_ERR_STREAM_NOT_FOUND)
 		return NGTCP2_ERR_CALLBACK_FAILURE;
-	return a->c->freeing ? NGTCP2_ERR_CALLBACK_FAILURE : 0;
+	return a->c->mc.freeing ? NGTCP2_ERR_CALLBACK_FAILURE : 0;
 }
 
 static int stream_reset_cb(ngtcp2_conn *q, int64_t id, uint64_t final_size, uint64_t code, void *ud,
@@ -766,12 +638,9 @@ static int stream_reset_cb(ngtcp2_conn *q, int64_t id, uint64_t final_size, uint
 	(void)q;
 	(void)final_size;
 	(void)code;
-	if (!is_ours(a))
-		return 0;
-	if (s)
-		s->peer_reset = true;
-	return nghttp3_conn_shutdown_stream_read(a->c->h3, id) == 0 ? 0
-	                                                            : NGTCP2_ERR_CALLBACK_FAILURE;
+	if (s && is_ours(a))
+		s->ms.peer_reset = true;
+	return shutdown_read(a, id);
 }
 
 static int stream_stop_sending_cb(ngtcp2_conn *q, int64_t id, uint64_t code, void *ud, void *sud)
@@ -781,10 +650,7 @@ static int stream_stop_sending_cb(ngtcp2_conn *q, int64_t id, uint64_t code, voi
 	(void)q;
 	(void)code;
 	(void)sud;
-	if (!is_ours(a))
-		return 0;
-	return nghttp3_conn_shutdown_stream_read(a->c->h3, id) == 0 ? 0
-	                                                            : NGTCP2_ERR_CALLBACK_FAILURE;
+	return shutdown_read(a, id);
 }
 
 static int extend_max_stream_data_cb(ngtcp2_conn *q, int64_t id, uint64_t max, void *ud, void *sud)
@@ -806,8 +672,8 @@ static int extend_max_bidi_cb(ngtcp2_conn *q, uint64_t max, void *ud)
 	(void)q;
 	(void)max;
 	if (is_ours(a) && a->c->established) {
-		a->c->want_available = true;
-		kick(a->c);
+		a->c->mc.want_available = true;
+		mux_kick(&a->c->mc);
 	}
 	return 0;
 }
@@ -834,9 +700,9 @@ static int h3_acked_cb(nghttp3_conn *h, int64_t id, uint64_t len, void *ud, void
 			s->last = NULL;
 		free(b);
 	}
-	if (s->user && !s->send_ended && s->queued - s->acked < TRANSPORT_BUF / 2) {
-		s->send_ready = true;
-		kick(s->c); /* on_send_ready from the kick */
+	if (s->ms.user && !s->ms.send_ended && s->queued - s->acked < TRANSPORT_BUF / 2) {
+		s->ms.send_ready = true;
+		mux_kick(&s->c->mc); /* on_send_ready from the kick */
 	}
 	return 0;
 }
@@ -845,29 +711,16 @@ static int h3_stream_close_cb(nghttp3_conn *h, int64_t id, uint64_t code, void *
 {
 	struct h3_conn *c = ud;
 	struct h3_stream *s = sud;
+	char text[24];
 
 	(void)h;
 	(void)id;
-	if (c->freeing)
+	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
 	if (!s)
 		return 0;
-	s->open = false;
-	if (!s->user || s->remote_ended)
-		return 0;
-	if (code == NGHTTP3_H3_REQUEST_REJECTED) {
-		stream_error(s, ERR_UNPROCESSED, "stream refused by origin", true, false);
-	} else if (s->bad) {
-		stream_error(s, ERR_BAD_RESPONSE, s->bad, !s->got_any, false);
-	} else if (s->peer_reset) {
-		snprintf(s->reason, sizeof(s->reason), "stream reset by origin (0x%llx)",
-		         (unsigned long long)code);
-		stream_error(s, ERR_CLOSED, s->reason, false, false);
-	} else {
-		snprintf(s->reason, sizeof(s->reason), "stream closed (0x%llx)",
-		         (unsigned long long)code);
-		stream_error(s, ERR_CLOSED, s->reason, !s->got_any, false);
-	}
+	snprintf(text, sizeof(text), "0x%llx", (unsigned long long)code);
+	mux_stream_closed(&s->ms, code == NGHTTP3_H3_REQUEST_REJECTED, false, text);
 	return 0;
 }
 
@@ -878,28 +731,22 @@ static int h3_recv_data_cb(nghttp3_conn *h, int64_t id, const uint8_t *data, siz
 	struct h3_stream *s = sud;
 
 	(void)h;
-	if (c->freeing)
+	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
-	if (!s || !s->user) {
+	if (!s || !s->ms.user) {
 		/* nobody wants it: give the window back at once */
-		ngtcp2_conn_extend_max_stream_offset(c->a->q, id, len);
-		ngtcp2_conn_extend_max_offset(c->a->q, len);
+		give_window(c->a->q, id, len);
 		return 0;
 	}
-	s->got_any = true;
+	s->ms.got_any = true;
 	if (len == 0)
 		return 0;
-	if (evbuffer_add(s->body, data, len) != 0) {
+	if (evbuffer_add(s->ms.body, data, len) != 0) {
 		s->credit += len;
-		s->bad = "out of memory";
+		s->ms.bad = "out of memory";
 		return 0;
 	}
-	s->unconsumed += len;
-	if (s->unconsumed >= H3_STREAM_WINDOW)
-		evtimer_del(s->timer); /* the origin waits for us now */
-	else
-		arm(s);
-	s->base.cbs.on_body(s->base.ctx);
+	mux_got_body(&s->ms, len);
 	return 0;
 }
 
@@ -909,8 +756,7 @@ static int h3_deferred_consume_cb(nghttp3_conn *h, int64_t id, size_t n, void *u
 
 	(void)h;
 	(void)sud;
-	ngtcp2_conn_extend_max_stream_offset(c->a->q, id, n);
-	ngtcp2_conn_extend_max_offset(c->a->q, n);
+	give_window(c->a->q, id, n);
 	return 0;
 }
 
@@ -921,14 +767,11 @@ static int h3_begin_headers_cb(nghttp3_conn *h, int64_t id, void *ud, void *sud)
 
 	(void)h;
 	(void)id;
-	if (c->freeing)
+	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
 	if (!s)
 		return 0;
-	s->got_any = true;
-	s->hdrs.len = 0;
-	s->nhdrs = 0;
-	s->status = 0;
+	mux_begin_head(&s->ms);
 	return 0;
 }
 
@@ -943,45 +786,24 @@ static int h3_recv_header_cb(nghttp3_conn *h, int64_t id, int32_t token, nghttp3
 	(void)id;
 	(void)token;
 	(void)flags;
-	if (c->freeing)
+	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
-	if (!s || !s->user || s->bad)
+	if (!s || !s->ms.user || s->ms.bad)
 		return 0;
-	if (s->got_final) {
-		s->bad = fields_add_trailer(&s->trailers, n.base, n.len, v.base, v.len);
-	} else if (n.len > 0 && n.base[0] == ':') {
-		if (n.len == 7 && memcmp(n.base, ":status", 7) == 0)
-			s->status = fields_status(v.base, v.len);
-	} else {
-		s->bad = fields_add_head(&s->hdrs, &s->nhdrs, n.base, n.len, v.base, v.len);
-	}
+	s->ms.bad = mux_head_field(&s->ms, n.base, n.len, v.base, v.len);
 	return 0;
 }
 
 /* A response head (interim or final) arrived complete. */
 static void got_head(struct h3_stream *s, bool end)
 {
-	bool interim = s->status < 200;
-
-	if (s->bad || s->status < 100) {
-		stream_error(s, ERR_BAD_RESPONSE,
-		             s->bad ? s->bad : "malformed response (no valid :status)", false,
-		             true);
+	if (s->ms.bad || s->ms.status < 100) {
+		mux_stream_error(&s->ms, ERR_BAD_RESPONSE,
+		                 s->ms.bad ? s->ms.bad : "malformed response (no valid :status)",
+		                 false, true);
 		return;
 	}
-	fields_msg(&s->msg, s->hdrs.p ? s->hdrs.p : "", s->hdrs.len, s->nhdrs, s->status,
-	           s->is_head || end);
-	if (!interim)
-		s->got_final = true;
-	if (end) {
-		s->remote_ended = true;
-		evtimer_del(s->timer);
-	} else {
-		arm(s);
-	}
-	s->base.cbs.on_head(s->base.ctx, &s->msg);
-	if (end && !s->c->freeing)
-		maybe_end(s);
+	mux_got_head(&s->ms, end);
 }
 
 static int h3_end_headers_cb(nghttp3_conn *h, int64_t id, int fin, void *ud, void *sud)
@@ -991,9 +813,9 @@ static int h3_end_headers_cb(nghttp3_conn *h, int64_t id, int fin, void *ud, voi
 
 	(void)h;
 	(void)id;
-	if (c->freeing)
+	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
-	if (s && s->user)
+	if (s && s->ms.user)
 		got_head(s, fin != 0);
 	return 0;
 }
@@ -1006,10 +828,10 @@ static int h3_end_trailers_cb(nghttp3_conn *h, int64_t id, int fin, void *ud, vo
 	(void)h;
 	(void)id;
 	(void)fin;
-	if (c->freeing)
+	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
-	if (s && s->user && s->bad)
-		stream_error(s, ERR_BAD_RESPONSE, s->bad, false, true);
+	if (s && s->ms.user && s->ms.bad)
+		mux_stream_error(&s->ms, ERR_BAD_RESPONSE, s->ms.bad, false, true);
 	return 0;
 }
 
@@ -1020,32 +842,21 @@ static int h3_end_stream_cb(nghttp3_conn *h, int64_t id, void *ud, void *sud)
 
 	(void)h;
 	(void)id;
-	if (c->freeing)
+	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
-	if (!s || !s->user)
+	if (!s || !s->ms.user)
 		return 0;
-	if (!s->got_final) {
-		stream_error(s, ERR_BAD_RESPONSE, "response ended without a final head",
-		             !s->got_any, true);
+	if (!s->ms.got_final) {
+		mux_stream_error(&s->ms, ERR_BAD_RESPONSE, "response ended without a final head",
+		                 !s->ms.got_any, true);
 		return 0;
 	}
-	s->remote_ended = true;
-	evtimer_del(s->timer);
-	maybe_end(s);
+	mux_remote_end(&s->ms);
 	return 0;
 }
 
-static int h3_stop_sending_cb(nghttp3_conn *h, int64_t id, uint64_t code, void *ud, void *sud)
-{
-	struct h3_conn *c = ud;
-
-	(void)h;
-	(void)sud;
-	ngtcp2_conn_shutdown_stream_write(c->a->q, id, code);
-	return 0;
-}
-
-static int h3_reset_stream_cb(nghttp3_conn *h, int64_t id, uint64_t code, void *ud, void *sud)
+/* STOP_SENDING or RESET_STREAM from nghttp3: stop sending on the stream. */
+static int h3_shutdown_write_cb(nghttp3_conn *h, int64_t id, uint64_t code, void *ud, void *sud)
 {
 	struct h3_conn *c = ud;
 
@@ -1062,17 +873,17 @@ static int h3_shutdown_cb(nghttp3_conn *h, int64_t id, void *ud)
 
 	(void)h;
 	log_debug("h3: GOAWAY from %s (stream id %lld)", origin(c), (long long)id);
-	c->goaway = true;
+	c->mc.goaway = true;
 	c->goaway_id = id;
-	c->base.reusable = false;
-	for (struct h3_stream *s = c->streams; s; s = s->next) {
-		if (s->user && (s->id < 0 || s->id >= id) && !s->got_any) {
-			s->err_pending = true;
-			s->err = ERR_UNPROCESSED;
-			s->err_reason = "stream not processed by origin (GOAWAY)";
+	c->mc.base.reusable = false;
+	for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
+		if (s->ms.user && (s->ms.id < 0 || s->ms.id >= id) && !s->ms.got_any) {
+			s->ms.err_pending = true;
+			s->ms.err = ERR_UNPROCESSED;
+			s->ms.err_reason = "stream not processed by origin (GOAWAY)";
 		}
 	}
-	kick(c);
+	mux_kick(&c->mc);
 	return 0;
 }
 
@@ -1090,9 +901,9 @@ static int h3_setup(struct h3_conn *c, struct h3_path *a)
 	    .begin_trailers = h3_begin_headers_cb,
 	    .recv_trailer = h3_recv_header_cb,
 	    .end_trailers = h3_end_trailers_cb,
-	    .stop_sending = h3_stop_sending_cb,
+	    .stop_sending = h3_shutdown_write_cb,
 	    .end_stream = h3_end_stream_cb,
-	    .reset_stream = h3_reset_stream_cb,
+	    .reset_stream = h3_shutdown_write_cb,
 	    .shutdown = h3_shutdown_cb,
 	};
 	nghttp3_settings st;
@@ -1130,13 +941,13 @@ static int h3_setup(struct h3_conn *c, struct h3_path *a)
 	}
 	c->a = a;
 	c->established = true;
-	c->base.warming = false;
-	c->want_available = true;
+	c->mc.base.warming = false;
+	c->mc.want_available = true;
 	evtimer_del(c->eyeballs);
 	evtimer_del(c->deadline);
 	log_debug("h3: handshake done with %s (%s)%s", origin(c), a->addr,
 	          gnutls_session_is_resumed(a->tls) ? ", resumed" : "");
-	kick(c);
+	mux_kick(&c->mc);
 	return 0;
 }
 
@@ -1253,7 +1064,7 @@ static bool path_read(struct h3_path *a)
 		c->in_lib = true;
 		rv = ngtcp2_conn_read_pkt(a->q, &path, &pi, buf, (size_t)n, now_ts());
 		c->in_lib = false;
-		if (c->freeing || a->dead || c->failed)
+		if (c->mc.freeing || a->dead || c->mc.failed)
 			return false;
 		if (rv != 0) {
 			read_error(a, rv);
@@ -1271,12 +1082,12 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
 	struct h3_conn *c = a->c;
 
 	(void)fd;
-	hold(c);
-	if ((what & EV_READ) && !a->dead && !c->freeing && !c->failed)
+	mux_hold(&c->mc);
+	if ((what & EV_READ) && !a->dead && !c->mc.freeing && !c->mc.failed)
 		path_read(a);
-	if (!a->dead && !c->freeing && !c->failed)
+	if (!a->dead && !c->mc.freeing && !c->mc.failed)
 		path_write(a);
-	release(c);
+	mux_release(&c->mc);
 }
 
 static void on_expiry(evutil_socket_t fd, short what, void *arg)
@@ -1287,13 +1098,13 @@ static void on_expiry(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	hold(c);
-	if (a->dead || c->freeing || c->failed)
+	mux_hold(&c->mc);
+	if (a->dead || c->mc.freeing || c->mc.failed)
 		goto out;
 	c->in_lib = true;
 	rv = ngtcp2_conn_handle_expiry(a->q, now_ts());
 	c->in_lib = false;
-	if (c->freeing)
+	if (c->mc.freeing)
 		goto out;
 	if (rv == NGTCP2_ERR_IDLE_CLOSE) {
 		if (!c->established || a != c->a) {
@@ -1317,7 +1128,7 @@ static void on_expiry(evutil_socket_t fd, short what, void *arg)
 	}
 	path_write(a);
 out:
-	release(c);
+	mux_release(&c->mc);
 }
 
 static void path_io_update(struct h3_path *a)
@@ -1327,7 +1138,7 @@ static void path_io_update(struct h3_path *a)
 	if (a->dead)
 		return;
 	event_del(a->io);
-	event_assign(a->io, a->c->m->base, a->fd, what, on_io, a);
+	event_assign(a->io, a->c->mc.m->base, a->fd, what, on_io, a);
 	event_add(a->io, NULL);
 }
 
@@ -1351,7 +1162,7 @@ static bool tls_setup(struct h3_path *a, char *reason, size_t len)
 	gnutls_datum_t alpn = {(unsigned char *)"h3", 2}, cached;
 	int r;
 
-	cred = tls_client_creds(c->m->tls, c->p.ca_file, c->p.verify, reason, len);
+	cred = tls_client_creds(c->mc.m->tls, c->p.ca_file, c->p.verify, reason, len);
 	if (!cred)
 		return false;
 	if ((r = gnutls_init(&a->tls, GNUTLS_CLIENT | GNUTLS_NO_END_OF_EARLY_DATA)) < 0) {
@@ -1368,7 +1179,7 @@ static bool tls_setup(struct h3_path *a, char *reason, size_t len)
 		goto fail;
 	if (c->p.verify)
 		gnutls_session_set_verify_cert(a->tls, c->p.sni && *c->p.sni ? c->p.sni : NULL, 0);
-	if (c->p.session_key && tls_session_get(c->m->tls, c->p.session_key, &cached))
+	if (c->p.session_key && tls_session_get(c->mc.m->tls, c->p.session_key, &cached))
 		gnutls_session_set_data(a->tls, cached.data, cached.size);
 	a->ref.get_conn = get_conn_cb;
 	a->ref.user_data = a;
@@ -1487,8 +1298,8 @@ static void start_next(struct h3_conn *c)
 		a->next = c->paths;
 		c->paths = a;
 		a->batch = malloc(H3_BATCH * sizeof(*a->batch));
-		a->io = event_new(c->m->base, -1, 0, on_io, a);
-		a->expiry = evtimer_new(c->m->base, on_expiry, a);
+		a->io = event_new(c->mc.m->base, -1, 0, on_io, a);
+		a->expiry = evtimer_new(c->mc.m->base, on_expiry, a);
 		if (!a->batch || !a->io || !a->expiry) {
 			snprintf(reason, sizeof(reason), "out of memory");
 			goto failed;
@@ -1517,15 +1328,15 @@ static void start_next(struct h3_conn *c)
 		path_io_update(a);
 		path_write(a); /* the Initial packet */
 		if (c->next_addr < c->addrs.n && !a->dead)
-			set_timer(c->eyeballs, H3_EYEBALLS_MS);
-		kick(c);
+			mux_set_timer(c->eyeballs, H3_EYEBALLS_MS);
+		mux_kick(&c->mc);
 		return;
 	}
 	for (struct h3_path *o = c->paths; o; o = o->next)
 		if (!o->dead)
 			return;
 	setup_failed(c);
-	kick(c);
+	mux_kick(&c->mc);
 	return;
 failed:
 	a->dead = true;
@@ -1533,7 +1344,7 @@ failed_early:
 	c->fail_err = ERR_CONNECT;
 	snprintf(c->fail_reason, sizeof(c->fail_reason), "%s", reason);
 	setup_failed(c);
-	kick(c);
+	mux_kick(&c->mc);
 }
 
 static void on_eyeballs(evutil_socket_t fd, short what, void *arg)
@@ -1542,10 +1353,10 @@ static void on_eyeballs(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	hold(c);
+	mux_hold(&c->mc);
 	if (!c->established && !c->setup_failed)
 		start_next(c);
-	release(c);
+	mux_release(&c->mc);
 }
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
@@ -1554,7 +1365,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	hold(c);
+	mux_hold(&c->mc);
 	if (!c->established && !c->setup_failed) {
 		c->fail_err = ERR_CONNECT_TIMEOUT;
 		snprintf(c->fail_reason, sizeof(c->fail_reason),
@@ -1562,14 +1373,14 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 		         H3_HANDSHAKE_MS / 1000);
 		setup_failed(c);
 	}
-	release(c);
+	mux_release(&c->mc);
 }
 
 static void on_resolved(void *ctx, int err, const char *reason, const struct dns_addrs *addrs)
 {
 	struct h3_conn *c = ctx;
 
-	hold(c);
+	mux_hold(&c->mc);
 	c->dq = NULL;
 	if (err != 0 || !addrs || addrs->n == 0) {
 		c->fail_err = ERR_DNS;
@@ -1580,7 +1391,7 @@ static void on_resolved(void *ctx, int err, const char *reason, const struct dns
 		c->addrs = *addrs;
 		start_next(c);
 	}
-	release(c);
+	mux_release(&c->mc);
 }
 
 /* --- the connection going down --- */
@@ -1596,25 +1407,15 @@ static void close_paths(struct h3_conn *c)
 
 static void conn_fail(struct h3_conn *c, enum muxd_err err, const char *reason, bool dead)
 {
-	bool running = false;
+	bool running;
 
-	if (c->failed || c->freeing)
+	if (c->mc.failed || c->mc.freeing)
 		return;
 	if (c->established)
 		send_close(c); /* nothing happens when the origin closed or we idled out */
-	c->failed = true;
-	c->base.reusable = false;
-	for (struct h3_stream *s = c->streams; s; s = s->next) {
-		running = running || s->user || s->open;
-		s->open = false;
-	}
+	running = mux_mark_failed(&c->mc);
 	close_paths(c);
-	hold(c);
-	tell_owner(c, dead || !running ? EVICT_DEAD : EVICT_COUNT);
-	for (struct h3_stream *s = c->streams; s && !c->freeing; s = s->next)
-		if (s->user && !s->remote_ended)
-			stream_error(s, err, reason, !s->got_any, false);
-	release(c);
+	mux_fail_streams(&c->mc, err, reason, dead, running);
 }
 
 /* Best effort CONNECTION_CLOSE (c->app_err) on the established path. */
@@ -1643,13 +1444,11 @@ static void submit(struct h3_stream *s);
 
 static void apply_credit(struct h3_conn *c)
 {
-	for (struct h3_stream *s = c->streams; s; s = s->next) {
+	for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
 		if (s->credit == 0)
 			continue;
-		if (s->id >= 0 && c->a && c->a->q) {
-			ngtcp2_conn_extend_max_stream_offset(c->a->q, s->id, s->credit);
-			ngtcp2_conn_extend_max_offset(c->a->q, s->credit);
-		}
+		if (s->ms.id >= 0 && c->a && c->a->q)
+			give_window(c->a->q, s->ms.id, s->credit);
 		s->credit = 0;
 	}
 }
@@ -1660,68 +1459,40 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	hold(c);
-	if (c->setup_failed && !c->told) {
-		c->told = true;
-		c->base.reusable = false;
+	mux_hold(&c->mc);
+	if (c->setup_failed && !c->mc.told) {
+		c->mc.told = true;
+		c->mc.base.reusable = false;
 		log_debug("h3: set-up for %s failed: %s", origin(c), c->fail_reason);
-		c->base.owner_cbs.on_failed(c->base.owner, &c->base,
-		                            c->fail_err ? c->fail_err : ERR_CONNECT,
-		                            c->fail_reason);
-		c->freeing = true;
-		release(c);
+		c->mc.base.owner_cbs.on_failed(c->mc.base.owner, &c->mc.base,
+		                               c->fail_err ? c->fail_err : ERR_CONNECT,
+		                               c->fail_reason);
+		c->mc.freeing = true;
+		mux_release(&c->mc);
 		return;
 	}
-	for (struct h3_stream *s = c->streams; s && !c->freeing; s = s->next) {
-		if (s->err_pending) {
-			s->err_pending = false;
-			stream_error(s, s->err, s->err_reason, true, true);
-		}
-	}
-	if (c->established && !c->failed && !c->freeing) {
-		for (struct h3_stream *s = c->streams; s; s = s->next) {
-			if (s->submit_pending && s->user)
+	mux_deliver_errors(&c->mc);
+	if (c->established && !c->mc.failed && !c->mc.freeing) {
+		for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
+			if (s->submit_pending && s->ms.user)
 				submit(s);
-			if (s->cancel_pending && s->open && s->id >= 0) {
+			if (s->cancel_pending && s->ms.open && s->ms.id >= 0) {
 				s->cancel_pending = false;
-				nghttp3_conn_shutdown_stream_read(c->h3, s->id);
-				ngtcp2_conn_shutdown_stream(c->a->q, s->id,
+				nghttp3_conn_shutdown_stream_read(c->h3, s->ms.id);
+				ngtcp2_conn_shutdown_stream(c->a->q, s->ms.id,
 				                            NGHTTP3_H3_REQUEST_CANCELLED);
 			}
-			if (s->resume && s->open && s->id >= 0) {
+			if (s->resume && s->ms.open && s->ms.id >= 0) {
 				s->resume = false;
-				nghttp3_conn_resume_stream(c->h3, s->id);
+				nghttp3_conn_resume_stream(c->h3, s->ms.id);
 			}
 		}
 		apply_credit(c);
 		path_write(c->a);
 	}
-	for (struct h3_stream *s = c->streams; s && !c->freeing; s = s->next) {
-		if (!s->send_ready)
-			continue;
-		s->send_ready = false;
-		if (s->user && !s->send_ended && s->base.cbs.on_send_ready)
-			s->base.cbs.on_send_ready(s->base.ctx);
-	}
-	if (c->want_available && !c->freeing) {
-		c->want_available = false;
-		if (!c->told && c->base.ops->free_slots(&c->base) > 0)
-			c->base.owner_cbs.on_available(c->base.owner, &c->base);
-	}
-	release(c);
-}
-
-static void on_stream_timeout(evutil_socket_t fd, short what, void *arg)
-{
-	struct h3_stream *s = arg;
-	struct h3_conn *c = s->c;
-
-	(void)fd;
-	(void)what;
-	hold(c);
-	log_debug("h3: stream %lld to %s: no response in time", (long long)s->id, origin(c));
-	stream_error(s, ERR_RESPONSE_TIMEOUT, "no response in time", !s->got_any, true);
-	release(c);
+	mux_send_ready(&c->mc);
+	mux_offer(&c->mc);
+	mux_release(&c->mc);
 }
 
 /* --- stream operations --- */
@@ -1762,14 +1533,14 @@ static void submit_trailers(struct h3_stream *s)
 {
 	struct sbuf tb = {0};
 	size_t n = 0;
-	char *p = s->trailers_out.p, *name, *v;
+	char *p = s->ms.trailers_out.p, *name, *v;
 	nghttp3_nv *nv;
 
 	while (n < HTTP1_MAX_FIELDS && (p = fields_next_line(p, &name, &v)))
 		if (name && !fields_dropped(name, strlen(name), v, strlen(v)))
 			add_field(&tb, &n, name, strlen(name), v, strlen(v));
 	if (n > 0 && (nv = nv_list(&tb, n))) {
-		nghttp3_conn_submit_trailers(s->c->h3, s->id, nv, n);
+		nghttp3_conn_submit_trailers(s->c->h3, s->ms.id, nv, n);
 		free(nv);
 	}
 	free(tb.p);
@@ -1798,12 +1569,12 @@ static nghttp3_ssize read_data(nghttp3_conn *h, int64_t id, nghttp3_vec *vec, si
 		skip = 0;
 		nv++;
 	}
-	if (nv > 0 && s->user && !s->remote_ended)
-		arm(s);
-	if (s->handed == s->queued && s->send_ended) {
+	if (nv > 0 && s->ms.user && !s->ms.remote_ended)
+		mux_arm(&s->ms);
+	if (s->handed == s->queued && s->ms.send_ended) {
 		*pflags |= NGHTTP3_DATA_FLAG_EOF;
-		s->eof_sent = true;
-		if (s->trailers_out.len > 0) {
+		s->ms.eof_sent = true;
+		if (s->ms.trailers_out.len > 0) {
 			*pflags |= NGHTTP3_DATA_FLAG_NO_END_STREAM;
 			submit_trailers(s);
 		}
@@ -1826,41 +1597,37 @@ static void submit(struct h3_stream *s)
 	s->submit_pending = false;
 	r = ngtcp2_conn_open_bidi_stream(c->a->q, &id, s);
 	if (r != 0) {
-		s->err_pending = true;
-		s->err = ERR_UNPROCESSED;
-		s->err_reason = "cannot open an HTTP/3 stream";
-		kick(c);
+		mux_fail_later(&s->ms, ERR_UNPROCESSED, "cannot open an HTTP/3 stream");
+		mux_kick(&c->mc);
 		return;
 	}
 	nv = nv_list(&s->req, s->nreq);
 	if (nv)
-		r = nghttp3_conn_submit_request(c->h3, id, nv, s->nreq, s->req_body ? &dr : NULL,
+		r = nghttp3_conn_submit_request(c->h3, id, nv, s->nreq, s->ms.req_body ? &dr : NULL,
 		                                s);
 	free(nv);
 	if (!nv || r != 0) {
 		ngtcp2_conn_shutdown_stream(c->a->q, id, NGHTTP3_H3_REQUEST_CANCELLED);
-		s->err_pending = true;
-		s->err = ERR_UNPROCESSED;
-		s->err_reason = "cannot submit the HTTP/3 request";
-		kick(c);
+		mux_fail_later(&s->ms, ERR_UNPROCESSED, "cannot submit the HTTP/3 request");
+		mux_kick(&c->mc);
 		return;
 	}
-	s->id = id;
-	s->open = true;
-	arm(s);
+	s->ms.id = id;
+	s->ms.open = true;
+	mux_arm(&s->ms);
 }
 
-static void s_send_head(struct upstream_stream *us, const struct upstream_request *r)
+static void send_head(struct mux_stream *ms, const struct upstream_request *r)
 {
-	struct h3_stream *s = (struct h3_stream *)us;
+	struct h3_stream *s = H3S(ms);
 	struct h3_conn *c = s->c;
 	char clen[24];
 	bool ok;
 
-	if (!s->user || s->head_sent)
+	if (!s->ms.user || s->ms.head_sent)
 		return;
-	s->head_sent = true;
-	s->is_head = strcmp(r->method, "HEAD") == 0;
+	s->ms.head_sent = true;
+	s->ms.is_head = strcmp(r->method, "HEAD") == 0;
 	ok = add_field(&s->req, &s->nreq, ":method", 7, r->method, strlen(r->method)) &&
 	     add_field(&s->req, &s->nreq, ":scheme", 7, r->scheme, strlen(r->scheme)) &&
 	     add_field(&s->req, &s->nreq, ":authority", 10, r->authority, strlen(r->authority)) &&
@@ -1876,35 +1643,27 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 		int len = snprintf(clen, sizeof(clen), "%lld", (long long)r->content_length);
 		ok = add_field(&s->req, &s->nreq, "content-length", 14, clen, (size_t)len);
 	}
-	s->req_body = r->has_body;
-	s->eof_sent = !r->has_body;
-	if (!ok || c->failed) {
-		s->err_pending = true;
-		s->err = c->failed ? ERR_CLOSED : ERR_UNPROCESSED;
-		s->err_reason = c->failed ? "connection closed" : "cannot open an HTTP/3 stream";
-	} else {
+	s->ms.req_body = r->has_body;
+	s->ms.eof_sent = !r->has_body;
+	if (c->mc.failed)
+		mux_fail_later(&s->ms, ERR_CLOSED, "connection closed");
+	else if (!ok)
+		mux_fail_later(&s->ms, ERR_UNPROCESSED, "cannot open an HTTP/3 stream");
+	else
 		s->submit_pending = true;
-	}
-	kick(c);
+	mux_kick(&c->mc);
 }
 
-static size_t s_send_space(struct upstream_stream *us)
+static uint64_t send_used(const struct mux_stream *ms)
 {
-	struct h3_stream *s = (struct h3_stream *)us;
-	uint64_t used = s->queued - s->acked;
-
-	if (!s->user || s->send_ended)
-		return 0;
-	return used >= TRANSPORT_BUF ? 0 : TRANSPORT_BUF - (size_t)used;
+	return H3S(ms)->queued - H3S(ms)->acked;
 }
 
-static void s_send_body(struct upstream_stream *us, const void *data, size_t len)
+static void send_buffer(struct mux_stream *ms, const void *data, size_t len)
 {
-	struct h3_stream *s = (struct h3_stream *)us;
+	struct h3_stream *s = H3S(ms);
 	const uint8_t *p = data;
 
-	if (!s->user || s->send_ended || !s->req_body || len == 0)
-		return;
 	while (len > 0) {
 		struct h3_block *b = s->last;
 		size_t n;
@@ -1926,71 +1685,20 @@ static void s_send_body(struct upstream_stream *us, const void *data, size_t len
 		p += n;
 		len -= n;
 	}
-	s->resume = true;
-	kick(s->c);
 }
 
-static void s_send_end(struct upstream_stream *us, const char *trailers)
-{
-	struct h3_stream *s = (struct h3_stream *)us;
-
-	if (!s->user || s->send_ended)
-		return;
-	s->send_ended = true;
-	if (!s->req_body)
-		return;
-	if (trailers && *trailers)
-		sbuf_add(&s->trailers_out, trailers, strlen(trailers));
-	s->resume = true;
-	kick(s->c);
-}
-
-static struct evbuffer *s_body(struct upstream_stream *us)
-{
-	return ((struct h3_stream *)us)->body;
-}
-
-static void s_consumed(struct upstream_stream *us)
-{
-	struct h3_stream *s = (struct h3_stream *)us;
-	struct h3_conn *c = s->c;
-	size_t left = evbuffer_get_length(s->body);
-
-	if (!s->user)
-		return;
-	hold(c);
-	if (s->unconsumed > left) {
-		s->credit += s->unconsumed - left;
-		s->unconsumed = left;
-		kick(c);
-	}
-	if (s->remote_ended)
-		maybe_end(s);
-	else if (s->unconsumed < H3_STREAM_WINDOW && !evtimer_pending(s->timer, NULL))
-		arm(s);
-	release(c);
-}
-
-static void s_cancel(struct upstream_stream *us)
-{
-	struct h3_stream *s = (struct h3_stream *)us;
-	struct h3_conn *c = s->c;
-
-	if (!s->user)
-		return;
-	hold(c);
-	detach(s, true);
-	release(c);
-}
-
-static const struct upstream_stream_ops h3_stream_ops = {
-    .send_head = s_send_head,
-    .send_space = s_send_space,
-    .send_body = s_send_body,
-    .send_end = s_send_end,
-    .body = s_body,
-    .consumed = s_consumed,
-    .cancel = s_cancel,
+static const struct mux_ops h3_mux_ops = {
+    .name = "h3",
+    .window = H3_STREAM_WINDOW,
+    .conn_free = conn_free,
+    .settle = settle,
+    .stream_free = stream_free,
+    .detach = detach,
+    .give = give,
+    .resume = resume,
+    .send_head = send_head,
+    .send_used = send_used,
+    .send_buffer = send_buffer,
 };
 
 /* --- connection operations --- */
@@ -2001,9 +1709,10 @@ static unsigned h3_free_slots(struct upstream_conn *uc)
 	uint64_t left;
 	unsigned live = 0, unsubmitted = 0;
 
-	if (!uc->reusable || !c->established || c->goaway || c->failed || c->told || c->freeing)
+	if (!uc->reusable || !c->established || c->mc.goaway || c->mc.failed || c->mc.told ||
+	    c->mc.freeing)
 		return 0;
-	for (const struct h3_stream *s = c->streams; s; s = s->next) {
+	for (const struct mux_stream *s = c->mc.streams; s; s = s->next) {
 		live += s->user || s->open;
 		unsubmitted += s->user && s->id < 0;
 	}
@@ -2024,53 +1733,32 @@ static struct upstream_stream *h3_open_stream(struct upstream_conn *uc,
 
 	if (h3_free_slots(uc) == 0)
 		return NULL;
-	if (!(s = calloc(1, sizeof(*s))))
+	if (!(s = H3S(mux_stream_new(&c->mc, sizeof(*s), cbs, ctx))))
 		return NULL;
-	s->body = evbuffer_new();
-	s->timer = evtimer_new(c->m->base, on_stream_timeout, s);
-	if (!s->body || !s->timer) {
-		stream_free(s);
+	if (!s->ms.body || !s->ms.timer) {
+		stream_free(&s->ms);
 		return NULL;
 	}
-	s->base.ops = &h3_stream_ops;
-	s->base.cbs = *cbs;
-	s->base.ctx = ctx;
-	s->base.conn = uc;
 	s->c = c;
-	s->id = -1;
-	s->user = true;
-	s->next = c->streams;
-	c->streams = s;
-	uc->requests++;
-	return &s->base;
-}
-
-static bool h3_is_idle(struct upstream_conn *uc)
-{
-	return live_count((struct h3_conn *)uc) == 0;
+	s->ms.id = -1;
+	mux_stream_link(&s->ms);
+	return &s->ms.base;
 }
 
 static void h3_close(struct upstream_conn *uc)
 {
 	struct h3_conn *c = (struct h3_conn *)uc;
 
-	c->told = true;
-	c->base.reusable = false;
-	for (struct h3_stream *s = c->streams; s; s = s->next)
-		s->user = false;
-	if (c->established && !c->failed && !c->in_lib)
+	if (c->established && !c->mc.failed && !c->in_lib)
 		send_close(c);
 	close_paths(c);
-	if (c->holds > 0)
-		c->freeing = true;
-	else
-		conn_free(c);
+	mux_close(&c->mc);
 }
 
 static const struct upstream_conn_ops h3_conn_ops = {
     .open_stream = h3_open_stream,
     .free_slots = h3_free_slots,
-    .is_idle = h3_is_idle,
+    .is_idle = mux_is_idle,
     .close = h3_close,
 };
 
@@ -2079,17 +1767,12 @@ struct upstream_conn *h3_conn_new(struct muxd *m, const struct h3_params *p,
 {
 	struct h3_conn *c = calloc(1, sizeof(*c));
 	bool v6 = p->host && strchr(p->host, ':');
+	bool ok;
 
 	if (!c)
 		return NULL;
-	c->m = m;
-	c->cfg = config_ref(m->cfg);
-	c->base.ops = &h3_conn_ops;
-	c->base.proto = PROTO_H3;
-	c->base.owner_cbs = *owner_cbs;
-	c->base.owner = owner;
-	c->base.reusable = true;
-	c->base.warming = true;
+	ok = mux_conn_init(&c->mc, m, &h3_mux_ops, &h3_conn_ops, PROTO_H3, owner_cbs, owner,
+	                   on_kick);
 	c->goaway_id = INT64_MAX;
 	c->app_err = NGHTTP3_H3_NO_ERROR;
 	c->p = *p;
@@ -2105,22 +1788,21 @@ struct upstream_conn *h3_conn_new(struct muxd *m, const struct h3_params *p,
 			snprintf(k, n, "h3|%s", p->session_key);
 		c->p.session_key = k;
 	}
-	snprintf(c->name, sizeof(c->name), v6 ? "[%s]:%u" : "%s:%u", p->host ? p->host : "",
+	snprintf(c->mc.name, sizeof(c->mc.name), v6 ? "[%s]:%u" : "%s:%u", p->host ? p->host : "",
 	         (unsigned)p->port);
-	c->kick = event_new(m->base, -1, 0, on_kick, c);
 	c->eyeballs = evtimer_new(m->base, on_eyeballs, c);
 	c->deadline = evtimer_new(m->base, on_deadline, c);
 	if (!c->p.host || !c->p.sni || (p->ca_file && !c->p.ca_file) ||
-	    (p->session_key && !c->p.session_key) || !c->kick || !c->eyeballs || !c->deadline) {
-		conn_free(c);
+	    (p->session_key && !c->p.session_key) || !ok || !c->eyeballs || !c->deadline) {
+		conn_free(&c->mc);
 		return NULL;
 	}
-	set_timer(c->deadline, H3_HANDSHAKE_MS);
+	mux_set_timer(c->deadline, H3_HANDSHAKE_MS);
 	c->dq = dns_resolve(m->dns, c->p.host, p->port, on_resolved, c);
 	if (!c->dq) {
 		c->fail_err = ERR_DNS;
 		snprintf(c->fail_reason, sizeof(c->fail_reason), "cannot resolve %s", c->p.host);
 		setup_failed(c);
 	}
-	return &c->base;
+	return &c->mc.base;
 }
