@@ -752,37 +752,6 @@ static void render_html(struct muxd *m, const struct snapshot *s, FILE *f)
 
 /* ------------------------------------------------------------------ routing */
 
-/* Whether a Via entry names muxd ("protocol pseudonym [comment]"): the
- * request came through a muxd, most likely this one (an absolute-form request
- * for muxd's own address). Admin pages are never served through a proxy. */
-static bool via_muxd(const struct http1_msg *req)
-{
-	for (size_t i = 0; i < req->nfields; i++) {
-		const struct http1_field *f = &req->fields[i];
-		const char *p = f->value, *end = f->value + f->value_len;
-		if (strcasecmp(f->name, "via") != 0)
-			continue;
-		while (p < end) {
-			const char *comma = memchr(p, ',', (size_t)(end - p));
-			const char *stop = comma ? comma : end, *name;
-			size_t n = 0;
-			while (p < stop && (*p == ' ' || *p == '\t'))
-				p++;
-			while (p < stop && *p != ' ' && *p != '\t')
-				p++; /* protocol */
-			while (p < stop && (*p == ' ' || *p == '\t'))
-				p++;
-			name = p;
-			while (name + n < stop && name[n] != ' ' && name[n] != '\t')
-				n++;
-			if (n == 4 && strncasecmp(name, "muxd", 4) == 0)
-				return true;
-			p = stop + (stop < end);
-		}
-	}
-	return false;
-}
-
 static bool path_is(const char *path, size_t plen, const char *name)
 {
 	return plen == strlen(name) && strncmp(path, name, plen) == 0;
@@ -807,10 +776,6 @@ void admin_handle(struct muxd *m, const struct http1_msg *req, struct admin_resp
 		out->status = 405;
 		out->content_type = "text/plain";
 		fprintf(f, "muxd: admin pages answer GET only\n");
-	} else if (via_muxd(req)) {
-		out->status = 508;
-		out->content_type = "text/plain";
-		fprintf(f, "muxd: request loops back into muxd\n");
 	} else if (path_is(path, plen, "/metrics")) {
 		out->status = 200;
 		out->content_type = "text/plain; version=0.0.4; charset=utf-8";

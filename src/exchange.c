@@ -6,7 +6,6 @@
 #include "exchange.h"
 
 #include <event2/buffer.h>
-#include <gnutls/gnutls.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +34,7 @@ struct exchange {
 	char authority[300];
 	struct upstream_field fields[HTTP1_MAX_FIELDS + 3];
 	char absolute[8600];   /* forwarding to an HTTP parent: the absolute URI */
-	char proxy_auth[400];  /* its Proxy-Authorization value */
+	char proxy_auth[HTTP1_BASIC_MAX]; /* its Proxy-Authorization value */
 	size_t nfields;
 
 	/* request body, client -> upstream */
@@ -382,24 +381,6 @@ static void wait_error(void *ctx, enum muxd_err err, const char *reason)
 
 static const struct pool_wait_cbs wait_cbs = {wait_stream, wait_error};
 
-/* "Basic base64(user:pass)" */
-static bool basic_auth(const char *user, const char *pass, char *out, size_t size)
-{
-	char plain[300];
-	gnutls_datum_t in, b64;
-	int n = snprintf(plain, sizeof(plain), "%s:%s", user, pass);
-
-	if (n < 0 || (size_t)n >= sizeof(plain))
-		return false;
-	in.data = (unsigned char *)plain;
-	in.size = (unsigned)n;
-	if (gnutls_base64_encode2(&in, &b64) < 0)
-		return false;
-	n = snprintf(out, size, "Basic %.*s", (int)b64.size, (const char *)b64.data);
-	gnutls_free(b64.data);
-	return n > 0 && (size_t)n < size;
-}
-
 /* The end-to-end fields to send upstream: hop-by-hop, Host and framing go. */
 static void build_fields(struct exchange *ex)
 {
@@ -425,10 +406,14 @@ static void build_fields(struct exchange *ex)
 		const struct pool_hop *last = &ex->key.hops[ex->key.nhops - 1];
 		snprintf(ex->absolute, sizeof(ex->absolute), "%s://%s%s", ex->uri.scheme, ex->authority,
 		         ex->uri.path);
-		if (last->auth && basic_auth(last->user, last->pass, ex->proxy_auth,
-		                             sizeof(ex->proxy_auth)))
-			ex->fields[ex->nfields++] = (struct upstream_field){
-			    "Proxy-Authorization", 19, ex->proxy_auth, strlen(ex->proxy_auth)};
+		char user_pass[sizeof(last->user) + sizeof(last->pass) + 1];
+		if (last->auth) {
+			snprintf(user_pass, sizeof(user_pass), "%s:%s", last->user, last->pass);
+			if (http1_basic_credentials(user_pass, ex->proxy_auth, sizeof(ex->proxy_auth)))
+				ex->fields[ex->nfields++] = (struct upstream_field){
+				    "Proxy-Authorization", 19, ex->proxy_auth, strlen(ex->proxy_auth)};
+			explicit_bzero(user_pass, sizeof(user_pass));
+		}
 	}
 }
 

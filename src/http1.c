@@ -768,3 +768,40 @@ const char *http1_reason(int status)
 			return reasons[i].text;
 	return "Unknown";
 }
+
+/* Base64 (RFC 4648, with padding) of src into dst (4 * ((n + 2) / 3) + 1 bytes). */
+static void base64(const unsigned char *src, size_t n, char *dst)
+{
+	static const char alphabet[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t i;
+
+	for (i = 0; i + 2 < n; i += 3) {
+		unsigned v = (unsigned)src[i] << 16 | (unsigned)src[i + 1] << 8 | src[i + 2];
+
+		*dst++ = alphabet[v >> 18];
+		*dst++ = alphabet[(v >> 12) & 63];
+		*dst++ = alphabet[(v >> 6) & 63];
+		*dst++ = alphabet[v & 63];
+	}
+	if (i < n) {
+		unsigned v = (unsigned)src[i] << 16 | (i + 1 < n ? (unsigned)src[i + 1] << 8 : 0);
+
+		*dst++ = alphabet[v >> 18];
+		*dst++ = alphabet[(v >> 12) & 63];
+		*dst++ = i + 1 < n ? alphabet[(v >> 6) & 63] : '=';
+		*dst++ = '=';
+	}
+	*dst = '\0';
+}
+
+bool http1_basic_credentials(const char *user_pass, char *out, size_t size)
+{
+	size_t n = strlen(user_pass);
+
+	if (6 + 4 * ((n + 2) / 3) + 1 > size)
+		return false;
+	memcpy(out, "Basic ", 6);
+	base64((const unsigned char *)user_pass, n, out + 6);
+	return true;
+}

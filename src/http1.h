@@ -147,6 +147,12 @@ bool http1_parse_absolute_uri(const char *target, struct http1_uri *uri);
 bool http1_parse_authority(const char *target, char *host, size_t host_size, uint16_t *port,
                            bool *ipv6);
 
+/* "Basic " + base64(user_pass) for Authorization / Proxy-Authorization
+ * (RFC 7617); false when it does not fit. HTTP1_BASIC_MAX fits any
+ * "user:password" of up to 511 bytes. */
+#define HTTP1_BASIC_MAX 700
+bool http1_basic_credentials(const char *user_pass, char *out, size_t size);
+
 /* Standard reason phrase for a status code ("Unknown" when none). */
 const char *http1_reason(int status);
 

@@ -114,32 +114,6 @@ static const struct handshake_ops hc_ops = {
     .log_failure = log_failure,
 };
 
-/* Base64 (RFC 4648, with padding) of src into dst (4 * ((n + 2) / 3) + 1 bytes). */
-static void base64(const unsigned char *src, size_t n, char *dst)
-{
-	static const char alphabet[] =
-	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-	size_t i;
-
-	for (i = 0; i + 2 < n; i += 3) {
-		unsigned v = (unsigned)src[i] << 16 | (unsigned)src[i + 1] << 8 | src[i + 2];
-
-		*dst++ = alphabet[v >> 18];
-		*dst++ = alphabet[(v >> 12) & 63];
-		*dst++ = alphabet[(v >> 6) & 63];
-		*dst++ = alphabet[v & 63];
-	}
-	if (i < n) {
-		unsigned v = (unsigned)src[i] << 16 | (i + 1 < n ? (unsigned)src[i + 1] << 8 : 0);
-
-		*dst++ = alphabet[v >> 18];
-		*dst++ = alphabet[(v >> 12) & 63];
-		*dst++ = i + 1 < n ? alphabet[(v >> 6) & 63] : '=';
-		*dst++ = '=';
-	}
-	*dst = '\0';
-}
-
 /* A host fit for a request line: a name or an address, nothing that could
  * break the message. */
 static bool host_ok(const char *host)
@@ -165,16 +139,10 @@ static bool write_request(struct hc *t, struct evbuffer *out, const char *auth)
 	                              t->target) >= 0;
 
 	if (ok && auth) {
-		size_t n = strlen(auth);
-		size_t size = 4 * ((n + 2) / 3) + 1;
-		char *b64 = malloc(size);
-
-		if (!b64)
-			return false;
-		base64((const unsigned char *)auth, n, b64);
-		ok = evbuffer_add_printf(out, "Proxy-Authorization: Basic %s\r\n", b64) >= 0;
-		explicit_bzero(b64, size);
-		free(b64);
+		char cred[HTTP1_BASIC_MAX];
+		ok = http1_basic_credentials(auth, cred, sizeof(cred)) &&
+		     evbuffer_add_printf(out, "Proxy-Authorization: %s\r\n", cred) >= 0;
+		explicit_bzero(cred, sizeof(cred));
 	}
 	return ok && evbuffer_add(out, "\r\n", 2) == 0;
 }

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "http1.h"
 #include "pool.h"
 #include "transport/transport.h"
 #include "upstream/upstream.h"
@@ -28,7 +29,7 @@ struct stream_tunnel {
 	char authority[300];
 	struct upstream_field fields[1];
 	size_t nfields;
-	char auth[400];
+	char auth[HTTP1_BASIC_MAX];
 	bool up, eof, failed, shut, shut_sent, reading;
 	enum muxd_err err;
 	char reason[400];
@@ -284,29 +285,6 @@ static void in_drained(struct evbuffer *b, const struct evbuffer_cb_info *info, 
 		schedule(arg);
 }
 
-/* "Basic base64(user:pass)" */
-static bool basic(const char *auth, char *out, size_t size)
-{
-	static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-	size_t n = strlen(auth), o = (size_t)snprintf(out, size, "Basic ");
-
-	if ((n + 2) / 3 * 4 + o >= size)
-		return false;
-	for (size_t i = 0; i < n; i += 3) {
-		unsigned v = (unsigned char)auth[i] << 16;
-		if (i + 1 < n)
-			v |= (unsigned char)auth[i + 1] << 8;
-		if (i + 2 < n)
-			v |= (unsigned char)auth[i + 2];
-		out[o++] = b64[(v >> 18) & 63];
-		out[o++] = b64[(v >> 12) & 63];
-		out[o++] = i + 1 < n ? b64[(v >> 6) & 63] : '=';
-		out[o++] = i + 2 < n ? b64[v & 63] : '=';
-	}
-	out[o] = '\0';
-	return true;
-}
-
 struct transport *stream_tunnel_connect(struct muxd *m, const struct pool_key *proxy,
                                         const char *proxy_name, const char *host, uint16_t port,
                                         const char *auth, const struct transport_cbs *cbs,
@@ -324,7 +302,7 @@ struct transport *stream_tunnel_connect(struct muxd *m, const struct pool_key *p
 	snprintf(st->name, sizeof(st->name), "%s", proxy_name);
 	snprintf(st->authority, sizeof(st->authority), "%s%s%s:%u", v6 ? "[" : "", host,
 	         v6 ? "]" : "", port);
-	if (auth && basic(auth, st->auth, sizeof(st->auth)))
+	if (auth && http1_basic_credentials(auth, st->auth, sizeof(st->auth)))
 		st->fields[st->nfields++] =
 		    (struct upstream_field){"Proxy-Authorization", 19, st->auth, strlen(st->auth)};
 	st->in = evbuffer_new();

@@ -1016,6 +1016,28 @@ START_TEST(reason)
 }
 END_TEST
 
+START_TEST(basic_credentials)
+{
+	char out[HTTP1_BASIC_MAX];
+
+	/* RFC 7617 section 2, and every padding length */
+	ck_assert(http1_basic_credentials("Aladdin:open sesame", out, sizeof(out)));
+	ck_assert_str_eq(out, "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+	ck_assert(http1_basic_credentials("user:pass", out, sizeof(out)));
+	ck_assert_str_eq(out, "Basic dXNlcjpwYXNz");
+	ck_assert(http1_basic_credentials("a:bc", out, sizeof(out)));
+	ck_assert_str_eq(out, "Basic YTpiYw==");
+	ck_assert(http1_basic_credentials("a:bcd", out, sizeof(out)));
+	ck_assert_str_eq(out, "Basic YTpiY2Q=");
+	ck_assert(http1_basic_credentials(":", out, sizeof(out)));
+	ck_assert_str_eq(out, "Basic Og==");
+	/* exactly fitting, and one byte short */
+	ck_assert(http1_basic_credentials("user:pass", out, 19));
+	ck_assert(!http1_basic_credentials("user:pass", out, 18));
+}
+END_TEST
+
+
 static Suite *http1_suite(void)
 {
 	Suite *s = suite_create("http1");
@@ -1105,6 +1127,7 @@ static Suite *http1_suite(void)
 	ADD(t, authority);
 	ADD(t, authority_rejects);
 	ADD(t, reason);
+	ADD(t, basic_credentials);
 	suite_add_tcase(s, t);
 #undef ADD
 	return s;
