@@ -373,7 +373,8 @@ static char *pct_decode(const char *s, size_t n)
 		if (s[i] == '%') {
 			unsigned v;
 			if (i + 2 >= n || !isxdigit((unsigned char)s[i + 1]) ||
-			    !isxdigit((unsigned char)s[i + 2]) || sscanf(s + i + 1, "%2x", &v) != 1) {
+			    !isxdigit((unsigned char)s[i + 2]) ||
+			    sscanf(s + i + 1, "%2x", &v) != 1) {
 				free(out);
 				return NULL;
 			}
@@ -410,8 +411,10 @@ bool config_parse_hop(const char *url, struct config_hop *out, char *why, size_t
 		}
 	}
 	if (!rest) {
-		snprintf(why, why_size, "bad proxy '%.64s' (expected direct, env, or http://, "
-		                        "https://, socks5:// or socks5h:// URLs)", url);
+		snprintf(why, why_size,
+		         "bad proxy '%.64s' (expected direct, env, or http://, "
+		         "https://, socks5:// or socks5h:// URLs)",
+		         url);
 		return false;
 	}
 	end = rest + strcspn(rest, "/?#");
@@ -424,10 +427,12 @@ bool config_parse_hop(const char *url, struct config_hop *out, char *why, size_t
 		const char *colon = memchr(rest, ':', (size_t)(at - rest));
 		const char *uend = colon ? colon : at;
 		out->user = pct_decode(rest, (size_t)(uend - rest));
-		out->pass = pct_decode(colon ? colon + 1 : at, colon ? (size_t)(at - colon - 1) : 0);
+		out->pass =
+		    pct_decode(colon ? colon + 1 : at, colon ? (size_t)(at - colon - 1) : 0);
 		if (!out->user || !out->pass) {
 			config_hop_free(out);
-			snprintf(why, why_size, "bad proxy credentials (expected percent-encoding)");
+			snprintf(why, why_size,
+			         "bad proxy credentials (expected percent-encoding)");
 			return false;
 		}
 		rest = at + 1;
@@ -437,7 +442,8 @@ bool config_parse_hop(const char *url, struct config_hop *out, char *why, size_t
 	memcpy(authority, rest, (size_t)(end - rest));
 	authority[end - rest] = '\0';
 	/* a port is optional: add the scheme's default when absent */
-	if (!(authority[0] == '[' ? strstr(authority, "]:") != NULL : strchr(authority, ':') != NULL))
+	if (!(authority[0] == '[' ? strstr(authority, "]:") != NULL
+	                          : strchr(authority, ':') != NULL))
 		snprintf(authority + strlen(authority), 8, ":%u", out->port);
 	if (!http1_parse_authority(authority, out->host, sizeof(out->host), &out->port, &v6))
 		goto bad_host;
@@ -501,7 +507,8 @@ bool config_parse_route_pattern(const char *s, struct config_route *out)
 			return false;
 		memcpy(ip, s + 1, (size_t)(end - s - 1));
 		ip[end - s - 1] = '\0';
-		if (inet_pton(AF_INET6, ip, &a6) != 1 || !parse_uint(end + 2, 65535, &port) || !port)
+		if (inet_pton(AF_INET6, ip, &a6) != 1 || !parse_uint(end + 2, 65535, &port) ||
+		    !port)
 			return false;
 		out->kind = ROUTE_HOST_PORT;
 		inet_ntop(AF_INET6, &a6, out->host, sizeof(out->host));
@@ -646,12 +653,14 @@ static bool set_bypass(struct config *cfg, const char *v, bool append, char *why
 	memcpy(pats, cfg->bypass, n * sizeof(pats[0]));
 	while (next_token(&v, tok, sizeof tok)) {
 		if (n == CONFIG_MAX_BYPASS) {
-			snprintf(why, size, "too many entries (expected at most %d)", CONFIG_MAX_BYPASS);
+			snprintf(why, size, "too many entries (expected at most %d)",
+			         CONFIG_MAX_BYPASS);
 			return false;
 		}
 		if (!config_parse_route_pattern(tok, &pats[n])) {
 			snprintf(why, size,
-			         "bad pattern '%.64s' (expected *, host, *.suffix, host:port, an IP or a "
+			         "bad pattern '%.64s' (expected *, host, *.suffix, host:port, an "
+			         "IP or a "
 			         "CIDR)",
 			         tok);
 			return false;
@@ -847,7 +856,8 @@ static void add_route(struct load *ld, const char *pattern, size_t len)
 	}
 	if (!config_parse_route_pattern(p, &r)) {
 		errf(ld, ld->line,
-		     "[route %s]: bad pattern (expected *, host, *.suffix, host:port, an IP or a CIDR)",
+		     "[route %s]: bad pattern (expected *, host, *.suffix, host:port, an IP or a "
+		     "CIDR)",
 		     p);
 		free(p);
 		return;
@@ -892,8 +902,8 @@ static bool hop_is_self(const struct config *cfg, const struct config_hop *hop)
 }
 
 /* proxy = direct | env | URL... */
-static bool route_proxy(const struct config *cfg, struct config_route *r, const char *v,
-                        char *why, size_t size)
+static bool route_proxy(const struct config *cfg, struct config_route *r, const char *v, char *why,
+                        size_t size)
 {
 	char tok[512];
 
@@ -912,8 +922,9 @@ static bool route_proxy(const struct config *cfg, struct config_route *r, const 
 			return false;
 		r->nhops = 1;
 		if (hop_is_self(cfg, &r->hops[0])) {
-			snprintf(why, size, "the environment's proxy %.64s:%u is muxd itself "
-			                    "(expected a parent proxy)",
+			snprintf(why, size,
+			         "the environment's proxy %.64s:%u is muxd itself "
+			         "(expected a parent proxy)",
 			         r->hops[0].host, r->hops[0].port);
 			return false;
 		}
@@ -949,8 +960,8 @@ static void route_key(struct load *ld, const char *section, const char *name, co
 		if (*field != -1)
 			errf(ld, ld->line, "[%s] %s: given twice (expected once)", section, name);
 		else if (!parse_bool(v, &b))
-			errf(ld, ld->line, "[%s] %s: bad boolean '%s' (expected %s)", section, name, v,
-			     BOOL_FORM);
+			errf(ld, ld->line, "[%s] %s: bad boolean '%s' (expected %s)", section, name,
+			     v, BOOL_FORM);
 		else
 			*field = b;
 	} else if (strcmp(name, "proxy") == 0) {
@@ -970,7 +981,8 @@ static void route_key(struct load *ld, const char *section, const char *name, co
 		if (r->ca_file)
 			errf(ld, ld->line, "[%s] %s: given twice (expected once)", section, name);
 		else if (!*v)
-			errf(ld, ld->line, "[%s] %s: empty value (expected a PEM file)", section, name);
+			errf(ld, ld->line, "[%s] %s: empty value (expected a PEM file)", section,
+			     name);
 		else if (access(v, R_OK) != 0)
 			errf(ld, ld->line, "[%s] %s: cannot read '%s': %s (expected a PEM file)",
 			     section, name, v, strerror(errno));

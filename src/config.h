@@ -54,18 +54,18 @@ struct config_hop {
 };
 
 struct config_route {
-	char *pattern;                /* as written */
+	char *pattern; /* as written */
 	enum route_pattern_kind kind;
-	char host[256];               /* ROUTE_HOST(_PORT): lower-cased; ROUTE_SUFFIX: ".example.com" */
-	uint16_t port;                /* ROUTE_HOST_PORT */
-	struct config_cidr cidr;      /* ROUTE_CIDR (and IP literals as /32 or /128) */
-	int line;                     /* of the section header */
+	char host[256];          /* ROUTE_HOST(_PORT): lower-cased; ROUTE_SUFFIX: ".example.com" */
+	uint16_t port;           /* ROUTE_HOST_PORT */
+	struct config_cidr cidr; /* ROUTE_CIDR (and IP literals as /32 or /128) */
+	int line;                /* of the section header */
 	/* keys; NULL / -1 = not set here (inherit from [route *], then defaults) */
 	char *ca_file;
 	int verify;
 	int h2;
 	int h3;
-	int proxy_set; /* -1: not set here; else hops[] (0 hops = direct) */
+	int proxy_set;  /* -1: not set here; else hops[] (0 hops = direct) */
 	bool proxy_env; /* proxy = env: hops come from the environment */
 	struct config_hop hops[CONFIG_MAX_HOPS];
 	size_t nhops;
@@ -155,9 +155,10 @@ void config_unref(struct config *cfg);
 void config_errors_free(struct config_errors *errs);
 
 /* Helpers also used elsewhere (and unit-tested). */
-bool config_parse_duration(const char *s, uint64_t *ms);     /* "90s", "300ms", "10m", "2h", "30" */
-bool config_parse_addr_port(const char *s, struct config_listen *out); /* "127.0.0.1:3128", "[::1]:3128" */
-bool config_parse_cidr(const char *s, struct config_cidr *out);        /* "127.0.0.0/8", "::1" */
+bool config_parse_duration(const char *s, uint64_t *ms); /* "90s", "300ms", "10m", "2h", "30" */
+bool config_parse_addr_port(const char *s,
+                            struct config_listen *out);         /* "127.0.0.1:3128", "[::1]:3128" */
+bool config_parse_cidr(const char *s, struct config_cidr *out); /* "127.0.0.0/8", "::1" */
 bool config_cidr_match(const struct config_cidr *c, const struct sockaddr *sa);
 bool config_port_allowed(const struct config *cfg, uint16_t port); /* connect_ports */
 /* A proxy URL: http://, https://, socks5://, socks5h://, [user:pass@]host[:port]. */

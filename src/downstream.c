@@ -23,9 +23,9 @@
 #include "exchange.h"
 #include "http1.h"
 #include "log.h"
-#include "transport/transport.h"
 #include "route.h"
 #include "transport/tls.h"
+#include "transport/transport.h"
 #include "tunnel.h"
 
 #define LINGER_MS 5000

@@ -33,7 +33,7 @@ struct exchange {
 	struct pool_key key;
 	char authority[300];
 	struct upstream_field fields[HTTP1_MAX_FIELDS + 3];
-	char absolute[8600];   /* forwarding to an HTTP parent: the absolute URI */
+	char absolute[8600];              /* forwarding to an HTTP parent: the absolute URI */
 	char proxy_auth[HTTP1_BASIC_MAX]; /* its Proxy-Authorization value */
 	size_t nfields;
 
@@ -67,7 +67,8 @@ static const struct pool_wait_cbs wait_cbs;
 
 static bool is_replayable(const struct exchange *ex)
 {
-	static const char *const idempotent[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
+	static const char *const idempotent[] = {"GET",   "HEAD", "OPTIONS",
+	                                         "TRACE", "PUT",  "DELETE"};
 
 	if (ex->body_started)
 		return false;
@@ -107,7 +108,9 @@ static void access_log(struct exchange *ex)
 	        downstream_peer(ex->ds), ex->req.method, ex->req.target, ex->status,
 	        (unsigned long long)ex->bytes_in, (unsigned long long)ex->bytes_out, ms,
 	        ex->got_stream ? proto_name(ex->proto) : "-",
-	        !ex->got_stream ? "-" : ex->reused ? "reused" : "new");
+	        !ex->got_stream ? "-"
+	        : ex->reused    ? "reused"
+	                        : "new");
 	fflush(ex->m->access_log);
 }
 
@@ -172,8 +175,8 @@ static void send_request_body(struct exchange *ex)
 			size_t consumed = 0, dlen = 0;
 			if (v.iov_len > room)
 				v.iov_len = room > 64 ? room : 64;
-			enum http1_chunk_event e = http1_chunked_next(ex->req_chunked, v.iov_base,
-			                                              v.iov_len, &consumed, &data, &dlen);
+			enum http1_chunk_event e = http1_chunked_next(
+			    ex->req_chunked, v.iov_base, v.iov_len, &consumed, &data, &dlen);
 			if (e == HTTP1_CHUNK_ERROR) {
 				/* the client broke its own framing: nothing sane can follow */
 				if (ex->head_sent) {
@@ -183,7 +186,8 @@ static void send_request_body(struct exchange *ex)
 					ex->req_body_done = true;
 					ex->status = 400;
 					downstream_respond(ex->ds, 400, "text/plain",
-					                   "muxd: malformed chunked body\n", 29, true);
+					                   "muxd: malformed chunked body\n", 29,
+					                   true);
 					finish(ex);
 				}
 				return;
@@ -256,7 +260,8 @@ static void on_head(void *ctx, const struct http1_msg *h)
 		pool_altsvc_learned(ex->m->pool, &ex->key, alt->value, alt->value_len);
 	ex->chunk_out = (h->body == HTTP1_BODY_CHUNKED || h->body == HTTP1_BODY_CLOSE) && !client10;
 	if (client10 && (h->body == HTTP1_BODY_CHUNKED || h->body == HTTP1_BODY_CLOSE))
-		ex->keep_alive = false; /* an HTTP/1.0 body of unknown length ends with the connection */
+		ex->keep_alive =
+		    false; /* an HTTP/1.0 body of unknown length ends with the connection */
 	if (ex->m->draining)
 		ex->keep_alive = false;
 	write_head(ex, h, true);
@@ -320,12 +325,14 @@ static void on_error(void *ctx, enum muxd_err err, const char *reason, bool noth
 	/* a stream the origin never processed may go again whatever its method;
 	 * a request that died on a reused connection, when it is replayable */
 	bool unprocessed = err == ERR_UNPROCESSED && !ex->body_started;
-	if (!ex->retried && (unprocessed || (nothing_received && ex->reused && is_replayable(ex)))) {
+	if (!ex->retried &&
+	    (unprocessed || (nothing_received && ex->reused && is_replayable(ex)))) {
 		log_debug("retrying %s %s on a new connection (%s)", ex->req.method, ex->req.target,
 		          reason);
 		ex->retried = true;
 		ex->m->metrics.upstream_retries++;
-		ex->wait = pool_start_stream(ex->m->pool, &ex->key, true, &stream_cbs, &wait_cbs, ex);
+		ex->wait =
+		    pool_start_stream(ex->m->pool, &ex->key, true, &stream_cbs, &wait_cbs, ex);
 		if (ex->wait)
 			return;
 		reason = "out of memory";
@@ -404,14 +411,16 @@ static void build_fields(struct exchange *ex)
 		ex->fields[ex->nfields++] = (struct upstream_field){"TE", 2, "trailers", 8};
 	if (ex->key.forward) {
 		const struct pool_hop *last = &ex->key.hops[ex->key.nhops - 1];
-		snprintf(ex->absolute, sizeof(ex->absolute), "%s://%s%s", ex->uri.scheme, ex->authority,
-		         ex->uri.path);
+		snprintf(ex->absolute, sizeof(ex->absolute), "%s://%s%s", ex->uri.scheme,
+		         ex->authority, ex->uri.path);
 		char user_pass[sizeof(last->user) + sizeof(last->pass) + 1];
 		if (last->auth) {
 			snprintf(user_pass, sizeof(user_pass), "%s:%s", last->user, last->pass);
-			if (http1_basic_credentials(user_pass, ex->proxy_auth, sizeof(ex->proxy_auth)))
-				ex->fields[ex->nfields++] = (struct upstream_field){
-				    "Proxy-Authorization", 19, ex->proxy_auth, strlen(ex->proxy_auth)};
+			if (http1_basic_credentials(user_pass, ex->proxy_auth,
+			                            sizeof(ex->proxy_auth)))
+				ex->fields[ex->nfields++] =
+				    (struct upstream_field){"Proxy-Authorization", 19,
+				                            ex->proxy_auth, strlen(ex->proxy_auth)};
 			explicit_bzero(user_pass, sizeof(user_pass));
 		}
 	}
@@ -427,7 +436,8 @@ struct exchange *exchange_start(struct muxd *m, struct downstream *ds, struct ht
 
 	if (!ex)
 		return NULL;
-	if (req->body == HTTP1_BODY_CHUNKED && !(ex->req_chunked = calloc(1, sizeof(*ex->req_chunked)))) {
+	if (req->body == HTTP1_BODY_CHUNKED &&
+	    !(ex->req_chunked = calloc(1, sizeof(*ex->req_chunked)))) {
 		free(ex);
 		return NULL;
 	}

@@ -18,10 +18,10 @@
 #define HTTP1_MAX_FIELDS 128       /* more fields: 431 */
 
 enum http1_result {
-	HTTP1_OK = 0,      /* a complete head was parsed */
-	HTTP1_INCOMPLETE,  /* need more bytes */
-	HTTP1_BAD,         /* malformed or ambiguous: 400 (or 502 for a response) */
-	HTTP1_TOO_LARGE,   /* head over HTTP1_MAX_HEAD or too many fields: 431 */
+	HTTP1_OK = 0,     /* a complete head was parsed */
+	HTTP1_INCOMPLETE, /* need more bytes */
+	HTTP1_BAD,        /* malformed or ambiguous: 400 (or 502 for a response) */
+	HTTP1_TOO_LARGE,  /* head over HTTP1_MAX_HEAD or too many fields: 431 */
 };
 
 enum http1_body {
@@ -105,9 +105,9 @@ bool http1_is_hop_by_hop(const struct http1_msg *msg, const char *name);
 /* Incremental chunked-body decoder. Zero-initialise before first use. */
 struct http1_chunked {
 	int state;
-	uint64_t remaining; /* bytes left in the current chunk */
-	size_t line_len;    /* bytes of the current size/trailer line seen */
-	size_t trailer_len; /* bytes stored in trailers so far */
+	uint64_t remaining;  /* bytes left in the current chunk */
+	size_t line_len;     /* bytes of the current size/trailer line seen */
+	size_t trailer_len;  /* bytes stored in trailers so far */
 	char trailers[8192]; /* validated trailer fields, each "name: value\r\n" */
 };
 

@@ -30,7 +30,7 @@ struct listeners {
 	char text[CONFIG_MAX_LISTEN][64]; /* as configured */
 	struct evconnlistener *l[CONFIG_MAX_LISTEN];
 	bool paused;
-	bool activated; /* sockets from the service manager: never re-bound */
+	bool activated;        /* sockets from the service manager: never re-bound */
 	struct event *backoff; /* accepting paused after running out of descriptors */
 };
 

@@ -26,7 +26,6 @@
 
 #include "admin.h"
 #include "config.h"
-#include "status_cmd.h"
 #include "dns.h"
 #include "downstream.h"
 #include "listen.h"
@@ -34,6 +33,7 @@
 #include "muxd.h"
 #include "notify.h"
 #include "pool.h"
+#include "status_cmd.h"
 #include "tls/ca.h"
 #include "transport/tls.h"
 
@@ -62,18 +62,20 @@ struct daemon {
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: muxd [-c FILE] [-l ADDR:PORT]... [-S DIR] [-v] [-t] [-V] [-h]\n"
-	           "       muxd env [-c FILE] [-S DIR]   print shell exports pointing clients at muxd\n"
-	           "       muxd ca [-c FILE] [-S DIR]    create the local CA if missing; print it\n"
-	           "       muxd status [-c FILE]         print the live pool of a running muxd\n"
-	           "  -c FILE       configuration file (default %s when it exists)\n"
-	           "  -l ADDR:PORT  listen address, repeatable; replaces [muxd] listen\n"
-	           "  -S DIR        state directory\n"
-	           "  -v            debug logging\n"
-	           "  -t            check the configuration and exit (0 = valid)\n"
-	           "  -V            print the version\n"
-	           "  -h            this help\n",
-	       DEFAULT_CONFIG);
+	fprintf(
+	    f,
+	    "usage: muxd [-c FILE] [-l ADDR:PORT]... [-S DIR] [-v] [-t] [-V] [-h]\n"
+	    "       muxd env [-c FILE] [-S DIR]   print shell exports pointing clients at muxd\n"
+	    "       muxd ca [-c FILE] [-S DIR]    create the local CA if missing; print it\n"
+	    "       muxd status [-c FILE]         print the live pool of a running muxd\n"
+	    "  -c FILE       configuration file (default %s when it exists)\n"
+	    "  -l ADDR:PORT  listen address, repeatable; replaces [muxd] listen\n"
+	    "  -S DIR        state directory\n"
+	    "  -v            debug logging\n"
+	    "  -t            check the configuration and exit (0 = valid)\n"
+	    "  -V            print the version\n"
+	    "  -h            this help\n",
+	    DEFAULT_CONFIG);
 }
 
 /* Load the file (or defaults) and apply the command line on top. */
@@ -507,7 +509,8 @@ int main(int argc, char **argv)
 		return rc;
 	}
 	if (d.opt.check_only) {
-		printf("%s: configuration ok\n", d.opt.config_file ? d.opt.config_file : "defaults");
+		printf("%s: configuration ok\n",
+		       d.opt.config_file ? d.opt.config_file : "defaults");
 		config_unref(d.m.cfg);
 		return 0;
 	}

@@ -68,8 +68,8 @@ int muxd_error_body(enum muxd_err err, const char *host, unsigned port, const ch
 		             port, reason);
 		break;
 	case ERR_TLS:
-		n = snprintf(buf, size, "muxd: TLS with %s%s%s:%u failed: %s\n", v6, host, v6e, port,
-		             reason);
+		n = snprintf(buf, size, "muxd: TLS with %s%s%s:%u failed: %s\n", v6, host, v6e,
+		             port, reason);
 		break;
 	default:
 		n = snprintf(buf, size, "muxd: %s%s%s:%u: %s\n", v6, host, v6e, port, reason);

@@ -64,10 +64,10 @@ struct muxd {
 	struct metrics metrics;
 	struct downstream *clients; /* open client connections */
 	unsigned nclients;
-	bool draining;     /* shutting down: no new requests */
-	FILE *access_log;  /* NULL when off */
-	struct tls_client_ctx *tls; /* trust stores and the session cache */
-	struct local_ca *ca;        /* for interception; NULL when it is off */
+	bool draining;                 /* shutting down: no new requests */
+	FILE *access_log;              /* NULL when off */
+	struct tls_client_ctx *tls;    /* trust stores and the session cache */
+	struct local_ca *ca;           /* for interception; NULL when it is off */
 	struct admin_history *history; /* admin.c: samples for the status page chart */
 };
 

@@ -35,8 +35,8 @@
 #include "transport/transport.h"
 
 #define POOL_BUCKETS 256
-#define TRIM_DELAY_MS 250 /* surplus idle connections get this long to be reused */
-#define H3_GIVE_UP 10     /* a QUIC attempt not ready after 10 x h3_timeout failed */
+#define TRIM_DELAY_MS 250   /* surplus idle connections get this long to be reused */
+#define H3_GIVE_UP 10       /* a QUIC attempt not ready after 10 x h3_timeout failed */
 #define ALTSVC_SAVE_MS 1000 /* the cache file is written this soon after a change */
 
 struct pool_origin;
@@ -53,9 +53,9 @@ struct pool_conn {
 	bool idle;
 	struct event *idle_timer;
 	struct timespec created, idle_since;
-	bool retired;                  /* takes no new streams; closed once idle */
-	enum evict_reason retire_why;  /* counted then (EVICT_COUNT: not counted) */
-	struct event *age_timer;       /* max_connection_age */
+	bool retired;                 /* takes no new streams; closed once idle */
+	enum evict_reason retire_why; /* counted then (EVICT_COUNT: not counted) */
+	struct event *age_timer;      /* max_connection_age */
 };
 
 struct pool_wait {
@@ -82,7 +82,7 @@ struct pool_origin {
 	unsigned nwaiters;
 	unsigned nidle;
 	enum proto learned; /* what ALPN chose last time (PROTO_COUNT: not known) */
-	unsigned holds; /* dispatch running: callbacks must not free the origin */
+	unsigned holds;     /* dispatch running: callbacks must not free the origin */
 	struct event *dispatch_ev;
 	struct pool_conn *h3_attempt; /* QUIC connection being set up */
 	struct event *race_timer;     /* h3_timeout: TCP may start; later: give up */
@@ -131,8 +131,7 @@ static bool append(char *buf, size_t size, size_t *len, const char *fmt, ...)
 
 /* Trust anchors (and client certificates and keys) by file identity: the same
  * path with new contents is another key. */
-static bool append_file_id(char *buf, size_t size, size_t *len, const char *name,
-                           const char *path)
+static bool append_file_id(char *buf, size_t size, size_t *len, const char *name, const char *path)
 {
 	struct stat st = {0};
 
@@ -165,15 +164,15 @@ bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, u
 		snprintf(k->host, sizeof(k->host), "%s", h->host);
 		k->port = h->port;
 		k->auth = h->user != NULL;
-		if (h->user && ((size_t)snprintf(k->user, sizeof(k->user), "%s", h->user) >=
-		                    sizeof(k->user) ||
-		                (size_t)snprintf(k->pass, sizeof(k->pass), "%s", h->pass) >=
-		                    sizeof(k->pass)))
+		if (h->user &&
+		    ((size_t)snprintf(k->user, sizeof(k->user), "%s", h->user) >= sizeof(k->user) ||
+		     (size_t)snprintf(k->pass, sizeof(k->pass), "%s", h->pass) >= sizeof(k->pass)))
 			return false;
 	}
 	key->nhops = route->nhops;
 	if (route->proxy_ca_file)
-		snprintf(key->proxy_ca_file, sizeof(key->proxy_ca_file), "%s", route->proxy_ca_file);
+		snprintf(key->proxy_ca_file, sizeof(key->proxy_ca_file), "%s",
+		         route->proxy_ca_file);
 	key->forward = !key->tls && key->nhops > 0 &&
 	               (key->hops[key->nhops - 1].kind == HOP_HTTP ||
 	                key->hops[key->nhops - 1].kind == HOP_HTTPS);
@@ -191,10 +190,10 @@ bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, u
 		 * certificate: a route with one stays on TCP, so that what the origin sees
 		 * (and what it grants) is the same whatever the transport. */
 		key->h3 = route->h3 && key->nhops == 0 && !route->client_cert;
-		snprintf(key->alpn, sizeof(key->alpn), "%s", route->h2 ? "h2,http/1.1" : "http/1.1");
-		if (route->ca_file &&
-		    (size_t)snprintf(key->ca_file, sizeof(key->ca_file), "%s", route->ca_file) >=
-		        sizeof(key->ca_file))
+		snprintf(key->alpn, sizeof(key->alpn), "%s",
+		         route->h2 ? "h2,http/1.1" : "http/1.1");
+		if (route->ca_file && (size_t)snprintf(key->ca_file, sizeof(key->ca_file), "%s",
+		                                       route->ca_file) >= sizeof(key->ca_file))
 			return false;
 		if (route->client_cert &&
 		    ((size_t)snprintf(key->client_cert, sizeof(key->client_cert), "%s",
@@ -215,8 +214,8 @@ bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, u
 	for (size_t i = 0; ok && i < key->nhops; i++) {
 		const struct pool_hop *h = &key->hops[i];
 		ok = append(key->id, sizeof(key->id), &len, " via=%s://%s%s%s:%u", kinds[h->kind],
-		            strchr(h->host, ':') ? "[" : "", h->host, strchr(h->host, ':') ? "]" : "",
-		            h->port);
+		            strchr(h->host, ':') ? "[" : "", h->host,
+		            strchr(h->host, ':') ? "]" : "", h->port);
 		if (ok && h->auth)
 			ok = append(key->id, sizeof(key->id), &len, "#%016llx",
 			            (unsigned long long)fnv64(h->user, h->pass));
@@ -232,9 +231,10 @@ static void key_chain(const struct pool_key *key, struct chain_hop *hops, struct
                       uint64_t timeout_ms)
 {
 	for (size_t i = 0; i < key->nhops; i++)
-		hops[i] = (struct chain_hop){key->hops[i].kind, key->hops[i].host, key->hops[i].port,
-		                             key->hops[i].auth ? key->hops[i].user : NULL,
-		                             key->hops[i].auth ? key->hops[i].pass : NULL};
+		hops[i] =
+		    (struct chain_hop){key->hops[i].kind, key->hops[i].host, key->hops[i].port,
+		                       key->hops[i].auth ? key->hops[i].user : NULL,
+		                       key->hops[i].auth ? key->hops[i].pass : NULL};
 	*sp = (struct chain_spec){
 	    .hops = hops,
 	    .nhops = key->nhops,
@@ -291,8 +291,7 @@ static void save_cb(evutil_socket_t fd, short what, void *arg)
 		log_warn("cannot write the Alt-Svc cache %s", path);
 }
 
-void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value,
-                         size_t len)
+void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value, size_t len)
 {
 	struct altsvc_parsed parsed;
 	struct timeval tv = {ALTSVC_SAVE_MS / 1000, (ALTSVC_SAVE_MS % 1000) * 1000};
@@ -918,7 +917,6 @@ static void conn_closed(void *owner, struct upstream_conn *uc, enum evict_reason
 
 static const struct upstream_owner_cbs owner_cbs = {conn_available, conn_closed, conn_failed};
 
-
 static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
 {
 	struct pool_conn *pc = ctx;
@@ -931,7 +929,8 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 	pc->pending = NULL;
 	if (ev == TRANSPORT_CONNECTED) {
 		bool h2 = strcmp(chain_alpn(t), "h2") == 0;
-		pc->uc = h2 ? h2_conn_new(p->m, t, &owner_cbs, pc) : h1_conn_new(p->m, t, &owner_cbs, pc);
+		pc->uc = h2 ? h2_conn_new(p->m, t, &owner_cbs, pc)
+		            : h1_conn_new(p->m, t, &owner_cbs, pc);
 		if (pc->uc) {
 			o->learned = pc->uc->proto;
 			conn_ready(pc);
@@ -1077,9 +1076,11 @@ void pool_foreach_conn(struct pool *p, void (*fn)(void *arg, const struct pool_c
 				    .host = o->key.host,
 				    .port = o->key.port,
 				    .proto = uc ? uc->proto : PROTO_COUNT,
-				    .state = pc->connecting ? "connecting" : pc->idle ? "idle" : "active",
-				    .streams = !uc || pc->connecting ? 0
-				               : uc->ops->streams  ? uc->ops->streams(uc)
+				    .state = pc->connecting ? "connecting"
+				             : pc->idle     ? "idle"
+				                            : "active",
+				    .streams = !uc || pc->connecting  ? 0
+				               : uc->ops->streams     ? uc->ops->streams(uc)
 				               : uc->ops->is_idle(uc) ? 0
 				                                      : 1,
 				    .requests = uc ? uc->requests : 0,

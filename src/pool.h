@@ -23,8 +23,8 @@ struct pool_key {
 	uint16_t port;
 	bool tls;
 	bool verify;
-	bool h3;           /* HTTP/3 allowed when the Alt-Svc cache knows it */
-	char ca_file[512]; /* "" = system trust store */
+	bool h3;                                /* HTTP/3 allowed when the Alt-Svc cache knows it */
+	char ca_file[512];                      /* "" = system trust store */
 	char client_cert[512], client_key[512]; /* "" = no client certificate */
 	/* parent proxies in order (none: direct); credentials are in the key but
 	 * only a hash of them is in id, which is logged */
@@ -37,9 +37,9 @@ struct pool_key {
 	} hops[4];
 	size_t nhops;
 	char proxy_ca_file[512];
-	bool forward; /* http:// origin, last hop an HTTP parent: absolute-form to it */
-	char alpn[32];     /* offered protocols, comma-separated */
-	char id[2048];     /* canonical form of all of the above */
+	bool forward;  /* http:// origin, last hop an HTTP parent: absolute-form to it */
+	char alpn[32]; /* offered protocols, comma-separated */
+	char id[2048]; /* canonical form of all of the above */
 };
 
 struct route;
@@ -72,8 +72,7 @@ struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, 
 void pool_wait_cancel(struct pool_wait *w);
 
 /* A verified TLS origin's Alt-Svc field value, from a response. */
-void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value,
-                         size_t len);
+void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value, size_t len);
 /* Origins with a live HTTP/3 alternative (muxd_altsvc_entries). */
 size_t pool_altsvc_count(struct pool *p);
 
@@ -94,8 +93,8 @@ void pool_count(struct pool *p, struct pool_counts *out);
 
 /* One upstream connection, for the status page. */
 struct pool_conn_info {
-	const char *key;   /* the pool key id (credentials only as a hash) */
-	const char *host;  /* origin host and port */
+	const char *key;  /* the pool key id (credentials only as a hash) */
+	const char *host; /* origin host and port */
 	uint16_t port;
 	enum proto proto;  /* PROTO_COUNT while connecting (not known yet) */
 	const char *state; /* "connecting", "active" or "idle" */

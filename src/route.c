@@ -43,8 +43,7 @@ static bool no_proxy_matches(const char *list, const char *host)
 			tok++;
 			n--;
 		}
-		if ((n == 1 && tok[0] == '*') ||
-		    (n == hl && strncasecmp(host, tok, n) == 0) ||
+		if ((n == 1 && tok[0] == '*') || (n == hl && strncasecmp(host, tok, n) == 0) ||
 		    (n > 0 && hl > n && host[hl - n - 1] == '.' &&
 		     strncasecmp(host + hl - n, tok, n) == 0))
 			return true;
@@ -128,7 +127,8 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 		if (!layers[i])
 			continue;
 		if (layers[i]->proxy_set != -1) {
-			bool exempt = layers[i]->proxy_env && no_proxy_matches(layers[i]->no_proxy, norm);
+			bool exempt =
+			    layers[i]->proxy_env && no_proxy_matches(layers[i]->no_proxy, norm);
 			out->hops = exempt ? NULL : layers[i]->hops;
 			out->nhops = exempt ? 0 : layers[i]->nhops;
 		}

@@ -16,8 +16,8 @@ struct route {
 	const struct config_route *rule; /* the winning section, NULL when none matched */
 	const char *ca_file;             /* trust anchors for origins; NULL = system store */
 	bool verify;
-	bool h2; /* offer h2 by ALPN: [pool] h2 and the route's h2 */
-	bool h3; /* HTTP/3 when advertised: [pool] h3 and the route's h3 */
+	bool h2;                       /* offer h2 by ALPN: [pool] h2 and the route's h2 */
+	bool h3;                       /* HTTP/3 when advertised: [pool] h3 and the route's h3 */
 	const struct config_hop *hops; /* parent proxies in order; none = direct */
 	size_t nhops;
 	const char *proxy_ca_file; /* trust anchors for https:// parents; NULL = system */

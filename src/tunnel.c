@@ -26,8 +26,8 @@ struct tunnel {
 	char host[256];
 	uint16_t port;
 	bool established;
-	bool answered; /* the client already has its 200 */
-	bool client_eof, origin_eof; /* that side finished sending */
+	bool answered;                 /* the client already has its 200 */
+	bool client_eof, origin_eof;   /* that side finished sending */
 	bool client_shut, origin_shut; /* we shut our writing towards that side */
 	struct event *idle;
 };
@@ -141,7 +141,8 @@ static void origin_event(void *ctx, enum transport_event ev, enum muxd_err err, 
 		n = muxd_error_body(err, tn->host, tn->port, reason, body, sizeof(body));
 		transport_close(tn->origin);
 		tn->origin = NULL;
-		downstream_respond(tn->ds, muxd_err_status(err), "text/plain", body, (size_t)n, true);
+		downstream_respond(tn->ds, muxd_err_status(err), "text/plain", body, (size_t)n,
+		                   true);
 		tunnel_end(tn, true);
 		return;
 	}
@@ -154,8 +155,8 @@ static void origin_event(void *ctx, enum transport_event ev, enum muxd_err err, 
 	tunnel_end(tn, false); /* a reset on one side resets the other */
 }
 
-struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *host,
-                            uint16_t port, bool answered)
+struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *host, uint16_t port,
+                            bool answered)
 {
 	static const struct transport_cbs cbs = {origin_read, origin_drain, origin_event};
 	struct tunnel *tn = calloc(1, sizeof(*tn));
@@ -175,9 +176,9 @@ struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *h
 	struct chain_hop hops[CONFIG_MAX_HOPS];
 	route_for(tn->cfg, host, port, &route);
 	for (size_t i = 0; i < route.nhops; i++)
-		hops[i] = (struct chain_hop){route.hops[i].kind, route.hops[i].host,
-		                             route.hops[i].port, route.hops[i].user,
-		                             route.hops[i].pass};
+		hops[i] =
+		    (struct chain_hop){route.hops[i].kind, route.hops[i].host, route.hops[i].port,
+		                       route.hops[i].user, route.hops[i].pass};
 	struct chain_spec spec = {.hops = hops,
 	                          .nhops = route.nhops,
 	                          .proxy_ca_file = route.proxy_ca_file,

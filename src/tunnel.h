@@ -21,8 +21,8 @@ struct downstream;
 /* NULL when out of memory (the caller answers). answered: the client has
  * had its 200 already (an intercepted port carrying something other than
  * TLS), so a failure can only close the connection. */
-struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *host,
-                            uint16_t port, bool answered);
+struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *host, uint16_t port,
+                            bool answered);
 
 /* Client-side events, forwarded by the downstream. */
 void tunnel_client_read(struct tunnel *tn);

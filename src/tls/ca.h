@@ -28,8 +28,8 @@ struct local_ca *local_ca_open(const char *state_dir, unsigned leaf_cache_size, 
                                size_t err_size);
 void local_ca_free(struct local_ca *ca);
 
-const char *local_ca_cert_path(const struct local_ca *ca);   /* state_dir/ca.pem */
-const char *local_ca_bundle_path(const struct local_ca *ca); /* state_dir/ca-bundle.pem */
+const char *local_ca_cert_path(const struct local_ca *ca);        /* state_dir/ca.pem */
+const char *local_ca_bundle_path(const struct local_ca *ca);      /* state_dir/ca-bundle.pem */
 const char *local_ca_pem(const struct local_ca *ca, size_t *len); /* the CA certificate */
 /* "SHA256:AB:CD:..." (upper-case hex pairs). */
 void local_ca_fingerprint(const struct local_ca *ca, char *out, size_t size);

@@ -163,13 +163,14 @@ static bool start_step(struct chain *c)
 		char auth[600];
 		hop_name(c, st->hop, name, sizeof(name));
 		if (h->kind == HOP_SOCKS5 || h->kind == HOP_SOCKS5H) {
-			c->top = socks5_connect(c->m, c->top, name, host, port, h->kind == HOP_SOCKS5H,
-			                        h->user, h->pass, &cbs, c);
+			c->top = socks5_connect(c->m, c->top, name, host, port,
+			                        h->kind == HOP_SOCKS5H, h->user, h->pass, &cbs, c);
 		} else {
 			if (h->user)
-				snprintf(auth, sizeof(auth), "%s:%s", h->user, h->pass ? h->pass : "");
-			c->top = h1_connect_new(c->m, c->top, name, host, port, h->user ? auth : NULL,
-			                        &cbs, c);
+				snprintf(auth, sizeof(auth), "%s:%s", h->user,
+				         h->pass ? h->pass : "");
+			c->top = h1_connect_new(c->m, c->top, name, host, port,
+			                        h->user ? auth : NULL, &cbs, c);
 		}
 		break;
 	}
@@ -197,7 +198,8 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 	}
 	if (ev == TRANSPORT_CONNECTED && c->next < c->nsteps) {
 		if (!start_step(c)) /* the failed layer closed those below it */
-			c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR, ERR_CONNECT, "out of memory");
+			c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR, ERR_CONNECT,
+			                     "out of memory");
 		return;
 	}
 	if (ev == TRANSPORT_CONNECTED) {
@@ -270,7 +272,8 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
 	c->spec.client_key = spec->client_key ? c->client_key : NULL;
 
 	size_t first = 0;
-	if (spec->nhops > 0 && spec->hops[0].kind == HOP_HTTPS && !(spec->forward && spec->nhops == 1)) {
+	if (spec->nhops > 0 && spec->hops[0].kind == HOP_HTTPS &&
+	    !(spec->forward && spec->nhops == 1)) {
 		c->steps[c->nsteps++] = (struct step){STEP_POOL_TUNNEL, 0};
 		first = 1;
 	} else {

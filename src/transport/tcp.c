@@ -117,12 +117,12 @@ static bool tcp_is_alive(struct transport *t)
 }
 
 static const struct transport_ops tcp_ops = {
-	.input = tcp_input,
-	.output = tcp_output,
-	.set_reading = tcp_set_reading,
-	.shutdown = tcp_shutdown,
-	.close = tcp_close,
-	.is_alive = tcp_is_alive,
+    .input = tcp_input,
+    .output = tcp_output,
+    .set_reading = tcp_set_reading,
+    .shutdown = tcp_shutdown,
+    .close = tcp_close,
+    .is_alive = tcp_is_alive,
 };
 
 void transport_set_cbs(struct transport *t, const struct transport_cbs *cbs, void *ctx)
@@ -181,8 +181,7 @@ static bool start_bev(struct tcp *c, int fd)
 	return true;
 }
 
-struct transport *tcp_accepted(struct muxd *m, int fd, const struct transport_cbs *cbs,
-                               void *ctx)
+struct transport *tcp_accepted(struct muxd *m, int fd, const struct transport_cbs *cbs, void *ctx)
 {
 	struct tcp *c = calloc(1, sizeof(*c));
 
@@ -314,8 +313,8 @@ static void resolved(void *ctx, int err, const char *reason, const struct dns_ad
 	start_next_attempt(c);
 }
 
-struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port,
-                              uint64_t timeout_ms, const struct transport_cbs *cbs, void *ctx)
+struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port, uint64_t timeout_ms,
+                              const struct transport_cbs *cbs, void *ctx)
 {
 	struct tcp *c = calloc(1, sizeof(*c));
 	struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};

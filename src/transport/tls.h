@@ -21,10 +21,10 @@ struct tls_client_ctx *tls_client_ctx_new(void);
 void tls_client_ctx_free(struct tls_client_ctx *ctx);
 
 struct tls_client_params {
-	const char *sni;         /* host name for SNI and verification; IP literals: no SNI */
-	const char *alpn;        /* comma-separated protocol ids, e.g. "http/1.1" or "h2,http/1.1" */
-	const char *ca_file;     /* PEM trust anchors; NULL = the system trust store */
-	bool verify;             /* false: no certificate or host name check */
+	const char *sni;     /* host name for SNI and verification; IP literals: no SNI */
+	const char *alpn;    /* comma-separated protocol ids, e.g. "http/1.1" or "h2,http/1.1" */
+	const char *ca_file; /* PEM trust anchors; NULL = the system trust store */
+	bool verify;         /* false: no certificate or host name check */
 	const char *session_key; /* resumption cache key (the pool key id); NULL = none */
 };
 
@@ -36,8 +36,8 @@ struct tls_client_params {
  * <GnuTLS error>". Returns NULL only when out of memory (lower is closed).
  */
 struct transport *tls_client_new(struct muxd *m, struct transport *lower,
-                                 const struct tls_client_params *p,
-                                 const struct transport_cbs *cbs, void *ctx);
+                                 const struct tls_client_params *p, const struct transport_cbs *cbs,
+                                 void *ctx);
 /*
  * The same, also presenting a client certificate when the server asks for one
  * (and names the certificate's issuer, or no issuer at all): PEM files, the
@@ -87,8 +87,8 @@ struct tls_server_params {
  * Ends in TRANSPORT_CONNECTED or TRANSPORT_ERROR (ERR_TLS, reason).
  */
 struct transport *tls_server_new(struct muxd *m, struct transport *lower,
-                                 const struct tls_server_params *p,
-                                 const struct transport_cbs *cbs, void *ctx);
+                                 const struct tls_server_params *p, const struct transport_cbs *cbs,
+                                 void *ctx);
 
 /* After TRANSPORT_CONNECTED: the SNI the client sent ("" when none). */
 const char *tls_server_sni(struct transport *t);

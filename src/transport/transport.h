@@ -68,8 +68,8 @@ void transport_set_cbs(struct transport *t, const struct transport_cbs *cbs, voi
  * wins). Ends in TRANSPORT_CONNECTED or TRANSPORT_ERROR (ERR_DNS,
  * ERR_CONNECT, ERR_CONNECT_TIMEOUT after timeout_ms).
  */
-struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port,
-                              uint64_t timeout_ms, const struct transport_cbs *cbs, void *ctx);
+struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port, uint64_t timeout_ms,
+                              const struct transport_cbs *cbs, void *ctx);
 
 /*
  * SOCKS5 (RFC 1928) through a connected proxy connection lower, with
@@ -81,9 +81,8 @@ struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port,
  * connection refused by destination host", "...: authentication failed").
  */
 struct transport *socks5_connect(struct muxd *m, struct transport *lower, const char *proxy_name,
-                                 const char *host, uint16_t port, bool remote_dns,
-                                 const char *user, const char *pass,
-                                 const struct transport_cbs *cbs, void *ctx);
+                                 const char *host, uint16_t port, bool remote_dns, const char *user,
+                                 const char *pass, const struct transport_cbs *cbs, void *ctx);
 
 /*
  * CONNECT host:port through an HTTP/1.1 proxy connection lower (a tunnel:
@@ -118,7 +117,7 @@ struct chain_spec {
 	const char *host;          /* the target */
 	uint16_t port;
 	bool forward;
-	bool tls;                /* TLS to the target after the hops */
+	bool tls; /* TLS to the target after the hops */
 	const char *sni, *alpn, *ca_file, *session_key;
 	bool verify;
 	uint64_t timeout_ms; /* connect_timeout, for each TCP connect */
@@ -144,7 +143,6 @@ struct transport *stream_tunnel_connect(struct muxd *m, const struct pool_key *p
                                         void *ctx);
 
 /* Wrap an accepted socket (client side). */
-struct transport *tcp_accepted(struct muxd *m, int fd, const struct transport_cbs *cbs,
-                               void *ctx);
+struct transport *tcp_accepted(struct muxd *m, int fd, const struct transport_cbs *cbs, void *ctx);
 
 #endif

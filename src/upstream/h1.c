@@ -388,7 +388,9 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 	snprintf(s->method, sizeof(s->method), "%s", r->method);
 	s->tunnel = strcmp(r->method, "CONNECT") == 0;
 	evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nHost: %s\r\n", r->method,
-	                    s->tunnel ? r->authority : r->absolute ? r->absolute : r->path,
+	                    s->tunnel     ? r->authority
+	                    : r->absolute ? r->absolute
+	                                  : r->path,
 	                    r->authority);
 	for (size_t i = 0; i < r->nfields; i++)
 		add_field(out, r->fields[i].name, r->fields[i].name_len, r->fields[i].value,
@@ -470,13 +472,13 @@ static void s_cancel(struct upstream_stream *us)
 }
 
 static const struct upstream_stream_ops h1_stream_ops = {
-	.send_head = s_send_head,
-	.send_space = s_send_space,
-	.send_body = s_send_body,
-	.send_end = s_send_end,
-	.body = s_body,
-	.consumed = s_consumed,
-	.cancel = s_cancel,
+    .send_head = s_send_head,
+    .send_space = s_send_space,
+    .send_body = s_send_body,
+    .send_end = s_send_end,
+    .body = s_body,
+    .consumed = s_consumed,
+    .cancel = s_cancel,
 };
 
 /* --- connection operations --- */
@@ -508,10 +510,10 @@ static bool h1_is_idle(struct upstream_conn *uc)
 }
 
 static const struct upstream_conn_ops h1_conn_ops = {
-	.open_stream = h1_open_stream,
-	.free_slots = h1_free_slots,
-	.is_idle = h1_is_idle,
-	.close = h1_close,
+    .open_stream = h1_open_stream,
+    .free_slots = h1_free_slots,
+    .is_idle = h1_is_idle,
+    .close = h1_close,
 };
 
 struct upstream_conn *h1_conn_new(struct muxd *m, struct transport *t,

@@ -103,7 +103,7 @@ struct upstream_conn {
 	const struct upstream_conn_ops *ops;
 	enum proto proto;
 	struct upstream_owner_cbs owner_cbs;
-	void *owner; /* the pool's bookkeeping for this connection */
+	void *owner;       /* the pool's bookkeeping for this connection */
 	uint64_t requests; /* streams opened so far */
 	bool reusable;     /* false once the connection may carry no more streams */
 	bool warming;      /* set up, but no streams until the peer's settings arrive */
@@ -129,11 +129,11 @@ struct upstream_conn *h2_conn_new(struct muxd *m, struct transport *t,
  * TLS for sni. It reports on_available once streams can be opened, or
  * on_failed. While setting up, free_slots() is 0 and warming is true. */
 struct h3_params {
-	const char *host;        /* where to send UDP (the alt-authority host) */
-	uint16_t port;           /* the alternative's UDP port */
-	const char *sni;         /* the origin's host: TLS name and verification */
-	const char *authority;   /* unused by the connection; for logs */
-	const char *ca_file;     /* NULL = system store */
+	const char *host;      /* where to send UDP (the alt-authority host) */
+	uint16_t port;         /* the alternative's UDP port */
+	const char *sni;       /* the origin's host: TLS name and verification */
+	const char *authority; /* unused by the connection; for logs */
+	const char *ca_file;   /* NULL = system store */
 	bool verify;
 	const char *session_key; /* resumption cache key */
 };

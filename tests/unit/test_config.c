@@ -264,8 +264,8 @@ START_TEST(addr_port)
 	ck_assert_uint_eq(l.addr_len, sizeof(struct sockaddr_in6));
 	static const char *const bad[] = {
 	    "127.0.0.1",     "127.0.0.1:", "127.0.0.1:-1", "127.0.0.1:65536",
-	    "::1:3128",      "[::1]3128",  "[::1]",       "localhost:3128",
-	    "[127.0.0.1]:1", ":3128",      "1.2.3.4:80x", "[fe80::1%eth0]:1",
+	    "::1:3128",      "[::1]3128",  "[::1]",        "localhost:3128",
+	    "[127.0.0.1]:1", ":3128",      "1.2.3.4:80x",  "[fe80::1%eth0]:1",
 	    "[]:1",          "1.2.3.4:-1"};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
 		ck_assert_msg(!config_parse_addr_port(bad[i], &l), "accepted '%s'", bad[i]);

@@ -1037,7 +1037,6 @@ START_TEST(basic_credentials)
 }
 END_TEST
 
-
 static Suite *http1_suite(void)
 {
 	Suite *s = suite_create("http1");

@@ -1,12 +1,12 @@
 /* Unit tests: [route PATTERN] parsing, matching order and inheritance, and
  * pool keys that differ on every TLS field. */
 #include <check.h>
+#include <fcntl.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,8 +72,8 @@ START_TEST(patterns)
 	ck_assert(config_parse_route_pattern("10.0.0.0/8", &r) && r.kind == ROUTE_CIDR);
 	ck_assert(config_parse_route_pattern("0:0::1", &r) && r.kind == ROUTE_HOST);
 	ck_assert_str_eq(r.host, "::1");
-	static const char *const bad[] = {"", "h:", "h:0", "h:70000", "*.", "a b", "[::1]",
-	                                  "10.0.0.0/33", "x/8", "*x.com"};
+	static const char *const bad[] = {"",    "h:",    "h:0",         "h:70000", "*.",
+	                                  "a b", "[::1]", "10.0.0.0/33", "x/8",     "*x.com"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		ck_assert_msg(!config_parse_route_pattern(bad[i], &r), "accepted '%s'", bad[i]);
 }
