@@ -60,6 +60,9 @@ struct exchange {
 	bool keep_alive; /* the client connection survives this exchange */
 	uint64_t bytes_out;
 	struct timespec start;
+
+	enum http1_framing framing; /* of the final response to the client */
+	bool continue_sent;         /* muxd answered Expect: 100-continue itself */
 };
 
 static const struct upstream_stream_cbs stream_cbs;
@@ -205,6 +208,8 @@ static void send_request_body(struct exchange *ex)
 	}
 	if (ex->req_body_done && !ex->req_end_sent) {
 		ex->req_end_sent = true;
+		if (ex->req_chunked)
+			http1_filter_trailers(ex->req_chunked->trailers);
 		s->ops->send_end(s, ex->req_chunked ? ex->req_chunked->trailers : "");
 	}
 }
@@ -220,21 +225,38 @@ static void add_line(struct evbuffer *out, const char *name, size_t nlen, const 
 	evbuffer_add(out, "\r\n", 2);
 }
 
+/* The head as the client gets it: end-to-end fields, then muxd's own
+ * framing (ex->framing for a final head). The origin's framing fields never
+ * pass, except the Content-Length of a HEAD or 304 answer, which describes a
+ * body that is not there. */
 static void write_head(struct exchange *ex, const struct http1_msg *h, bool final)
 {
 	struct evbuffer *out = transport_output(ex->client);
+	enum http1_framing fr = final ? ex->framing : HTTP1_FRAME_NONE;
+	bool keep_length = final && fr == HTTP1_FRAME_NONE && h->status != 204;
 
 	evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", h->status, h->reason);
 	for (size_t i = 0; i < h->nfields; i++) {
 		const struct http1_field *f = &h->fields[i];
 		if (http1_is_hop_by_hop(h, f->name))
 			continue;
+		if (!keep_length && strcasecmp(f->name, "content-length") == 0)
+			continue;
+		/* trailers go only with a chunked body: else neither they nor the
+		 * field announcing them */
+		if (final && fr != HTTP1_FRAME_CHUNKED && strcasecmp(f->name, "trailer") == 0)
+			continue;
 		add_line(out, f->name, f->name_len, f->value, f->value_len);
 	}
 	if (ex->cfg->via)
 		evbuffer_add_printf(out, "Via: %s\r\n", VIA_TOKEN);
 	if (final) {
-		if (ex->chunk_out)
+		if (fr == HTTP1_FRAME_EMPTY)
+			evbuffer_add_printf(out, "Content-Length: 0\r\n");
+		else if (fr == HTTP1_FRAME_LENGTH)
+			evbuffer_add_printf(out, "Content-Length: %llu\r\n",
+			                    (unsigned long long)h->content_length);
+		else if (fr == HTTP1_FRAME_CHUNKED)
 			evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
 		if (!ex->keep_alive)
 			evbuffer_add_printf(out, "Connection: close\r\n");
@@ -250,7 +272,8 @@ static void on_head(void *ctx, const struct http1_msg *h)
 	bool client10 = ex->req.version_minor == 0;
 
 	if (h->status < 200) {
-		if (!client10)
+		/* muxd answered the client's Expect itself: not a second 100 */
+		if (!client10 && !(h->status == 100 && ex->continue_sent))
 			write_head(ex, h, false);
 		return;
 	}
@@ -258,8 +281,15 @@ static void on_head(void *ctx, const struct http1_msg *h)
 	const struct http1_field *alt = http1_find(h, "alt-svc");
 	if (alt)
 		pool_altsvc_learned(ex->m->pool, &ex->key, alt->value, alt->value_len);
-	ex->chunk_out = (h->body == HTTP1_BODY_CHUNKED || h->body == HTTP1_BODY_CLOSE) && !client10;
-	if (client10 && (h->body == HTTP1_BODY_CHUNKED || h->body == HTTP1_BODY_CLOSE))
+	/* HTTP/2 and HTTP/3 trailers may follow a body of known length: relay
+	 * them chunked to a client that asked for them */
+	const struct http1_field *te = http1_find(&ex->req, "te");
+	bool want_trailers = ex->proto != PROTO_H1 && http1_find(h, "trailer") && te &&
+	                     http1_list_has(te->value, te->value_len, "trailers");
+	ex->framing = http1_relay_framing(h->status, ex->req.method, h->body, ex->req.version_minor,
+	                                  want_trailers);
+	ex->chunk_out = ex->framing == HTTP1_FRAME_CHUNKED;
+	if (ex->framing == HTTP1_FRAME_CLOSE)
 		ex->keep_alive =
 		    false; /* an HTTP/1.0 body of unknown length ends with the connection */
 	if (ex->m->draining)
@@ -306,8 +336,13 @@ static void on_end(void *ctx, const char *trailers)
 	struct evbuffer *out = transport_output(ex->client);
 
 	ex->stream = NULL; /* the connection takes it back */
-	if (ex->chunk_out)
-		evbuffer_add_printf(out, "0\r\n%s\r\n", trailers);
+	if (ex->chunk_out) {
+		char *t = *trailers ? strdup(trailers) : NULL; /* out of memory: none */
+		if (t)
+			http1_filter_trailers(t);
+		evbuffer_add_printf(out, "0\r\n%s\r\n", t ? t : "");
+		free(t);
+	}
 	finish(ex);
 }
 
@@ -351,9 +386,33 @@ static void on_send_ready(void *ctx)
 static const struct upstream_stream_cbs stream_cbs = {on_head, on_body, on_end, on_error,
                                                       on_send_ready};
 
+/*
+ * HTTP/2 and HTTP/3 origins rarely answer Expect: 100-continue (nginx, h2o
+ * do not), and the client would wait for a 100 before sending its body: muxd
+ * answers it as soon as the stream is open, and Expect does not go upstream.
+ */
+static void answer_continue(struct exchange *ex)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < ex->nfields; i++)
+		if (!(ex->fields[i].name_len == 6 &&
+		      strncasecmp(ex->fields[i].name, "expect", 6) == 0))
+			ex->fields[n++] = ex->fields[i];
+	ex->nfields = n;
+	if (ex->continue_sent || ex->head_sent || ex->req.version_minor == 0 ||
+	    ex->req.body == HTTP1_BODY_NONE)
+		return;
+	ex->continue_sent = true;
+	evbuffer_add_printf(transport_output(ex->client), "HTTP/1.1 100 Continue\r\n\r\n");
+}
+
 static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 {
 	struct exchange *ex = ctx;
+
+	if (s->conn->proto != PROTO_H1 && ex->req.expect_continue)
+		answer_continue(ex);
 	struct upstream_request r = {
 	    .method = ex->req.method,
 	    .scheme = ex->uri.scheme,

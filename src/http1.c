@@ -440,7 +440,88 @@ bool http1_is_hop_by_hop(const struct http1_msg *msg, const char *name)
 	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
 		if (ieq(name, n, hop[i]))
 			return true;
+	/* framing is never dropped by Connection processing (RFC 9110 7.6.1) */
+	if (ieq(name, n, "Content-Length"))
+		return false;
 	return msg && connection_has(msg, name);
+}
+
+bool http1_trailer_allowed(const char *name, size_t name_len)
+{
+	static const char *const banned[] = {
+	    /* framing, routing */
+	    "Content-Length",
+	    "Transfer-Encoding",
+	    "Trailer",
+	    "Host",
+	    /* request modifiers (controls, conditionals, range) */
+	    "Cache-Control",
+	    "Expect",
+	    "Max-Forwards",
+	    "Pragma",
+	    "Range",
+	    "TE",
+	    "If-Match",
+	    "If-None-Match",
+	    "If-Modified-Since",
+	    "If-Unmodified-Since",
+	    "If-Range",
+	    /* authentication, cookies */
+	    "Authorization",
+	    "Proxy-Authorization",
+	    "WWW-Authenticate",
+	    "Proxy-Authenticate",
+	    "Authentication-Info",
+	    "Proxy-Authentication-Info",
+	    "Cookie",
+	    "Set-Cookie",
+	    /* response control data */
+	    "Age",
+	    "Date",
+	    "Expires",
+	    "Location",
+	    "Retry-After",
+	    "Vary",
+	    "Warning",
+	    /* payload processing */
+	    "Content-Type",
+	    "Content-Encoding",
+	    "Content-Range",
+	    /* connection-specific */
+	    "Connection",
+	    "Keep-Alive",
+	    "Proxy-Connection",
+	    "Upgrade",
+	};
+
+	if (name_len == 0 || name[0] == ':')
+		return false;
+	for (size_t i = 0; i < name_len; i++)
+		if (!is_tchar((unsigned char)name[i]))
+			return false;
+	for (size_t i = 0; i < sizeof(banned) / sizeof(banned[0]); i++)
+		if (ieq(name, name_len, banned[i]))
+			return false;
+	return true;
+}
+
+size_t http1_filter_trailers(char *trailers)
+{
+	char *in = trailers, *out = trailers;
+
+	while (*in) {
+		char *eol = strstr(in, "\r\n");
+		size_t len = eol ? (size_t)(eol - in) + 2 : strlen(in);
+		char *colon = memchr(in, ':', eol ? (size_t)(eol - in) : len);
+
+		if (eol && colon && http1_trailer_allowed(in, (size_t)(colon - in))) {
+			memmove(out, in, len);
+			out += len;
+		}
+		in += len;
+	}
+	*out = '\0';
+	return (size_t)(out - trailers);
 }
 
 /* ---- chunked bodies ---- */
@@ -730,43 +811,92 @@ const char *http1_reason(int status)
 	} reasons[] = {
 	    {100, "Continue"},
 	    {101, "Switching Protocols"},
+	    {102, "Processing"},
+	    {103, "Early Hints"},
 	    {200, "OK"},
 	    {201, "Created"},
 	    {202, "Accepted"},
+	    {203, "Non-Authoritative Information"},
 	    {204, "No Content"},
+	    {205, "Reset Content"},
 	    {206, "Partial Content"},
+	    {207, "Multi-Status"},
+	    {208, "Already Reported"},
+	    {226, "IM Used"},
+	    {300, "Multiple Choices"},
 	    {301, "Moved Permanently"},
 	    {302, "Found"},
 	    {303, "See Other"},
 	    {304, "Not Modified"},
+	    {305, "Use Proxy"},
 	    {307, "Temporary Redirect"},
 	    {308, "Permanent Redirect"},
 	    {400, "Bad Request"},
 	    {401, "Unauthorized"},
+	    {402, "Payment Required"},
 	    {403, "Forbidden"},
 	    {404, "Not Found"},
 	    {405, "Method Not Allowed"},
+	    {406, "Not Acceptable"},
 	    {407, "Proxy Authentication Required"},
 	    {408, "Request Timeout"},
+	    {409, "Conflict"},
+	    {410, "Gone"},
 	    {411, "Length Required"},
+	    {412, "Precondition Failed"},
 	    {413, "Content Too Large"},
 	    {414, "URI Too Long"},
+	    {415, "Unsupported Media Type"},
+	    {416, "Range Not Satisfiable"},
 	    {417, "Expectation Failed"},
 	    {421, "Misdirected Request"},
+	    {422, "Unprocessable Content"},
+	    {423, "Locked"},
+	    {424, "Failed Dependency"},
+	    {425, "Too Early"},
+	    {426, "Upgrade Required"},
+	    {428, "Precondition Required"},
+	    {429, "Too Many Requests"},
 	    {431, "Request Header Fields Too Large"},
+	    {451, "Unavailable For Legal Reasons"},
 	    {500, "Internal Server Error"},
 	    {501, "Not Implemented"},
 	    {502, "Bad Gateway"},
 	    {503, "Service Unavailable"},
 	    {504, "Gateway Timeout"},
 	    {505, "HTTP Version Not Supported"},
+	    {506, "Variant Also Negotiates"},
+	    {507, "Insufficient Storage"},
 	    {508, "Loop Detected"},
+	    {510, "Not Extended"},
+	    {511, "Network Authentication Required"},
 	};
 
 	for (size_t i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++)
 		if (reasons[i].status == status)
 			return reasons[i].text;
 	return "Unknown";
+}
+
+enum http1_framing http1_relay_framing(int status, const char *method, enum http1_body body,
+                                       int client_minor, bool want_trailers)
+{
+	bool head = method && strcmp(method, "HEAD") == 0;
+	bool connect = method && strcmp(method, "CONNECT") == 0;
+
+	if (status < 200 || status == 204 || status == 304 || head || (connect && status < 300))
+		return HTTP1_FRAME_NONE;
+	switch (body) {
+	case HTTP1_BODY_NONE:
+		return HTTP1_FRAME_EMPTY;
+	case HTTP1_BODY_LENGTH:
+		return want_trailers && client_minor >= 1 ? HTTP1_FRAME_CHUNKED
+		                                          : HTTP1_FRAME_LENGTH;
+	case HTTP1_BODY_CHUNKED:
+	case HTTP1_BODY_CLOSE:
+		break;
+	}
+	return client_minor >= 1 ? HTTP1_FRAME_CHUNKED : HTTP1_FRAME_CLOSE;
 }
 
 /* Base64 (RFC 4648, with padding) of src into dst (4 * ((n + 2) / 3) + 1 bytes). */

@@ -97,10 +97,31 @@ bool http1_list_has(const char *value, size_t value_len, const char *token);
  * True when a field must not be forwarded by a proxy (RFC 9110 7.6.1):
  * Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding, Upgrade,
  * Proxy-Authorization, Proxy-Authenticate (Trailer is NOT hop-by-hop), and any
- * field named in the message's Connection header(s).
- * Content-Length is not hop-by-hop (the caller re-frames bodies itself).
+ * field named in the message's Connection header(s) except Content-Length:
+ * framing is never dropped by Connection processing (callers re-frame bodies
+ * themselves).
  */
 bool http1_is_hop_by_hop(const struct http1_msg *msg, const char *name);
+
+/*
+ * True when a trailer field may be relayed (RFC 9110 6.5.1): not a field
+ * that must not be in trailers (framing: Content-Length, Transfer-Encoding,
+ * Trailer; routing: Host; request modifiers: Cache-Control, Expect,
+ * Max-Forwards, Pragma, Range, TE; authentication: Authorization,
+ * Proxy-Authorization, WWW-/Proxy-Authenticate, Cookie, Set-Cookie;
+ * response controls: Age, Date, Expires, Location, Retry-After, Vary,
+ * Warning; payload processing: Content-Type, Content-Encoding,
+ * Content-Range), not a connection-specific field (Connection, Keep-Alive,
+ * Proxy-Connection, Upgrade) and not a pseudo-header (":name").
+ */
+bool http1_trailer_allowed(const char *name, size_t name_len);
+
+/*
+ * Filters trailers ("name: value\r\n" lines, NUL-terminated) in place:
+ * drops the fields http1_trailer_allowed() refuses and lines that are not
+ * fields. Returns the new length. One filter for every direction and codec.
+ */
+size_t http1_filter_trailers(char *trailers);
 
 /* Incremental chunked-body decoder. Zero-initialise before first use. */
 struct http1_chunked {
@@ -155,5 +176,24 @@ bool http1_basic_credentials(const char *user_pass, char *out, size_t size);
 
 /* Standard reason phrase for a status code ("Unknown" when none). */
 const char *http1_reason(int status);
+
+/* How a relayed response is delimited to an HTTP/1.x client. */
+enum http1_framing {
+	HTTP1_FRAME_NONE,    /* no body: 1xx, 204, 304, HEAD, 2xx to CONNECT */
+	HTTP1_FRAME_EMPTY,   /* an empty body: Content-Length: 0 */
+	HTTP1_FRAME_LENGTH,  /* Content-Length: N */
+	HTTP1_FRAME_CHUNKED, /* Transfer-Encoding: chunked (HTTP/1.1 clients) */
+	HTTP1_FRAME_CLOSE,   /* ends with the connection (HTTP/1.0 clients) */
+};
+
+/*
+ * The framing of a response to relay: status and body as received (body:
+ * the framing the upstream codec derived), method of the request, the
+ * client's HTTP/1.<client_minor>. want_trailers: trailers may follow a body
+ * of known length and the client asked for them (TE: trailers); an HTTP/1.1
+ * client then gets the body chunked so that they can go along.
+ */
+enum http1_framing http1_relay_framing(int status, const char *method, enum http1_body body,
+                                       int client_minor, bool want_trailers);
 
 #endif
