@@ -348,6 +348,7 @@ class OriginRequest:
         self.headers = headers
         self.body = b""
         self.chunked = False
+        self.trailers = []  # (name, value) of a chunked body's trailer section
         self.sent_continue = False
 
     @property
@@ -518,8 +519,9 @@ class Origin:
                 size_line = rfile.readline(1000)
                 size = int(size_line.split(b";")[0].strip(), 16)
                 if size == 0:
-                    while rfile.readline(10000) not in (b"\r\n", b""):
-                        pass
+                    while (t := rfile.readline(10000)) not in (b"\r\n", b""):
+                        n, _, v = t.decode("latin-1").rstrip("\r\n").partition(":")
+                        req.trailers.append((n.strip(), v.strip()))
                     break
                 body += rfile.read(size)
                 if rfile.read(2) != b"\r\n":
