@@ -1,14 +1,16 @@
 """HTTP/1.1 to origins, against origins of the tests' own: interim heads
 sharing a write with the final head, a slow uploader under a short
 response_timeout, a long poll under the default settings (slow), and
-Content-Length values beyond a signed 64-bit length in either direction."""
+Content-Length values beyond a signed 64-bit length in either direction,
+and the bound on durations in the configuration."""
 
 import socket
+import subprocess
 import time
 
 import pytest
 
-from support import HTTPReader, connect, proxy_request, raw_exchange
+from support import MUXD_BIN, HTTPReader, connect, proxy_request, raw_exchange
 
 INT64_OVER = "9223372036854775808"  # INT64_MAX + 1
 
@@ -142,3 +144,17 @@ def test_response_content_length_over_int64_is_502(muxd, stream_server, value):
     reader.sock.close()
     assert resp.status == 502, resp
     assert srv.authority.split(":")[0] in resp.text
+
+
+# --------------------------------------------------------------------------
+# durations are bounded (365 days)
+
+
+def test_duration_over_a_year_is_a_config_error(tmp_path):
+    path = tmp_path / "long.conf"
+    path.write_text("[pool]\nidle_timeout = 8760h\n\nresponse_timeout = 8761h\n")
+    proc = subprocess.run([MUXD_BIN, "-t", "-c", str(path)], capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 1, proc.stderr
+    want = f"{path}:4: [pool] response_timeout: duration '8761h' too long (expected at most 8760h, 365 days)"
+    assert want in proc.stderr, proc.stderr
+    assert f"{path}:2:" not in proc.stderr, proc.stderr
