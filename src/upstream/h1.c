@@ -43,7 +43,7 @@ struct h1_conn {
 	struct config *cfg;
 	struct transport *t;
 	struct h1_stream stream;
-	struct event *timer; /* response timeout while a stream waits for bytes */
+	struct event *timer; /* response_timeout: no byte moved either way */
 	bool eof;
 	int holds;    /* callbacks running: free only at 0 */
 	bool closing; /* close() was called while held */
