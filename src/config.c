@@ -26,6 +26,11 @@
 #include <unistd.h>
 
 #define DURATION_FORM "a number with ms, s, m or h"
+/* The longest duration a key takes: 365 days. Far beyond any sensible
+ * timeout, and small enough that every use (timevals, ngtcp2's nanosecond
+ * timestamps, a timeout times a small factor) stays far from overflow. */
+#define DURATION_MAX_MS (365ULL * 24 * 3600 * 1000)
+#define DURATION_MAX_TEXT "8760h, 365 days"
 #define BOOL_FORM "on, off, yes, no, true, false, 1 or 0"
 #define LISTEN_FORM "ADDR:PORT with a numeric address, IPv6 in brackets"
 #define CIDR_FORM "an address or ADDR/PREFIX"
@@ -114,6 +119,16 @@ bool config_parse_duration(const char *s, uint64_t *ms)
 		}
 	}
 	return false;
+}
+
+/* Digits and a unit: the form of a duration, whatever its size. */
+static bool duration_form(const char *s)
+{
+	size_t n = strspn(s, "0123456789");
+	const char *u = s + n;
+
+	return n > 0 && (!*u || strcmp(u, "ms") == 0 || strcmp(u, "s") == 0 ||
+	                 strcmp(u, "m") == 0 || strcmp(u, "h") == 0);
 }
 
 /* A decimal number of at most max, digits only. */
@@ -310,7 +325,9 @@ struct config *config_defaults(void)
 	cfg->max_h1_per_origin = 16;
 	cfg->max_h2_per_origin = 4;
 	cfg->connect_timeout_ms = 10000;
-	cfg->response_timeout_ms = 60000;
+	/* 15 min, squid's read_timeout: a host-wide proxy must not cut long polls,
+	 * watch APIs or blocking queries that work without it */
+	cfg->response_timeout_ms = 900000;
 	cfg->intercept_enabled = true;
 	cfg->intercept_ports[0] = 443;
 	cfg->nintercept_ports = 1;
@@ -759,12 +776,20 @@ static bool set_value(struct config *cfg, const struct key *k, const char *v, bo
 		if (k->kind == K_DURATION_OFF && strcasecmp(v, "off") == 0)
 			v = "0";
 		if (!config_parse_duration(v, &ms)) {
-			snprintf(why, size, "bad duration '%s' (expected %s%s)", v,
-			         k->kind == K_DURATION_OFF ? "off or " : "", DURATION_FORM);
-			return false;
+			if (!duration_form(v)) {
+				snprintf(why, size, "bad duration '%s' (expected %s%s)", v,
+				         k->kind == K_DURATION_OFF ? "off or " : "", DURATION_FORM);
+				return false;
+			}
+			ms = UINT64_MAX; /* well formed, only beyond 64 bits of ms: too long */
 		}
 		if (ms == 0 && k->kind == K_DURATION) {
 			snprintf(why, size, "bad duration '%s' (expected more than 0)", v);
+			return false;
+		}
+		if (ms > DURATION_MAX_MS) {
+			snprintf(why, size, "duration '%s' too long (expected at most %s)", v,
+			         DURATION_MAX_TEXT);
 			return false;
 		}
 		*(uint64_t *)field = ms;

@@ -178,7 +178,10 @@ static bool parse_field(char *line, size_t n, struct http1_field *f)
 	return true;
 }
 
-/* A Content-Length value: a list of identical decimal numbers ("5, 5"). */
+/* A Content-Length value: a list of identical decimal numbers ("5, 5"), each
+ * at most INT64_MAX: the exchange and the HTTP/2 and HTTP/3 codecs carry a
+ * length as a signed 64-bit number (-1 = unknown), so a larger one must be
+ * malformed rather than silently become "unknown length". */
 static bool parse_content_length(const struct http1_field *f, bool *have, uint64_t *cl)
 {
 	size_t i = 0;
@@ -196,7 +199,7 @@ static bool parse_content_length(const struct http1_field *f, bool *have, uint64
 		for (; s < e; s++) {
 			unsigned d = (unsigned char)f->value[s] - '0';
 
-			if (d > 9 || v > (UINT64_MAX - d) / 10)
+			if (d > 9 || v > ((uint64_t)INT64_MAX - d) / 10)
 				return false;
 			v = v * 10 + d;
 		}

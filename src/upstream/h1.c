@@ -43,7 +43,7 @@ struct h1_conn {
 	struct config *cfg;
 	struct transport *t;
 	struct h1_stream stream;
-	struct event *timer; /* response timeout while a stream waits for bytes */
+	struct event *timer; /* response_timeout: no byte moved either way */
 	bool eof;
 	int holds;    /* callbacks running: free only at 0 */
 	bool closing; /* close() was called while held */
@@ -107,6 +107,15 @@ static void arm_timer(struct h1_conn *c)
 	uint64_t ms = c->cfg->response_timeout_ms;
 	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
 	evtimer_add(c->timer, &tv);
+}
+
+/* A request byte moved (from the client into the output, or from the output
+ * to the origin): the response timer, when it runs, counts from now. It
+ * measures silence in both directions, so a long upload is never cut. */
+static void request_progress(struct h1_conn *c)
+{
+	if (evtimer_pending(c->timer, NULL))
+		arm_timer(c);
 }
 
 static void stream_reset(struct h1_stream *s)
@@ -297,9 +306,13 @@ static void process(struct h1_conn *c)
 	struct evbuffer *in = transport_input(c->t);
 
 	if (s->state == H1_HEAD) {
+		bool more;
 		if (evbuffer_get_length(in) > 0)
 			arm_timer(c);
-		if (!read_head(c, in)) {
+		/* interim (1xx) heads and the final one may share a read */
+		while ((more = read_head(c, in)) && s->state == H1_HEAD)
+			;
+		if (!more) {
 			if (!c->closing && s->state == H1_HEAD && c->eof)
 				stream_error(c, ERR_CLOSED,
 				             s->got_bytes ? "connection closed in the response head"
@@ -336,6 +349,8 @@ static void on_drain(void *ctx)
 	struct h1_conn *c = ctx;
 	struct h1_stream *s = &c->stream;
 
+	if (s->state == H1_HEAD || s->state == H1_BODY)
+		request_progress(c);
 	if ((s->state == H1_HEAD || s->state == H1_BODY) && !s->req_done &&
 	    s->base.cbs.on_send_ready)
 		s->base.cbs.on_send_ready(s->base.ctx);
@@ -420,6 +435,7 @@ static void s_send_body(struct upstream_stream *us, const void *data, size_t len
 
 	if (len == 0)
 		return;
+	request_progress((struct h1_conn *)us->conn);
 	if (s->req_chunked)
 		evbuffer_add_printf(out, "%zx\r\n", len);
 	evbuffer_add(out, data, len);

@@ -104,6 +104,7 @@ START_TEST(defaults)
 	ck_assert_uint_eq(cfg->max_requests_per_connection, 0);
 	ck_assert_uint_eq(cfg->max_connection_age_ms, 0);
 	ck_assert_uint_eq(cfg->connect_timeout_ms, 10000);
+	ck_assert_uint_eq(cfg->response_timeout_ms, 15 * 60000); /* long polls live */
 	ck_assert(cfg->h2 && cfg->h3);
 	ck_assert_uint_eq(cfg->h3_timeout_ms, 300);
 	ck_assert_str_eq(cfg->altsvc_file, "altsvc.cache");
@@ -249,6 +250,37 @@ START_TEST(durations)
 	                                  "18446744073709551615h"};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
 		ck_assert_msg(!config_parse_duration(bad[i], &ms), "accepted '%s'", bad[i]);
+}
+END_TEST
+
+/* Durations in the file are bounded (365 days), whatever the key's kind; the
+ * error names file, line and key. */
+START_TEST(duration_bound)
+{
+	struct config *cfg = load_ok("[muxd]\nshutdown_timeout = 31536000000ms\n"
+	                             "[pool]\nresponse_timeout = 8760h\n"
+	                             "max_connection_age = 525600m\n"
+	                             "idle_timeout = 31536000\n");
+	ck_assert_uint_eq(cfg->shutdown_timeout_ms, 31536000000ULL);
+	ck_assert_uint_eq(cfg->response_timeout_ms, 31536000000ULL);
+	ck_assert_uint_eq(cfg->max_connection_age_ms, 31536000000ULL);
+	ck_assert_uint_eq(cfg->idle_timeout_ms, 31536000000ULL);
+	config_unref(cfg);
+	load_bad("[pool]\nresponse_timeout = 8761h\n",
+	         ":2: [pool] response_timeout: duration '8761h' too long (expected at most 8760h, "
+	         "365 days)");
+	load_bad("[muxd]\n\nshutdown_timeout = 31536000001ms\n",
+	         ":3: [muxd] shutdown_timeout: duration '31536000001ms' too long (expected at most "
+	         "8760h, 365 days)");
+	load_bad("[pool]\nmax_connection_age = 525601m\n",
+	         ":2: [pool] max_connection_age: duration '525601m' too long (expected at most "
+	         "8760h, 365 days)");
+	load_bad("[pool]\nconnect_timeout = 18446744073709551\n",
+	         ":2: [pool] connect_timeout: duration '18446744073709551' too long (expected at "
+	         "most 8760h, 365 days)");
+	load_bad("[muxd]\ntunnel_idle_timeout = 5124095576030431h\n",
+	         ":2: [muxd] tunnel_idle_timeout: duration '5124095576030431h' too long (expected "
+	         "at most 8760h, 365 days)");
 }
 END_TEST
 
@@ -545,6 +577,7 @@ int main(void)
 	tcase_add_test(tc, every_key);
 	tcase_add_test(tc, value_forms);
 	tcase_add_test(tc, durations);
+	tcase_add_test(tc, duration_bound);
 	tcase_add_test(tc, addr_port);
 	tcase_add_test(tc, cidr);
 	tcase_add_test(tc, ports);

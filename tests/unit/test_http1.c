@@ -170,9 +170,9 @@ START_TEST(req_content_length)
 	ck_assert_int_eq(req("POST / HTTP/1.1\r\n" H11 "Content-Length: 0\r\n\r\n"), HTTP1_OK);
 	ck_assert_int_eq(msg.body, HTTP1_BODY_NONE);
 	http1_msg_free(&msg);
-	ck_assert_int_eq(req("POST / HTTP/1.0\r\ncontent-length: 18446744073709551615\r\n\r\n"),
+	ck_assert_int_eq(req("POST / HTTP/1.0\r\ncontent-length: 9223372036854775807\r\n\r\n"),
 	                 HTTP1_OK);
-	ck_assert_uint_eq(msg.content_length, UINT64_MAX);
+	ck_assert_uint_eq(msg.content_length, INT64_MAX);
 }
 END_TEST
 
@@ -245,6 +245,14 @@ END_TEST
 
 START_TEST(bad_cl_overflow)
 {
+	/* over INT64_MAX: lengths are signed 64-bit further on (-1 = unknown) */
+	ASSERT_REQ("POST / HTTP/1.1\r\n" H11 "Content-Length: 9223372036854775808\r\n\r\n",
+	           HTTP1_BAD);
+	ASSERT_REQ("POST / HTTP/1.0\r\nContent-Length: 18446744073709551615\r\n\r\n", HTTP1_BAD);
+	ASSERT_REQ("POST / HTTP/1.1\r\n" H11 "Content-Length: 5, 9223372036854775813\r\n\r\n",
+	           HTTP1_BAD);
+	ASSERT_REQ("POST / HTTP/1.1\r\n" H11 "Content-Length: 09223372036854775808\r\n\r\n",
+	           HTTP1_BAD);
 	ASSERT_REQ("POST / HTTP/1.1\r\n" H11 "Content-Length: 18446744073709551616\r\n\r\n",
 	           HTTP1_BAD);
 	ASSERT_REQ("POST / HTTP/1.1\r\n" H11 "Content-Length: 99999999999999999999999\r\n\r\n",
@@ -485,6 +493,27 @@ START_TEST(resp_length)
 	ck_assert_int_eq(resp("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "GET"), HTTP1_OK);
 	ck_assert_int_eq(msg.body, HTTP1_BODY_NONE);
 	ck_assert(msg.keep_alive);
+}
+END_TEST
+
+/* A response Content-Length over INT64_MAX is malformed (a 502), never an
+ * unknown length; INT64_MAX itself is a length. */
+START_TEST(resp_cl_overflow)
+{
+	ck_assert_int_eq(
+	    resp("HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775807\r\n\r\n", "GET"),
+	    HTTP1_OK);
+	ck_assert_int_eq(msg.body, HTTP1_BODY_LENGTH);
+	ck_assert_uint_eq(msg.content_length, INT64_MAX);
+	ASSERT_RESP("HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775808\r\n\r\n", "GET",
+	            HTTP1_BAD);
+	ASSERT_RESP("HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n", "GET",
+	            HTTP1_BAD);
+	ASSERT_RESP("HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551616\r\n\r\n", "GET",
+	            HTTP1_BAD);
+	/* even where the length does not frame the body */
+	ASSERT_RESP("HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775808\r\n\r\n", "HEAD",
+	            HTTP1_BAD);
 }
 END_TEST
 
@@ -1087,6 +1116,7 @@ static Suite *http1_suite(void)
 	t = tcase_create("response");
 	tcase_add_checked_fixture(t, NULL, teardown);
 	ADD(t, resp_length);
+	ADD(t, resp_cl_overflow);
 	ADD(t, resp_chunked);
 	ADD(t, resp_close_delimited);
 	ADD(t, resp_no_body_cases);
