@@ -496,6 +496,54 @@ START_TEST(chunked_one_byte_chains)
 }
 END_TEST
 
+/* The client's input may start with an empty chain (a commit that put its
+ * bytes in the second of two reserved extents): that is no reason to stop. */
+static void empty_first_chain(const char *data, size_t n)
+{
+	struct evbuffer_iovec v[2];
+	int k;
+
+	evbuffer_expand(fc.in, 100);
+	k = evbuffer_reserve_space(fc.in, 8000, v, 2);
+	ck_assert_int_eq(k, 2);
+	ck_assert_uint_ge(v[1].iov_len, n);
+	v[0].iov_len = 0;
+	memcpy(v[1].iov_base, data, n);
+	v[1].iov_len = n;
+	ck_assert_int_eq(evbuffer_commit_space(fc.in, v, 2), 0);
+	ck_assert_int_eq(evbuffer_peek(fc.in, -1, NULL, v, 1), 1);
+	ck_assert_uint_eq(v[0].iov_len, 0); /* the case under test */
+}
+
+START_TEST(empty_first_chain_no_stall)
+{
+	static const char fixed[] = "abcdefghijkl";
+	static const char chunked[] = "c\r\nabcdefghijkl\r\n0\r\n\r\n";
+
+	start("POST http://origin.test/up HTTP/1.1\r\nHost: origin.test\r\n"
+	      "Content-Length: 12\r\n\r\n");
+	empty_first_chain(fixed, 12);
+	streams[0].space = 5;
+	give(&streams[0], false);
+	for (int i = 0; i < 10 && streams[0].ends == 0; i++)
+		send_ready(&streams[0], 5);
+	expect_got(&streams[0], fixed, 12);
+	ck_assert_int_eq(streams[0].ends, 1);
+	ck_assert(!streams[0].oversent); /* no empty sends either */
+	end_exchange();
+
+	start(CHUNKED_HEAD);
+	empty_first_chain(chunked, sizeof(chunked) - 1);
+	streams[1].space = 5;
+	give(&streams[1], false);
+	for (int i = 0; i < 10 && streams[1].ends == 0; i++)
+		send_ready(&streams[1], 5);
+	expect_got(&streams[1], fixed, 12);
+	ck_assert_int_eq(streams[1].ends, 1);
+	ck_assert(!streams[1].oversent); /* no empty sends either */
+}
+END_TEST
+
 START_TEST(chunked_malformed_400)
 {
 	static const char bad[] = "5\r\nhello\r\nzz\r\n";
@@ -830,6 +878,7 @@ int main(void)
 	tcase_add_test(relay_tc, fixed_length_every_split_tiny_space);
 	tcase_add_test(relay_tc, chunked_every_split_tiny_space);
 	tcase_add_test(relay_tc, chunked_one_byte_chains);
+	tcase_add_test(relay_tc, empty_first_chain_no_stall);
 	tcase_add_test(relay_tc, chunked_malformed_400);
 	tcase_add_test(relay_tc, response_body_relayed_bounded);
 	tcase_add_test(relay_tc, error_after_head_aborts);
