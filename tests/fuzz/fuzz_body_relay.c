@@ -484,7 +484,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size--;
 	body = take(&data, &size);
 	resp = take(&data, &size);
-	/* a Content-Length of 1 + the bytes the client has, give or take */
+	/* a Content-Length of the client's byte count, from two fewer to one more */
 	length = body.len + (flags >> 2 & 3);
 	length = length > 2 ? length - 2 : 1;
 	snprintf(head, sizeof(head), heads[flags & 3], length);
