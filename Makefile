@@ -51,6 +51,15 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/driver.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< tests/fuzz/driver.c $(LIB_OBJS) $(LDLIBS)
 
+# Link seams (ld --wrap) of the exchange's tests: its pool and its client
+# connection are the test's own fakes (tests/unit/test_exchange.c,
+# tests/fuzz/fuzz_body_relay.c); production code is linked unchanged.
+comma := ,
+EXCHANGE_SEAMS := $(foreach f,pool_start_stream pool_wait_cancel pool_altsvc_learned \
+    downstream_transport downstream_peer downstream_respond downstream_exchange_done \
+    downstream_abort,-Wl$(comma)--wrap=$(f))
+$(BUILD)/tests/test_exchange $(BUILD)/fuzz/fuzz_body_relay: LDFLAGS += $(EXCHANGE_SEAMS)
+
 deps:
 	@scripts/install-deps
 
@@ -82,8 +91,9 @@ bench:
 fuzz:
 	@for f in $(FUZZ_SRCS); do \
 	    n=$$(basename $$f .c); mkdir -p build/libfuzzer; \
+	    seams=; [ $$n = fuzz_body_relay ] && seams='$(EXCHANGE_SEAMS)'; \
 	    clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc -fsanitize=fuzzer,address,undefined \
-	        -o build/libfuzzer/$$n $$f $(filter-out src/main.c,$(SRCS)) $(LDLIBS) || exit 1; \
+	        -o build/libfuzzer/$$n $$f $(filter-out src/main.c,$(SRCS)) $(LDLIBS) $$seams || exit 1; \
 	    build/libfuzzer/$$n -max_total_time=60 tests/fuzz/corpus/$${n#fuzz_}; done
 
 format:

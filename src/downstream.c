@@ -395,7 +395,13 @@ void downstream_tunnel_done(struct downstream *ds, bool flush)
 void downstream_abort(struct downstream *ds)
 {
 	ds->ex = NULL;
-	ds_free(ds);
+	/* What the exchange committed (a response head, body bytes) still goes
+	 * out; the close right after it, without a terminating chunk, tells the
+	 * client the response is cut short (DESIGN.md's error table). */
+	if (evbuffer_get_length(transport_output(ds->t)) > 0)
+		start_close(ds);
+	else
+		ds_free(ds);
 }
 
 static const struct transport_cbs client_cbs;
@@ -511,6 +517,14 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 		process(ds);
 		if (!ds->ex && !ds->tunnel)
 			close_after_eof(ds);
+		return;
+	}
+	if (ev == TRANSPORT_EOF && ds->closing &&
+	    evbuffer_get_length(transport_output(ds->t)) > 0) {
+		/* the client is done sending, not reading: free once our last
+		 * bytes are out (on_drain), or when the linger time is up */
+		ds->peer_eof = true;
+		ds->t->ops->set_reading(ds->t, false);
 		return;
 	}
 	if (ev == TRANSPORT_ERROR)

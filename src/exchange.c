@@ -151,22 +151,43 @@ static void answer_error(struct exchange *ex, enum muxd_err err, const char *rea
 
 /* --- request body: client -> upstream --- */
 
+/* The first contiguous bytes of in (it is not empty). Normally the first
+ * chain as it is; an empty first chain gets a bounded prefix pulled up. */
+static bool first_piece(struct evbuffer *in, struct evbuffer_iovec *v)
+{
+	size_t len = evbuffer_get_length(in);
+
+	if (evbuffer_peek(in, -1, NULL, v, 1) >= 1 && v->iov_len > 0)
+		return true;
+	v->iov_len = len < 4096 ? len : 4096;
+	v->iov_base = evbuffer_pullup(in, (ev_ssize_t)v->iov_len);
+	return v->iov_base != NULL;
+}
+
+/* Move request body bytes upstream while the stream has send space. Never
+ * more than the first chain holds, nor more than the space: the chunked
+ * decoder is fed at most that many bytes (its data is a part of them).
+ * http1_chunked_next keeps a partial size or trailer line in its own state
+ * and consumes all of its input on NEED_MORE, so a line split between two
+ * chains needs no pull-up, and every pass consumes at least one byte. */
 static void send_request_body(struct exchange *ex)
 {
 	struct evbuffer *in = transport_input(ex->client);
 	struct upstream_stream *s = ex->stream;
+	size_t room;
 
-	while (!ex->req_body_done && s->ops->send_space(s) > 0 && evbuffer_get_length(in) > 0) {
-		size_t room = s->ops->send_space(s);
+	while (!ex->req_body_done && (room = s->ops->send_space(s)) > 0 &&
+	       evbuffer_get_length(in) > 0) {
 		struct evbuffer_iovec v;
 
-		evbuffer_peek(in, -1, NULL, &v, 1);
+		if (!first_piece(in, &v))
+			break; /* out of memory: try again on the next event */
+		if (v.iov_len > room)
+			v.iov_len = room;
 		if (!ex->req_chunked) {
 			size_t n = v.iov_len;
 			if (n > ex->req_remaining)
 				n = (size_t)ex->req_remaining;
-			if (n > room)
-				n = room;
 			s->ops->send_body(s, v.iov_base, n);
 			evbuffer_drain(in, n);
 			ex->bytes_in += n;
@@ -176,8 +197,6 @@ static void send_request_body(struct exchange *ex)
 		} else {
 			const char *data;
 			size_t consumed = 0, dlen = 0;
-			if (v.iov_len > room)
-				v.iov_len = room > 64 ? room : 64;
 			enum http1_chunk_event e = http1_chunked_next(
 			    ex->req_chunked, v.iov_base, v.iov_len, &consumed, &data, &dlen);
 			if (e == HTTP1_CHUNK_ERROR) {
@@ -202,8 +221,8 @@ static void send_request_body(struct exchange *ex)
 			}
 			evbuffer_drain(in, consumed);
 			ex->req_body_done = e == HTTP1_CHUNK_DONE;
-			if (e == HTTP1_CHUNK_NEED_MORE && consumed == 0)
-				break;
+			if (consumed == 0 && e != HTTP1_CHUNK_DONE)
+				break; /* cannot happen (see above); never spin */
 		}
 	}
 	if (ex->req_body_done && !ex->req_end_sent) {
@@ -429,6 +448,7 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 	ex->wait = NULL;
 	ex->stream = s;
 	ex->reused = reused;
+	ex->req_end_sent = false; /* a retry: the new stream needs the end too */
 	ex->proto = s->conn->proto;
 	if (!ex->got_stream)
 		ex->m->metrics.requests[ex->proto]++;

@@ -262,8 +262,9 @@ static void read_body(struct h1_conn *c, struct evbuffer *in)
 			const char *data;
 			size_t consumed = 0, dlen = 0;
 			evbuffer_peek(in, -1, NULL, &v, 1);
-			if (v.iov_len > room + 64)
-				v.iov_len = room + 64; /* chunk framing is not data */
+			/* the data is part of the input: never more than room */
+			if (v.iov_len > room)
+				v.iov_len = room;
 			enum http1_chunk_event ev = http1_chunked_next(
 			    s->chunked, v.iov_base, v.iov_len, &consumed, &data, &dlen);
 			if (ev == HTTP1_CHUNK_DATA)
