@@ -182,9 +182,9 @@ static void on_head(void *ctx, const struct http1_msg *h)
 		st->up = true;
 		st->report_connected = true;
 	} else {
-		snprintf(st->reason, sizeof(st->reason), "proxy %s%s answered %d %s%s", st->name,
-		         h->status == 407 ? ": proxy authentication required (" : "", h->status,
-		         h->reason, h->status == 407 ? ")" : "");
+		snprintf(st->reason, sizeof(st->reason), "proxy %s%s%d %s%s", st->name,
+		         h->status == 407 ? ": proxy authentication required (" : " answered ",
+		         h->status, h->reason, h->status == 407 ? ")" : "");
 		st->err = ERR_CONNECT;
 		st->failed = true;
 		st->report_error = true;
