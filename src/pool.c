@@ -967,8 +967,10 @@ static const struct upstream_owner_cbs owner_cbs = {conn_available, conn_closed,
 
 /* Setting pc up failed. The waiters that coalesced on it learn why; with
  * HTTP/1.1 each waiter has its own attempt, so only the first fails and the
- * others go on. pc is forgotten (its slot is free again). */
-static void fail_setup(struct pool_conn *pc, enum muxd_err err, const char *why)
+ * others go on. pc is forgotten (its slot is free again) and uc, when given,
+ * closed before anyone hears of it. */
+static void fail_setup(struct pool_conn *pc, struct upstream_conn *uc, enum muxd_err err,
+                       const char *why)
 {
 	struct pool_origin *o = pc->o;
 	bool coalesced = strstr(o->key.alpn, "h2") != NULL && o->learned != PROTO_H1;
@@ -988,6 +990,8 @@ static void fail_setup(struct pool_conn *pc, enum muxd_err err, const char *why)
 	}
 	o->holds++; /* o outlives pc while its waiters hear about it */
 	conn_forget(pc);
+	if (uc)
+		uc->ops->close(uc);
 	while ((w = TAILQ_FIRST(&failed)) != NULL) {
 		struct pool_wait_cbs cbs = w->cbs;
 		void *wctx = w->ctx;
@@ -1020,8 +1024,7 @@ static void setup_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	         last ? "proxy " : "", v6 ? "[" : "", host, v6 ? "]" : "",
 	         last ? last->port : k->port, d);
 	log_info("pool: %s: %s", k->id, why);
-	fail_setup(pc, ERR_CONNECT_TIMEOUT, why);
-	uc->ops->close(uc);
+	fail_setup(pc, uc, ERR_CONNECT_TIMEOUT, why);
 }
 
 /* The transport chain is up, the codec is not ready yet (HTTP/2 waits for
@@ -1067,7 +1070,7 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 	snprintf(why, sizeof(why), "%s", reason ? reason : "connect failed");
 	if (t)
 		transport_close(t);
-	fail_setup(pc, err, why);
+	fail_setup(pc, NULL, err, why);
 }
 
 struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, bool fresh_only,
