@@ -296,6 +296,21 @@ static void on_head(void *ctx, const struct http1_msg *h)
 			write_head(ex, h, false);
 		return;
 	}
+	if (h->status == 407 && ex->key.forward) {
+		/* the parent asks for credentials: they are muxd's configuration,
+		 * not the client's business (DESIGN: 502 naming the parent) */
+		const struct pool_hop *last = &ex->key.hops[ex->key.nhops - 1];
+		bool v6 = strchr(last->host, ':') != NULL;
+		char why[400];
+		snprintf(why, sizeof(why), "proxy %s%s%s:%u: proxy authentication required%s",
+		         v6 ? "[" : "", last->host, v6 ? "]" : "", last->port,
+		         last->auth ? " (it refused the configured credentials)" : "");
+		log_info("%s: %s", ex->key.id, why);
+		ex->stream->ops->cancel(ex->stream);
+		ex->stream = NULL;
+		answer_error(ex, ERR_CONNECT, why);
+		return;
+	}
 	ex->status = h->status;
 	const struct http1_field *alt = http1_find(h, "alt-svc");
 	if (alt)

@@ -56,8 +56,8 @@ int muxd_error_body(enum muxd_err err, const char *host, unsigned port, const ch
 		             port, reason);
 		break;
 	case ERR_CONNECT_TIMEOUT:
-		n = snprintf(buf, size, "muxd: timed out connecting to %s%s%s:%u\n", v6, host, v6e,
-		             port);
+		n = snprintf(buf, size, "muxd: timed out connecting to %s%s%s:%u%s%s\n", v6, host,
+		             v6e, port, reason && *reason ? ": " : "", reason ? reason : "");
 		break;
 	case ERR_RESPONSE_TIMEOUT:
 		n = snprintf(buf, size, "muxd: %s%s%s:%u did not answer in time\n", v6, host, v6e,

@@ -6,8 +6,12 @@
  * waiters (most recently used first: the warmest), then opens connections
  * for the waiters left, within max_h1_per_origin and max_connections (the
  * latter evicting the least recently used idle connection anywhere). A
- * waiter that can get no connection because the budget is spent gets 503
- * after connect_timeout. Idle connections sit in one global LRU list.
+ * waiter that can get no connection because the budget or the per-origin cap
+ * (max_h1_per_origin, max_h2_per_origin) is spent gets 503 after
+ * connect_timeout. Setting a connection up is bounded by connect_timeout as
+ * well: the transport chain's own deadline, then (HTTP/2) the wait for the
+ * peer's SETTINGS; when it passes, the waiters it was for get 504 and the
+ * slot is free again. Idle connections sit in one global LRU list.
  *
  * HTTP/3 (principle 7): when the Alt-Svc cache holds a live h3 alternative
  * for a TLS origin whose route allows it, dispatch starts a QUIC connection
@@ -56,6 +60,7 @@ struct pool_conn {
 	bool retired;                 /* takes no new streams; closed once idle */
 	enum evict_reason retire_why; /* counted then (EVICT_COUNT: not counted) */
 	struct event *age_timer;      /* max_connection_age */
+	struct event *setup_timer;    /* the rest of connect_timeout while warming */
 };
 
 struct pool_wait {
@@ -65,7 +70,8 @@ struct pool_wait {
 	struct upstream_stream_cbs stream_cbs;
 	struct pool_wait_cbs cbs;
 	void *ctx;
-	struct event *budget_timer; /* armed while blocked on max_connections */
+	struct event *budget_timer; /* armed once blocked on a limit: then 503 */
+	char why[200];              /* the limit, for the 503 */
 };
 
 TAILQ_HEAD(pool_conn_list, pool_conn);
@@ -438,6 +444,8 @@ static void conn_forget(struct pool_conn *pc)
 	}
 	if (pc->age_timer)
 		event_free(pc->age_timer);
+	if (pc->setup_timer)
+		event_free(pc->setup_timer);
 	event_free(pc->idle_timer);
 	free(pc);
 	schedule_all(o->pool);
@@ -583,24 +591,45 @@ static void budget_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	struct pool_wait_cbs cbs = w->cbs;
 	void *ctx = w->ctx;
 	struct pool_origin *o = w->o;
+	char why[sizeof(w->why)];
 
 	(void)fd;
 	(void)what;
+	snprintf(why, sizeof(why), "%s", w->why);
 	waiter_free(w);
 	origin_maybe_free(o);
-	cbs.on_error(ctx, ERR_BUDGET, "upstream connection limit reached");
+	cbs.on_error(ctx, ERR_BUDGET, why);
 }
 
-static void budget_wait(struct pool_origin *o)
+/* connect_timeout as "10 s" or "1500 ms", for messages. */
+static void duration(uint64_t ms, char *buf, size_t size)
+{
+	if (ms % 1000 == 0)
+		snprintf(buf, size, "%llu s", (unsigned long long)(ms / 1000));
+	else
+		snprintf(buf, size, "%llu ms", (unsigned long long)ms);
+}
+
+/* The waiters of o, but the first skip (served by connections being set up),
+ * are blocked on a limit (why): each waits at most connect_timeout from now,
+ * then gets 503. A waiter already waiting keeps its deadline. */
+static void budget_wait(struct pool_origin *o, unsigned skip, const char *why)
 {
 	struct pool_wait *w;
 	uint64_t ms = o->pool->m->cfg->connect_timeout_ms;
 	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	char d[32];
 
+	duration(ms, d, sizeof(d));
 	TAILQ_FOREACH(w, &o->waiters, link)
 	{
+		if (skip > 0) {
+			skip--;
+			continue;
+		}
 		if (w->budget_timer)
 			continue;
+		snprintf(w->why, sizeof(w->why), "%s; waited %s", why, d);
 		w->budget_timer = evtimer_new(o->pool->m->base, budget_timeout_cb, w);
 		if (w->budget_timer)
 			evtimer_add(w->budget_timer, &tv);
@@ -676,6 +705,21 @@ static unsigned wanted(const struct pool_origin *o, unsigned *cap)
 	return o->nwaiters > connecting ? o->nwaiters - connecting : 0;
 }
 
+/* Every connection o may have is busy (cap of them): the waiters that no
+ * connection being set up will serve wait for a free one, at most
+ * connect_timeout. */
+static void cap_wait(struct pool_origin *o, unsigned cap)
+{
+	/* as in wanted(): HTTP/2 unless ALPN said HTTP/1.1 */
+	bool h2 = strstr(o->key.alpn, "h2") != NULL && o->learned != PROTO_H1;
+	unsigned connecting = o->nconnecting - (o->h3_attempt ? 1 : 0);
+	char why[160];
+
+	snprintf(why, sizeof(why), "all %u %s connections to it are busy (%s)", cap,
+	         h2 ? "HTTP/2" : "HTTP/1.1", h2 ? "max_h2_per_origin" : "max_h1_per_origin");
+	budget_wait(o, connecting, why);
+}
+
 static void dispatch(struct pool_origin *o)
 {
 	struct pool *p = o->pool;
@@ -694,21 +738,23 @@ static void dispatch(struct pool_origin *o)
 	while (o->nwaiters > 0 && wanted(o, &cap) > 0 && !p->m->draining) {
 		if (o->nconns >= cap) {
 			pc = find_idle(o); /* idle, yet no waiter may use it: make room */
-			if (!pc)
+			if (!pc) {
+				cap_wait(o, cap);
 				break;
+			}
 			evict(pc, EVICT_LIMIT);
 			continue;
 		}
 		if (p->nconns >= p->m->cfg->max_connections) {
 			if (TAILQ_EMPTY(&p->idle)) {
-				budget_wait(o);
+				budget_wait(o, 0, "upstream connection limit reached");
 				break;
 			}
 			evict(TAILQ_FIRST(&p->idle), EVICT_LIMIT);
 			continue;
 		}
 		if (!open_conn(o)) {
-			budget_wait(o);
+			budget_wait(o, 0, "upstream connection limit reached");
 			break;
 		}
 	}
@@ -735,6 +781,8 @@ static void conn_available(void *owner, struct upstream_conn *uc)
 
 	if (pc->connecting) /* a connection that set itself up (HTTP/3) is ready */
 		conn_ready(pc);
+	if (pc->setup_timer && !uc->warming)
+		evtimer_del(pc->setup_timer);
 	o->holds++;
 	while ((pc = conn_by_serial(o, serial)) && uc->ops->free_slots(uc) > 0 &&
 	       (w = first_for(o, pc)))
@@ -917,40 +965,18 @@ static void conn_closed(void *owner, struct upstream_conn *uc, enum evict_reason
 
 static const struct upstream_owner_cbs owner_cbs = {conn_available, conn_closed, conn_failed};
 
-static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
+/* Setting pc up failed. The waiters that coalesced on it learn why; with
+ * HTTP/1.1 each waiter has its own attempt, so only the first fails and the
+ * others go on. pc is forgotten (its slot is free again) and uc, when given,
+ * closed before anyone hears of it. */
+static void fail_setup(struct pool_conn *pc, struct upstream_conn *uc, enum muxd_err err,
+                       const char *why)
 {
-	struct pool_conn *pc = ctx;
 	struct pool_origin *o = pc->o;
-	struct pool *p = pc->pool;
-	struct transport *t = pc->pending;
-	struct pool_wait *w;
-	char why[256];
-
-	pc->pending = NULL;
-	if (ev == TRANSPORT_CONNECTED) {
-		bool h2 = strcmp(chain_alpn(t), "h2") == 0;
-		pc->uc = h2 ? h2_conn_new(p->m, t, &owner_cbs, pc)
-		            : h1_conn_new(p->m, t, &owner_cbs, pc);
-		if (pc->uc) {
-			o->learned = pc->uc->proto;
-			conn_ready(pc);
-			conn_available(pc, pc->uc);
-			return;
-		}
-		err = ERR_CONNECT;
-		reason = "out of memory";
-	}
-	if (err == ERR_BUDGET) /* out of descriptors: give some back */
-		pool_relieve(p);
-	/* Connect failed. The waiters that coalesced on this connection learn
-	 * why; with HTTP/1.1 each waiter has its own attempt, so only the first
-	 * fails and the others go on. */
-	snprintf(why, sizeof(why), "%s", reason ? reason : "connect failed");
-	if (t)
-		transport_close(t);
 	bool coalesced = strstr(o->key.alpn, "h2") != NULL && o->learned != PROTO_H1;
 	struct pool_wait_list failed;
-	struct pool_wait *next;
+	struct pool_wait *w, *next;
+
 	TAILQ_INIT(&failed);
 	for (w = TAILQ_FIRST(&o->waiters); w; w = next) {
 		next = TAILQ_NEXT(w, link);
@@ -962,7 +988,10 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 		if (!coalesced)
 			break;
 	}
+	o->holds++; /* o outlives pc while its waiters hear about it */
 	conn_forget(pc);
+	if (uc)
+		uc->ops->close(uc);
 	while ((w = TAILQ_FIRST(&failed)) != NULL) {
 		struct pool_wait_cbs cbs = w->cbs;
 		void *wctx = w->ctx;
@@ -972,6 +1001,76 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 		free(w);
 		cbs.on_error(wctx, err, why);
 	}
+	o->holds--;
+	origin_maybe_free(o);
+}
+
+/* An HTTP/2 connection is up but its peer's SETTINGS never came within
+ * connect_timeout: the waiters get 504, the slot is free again. */
+static void setup_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pool_conn *pc = arg;
+	struct upstream_conn *uc = pc->uc;
+	const struct pool_key *k = &pc->o->key;
+	const struct pool_hop *last = k->forward ? &k->hops[k->nhops - 1] : NULL;
+	const char *host = last ? last->host : k->host;
+	bool v6 = strchr(host, ':') != NULL;
+	char why[400], d[32];
+
+	(void)fd;
+	(void)what;
+	duration(pc->pool->m->cfg->connect_timeout_ms, d, sizeof(d));
+	snprintf(why, sizeof(why), "HTTP/2 SETTINGS from %s%s%s%s:%u timed out after %s",
+	         last ? "proxy " : "", v6 ? "[" : "", host, v6 ? "]" : "",
+	         last ? last->port : k->port, d);
+	log_info("pool: %s: %s", k->id, why);
+	fail_setup(pc, uc, ERR_CONNECT_TIMEOUT, why);
+}
+
+/* The transport chain is up, the codec is not ready yet (HTTP/2 waits for
+ * the peer's SETTINGS): what is left of connect_timeout bounds that wait. */
+static void arm_setup_timer(struct pool_conn *pc)
+{
+	uint64_t ms = pc->pool->m->cfg->connect_timeout_ms;
+	double spent_ms = since(&pc->created) * 1000;
+
+	if (ms == 0 || !(pc->setup_timer = evtimer_new(pc->pool->m->base, setup_timeout_cb, pc)))
+		return;
+	ms = spent_ms >= (double)ms ? 1 : ms - (uint64_t)spent_ms;
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	evtimer_add(pc->setup_timer, &tv);
+}
+
+static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
+{
+	struct pool_conn *pc = ctx;
+	struct pool_origin *o = pc->o;
+	struct pool *p = pc->pool;
+	struct transport *t = pc->pending;
+	char why[700];
+
+	pc->pending = NULL;
+	if (ev == TRANSPORT_CONNECTED) {
+		bool h2 = strcmp(chain_alpn(t), "h2") == 0;
+		pc->uc = h2 ? h2_conn_new(p->m, t, &owner_cbs, pc)
+		            : h1_conn_new(p->m, t, &owner_cbs, pc);
+		if (pc->uc) {
+			o->learned = pc->uc->proto;
+			conn_ready(pc);
+			if (pc->uc->warming)
+				arm_setup_timer(pc);
+			conn_available(pc, pc->uc);
+			return;
+		}
+		err = ERR_CONNECT;
+		reason = "out of memory";
+	}
+	if (err == ERR_BUDGET) /* out of descriptors: give some back */
+		pool_relieve(p);
+	snprintf(why, sizeof(why), "%s", reason ? reason : "connect failed");
+	if (t)
+		transport_close(t);
+	fail_setup(pc, NULL, err, why);
 }
 
 struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, bool fresh_only,

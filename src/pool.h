@@ -64,7 +64,11 @@ void pool_free(struct pool *p);
 /*
  * Ask for a stream; the answer always comes later from the event loop.
  * fresh_only: only a newly opened connection will do (the retry after a
- * reused connection failed).
+ * reused connection failed). Every wait is bounded by connect_timeout: a
+ * connection set-up that takes longer fails its waiters with
+ * ERR_CONNECT_TIMEOUT (the reason names the step), and a waiter blocked on
+ * a limit (max_connections, max_h1_per_origin, max_h2_per_origin) gets
+ * ERR_BUDGET naming it.
  */
 struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, bool fresh_only,
                                     const struct upstream_stream_cbs *stream_cbs,

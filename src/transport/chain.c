@@ -10,7 +10,14 @@
  * While building, the chain listens to the newest layer; once everything is
  * up it forwards that layer's events to its user, and its operations go to
  * that top layer.
+ *
+ * One deadline (spec->timeout_ms, connect_timeout) covers the whole build,
+ * from DNS to the last handshake: when it passes, the chain reports
+ * ERR_CONNECT_TIMEOUT naming the step that was running and its peer ("TLS
+ * handshake with api.example.com:443 timed out after 10 s") and ignores
+ * whatever its layers say afterwards.
  */
+#include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +55,8 @@ struct chain {
 	struct step steps[CHAIN_MAX_STEPS];
 	size_t nsteps, next; /* steps planned; the next one to start */
 	bool up;
+	bool timed_out;         /* reported; only close() is left */
+	struct event *deadline; /* connect_timeout for the whole build */
 };
 
 static struct evbuffer *c_input(struct transport *t)
@@ -77,13 +86,15 @@ static void c_close(struct transport *t)
 	struct chain *c = (struct chain *)t;
 	if (c->top)
 		transport_close(c->top);
+	if (c->deadline)
+		event_free(c->deadline);
 	free(c);
 }
 
 static bool c_is_alive(struct transport *t)
 {
 	struct chain *c = (struct chain *)t;
-	return c->up && c->top->ops->is_alive(c->top);
+	return c->up && !c->timed_out && c->top->ops->is_alive(c->top);
 }
 
 static const struct transport_ops chain_ops = {c_input,    c_output, c_set_reading,
@@ -125,7 +136,7 @@ static bool start_step(struct chain *c)
 	case STEP_TCP: {
 		const char *host = sp->nhops ? c->hops[0].host : sp->host;
 		uint16_t port = sp->nhops ? c->hops[0].port : sp->port;
-		c->top = tcp_connect(c->m, host, port, sp->timeout_ms, &cbs, c);
+		c->top = tcp_connect(c->m, host, port, 0, &cbs, c); /* our deadline covers it */
 		break;
 	}
 	case STEP_POOL_TUNNEL: {
@@ -192,22 +203,28 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 {
 	struct chain *c = ctx;
 
+	if (c->timed_out)
+		return;
 	if (c->up) {
 		c->base.cbs.on_event(c->base.ctx, ev, err, reason);
 		return;
 	}
 	if (ev == TRANSPORT_CONNECTED && c->next < c->nsteps) {
-		if (!start_step(c)) /* the failed layer closed those below it */
+		if (!start_step(c)) { /* the failed layer closed those below it */
+			event_del(c->deadline);
 			c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR, ERR_CONNECT,
 			                     "out of memory");
+		}
 		return;
 	}
 	if (ev == TRANSPORT_CONNECTED) {
 		c->up = true;
+		event_del(c->deadline);
 		c->base.cbs.on_event(c->base.ctx, TRANSPORT_CONNECTED, ERR_NONE, NULL);
 		return;
 	}
 	/* a failure while building: say which hop */
+	event_del(c->deadline);
 	const struct step *st = &c->steps[c->next - 1];
 	char msg[700], name[300];
 	bool via_hop = st->kind == STEP_TLS_HOP || (st->kind == STEP_TCP && c->spec.nhops > 0);
@@ -222,6 +239,61 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 	c->base.cbs.on_event(c->base.ctx, ev == TRANSPORT_EOF ? TRANSPORT_ERROR : ev,
 	                     ev == TRANSPORT_EOF ? ERR_CONNECT : err,
 	                     reason ? reason : "connection closed");
+}
+
+/* What the running step is, for the timeout message: "TLS handshake with
+ * api.example.com:443", "CONNECT via proxy 127.0.0.1:3128". */
+static void step_name(struct chain *c, char *buf, size_t size)
+{
+	const struct step *st = &c->steps[c->next - 1];
+	const struct chain_spec *sp = &c->spec;
+	const char *v6 = strchr(sp->host, ':') ? "[" : "", *v6e = *v6 ? "]" : "";
+	char name[300];
+
+	switch (st->kind) {
+	case STEP_TCP:
+		if (sp->nhops)
+			snprintf(buf, size, "DNS/TCP connect to proxy %s",
+			         hop_name(c, 0, name, sizeof(name)));
+		else
+			snprintf(buf, size, "DNS/TCP connect to %s%s%s:%u", v6, sp->host, v6e,
+			         sp->port);
+		break;
+	case STEP_TLS_HOP:
+		snprintf(buf, size, "TLS handshake with proxy %s",
+		         hop_name(c, st->hop, name, sizeof(name)));
+		break;
+	case STEP_POOL_TUNNEL:
+	case STEP_TUNNEL: {
+		int kind = c->hops[st->hop].kind;
+		snprintf(buf, size, "%s via proxy %s",
+		         kind == HOP_SOCKS5 || kind == HOP_SOCKS5H ? "SOCKS5" : "CONNECT",
+		         hop_name(c, st->hop, name, sizeof(name)));
+		break;
+	}
+	case STEP_TLS_TARGET:
+		snprintf(buf, size, "TLS handshake with %s%s%s:%u", v6, sp->host, v6e, sp->port);
+		break;
+	}
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct chain *c = arg;
+	char msg[500], step[400];
+	uint64_t ms = c->spec.timeout_ms;
+
+	(void)fd;
+	(void)what;
+	step_name(c, step, sizeof(step));
+	if (ms % 1000 == 0)
+		snprintf(msg, sizeof(msg), "%s timed out after %llu s", step,
+		         (unsigned long long)(ms / 1000));
+	else
+		snprintf(msg, sizeof(msg), "%s timed out after %llu ms", step,
+		         (unsigned long long)ms);
+	c->timed_out = true;
+	c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR, ERR_CONNECT_TIMEOUT, msg);
 }
 
 static void copy(char *dst, size_t size, const char *src)
@@ -287,7 +359,18 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
 	}
 	if (spec->tls && !spec->forward)
 		c->steps[c->nsteps++] = (struct step){STEP_TLS_TARGET, 0};
+	c->deadline = evtimer_new(m->base, deadline_cb, c);
+	if (!c->deadline) {
+		free(c);
+		return NULL;
+	}
+	if (spec->timeout_ms > 0) {
+		struct timeval tv = {(time_t)(spec->timeout_ms / 1000),
+		                     (suseconds_t)(spec->timeout_ms % 1000) * 1000};
+		evtimer_add(c->deadline, &tv);
+	}
 	if (!start_step(c)) {
+		event_free(c->deadline);
 		free(c);
 		return NULL;
 	}

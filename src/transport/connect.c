@@ -99,9 +99,12 @@ static bool read_head(struct handshake *h)
 			h->state = HANDSHAKE_OPEN;
 			return true;
 		}
-		snprintf(reason, sizeof(reason), "proxy %s answered %d%s%.200s", h->name,
+		/* the parent's credentials are muxd's configuration: its 407 is
+		 * muxd's failure (502), named as such */
+		snprintf(reason, sizeof(reason), "proxy %s%s%d%s%.200s%s", h->name,
+		         msg.status == 407 ? ": proxy authentication required (" : " answered ",
 		         msg.status, msg.reason && *msg.reason ? " " : "",
-		         msg.reason ? msg.reason : "");
+		         msg.reason ? msg.reason : "", msg.status == 407 ? ")" : "");
 		http1_msg_free(&msg);
 		fail(t, reason);
 		return false;

@@ -182,8 +182,9 @@ static void on_head(void *ctx, const struct http1_msg *h)
 		st->up = true;
 		st->report_connected = true;
 	} else {
-		snprintf(st->reason, sizeof(st->reason), "proxy %s answered %d %s", st->name,
-		         h->status, h->reason);
+		snprintf(st->reason, sizeof(st->reason), "proxy %s%s%d %s%s", st->name,
+		         h->status == 407 ? ": proxy authentication required (" : " answered ",
+		         h->status, h->reason, h->status == 407 ? ")" : "");
 		st->err = ERR_CONNECT;
 		st->failed = true;
 		st->report_error = true;

@@ -332,7 +332,8 @@ struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port, u
 	c->timeout = evtimer_new(m->base, timeout_cb, c);
 	if (!c->he_timer || !c->timeout)
 		goto fail;
-	evtimer_add(c->timeout, &tv);
+	if (timeout_ms > 0)
+		evtimer_add(c->timeout, &tv);
 	c->query = dns_resolve(m->dns, host, port, resolved, c);
 	if (!c->query)
 		goto fail;

@@ -66,7 +66,8 @@ void transport_set_cbs(struct transport *t, const struct transport_cbs *cbs, voi
  * Open a TCP connection to host:port: resolve, then race addresses (IPv6
  * first, the next one 250 ms later or as soon as one fails; first to connect
  * wins). Ends in TRANSPORT_CONNECTED or TRANSPORT_ERROR (ERR_DNS,
- * ERR_CONNECT, ERR_CONNECT_TIMEOUT after timeout_ms).
+ * ERR_CONNECT, ERR_CONNECT_TIMEOUT after timeout_ms; 0: no deadline of its
+ * own, the caller's covers it).
  */
 struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port, uint64_t timeout_ms,
                               const struct transport_cbs *cbs, void *ctx);
@@ -101,7 +102,9 @@ struct transport *h1_connect_new(struct muxd *m, struct transport *lower, const 
  * then per parent proxy its layers (TLS to an https:// parent, then CONNECT
  * or SOCKS5 to the next hop or the target), then TLS to the target when
  * asked. Reports TRANSPORT_CONNECTED once every layer is up; errors name
- * the hop that failed. forward: stop at the last hop (an HTTP parent that
+ * the hop that failed. spec->timeout_ms bounds the whole build: then
+ * TRANSPORT_ERROR ERR_CONNECT_TIMEOUT with a reason naming the step and its
+ * peer ("TLS handshake with h:443 timed out after 10 s"). forward: stop at the last hop (an HTTP parent that
  * takes absolute-form requests itself).
  */
 struct chain_hop {
@@ -120,7 +123,7 @@ struct chain_spec {
 	bool tls; /* TLS to the target after the hops */
 	const char *sni, *alpn, *ca_file, *session_key;
 	bool verify;
-	uint64_t timeout_ms; /* connect_timeout, for each TCP connect */
+	uint64_t timeout_ms; /* connect_timeout: one deadline for the whole chain (0: none) */
 	/* PEM client certificate and key presented to the target; NULL = none */
 	const char *client_cert, *client_key;
 };

@@ -237,7 +237,8 @@ START_TEST(answer_407)
 	struct client c = {.host = "example.com", .port = 443};
 
 	proxy_expect_failure(&c, fake_start(&s), ERR_CONNECT);
-	expect_reason(&c, " answered 407 Proxy Authentication Required");
+	/* DESIGN's words for the 502, with the parent's status line */
+	expect_reason(&c, ": proxy authentication required (407 Proxy Authentication Required)");
 	ck_assert_int_eq(fake_status(), 0);
 }
 END_TEST

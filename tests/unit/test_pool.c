@@ -1,0 +1,535 @@
+/*
+ * Unit tests for src/pool.c (and the set-up deadline of src/transport/chain.c
+ * that the pool relies on): key equality, matchmaking (an idle HTTP/1.1
+ * connection is reused, a fresh-only waiter is not given it), the
+ * connect_timeout deadline over the whole set-up chain (504 naming the step,
+ * the slot freed) and the wait for capacity under max_h1_per_origin (503
+ * after connect_timeout, or the connection once it frees up).
+ *
+ * The peers are fakes that run in the test's own event loop, so the test
+ * decides exactly when they accept, answer or stay mute: a listener whose
+ * connections either answer every request head with a small 200, hold their
+ * answer until told, or never say anything.
+ */
+#include <check.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "harness.h"
+#include "muxd.h"
+#include "pool.h"
+#include "route.h"
+#include "transport/transport.h"
+#include "upstream/upstream.h"
+
+/* ---- a fake peer in the test's loop ---- */
+
+enum peer_mode {
+	PEER_ANSWER, /* a 200 with "ok" for every request head */
+	PEER_HOLD,   /* heads are counted; answers go out on peer_answer() */
+	PEER_MUTE,   /* reads and discards, says nothing (no TLS, no answer) */
+};
+
+#define PEER_MAX_CONNS 16
+
+struct peer {
+	enum peer_mode mode;
+	int fd;
+	uint16_t port;
+	struct event *accept_ev;
+	struct bufferevent *conns[PEER_MAX_CONNS];
+	unsigned nconns;
+	unsigned heads; /* request heads seen */
+};
+
+static struct peer peer;
+
+static void peer_respond(struct bufferevent *bev)
+{
+	static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+	bufferevent_write(bev, ok, sizeof(ok) - 1);
+}
+
+static void peer_read(struct bufferevent *bev, void *arg)
+{
+	struct evbuffer *in = bufferevent_get_input(bev);
+	struct evbuffer_ptr end;
+
+	(void)arg;
+	if (peer.mode == PEER_MUTE) {
+		evbuffer_drain(in, evbuffer_get_length(in));
+		return;
+	}
+	while ((end = evbuffer_search(in, "\r\n\r\n", 4, NULL)).pos >= 0) {
+		evbuffer_drain(in, (size_t)end.pos + 4);
+		peer.heads++;
+		if (peer.mode == PEER_ANSWER)
+			peer_respond(bev);
+	}
+}
+
+static void peer_event(struct bufferevent *bev, short what, void *arg)
+{
+	(void)bev;
+	(void)what;
+	(void)arg;
+}
+
+static void peer_accept(evutil_socket_t fd, short what, void *arg)
+{
+	int c = accept(fd, NULL, NULL);
+	struct bufferevent *bev;
+
+	(void)what;
+	(void)arg;
+	if (c < 0)
+		return;
+	ck_assert_uint_lt(peer.nconns, PEER_MAX_CONNS);
+	evutil_make_socket_nonblocking(c);
+	bev = bufferevent_socket_new(m.base, c, BEV_OPT_CLOSE_ON_FREE);
+	ck_assert_ptr_nonnull(bev);
+	bufferevent_setcb(bev, peer_read, NULL, peer_event, NULL);
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	peer.conns[peer.nconns++] = bev;
+}
+
+static void peer_start(enum peer_mode mode)
+{
+	peer.mode = mode;
+	peer.fd = listen_on("127.0.0.1", 0, &peer.port);
+	ck_assert_int_ge(peer.fd, 0);
+	evutil_make_socket_nonblocking(peer.fd);
+	peer.accept_ev = event_new(m.base, peer.fd, EV_READ | EV_PERSIST, peer_accept, NULL);
+	event_add(peer.accept_ev, NULL);
+}
+
+/* Answers the held request on connection i. */
+static void peer_answer(unsigned i)
+{
+	ck_assert_uint_lt(i, peer.nconns);
+	peer_respond(peer.conns[i]);
+}
+
+static void peer_stop(void)
+{
+	for (unsigned i = 0; i < peer.nconns; i++)
+		bufferevent_free(peer.conns[i]);
+	if (peer.accept_ev)
+		event_free(peer.accept_ev);
+	if (peer.fd > 0)
+		close(peer.fd);
+	memset(&peer, 0, sizeof(peer));
+}
+
+/* ---- a request through the pool ---- */
+
+struct req {
+	struct pool_wait *wait;
+	struct upstream_stream *s;
+	bool got_stream, reused, failed, done;
+	enum muxd_err err;
+	char reason[700];
+	int status;
+	char body[64];
+	size_t body_len;
+};
+
+static void r_head(void *ctx, const struct http1_msg *h)
+{
+	struct req *r = ctx;
+	if (h->status >= 200)
+		r->status = h->status;
+}
+
+static void r_body(void *ctx)
+{
+	struct req *r = ctx;
+	struct evbuffer *b = r->s->ops->body(r->s);
+	size_t n = evbuffer_get_length(b);
+
+	if (n > sizeof(r->body) - r->body_len)
+		n = sizeof(r->body) - r->body_len;
+	evbuffer_remove(b, r->body + r->body_len, n);
+	r->body_len += n;
+	r->s->ops->consumed(r->s);
+}
+
+static void r_end(void *ctx, const char *trailers)
+{
+	struct req *r = ctx;
+	(void)trailers;
+	r->s = NULL;
+	r->done = true;
+	event_base_loopbreak(m.base);
+}
+
+static void r_error(void *ctx, enum muxd_err err, const char *reason, bool nothing)
+{
+	struct req *r = ctx;
+	(void)nothing;
+	r->s = NULL;
+	r->failed = true;
+	r->err = err;
+	snprintf(r->reason, sizeof(r->reason), "%s", reason);
+	event_base_loopbreak(m.base);
+}
+
+static void r_send_ready(void *ctx)
+{
+	(void)ctx;
+}
+
+static const struct upstream_stream_cbs r_stream_cbs = {r_head, r_body, r_end, r_error,
+                                                        r_send_ready};
+
+static void w_stream(void *ctx, struct upstream_stream *s, bool reused)
+{
+	struct req *r = ctx;
+	struct upstream_request q = {.method = "GET",
+	                             .scheme = "http",
+	                             .authority = "127.0.0.1",
+	                             .path = "/",
+	                             .content_length = -1};
+	r->wait = NULL;
+	r->s = s;
+	r->got_stream = true;
+	r->reused = reused;
+	upstream_stream_send_head(s, &q);
+	s->ops->send_end(s, "");
+}
+
+static void w_error(void *ctx, enum muxd_err err, const char *reason)
+{
+	struct req *r = ctx;
+	r->wait = NULL;
+	r->failed = true;
+	r->err = err;
+	snprintf(r->reason, sizeof(r->reason), "%s", reason);
+	event_base_loopbreak(m.base);
+}
+
+static const struct pool_wait_cbs r_wait_cbs = {w_stream, w_error};
+
+static void key_for(struct pool_key *k, const char *scheme, uint16_t port)
+{
+	struct route r;
+	route_for(m.cfg, "127.0.0.1", port, &r);
+	ck_assert(pool_key_init(k, scheme, "127.0.0.1", port, &r));
+}
+
+static void req_start(struct req *r, const struct pool_key *k, bool fresh_only)
+{
+	memset(r, 0, sizeof(*r));
+	r->wait = pool_start_stream(m.pool, k, fresh_only, &r_stream_cbs, &r_wait_cbs, r);
+	ck_assert_ptr_nonnull(r->wait);
+}
+
+/* Runs the loop until r has an outcome (or ms pass). */
+static void req_run(struct req *r, int ms)
+{
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (!r->done && !r->failed) {
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		int spent =
+		    (int)((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
+		if (spent >= ms)
+			break;
+		loop_run(ms - spent);
+	}
+}
+
+static void req_cleanup(struct req *r)
+{
+	if (r->wait)
+		pool_wait_cancel(r->wait);
+	if (r->s)
+		r->s->ops->cancel(r->s);
+	r->wait = NULL;
+	r->s = NULL;
+}
+
+static void count_conn(void *arg, const struct pool_conn_info *c)
+{
+	(void)c;
+	(*(unsigned *)arg)++;
+}
+
+static unsigned pool_conns(void)
+{
+	unsigned n = 0;
+	pool_foreach_conn(m.pool, count_conn, &n);
+	return n;
+}
+
+/* ---- fixtures ---- */
+
+static void setup(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	muxd_setup(HM_CFG | HM_DNS | HM_TLS);
+	free(m.cfg->altsvc_file); /* no cache file: the pool stays in memory */
+	m.cfg->altsvc_file = NULL;
+	m.cfg->connect_timeout_ms = 300;
+	m.pool = pool_new(&m);
+	ck_assert_ptr_nonnull(m.pool);
+}
+
+static void teardown(void)
+{
+	pool_free(m.pool);
+	m.pool = NULL;
+	peer_stop();
+	muxd_teardown();
+}
+
+/* ---- keys ---- */
+
+START_TEST(key_equality)
+{
+	struct config_hop hop = {.kind = HOP_HTTP, .host = "proxy.example", .port = 3128};
+	struct config_hop hop2 = hop;
+	struct route r = {.verify = true, .h2 = true};
+	struct pool_key a, b;
+
+	/* the same destination and route: equal */
+	ck_assert(pool_key_init(&a, "https", "example.com", 443, &r));
+	ck_assert(pool_key_init(&b, "https", "example.com", 443, &r));
+	ck_assert_str_eq(a.id, b.id);
+	/* another port, another scheme, verification off, no h2: different */
+	ck_assert(pool_key_init(&b, "https", "example.com", 8443, &r));
+	ck_assert_str_ne(a.id, b.id);
+	ck_assert(pool_key_init(&b, "http", "example.com", 443, &r));
+	ck_assert_str_ne(a.id, b.id);
+	r.verify = false;
+	ck_assert(pool_key_init(&b, "https", "example.com", 443, &r));
+	ck_assert_str_ne(a.id, b.id);
+	r.verify = true;
+	r.h2 = false;
+	ck_assert(pool_key_init(&b, "https", "example.com", 443, &r));
+	ck_assert_str_ne(a.id, b.id);
+	r.h2 = true;
+	/* through a parent: another key; other credentials: another key, and the
+	 * password never shows in the id */
+	r.hops = &hop;
+	r.nhops = 1;
+	ck_assert(pool_key_init(&b, "https", "example.com", 443, &r));
+	ck_assert_str_ne(a.id, b.id);
+	hop.user = "alice";
+	hop.pass = "s3cret-one";
+	ck_assert(pool_key_init(&a, "https", "example.com", 443, &r));
+	hop2.user = "alice";
+	hop2.pass = "s3cret-two";
+	r.hops = &hop2;
+	ck_assert(pool_key_init(&b, "https", "example.com", 443, &r));
+	ck_assert_str_ne(a.id, b.id);
+	ck_assert_ptr_null(strstr(a.id, "s3cret"));
+	ck_assert_ptr_null(strstr(b.id, "s3cret"));
+	/* plain http:// through an HTTP parent: one key for every origin */
+	ck_assert(pool_key_init(&a, "http", "one.example", 80, &r));
+	ck_assert(pool_key_init(&b, "http", "two.example", 8080, &r));
+	ck_assert(a.forward && b.forward);
+	ck_assert_str_eq(a.id, b.id);
+}
+END_TEST
+
+/* ---- matchmaking ---- */
+
+START_TEST(idle_h1_reused)
+{
+	struct pool_key k;
+	struct req r;
+
+	peer_start(PEER_ANSWER);
+	key_for(&k, "http", peer.port);
+	req_start(&r, &k, false);
+	req_run(&r, 5000);
+	ck_assert_msg(r.done, "first request: %s", r.reason);
+	ck_assert(!r.reused);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert_mem_eq(r.body, "ok", 2);
+	/* the connection is idle now: the next request gets it */
+	req_start(&r, &k, false);
+	req_run(&r, 5000);
+	ck_assert_msg(r.done, "second request: %s", r.reason);
+	ck_assert(r.reused);
+	ck_assert_uint_eq(peer.nconns, 1);
+	ck_assert_uint_eq(peer.heads, 2);
+	/* a fresh-only waiter (a retry) is never given a used connection */
+	req_start(&r, &k, true);
+	req_run(&r, 5000);
+	ck_assert_msg(r.done, "fresh-only request: %s", r.reason);
+	ck_assert(!r.reused);
+	ck_assert_uint_eq(peer.nconns, 2);
+}
+END_TEST
+
+/* ---- set-up deadlines ---- */
+
+START_TEST(tls_handshake_deadline)
+{
+	struct pool_key k;
+	struct req r[2];
+	char want[200];
+
+	peer_start(PEER_MUTE); /* accepts TCP, never speaks TLS */
+	key_for(&k, "https", peer.port);
+	req_start(&r[0], &k, false);
+	req_start(&r[1], &k, false); /* waits for the same connection */
+	req_run(&r[0], 5000);
+	req_run(&r[1], 2000);
+	snprintf(want, sizeof(want), "TLS handshake with 127.0.0.1:%u timed out after 300 ms",
+	         peer.port);
+	for (int i = 0; i < 2; i++) {
+		ck_assert_msg(r[i].failed, "waiter %d has no answer", i);
+		ck_assert_int_eq(r[i].err, ERR_CONNECT_TIMEOUT);
+		ck_assert_msg(strstr(r[i].reason, want), "reason: %s", r[i].reason);
+	}
+	ck_assert_int_eq(muxd_err_status(r[0].err), 504);
+	/* the attempt's slot is free: nothing left in the pool, and the next
+	 * request makes a new attempt (which times out the same way) */
+	ck_assert_uint_eq(pool_conns(), 0);
+	req_start(&r[0], &k, false);
+	req_run(&r[0], 5000);
+	ck_assert(r[0].failed && r[0].err == ERR_CONNECT_TIMEOUT);
+	ck_assert_uint_eq(peer.nconns, 2);
+}
+END_TEST
+
+/* A parent that never answers: the chain names the hop and the step. */
+static void mute_parent(int kind, const char *step)
+{
+	struct config_hop hop = {.kind = kind, .host = "127.0.0.1"};
+	struct route r = {.verify = true, .hops = &hop, .nhops = 1};
+	struct pool_key k;
+	struct req q;
+	char want[200];
+
+	peer_start(PEER_MUTE);
+	hop.port = peer.port;
+	ck_assert(pool_key_init(&k, "https", "origin.example", 443, &r));
+	req_start(&q, &k, false);
+	req_run(&q, 5000);
+	snprintf(want, sizeof(want), "%s via proxy 127.0.0.1:%u timed out after 300 ms", step,
+	         peer.port);
+	ck_assert_msg(q.failed, "no answer");
+	ck_assert_int_eq(q.err, ERR_CONNECT_TIMEOUT);
+	ck_assert_msg(strstr(q.reason, want), "reason: %s", q.reason);
+	ck_assert_uint_eq(pool_conns(), 0);
+}
+
+START_TEST(connect_via_parent_deadline)
+{
+	mute_parent(HOP_HTTP, "CONNECT");
+}
+END_TEST
+
+START_TEST(socks5_deadline)
+{
+	mute_parent(HOP_SOCKS5H, "SOCKS5");
+}
+END_TEST
+
+/* A deadline that passed while the set-up is done does not fire later:
+ * an answering origin, then longer than connect_timeout on the connection. */
+START_TEST(no_deadline_once_up)
+{
+	struct pool_key k;
+	struct req r;
+
+	peer_start(PEER_HOLD);
+	key_for(&k, "http", peer.port);
+	req_start(&r, &k, false);
+	ck_assert(loop_run(600)); /* twice connect_timeout, the head unanswered */
+	ck_assert(r.got_stream && !r.failed);
+	peer_answer(0);
+	req_run(&r, 5000);
+	ck_assert_msg(r.done, "%s", r.reason);
+	ck_assert_int_eq(r.status, 200);
+}
+END_TEST
+
+/* ---- waiting for capacity ---- */
+
+START_TEST(cap_waiter_gets_503)
+{
+	struct pool_key k;
+	struct req a, b;
+
+	m.cfg->max_h1_per_origin = 1;
+	peer_start(PEER_HOLD);
+	key_for(&k, "http", peer.port);
+	req_start(&a, &k, false);
+	for (int i = 0; i < 100 && peer.heads == 0; i++)
+		loop_run(50);
+	ck_assert(a.got_stream && peer.heads == 1);
+	req_start(&b, &k, false); /* the one connection is busy */
+	req_run(&b, 5000);
+	ck_assert_msg(b.failed, "the waiter got no answer");
+	ck_assert_int_eq(b.err, ERR_BUDGET);
+	ck_assert_int_eq(muxd_err_status(b.err), 503);
+	ck_assert_msg(strstr(b.reason, "max_h1_per_origin"), "reason: %s", b.reason);
+	ck_assert_msg(strstr(b.reason, "300 ms"), "reason: %s", b.reason);
+	ck_assert_uint_eq(peer.nconns, 1);
+	ck_assert(!a.failed);
+	req_cleanup(&a);
+}
+END_TEST
+
+START_TEST(cap_waiter_served_when_freed)
+{
+	struct pool_key k;
+	struct req a, b;
+
+	m.cfg->max_h1_per_origin = 1;
+	peer_start(PEER_HOLD);
+	key_for(&k, "http", peer.port);
+	req_start(&a, &k, false);
+	req_start(&b, &k, false);
+	for (int i = 0; i < 100 && peer.heads == 0; i++)
+		loop_run(50);
+	ck_assert(a.got_stream && !b.got_stream);
+	peer_answer(0); /* well within connect_timeout */
+	req_run(&a, 5000);
+	ck_assert(a.done);
+	for (int i = 0; i < 100 && peer.heads < 2 && !b.failed; i++)
+		loop_run(50);
+	ck_assert_msg(!b.failed, "%s", b.reason);
+	ck_assert(b.got_stream && b.reused);
+	peer_answer(0);
+	req_run(&b, 5000);
+	ck_assert(b.done);
+	ck_assert_uint_eq(peer.nconns, 1);
+}
+END_TEST
+
+static Suite *pool_suite(void)
+{
+	Suite *s = suite_create("pool");
+	TCase *t = tcase_create("pool");
+
+	tcase_add_checked_fixture(t, setup, teardown);
+	tcase_set_timeout(t, 30);
+	tcase_add_test(t, key_equality);
+	tcase_add_test(t, idle_h1_reused);
+	tcase_add_test(t, tls_handshake_deadline);
+	tcase_add_test(t, connect_via_parent_deadline);
+	tcase_add_test(t, socks5_deadline);
+	tcase_add_test(t, no_deadline_once_up);
+	tcase_add_test(t, cap_waiter_gets_503);
+	tcase_add_test(t, cap_waiter_served_when_freed);
+	suite_add_tcase(s, t);
+	return s;
+}
+
+int main(void)
+{
+	return run_suite(pool_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
+}
