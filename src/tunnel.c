@@ -184,7 +184,8 @@ struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *h
 	                          .proxy_ca_file = route.proxy_ca_file,
 	                          .host = host,
 	                          .port = port,
-	                          .timeout_ms = tn->cfg->connect_timeout_ms};
+	                          .timeout_ms = tn->cfg->connect_timeout_ms,
+	                          .deny_loopback = route.deny_loopback};
 	if (tn->idle)
 		tn->origin = chain_connect(m, &spec, &cbs, tn);
 	if (!tn->origin) {

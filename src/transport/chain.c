@@ -126,6 +126,8 @@ static bool start_step(struct chain *c)
 		const char *host = sp->nhops ? c->hops[0].host : sp->host;
 		uint16_t port = sp->nhops ? c->hops[0].port : sp->port;
 		c->top = tcp_connect(c->m, host, port, sp->timeout_ms, &cbs, c);
+		if (c->top && sp->deny_loopback && sp->nhops == 0)
+			tcp_deny_loopback(c->top);
 		break;
 	}
 	case STEP_POOL_TUNNEL: {
@@ -134,7 +136,7 @@ static bool start_step(struct chain *c)
 		struct route r = {.verify = true, .h2 = true, .ca_file = sp->proxy_ca_file};
 		struct pool_key key;
 		char auth[600];
-		if (!pool_key_init(&key, "https", h->host, h->port, &r))
+		if (!pool_key_init(&key, c->m, "https", h->host, h->port, &r))
 			return false;
 		if (h->user)
 			snprintf(auth, sizeof(auth), "%s:%s", h->user, h->pass ? h->pass : "");
