@@ -217,9 +217,9 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 		snprintf(msg, sizeof(msg), "proxy %s: %s",
 		         hop_name(c, st->kind == STEP_TCP ? 0 : st->hop, name, sizeof(name)),
 		         reason ? reason : "failed");
-		c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR,
-		                     err == ERR_CONNECT_TIMEOUT || err == ERR_LOOP ? err : ERR_CONNECT,
-		                     msg);
+		c->base.cbs.on_event(
+		    c->base.ctx, TRANSPORT_ERROR,
+		    err == ERR_CONNECT_TIMEOUT || err == ERR_LOOP ? err : ERR_CONNECT, msg);
 		return;
 	}
 	c->base.cbs.on_event(c->base.ctx, ev == TRANSPORT_EOF ? TRANSPORT_ERROR : ev,
