@@ -192,6 +192,9 @@ bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *schem
 	if (route->proxy_ca_file)
 		snprintf(key->proxy_ca_file, sizeof(key->proxy_ca_file), "%s",
 		         route->proxy_ca_file);
+	if (route->proxy_ca_file_id)
+		snprintf(key->proxy_ca_file_id, sizeof(key->proxy_ca_file_id), "%s",
+		         route->proxy_ca_file_id);
 	key->forward = !key->tls && key->nhops > 0 &&
 	               (key->hops[key->nhops - 1].kind == HOP_HTTP ||
 	                key->hops[key->nhops - 1].kind == HOP_HTTPS);
@@ -266,6 +269,7 @@ static void key_chain(const struct pool_key *key, struct chain_hop *hops, struct
 	    .hops = hops,
 	    .nhops = key->nhops,
 	    .proxy_ca_file = key->proxy_ca_file[0] ? key->proxy_ca_file : NULL,
+	    .proxy_ca_file_id = key->proxy_ca_file_id[0] ? key->proxy_ca_file_id : NULL,
 	    .host = key->host,
 	    .port = key->port,
 	    .forward = key->forward,

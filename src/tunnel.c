@@ -182,6 +182,7 @@ struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *h
 	struct chain_spec spec = {.hops = hops,
 	                          .nhops = route.nhops,
 	                          .proxy_ca_file = route.proxy_ca_file,
+	                          .proxy_ca_file_id = route.proxy_ca_file_id,
 	                          .host = host,
 	                          .port = port,
 	                          .timeout_ms = tn->cfg->connect_timeout_ms,

@@ -128,6 +128,8 @@ struct chain_spec {
 	/* PEM client certificate and key presented to the target; NULL = none */
 	const char *client_cert, *client_key;
 	bool deny_loopback; /* no hops: the target must not be a loopback address */
+	/* proxy_ca_file's identity from config load; NULL: looked up */
+	const char *proxy_ca_file_id;
 };
 struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
                                 const struct transport_cbs *cbs, void *ctx);
