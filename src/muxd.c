@@ -167,6 +167,23 @@ static bool write_id(const char *dir, const char *path, const char *id, char *er
 	return ok;
 }
 
+/* mkdir -p with mode 0700 (failures show when the file is written). */
+static void make_dirs(const char *dir)
+{
+	char p[4096];
+
+	snprintf(p, sizeof(p), "%s", dir);
+	for (char *c = p + 1;; c++) {
+		if (*c != '/' && *c != '\0')
+			continue;
+		char was = *c;
+		*c = '\0';
+		mkdir(p, 0700);
+		if (!(*c = was))
+			break;
+	}
+}
+
 bool muxd_load_instance(struct muxd *m, const char *state_dir, char *err, size_t err_size)
 {
 	char path[4200], id[2 * INSTANCE_BYTES + 1];
@@ -181,7 +198,7 @@ bool muxd_load_instance(struct muxd *m, const char *state_dir, char *err, size_t
 		}
 		for (size_t i = 0; i < sizeof(raw); i++)
 			snprintf(id + 2 * i, 3, "%02x", raw[i]);
-		mkdir(state_dir, 0700);
+		make_dirs(state_dir);
 		if (write_id(state_dir, path, id, err, err_size))
 			read_id(path, id); /* another first start may have won */
 	}
