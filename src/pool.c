@@ -37,12 +37,10 @@
 #include "transport/transport.h"
 
 #define POOL_BUCKETS 256
-#define TRIM_DELAY_MS 250 /* surplus idle connections get this long to be reused */
-#define H3_GIVE_UP 10     /* a QUIC attempt not ready after 10 x h3_timeout failed */
-#define ALTSVC_SAVE_MS                                                                             \
-	2000 /* the cache file is written at most this often, without                              \
-	        fsync (the loop must not wait for the disk); durably                               \
-	        at shutdown */
+#define TRIM_DELAY_MS 250   /* surplus idle connections get this long to be reused */
+#define H3_GIVE_UP 10       /* a QUIC attempt not ready after 10 x h3_timeout failed */
+#define ALTSVC_SAVE_MS 2000 /* the cache file is written at most this often after a change */
+/* ... and without fsync: the loop must not wait for the disk (durably at shutdown) */
 
 struct pool_origin;
 

@@ -37,11 +37,13 @@ struct pool_key {
 	} hops[4];
 	size_t nhops;
 	char proxy_ca_file[512];
-	char proxy_ca_file_id[1200]; /* its identity from config load ("": look it up) */
-	bool forward;       /* http:// origin, last hop an HTTP parent: absolute-form to it */
-	bool deny_loopback; /* direct: never connect to a loopback address */
-	char alpn[32];      /* offered protocols, comma-separated */
-	char id[2048];      /* canonical form of all of the above */
+	/* its identity from config load ("": look it up) */
+	char proxy_ca_file_id[1200];
+	/* direct: never connect to a loopback address (deny_loopback_targets) */
+	bool deny_loopback;
+	bool forward;  /* http:// origin, last hop an HTTP parent: absolute-form to it */
+	char alpn[32]; /* offered protocols, comma-separated */
+	char id[2048]; /* canonical form of all of the above */
 };
 
 struct route;
