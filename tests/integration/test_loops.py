@@ -104,3 +104,24 @@ def test_connect_to_own_address_is_508(muxd):
         s.sendall(f"CONNECT {LOCALHOST}:{m.port} HTTP/1.1\r\nHost: {LOCALHOST}:{m.port}\r\n\r\n".encode())
         resp = HTTPReader(s).read_response()
     assert resp.status == 508, resp
+
+
+def test_names_that_resolve_to_own_address_are_508(muxd):
+    """Caught when connecting, after resolution: the host's own name, when
+    /etc/hosts maps it to 127.0.0.1."""
+    import socket
+
+    m = muxd({"muxd": {"via": "off"}})
+    names = []
+    try:
+        if socket.gethostbyname(socket.gethostname()) == LOCALHOST:
+            names.append(socket.gethostname())
+    except OSError:
+        pass
+    if not names or "localhost" in names[0]:
+        pytest.skip("this host's name does not resolve to 127.0.0.1")
+    for name in names:
+        resp, reader = raw_exchange(m.port, proxy_request("GET", f"http://{name}:{m.port}/metrics"))
+        reader.sock.close()
+        assert resp.status == 508, (name, resp)
+        assert b"muxd_requests_total" not in resp.body
