@@ -23,7 +23,8 @@
  * PERSIST is 0 or 1. Lines of one origin are in header order. Broken state
  * is not stored. A file with a wrong header, a malformed or unterminated
  * line, or too many lines is ignored as a whole. The file is replaced
- * atomically (PATH.tmp, fsync, rename).
+ * atomically (PATH.tmp, rename; fsync only for the durable save at shutdown:
+ * a cache torn by a power loss is ignored as a whole at the next load).
  */
 #include "altsvc.h"
 
@@ -835,6 +836,11 @@ static void sync_dir(const char *path)
 
 bool altsvc_cache_save(struct altsvc_cache *c, time_t now)
 {
+	return altsvc_cache_write(c, now, true);
+}
+
+bool altsvc_cache_write(struct altsvc_cache *c, time_t now, bool durable)
+{
 	char *tmp;
 	int fd;
 	FILE *f;
@@ -871,11 +877,12 @@ bool altsvc_cache_save(struct altsvc_cache *c, time_t now)
 			}
 		}
 	}
-	ok = fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
+	ok = fflush(f) == 0 && !ferror(f) && (!durable || fsync(fileno(f)) == 0);
 	ok = fclose(f) == 0 && ok;
 	ok = ok && rename(tmp, c->path) == 0;
 	if (ok) {
-		sync_dir(c->path);
+		if (durable)
+			sync_dir(c->path);
 		c->dirty = false;
 	} else {
 		unlink(tmp);

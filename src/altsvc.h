@@ -51,6 +51,10 @@ void altsvc_cache_free(struct altsvc_cache *c);
 void altsvc_cache_load(struct altsvc_cache *c, time_t now, const char **warning);
 /* Write the file atomically (temp + fsync + rename); false on failure. */
 bool altsvc_cache_save(struct altsvc_cache *c, time_t now);
+/* The same; durable false skips the fsyncs (the rename stays atomic, so a
+ * reader sees the old or the new file): for the periodic saves made from the
+ * event loop, where an fsync would stall every connection. */
+bool altsvc_cache_write(struct altsvc_cache *c, time_t now, bool durable);
 /* True when there are changes not yet saved. */
 bool altsvc_cache_dirty(const struct altsvc_cache *c);
 

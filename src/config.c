@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DURATION_FORM "a number with ms, s, m or h"
@@ -49,6 +50,7 @@ enum kind {
 	K_DURATION,     /* > 0 */
 	K_DURATION_ANY, /* >= 0 */
 	K_DURATION_OFF, /* off = 0 */
+	K_AUTO_BOOL,    /* auto = -1, else a boolean (int field) */
 };
 
 struct key {
@@ -67,6 +69,7 @@ static const struct key keys[] = {
     {"muxd", "log_level", K_LOG_LEVEL, F(log_level), 0, 0},
     {"muxd", "access_log", K_OPT_PATH, F(access_log), 0, 0},
     {"muxd", "via", K_BOOL, F(via), 0, 0},
+    {"muxd", "deny_loopback_targets", K_AUTO_BOOL, F(deny_loopback_targets), 0, 0},
     {"muxd", "max_clients", K_UINT, F(max_clients), 1, 1000000},
     {"muxd", "shutdown_timeout", K_DURATION_ANY, F(shutdown_timeout_ms), 0, 0},
     {"muxd", "connect_ports", K_PORTS, 0, 0, 0},
@@ -314,6 +317,7 @@ struct config *config_defaults(void)
 		config_parse_cidr(allow[cfg->nallow], &cfg->allow[cfg->nallow]);
 	cfg->log_level = LOG_INFO;
 	cfg->via = true;
+	cfg->deny_loopback_targets = -1;
 	cfg->max_clients = 4096;
 	cfg->shutdown_timeout_ms = 30000;
 	cfg->connect_ports[cfg->nconnect_ports++] = 443;
@@ -364,6 +368,10 @@ void config_unref(struct config *cfg)
 		free(r->proxy_ca_file);
 		free(r->client_cert);
 		free(r->client_key);
+		free(r->ca_file_id);
+		free(r->proxy_ca_file_id);
+		free(r->client_cert_id);
+		free(r->client_key_id);
 		free(r->no_proxy);
 		for (size_t h = 0; h < r->nhops; h++)
 			config_hop_free(&r->hops[h]);
@@ -754,6 +762,17 @@ static bool set_value(struct config *cfg, const struct key *k, const char *v, bo
 			return replace_str(field, strcasecmp(v, "off") == 0 ? NULL : v, why, size);
 		snprintf(why, size, "empty value (expected off%s or a path)",
 		         k->off == F(access_log) ? ", stderr" : "");
+		return false;
+	case K_AUTO_BOOL:
+		if (strcasecmp(v, "auto") == 0) {
+			*(int *)field = -1;
+			return true;
+		}
+		if (parse_bool(v, &b)) {
+			*(int *)field = b;
+			return true;
+		}
+		snprintf(why, size, "bad value '%s' (expected auto or %s)", v, BOOL_FORM);
 		return false;
 	case K_BOOL:
 		if (parse_bool(v, &b)) {
@@ -1202,6 +1221,63 @@ static int on_pair(void *user, const char *section, const char *name, const char
 	return 1;
 }
 
+bool config_file_id(const char *path, char *buf, size_t size)
+{
+	struct stat st;
+	int n;
+
+	if (stat(path, &st) != 0)
+		n = snprintf(buf, size, "%s@missing", path);
+	else
+		n = snprintf(buf, size, "%s@%llu:%llu:%lld:%lld.%09ld", path,
+		             (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
+		             (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+		             (long)st.st_mtim.tv_nsec);
+	return n >= 0 && (size_t)n < size;
+}
+
+/* The identity of path in a new string (NULL path: NULL, true). */
+static bool take_id(const char *path, char **out)
+{
+	char buf[PATH_MAX + 80];
+
+	if (!path)
+		return true;
+	if (!config_file_id(path, buf, sizeof(buf)))
+		snprintf(buf, sizeof(buf), "%.*s", (int)sizeof(buf) - 1, path);
+	return (*out = strdup(buf)) != NULL;
+}
+
+/* Identities of every file a route names, once per load (and reload). */
+static bool take_file_ids(struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->nroutes; i++) {
+		struct config_route *r = &cfg->routes[i];
+		if (!take_id(r->ca_file, &r->ca_file_id) ||
+		    !take_id(r->proxy_ca_file, &r->proxy_ca_file_id) ||
+		    !take_id(r->client_cert, &r->client_cert_id) ||
+		    !take_id(r->client_key, &r->client_key_id))
+			return false;
+	}
+	return true;
+}
+
+bool config_deny_loopback(const struct config *cfg)
+{
+	if (cfg->deny_loopback_targets >= 0)
+		return cfg->deny_loopback_targets == 1;
+	for (size_t i = 0; i < cfg->nallow; i++) {
+		const struct config_cidr *c = &cfg->allow[i];
+		bool lo = c->family == AF_INET
+		              ? c->prefix >= 8 && c->addr[0] == 127
+		              : c->prefix == 128 &&
+		                    memcmp(c->addr, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16) == 0;
+		if (!lo)
+			return true;
+	}
+	return false;
+}
+
 struct config *config_load(const char *path, struct config_errors *errs)
 {
 	struct load ld = {.path = path, .errs = errs};
@@ -1224,6 +1300,8 @@ struct config *config_load(const char *path, struct config_errors *errs)
 	ret = ini_parse_stream(read_line, &ld, on_pair, &ld);
 	check_syntax(&ld);
 	check_client_certs(&ld);
+	if (!ld.nerr && !take_file_ids(ld.cfg))
+		errf(&ld, 0, "out of memory");
 	if (ret > 0 && ret != ld.first_syntax)
 		errf(&ld, ret, "syntax error");
 	if (ret == -2)

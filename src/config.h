@@ -75,6 +75,9 @@ struct config_route {
 	 * neither; checked to match at load */
 	char *client_cert, *client_key;
 	int client_cert_line, client_key_line; /* where they were given */
+	/* the file identities of ca_file, proxy_ca_file, client_cert and client_key
+	 * (config_file_id), taken once at load: pool keys never stat() per request */
+	char *ca_file_id, *proxy_ca_file_id, *client_cert_id, *client_key_id;
 };
 
 struct config {
@@ -91,6 +94,8 @@ struct config {
 	enum log_level log_level;
 	char *access_log; /* NULL = off, "stderr", or a path */
 	bool via;
+	int deny_loopback_targets; /* -1 = auto (on when allow has a non-loopback
+	                              network), 0 = off, 1 = on; see config_deny_loopback */
 	unsigned max_clients;
 	uint64_t shutdown_timeout_ms;
 	uint16_t connect_ports[CONFIG_MAX_PORTS];
@@ -164,6 +169,13 @@ bool config_port_allowed(const struct config *cfg, uint16_t port); /* connect_po
 /* A proxy URL: http://, https://, socks5://, socks5h://, [user:pass@]host[:port]. */
 bool config_parse_hop(const char *url, struct config_hop *out, char *why, size_t why_size);
 void config_hop_free(struct config_hop *hop);
+/* A file's identity "PATH@DEV:INODE:SIZE:MTIME" (MTIME with nanoseconds): the
+ * same path with other contents is another identity. "PATH@missing" when it
+ * cannot be examined. False only when it does not fit in size. */
+bool config_file_id(const char *path, char *buf, size_t size);
+/* deny_loopback_targets resolved: auto is on when allow lists a network that
+ * is not loopback. */
+bool config_deny_loopback(const struct config *cfg);
 /* "*", "host", "*.suffix", "host:port", "[v6]:port", an IP or a CIDR. */
 bool config_parse_route_pattern(const char *s, struct config_route *out);
 

@@ -157,8 +157,9 @@ static void respond_text(struct downstream *ds, int status, const char *text, bo
 		start_close(ds);
 }
 
-/* A request whose Via names muxd has been here before. */
-static bool is_loop(const struct http1_msg *req)
+/* A request whose Via names this muxd instance has been here before (another
+ * muxd, a parent or a child, has another token). */
+static bool is_loop(const struct muxd *m, const struct http1_msg *req)
 {
 	for (size_t i = 0; i < req->nfields; i++) {
 		const struct http1_field *f = &req->fields[i];
@@ -178,11 +179,41 @@ static bool is_loop(const struct http1_msg *req)
 				size_t n = 0;
 				while (name + n < stop && name[n] != ' ' && name[n] != '\t')
 					n++;
-				if (n == 4 && strncasecmp(name, "muxd", 4) == 0)
+				if (muxd_via_is_self(m, name, n))
 					return true;
 			}
 			p = stop + 1;
 		}
+	}
+	return false;
+}
+
+/* A target naming one of muxd's own listen addresses, by address or as
+ * localhost (names that resolve to one are caught when connecting). Holds
+ * whatever the Via setting: it is what keeps the admin pages from being
+ * reached through the proxy. */
+static bool targets_self(const struct muxd *m, const char *host, uint16_t port)
+{
+	static const char *const lo[] = {"127.0.0.1", "::1"};
+	struct sockaddr_storage ss;
+	size_t hl = strlen(host);
+	bool local_name = strcasecmp(host, "localhost") == 0 ||
+	                  (hl > 10 && strcasecmp(host + hl - 10, ".localhost") == 0);
+
+	for (size_t i = 0; i < (local_name ? 2 : 1); i++) {
+		const char *a = local_name ? lo[i] : host;
+		memset(&ss, 0, sizeof(ss));
+		if (inet_pton(AF_INET, a, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+			ss.ss_family = AF_INET;
+			((struct sockaddr_in *)&ss)->sin_port = htons(port);
+		} else if (inet_pton(AF_INET6, a, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+			ss.ss_family = AF_INET6;
+			((struct sockaddr_in6 *)&ss)->sin6_port = htons(port);
+		} else {
+			continue;
+		}
+		if (muxd_is_self(m, (const struct sockaddr *)&ss))
+			return true;
 	}
 	return false;
 }
@@ -233,6 +264,8 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 		bool v6;
 		if (!http1_parse_authority(req->target, host, sizeof(host), &port, &v6))
 			respond_text(ds, 400, "muxd: bad CONNECT target\n", true);
+		else if (targets_self(ds->m, host, port))
+			respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
 		else if (ds->m->ca && route_intercepts(ds->m->cfg, host, port))
 			start_peek(ds, host, port);
 		else if (!config_port_allowed(ds->m->cfg, port))
@@ -241,7 +274,7 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 			respond_text(ds, 500, "muxd: out of memory\n", true);
 		return;
 	}
-	if (is_loop(req)) { /* also muxd's own pages requested through muxd */
+	if (is_loop(ds->m, req)) {
 		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
 		return;
 	}
@@ -265,6 +298,10 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 	}
 	if (!http1_parse_absolute_uri(req->target, &uri)) {
 		respond_text(ds, 400, "muxd: bad request target\n", true);
+		return;
+	}
+	if (targets_self(ds->m, uri.host, uri.port)) {
+		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
 		return;
 	}
 	forward(ds, req, &uri);
@@ -304,7 +341,7 @@ static void handle_intercepted(struct downstream *ds, struct http1_msg *req)
 
 static void forward(struct downstream *ds, struct http1_msg *req, const struct http1_uri *uri)
 {
-	if (is_loop(req)) {
+	if (is_loop(ds->m, req)) {
 		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
 		return;
 	}
@@ -534,19 +571,6 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 
 static const struct transport_cbs client_cbs = {on_read, on_drain, on_event};
 
-static bool is_loopback(const struct sockaddr *sa)
-{
-	if (sa->sa_family == AF_INET)
-		return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
-	if (sa->sa_family == AF_INET6) {
-		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-		if (IN6_IS_ADDR_V4MAPPED(a))
-			return a->s6_addr[12] == 127;
-		return IN6_IS_ADDR_LOOPBACK(a);
-	}
-	return false;
-}
-
 static void format_peer(const struct sockaddr *sa, char *out, size_t size)
 {
 	char ip[INET6_ADDRSTRLEN] = "?";
@@ -576,7 +600,7 @@ void downstream_accept(struct muxd *m, int fd, const struct sockaddr *peer, sock
 	}
 	ds->m = m;
 	format_peer(peer, ds->peer, sizeof(ds->peer));
-	ds->loopback = is_loopback(peer);
+	ds->loopback = muxd_is_loopback(peer);
 	ds->t = tcp_accepted(m, fd, &client_cbs, ds);
 	if (!ds->t) {
 		free(ds);

@@ -20,8 +20,6 @@
 #include "transport/transport.h"
 #include "upstream/upstream.h"
 
-#define VIA_TOKEN "1.1 muxd"
-
 struct exchange {
 	struct muxd *m;
 	struct config *cfg;
@@ -68,6 +66,13 @@ struct exchange {
 static const struct upstream_stream_cbs stream_cbs;
 static const struct pool_wait_cbs wait_cbs;
 
+/* This instance's Via entry (muxd_load_instance; a bare daemon state, as in
+ * the unit tests, has none yet). */
+static const char *via_token(const struct exchange *ex)
+{
+	return ex->m->via_token[0] ? ex->m->via_token : "1.1 muxd";
+}
+
 static bool is_replayable(const struct exchange *ex)
 {
 	static const char *const idempotent[] = {"GET",   "HEAD", "OPTIONS",
@@ -107,14 +112,13 @@ static void access_log(struct exchange *ex)
 	ms = (now.tv_sec - ex->start.tv_sec) * 1000 + (now.tv_nsec - ex->start.tv_nsec) / 1000000;
 	gmtime_r(&t, &tm);
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	fprintf(ex->m->access_log, "%s %s %s %s %d %llu %llu %ldms %s %s\n", when,
-	        downstream_peer(ex->ds), ex->req.method, ex->req.target, ex->status,
-	        (unsigned long long)ex->bytes_in, (unsigned long long)ex->bytes_out, ms,
-	        ex->got_stream ? proto_name(ex->proto) : "-",
-	        !ex->got_stream ? "-"
-	        : ex->reused    ? "reused"
-	                        : "new");
-	fflush(ex->m->access_log);
+	access_log_line(ex->m->access_log, "%s %s %s %s %d %llu %llu %ldms %s %s\n", when,
+	                downstream_peer(ex->ds), ex->req.method, ex->req.target, ex->status,
+	                (unsigned long long)ex->bytes_in, (unsigned long long)ex->bytes_out, ms,
+	                ex->got_stream ? proto_name(ex->proto) : "-",
+	                !ex->got_stream ? "-"
+	                : ex->reused    ? "reused"
+	                                : "new");
 }
 
 /* The exchange is over: log, free, and let the client connection go on. */
@@ -268,7 +272,7 @@ static void write_head(struct exchange *ex, const struct http1_msg *h, bool fina
 		add_line(out, f->name, f->name_len, f->value, f->value_len);
 	}
 	if (ex->cfg->via)
-		evbuffer_add_printf(out, "Via: %s\r\n", VIA_TOKEN);
+		evbuffer_add_printf(out, "Via: %s\r\n", via_token(ex));
 	if (final) {
 		if (fr == HTTP1_FRAME_EMPTY)
 			evbuffer_add_printf(out, "Content-Length: 0\r\n");
@@ -500,7 +504,7 @@ static void build_fields(struct exchange *ex)
 	}
 	if (ex->cfg->via)
 		ex->fields[ex->nfields++] =
-		    (struct upstream_field){"Via", 3, VIA_TOKEN, strlen(VIA_TOKEN)};
+		    (struct upstream_field){"Via", 3, via_token(ex), strlen(via_token(ex))};
 	if (te && http1_list_has(te->value, te->value_len, "trailers"))
 		ex->fields[ex->nfields++] = (struct upstream_field){"TE", 2, "trailers", 8};
 	if (ex->key.forward) {
@@ -552,7 +556,7 @@ struct exchange *exchange_start(struct muxd *m, struct downstream *ds, struct ht
 		snprintf(ex->authority + strlen(ex->authority),
 		         sizeof(ex->authority) - strlen(ex->authority), ":%u", uri->port);
 	route_for(ex->cfg, uri->host, uri->port, &ex->route);
-	if (!pool_key_init(&ex->key, uri->scheme, uri->host, uri->port, &ex->route)) {
+	if (!pool_key_init(&ex->key, m, uri->scheme, uri->host, uri->port, &ex->route)) {
 		*req = ex->req;
 		memset(&ex->req, 0, sizeof(ex->req));
 		exchange_free(ex);

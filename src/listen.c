@@ -293,6 +293,23 @@ bool listeners_match(const struct listeners *ls, const struct config *cfg)
 	return true;
 }
 
+size_t listeners_addrs(const struct listeners *ls, struct sockaddr_storage *out, size_t max)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; ls && i < ls->n && n < max; i++) {
+		socklen_t len = sizeof(out[n]);
+		if (!ls->l[i])
+			continue;
+		memset(&out[n], 0, sizeof(out[n]));
+		if (getsockname(evconnlistener_get_fd(ls->l[i]), (struct sockaddr *)&out[n],
+		                &len) == 0 &&
+		    (out[n].ss_family == AF_INET || out[n].ss_family == AF_INET6))
+			n++;
+	}
+	return n;
+}
+
 void listeners_pause(struct listeners *ls, bool paused)
 {
 	if (!ls || ls->paused == paused)

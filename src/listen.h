@@ -31,6 +31,9 @@ bool listeners_activated(const struct listeners *l);
 /* True when cfg asks for exactly the addresses these listeners were opened for;
  * always true for activated listeners (the service manager owns the addresses). */
 bool listeners_match(const struct listeners *l, const struct config *cfg);
+/* The bound addresses of the listeners (at most max) into out; returns how
+ * many (for loop detection by address: muxd.self). */
+size_t listeners_addrs(const struct listeners *l, struct sockaddr_storage *out, size_t max);
 /* Stop or resume accepting (max_clients). */
 void listeners_pause(struct listeners *l, bool paused);
 void listeners_free(struct listeners *l);

@@ -1,6 +1,9 @@
 /*
  * log — leveled log lines on stderr ("muxd: LEVEL: message"). The level is
  * part of the daemon's root state, set from the configuration (and -v).
+ * Also the access log: lines gathered in a bounded buffer and written out
+ * by a short timer (and when the buffer fills, and at reload and shutdown),
+ * so that a request never waits for the disk.
  */
 #ifndef MUXD_LOG_H
 #define MUXD_LOG_H
@@ -10,6 +13,23 @@
 void log_set_level(enum log_level level);
 bool log_enabled(enum log_level level);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+struct event_base;
+struct access_log;
+
+#define ACCESS_LOG_BUF (64 * 1024) /* at most this much waits for the timer */
+#define ACCESS_LOG_FLUSH_MS 1000   /* a line is written at most this late */
+
+/* target: "stderr" or a path (opened for appending); NULL with a message in
+ * err when it cannot be opened. */
+struct access_log *access_log_open(struct event_base *base, const char *target, char *err,
+                                   size_t err_size);
+void access_log_line(struct access_log *al, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Write out what is buffered now. */
+void access_log_flush(struct access_log *al);
+/* Flush, then close (NULL: nothing). */
+void access_log_close(struct access_log *al);
 
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)

@@ -16,6 +16,8 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <getopt.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -128,23 +130,26 @@ static void warn_insecure(const struct config *cfg)
 			         cfg->routes[i].pattern);
 }
 
+/* (Re)open the access log; the old one is flushed and closed. */
 static bool open_access_log(struct muxd *m, const struct config *cfg)
 {
-	FILE *f = NULL;
+	struct access_log *al = NULL;
+	char err[600];
 
-	if (cfg->access_log && strcmp(cfg->access_log, "stderr") == 0) {
-		f = stderr;
-	} else if (cfg->access_log) {
-		f = fopen(cfg->access_log, "a");
-		if (!f) {
-			log_error("access_log %s: %s", cfg->access_log, strerror(errno));
-			return false;
-		}
+	if (cfg->access_log &&
+	    !(al = access_log_open(m->base, cfg->access_log, err, sizeof(err)))) {
+		log_error("%s", err);
+		return false;
 	}
-	if (m->access_log && m->access_log != stderr)
-		fclose(m->access_log);
-	m->access_log = f;
+	access_log_close(m->access_log);
+	m->access_log = al;
 	return true;
+}
+
+/* What muxd must never connect to: its own listeners. */
+static void note_self(struct muxd *m)
+{
+	m->nself = listeners_addrs(m->listeners, m->self, sizeof(m->self) / sizeof(m->self[0]));
 }
 
 /* "N clients, N upstream connections, N requests" for STATUS=. */
@@ -235,10 +240,12 @@ static void reload_config(struct daemon *d)
 			m->listeners = listeners_open(m, m->cfg, err, sizeof(err));
 			if (!m->listeners)
 				log_error("cannot restore listeners: %s", err);
+			note_self(m);
 			config_unref(cfg);
 			return;
 		}
 		m->listeners = l;
+		note_self(m);
 	}
 	open_access_log(m, cfg);
 	log_set_level(cfg->log_level);
@@ -381,6 +388,15 @@ static int run(struct daemon *d)
 	m->base = event_base_new();
 	if (!m->base)
 		return 1;
+	if (gnutls_rnd(GNUTLS_RND_KEY, m->secret, sizeof(m->secret)) < 0 ||
+	    !muxd_load_instance(m, m->cfg->state_dir, err, sizeof(err))) {
+		log_error("cannot start: no random bytes");
+		event_base_free(m->base);
+		return 1;
+	}
+	if (err[0])
+		log_warn("%s: the Via token lasts only as long as this process", err);
+	log_debug("instance: Via: %s", m->via_token);
 	m->dns = dns_new(m->base);
 	m->pool = pool_new(m);
 	admin_start(m);
@@ -404,6 +420,7 @@ static int run(struct daemon *d)
 		log_error("%s", err);
 		goto out;
 	}
+	note_self(m);
 	d->sig_term = evsignal_new(m->base, SIGTERM, signal_cb, d);
 	d->sig_int = evsignal_new(m->base, SIGINT, signal_cb, d);
 	d->sig_hup = evsignal_new(m->base, SIGHUP, signal_cb, d);
@@ -440,8 +457,8 @@ out:
 		event_free(d->status_timer);
 	if (d->watchdog_timer)
 		event_free(d->watchdog_timer);
-	if (m->access_log && m->access_log != stderr)
-		fclose(m->access_log);
+	access_log_close(m->access_log);
+	m->access_log = NULL;
 	config_unref(m->cfg);
 	admin_stop(m);
 	event_base_free(m->base);

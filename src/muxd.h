@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/socket.h>
 
 struct event_base;
 struct config;
@@ -19,6 +20,7 @@ struct listeners;
 struct downstream;
 struct tls_client_ctx;
 struct local_ca;
+struct access_log;
 
 /* Why an upstream attempt failed; decides the status a client sees. */
 enum muxd_err {
@@ -33,6 +35,8 @@ enum muxd_err {
 	ERR_TLS,              /* 502: handshake or certificate failure */
 	ERR_UNPROCESSED,      /* the origin did not process the request (GOAWAY above
 	                         last-stream-id, REFUSED_STREAM): retry elsewhere */
+	ERR_LOOP,             /* 508: the target is one of muxd's own listen addresses */
+	ERR_FORBIDDEN,        /* 403: a loopback target under deny_loopback_targets */
 };
 
 enum proto { PROTO_H1 = 0, PROTO_H2, PROTO_H3, PROTO_TUNNEL, PROTO_COUNT };
@@ -65,10 +69,17 @@ struct muxd {
 	struct downstream *clients; /* open client connections */
 	unsigned nclients;
 	bool draining;                 /* shutting down: no new requests */
-	FILE *access_log;              /* NULL when off */
+	struct access_log *access_log; /* log.h; NULL when off */
 	struct tls_client_ctx *tls;    /* trust stores and the session cache */
 	struct local_ca *ca;           /* for interception; NULL when it is off */
 	struct admin_history *history; /* admin.c: samples for the status page chart */
+	/* this instance's Via entry, "1.1 muxd-<8 hex>" (muxd_load_instance) */
+	char via_token[32];
+	/* random per process: keys the hash that names proxy credentials */
+	uint8_t secret[32];
+	/* the addresses the listeners are bound to, for loop detection by address */
+	struct sockaddr_storage self[16];
+	size_t nself;
 };
 
 const char *proto_name(enum proto p);
@@ -78,6 +89,21 @@ int muxd_err_status(enum muxd_err err);
  * Returns its length (< size). */
 int muxd_error_body(enum muxd_err err, const char *host, unsigned port, const char *reason,
                     char *buf, size_t size);
+
+/*
+ * The instance id: 16 random bytes in STATE_DIR/instance-id (hex), made on
+ * first start (mode 0600, written atomically); sets m->via_token. When the
+ * directory cannot be written, a random id for this process only, with a
+ * message in err (true either way unless out of randomness).
+ */
+bool muxd_load_instance(struct muxd *m, const char *state_dir, char *err, size_t err_size);
+/* Whether a Via pseudonym (as received) names this instance. */
+bool muxd_via_is_self(const struct muxd *m, const char *name, size_t len);
+/* Whether sa (address and port) reaches one of muxd's own listeners: equal to
+ * a bound address, or a local address on the port of a wildcard listener. */
+bool muxd_is_self(const struct muxd *m, const struct sockaddr *sa);
+/* Whether sa is a loopback address (127/8, ::1, v4-mapped 127/8). */
+bool muxd_is_loopback(const struct sockaddr *sa);
 
 /* A client connection closed: lets a draining daemon finish. */
 void muxd_client_closed(struct muxd *m);

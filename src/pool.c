@@ -23,6 +23,8 @@
 #include "pool.h"
 
 #include <event2/event.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,7 +43,8 @@
 #define POOL_BUCKETS 256
 #define TRIM_DELAY_MS 250   /* surplus idle connections get this long to be reused */
 #define H3_GIVE_UP 10       /* a QUIC attempt not ready after 10 x h3_timeout failed */
-#define ALTSVC_SAVE_MS 1000 /* the cache file is written this soon after a change */
+#define ALTSVC_SAVE_MS 2000 /* the cache file is written at most this often after a change */
+/* ... and without fsync: the loop must not wait for the disk (durably at shutdown) */
 
 struct pool_origin;
 
@@ -107,16 +110,25 @@ struct pool {
 	uint64_t next_serial;
 };
 
-/* FNV-1a, 64 bits: an identity for credentials that does not reveal them. */
-static uint64_t fnv64(const char *a, const char *b)
+void pool_cred_id(const struct muxd *m, const char *user, const char *pass, char out[17])
 {
-	uint64_t h = 14695981039346656037ull;
-	for (const char *s = a; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ull;
-	h = (h ^ ':') * 1099511628211ull;
-	for (const char *s = b; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ull;
-	return h;
+	size_t ul = strlen(user), pl = pass ? strlen(pass) : 0;
+	unsigned char digest[32];
+	char *text = malloc(ul + pl + 1);
+
+	memset(digest, 0, sizeof(digest));
+	if (text) { /* user NUL pass: no two pairs give the same text */
+		memcpy(text, user, ul);
+		text[ul] = '\0';
+		if (pl)
+			memcpy(text + ul + 1, pass, pl);
+		gnutls_hmac_fast(GNUTLS_MAC_SHA256, m->secret, sizeof(m->secret), text, ul + 1 + pl,
+		                 digest);
+		explicit_bzero(text, ul + pl + 1);
+		free(text);
+	}
+	for (int i = 0; i < 8; i++)
+		snprintf(out + 2 * i, 3, "%02x", digest[i]);
 }
 
 static bool append(char *buf, size_t size, size_t *len, const char *fmt, ...)
@@ -136,21 +148,26 @@ static bool append(char *buf, size_t size, size_t *len, const char *fmt, ...)
 }
 
 /* Trust anchors (and client certificates and keys) by file identity: the same
- * path with new contents is another key. */
-static bool append_file_id(char *buf, size_t size, size_t *len, const char *name, const char *path)
+ * path with new contents is another key. The identity is the one the route
+ * took at config load (no stat per request); a route made by hand has none,
+ * and then the file is examined now. */
+static bool append_file_id(char *buf, size_t size, size_t *len, const char *name, const char *path,
+                           const char *id)
 {
-	struct stat st = {0};
+	char now[1200];
 
 	if (!path || !*path)
 		return append(buf, size, len, " %s=system", name);
-	stat(path, &st);
-	return append(buf, size, len, " %s=%s@%llu:%llu:%lld:%lld", name, path,
-	              (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
-	              (long long)st.st_size, (long long)st.st_mtime);
+	if (!id) {
+		if (!config_file_id(path, now, sizeof(now)))
+			return false;
+		id = now;
+	}
+	return append(buf, size, len, " %s=%s", name, id);
 }
 
-bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, uint16_t port,
-                   const struct route *route)
+bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *scheme, const char *host,
+                   uint16_t port, const struct route *route)
 {
 	static const char *const kinds[] = {"http", "https", "socks5", "socks5h"};
 	bool v6 = strchr(host, ':') != NULL, ok = true;
@@ -179,9 +196,13 @@ bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, u
 	if (route->proxy_ca_file)
 		snprintf(key->proxy_ca_file, sizeof(key->proxy_ca_file), "%s",
 		         route->proxy_ca_file);
+	if (route->proxy_ca_file_id)
+		snprintf(key->proxy_ca_file_id, sizeof(key->proxy_ca_file_id), "%s",
+		         route->proxy_ca_file_id);
 	key->forward = !key->tls && key->nhops > 0 &&
 	               (key->hops[key->nhops - 1].kind == HOP_HTTP ||
 	                key->hops[key->nhops - 1].kind == HOP_HTTPS);
+	key->deny_loopback = route->deny_loopback && key->nhops == 0;
 
 	/* forwarding to an HTTP parent shares the parent's connections across
 	 * all http:// origins */
@@ -210,24 +231,31 @@ bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, u
 			return false;
 		ok = append(key->id, sizeof(key->id), &len, " sni=%s alpn=%s%s verify=%d", host,
 		            key->alpn, key->h3 ? ",h3" : "", key->verify) &&
-		     append_file_id(key->id, sizeof(key->id), &len, "ca", key->ca_file);
+		     append_file_id(key->id, sizeof(key->id), &len, "ca", key->ca_file,
+		                    route->ca_file_id);
 		/* connections with different client certificates are never shared */
 		if (ok && key->client_cert[0])
 			ok = append_file_id(key->id, sizeof(key->id), &len, "cert",
-			                    key->client_cert) &&
-			     append_file_id(key->id, sizeof(key->id), &len, "key", key->client_key);
+			                    key->client_cert, route->client_cert_id) &&
+			     append_file_id(key->id, sizeof(key->id), &len, "key", key->client_key,
+			                    route->client_key_id);
 	}
+	/* made before deny_loopback_targets came on: not for requests after it */
+	if (ok && key->deny_loopback)
+		ok = append(key->id, sizeof(key->id), &len, " lo=deny");
 	for (size_t i = 0; ok && i < key->nhops; i++) {
 		const struct pool_hop *h = &key->hops[i];
 		ok = append(key->id, sizeof(key->id), &len, " via=%s://%s%s%s:%u", kinds[h->kind],
 		            strchr(h->host, ':') ? "[" : "", h->host,
 		            strchr(h->host, ':') ? "]" : "", h->port);
-		if (ok && h->auth)
-			ok = append(key->id, sizeof(key->id), &len, "#%016llx",
-			            (unsigned long long)fnv64(h->user, h->pass));
+		if (ok && h->auth) {
+			char cred[17];
+			pool_cred_id(m, h->user, h->pass, cred);
+			ok = append(key->id, sizeof(key->id), &len, "#%s", cred);
+		}
 		if (ok && h->kind == HOP_HTTPS)
 			ok = append_file_id(key->id, sizeof(key->id), &len, "proxy_ca",
-			                    key->proxy_ca_file);
+			                    key->proxy_ca_file, route->proxy_ca_file_id);
 	}
 	return ok;
 }
@@ -245,6 +273,7 @@ static void key_chain(const struct pool_key *key, struct chain_hop *hops, struct
 	    .hops = hops,
 	    .nhops = key->nhops,
 	    .proxy_ca_file = key->proxy_ca_file[0] ? key->proxy_ca_file : NULL,
+	    .proxy_ca_file_id = key->proxy_ca_file_id[0] ? key->proxy_ca_file_id : NULL,
 	    .host = key->host,
 	    .port = key->port,
 	    .forward = key->forward,
@@ -257,6 +286,7 @@ static void key_chain(const struct pool_key *key, struct chain_hop *hops, struct
 	    .session_key = key->id,
 	    .verify = key->verify,
 	    .timeout_ms = timeout_ms,
+	    .deny_loopback = key->deny_loopback,
 	};
 }
 
@@ -282,19 +312,23 @@ static const char *altsvc_path(const struct config *cfg, char *buf, size_t size)
 	return buf;
 }
 
-static void save_cb(evutil_socket_t fd, short what, void *arg)
+static void save_altsvc(struct pool *p, bool durable)
 {
-	struct pool *p = arg;
 	char path[1024];
 
-	(void)fd;
-	(void)what;
 	if (!p->altsvc || !altsvc_path(p->m->cfg, path, sizeof(path)) ||
 	    !altsvc_cache_dirty(p->altsvc))
 		return;
 	mkdir(p->m->cfg->state_dir, 0700);
-	if (!altsvc_cache_save(p->altsvc, time(NULL)))
+	if (!altsvc_cache_write(p->altsvc, time(NULL), durable))
 		log_warn("cannot write the Alt-Svc cache %s", path);
+}
+
+static void save_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	save_altsvc(arg, false);
 }
 
 void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value, size_t len)
@@ -1115,7 +1149,7 @@ void pool_reconfigured(struct pool *p)
 			struct pool_conn *pc, *pnext;
 			next = o->next;
 			route_for(p->m->cfg, o->key.host, o->key.port, &r);
-			if (pool_key_init(&k, o->key.scheme, o->key.host, o->key.port, &r) &&
+			if (pool_key_init(&k, p->m, o->key.scheme, o->key.host, o->key.port, &r) &&
 			    strcmp(k.id, o->key.id) == 0)
 				continue;
 			/* no route leads here any more: drain what serves it */
@@ -1243,7 +1277,7 @@ void pool_free(struct pool *p)
 	if (p->trim_timer)
 		event_free(p->trim_timer);
 	if (p->save_timer) {
-		save_cb(-1, 0, p); /* a last write at shutdown */
+		save_altsvc(p, true); /* a last, durable write at shutdown */
 		event_free(p->save_timer);
 	}
 	if (p->altsvc)

@@ -37,15 +37,24 @@ struct pool_key {
 	} hops[4];
 	size_t nhops;
 	char proxy_ca_file[512];
+	/* its identity from config load ("": look it up) */
+	char proxy_ca_file_id[1200];
+	/* direct: never connect to a loopback address (deny_loopback_targets) */
+	bool deny_loopback;
 	bool forward;  /* http:// origin, last hop an HTTP parent: absolute-form to it */
 	char alpn[32]; /* offered protocols, comma-separated */
 	char id[2048]; /* canonical form of all of the above */
 };
 
 struct route;
-/* Fails (false) only when a field does not fit. */
-bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, uint16_t port,
-                   const struct route *route);
+/* Fails (false) only when a field does not fit. Files are named by the
+ * identities the route took at config load; credentials by pool_cred_id. */
+bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *scheme, const char *host,
+                   uint16_t port, const struct route *route);
+/* The identity of proxy credentials shown in key ids (logs, status page):
+ * HMAC-SHA-256 keyed with m->secret, random per process, cut to 16 hex
+ * digits, so that it cannot be brute-forced offline into the password. */
+void pool_cred_id(const struct muxd *m, const char *user, const char *pass, char out[17]);
 
 struct pool;
 struct pool_wait;

@@ -123,6 +123,7 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 	out->nhops = 0;
 	out->proxy_ca_file = NULL;
 	out->client_cert = out->client_key = NULL;
+	out->ca_file_id = out->proxy_ca_file_id = out->client_cert_id = out->client_key_id = NULL;
 	for (int i = 0; i < 2; i++) {
 		if (!layers[i])
 			continue;
@@ -132,13 +133,19 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 			out->hops = exempt ? NULL : layers[i]->hops;
 			out->nhops = exempt ? 0 : layers[i]->nhops;
 		}
-		if (layers[i]->proxy_ca_file)
+		if (layers[i]->proxy_ca_file) {
 			out->proxy_ca_file = layers[i]->proxy_ca_file;
-		if (layers[i]->ca_file)
+			out->proxy_ca_file_id = layers[i]->proxy_ca_file_id;
+		}
+		if (layers[i]->ca_file) {
 			out->ca_file = layers[i]->ca_file;
+			out->ca_file_id = layers[i]->ca_file_id;
+		}
 		if (layers[i]->client_cert) { /* the pair comes from one section */
 			out->client_cert = layers[i]->client_cert;
 			out->client_key = layers[i]->client_key;
+			out->client_cert_id = layers[i]->client_cert_id;
+			out->client_key_id = layers[i]->client_key_id;
 		}
 		if (layers[i]->verify != -1)
 			out->verify = layers[i]->verify;
@@ -149,4 +156,5 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 	}
 	out->h2 = out->h2 && cfg->h2;
 	out->h3 = out->h3 && cfg->h3;
+	out->deny_loopback = config_deny_loopback(cfg);
 }

@@ -23,6 +23,10 @@ struct route {
 	const char *proxy_ca_file; /* trust anchors for https:// parents; NULL = system */
 	/* TLS client certificate and key for origins (a pair from one section); NULL = none */
 	const char *client_cert, *client_key;
+	/* their file identities taken at config load (config_file_id); NULL when
+	 * the route was not made by route_for (pool_key_init then looks itself) */
+	const char *ca_file_id, *proxy_ca_file_id, *client_cert_id, *client_key_id;
+	bool deny_loopback; /* a direct connection never goes to a loopback address */
 };
 
 /* host: lower-cased name or IP literal (IPv6 without brackets). */

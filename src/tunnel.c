@@ -182,9 +182,11 @@ struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *h
 	struct chain_spec spec = {.hops = hops,
 	                          .nhops = route.nhops,
 	                          .proxy_ca_file = route.proxy_ca_file,
+	                          .proxy_ca_file_id = route.proxy_ca_file_id,
 	                          .host = host,
 	                          .port = port,
-	                          .timeout_ms = tn->cfg->connect_timeout_ms};
+	                          .timeout_ms = tn->cfg->connect_timeout_ms,
+	                          .deny_loopback = route.deny_loopback};
 	if (tn->idle)
 		tn->origin = chain_connect(m, &spec, &cbs, tn);
 	if (!tn->origin) {

@@ -51,6 +51,7 @@ struct chain {
 	struct chain_hop hops[CONFIG_MAX_HOPS];
 	char strs[CONFIG_MAX_HOPS][3][256];
 	char host[256], sni[256], alpn[32], ca_file[512], proxy_ca_file[512], session_key[1024];
+	char proxy_ca_file_id[1200];
 	char client_cert[512], client_key[512];
 	struct step steps[CHAIN_MAX_STEPS];
 	size_t nsteps, next; /* steps planned; the next one to start */
@@ -137,15 +138,20 @@ static bool start_step(struct chain *c)
 		const char *host = sp->nhops ? c->hops[0].host : sp->host;
 		uint16_t port = sp->nhops ? c->hops[0].port : sp->port;
 		c->top = tcp_connect(c->m, host, port, 0, &cbs, c); /* our deadline covers it */
+		if (c->top && sp->deny_loopback && sp->nhops == 0)
+			tcp_deny_loopback(c->top);
 		break;
 	}
 	case STEP_POOL_TUNNEL: {
 		const struct chain_hop *h = &c->hops[0];
 		bool last = sp->nhops == 1;
-		struct route r = {.verify = true, .h2 = true, .ca_file = sp->proxy_ca_file};
+		struct route r = {.verify = true,
+		                  .h2 = true,
+		                  .ca_file = sp->proxy_ca_file,
+		                  .ca_file_id = sp->proxy_ca_file_id};
 		struct pool_key key;
 		char auth[600];
-		if (!pool_key_init(&key, "https", h->host, h->port, &r))
+		if (!pool_key_init(&key, c->m, "https", h->host, h->port, &r))
 			return false;
 		if (h->user)
 			snprintf(auth, sizeof(auth), "%s:%s", h->user, h->pass ? h->pass : "");
@@ -232,8 +238,9 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 		snprintf(msg, sizeof(msg), "proxy %s: %s",
 		         hop_name(c, st->kind == STEP_TCP ? 0 : st->hop, name, sizeof(name)),
 		         reason ? reason : "failed");
-		c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR,
-		                     err == ERR_CONNECT_TIMEOUT ? err : ERR_CONNECT, msg);
+		c->base.cbs.on_event(
+		    c->base.ctx, TRANSPORT_ERROR,
+		    err == ERR_CONNECT_TIMEOUT || err == ERR_LOOP ? err : ERR_CONNECT, msg);
 		return;
 	}
 	c->base.cbs.on_event(c->base.ctx, ev == TRANSPORT_EOF ? TRANSPORT_ERROR : ev,
@@ -331,6 +338,7 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
 	copy(c->alpn, sizeof(c->alpn), spec->alpn);
 	copy(c->ca_file, sizeof(c->ca_file), spec->ca_file);
 	copy(c->proxy_ca_file, sizeof(c->proxy_ca_file), spec->proxy_ca_file);
+	copy(c->proxy_ca_file_id, sizeof(c->proxy_ca_file_id), spec->proxy_ca_file_id);
 	copy(c->session_key, sizeof(c->session_key), spec->session_key);
 	copy(c->client_cert, sizeof(c->client_cert), spec->client_cert);
 	copy(c->client_key, sizeof(c->client_key), spec->client_key);
@@ -339,6 +347,7 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
 	c->spec.alpn = c->alpn;
 	c->spec.ca_file = spec->ca_file ? c->ca_file : NULL;
 	c->spec.proxy_ca_file = spec->proxy_ca_file ? c->proxy_ca_file : NULL;
+	c->spec.proxy_ca_file_id = spec->proxy_ca_file_id ? c->proxy_ca_file_id : NULL;
 	c->spec.session_key = spec->session_key ? c->session_key : NULL;
 	c->spec.client_cert = spec->client_cert ? c->client_cert : NULL;
 	c->spec.client_key = spec->client_key ? c->client_key : NULL;

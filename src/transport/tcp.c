@@ -43,6 +43,7 @@ struct tcp {
 	struct bufferevent *bev;
 	bool alive;
 	bool shut_pending;
+	bool deny_loopback; /* tcp_deny_loopback: the target is an origin */
 };
 
 static struct evbuffer *tcp_input(struct transport *t)
@@ -309,8 +310,27 @@ static void resolved(void *ctx, int err, const char *reason, const struct dns_ad
 		fail(c, ERR_DNS, msg);
 		return;
 	}
+	/* never to muxd itself (whatever the name was), nor, when asked, to
+	 * the host's loopback services */
+	for (size_t i = 0; i < addrs->n; i++) {
+		const struct sockaddr *sa = (const struct sockaddr *)&addrs->addr[i];
+		if (muxd_is_self(c->m, sa)) {
+			fail(c, ERR_LOOP, "it is muxd's own listen address");
+			return;
+		}
+		if (c->deny_loopback && muxd_is_loopback(sa)) {
+			fail(c, ERR_FORBIDDEN,
+			     "loopback targets are refused (deny_loopback_targets)");
+			return;
+		}
+	}
 	c->addrs = *addrs;
 	start_next_attempt(c);
+}
+
+void tcp_deny_loopback(struct transport *t)
+{
+	((struct tcp *)t)->deny_loopback = true;
 }
 
 struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port, uint64_t timeout_ms,

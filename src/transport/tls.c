@@ -28,7 +28,10 @@
 
 struct tls_cred {
 	struct tls_cred *next;
-	char *ca_file; /* NULL: the system store (or no trust anchors when !verify) */
+	/* the trust anchors by file identity (config_file_id, as in pool keys): a
+	 * replaced CA file is loaded afresh. NULL: the system store (or no trust
+	 * anchors when !verify) */
+	char *ca_file;
 	bool verify;
 	char *client; /* the client certificate and key by file identity; NULL: none */
 	gnutls_certificate_credentials_t cred;
@@ -151,9 +154,9 @@ static void session_store(struct tls_client_ctx *ctx, const char *key, gnutls_da
 	}
 }
 
-/* A client certificate and key by file identity (path, device, inode, size,
- * mtime), so that replaced files are loaded afresh; false when one cannot be
- * examined (reason says which). */
+/* A client certificate and key by file identity (config_file_id: path,
+ * device, inode, size, mtime), so that replaced files are loaded afresh;
+ * false when one cannot be examined (reason says which). */
 static bool client_id(const char *cert, const char *key, char *buf, size_t size, char *reason,
                       size_t reason_len)
 {
@@ -162,20 +165,18 @@ static bool client_id(const char *cert, const char *key, char *buf, size_t size,
 
 	for (int i = 0; i < 2; i++) {
 		struct stat st;
-		int n;
 		if (stat(paths[i], &st) != 0) {
 			snprintf(reason, reason_len, "cannot load client %s %s: %s",
 			         i ? "key" : "certificate", paths[i], strerror(errno));
 			return false;
 		}
-		n = snprintf(buf + len, size - len, "%s%s@%llu:%llu:%lld:%lld", i ? " " : "",
-		             paths[i], (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
-		             (long long)st.st_size, (long long)st.st_mtime);
-		if (n < 0 || (size_t)n >= size - len) {
+		if (i)
+			buf[len++] = ' ';
+		if (len >= size || !config_file_id(paths[i], buf + len, size - len)) {
 			snprintf(reason, reason_len, "client certificate path too long");
 			return false;
 		}
-		len += (size_t)n;
+		len += strlen(buf + len);
 	}
 	return true;
 }
@@ -192,7 +193,7 @@ static gnutls_certificate_credentials_t get_cred(struct tls_client_ctx *ctx, con
 {
 	gnutls_certificate_credentials_t cred;
 	struct tls_cred *c;
-	char client[2200];
+	char client[2200], ca_id[1200];
 	int r;
 
 	if (!verify)
@@ -202,9 +203,14 @@ static gnutls_certificate_credentials_t get_cred(struct tls_client_ctx *ctx, con
 	if (client_cert &&
 	    !client_id(client_cert, client_key, client, sizeof(client), reason, reason_len))
 		return NULL;
+	/* one stat per new connection, not per request: sessions are pooled */
+	if (ca_file && !config_file_id(ca_file, ca_id, sizeof(ca_id))) {
+		snprintf(reason, reason_len, "CA file path too long");
+		return NULL;
+	}
 	for (c = ctx->creds; c; c = c->next)
 		if (c->verify == verify &&
-		    (ca_file ? c->ca_file && strcmp(c->ca_file, ca_file) == 0 : !c->ca_file) &&
+		    (ca_file ? c->ca_file && strcmp(c->ca_file, ca_id) == 0 : !c->ca_file) &&
 		    (client_cert ? c->client && strcmp(c->client, client) == 0 : !c->client))
 			return c->cred;
 	if (gnutls_certificate_allocate_credentials(&cred) < 0) {
@@ -244,7 +250,7 @@ static gnutls_certificate_credentials_t get_cred(struct tls_client_ctx *ctx, con
 		}
 	}
 	c = calloc(1, sizeof(*c));
-	if (!c || (ca_file && !(c->ca_file = strdup(ca_file))) ||
+	if (!c || (ca_file && !(c->ca_file = strdup(ca_id))) ||
 	    (client_cert && !(c->client = strdup(client)))) {
 		if (c)
 			free(c->ca_file);

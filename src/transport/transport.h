@@ -71,6 +71,10 @@ void transport_set_cbs(struct transport *t, const struct transport_cbs *cbs, voi
  */
 struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port, uint64_t timeout_ms,
                               const struct transport_cbs *cbs, void *ctx);
+/* Right after tcp_connect: refuse loopback addresses (ERR_FORBIDDEN), for a
+ * direct connection to an origin under deny_loopback_targets. Every connect
+ * refuses muxd's own listen addresses (ERR_LOOP). */
+void tcp_deny_loopback(struct transport *t);
 
 /*
  * SOCKS5 (RFC 1928) through a connected proxy connection lower, with
@@ -126,6 +130,9 @@ struct chain_spec {
 	uint64_t timeout_ms; /* connect_timeout: one deadline for the whole chain (0: none) */
 	/* PEM client certificate and key presented to the target; NULL = none */
 	const char *client_cert, *client_key;
+	bool deny_loopback; /* no hops: the target must not be a loopback address */
+	/* proxy_ca_file's identity from config load; NULL: looked up */
+	const char *proxy_ca_file_id;
 };
 struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
                                 const struct transport_cbs *cbs, void *ctx);

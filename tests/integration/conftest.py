@@ -144,6 +144,11 @@ class Muxd:
     def proxy_url(self):
         return f"http://{LOCALHOST}:{self.port}"
 
+    def via_token(self):
+        """This instance's Via entry: "1.1 muxd-" and 8 hex digits of the id
+        kept in STATE/instance-id."""
+        return "1.1 muxd-" + (self.state_dir / "instance-id").read_text().strip()[:8]
+
     def admin(self, path):
         """GET path from muxd's own admin endpoint (origin-form request)."""
         with connect(self.port, timeout=10) as s:

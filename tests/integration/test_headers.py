@@ -1,5 +1,7 @@
 """Hop-by-hop fields (both directions), Via, loop detection (508), via = off."""
 
+import re
+
 import pytest
 
 from support import HTTPReader, connect, proxy_request, raw_exchange
@@ -79,8 +81,10 @@ def test_via_added_to_request_and_response(muxd, origin):
     m = muxd()
     resp, reader = raw_exchange(m.port, proxy_request("GET", o.url("/v")))
     reader.sock.close()
-    assert o.requests[0].headers.get_all("via") == ["1.1 muxd"]
-    assert resp.headers.get("via") == "1.1 muxd"
+    token = m.via_token()
+    assert re.fullmatch(r"1\.1 muxd-[0-9a-f]{8}", token), token
+    assert o.requests[0].headers.get_all("via") == [token]
+    assert resp.headers.get("via") == token
 
 
 def test_via_appended_to_existing(muxd, origin):
@@ -88,15 +92,16 @@ def test_via_appended_to_existing(muxd, origin):
     m = muxd()
     resp, reader = raw_exchange(m.port, proxy_request("GET", o.url("/v"), headers=[("Via", "1.1 other")]))
     reader.sock.close()
-    assert o.requests[0].headers.get("via") == "1.1 other, 1.1 muxd"
-    assert resp.headers.get("via") == "1.0 fred, 1.1 muxd"
+    assert o.requests[0].headers.get("via") == f"1.1 other, {m.via_token()}"
+    assert resp.headers.get("via") == f"1.0 fred, {m.via_token()}"
 
 
-@pytest.mark.parametrize("via", ["1.1 muxd", "1.0 fred, 1.1 muxd", "1.1 a, 1.1 muxd (muxd/0.1), 1.1 b", "HTTP/1.1 muxd"],
+@pytest.mark.parametrize("via", ["1.1 SELF", "1.0 fred, 1.1 SELF", "1.1 a, 1.1 SELF (muxd/0.1), 1.1 b", "HTTP/1.1 SELF"],
                          ids=["only", "last", "middle-with-comment", "protocol-name"])
 def test_loop_detected_508(muxd, origin, via):
     o = origin()
     m = muxd()
+    via = via.replace("SELF", m.via_token().split(" ", 1)[1])
     resp, reader = raw_exchange(m.port, proxy_request("GET", o.url("/loop"), headers=[("Via", via)]))
     reader.sock.close()
     assert resp.status == 508
@@ -104,11 +109,14 @@ def test_loop_detected_508(muxd, origin, via):
 
 
 def test_other_via_names_are_not_loops(muxd, origin):
+    """Another muxd (its own token, or an old one's plain "muxd") is not this one."""
     o = origin()
     m = muxd()
-    resp, reader = raw_exchange(m.port, proxy_request("GET", o.url("/x"), headers=[("Via", "1.1 notmuxd, 1.0 muxd.example")]))
+    other = "1.1 notmuxd, 1.0 muxd.example, 1.1 muxd, 1.1 muxd-00000000"
+    resp, reader = raw_exchange(m.port, proxy_request("GET", o.url("/x"), headers=[("Via", other)]))
     reader.sock.close()
     assert resp.status == 200
+    assert o.requests[0].headers.get("via") == f"{other}, {m.via_token()}"
 
 
 def test_via_off(muxd, origin):

@@ -221,7 +221,7 @@ static void key_for(struct pool_key *k, const char *scheme, uint16_t port)
 {
 	struct route r;
 	route_for(m.cfg, "127.0.0.1", port, &r);
-	ck_assert(pool_key_init(k, scheme, "127.0.0.1", port, &r));
+	ck_assert(pool_key_init(k, &m, scheme, "127.0.0.1", port, &r));
 }
 
 static void req_start(struct req *r, const struct pool_key *k, bool fresh_only)
@@ -300,41 +300,41 @@ START_TEST(key_equality)
 	struct pool_key a, b;
 
 	/* the same destination and route: equal */
-	ck_assert(pool_key_init(&a, "https", "example.com", 443, &r));
-	ck_assert(pool_key_init(&b, "https", "example.com", 443, &r));
+	ck_assert(pool_key_init(&a, &m, "https", "example.com", 443, &r));
+	ck_assert(pool_key_init(&b, &m, "https", "example.com", 443, &r));
 	ck_assert_str_eq(a.id, b.id);
 	/* another port, another scheme, verification off, no h2: different */
-	ck_assert(pool_key_init(&b, "https", "example.com", 8443, &r));
+	ck_assert(pool_key_init(&b, &m, "https", "example.com", 8443, &r));
 	ck_assert_str_ne(a.id, b.id);
-	ck_assert(pool_key_init(&b, "http", "example.com", 443, &r));
+	ck_assert(pool_key_init(&b, &m, "http", "example.com", 443, &r));
 	ck_assert_str_ne(a.id, b.id);
 	r.verify = false;
-	ck_assert(pool_key_init(&b, "https", "example.com", 443, &r));
+	ck_assert(pool_key_init(&b, &m, "https", "example.com", 443, &r));
 	ck_assert_str_ne(a.id, b.id);
 	r.verify = true;
 	r.h2 = false;
-	ck_assert(pool_key_init(&b, "https", "example.com", 443, &r));
+	ck_assert(pool_key_init(&b, &m, "https", "example.com", 443, &r));
 	ck_assert_str_ne(a.id, b.id);
 	r.h2 = true;
 	/* through a parent: another key; other credentials: another key, and the
 	 * password never shows in the id */
 	r.hops = &hop;
 	r.nhops = 1;
-	ck_assert(pool_key_init(&b, "https", "example.com", 443, &r));
+	ck_assert(pool_key_init(&b, &m, "https", "example.com", 443, &r));
 	ck_assert_str_ne(a.id, b.id);
 	hop.user = "alice";
 	hop.pass = "s3cret-one";
-	ck_assert(pool_key_init(&a, "https", "example.com", 443, &r));
+	ck_assert(pool_key_init(&a, &m, "https", "example.com", 443, &r));
 	hop2.user = "alice";
 	hop2.pass = "s3cret-two";
 	r.hops = &hop2;
-	ck_assert(pool_key_init(&b, "https", "example.com", 443, &r));
+	ck_assert(pool_key_init(&b, &m, "https", "example.com", 443, &r));
 	ck_assert_str_ne(a.id, b.id);
 	ck_assert_ptr_null(strstr(a.id, "s3cret"));
 	ck_assert_ptr_null(strstr(b.id, "s3cret"));
 	/* plain http:// through an HTTP parent: one key for every origin */
-	ck_assert(pool_key_init(&a, "http", "one.example", 80, &r));
-	ck_assert(pool_key_init(&b, "http", "two.example", 8080, &r));
+	ck_assert(pool_key_init(&a, &m, "http", "one.example", 80, &r));
+	ck_assert(pool_key_init(&b, &m, "http", "two.example", 8080, &r));
 	ck_assert(a.forward && b.forward);
 	ck_assert_str_eq(a.id, b.id);
 }
@@ -414,7 +414,7 @@ static void mute_parent(int kind, const char *step)
 
 	peer_start(PEER_MUTE);
 	hop.port = peer.port;
-	ck_assert(pool_key_init(&k, "https", "origin.example", 443, &r));
+	ck_assert(pool_key_init(&k, &m, "https", "origin.example", 443, &r));
 	req_start(&q, &k, false);
 	req_run(&q, 5000);
 	snprintf(want, sizeof(want), "%s via proxy 127.0.0.1:%u timed out after 300 ms", step,

@@ -15,6 +15,7 @@
 #include "route.h"
 
 static char path[64];
+static struct muxd km; /* the daemon state pool keys take the credential key from */
 
 static struct config *load(const char *text)
 {
@@ -151,30 +152,30 @@ START_TEST(pool_keys)
 	struct route base = {.verify = true, .ca_file = NULL}, r;
 	struct pool_key a, b;
 
-	ck_assert(pool_key_init(&a, "https", "h.test", 443, &base));
-	ck_assert(pool_key_init(&b, "https", "h.test", 443, &base));
+	ck_assert(pool_key_init(&a, &km, "https", "h.test", 443, &base));
+	ck_assert(pool_key_init(&b, &km, "https", "h.test", 443, &base));
 	ck_assert_str_eq(a.id, b.id);
 
 	r = base;
 	r.verify = false;
-	ck_assert(pool_key_init(&b, "https", "h.test", 443, &r));
+	ck_assert(pool_key_init(&b, &km, "https", "h.test", 443, &r));
 	ck_assert_str_ne(a.id, b.id);
 
 	r = base;
 	r.ca_file = "/dev/null";
-	ck_assert(pool_key_init(&b, "https", "h.test", 443, &r));
+	ck_assert(pool_key_init(&b, &km, "https", "h.test", 443, &r));
 	ck_assert_str_ne(a.id, b.id);
 
 	r = base;
 	r.h2 = true; /* another ALPN set */
-	ck_assert(pool_key_init(&b, "https", "h.test", 443, &r));
+	ck_assert(pool_key_init(&b, &km, "https", "h.test", 443, &r));
 	ck_assert_str_ne(a.id, b.id);
 
-	ck_assert(pool_key_init(&b, "https", "h.test", 8443, &base));
+	ck_assert(pool_key_init(&b, &km, "https", "h.test", 8443, &base));
 	ck_assert_str_ne(a.id, b.id);
-	ck_assert(pool_key_init(&b, "https", "g.test", 443, &base));
+	ck_assert(pool_key_init(&b, &km, "https", "g.test", 443, &base));
 	ck_assert_str_ne(a.id, b.id);
-	ck_assert(pool_key_init(&b, "http", "h.test", 443, &base));
+	ck_assert(pool_key_init(&b, &km, "http", "h.test", 443, &base));
 	ck_assert_str_ne(a.id, b.id);
 
 	/* the same path, another file (identity, not name) */
@@ -183,7 +184,7 @@ START_TEST(pool_keys)
 	close(fd);
 	r = base;
 	r.ca_file = p1;
-	ck_assert(pool_key_init(&a, "https", "h.test", 443, &r));
+	ck_assert(pool_key_init(&a, &km, "https", "h.test", 443, &r));
 	unlink(p1);
 	fd = open(p1, O_CREAT | O_WRONLY | O_EXCL, 0600);
 	ck_assert_int_ge(fd, 0);
@@ -191,7 +192,7 @@ START_TEST(pool_keys)
 	memset(filler, 'x', sizeof(filler));
 	ck_assert_int_eq(write(fd, filler, sizeof(filler)), (ssize_t)sizeof(filler));
 	close(fd);
-	ck_assert(pool_key_init(&b, "https", "h.test", 443, &r));
+	ck_assert(pool_key_init(&b, &km, "https", "h.test", 443, &r));
 	unlink(p1);
 	ck_assert_str_ne(a.id, b.id);
 }
@@ -331,22 +332,22 @@ START_TEST(client_cert_keys)
 	struct route base = {.verify = true, .h2 = true, .h3 = true}, r;
 	struct pool_key none, one, two, k;
 
-	ck_assert(pool_key_init(&none, "https", "h.test", 443, &base));
+	ck_assert(pool_key_init(&none, &km, "https", "h.test", 443, &base));
 	ck_assert(none.h3);
 	ck_assert_str_eq(none.client_cert, "");
 	r = base;
 	r.client_cert = cert1;
 	r.client_key = key1;
-	ck_assert(pool_key_init(&one, "https", "h.test", 443, &r));
+	ck_assert(pool_key_init(&one, &km, "https", "h.test", 443, &r));
 	ck_assert_str_eq(one.client_cert, cert1);
 	ck_assert_str_eq(one.client_key, key1);
 	ck_assert(!one.h3); /* HTTP/3 presents no client certificate: TCP only */
 	ck_assert_str_ne(none.id, one.id);
-	ck_assert(pool_key_init(&k, "https", "h.test", 443, &r));
+	ck_assert(pool_key_init(&k, &km, "https", "h.test", 443, &r));
 	ck_assert_str_eq(one.id, k.id);
 	r.client_cert = cert2;
 	r.client_key = key2;
-	ck_assert(pool_key_init(&two, "https", "h.test", 443, &r));
+	ck_assert(pool_key_init(&two, &km, "https", "h.test", 443, &r));
 	ck_assert_str_ne(one.id, two.id);
 	ck_assert_str_ne(none.id, two.id);
 
@@ -357,11 +358,11 @@ START_TEST(client_cert_keys)
 	fclose(f);
 	r.client_cert = cert1;
 	r.client_key = key1;
-	ck_assert(pool_key_init(&k, "https", "h.test", 443, &r));
+	ck_assert(pool_key_init(&k, &km, "https", "h.test", 443, &r));
 	ck_assert_str_ne(one.id, k.id);
 
 	/* plain http:// has no TLS, hence no client certificate */
-	ck_assert(pool_key_init(&k, "http", "h.test", 80, &r));
+	ck_assert(pool_key_init(&k, &km, "http", "h.test", 80, &r));
 	ck_assert_str_eq(k.client_cert, "");
 }
 END_TEST
