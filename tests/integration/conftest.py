@@ -52,6 +52,7 @@ from support import (
     echo_handler,
     free_port,
     make_pki,
+    require_tool,
 )
 
 STARTUP_TIMEOUT = 30.0 if SANITIZE else 10.0
@@ -392,8 +393,7 @@ def h3_server(request, tmp_path, pki):
     """Factory: h3_server(cert=pki.leaf, port=None, options=()) -> a started
     support.H3Server: gtlsserver serving .root over HTTP/3 on UDP
     127.0.0.1:.port."""
-    if not os.access(GTLSSERVER, os.X_OK):
-        pytest.skip(f"{GTLSSERVER} not installed (Debian package ngtcp2-server)")
+    require_tool(GTLSSERVER, "ngtcp2-server")
     servers = []
 
     def start(cert=None, port=None, options=()):

@@ -32,14 +32,12 @@ from support import (
     open_tunnel,
     pattern_bytes,
     recv_all,
+    require_tool,
     wait_until,
 )
 
 ONE_K = pattern_bytes(1024, seed=23)
-OPENSSL = shutil.which("openssl")
-needs_openssl = pytest.mark.skipif(
-    OPENSSL is None, reason="openssl not installed (Debian package openssl; add it to scripts/install-deps)"
-)
+OPENSSL = shutil.which("openssl") or "openssl"
 
 
 def intercept_conf(pki, port, **sections):
@@ -123,6 +121,7 @@ def test_thirty_fresh_curls_share_h2_upstream_and_one_leaf(muxd, tls_nginx_facto
 def s_client(m, connect, *args):
     """openssl s_client through muxd's CONNECT; returns the CompletedProcess
     (text)."""
+    require_tool(OPENSSL, "openssl")
     cmd = [OPENSSL, "s_client", "-proxy", f"{LOCALHOST}:{m.port}", "-connect", connect,
            "-CAfile", str(local_ca(m)), "-verify_return_error", *args]
     return subprocess.run(cmd, input="", capture_output=True, text=True, timeout=20, env=clean_env())
@@ -137,7 +136,6 @@ def san_of(s_client_stdout):
     return out.stdout
 
 
-@needs_openssl
 def test_openssl_verifies_leaf_with_dns_san(muxd, nginx_tls, pki):
     m = muxd(intercept_conf(pki, nginx_tls.port))
     out = s_client(m, f"localhost:{nginx_tls.port}", "-servername", "localhost", "-verify_hostname", "localhost")
@@ -148,7 +146,6 @@ def test_openssl_verifies_leaf_with_dns_san(muxd, nginx_tls, pki):
     assert leaf_issued(m) == 1
 
 
-@needs_openssl
 def test_openssl_verifies_leaf_with_ip_san_without_sni(muxd, nginx_tls, pki):
     m = muxd(intercept_conf(pki, nginx_tls.port))
     out = s_client(m, f"{LOCALHOST}:{nginx_tls.port}", "-noservername", "-verify_ip", LOCALHOST)

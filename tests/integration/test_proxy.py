@@ -46,6 +46,7 @@ from support import (
     free_port,
     open_tunnel,
     pattern_bytes,
+    require_tool,
     wait_until,
 )
 
@@ -188,8 +189,7 @@ class Squid:
 @pytest.fixture
 def squid_factory(request):
     """Factory: squid_factory() -> a started Squid (an HTTP parent proxy)."""
-    if not os.access(SQUID, os.X_OK):
-        pytest.skip("squid not installed (Debian package squid-openssl)")
+    require_tool(SQUID, "squid-openssl")
     instances = []
 
     def start():
@@ -254,8 +254,7 @@ class Microsocks:
 @pytest.fixture
 def microsocks(request, tmp_path):
     """Factory: microsocks(user=None, password=None) -> a started Microsocks."""
-    if not os.access(MICROSOCKS, os.X_OK):
-        pytest.skip("microsocks not installed")
+    require_tool(MICROSOCKS, "microsocks")
     instances = []
 
     def start(user=None, password=None):
@@ -337,8 +336,7 @@ class Nghttpx:
 def nghttpx(request, tmp_path, pki, squid_factory):
     """An nghttpx in HTTP/2 proxy mode on TLS (pki.leaf), forwarding to its
     own squid.  Returns the Nghttpx; .squid is the backend."""
-    if not os.access(NGHTTPX, os.X_OK):
-        pytest.skip("nghttpx not installed (Debian package nghttp2-proxy)")
+    require_tool(NGHTTPX, "nghttp2-proxy")
     sq = squid_factory()
     nx = Nghttpx(tmp_path / "nghttpx", pki, sq.port)
     nx.squid = sq
