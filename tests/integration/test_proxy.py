@@ -634,8 +634,9 @@ def test_https_parent_h2_multiplexes_tunnels_then_idles_out(muxd, pki, nghttpx, 
             socks.append(reader.sock)
             assert resp.status == 200, resp
             assert not reader.buf
-        # all ten are open at once; each carries its own bytes
-        assert target.connections == 10
+        # all ten are open at once (the target counts an accept in its own
+        # thread, maybe after the 200 came back); each carries its own bytes
+        wait_until(lambda: target.connections == 10, timeout=5, what="10 connections at the target")
         for i, s in enumerate(socks):
             s.sendall(b"tunnel %02d" % i)
         for i, s in enumerate(socks):
@@ -1031,13 +1032,15 @@ def test_reload_changes_parent_and_pool_key(muxd, nginx, squid):
     (nginx.root / "1k").write_bytes(ONE_K)
     m = muxd()
     assert curl(m.port, nginx.url("/1k")).returncode == 0
-    m.reload(route(squid.url()))
-    time.sleep(0.5)
+    m.reload(route(squid.url()), wait=True)
     assert curl(m.port, nginx.url("/1k?via=squid")).returncode == 0
     wait_until(lambda: squid.requests("GET", "via=squid"), timeout=5, what="the GET in squid's log")
-    m.reload(route("direct"))
-    time.sleep(0.5)
+    m.reload(route("direct"), wait=True)
     assert curl(m.port, nginx.url("/1k?direct")).returncode == 0
+    # a check for absence: once nginx has logged the GET, give a GET wrongly
+    # sent through squid a moment to reach squid's log too
+    wait_until(lambda: any("?direct" in f[2] for f in nginx.log_lines()), timeout=5,
+               what="the direct GET in nginx's log")
     time.sleep(0.3)
     assert not squid.requests("GET", "?direct"), squid.log_lines()
     assert len(squid.requests("GET")) == 1
