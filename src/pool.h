@@ -20,6 +20,7 @@
 struct pool_key {
 	char scheme[8];
 	char host[256]; /* IPv6 literal without brackets */
+	char sni[256];  /* the TLS name (SNI, verification): host, or a name for an address */
 	uint16_t port;
 	bool tls;
 	bool verify;
@@ -46,6 +47,10 @@ struct route;
 /* Fails (false) only when a field does not fit. */
 bool pool_key_init(struct pool_key *key, const char *scheme, const char *host, uint16_t port,
                    const struct route *route);
+/* The same for an origin reached at host (an address) but verified, and
+ * named in SNI, as sni (NULL: host). */
+bool pool_key_init_sni(struct pool_key *key, const char *scheme, const char *host, uint16_t port,
+                       const char *sni, const struct route *route);
 
 struct pool;
 struct pool_wait;

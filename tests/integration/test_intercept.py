@@ -460,3 +460,103 @@ def test_closed_intercepted_clients_are_released(muxd, nginx_tls, pki):
     assert m.stop() == 0
     took = time.monotonic() - start
     assert took < 2, f"muxd took {took:.1f}s to stop with no clients"
+
+
+# --------------------------------------------------------------------------
+# 6. the SNI against the CONNECT host: the leaf names what was CONNECTed to
+
+
+NAME_ONLY_TEMPLATE = """\
+cn = "{name}"
+organization = "muxd tests"
+serial = {serial}
+expiration_days = 30
+dns_name = "{name}"
+tls_www_server
+signing_key
+encryption_key
+"""
+
+
+def name_only_cert(pki, d, name, serial):
+    """A leaf signed by the test CA for the DNS name alone (no IP SAN):
+    (cert, key) paths in d."""
+    d.mkdir(parents=True, exist_ok=True)
+    key, cert, tmpl = d / f"{name}.key", d / f"{name}.pem", d / f"{name}.tmpl"
+    tmpl.write_text(NAME_ONLY_TEMPLATE.format(name=name, serial=serial))
+    subprocess.run(["certtool", "--generate-privkey", "--key-type=ecdsa", "--outfile", str(key)],
+                   check=True, capture_output=True)
+    subprocess.run(["certtool", "--generate-certificate", "--load-privkey", str(key), "--load-ca-certificate",
+                    str(pki.ca_cert), "--load-ca-privkey", str(pki.ca_key), "--template", str(tmpl),
+                    "--outfile", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def san_names(tls):
+    return sorted(v for _, v in tls.getpeercert()["subjectAltName"])
+
+
+def test_sni_other_than_connect_host_gets_leaf_for_connect_host(muxd, nginx_tls, pki):
+    """CONNECT localhost:PORT, then a ClientHello for bank.example: muxd does
+    not vouch for bank.example; the leaf names localhost, and the requests
+    go to localhost."""
+    (nginx_tls.root / "1k").write_bytes(ONE_K)
+    m = muxd(intercept_conf(pki, nginx_tls.port))
+    ctx = ssl.create_default_context(cafile=str(local_ca(m)))
+    ctx.check_hostname = False  # look at the name instead of refusing it
+    authority = f"localhost:{nginx_tls.port}"
+    with intercepted_tls(m, authority, ctx, server_hostname="bank.example") as tls:
+        assert san_names(tls) == ["localhost"], tls.getpeercert()
+        resp = tls_get(tls, "/1k", authority)
+    assert resp.status == 200, resp
+    assert resp.body == ONE_K
+    # a client that checks the name it sent refuses the leaf
+    strict = ssl.create_default_context(cafile=str(local_ca(m)))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        intercepted_tls(m, authority, strict, server_hostname="bank.example").close()
+    wait_until(lambda: "SNI 'bank.example'" in m.log(), timeout=5, what="the SNI mismatch in the log")
+    assert "the certificate and the origin are localhost" in m.log(), m.log()
+
+
+def test_sni_name_for_connect_address_verifies_name_routes_by_address(muxd, tls_nginx_factory, pki, tmp_path):
+    """CONNECT 127.0.0.1:PORT with SNI bank.example (a client that resolved
+    the name itself): the leaf names bank.example, muxd verifies the origin
+    for bank.example (its certificate has no IP address) and routes by the
+    address (the route for bank.example would send it to a dead parent)."""
+    ng = tls_nginx_factory(cert=name_only_cert(pki, tmp_path / "bank", "bank.example", 40))
+    (ng.root / "1k").write_bytes(ONE_K)
+    dead = closed_port()
+    m = muxd(intercept_conf(pki, ng.port, **{"route bank.example": {"proxy": f"http://{LOCALHOST}:{dead}"}}))
+    ctx = ssl.create_default_context(cafile=str(local_ca(m)))  # checks bank.example
+    with intercepted_tls(m, f"{LOCALHOST}:{ng.port}", ctx, server_hostname="bank.example") as tls:
+        assert san_names(tls) == ["bank.example"], tls.getpeercert()
+        resp = tls_get(tls, "/1k", f"bank.example:{ng.port}")
+    assert resp.status == 200, resp
+    assert resp.body == ONE_K
+    wait_until(lambda: len(ng.log_lines()) >= 1, timeout=5, what="nginx access log")
+    assert "routed by the address, the origin verified as bank.example" in m.log(), m.log()
+    # the same origin without the name: verified for 127.0.0.1, which its
+    # certificate does not name
+    with intercepted_tls(m, f"{LOCALHOST}:{ng.port}", ssl.create_default_context(cafile=str(local_ca(m))),
+                         server_hostname=LOCALHOST) as tls:
+        resp = tls_get(tls, "/1k", f"{LOCALHOST}:{ng.port}")
+    assert resp.status == 502, resp
+    assert "certificate" in resp.text.lower(), resp.text
+
+
+def test_sni_tls_refuses_is_tunneled_untouched(muxd, nginx_tls, pki):
+    """An SNI GnuTLS refuses as a server name (foo_bar.internal): the
+    session is tunneled to the CONNECT target, and the client sees the
+    origin's own certificate."""
+    (nginx_tls.root / "1k").write_bytes(ONE_K)
+    m = muxd(intercept_conf(pki, nginx_tls.port))
+    ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+    ctx.check_hostname = False  # the origin's certificate names localhost
+    with intercepted_tls(m, f"{LOCALHOST}:{nginx_tls.port}", ctx, server_hostname="foo_bar.internal") as tls:
+        der = tls.getpeercert(binary_form=True)
+        resp = tls_get(tls, "/1k", f"localhost:{nginx_tls.port}")
+    assert der == ssl.PEM_cert_to_DER_cert(pki.leaf_cert.read_text()), "the client did not see the origin's certificate"
+    assert resp.status == 200, resp
+    assert resp.body == ONE_K
+    assert leaf_issued(m) == 0
+    assert m.metrics().sum("muxd_requests_total", proto="tunnel") == 1
