@@ -385,6 +385,33 @@ def test_refused_origin_is_502_inside_tls(muxd, pki):
     assert f"localhost:{port}" in body.decode(errors="replace"), body
 
 
+@pytest.mark.parametrize("scheme", ["http", "https", "socks5"])
+def test_dead_parent_is_502_inside_tls(muxd, pki, scheme):
+    """CONNECT on an intercepted port whose route goes through a parent that
+    is down: the client's TLS with muxd succeeds, and its first request gets
+    the 502 naming the parent and the reason (curl and python requests, both
+    pointed at muxd by https_proxy and trusting its CA)."""
+    port, dead = closed_port(), closed_port()
+    m = muxd(intercept_conf(pki, port, **{"route *": {"proxy": f"{scheme}://{LOCALHOST}:{dead}",
+                                                    "proxy_ca_file": pki.ca_cert}}))
+    url = f"https://localhost:{port}/x"
+    env = dict(clean_env(), https_proxy=m.proxy_url(), REQUESTS_CA_BUNDLE=str(local_ca(m)))
+    out = subprocess.run(["curl", "-sS", "--max-time", "20", "--cacert", str(local_ca(m)), "-w", "\n%{http_code}", url],
+                         capture_output=True, env=env, timeout=30)
+    body, _, code = out.stdout.rpartition(b"\n")
+    assert out.returncode == 0, f"curl: exit {out.returncode}: {out.stderr!r}"
+    script = f"import requests; r = requests.get({url!r}, timeout=20); print(r.status_code); print(r.text)"
+    py = subprocess.run(["/usr/bin/python3", "-c", script], capture_output=True, text=True, env=env, timeout=30)
+    assert py.returncode == 0, f"python requests failed: {py.stderr}"
+    py_code, _, py_body = py.stdout.partition("\n")
+    for who, status, text in (("curl", int(code), body.decode(errors="replace")), ("requests", int(py_code), py_body)):
+        assert status == 502, f"{who}: HTTP {status}: {text!r}"
+        assert f"proxy {LOCALHOST}:{dead}" in text, f"{who}: the body does not name the parent: {text!r}"
+        assert "connection refused" in text, f"{who}: the body does not give the reason: {text!r}"
+        assert f"localhost:{port}" in text, f"{who}: the body does not name the origin: {text!r}"
+    assert leaf_issued(m) == 1
+
+
 # --------------------------------------------------------------------------
 # 5. /ca.pem, Host checks, session resumption
 
