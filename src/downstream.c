@@ -212,9 +212,10 @@ static bool names_origin(const char *value, const char *host, uint16_t port)
 		end = colon ? colon : value + strlen(value);
 	}
 	if (colon) {
-		p = strtoul(colon + 1, &stop, 10);
-		if (!colon[1] || *stop)
+		/* digits only: strtoul would take "+443" or " 443" too */
+		if (!colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1))
 			return false;
+		p = strtoul(colon + 1, &stop, 10);
 	}
 	return p == port && (size_t)(end - name) == strlen(host) &&
 	       strncasecmp(name, host, (size_t)(end - name)) == 0;
@@ -278,38 +279,50 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 static void handle_intercepted(struct downstream *ds, struct http1_msg *req)
 {
 	const struct http1_field *host = http1_find(req, "host");
-	const char *name = ds->tls_name[0] ? ds->tls_name : NULL;
+	const char *name = ds->tls_name[0] ? ds->tls_name : NULL, *why = NULL;
 	struct http1_uri uri;
+	int status = downstream_intercepted_uri(req->method, req->target, host ? host->value : NULL,
+	                                        ds->origin_host, ds->origin_port, name, &uri, &why);
+	char text[128];
 
-	memset(&uri, 0, sizeof(uri));
-	if (req->target[0] == '/') {
-		snprintf(uri.scheme, sizeof(uri.scheme), "https");
-		snprintf(uri.host, sizeof(uri.host), "%s", ds->origin_host);
-		uri.port = ds->origin_port;
-		uri.ipv6 = strchr(ds->origin_host, ':') != NULL;
-		if (strlen(req->target) >= sizeof(uri.path)) {
-			respond_text(ds, 414, "muxd: request target too long\n", true);
-			return;
-		}
-		snprintf(uri.path, sizeof(uri.path), "%s", req->target);
-	} else if (strcmp(req->method, "CONNECT") == 0 ||
-	           !http1_parse_absolute_uri(req->target, &uri) ||
-	           strcmp(uri.scheme, "https") != 0 ||
-	           (strcasecmp(uri.host, ds->origin_host) != 0 &&
-	            (!name || strcasecmp(uri.host, name) != 0)) ||
-	           uri.port != ds->origin_port) {
-		respond_text(ds, 400, "muxd: request does not name the CONNECT origin\n", true);
+	if (status != 0) {
+		snprintf(text, sizeof(text), "muxd: %s\n", why);
+		respond_text(ds, status, text, true);
 		return;
 	}
-	if (host && !names_origin(host->value, ds->origin_host, ds->origin_port) &&
-	    (!name || !names_origin(host->value, name, ds->origin_port))) {
-		respond_text(ds, 400, "muxd: Host does not match the CONNECT origin\n", true);
-		return;
-	}
-	/* routed by the CONNECT address, verified by the name */
-	snprintf(uri.host, sizeof(uri.host), "%s", ds->origin_host);
-	uri.ipv6 = strchr(ds->origin_host, ':') != NULL;
 	forward(ds, req, &uri, name);
+}
+
+int downstream_intercepted_uri(const char *method, const char *target, const char *host,
+                               const char *origin_host, uint16_t origin_port, const char *tls_name,
+                               struct http1_uri *uri, const char **why)
+{
+	memset(uri, 0, sizeof(*uri));
+	if (target[0] == '/') {
+		snprintf(uri->scheme, sizeof(uri->scheme), "https");
+		uri->port = origin_port;
+		if (strlen(target) >= sizeof(uri->path)) {
+			*why = "request target too long";
+			return 414;
+		}
+		snprintf(uri->path, sizeof(uri->path), "%s", target);
+	} else if (strcmp(method, "CONNECT") == 0 || !http1_parse_absolute_uri(target, uri) ||
+	           strcmp(uri->scheme, "https") != 0 ||
+	           (strcasecmp(uri->host, origin_host) != 0 &&
+	            (!tls_name || strcasecmp(uri->host, tls_name) != 0)) ||
+	           uri->port != origin_port) {
+		*why = "request does not name the CONNECT origin";
+		return 400;
+	}
+	if (host && !names_origin(host, origin_host, origin_port) &&
+	    (!tls_name || !names_origin(host, tls_name, origin_port))) {
+		*why = "Host does not match the CONNECT origin";
+		return 400;
+	}
+	/* routed by the CONNECT address (verified by the name) */
+	snprintf(uri->host, sizeof(uri->host), "%s", origin_host);
+	uri->ipv6 = strchr(origin_host, ':') != NULL;
+	return 0;
 }
 
 static void forward(struct downstream *ds, struct http1_msg *req, const struct http1_uri *uri,
