@@ -59,7 +59,8 @@ static bool ref_names(const char *value, const char *host, uint16_t port)
 	const char *rest;
 
 	if (v6) {
-		if (value[0] != '[' || strncasecmp(value + 1, host, hl) != 0 || value[1 + hl] != ']')
+		if (value[0] != '[' || strncasecmp(value + 1, host, hl) != 0 ||
+		    value[1 + hl] != ']')
 			return false;
 		off = hl + 2;
 	} else {

@@ -73,7 +73,8 @@ static void check_pattern(const char *text, const struct config_route *r)
 		break;
 	case ROUTE_CIDR:
 		CHECK(r->cidr.family == AF_INET || r->cidr.family == AF_INET6);
-		CHECK(r->cidr.prefix >= 0 && r->cidr.prefix <= (r->cidr.family == AF_INET ? 32 : 128));
+		CHECK(r->cidr.prefix >= 0 &&
+		      r->cidr.prefix <= (r->cidr.family == AF_INET ? 32 : 128));
 		break;
 	default:
 		CHECK(0);
@@ -164,7 +165,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	     tok = strtok_r(NULL, " ", &save)) {
 		struct config_cidr cidr;
 		if (config_parse_cidr(tok, &cidr))
-			CHECK(cidr.prefix >= 0 && cidr.prefix <= (cidr.family == AF_INET ? 32 : 128));
+			CHECK(cidr.prefix >= 0 &&
+			      cidr.prefix <= (cidr.family == AF_INET ? 32 : 128));
 		if (!config_parse_route_pattern(tok, &routes[n]))
 			continue;
 		check_pattern(tok, &routes[n]);
