@@ -439,15 +439,18 @@ static void end_peek(struct downstream *ds, bool forced)
 		char sni[256];
 		const unsigned char *data;
 		enum tls_hello h;
+		/* at most the records of the longest ClientHello read */
 		if (len > TLS_HELLO_MAX + 1024)
-			len =
-			    TLS_HELLO_MAX + 1024; /* the records of the longest ClientHello read */
+			len = TLS_HELLO_MAX + 1024;
 		data = evbuffer_pullup(in, (ev_ssize_t)len);
 		h = data ? tls_client_hello_sni(data, len, sni, sizeof(sni)) : TLS_HELLO_INVALID;
 		if (h == TLS_HELLO_INCOMPLETE && !forced)
 			return; /* the peek timer still runs */
 		evtimer_del(ds->peek_timer);
 		if (h == TLS_HELLO_SNI && !tls_server_name_acceptable(sni)) {
+			for (char *c = sni; *c; c++) /* the client's bytes, logged */
+				if (*c < 0x21 || *c > 0x7e)
+					*c = '?';
 			log_info("client %s: CONNECT %s:%u: SNI '%s' is not a name TLS accepts: "
 			         "tunneled, not intercepted",
 			         ds->peer, ds->origin_host, ds->origin_port, sni);
