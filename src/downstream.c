@@ -208,6 +208,8 @@ static bool names_origin(const char *value, const char *host, uint16_t port)
 			return false;
 		colon = end[1] ? end + 1 : NULL;
 	} else {
+		if (strchr(host, ':'))
+			return false; /* an IPv6 literal is named in brackets only */
 		colon = strrchr(value, ':');
 		end = colon ? colon : value + strlen(value);
 	}
