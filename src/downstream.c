@@ -202,6 +202,8 @@ static bool names_origin(const char *value, const char *host, uint16_t port)
 	char *stop;
 
 	if (*value == '[') {
+		if (!strchr(host, ':'))
+			return false; /* brackets hold an IPv6 literal only */
 		name = value + 1;
 		end = strchr(name, ']');
 		if (!end || (end[1] && end[1] != ':'))

@@ -4,7 +4,8 @@
  * session names the CONNECT origin. The input is lines:
  *
  *	CONNECT authority (host:port, parsed as muxd parses it)
- *	the SNI's name standing for the address ("" = none)
+ *	the SNI's name standing for the address ("" = none; only the bytes
+ *	the TLS server lets through)
  *	method
  *	request target
  *	Host value (absent line = no Host)
@@ -92,7 +93,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	uint16_t port;
 	bool v6;
 
+	/* the SNI's name is what the TLS server took: letters, digits, '-', '.', '_' */
 	if (authority && name && method && target && memchr(data, '\0', size) == NULL &&
+	    strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._") ==
+	        strlen(name) &&
 	    http1_parse_authority(authority, origin, sizeof(origin), &port, &v6)) {
 		const char *tls_name = name[0] ? name : NULL, *why = NULL;
 		struct http1_uri uri;
