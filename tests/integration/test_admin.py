@@ -160,6 +160,7 @@ def test_metrics_count_requests_and_reuses(muxd, nginx):
     assert value(fams, "muxd_upstream_connections", proto="h1", state="idle") == 1
     assert value(fams, "muxd_upstream_connections", proto="h1", state="active") == 0
     assert value(fams, "muxd_client_connections") >= 1  # this very request
+    wait_until(lambda: len(nginx.log_lines()) >= n, timeout=5, what="nginx access log")
     assert len(nginx.connections()) == 1
 
 

@@ -484,6 +484,7 @@ def test_squid_parent_twenty_curls_share_two_connections(muxd, nginx, squid):
     assert all(g[2] == want and g[3] == "200" for g in gets), gets
     conns = {g[0] for g in gets}
     assert len(conns) <= 2, f"muxd opened {len(conns)} connections to squid: {sorted(conns)}"
+    wait_until(lambda: len(nginx.log_lines()) >= 20, timeout=5, what="nginx access log")
     assert len(nginx.log_lines()) == 20
 
 
@@ -520,6 +521,7 @@ def test_squid_parent_https_goes_through_connect(muxd, nginx_tls, pki, squid, ho
         code, status, body, err = curl_status(m, nginx_tls.url("/1k"), "--cacert", str(cafile))
         assert (code, status) == (0, 200), err
         assert body == ONE_K
+    wait_until(lambda: nginx_tls.log_lines(), timeout=5, what="nginx access log")
     assert len(nginx_tls.log_lines()) == 1
     m.stop()  # ends the tunnel: squid logs a CONNECT when it closes
     want = nginx_tls.authority
