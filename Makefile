@@ -60,6 +60,11 @@ EXCHANGE_SEAMS := $(foreach f,pool_start_stream pool_wait_cancel pool_altsvc_lea
     downstream_abort,-Wl$(comma)--wrap=$(f))
 $(BUILD)/tests/test_exchange $(BUILD)/fuzz/fuzz_body_relay: LDFLAGS += $(EXCHANGE_SEAMS)
 
+# Benchmark programs over the library (run by bench/run).
+$(BUILD)/bench/%: bench/%.c $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS)
+
 deps:
 	@scripts/install-deps
 
@@ -85,7 +90,7 @@ check:
 
 bench:
 	@$(MAKE) --no-print-directory deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue
 	bench/run
 
 fuzz:
@@ -97,7 +102,7 @@ fuzz:
 	    build/libfuzzer/$$n -max_total_time=60 tests/fuzz/corpus/$${n#fuzz_}; done
 
 format:
-	clang-format -i src/*.c src/*.h src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c
+	clang-format -i src/*.c src/*.h src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c bench/*.c
 
 clean:
 	rm -rf build

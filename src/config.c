@@ -489,6 +489,16 @@ static bool host_chars(const char *s)
 	return true;
 }
 
+/* An IPv6 address as patterns hold it; a v4-mapped one (::ffff:10.1.2.3) is
+ * the IPv4 address it maps, as route.c normalises destinations. */
+static void ip6_text(const struct in6_addr *a6, char *out, size_t size)
+{
+	if (IN6_IS_ADDR_V4MAPPED(a6))
+		inet_ntop(AF_INET, a6->s6_addr + 12, out, (socklen_t)size);
+	else
+		inet_ntop(AF_INET6, a6, out, (socklen_t)size);
+}
+
 bool config_parse_route_pattern(const char *s, struct config_route *out)
 {
 	struct in6_addr a6;
@@ -512,7 +522,7 @@ bool config_parse_route_pattern(const char *s, struct config_route *out)
 	if (inet_pton(AF_INET, s, &a4) == 1 || inet_pton(AF_INET6, s, &a6) == 1) {
 		out->kind = ROUTE_HOST;
 		if (strchr(s, ':'))
-			inet_ntop(AF_INET6, &a6, out->host, sizeof(out->host));
+			ip6_text(&a6, out->host, sizeof(out->host));
 		else
 			inet_ntop(AF_INET, &a4, out->host, sizeof(out->host));
 		return true;
@@ -536,7 +546,7 @@ bool config_parse_route_pattern(const char *s, struct config_route *out)
 		    !port)
 			return false;
 		out->kind = ROUTE_HOST_PORT;
-		inet_ntop(AF_INET6, &a6, out->host, sizeof(out->host));
+		ip6_text(&a6, out->host, sizeof(out->host));
 		out->port = (uint16_t)port;
 		return true;
 	}

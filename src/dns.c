@@ -22,6 +22,7 @@
 #define DNS_MIN_TTL 1
 #define DNS_MAX_TTL 3600
 #define DNS_CACHE_MAX 1024
+#define DNS_HOSTS_BUCKETS 4096 /* blocklist hosts files have 100 000s of names */
 
 struct dns_entry {
 	struct dns_entry *next;
@@ -35,7 +36,7 @@ struct dns_entry {
 struct dns {
 	struct event_base *base;
 	struct evdns_base *evdns;
-	struct dns_entry *hosts; /* from /etc/hosts */
+	struct dns_entry *hosts[DNS_HOSTS_BUCKETS]; /* from /etc/hosts, by host_bucket */
 	struct dns_entry *cache;
 	size_t ncache;
 };
@@ -70,43 +71,107 @@ static struct dns_entry *entry_find(struct dns_entry *list, const char *host)
 	return NULL;
 }
 
+void dns_hosts_parse(const char *text, size_t len, dns_hosts_cb cb, void *ctx)
+{
+	const char *end = text + len;
+
+	for (const char *line = text; line < end;) {
+		const char *nl = memchr(line, '\n', (size_t)(end - line));
+		const char *stop = nl ? nl : end, *p = line, *hash;
+		union {
+			struct in_addr a4;
+			struct in6_addr a6;
+		} addr;
+		char tok[DNS_HOSTS_LINE_MAX];
+		int family = 0;
+
+		hash = memchr(line, '#', (size_t)(stop - line));
+		if (hash)
+			stop = hash;
+		if ((size_t)((nl ? nl : end) - line) >= DNS_HOSTS_LINE_MAX)
+			stop = line; /* an overlong line is skipped whole */
+		line = nl ? nl + 1 : end;
+		/* the address, then the names: tokens separated by blanks */
+		for (;;) {
+			size_t n;
+			while (p < stop && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\0'))
+				p++;
+			n = 0;
+			while (p + n < stop && p[n] != ' ' && p[n] != '\t' && p[n] != '\r' &&
+			       p[n] != '\0')
+				n++;
+			if (n == 0)
+				break;
+			memcpy(tok, p, n);
+			tok[n] = '\0';
+			p += n;
+			if (!family) {
+				if (inet_pton(AF_INET, tok, &addr.a4) == 1)
+					family = AF_INET;
+				else if (inet_pton(AF_INET6, tok, &addr.a6) == 1)
+					family = AF_INET6;
+				else
+					break; /* not an address: the line is malformed */
+			} else if (n <= DNS_HOSTS_NAME_MAX) {
+				cb(ctx, tok, family, &addr);
+			}
+		}
+	}
+}
+
+/* The hosts bucket of a name (case-insensitive FNV-1a). */
+static struct dns_entry **host_bucket(struct dns *dns, const char *name)
+{
+	uint32_t h = 2166136261u;
+
+	for (; *name; name++)
+		h = (h ^ (uint32_t)tolower((unsigned char)*name)) * 16777619u;
+	return &dns->hosts[h % DNS_HOSTS_BUCKETS];
+}
+
+static void add_host(void *ctx, const char *name, int family, const void *addr)
+{
+	struct dns *dns = ctx;
+	struct dns_entry **bucket = host_bucket(dns, name);
+	struct dns_entry *e = entry_find(*bucket, name);
+
+	if (!e) {
+		e = calloc(1, sizeof(*e));
+		if (!e)
+			return;
+		snprintf(e->host, sizeof(e->host), "%s", name);
+		e->next = *bucket;
+		*bucket = e;
+	}
+	if (family == AF_INET && e->n4 < DNS_MAX_ADDRS)
+		memcpy(&e->v4[e->n4++], addr, sizeof(e->v4[0]));
+	else if (family == AF_INET6 && e->n6 < DNS_MAX_ADDRS)
+		memcpy(&e->v6[e->n6++], addr, sizeof(e->v6[0]));
+}
+
+#define HOSTS_FILE_MAX (64 << 20) /* read at most this much of /etc/hosts */
+
 static void load_hosts(struct dns *dns)
 {
 	FILE *f = fopen("/etc/hosts", "r");
-	char line[1024];
+	char *text = NULL;
+	size_t len = 0, size = 0;
 
 	if (!f)
 		return;
-	while (fgets(line, sizeof(line), f)) {
-		char *save = NULL, *hash = strchr(line, '#');
-		struct in_addr a4;
-		struct in6_addr a6;
-		bool is4;
-
-		if (hash)
-			*hash = '\0';
-		char *ip = strtok_r(line, " \t\r\n", &save);
-		if (!ip)
-			continue;
-		is4 = inet_pton(AF_INET, ip, &a4) == 1;
-		if (!is4 && inet_pton(AF_INET6, ip, &a6) != 1)
-			continue;
-		for (char *name; (name = strtok_r(NULL, " \t\r\n", &save));) {
-			struct dns_entry *e = entry_find(dns->hosts, name);
-			if (!e) {
-				e = calloc(1, sizeof(*e));
-				if (!e)
-					break;
-				snprintf(e->host, sizeof(e->host), "%s", name);
-				e->next = dns->hosts;
-				dns->hosts = e;
-			}
-			if (is4 && e->n4 < DNS_MAX_ADDRS)
-				e->v4[e->n4++] = a4;
-			else if (!is4 && e->n6 < DNS_MAX_ADDRS)
-				e->v6[e->n6++] = a6;
-		}
+	while (size < HOSTS_FILE_MAX) {
+		char *more = realloc(text, size ? size * 2 : 1 << 16);
+		if (!more)
+			break;
+		text = more;
+		size = size ? size * 2 : 1 << 16;
+		len += fread(text + len, 1, size - len, f);
+		if (len < size)
+			break; /* the end of the file (or an error) */
 	}
+	if (text)
+		dns_hosts_parse(text, len, add_host, dns);
+	free(text);
 	fclose(f);
 }
 
@@ -145,7 +210,8 @@ void dns_free(struct dns *dns)
 	if (!dns)
 		return;
 	evdns_base_free(dns->evdns, 1);
-	free_list(dns->hosts);
+	for (size_t i = 0; i < DNS_HOSTS_BUCKETS; i++)
+		free_list(dns->hosts[i]);
 	free_list(dns->cache);
 	free(dns);
 }
@@ -302,7 +368,7 @@ static bool answer_locally(struct dns_query *q)
 		snprintf(q->reason, sizeof(q->reason), "no such host");
 		return true;
 	}
-	if ((e = entry_find(q->dns->hosts, q->host)) != NULL) {
+	if ((e = entry_find(*host_bucket(q->dns, q->host), q->host)) != NULL) {
 		q->answer = *e;
 		return true;
 	}

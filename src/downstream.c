@@ -48,6 +48,7 @@ struct downstream {
 	enum ds_mode mode;
 	char origin_host[256]; /* DS_PEEK onwards: the CONNECT authority */
 	uint16_t origin_port;
+	char tls_name[256]; /* DS_INTERCEPTED: the SNI's name for an address origin, or "" */
 	struct event *peek_timer;
 	size_t scan_from;
 	bool closing;  /* lingering close in progress */
@@ -218,7 +219,8 @@ static bool targets_self(const struct muxd *m, const char *host, uint16_t port)
 	return false;
 }
 
-static void forward(struct downstream *ds, struct http1_msg *req, const struct http1_uri *uri);
+static void forward(struct downstream *ds, struct http1_msg *req, const struct http1_uri *uri,
+                    const char *tls_name);
 static void start_peek(struct downstream *ds, const char *host, uint16_t port);
 static void handle_intercepted(struct downstream *ds, struct http1_msg *req);
 
@@ -231,19 +233,24 @@ static bool names_origin(const char *value, const char *host, uint16_t port)
 	char *stop;
 
 	if (*value == '[') {
+		if (!strchr(host, ':'))
+			return false; /* brackets hold an IPv6 literal only */
 		name = value + 1;
 		end = strchr(name, ']');
 		if (!end || (end[1] && end[1] != ':'))
 			return false;
 		colon = end[1] ? end + 1 : NULL;
 	} else {
+		if (strchr(host, ':'))
+			return false; /* an IPv6 literal is named in brackets only */
 		colon = strrchr(value, ':');
 		end = colon ? colon : value + strlen(value);
 	}
 	if (colon) {
-		p = strtoul(colon + 1, &stop, 10);
-		if (!colon[1] || *stop)
+		/* digits only: strtoul would take "+443" or " 443" too */
+		if (!colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1))
 			return false;
+		p = strtoul(colon + 1, &stop, 10);
 	}
 	return p == port && (size_t)(end - name) == strlen(host) &&
 	       strncasecmp(name, host, (size_t)(end - name)) == 0;
@@ -304,48 +311,69 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
 		return;
 	}
-	forward(ds, req, &uri);
+	forward(ds, req, &uri, NULL);
 }
 
 /* A request inside an intercepted TLS session: its origin is the CONNECT
- * authority, and its Host (or absolute URI) must name that same origin. */
+ * authority, and its Host (or absolute URI) must name that same origin (by
+ * the CONNECT host, or by the SNI's name when that stands for an address). */
 static void handle_intercepted(struct downstream *ds, struct http1_msg *req)
 {
 	const struct http1_field *host = http1_find(req, "host");
+	const char *name = ds->tls_name[0] ? ds->tls_name : NULL, *why = NULL;
 	struct http1_uri uri;
+	int status = downstream_intercepted_uri(req->method, req->target, host ? host->value : NULL,
+	                                        ds->origin_host, ds->origin_port, name, &uri, &why);
+	char text[128];
 
-	memset(&uri, 0, sizeof(uri));
-	if (req->target[0] == '/') {
-		snprintf(uri.scheme, sizeof(uri.scheme), "https");
-		snprintf(uri.host, sizeof(uri.host), "%s", ds->origin_host);
-		uri.port = ds->origin_port;
-		uri.ipv6 = strchr(ds->origin_host, ':') != NULL;
-		if (strlen(req->target) >= sizeof(uri.path)) {
-			respond_text(ds, 414, "muxd: request target too long\n", true);
-			return;
-		}
-		snprintf(uri.path, sizeof(uri.path), "%s", req->target);
-	} else if (strcmp(req->method, "CONNECT") == 0 ||
-	           !http1_parse_absolute_uri(req->target, &uri) ||
-	           strcmp(uri.scheme, "https") != 0 || strcasecmp(uri.host, ds->origin_host) != 0 ||
-	           uri.port != ds->origin_port) {
-		respond_text(ds, 400, "muxd: request does not name the CONNECT origin\n", true);
+	if (status != 0) {
+		snprintf(text, sizeof(text), "muxd: %s\n", why);
+		respond_text(ds, status, text, true);
 		return;
 	}
-	if (host && !names_origin(host->value, ds->origin_host, ds->origin_port)) {
-		respond_text(ds, 400, "muxd: Host does not match the CONNECT origin\n", true);
-		return;
-	}
-	forward(ds, req, &uri);
+	forward(ds, req, &uri, name);
 }
 
-static void forward(struct downstream *ds, struct http1_msg *req, const struct http1_uri *uri)
+int downstream_intercepted_uri(const char *method, const char *target, const char *host,
+                               const char *origin_host, uint16_t origin_port, const char *tls_name,
+                               struct http1_uri *uri, const char **why)
+{
+	memset(uri, 0, sizeof(*uri));
+	if (target[0] == '/') {
+		snprintf(uri->scheme, sizeof(uri->scheme), "https");
+		uri->port = origin_port;
+		if (strlen(target) >= sizeof(uri->path)) {
+			*why = "request target too long";
+			return 414;
+		}
+		snprintf(uri->path, sizeof(uri->path), "%s", target);
+	} else if (strcmp(method, "CONNECT") == 0 || !http1_parse_absolute_uri(target, uri) ||
+	           strcmp(uri->scheme, "https") != 0 ||
+	           (strcasecmp(uri->host, origin_host) != 0 &&
+	            (!tls_name || strcasecmp(uri->host, tls_name) != 0)) ||
+	           uri->port != origin_port) {
+		*why = "request does not name the CONNECT origin";
+		return 400;
+	}
+	if (host && !names_origin(host, origin_host, origin_port) &&
+	    (!tls_name || !names_origin(host, tls_name, origin_port))) {
+		*why = "Host does not match the CONNECT origin";
+		return 400;
+	}
+	/* routed by the CONNECT address (verified by the name) */
+	snprintf(uri->host, sizeof(uri->host), "%s", origin_host);
+	uri->ipv6 = strchr(origin_host, ':') != NULL;
+	return 0;
+}
+
+static void forward(struct downstream *ds, struct http1_msg *req, const struct http1_uri *uri,
+                    const char *tls_name)
 {
 	if (is_loop(ds->m, req)) {
 		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
 		return;
 	}
-	ds->ex = exchange_start(ds->m, ds, req, uri);
+	ds->ex = exchange_start(ds->m, ds, req, uri, tls_name);
 	if (!ds->ex)
 		respond_text(ds, 500, "muxd: out of memory\n", true);
 }
@@ -444,14 +472,42 @@ void downstream_abort(struct downstream *ds)
 static const struct transport_cbs client_cbs;
 
 /* What followed an interceptable CONNECT's 200: a TLS ClientHello is
- * terminated here, anything else (or silence) is tunneled as it is. */
-static void end_peek(struct downstream *ds)
+ * terminated here, anything else (or silence) is tunneled as it is, and so
+ * is a ClientHello whose server name the TLS layer would refuse (such as
+ * foo_bar.internal). Waits for the rest of a ClientHello unless forced (the
+ * peek timer fired, the client sent EOF). */
+static void end_peek(struct downstream *ds, bool forced)
 {
 	struct evbuffer *in = transport_input(ds->t);
 	unsigned char first = 0;
 
-	evtimer_del(ds->peek_timer);
 	if (evbuffer_copyout(in, &first, 1) == 1 && first == 0x16) {
+		size_t len = evbuffer_get_length(in);
+		char sni[256];
+		const unsigned char *data;
+		enum tls_hello h;
+		/* at most the records of the longest ClientHello read */
+		if (len > TLS_HELLO_MAX + 1024)
+			len = TLS_HELLO_MAX + 1024;
+		data = evbuffer_pullup(in, (ev_ssize_t)len);
+		h = data ? tls_client_hello_sni(data, len, sni, sizeof(sni)) : TLS_HELLO_INVALID;
+		if (h == TLS_HELLO_INCOMPLETE && !forced)
+			return; /* the peek timer still runs */
+		evtimer_del(ds->peek_timer);
+		if (h == TLS_HELLO_SNI && !tls_server_name_acceptable(sni)) {
+			for (char *c = sni; *c; c++) /* the client's bytes, logged */
+				if (*c < 0x21 || *c > 0x7e)
+					*c = '?';
+			log_info("client %s: CONNECT %s:%u: SNI '%s' is not a name TLS accepts: "
+			         "tunneled, not intercepted",
+			         ds->peer, ds->origin_host, ds->origin_port, sni);
+			ds->mode = DS_PROXY;
+			ds->tunnel =
+			    tunnel_start(ds->m, ds, ds->origin_host, ds->origin_port, true);
+			if (!ds->tunnel)
+				free_soon(ds);
+			return;
+		}
 		struct tls_server_params p = {
 		    .ca = ds->m->ca, .default_host = ds->origin_host, .alpn = "http/1.1"};
 		ds->mode = DS_HANDSHAKE;
@@ -460,6 +516,7 @@ static void end_peek(struct downstream *ds)
 			free_soon(ds);
 		return;
 	}
+	evtimer_del(ds->peek_timer);
 	ds->mode = DS_PROXY;
 	ds->tunnel = tunnel_start(ds->m, ds, ds->origin_host, ds->origin_port, true);
 	if (!ds->tunnel)
@@ -470,7 +527,7 @@ static void peek_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	end_peek(arg);
+	end_peek(arg, true);
 }
 
 static void start_peek(struct downstream *ds, const char *host, uint16_t port)
@@ -489,7 +546,7 @@ static void start_peek(struct downstream *ds, const char *host, uint16_t port)
 	evbuffer_add(transport_output(ds->t), ok, sizeof(ok) - 1);
 	evtimer_add(ds->peek_timer, &tv);
 	if (evbuffer_get_length(transport_input(ds->t)) > 0)
-		end_peek(ds); /* the ClientHello came with the CONNECT */
+		end_peek(ds, false); /* the ClientHello came with the CONNECT */
 }
 
 static void on_read(void *ctx)
@@ -497,7 +554,7 @@ static void on_read(void *ctx)
 	struct downstream *ds = ctx;
 
 	if (ds->mode == DS_PEEK) {
-		end_peek(ds);
+		end_peek(ds, false);
 	} else if (ds->closing) {
 		struct evbuffer *in = transport_input(ds->t);
 		evbuffer_drain(in, evbuffer_get_length(in));
@@ -522,14 +579,46 @@ static void on_drain(void *ctx)
 		ds_free(ds);
 }
 
+static bool is_ip_literal(const char *s)
+{
+	unsigned char buf[sizeof(struct in6_addr)];
+
+	return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+/* The names of an intercepted session (the leaf was chosen the same way,
+ * tls_server.c): the CONNECT host, whatever the SNI says, except that a DNS
+ * name in the SNI of a session CONNECTed to an address is the name the
+ * origin is verified for (routed by the address). Logs which. */
+static void intercepted_names(struct downstream *ds, const char *sni)
+{
+	ds->tls_name[0] = '\0';
+	if (!sni[0] || strcasecmp(sni, ds->origin_host) == 0) {
+		log_debug("client %s: intercepting %s:%u (SNI '%s')", ds->peer, ds->origin_host,
+		          ds->origin_port, sni);
+	} else if (is_ip_literal(ds->origin_host) && !is_ip_literal(sni) &&
+	           strlen(sni) < sizeof(ds->tls_name)) {
+		for (size_t i = 0; sni[i]; i++)
+			ds->tls_name[i] =
+			    (char)(sni[i] >= 'A' && sni[i] <= 'Z' ? sni[i] - 'A' + 'a' : sni[i]);
+		ds->tls_name[strlen(sni)] = '\0';
+		log_info("client %s: intercepting %s:%u with SNI '%s': routed by the address, "
+		         "the origin verified as %s",
+		         ds->peer, ds->origin_host, ds->origin_port, sni, ds->tls_name);
+	} else {
+		log_info("client %s: intercepting %s:%u with SNI '%s': the SNI is ignored, the "
+		         "certificate and the origin are %s",
+		         ds->peer, ds->origin_host, ds->origin_port, sni, ds->origin_host);
+	}
+}
+
 static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
 {
 	struct downstream *ds = ctx;
 
 	(void)err;
 	if (ev == TRANSPORT_CONNECTED) { /* the client's TLS handshake is done */
-		log_debug("client %s: intercepting %s:%u (SNI '%s')", ds->peer, ds->origin_host,
-		          ds->origin_port, tls_server_sni(ds->t));
+		intercepted_names(ds, tls_server_sni(ds->t));
 		ds->mode = DS_INTERCEPTED;
 		process(ds);
 		return;
@@ -545,7 +634,7 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 	if (ev == TRANSPORT_EOF && !ds->closing) {
 		ds->peer_eof = true;
 		if (ds->mode == DS_PEEK) { /* bytes, then EOF: a tunnel gets both */
-			end_peek(ds);
+			end_peek(ds, true);
 			if (ds->tunnel)
 				tunnel_client_eof(ds->tunnel); /* may free ds */
 			return;

@@ -9,6 +9,7 @@
 #define MUXD_DOWNSTREAM_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "muxd.h"
@@ -43,5 +44,16 @@ void downstream_tunnel_done(struct downstream *ds, bool flush);
 /* The exchange failed after its response head went out: close abruptly so
  * the client cannot mistake a truncated body for a whole one. */
 void downstream_abort(struct downstream *ds);
+
+/* Inside an intercepted session (pure code, fuzzed): whether a request's
+ * target and Host value (NULL: none) name the CONNECT origin
+ * origin_host:origin_port, or tls_name:origin_port when the SNI's name
+ * stands for that address (NULL: none). Returns 0 and fills uri (https, the
+ * CONNECT host and port: requests are routed by the address), or the status
+ * to answer, with why. */
+struct http1_uri;
+int downstream_intercepted_uri(const char *method, const char *target, const char *host,
+                               const char *origin_host, uint16_t origin_port, const char *tls_name,
+                               struct http1_uri *uri, const char **why);
 
 #endif

@@ -525,10 +525,10 @@ static void build_fields(struct exchange *ex)
 }
 
 struct exchange *exchange_start(struct muxd *m, struct downstream *ds, struct http1_msg *req,
-                                const struct http1_uri *uri)
+                                const struct http1_uri *uri, const char *tls_name)
 {
 	struct exchange *ex = calloc(1, sizeof(*ex));
-	bool v6 = uri->ipv6;
+	bool v6 = uri->ipv6 && !tls_name;
 	bool default_port = (strcmp(uri->scheme, "http") == 0 && uri->port == 80) ||
 	                    (strcmp(uri->scheme, "https") == 0 && uri->port == 443);
 
@@ -550,13 +550,14 @@ struct exchange *exchange_start(struct muxd *m, struct downstream *ds, struct ht
 	ex->keep_alive = ex->req.keep_alive && !m->draining;
 	ex->req_remaining = ex->req.body == HTTP1_BODY_LENGTH ? ex->req.content_length : 0;
 	ex->req_body_done = ex->req.body == HTTP1_BODY_NONE;
-	snprintf(ex->authority, sizeof(ex->authority), "%s%s%s", v6 ? "[" : "", uri->host,
-	         v6 ? "]" : "");
+	snprintf(ex->authority, sizeof(ex->authority), "%s%s%s", v6 ? "[" : "",
+	         tls_name ? tls_name : uri->host, v6 ? "]" : "");
 	if (!default_port)
 		snprintf(ex->authority + strlen(ex->authority),
 		         sizeof(ex->authority) - strlen(ex->authority), ":%u", uri->port);
 	route_for(ex->cfg, uri->host, uri->port, &ex->route);
-	if (!pool_key_init(&ex->key, m, uri->scheme, uri->host, uri->port, &ex->route)) {
+	if (!pool_key_init_sni(&ex->key, m, uri->scheme, uri->host, uri->port, tls_name,
+	                       &ex->route)) {
 		*req = ex->req;
 		memset(&ex->req, 0, sizeof(ex->req));
 		exchange_free(ex);

@@ -17,9 +17,11 @@ struct downstream;
 
 /* Start forwarding req to uri; on success the exchange owns req and answers
  * the client itself from now on (never from inside this call). NULL when out
- * of memory: req is untouched and the caller answers. */
+ * of memory: req is untouched and the caller answers. tls_name: when uri's
+ * host is an address, the origin's name (SNI, verification, Host); the route
+ * and the connection still go by the address. NULL: none. */
 struct exchange *exchange_start(struct muxd *m, struct downstream *ds, struct http1_msg *req,
-                                const struct http1_uri *uri);
+                                const struct http1_uri *uri, const char *tls_name);
 
 /* Client-side events while the exchange runs. */
 void exchange_client_read(struct exchange *ex);

@@ -169,6 +169,12 @@ static bool append_file_id(char *buf, size_t size, size_t *len, const char *name
 bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *scheme, const char *host,
                    uint16_t port, const struct route *route)
 {
+	return pool_key_init_sni(key, m, scheme, host, port, NULL, route);
+}
+
+bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *scheme,
+                       const char *host, uint16_t port, const char *sni, const struct route *route)
+{
 	static const char *const kinds[] = {"http", "https", "socks5", "socks5h"};
 	bool v6 = strchr(host, ':') != NULL, ok = true;
 	size_t len = 0;
@@ -176,6 +182,7 @@ bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *schem
 	memset(key, 0, sizeof(*key));
 	snprintf(key->scheme, sizeof(key->scheme), "%s", scheme);
 	snprintf(key->host, sizeof(key->host), "%s", host);
+	snprintf(key->sni, sizeof(key->sni), "%s", sni ? sni : host);
 	key->port = port;
 	key->tls = strcmp(scheme, "https") == 0;
 	if (route->nhops > sizeof(key->hops) / sizeof(key->hops[0]))
@@ -229,7 +236,7 @@ bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *schem
 		                      route->client_key ? route->client_key : "") >=
 		         sizeof(key->client_key)))
 			return false;
-		ok = append(key->id, sizeof(key->id), &len, " sni=%s alpn=%s%s verify=%d", host,
+		ok = append(key->id, sizeof(key->id), &len, " sni=%s alpn=%s%s verify=%d", key->sni,
 		            key->alpn, key->h3 ? ",h3" : "", key->verify) &&
 		     append_file_id(key->id, sizeof(key->id), &len, "ca", key->ca_file,
 		                    route->ca_file_id);
@@ -278,7 +285,7 @@ static void key_chain(const struct pool_key *key, struct chain_hop *hops, struct
 	    .port = key->port,
 	    .forward = key->forward,
 	    .tls = key->tls,
-	    .sni = key->host,
+	    .sni = key->sni,
 	    .alpn = key->alpn,
 	    .ca_file = key->ca_file[0] ? key->ca_file : NULL,
 	    .client_cert = key->client_cert[0] ? key->client_cert : NULL,
@@ -962,7 +969,7 @@ static void maybe_start_h3(struct pool_origin *o)
 	struct h3_params hp = {
 	    .host = alt.host[0] ? alt.host : o->key.host,
 	    .port = alt.port,
-	    .sni = o->key.host,
+	    .sni = o->key.sni,
 	    .authority = o->key.id,
 	    .ca_file = o->key.ca_file[0] ? o->key.ca_file : NULL,
 	    .verify = o->key.verify,
@@ -1149,7 +1156,8 @@ void pool_reconfigured(struct pool *p)
 			struct pool_conn *pc, *pnext;
 			next = o->next;
 			route_for(p->m->cfg, o->key.host, o->key.port, &r);
-			if (pool_key_init(&k, p->m, o->key.scheme, o->key.host, o->key.port, &r) &&
+			if (pool_key_init_sni(&k, p->m, o->key.scheme, o->key.host, o->key.port,
+			                      o->key.sni, &r) &&
 			    strcmp(k.id, o->key.id) == 0)
 				continue;
 			/* no route leads here any more: drain what serves it */

@@ -20,6 +20,7 @@
 struct pool_key {
 	char scheme[8];
 	char host[256]; /* IPv6 literal without brackets */
+	char sni[256];  /* the TLS name (SNI, verification): host, or a name for an address */
 	uint16_t port;
 	bool tls;
 	bool verify;
@@ -55,6 +56,10 @@ bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *schem
  * HMAC-SHA-256 keyed with m->secret, random per process, cut to 16 hex
  * digits, so that it cannot be brute-forced offline into the password. */
 void pool_cred_id(const struct muxd *m, const char *user, const char *pass, char out[17]);
+/* The same for an origin reached at host (an address) but verified, and
+ * named in SNI, as sni (NULL: host). */
+bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *scheme,
+                       const char *host, uint16_t port, const char *sni, const struct route *route);
 
 struct pool;
 struct pool_wait;

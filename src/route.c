@@ -53,10 +53,13 @@ static bool no_proxy_matches(const char *list, const char *host)
 	return false;
 }
 
-/* The host in the form patterns hold, and its address when it is an IP. */
+/* The host in the form patterns hold, and its address when it is an IP (a
+ * v4-mapped IPv6 address is the IPv4 address it maps, as in patterns). */
 static const struct sockaddr *normalise(const char *host, char *norm, size_t size,
                                         struct sockaddr_storage *ss)
 {
+	struct in6_addr a6;
+
 	memset(ss, 0, sizeof(*ss));
 	snprintf(norm, size, "%s", host);
 	for (char *c = norm; *c; c++)
@@ -64,6 +67,12 @@ static const struct sockaddr *normalise(const char *host, char *norm, size_t siz
 			*c = (char)(*c - 'A' + 'a');
 	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
 		ss->ss_family = AF_INET;
+		return (const struct sockaddr *)ss;
+	}
+	if (inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_V4MAPPED(&a6)) {
+		ss->ss_family = AF_INET;
+		memcpy(&((struct sockaddr_in *)ss)->sin_addr, a6.s6_addr + 12, 4);
+		inet_ntop(AF_INET, a6.s6_addr + 12, norm, size);
 		return (const struct sockaddr *)ss;
 	}
 	if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {

@@ -74,9 +74,12 @@ void tls_session_put(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t
 struct local_ca;
 
 struct tls_server_params {
-	struct local_ca *ca;      /* issues the leaf for the client's SNI */
-	const char *default_host; /* the leaf's name when the client sends no SNI */
-	const char *alpn;         /* protocols to accept, e.g. "http/1.1" */
+	struct local_ca *ca; /* issues the leaf */
+	/* the CONNECT host: the leaf's name, whatever the client's SNI says, except
+	 * that when it is an IP literal a DNS name in the SNI names the leaf (muxd
+	 * then verifies the origin for that name); NULL: the leaf names the SNI */
+	const char *default_host;
+	const char *alpn; /* protocols to accept, e.g. "http/1.1" */
 };
 
 /*
@@ -92,5 +95,20 @@ struct transport *tls_server_new(struct muxd *m, struct transport *lower,
 
 /* After TRANSPORT_CONNECTED: the SNI the client sent ("" when none). */
 const char *tls_server_sni(struct transport *t);
+
+/* What the start of a client's byte stream says about its TLS ClientHello
+ * (pure code over the bytes, which may hold one or more TLS records). */
+enum tls_hello {
+	TLS_HELLO_INCOMPLETE, /* a ClientHello so far: more bytes needed */
+	TLS_HELLO_INVALID,    /* not a ClientHello muxd can read (the TLS layer says why) */
+	TLS_HELLO_NO_SNI,     /* a ClientHello without a host_name */
+	TLS_HELLO_SNI,        /* with a host_name, copied to name (NUL-terminated) */
+};
+#define TLS_HELLO_MAX 16384 /* longer ClientHello messages are not read (INVALID) */
+enum tls_hello tls_client_hello_sni(const unsigned char *p, size_t len, char *name, size_t size);
+
+/* Whether GnuTLS takes name as a server name: letters, digits, '-' and '.'
+ * only (a name such as foo_bar.internal is refused during the handshake). */
+bool tls_server_name_acceptable(const char *name);
 
 #endif

@@ -4,14 +4,18 @@
  * connection, whose input may already hold the start of the ClientHello),
  * run by the record pump shared with the client layer (tls_io.c: the
  * push/pull functions, the passes, the transport ops). This file adds what
- * is the server's own: the certificate is chosen from the client's SNI while
- * the handshake runs (a leaf from the local CA, or one for the default host
- * when there is no SNI); session tickets use the CA's ticket key; failures
- * are told to the client with an alert. Owns (besides what tls_io owns): a
- * reference to the leaf, released after the session is deinitialized.
+ * is the server's own: the certificate is chosen while the handshake runs (a
+ * leaf from the local CA for the CONNECT host, or for the SNI's name when the
+ * CONNECT host is an address); session tickets use the CA's ticket key;
+ * failures are told to the client with an alert. It also reads the SNI from
+ * a ClientHello before any TLS session exists (for the decision whether to
+ * intercept at all). Owns (besides what tls_io owns): a reference to the
+ * leaf, released after the session is deinitialized.
  */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <gnutls/gnutls.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,11 +71,30 @@ static bool sane_host(const char *s, size_t len)
 	return true;
 }
 
+static bool is_ip_literal(const char *s)
+{
+	unsigned char buf[sizeof(struct in6_addr)];
+
+	return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+/* The leaf's name: the CONNECT host (the default host), not what the client
+ * put in its SNI, so that a client cannot have muxd vouch for a name it did
+ * not CONNECT to; but a DNS name in the SNI stands for an address CONNECTed
+ * to (the origin is then verified for that name). NULL: no name at all. */
+static const char *leaf_name(const struct tls_srv *t)
+{
+	if (!t->default_host)
+		return t->sni[0] ? t->sni : NULL;
+	if (t->sni[0] && is_ip_literal(t->default_host) && !is_ip_literal(t->sni))
+		return t->sni;
+	return t->default_host;
+}
+
 /*
  * Runs inside gnutls_handshake once the ClientHello is parsed, before the
- * cipher suite is chosen: picks the leaf for the SNI (or the default host)
- * and installs its credentials. A failure aborts the handshake; hook_reason
- * says why.
+ * cipher suite is chosen: picks the leaf (leaf_name) and installs its
+ * credentials. A failure aborts the handshake; hook_reason says why.
  */
 static int post_client_hello(gnutls_session_t s)
 {
@@ -93,9 +116,9 @@ static int post_client_hello(gnutls_session_t s)
 			return GNUTLS_E_RECEIVED_ILLEGAL_PARAMETER;
 		}
 		memcpy(t->sni, name, strlen(name) + 1);
-		host = t->sni;
+		host = leaf_name(t);
 	} else if (r == 0 || r == GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE) {
-		host = t->default_host;
+		host = leaf_name(t);
 		if (!host) {
 			snprintf(t->hook_reason, sizeof(t->hook_reason),
 			         "the client sent no server name and there is no default host");
@@ -164,7 +187,7 @@ static void srv_connected(struct tls_io *io)
 	}
 	log_debug("tls server: %s for %s (%s%s%s)",
 	          gnutls_session_is_resumed(io->s) ? "resumed session" : "full handshake",
-	          t->sni[0] ? t->sni : t->host,
+	          t->host,
 	          gnutls_protocol_get_name(gnutls_protocol_get_version(io->s)),
 	          alpn[0] ? ", alpn " : "", alpn);
 }
@@ -243,4 +266,101 @@ struct transport *tls_server_new(struct muxd *m, struct transport *lower,
 const char *tls_server_sni(struct transport *base)
 {
 	return ((struct tls_srv *)base)->sni;
+}
+
+/* ---- the SNI of a ClientHello, before any TLS session (RFC 8446 4.1.2, RFC 6066 3) ---- */
+
+static unsigned get16(const unsigned char *p)
+{
+	return (unsigned)p[0] << 8 | p[1];
+}
+
+/* Reads the handshake message that starts the record stream (it may span
+ * records) into msg, header included; *n is its length. Returns INCOMPLETE,
+ * INVALID, or NO_SNI for "complete". */
+static enum tls_hello gather_hello(const unsigned char *p, size_t len, unsigned char *msg,
+                                   size_t *n)
+{
+	size_t have = 0;
+
+	for (;;) {
+		size_t frag, take;
+		if (have >= 4) {
+			size_t want = 4 + ((size_t)msg[1] << 16 | (size_t)msg[2] << 8 | msg[3]);
+			if (msg[0] != 1 || want > TLS_HELLO_MAX) /* client_hello, not too long */
+				return TLS_HELLO_INVALID;
+			if (have >= want) {
+				*n = want;
+				return TLS_HELLO_NO_SNI;
+			}
+		}
+		if (len < 5)
+			return TLS_HELLO_INCOMPLETE;
+		if (p[0] != 0x16 || p[1] != 3) /* a handshake record, TLS */
+			return TLS_HELLO_INVALID;
+		frag = get16(p + 3);
+		if (frag == 0 || frag > 16384)
+			return TLS_HELLO_INVALID;
+		if (len < 5 + frag)
+			return TLS_HELLO_INCOMPLETE;
+		take = frag < TLS_HELLO_MAX - have ? frag : TLS_HELLO_MAX - have;
+		memcpy(msg + have, p + 5, take);
+		have += take;
+		p += 5 + frag;
+		len -= 5 + frag;
+	}
+}
+
+enum tls_hello tls_client_hello_sni(const unsigned char *p, size_t len, char *name, size_t size)
+{
+	static unsigned char msg[TLS_HELLO_MAX]; /* one event loop thread */
+	size_t n = 0, i;
+	enum tls_hello r = gather_hello(p, len, msg, &n);
+
+	if (r != TLS_HELLO_NO_SNI)
+		return r;
+	/* version, random, session id, cipher suites, compression methods */
+	i = 4 + 2 + 32;
+	if (i + 1 > n || (i += 1 + msg[i]) + 2 > n || (i += 2 + get16(msg + i)) + 1 > n ||
+	    (i += 1 + msg[i]) > n)
+		return TLS_HELLO_INVALID;
+	if (i == n)
+		return TLS_HELLO_NO_SNI; /* no extensions at all */
+	if (i + 2 > n || i + 2 + get16(msg + i) != n)
+		return TLS_HELLO_INVALID;
+	for (i += 2; i + 4 <= n; i += 4 + get16(msg + i + 2)) {
+		unsigned type = get16(msg + i), elen = get16(msg + i + 2);
+		size_t j = i + 4, list_end;
+		if (i + 4 + elen > n)
+			return TLS_HELLO_INVALID;
+		if (type != 0) /* server_name */
+			continue;
+		if (elen < 2 || 2 + get16(msg + j) != elen)
+			return TLS_HELLO_INVALID;
+		list_end = j + elen;
+		for (j += 2; j + 3 <= list_end; j += 3 + get16(msg + j + 1)) {
+			unsigned nlen = get16(msg + j + 1);
+			if (j + 3 + nlen > list_end)
+				return TLS_HELLO_INVALID;
+			if (msg[j] != 0) /* host_name */
+				continue;
+			if (nlen == 0 || nlen >= size || memchr(msg + j + 3, '\0', nlen))
+				return TLS_HELLO_INVALID;
+			memcpy(name, msg + j + 3, nlen);
+			name[nlen] = '\0';
+			return TLS_HELLO_SNI;
+		}
+		return j == list_end ? TLS_HELLO_NO_SNI : TLS_HELLO_INVALID;
+	}
+	return i == n ? TLS_HELLO_NO_SNI : TLS_HELLO_INVALID;
+}
+
+bool tls_server_name_acceptable(const char *name)
+{
+	if (!*name)
+		return false;
+	for (const char *c = name; *c; c++)
+		if (!isalnum((unsigned char)*c) && *c != '-' && *c != '.')
+			return false;
+	return true;
 }

@@ -505,7 +505,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(http1_parse_absolute_uri(req.target, &uri));
 	decode(body.p, body.len, req.body == HTTP1_BODY_CHUNKED,
 	       req.body == HTTP1_BODY_LENGTH ? req.content_length : 0, &want);
-	ex = exchange_start(&m, (struct downstream *)&client, &req, &uri);
+	ex = exchange_start(&m, (struct downstream *)&client, &req, &uri, NULL);
 	CHECK(ex);
 
 	/* the schedule */

@@ -52,6 +52,8 @@ from support import (
     echo_handler,
     free_port,
     make_pki,
+    require_tool,
+    wait_until,
 )
 
 STARTUP_TIMEOUT = 30.0 if SANITIZE else 10.0
@@ -160,11 +162,21 @@ class Muxd:
         assert resp.status == 200, resp
         return Metrics.parse(resp.text)
 
-    def reload(self, conf=None):
-        """Optionally rewrite the config file, then SIGHUP."""
+    def reload(self, conf=None, wait=False):
+        """Optionally rewrite the config file, then SIGHUP.  wait: return
+        only once muxd has logged the outcome (applied, or kept the running
+        configuration)."""
+        before = self.reload_outcomes()
         if conf is not None:
             self.write_conf(conf)
         self.proc.send_signal(signal.SIGHUP)
+        if wait:
+            wait_until(lambda: self.reload_outcomes() > before, timeout=10, what="muxd to finish the reload")
+
+    def reload_outcomes(self):
+        """How many reloads muxd has finished (applied or refused) so far."""
+        text = self.log()
+        return text.count("configuration reloaded") + text.count("keeping the running configuration")
 
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
         """Signal muxd and wait for it to exit; returns the exit status."""
@@ -397,8 +409,7 @@ def h3_server(request, tmp_path, pki):
     """Factory: h3_server(cert=pki.leaf, port=None, options=()) -> a started
     support.H3Server: gtlsserver serving .root over HTTP/3 on UDP
     127.0.0.1:.port."""
-    if not os.access(GTLSSERVER, os.X_OK):
-        pytest.skip(f"{GTLSSERVER} not installed (Debian package ngtcp2-server)")
+    require_tool(GTLSSERVER, "ngtcp2-server")
     servers = []
 
     def start(cert=None, port=None, options=()):

@@ -64,6 +64,22 @@ def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
+def require_tool(tool, package):
+    """Fail (never skip, never pass) when a peer program that
+    scripts/install-deps installs is missing: `make check` runs install-deps
+    first, so its absence is a broken setup, not a reason to test less.
+    tool: an absolute path or a name looked up in PATH; returns the path."""
+    import shutil
+
+    import pytest
+
+    path = tool if os.path.isabs(tool) else shutil.which(tool)
+    if not path or not os.access(path, os.X_OK):
+        pytest.fail(f"{tool} is missing: scripts/install-deps installs it (Debian package {package})",
+                    pytrace=False)
+    return path
+
+
 def sha256(data):
     return hashlib.sha256(data).hexdigest()
 

@@ -4,16 +4,13 @@ protection, and the `muxd status` command."""
 
 import json
 import math
-import os
 import re
 import shutil
 import struct
 import subprocess
 import zlib
 
-import pytest
-
-from support import LOCALHOST, MUXD_BIN, clean_env, closed_port, curl, wait_until
+from support import LOCALHOST, MUXD_BIN, clean_env, closed_port, curl, require_tool, wait_until
 
 # DESIGN.md "Admin endpoints": metric -> (type, label names)
 DESIGN_METRICS = {
@@ -163,6 +160,7 @@ def test_metrics_count_requests_and_reuses(muxd, nginx):
     assert value(fams, "muxd_upstream_connections", proto="h1", state="idle") == 1
     assert value(fams, "muxd_upstream_connections", proto="h1", state="active") == 0
     assert value(fams, "muxd_client_connections") >= 1  # this very request
+    wait_until(lambda: len(nginx.log_lines()) >= n, timeout=5, what="nginx access log")
     assert len(nginx.connections()) == 1
 
 
@@ -316,9 +314,7 @@ def png_pixels(path):
 
 
 def chromium(tmp_path, *args):
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not exe:
-        pytest.skip("chromium is not installed (scripts/install-deps installs it)")
+    exe = shutil.which("chromium-browser") or require_tool("chromium", "chromium")
     cmd = [
         exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -361,15 +357,8 @@ def test_status_page_renders_in_headless_chromium(muxd, nginx, origin, tmp_path)
 
 
 def status_command(conf_path):
-    """argv for `muxd status -c CONF`.  Until main.c wires the command,
-    MUXD_STATUS_BIN may name a stand-in binary taking the same arguments."""
-    probe = subprocess.run([MUXD_BIN, "status", "-c", "/dev/null"], capture_output=True, timeout=30)
-    if b"unknown command" not in probe.stderr:
-        return [MUXD_BIN, "status", "-c", str(conf_path)]
-    stand_in = os.environ.get("MUXD_STATUS_BIN")
-    if stand_in:
-        return [stand_in, "-c", str(conf_path)]
-    pytest.skip("`muxd status` is not wired into main.c yet")
+    """argv for `muxd status -c CONF`."""
+    return [MUXD_BIN, "status", "-c", str(conf_path)]
 
 
 def write_status_conf(tmp_path, port):

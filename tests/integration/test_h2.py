@@ -253,7 +253,9 @@ def test_goaway_retries_streams_above_last_id(muxd, h2_origin, pki, order):
         else:
             c.goaway(last_stream_id=1)
             goaway_sent.set()
-            time.sleep(0.3)  # muxd retries 3 and 5 meanwhile; 1 is still running
+            # stream 1 still runs while muxd retries 3 and 5 on a new connection
+            wait_until(lambda: o.connections >= 2 and len(o.conn(1).requests) >= 2, timeout=10,
+                       what="streams 3 and 5 retried on a second connection")
             req.respond(200, [], f"{req.path} conn={c.id}")
         c.close()
 
@@ -296,18 +298,27 @@ def test_max_concurrent_streams_honoured(muxd, h2_origin, pki):
 
 
 def test_rst_stream_reaches_only_its_client(muxd, h2_origin, pki):
+    def all_open(req):
+        """Until all six streams are open on the connection, so that the
+        resets happen while the others run."""
+        wait_until(lambda: len(req.conn.requests) >= 6, timeout=10, what="six streams on one connection")
+
     def handler(req):
+        all_open(req)
         if req.path == "/reset-early":
-            time.sleep(0.2)
             req.reset(ErrorCodes.INTERNAL_ERROR)
+            resets.append(req.path)
         elif req.path == "/reset-late":
             req.send_head(200, [("content-length", "100000")])
             req.send_data(b"x" * 1000)
-            time.sleep(0.2)
+            wait_until(lambda: "/reset-early" in resets, timeout=10, what="the early reset")
             req.reset(ErrorCodes.INTERNAL_ERROR)
+            resets.append(req.path)
         else:
-            time.sleep(0.5)
+            wait_until(lambda: len(resets) == 2, timeout=10, what="both resets")
             req.respond(200, [], f"{req.path} conn={req.conn.id}")
+
+    resets = []
 
     o = h2_origin(handler)
     m = muxd(conf(pki), args=["-v"])

@@ -32,14 +32,12 @@ from support import (
     open_tunnel,
     pattern_bytes,
     recv_all,
+    require_tool,
     wait_until,
 )
 
 ONE_K = pattern_bytes(1024, seed=23)
-OPENSSL = shutil.which("openssl")
-needs_openssl = pytest.mark.skipif(
-    OPENSSL is None, reason="openssl not installed (Debian package openssl; add it to scripts/install-deps)"
-)
+OPENSSL = shutil.which("openssl") or "openssl"
 
 
 def intercept_conf(pki, port, **sections):
@@ -123,6 +121,7 @@ def test_thirty_fresh_curls_share_h2_upstream_and_one_leaf(muxd, tls_nginx_facto
 def s_client(m, connect, *args):
     """openssl s_client through muxd's CONNECT; returns the CompletedProcess
     (text)."""
+    require_tool(OPENSSL, "openssl")
     cmd = [OPENSSL, "s_client", "-proxy", f"{LOCALHOST}:{m.port}", "-connect", connect,
            "-CAfile", str(local_ca(m)), "-verify_return_error", *args]
     return subprocess.run(cmd, input="", capture_output=True, text=True, timeout=20, env=clean_env())
@@ -137,7 +136,6 @@ def san_of(s_client_stdout):
     return out.stdout
 
 
-@needs_openssl
 def test_openssl_verifies_leaf_with_dns_san(muxd, nginx_tls, pki):
     m = muxd(intercept_conf(pki, nginx_tls.port))
     out = s_client(m, f"localhost:{nginx_tls.port}", "-servername", "localhost", "-verify_hostname", "localhost")
@@ -148,7 +146,6 @@ def test_openssl_verifies_leaf_with_dns_san(muxd, nginx_tls, pki):
     assert leaf_issued(m) == 1
 
 
-@needs_openssl
 def test_openssl_verifies_leaf_with_ip_san_without_sni(muxd, nginx_tls, pki):
     m = muxd(intercept_conf(pki, nginx_tls.port))
     out = s_client(m, f"{LOCALHOST}:{nginx_tls.port}", "-noservername", "-verify_ip", LOCALHOST)
@@ -388,6 +385,33 @@ def test_refused_origin_is_502_inside_tls(muxd, pki):
     assert f"localhost:{port}" in body.decode(errors="replace"), body
 
 
+@pytest.mark.parametrize("scheme", ["http", "https", "socks5"])
+def test_dead_parent_is_502_inside_tls(muxd, pki, scheme):
+    """CONNECT on an intercepted port whose route goes through a parent that
+    is down: the client's TLS with muxd succeeds, and its first request gets
+    the 502 naming the parent and the reason (curl and python requests, both
+    pointed at muxd by https_proxy and trusting its CA)."""
+    port, dead = closed_port(), closed_port()
+    m = muxd(intercept_conf(pki, port, **{"route *": {"proxy": f"{scheme}://{LOCALHOST}:{dead}",
+                                                    "proxy_ca_file": pki.ca_cert}}))
+    url = f"https://localhost:{port}/x"
+    env = dict(clean_env(), https_proxy=m.proxy_url(), REQUESTS_CA_BUNDLE=str(local_ca(m)))
+    out = subprocess.run(["curl", "-sS", "--max-time", "20", "--cacert", str(local_ca(m)), "-w", "\n%{http_code}", url],
+                         capture_output=True, env=env, timeout=30)
+    body, _, code = out.stdout.rpartition(b"\n")
+    assert out.returncode == 0, f"curl: exit {out.returncode}: {out.stderr!r}"
+    script = f"import requests; r = requests.get({url!r}, timeout=20); print(r.status_code); print(r.text)"
+    py = subprocess.run(["/usr/bin/python3", "-c", script], capture_output=True, text=True, env=env, timeout=30)
+    assert py.returncode == 0, f"python requests failed: {py.stderr}"
+    py_code, _, py_body = py.stdout.partition("\n")
+    for who, status, text in (("curl", int(code), body.decode(errors="replace")), ("requests", int(py_code), py_body)):
+        assert status == 502, f"{who}: HTTP {status}: {text!r}"
+        assert f"proxy {LOCALHOST}:{dead}" in text, f"{who}: the body does not name the parent: {text!r}"
+        assert "connection refused" in text, f"{who}: the body does not give the reason: {text!r}"
+        assert f"localhost:{port}" in text, f"{who}: the body does not name the origin: {text!r}"
+    assert leaf_issued(m) == 1
+
+
 # --------------------------------------------------------------------------
 # 5. /ca.pem, Host checks, session resumption
 
@@ -463,3 +487,103 @@ def test_closed_intercepted_clients_are_released(muxd, nginx_tls, pki):
     assert m.stop() == 0
     took = time.monotonic() - start
     assert took < 2, f"muxd took {took:.1f}s to stop with no clients"
+
+
+# --------------------------------------------------------------------------
+# 6. the SNI against the CONNECT host: the leaf names what was CONNECTed to
+
+
+NAME_ONLY_TEMPLATE = """\
+cn = "{name}"
+organization = "muxd tests"
+serial = {serial}
+expiration_days = 30
+dns_name = "{name}"
+tls_www_server
+signing_key
+encryption_key
+"""
+
+
+def name_only_cert(pki, d, name, serial):
+    """A leaf signed by the test CA for the DNS name alone (no IP SAN):
+    (cert, key) paths in d."""
+    d.mkdir(parents=True, exist_ok=True)
+    key, cert, tmpl = d / f"{name}.key", d / f"{name}.pem", d / f"{name}.tmpl"
+    tmpl.write_text(NAME_ONLY_TEMPLATE.format(name=name, serial=serial))
+    subprocess.run(["certtool", "--generate-privkey", "--key-type=ecdsa", "--outfile", str(key)],
+                   check=True, capture_output=True)
+    subprocess.run(["certtool", "--generate-certificate", "--load-privkey", str(key), "--load-ca-certificate",
+                    str(pki.ca_cert), "--load-ca-privkey", str(pki.ca_key), "--template", str(tmpl),
+                    "--outfile", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def san_names(tls):
+    return sorted(v for _, v in tls.getpeercert()["subjectAltName"])
+
+
+def test_sni_other_than_connect_host_gets_leaf_for_connect_host(muxd, nginx_tls, pki):
+    """CONNECT localhost:PORT, then a ClientHello for bank.example: muxd does
+    not vouch for bank.example; the leaf names localhost, and the requests
+    go to localhost."""
+    (nginx_tls.root / "1k").write_bytes(ONE_K)
+    m = muxd(intercept_conf(pki, nginx_tls.port))
+    ctx = ssl.create_default_context(cafile=str(local_ca(m)))
+    ctx.check_hostname = False  # look at the name instead of refusing it
+    authority = f"localhost:{nginx_tls.port}"
+    with intercepted_tls(m, authority, ctx, server_hostname="bank.example") as tls:
+        assert san_names(tls) == ["localhost"], tls.getpeercert()
+        resp = tls_get(tls, "/1k", authority)
+    assert resp.status == 200, resp
+    assert resp.body == ONE_K
+    # a client that checks the name it sent refuses the leaf
+    strict = ssl.create_default_context(cafile=str(local_ca(m)))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        intercepted_tls(m, authority, strict, server_hostname="bank.example").close()
+    wait_until(lambda: "SNI 'bank.example'" in m.log(), timeout=5, what="the SNI mismatch in the log")
+    assert "the certificate and the origin are localhost" in m.log(), m.log()
+
+
+def test_sni_name_for_connect_address_verifies_name_routes_by_address(muxd, tls_nginx_factory, pki, tmp_path):
+    """CONNECT 127.0.0.1:PORT with SNI bank.example (a client that resolved
+    the name itself): the leaf names bank.example, muxd verifies the origin
+    for bank.example (its certificate has no IP address) and routes by the
+    address (the route for bank.example would send it to a dead parent)."""
+    ng = tls_nginx_factory(cert=name_only_cert(pki, tmp_path / "bank", "bank.example", 40))
+    (ng.root / "1k").write_bytes(ONE_K)
+    dead = closed_port()
+    m = muxd(intercept_conf(pki, ng.port, **{"route bank.example": {"proxy": f"http://{LOCALHOST}:{dead}"}}))
+    ctx = ssl.create_default_context(cafile=str(local_ca(m)))  # checks bank.example
+    with intercepted_tls(m, f"{LOCALHOST}:{ng.port}", ctx, server_hostname="bank.example") as tls:
+        assert san_names(tls) == ["bank.example"], tls.getpeercert()
+        resp = tls_get(tls, "/1k", f"bank.example:{ng.port}")
+    assert resp.status == 200, resp
+    assert resp.body == ONE_K
+    wait_until(lambda: len(ng.log_lines()) >= 1, timeout=5, what="nginx access log")
+    assert "routed by the address, the origin verified as bank.example" in m.log(), m.log()
+    # the same origin without the name: verified for 127.0.0.1, which its
+    # certificate does not name
+    with intercepted_tls(m, f"{LOCALHOST}:{ng.port}", ssl.create_default_context(cafile=str(local_ca(m))),
+                         server_hostname=LOCALHOST) as tls:
+        resp = tls_get(tls, "/1k", f"{LOCALHOST}:{ng.port}")
+    assert resp.status == 502, resp
+    assert "certificate" in resp.text.lower(), resp.text
+
+
+def test_sni_tls_refuses_is_tunneled_untouched(muxd, nginx_tls, pki):
+    """An SNI GnuTLS refuses as a server name (foo_bar.internal): the
+    session is tunneled to the CONNECT target, and the client sees the
+    origin's own certificate."""
+    (nginx_tls.root / "1k").write_bytes(ONE_K)
+    m = muxd(intercept_conf(pki, nginx_tls.port))
+    ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+    ctx.check_hostname = False  # the origin's certificate names localhost
+    with intercepted_tls(m, f"{LOCALHOST}:{nginx_tls.port}", ctx, server_hostname="foo_bar.internal") as tls:
+        der = tls.getpeercert(binary_form=True)
+        resp = tls_get(tls, "/1k", f"localhost:{nginx_tls.port}")
+    assert der == ssl.PEM_cert_to_DER_cert(pki.leaf_cert.read_text()), "the client did not see the origin's certificate"
+    assert resp.status == 200, resp
+    assert resp.body == ONE_K
+    assert leaf_issued(m) == 0
+    assert m.metrics().sum("muxd_requests_total", proto="tunnel") == 1

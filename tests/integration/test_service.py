@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from support import LOCALHOST, MUXD_BIN, SANITIZE, HTTPReader, Metrics, clean_env, connect, curl, free_port
+from support import (LOCALHOST, MUXD_BIN, SANITIZE, HTTPReader, Metrics, clean_env, connect, curl, free_port,
+                     require_tool)
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 30.0 if SANITIZE else 10.0
@@ -27,8 +28,7 @@ CONF = "[muxd]\nshutdown_timeout = 2s\n[intercept]\nenabled = off\n"
 
 
 def need(tool):
-    if not shutil.which(tool):
-        pytest.skip(f"{tool} is not installed (scripts/install-deps installs it)")
+    require_tool(tool, {"mandoc": "mandoc", "makewhatis": "mandoc"}.get(tool, "systemd"))
 
 
 # --------------------------------------------------------------------------

@@ -72,15 +72,20 @@ def test_sighup_under_load_loses_no_request(muxd, nginx):
     (nginx.root / "1k").write_bytes(body)
     url = nginx.url("/1k")
     m = muxd({"muxd": {"via": "on"}})
+    def load_progresses(n=3):
+        """Until n more requests of the load have completed."""
+        done = load.done
+        wait_until(lambda: load.done >= done + n, timeout=10, what=f"{n} more requests of the load")
+
     with Load(m, url, body) as load:
-        time.sleep(0.3)
+        load_progresses()
         for conf in ({"muxd": {"via": "off"}}, {"muxd": {"via": "on"}}, BAD_CONF,
                      {"muxd": {"via": "off"}}, {"pool": {"idle_timeout": "5s"}}, {"muxd": {"via": "off"}}):
-            m.reload(conf)
-            time.sleep(0.4)
+            m.reload(conf, wait=True)
+            load_progresses()
         # the last reload (via = off) takes effect
         wait_until(lambda: via_of(m, url) is None, timeout=10, what="via = off after reload")
-        time.sleep(0.2)
+        load_progresses()
     assert m.proc.poll() is None, "muxd died during reloads"
     assert load.failures == [], f"{len(load.failures)} of {load.done} requests failed: {load.failures[:5]}"
     assert load.done >= 20, f"only {load.done} requests completed"
@@ -138,7 +143,6 @@ def test_sigterm_drains_inflight_download(muxd, origin):
     t = threading.Thread(target=client)
     t.start()
     wait_until(lambda: o.requests, timeout=10, what="the download to start")
-    time.sleep(0.3)
     m.proc.send_signal(signal.SIGTERM)
     wait_until(lambda: refuses_connections(m.port), timeout=5, what="muxd to stop accepting")
     t.join(30)

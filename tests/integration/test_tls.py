@@ -143,13 +143,12 @@ def test_tls_session_resumed_after_eviction(muxd, tls_nginx_factory, pki, protoc
     assert resp.status == 200, resp
     assert "full handshake" in m.log()
     assert "resumed session" not in m.log()
-    time.sleep(1.5)  # the idle connection is evicted
-
     def evicted():
         metrics = m.metrics()
         return metrics.sum("muxd_upstream_connections") == 0
 
-    wait_until(evicted, timeout=5, what="the idle TLS connection to be evicted")
+    # idle_timeout = 1s
+    wait_until(evicted, timeout=6.5, what="the idle TLS connection to be evicted")
     resp = https_get(m, url)
     assert resp.status == 200, resp
     assert resp.body == ONE_K

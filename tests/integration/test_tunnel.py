@@ -21,6 +21,7 @@ from support import (
     pattern_chunks,
     recv_all,
     vm_hwm_kib,
+    wait_until,
 )
 
 BIG = 100 * 1024 * 1024
@@ -282,7 +283,7 @@ def test_client_reset_closes_server_side(muxd, stream_server):
     m = muxd(tunnel_conf(srv.port))
     sock, _ = established(m, srv.authority)
     sock.sendall(b"hello")
-    time.sleep(0.2)
+    wait_until(lambda: result, timeout=10, what="the server to receive the bytes before the reset")
     linger_reset(sock)
     assert done.wait(10)
     assert result == [b"hello", True], "the server side stayed open after the client reset"

@@ -324,7 +324,7 @@ static void start(const char *head)
 	fc.done = fc.aborted = fc.keep_alive = false;
 	fc.responses = fc.status = 0;
 	fp.calls = 0;
-	ex = exchange_start(&m, (struct downstream *)&fc, &req, &uri);
+	ex = exchange_start(&m, (struct downstream *)&fc, &req, &uri, NULL);
 	ck_assert_ptr_nonnull(ex);
 	ck_assert_int_eq(fp.calls, 1);
 	ck_assert(!fp.fresh_only);

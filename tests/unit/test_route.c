@@ -401,6 +401,53 @@ START_TEST(intercept_and_bypass)
 }
 END_TEST
 
+/* A v4-mapped IPv6 destination is the IPv4 address it maps, for IP
+ * patterns as for CIDRs (and bypass patterns). */
+START_TEST(v4_mapped_destination)
+{
+	struct config *cfg = load("[route 10.1.2.3]\nproxy = http://parent.test:3128\n"
+	                          "[route ::ffff:10.9.9.9]\nproxy = http://other.test:3128\n"
+	                          "[intercept]\nbypass = 10.7.7.7\n");
+	struct route r;
+
+	ck_assert_ptr_nonnull(cfg);
+	route_for(cfg, "::ffff:10.1.2.3", 443, &r);
+	ck_assert_uint_eq(r.nhops, 1);
+	ck_assert_str_eq(r.hops[0].host, "parent.test");
+	route_for(cfg, "10.9.9.9", 443, &r);
+	ck_assert_uint_eq(r.nhops, 1);
+	ck_assert_str_eq(r.hops[0].host, "other.test");
+	route_for(cfg, "::ffff:10.1.2.4", 443, &r);
+	ck_assert_uint_eq(r.nhops, 0);
+	ck_assert(!route_intercepts(cfg, "::ffff:10.7.7.7", 443));
+	ck_assert(route_intercepts(cfg, "::ffff:10.7.7.8", 443));
+	config_unref(cfg);
+}
+END_TEST
+
+/* An origin reached at an address but named (SNI, verification) by a name
+ * has a pool key of its own. */
+START_TEST(pool_key_sni)
+{
+	struct config *cfg = load("[muxd]\nvia = on\n");
+	struct pool_key a, b, c;
+	struct route r;
+
+	ck_assert_ptr_nonnull(cfg);
+	route_for(cfg, "127.0.0.1", 443, &r);
+	ck_assert(pool_key_init(&a, &km, "https", "127.0.0.1", 443, &r));
+	ck_assert(pool_key_init_sni(&b, &km, "https", "127.0.0.1", 443, "bank.example", &r));
+	ck_assert(pool_key_init_sni(&c, &km, "https", "127.0.0.1", 443, NULL, &r));
+	ck_assert_str_eq(a.id, c.id);
+	ck_assert_str_ne(a.id, b.id);
+	ck_assert_str_eq(b.host, "127.0.0.1");
+	ck_assert_str_eq(b.sni, "bank.example");
+	ck_assert_str_eq(a.sni, "127.0.0.1");
+	ck_assert_ptr_nonnull(strstr(b.id, " sni=bank.example "));
+	config_unref(cfg);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("route");
@@ -414,6 +461,8 @@ int main(void)
 	tcase_add_test(tc, route_errors);
 	tcase_add_test(tc, pool_keys);
 	tcase_add_test(tc, intercept_and_bypass);
+	tcase_add_test(tc, v4_mapped_destination);
+	tcase_add_test(tc, pool_key_sni);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("client_cert");
 	tcase_add_checked_fixture(tc, client_certs_setup, client_certs_teardown);

@@ -604,6 +604,94 @@ START_TEST(sni_wrong_name_rejected_by_client)
 }
 END_TEST
 
+/* The leaf names the CONNECT host (the default host), not another name the
+ * client put in its SNI. */
+START_TEST(sni_other_than_connect_host)
+{
+	struct cli_opts ok = {CLI_ECHO, "bank.example", "localhost", NULL,
+	                      NULL,     NULL,           false,       false};
+	struct cli_opts refused = {CLI_FAIL, "bank.example", "bank.example", NULL,
+	                           NULL,     NULL,           false,          false};
+	struct tls_server_params p = params();
+	struct conn c = {0}, d = {0};
+
+	p.default_host = "localhost";
+	expect_echo(&ok, &p, &c);
+	ck_assert_str_eq(c.sni, "bank.example");
+	start(&refused, &d, 1, &p);
+	ck_assert_int_eq(run_until_child_exits(), CLI_EXIT_OK);
+	wait_failed(&d);
+	ck_assert(!d.connected && d.failed);
+	ck_assert_uint_eq(m.metrics.tls_leaf_issued, 1); /* localhost, once */
+}
+END_TEST
+
+/* A ClientHello made by hand: an extension before server_name (when sni is
+ * set), in records of at most record_max bytes. Returns its length. */
+static size_t hand_hello(unsigned char *out, const char *sni, size_t record_max)
+{
+	unsigned char body[600];
+	size_t n = 0, len = 0;
+
+	body[n++] = 3, body[n++] = 3;       /* legacy_version */
+	memset(body + n, 7, 32), n += 32;   /* random */
+	body[n++] = 0;                      /* session id */
+	body[n++] = 0, body[n++] = 2;       /* cipher suites */
+	body[n++] = 0x13, body[n++] = 0x01; /* TLS_AES_128_GCM_SHA256 */
+	body[n++] = 1, body[n++] = 0;       /* compression: null */
+	if (sni) {
+		size_t sl = strlen(sni), ext = 4 + 4 + 2 + 3 + sl;
+		body[n++] = (unsigned char)(ext >> 8), body[n++] = (unsigned char)ext;
+		body[n++] = 0, body[n++] = 0x0a, body[n++] = 0, body[n++] = 0; /* empty groups */
+		body[n++] = 0, body[n++] = 0;                                  /* server_name */
+		body[n++] = (unsigned char)((sl + 5) >> 8), body[n++] = (unsigned char)(sl + 5);
+		body[n++] = (unsigned char)((sl + 3) >> 8), body[n++] = (unsigned char)(sl + 3);
+		body[n++] = 0; /* host_name */
+		body[n++] = (unsigned char)(sl >> 8), body[n++] = (unsigned char)sl;
+		memcpy(body + n, sni, sl), n += sl;
+	}
+	unsigned char msg[sizeof(body) + 4] = {1, 0, (unsigned char)(n >> 8), (unsigned char)n};
+	memcpy(msg + 4, body, n);
+	for (size_t off = 0; off < n + 4; off += record_max) {
+		size_t frag = n + 4 - off < record_max ? n + 4 - off : record_max;
+		out[len++] = 0x16, out[len++] = 3, out[len++] = 1;
+		out[len++] = (unsigned char)(frag >> 8), out[len++] = (unsigned char)frag;
+		memcpy(out + len, msg + off, frag), len += frag;
+	}
+	return len;
+}
+
+START_TEST(client_hello_sni_parser)
+{
+	unsigned char b[2048];
+	char name[256];
+	size_t n;
+
+	n = hand_hello(b, "foo_bar.internal", 1000);
+	ck_assert_int_eq(tls_client_hello_sni(b, n, name, sizeof(name)), TLS_HELLO_SNI);
+	ck_assert_str_eq(name, "foo_bar.internal");
+	ck_assert(!tls_server_name_acceptable(name));
+	ck_assert(tls_server_name_acceptable("api-1.example.com"));
+	ck_assert(!tls_server_name_acceptable(""));
+	n = hand_hello(b, "split.example", 7); /* the message across many records */
+	ck_assert_int_eq(tls_client_hello_sni(b, n, name, sizeof(name)), TLS_HELLO_SNI);
+	ck_assert_str_eq(name, "split.example");
+	ck_assert_int_eq(tls_client_hello_sni(b, n - 1, name, sizeof(name)), TLS_HELLO_INCOMPLETE);
+	ck_assert_int_eq(tls_client_hello_sni(b, n, name, 5), TLS_HELLO_INVALID); /* no room */
+	n = hand_hello(b, NULL, 1000);
+	ck_assert_int_eq(tls_client_hello_sni(b, n, name, sizeof(name)), TLS_HELLO_NO_SNI);
+	n = hand_hello(b, "nul.example", 1000);
+	b[n - 4] = '\0';
+	ck_assert_int_eq(tls_client_hello_sni(b, n, name, sizeof(name)), TLS_HELLO_INVALID);
+	ck_assert_int_eq(tls_client_hello_sni((const unsigned char *)"GET / HTTP/1.1\r\n", 16, name,
+	                                      sizeof(name)),
+	                 TLS_HELLO_INVALID);
+	n = hand_hello(b, "x.example", 1000);
+	b[5] = 2; /* a ServerHello */
+	ck_assert_int_eq(tls_client_hello_sni(b, n, name, sizeof(name)), TLS_HELLO_INVALID);
+}
+END_TEST
+
 START_TEST(sni_invalid)
 {
 	struct cli_opts o = {CLI_FAIL, "a!b.example", "a!b.example", NULL,
@@ -727,6 +815,22 @@ static void preread(bool split)
 	ck_assert_uint_ge(evbuffer_get_length(in), c.pre_want);
 	if (split)
 		ck_assert_uint_eq(evbuffer_get_length(in), HELLO_PART); /* the rest comes later */
+	{ /* GnuTLS's own ClientHello, as the interception peek reads it */
+		size_t len = evbuffer_get_length(in);
+		const unsigned char *b = evbuffer_pullup(in, -1);
+		char name[256];
+		if (split) {
+			ck_assert_int_eq(tls_client_hello_sni(b, len, name, sizeof(name)),
+			                 TLS_HELLO_INCOMPLETE);
+		} else {
+			ck_assert_int_eq(tls_client_hello_sni(b, len, name, sizeof(name)),
+			                 TLS_HELLO_SNI);
+			ck_assert_str_eq(name, "api.example.com");
+			for (size_t k = 0; k < len; k++)
+				ck_assert_int_eq(tls_client_hello_sni(b, k, name, sizeof(name)),
+				                 TLS_HELLO_INCOMPLETE);
+		}
+	}
 	c.t = tls_server_new(&m, c.lower, &p, &cbs, &c);
 	ck_assert_ptr_nonnull(c.t);
 	ck_assert_int_eq(run_until_child_exits(), CLI_EXIT_OK);
@@ -857,6 +961,8 @@ static Suite *tls_server_suite(void)
 	tcase_add_test(t, no_sni_no_default_host);
 	tcase_add_test(t, sni_wrong_name_rejected_by_client);
 	tcase_add_test(t, sni_invalid);
+	tcase_add_test(t, sni_other_than_connect_host);
+	tcase_add_test(t, client_hello_sni_parser);
 	tcase_add_test(t, resumption_tls13);
 	tcase_add_test(t, resumption_tls12);
 	tcase_add_test(t, alpn);
