@@ -88,10 +88,13 @@ check:
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
 
+# bench/compare: muxd side by side with squid, haproxy and tinyproxy (one
+# table; QUICK=1 for a short run), then the local CA's leaf issue time.
 bench:
-	@$(MAKE) --no-print-directory deps
+	@scripts/install-deps --bench
 	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue
-	bench/run
+	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/compare
+	$(BUILD)/bench/ca_issue 200
 
 fuzz:
 	@for f in $(FUZZ_SRCS); do \
