@@ -458,12 +458,12 @@ static enum status_parse finish(struct status_response *r, char *err, size_t err
 	return STATUS_PARSE_ERROR;
 }
 
-/* An error in the body of a final response: a status other than 200 says
- * more than the body does. */
+/* An error in the body (or the size) of a response: a final status other
+ * than 200 says more than the body does. */
 static enum status_parse body_error(struct status_response *r, const char *what, char *err,
                                     size_t errsize)
 {
-	if (r->status != 200)
+	if (r->status && r->status != 200)
 		set_err(err, errsize, "answered %d %s (%s)", r->status, http1_reason(r->status),
 		        what);
 	else
