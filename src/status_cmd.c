@@ -562,7 +562,7 @@ enum status_parse status_response_feed(struct status_response *r, const char *in
 {
 	size_t max = response_max(r), avail = len < max ? len : max;
 	enum status_parse res = parse_heads(r, in, avail, err, errsize);
-	char what[96];
+	char what[160];
 
 	if (res == STATUS_PARSE_DONE) {
 		switch (r->framing) {
@@ -720,7 +720,7 @@ static char *http_get(const struct config_listen *l, const char *path, size_t *b
 	struct sockaddr_storage ss;
 	socklen_t sslen;
 	struct status_response r;
-	char req[512], perr[256], *buf = NULL, *body = NULL;
+	char req[512], perr[384], *buf = NULL, *body = NULL;
 	size_t len = 0, cap = 0, max = STATUS_MAX_RESPONSE;
 	long long deadline;
 	int fd;
