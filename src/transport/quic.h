@@ -9,13 +9,13 @@
  * keeps what it hands to quic_cbs.writev() until acked() says so.
  *
  * Set-up: quic_connect() resolves the host, then races handshakes across
- * the addresses (happy eyeballs: the next address starts QUIC_EYEBALLS_MS
- * after the previous one, or at once when it failed); the first handshake
- * to complete wins and the others are dropped. TLS names and verifies sni,
- * whatever host the packets go to. The winner is announced by on_connected()
- * (from inside ngtcp2: the app opens its streams there). Failure (DNS, ICMP
- * refusal, TLS, no handshake within QUIC_HANDSHAKE_MS) is on_failed(), with
- * the most telling reason of all attempts (TLS over timeout over refusal).
+ * the addresses (happy eyeballs, transport/eyeballs.h: the next address
+ * starts EYEBALLS_DELAY_MS after the previous one, or at once when one
+ * failed); the first handshake to complete wins and the others are dropped. TLS names and verifies
+ * sni, whatever host the packets go to. The winner is announced by on_connected() (from inside
+ * ngtcp2: the app opens its streams there). Failure (DNS, ICMP refusal, TLS, no handshake within
+ * QUIC_HANDSHAKE_MS) is on_failed(), with the most telling reason of all attempts (TLS over timeout
+ * over refusal).
  *
  * I/O: readable → recv() loop → ngtcp2; writes pull stream data from the
  * app (writev) and go out in sendmmsg batches (a batch that meets EAGAIN
@@ -49,7 +49,6 @@
 #include "muxd.h"
 
 #define QUIC_HANDSHAKE_MS 10000 /* set-up deadline */
-#define QUIC_EYEBALLS_MS 250    /* stagger between address attempts */
 
 struct quic;
 
@@ -66,7 +65,9 @@ struct quic_params {
 	const char *alpn;    /* the one ALPN protocol offered, e.g. "h3" */
 	const char *ca_file; /* NULL = system store */
 	bool verify;
-	const char *session_key;  /* TLS resumption cache key; NULL = no resumption */
+	/* TLS resumption cache key, NULL = no resumption; quic's tickets are
+	 * kept apart from TCP's under "<alpn>|<session_key>" */
+	const char *session_key;
 	uint64_t stream_window;   /* receive window per stream */
 	uint64_t conn_window;     /* receive window of the connection */
 	uint64_t max_uni_streams; /* unidirectional streams the peer may open */

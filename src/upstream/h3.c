@@ -1,27 +1,23 @@
 /*
  * h3 — HTTP/3 upstream connections: an nghttp3 client session carrying up
- * to H3_MAX_STREAMS request/response streams behind the upstream
- * interface, on a QUIC connection of transport/quic.h.
- * Owns: the QUIC connection (struct quic), the nghttp3 session, and every
- * stream's buffers (request body until the origin acknowledged it, the
- * decoded response head, body and trailers).
+ * to H3_MAX_STREAMS request/response streams behind the upstream interface,
+ * on a QUIC connection of transport/quic.h (which does DNS, the handshake
+ * race, TLS, packets and timers).
+ * Owns: the struct quic, the nghttp3 session, and every stream's buffers
+ * (request body until the origin acknowledged it, the decoded response
+ * head, body and trailers).
  *
- * Set-up: the QUIC connection sets itself up (DNS, handshakes raced across
- * the addresses, TLS naming and verifying the origin). Until its handshake
- * completes the connection is "warming" (free_slots 0); then the HTTP/3
- * session starts on it. Success is reported as on_available, failure (DNS,
- * ICMP refusal, TLS, no handshake in time) as on_failed, after which the
- * connection frees itself. Both are called from the deferred kick event,
- * never from inside ngtcp2/nghttp3.
+ * Set-up: until the QUIC handshake completes the connection is "warming"
+ * (free_slots 0); then the HTTP/3 session starts on it. Success is reported
+ * as on_available, failure (DNS, ICMP refusal, TLS, no handshake in time)
+ * as on_failed, after which the connection frees itself; both from the
+ * deferred kick event, never from inside ngtcp2/nghttp3.
  *
- * I/O: the QUIC connection reads packets and calls back with stream data,
- * which goes to nghttp3; it writes by pulling stream data from nghttp3
- * (writev). The libraries are never entered re-entrantly: stream
- * operations only set flags and buffer data; requests are submitted,
- * cancels and flow-control credit applied, and packets written from the
- * deferred "kick" event. Every QUIC event runs with the connection held, so
- * streams are freed, and the owner told about freed slots, only when no
- * callback is running (hold/release).
+ * Re-entrancy: every QUIC event runs with the connection held (quic's
+ * enter/leave), so streams are freed, and the owner told about freed slots,
+ * only when no callback runs. Stream operations only set flags and buffer
+ * data; requests are submitted, cancels and flow-control credit applied,
+ * and packets written from the kick.
  *
  * Flow control (memory stays bounded): a stream's receive window is
  * H3_STREAM_WINDOW and reopens only as the exchange takes bytes out of the
@@ -86,17 +82,11 @@ struct h3_conn {
 	nghttp3_conn *h3;
 	enum muxd_err fail_err; /* set-up failure, told from the kick */
 	char fail_reason[512];
-	int64_t goaway_id;
 	bool established;
 	bool setup_failed; /* tell on_failed from the kick */
 };
 
 #define H3S(p) ((struct h3_stream *)(p))
-
-static const char *origin(const struct h3_conn *c)
-{
-	return mux_origin(&c->mc);
-}
 
 /* --- freeing --- */
 
@@ -281,17 +271,6 @@ static int h3_recv_header_cb(nghttp3_conn *h, int64_t id, int32_t token, nghttp3
 }
 
 /* A response head (interim or final) arrived complete. */
-static void got_head(struct h3_stream *s, bool end)
-{
-	if (s->ms.bad || s->ms.status < 100) {
-		mux_stream_error(&s->ms, ERR_BAD_RESPONSE,
-		                 s->ms.bad ? s->ms.bad : "malformed response (no valid :status)",
-		                 false, true);
-		return;
-	}
-	mux_got_head(&s->ms, end);
-}
-
 static int h3_end_headers_cb(nghttp3_conn *h, int64_t id, int fin, void *ud, void *sud)
 {
 	struct h3_conn *c = ud;
@@ -301,8 +280,14 @@ static int h3_end_headers_cb(nghttp3_conn *h, int64_t id, int fin, void *ud, voi
 	(void)id;
 	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
-	if (s && s->ms.user)
-		got_head(s, fin != 0);
+	if (!s || !s->ms.user)
+		return 0;
+	if (s->ms.bad || s->ms.status < 100)
+		mux_stream_error(&s->ms, ERR_BAD_RESPONSE,
+		                 s->ms.bad ? s->ms.bad : "malformed response (no valid :status)",
+		                 false, true);
+	else
+		mux_got_head(&s->ms, fin != 0);
 	return 0;
 }
 
@@ -358,9 +343,8 @@ static int h3_shutdown_cb(nghttp3_conn *h, int64_t id, void *ud)
 	struct h3_conn *c = ud;
 
 	(void)h;
-	log_debug("h3: GOAWAY from %s (stream id %lld)", origin(c), (long long)id);
+	log_debug("h3: GOAWAY from %s (stream id %lld)", mux_origin(&c->mc), (long long)id);
 	c->mc.goaway = true;
-	c->goaway_id = id;
 	c->mc.base.reusable = false;
 	for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
 		if (s->ms.user && (s->ms.id < 0 || s->ms.id >= id) && !s->ms.got_any) {
@@ -408,8 +392,6 @@ static int q_connected(void *ctx)
 	nghttp3_settings st;
 	int64_t ctrl, qenc, qdec;
 
-	if (c->mc.freeing)
-		return -1;
 	nghttp3_settings_default(&st);
 	st.qpack_max_dtable_capacity = 4096;
 	st.qpack_blocked_streams = 100;
@@ -463,7 +445,7 @@ static int64_t q_recv_data(void *ctx, int64_t id, const uint8_t *data, size_t le
 	if (c->mc.freeing)
 		return -1;
 	if (n < 0) {
-		log_debug("h3: %s: nghttp3_conn_read_stream: %s", origin(c),
+		log_debug("h3: %s: nghttp3_conn_read_stream: %s", mux_origin(&c->mc),
 		          nghttp3_strerror((int)n));
 		quic_set_app_error(c->q, nghttp3_err_infer_quic_app_error_code((int)n));
 		return -1;
@@ -566,62 +548,6 @@ static const struct quic_cbs h3_quic_cbs = {
     .blocked = q_blocked,
     .strerror = q_strerror,
 };
-
-/* --- the kick --- */
-
-static void submit(struct h3_stream *s);
-
-static void apply_credit(struct h3_conn *c)
-{
-	for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
-		if (s->credit == 0)
-			continue;
-		if (s->ms.id >= 0)
-			quic_extend_offsets(c->q, s->ms.id, s->credit);
-		s->credit = 0;
-	}
-}
-
-static void on_kick(evutil_socket_t fd, short what, void *arg)
-{
-	struct h3_conn *c = arg;
-
-	(void)fd;
-	(void)what;
-	mux_hold(&c->mc);
-	if (c->setup_failed && !c->mc.told) {
-		c->mc.told = true;
-		c->mc.base.reusable = false;
-		log_debug("h3: set-up for %s failed: %s", origin(c), c->fail_reason);
-		c->mc.base.owner_cbs.on_failed(c->mc.base.owner, &c->mc.base,
-		                               c->fail_err ? c->fail_err : ERR_CONNECT,
-		                               c->fail_reason);
-		c->mc.freeing = true;
-		mux_release(&c->mc);
-		return;
-	}
-	mux_deliver_errors(&c->mc);
-	if (c->established && !c->mc.failed && !c->mc.freeing) {
-		for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
-			if (s->submit_pending && s->ms.user)
-				submit(s);
-			if (s->cancel_pending && s->ms.open && s->ms.id >= 0) {
-				s->cancel_pending = false;
-				nghttp3_conn_shutdown_stream_read(c->h3, s->ms.id);
-				quic_shutdown_stream(c->q, s->ms.id, NGHTTP3_H3_REQUEST_CANCELLED);
-			}
-			if (s->resume && s->ms.open && s->ms.id >= 0) {
-				s->resume = false;
-				nghttp3_conn_resume_stream(c->h3, s->ms.id);
-			}
-		}
-		apply_credit(c);
-		quic_write(c->q);
-	}
-	mux_send_ready(&c->mc);
-	mux_offer(&c->mc);
-	mux_release(&c->mc);
-}
 
 /* --- stream operations --- */
 
@@ -815,6 +741,51 @@ static void send_buffer(struct mux_stream *ms, const void *data, size_t len)
 	}
 }
 
+/* --- the kick --- */
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+	struct h3_conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	mux_hold(&c->mc);
+	if (c->setup_failed && !c->mc.told) {
+		c->mc.told = true;
+		c->mc.base.reusable = false;
+		log_debug("h3: set-up for %s failed: %s", mux_origin(&c->mc), c->fail_reason);
+		c->mc.base.owner_cbs.on_failed(c->mc.base.owner, &c->mc.base,
+		                               c->fail_err ? c->fail_err : ERR_CONNECT,
+		                               c->fail_reason);
+		c->mc.freeing = true;
+		mux_release(&c->mc);
+		return;
+	}
+	mux_deliver_errors(&c->mc);
+	if (c->established && !c->mc.failed && !c->mc.freeing) {
+		for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
+			if (s->submit_pending && s->ms.user)
+				submit(s);
+			if (s->cancel_pending && s->ms.open && s->ms.id >= 0) {
+				s->cancel_pending = false;
+				nghttp3_conn_shutdown_stream_read(c->h3, s->ms.id);
+				quic_shutdown_stream(c->q, s->ms.id, NGHTTP3_H3_REQUEST_CANCELLED);
+			}
+			if (s->resume && s->ms.open && s->ms.id >= 0) {
+				s->resume = false;
+				nghttp3_conn_resume_stream(c->h3, s->ms.id);
+			}
+			if (s->credit > 0 && s->ms.id >= 0) /* consumed bytes reopen the windows */
+				quic_extend_offsets(c->q, s->ms.id, s->credit);
+			s->credit = 0;
+		}
+		quic_write(c->q);
+	}
+	mux_send_ready(&c->mc);
+	mux_offer(&c->mc);
+	mux_release(&c->mc);
+}
+
 static const struct mux_ops h3_mux_ops = {
     .name = "h3",
     .window = H3_STREAM_WINDOW,
@@ -900,30 +871,21 @@ struct upstream_conn *h3_conn_new(struct muxd *m, const struct h3_params *p,
 	    .alpn = "h3",
 	    .ca_file = p->ca_file,
 	    .verify = p->verify,
+	    .session_key = p->session_key,
 	    .stream_window = H3_STREAM_WINDOW,
 	    .conn_window = H3_CONN_WINDOW,
 	    .max_uni_streams = 16,
 	};
-	char *key = NULL;
 	bool ok;
 
 	if (!c)
 		return NULL;
 	ok = mux_conn_init(&c->mc, m, &h3_mux_ops, &h3_conn_ops, PROTO_H3, owner_cbs, owner,
 	                   on_kick);
-	c->goaway_id = INT64_MAX;
 	snprintf(c->mc.name, sizeof(c->mc.name), v6 ? "[%s]:%u" : "%s:%u", p->host ? p->host : "",
 	         (unsigned)p->port);
-	if (p->session_key) {
-		/* apart from TCP's: a QUIC ticket is TLS 1.3 with QUIC parameters */
-		size_t n = strlen(p->session_key) + 4;
-		if ((key = malloc(n)))
-			snprintf(key, n, "h3|%s", p->session_key);
-		qp.session_key = key;
-	}
-	if (ok && p->host && (!p->session_key || key))
+	if (ok && p->host)
 		c->q = quic_connect(m, &qp, &h3_quic_cbs, c);
-	free(key);
 	if (!c->q) {
 		conn_free(&c->mc);
 		return NULL;
