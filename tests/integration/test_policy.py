@@ -481,7 +481,9 @@ def test_sighup_drains_active_connection_when_idle(muxd, h2_origin, pki):
 def test_emfile_200_clients_with_64_fds(muxd, origin):
     """muxd with RLIMIT_NOFILE 64 and 200 concurrent clients of a slow-ish
     origin: every client gets a whole 200 or a clean 503 (or is accepted
-    later), muxd does not spin, and full service follows."""
+    later), most get 200 (accepting pauses while fewer than max(16, 10 %) of
+    the descriptors are free, so clients leave room for their upstream
+    connections), muxd does not spin, and full service follows."""
     o = origin(sleepy_handler(0.05))
     m = muxd(
         {"pool": {"max_h1_per_origin": 1000, "connect_timeout": "5s"}},
@@ -511,7 +513,7 @@ def test_emfile_200_clients_with_64_fds(muxd, origin):
     for i, r in enumerate(results):
         if r.status == 200:
             assert r.json()["target"] == f"/c{i}"
-    assert statuses.get(200, 0) > 0, statuses
+    assert statuses.get(200, 0) >= 140, f"most clients should get 200 (descriptor reserve): {statuses}"
     if not SANITIZE:
         assert cpu < 2 * wall + 0.5, f"muxd used {cpu:.2f}s CPU in {wall:.2f}s"
 
