@@ -77,7 +77,7 @@ struct downstream {
 	enum ds_timer timer_kind;
 	unsigned served;         /* requests handled (on this connection or TLS session) */
 	bool silent_peek;        /* tunneled after a peek without a byte from the client */
-	uint64_t idle_since_ms;  /* when the connection last went idle (T_IDLE) */
+	uint64_t idle_since_ns;  /* when the connection last went idle (T_IDLE) */
 	struct evbuffer *raw_in; /* the socket's buffers: progress for client_timeout */
 	struct evbuffer *raw_out;
 	struct evbuffer_cb_entry *raw_in_cb, *raw_out_cb;
@@ -195,12 +195,12 @@ static void respond_text(struct downstream *ds, int status, const char *text, bo
 
 /* --- client deadlines --- */
 
-static uint64_t now_ms(void)
+static uint64_t now_ns(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
 }
 
 static void arm(struct downstream *ds, enum ds_timer kind)
@@ -217,7 +217,7 @@ static void arm(struct downstream *ds, enum ds_timer kind)
 		return;
 	}
 	if (kind == T_IDLE)
-		ds->idle_since_ms = now_ms();
+		ds->idle_since_ns = now_ns();
 	evtimer_add(ds->timer, &tv);
 }
 
@@ -319,7 +319,7 @@ unsigned downstream_close_idle(struct muxd *m, unsigned n)
 			if (ds->timer_kind == T_IDLE && !ds->tunnel && !ds->closing &&
 			    (ds->mode == DS_PROXY || ds->mode == DS_INTERCEPTED) &&
 			    evbuffer_get_length(transport_output(ds->t)) == 0 &&
-			    (!oldest || ds->idle_since_ms < oldest->idle_since_ms))
+			    (!oldest || ds->idle_since_ns <= oldest->idle_since_ns))
 				oldest = ds;
 		if (!oldest)
 			break;

@@ -531,3 +531,46 @@ def test_emfile_200_clients_with_64_fds(muxd, origin):
     assert m.proc.poll() is None
     wait_until(lambda: m.metrics().value("muxd_client_connections") == 1, timeout=5,
                what="client connections to be released (only the /metrics one left)")
+
+
+def test_descriptor_shortage_closes_oldest_idle_clients_first(muxd, origin):
+    """RLIMIT_NOFILE 64: keep-alive clients that each made one request and
+    then sit idle would take every descriptor.  Before free descriptors fall
+    below the reserve, muxd closes the connections idle longest, so every
+    new client is still accepted and served, and the ones closed are the
+    oldest."""
+    o = origin()
+    m = muxd(
+        {"intercept": {"enabled": "off"}},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)),
+    )
+    clients = []
+
+    def closed(s):
+        s.setblocking(False)
+        try:
+            return s.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    try:
+        for i in range(80):
+            s = connect(m.port, timeout=10)
+            clients.append(s)
+            s.sendall(proxy_request("GET", o.url(f"/idle{i}")))
+            resp = HTTPReader(s).read_response()
+            assert resp.status == 200, f"client {i}: {resp}"
+        wait_until(lambda: closed(clients[0]), timeout=5, what="the oldest idle client to be closed")
+        state = [closed(s) for s in clients]
+        assert not state[-1], "the newest client was closed"
+        first_open = state.index(False)
+        assert not any(state[first_open:]), f"not the oldest were closed: {state}"
+        assert first_open >= 80 - 64, state
+        # the daemon still serves
+        assert get(m, o.url("/after")).status == 200
+        assert m.proc.poll() is None
+    finally:
+        for s in clients:
+            s.close()
