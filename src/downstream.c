@@ -221,6 +221,13 @@ static void arm(struct downstream *ds, enum ds_timer kind)
 	evtimer_add(ds->timer, &tv);
 }
 
+/* Response bytes the client has not taken yet. */
+static bool output_pending(struct downstream *ds)
+{
+	return evbuffer_get_length(transport_output(ds->t)) > 0 ||
+	       (ds->raw_out && evbuffer_get_length(ds->raw_out) > 0);
+}
+
 /* Set the deadline the connection's state calls for; one of the same kind
  * already running goes on (a head's deadline counts from its first byte). */
 static void update_timer(struct downstream *ds)
@@ -235,7 +242,7 @@ static void update_timer(struct downstream *ds)
 		kind = T_NONE; /* the peek timer decides */
 	else if (ds->tunnel)
 		kind = ds->silent_peek ? T_IDLE : T_NONE; /* else tunnel_idle_timeout */
-	else if (ds->ex)
+	else if (ds->ex || output_pending(ds)) /* the end of a response may still be queued */
 		kind = T_CLIENT;
 	else if (ds->served > 0 && evbuffer_get_length(transport_input(ds->t)) == 0)
 		kind = T_IDLE;
@@ -249,8 +256,7 @@ static void update_timer(struct downstream *ds)
  * response bytes or to send the rest of the request body. */
 static bool waits_on_client(struct downstream *ds)
 {
-	if (evbuffer_get_length(transport_output(ds->t)) > 0 ||
-	    (ds->raw_out && evbuffer_get_length(ds->raw_out) > 0))
+	if (output_pending(ds))
 		return true;
 	return ds->ex && exchange_awaits_client(ds->ex) &&
 	       evbuffer_get_length(transport_input(ds->t)) == 0;
@@ -262,7 +268,11 @@ static void raw_progress(struct evbuffer *b, const struct evbuffer_cb_info *info
 	struct downstream *ds = arg;
 
 	(void)b;
-	if (ds->timer_kind == T_CLIENT && (info->n_added > 0 || info->n_deleted > 0))
+	if (ds->timer_kind != T_CLIENT || (info->n_added == 0 && info->n_deleted == 0))
+		return;
+	if (!ds->ex && !output_pending(ds))
+		update_timer(ds); /* the last response is out: idle from now */
+	else
 		arm(ds, T_CLIENT);
 }
 
@@ -287,7 +297,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		break;
 	case T_CLIENT:
 		if (!waits_on_client(ds)) {
-			arm(ds, T_CLIENT);
+			ds->timer_kind = T_NONE;
+			update_timer(ds);
 			break;
 		}
 		log_info("client %s: no progress for client_timeout: closing", ds->peer);

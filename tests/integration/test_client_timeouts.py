@@ -239,3 +239,32 @@ def test_slow_response_is_not_a_client_timeout(muxd, origin):
         s.sendall(proxy_request("GET", origin.url("/slow")))
         resp = HTTPReader(s).read_response()
     assert resp.status == 200 and resp.body == b"late", resp
+
+
+def test_slow_reader_of_a_finished_response_keeps_its_connection(muxd, nginx):
+    """The origin's response is wholly in muxd (the exchange is over) but
+    the client is still reading its tail, slowly and steadily, for longer
+    than client_idle_timeout: that is not idleness.  The connection stays
+    until the last byte went out (client_timeout counts while bytes wait),
+    and the body arrives whole."""
+    size = 4 << 20
+    (nginx.root / "tail").write_bytes(b"t" * size)
+    m = muxd(conf(client_idle_timeout=SHORT, client_timeout="5s"))
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    s.connect(("127.0.0.1", m.port))
+    with s:
+        s.sendall(proxy_request("GET", nginx.url("/tail")))
+        got = bytearray()
+        s.settimeout(10)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            piece = s.recv(65536)
+            if not piece:
+                break
+            got += piece
+            if b"\r\n\r\n" in got and len(got) - got.index(b"\r\n\r\n") - 4 >= size:
+                break
+            time.sleep(0.02)  # a slow but steady reader (under 1 MB/s)
+    body = bytes(got[got.index(b"\r\n\r\n") + 4 :])
+    assert len(body) == size, f"{len(body)} of {size} bytes: the connection was cut"
