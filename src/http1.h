@@ -69,8 +69,8 @@ struct http1_msg {
  * CR (HTTP1_BAD, which muxd answers with 400 at once, never waiting for a
  * CRLF CRLF that will not come). RFC 9112 2.2 lets a recipient accept a bare
  * LF; muxd does not, so that it and the servers behind it can never disagree
- * about where a line ends (the same holds for chunk lines and responses,
- * which get 502). Rejected (HTTP1_BAD): both
+ * about where a line ends (chunk lines and response heads are held to CRLF
+ * too). Rejected (HTTP1_BAD): both
  * Content-Length and Transfer-Encoding; differing duplicate Content-Length;
  * a transfer coding other than a single final "chunked"; Transfer-Encoding
  * in HTTP/1.0; obs-fold; bare CR; NUL or other CTLs in fields; whitespace
