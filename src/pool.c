@@ -19,6 +19,12 @@
  * ready serves the waiters. A QUIC attempt that fails, or is still not ready
  * after H3_GIVE_UP times h3_timeout, marks the alternative broken and counts
  * a fallback; the waiters never notice.
+ *
+ * Tunnels: a chain whose first hop is an https:// parent gets it from the
+ * pool (a CONNECT stream on the shared connection to that parent, asked for
+ * like any request's stream). A client tunnel (pool_open_tunnel) is an
+ * upstream connection of its own kind: it waits in a FIFO for a slot under
+ * max_connections like the origins' waiters do, then builds its chain.
  */
 #include "pool.h"
 
@@ -98,6 +104,23 @@ struct pool_origin {
 	bool race_fired;
 };
 
+/* A client tunnel: the caller's layer over its chain. */
+struct pool_tunnel {
+	struct transport base;
+	struct pool *pool;             /* NULL once the pool is gone */
+	TAILQ_ENTRY(pool_tunnel) link; /* in the pool's tunnel_waiters or tunnels */
+	bool waiting;                  /* for a slot (in tunnel_waiters) */
+	bool counted;                  /* has a slot (in tunnels) */
+	bool up;                       /* the chain is connected */
+	struct pool_key key;           /* the path ("tunnel" key) */
+	struct transport *chain;       /* once it has a slot */
+	struct event *budget_timer;    /* armed once blocked on the budget: then 503 */
+	struct event *fail_ev;         /* reports that the chain could not be made */
+	char why[200];                 /* what the 503 says */
+};
+
+TAILQ_HEAD(pool_tunnel_list, pool_tunnel);
+
 struct pool {
 	struct muxd *m;
 	struct pool_origin *buckets[POOL_BUCKETS];
@@ -105,9 +128,12 @@ struct pool {
 	struct event *trim_timer;   /* closes idle connections over the caps */
 	struct altsvc_cache *altsvc;
 	struct event *save_timer; /* writes the Alt-Svc cache soon after a change */
-	unsigned nconns;
+	unsigned nconns;          /* including client tunnels with a slot */
 	unsigned nidle;
 	uint64_t next_serial;
+	struct pool_tunnel_list tunnels;        /* client tunnels with a slot */
+	struct pool_tunnel_list tunnel_waiters; /* ... waiting for one, FIFO */
+	struct event *tunnel_ev;                /* serves the tunnel waiters */
 };
 
 void pool_cred_id(const struct muxd *m, const char *user, const char *pass, char out[17])
@@ -171,6 +197,7 @@ bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *schem
 {
 	static const char *const kinds[] = {"http", "https", "socks5", "socks5h"};
 	bool v6 = strchr(host, ':') != NULL, ok = true;
+	bool tunnel = strcmp(scheme, "tunnel") == 0;
 	size_t len = 0;
 
 	memset(key, 0, sizeof(*key));
@@ -199,7 +226,7 @@ bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *schem
 	if (route->proxy_ca_file_id)
 		snprintf(key->proxy_ca_file_id, sizeof(key->proxy_ca_file_id), "%s",
 		         route->proxy_ca_file_id);
-	key->forward = !key->tls && key->nhops > 0 &&
+	key->forward = !key->tls && !tunnel && key->nhops > 0 &&
 	               (key->hops[key->nhops - 1].kind == HOP_HTTP ||
 	                key->hops[key->nhops - 1].kind == HOP_HTTPS);
 	key->deny_loopback = route->deny_loopback && key->nhops == 0;
@@ -260,9 +287,13 @@ bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *schem
 	return ok;
 }
 
-/* The connection path of a key, for chain_connect. */
-static void key_chain(const struct pool_key *key, struct chain_hop *hops, struct chain_spec *sp,
-                      uint64_t timeout_ms)
+static struct transport *shared_hop_open(void *arg, const struct chain_spec *sp, const char *host,
+                                         uint16_t port, const struct transport_cbs *cbs, void *ctx);
+
+/* The connection path of a key, for chain_connect; an https:// first hop is
+ * a stream on p's connection to it. */
+static void key_chain(struct pool *p, const struct pool_key *key, struct chain_hop *hops,
+                      struct chain_spec *sp)
 {
 	for (size_t i = 0; i < key->nhops; i++)
 		hops[i] =
@@ -285,8 +316,9 @@ static void key_chain(const struct pool_key *key, struct chain_hop *hops, struct
 	    .client_key = key->client_key[0] ? key->client_key : NULL,
 	    .session_key = key->id,
 	    .verify = key->verify,
-	    .timeout_ms = timeout_ms,
+	    .timeout_ms = p->m->cfg->connect_timeout_ms,
 	    .deny_loopback = key->deny_loopback,
+	    .shared_hop = {shared_hop_open, p},
 	};
 }
 
@@ -299,6 +331,7 @@ static unsigned hash(const char *s)
 }
 
 static void trim_cb(evutil_socket_t fd, short what, void *arg);
+static void tunnel_dispatch_cb(evutil_socket_t fd, short what, void *arg);
 
 /* The Alt-Svc cache file: [pool] altsvc_file, relative to state_dir. */
 static const char *altsvc_path(const struct config *cfg, char *buf, size_t size)
@@ -357,10 +390,13 @@ struct pool *pool_new(struct muxd *m)
 		return NULL;
 	p->m = m;
 	TAILQ_INIT(&p->idle);
+	TAILQ_INIT(&p->tunnels);
+	TAILQ_INIT(&p->tunnel_waiters);
 	p->trim_timer = evtimer_new(m->base, trim_cb, p);
 	p->save_timer = evtimer_new(m->base, save_cb, p);
+	p->tunnel_ev = event_new(m->base, -1, 0, tunnel_dispatch_cb, p);
 	p->altsvc = altsvc_cache_new(altsvc_path(m->cfg, path, sizeof(path)));
-	if (!p->trim_timer || !p->save_timer || !p->altsvc) {
+	if (!p->trim_timer || !p->save_timer || !p->tunnel_ev || !p->altsvc) {
 		pool_free(p);
 		return NULL;
 	}
@@ -420,6 +456,8 @@ static void schedule(struct pool_origin *o)
 
 static void schedule_all(struct pool *p)
 {
+	if (!TAILQ_EMPTY(&p->tunnel_waiters))
+		event_active(p->tunnel_ev, EV_TIMEOUT, 0);
 	for (unsigned i = 0; i < POOL_BUCKETS; i++)
 		for (struct pool_origin *o = p->buckets[i]; o; o = o->next)
 			if (o->nwaiters > o->nconnecting)
@@ -699,7 +737,7 @@ static bool open_conn(struct pool_origin *o)
 	pc->idle_timer = evtimer_new(p->m->base, idle_timeout_cb, pc);
 	struct chain_hop hops[4];
 	struct chain_spec spec;
-	key_chain(&o->key, hops, &spec, p->m->cfg->connect_timeout_ms);
+	key_chain(p, &o->key, hops, &spec);
 	if (pc->idle_timer)
 		pc->pending = chain_connect(p->m, &spec, &tcbs, pc);
 	if (!pc->pending) {
@@ -1140,6 +1178,236 @@ void pool_wait_cancel(struct pool_wait *w)
 	origin_maybe_free(o);
 }
 
+/* ---- tunnels ---- */
+
+/* What a chain's shared first hop asks the pool for: a stream on the
+ * connection to the parent (key). */
+struct hop_source {
+	struct pool *p;
+	struct pool_key key;
+};
+
+static void *hop_stream_start(void *arg, const struct upstream_stream_cbs *stream_cbs,
+                              const struct stream_source_cbs *cbs, void *ctx)
+{
+	struct hop_source *hs = arg;
+	struct pool_wait_cbs wcbs = {cbs->on_stream, cbs->on_error};
+
+	return pool_start_stream(hs->p, &hs->key, false, stream_cbs, &wcbs, ctx);
+}
+
+static void hop_stream_cancel(void *w)
+{
+	pool_wait_cancel(w);
+}
+
+/* The first hop of a chain, an https:// parent: a CONNECT stream to
+ * host:port on the pool's connection to it (HTTP/2 when it speaks it). */
+static struct transport *shared_hop_open(void *arg, const struct chain_spec *sp, const char *host,
+                                         uint16_t port, const struct transport_cbs *cbs, void *ctx)
+{
+	const struct chain_hop *h = &sp->hops[0];
+	struct route r = {.verify = true,
+	                  .h2 = true,
+	                  .ca_file = sp->proxy_ca_file,
+	                  .ca_file_id = sp->proxy_ca_file_id};
+	struct hop_source hs = {.p = arg};
+	struct stream_source src = {hop_stream_start, hop_stream_cancel, &hs};
+	bool v6 = strchr(h->host, ':') != NULL;
+	char name[300], auth[600];
+
+	if (!pool_key_init(&hs.key, hs.p->m, "https", h->host, h->port, &r))
+		return NULL;
+	snprintf(name, sizeof(name), "%s%s%s:%u", v6 ? "[" : "", h->host, v6 ? "]" : "", h->port);
+	if (h->user)
+		snprintf(auth, sizeof(auth), "%s:%s", h->user, h->pass ? h->pass : "");
+	return stream_tunnel_connect(hs.p->m, &src, name, host, port, h->user ? auth : NULL, cbs,
+	                             ctx);
+}
+
+static struct evbuffer *tun_input(struct transport *t)
+{
+	return transport_input(((struct pool_tunnel *)t)->chain);
+}
+
+static struct evbuffer *tun_output(struct transport *t)
+{
+	return transport_output(((struct pool_tunnel *)t)->chain);
+}
+
+static void tun_set_reading(struct transport *t, bool on)
+{
+	struct transport *c = ((struct pool_tunnel *)t)->chain;
+	if (c)
+		c->ops->set_reading(c, on);
+}
+
+static void tun_shutdown(struct transport *t)
+{
+	struct transport *c = ((struct pool_tunnel *)t)->chain;
+	if (c)
+		c->ops->shutdown(c);
+}
+
+/* Gives the slot back (or leaves the queue) and frees the tunnel. */
+static void tun_close(struct transport *t)
+{
+	struct pool_tunnel *pt = (struct pool_tunnel *)t;
+	struct pool *p = pt->pool;
+
+	if (pt->chain)
+		transport_close(pt->chain);
+	if (p && pt->waiting) {
+		TAILQ_REMOVE(&p->tunnel_waiters, pt, link);
+	} else if (p && pt->counted) {
+		TAILQ_REMOVE(&p->tunnels, pt, link);
+		p->nconns--;
+		schedule_all(p);
+	}
+	if (pt->budget_timer)
+		event_free(pt->budget_timer);
+	if (pt->fail_ev)
+		event_free(pt->fail_ev);
+	free(pt);
+}
+
+static bool tun_is_alive(struct transport *t)
+{
+	struct pool_tunnel *pt = (struct pool_tunnel *)t;
+	return pt->chain && pt->chain->ops->is_alive(pt->chain);
+}
+
+static const struct transport_ops tunnel_ops = {tun_input,    tun_output, tun_set_reading,
+                                                tun_shutdown, tun_close,  tun_is_alive};
+
+static void tun_read(void *ctx)
+{
+	struct pool_tunnel *pt = ctx;
+	if (pt->base.cbs.on_read)
+		pt->base.cbs.on_read(pt->base.ctx);
+}
+
+static void tun_drain(void *ctx)
+{
+	struct pool_tunnel *pt = ctx;
+	if (pt->base.cbs.on_drain)
+		pt->base.cbs.on_drain(pt->base.ctx);
+}
+
+static void tun_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
+{
+	struct pool_tunnel *pt = ctx;
+
+	if (ev == TRANSPORT_CONNECTED && !pt->up && pt->pool) {
+		pt->up = true;
+		pt->pool->m->metrics.upstream_opened[PROTO_TUNNEL]++;
+		log_debug("pool: new tunnel %s", pt->key.id);
+	}
+	pt->base.cbs.on_event(pt->base.ctx, ev, err, reason); /* may close pt */
+}
+
+/* The chain could not be made (out of memory). */
+static void tun_fail_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pool_tunnel *pt = arg;
+
+	(void)fd;
+	(void)what;
+	pt->base.cbs.on_event(pt->base.ctx, TRANSPORT_ERROR, ERR_CONNECT, "out of memory");
+}
+
+/* The budget stayed spent for connect_timeout: 503. */
+static void tun_budget_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pool_tunnel *pt = arg;
+
+	(void)fd;
+	(void)what;
+	TAILQ_REMOVE(&pt->pool->tunnel_waiters, pt, link);
+	pt->waiting = false;
+	pt->base.cbs.on_event(pt->base.ctx, TRANSPORT_ERROR, ERR_BUDGET, pt->why);
+}
+
+/* Waiting tunnels get slots in order while the budget allows, an idle
+ * connection evicted for each when it is spent; those left wait, at most
+ * connect_timeout from when they were first blocked. */
+static void tunnel_dispatch(struct pool *p)
+{
+	static const struct transport_cbs cbs = {tun_read, tun_drain, tun_event};
+	struct pool_tunnel *pt;
+
+	while ((pt = TAILQ_FIRST(&p->tunnel_waiters)) != NULL) {
+		if (p->nconns >= p->m->cfg->max_connections) {
+			if (!TAILQ_EMPTY(&p->idle)) {
+				evict(TAILQ_FIRST(&p->idle), EVICT_LIMIT);
+				continue;
+			}
+			uint64_t ms = p->m->cfg->connect_timeout_ms;
+			struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+			char d[32];
+			duration(ms, d, sizeof(d));
+			TAILQ_FOREACH(pt, &p->tunnel_waiters, link)
+			{
+				if (pt->budget_timer)
+					continue;
+				log_debug("pool: %s waits for a connection slot (max_connections)",
+				          pt->key.id);
+				snprintf(pt->why, sizeof(pt->why),
+				         "upstream connection limit reached; waited %s", d);
+				pt->budget_timer = evtimer_new(p->m->base, tun_budget_cb, pt);
+				if (pt->budget_timer)
+					evtimer_add(pt->budget_timer, &tv);
+			}
+			return;
+		}
+		TAILQ_REMOVE(&p->tunnel_waiters, pt, link);
+		TAILQ_INSERT_TAIL(&p->tunnels, pt, link);
+		pt->waiting = false;
+		pt->counted = true;
+		p->nconns++;
+		if (pt->budget_timer) {
+			event_free(pt->budget_timer);
+			pt->budget_timer = NULL;
+		}
+		struct chain_hop hops[CONFIG_MAX_HOPS];
+		struct chain_spec spec;
+		key_chain(p, &pt->key, hops, &spec);
+		pt->chain = chain_connect(p->m, &spec, &cbs, pt);
+		if (!pt->chain)
+			event_active(pt->fail_ev, EV_TIMEOUT, 0);
+	}
+}
+
+static void tunnel_dispatch_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	tunnel_dispatch(arg);
+}
+
+struct transport *pool_open_tunnel(struct pool *p, const struct route *route, const char *host,
+                                   uint16_t port, const struct transport_cbs *cbs, void *ctx)
+{
+	struct pool_tunnel *pt = calloc(1, sizeof(*pt));
+
+	if (!pt)
+		return NULL;
+	pt->base.ops = &tunnel_ops;
+	transport_set_cbs(&pt->base, cbs, ctx);
+	pt->pool = p;
+	pt->fail_ev = event_new(p->m->base, -1, 0, tun_fail_cb, pt);
+	if (!pt->fail_ev || !pool_key_init(&pt->key, p->m, "tunnel", host, port, route)) {
+		if (pt->fail_ev)
+			event_free(pt->fail_ev);
+		free(pt);
+		return NULL;
+	}
+	pt->waiting = true;
+	TAILQ_INSERT_TAIL(&p->tunnel_waiters, pt, link);
+	event_active(p->tunnel_ev, EV_TIMEOUT, 0);
+	return &pt->base;
+}
+
 void pool_reconfigured(struct pool *p)
 {
 	for (unsigned i = 0; i < POOL_BUCKETS; i++)
@@ -1179,7 +1447,12 @@ void pool_close_idle(struct pool *p)
 
 void pool_count(struct pool *p, struct pool_counts *out)
 {
+	struct pool_tunnel *pt;
+
 	memset(out, 0, sizeof(*out));
+	TAILQ_FOREACH(pt, &p->tunnels, link)
+	if (pt->up)
+		out->active[PROTO_TUNNEL]++;
 	for (unsigned i = 0; i < POOL_BUCKETS; i++)
 		for (struct pool_origin *o = p->buckets[i]; o; o = o->next) {
 			struct pool_conn *pc;
@@ -1253,6 +1526,23 @@ void pool_free(struct pool *p)
 {
 	if (!p)
 		return;
+	/* tunnels still open (their users close them later) lose their chains
+	 * now: a stream on a pooled parent must not outlive the pool */
+	struct pool_tunnel_list *lists[] = {&p->tunnels, &p->tunnel_waiters};
+	for (int i = 0; i < 2; i++) {
+		struct pool_tunnel *pt;
+		while ((pt = TAILQ_FIRST(lists[i])) != NULL) {
+			TAILQ_REMOVE(lists[i], pt, link);
+			if (pt->chain)
+				transport_close(pt->chain);
+			pt->chain = NULL;
+			pt->pool = NULL;
+			pt->waiting = pt->counted = false;
+			if (pt->budget_timer)
+				event_del(pt->budget_timer);
+			event_del(pt->fail_ev);
+		}
+	}
 	for (unsigned i = 0; i < POOL_BUCKETS; i++)
 		while (p->buckets[i]) {
 			struct pool_origin *o = p->buckets[i];
@@ -1276,6 +1566,8 @@ void pool_free(struct pool *p)
 		}
 	if (p->trim_timer)
 		event_free(p->trim_timer);
+	if (p->tunnel_ev)
+		event_free(p->tunnel_ev);
 	if (p->save_timer) {
 		save_altsvc(p, true); /* a last, durable write at shutdown */
 		event_free(p->save_timer);

@@ -48,7 +48,9 @@ struct pool_key {
 
 struct route;
 /* Fails (false) only when a field does not fit. Files are named by the
- * identities the route took at config load; credentials by pool_cred_id. */
+ * identities the route took at config load; credentials by pool_cred_id.
+ * scheme "tunnel": a client tunnel, a byte stream to host:port along the
+ * route's hops (no TLS of muxd's, never forwarded). */
 bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *scheme, const char *host,
                    uint16_t port, const struct route *route);
 /* The identity of proxy credentials shown in key ids (logs, status page):
@@ -84,6 +86,27 @@ struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, 
                                     const struct pool_wait_cbs *cbs, void *ctx);
 void pool_wait_cancel(struct pool_wait *w);
 
+/*
+ * A client tunnel (CONNECT) to host:port along route (DESIGN's
+ * pool_open_tunnel): a transport layer, returned at once, that reports
+ * TRANSPORT_CONNECTED once its whole chain is up or TRANSPORT_ERROR, never
+ * from inside this call. An https:// first hop is a CONNECT stream on the
+ * pool's shared connection to that parent, which stays active while the
+ * tunnel lives. The tunnel is an upstream connection like the others: it
+ * waits for a slot under max_connections (evicting the least recently used
+ * idle connection when there is one; else ERR_BUDGET after connect_timeout),
+ * counts in upstream_opened[PROTO_TUNNEL] once up and as an active
+ * PROTO_TUNNEL connection in pool_count while open; closing the layer gives
+ * the slot back. Setting it up is bounded by connect_timeout
+ * (ERR_CONNECT_TIMEOUT naming the step). Before TRANSPORT_CONNECTED only
+ * close() may be called. NULL when out of memory (or a field of the route
+ * does not fit a key).
+ */
+struct transport;
+struct transport_cbs;
+struct transport *pool_open_tunnel(struct pool *p, const struct route *route, const char *host,
+                                   uint16_t port, const struct transport_cbs *cbs, void *ctx);
+
 /* A verified TLS origin's Alt-Svc field value, from a response. */
 void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value, size_t len);
 /* Origins with a live HTTP/3 alternative (muxd_altsvc_entries). */
@@ -98,6 +121,7 @@ void pool_relieve(struct pool *p);
 /* Close every idle connection (shutdown, reload of pool limits). */
 void pool_close_idle(struct pool *p);
 
+/* Connections that are up, by protocol; client tunnels are PROTO_TUNNEL. */
 struct pool_counts {
 	unsigned active[PROTO_COUNT];
 	unsigned idle[PROTO_COUNT];
