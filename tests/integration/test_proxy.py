@@ -636,8 +636,9 @@ def test_https_parent_h2_multiplexes_tunnels_then_idles_out(muxd, pki, nghttpx, 
             socks.append(reader.sock)
             assert resp.status == 200, resp
             assert not reader.buf
-        # all ten are open at once; each carries its own bytes
-        assert target.connections == 10
+        # all ten are open at once (the target accepts in its own thread); each
+        # carries its own bytes
+        wait_until(lambda: target.connections == 10, timeout=5, what="the target to accept ten tunnels")
         for i, s in enumerate(socks):
             s.sendall(b"tunnel %02d" % i)
         for i, s in enumerate(socks):
