@@ -4,6 +4,9 @@
  * connection being set up, or opens a new one within the limits, and evicts
  * idle connections (idle timeout, per-origin and global idle caps, the
  * connection budget). Owns: every upstream connection and all waiters.
+ * Keys are pool_key.h; the code is in pool.c (matchmaking, limits,
+ * eviction), pool_h3.c (HTTP/3 selection, the Alt-Svc cache) and
+ * pool_tunnel.c (tunnels), which share pool_internal.h.
  */
 #ifndef MUXD_POOL_H
 #define MUXD_POOL_H
@@ -12,51 +15,8 @@
 #include <stdint.h>
 
 #include "muxd.h"
+#include "pool_key.h"
 #include "upstream/upstream.h"
-
-/* Everything that decides whether two requests may share a connection
- * (DESIGN.md principle 2); two keys are equal iff their id strings are. The
- * pool builds a new connection's transport chain from the key alone. */
-struct pool_key {
-	char scheme[8];
-	char host[256]; /* IPv6 literal without brackets */
-	uint16_t port;
-	bool tls;
-	bool verify;
-	bool h3;                                /* HTTP/3 allowed when the Alt-Svc cache knows it */
-	char ca_file[512];                      /* "" = system trust store */
-	char client_cert[512], client_key[512]; /* "" = no client certificate */
-	/* parent proxies in order (none: direct); credentials are in the key but
-	 * only a hash of them is in id, which is logged */
-	struct pool_hop {
-		int kind; /* enum hop_kind */
-		char host[256];
-		uint16_t port;
-		char user[128], pass[128];
-		bool auth;
-	} hops[4];
-	size_t nhops;
-	char proxy_ca_file[512];
-	/* its identity from config load ("": look it up) */
-	char proxy_ca_file_id[1200];
-	/* direct: never connect to a loopback address (deny_loopback_targets) */
-	bool deny_loopback;
-	bool forward;  /* http:// origin, last hop an HTTP parent: absolute-form to it */
-	char alpn[32]; /* offered protocols, comma-separated */
-	char id[2048]; /* canonical form of all of the above */
-};
-
-struct route;
-/* Fails (false) only when a field does not fit. Files are named by the
- * identities the route took at config load; credentials by pool_cred_id.
- * scheme "tunnel": a client tunnel, a byte stream to host:port along the
- * route's hops (no TLS of muxd's, never forwarded). */
-bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *scheme, const char *host,
-                   uint16_t port, const struct route *route);
-/* The identity of proxy credentials shown in key ids (logs, status page):
- * HMAC-SHA-256 keyed with m->secret, random per process, cut to 16 hex
- * digits, so that it cannot be brute-forced offline into the password. */
-void pool_cred_id(const struct muxd *m, const char *user, const char *pass, char out[17]);
 
 struct pool;
 struct pool_wait;
