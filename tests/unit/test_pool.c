@@ -343,6 +343,45 @@ START_TEST(key_equality)
 }
 END_TEST
 
+/* A tunnel's key and its chain: through the route's hops, credentials
+ * included, never forwarded, no TLS of muxd's; an https:// request to the
+ * same place has another key. */
+START_TEST(tunnel_key_chain)
+{
+	struct config_hop hops[2] = {
+	    {.kind = HOP_HTTP, .host = "proxy.example", .port = 3128, .user = "u", .pass = "p"},
+	    {.kind = HOP_SOCKS5H, .host = "socks.example", .port = 1080},
+	};
+	struct route r = {.verify = true, .h2 = true, .hops = hops, .nhops = 1};
+	struct pool_key t, h;
+	struct chain_hop ch[CONFIG_MAX_HOPS];
+	struct chain_spec sp;
+
+	ck_assert(pool_key_init(&t, &m, "tunnel", "origin.example", 8080, &r));
+	ck_assert(!t.forward && !t.tls);
+	ck_assert(pool_key_init(&h, &m, "http", "origin.example", 8080, &r));
+	ck_assert(h.forward);
+	ck_assert(!pool_key_equal(&t, &h));
+	pool_key_chain(&t, ch, &sp, 1234);
+	ck_assert_uint_eq(sp.nhops, 1);
+	ck_assert(!sp.forward && !sp.tls);
+	ck_assert_str_eq(sp.host, "origin.example");
+	ck_assert_uint_eq(sp.port, 8080);
+	ck_assert_str_eq(sp.hops[0].host, "proxy.example");
+	ck_assert_str_eq(sp.hops[0].user, "u");
+	ck_assert_str_eq(sp.hops[0].pass, "p");
+	ck_assert_uint_eq(sp.timeout_ms, 1234);
+	ck_assert_ptr_null(sp.shared_hop.open);
+	r.nhops = 2;
+	ck_assert(pool_key_init(&t, &m, "tunnel", "origin.example", 8080, &r));
+	pool_key_chain(&t, ch, &sp, 0);
+	ck_assert_uint_eq(sp.nhops, 2);
+	ck_assert_int_eq(sp.hops[1].kind, HOP_SOCKS5H);
+	ck_assert_ptr_null(sp.hops[1].user);
+	ck_assert_uint_eq(pool_key_hash(&t), pool_key_hash(&t));
+}
+END_TEST
+
 /* ---- matchmaking ---- */
 
 START_TEST(idle_h1_reused)
@@ -763,6 +802,7 @@ static Suite *pool_suite(void)
 	tcase_add_checked_fixture(t, setup, teardown);
 	tcase_set_timeout(t, 30);
 	tcase_add_test(t, key_equality);
+	tcase_add_test(t, tunnel_key_chain);
 	tcase_add_test(t, idle_h1_reused);
 	tcase_add_test(t, tls_handshake_deadline);
 	tcase_add_test(t, connect_via_parent_deadline);
