@@ -237,12 +237,16 @@ def test_env_shell_defaults_from_SHELL_and_rejects_unknown(tmp_path):
 
 
 @pytest.fixture
-def scratch_root(tmp_path):
-    """A trust root with the directories update-ca-certificates writes to."""
-    root = tmp_path / "root"
+def scratch_root():
+    """A trust root with the directories update-ca-certificates writes to,
+    root's and visible to other users (under /tmp, not pytest's 0700 tree)."""
+    top = Path(tempfile.mkdtemp(prefix="muxd-trust-"))
+    top.chmod(0o755)
+    root = top / "root"
     (root / "etc/ssl/certs").mkdir(parents=True)
     host_before = HOST_MUXD_CRT.exists()
     yield root
+    shutil.rmtree(top)
     assert HOST_MUXD_CRT.exists() == host_before, "the host's trust store was touched"
 
 
@@ -293,11 +297,6 @@ def test_trust_installs_idempotently_and_removes(muxd, pki, scratch_root, tmp_pa
 
 @needs_root
 def test_trust_refuses_without_privileges_and_needs_none_when_nothing_changes(muxd, pki, scratch_root, user_home):
-    scratch_root.chmod(0o755)
-    for p in scratch_root.parents:
-        if p == Path("/tmp") or p == Path("/"):
-            break
-        p.chmod(p.stat().st_mode | 0o055)  # let nobody see the scratch root
     m = muxd(intercept_conf(pki, 443))
     crt = scratch_root / "usr/local/share/ca-certificates/muxd.crt"
 
