@@ -16,11 +16,11 @@ node runs when it is installed (its proxy support depends on the version)."""
 
 import hashlib
 import io
+import os
 import re
 import shutil
 import subprocess
 import zipfile
-from pathlib import Path
 
 import pytest
 
@@ -260,4 +260,53 @@ def test_readme_first_request_shows_reuse(muxd, http_server, tmp_path):
     r = run_client(m, f"curl -sS --noproxy '' {url}\ncurl -sS --noproxy '' {url}\n", tmp_path,
                    keep_no_proxy=True)
     assert r.stdout == "hello\nhello\n"
+    assert m.metrics().sum("muxd_upstream_reuses_total") >= 1
+
+
+APT_SNIPPET = 'Acquire::http::Proxy "http://127.0.0.1:{port}/";\nAcquire::https::Proxy "http://127.0.0.1:{port}/";\n'
+
+
+def test_apt_with_proxy_snippet(muxd, nginx, tmp_path):
+    """apt-get (update, download) with docs/clients.md's apt.conf snippet and
+    nothing else, in a scratch apt tree: a flat repository on an http://
+    origin, fetched through muxd (the host's own apt state is not used)."""
+    for tool in ("apt-get", "dpkg-deb", "dpkg-scanpackages"):
+        require_tool(tool, "dpkg-dev")
+    if os.geteuid() != 0:
+        pytest.skip("apt-get's scratch tree runs its methods as root here (APT::Sandbox::User)")
+    pkg = tmp_path / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN/control").write_text("Package: muxd-apt-test\nVersion: 1.0\nArchitecture: all\n"
+                                        "Maintainer: t <t@t.invalid>\nDescription: a test package\n")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(pkg), str(nginx.root / "muxd-apt-test_1.0_all.deb")],
+                   check=True, capture_output=True)
+    packages = subprocess.run(["dpkg-scanpackages", "-m", "."], cwd=nginx.root, check=True,
+                              capture_output=True).stdout
+    (nginx.root / "Packages").write_bytes(packages)
+    (nginx.root / "Release").write_text(
+        "Origin: muxd-test\nLabel: muxd-test\nSuite: test\nCodename: test\n"
+        "Date: Tue, 01 Dec 2026 10:00:00 UTC\nArchitectures: amd64 all\n"
+        f"SHA256:\n {hashlib.sha256(packages).hexdigest()} {len(packages)} Packages\n")
+
+    m = muxd({})
+    apt = tmp_path / "apt"
+    for d in ("state/lists/partial", "cache/archives/partial", "parts", "sources.d", "prefs.d", "dl"):
+        (apt / d).mkdir(parents=True)
+    (apt / "status").touch()
+    (apt / "sources.list").write_text(f"deb [trusted=yes] http://{LOCALHOST}:{nginx.port}/ ./\n")
+    (apt / "80muxd").write_text(APT_SNIPPET.format(port=m.port))
+    cmd = ["apt-get", "-q", "-c", str(apt / "80muxd"),
+           "-o", f"Dir::Etc::SourceList={apt / 'sources.list'}", "-o", f"Dir::Etc::SourceParts={apt / 'sources.d'}",
+           "-o", f"Dir::Etc::Parts={apt / 'parts'}", "-o", f"Dir::Etc::Preferences={apt / 'prefs'}",
+           "-o", f"Dir::Etc::PreferencesParts={apt / 'prefs.d'}", "-o", f"Dir::State={apt / 'state'}",
+           "-o", f"Dir::State::status={apt / 'status'}", "-o", f"Dir::Cache={apt / 'cache'}",
+           "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root"]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}  # no proxy variables: only the snippet
+    for args in (["update"], ["download", "muxd-apt-test"]):
+        r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120, env=env, cwd=apt / "dl")
+        assert r.returncode == 0 and "W:" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert (apt / "dl/muxd-apt-test_1.0_all.deb").read_bytes() == \
+        (nginx.root / "muxd-apt-test_1.0_all.deb").read_bytes()
+    # Release, Packages and the .deb went through muxd, on pooled connections
+    assert m.metrics().sum("muxd_requests_total") >= 3
     assert m.metrics().sum("muxd_upstream_reuses_total") >= 1
