@@ -24,7 +24,7 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 UNIT_HELPERS := $(BUILD)/tests/unit/harness.o
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: all run check unit integration deps clean format bench fuzz
+.PHONY: all run check unit integration deps clean format bench fuzz deb
 
 all: $(BUILD)/muxd
 
@@ -103,6 +103,24 @@ fuzz:
 	    clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc -fsanitize=fuzzer,address,undefined \
 	        -o build/libfuzzer/$$n $$f $(filter-out src/main.c,$(SRCS)) $(LDLIBS) $$seams || exit 1; \
 	    build/libfuzzer/$$n -max_total_time=60 tests/fuzz/corpus/$${n#fuzz_}; done
+
+# The Debian package (debian/): dpkg-buildpackage runs on a copy of the tree
+# (it writes its outputs to the parent directory and its work files under
+# debian/), and the .deb, .buildinfo and .changes end up in DEBDIR; the source
+# tree is left as it was. DEB_BUILD_OPTIONS=nocheck skips the unit tests. The
+# package build never inherits this make's variables (SANITIZE=1, BUILD=...).
+DEBDIR ?= build/deb
+DEB_WORK = $(abspath $(DEBDIR))/work
+
+deb:
+	@$(MAKE) --no-print-directory deps
+	rm -rf $(DEB_WORK) && mkdir -p $(DEB_WORK)/muxd
+	tar -C $(CURDIR) --exclude=./build --exclude=./.git --exclude=__pycache__ -cf - . | tar -xf - -C $(DEB_WORK)/muxd
+	cd $(DEB_WORK)/muxd && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SANITIZE -u BUILD \
+	    dpkg-buildpackage -us -uc -b -Jauto
+	mv -f $(DEB_WORK)/*.deb $(DEB_WORK)/*.buildinfo $(DEB_WORK)/*.changes $(abspath $(DEBDIR))/
+	rm -rf $(DEB_WORK)
+	@ls $(abspath $(DEBDIR))/*.deb
 
 format:
 	clang-format -i src/*.c src/*.h src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c bench/*.c
