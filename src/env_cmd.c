@@ -205,6 +205,36 @@ static int from_state_dir(enum shell sh, const struct config *cfg, const char *w
 	return rc;
 }
 
+int env_apt_cmd(const struct config *cfg)
+{
+	const struct config_listen *which = NULL;
+	char err[600], *pem = NULL;
+	size_t pem_len;
+
+	if (cfg->nlisten == 0) {
+		fprintf(stderr, "muxd env: the configuration has no listen address\n");
+		return 1;
+	}
+	switch (admin_get_ca(cfg, &which, &pem, &pem_len, err, sizeof(err))) {
+	case ADMIN_CA_OK:
+	case ADMIN_CA_NONE:
+		free(pem);
+		break;
+	case ADMIN_CA_NO_DAEMON:
+		/* a snippet for a daemon that starts later is still right */
+		which = &cfg->listen[0];
+		fprintf(stderr, "muxd env: no muxd answers at %s yet (%s): the snippet names it\n",
+		        which->text, err);
+		break;
+	case ADMIN_CA_ERROR:
+		fprintf(stderr, "muxd env: %s\n", err);
+		return 1;
+	}
+	printf("Acquire::http::Proxy \"http://%s/\";\n", which->text);
+	printf("Acquire::https::Proxy \"http://%s/\";\n", which->text);
+	return 0;
+}
+
 int env_cmd(const struct config *cfg, const char *shell)
 {
 	const struct config_listen *which = NULL;

@@ -3,7 +3,7 @@
  * at a muxd and make them trust its CA. With a daemon running, its CA comes
  * from /ca.pem and the bundle (system store + that CA) is written to the
  * user's cache directory; without one, the CA of the user's own state
- * directory is used (and created).
+ * directory is used (and created). With --apt: apt.conf lines instead.
  */
 #ifndef MUXD_ENV_CMD_H
 #define MUXD_ENV_CMD_H
@@ -12,5 +12,12 @@ struct config;
 
 /* shell: "sh", "fish", "csh" or NULL (from $SHELL). Returns the exit status. */
 int env_cmd(const struct config *cfg, const char *shell);
+
+/*
+ * `muxd env --apt`: apt.conf lines (Acquire::http::Proxy and
+ * Acquire::https::Proxy) naming the listen address a running muxd answers
+ * at, else the first configured one. Returns the exit status.
+ */
+int env_apt_cmd(const struct config *cfg);
 
 #endif

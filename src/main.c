@@ -54,6 +54,7 @@ struct options {
 	bool verbose;
 	bool check_only;
 	const char *shell; /* muxd env --shell */
+	bool apt;          /* muxd env --apt */
 	bool remove;       /* muxd trust --remove */
 };
 
@@ -74,6 +75,8 @@ static void usage(FILE *f)
 	    "usage: muxd [-c FILE] [-l ADDR:PORT]... [-S DIR] [-v] [-t] [-V] [-h]\n"
 	    "       muxd env [-c FILE] [-l ADDR:PORT] [-S DIR] [--shell sh|fish|csh]\n"
 	    "                                     print shell exports pointing clients at muxd\n"
+	    "       muxd env [-c FILE] [-l ADDR:PORT] --apt\n"
+	    "                                     print apt.conf lines pointing apt at muxd\n"
 	    "       muxd trust [-c FILE] [-l ADDR:PORT] [-S DIR] [--remove]\n"
 	    "                                     install (remove) muxd's CA in the system store\n"
 	    "       muxd ca [-c FILE] [-S DIR]    create the local CA if missing; print it\n"
@@ -437,6 +440,7 @@ int main(int argc, char **argv)
 {
 	static const struct option long_opts[] = {{"shell", required_argument, NULL, 's'},
 	                                          {"remove", no_argument, NULL, 'r'},
+	                                          {"apt", no_argument, NULL, 'a'},
 	                                          {NULL, 0, NULL, 0}};
 	struct daemon d;
 	int c;
@@ -449,6 +453,9 @@ int main(int argc, char **argv)
 			break;
 		case 'r':
 			d.opt.remove = true;
+			break;
+		case 'a':
+			d.opt.apt = true;
 			break;
 		case 'c':
 			d.opt.config_file = optarg;
@@ -492,6 +499,10 @@ int main(int argc, char **argv)
 		        d.opt.shell ? "--shell" : "--remove", d.opt.shell ? "env" : "trust");
 		return 2;
 	}
+	if (d.opt.apt && (!command || strcmp(command, "env") != 0 || d.opt.shell)) {
+		fprintf(stderr, "muxd: --apt goes with muxd env only, without --shell\n");
+		return 2;
+	}
 	if (optind < argc) {
 		fprintf(stderr, "muxd: unknown command '%s'\n", argv[optind]);
 		usage(stderr);
@@ -503,7 +514,8 @@ int main(int argc, char **argv)
 	if (!d.m.cfg)
 		return 1;
 	if (command) {
-		int rc = strcmp(command, "env") == 0      ? env_cmd(d.m.cfg, d.opt.shell)
+		int rc = d.opt.apt                        ? env_apt_cmd(d.m.cfg) /* env only */
+		         : strcmp(command, "env") == 0    ? env_cmd(d.m.cfg, d.opt.shell)
 		         : strcmp(command, "trust") == 0  ? trust_cmd(d.m.cfg, d.opt.remove)
 		         : strcmp(command, "status") == 0 ? status_cmd(d.m.cfg)
 		                                          : cmd_ca(d.m.cfg);

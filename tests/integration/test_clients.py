@@ -263,13 +263,11 @@ def test_readme_first_request_shows_reuse(muxd, http_server, tmp_path):
     assert m.metrics().sum("muxd_upstream_reuses_total") >= 1
 
 
-APT_SNIPPET = 'Acquire::http::Proxy "http://127.0.0.1:{port}/";\nAcquire::https::Proxy "http://127.0.0.1:{port}/";\n'
-
-
 def test_apt_with_proxy_snippet(muxd, nginx, tmp_path):
-    """apt-get (update, download) with docs/clients.md's apt.conf snippet and
-    nothing else, in a scratch apt tree: a flat repository on an http://
-    origin, fetched through muxd (the host's own apt state is not used)."""
+    """apt-get (update, download) with the apt.conf snippet docs/clients.md
+    has written (`muxd env --apt`) and nothing else, in a scratch apt tree: a
+    flat repository on an http:// origin, fetched through muxd (the host's
+    own apt state is not used)."""
     for tool in ("apt-get", "dpkg-deb", "dpkg-scanpackages"):
         require_tool(tool, "dpkg-dev")
     if os.geteuid() != 0:
@@ -294,7 +292,10 @@ def test_apt_with_proxy_snippet(muxd, nginx, tmp_path):
         (apt / d).mkdir(parents=True)
     (apt / "status").touch()
     (apt / "sources.list").write_text(f"deb [trusted=yes] http://{LOCALHOST}:{nginx.port}/ ./\n")
-    (apt / "80muxd").write_text(APT_SNIPPET.format(port=m.port))
+    snippet = subprocess.run([MUXD_BIN, "env", "--apt", "-l", f"{LOCALHOST}:{m.port}"], capture_output=True,
+                             text=True, timeout=30, env=clean_env())
+    assert snippet.returncode == 0 and "Acquire::http::Proxy" in snippet.stdout, snippet
+    (apt / "80muxd").write_text(snippet.stdout)
     cmd = ["apt-get", "-q", "-c", str(apt / "80muxd"),
            "-o", f"Dir::Etc::SourceList={apt / 'sources.list'}", "-o", f"Dir::Etc::SourceParts={apt / 'sources.d'}",
            "-o", f"Dir::Etc::Parts={apt / 'parts'}", "-o", f"Dir::Etc::Preferences={apt / 'prefs'}",

@@ -233,6 +233,43 @@ def test_env_shell_defaults_from_SHELL_and_rejects_unknown(tmp_path):
 
 
 # --------------------------------------------------------------------------
+# --apt
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
+
+
+def apt_lines(listen):
+    return f'Acquire::http::Proxy "http://{listen}/";\nAcquire::https::Proxy "http://{listen}/";\n'
+
+
+def test_env_apt_prints_the_documented_snippet(muxd):
+    m = muxd({})
+    listen = f"{LOCALHOST}:{m.port}"
+    # the running daemon is the second listen address: the snippet names the one that answers
+    out = run_muxd(["env", "--apt", "-l", f"{LOCALHOST}:{closed_port()}", "-l", listen])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == apt_lines(listen)
+    assert out.stderr == ""
+    # docs/clients.md shows the command and exactly these lines (for the default address)
+    doc = DOCS.read_text().split("\n## apt\n", 1)[1].split("\n## ", 1)[0]
+    assert "muxd env --apt | sudo tee /etc/apt/apt.conf.d/80muxd\n" in doc
+    assert "```\n" + apt_lines("127.0.0.1:3128") + "```\n" in doc
+
+
+def test_env_apt_without_a_daemon_names_the_configured_address(tmp_path):
+    listen = f"[::1]:{closed_port()}"
+    out = run_muxd(["env", "--apt", "-l", listen, "-S", str(tmp_path / "state")])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == apt_lines(listen)
+    assert "no muxd answers" in out.stderr
+    assert not (tmp_path / "state").exists(), "--apt needs no CA"
+    for args in (["env", "--apt", "--shell", "sh"], ["status", "--apt"], ["--apt"]):
+        bad = run_muxd(args)
+        assert bad.returncode == 2 and "--apt" in bad.stderr and bad.stdout == "", (args, bad)
+
+
+# --------------------------------------------------------------------------
 # muxd trust in a scratch root
 
 
