@@ -295,8 +295,15 @@ static void on_head(void *ctx, const struct http1_msg *h)
 	bool client10 = ex->req.version_minor == 0;
 
 	if (h->status < 200) {
-		/* muxd answered the client's Expect itself: not a second 100 */
-		if (!client10 && !(h->status == 100 && ex->continue_sent))
+		/* Interim heads count against the client's buffer: while it holds
+		 * TRANSPORT_BUF bytes the client is not reading, and a head is
+		 * dropped rather than queued (they are advisory; the codec ends a
+		 * stream after UPSTREAM_MAX_INTERIM of them). muxd answered the
+		 * client's Expect itself: not a second 100. */
+		if (evbuffer_get_length(transport_output(ex->client)) >= TRANSPORT_BUF)
+			log_debug("%s: interim %d dropped: the client is not reading",
+			          downstream_peer(ex->ds), h->status);
+		else if (!client10 && !(h->status == 100 && ex->continue_sent))
 			write_head(ex, h, false);
 		return;
 	}
@@ -398,8 +405,12 @@ static void on_error(void *ctx, enum muxd_err err, const char *reason, bool noth
 	/* a stream the origin never processed may go again whatever its method;
 	 * a request that died on a reused connection, when it is replayable */
 	bool unprocessed = err == ERR_UNPROCESSED && !ex->body_started;
+	/* a multiplexed connection that closed under a stream with no response
+	 * byte is the connection's failure, shared by every stream on it (a
+	 * peer's GOAWAY, a connection error, a flood): not this request's */
+	bool shared = ex->proto != PROTO_H1 && err == ERR_CLOSED;
 	if (!ex->retried &&
-	    (unprocessed || (nothing_received && ex->reused && is_replayable(ex)))) {
+	    (unprocessed || (nothing_received && (ex->reused || shared) && is_replayable(ex)))) {
 		log_debug("retrying %s %s on a new connection (%s)", ex->req.method, ex->req.target,
 		          reason);
 		ex->retried = true;

@@ -14,7 +14,7 @@ What a handler uses (``H2Request``):
     req.method, req.path, req.authority, req.headers (list of (name, value),
     lower-case names), req.header(name), req.body (bytes), req.trailers,
     req.stream_id, req.conn (``H2ServerConn``: .id, .requests, .goaway(),
-    .close(), .abort())
+    .close(), .abort(), .send_raw(bytes), .raw_headers(...))
     req.respond(status, headers, body, trailers=None, content_length=True)
     req.send_head(status, headers, end_stream=False)   (1xx too)
     req.send_data(data, end_stream=False)   blocks on flow control
@@ -299,6 +299,24 @@ class H2ServerConn:
             f.error_code = error_code
             self.outbuf += self.h2.data_to_send() + f.serialize()
             self.goaway_sent = (last_stream_id, error_code)
+        self._wake()
+
+    def send_raw(self, data):
+        """Queue raw bytes (frames h2 would not send) behind what h2 has
+        queued."""
+        with self.lock:
+            self.outbuf += self.h2.data_to_send() + bytes(data)
+        self._wake()
+
+    def raw_headers(self, stream_id, fields, end_stream=False, end_headers=True, extra=b""):
+        """Send a HEADERS frame h2 would refuse (no validation: malformed
+        heads), HPACK-encoded with the connection's own encoder so later
+        blocks stay decodable, followed by the raw bytes extra."""
+        with self.lock:
+            f = hyperframe.frame.HeadersFrame(stream_id)
+            f.data = self.h2.encoder.encode([(n, v) for n, v in fields])
+            f.flags = set(["END_HEADERS"] if end_headers else []) | set(["END_STREAM"] if end_stream else [])
+            self.outbuf += self.h2.data_to_send() + f.serialize() + bytes(extra)
         self._wake()
 
     def close(self):
