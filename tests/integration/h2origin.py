@@ -37,6 +37,8 @@ Options: ``max_concurrent_streams`` and ``initial_window_size`` (our
 SETTINGS), ``ping``: "ack" (default), "ignore" (no ACK, everything else
 goes on) or "blackhole" (no ACK, and from that PING on the connection reads
 and sends nothing: a dead peer); or a callable conn_id -> one of those.
+``ack_data=False``: request body bytes are never given back to the flow
+control windows (an origin that reads nothing: the sender must stall).
 """
 
 import collections
@@ -467,7 +469,8 @@ class H2ServerConn:
                 elif isinstance(ev, h2.events.DataReceived):
                     if req is not None:
                         req._body += ev.data
-                    self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    if self.origin.ack_data:
+                        self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 elif isinstance(ev, h2.events.TrailersReceived):
                     if req is not None:
                         req.trailers = list(ev.headers)
@@ -525,8 +528,9 @@ class H2Origin:
     """See the module docstring.  handler(req) answers each request."""
 
     def __init__(self, pki, handler, alpn=("h2",), max_concurrent_streams=None, initial_window_size=None,
-                 ping="ack"):
+                 ping="ack", ack_data=True):
         self.handler = handler
+        self.ack_data = ack_data
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_window_size = initial_window_size
         self.ping = ping

@@ -239,31 +239,18 @@ def test_h1_origin_that_reads_nothing_bounds_uploads(muxd, stream_server):
     gets 504 when response_timeout fires."""
     done = threading.Event()
 
-    def serve(sock):
-        done.wait(20)
+    def attack(sock, path, head):
+        done.wait(20)  # the head was read: not one more byte
 
-    srv = stream_server(serve)
+    o = H1Script(stream_server, attack)
     m = muxd(conf(response_timeout="3s"))
     s = connect(m.port, timeout=20)
     size = 100 * MB
-    s.sendall(proxy_request("POST", f"http://127.0.0.1:{srv.port}/up", headers=[("Content-Length", str(size))],
-                            body=b""))
-    s.setblocking(False)
-    chunk = b"u" * 65536
-    pushed, stalled_since = 0, None
-    deadline = time.monotonic() + 10
-    while pushed < size and time.monotonic() < deadline:
-        try:
-            pushed += s.send(chunk)
-            stalled_since = None
-        except BlockingIOError:
-            stalled_since = stalled_since or time.monotonic()
-            if time.monotonic() - stalled_since > 1.0:
-                break
-            time.sleep(0.01)
+    s.sendall(proxy_request("POST", o.url("/attack-upload"), headers=[("Content-Length", str(size))], body=b""))
+    pushed = push_upload(m, s, size)
     assert_rss(m, f"after {pushed} bytes pushed")
     assert pushed < 32 * MB, f"muxd took {pushed} bytes of an upload nobody reads"
-    s.setblocking(True)
+    bystander_h1(m, o)
     s.settimeout(15)
     resp = HTTPReader(s).read_response()
     assert resp.status == 504, resp
@@ -408,6 +395,50 @@ def test_h2_connection_abort_before_any_response_retries(muxd, h2_origin, pki):
     ra = result(ta, oa)
     assert ra.status == 200 and ra.body == b"ok /attack", ra
     assert_rss(m)
+
+
+def push_upload(m, s, size, seconds=10):
+    """Send up to size body bytes on s until muxd stops taking them for a
+    second; returns how many it took."""
+    s.setblocking(False)
+    chunk = b"u" * 65536
+    pushed, stalled_since = 0, None
+    deadline = time.monotonic() + seconds
+    while pushed < size and time.monotonic() < deadline:
+        try:
+            pushed += s.send(chunk[: size - pushed])
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 1.0:
+                break
+            time.sleep(0.01)
+    s.setblocking(True)
+    return pushed
+
+
+def test_h2_origin_that_reads_nothing_bounds_uploads(muxd, h2_origin, pki):
+    """The origin never opens its flow-control windows: a 100 MiB upload
+    stalls (at most a window and a buffer in muxd), the client gets 504
+    after response_timeout, and a bystander on the same connection is
+    served meanwhile."""
+    o = h2_origin(ok, ack_data=False)
+    c = conf(pki, response_timeout="3s")
+    m = muxd(c)
+    h2_bystander_ok(fetch(m, o.url("/first")), "/first")
+    size = 100 * MB
+    s = connect(m.port, timeout=20)
+    s.sendall(proxy_request("POST", o.url("/up"), headers=[("Content-Length", str(size))], body=b""))
+    pushed = push_upload(m, s, size)
+    assert_rss(m, f"after {pushed} bytes pushed")
+    assert pushed < 32 * MB, f"muxd took {pushed} bytes of an upload nobody reads"
+    h2_bystander_ok(fetch(m, o.url("/bystander")))
+    assert o.connections == 1
+    s.settimeout(15)
+    resp = HTTPReader(s).read_response()
+    s.close()
+    assert resp.status == 504, resp
+    assert_rss(m, "after the upload")
 
 
 def frames(frame, n):
