@@ -57,12 +57,15 @@
 #define H2_PING_TIMEOUT_MS 3000           /* no PING ACK by then: the connection is dead */
 #define H2_IDLE_PING_MS 30000             /* PING interval while idle */
 #define H2_MAX_OUTBOUND_ACK 100           /* PING/SETTINGS ACKs queued before the peer is cut */
+#define H2_SMALL_WINDOW_UPDATE 1024       /* increments below this count as flood frames */
 
 /*
  * Flood limits: frames of each kind that do no work for a response, per
  * connection in any one second. One more ends the connection with GOAWAY
  * ENHANCE_YOUR_CALM (its unanswered replayable requests go again elsewhere).
- * WINDOW_UPDATE is generous: an origin reading a fast upload sends many.
+ * WINDOW_UPDATE counts only increments under H2_SMALL_WINDOW_UPDATE: an
+ * origin reading a fast upload sends many, but large ones (and a window
+ * cannot grow past 2^31 - 1 without a flow-control error).
  * CONTINUATION floods are nghttp2's (max_continuations, 8 a block), as are
  * oversized SETTINGS frames (max_settings, 32 entries).
  */
@@ -80,7 +83,7 @@ static const struct {
 	unsigned limit;
 } h2_floods[FLOODS] = {
     [FLOOD_PING] = {"PING", 100},         [FLOOD_SETTINGS] = {"SETTINGS", 100},
-    [FLOOD_RST] = {"RST_STREAM", 1000},   [FLOOD_WINDOW] = {"WINDOW_UPDATE", 20000},
+    [FLOOD_RST] = {"RST_STREAM", 1000},   [FLOOD_WINDOW] = {"small WINDOW_UPDATE", 10000},
     [FLOOD_EMPTY] = {"empty DATA", 1000}, [FLOOD_OTHER] = {"PRIORITY or unknown", 1000},
 };
 
@@ -403,6 +406,8 @@ static struct h2_stream *stream_of(nghttp2_session *session, int32_t id)
 	return id > 0 ? nghttp2_session_get_stream_user_data(session, id) : NULL;
 }
 
+static int flood_count(struct h2_conn *c, nghttp2_session *session, enum h2_flood kind);
+
 /* Counts the frames that carry no response; past a limit, the origin is
  * flooding us: ENHANCE_YOUR_CALM and the connection ends. */
 static int cb_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *ud)
@@ -420,9 +425,8 @@ static int cb_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, 
 	case NGHTTP2_RST_STREAM:
 		kind = FLOOD_RST;
 		break;
-	case NGHTTP2_WINDOW_UPDATE:
-		kind = FLOOD_WINDOW;
-		break;
+	case NGHTTP2_WINDOW_UPDATE: /* counted by increment: cb_frame_recv */
+		return 0;
 	case NGHTTP2_DATA:
 		if (hd->length > 0 || (hd->flags & NGHTTP2_FLAG_END_STREAM))
 			return 0;
@@ -437,6 +441,13 @@ static int cb_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, 
 		kind = FLOOD_OTHER;
 		break;
 	}
+	return flood_count(c, session, kind);
+}
+
+/* One more frame of a kind: 0, or past the limit NGHTTP2_ERR_CALLBACK_FAILURE
+ * with the session terminated (ENHANCE_YOUR_CALM). */
+static int flood_count(struct h2_conn *c, nghttp2_session *session, enum h2_flood kind)
+{
 	if (ms_since(&c->flood_since) >= 1000) {
 		clock_gettime(CLOCK_MONOTONIC, &c->flood_since);
 		memset(c->flood, 0, sizeof(c->flood));
@@ -535,6 +546,12 @@ static int cb_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 	case NGHTTP2_RST_STREAM:
 		if (s)
 			s->ms.peer_reset = true;
+		break;
+	case NGHTTP2_WINDOW_UPDATE:
+		/* a peer reading our upload opens windows by many KiB at a time;
+		 * tiny increments in bulk are a flood */
+		if (frame->window_update.window_size_increment < H2_SMALL_WINDOW_UPDATE)
+			return flood_count(c, session, FLOOD_WINDOW);
 		break;
 	case NGHTTP2_SETTINGS:
 		/* the origin's limits are known: streams may be opened now */
