@@ -42,6 +42,10 @@ struct exchange {
 	bool req_end_sent;
 	bool body_started;
 	uint64_t bytes_in;
+	/* the request body sent so far, while it is at most REPLAY_HOLD bytes
+	 * and no final head arrived: a retry sends it again */
+	struct evbuffer *held;
+	bool held_lost; /* more was sent than held: the body cannot be replayed */
 
 	/* upstream */
 	struct pool_wait *wait;
@@ -63,6 +67,8 @@ struct exchange {
 	bool continue_sent;         /* muxd answered Expect: 100-continue itself */
 };
 
+#define REPLAY_HOLD (16 * 1024) /* request body bytes kept for a retry */
+
 static const struct upstream_stream_cbs stream_cbs;
 static const struct pool_wait_cbs wait_cbs;
 
@@ -73,12 +79,18 @@ static const char *via_token(const struct exchange *ex)
 	return ex->m->via_token[0] ? ex->m->via_token : "1.1 muxd";
 }
 
+/* Whatever of the request body went upstream can be sent again. */
+static bool body_replayable(const struct exchange *ex)
+{
+	return !ex->body_started || !ex->held_lost;
+}
+
 static bool is_replayable(const struct exchange *ex)
 {
 	static const char *const idempotent[] = {"GET",   "HEAD", "OPTIONS",
 	                                         "TRACE", "PUT",  "DELETE"};
 
-	if (ex->body_started)
+	if (!body_replayable(ex))
 		return false;
 	for (size_t i = 0; i < sizeof(idempotent) / sizeof(idempotent[0]); i++)
 		if (strcmp(ex->req.method, idempotent[i]) == 0)
@@ -94,8 +106,25 @@ static void exchange_free(struct exchange *ex)
 		ex->stream->ops->cancel(ex->stream);
 	http1_msg_free(&ex->req);
 	free(ex->req_chunked);
+	if (ex->held)
+		evbuffer_free(ex->held);
 	config_unref(ex->cfg);
 	free(ex);
+}
+
+/* Keep a copy of body bytes sent upstream, for a retry, while they fit. */
+static void hold_body(struct exchange *ex, const void *data, size_t n)
+{
+	if (ex->held_lost)
+		return;
+	if ((ex->held || (ex->held = evbuffer_new())) &&
+	    evbuffer_get_length(ex->held) + n <= REPLAY_HOLD &&
+	    evbuffer_add(ex->held, data, n) == 0)
+		return;
+	ex->held_lost = true;
+	if (ex->held)
+		evbuffer_free(ex->held);
+	ex->held = NULL;
 }
 
 static void access_log(struct exchange *ex)
@@ -193,6 +222,7 @@ static void send_request_body(struct exchange *ex)
 			if (n > ex->req_remaining)
 				n = (size_t)ex->req_remaining;
 			s->ops->send_body(s, v.iov_base, n);
+			hold_body(ex, v.iov_base, n);
 			evbuffer_drain(in, n);
 			ex->bytes_in += n;
 			ex->req_remaining -= n;
@@ -220,6 +250,7 @@ static void send_request_body(struct exchange *ex)
 			}
 			if (e == HTTP1_CHUNK_DATA) {
 				s->ops->send_body(s, data, dlen);
+				hold_body(ex, data, dlen);
 				ex->bytes_in += dlen;
 				ex->body_started = true;
 			}
@@ -323,6 +354,10 @@ static void on_head(void *ctx, const struct http1_msg *h)
 		return;
 	}
 	ex->status = h->status;
+	if (ex->held) /* a final head: no retry any more */
+		evbuffer_free(ex->held);
+	ex->held = NULL;
+	ex->held_lost = true;
 	const struct http1_field *alt = http1_find(h, "alt-svc");
 	if (alt)
 		pool_altsvc_learned(ex->m->pool, &ex->key, alt->value, alt->value_len);
@@ -404,7 +439,7 @@ static void on_error(void *ctx, enum muxd_err err, const char *reason, bool noth
 	}
 	/* a stream the origin never processed may go again whatever its method;
 	 * a request that died on a reused connection, when it is replayable */
-	bool unprocessed = err == ERR_UNPROCESSED && !ex->body_started;
+	bool unprocessed = err == ERR_UNPROCESSED && body_replayable(ex);
 	/* a multiplexed connection that closed under a stream with no response
 	 * byte is the connection's failure, shared by every stream on it (a
 	 * peer's GOAWAY, a connection error, a flood): not this request's */
@@ -484,6 +519,8 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 		ex->m->metrics.requests[ex->proto]++;
 	ex->got_stream = true;
 	upstream_stream_send_head(s, &r);
+	if (ex->held && evbuffer_get_length(ex->held) > 0) /* a retry: what went before */
+		s->ops->send_body(s, evbuffer_pullup(ex->held, -1), evbuffer_get_length(ex->held));
 	send_request_body(ex);
 }
 

@@ -366,20 +366,51 @@ def test_h2_header_block_too_large_is_a_stream_error(muxd, h2_origin, pki, shape
     assert_rss(m)
 
 
-def test_h2_goaway_last_stream_id_zero_retries_bystanders(muxd, h2_origin, pki):
+@pytest.mark.parametrize("then", ["close", "abort"])
+def test_h2_goaway_last_stream_id_zero_retries_bystanders(muxd, h2_origin, pki, then):
     """GOAWAY(last_stream_id=0): the origin processed nothing, so every
-    request in flight goes again on a new connection, invisibly."""
+    request in flight goes again on a new connection, invisibly (also when
+    the origin drops the connection right after its GOAWAY)."""
 
     def attack(req):
         req.conn.goaway(last_stream_id=0)
-        time.sleep(0.3)
-        req.conn.close()
+        if then == "close":
+            time.sleep(0.3)
+            req.conn.close()
+        else:
+            wait_until(lambda: not req.conn.outbuf, timeout=5, interval=0.001, what="GOAWAY written")
+            req.conn.abort()
 
     o, m, (ta, oa), (tb, ob) = attack_with_bystander(muxd, h2_origin, pki, attack)
     ra = result(ta, oa)
     assert ra.status == 200 and ra.body == b"ok /attack", ra
     h2_bystander_ok(result(tb, ob))
     assert o.connections == 2
+    assert_rss(m)
+
+
+def test_h2_goaway_zero_retries_a_post_whose_body_muxd_holds(muxd, h2_origin, pki):
+    """A POST with a small body was sent on the connection when the origin
+    says GOAWAY(last_stream_id=0): it was never processed, and muxd still
+    holds its body, so it goes again on a new connection, body intact."""
+    body = os.urandom(5000)
+    first_seen = threading.Event()
+
+    def handler(req):
+        if req.conn.id == 0:
+            first_seen.set()
+            req.conn.goaway(last_stream_id=0)
+            time.sleep(0.3)
+            req.conn.close()
+            return
+        req.respond(200, [], b"got %d %s" % (len(req.body), req.body[:8].hex().encode()))
+
+    o = h2_origin(handler)
+    m = muxd(conf(pki), args=["-v"])
+    r = fetch(m, o.url("/post"), method="POST", body=body)
+    assert r.status == 200, r
+    assert r.body == b"got %d %s" % (len(body), body[:8].hex().encode()), r.body
+    assert [len(q.body) for q in o.conn(1).requests] == [len(body)]
     assert_rss(m)
 
 
