@@ -45,7 +45,9 @@ struct exchange {
 	/* the request body sent so far, while it is at most REPLAY_HOLD bytes
 	 * and no final head arrived: a retry sends it again */
 	struct evbuffer *held;
-	bool held_lost; /* more was sent than held: the body cannot be replayed */
+	bool held_lost;  /* more was sent than held: the body cannot be replayed */
+	size_t replayed; /* on a retry's stream: held bytes sent again so far */
+	bool replaying;  /* ... and more are to come before the client's */
 
 	/* upstream */
 	struct pool_wait *wait;
@@ -209,6 +211,18 @@ static void send_request_body(struct exchange *ex)
 	struct upstream_stream *s = ex->stream;
 	size_t room;
 
+	while (ex->replaying && (room = s->ops->send_space(s)) > 0) {
+		size_t left = evbuffer_get_length(ex->held) - ex->replayed;
+		const unsigned char *p = evbuffer_pullup(ex->held, -1); /* <= REPLAY_HOLD */
+		size_t n = left < room ? left : room;
+		if (!p)
+			return; /* out of memory: on the next event */
+		s->ops->send_body(s, p + ex->replayed, n);
+		ex->replayed += n;
+		ex->replaying = ex->replayed < evbuffer_get_length(ex->held);
+	}
+	if (ex->replaying)
+		return; /* on_send_ready goes on */
 	while (!ex->req_body_done && (room = s->ops->send_space(s)) > 0 &&
 	       evbuffer_get_length(in) > 0) {
 		struct evbuffer_iovec v;
@@ -519,8 +533,9 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 		ex->m->metrics.requests[ex->proto]++;
 	ex->got_stream = true;
 	upstream_stream_send_head(s, &r);
-	if (ex->held && evbuffer_get_length(ex->held) > 0) /* a retry: what went before */
-		s->ops->send_body(s, evbuffer_pullup(ex->held, -1), evbuffer_get_length(ex->held));
+	/* a retry: what went before goes first */
+	ex->replaying = ex->held && evbuffer_get_length(ex->held) > 0;
+	ex->replayed = 0;
 	send_request_body(ex);
 }
 
