@@ -34,6 +34,14 @@
  * EVICT_GOAWAY. EOF, a transport error or a fatal session error fails the
  * unfinished streams with ERR_CLOSED; an idle connection leaves silently
  * (EVICT_DEAD).
+ *
+ * Hostile origins: frames that carry no response (PING, SETTINGS,
+ * RST_STREAM, small WINDOW_UPDATEs, empty DATA, PRIORITY, unknown types) are
+ * counted per second against h2_floods[]; past a limit the connection ends
+ * with GOAWAY ENHANCE_YOUR_CALM. nghttp2 caps queued ACKs, SETTINGS entries
+ * and CONTINUATION frames. A response head over 64 KiB is a stream error
+ * (fields.c), except a single field nghttp2's HPACK decoder cannot take: that
+ * ends the connection, and the stream gets "response head too large".
  */
 #include <event2/buffer.h>
 #include <event2/event.h>
