@@ -695,6 +695,28 @@ static void answer_ok(struct fake_stream *s)
 		s->base.cbs.on_end(s->base.ctx, "");
 }
 
+/* Interim heads count against the client's buffer: relayed while it has
+ * room, dropped while it holds TRANSPORT_BUF bytes (a client not reading). */
+START_TEST(interim_heads_wait_for_room)
+{
+	static char fill[TRANSPORT_BUF];
+
+	start(GET_HEAD);
+	give(&streams[0], true);
+	head_from(&streams[0], "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n");
+	ck_assert_uint_gt(evbuffer_get_length(fc.out), 0);
+	evbuffer_drain(fc.out, evbuffer_get_length(fc.out));
+	evbuffer_add(fc.out, fill, sizeof(fill));
+	head_from(&streams[0], "HTTP/1.1 103 Early Hints\r\nLink: </b>\r\n\r\n");
+	ck_assert_uint_eq(evbuffer_get_length(fc.out), sizeof(fill));
+	evbuffer_drain(fc.out, evbuffer_get_length(fc.out));
+	struct evbuffer *body = evbuffer_new();
+	answer_ok(&streams[0]);
+	ck_assert_int_eq(client_response(body), 200);
+	evbuffer_free(body);
+}
+END_TEST
+
 /* A replayable request that fails on a reused connection before any response
  * byte goes once more, on a fresh connection, and the client never knows. */
 START_TEST(retry_reused_replayable_once)
@@ -922,6 +944,7 @@ int main(void)
 	tcase_add_test(retry_tc, no_retry_after_response_bytes);
 	tcase_add_test(retry_tc, no_retry_non_idempotent);
 	tcase_add_test(retry_tc, retry_unprocessed_whatever_the_method);
+	tcase_add_test(retry_tc, interim_heads_wait_for_room);
 	tcase_add_test(retry_tc, no_retry_once_body_sent);
 	tcase_add_test(retry_tc, retry_resends_sent_body);
 	tcase_add_test(retry_tc, retry_resends_held_body);
