@@ -358,6 +358,8 @@ def test_h2_header_block_too_large_is_a_stream_error(muxd, h2_origin, pki, shape
     assert b"too large" in ra.body, (ra.body, o.errors)
     assert time.monotonic() - t0 < 4, "the 502 waited"
     h2_bystander_ok(result(tb, ob))
+    # muxd told the origin its limit (a compliant origin never sends more)
+    assert o.conn(0).h2.remote_settings.max_header_list_size == 64 * 1024
     if shape == "many-fields":
         assert o.connections == 1, "the large head cost the shared connection"
     # else nghttp2 cannot decode a field over 64 KiB, and HPACK state is
