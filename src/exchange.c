@@ -42,6 +42,12 @@ struct exchange {
 	bool req_end_sent;
 	bool body_started;
 	uint64_t bytes_in;
+	/* the request body sent so far, while it is at most REPLAY_HOLD bytes
+	 * and no final head arrived: a retry sends it again */
+	struct evbuffer *held;
+	bool held_lost;  /* more was sent than held: the body cannot be replayed */
+	size_t replayed; /* on a retry's stream: held bytes sent again so far */
+	bool replaying;  /* ... and more are to come before the client's */
 
 	/* upstream */
 	struct pool_wait *wait;
@@ -63,6 +69,8 @@ struct exchange {
 	bool continue_sent;         /* muxd answered Expect: 100-continue itself */
 };
 
+#define REPLAY_HOLD (16 * 1024) /* request body bytes kept for a retry */
+
 static const struct upstream_stream_cbs stream_cbs;
 static const struct pool_wait_cbs wait_cbs;
 
@@ -73,12 +81,18 @@ static const char *via_token(const struct exchange *ex)
 	return ex->m->via_token[0] ? ex->m->via_token : "1.1 muxd";
 }
 
+/* Whatever of the request body went upstream can be sent again. */
+static bool body_replayable(const struct exchange *ex)
+{
+	return !ex->body_started || !ex->held_lost;
+}
+
 static bool is_replayable(const struct exchange *ex)
 {
 	static const char *const idempotent[] = {"GET",   "HEAD", "OPTIONS",
 	                                         "TRACE", "PUT",  "DELETE"};
 
-	if (ex->body_started)
+	if (!body_replayable(ex))
 		return false;
 	for (size_t i = 0; i < sizeof(idempotent) / sizeof(idempotent[0]); i++)
 		if (strcmp(ex->req.method, idempotent[i]) == 0)
@@ -94,8 +108,25 @@ static void exchange_free(struct exchange *ex)
 		ex->stream->ops->cancel(ex->stream);
 	http1_msg_free(&ex->req);
 	free(ex->req_chunked);
+	if (ex->held)
+		evbuffer_free(ex->held);
 	config_unref(ex->cfg);
 	free(ex);
+}
+
+/* Keep a copy of body bytes sent upstream, for a retry, while they fit. */
+static void hold_body(struct exchange *ex, const void *data, size_t n)
+{
+	if (ex->held_lost)
+		return;
+	if ((ex->held || (ex->held = evbuffer_new())) &&
+	    evbuffer_get_length(ex->held) + n <= REPLAY_HOLD &&
+	    evbuffer_add(ex->held, data, n) == 0)
+		return;
+	ex->held_lost = true;
+	if (ex->held)
+		evbuffer_free(ex->held);
+	ex->held = NULL;
 }
 
 static void access_log(struct exchange *ex)
@@ -180,6 +211,18 @@ static void send_request_body(struct exchange *ex)
 	struct upstream_stream *s = ex->stream;
 	size_t room;
 
+	while (ex->replaying && (room = s->ops->send_space(s)) > 0) {
+		size_t left = evbuffer_get_length(ex->held) - ex->replayed;
+		const unsigned char *p = evbuffer_pullup(ex->held, -1); /* <= REPLAY_HOLD */
+		size_t n = left < room ? left : room;
+		if (!p)
+			return; /* out of memory: on the next event */
+		s->ops->send_body(s, p + ex->replayed, n);
+		ex->replayed += n;
+		ex->replaying = ex->replayed < evbuffer_get_length(ex->held);
+	}
+	if (ex->replaying)
+		return; /* on_send_ready goes on */
 	while (!ex->req_body_done && (room = s->ops->send_space(s)) > 0 &&
 	       evbuffer_get_length(in) > 0) {
 		struct evbuffer_iovec v;
@@ -193,6 +236,7 @@ static void send_request_body(struct exchange *ex)
 			if (n > ex->req_remaining)
 				n = (size_t)ex->req_remaining;
 			s->ops->send_body(s, v.iov_base, n);
+			hold_body(ex, v.iov_base, n);
 			evbuffer_drain(in, n);
 			ex->bytes_in += n;
 			ex->req_remaining -= n;
@@ -220,6 +264,7 @@ static void send_request_body(struct exchange *ex)
 			}
 			if (e == HTTP1_CHUNK_DATA) {
 				s->ops->send_body(s, data, dlen);
+				hold_body(ex, data, dlen);
 				ex->bytes_in += dlen;
 				ex->body_started = true;
 			}
@@ -295,8 +340,15 @@ static void on_head(void *ctx, const struct http1_msg *h)
 	bool client10 = ex->req.version_minor == 0;
 
 	if (h->status < 200) {
-		/* muxd answered the client's Expect itself: not a second 100 */
-		if (!client10 && !(h->status == 100 && ex->continue_sent))
+		/* Interim heads count against the client's buffer: while it holds
+		 * TRANSPORT_BUF bytes the client is not reading, and a head is
+		 * dropped rather than queued (they are advisory; the codec ends a
+		 * stream after UPSTREAM_MAX_INTERIM of them). muxd answered the
+		 * client's Expect itself: not a second 100. */
+		if (evbuffer_get_length(transport_output(ex->client)) >= TRANSPORT_BUF)
+			log_debug("%s: interim %d dropped: the client is not reading",
+			          downstream_peer(ex->ds), h->status);
+		else if (!client10 && !(h->status == 100 && ex->continue_sent))
 			write_head(ex, h, false);
 		return;
 	}
@@ -316,6 +368,10 @@ static void on_head(void *ctx, const struct http1_msg *h)
 		return;
 	}
 	ex->status = h->status;
+	if (ex->held) /* a final head: no retry any more */
+		evbuffer_free(ex->held);
+	ex->held = NULL;
+	ex->held_lost = true;
 	const struct http1_field *alt = http1_find(h, "alt-svc");
 	if (alt)
 		pool_altsvc_learned(ex->m->pool, &ex->key, alt->value, alt->value_len);
@@ -397,9 +453,13 @@ static void on_error(void *ctx, enum muxd_err err, const char *reason, bool noth
 	}
 	/* a stream the origin never processed may go again whatever its method;
 	 * a request that died on a reused connection, when it is replayable */
-	bool unprocessed = err == ERR_UNPROCESSED && !ex->body_started;
+	bool unprocessed = err == ERR_UNPROCESSED && body_replayable(ex);
+	/* a multiplexed connection that closed under a stream with no response
+	 * byte is the connection's failure, shared by every stream on it (a
+	 * peer's GOAWAY, a connection error, a flood): not this request's */
+	bool shared = ex->proto != PROTO_H1 && err == ERR_CLOSED;
 	if (!ex->retried &&
-	    (unprocessed || (nothing_received && ex->reused && is_replayable(ex)))) {
+	    (unprocessed || (nothing_received && (ex->reused || shared) && is_replayable(ex)))) {
 		log_debug("retrying %s %s on a new connection (%s)", ex->req.method, ex->req.target,
 		          reason);
 		ex->retried = true;
@@ -473,6 +533,9 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 		ex->m->metrics.requests[ex->proto]++;
 	ex->got_stream = true;
 	upstream_stream_send_head(s, &r);
+	/* a retry: what went before goes first */
+	ex->replaying = ex->held && evbuffer_get_length(ex->held) > 0;
+	ex->replayed = 0;
 	send_request_body(ex);
 }
 

@@ -428,6 +428,7 @@ out:
 		event_free(d->status_timer);
 	if (d->watchdog_timer)
 		event_free(d->watchdog_timer);
+	muxd_idle_trim_free(m);
 	access_log_close(m->access_log);
 	m->access_log = NULL;
 	config_unref(m->cfg);

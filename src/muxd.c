@@ -8,6 +8,7 @@
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <ifaddrs.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
@@ -47,12 +48,44 @@ int muxd_err_status(enum muxd_err err)
 	}
 }
 
+#define IDLE_TRIM_MS 1000 /* no client for this long: trim the heap */
+
+static void on_idle_trim(evutil_socket_t fd, short what, void *arg)
+{
+	struct muxd *m = arg;
+
+	(void)fd;
+	(void)what;
+#ifdef __GLIBC__
+	if (m->nclients == 0)
+		malloc_trim(0);
+#else
+	(void)m;
+#endif
+}
+
 void muxd_client_closed(struct muxd *m)
 {
-	if (m->draining && m->nclients == 0)
+	if (m->draining && m->nclients == 0) {
 		event_base_loopbreak(m->base);
-	else if (m->nclients < m->cfg->max_clients)
+		return;
+	}
+	if (m->nclients < m->cfg->max_clients)
 		listeners_pause(m->listeners, false);
+	if (m->nclients == 0 && !m->draining) {
+		struct timeval tv = {IDLE_TRIM_MS / 1000, (IDLE_TRIM_MS % 1000) * 1000};
+		if (!m->trim_timer)
+			m->trim_timer = evtimer_new(m->base, on_idle_trim, m);
+		if (m->trim_timer)
+			evtimer_add(m->trim_timer, &tv);
+	}
+}
+
+void muxd_idle_trim_free(struct muxd *m)
+{
+	if (m->trim_timer)
+		event_free(m->trim_timer);
+	m->trim_timer = NULL;
 }
 
 int muxd_error_body(enum muxd_err err, const char *host, unsigned port, const char *reason,

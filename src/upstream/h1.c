@@ -32,6 +32,7 @@ struct h1_stream {
 	struct http1_msg head;
 	bool head_valid;
 	size_t scan_from; /* where to look for the end of the head next */
+	unsigned interim; /* 1xx heads so far */
 	uint64_t remaining;
 	struct http1_chunked *chunked;
 	struct evbuffer *body;
@@ -129,6 +130,7 @@ static void stream_reset(struct h1_stream *s)
 	s->state = H1_IDLE;
 	s->req_done = s->req_chunked = s->got_bytes = s->body_done = s->tunnel = false;
 	s->scan_from = 0;
+	s->interim = 0;
 	s->base.ctx = NULL;
 }
 
@@ -205,6 +207,10 @@ static bool read_head(struct h1_conn *c, struct evbuffer *in)
 		return false;
 	}
 	if (s->head.status < 200) {
+		if (++s->interim > UPSTREAM_MAX_INTERIM) {
+			stream_error(c, ERR_BAD_RESPONSE, "too many interim (1xx) responses");
+			return false;
+		}
 		hold(c);
 		s->base.cbs.on_head(s->base.ctx, &s->head);
 		http1_msg_free(&s->head);

@@ -34,6 +34,14 @@
  * EVICT_GOAWAY. EOF, a transport error or a fatal session error fails the
  * unfinished streams with ERR_CLOSED; an idle connection leaves silently
  * (EVICT_DEAD).
+ *
+ * Hostile origins: frames that carry no response (PING, SETTINGS,
+ * RST_STREAM, small WINDOW_UPDATEs, empty DATA, PRIORITY, unknown types) are
+ * counted per second against h2_floods[]; past a limit the connection ends
+ * with GOAWAY ENHANCE_YOUR_CALM. nghttp2 caps queued ACKs, SETTINGS entries
+ * and CONTINUATION frames. A response head over 64 KiB is a stream error
+ * (fields.c), except a single field nghttp2's HPACK decoder cannot take: that
+ * ends the connection, and the stream gets "response head too large".
  */
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -56,6 +64,36 @@
 #define H2_PING_AFTER_IDLE_MS 2000        /* idle this long: PING on the next stream */
 #define H2_PING_TIMEOUT_MS 3000           /* no PING ACK by then: the connection is dead */
 #define H2_IDLE_PING_MS 30000             /* PING interval while idle */
+#define H2_MAX_OUTBOUND_ACK 100           /* PING/SETTINGS ACKs queued before the peer is cut */
+#define H2_SMALL_WINDOW_UPDATE 1024       /* increments below this count as flood frames */
+
+/*
+ * Flood limits: frames of each kind that do no work for a response, per
+ * connection in any one second. One more ends the connection with GOAWAY
+ * ENHANCE_YOUR_CALM (its unanswered replayable requests go again elsewhere).
+ * WINDOW_UPDATE counts only increments under H2_SMALL_WINDOW_UPDATE: an
+ * origin reading a fast upload sends many, but large ones (and a window
+ * cannot grow past 2^31 - 1 without a flow-control error).
+ * CONTINUATION floods are nghttp2's (max_continuations, 8 a block), as are
+ * oversized SETTINGS frames (max_settings, 32 entries).
+ */
+enum h2_flood {
+	FLOOD_PING,
+	FLOOD_SETTINGS,
+	FLOOD_RST,
+	FLOOD_WINDOW,
+	FLOOD_EMPTY,
+	FLOOD_OTHER,
+	FLOODS
+};
+static const struct {
+	const char *name;
+	unsigned limit;
+} h2_floods[FLOODS] = {
+    [FLOOD_PING] = {"PING", 100},         [FLOOD_SETTINGS] = {"SETTINGS", 100},
+    [FLOOD_RST] = {"RST_STREAM", 1000},   [FLOOD_WINDOW] = {"small WINDOW_UPDATE", 10000},
+    [FLOOD_EMPTY] = {"empty DATA", 1000}, [FLOOD_OTHER] = {"PRIORITY or unknown", 1000},
+};
 
 struct h2_conn;
 
@@ -63,6 +101,7 @@ struct h2_stream {
 	struct mux_stream ms; /* first */
 	struct h2_conn *c;
 	bool not_sent; /* the request HEADERS never left */
+	bool in_head;  /* a header block is being decoded */
 	struct evbuffer *sendbuf;
 };
 
@@ -75,7 +114,10 @@ struct h2_conn {
 	struct timespec idle_since;
 	bool settings_seen; /* the peer's SETTINGS arrived: its limits are known */
 	bool ping_out;
-	bool in_session; /* inside mem_recv or mem_send */
+	bool in_session;             /* inside mem_recv or mem_send */
+	struct timespec flood_since; /* the second the flood counters cover */
+	unsigned flood[FLOODS];
+	const char *flooded; /* which kind ended the connection */
 };
 
 #define H2S(p) ((struct h2_stream *)(p))
@@ -197,6 +239,19 @@ static void send_ping(struct h2_conn *c)
 
 /* --- session I/O --- */
 
+/* The session ended while a stream's header block was being decoded:
+ * nghttp2 cannot decode a field over 64 KiB (HPACK state is per connection,
+ * so that is a connection error in the library). That stream gets the
+ * reason; the others fail with the connection (and go again when nothing of
+ * theirs arrived). */
+static void fail_heads(struct h2_conn *c)
+{
+	for (struct mux_stream *s = c->mc.streams; s && !c->mc.freeing; s = s->next)
+		if (s->user && H2S(s)->in_head && !s->remote_ended)
+			mux_stream_error(s, ERR_BAD_RESPONSE,
+			                 "response head too large or not decodable", false, false);
+}
+
 static void check_session_over(struct h2_conn *c)
 {
 	bool open = false;
@@ -209,6 +264,7 @@ static void check_session_over(struct h2_conn *c)
 	if (c->mc.goaway && !open)
 		return; /* a clean end: settle() closes when the streams drained */
 	log_debug("h2: session with %s ended", origin(c));
+	fail_heads(c);
 	conn_fail(c, ERR_CLOSED, "HTTP/2 session ended (protocol error)", false);
 }
 
@@ -253,6 +309,15 @@ static void recv_all(struct h2_conn *c)
 		c->in_session = false;
 		if (c->mc.freeing || c->mc.failed)
 			return;
+		if (n < 0 && c->flooded) {
+			/* the GOAWAY (ENHANCE_YOUR_CALM) goes out if it can */
+			const uint8_t *data;
+			ssize_t k;
+			while ((k = nghttp2_session_mem_send(c->session, &data)) > 0)
+				evbuffer_add(transport_output(c->t), data, (size_t)k);
+			conn_fail(c, ERR_CLOSED, "HTTP/2 origin flooded the connection", false);
+			return;
+		}
 		if (n < 0) {
 			log_debug("h2: error from %s: %s", origin(c), nghttp2_strerror((int)n));
 			conn_fail(c, ERR_CLOSED, "HTTP/2 protocol error", false);
@@ -349,6 +414,71 @@ static struct h2_stream *stream_of(nghttp2_session *session, int32_t id)
 	return id > 0 ? nghttp2_session_get_stream_user_data(session, id) : NULL;
 }
 
+static int flood_count(struct h2_conn *c, nghttp2_session *session, enum h2_flood kind);
+
+/* Counts the frames that carry no response; past a limit, the origin is
+ * flooding us: ENHANCE_YOUR_CALM and the connection ends. */
+static int cb_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *ud)
+{
+	struct h2_conn *c = ud;
+	enum h2_flood kind;
+
+	switch (hd->type) {
+	case NGHTTP2_PING:
+		kind = FLOOD_PING;
+		break;
+	case NGHTTP2_SETTINGS:
+		kind = FLOOD_SETTINGS;
+		break;
+	case NGHTTP2_RST_STREAM:
+		kind = FLOOD_RST;
+		break;
+	case NGHTTP2_WINDOW_UPDATE: /* counted by increment: cb_frame_recv */
+		return 0;
+	case NGHTTP2_DATA:
+		if (hd->length > 0 || (hd->flags & NGHTTP2_FLAG_END_STREAM))
+			return 0;
+		kind = FLOOD_EMPTY;
+		break;
+	case NGHTTP2_HEADERS:
+	case NGHTTP2_CONTINUATION:
+	case NGHTTP2_GOAWAY:
+	case NGHTTP2_PUSH_PROMISE:
+		return 0;
+	default:
+		kind = FLOOD_OTHER;
+		break;
+	}
+	return flood_count(c, session, kind);
+}
+
+/* One more frame of a kind: 0, or past the limit NGHTTP2_ERR_CALLBACK_FAILURE
+ * with the session terminated (ENHANCE_YOUR_CALM). */
+static int flood_count(struct h2_conn *c, nghttp2_session *session, enum h2_flood kind)
+{
+	if (ms_since(&c->flood_since) >= 1000) {
+		clock_gettime(CLOCK_MONOTONIC, &c->flood_since);
+		memset(c->flood, 0, sizeof(c->flood));
+	}
+	if (++c->flood[kind] <= h2_floods[kind].limit)
+		return 0;
+	log_info("h2: %s sent more than %u %s frames in a second (a flood): closing the connection",
+	         origin(c), h2_floods[kind].limit, h2_floods[kind].name);
+	c->flooded = h2_floods[kind].name;
+	nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
+	return NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+static int cb_error(nghttp2_session *session, int lib_error_code, const char *msg, size_t len,
+                    void *ud)
+{
+	struct h2_conn *c = ud;
+
+	(void)session;
+	log_debug("h2: %s: %.*s (%s)", origin(c), (int)len, msg, nghttp2_strerror(lib_error_code));
+	return 0;
+}
+
 static int cb_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
 {
 	struct h2_conn *c = ud;
@@ -359,6 +489,7 @@ static int cb_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
 	if (frame->hd.type != NGHTTP2_HEADERS || !(s = stream_of(session, frame->hd.stream_id)))
 		return 0;
 	mux_begin_head(&s->ms);
+	s->in_head = true;
 	return 0;
 }
 
@@ -406,6 +537,8 @@ static int cb_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
 	switch (frame->hd.type) {
 	case NGHTTP2_HEADERS:
+		if (s)
+			s->in_head = false;
 		if (!s || !s->ms.user)
 			break;
 		if (!s->ms.got_final) {
@@ -421,6 +554,12 @@ static int cb_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 	case NGHTTP2_RST_STREAM:
 		if (s)
 			s->ms.peer_reset = true;
+		break;
+	case NGHTTP2_WINDOW_UPDATE:
+		/* a peer reading our upload opens windows by many KiB at a time;
+		 * tiny increments in bulk are a flood */
+		if (frame->window_update.window_size_increment < H2_SMALL_WINDOW_UPDATE)
+			return flood_count(c, session, FLOOD_WINDOW);
 		break;
 	case NGHTTP2_SETTINGS:
 		/* the origin's limits are known: streams may be opened now */
@@ -724,6 +863,8 @@ static bool session_new(struct h2_conn *c)
 	nghttp2_settings_entry iv[] = {
 	    {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
 	    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW},
+	    /* advisory: a larger response head is a stream error here */
+	    {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, HTTP1_MAX_HEAD},
 	};
 	int rv;
 
@@ -733,6 +874,8 @@ static bool session_new(struct h2_conn *c)
 		nghttp2_session_callbacks_del(cb);
 		return false;
 	}
+	nghttp2_session_callbacks_set_on_begin_frame_callback(cb, cb_begin_frame);
+	nghttp2_session_callbacks_set_error_callback2(cb, cb_error);
 	nghttp2_session_callbacks_set_on_begin_headers_callback(cb, cb_begin_headers);
 	nghttp2_session_callbacks_set_on_header_callback(cb, cb_header);
 	nghttp2_session_callbacks_set_on_frame_recv_callback(cb, cb_frame_recv);
@@ -742,6 +885,9 @@ static bool session_new(struct h2_conn *c)
 	nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, cb_frame_not_send);
 	nghttp2_option_set_no_auto_window_update(opt, 1);
 	nghttp2_option_set_peer_max_concurrent_streams(opt, H2_MAX_STREAMS);
+	nghttp2_option_set_max_outbound_ack(opt, H2_MAX_OUTBOUND_ACK);
+	nghttp2_option_set_max_settings(opt, 32);
+	nghttp2_option_set_max_continuations(opt, 8);
 	rv = nghttp2_session_client_new2(&c->session, cb, c, opt);
 	nghttp2_session_callbacks_del(cb);
 	nghttp2_option_del(opt);
@@ -774,6 +920,7 @@ struct upstream_conn *h2_conn_new(struct muxd *m, struct transport *t,
 	}
 	c->t = t;
 	clock_gettime(CLOCK_MONOTONIC, &c->idle_since);
+	c->flood_since = c->idle_since;
 	mux_set_timer(c->idle_timer, H2_IDLE_PING_MS);
 	transport_set_cbs(t, &tcbs, c);
 	t->ops->set_reading(t, true);

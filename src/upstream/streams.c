@@ -319,6 +319,14 @@ void mux_got_head(struct mux_stream *s, bool end)
 {
 	bool interim = s->status < 200;
 
+	if (interim && ++s->interim > UPSTREAM_MAX_INTERIM) {
+		log_debug("%s: stream %lld to %s: more than %d interim responses",
+		          s->mc->mops->name, (long long)s->id, mux_origin(s->mc),
+		          UPSTREAM_MAX_INTERIM);
+		mux_stream_error(s, ERR_BAD_RESPONSE, "too many interim (1xx) responses", false,
+		                 true);
+		return;
+	}
 	fields_msg(&s->msg, s->hdrs.p ? s->hdrs.p : "", s->hdrs.len, s->nhdrs, s->status,
 	           s->is_head || end);
 	if (!interim)

@@ -52,6 +52,7 @@ struct mux_stream {
 	const char *err_reason;
 	char reason[96];
 	int status;
+	unsigned interim; /* 1xx heads so far */
 	struct sbuf hdrs; /* the head being received: name\0value\0... */
 	size_t nhdrs;
 	struct http1_msg msg;

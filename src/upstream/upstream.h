@@ -18,6 +18,11 @@
 #include "http1.h"
 #include "muxd.h"
 
+/* Interim (1xx) heads a response may have before its final head; one more
+ * is a protocol error for that stream (502). With each head at most
+ * HTTP1_MAX_HEAD bytes this bounds what an origin can queue per exchange. */
+#define UPSTREAM_MAX_INTERIM 16
+
 struct evbuffer;
 struct transport;
 struct upstream_conn;

@@ -14,7 +14,7 @@ What a handler uses (``H2Request``):
     req.method, req.path, req.authority, req.headers (list of (name, value),
     lower-case names), req.header(name), req.body (bytes), req.trailers,
     req.stream_id, req.conn (``H2ServerConn``: .id, .requests, .goaway(),
-    .close(), .abort())
+    .close(), .abort(), .send_raw(bytes), .raw_headers(...))
     req.respond(status, headers, body, trailers=None, content_length=True)
     req.send_head(status, headers, end_stream=False)   (1xx too)
     req.send_data(data, end_stream=False)   blocks on flow control
@@ -37,6 +37,8 @@ Options: ``max_concurrent_streams`` and ``initial_window_size`` (our
 SETTINGS), ``ping``: "ack" (default), "ignore" (no ACK, everything else
 goes on) or "blackhole" (no ACK, and from that PING on the connection reads
 and sends nothing: a dead peer); or a callable conn_id -> one of those.
+``ack_data=False``: request body bytes are never given back to the flow
+control windows (an origin that reads nothing: the sender must stall).
 """
 
 import collections
@@ -301,6 +303,24 @@ class H2ServerConn:
             self.goaway_sent = (last_stream_id, error_code)
         self._wake()
 
+    def send_raw(self, data):
+        """Queue raw bytes (frames h2 would not send) behind what h2 has
+        queued."""
+        with self.lock:
+            self.outbuf += self.h2.data_to_send() + bytes(data)
+        self._wake()
+
+    def raw_headers(self, stream_id, fields, end_stream=False, end_headers=True, extra=b""):
+        """Send a HEADERS frame h2 would refuse (no validation: malformed
+        heads), HPACK-encoded with the connection's own encoder so later
+        blocks stay decodable, followed by the raw bytes extra."""
+        with self.lock:
+            f = hyperframe.frame.HeadersFrame(stream_id)
+            f.data = self.h2.encoder.encode([(n, v) for n, v in fields])
+            f.flags = set(["END_HEADERS"] if end_headers else []) | set(["END_STREAM"] if end_stream else [])
+            self.outbuf += self.h2.data_to_send() + f.serialize() + bytes(extra)
+        self._wake()
+
     def close(self):
         """Flush what is queued, linger a moment (so the peer reads it
         before any reset), close."""
@@ -449,7 +469,8 @@ class H2ServerConn:
                 elif isinstance(ev, h2.events.DataReceived):
                     if req is not None:
                         req._body += ev.data
-                    self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    if self.origin.ack_data:
+                        self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 elif isinstance(ev, h2.events.TrailersReceived):
                     if req is not None:
                         req.trailers = list(ev.headers)
@@ -507,8 +528,9 @@ class H2Origin:
     """See the module docstring.  handler(req) answers each request."""
 
     def __init__(self, pki, handler, alpn=("h2",), max_concurrent_streams=None, initial_window_size=None,
-                 ping="ack"):
+                 ping="ack", ack_data=True):
         self.handler = handler
+        self.ack_data = ack_data
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_window_size = initial_window_size
         self.ping = ping

@@ -56,6 +56,7 @@ void muxd_teardown(void)
 		dns_free(m.dns);
 	if (m.cfg)
 		config_unref(m.cfg);
+	muxd_idle_trim_free(&m);
 	event_base_free(m.base);
 	memset(&m, 0, sizeof(m));
 }

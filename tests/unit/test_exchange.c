@@ -695,6 +695,28 @@ static void answer_ok(struct fake_stream *s)
 		s->base.cbs.on_end(s->base.ctx, "");
 }
 
+/* Interim heads count against the client's buffer: relayed while it has
+ * room, dropped while it holds TRANSPORT_BUF bytes (a client not reading). */
+START_TEST(interim_heads_wait_for_room)
+{
+	static char fill[TRANSPORT_BUF];
+
+	start(GET_HEAD);
+	give(&streams[0], true);
+	head_from(&streams[0], "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n");
+	ck_assert_uint_gt(evbuffer_get_length(fc.out), 0);
+	evbuffer_drain(fc.out, evbuffer_get_length(fc.out));
+	evbuffer_add(fc.out, fill, sizeof(fill));
+	head_from(&streams[0], "HTTP/1.1 103 Early Hints\r\nLink: </b>\r\n\r\n");
+	ck_assert_uint_eq(evbuffer_get_length(fc.out), sizeof(fill));
+	evbuffer_drain(fc.out, evbuffer_get_length(fc.out));
+	struct evbuffer *body = evbuffer_new();
+	answer_ok(&streams[0]);
+	ck_assert_int_eq(client_response(body), 200);
+	evbuffer_free(body);
+}
+END_TEST
+
 /* A replayable request that fails on a reused connection before any response
  * byte goes once more, on a fresh connection, and the client never knows. */
 START_TEST(retry_reused_replayable_once)
@@ -790,19 +812,50 @@ START_TEST(retry_unprocessed_whatever_the_method)
 }
 END_TEST
 
-/* A body that already went (partly) upstream cannot be replayed. */
+/* A body of which more than muxd keeps (16 KiB) already went upstream
+ * cannot be replayed. */
 START_TEST(no_retry_once_body_sent)
+{
+	struct fake_stream *s = &streams[0];
+	static char big[17000];
+
+	memset(big, 'b', sizeof(big));
+	start("PUT http://origin.test/r HTTP/1.1\r\nHost: origin.test\r\nContent-Length: "
+	      "20000\r\n\r\n");
+	client_sends(big, sizeof(big));
+	s->space = sizeof(big);
+	give(s, true);
+	expect_got(s, big, sizeof(big));
+	s->base.cbs.on_error(s->base.ctx, ERR_CLOSED, "connection closed", true);
+	expect_no_retry(502);
+}
+END_TEST
+
+/* What went upstream before the failure (muxd kept it) goes again on the
+ * retry, within the new stream's send space, before the rest; a request the
+ * origin never processed is retried so even when it is not idempotent. */
+START_TEST(retry_resends_sent_body)
 {
 	struct fake_stream *s = &streams[0];
 
 	start(
-	    "PUT http://origin.test/r HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 8\r\n\r\n");
+	    "POST http://origin.test/r HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 8\r\n\r\n");
 	client_sends("abcd", 4);
 	s->space = 64;
 	give(s, true);
 	expect_got(s, "abcd", 4);
-	s->base.cbs.on_error(s->base.ctx, ERR_CLOSED, "connection closed", true);
-	expect_no_retry(502);
+	s->base.cbs.on_error(s->base.ctx, ERR_UNPROCESSED, "stream refused", true);
+	ck_assert_int_eq(fp.calls, 2);
+	client_sends("efgh", 4);
+	streams[1].space = 3;
+	give(&streams[1], false);
+	for (int i = 0; i < 10 && streams[1].ends == 0; i++)
+		send_ready(&streams[1], 3);
+	ck_assert(!streams[1].oversent);
+	expect_got(&streams[1], "abcdefgh", 8);
+	ck_assert_int_eq(streams[1].ends, 1);
+	answer_ok(&streams[1]);
+	ck_assert(fc.done && fc.keep_alive);
 }
 END_TEST
 
@@ -891,7 +944,9 @@ int main(void)
 	tcase_add_test(retry_tc, no_retry_after_response_bytes);
 	tcase_add_test(retry_tc, no_retry_non_idempotent);
 	tcase_add_test(retry_tc, retry_unprocessed_whatever_the_method);
+	tcase_add_test(retry_tc, interim_heads_wait_for_room);
 	tcase_add_test(retry_tc, no_retry_once_body_sent);
+	tcase_add_test(retry_tc, retry_resends_sent_body);
 	tcase_add_test(retry_tc, retry_resends_held_body);
 	tcase_add_test(retry_tc, retry_ends_empty_chunked_body);
 	tcase_add_test(retry_tc, abort_while_waiting);

@@ -146,7 +146,7 @@ static void own_closed(void *owner, struct upstream_conn *c, enum evict_reason w
 static const struct upstream_owner_cbs owner_cbs = {own_available, own_closed, NULL};
 
 static struct rec {
-	int status[8];
+	int status[24];
 	int nheads;
 	char link[64]; /* the Link field of the last interim head */
 	enum http1_body final_body;
@@ -174,7 +174,7 @@ static void take_body(void)
 static void r_head(void *ctx, const struct http1_msg *h)
 {
 	(void)ctx;
-	ck_assert_int_lt(rec.nheads, 8);
+	ck_assert_int_lt(rec.nheads, 24);
 	rec.status[rec.nheads++] = h->status;
 	if (h->status < 200) {
 		const struct http1_field *f = http1_find(h, "link");
@@ -414,6 +414,38 @@ START_TEST(interim_head_then_eof)
 	ck_assert(!rec.nothing);
 	ck_assert_int_eq(own.closed, 1);
 	ck_assert(ft.closed);
+}
+END_TEST
+
+/* UPSTREAM_MAX_INTERIM 1xx heads are relayed; one more is a protocol error
+ * for the stream (502), and the connection ends (the origin would go on). */
+START_TEST(too_many_interim_heads)
+{
+	struct evbuffer *b = evbuffer_new();
+
+	conn_new(10000);
+	request("GET", "/early", false, 0);
+	for (int i = 0; i < UPSTREAM_MAX_INTERIM; i++)
+		evbuffer_add_printf(b, "HTTP/1.1 103 Early Hints\r\nLink: </%d>\r\n\r\n", i);
+	evbuffer_add_printf(b, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+	feed(evbuffer_pullup(b, -1), evbuffer_get_length(b));
+	ck_assert_int_eq(rec.nheads, UPSTREAM_MAX_INTERIM + 1);
+	expect_got("ok");
+	expect_reusable();
+
+	conn_new(10000);
+	request("GET", "/early", false, 0);
+	evbuffer_drain(b, evbuffer_get_length(b));
+	for (int i = 0; i <= UPSTREAM_MAX_INTERIM; i++)
+		evbuffer_add_printf(b, "HTTP/1.1 103 Early Hints\r\nLink: </%d>\r\n\r\n", i);
+	feed(evbuffer_pullup(b, -1), evbuffer_get_length(b));
+	ck_assert_int_eq(rec.nheads, UPSTREAM_MAX_INTERIM);
+	ck_assert(rec.errored);
+	ck_assert_int_eq(rec.err, ERR_BAD_RESPONSE);
+	ck_assert_msg(strstr(rec.reason, "interim"), "reason %s", rec.reason);
+	ck_assert_int_eq(own.closed, 1);
+	ck_assert(ft.closed);
+	evbuffer_free(b);
 }
 END_TEST
 
@@ -781,6 +813,7 @@ static Suite *h1_suite(void)
 	tcase_add_test(heads, interim_heads_in_one_buffer);
 	tcase_add_test(heads, interim_heads_split_everywhere);
 	tcase_add_test(heads, interim_head_then_eof);
+	tcase_add_test(heads, too_many_interim_heads);
 	tcase_add_test(heads, unexpected_101);
 	suite_add_tcase(s, heads);
 	tcase_add_checked_fixture(timer, setup, teardown);
