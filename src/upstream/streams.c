@@ -68,7 +68,7 @@ static void win_release(struct mux_stream *s)
 	s->win = 0;
 }
 
-/* n more body bytes were consumed: one whole window consumed is a check
+/* n more body bytes were consumed: half a window consumed is a check
  * (window.h), which may open the window further. */
 static void win_consumed(struct mux_stream *s, size_t n)
 {
@@ -80,7 +80,7 @@ static void win_consumed(struct mux_stream *s, size_t n)
 	uint64_t w;
 
 	s->win_consumed += n;
-	if (s->win_consumed < s->win || (s->win_at.tv_sec == 0 && s->win_at.tv_nsec == 0))
+	if (s->win_consumed < s->win / 2 || (s->win_at.tv_sec == 0 && s->win_at.tv_nsec == 0))
 		return;
 	in.rtt_us = mc->mops->rtt_us(mc);
 	in.elapsed_us = us_since(&s->win_at);

@@ -5,9 +5,10 @@
  * keep per stream the current window, the bytes consumed and the time since
  * the last check, and the budgets it may grow within.
  *
- * Rule: a check happens each time the client consumed one whole window.
- * When that took less than WINDOW_GROW_RTTS round trips, the origin was
- * held back by the window, not by the client: the window doubles, up to
+ * Rule: a check happens each time the client consumed half a window (when
+ * the window update goes out). When the client drained at a rate that would
+ * empty the whole window in less than WINDOW_GROW_RTTS round trips, the
+ * origin was held back by the window, not by the client: it doubles, up to
  * the stream's maximum and within what the connection and the global
  * budget can still grant. A client slower than the origin takes longer
  * than that, so its window stays where it is (about WINDOW_GROW_RTTS round

@@ -35,10 +35,13 @@ START_TEST(slow_client_keeps_the_window)
 }
 END_TEST
 
-START_TEST(needs_a_whole_window_and_an_rtt)
+START_TEST(needs_half_a_window_and_an_rtt)
 {
-	/* less than a window consumed: no check yet */
-	ck_assert_uint_eq(next(20000, 100, 64 * KIB - 1, 64 * KIB, 16 * MIB, 1024 * MIB), 64 * KIB);
+	/* less than half a window consumed: no check yet */
+	ck_assert_uint_eq(next(20000, 100, 32 * KIB - 1, 64 * KIB, 16 * MIB, 1024 * MIB), 64 * KIB);
+	/* half a window within one round trip: the rate of a whole one in two */
+	ck_assert_uint_eq(next(20000, 19999, 32 * KIB, 64 * KIB, 16 * MIB, 1024 * MIB), 128 * KIB);
+	ck_assert_uint_eq(next(20000, 20000, 32 * KIB, 64 * KIB, 16 * MIB, 1024 * MIB), 64 * KIB);
 	/* no round-trip sample yet: no growth */
 	ck_assert_uint_eq(next(0, 0, 64 * KIB, 64 * KIB, 16 * MIB, 1024 * MIB), 64 * KIB);
 }
@@ -63,8 +66,8 @@ START_TEST(growth_converges_to_the_drain_rate)
 	 * while one window drains in under two round trips, then stays put */
 	uint64_t w = 64 * KIB, rtt = 20000, rate = 25000000;
 	for (int i = 0; i < 40; i++) {
-		uint64_t elapsed = w * 1000000 / rate;
-		w = next(rtt, elapsed, w, w, 16 * MIB, 1024 * MIB);
+		uint64_t elapsed = w / 2 * 1000000 / rate;
+		w = next(rtt, elapsed, w / 2, w, 16 * MIB, 1024 * MIB);
 	}
 	ck_assert_uint_le(w, 2 * 2 * rate * rtt / 1000000);
 	ck_assert_uint_ge(w, rate * rtt / 1000000);
@@ -80,7 +83,7 @@ int main(void)
 
 	tcase_add_test(tc, doubles_when_the_window_limits);
 	tcase_add_test(tc, slow_client_keeps_the_window);
-	tcase_add_test(tc, needs_a_whole_window_and_an_rtt);
+	tcase_add_test(tc, needs_half_a_window_and_an_rtt);
 	tcase_add_test(tc, capped_by_max_and_budget);
 	tcase_add_test(tc, growth_converges_to_the_drain_rate);
 	suite_add_tcase(s, tc);
