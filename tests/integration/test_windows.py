@@ -38,14 +38,16 @@ def big_file(root, size, seed):
 
 @pytest.fixture
 def relay():
-    """Factory: relay(target_port, delay_ms) -> the port of bench/delay_relay.py
-    forwarding to 127.0.0.1:target_port, delay_ms late each way."""
+    """Factory: relay(target_port, delay_ms, udp=False) -> the port of
+    bench/delay_relay.py forwarding TCP (and with udp, UDP too) to
+    127.0.0.1:target_port, delay_ms late each way."""
     procs = []
 
-    def start(target, delay_ms):
+    def start(target, delay_ms, udp=False):
         port = free_port()
         p = subprocess.Popen([sys.executable, str(ROOT / "bench" / "delay_relay.py"), "--listen", str(port),
-                              "--target", f"127.0.0.1:{target}", "--delay-ms", str(delay_ms)],
+                              "--target", f"127.0.0.1:{target}", "--delay-ms", str(delay_ms),
+                              *(["--udp"] if udp else [])],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(p)
         line = p.stdout.readline().decode(errors="replace")
