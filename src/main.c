@@ -379,6 +379,12 @@ static int cmd_env(const struct config *cfg)
 	return 0;
 }
 
+/* muxd_client_closed: a client slot is free again. */
+static void resume_accepting(struct muxd *m)
+{
+	listeners_pause(m->listeners, false);
+}
+
 static int run(struct daemon *d)
 {
 	struct muxd *m = &d->m;
@@ -409,6 +415,7 @@ static int run(struct daemon *d)
 		goto out;
 	if (m->cfg->intercept_enabled && !(m->ca = open_ca(m->cfg)))
 		goto out;
+	m->resume_accepting = resume_accepting;
 	m->listeners = listeners_from_env(m, err, sizeof(err));
 	if (!m->listeners && err[0]) {
 		log_error("socket activation: %s", err);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "muxd.h"
 #include "transport/handshake.h"
 
 void handshake_free(struct handshake *h)

@@ -17,6 +17,7 @@
 
 #include "dns.h"
 #include "log.h"
+#include "muxd.h"
 #include "transport/eyeballs.h"
 #include "transport/quic_int.h"
 

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "dns.h"
+#include "muxd.h"
 #include "transport/eyeballs.h"
 #include "transport/transport.h"
 

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "muxd.h"
 
 #define RECORD_MAX 16384
 #define ALPN_MAX 8

@@ -13,7 +13,6 @@
 #include <gnutls/gnutls.h>
 #include <stdbool.h>
 
-#include "muxd.h"
 #include "transport/transport.h"
 
 #define TLS_IO_PRIORITY "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"

@@ -12,11 +12,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "muxd.h"
+#include "errors.h"
 
 #define TRANSPORT_BUF (64 * 1024)
 
 struct evbuffer;
+struct muxd;
 struct transport;
 
 enum transport_event {
