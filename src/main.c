@@ -36,6 +36,7 @@
 #include "notify.h"
 #include "pool.h"
 #include "status_cmd.h"
+#include "timeutil.h"
 #include "tls/ca.h"
 #include "transport/tls.h"
 
@@ -289,7 +290,7 @@ static void begin_shutdown(struct daemon *d)
 {
 	struct muxd *m = &d->m;
 	uint64_t ms = m->cfg->shutdown_timeout_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 
 	if (m->draining)
 		return;

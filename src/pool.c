@@ -35,8 +35,10 @@
 
 #include "altsvc.h"
 #include "config.h"
+#include "hold.h"
 #include "log.h"
 #include "route.h"
+#include "timeutil.h"
 #include "transport/tls.h"
 #include "transport/transport.h"
 
@@ -91,7 +93,7 @@ struct pool_origin {
 	unsigned nwaiters;
 	unsigned nidle;
 	enum proto learned; /* what ALPN chose last time (PROTO_COUNT: not known) */
-	unsigned holds;     /* dispatch running: callbacks must not free the origin */
+	unsigned holds;     /* dispatch running: callbacks must not free the origin (hold.h) */
 	struct event *dispatch_ev;
 	struct pool_conn *h3_attempt; /* QUIC connection being set up */
 	struct event *race_timer;     /* h3_timeout: TCP may start; later: give up */
@@ -341,7 +343,7 @@ static void save_cb(evutil_socket_t fd, short what, void *arg)
 void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value, size_t len)
 {
 	struct altsvc_parsed parsed;
-	struct timeval tv = {ALTSVC_SAVE_MS / 1000, (ALTSVC_SAVE_MS % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ALTSVC_SAVE_MS);
 
 	/* only what a verified TLS origin says about itself counts */
 	if (!key->tls || !key->verify || !altsvc_parse(value, len, &parsed))
@@ -455,7 +457,7 @@ static void set_idle(struct pool_conn *pc, bool idle)
 	clock_gettime(CLOCK_MONOTONIC, &pc->idle_since);
 	if (idle) {
 		uint64_t ms = p->m->cfg->idle_timeout_ms;
-		struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+		struct timeval tv = ms_to_timeval(ms);
 		TAILQ_INSERT_TAIL(&p->idle, pc, idle_link);
 		p->nidle++;
 		pc->o->nidle++;
@@ -658,7 +660,7 @@ static void budget_wait(struct pool_origin *o, unsigned skip, const char *why)
 {
 	struct pool_wait *w;
 	uint64_t ms = o->pool->m->cfg->connect_timeout_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 	char d[32];
 
 	duration(ms, d, sizeof(d));
@@ -768,7 +770,7 @@ static void dispatch(struct pool_origin *o)
 	struct pool_conn *pc;
 	unsigned cap;
 
-	o->holds++; /* give() runs callbacks that may close connections */
+	hold_take(&o->holds); /* give() runs callbacks that may close connections */
 	/* 0. an origin known to speak HTTP/3 gets a QUIC connection first */
 	if (o->nwaiters > 0 && !p->m->draining)
 		maybe_start_h3(o);
@@ -799,7 +801,7 @@ static void dispatch(struct pool_origin *o)
 			break;
 		}
 	}
-	o->holds--;
+	hold_release(&o->holds);
 	origin_maybe_free(o);
 }
 
@@ -824,11 +826,11 @@ static void conn_available(void *owner, struct upstream_conn *uc)
 		conn_ready(pc);
 	if (pc->setup_timer && !uc->warming)
 		evtimer_del(pc->setup_timer);
-	o->holds++;
+	hold_take(&o->holds);
 	while ((pc = conn_by_serial(o, serial)) && uc->ops->free_slots(uc) > 0 &&
 	       (w = first_for(o, pc)))
 		give(pc, w);
-	o->holds--;
+	hold_release(&o->holds);
 	if (!pc || !uc->ops->is_idle(uc)) {
 		if (o->nwaiters)
 			schedule(o); /* more waiters than this connection's slots */
@@ -847,7 +849,7 @@ static void conn_available(void *owner, struct upstream_conn *uc)
 	set_idle(pc, true);
 	if ((o->nidle > p->m->cfg->max_idle_per_origin || p->nidle > p->m->cfg->max_idle) &&
 	    !evtimer_pending(p->trim_timer, NULL)) {
-		struct timeval tv = {0, TRIM_DELAY_MS * 1000};
+		struct timeval tv = ms_to_timeval(TRIM_DELAY_MS);
 		evtimer_add(p->trim_timer, &tv);
 	}
 }
@@ -882,7 +884,7 @@ static void conn_ready(struct pool_conn *pc)
 	p->m->metrics.upstream_opened[pc->uc->proto]++;
 	uint64_t age = p->m->cfg->max_connection_age_ms;
 	if (age > 0 && (pc->age_timer = evtimer_new(p->m->base, age_cb, pc)) != NULL) {
-		struct timeval tv = {(time_t)(age / 1000), (suseconds_t)(age % 1000) * 1000};
+		struct timeval tv = ms_to_timeval(age);
 		evtimer_add(pc->age_timer, &tv);
 	}
 	log_debug("pool: new %s connection to %s", proto_name(pc->uc->proto), o->key.id);
@@ -923,7 +925,7 @@ static void race_cb(evutil_socket_t fd, short what, void *arg)
 	struct pool_origin *o = arg;
 	struct pool_conn *pc = o->h3_attempt;
 	uint64_t ms = o->pool->m->cfg->h3_timeout_ms * (H3_GIVE_UP - 1);
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 
 	(void)fd;
 	(void)what;
@@ -949,7 +951,7 @@ static void maybe_start_h3(struct pool_origin *o)
 	struct altsvc_alt alt;
 	struct pool_conn *pc;
 	uint64_t ms = p->m->cfg->h3_timeout_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 
 	if (!o->key.h3 || o->h3_attempt || p->nconns >= p->m->cfg->max_connections)
 		return;
@@ -1029,7 +1031,7 @@ static void fail_setup(struct pool_conn *pc, struct upstream_conn *uc, enum muxd
 		if (!coalesced)
 			break;
 	}
-	o->holds++; /* o outlives pc while its waiters hear about it */
+	hold_take(&o->holds); /* o outlives pc while its waiters hear about it */
 	conn_forget(pc);
 	if (uc)
 		uc->ops->close(uc);
@@ -1042,7 +1044,7 @@ static void fail_setup(struct pool_conn *pc, struct upstream_conn *uc, enum muxd
 		free(w);
 		cbs.on_error(wctx, err, why);
 	}
-	o->holds--;
+	hold_release(&o->holds);
 	origin_maybe_free(o);
 }
 
@@ -1078,7 +1080,7 @@ static void arm_setup_timer(struct pool_conn *pc)
 	if (ms == 0 || !(pc->setup_timer = evtimer_new(pc->pool->m->base, setup_timeout_cb, pc)))
 		return;
 	ms = spent_ms >= (double)ms ? 1 : ms - (uint64_t)spent_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 	evtimer_add(pc->setup_timer, &tv);
 }
 

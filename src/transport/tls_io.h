@@ -60,7 +60,7 @@ struct tls_io {
 	enum muxd_err lower_err;
 	char lower_reason[256];
 	char fail_reason[512]; /* a failure found while setting up, reported later */
-	int holds;
+	unsigned holds;        /* hold.h */
 	bool closing;
 };
 

@@ -93,7 +93,7 @@ struct mux_conn {
 	bool failed;  /* transport gone or session dead */
 	bool told;    /* the owner was told on_closed (or closed us) */
 	bool freeing; /* free when the last hold is released */
-	int holds;
+	unsigned holds;
 };
 
 /* Sets what every upstream connection starts with (reusable). */
