@@ -1,0 +1,183 @@
+#!/usr/bin/python3
+"""Dependencies point one way: down the data flow (docs/architecture.md).
+
+Every file under src/ gets a layer from LAYERS (the first pattern that
+matches its path below src/). An #include "x.h" may point to a file of the
+same layer or of a layer below; one that points up is a violation. The
+include graph between modules (x.c, x.h and x_int.h are one module) must also
+have no cycle, so that files of one layer cannot include each other in a
+circle either.
+
+ALLOWED_UP lists the upward includes that are still in the tree, each with
+what removes it. The check fails on an upward include that is not listed and
+on a listed one that is gone: the list can only shrink. Run by `make lint`
+(part of `make check`); `tests/check_includes.py -v` prints every file's
+layer.
+"""
+import fnmatch
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.join(ROOT, "src")
+
+# Top to bottom: (layer name, patterns of paths below src/). A file may
+# include only files of its own layer or of a layer further down the list.
+LAYERS = [
+    ("main", ["main.c"]),
+    ("daemon services of main", ["status_cmd.*", "notify.*"]),
+    ("listen", ["listen.*"]),
+    ("client session", ["downstream.*", "downstream/*", "client/*"]),
+    ("exchange and tunnel", ["exchange.*", "tunnel.*"]),
+    # the status page and metrics: read the pool's, the CA's and the
+    # config's state; called by the client session
+    ("admin", ["admin.*"]),
+    ("pool", ["pool.*", "pool_*.*"]),
+    ("upstream codecs", ["upstream/*"]),
+    ("transport layers", ["transport/*"]),
+    # struct muxd: the daemon's root state, passed down as a pointer
+    ("root state", ["muxd.*"]),
+    ("log", ["log.*"]),
+    ("routes", ["route.*"]),
+    ("config values", ["config.*", "config_*.*"]),
+    ("leaves", ["http1.*", "altsvc.*", "dns.*", "errors.*", "timeutil.h", "hold.h",
+                "tls/ca.*"]),
+]
+
+# Upward includes still in the tree: (file, include as written, what removes
+# it). Delete a line when its include goes away (the check insists).
+ALLOWED_UP = [
+    ("exchange.c", "downstream.h",
+     "issue 13: removed by helper R (the exchange calls its owner through a callback table)"),
+    ("tunnel.c", "downstream.h",
+     "issue 13: removed by helper R (the tunnel calls its owner through a callback table)"),
+    ("transport/chain.c", "pool.h",
+     "issue 13: removed by helper Y (pool_open_tunnel hands the chain a ready lower layer)"),
+    ("transport/stream.c", "pool.h",
+     "issue 13: removed by helper Y (pool_open_tunnel opens the stream, not the layer)"),
+    ("transport/stream.c", "upstream/upstream.h",
+     "issue 13: removed by helper Y (the tunnel over a pooled stream leaves transport/)"),
+]
+
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+
+def layer_of(rel):
+    for i, (_, patterns) in enumerate(LAYERS):
+        if any(fnmatch.fnmatchcase(rel, p) for p in patterns):
+            return i
+    return None
+
+
+def module_of(rel):
+    """x.c, x.h and x's internal header x_int.h are one module."""
+    m = os.path.splitext(rel)[0]
+    return m[:-4] if m.endswith("_int") else m
+
+
+def source_files():
+    out = []
+    for d, _, files in os.walk(SRC):
+        for f in files:
+            if f.endswith((".c", ".h")):
+                out.append(os.path.relpath(os.path.join(d, f), SRC))
+    return sorted(out)
+
+
+def resolve(rel, inc):
+    """The path below src/ that #include "inc" in src/rel names (-Isrc
+    first, then the including file's directory), or None."""
+    for cand in (inc, os.path.join(os.path.dirname(rel), inc)):
+        cand = os.path.normpath(cand)
+        if os.path.isfile(os.path.join(SRC, cand)):
+            return cand
+    return None
+
+
+def find_cycle(edges):
+    """One cycle in the module graph {module: set(modules)}, or None."""
+    state, stack = {}, []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(edges.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                c = visit(m)
+                if c:
+                    return c
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(edges):
+        if n not in state:
+            c = visit(n)
+            if c:
+                return c
+    return None
+
+
+def main():
+    verbose = "-v" in sys.argv[1:]
+    errors = []
+    found_up = set()
+    edges = {}
+    files = source_files()
+
+    for rel in files:
+        if layer_of(rel) is None:
+            errors.append(f"src/{rel}: no layer: add it to LAYERS in tests/check_includes.py")
+    if errors:
+        return report(errors)
+
+    for rel in files:
+        mine = layer_of(rel)
+        if verbose:
+            print(f"{LAYERS[mine][0]:>24}  src/{rel}")
+        with open(os.path.join(SRC, rel), encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        for inc in INCLUDE.findall(text):
+            target = resolve(rel, inc)
+            if target is None:
+                errors.append(f'src/{rel}: #include "{inc}": no such file under src/')
+                continue
+            theirs = layer_of(target)
+            if theirs < mine:
+                if (rel, inc) in {(a, b) for a, b, _ in ALLOWED_UP}:
+                    found_up.add((rel, inc))
+                else:
+                    errors.append(
+                        f'src/{rel} ({LAYERS[mine][0]}) includes "{inc}" '
+                        f"({LAYERS[theirs][0]}): an include that points up the layer order")
+                continue  # allowlisted upward edges stay out of the cycle check
+            a, b = module_of(rel), module_of(target)
+            if a != b:
+                edges.setdefault(a, set()).add(b)
+
+    for rel, inc, why in ALLOWED_UP:
+        if (rel, inc) not in found_up:
+            errors.append(f'ALLOWED_UP: src/{rel} no longer includes "{inc}" upward '
+                          f"({why}): delete its line from tests/check_includes.py")
+
+    cycle = find_cycle(edges)
+    if cycle:
+        errors.append("include cycle between modules: " + " -> ".join(cycle))
+    return report(errors)
+
+
+def report(errors):
+    for e in errors:
+        print(f"check_includes: {e}", file=sys.stderr)
+    if errors:
+        return 1
+    print(f"check_includes: dependencies point down ({len(ALLOWED_UP)} allowlisted upward "
+          "includes left)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
