@@ -10,7 +10,8 @@ circle either.
 
 ALLOWED_UP lists the upward includes that are still in the tree, each with
 what removes it. The check fails on an upward include that is not listed and
-on a listed one that is gone: the list can only shrink. Run by `make lint`
+on a listed one that is gone: the list can only shrink. Before the real
+tree it checks a few made-up ones (self_test). Run by `make lint`
 (part of `make check`); `tests/check_includes.py -v` prints every file's
 layer.
 """
@@ -76,21 +77,21 @@ def module_of(rel):
     return m[:-4] if m.endswith("_int") else m
 
 
-def source_files():
+def source_files(src):
     out = []
-    for d, _, files in os.walk(SRC):
+    for d, _, files in os.walk(src):
         for f in files:
             if f.endswith((".c", ".h")):
-                out.append(os.path.relpath(os.path.join(d, f), SRC))
+                out.append(os.path.relpath(os.path.join(d, f), src))
     return sorted(out)
 
 
-def resolve(rel, inc):
+def resolve(src, rel, inc):
     """The path below src/ that #include "inc" in src/rel names (-Isrc
     first, then the including file's directory), or None."""
     for cand in (inc, os.path.join(os.path.dirname(rel), inc)):
         cand = os.path.normpath(cand)
-        if os.path.isfile(os.path.join(SRC, cand)):
+        if os.path.isfile(os.path.join(src, cand)):
             return cand
     return None
 
@@ -121,44 +122,44 @@ def find_cycle(edges):
     return None
 
 
-def main():
-    verbose = "-v" in sys.argv[1:]
+def check(src, allowed, verbose=False):
+    """The violations in the tree src, as messages (none: it passes)."""
     errors = []
     found_up = set()
     edges = {}
-    files = source_files()
+    files = source_files(src)
 
     for rel in files:
         if layer_of(rel) is None:
             errors.append(f"src/{rel}: no layer: add it to LAYERS in tests/check_includes.py")
     if errors:
-        return report(errors)
+        return errors
 
     for rel in files:
         mine = layer_of(rel)
         if verbose:
             print(f"{LAYERS[mine][0]:>24}  src/{rel}")
-        with open(os.path.join(SRC, rel), encoding="utf-8", errors="replace") as f:
+        with open(os.path.join(src, rel), encoding="utf-8", errors="replace") as f:
             text = f.read()
         for inc in INCLUDE.findall(text):
-            target = resolve(rel, inc)
+            target = resolve(src, rel, inc)
             if target is None:
                 errors.append(f'src/{rel}: #include "{inc}": no such file under src/')
                 continue
             theirs = layer_of(target)
             if theirs < mine:
-                if (rel, inc) in {(a, b) for a, b, _ in ALLOWED_UP}:
+                if (rel, inc) in {(a, b) for a, b, _ in allowed}:
                     found_up.add((rel, inc))
                 else:
                     errors.append(
                         f'src/{rel} ({LAYERS[mine][0]}) includes "{inc}" '
                         f"({LAYERS[theirs][0]}): an include that points up the layer order")
-                continue  # allowlisted upward edges stay out of the cycle check
+                continue  # upward edges stay out of the cycle check
             a, b = module_of(rel), module_of(target)
             if a != b:
                 edges.setdefault(a, set()).add(b)
 
-    for rel, inc, why in ALLOWED_UP:
+    for rel, inc, why in allowed:
         if (rel, inc) not in found_up:
             errors.append(f'ALLOWED_UP: src/{rel} no longer includes "{inc}" upward '
                           f"({why}): delete its line from tests/check_includes.py")
@@ -166,7 +167,49 @@ def main():
     cycle = find_cycle(edges)
     if cycle:
         errors.append("include cycle between modules: " + " -> ".join(cycle))
-    return report(errors)
+    return errors
+
+
+def self_test():
+    """The checker on small made-up trees: each case must pass or fail as
+    stated, so that a broken checker cannot pass the real tree silently."""
+    import tempfile
+
+    cases = [
+        # (name, {file: includes}, allowed, expected message or None)
+        ("includes point down", {"pool.c": ["pool.h", "transport/transport.h"], "pool.h": [],
+                                 "transport/transport.h": ["errors.h"], "errors.h": []},
+         [], None),
+        ("an include points up", {"transport/tcp.c": ["pool.h"], "pool.h": []},
+         [], "points up"),
+        ("an allowlisted upward include", {"transport/tcp.c": ["pool.h"], "pool.h": []},
+         [("transport/tcp.c", "pool.h", "test")], None),
+        ("an allowlisted include is gone", {"transport/tcp.c": [], "pool.h": []},
+         [("transport/tcp.c", "pool.h", "test")], "no longer includes"),
+        ("a file without a layer", {"frobnicate.c": []}, [], "no layer"),
+        ("a cycle inside a layer", {"http1.h": ["errors.h"], "errors.h": ["http1.h"]},
+         [], "include cycle"),
+        ("an include of a missing file", {"http1.c": ["nothere.h"]}, [], "no such file"),
+    ]
+    failed = 0
+    for name, tree, allowed, expect in cases:
+        with tempfile.TemporaryDirectory() as d:
+            for rel, incs in tree.items():
+                os.makedirs(os.path.join(d, os.path.dirname(rel)), exist_ok=True)
+                with open(os.path.join(d, rel), "w") as f:
+                    f.write("".join(f'#include "{i}"\n' for i in incs))
+            errors = check(d, allowed)
+        ok = not errors if expect is None else any(expect in e for e in errors)
+        if not ok:
+            failed += 1
+            print(f"check_includes: self-test '{name}' went wrong: {errors}", file=sys.stderr)
+    return failed == 0
+
+
+def main():
+    if not self_test():
+        return 1
+    return report(check(SRC, ALLOWED_UP, verbose="-v" in sys.argv[1:]))
 
 
 def report(errors):
