@@ -24,7 +24,7 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 UNIT_HELPERS := $(BUILD)/tests/unit/harness.o
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: all run check unit integration deps clean format bench fuzz deb
+.PHONY: all run check lint unit integration deps clean format bench fuzz deb
 
 all: $(BUILD)/muxd
 
@@ -78,6 +78,10 @@ unit: $(UNIT_BINS) $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 	@set -e; for f in $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%); do \
 	    echo "== $$f"; $$f 20000 tests/fuzz/corpus/$$(basename $$f | sed 's/^fuzz_//'); done
 
+# Includes point down the layer order (docs/architecture.md).
+lint:
+	/usr/bin/python3 tests/check_includes.py
+
 integration: $(BUILD)/muxd
 	MUXD_BIN=$(abspath $(BUILD)/muxd) MUXD_SANITIZE=$(SANITIZE) \
 	    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
@@ -85,6 +89,7 @@ integration: $(BUILD)/muxd
 check:
 	@$(MAKE) --no-print-directory deps
 	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
 

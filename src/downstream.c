@@ -37,6 +37,7 @@
 #include "http1.h"
 #include "log.h"
 #include "route.h"
+#include "timeutil.h"
 #include "transport/tls.h"
 #include "transport/transport.h"
 #include "tunnel.h"
@@ -144,7 +145,7 @@ static void free_soon(struct downstream *ds)
  * closes or after LINGER_MS. */
 static void start_close(struct downstream *ds)
 {
-	struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(LINGER_MS);
 
 	if (ds->closing)
 		return;
@@ -210,7 +211,7 @@ static void arm(struct downstream *ds, enum ds_timer kind)
 	uint64_t ms = kind == T_HEADER ? cfg->request_header_timeout_ms
 	              : kind == T_IDLE ? cfg->client_idle_timeout_ms
 	                               : cfg->client_timeout_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 
 	ds->timer_kind = kind;
 	if (kind == T_NONE) {
@@ -758,7 +759,7 @@ static void start_peek(struct downstream *ds, const char *host, uint16_t port)
 	uint64_t ms = PEEK_MS < ds->m->cfg->client_idle_timeout_ms
 	                  ? PEEK_MS
 	                  : ds->m->cfg->client_idle_timeout_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 
 	ds->peek_timer = evtimer_new(ds->m->base, peek_timeout, ds);
 	if (!ds->peek_timer) {

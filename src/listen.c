@@ -35,6 +35,7 @@
 #include "downstream.h"
 #include "log.h"
 #include "pool.h"
+#include "timeutil.h"
 
 struct listeners {
 	struct muxd *m;
@@ -120,7 +121,7 @@ static bool fds_short(struct listeners *ls)
 
 static void start_backoff(struct listeners *ls)
 {
-	struct timeval tv = {0, ACCEPT_BACKOFF_MS * 1000};
+	struct timeval tv = ms_to_timeval(ACCEPT_BACKOFF_MS);
 
 	if (!ls->backoff && !(ls->backoff = evtimer_new(ls->m->base, backoff_done, ls)))
 		return;

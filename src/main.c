@@ -38,6 +38,7 @@
 #include "notify.h"
 #include "pool.h"
 #include "status_cmd.h"
+#include "timeutil.h"
 #include "tls/ca.h"
 #include "transport/tls.h"
 #include "trust_cmd.h"
@@ -300,7 +301,7 @@ static void begin_shutdown(struct daemon *d)
 {
 	struct muxd *m = &d->m;
 	uint64_t ms = m->cfg->shutdown_timeout_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 
 	if (m->draining)
 		return;
@@ -350,6 +351,12 @@ static int cmd_ca(const struct config *cfg)
 	return 0;
 }
 
+/* muxd_client_closed: a client slot is free again. */
+static void resume_accepting(struct muxd *m)
+{
+	listeners_pause(m->listeners, false);
+}
+
 static int run(struct daemon *d)
 {
 	struct muxd *m = &d->m;
@@ -380,6 +387,7 @@ static int run(struct daemon *d)
 		goto out;
 	if (m->cfg->intercept_enabled && !(m->ca = open_ca(m->cfg)))
 		goto out;
+	m->resume_accepting = resume_accepting;
 	m->listeners = listeners_from_env(m, err, sizeof(err));
 	if (!m->listeners && err[0]) {
 		log_error("socket activation: %s", err);

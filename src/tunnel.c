@@ -16,6 +16,7 @@
 #include "log.h"
 #include "pool.h"
 #include "route.h"
+#include "timeutil.h"
 #include "transport/transport.h"
 
 struct tunnel {
@@ -63,7 +64,7 @@ static void touch(struct tunnel *tn)
 	uint64_t ms = tn->cfg->tunnel_idle_timeout_ms;
 	if ((tn->client_eof || tn->origin_eof) && ms > HALF_CLOSED_IDLE_MS)
 		ms = HALF_CLOSED_IDLE_MS;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 	evtimer_add(tn->idle, &tv);
 }
 

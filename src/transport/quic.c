@@ -17,12 +17,14 @@
 
 #include "dns.h"
 #include "log.h"
+#include "muxd.h"
+#include "timeutil.h"
 #include "transport/eyeballs.h"
 #include "transport/quic_int.h"
 
 static void set_timer(struct event *ev, uint64_t ms)
 {
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 	evtimer_add(ev, &tv);
 }
 

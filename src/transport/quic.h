@@ -46,10 +46,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "muxd.h"
+#include "errors.h"
 
 #define QUIC_HANDSHAKE_MS 10000 /* set-up deadline */
 
+struct muxd;
 struct quic;
 
 /* Stream data handed out for sending (the app's memory, kept until acked). */

@@ -9,7 +9,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "hold.h"
 #include "log.h"
+#include "timeutil.h"
 #include "transport/transport.h"
 #include "upstream/streams.h"
 #include "upstream/window.h"
@@ -26,7 +28,7 @@ void upstream_conn_init(struct upstream_conn *b, const struct upstream_conn_ops 
 
 void mux_set_timer(struct event *ev, uint64_t ms)
 {
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 	evtimer_add(ev, &tv);
 }
 
@@ -140,23 +142,18 @@ unsigned mux_live(const struct mux_conn *mc)
 
 void mux_hold(struct mux_conn *mc)
 {
-	mc->holds++;
+	hold_take(&mc->holds);
 }
 
 bool mux_release(struct mux_conn *mc)
 {
-	if (mc->holds > 1) {
-		mc->holds--;
-		return !mc->freeing;
-	}
-	if (!mc->freeing)
+	if (mc->holds == 1 && !mc->freeing)
 		mc->mops->settle(mc); /* still held once: nested hold/release do not recurse */
-	mc->holds = 0;
-	if (mc->freeing) {
+	if (hold_release(&mc->holds) && mc->freeing) {
 		mc->mops->conn_free(mc);
 		return false;
 	}
-	return true;
+	return !mc->freeing;
 }
 
 /* The owner forgets the connection; it is freed once no stream is left. */
@@ -267,9 +264,7 @@ void mux_close(struct mux_conn *mc)
 	mc->base.reusable = false;
 	for (struct mux_stream *s = mc->streams; s; s = s->next)
 		s->user = false;
-	if (mc->holds > 0)
-		mc->freeing = true;
-	else
+	if (hold_close(mc->holds, &mc->freeing))
 		mc->mops->conn_free(mc);
 }
 

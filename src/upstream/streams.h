@@ -105,7 +105,7 @@ struct mux_conn {
 	bool failed;  /* transport gone or session dead */
 	bool told;    /* the owner was told on_closed (or closed us) */
 	bool freeing; /* free when the last hold is released */
-	int holds;
+	unsigned holds;
 	uint64_t win_total; /* the receive windows of its streams together */
 };
 
