@@ -161,13 +161,17 @@ static void start_close(struct downstream *ds)
 	ds->t->ops->set_reading(ds->t, true);
 }
 
-struct transport *downstream_transport(struct downstream *ds)
+static struct transport *owner_transport(void *ctx)
 {
+	struct downstream *ds = ctx;
+
 	return ds->t;
 }
 
-const char *downstream_peer(const struct downstream *ds)
+static const char *owner_peer(void *ctx)
 {
+	struct downstream *ds = ctx;
+
 	return ds->peer;
 }
 
@@ -180,8 +184,9 @@ static void respond_head(struct downstream *ds, int status, const char *content_
 	                    close ? "Connection: close\r\n" : "");
 }
 
-void downstream_respond(struct downstream *ds, int status, const char *content_type,
-                        const char *body, size_t body_len, bool close)
+/* Write a complete response of muxd's own. close: end the connection after. */
+static void respond(struct downstream *ds, int status, const char *content_type, const char *body,
+                    size_t body_len, bool close)
 {
 	respond_head(ds, status, content_type, body_len, close);
 	evbuffer_add(transport_output(ds->t), body, body_len);
@@ -189,7 +194,7 @@ void downstream_respond(struct downstream *ds, int status, const char *content_t
 
 static void respond_text(struct downstream *ds, int status, const char *text, bool close)
 {
-	downstream_respond(ds, status, "text/plain", text, strlen(text), close);
+	respond(ds, status, "text/plain", text, strlen(text), close);
 	if (close)
 		start_close(ds);
 }
@@ -404,6 +409,8 @@ static bool targets_self(const struct muxd *m, const char *host, uint16_t port)
 	return false;
 }
 
+static const struct exchange_owner exchange_owner;
+static const struct tunnel_owner tunnel_owner;
 static void forward(struct downstream *ds, struct http1_msg *req, const struct http1_uri *uri,
                     const char *tls_name);
 static void start_peek(struct downstream *ds, const char *host, uint16_t port);
@@ -466,7 +473,7 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 			start_peek(ds, host, port);
 		else if (!config_port_allowed(ds->m->cfg, port))
 			respond_text(ds, 403, "muxd: CONNECT to this port is not allowed\n", true);
-		else if (!(ds->tunnel = tunnel_start(ds->m, ds, host, port, false)))
+		else if (!(ds->tunnel = tunnel_start(ds->m, &tunnel_owner, ds, host, port, false)))
 			respond_text(ds, 500, "muxd: out of memory\n", true);
 		return;
 	}
@@ -485,8 +492,7 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 		if (strcmp(req->method, "HEAD") == 0)
 			respond_head(ds, r.status, r.content_type, r.body_len, !req->keep_alive);
 		else
-			downstream_respond(ds, r.status, r.content_type, r.body, r.body_len,
-			                   !req->keep_alive);
+			respond(ds, r.status, r.content_type, r.body, r.body_len, !req->keep_alive);
 		admin_response_free(&r);
 		if (!req->keep_alive)
 			start_close(ds);
@@ -562,7 +568,7 @@ static void forward(struct downstream *ds, struct http1_msg *req, const struct h
 		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
 		return;
 	}
-	ds->ex = exchange_start(ds->m, ds, req, uri, tls_name);
+	ds->ex = exchange_start(ds->m, &exchange_owner, ds, req, uri, tls_name);
 	if (!ds->ex)
 		respond_text(ds, 500, "muxd: out of memory\n", true);
 }
@@ -648,8 +654,18 @@ static void close_after_eof(struct downstream *ds)
 		start_close(ds);
 }
 
-void downstream_exchange_done(struct downstream *ds, bool keep_alive)
+static void owner_respond(void *ctx, int status, const char *content_type, const char *body,
+                          size_t body_len, bool close)
 {
+	respond(ctx, status, content_type, body, body_len, close);
+}
+
+/* The current exchange finished; keep_alive: the connection may carry the
+ * next request. The exchange is already freed. */
+static void exchange_done(void *ctx, bool keep_alive)
+{
+	struct downstream *ds = ctx;
+
 	ds->ex = NULL;
 	if (ds->peer_eof) {
 		close_after_eof(ds);
@@ -662,8 +678,12 @@ void downstream_exchange_done(struct downstream *ds, bool keep_alive)
 	process(ds);
 }
 
-void downstream_tunnel_done(struct downstream *ds, bool flush)
+/* The CONNECT tunnel ended (already freed): the connection closes, after
+ * flushing what was written to it when flush is set (an error answer). */
+static void tunnel_done(void *ctx, bool flush)
 {
+	struct downstream *ds = ctx;
+
 	ds->tunnel = NULL;
 	if (flush)
 		start_close(ds);
@@ -671,8 +691,12 @@ void downstream_tunnel_done(struct downstream *ds, bool flush)
 		ds_free(ds);
 }
 
-void downstream_abort(struct downstream *ds)
+/* The exchange failed after its response head went out: close abruptly so
+ * the client cannot mistake a truncated body for a whole one. */
+static void exchange_aborted(void *ctx)
 {
+	struct downstream *ds = ctx;
+
 	ds->ex = NULL;
 	/* What the exchange committed (a response head, body bytes) still goes
 	 * out; the close right after it, without a terminating chunk, tells the
@@ -682,6 +706,10 @@ void downstream_abort(struct downstream *ds)
 	else
 		ds_free(ds);
 }
+
+static const struct exchange_owner exchange_owner = {owner_transport, owner_peer, owner_respond,
+                                                     exchange_done, exchange_aborted};
+static const struct tunnel_owner tunnel_owner = {owner_transport, owner_respond, tunnel_done};
 
 static const struct transport_cbs client_cbs;
 
@@ -716,8 +744,8 @@ static void end_peek(struct downstream *ds, bool forced)
 			         "tunneled, not intercepted",
 			         ds->peer, ds->origin_host, ds->origin_port, sni);
 			ds->mode = DS_PROXY;
-			ds->tunnel =
-			    tunnel_start(ds->m, ds, ds->origin_host, ds->origin_port, true);
+			ds->tunnel = tunnel_start(ds->m, &tunnel_owner, ds, ds->origin_host,
+			                          ds->origin_port, true);
 			if (!ds->tunnel)
 				free_soon(ds);
 			return;
@@ -738,7 +766,7 @@ static void end_peek(struct downstream *ds, bool forced)
 	evtimer_del(ds->peek_timer);
 	ds->mode = DS_PROXY;
 	ds->silent_peek = evbuffer_get_length(in) == 0 && !ds->peer_eof;
-	ds->tunnel = tunnel_start(ds->m, ds, ds->origin_host, ds->origin_port, true);
+	ds->tunnel = tunnel_start(ds->m, &tunnel_owner, ds, ds->origin_host, ds->origin_port, true);
 	if (!ds->tunnel)
 		free_soon(ds);
 	else

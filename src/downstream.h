@@ -15,7 +15,6 @@
 #include "muxd.h"
 
 struct downstream;
-struct transport;
 
 /* Take an accepted client socket. */
 void downstream_accept(struct muxd *m, int fd, const struct sockaddr *peer, socklen_t peer_len);
@@ -28,25 +27,6 @@ void downstream_close_all(struct muxd *m);
 /* Descriptors are short: close up to n client connections that sit idle
  * between requests, the longest idle first. Returns how many were closed. */
 unsigned downstream_close_idle(struct muxd *m, unsigned n);
-
-struct transport *downstream_transport(struct downstream *ds);
-const char *downstream_peer(const struct downstream *ds);
-
-/* Write a complete response of muxd's own. close: end the connection after. */
-void downstream_respond(struct downstream *ds, int status, const char *content_type,
-                        const char *body, size_t body_len, bool close);
-
-/* The current exchange finished; keep_alive: the connection may carry the
- * next request. The exchange is already freed. */
-void downstream_exchange_done(struct downstream *ds, bool keep_alive);
-
-/* The CONNECT tunnel ended (already freed): the connection closes, after
- * flushing what was written to it when flush is set (an error answer). */
-void downstream_tunnel_done(struct downstream *ds, bool flush);
-
-/* The exchange failed after its response head went out: close abruptly so
- * the client cannot mistake a truncated body for a whole one. */
-void downstream_abort(struct downstream *ds);
 
 /* Inside an intercepted session (pure code, fuzzed): whether a request's
  * target and Host value (NULL: none) name the CONNECT origin

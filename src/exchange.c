@@ -13,7 +13,6 @@
 #include <time.h>
 
 #include "config.h"
-#include "downstream.h"
 #include "log.h"
 #include "pool.h"
 #include "route.h"
@@ -23,7 +22,8 @@
 struct exchange {
 	struct muxd *m;
 	struct config *cfg;
-	struct downstream *ds;
+	const struct exchange_owner *owner;
+	void *owner_ctx;
 	struct transport *client;
 	struct http1_msg req;
 	struct http1_uri uri;
@@ -113,7 +113,7 @@ static void access_log(struct exchange *ex)
 	gmtime_r(&t, &tm);
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
 	access_log_line(ex->m->access_log, "%s %s %s %s %d %llu %llu %ldms %s %s\n", when,
-	                downstream_peer(ex->ds), ex->req.method, ex->req.target, ex->status,
+	                ex->owner->peer(ex->owner_ctx), ex->req.method, ex->req.target, ex->status,
 	                (unsigned long long)ex->bytes_in, (unsigned long long)ex->bytes_out, ms,
 	                ex->got_stream ? proto_name(ex->proto) : "-",
 	                !ex->got_stream ? "-"
@@ -124,21 +124,23 @@ static void access_log(struct exchange *ex)
 /* The exchange is over: log, free, and let the client connection go on. */
 static void finish(struct exchange *ex)
 {
-	struct downstream *ds = ex->ds;
+	const struct exchange_owner *owner = ex->owner;
+	void *ctx = ex->owner_ctx;
 	bool keep_alive = ex->keep_alive && ex->req_body_done;
 
 	access_log(ex);
 	exchange_free(ex);
-	downstream_exchange_done(ds, keep_alive);
+	owner->done(ctx, keep_alive);
 }
 
 static void fail_abruptly(struct exchange *ex)
 {
-	struct downstream *ds = ex->ds;
+	const struct exchange_owner *owner = ex->owner;
+	void *ctx = ex->owner_ctx;
 
 	access_log(ex);
 	exchange_free(ex);
-	downstream_abort(ds);
+	owner->abort(ctx);
 }
 
 /* Answer with muxd's own error before any response head went out. */
@@ -149,7 +151,8 @@ static void answer_error(struct exchange *ex, enum muxd_err err, const char *rea
 
 	ex->status = muxd_err_status(err);
 	ex->keep_alive = ex->keep_alive && ex->req_body_done;
-	downstream_respond(ex->ds, ex->status, "text/plain", body, (size_t)n, !ex->keep_alive);
+	ex->owner->respond(ex->owner_ctx, ex->status, "text/plain", body, (size_t)n,
+	                   !ex->keep_alive);
 	finish(ex);
 }
 
@@ -211,7 +214,7 @@ static void send_request_body(struct exchange *ex)
 					ex->keep_alive = false;
 					ex->req_body_done = true;
 					ex->status = 400;
-					downstream_respond(ex->ds, 400, "text/plain",
+					ex->owner->respond(ex->owner_ctx, 400, "text/plain",
 					                   "muxd: malformed chunked body\n", 29,
 					                   true);
 					finish(ex);
@@ -390,8 +393,8 @@ static void on_error(void *ctx, enum muxd_err err, const char *reason, bool noth
 
 	ex->stream = NULL;
 	if (ex->head_sent) {
-		log_info("%s: response from %s broke off: %s", downstream_peer(ex->ds), ex->key.id,
-		         reason);
+		log_info("%s: response from %s broke off: %s", ex->owner->peer(ex->owner_ctx),
+		         ex->key.id, reason);
 		fail_abruptly(ex);
 		return;
 	}
@@ -524,8 +527,9 @@ static void build_fields(struct exchange *ex)
 	}
 }
 
-struct exchange *exchange_start(struct muxd *m, struct downstream *ds, struct http1_msg *req,
-                                const struct http1_uri *uri, const char *tls_name)
+struct exchange *exchange_start(struct muxd *m, const struct exchange_owner *owner, void *owner_ctx,
+                                struct http1_msg *req, const struct http1_uri *uri,
+                                const char *tls_name)
 {
 	struct exchange *ex = calloc(1, sizeof(*ex));
 	bool v6 = uri->ipv6 && !tls_name;
@@ -542,8 +546,9 @@ struct exchange *exchange_start(struct muxd *m, struct downstream *ds, struct ht
 	clock_gettime(CLOCK_MONOTONIC, &ex->start);
 	ex->m = m;
 	ex->cfg = config_ref(m->cfg);
-	ex->ds = ds;
-	ex->client = downstream_transport(ds);
+	ex->owner = owner;
+	ex->owner_ctx = owner_ctx;
+	ex->client = owner->transport(owner_ctx);
 	ex->req = *req;
 	memset(req, 0, sizeof(*req));
 	ex->uri = *uri;
@@ -590,9 +595,10 @@ void exchange_client_eof(struct exchange *ex)
 	/* A client that half-closes after its whole request still gets the
 	 * response; one that vanishes mid-request takes the exchange with it. */
 	if (!ex->req_body_done) {
-		struct downstream *ds = ex->ds;
+		const struct exchange_owner *owner = ex->owner;
+		void *ctx = ex->owner_ctx;
 		exchange_free(ex);
-		downstream_abort(ds);
+		owner->abort(ctx);
 	} else {
 		ex->keep_alive = false;
 	}

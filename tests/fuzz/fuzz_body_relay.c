@@ -1,8 +1,9 @@
 /*
  * Fuzz target for the body relay in both directions: src/exchange.c with the
  * real HTTP/1.1 upstream codec (src/upstream/h1.c) over an in-memory
- * transport, the client connection and the pool replaced by fakes at link
- * time (ld --wrap, EXCHANGE_SEAMS in the Makefile).
+ * transport, the pool replaced by a fake at link time (ld --wrap,
+ * EXCHANGE_SEAMS in the Makefile) and the client connection by a fake owner
+ * table given to exchange_start.
  *
  * Input: flags (1 byte: the request's framing), the client's bytes after the
  * request head (3-byte little-endian length, then the bytes), the origin's
@@ -29,7 +30,6 @@
 #include <string.h>
 
 #include "config.h"
-#include "downstream.h"
 #include "exchange.h"
 #include "http1.h"
 #include "log.h"
@@ -146,49 +146,46 @@ static void client_blocks(void)
 
 static bool ex_done; /* finished or aborted: the exchange is freed */
 
-struct transport *__wrap_downstream_transport(struct downstream *ds);
-const char *__wrap_downstream_peer(const struct downstream *ds);
-void __wrap_downstream_respond(struct downstream *ds, int status, const char *content_type,
-                               const char *body, size_t body_len, bool close);
-void __wrap_downstream_exchange_done(struct downstream *ds, bool keep_alive);
-void __wrap_downstream_abort(struct downstream *ds);
-
-struct transport *__wrap_downstream_transport(struct downstream *ds)
+static struct transport *fake_transport(void *ctx)
 {
-	(void)ds;
+	(void)ctx;
 	return &client.t;
 }
 
-const char *__wrap_downstream_peer(const struct downstream *ds)
+static const char *fake_peer(void *ctx)
 {
-	(void)ds;
+	(void)ctx;
 	return "client";
 }
 
-void __wrap_downstream_respond(struct downstream *ds, int status, const char *content_type,
-                               const char *body, size_t body_len, bool close)
+static void fake_respond(void *ctx, int status, const char *content_type, const char *body,
+                         size_t body_len, bool close)
 {
-	(void)ds;
+	(void)ctx;
 	(void)content_type;
 	(void)close;
 	evbuffer_add_printf(client.out, "HTTP/1.1 %d muxd\r\n\r\n", status);
 	evbuffer_add(client.out, body, body_len);
 }
 
-void __wrap_downstream_exchange_done(struct downstream *ds, bool keep_alive)
+static void fake_done(void *ctx, bool keep_alive)
 {
-	(void)ds;
+	(void)ctx;
 	(void)keep_alive;
 	CHECK(!ex_done);
 	ex_done = true;
 }
 
-void __wrap_downstream_abort(struct downstream *ds)
+static void fake_abort(void *ctx)
 {
-	(void)ds;
+	(void)ctx;
 	CHECK(!ex_done);
 	ex_done = true;
 }
+
+/* The exchange's owner, as the client connection would be. */
+static const struct exchange_owner fake_owner = {fake_transport, fake_peer, fake_respond, fake_done,
+                                                 fake_abort};
 
 /* ---- the fake pool: one HTTP/1.1 connection over origin ---- */
 
@@ -505,7 +502,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(http1_parse_absolute_uri(req.target, &uri));
 	decode(body.p, body.len, req.body == HTTP1_BODY_CHUNKED,
 	       req.body == HTTP1_BODY_LENGTH ? req.content_length : 0, &want);
-	ex = exchange_start(&m, (struct downstream *)&client, &req, &uri, NULL);
+	ex = exchange_start(&m, &fake_owner, &client, &req, &uri, NULL);
 	CHECK(ex);
 
 	/* the schedule */

@@ -9,8 +9,9 @@
  * that hands that stream over when the test says so, and a fake client
  * connection whose input the test fills with exactly sized heap chains
  * (evbuffer_add_reference), so that a read past a chain is a wrong byte here
- * and an error under AddressSanitizer. The pool and the client connection are
- * replaced at link time (ld --wrap, see EXCHANGE_SEAMS in the Makefile).
+ * and an error under AddressSanitizer. The pool is replaced at link time (ld
+ * --wrap, see EXCHANGE_SEAMS in the Makefile); the client connection is a
+ * fake owner table given to exchange_start.
  */
 #include "exchange.h"
 
@@ -19,7 +20,6 @@
 #include <string.h>
 
 #include "config.h"
-#include "downstream.h"
 #include "harness.h"
 #include "http1.h"
 #include "log.h"
@@ -31,7 +31,7 @@
 static struct fake_client {
 	struct transport t;
 	struct evbuffer *in, *out;
-	int responses; /* downstream_respond calls */
+	int responses; /* respond calls */
 	int status;    /* of the last one */
 	bool done, aborted, keep_alive;
 } fc;
@@ -68,29 +68,22 @@ static bool fc_alive(struct transport *t)
 static const struct transport_ops fc_ops = {fc_input,   fc_output,  fc_set_reading,
                                             fc_nothing, fc_nothing, fc_alive};
 
-struct transport *__wrap_downstream_transport(struct downstream *ds);
-const char *__wrap_downstream_peer(const struct downstream *ds);
-void __wrap_downstream_respond(struct downstream *ds, int status, const char *content_type,
-                               const char *body, size_t body_len, bool close);
-void __wrap_downstream_exchange_done(struct downstream *ds, bool keep_alive);
-void __wrap_downstream_abort(struct downstream *ds);
-
-struct transport *__wrap_downstream_transport(struct downstream *ds)
+static struct transport *fake_transport(void *ctx)
 {
-	ck_assert_ptr_eq(ds, (struct downstream *)&fc);
+	ck_assert_ptr_eq(ctx, &fc);
 	return &fc.t;
 }
 
-const char *__wrap_downstream_peer(const struct downstream *ds)
+static const char *fake_peer(void *ctx)
 {
-	(void)ds;
+	(void)ctx;
 	return "client";
 }
 
-void __wrap_downstream_respond(struct downstream *ds, int status, const char *content_type,
-                               const char *body, size_t body_len, bool close)
+static void fake_respond(void *ctx, int status, const char *content_type, const char *body,
+                         size_t body_len, bool close)
 {
-	(void)ds;
+	(void)ctx;
 	(void)content_type;
 	(void)close;
 	fc.responses++;
@@ -100,20 +93,24 @@ void __wrap_downstream_respond(struct downstream *ds, int status, const char *co
 	evbuffer_add(fc.out, body, body_len);
 }
 
-void __wrap_downstream_exchange_done(struct downstream *ds, bool keep_alive)
+static void fake_done(void *ctx, bool keep_alive)
 {
-	(void)ds;
+	(void)ctx;
 	ck_assert(!fc.done && !fc.aborted);
 	fc.done = true;
 	fc.keep_alive = keep_alive;
 }
 
-void __wrap_downstream_abort(struct downstream *ds)
+static void fake_abort(void *ctx)
 {
-	(void)ds;
+	(void)ctx;
 	ck_assert(!fc.done && !fc.aborted);
 	fc.aborted = true;
 }
+
+/* The exchange's owner, as the client connection would be. */
+static const struct exchange_owner fake_owner = {fake_transport, fake_peer, fake_respond, fake_done,
+                                                 fake_abort};
 
 static void chain_free(const void *data, size_t len, void *arg)
 {
@@ -324,7 +321,7 @@ static void start(const char *head)
 	fc.done = fc.aborted = fc.keep_alive = false;
 	fc.responses = fc.status = 0;
 	fp.calls = 0;
-	ex = exchange_start(&m, (struct downstream *)&fc, &req, &uri, NULL);
+	ex = exchange_start(&m, &fake_owner, &fc, &req, &uri, NULL);
 	ck_assert_ptr_nonnull(ex);
 	ck_assert_int_eq(fp.calls, 1);
 	ck_assert(!fp.fresh_only);
