@@ -27,9 +27,9 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "client/h1_session.h"
 #include "config.h"
 #include "dns.h"
-#include "downstream.h"
 #include "listen.h"
 #include "log.h"
 #include "muxd.h"

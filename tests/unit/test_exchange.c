@@ -1,5 +1,6 @@
 /*
- * Unit tests for src/exchange.c: the request-body relay (fixed length and
+ * Unit tests for src/exchange.c (with the HTTP/1.1 client stream,
+ * src/client/h1_stream.c): the request-body relay (fixed length and
  * chunked, with the client's bytes in chains split at every point and an
  * upstream send space of 1..63 bytes), the response-body relay, and the
  * retry rule of DESIGN.md principle 3.
@@ -10,8 +11,8 @@
  * connection whose input the test fills with exactly sized heap chains
  * (evbuffer_add_reference), so that a read past a chain is a wrong byte here
  * and an error under AddressSanitizer. The pool is replaced at link time (ld
- * --wrap, see EXCHANGE_SEAMS in the Makefile); the client connection is a
- * fake owner table given to exchange_start.
+ * --wrap, see EXCHANGE_SEAMS in the Makefile); the client stream given to
+ * exchange_start is a real h1_stream with the connection's part faked.
  */
 #include "exchange.h"
 
@@ -19,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "client/h1_stream.h"
 #include "config.h"
 #include "harness.h"
 #include "http1.h"
@@ -68,24 +70,22 @@ static bool fc_alive(struct transport *t)
 static const struct transport_ops fc_ops = {fc_input,   fc_output,  fc_set_reading,
                                             fc_nothing, fc_nothing, fc_alive};
 
-static struct transport *fake_transport(void *ctx)
-{
-	ck_assert_ptr_eq(ctx, &fc);
-	return &fc.t;
-}
+/* The client's request stream: the real HTTP/1.1 framing over the fake
+ * client transport, with the connection's part (respond, done, abort,
+ * peer) faked below. */
+static struct h1_stream hs;
 
-static const char *fake_peer(void *ctx)
+static const char *fake_peer(const struct client_stream *cs)
 {
-	(void)ctx;
+	(void)cs;
 	return "client";
 }
 
-static void fake_respond(void *ctx, int status, const char *content_type, const char *body,
-                         size_t body_len, bool close)
+static void fake_respond(struct client_stream *cs, int status, const char *content_type,
+                         const char *body, size_t body_len)
 {
-	(void)ctx;
+	(void)cs;
 	(void)content_type;
-	(void)close;
 	fc.responses++;
 	fc.status = status;
 	evbuffer_add_printf(fc.out, "HTTP/1.1 %d muxd\r\nContent-Length: %zu\r\n\r\n", status,
@@ -93,24 +93,41 @@ static void fake_respond(void *ctx, int status, const char *content_type, const 
 	evbuffer_add(fc.out, body, body_len);
 }
 
-static void fake_done(void *ctx, bool keep_alive)
+static void fake_done(struct client_stream *cs)
 {
-	(void)ctx;
+	bool keep_alive = h1_stream_keep_alive(&hs);
+
+	(void)cs;
+	h1_stream_clear(&hs);
 	ck_assert(!fc.done && !fc.aborted);
 	fc.done = true;
 	fc.keep_alive = keep_alive;
 }
 
-static void fake_abort(void *ctx)
+static void fake_abort(struct client_stream *cs)
 {
-	(void)ctx;
+	(void)cs;
+	h1_stream_clear(&hs);
 	ck_assert(!fc.done && !fc.aborted);
 	fc.aborted = true;
 }
 
-/* The exchange's owner, as the client connection would be. */
-static const struct exchange_owner fake_owner = {fake_transport, fake_peer, fake_respond, fake_done,
-                                                 fake_abort};
+/* The client stream's operations, as the HTTP/1.1 session's. */
+static const struct client_stream_ops fake_client_ops = {
+    h1_stream_read_body,
+    h1_stream_consumed,
+    h1_stream_trailers,
+    h1_stream_send_interim,
+    h1_stream_send_continue,
+    h1_stream_send_head,
+    h1_stream_send_space,
+    h1_stream_send_body,
+    h1_stream_send_end,
+    fake_respond,
+    fake_done,
+    fake_abort,
+    fake_peer,
+};
 
 static void chain_free(const void *data, size_t len, void *arg)
 {
@@ -293,6 +310,8 @@ static void end_exchange(void)
 {
 	if (ex_alive())
 		exchange_abort(ex);
+	h1_stream_clear(&hs);
+	h1_stream_clear(&hs);
 	ex = NULL;
 }
 
@@ -321,7 +340,8 @@ static void start(const char *head)
 	fc.done = fc.aborted = fc.keep_alive = false;
 	fc.responses = fc.status = 0;
 	fp.calls = 0;
-	ex = exchange_start(&m, &fake_owner, &fc, &req, &uri, NULL);
+	ck_assert(h1_stream_begin(&hs, &fake_client_ops, &m, &fc.t, &req));
+	ex = exchange_start(&m, &hs.base, &req, &uri, NULL);
 	ck_assert_ptr_nonnull(ex);
 	ck_assert_int_eq(fp.calls, 1);
 	ck_assert(!fp.fresh_only);
@@ -858,6 +878,7 @@ START_TEST(abort_while_waiting)
 {
 	start(GET_HEAD);
 	exchange_abort(ex);
+	h1_stream_clear(&hs);
 	ex = NULL;
 	ck_assert_int_eq(fp.cancels, 1);
 	ck_assert(!fp.waiting && !fc.done && !fc.aborted);

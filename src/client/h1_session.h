@@ -1,9 +1,13 @@
 /*
- * downstream — one client connection: the HTTP/1.1 server side. Reads
- * request heads strictly (http1.c), answers pipelined requests in order,
- * hands absolute-form requests to an exchange, origin-form requests to the
- * admin pages, and writes muxd's own answers (errors, 403, 508 ...).
- * Owns: the client transport, the current exchange.
+ * h1_session — the HTTP/1.1 server session, one per client connection (its
+ * functions keep the name downstream_*): applies the allow ACL, keeps the
+ * client deadlines, reads request heads strictly (http1.c), answers
+ * pipelined requests in order, hands absolute-form requests to an exchange
+ * as a client_stream (client/session.h, framed by client/h1_stream.c),
+ * CONNECT to a tunnel or, for intercepted ports, peeks and terminates the
+ * client's TLS, sends origin-form requests to the admin pages, and writes
+ * muxd's own answers (errors, 403, 508 ...).
+ * Owns: the client transport, the current exchange or tunnel.
  */
 #ifndef MUXD_DOWNSTREAM_H
 #define MUXD_DOWNSTREAM_H

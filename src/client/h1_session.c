@@ -1,5 +1,7 @@
 /*
- * downstream — the client side of muxd: one struct per accepted connection.
+ * h1_session — the HTTP/1.1 server session (the downstream_* functions): one
+ * struct per accepted connection, its one request at a time a client_stream
+ * (session.h; the framing is h1_stream.c's).
  * Heads are parsed only once a blank line is in the buffer (or the buffer is
  * over the limit), so a head dribbled in byte by byte costs linear time.
  * Closing is "lingering": muxd's write side is shut after the last byte and
@@ -18,12 +20,13 @@
  * get 414, heads over HTTP1_MAX_HEAD 431. While descriptors run short the
  * oldest idle keep-alive connections are closed first (listen.c decides).
  */
-#include "downstream.h"
+#include "client/h1_session.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +35,7 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "client/h1_stream.h"
 #include "config.h"
 #include "exchange.h"
 #include "http1.h"
@@ -64,6 +68,7 @@ struct downstream {
 	char peer[64];
 	bool loopback;
 	struct exchange *ex;
+	struct h1_stream stream; /* the request of the exchange ex */
 	struct tunnel *tunnel;
 	enum ds_mode mode;
 	char origin_host[256]; /* DS_PEEK onwards: the CONNECT authority */
@@ -96,6 +101,7 @@ static void ds_free(struct downstream *ds)
 
 	if (ds->ex)
 		exchange_abort(ds->ex);
+	h1_stream_clear(&ds->stream);
 	if (ds->tunnel)
 		tunnel_abort(ds->tunnel);
 	if (ds->prev)
@@ -168,11 +174,15 @@ static struct transport *owner_transport(void *ctx)
 	return ds->t;
 }
 
-static const char *owner_peer(void *ctx)
+/* The connection of one of its streams. */
+static struct downstream *stream_owner(const struct client_stream *cs)
 {
-	struct downstream *ds = ctx;
+	return (struct downstream *)((char *)cs - offsetof(struct downstream, stream));
+}
 
-	return ds->peer;
+static const char *stream_peer(const struct client_stream *cs)
+{
+	return stream_owner(cs)->peer;
 }
 
 static void respond_head(struct downstream *ds, int status, const char *content_type,
@@ -409,7 +419,7 @@ static bool targets_self(const struct muxd *m, const char *host, uint16_t port)
 	return false;
 }
 
-static const struct exchange_owner exchange_owner;
+static const struct client_stream_ops stream_ops;
 static const struct tunnel_owner tunnel_owner;
 static void forward(struct downstream *ds, struct http1_msg *req, const struct http1_uri *uri,
                     const char *tls_name);
@@ -568,9 +578,15 @@ static void forward(struct downstream *ds, struct http1_msg *req, const struct h
 		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
 		return;
 	}
-	ds->ex = exchange_start(ds->m, &exchange_owner, ds, req, uri, tls_name);
-	if (!ds->ex)
+	if (!h1_stream_begin(&ds->stream, &stream_ops, ds->m, ds->t, req)) {
 		respond_text(ds, 500, "muxd: out of memory\n", true);
+		return;
+	}
+	ds->ex = exchange_start(ds->m, &ds->stream.base, req, uri, tls_name);
+	if (!ds->ex) {
+		h1_stream_clear(&ds->stream);
+		respond_text(ds, 500, "muxd: out of memory\n", true);
+	}
 }
 
 /*
@@ -660,12 +676,24 @@ static void owner_respond(void *ctx, int status, const char *content_type, const
 	respond(ctx, status, content_type, body, body_len, close);
 }
 
-/* The current exchange finished; keep_alive: the connection may carry the
- * next request. The exchange is already freed. */
-static void exchange_done(void *ctx, bool keep_alive)
+/* Muxd's own answer for the exchange's request; the connection survives it
+ * when the stream does. */
+static void stream_respond(struct client_stream *cs, int status, const char *content_type,
+                           const char *body, size_t body_len)
 {
-	struct downstream *ds = ctx;
+	struct downstream *ds = stream_owner(cs);
 
+	respond(ds, status, content_type, body, body_len, !h1_stream_keep_alive(&ds->stream));
+}
+
+/* The current exchange finished (it is already freed); the connection may
+ * carry the next request when the stream says so. */
+static void stream_done(struct client_stream *cs)
+{
+	struct downstream *ds = stream_owner(cs);
+	bool keep_alive = h1_stream_keep_alive(&ds->stream);
+
+	h1_stream_clear(&ds->stream);
 	ds->ex = NULL;
 	if (ds->peer_eof) {
 		close_after_eof(ds);
@@ -693,10 +721,11 @@ static void tunnel_done(void *ctx, bool flush)
 
 /* The exchange failed after its response head went out: close abruptly so
  * the client cannot mistake a truncated body for a whole one. */
-static void exchange_aborted(void *ctx)
+static void stream_abort(struct client_stream *cs)
 {
-	struct downstream *ds = ctx;
+	struct downstream *ds = stream_owner(cs);
 
+	h1_stream_clear(&ds->stream);
 	ds->ex = NULL;
 	/* What the exchange committed (a response head, body bytes) still goes
 	 * out; the close right after it, without a terminating chunk, tells the
@@ -707,8 +736,22 @@ static void exchange_aborted(void *ctx)
 		ds_free(ds);
 }
 
-static const struct exchange_owner exchange_owner = {owner_transport, owner_peer, owner_respond,
-                                                     exchange_done, exchange_aborted};
+/* The HTTP/1.1 client stream: framing in h1_stream.c, the connection here. */
+static const struct client_stream_ops stream_ops = {
+    h1_stream_read_body,
+    h1_stream_consumed,
+    h1_stream_trailers,
+    h1_stream_send_interim,
+    h1_stream_send_continue,
+    h1_stream_send_head,
+    h1_stream_send_space,
+    h1_stream_send_body,
+    h1_stream_send_end,
+    stream_respond,
+    stream_done,
+    stream_abort,
+    stream_peer,
+};
 static const struct tunnel_owner tunnel_owner = {owner_transport, owner_respond, tunnel_done};
 
 static const struct transport_cbs client_cbs;
@@ -882,7 +925,8 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 		return;
 	}
 	if (ev == TRANSPORT_EOF && ds->ex) {
-		exchange_client_eof(ds->ex); /* may free ds */
+		ds->stream.keep_alive = false; /* the response is the last */
+		exchange_client_eof(ds->ex);   /* may free ds */
 		return;
 	}
 	if (ev == TRANSPORT_EOF && ds->tunnel) {
