@@ -1288,7 +1288,10 @@ bool config_deny_loopback(const struct config *cfg)
 	return false;
 }
 
-struct config *config_load(const char *path, struct config_errors *errs)
+/* config_load and config_load_buffer: the file at path, or text[0..len) named
+ * path when text is set. */
+static struct config *load(const char *path, const char *text, size_t len,
+                           struct config_errors *errs)
 {
 	struct load ld = {.path = path, .errs = errs};
 	int ret;
@@ -1301,7 +1304,7 @@ struct config *config_load(const char *path, struct config_errors *errs)
 		config_unref(ld.cfg);
 		return NULL;
 	}
-	ld.f = fopen(path, "r");
+	ld.f = text ? fmemopen((void *)text, len, "r") : fopen(path, "r");
 	if (!ld.f) {
 		errf(&ld, 0, "cannot open: %s", strerror(errno));
 		config_unref(ld.cfg);
@@ -1325,4 +1328,15 @@ struct config *config_load(const char *path, struct config_errors *errs)
 		return NULL;
 	}
 	return ld.cfg;
+}
+
+struct config *config_load(const char *path, struct config_errors *errs)
+{
+	return load(path, NULL, 0, errs);
+}
+
+struct config *config_load_buffer(const char *name, const char *text, size_t len,
+                                  struct config_errors *errs)
+{
+	return load(name, text, len, errs);
 }

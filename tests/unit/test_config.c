@@ -515,6 +515,49 @@ START_TEST(empty_file)
 }
 END_TEST
 
+/* config_load_buffer: the same configuration as from a file with that text,
+ * messages naming the given name; any bytes, no terminating NUL needed. */
+START_TEST(load_buffer)
+{
+	static const char text[] = "[muxd]\nmax_clients = 7\nlisten = 127.0.0.1:1 [::1]:2\n"
+	                           "[route *.example]\nverify = off\n";
+	struct config_errors errs;
+	struct config *file = load_ok(text);
+	struct config *buf = config_load_buffer("mem.conf", text, strlen(text), &errs);
+
+	ck_assert_ptr_nonnull(buf);
+	ck_assert_uint_eq(errs.n, 0);
+	ck_assert_str_eq(buf->file, "mem.conf");
+	ck_assert_uint_eq(buf->max_clients, 7);
+	ck_assert_uint_eq(buf->nlisten, file->nlisten);
+	ck_assert_str_eq(buf->listen[1].text, file->listen[1].text);
+	ck_assert_uint_eq(buf->nroutes, 1);
+	ck_assert_int_eq(buf->routes[0].verify, 0);
+	config_unref(buf);
+	config_unref(file);
+
+	/* only len bytes count: the rest of the line is not read */
+	buf = config_load_buffer("mem.conf", "[pool]\nh2 = off\nbogus", 16, &errs);
+	ck_assert_ptr_nonnull(buf);
+	ck_assert(!buf->h2);
+	config_unref(buf);
+
+	ck_assert_ptr_null(
+	    config_load_buffer("mem.conf", "[muxd]\nvia = maybe\njunk\n", 24, &errs));
+	ck_assert_uint_eq(errs.n, 2);
+	ck_assert_str_eq(errs.lines[0], "mem.conf:2: [muxd] via: bad boolean 'maybe' (expected on, "
+	                                "off, yes, no, true, false, 1 or 0)");
+	ck_assert_str_eq(errs.lines[1], "mem.conf:3: syntax error (expected key = value, [section] "
+	                                "or ; comment)");
+	config_errors_free(&errs);
+
+	buf = config_load_buffer("empty", "", 0, NULL); /* defaults */
+	ck_assert_ptr_nonnull(buf);
+	ck_assert_uint_eq(buf->max_clients, 4096);
+	config_unref(buf);
+}
+END_TEST
+
 START_TEST(example_file)
 {
 	struct config_errors errs;
@@ -587,6 +630,7 @@ int main(void)
 	tcase_add_test(tc, all_errors_reported);
 	tcase_add_test(tc, missing_file);
 	tcase_add_test(tc, empty_file);
+	tcase_add_test(tc, load_buffer);
 	tcase_add_test(tc, example_file);
 	tcase_add_test(tc, set_listen);
 	tcase_add_test(tc, refcount);
