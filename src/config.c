@@ -843,6 +843,7 @@ struct load {
 	bool handled;      /* ... and it did */
 	bool continuation; /* it is an indented continuation of the previous key */
 	bool have_name;    /* a key was seen since the last section header */
+	long route;        /* the [route] section lines are in: its index, or -1 (none or bad) */
 	int first_syntax;  /* the first line reported as a syntax error */
 	int seen[NKEYS];   /* the line each key was given on */
 };
@@ -930,6 +931,7 @@ static void add_route(struct load *ld, const char *pattern, size_t len)
 	}
 	r.pattern = p;
 	r.line = ld->line;
+	ld->route = (long)ld->cfg->nroutes;
 	routes[ld->cfg->nroutes++] = r;
 	ld->cfg->routes = routes;
 }
@@ -1000,15 +1002,18 @@ static bool route_proxy(const struct config *cfg, struct config_route *r, const 
 	return true;
 }
 
-/* A key inside a [route PATTERN] section. */
-static void route_key(struct load *ld, const char *section, const char *name, const char *v)
+/* A key inside a [route PATTERN] section: the one the reader saw last, not
+ * inih's section name (which keeps the spaces around the pattern, and is cut
+ * short at inih's section length). */
+static void route_key(struct load *ld, const char *name, const char *v)
 {
-	struct config_route *r = find_route(ld->cfg, section + 6);
-	char why[256];
+	struct config_route *r = ld->route >= 0 ? &ld->cfg->routes[ld->route] : NULL;
+	char why[256], section[300];
 	bool b;
 
 	if (!r)
 		return; /* its header was reported */
+	snprintf(section, sizeof(section), "route %s", r->pattern);
 	if (strcmp(name, "verify") == 0 || strcmp(name, "h2") == 0 || strcmp(name, "h3") == 0) {
 		int *field = name[0] == 'v' ? &r->verify : name[1] == '2' ? &r->h2 : &r->h3;
 		if (*field != -1)
@@ -1150,6 +1155,7 @@ static void classify(struct load *ld, const char *line)
 			return;
 		}
 		ld->have_name = false;
+		ld->route = -1;
 		if (is_route_section(s + 1, (size_t)(end - s - 1)))
 			add_route(ld, s + 7, (size_t)(end - s - 7));
 		else if (!known_section(s + 1, (size_t)(end - s - 1)))
@@ -1201,7 +1207,7 @@ static int on_pair(void *user, const char *section, const char *name, const char
 		return 1; /* reported at its header */
 	if (is_route_section(section, strlen(section))) {
 		if (!cont)
-			route_key(ld, section, name, value);
+			route_key(ld, name, value);
 		return 1;
 	}
 	for (size_t i = 0; i < NKEYS && !k; i++)
@@ -1293,7 +1299,7 @@ bool config_deny_loopback(const struct config *cfg)
 static struct config *load(const char *path, const char *text, size_t len,
                            struct config_errors *errs)
 {
-	struct load ld = {.path = path, .errs = errs};
+	struct load ld = {.path = path, .errs = errs, .route = -1};
 	int ret;
 
 	if (errs)

@@ -558,6 +558,41 @@ START_TEST(load_buffer)
 }
 END_TEST
 
+/* A route's keys belong to the route its header named, also when the header
+ * has spaces around the pattern or is longer than inih's section names
+ * (seen while writing fuzz_config: the keys were dropped silently). */
+START_TEST(route_header_forms)
+{
+	static const char long_host[] =
+	    "a-host-name-longer-than-inih-keeps-for-a-section.example.com";
+	char text[400], want[400];
+	struct config *cfg = load_ok("[route  *.example.com ]\nverify = off\n"
+	                             "[route 10.0.0.0/8\t]\nh2 = off\n");
+
+	ck_assert_uint_eq(cfg->nroutes, 2);
+	ck_assert_str_eq(cfg->routes[0].pattern, "*.example.com");
+	ck_assert_int_eq(cfg->routes[0].verify, 0);
+	ck_assert_str_eq(cfg->routes[1].pattern, "10.0.0.0/8");
+	ck_assert_int_eq(cfg->routes[1].h2, 0);
+	config_unref(cfg);
+
+	snprintf(text, sizeof(text), "[route %s]\nproxy = http://parent:3128\n", long_host);
+	cfg = load_ok(text);
+	ck_assert_uint_eq(cfg->nroutes, 1);
+	ck_assert_int_eq(cfg->routes[0].proxy_set, 1);
+	ck_assert_uint_eq(cfg->routes[0].nhops, 1);
+	ck_assert_str_eq(cfg->routes[0].hops[0].host, "parent");
+	config_unref(cfg);
+
+	snprintf(text, sizeof(text), "[route %s ]\nverify = maybe\n", long_host);
+	snprintf(want, sizeof(want),
+	         ":2: [route %s] verify: bad boolean 'maybe' (expected on, off, yes, no, true, "
+	         "false, 1 or 0)",
+	         long_host);
+	load_bad(text, want);
+}
+END_TEST
+
 START_TEST(example_file)
 {
 	struct config_errors errs;
@@ -631,6 +666,7 @@ int main(void)
 	tcase_add_test(tc, missing_file);
 	tcase_add_test(tc, empty_file);
 	tcase_add_test(tc, load_buffer);
+	tcase_add_test(tc, route_header_forms);
 	tcase_add_test(tc, example_file);
 	tcase_add_test(tc, set_listen);
 	tcase_add_test(tc, refcount);
