@@ -580,7 +580,9 @@ void config_errors_free(struct config_errors *errs)
 /* ---- values ------------------------------------------------------------- */
 
 /* The next space- or comma-separated token of *p into tok; false at the end.
- * A token too long for tok is truncated (it is invalid anyway). */
+ * A token too long for tok is cut short and ends in "..." (which no address,
+ * network or port takes): cut alone it could become another valid value
+ * ("10.0.0.0/0000...08" as 10.0.0.0/0). */
 static bool next_token(const char **p, char *tok, size_t size)
 {
 	size_t len;
@@ -589,7 +591,10 @@ static bool next_token(const char **p, char *tok, size_t size)
 	if (!**p)
 		return false;
 	len = strcspn(*p, " \t,");
-	snprintf(tok, size, "%.*s", (int)len, *p);
+	if (len < size)
+		snprintf(tok, size, "%.*s", (int)len, *p);
+	else
+		snprintf(tok, size, "%.*s...", (int)(size - 4), *p);
 	*p += len;
 	return true;
 }

@@ -593,6 +593,31 @@ START_TEST(route_header_forms)
 }
 END_TEST
 
+/* A list token too long for the parser's buffer is an error, never a cut
+ * that happens to be valid (a network widened to /0, a port 0). */
+START_TEST(long_tokens)
+{
+	char text[300], want[300];
+
+	snprintf(text, sizeof(text), "[muxd]\nallow = 127.0.0.0/%0*d\n", 90, 8);
+	snprintf(want, sizeof(want),
+	         ":2: [muxd] allow: bad network '127.0.0.0/%0*d...' (expected an address or "
+	         "ADDR/PREFIX)",
+	         66, 0);
+	load_bad(text, want);
+	snprintf(text, sizeof(text), "[muxd]\nlisten = 127.0.0.1:%0*d\n", 90, 3128);
+	snprintf(want, sizeof(want),
+	         ":2: [muxd] listen: bad address '127.0.0.1:%0*d...' (expected ADDR:PORT with a "
+	         "numeric address, IPv6 in brackets)",
+	         66, 0);
+	load_bad(text, want);
+	snprintf(text, sizeof(text), "[muxd]\nconnect_ports = %0*d\n", 90, 443);
+	snprintf(want, sizeof(want),
+	         ":2: [muxd] connect_ports: bad port '%0*d...' (expected 1 to 65535)", 76, 0);
+	load_bad(text, want);
+}
+END_TEST
+
 START_TEST(example_file)
 {
 	struct config_errors errs;
@@ -667,6 +692,7 @@ int main(void)
 	tcase_add_test(tc, empty_file);
 	tcase_add_test(tc, load_buffer);
 	tcase_add_test(tc, route_header_forms);
+	tcase_add_test(tc, long_tokens);
 	tcase_add_test(tc, example_file);
 	tcase_add_test(tc, set_listen);
 	tcase_add_test(tc, refcount);
