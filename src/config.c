@@ -962,12 +962,27 @@ static bool hop_is_self(const struct config *cfg, const struct config_hop *hop)
 	return false;
 }
 
+/* proxy's URLs (on its line or a continuation line), appended to the hops. */
+static bool route_hops(struct config_route *r, const char *v, char *why, size_t size)
+{
+	char tok[512];
+
+	while (next_token(&v, tok, sizeof(tok))) {
+		if (r->nhops == CONFIG_MAX_HOPS) {
+			snprintf(why, size, "too many hops (expected at most %d)", CONFIG_MAX_HOPS);
+			return false;
+		}
+		if (!config_parse_hop(tok, &r->hops[r->nhops], why, size))
+			return false;
+		r->nhops++;
+	}
+	return true;
+}
+
 /* proxy = direct | env | URL... */
 static bool route_proxy(const struct config *cfg, struct config_route *r, const char *v, char *why,
                         size_t size)
 {
-	char tok[512];
-
 	r->proxy_set = 1;
 	if (strcasecmp(v, "direct") == 0)
 		return true;
@@ -995,30 +1010,50 @@ static bool route_proxy(const struct config *cfg, struct config_route *r, const 
 		}
 		return true;
 	}
-	while (next_token(&v, tok, sizeof(tok))) {
-		if (r->nhops == CONFIG_MAX_HOPS) {
-			snprintf(why, size, "too many hops (expected at most %d)", CONFIG_MAX_HOPS);
-			return false;
-		}
-		if (!config_parse_hop(tok, &r->hops[r->nhops], why, size))
-			return false;
-		r->nhops++;
-	}
-	return true;
+	return route_hops(r, v, why, size);
+}
+
+/* Why the client certificate or key file at path cannot be loaded now (GnuTLS
+ * reads it whole, at load): unreadable, not a regular file (a device or a
+ * FIFO would be read without end), or far larger than any PEM key or chain.
+ * NULL when it can. */
+#define KEY_FILE_MAX (1024 * 1024)
+static const char *key_file_problem(const char *path)
+{
+	struct stat st;
+
+	if (access(path, R_OK) != 0 || stat(path, &st) != 0)
+		return strerror(errno);
+	if (!S_ISREG(st.st_mode))
+		return "not a regular file";
+	if (st.st_size > KEY_FILE_MAX)
+		return "larger than 1 MiB";
+	return NULL;
 }
 
 /* A key inside a [route PATTERN] section: the one the reader saw last, not
  * inih's section name (which keeps the spaces around the pattern, and is cut
  * short at inih's section length). */
-static void route_key(struct load *ld, const char *name, const char *v)
+static void route_key(struct load *ld, const char *name, const char *v, bool cont)
 {
 	struct config_route *r = ld->route >= 0 ? &ld->cfg->routes[ld->route] : NULL;
 	char why[256], section[300];
+	const char *bad;
 	bool b;
 
 	if (!r)
 		return; /* its header was reported */
 	snprintf(section, sizeof(section), "route %s", r->pattern);
+	if (cont) {
+		/* an indented line continues the key above: only proxy's URLs are a list */
+		if (strcmp(name, "proxy") != 0 || r->proxy_env || r->nhops == 0)
+			errf(ld, ld->line,
+			     "[%s] %s: continuation line (expected one value on the key's line)",
+			     section, name);
+		else if (!route_hops(r, v, why, sizeof(why)))
+			errf(ld, ld->line, "[%s] %s: %s", section, name, why);
+		return;
+	}
 	if (strcmp(name, "verify") == 0 || strcmp(name, "h2") == 0 || strcmp(name, "h3") == 0) {
 		int *field = name[0] == 'v' ? &r->verify : name[1] == '2' ? &r->h2 : &r->h3;
 		if (*field != -1)
@@ -1065,9 +1100,9 @@ static void route_key(struct load *ld, const char *name, const char *v)
 		if (!*v)
 			errf(ld, ld->line, "[%s] %s: empty value (expected a PEM file)", section,
 			     name);
-		else if (access(v, R_OK) != 0)
+		else if ((bad = key_file_problem(v)) != NULL)
 			errf(ld, ld->line, "[%s] %s: cannot read '%s': %s (expected a PEM file)",
-			     section, name, v, strerror(errno));
+			     section, name, v, bad);
 		else if (!replace_str(field, v, why, sizeof(why)))
 			errf(ld, ld->line, "[%s] %s: %s", section, name, why);
 	} else {
@@ -1211,8 +1246,7 @@ static int on_pair(void *user, const char *section, const char *name, const char
 	if (!known_section(section, strlen(section)))
 		return 1; /* reported at its header */
 	if (is_route_section(section, strlen(section))) {
-		if (!cont)
-			route_key(ld, name, value);
+		route_key(ld, name, value, cont);
 		return 1;
 	}
 	for (size_t i = 0; i < NKEYS && !k; i++)

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char tmp_path[64];
@@ -618,6 +619,66 @@ START_TEST(long_tokens)
 }
 END_TEST
 
+/* A route's proxy list may continue on indented lines, like every list
+ * value; other route keys take one value (the lines were dropped silently). */
+START_TEST(route_continuation)
+{
+	struct config *cfg = load_ok("[route *]\nproxy = http://a:1\n  http://b:2, socks5://c\n"
+	                             "verify = off\n");
+
+	ck_assert_uint_eq(cfg->routes[0].nhops, 3);
+	ck_assert_str_eq(cfg->routes[0].hops[1].host, "b");
+	ck_assert_int_eq(cfg->routes[0].hops[2].kind, HOP_SOCKS5);
+	ck_assert_int_eq(cfg->routes[0].verify, 0);
+	config_unref(cfg);
+
+	load_bad("[route *]\nverify = on\n  off\n",
+	         ":3: [route *] verify: continuation line (expected one value on the key's line)");
+	load_bad("[route *]\nproxy = direct\n  http://a:1\n",
+	         ":3: [route *] proxy: continuation line (expected one value on the key's line)");
+	load_bad("[route *]\nproxy = http://a:1 http://b:2\n  http://c:3 http://d:4 http://e:5\n",
+	         ":3: [route *] proxy: too many hops (expected at most 4)");
+}
+END_TEST
+
+/* client_cert and client_key are read whole at load: a FIFO or a device
+ * would block or never end (found by fuzz_config: client_key = /dev/full),
+ * a huge file is no PEM key. */
+START_TEST(key_file_kinds)
+{
+	char fifo[] = "/tmp/test_config.fifo.XXXXXX", big[] = "/tmp/test_config.big.XXXXXX";
+	char text[300], want[300];
+	struct config_errors errs;
+	int fd = mkstemp(big);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ftruncate(fd, 2 * 1024 * 1024), 0);
+	close(fd);
+	ck_assert_ptr_nonnull(mkdtemp(fifo));
+	strcat(fifo, "/p");
+	ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+
+	snprintf(text, sizeof(text), "[route *]\nclient_cert = %s\nclient_key = %s\n", fifo, big);
+	ck_assert_ptr_null(load_text(text, &errs));
+	ck_assert_uint_eq(errs.n, 2);
+	snprintf(want, sizeof(want),
+	         ":2: [route *] client_cert: cannot read '%s': not a regular file (expected a PEM "
+	         "file)",
+	         fifo);
+	ck_assert_str_eq(errs.lines[0] + strlen(tmp_path), want);
+	snprintf(want, sizeof(want),
+	         ":3: [route *] client_key: cannot read '%s': larger than 1 MiB (expected a PEM "
+	         "file)",
+	         big);
+	ck_assert_str_eq(errs.lines[1] + strlen(tmp_path), want);
+	config_errors_free(&errs);
+	unlink(fifo);
+	*strrchr(fifo, '/') = '\0';
+	rmdir(fifo);
+	unlink(big);
+}
+END_TEST
+
 START_TEST(example_file)
 {
 	struct config_errors errs;
@@ -693,6 +754,8 @@ int main(void)
 	tcase_add_test(tc, load_buffer);
 	tcase_add_test(tc, route_header_forms);
 	tcase_add_test(tc, long_tokens);
+	tcase_add_test(tc, route_continuation);
+	tcase_add_test(tc, key_file_kinds);
 	tcase_add_test(tc, example_file);
 	tcase_add_test(tc, set_listen);
 	tcase_add_test(tc, refcount);
