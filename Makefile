@@ -97,7 +97,8 @@ bench:
 # for N seconds, one after the other, and stops at the first crash (written to
 # build/libfuzzer/crash-NAME-*). The seeds in tests/fuzz/corpus/NAME are only
 # read; new inputs go to build/libfuzzer/corpus/NAME, and `make fuzz-merge`
-# adds those that cover new code to the seeds (minimised, libFuzzer -merge=1).
+# adds those that reach new code edges to the seeds (minimised: libFuzzer
+# -merge=1, with hit counts not counted as new coverage).
 FUZZ_SECONDS ?= 60
 LF        := build/libfuzzer
 LF_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Isrc \
@@ -124,7 +125,7 @@ fuzz: $(LF_BINS)
 fuzz-merge: $(LF_BINS)
 	@set -e; for b in $(LF_BINS); do n=$${b##*/fuzz_}; [ -d $(LF)/corpus/$$n ] || continue; \
 	    echo "== $$b: merge into tests/fuzz/corpus/$$n"; \
-	    $$b -merge=1 tests/fuzz/corpus/$$n $(LF)/corpus/$$n; done
+	    $$b -merge=1 -use_counters=0 tests/fuzz/corpus/$$n $(LF)/corpus/$$n; done
 
 format:
 	clang-format -i src/*.c src/*.h src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c bench/*.c
