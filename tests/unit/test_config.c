@@ -646,7 +646,7 @@ END_TEST
  * a huge file is no PEM key. */
 START_TEST(key_file_kinds)
 {
-	char fifo[] = "/tmp/test_config.fifo.XXXXXX", big[] = "/tmp/test_config.big.XXXXXX";
+	char fifo[64] = "/tmp/test_config.fifo.XXXXXX", big[] = "/tmp/test_config.big.XXXXXX";
 	char text[300], want[300];
 	struct config_errors errs;
 	int fd = mkstemp(big);
