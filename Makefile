@@ -24,7 +24,7 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 UNIT_HELPERS := $(BUILD)/tests/unit/harness.o
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: all run check unit integration deps clean format bench fuzz fuzz-merge
+.PHONY: all run check unit integration deps clean format bench fuzz fuzz-merge deb
 
 all: $(BUILD)/muxd
 
@@ -88,10 +88,13 @@ check:
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
 
+# bench/compare: muxd side by side with squid, haproxy and tinyproxy (one
+# table; QUICK=1 for a short run), then the local CA's leaf issue time.
 bench:
-	@$(MAKE) --no-print-directory deps
+	@scripts/install-deps --bench
 	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue
-	bench/run
+	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/compare
+	$(BUILD)/bench/ca_issue 200
 
 # libFuzzer (clang, ASan+UBSan): `make fuzz FUZZ_SECONDS=N` runs every target
 # for N seconds, one after the other, and stops at the first crash (written to
@@ -126,6 +129,24 @@ fuzz-merge: $(LF_BINS)
 	@set -e; for b in $(LF_BINS); do n=$${b##*/fuzz_}; [ -d $(LF)/corpus/$$n ] || continue; \
 	    echo "== $$b: merge into tests/fuzz/corpus/$$n"; \
 	    $$b -merge=1 -use_counters=0 tests/fuzz/corpus/$$n $(LF)/corpus/$$n; done
+
+# The Debian package (debian/): dpkg-buildpackage runs on a copy of the tree
+# (it writes its outputs to the parent directory and its work files under
+# debian/), and the .deb, .buildinfo and .changes end up in DEBDIR; the source
+# tree is left as it was. DEB_BUILD_OPTIONS=nocheck skips the unit tests. The
+# package build never inherits this make's variables (SANITIZE=1, BUILD=...).
+DEBDIR ?= build/deb
+DEB_WORK = $(abspath $(DEBDIR))/work
+
+deb:
+	@$(MAKE) --no-print-directory deps
+	rm -rf $(DEB_WORK) && mkdir -p $(DEB_WORK)/muxd
+	tar -C $(CURDIR) --exclude=./build --exclude=./.git --exclude=__pycache__ -cf - . | tar -xf - -C $(DEB_WORK)/muxd
+	cd $(DEB_WORK)/muxd && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SANITIZE -u BUILD \
+	    dpkg-buildpackage -us -uc -b -Jauto
+	mv -f $(DEB_WORK)/*.deb $(DEB_WORK)/*.buildinfo $(DEB_WORK)/*.changes $(abspath $(DEBDIR))/
+	rm -rf $(DEB_WORK)
+	@ls $(abspath $(DEBDIR))/*.deb
 
 format:
 	clang-format -i src/*.c src/*.h src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c bench/*.c

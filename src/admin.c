@@ -145,6 +145,7 @@ struct snapshot {
 	size_t nalts, alts_cap;
 	bool oom;
 	double uptime_s;
+	unsigned clients; /* client connections, not counting the one asking */
 };
 
 static bool grow(void **arr, size_t *cap, size_t n, size_t elem)
@@ -258,6 +259,7 @@ static bool snapshot_take(struct muxd *m, struct snapshot *s)
 	memset(s, 0, sizeof(*s));
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	s->uptime_s = h ? seconds_between(&h->started, &now) : 0;
+	s->clients = m->nclients ? m->nclients - 1 : 0; /* the page is asked on one */
 	if (m->pool) {
 		pool_foreach_conn(m->pool, collect_conn, s);
 		pool_foreach_altsvc(m->pool, collect_alt, s);
@@ -432,7 +434,7 @@ static void render_json(struct muxd *m, const struct snapshot *s, FILE *f)
 	fprintf(f,
 	        "{\n  \"format\": 1,\n  \"uptime_s\": %.1f,\n  \"clients\": %u,\n"
 	        "  \"draining\": %s,\n  \"connections\": [",
-	        s->uptime_s, m->nclients, m->draining ? "true" : "false");
+	        s->uptime_s, s->clients, m->draining ? "true" : "false");
 	for (size_t i = 0; i < s->nconns; i++) {
 		const struct conn_row *c = &s->conns[i];
 		fprintf(f, "%s\n    {\"origin\": ", i ? "," : "");
@@ -673,7 +675,7 @@ static void render_html(struct muxd *m, const struct snapshot *s, FILE *f)
 	        "<title>muxd status</title>\n<style>%s</style></head>\n<body>\n"
 	        "<h1>muxd</h1>\n<p id=\"summary\">up %s, %u client connection%s, "
 	        "%zu upstream connection%s%s</p>\n",
-	        html_style, buf, m->nclients, m->nclients == 1 ? "" : "s", s->nconns,
+	        html_style, buf, s->clients, s->clients == 1 ? "" : "s", s->nconns,
 	        s->nconns == 1 ? "" : "s", m->draining ? ", <b>draining</b>" : "");
 
 	fputs("<h2>Upstream connections</h2>\n<table id=\"connections\">\n<thead><tr>"

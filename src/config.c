@@ -74,6 +74,9 @@ static const struct key keys[] = {
     {"muxd", "shutdown_timeout", K_DURATION_ANY, F(shutdown_timeout_ms), 0, 0},
     {"muxd", "connect_ports", K_PORTS, 0, 0, 0},
     {"muxd", "tunnel_idle_timeout", K_DURATION, F(tunnel_idle_timeout_ms), 0, 0},
+    {"muxd", "request_header_timeout", K_DURATION, F(request_header_timeout_ms), 0, 0},
+    {"muxd", "client_idle_timeout", K_DURATION, F(client_idle_timeout_ms), 0, 0},
+    {"muxd", "client_timeout", K_DURATION, F(client_timeout_ms), 0, 0},
     {"pool", "idle_timeout", K_DURATION, F(idle_timeout_ms), 0, 0},
     {"pool", "max_idle_per_origin", K_UINT, F(max_idle_per_origin), 0, 100000},
     {"pool", "max_idle", K_UINT, F(max_idle), 0, 1000000},
@@ -322,6 +325,9 @@ struct config *config_defaults(void)
 	cfg->shutdown_timeout_ms = 30000;
 	cfg->connect_ports[cfg->nconnect_ports++] = 443;
 	cfg->tunnel_idle_timeout_ms = 600000;
+	cfg->request_header_timeout_ms = 30000;
+	cfg->client_idle_timeout_ms = 120000;
+	cfg->client_timeout_ms = 300000;
 	cfg->idle_timeout_ms = 90000;
 	cfg->max_idle_per_origin = 6;
 	cfg->max_idle = 256;

@@ -101,6 +101,9 @@ struct config {
 	uint16_t connect_ports[CONFIG_MAX_PORTS];
 	size_t nconnect_ports;
 	uint64_t tunnel_idle_timeout_ms;
+	uint64_t request_header_timeout_ms; /* the whole request head, else 408 */
+	uint64_t client_idle_timeout_ms; /* keep-alive idle, peeked CONNECT, client TLS handshake */
+	uint64_t client_timeout_ms;      /* no progress with the client mid-exchange */
 
 	/* [pool] */
 	uint64_t idle_timeout_ms;

@@ -5,6 +5,18 @@
  * Closing is "lingering": muxd's write side is shut after the last byte and
  * whatever the client still sends is discarded until it closes, so an error
  * response is not destroyed by a reset.
+ *
+ * Client deadlines (one timer per connection, its kind set by the state):
+ * request_header_timeout from the first byte of a head (from the accept, or
+ * the end of the client's TLS handshake, for the first request) until the
+ * head is complete, then 408 and close; client_idle_timeout between requests
+ * on a keep-alive connection, during the client's TLS handshake and on a
+ * tunnel made after a silent peek until the client sends its first byte, then
+ * close; client_timeout during an exchange while muxd waits on the client
+ * (response bytes unsent, or request body bytes missing) and no byte moves
+ * to or from its socket, then close. Request targets over HTTP1_MAX_TARGET
+ * get 414, heads over HTTP1_MAX_HEAD 431. While descriptors run short the
+ * oldest idle keep-alive connections are closed first (listen.c decides).
  */
 #include "downstream.h"
 
@@ -16,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "admin.h"
@@ -38,6 +51,13 @@ enum ds_mode {
 	DS_INTERCEPTED, /* requests inside the client's TLS, for one origin */
 };
 
+enum ds_timer {
+	T_NONE,
+	T_HEADER, /* request_header_timeout: 408 */
+	T_IDLE,   /* client_idle_timeout: close */
+	T_CLIENT, /* client_timeout: close when muxd still waits on the client */
+};
+
 struct downstream {
 	struct muxd *m;
 	struct transport *t;
@@ -50,10 +70,18 @@ struct downstream {
 	uint16_t origin_port;
 	char tls_name[256]; /* DS_INTERCEPTED: the SNI's name for an address origin, or "" */
 	struct event *peek_timer;
-	size_t scan_from;
-	bool closing;  /* lingering close in progress */
-	bool peer_eof; /* the client finished sending */
+	struct http1_head_scan scan; /* over the request head arriving */
+	bool closing;                /* lingering close in progress */
+	bool peer_eof;               /* the client finished sending */
 	struct event *linger;
+	struct event *timer; /* the client deadline of the current state */
+	enum ds_timer timer_kind;
+	unsigned served;         /* requests handled (on this connection or TLS session) */
+	bool silent_peek;        /* tunneled after a peek without a byte from the client */
+	uint64_t idle_since_ns;  /* when the connection last went idle (T_IDLE) */
+	struct evbuffer *raw_in; /* the socket's buffers: progress for client_timeout */
+	struct evbuffer *raw_out;
+	struct evbuffer_cb_entry *raw_in_cb, *raw_out_cb;
 	struct downstream *prev, *next;
 };
 
@@ -80,8 +108,14 @@ static void ds_free(struct downstream *ds)
 		event_free(ds->linger);
 	if (ds->peek_timer)
 		event_free(ds->peek_timer);
+	if (ds->raw_in_cb)
+		evbuffer_remove_cb_entry(ds->raw_in, ds->raw_in_cb);
+	if (ds->raw_out_cb)
+		evbuffer_remove_cb_entry(ds->raw_out, ds->raw_out_cb);
 	if (ds->t)
 		transport_close(ds->t);
+	if (ds->timer)
+		event_free(ds->timer);
 	free(ds);
 	m->nclients--;
 	muxd_client_closed(m);
@@ -115,6 +149,8 @@ static void start_close(struct downstream *ds)
 	if (ds->closing)
 		return;
 	ds->closing = true;
+	ds->timer_kind = T_NONE;
+	evtimer_del(ds->timer);
 	ds->linger = evtimer_new(ds->m->base, linger_timeout, ds);
 	if (!ds->linger) {
 		ds_free(ds);
@@ -156,6 +192,155 @@ static void respond_text(struct downstream *ds, int status, const char *text, bo
 	downstream_respond(ds, status, "text/plain", text, strlen(text), close);
 	if (close)
 		start_close(ds);
+}
+
+/* --- client deadlines --- */
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+}
+
+static void arm(struct downstream *ds, enum ds_timer kind)
+{
+	const struct config *cfg = ds->m->cfg;
+	uint64_t ms = kind == T_HEADER ? cfg->request_header_timeout_ms
+	              : kind == T_IDLE ? cfg->client_idle_timeout_ms
+	                               : cfg->client_timeout_ms;
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+
+	ds->timer_kind = kind;
+	if (kind == T_NONE) {
+		evtimer_del(ds->timer);
+		return;
+	}
+	if (kind == T_IDLE)
+		ds->idle_since_ns = now_ns();
+	evtimer_add(ds->timer, &tv);
+}
+
+/* Response bytes the client has not taken yet. */
+static bool output_pending(struct downstream *ds)
+{
+	return evbuffer_get_length(transport_output(ds->t)) > 0 ||
+	       (ds->raw_out && evbuffer_get_length(ds->raw_out) > 0);
+}
+
+/* Set the deadline the connection's state calls for; one of the same kind
+ * already running goes on (a head's deadline counts from its first byte). */
+static void update_timer(struct downstream *ds)
+{
+	enum ds_timer kind;
+
+	if (ds->closing)
+		kind = T_NONE;
+	else if (ds->mode == DS_HANDSHAKE)
+		kind = T_IDLE;
+	else if (ds->mode == DS_PEEK)
+		kind = T_NONE; /* the peek timer decides */
+	else if (ds->tunnel)
+		kind = ds->silent_peek ? T_IDLE : T_NONE; /* else tunnel_idle_timeout */
+	else if (ds->ex || output_pending(ds)) /* the end of a response may still be queued */
+		kind = T_CLIENT;
+	else if (ds->served > 0 && evbuffer_get_length(transport_input(ds->t)) == 0)
+		kind = T_IDLE;
+	else
+		kind = T_HEADER;
+	if (kind != ds->timer_kind)
+		arm(ds, kind);
+}
+
+/* During an exchange: whether muxd waits on the client, for it to take
+ * response bytes or to send the rest of the request body. */
+static bool waits_on_client(struct downstream *ds)
+{
+	if (output_pending(ds))
+		return true;
+	return ds->ex && exchange_awaits_client(ds->ex) &&
+	       evbuffer_get_length(transport_input(ds->t)) == 0;
+}
+
+/* Bytes moved in or out of the client's socket buffers: progress. */
+static void raw_progress(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct downstream *ds = arg;
+
+	(void)b;
+	if (ds->timer_kind != T_CLIENT || (info->n_added == 0 && info->n_deleted == 0))
+		return;
+	if (!ds->ex && !output_pending(ds))
+		update_timer(ds); /* the last response is out: idle from now */
+	else
+		arm(ds, T_CLIENT);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct downstream *ds = arg;
+
+	(void)fd;
+	(void)what;
+	if (ds->closing)
+		return;
+	switch (ds->timer_kind) {
+	case T_HEADER:
+		log_info("client %s: no complete request head within request_header_timeout",
+		         ds->peer);
+		ds->timer_kind = T_NONE;
+		respond_text(ds, 408, "muxd: request head not received in time\n", true);
+		break;
+	case T_IDLE:
+		log_debug("client %s: idle for client_idle_timeout: closing", ds->peer);
+		ds_free(ds);
+		break;
+	case T_CLIENT:
+		if (!waits_on_client(ds)) {
+			ds->timer_kind = T_NONE;
+			update_timer(ds);
+			break;
+		}
+		log_info("client %s: no progress for client_timeout: closing", ds->peer);
+		ds_free(ds);
+		break;
+	case T_NONE:
+		break;
+	}
+}
+
+/* Watch the socket's own buffers (below a TLS layer, too) for progress. */
+static void watch_raw(struct downstream *ds)
+{
+	ds->raw_in = transport_input(ds->t);
+	ds->raw_out = transport_output(ds->t);
+	ds->raw_in_cb = evbuffer_add_cb(ds->raw_in, raw_progress, ds);
+	ds->raw_out_cb = evbuffer_add_cb(ds->raw_out, raw_progress, ds);
+}
+
+/* Close up to n of the connections idle between requests, the longest idle
+ * first; returns how many. */
+unsigned downstream_close_idle(struct muxd *m, unsigned n)
+{
+	unsigned closed = 0;
+
+	while (closed < n) {
+		struct downstream *ds, *oldest = NULL;
+		for (ds = *list_head(m); ds; ds = ds->next)
+			if (ds->timer_kind == T_IDLE && !ds->tunnel && !ds->closing &&
+			    (ds->mode == DS_PROXY || ds->mode == DS_INTERCEPTED) &&
+			    evbuffer_get_length(transport_output(ds->t)) == 0 &&
+			    (!oldest || ds->idle_since_ns <= oldest->idle_since_ns))
+				oldest = ds;
+		if (!oldest)
+			break;
+		log_debug("client %s: closing an idle connection: descriptors are short",
+		          oldest->peer);
+		ds_free(oldest);
+		closed++;
+	}
+	return closed;
 }
 
 /* A request whose Via names this muxd instance has been here before (another
@@ -260,6 +445,10 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 {
 	struct http1_uri uri;
 
+	if (strlen(req->target) > HTTP1_MAX_TARGET) {
+		respond_text(ds, 414, "muxd: request target too long\n", true);
+		return;
+	}
 	if (ds->mode == DS_INTERCEPTED) {
 		handle_intercepted(ds, req);
 		return;
@@ -378,15 +567,37 @@ static void forward(struct downstream *ds, struct http1_msg *req, const struct h
 		respond_text(ds, 500, "muxd: out of memory\n", true);
 }
 
+/*
+ * Whether the parser has something to decide in in[0..len): feeds the bytes
+ * not fed yet to the head scan (http1.h), which stops at a blank line or at a
+ * byte the parser rejects (bare LF, bare CR, NUL: those get 400 at once
+ * instead of waiting for a CRLF CRLF that never comes).
+ */
+static bool head_ready(struct downstream *ds, struct evbuffer *in, size_t len)
+{
+	while (ds->scan.seen < len) {
+		struct evbuffer_iovec v;
+		struct evbuffer_ptr p;
+
+		if (evbuffer_ptr_set(in, &p, ds->scan.seen, EVBUFFER_PTR_SET) < 0 ||
+		    evbuffer_peek(in, (ev_ssize_t)(len - ds->scan.seen), &p, &v, 1) < 1)
+			return true; /* cannot look: let the parser decide */
+		if (http1_head_scan(&ds->scan, v.iov_base,
+		                    v.iov_len < len - ds->scan.seen ? v.iov_len
+		                                                    : len - ds->scan.seen))
+			return true;
+	}
+	return false;
+}
+
 /* Parse and handle requests while complete heads are waiting. */
-static void process(struct downstream *ds)
+static void process_heads(struct downstream *ds)
 {
 	struct evbuffer *in = transport_input(ds->t);
 
 	while (!ds->ex && !ds->tunnel && !ds->closing &&
 	       (ds->mode == DS_PROXY || ds->mode == DS_INTERCEPTED)) {
 		size_t len = evbuffer_get_length(in), consumed = 0;
-		struct evbuffer_ptr p;
 		struct http1_msg req;
 
 		if (len == 0)
@@ -397,19 +608,14 @@ static void process(struct downstream *ds)
 		}
 		if (len > HTTP1_MAX_HEAD + 4)
 			len = HTTP1_MAX_HEAD + 4;
-		evbuffer_ptr_set(in, &p, ds->scan_from < len ? ds->scan_from : 0, EVBUFFER_PTR_SET);
-		p = evbuffer_search(in, "\r\n\r\n", 4, &p);
-		if (p.pos < 0 && len < HTTP1_MAX_HEAD) {
-			ds->scan_from = len > 3 ? len - 3 : 0;
-			return;
-		}
-		const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
-		enum http1_result r = http1_parse_request(data, len, &req, &consumed);
-		if (r == HTTP1_INCOMPLETE && len < HTTP1_MAX_HEAD) {
-			ds->scan_from = len > 3 ? len - 3 : 0;
-			return;
-		}
-		ds->scan_from = 0;
+		enum http1_result r;
+		do { /* an empty line before the request line: scan on */
+			if (!head_ready(ds, in, len) && len < HTTP1_MAX_HEAD)
+				return;
+			const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
+			r = http1_parse_request(data, len, &req, &consumed);
+		} while (r == HTTP1_INCOMPLETE && len < HTTP1_MAX_HEAD);
+		memset(&ds->scan, 0, sizeof(ds->scan));
 		if (r == HTTP1_TOO_LARGE || r == HTTP1_INCOMPLETE) {
 			respond_text(ds, 431, "muxd: request head too large\n", true);
 			return;
@@ -419,9 +625,17 @@ static void process(struct downstream *ds)
 			return;
 		}
 		evbuffer_drain(in, consumed);
+		ds->served++;
+		arm(ds, T_NONE); /* the next head gets a deadline of its own */
 		handle_request(ds, &req);
 		http1_msg_free(&req); /* a no-op when the exchange took it */
 	}
+}
+
+static void process(struct downstream *ds)
+{
+	process_heads(ds);
+	update_timer(ds);
 }
 
 /* The client has closed its side: nothing to linger for once our answer is
@@ -512,15 +726,23 @@ static void end_peek(struct downstream *ds, bool forced)
 		    .ca = ds->m->ca, .default_host = ds->origin_host, .alpn = "http/1.1"};
 		ds->mode = DS_HANDSHAKE;
 		ds->t = tls_server_new(ds->m, ds->t, &p, &client_cbs, ds);
-		if (!ds->t)
+		if (!ds->t) {
+			ds->raw_in_cb = ds->raw_out_cb = NULL; /* closed with the layer */
+			ds->raw_in = ds->raw_out = NULL;
 			free_soon(ds);
+			return;
+		}
+		update_timer(ds);
 		return;
 	}
 	evtimer_del(ds->peek_timer);
 	ds->mode = DS_PROXY;
+	ds->silent_peek = evbuffer_get_length(in) == 0 && !ds->peer_eof;
 	ds->tunnel = tunnel_start(ds->m, ds, ds->origin_host, ds->origin_port, true);
 	if (!ds->tunnel)
 		free_soon(ds);
+	else
+		update_timer(ds);
 }
 
 static void peek_timeout(evutil_socket_t fd, short what, void *arg)
@@ -533,7 +755,10 @@ static void peek_timeout(evutil_socket_t fd, short what, void *arg)
 static void start_peek(struct downstream *ds, const char *host, uint16_t port)
 {
 	static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
-	struct timeval tv = {PEEK_MS / 1000, (PEEK_MS % 1000) * 1000};
+	uint64_t ms = PEEK_MS < ds->m->cfg->client_idle_timeout_ms
+	                  ? PEEK_MS
+	                  : ds->m->cfg->client_idle_timeout_ms;
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
 
 	ds->peek_timer = evtimer_new(ds->m->base, peek_timeout, ds);
 	if (!ds->peek_timer) {
@@ -561,6 +786,10 @@ static void on_read(void *ctx)
 	} else if (ds->ex) {
 		exchange_client_read(ds->ex);
 	} else if (ds->tunnel) {
+		if (ds->silent_peek) { /* the client spoke: tunnel_idle_timeout from now */
+			ds->silent_peek = false;
+			update_timer(ds);
+		}
 		tunnel_client_read(ds->tunnel);
 	} else {
 		process(ds);
@@ -620,6 +849,7 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 	if (ev == TRANSPORT_CONNECTED) { /* the client's TLS handshake is done */
 		intercepted_names(ds, tls_server_sni(ds->t));
 		ds->mode = DS_INTERCEPTED;
+		ds->served = 0; /* the first request in the session: request_header_timeout */
 		process(ds);
 		return;
 	}
@@ -690,11 +920,19 @@ void downstream_accept(struct muxd *m, int fd, const struct sockaddr *peer, sock
 	ds->m = m;
 	format_peer(peer, ds->peer, sizeof(ds->peer));
 	ds->loopback = muxd_is_loopback(peer);
+	ds->timer = evtimer_new(m->base, timer_cb, ds);
+	if (!ds->timer) {
+		free(ds);
+		close(fd);
+		return;
+	}
 	ds->t = tcp_accepted(m, fd, &client_cbs, ds);
 	if (!ds->t) {
+		event_free(ds->timer);
 		free(ds);
 		return;
 	}
+	watch_raw(ds);
 	ds->next = *list_head(m);
 	if (ds->next)
 		ds->next->prev = ds;
@@ -705,7 +943,9 @@ void downstream_accept(struct muxd *m, int fd, const struct sockaddr *peer, sock
 	if (!allowed) {
 		log_info("client %s refused: not in allow", ds->peer);
 		respond_text(ds, 403, "muxd: client address not allowed\n", true);
+		return;
 	}
+	update_timer(ds);
 }
 
 void downstream_drain_all(struct muxd *m)

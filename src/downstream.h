@@ -25,6 +25,9 @@ void downstream_accept(struct muxd *m, int fd, const struct sockaddr *peer, sock
 void downstream_drain_all(struct muxd *m);
 /* Close every client connection now (shutdown deadline). */
 void downstream_close_all(struct muxd *m);
+/* Descriptors are short: close up to n client connections that sit idle
+ * between requests, the longest idle first. Returns how many were closed. */
+unsigned downstream_close_idle(struct muxd *m, unsigned n);
 
 struct transport *downstream_transport(struct downstream *ds);
 const char *downstream_peer(const struct downstream *ds);

@@ -31,8 +31,8 @@ struct exchange {
 	struct pool_key key;
 	char authority[300];
 	struct upstream_field fields[HTTP1_MAX_FIELDS + 3];
-	char absolute[8600];              /* forwarding to an HTTP parent: the absolute URI */
-	char proxy_auth[HTTP1_BASIC_MAX]; /* its Proxy-Authorization value */
+	char absolute[HTTP1_MAX_TARGET + 320]; /* forwarding to an HTTP parent: the absolute URI */
+	char proxy_auth[HTTP1_BASIC_MAX];      /* its Proxy-Authorization value */
 	size_t nfields;
 
 	/* request body, client -> upstream */
@@ -601,4 +601,9 @@ void exchange_client_eof(struct exchange *ex)
 void exchange_abort(struct exchange *ex)
 {
 	exchange_free(ex);
+}
+
+bool exchange_awaits_client(const struct exchange *ex)
+{
+	return !ex->req_body_done;
 }

@@ -29,5 +29,7 @@ void exchange_client_drain(struct exchange *ex);
 void exchange_client_eof(struct exchange *ex);
 /* The client connection is gone: drop everything, no callbacks. */
 void exchange_abort(struct exchange *ex);
+/* Whether the exchange still needs request body bytes from the client. */
+bool exchange_awaits_client(const struct exchange *ex);
 
 #endif

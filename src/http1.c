@@ -95,6 +95,25 @@ static enum http1_result find_head(const char *d, size_t len, size_t start, size
 	return len >= HTTP1_MAX_HEAD ? HTTP1_TOO_LARGE : HTTP1_INCOMPLETE;
 }
 
+bool http1_head_scan(struct http1_head_scan *sc, const char *data, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)data[i], prev = sc->last[2];
+		bool first = sc->seen == 0;
+		bool ready =
+		    c == '\0' || (c == '\n' && (first || prev != '\r')) ||
+		    (!first && prev == '\r' && c != '\n') ||
+		    (c == '\n' && sc->seen >= 3 && sc->last[0] == '\r' && sc->last[1] == '\n');
+		sc->seen++;
+		sc->last[0] = sc->last[1];
+		sc->last[1] = prev;
+		sc->last[2] = c;
+		if (ready)
+			return true;
+	}
+	return false;
+}
+
 static bool parse_version(const char *s, size_t n, int *minor)
 {
 	if (n != 8 || memcmp(s, "HTTP/1.", 7) != 0 || (s[7] != '0' && s[7] != '1'))

@@ -14,8 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HTTP1_MAX_HEAD (64 * 1024) /* larger heads get 431 */
-#define HTTP1_MAX_FIELDS 128       /* more fields: 431 */
+#define HTTP1_MAX_HEAD (64 * 1024)   /* larger heads get 431 */
+#define HTTP1_MAX_FIELDS 128         /* more fields: 431 */
+#define HTTP1_MAX_TARGET (16 * 1024) /* longer request targets get 414 */
 
 enum http1_result {
 	HTTP1_OK = 0,     /* a complete head was parsed */
@@ -64,7 +65,12 @@ struct http1_msg {
 /*
  * Parse a request head from data[0..len). On HTTP1_OK, *consumed is the head
  * length (including the final CRLF CRLF) and *msg is filled (free with
- * http1_msg_free). Lines must end in CRLF. Rejected (HTTP1_BAD): both
+ * http1_msg_free). Lines must end in CRLF: a bare LF is rejected like a bare
+ * CR (HTTP1_BAD, which muxd answers with 400 at once, never waiting for a
+ * CRLF CRLF that will not come). RFC 9112 2.2 lets a recipient accept a bare
+ * LF; muxd does not, so that it and the servers behind it can never disagree
+ * about where a line ends (chunk lines and response heads are held to CRLF
+ * too). Rejected (HTTP1_BAD): both
  * Content-Length and Transfer-Encoding; differing duplicate Content-Length;
  * a transfer coding other than a single final "chunked"; Transfer-Encoding
  * in HTTP/1.0; obs-fold; bare CR; NUL or other CTLs in fields; whitespace
@@ -75,6 +81,22 @@ struct http1_msg {
  */
 enum http1_result http1_parse_request(const char *data, size_t len, struct http1_msg *msg,
                                       size_t *consumed);
+
+/*
+ * Incremental watch over the bytes of a head as they arrive, so that the
+ * parser runs only when it has something to decide and a head dribbled in
+ * byte by byte costs linear time. Zero-initialise; feed every byte once, in
+ * order. http1_head_scan feeds data[0..len) and returns true as soon as a
+ * byte completes an empty line (the end of a head, or an ignored empty line
+ * before a request line) or is one the parser rejects (NUL, bare LF, CR not
+ * followed by LF); then sc->seen counts the bytes fed so far, and the rest of
+ * data is not fed yet. Returns false when every byte was fed.
+ */
+struct http1_head_scan {
+	size_t seen;           /* bytes fed */
+	unsigned char last[3]; /* the last three of them, last[2] the newest */
+};
+bool http1_head_scan(struct http1_head_scan *sc, const char *data, size_t len);
 
 /*
  * Parse a response head. request_method decides framing (HEAD, and 2xx to
@@ -150,11 +172,11 @@ enum http1_chunk_event http1_chunked_next(struct http1_chunked *c, const char *i
 
 /* A parsed http:// or https:// absolute URI (RFC 9112 3.2.2). */
 struct http1_uri {
-	char scheme[8];  /* "http" or "https", lower-cased */
-	char host[256];  /* lower-cased; IPv6 literal without brackets */
-	uint16_t port;   /* explicit or scheme default */
-	char path[8192]; /* path + query, "/" when empty; never the fragment */
-	bool ipv6;       /* host is an IPv6 literal */
+	char scheme[8];                  /* "http" or "https", lower-cased */
+	char host[256];                  /* lower-cased; IPv6 literal without brackets */
+	uint16_t port;                   /* explicit or scheme default */
+	char path[HTTP1_MAX_TARGET + 1]; /* path + query, "/" when empty; never the fragment */
+	bool ipv6;                       /* host is an IPv6 literal */
 };
 
 /*

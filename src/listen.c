@@ -2,22 +2,34 @@
  * listen — listening sockets on libevent connection listeners, bound from the
  * config or adopted from the service manager (systemd socket activation:
  * $LISTEN_FDS sockets from fd 3 on, meant for us when $LISTEN_PID is our pid).
+ *
+ * Descriptor reserve: accepting pauses while fewer than max(16, 10 %) of
+ * RLIMIT_NOFILE descriptors are free, so that clients cannot take the
+ * descriptors their own upstream connections need; before pausing, the
+ * client connections idle longest between requests are closed. Open
+ * descriptors are counted in /proc/self/fd, and only when the estimate
+ * (descriptors not of clients at the last count, plus the clients now) comes
+ * near the reserve or the last count is older than FD_RECOUNT_MS.
  */
 #include "listen.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/util.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "downstream.h"
@@ -32,9 +44,90 @@ struct listeners {
 	bool paused;
 	bool activated;        /* sockets from the service manager: never re-bound */
 	struct event *backoff; /* accepting paused after running out of descriptors */
+	bool backing_off;      /* backoff pending: only it resumes accepting */
+	long nofile;           /* RLIMIT_NOFILE; 0 when unlimited or unknown */
+	long other_fds;        /* open descriptors not of clients, at the last count */
+	uint64_t counted_ms;   /* when they were counted */
 };
 
 #define ACCEPT_BACKOFF_MS 100
+
+static void backoff_done(evutil_socket_t fd, short what, void *arg);
+#define FD_RECOUNT_MS 100
+#define FD_RESERVE_MIN 16
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static long fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
+	    rl.rlim_cur > (rlim_t)1 << 30)
+		return 0;
+	return (long)rl.rlim_cur;
+}
+
+/* Open descriptors of this process; -1 when they cannot be counted. */
+static long count_open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	long n = 0;
+
+	if (!d)
+		return errno == EMFILE || errno == ENFILE ? LONG_MAX : -1;
+	while ((e = readdir(d)) != NULL)
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n > 0 ? n - 1 : 0; /* less the directory's own */
+}
+
+/* Whether free descriptors are below the reserve, after closing idle
+ * client connections to make up for it. */
+static bool fds_short(struct listeners *ls)
+{
+	struct muxd *m = ls->m;
+	long reserve, open, free_fds;
+	uint64_t now = mono_ms();
+
+	if (ls->nofile <= 0)
+		return false;
+	reserve = ls->nofile / 10 > FD_RESERVE_MIN ? ls->nofile / 10 : FD_RESERVE_MIN;
+	if (ls->nofile - (ls->other_fds + (long)m->nclients) >= 2 * reserve &&
+	    now - ls->counted_ms < FD_RECOUNT_MS)
+		return false;
+	open = count_open_fds();
+	if (open < 0)
+		return false;
+	if (open == LONG_MAX)
+		open = ls->nofile;
+	ls->other_fds = open - (long)m->nclients;
+	ls->counted_ms = now;
+	free_fds = ls->nofile - open;
+	if (free_fds >= reserve)
+		return false;
+	free_fds += downstream_close_idle(m, (unsigned)(reserve - free_fds));
+	return free_fds < reserve;
+}
+
+static void start_backoff(struct listeners *ls)
+{
+	struct timeval tv = {0, ACCEPT_BACKOFF_MS * 1000};
+
+	if (!ls->backoff && !(ls->backoff = evtimer_new(ls->m->base, backoff_done, ls)))
+		return;
+	listeners_pause(ls, true);
+	ls->backing_off = true;
+	evtimer_add(ls->backoff, &tv);
+}
 
 #define LISTEN_FDS_START 3
 
@@ -47,6 +140,11 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	downstream_accept(ls->m, fd, sa, (socklen_t)len);
 	if (ls->m->nclients >= ls->m->cfg->max_clients)
 		listeners_pause(ls, true);
+	else if (fds_short(ls)) {
+		log_debug("fewer than max(%d, 10 %%) of %ld descriptors free: accepting paused",
+		          FD_RESERVE_MIN, ls->nofile);
+		start_backoff(ls);
+	}
 }
 
 static void backoff_done(evutil_socket_t fd, short what, void *arg)
@@ -54,7 +152,10 @@ static void backoff_done(evutil_socket_t fd, short what, void *arg)
 	struct listeners *ls = arg;
 	(void)fd;
 	(void)what;
-	if (ls->m->nclients < ls->m->cfg->max_clients)
+	ls->backing_off = false;
+	if (fds_short(ls))
+		start_backoff(ls);
+	else if (ls->m->nclients < ls->m->cfg->max_clients)
 		listeners_pause(ls, false);
 }
 
@@ -62,7 +163,6 @@ static void error_cb(struct evconnlistener *l, void *arg)
 {
 	struct listeners *ls = arg;
 	int e = EVUTIL_SOCKET_ERROR();
-	struct timeval tv = {0, ACCEPT_BACKOFF_MS * 1000};
 
 	(void)l;
 	log_warn("accept failed: %s", strerror(e));
@@ -71,10 +171,8 @@ static void error_cb(struct evconnlistener *l, void *arg)
 	/* The pending connection stays readable: without a pause the loop
 	 * would spin. Give idle upstream connections back and retry shortly. */
 	pool_relieve(ls->m->pool);
-	if (!ls->backoff && !(ls->backoff = evtimer_new(ls->m->base, backoff_done, ls)))
-		return;
-	listeners_pause(ls, true);
-	evtimer_add(ls->backoff, &tv);
+	downstream_close_idle(ls->m, FD_RESERVE_MIN);
+	start_backoff(ls);
 }
 
 /* The bound address of fd as ADDR:PORT ("[v6]:PORT", "unix:PATH"). */
@@ -145,6 +243,7 @@ struct listeners *listeners_open(struct muxd *m, const struct config *cfg, char 
 		return NULL;
 	}
 	ls->m = m;
+	ls->nofile = fd_limit();
 	for (size_t i = 0; i < cfg->nlisten; i++) {
 		const struct config_listen *cl = &cfg->listen[i];
 		char actual[80];
@@ -254,6 +353,7 @@ struct listeners *listeners_from_env(struct muxd *m, char *err, size_t err_size)
 		return NULL;
 	}
 	ls->m = m;
+	ls->nofile = fd_limit();
 	ls->activated = true;
 	for (long i = 0; i < n; i++) {
 		int fd = LISTEN_FDS_START + (int)i;
@@ -312,7 +412,7 @@ size_t listeners_addrs(const struct listeners *ls, struct sockaddr_storage *out,
 
 void listeners_pause(struct listeners *ls, bool paused)
 {
-	if (!ls || ls->paused == paused)
+	if (!ls || ls->paused == paused || (!paused && ls->backing_off))
 		return;
 	ls->paused = paused;
 	for (size_t i = 0; i < ls->n; i++) {

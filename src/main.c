@@ -2,6 +2,7 @@
  * main — command line, startup, signals, reload and shutdown.
  *
  *   muxd [-c FILE] [-l ADDR:PORT]... [-S DIR] [-v] [-t] [-V] [-h]
+ *   muxd env|trust|ca|status ...  (env_cmd.c, trust_cmd.c, status_cmd.c)
  *
  * SIGHUP reloads the file: new requests use the new config, in-flight ones
  * keep theirs (refcounted), the pool survives, listeners are re-bound only
@@ -30,6 +31,7 @@
 #include "config.h"
 #include "dns.h"
 #include "downstream.h"
+#include "env_cmd.h"
 #include "listen.h"
 #include "log.h"
 #include "muxd.h"
@@ -38,6 +40,7 @@
 #include "status_cmd.h"
 #include "tls/ca.h"
 #include "transport/tls.h"
+#include "trust_cmd.h"
 
 #define MUXD_VERSION "0.1.0"
 #define DEFAULT_CONFIG "/etc/muxd/muxd.conf"
@@ -50,6 +53,8 @@ struct options {
 	const char *state_dir;
 	bool verbose;
 	bool check_only;
+	const char *shell; /* muxd env --shell */
+	bool remove;       /* muxd trust --remove */
 };
 
 /* The daemon's root state and what only main needs next to it. */
@@ -67,9 +72,12 @@ static void usage(FILE *f)
 	fprintf(
 	    f,
 	    "usage: muxd [-c FILE] [-l ADDR:PORT]... [-S DIR] [-v] [-t] [-V] [-h]\n"
-	    "       muxd env [-c FILE] [-S DIR]   print shell exports pointing clients at muxd\n"
+	    "       muxd env [-c FILE] [-l ADDR:PORT] [-S DIR] [--shell sh|fish|csh]\n"
+	    "                                     print shell exports pointing clients at muxd\n"
+	    "       muxd trust [-c FILE] [-l ADDR:PORT] [-S DIR] [--remove]\n"
+	    "                                     install (remove) muxd's CA in the system store\n"
 	    "       muxd ca [-c FILE] [-S DIR]    create the local CA if missing; print it\n"
-	    "       muxd status [-c FILE]         print the live pool of a running muxd\n"
+	    "       muxd status [-c FILE] [-l ADDR:PORT]  print the live pool of a running muxd\n"
 	    "  -c FILE       configuration file (default %s when it exists)\n"
 	    "  -l ADDR:PORT  listen address, repeatable; replaces [muxd] listen\n"
 	    "  -S DIR        state directory\n"
@@ -339,46 +347,6 @@ static int cmd_ca(const struct config *cfg)
 	return 0;
 }
 
-/* Single-quote s for a POSIX shell. */
-static void print_export(const char *name, const char *value)
-{
-	printf("export %s='", name);
-	for (const char *c = value; *c; c++)
-		if (*c == '\'')
-			fputs("'\\''", stdout);
-		else
-			putchar(*c);
-	printf("'\n");
-}
-
-/* muxd env: exports that point clients at muxd and make them trust its CA. */
-static int cmd_env(const struct config *cfg)
-{
-	static const char *const proxy_vars[] = {"http_proxy", "https_proxy", "HTTP_PROXY",
-	                                         "HTTPS_PROXY"};
-	static const char *const ca_vars[] = {"SSL_CERT_FILE", "CURL_CA_BUNDLE",
-	                                      "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO"};
-	struct local_ca *ca = open_ca(cfg);
-	char url[128];
-
-	if (!ca)
-		return 1;
-	if (cfg->nlisten == 0) {
-		local_ca_free(ca);
-		return 1;
-	}
-	snprintf(url, sizeof(url), "http://%s", cfg->listen[0].text);
-	for (size_t i = 0; i < 4; i++)
-		print_export(proxy_vars[i], url);
-	print_export("no_proxy", "localhost,127.0.0.1,::1");
-	print_export("NO_PROXY", "localhost,127.0.0.1,::1");
-	for (size_t i = 0; i < 4; i++)
-		print_export(ca_vars[i], local_ca_bundle_path(ca));
-	print_export("NODE_EXTRA_CA_CERTS", local_ca_cert_path(ca));
-	local_ca_free(ca);
-	return 0;
-}
-
 static int run(struct daemon *d)
 {
 	struct muxd *m = &d->m;
@@ -467,12 +435,21 @@ out:
 
 int main(int argc, char **argv)
 {
+	static const struct option long_opts[] = {{"shell", required_argument, NULL, 's'},
+	                                          {"remove", no_argument, NULL, 'r'},
+	                                          {NULL, 0, NULL, 0}};
 	struct daemon d;
 	int c;
 
 	memset(&d, 0, sizeof(d));
-	while ((c = getopt(argc, argv, "c:l:S:vtVh")) != -1) {
+	while ((c = getopt_long(argc, argv, "c:l:S:vtVh", long_opts, NULL)) != -1) {
 		switch (c) {
+		case 's':
+			d.opt.shell = optarg;
+			break;
+		case 'r':
+			d.opt.remove = true;
+			break;
 		case 'c':
 			d.opt.config_file = optarg;
 			break;
@@ -505,9 +482,16 @@ int main(int argc, char **argv)
 	}
 	/* GNU getopt has already taken the options after the command word too */
 	const char *command = NULL;
-	if (optind < argc && (strcmp(argv[optind], "env") == 0 || strcmp(argv[optind], "ca") == 0 ||
-	                      strcmp(argv[optind], "status") == 0))
+	if (optind < argc &&
+	    (strcmp(argv[optind], "env") == 0 || strcmp(argv[optind], "ca") == 0 ||
+	     strcmp(argv[optind], "status") == 0 || strcmp(argv[optind], "trust") == 0))
 		command = argv[optind++];
+	if ((d.opt.shell && (!command || strcmp(command, "env") != 0)) ||
+	    (d.opt.remove && (!command || strcmp(command, "trust") != 0))) {
+		fprintf(stderr, "muxd: %s goes with muxd %s only\n",
+		        d.opt.shell ? "--shell" : "--remove", d.opt.shell ? "env" : "trust");
+		return 2;
+	}
 	if (optind < argc) {
 		fprintf(stderr, "muxd: unknown command '%s'\n", argv[optind]);
 		usage(stderr);
@@ -519,7 +503,8 @@ int main(int argc, char **argv)
 	if (!d.m.cfg)
 		return 1;
 	if (command) {
-		int rc = strcmp(command, "env") == 0      ? cmd_env(d.m.cfg)
+		int rc = strcmp(command, "env") == 0      ? env_cmd(d.m.cfg, d.opt.shell)
+		         : strcmp(command, "trust") == 0  ? trust_cmd(d.m.cfg, d.opt.remove)
 		         : strcmp(command, "status") == 0 ? status_cmd(d.m.cfg)
 		                                          : cmd_ca(d.m.cfg);
 		config_unref(d.m.cfg);

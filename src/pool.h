@@ -4,6 +4,9 @@
  * connection being set up, or opens a new one within the limits, and evicts
  * idle connections (idle timeout, per-origin and global idle caps, the
  * connection budget). Owns: every upstream connection and all waiters.
+ * Keys are pool_key.h; the code is in pool.c (matchmaking, limits,
+ * eviction), pool_h3.c (HTTP/3 selection, the Alt-Svc cache) and
+ * pool_tunnel.c (tunnels), which share pool_internal.h.
  */
 #ifndef MUXD_POOL_H
 #define MUXD_POOL_H
@@ -12,54 +15,8 @@
 #include <stdint.h>
 
 #include "muxd.h"
+#include "pool_key.h"
 #include "upstream/upstream.h"
-
-/* Everything that decides whether two requests may share a connection
- * (DESIGN.md principle 2); two keys are equal iff their id strings are. The
- * pool builds a new connection's transport chain from the key alone. */
-struct pool_key {
-	char scheme[8];
-	char host[256]; /* IPv6 literal without brackets */
-	char sni[256];  /* the TLS name (SNI, verification): host, or a name for an address */
-	uint16_t port;
-	bool tls;
-	bool verify;
-	bool h3;                                /* HTTP/3 allowed when the Alt-Svc cache knows it */
-	char ca_file[512];                      /* "" = system trust store */
-	char client_cert[512], client_key[512]; /* "" = no client certificate */
-	/* parent proxies in order (none: direct); credentials are in the key but
-	 * only a hash of them is in id, which is logged */
-	struct pool_hop {
-		int kind; /* enum hop_kind */
-		char host[256];
-		uint16_t port;
-		char user[128], pass[128];
-		bool auth;
-	} hops[4];
-	size_t nhops;
-	char proxy_ca_file[512];
-	/* its identity from config load ("": look it up) */
-	char proxy_ca_file_id[1200];
-	/* direct: never connect to a loopback address (deny_loopback_targets) */
-	bool deny_loopback;
-	bool forward;  /* http:// origin, last hop an HTTP parent: absolute-form to it */
-	char alpn[32]; /* offered protocols, comma-separated */
-	char id[2048]; /* canonical form of all of the above */
-};
-
-struct route;
-/* Fails (false) only when a field does not fit. Files are named by the
- * identities the route took at config load; credentials by pool_cred_id. */
-bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *scheme, const char *host,
-                   uint16_t port, const struct route *route);
-/* The identity of proxy credentials shown in key ids (logs, status page):
- * HMAC-SHA-256 keyed with m->secret, random per process, cut to 16 hex
- * digits, so that it cannot be brute-forced offline into the password. */
-void pool_cred_id(const struct muxd *m, const char *user, const char *pass, char out[17]);
-/* The same for an origin reached at host (an address) but verified, and
- * named in SNI, as sni (NULL: host). */
-bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *scheme,
-                       const char *host, uint16_t port, const char *sni, const struct route *route);
 
 struct pool;
 struct pool_wait;
@@ -89,6 +46,27 @@ struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, 
                                     const struct pool_wait_cbs *cbs, void *ctx);
 void pool_wait_cancel(struct pool_wait *w);
 
+/*
+ * A client tunnel (CONNECT) to host:port along route (DESIGN's
+ * pool_open_tunnel): a transport layer, returned at once, that reports
+ * TRANSPORT_CONNECTED once its whole chain is up or TRANSPORT_ERROR, never
+ * from inside this call. An https:// first hop is a CONNECT stream on the
+ * pool's shared connection to that parent, which stays active while the
+ * tunnel lives. The tunnel is an upstream connection like the others: it
+ * waits for a slot under max_connections (evicting the least recently used
+ * idle connection when there is one; else ERR_BUDGET after connect_timeout),
+ * counts in upstream_opened[PROTO_TUNNEL] once up and as an active
+ * PROTO_TUNNEL connection in pool_count while open; closing the layer gives
+ * the slot back. Setting it up is bounded by connect_timeout
+ * (ERR_CONNECT_TIMEOUT naming the step). Before TRANSPORT_CONNECTED only
+ * close() may be called. NULL when out of memory (or a field of the route
+ * does not fit a key).
+ */
+struct transport;
+struct transport_cbs;
+struct transport *pool_open_tunnel(struct pool *p, const struct route *route, const char *host,
+                                   uint16_t port, const struct transport_cbs *cbs, void *ctx);
+
 /* A verified TLS origin's Alt-Svc field value, from a response. */
 void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value, size_t len);
 /* Origins with a live HTTP/3 alternative (muxd_altsvc_entries). */
@@ -103,6 +81,7 @@ void pool_relieve(struct pool *p);
 /* Close every idle connection (shutdown, reload of pool limits). */
 void pool_close_idle(struct pool *p);
 
+/* Connections that are up, by protocol; client tunnels are PROTO_TUNNEL. */
 struct pool_counts {
 	unsigned active[PROTO_COUNT];
 	unsigned idle[PROTO_COUNT];

@@ -3,7 +3,9 @@
  * the config's first listen address (an unspecified address such as 0.0.0.0
  * is asked on loopback, since admin pages answer loopback clients only), a
  * small JSON parser for that document (docs/status-json.md), and aligned
- * tables of the upstream connections and the Alt-Svc cache on stdout.
+ * tables of the upstream connections and the Alt-Svc cache on stdout. The
+ * response is framed by src/http1 (head parser, chunked decoder), as every
+ * other HTTP/1.1 message muxd reads.
  */
 #include "status_cmd.h"
 
@@ -19,14 +21,16 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
+#include "http1.h"
 
 #define CONNECT_TIMEOUT_MS 3000
-#define IO_TIMEOUT_S 10
-#define MAX_RESPONSE (32u << 20)
-#define MAX_DEPTH 32
+#define IO_TIMEOUT_S 10       /* the whole request and response, after connecting */
+#define MAX_DEPTH 32          /* nesting of arrays and objects */
+#define MAX_VALUES (1u << 20) /* values in a document: bounds the tree's memory */
 
 static void set_err(char *err, size_t size, const char *fmt, ...)
 {
@@ -47,11 +51,12 @@ struct jv {
 	char *str;        /* J_STR */
 	struct jv *items; /* J_ARR, J_OBJ */
 	char **keys;      /* J_OBJ */
-	size_t n;
+	size_t n, cap;
 };
 
 struct jparser {
 	const char *p, *end;
+	size_t values; /* parsed so far, at most MAX_VALUES */
 };
 
 static void jv_free(struct jv *v)
@@ -204,20 +209,74 @@ static bool parse_value(struct jparser *jp, struct jv *v, int depth);
 
 static bool append_item(struct jv *v, char *key)
 {
-	struct jv *items = realloc(v->items, (v->n + 1) * sizeof(*items));
-	if (!items)
-		return false;
-	v->items = items;
-	memset(&v->items[v->n], 0, sizeof(*v->items));
-	if (v->t == J_OBJ) {
-		char **keys = realloc(v->keys, (v->n + 1) * sizeof(*keys));
-		if (!keys)
+	if (v->n == v->cap) {
+		size_t cap = v->cap ? v->cap * 2 : 8;
+		struct jv *items = realloc(v->items, cap * sizeof(*items));
+		if (!items)
 			return false;
-		v->keys = keys;
-		v->keys[v->n] = key;
+		v->items = items;
+		if (v->t == J_OBJ) {
+			char **keys = realloc(v->keys, cap * sizeof(*keys));
+			if (!keys)
+				return false;
+			v->keys = keys;
+		}
+		v->cap = cap;
 	}
+	memset(&v->items[v->n], 0, sizeof(*v->items));
+	if (v->t == J_OBJ)
+		v->keys[v->n] = key;
 	v->n++;
 	return true;
+}
+
+static bool is_digit(const struct jparser *jp, const char *p)
+{
+	return p < jp->end && *p >= '0' && *p <= '9';
+}
+
+/* A number as RFC 8259 spells it (no "+1", "01", ".5", "1.", hex, inf or nan),
+ * converted by strtod on a NUL-terminated copy of exactly its bytes. */
+static bool parse_number(struct jparser *jp, double *out)
+{
+	const char *s = jp->p, *p = s;
+	char small[64], *copy = small, *endp;
+	size_t n;
+	bool ok;
+
+	if (p < jp->end && *p == '-')
+		p++;
+	if (!is_digit(jp, p))
+		return false;
+	if (*p++ != '0')
+		while (is_digit(jp, p))
+			p++;
+	if (p < jp->end && *p == '.') {
+		if (!is_digit(jp, ++p))
+			return false;
+		while (is_digit(jp, p))
+			p++;
+	}
+	if (p < jp->end && (*p == 'e' || *p == 'E')) {
+		p++;
+		if (p < jp->end && (*p == '+' || *p == '-'))
+			p++;
+		if (!is_digit(jp, p))
+			return false;
+		while (is_digit(jp, p))
+			p++;
+	}
+	n = (size_t)(p - s);
+	if (n >= sizeof(small) && !(copy = malloc(n + 1)))
+		return false;
+	memcpy(copy, s, n);
+	copy[n] = '\0';
+	*out = strtod(copy, &endp);
+	ok = endp == copy + n;
+	if (copy != small)
+		free(copy);
+	jp->p = p;
+	return ok;
 }
 
 static bool parse_container(struct jparser *jp, struct jv *v, int depth)
@@ -265,9 +324,7 @@ static bool parse_container(struct jparser *jp, struct jv *v, int depth)
 
 static bool parse_value(struct jparser *jp, struct jv *v, int depth)
 {
-	char *endp;
-
-	if (depth > MAX_DEPTH)
+	if (depth > MAX_DEPTH || ++jp->values > MAX_VALUES)
 		return false;
 	skip_ws(jp);
 	if (jp->p >= jp->end)
@@ -290,31 +347,26 @@ static bool parse_value(struct jparser *jp, struct jv *v, int depth)
 		v->t = J_NULL;
 		return literal(jp, "null");
 	default:
-		/* the document is NUL-terminated, so strtod stops in time */
 		v->t = J_NUM;
-		v->num = strtod(jp->p, &endp);
-		if (endp == jp->p || endp > jp->end)
-			return false;
-		jp->p = endp;
-		return true;
+		return parse_number(jp, &v->num);
 	}
 }
 
-static bool json_parse(const char *text, size_t len, struct jv *out)
+/* One JSON value in text[0..len) (no NUL needed); on failure *err_at is
+ * about where the parser stopped. */
+static bool json_parse(const char *text, size_t len, struct jv *out, size_t *err_at)
 {
-	struct jparser jp = {text, text + len};
+	struct jparser jp = {text, text + len, 0};
 
 	memset(out, 0, sizeof(*out));
-	if (!parse_value(&jp, out, 0)) {
-		jv_free(out);
-		return false;
+	if (parse_value(&jp, out, 0)) {
+		skip_ws(&jp);
+		if (jp.p == jp.end)
+			return true;
 	}
-	skip_ws(&jp);
-	if (jp.p != jp.end) {
-		jv_free(out);
-		return false;
-	}
-	return true;
+	*err_at = jp.p > jp.end ? len : (size_t)(jp.p - text);
+	jv_free(out);
+	return false;
 }
 
 static const struct jv *jget(const struct jv *obj, const char *key)
@@ -339,7 +391,269 @@ static double jnum(const struct jv *obj, const char *key, double dflt)
 	return v && v->t == J_NUM ? v->num : dflt;
 }
 
+/* ------------------------------------------------------- response parsing */
+
+static size_t response_max(const struct status_response *r)
+{
+	return r->max ? r->max : STATUS_MAX_RESPONSE;
+}
+
+/* Room for n more body bytes (and the NUL) in r->body. */
+static bool body_reserve(struct status_response *r, size_t n)
+{
+	size_t cap = r->body_cap ? r->body_cap : 256;
+	char *nb;
+
+	if (r->body && r->body_len + n < r->body_cap)
+		return true;
+	while (cap <= r->body_len + n)
+		cap *= 2;
+	nb = realloc(r->body, cap);
+	if (!nb)
+		return false;
+	r->body = nb;
+	r->body_cap = cap;
+	return true;
+}
+
+static bool body_append(struct status_response *r, const char *p, size_t n)
+{
+	if (!body_reserve(r, n))
+		return false;
+	memcpy(r->body + r->body_len, p, n);
+	r->body_len += n;
+	r->body[r->body_len] = '\0';
+	return true;
+}
+
+/* The first line of the body, at most 160 bytes, control bytes as '?'. */
+static void first_line(const struct status_response *r, char *out, size_t size)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; r->body && i < r->body_len && o + 1 < size && o < 160; i++) {
+		unsigned char c = (unsigned char)r->body[i];
+		if (c == '\r' || c == '\n')
+			break;
+		out[o++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+	}
+	out[o] = '\0';
+}
+
+/* A complete message: the body, or the error that a status other than 200 is. */
+static enum status_parse finish(struct status_response *r, char *err, size_t errsize)
+{
+	char line[161];
+
+	if (!body_reserve(r, 0)) {
+		set_err(err, errsize, "out of memory");
+		return STATUS_PARSE_ERROR;
+	}
+	r->body[r->body_len] = '\0';
+	if (r->status == 200)
+		return STATUS_PARSE_DONE;
+	first_line(r, line, sizeof(line));
+	set_err(err, errsize, "answered %d %s%s%s", r->status, http1_reason(r->status),
+	        *line ? ": " : "", line);
+	return STATUS_PARSE_ERROR;
+}
+
+/* An error in the body (or the size) of a response: a final status other
+ * than 200 says more than the body does. */
+static enum status_parse body_error(struct status_response *r, const char *what, char *err,
+                                    size_t errsize)
+{
+	if (r->status && r->status != 200)
+		set_err(err, errsize, "answered %d %s (%s)", r->status, http1_reason(r->status),
+		        what);
+	else
+		set_err(err, errsize, "%s", what);
+	return STATUS_PARSE_ERROR;
+}
+
+/* Whether p[0..n) can start an HTTP/1 status line. */
+static bool http_prefix(const char *p, size_t n)
+{
+	return memcmp(p, "HTTP/", n < 5 ? n : 5) == 0;
+}
+
+/* Parses heads at r->pos until the final one; MORE when a head is incomplete. */
+static enum status_parse parse_heads(struct status_response *r, const char *in, size_t len,
+                                     char *err, size_t errsize)
+{
+	while (r->status == 0) {
+		struct http1_msg msg;
+		size_t used = 0;
+		int status;
+
+		switch (http1_parse_response(in + r->pos, len - r->pos, "GET", &msg, &used)) {
+		case HTTP1_OK:
+			break;
+		case HTTP1_INCOMPLETE:
+			if (!http_prefix(in + r->pos, len - r->pos))
+				goto not_http;
+			return STATUS_PARSE_MORE;
+		case HTTP1_TOO_LARGE:
+			set_err(err, errsize,
+			        "response head too large (over %d bytes or %d fields)",
+			        HTTP1_MAX_HEAD, HTTP1_MAX_FIELDS);
+			return STATUS_PARSE_ERROR;
+		case HTTP1_BAD:
+		default:
+			if (!http_prefix(in + r->pos, len - r->pos))
+				goto not_http;
+			set_err(err, errsize, "malformed response head");
+			return STATUS_PARSE_ERROR;
+		}
+		status = msg.status;
+		r->framing = msg.body;
+		r->content_length = msg.content_length;
+		http1_msg_free(&msg);
+		r->pos += used;
+		if (status >= 200 || status == 101) {
+			r->status = status;
+			break;
+		}
+		if (++r->interim > STATUS_MAX_INTERIM) {
+			set_err(err, errsize, "more than %d interim (1xx) responses",
+			        STATUS_MAX_INTERIM);
+			return STATUS_PARSE_ERROR;
+		}
+	}
+	return STATUS_PARSE_DONE;
+not_http:
+	set_err(err, errsize, "not an HTTP response (is this muxd?)");
+	return STATUS_PARSE_ERROR;
+}
+
+/* Decodes the chunked body from r->pos on. */
+static enum status_parse parse_chunked(struct status_response *r, const char *in, size_t len,
+                                       char *err, size_t errsize)
+{
+	while (r->pos < len) {
+		const char *data;
+		size_t used = 0, n = 0;
+
+		switch (
+		    http1_chunked_next(&r->chunked, in + r->pos, len - r->pos, &used, &data, &n)) {
+		case HTTP1_CHUNK_DATA:
+			r->pos += used;
+			if (!body_append(r, data, n)) {
+				set_err(err, errsize, "out of memory");
+				return STATUS_PARSE_ERROR;
+			}
+			continue;
+		case HTTP1_CHUNK_NEED_MORE:
+			r->pos += used;
+			return STATUS_PARSE_MORE;
+		case HTTP1_CHUNK_DONE:
+			r->pos += used;
+			return finish(r, err, errsize);
+		case HTTP1_CHUNK_ERROR:
+		default:
+			return body_error(r, "malformed chunked body", err, errsize);
+		}
+	}
+	return STATUS_PARSE_MORE;
+}
+
+enum status_parse status_response_feed(struct status_response *r, const char *in, size_t len,
+                                       bool eof, char *err, size_t errsize)
+{
+	size_t max = response_max(r), avail = len < max ? len : max;
+	enum status_parse res = parse_heads(r, in, avail, err, errsize);
+	char what[160];
+
+	if (res == STATUS_PARSE_DONE) {
+		switch (r->framing) {
+		case HTTP1_BODY_NONE:
+			return finish(r, err, errsize);
+		case HTTP1_BODY_LENGTH:
+			if (r->content_length > max - r->pos) {
+				snprintf(what, sizeof(what),
+				         "response too large: Content-Length %llu, limit %zu bytes",
+				         (unsigned long long)r->content_length, max);
+				return body_error(r, what, err, errsize);
+			}
+			if (avail - r->pos < r->content_length) {
+				res = STATUS_PARSE_MORE;
+				break;
+			}
+			if (!body_append(r, in + r->pos, (size_t)r->content_length)) {
+				set_err(err, errsize, "out of memory");
+				return STATUS_PARSE_ERROR;
+			}
+			return finish(r, err, errsize);
+		case HTTP1_BODY_CHUNKED:
+			res = parse_chunked(r, in, avail, err, errsize);
+			break;
+		case HTTP1_BODY_CLOSE:
+			if (!eof || len > max) {
+				res = STATUS_PARSE_MORE;
+				break;
+			}
+			if (!body_append(r, in + r->pos, len - r->pos)) {
+				set_err(err, errsize, "out of memory");
+				return STATUS_PARSE_ERROR;
+			}
+			return finish(r, err, errsize);
+		}
+	}
+	if (res != STATUS_PARSE_MORE)
+		return res;
+	if (len > max) {
+		snprintf(what, sizeof(what), "response too large (over %zu bytes)", max);
+		return body_error(r, what, err, errsize);
+	}
+	if (!eof)
+		return STATUS_PARSE_MORE;
+	if (r->status == 0) {
+		set_err(err, errsize,
+		        len == 0 ? "connection closed without a response"
+		                 : "connection closed in the response head");
+		return STATUS_PARSE_ERROR;
+	}
+	if (r->framing == HTTP1_BODY_LENGTH)
+		snprintf(what, sizeof(what),
+		         "truncated response: connection closed after %zu of %llu body bytes",
+		         avail - r->pos, (unsigned long long)r->content_length);
+	else
+		snprintf(what, sizeof(what),
+		         "truncated response: connection closed in the chunked body");
+	return body_error(r, what, err, errsize);
+}
+
+void status_response_free(struct status_response *r)
+{
+	free(r->body);
+	memset(r, 0, sizeof(*r));
+}
+
+char *status_parse_response(const char *buf, size_t len, int *status, size_t *body_len, char *err,
+                            size_t errsize)
+{
+	struct status_response r;
+	char *body = NULL;
+
+	memset(&r, 0, sizeof(r));
+	if (status_response_feed(&r, buf, len, true, err, errsize) == STATUS_PARSE_DONE) {
+		body = r.body;
+		*body_len = r.body_len;
+		r.body = NULL;
+	}
+	*status = r.status;
+	status_response_free(&r);
+	return body;
+}
+
 /* -------------------------------------------------------------------- HTTP */
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* Loopback in place of an unspecified listen address. */
 static void target_addr(const struct config_listen *l, struct sockaddr_storage *ss, socklen_t *len)
@@ -398,46 +712,25 @@ fail:
 	return -1;
 }
 
-/* Decode a chunked body in place; false if it is malformed or cut short. */
-static bool dechunk(char *body, size_t len, size_t *out_len)
-{
-	size_t r = 0, w = 0;
-	for (;;) {
-		char *end;
-		unsigned long n;
-		char *eol = memmem(body + r, len - r, "\r\n", 2);
-		if (!eol)
-			return false;
-		n = strtoul(body + r, &end, 16);
-		if (end == body + r)
-			return false;
-		r = (size_t)(eol - body) + 2;
-		if (n == 0) {
-			*out_len = w;
-			return true;
-		}
-		if (n > len - r || len - r - n < 2)
-			return false;
-		memmove(body + w, body + r, n);
-		w += n;
-		r += n + 2;
-	}
-}
-
-/* GET path; the body (NUL-terminated, caller frees) of a 200 response. */
+/* GET path; the body (NUL-terminated, caller frees) of a 200 response, read
+ * within IO_TIMEOUT_S. */
 static char *http_get(const struct config_listen *l, const char *path, size_t *body_len, char *err,
                       size_t errsize)
 {
 	struct sockaddr_storage ss;
 	socklen_t sslen;
-	char req[512], *buf = NULL, *body, *head_end;
-	size_t len = 0, cap = 0;
-	int fd, status;
+	struct status_response r;
+	char req[512], perr[384], *buf = NULL, *body = NULL;
+	size_t len = 0, cap = 0, max = STATUS_MAX_RESPONSE;
+	long long deadline;
+	int fd;
 
+	memset(&r, 0, sizeof(r));
 	target_addr(l, &ss, &sslen);
 	fd = connect_timeout(&ss, sslen, err, errsize);
 	if (fd < 0)
 		return NULL;
+	deadline = now_ms() + IO_TIMEOUT_S * 1000;
 	snprintf(req, sizeof(req),
 	         "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: muxd-status\r\n"
 	         "Accept: application/json\r\nConnection: close\r\n\r\n",
@@ -448,81 +741,69 @@ static char *http_get(const struct config_listen *l, const char *path, size_t *b
 			continue;
 		if (k <= 0) {
 			set_err(err, errsize, "sending the request: %s", strerror(errno));
-			goto fail;
+			goto out;
 		}
 		off += (size_t)k;
 	}
 	for (;;) {
+		struct pollfd pfd = {fd, POLLIN, 0};
+		enum status_parse res;
+		long long left = deadline - now_ms();
+		bool eof = false;
 		ssize_t k;
-		if (cap - len < 4096) {
+		int n;
+
+		/* up to max + 1 bytes: one more than the limit tells the parser it is over */
+		if (cap - len < 4096 && cap <= max) {
+			size_t ncap = cap ? cap * 2 : 65536;
 			char *nb;
-			if (cap >= MAX_RESPONSE) {
-				set_err(err, errsize, "response too large");
-				goto fail;
-			}
-			nb = realloc(buf, cap ? cap * 2 : 65536);
+			if (ncap > max + 1)
+				ncap = max + 1;
+			nb = realloc(buf, ncap);
 			if (!nb) {
 				set_err(err, errsize, "out of memory");
-				goto fail;
+				goto out;
 			}
 			buf = nb;
-			cap = cap ? cap * 2 : 65536;
+			cap = ncap;
 		}
-		k = recv(fd, buf + len, cap - len - 1, 0);
-		if (k < 0 && errno == EINTR)
+		n = left > 0 ? poll(&pfd, 1, (int)left) : 0;
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n == 0) {
+			set_err(err, errsize, "reading the response: timed out after %d s",
+			        IO_TIMEOUT_S);
+			goto out;
+		}
+		k = n < 0 ? -1 : recv(fd, buf + len, cap - len, 0);
+		if (k < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (k < 0) {
-			set_err(err, errsize, "reading the response: %s",
-			        errno == EAGAIN ? "timed out" : strerror(errno));
-			goto fail;
+			set_err(err, errsize, "reading the response: %s", strerror(errno));
+			goto out;
 		}
 		if (k == 0)
-			break;
+			eof = true;
 		len += (size_t)k;
-	}
-	close(fd);
-	fd = -1;
-	if (!buf || len == 0) {
-		set_err(err, errsize, "connection closed without a response");
-		goto fail;
-	}
-	buf[len] = '\0';
-	if (sscanf(buf, "HTTP/1.%*1[01] %3d", &status) != 1) {
-		set_err(err, errsize, "not an HTTP response (is this muxd?)");
-		goto fail;
-	}
-	head_end = strstr(buf, "\r\n\r\n");
-	if (!head_end) {
-		set_err(err, errsize, "truncated response");
-		goto fail;
-	}
-	body = head_end + 4;
-	*body_len = len - (size_t)(body - buf);
-	if (status != 200) {
-		char *nl = memchr(body, '\n', *body_len);
-		if (nl)
-			*nl = '\0';
-		set_err(err, errsize, "%s answered %d%s%s", path, status, *body ? ": " : "", body);
-		goto fail;
-	}
-	*head_end = '\0';
-	/* header names are case-insensitive; this only needs chunked or not */
-	for (char *h = strchr(buf, '\n'); h; h = strchr(h + 1, '\n'))
-		if (strncasecmp(h + 1, "transfer-encoding:", 18) == 0 && strstr(h, "chunked")) {
-			if (!dechunk(body, *body_len, body_len)) {
-				set_err(err, errsize, "bad chunked body");
-				goto fail;
-			}
-			break;
+		res = status_response_feed(&r, buf, len, eof, perr, sizeof(perr));
+		if (res == STATUS_PARSE_MORE)
+			continue;
+		if (res == STATUS_PARSE_DONE) {
+			body = r.body;
+			*body_len = r.body_len;
+			r.body = NULL;
+		} else if (r.status && r.status != 200) {
+			set_err(err, errsize, "%s %s", path, perr);
+		} else {
+			set_err(err, errsize, "%s", perr);
 		}
-	memmove(buf, body, *body_len);
-	buf[*body_len] = '\0';
-	return buf;
-fail:
-	if (fd >= 0)
-		close(fd);
+		break;
+	}
+out:
+	close(fd);
 	free(buf);
-	return NULL;
+	status_response_free(&r);
+	return body;
 }
 
 /* ------------------------------------------------------------------ output */
@@ -549,9 +830,16 @@ static void table_row(struct table *t, const char *const *vals)
 	}
 	t->cells = c;
 	for (size_t i = 0; i < t->ncols; i++) {
-		c[t->nrows * t->ncols + i] = strdup(vals[i]);
-		if (!c[t->nrows * t->ncols + i])
+		char *cell = strdup(vals[i]);
+		c[t->nrows * t->ncols + i] = cell;
+		if (!cell) {
 			t->oom = true;
+			continue;
+		}
+		/* strings come from the document: no terminal control bytes */
+		for (char *p = cell; *p; p++)
+			if ((unsigned char)*p < 0x20 || *p == 0x7f)
+				*p = '?';
 	}
 	t->nrows++;
 }
@@ -565,7 +853,7 @@ static int text_width(const char *s)
 	return n;
 }
 
-static void table_print(const struct table *t)
+static void table_print(const struct table *t, FILE *out)
 {
 	int w[MAX_COLS];
 	for (size_t c = 0; c < t->ncols; c++) {
@@ -585,10 +873,10 @@ static void table_print(const struct table *t)
 				s = "";
 			pad = w[c] - text_width(s);
 			if (t->right[c])
-				printf("%*s%s", pad, "", s);
+				fprintf(out, "%*s%s", pad, "", s);
 			else
-				printf("%s%*s", s, last ? 0 : pad, "");
-			fputs(last ? "\n" : "  ", stdout);
+				fprintf(out, "%s%*s", s, last ? 0 : pad, "");
+			fputs(last ? "\n" : "  ", out);
 		}
 	}
 }
@@ -603,8 +891,10 @@ static void table_free(struct table *t)
 static void fmt_duration(char *buf, size_t size, double s)
 {
 	unsigned long t;
-	if (s < 0)
+	if (!(s >= 0)) /* and NaN */
 		s = 0;
+	if (s > 1e12) /* 31 688 years: also keeps the conversion below defined */
+		s = 1e12;
 	t = (unsigned long)s;
 	if (s < 1)
 		snprintf(buf, size, "%.0fms", s * 1000);
@@ -618,7 +908,7 @@ static void fmt_duration(char *buf, size_t size, double s)
 		snprintf(buf, size, "%lud%02luh", t / 86400, t % 86400 / 3600);
 }
 
-static bool print_status(const struct config_listen *l, const struct jv *doc, char *err,
+static bool print_status(const char *where, const struct jv *doc, FILE *out, char *err,
                          size_t errsize)
 {
 	const struct jv *conns = jget(doc, "connections"), *alts = jget(doc, "altsvc");
@@ -633,7 +923,7 @@ static bool print_status(const struct config_listen *l, const struct jv *doc, ch
 	bool ok;
 
 	if (doc->t != J_OBJ || !conns || conns->t != J_ARR) {
-		set_err(err, errsize, "/status.json has no connections list (is this muxd?)");
+		set_err(err, errsize, "no connections list (is this muxd?)");
 		return false;
 	}
 	for (size_t i = 0; i < conns->n; i++) {
@@ -667,18 +957,20 @@ static bool print_status(const struct config_listen *l, const struct jv *doc, ch
 	ok = !ct.oom && !at.oom;
 	if (ok) {
 		fmt_duration(up, sizeof(up), jnum(doc, "uptime_s", 0));
-		printf("muxd at %s: up %s, %.0f client connection%s, %zu upstream connection%s\n\n",
-		       l->text, up, clients, clients == 1 ? "" : "s", conns->n,
-		       conns->n == 1 ? "" : "s");
+		fprintf(
+		    out,
+		    "muxd at %s: up %s, %.0f client connection%s, %zu upstream connection%s\n\n",
+		    where, up, clients, clients == 1 ? "" : "s", conns->n,
+		    conns->n == 1 ? "" : "s");
 		if (ct.nrows)
-			table_print(&ct);
+			table_print(&ct, out);
 		else
-			printf("no upstream connections\n");
-		printf("\nAlt-Svc cache:\n");
+			fprintf(out, "no upstream connections\n");
+		fprintf(out, "\nAlt-Svc cache:\n");
 		if (at.nrows)
-			table_print(&at);
+			table_print(&at, out);
 		else
-			printf("no entries\n");
+			fprintf(out, "no entries\n");
 	} else {
 		set_err(err, errsize, "out of memory");
 	}
@@ -687,35 +979,45 @@ static bool print_status(const struct config_listen *l, const struct jv *doc, ch
 	return ok;
 }
 
+bool status_render(const char *json, size_t len, const char *where, FILE *out, char *err,
+                   size_t errsize)
+{
+	struct jv doc;
+	size_t at = 0;
+	bool ok;
+
+	if (!json_parse(json, len, &doc, &at)) {
+		set_err(err, errsize, "malformed JSON (at byte %zu of %zu)", at, len);
+		return false;
+	}
+	ok = print_status(where, &doc, out, err, errsize);
+	jv_free(&doc);
+	return ok;
+}
+
 int status_cmd(const struct config *cfg)
 {
+	const char *where;
 	char err[512];
 	size_t len;
 	char *body;
-	struct jv doc;
 	bool ok;
 
 	if (cfg->nlisten == 0) {
 		fprintf(stderr, "muxd status: the configuration has no listen address\n");
 		return 1;
 	}
+	where = cfg->listen[0].text;
 	body = http_get(&cfg->listen[0], "/status.json", &len, err, sizeof(err));
 	if (!body) {
-		fprintf(stderr, "muxd status: cannot get the status of muxd at %s: %s\n",
-		        cfg->listen[0].text, err);
+		fprintf(stderr, "muxd status: cannot get the status of muxd at %s: %s\n", where,
+		        err);
 		return 1;
 	}
-	ok = json_parse(body, len, &doc);
+	ok = status_render(body, len, where, stdout, err, sizeof(err));
 	free(body);
 	if (!ok) {
-		fprintf(stderr, "muxd status: %s answered /status.json with malformed JSON\n",
-		        cfg->listen[0].text);
-		return 1;
-	}
-	ok = print_status(&cfg->listen[0], &doc, err, sizeof(err));
-	jv_free(&doc);
-	if (!ok) {
-		fprintf(stderr, "muxd status: %s\n", err);
+		fprintf(stderr, "muxd status: %s answered /status.json with %s\n", where, err);
 		return 1;
 	}
 	return 0;

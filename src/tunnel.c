@@ -14,6 +14,7 @@
 #include "config.h"
 #include "downstream.h"
 #include "log.h"
+#include "pool.h"
 #include "route.h"
 #include "transport/transport.h"
 
@@ -171,24 +172,12 @@ struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *h
 	snprintf(tn->host, sizeof(tn->host), "%s", host);
 	tn->port = port;
 	tn->idle = evtimer_new(m->base, idle_cb, tn);
-	/* through the route's parents, if any: a CONNECT or SOCKS5 per hop */
+	/* through the route's parents, if any: a CONNECT or SOCKS5 per hop; an
+	 * upstream connection under the pool's budget */
 	struct route route;
-	struct chain_hop hops[CONFIG_MAX_HOPS];
 	route_for(tn->cfg, host, port, &route);
-	for (size_t i = 0; i < route.nhops; i++)
-		hops[i] =
-		    (struct chain_hop){route.hops[i].kind, route.hops[i].host, route.hops[i].port,
-		                       route.hops[i].user, route.hops[i].pass};
-	struct chain_spec spec = {.hops = hops,
-	                          .nhops = route.nhops,
-	                          .proxy_ca_file = route.proxy_ca_file,
-	                          .proxy_ca_file_id = route.proxy_ca_file_id,
-	                          .host = host,
-	                          .port = port,
-	                          .timeout_ms = tn->cfg->connect_timeout_ms,
-	                          .deny_loopback = route.deny_loopback};
 	if (tn->idle)
-		tn->origin = chain_connect(m, &spec, &cbs, tn);
+		tn->origin = pool_open_tunnel(m->pool, &route, host, port, &cbs, tn);
 	if (!tn->origin) {
 		tunnel_free(tn);
 		return NULL;

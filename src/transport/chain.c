@@ -5,8 +5,9 @@
  * each parent, TLS to it when it is https://, then CONNECT (http/https) or
  * SOCKS5 to the next hop or the target (not for the last hop in forward
  * mode); then TLS to the target. A first hop that is an https:// parent is
- * reached through the pool instead: its connection is shared (HTTP/2 streams)
- * and the tunnel is a CONNECT stream on it. Each step's layer owns the one before it.
+ * opened by the spec's shared_hop when the creator gives one (the pool: a
+ * CONNECT stream on its shared connection to that parent). Each step's
+ * layer owns the one before it.
  * While building, the chain listens to the newest layer; once everything is
  * up it forwards that layer's events to its user, and its operations go to
  * that top layer.
@@ -23,8 +24,6 @@
 #include <string.h>
 
 #include "config.h"
-#include "pool.h"
-#include "route.h"
 #include "transport/tls.h"
 #include "transport/transport.h"
 
@@ -34,7 +33,7 @@ enum step_kind {
 	STEP_TCP,
 	STEP_TLS_HOP,
 	STEP_TUNNEL,
-	STEP_POOL_TUNNEL, /* CONNECT as a stream on the pool's connection to hop 0 */
+	STEP_SHARED_HOP, /* spec->shared_hop: a tunnel through hop 0 on a shared connection */
 	STEP_TLS_TARGET,
 };
 
@@ -142,23 +141,11 @@ static bool start_step(struct chain *c)
 			tcp_deny_loopback(c->top);
 		break;
 	}
-	case STEP_POOL_TUNNEL: {
-		const struct chain_hop *h = &c->hops[0];
+	case STEP_SHARED_HOP: {
 		bool last = sp->nhops == 1;
-		struct route r = {.verify = true,
-		                  .h2 = true,
-		                  .ca_file = sp->proxy_ca_file,
-		                  .ca_file_id = sp->proxy_ca_file_id};
-		struct pool_key key;
-		char auth[600];
-		if (!pool_key_init(&key, c->m, "https", h->host, h->port, &r))
-			return false;
-		if (h->user)
-			snprintf(auth, sizeof(auth), "%s:%s", h->user, h->pass ? h->pass : "");
-		c->top = stream_tunnel_connect(c->m, &key, hop_name(c, 0, name, sizeof(name)),
-		                               last ? sp->host : c->hops[1].host,
-		                               last ? sp->port : c->hops[1].port,
-		                               h->user ? auth : NULL, &cbs, c);
+		c->top =
+		    sp->shared_hop.open(sp->shared_hop.arg, sp, last ? sp->host : c->hops[1].host,
+		                        last ? sp->port : c->hops[1].port, &cbs, c);
 		break;
 	}
 	case STEP_TLS_HOP: {
@@ -270,7 +257,7 @@ static void step_name(struct chain *c, char *buf, size_t size)
 		snprintf(buf, size, "TLS handshake with proxy %s",
 		         hop_name(c, st->hop, name, sizeof(name)));
 		break;
-	case STEP_POOL_TUNNEL:
+	case STEP_SHARED_HOP:
 	case STEP_TUNNEL: {
 		int kind = c->hops[st->hop].kind;
 		snprintf(buf, size, "%s via proxy %s",
@@ -353,9 +340,9 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
 	c->spec.client_key = spec->client_key ? c->client_key : NULL;
 
 	size_t first = 0;
-	if (spec->nhops > 0 && spec->hops[0].kind == HOP_HTTPS &&
+	if (spec->nhops > 0 && spec->hops[0].kind == HOP_HTTPS && spec->shared_hop.open &&
 	    !(spec->forward && spec->nhops == 1)) {
-		c->steps[c->nsteps++] = (struct step){STEP_POOL_TUNNEL, 0};
+		c->steps[c->nsteps++] = (struct step){STEP_SHARED_HOP, 0};
 		first = 1;
 	} else {
 		c->steps[c->nsteps++] = (struct step){STEP_TCP, 0};

@@ -1,10 +1,10 @@
 /*
  * stream — a byte-stream layer over an upstream stream: the CONNECT tunnel
- * through an https:// parent proxy. The pool supplies the stream (on a
- * shared HTTP/2 connection, or an HTTP/1.1 connection of its own); a 2xx
- * answer makes the layer CONNECTED; then the stream's request body carries
- * what the user writes and its response body what the user reads, with the
- * same TRANSPORT_BUF bounds as every layer. Work is done in deferred passes
+ * through an https:// parent proxy. A stream source supplies the stream (the
+ * pool: on a shared HTTP/2 connection, or an HTTP/1.1 connection of its
+ * own); a 2xx answer makes the layer CONNECTED; then the stream's request
+ * body carries what the user writes and its response body what the user
+ * reads, with the same TRANSPORT_BUF bounds as every layer. Work is done in deferred passes
  * so no callback runs inside another module's call.
  */
 #include <event2/buffer.h>
@@ -14,14 +14,14 @@
 #include <string.h>
 
 #include "http1.h"
-#include "pool.h"
 #include "transport/transport.h"
 #include "upstream/upstream.h"
 
 struct stream_tunnel {
 	struct transport base;
 	struct muxd *m;
-	struct pool_wait *wait;
+	void (*cancel)(void *wait); /* the source's */
+	void *wait;                 /* for a stream, at the source */
 	struct upstream_stream *s;
 	struct evbuffer *in, *out; /* the tunnel's bytes: to read, to send */
 	struct event *pass;        /* deferred work */
@@ -46,7 +46,7 @@ static void schedule(struct stream_tunnel *st)
 static void st_free(struct stream_tunnel *st)
 {
 	if (st->wait)
-		pool_wait_cancel(st->wait);
+		st->cancel(st->wait);
 	if (st->s)
 		st->s->ops->cancel(st->s);
 	if (st->in)
@@ -270,7 +270,7 @@ static void wait_error(void *ctx, enum muxd_err err, const char *reason)
 	schedule(st);
 }
 
-static const struct pool_wait_cbs wait_cbs = {wait_stream, wait_error};
+static const struct stream_source_cbs wait_cbs = {wait_stream, wait_error};
 
 static void out_added(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
 {
@@ -286,7 +286,7 @@ static void in_drained(struct evbuffer *b, const struct evbuffer_cb_info *info, 
 		schedule(arg);
 }
 
-struct transport *stream_tunnel_connect(struct muxd *m, const struct pool_key *proxy,
+struct transport *stream_tunnel_connect(struct muxd *m, const struct stream_source *src,
                                         const char *proxy_name, const char *host, uint16_t port,
                                         const char *auth, const struct transport_cbs *cbs,
                                         void *ctx)
@@ -312,7 +312,8 @@ struct transport *stream_tunnel_connect(struct muxd *m, const struct pool_key *p
 	if (st->in && st->out && st->pass) {
 		evbuffer_add_cb(st->out, out_added, st); /* the user's writes go in a pass */
 		evbuffer_add_cb(st->in, in_drained, st); /* room to read more */
-		st->wait = pool_start_stream(m->pool, proxy, false, &stream_cbs, &wait_cbs, st);
+		st->cancel = src->cancel;
+		st->wait = src->start(src->arg, &stream_cbs, &wait_cbs, st);
 	}
 	if (!st->wait) {
 		st_free(st);

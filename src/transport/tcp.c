@@ -17,9 +17,8 @@
 #include <unistd.h>
 
 #include "dns.h"
+#include "transport/eyeballs.h"
 #include "transport/transport.h"
-
-#define HE_DELAY_MS 250
 
 struct tcp_attempt {
 	int fd;
@@ -33,11 +32,8 @@ struct tcp {
 	char host[256];
 	uint16_t port;
 	struct dns_query *query;
-	struct dns_addrs addrs;
-	size_t next_addr;
-	struct tcp_attempt attempts[DNS_MAX_ADDRS];
-	size_t nattempts; /* attempts still running */
-	struct event *he_timer;
+	struct tcp_attempt attempts[DNS_MAX_ADDRS]; /* by address index */
+	struct eyeballs *race;
 	struct event *timeout;
 	int last_errno;
 	struct bufferevent *bev;
@@ -103,8 +99,7 @@ static void tcp_close(struct transport *t)
 		dns_cancel(c->query);
 	for (size_t i = 0; i < DNS_MAX_ADDRS; i++)
 		close_attempt(&c->attempts[i]);
-	if (c->he_timer)
-		event_free(c->he_timer);
+	eyeballs_free(c->race);
 	if (c->timeout)
 		event_free(c->timeout);
 	if (c->bev)
@@ -207,12 +202,11 @@ static void fail(struct tcp *c, enum muxd_err err, const char *reason)
 	c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR, err, reason);
 }
 
-static void start_next_attempt(struct tcp *c);
-
 static void attempt_done(evutil_socket_t fd, short what, void *arg)
 {
 	struct tcp_attempt *a = arg;
 	struct tcp *c = a->owner;
+	size_t i = (size_t)(a - c->attempts);
 	int err = 0;
 	socklen_t len = sizeof(err);
 
@@ -222,16 +216,13 @@ static void attempt_done(evutil_socket_t fd, short what, void *arg)
 	if (err) {
 		c->last_errno = err;
 		close_attempt(a);
-		c->nattempts--;
-		start_next_attempt(c); /* may report the failure */
+		eyeballs_failed(c->race, i); /* may report the failure */
 		return;
 	}
 	/* winner: keep its fd, drop everything else */
 	a->fd = -1;
 	close_attempt(a);
-	for (size_t i = 0; i < DNS_MAX_ADDRS; i++)
-		close_attempt(&c->attempts[i]);
-	event_del(c->he_timer);
+	eyeballs_won(c->race, i);
 	event_del(c->timeout);
 	if (!start_bev(c, (int)fd)) {
 		fail(c, ERR_CONNECT, "out of memory");
@@ -240,57 +231,59 @@ static void attempt_done(evutil_socket_t fd, short what, void *arg)
 	c->base.cbs.on_event(c->base.ctx, TRANSPORT_CONNECTED, ERR_NONE, NULL);
 }
 
-/* Start the next address; reports failure when nothing is left running. */
-static void start_next_attempt(struct tcp *c)
+/* Start a non-blocking connect to address i of the race. */
+static enum eyeballs_start start_attempt(void *ctx, size_t i, const struct sockaddr *sa,
+                                         socklen_t len)
 {
-	while (c->next_addr < c->addrs.n) {
-		size_t i = c->next_addr++;
-		struct sockaddr_storage *ss = &c->addrs.addr[i];
-		socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-		                                          : sizeof(struct sockaddr_in);
-		struct tcp_attempt *a = &c->attempts[i];
-		int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	struct tcp *c = ctx;
+	struct tcp_attempt *a = &c->attempts[i];
+	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
-		if (fd < 0) {
-			c->last_errno = errno;
-			continue;
-		}
-		if (connect(fd, (struct sockaddr *)ss, len) < 0 && errno != EINPROGRESS) {
-			c->last_errno = errno;
-			close(fd);
-			continue;
-		}
-		a->fd = fd;
-		a->owner = c;
-		a->ev = event_new(c->m->base, fd, EV_WRITE, attempt_done, a);
-		if (!a->ev) {
-			close_attempt(a);
-			continue;
-		}
-		event_add(a->ev, NULL);
-		c->nattempts++;
-		struct timeval tv = {0, HE_DELAY_MS * 1000};
-		evtimer_add(c->he_timer, &tv);
-		return;
+	if (fd < 0) {
+		c->last_errno = errno;
+		return EYEBALLS_SKIP;
 	}
-	if (c->nattempts == 0) {
-		char reason[300];
-		int e = c->last_errno ? c->last_errno : ECONNREFUSED;
-		bool no_fds = e == EMFILE || e == ENFILE;
-		snprintf(reason, sizeof(reason), "%s",
-		         e == ECONNREFUSED ? "connection refused"
-		         : no_fds          ? "out of file descriptors"
-		                           : strerror(e));
-		fail(c, no_fds ? ERR_BUDGET : ERR_CONNECT, reason);
+	if (connect(fd, sa, len) < 0 && errno != EINPROGRESS) {
+		c->last_errno = errno;
+		close(fd);
+		return EYEBALLS_SKIP;
 	}
+	a->fd = fd;
+	a->owner = c;
+	a->ev = event_new(c->m->base, fd, EV_WRITE, attempt_done, a);
+	if (!a->ev) {
+		close_attempt(a);
+		return EYEBALLS_SKIP;
+	}
+	event_add(a->ev, NULL);
+	return EYEBALLS_RUNNING;
 }
 
-static void he_timer_cb(evutil_socket_t fd, short what, void *arg)
+static void cancel_attempt(void *ctx, size_t i)
 {
-	(void)fd;
-	(void)what;
-	start_next_attempt(arg);
+	close_attempt(&((struct tcp *)ctx)->attempts[i]);
 }
+
+/* Every address failed. */
+static void race_failed(void *ctx)
+{
+	struct tcp *c = ctx;
+	char reason[300];
+	int e = c->last_errno ? c->last_errno : ECONNREFUSED;
+	bool no_fds = e == EMFILE || e == ENFILE;
+
+	snprintf(reason, sizeof(reason), "%s",
+	         e == ECONNREFUSED ? "connection refused"
+	         : no_fds          ? "out of file descriptors"
+	                           : strerror(e));
+	fail(c, no_fds ? ERR_BUDGET : ERR_CONNECT, reason);
+}
+
+static const struct eyeballs_cbs tcp_race_cbs = {
+    .start = start_attempt,
+    .cancel = cancel_attempt,
+    .failed = race_failed,
+};
 
 static void timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -324,8 +317,7 @@ static void resolved(void *ctx, int err, const char *reason, const struct dns_ad
 			return;
 		}
 	}
-	c->addrs = *addrs;
-	start_next_attempt(c);
+	eyeballs_run(c->race, addrs);
 }
 
 void tcp_deny_loopback(struct transport *t)
@@ -348,9 +340,9 @@ struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port, u
 	transport_set_cbs(&c->base, cbs, ctx);
 	snprintf(c->host, sizeof(c->host), "%s", host);
 	c->port = port;
-	c->he_timer = evtimer_new(m->base, he_timer_cb, c);
+	c->race = eyeballs_new(m->base, EYEBALLS_DELAY_MS, &tcp_race_cbs, c);
 	c->timeout = evtimer_new(m->base, timeout_cb, c);
-	if (!c->he_timer || !c->timeout)
+	if (!c->race || !c->timeout)
 		goto fail;
 	if (timeout_ms > 0)
 		evtimer_add(c->timeout, &tv);

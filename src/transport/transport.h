@@ -108,14 +108,29 @@ struct transport *h1_connect_new(struct muxd *m, struct transport *lower, const 
  * asked. Reports TRANSPORT_CONNECTED once every layer is up; errors name
  * the hop that failed. spec->timeout_ms bounds the whole build: then
  * TRANSPORT_ERROR ERR_CONNECT_TIMEOUT with a reason naming the step and its
- * peer ("TLS handshake with h:443 timed out after 10 s"). forward: stop at the last hop (an HTTP parent that
- * takes absolute-form requests itself).
+ * peer ("TLS handshake with h:443 timed out after 10 s"). forward: stop at the last hop (an HTTP
+ * parent that takes absolute-form requests itself).
  */
 struct chain_hop {
 	int kind; /* enum hop_kind (config.h) */
 	const char *host;
 	uint16_t port;
 	const char *user, *pass; /* NULL: no credentials */
+};
+struct chain_spec;
+/*
+ * Who opens a first hop that is an https:// parent, so that it can be shared
+ * (the pool: a CONNECT stream on its connection to that parent), given by
+ * the chain's creator; the chain itself knows nothing of sharing. open
+ * returns a layer carrying bytes to host:port through spec->hops[0] that
+ * reports like any other (TRANSPORT_CONNECTED or TRANSPORT_ERROR, never
+ * from inside open), or NULL when it cannot be made. open == NULL: the
+ * chain reaches that parent on a connection of its own (TCP, TLS, CONNECT).
+ */
+struct chain_shared_hop {
+	struct transport *(*open)(void *arg, const struct chain_spec *spec, const char *host,
+	                          uint16_t port, const struct transport_cbs *cbs, void *ctx);
+	void *arg;
 };
 struct chain_spec {
 	const struct chain_hop *hops;
@@ -133,6 +148,7 @@ struct chain_spec {
 	bool deny_loopback; /* no hops: the target must not be a loopback address */
 	/* proxy_ca_file's identity from config load; NULL: looked up */
 	const char *proxy_ca_file_id;
+	struct chain_shared_hop shared_hop; /* an https:// first hop (not forward) */
 };
 struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
                                 const struct transport_cbs *cbs, void *ctx);
@@ -140,14 +156,31 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
 const char *chain_alpn(struct transport *t);
 
 /*
- * A tunnel to host:port as a CONNECT stream on the pool's connection to an
- * https:// parent proxy (its pool key): with HTTP/2 many tunnels share one
- * connection, which stays active while any of them lives (DESIGN.md
- * principle 6); with HTTP/1.1 the tunnel takes a connection of its own.
- * auth: "user:password" for Proxy-Authorization, or NULL.
+ * A tunnel to host:port as a CONNECT stream that src supplies (the pool: on
+ * its connection to an https:// parent; with HTTP/2 many tunnels share one
+ * connection, which stays active while any of them lives, DESIGN.md
+ * principle 6; with HTTP/1.1 the tunnel takes a connection of its own).
+ * src->start is called once, before stream_tunnel_connect returns (src and
+ * src->arg need to live only that long): it asks for a stream that will
+ * report through stream_cbs with ctx, and answers later, from the event
+ * loop, through cbs->on_stream or cbs->on_error with ctx, unless
+ * src->cancel(handle) came first. It returns that handle, NULL when it
+ * cannot ask. proxy_name names the parent in messages; auth:
+ * "user:password" for Proxy-Authorization, or NULL.
  */
-struct pool_key;
-struct transport *stream_tunnel_connect(struct muxd *m, const struct pool_key *proxy,
+struct upstream_stream;
+struct upstream_stream_cbs;
+struct stream_source_cbs {
+	void (*on_stream)(void *ctx, struct upstream_stream *s, bool reused);
+	void (*on_error)(void *ctx, enum muxd_err err, const char *reason);
+};
+struct stream_source {
+	void *(*start)(void *arg, const struct upstream_stream_cbs *stream_cbs,
+	               const struct stream_source_cbs *cbs, void *ctx);
+	void (*cancel)(void *handle);
+	void *arg;
+};
+struct transport *stream_tunnel_connect(struct muxd *m, const struct stream_source *src,
                                         const char *proxy_name, const char *host, uint16_t port,
                                         const char *auth, const struct transport_cbs *cbs,
                                         void *ctx);

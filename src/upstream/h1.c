@@ -193,7 +193,8 @@ static bool read_head(struct h1_conn *c, struct evbuffer *in)
 		return false;
 	}
 	if (r != HTTP1_OK) {
-		stream_error(c, ERR_BAD_RESPONSE, "malformed response");
+		stream_error(c, ERR_BAD_RESPONSE,
+		             r == HTTP1_BAD ? "malformed response" : "response head too large");
 		return false;
 	}
 	evbuffer_drain(in, consumed);

@@ -1,30 +1,23 @@
 /*
- * h3 — HTTP/3 upstream connections: QUIC (ngtcp2, TLS 1.3 through
- * ngtcp2_crypto_gnutls) on a connected UDP socket on the libevent loop, with
- * an nghttp3 client session carrying up to H3_MAX_STREAMS request/response
- * streams behind the upstream interface.
- * Owns: the UDP sockets, the ngtcp2 and nghttp3 connections, the GnuTLS
- * session, and every stream's buffers (request body until the origin
- * acknowledged it, the decoded response head, body and trailers).
+ * h3 — HTTP/3 upstream connections: an nghttp3 client session carrying up
+ * to H3_MAX_STREAMS request/response streams behind the upstream interface,
+ * on a QUIC connection of transport/quic.h (which does DNS, the handshake
+ * race, TLS, packets and timers).
+ * Owns: the struct quic, the nghttp3 session, and every stream's buffers
+ * (request body until the origin acknowledged it, the decoded response
+ * head, body and trailers).
  *
- * Set-up: the connection sets itself up. It resolves the host, then races
- * QUIC handshakes across the addresses (happy eyeballs: the next address
- * starts H3_EYEBALLS_MS after the previous one, or at once when it failed);
- * the first handshake to complete wins and the others are dropped. TLS names
- * and verifies the origin (sni), whatever host the packets go to. Until then
- * the connection is "warming" (free_slots 0). Success is reported as
- * on_available, failure (DNS, ICMP refusal, TLS, no handshake within
- * H3_HANDSHAKE_MS) as on_failed, after which the connection frees itself.
- * Both are called from a deferred event, never from inside ngtcp2/nghttp3.
+ * Set-up: until the QUIC handshake completes the connection is "warming"
+ * (free_slots 0); then the HTTP/3 session starts on it. Success is reported
+ * as on_available, failure (DNS, ICMP refusal, TLS, no handshake in time)
+ * as on_failed, after which the connection frees itself; both from the
+ * deferred kick event, never from inside ngtcp2/nghttp3.
  *
- * I/O: readable → recv() loop → ngtcp2_conn_read_pkt; writes loop over
- * nghttp3_conn_writev_stream + ngtcp2_conn_writev_stream and go out in
- * batches with sendmmsg (a batch that meets EAGAIN waits for EV_WRITE). The
- * ngtcp2 expiry drives an evtimer. The libraries are never entered
- * re-entrantly: stream operations only set flags and buffer data; requests
- * are submitted, cancels and flow-control credit applied, and packets
- * written from the deferred "kick" event. Streams are freed, and the owner
- * told about freed slots, only when no callback is running (hold/release).
+ * Re-entrancy: every QUIC event runs with the connection held (quic's
+ * enter/leave), so streams are freed, and the owner told about freed slots,
+ * only when no callback runs. Stream operations only set flags and buffer
+ * data; requests are submitted, cancels and flow-control credit applied,
+ * and packets written from the kick.
  *
  * Flow control (memory stays bounded): a stream's receive window is
  * H3_STREAM_WINDOW and reopens only as the exchange takes bytes out of the
@@ -38,27 +31,16 @@
  * idle timeout or a fatal error fail the unfinished streams with ERR_CLOSED;
  * the owner hears on_closed (EVICT_DEAD when no stream ran, else EVICT_COUNT).
  */
-#include <arpa/inet.h>
-#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
-#include <gnutls/crypto.h>
-#include <gnutls/gnutls.h>
 #include <nghttp3/nghttp3.h>
-#include <ngtcp2/ngtcp2.h>
-#include <ngtcp2/ngtcp2_crypto.h>
-#include <ngtcp2/ngtcp2_crypto_gnutls.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "config.h"
-#include "dns.h"
 #include "log.h"
-#include "transport/tls.h"
+#include "transport/quic.h"
 #include "transport/transport.h"
 #include "upstream/fields.h"
 #include "upstream/streams.h"
@@ -67,16 +49,7 @@
 #define H3_MAX_STREAMS 256                /* streams per connection, whatever the peer allows */
 #define H3_STREAM_WINDOW (64 * 1024)      /* per-stream receive window */
 #define H3_CONN_WINDOW (16 * 1024 * 1024) /* connection receive window */
-#define H3_IDLE_TIMEOUT_MS 30000          /* QUIC max_idle_timeout */
-#define H3_HANDSHAKE_MS 10000             /* set-up deadline */
-#define H3_EYEBALLS_MS 250                /* stagger between address attempts */
-#define H3_PKT_MAX 1500                   /* largest UDP payload we send */
-#define H3_BATCH 16                       /* datagrams per sendmmsg */
-#define H3_MAX_WRITE 256                  /* datagrams per write-out before yielding to the loop */
-#define H3_MAX_READ 128                   /* datagrams per readable event */
 #define H3_BLOCK 16384                    /* request body block */
-#define H3_SCID_LEN 18
-#define H3_PRIORITY "NORMAL:-VERS-ALL:+VERS-TLS1.3:%DISABLE_TLS13_COMPAT_MODE"
 
 /* Request body bytes; stay put (nghttp3 points at them) until acknowledged. */
 struct h3_block {
@@ -103,64 +76,17 @@ struct h3_stream {
 	size_t credit;                  /* consumed bytes to give back from the kick */
 };
 
-/* One QUIC connection attempt to one address; the winner carries the
- * connection. */
-struct h3_path {
-	struct h3_conn *c;
-	struct h3_path *next;
-	int fd;
-	struct event *io;
-	struct event *expiry;
-	ngtcp2_conn *q;
-	gnutls_session_t tls;
-	ngtcp2_crypto_conn_ref ref;
-	struct sockaddr_storage local, remote;
-	socklen_t local_len, remote_len;
-	char addr[64];
-	bool handshake_done;
-	bool dead;
-	bool want_write; /* EV_WRITE armed: a batch waits */
-	uint8_t (*batch)[H3_PKT_MAX];
-	size_t batch_len[H3_BATCH];
-	size_t nbatch, batch_sent;
-};
-
 struct h3_conn {
 	struct mux_conn mc; /* first; mc.name: host:port for logs */
-	struct h3_params p; /* strings owned */
-	struct dns_query *dq;
-	struct dns_addrs addrs;
-	size_t next_addr;
-	struct h3_path *paths; /* attempts while warming */
-	struct h3_path *a;     /* the established path */
+	struct quic *q;
 	nghttp3_conn *h3;
-	struct event *eyeballs; /* start the next attempt */
-	struct event *deadline; /* set-up deadline */
-	enum muxd_err fail_err; /* the most telling set-up failure so far */
+	enum muxd_err fail_err; /* set-up failure, told from the kick */
 	char fail_reason[512];
-	int64_t goaway_id;
-	uint64_t app_err; /* HTTP/3 error code for our CONNECTION_CLOSE */
 	bool established;
 	bool setup_failed; /* tell on_failed from the kick */
-	bool in_lib;       /* inside ngtcp2/nghttp3 */
-	bool session_stored;
-	bool close_sent;
-	bool silent; /* idled out: no CONNECTION_CLOSE */
 };
 
 #define H3S(p) ((struct h3_stream *)(p))
-
-static ngtcp2_tstamp now_ts(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * NGTCP2_SECONDS + (uint64_t)ts.tv_nsec;
-}
-
-static const char *origin(const struct h3_conn *c)
-{
-	return mux_origin(&c->mc);
-}
 
 /* --- freeing --- */
 
@@ -178,74 +104,28 @@ static void stream_free(struct mux_stream *ms)
 	free(s);
 }
 
-static void path_free(struct h3_path *a)
-{
-	if (a->q)
-		ngtcp2_conn_del(a->q);
-	if (a->tls)
-		gnutls_deinit(a->tls);
-	if (a->io)
-		event_free(a->io);
-	if (a->expiry)
-		event_free(a->expiry);
-	if (a->fd >= 0)
-		close(a->fd);
-	free(a->batch);
-	free(a);
-}
-
-static void send_close(struct h3_conn *c);
-
 static void conn_free(struct mux_conn *mc)
 {
 	struct h3_conn *c = (struct h3_conn *)mc;
 
-	if (c->established && !mc->failed)
-		send_close(c);
+	quic_free(c->q); /* CONNECTION_CLOSE first when still open */
 	mux_conn_free_base(mc);
 	if (c->h3)
 		nghttp3_conn_del(c->h3);
-	while (c->paths) {
-		struct h3_path *a = c->paths;
-		c->paths = a->next;
-		path_free(a);
-	}
-	if (c->a)
-		path_free(c->a);
-	if (c->dq)
-		dns_cancel(c->dq);
-	if (c->eyeballs)
-		event_free(c->eyeballs);
-	if (c->deadline)
-		event_free(c->deadline);
-	free((char *)c->p.host);
-	free((char *)c->p.sni);
-	free((char *)c->p.ca_file);
-	free((char *)c->p.session_key);
 	free(c);
 }
 
-/* Free finished streams (their credit goes back to the connection window)
- * and dead attempts; close after GOAWAY; offer freed slots. Runs with
- * exactly one hold, when no callback is running. */
+/* Free finished streams (their credit goes back to the connection window);
+ * close after GOAWAY; offer freed slots. Runs with exactly one hold, when
+ * no callback is running. */
 static void settle(struct mux_conn *mc)
 {
 	struct h3_conn *c = (struct h3_conn *)mc;
-	struct h3_path **ap = &c->paths;
 	unsigned live, freed;
 
-	while (*ap) {
-		struct h3_path *a = *ap;
-		if (a->dead) {
-			*ap = a->next;
-			path_free(a);
-		} else {
-			ap = &a->next;
-		}
-	}
 	for (struct mux_stream *ms = mc->streams; ms; ms = ms->next)
-		if (!ms->user && !ms->open && H3S(ms)->credit > 0 && c->a && c->a->q && !mc->failed)
-			ngtcp2_conn_extend_max_offset(c->a->q, H3S(ms)->credit);
+		if (!ms->user && !ms->open && H3S(ms)->credit > 0 && !mc->failed)
+			quic_extend_conn_offset(c->q, H3S(ms)->credit);
 	mux_sweep(mc, &live, &freed);
 	if (c->established)
 		mux_settle_tail(mc, live, freed);
@@ -272,410 +152,6 @@ static void give(struct mux_stream *ms, size_t n)
 static void resume(struct mux_stream *ms)
 {
 	H3S(ms)->resume = true;
-}
-
-/* --- packets out --- */
-
-static void path_io_update(struct h3_path *a);
-
-/* Send the queued batch; false when the socket is full (EV_WRITE armed) or
- * failed (errno kept). */
-static bool batch_send(struct h3_path *a, int *err)
-{
-	*err = 0;
-	while (a->batch_sent < a->nbatch) {
-		struct mmsghdr msgs[H3_BATCH];
-		struct iovec iov[H3_BATCH];
-		size_t n = a->nbatch - a->batch_sent;
-		int r;
-
-		memset(msgs, 0, sizeof(msgs));
-		for (size_t i = 0; i < n; i++) {
-			iov[i].iov_base = a->batch[a->batch_sent + i];
-			iov[i].iov_len = a->batch_len[a->batch_sent + i];
-			msgs[i].msg_hdr.msg_iov = &iov[i];
-			msgs[i].msg_hdr.msg_iovlen = 1;
-		}
-		r = sendmmsg(a->fd, msgs, (unsigned)n, 0);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
-				a->want_write = true;
-				path_io_update(a);
-				return false;
-			}
-			*err = errno;
-			if (errno == EMSGSIZE) { /* drop the packet: QUIC recovers */
-				a->batch_sent++;
-				continue;
-			}
-			return false;
-		}
-		a->batch_sent += (size_t)r;
-	}
-	a->nbatch = a->batch_sent = 0;
-	if (a->want_write) {
-		a->want_write = false;
-		path_io_update(a);
-	}
-	return true;
-}
-
-static void schedule_expiry(struct h3_path *a)
-{
-	ngtcp2_tstamp exp = ngtcp2_conn_get_expiry(a->q), now = now_ts();
-	uint64_t ns;
-	struct timeval tv;
-
-	if (exp == UINT64_MAX) {
-		evtimer_del(a->expiry);
-		return;
-	}
-	ns = exp > now ? exp - now : 0;
-	tv.tv_sec = (time_t)(ns / NGTCP2_SECONDS);
-	tv.tv_usec = (suseconds_t)((ns % NGTCP2_SECONDS) / 1000);
-	evtimer_add(a->expiry, &tv);
-}
-
-static void conn_fail(struct h3_conn *c, enum muxd_err err, const char *reason, bool dead);
-static void path_failed(struct h3_path *a, enum muxd_err err, const char *reason);
-
-/*
- * Write packets until ngtcp2 has nothing more (or the socket is full).
- * Returns a negative ngtcp2/nghttp3 error, a positive errno from the socket,
- * or 0.
- */
-static int write_pkts(struct h3_path *a)
-{
-	struct h3_conn *c = a->c;
-	ngtcp2_tstamp ts = now_ts();
-	size_t max = ngtcp2_conn_get_max_tx_udp_payload_size(a->q), total = 0;
-	int serr;
-
-	if (max > H3_PKT_MAX)
-		max = H3_PKT_MAX;
-	if (a->nbatch > 0 && !batch_send(a, &serr))
-		return serr;
-	for (;;) {
-		int64_t sid = -1;
-		int fin = 0;
-		nghttp3_vec vec[16];
-		nghttp3_ssize nvec = 0;
-		ngtcp2_ssize ndatalen = -1, n;
-		ngtcp2_pkt_info pi;
-		uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE;
-
-		if (a->handshake_done && c->h3 && a == c->a) {
-			nvec = nghttp3_conn_writev_stream(c->h3, &sid, &fin, vec, 16);
-			if (nvec < 0)
-				return (int)nvec;
-		}
-		if (fin)
-			flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
-		n = ngtcp2_conn_writev_stream(a->q, NULL, &pi, a->batch[a->nbatch], max, &ndatalen,
-		                              flags, sid, (const ngtcp2_vec *)vec, (size_t)nvec,
-		                              ts);
-		if (n < 0) {
-			if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
-				nghttp3_conn_block_stream(c->h3, sid);
-				continue;
-			}
-			if (n == NGTCP2_ERR_STREAM_SHUT_WR) {
-				nghttp3_conn_shutdown_stream_write(c->h3, sid);
-				continue;
-			}
-			if (n == NGTCP2_ERR_WRITE_MORE) {
-				int r = nghttp3_conn_add_write_offset(c->h3, sid, (size_t)ndatalen);
-				if (r != 0)
-					return r;
-				continue;
-			}
-			return (int)n;
-		}
-		if (ndatalen >= 0 && sid >= 0) {
-			int r = nghttp3_conn_add_write_offset(c->h3, sid, (size_t)ndatalen);
-			if (r != 0)
-				return r;
-		}
-		if (n > 0) {
-			a->batch_len[a->nbatch++] = (size_t)n;
-			total++;
-		}
-		if (a->nbatch == H3_BATCH || (n == 0 && a->nbatch > 0)) {
-			if (!batch_send(a, &serr))
-				return serr;
-		}
-		if (n == 0)
-			break;
-		if (total >= H3_MAX_WRITE) {
-			mux_kick(&c->mc); /* let the loop breathe; continue from the kick */
-			break;
-		}
-	}
-	ngtcp2_conn_update_pkt_tx_time(a->q, ts);
-	return 0;
-}
-
-static const char *errno_reason(int e, char *buf, size_t len)
-{
-	snprintf(buf, len, "%s", strerror(e));
-	return buf;
-}
-
-/* Write out on a path; failures end the attempt or the connection. */
-static void path_write(struct h3_path *a)
-{
-	struct h3_conn *c = a->c;
-	char buf[160], why[64];
-	int r;
-
-	if (a->dead || c->mc.freeing || c->mc.failed || c->in_lib)
-		return;
-	c->in_lib = true;
-	r = write_pkts(a);
-	c->in_lib = false;
-	if (c->mc.freeing)
-		return;
-	if (r > 0) {
-		snprintf(buf, sizeof(buf), "sending to %s failed: %s", a->addr,
-		         errno_reason(r, why, sizeof(why)));
-		path_failed(a, r == ECONNREFUSED ? ERR_CONNECT : ERR_CLOSED, buf);
-		return;
-	}
-	if (r < 0) {
-		snprintf(buf, sizeof(buf), "QUIC error: %s",
-		         r > -500 && r <= -100 && r > -300 ? ngtcp2_strerror(r)
-		                                           : nghttp3_strerror(r));
-		path_failed(a, ERR_CLOSED, buf);
-		return;
-	}
-	schedule_expiry(a);
-}
-
-/* --- set-up --- */
-
-static void setup_failed(struct h3_conn *c)
-{
-	if (c->setup_failed || c->established)
-		return;
-	c->setup_failed = true;
-	mux_kick(&c->mc);
-}
-
-static void start_next(struct h3_conn *c);
-
-/* Drop an attempt that failed while warming. */
-static void attempt_failed(struct h3_path *a, enum muxd_err err, const char *reason)
-{
-	struct h3_conn *c = a->c;
-	bool alive = false;
-
-	if (a->dead)
-		return;
-	a->dead = true;
-	event_del(a->io);
-	evtimer_del(a->expiry);
-	log_debug("h3: attempt to %s (%s) failed: %s", origin(c), a->addr, reason);
-	/* keep the most telling reason: TLS over a timeout over a refusal */
-	if (c->fail_err == ERR_NONE || err == ERR_TLS ||
-	    (err == ERR_CONNECT_TIMEOUT && c->fail_err != ERR_TLS)) {
-		c->fail_err = err;
-		snprintf(c->fail_reason, sizeof(c->fail_reason), "%s", reason);
-	}
-	for (struct h3_path *o = c->paths; o; o = o->next)
-		alive = alive || !o->dead;
-	if (c->next_addr < c->addrs.n) {
-		evtimer_del(c->eyeballs);
-		start_next(c);
-		return;
-	}
-	if (!alive)
-		setup_failed(c);
-	mux_kick(&c->mc); /* settle frees it */
-}
-
-static void path_failed(struct h3_path *a, enum muxd_err err, const char *reason)
-{
-	if (!a->c->established || a != a->c->a) {
-		attempt_failed(a, err, reason);
-		return;
-	}
-	conn_fail(a->c, ERR_CLOSED, reason, false);
-}
-
-/* --- ngtcp2 callbacks --- */
-
-static void rand_cb(uint8_t *dest, size_t len, const ngtcp2_rand_ctx *ctx)
-{
-	(void)ctx;
-	gnutls_rnd(GNUTLS_RND_RANDOM, dest, len);
-}
-
-static int get_new_cid_cb(ngtcp2_conn *q, ngtcp2_cid *cid, uint8_t *token, size_t cidlen, void *ud)
-{
-	(void)q;
-	(void)ud;
-	if (gnutls_rnd(GNUTLS_RND_RANDOM, cid->data, cidlen) != 0 ||
-	    gnutls_rnd(GNUTLS_RND_RANDOM, token, NGTCP2_STATELESS_RESET_TOKENLEN) != 0)
-		return NGTCP2_ERR_CALLBACK_FAILURE;
-	cid->datalen = cidlen;
-	return 0;
-}
-
-static int h3_setup(struct h3_conn *c, struct h3_path *a);
-
-static int handshake_completed_cb(ngtcp2_conn *q, void *ud)
-{
-	struct h3_path *a = ud;
-
-	(void)q;
-	a->handshake_done = true;
-	if (a->c->established || a->c->mc.freeing)
-		return 0; /* another attempt won: this one is dropped */
-	return h3_setup(a->c, a) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
-}
-
-static bool is_ours(struct h3_path *a)
-{
-	return a->c->a == a && a->c->h3 && !a->c->mc.freeing;
-}
-
-/* Reopens the stream's and the connection's receive windows by n bytes. */
-static void give_window(ngtcp2_conn *q, int64_t id, uint64_t n)
-{
-	ngtcp2_conn_extend_max_stream_offset(q, id, n);
-	ngtcp2_conn_extend_max_offset(q, n);
-}
-
-/* The origin will send no more on stream id (reset, or STOP_SENDING). */
-static int shutdown_read(struct h3_path *a, int64_t id)
-{
-	if (!is_ours(a))
-		return 0;
-	return nghttp3_conn_shutdown_stream_read(a->c->h3, id) == 0 ? 0
-	                                                            : NGTCP2_ERR_CALLBACK_FAILURE;
-}
-
-static void maybe_store_session(struct h3_conn *c)
-{
-	gnutls_datum_t data = {NULL, 0};
-
-	if (c->session_stored || !c->p.session_key || !c->a || !c->a->tls)
-		return;
-	if (!(gnutls_session_get_flags(c->a->tls) & GNUTLS_SFLAGS_SESSION_TICKET))
-		return;
-	if (gnutls_session_get_data2(c->a->tls, &data) < 0 || data.size == 0) {
-		gnutls_free(data.data);
-		return;
-	}
-	c->session_stored = true;
-	tls_session_put(c->mc.m->tls, c->p.session_key, data);
-}
-
-static int recv_stream_data_cb(ngtcp2_conn *q, uint32_t flags, int64_t id, uint64_t offset,
-                               const uint8_t *data, size_t len, void *ud, void *sud)
-{
-	struct h3_path *a = ud;
-	struct h3_conn *c = a->c;
-	nghttp3_ssize n;
-
-	(void)offset;
-	(void)sud;
-	if (!is_ours(a))
-		return c->mc.freeing ? NGTCP2_ERR_CALLBACK_FAILURE : 0;
-	n = nghttp3_conn_read_stream(c->h3, id, data, len, flags & NGTCP2_STREAM_DATA_FLAG_FIN);
-	if (c->mc.freeing)
-		return NGTCP2_ERR_CALLBACK_FAILURE;
-	if (n < 0) {
-		log_debug("h3: %s: nghttp3_conn_read_stream: %s", origin(c),
-		          nghttp3_strerror((int)n));
-		c->app_err = nghttp3_err_infer_quic_app_error_code((int)n);
-		return NGTCP2_ERR_CALLBACK_FAILURE;
-	}
-	give_window(q, id, (uint64_t)n);
-	return 0;
-}
-
-static int acked_offset_cb(ngtcp2_conn *q, int64_t id, uint64_t offset, uint64_t len, void *ud,
-                           void *sud)
-{
-	struct h3_path *a = ud;
-
-	(void)q;
-	(void)offset;
-	(void)sud;
-	if (!is_ours(a))
-		return 0;
-	return nghttp3_conn_add_ack_offset(a->c->h3, id, len) == 0 ? 0
-	                                                           : NGTCP2_ERR_CALLBACK_FAILURE;
-}
-
-static int stream_close_cb(ngtcp2_conn *q, uint32_t flags, int64_t id, uint64_t code, void *ud,
-                           void *sud)
-{
-	struct h3_path *a = ud;
-	int r;
-
-	(void)q;
-	(void)sud;
-	if (!is_ours(a))
-		return 0;
-	if (!(flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET))
-		code = NGHTTP3_H3_NO_ERROR;
-	r = nghttp3_conn_close_stream(a->c->h3, id, code);
-	if (r != 0 && r != NGHTTP3_ERR_STREAM_NOT_FOUND)
-		return NGTCP2_ERR_CALLBACK_FAILURE;
-	return a->c->mc.freeing ? NGTCP2_ERR_CALLBACK_FAILURE : 0;
-}
-
-static int stream_reset_cb(ngtcp2_conn *q, int64_t id, uint64_t final_size, uint64_t code, void *ud,
-                           void *sud)
-{
-	struct h3_path *a = ud;
-	struct h3_stream *s = sud;
-
-	(void)q;
-	(void)final_size;
-	(void)code;
-	if (s && is_ours(a))
-		s->ms.peer_reset = true;
-	return shutdown_read(a, id);
-}
-
-static int stream_stop_sending_cb(ngtcp2_conn *q, int64_t id, uint64_t code, void *ud, void *sud)
-{
-	struct h3_path *a = ud;
-
-	(void)q;
-	(void)code;
-	(void)sud;
-	return shutdown_read(a, id);
-}
-
-static int extend_max_stream_data_cb(ngtcp2_conn *q, int64_t id, uint64_t max, void *ud, void *sud)
-{
-	struct h3_path *a = ud;
-
-	(void)q;
-	(void)max;
-	(void)sud;
-	if (!is_ours(a))
-		return 0;
-	return nghttp3_conn_unblock_stream(a->c->h3, id) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
-}
-
-static int extend_max_bidi_cb(ngtcp2_conn *q, uint64_t max, void *ud)
-{
-	struct h3_path *a = ud;
-
-	(void)q;
-	(void)max;
-	if (is_ours(a) && a->c->established) {
-		a->c->mc.want_available = true;
-		mux_kick(&a->c->mc);
-	}
-	return 0;
 }
 
 /* --- nghttp3 callbacks --- */
@@ -735,7 +211,7 @@ static int h3_recv_data_cb(nghttp3_conn *h, int64_t id, const uint8_t *data, siz
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
 	if (!s || !s->ms.user) {
 		/* nobody wants it: give the window back at once */
-		give_window(c->a->q, id, len);
+		quic_extend_offsets(c->q, id, len);
 		return 0;
 	}
 	s->ms.got_any = true;
@@ -756,7 +232,7 @@ static int h3_deferred_consume_cb(nghttp3_conn *h, int64_t id, size_t n, void *u
 
 	(void)h;
 	(void)sud;
-	give_window(c->a->q, id, n);
+	quic_extend_offsets(c->q, id, n);
 	return 0;
 }
 
@@ -795,17 +271,6 @@ static int h3_recv_header_cb(nghttp3_conn *h, int64_t id, int32_t token, nghttp3
 }
 
 /* A response head (interim or final) arrived complete. */
-static void got_head(struct h3_stream *s, bool end)
-{
-	if (s->ms.bad || s->ms.status < 100) {
-		mux_stream_error(&s->ms, ERR_BAD_RESPONSE,
-		                 s->ms.bad ? s->ms.bad : "malformed response (no valid :status)",
-		                 false, true);
-		return;
-	}
-	mux_got_head(&s->ms, end);
-}
-
 static int h3_end_headers_cb(nghttp3_conn *h, int64_t id, int fin, void *ud, void *sud)
 {
 	struct h3_conn *c = ud;
@@ -815,8 +280,14 @@ static int h3_end_headers_cb(nghttp3_conn *h, int64_t id, int fin, void *ud, voi
 	(void)id;
 	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
-	if (s && s->ms.user)
-		got_head(s, fin != 0);
+	if (!s || !s->ms.user)
+		return 0;
+	if (s->ms.bad || s->ms.status < 100)
+		mux_stream_error(&s->ms, ERR_BAD_RESPONSE,
+		                 s->ms.bad ? s->ms.bad : "malformed response (no valid :status)",
+		                 false, true);
+	else
+		mux_got_head(&s->ms, fin != 0);
 	return 0;
 }
 
@@ -862,7 +333,7 @@ static int h3_shutdown_write_cb(nghttp3_conn *h, int64_t id, uint64_t code, void
 
 	(void)h;
 	(void)sud;
-	ngtcp2_conn_shutdown_stream_write(c->a->q, id, code);
+	quic_shutdown_stream_write(c->q, id, code);
 	return 0;
 }
 
@@ -872,9 +343,8 @@ static int h3_shutdown_cb(nghttp3_conn *h, int64_t id, void *ud)
 	struct h3_conn *c = ud;
 
 	(void)h;
-	log_debug("h3: GOAWAY from %s (stream id %lld)", origin(c), (long long)id);
+	log_debug("h3: GOAWAY from %s (stream id %lld)", mux_origin(&c->mc), (long long)id);
 	c->mc.goaway = true;
-	c->goaway_id = id;
 	c->mc.base.reusable = false;
 	for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
 		if (s->ms.user && (s->ms.id < 0 || s->ms.id >= id) && !s->ms.got_any) {
@@ -887,8 +357,20 @@ static int h3_shutdown_cb(nghttp3_conn *h, int64_t id, void *ud)
 	return 0;
 }
 
-/* The handshake completed on a: it wins; the HTTP/3 session starts on it. */
-static int h3_setup(struct h3_conn *c, struct h3_path *a)
+/* --- the QUIC connection's callbacks --- */
+
+static void q_enter(void *ctx)
+{
+	mux_hold(&((struct h3_conn *)ctx)->mc);
+}
+
+static void q_leave(void *ctx)
+{
+	mux_release(&((struct h3_conn *)ctx)->mc);
+}
+
+/* The handshake completed: the HTTP/3 session starts on it. */
+static int q_connected(void *ctx)
 {
 	static const nghttp3_callbacks cb = {
 	    .acked_stream_data = h3_acked_cb,
@@ -906,9 +388,9 @@ static int h3_setup(struct h3_conn *c, struct h3_path *a)
 	    .reset_stream = h3_shutdown_write_cb,
 	    .shutdown = h3_shutdown_cb,
 	};
+	struct h3_conn *c = ctx;
 	nghttp3_settings st;
 	int64_t ctrl, qenc, qdec;
-	struct h3_path **pp;
 
 	nghttp3_settings_default(&st);
 	st.qpack_max_dtable_capacity = 4096;
@@ -917,583 +399,155 @@ static int h3_setup(struct h3_conn *c, struct h3_path *a)
 		c->h3 = NULL;
 		return -1;
 	}
-	if (ngtcp2_conn_open_uni_stream(a->q, &ctrl, NULL) != 0 ||
-	    nghttp3_conn_bind_control_stream(c->h3, ctrl) != 0 ||
-	    ngtcp2_conn_open_uni_stream(a->q, &qenc, NULL) != 0 ||
-	    ngtcp2_conn_open_uni_stream(a->q, &qdec, NULL) != 0 ||
+	if (quic_open_uni(c->q, &ctrl) != 0 || nghttp3_conn_bind_control_stream(c->h3, ctrl) != 0 ||
+	    quic_open_uni(c->q, &qenc) != 0 || quic_open_uni(c->q, &qdec) != 0 ||
 	    nghttp3_conn_bind_qpack_streams(c->h3, qenc, qdec) != 0) {
 		nghttp3_conn_del(c->h3);
 		c->h3 = NULL;
 		return -1;
 	}
-	/* the winner leaves the attempt list; the others are dropped */
-	for (pp = &c->paths; *pp; pp = &(*pp)->next) {
-		if (*pp == a) {
-			*pp = a->next;
-			break;
-		}
-	}
-	a->next = NULL;
-	for (struct h3_path *o = c->paths; o; o = o->next) {
-		o->dead = true;
-		event_del(o->io);
-		evtimer_del(o->expiry);
-	}
-	c->a = a;
 	c->established = true;
 	c->mc.base.warming = false;
 	c->mc.want_available = true;
-	evtimer_del(c->eyeballs);
-	evtimer_del(c->deadline);
-	log_debug("h3: handshake done with %s (%s)%s", origin(c), a->addr,
-	          gnutls_session_is_resumed(a->tls) ? ", resumed" : "");
 	mux_kick(&c->mc);
 	return 0;
 }
 
-/* --- packets in --- */
-
-static void tls_failure(struct h3_path *a, char *buf, size_t len)
-{
-	unsigned status = a->tls ? gnutls_session_get_verify_cert_status(a->tls) : 0;
-	ngtcp2_connection_close_error cc;
-
-	if (status & GNUTLS_CERT_SIGNER_NOT_FOUND)
-		snprintf(buf, len,
-		         "QUIC handshake failed: certificate signed by unknown authority");
-	else if (status & GNUTLS_CERT_UNEXPECTED_OWNER)
-		snprintf(buf, len, "QUIC handshake failed: certificate name does not match %s",
-		         a->c->p.sni);
-	else if (status & GNUTLS_CERT_EXPIRED)
-		snprintf(buf, len, "QUIC handshake failed: certificate has expired");
-	else if (status & GNUTLS_CERT_NOT_ACTIVATED)
-		snprintf(buf, len, "QUIC handshake failed: certificate is not yet valid");
-	else if (status & GNUTLS_CERT_SIGNER_NOT_CA)
-		snprintf(
-		    buf, len,
-		    "QUIC handshake failed: certificate signed by a certificate that is not a CA");
-	else if (status & GNUTLS_CERT_INSECURE_ALGORITHM)
-		snprintf(buf, len, "QUIC handshake failed: certificate uses an insecure algorithm");
-	else if (status)
-		snprintf(buf, len, "QUIC handshake failed: certificate verification failed");
-	else {
-		ngtcp2_conn_get_connection_close_error(a->q, &cc);
-		if (cc.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_TRANSPORT &&
-		    (cc.error_code & ~0xffULL) == NGTCP2_CRYPTO_ERROR)
-			snprintf(buf, len, "QUIC handshake failed: TLS alert %s from origin",
-			         gnutls_alert_get_strname(
-			             (gnutls_alert_description_t)(cc.error_code & 0xff)));
-		else
-			snprintf(buf, len, "QUIC handshake failed: TLS error");
-	}
-}
-
-static void read_error(struct h3_path *a, int rv)
-{
-	struct h3_conn *c = a->c;
-	char buf[256];
-
-	if (!a->handshake_done || !c->established) {
-		if (rv == NGTCP2_ERR_CRYPTO || rv == NGTCP2_ERR_CALLBACK_FAILURE) {
-			tls_failure(a, buf, sizeof(buf));
-			attempt_failed(a, ERR_TLS, buf);
-		} else if (rv == NGTCP2_ERR_DRAINING) {
-			ngtcp2_connection_close_error cc;
-			ngtcp2_conn_get_connection_close_error(a->q, &cc);
-			if ((cc.error_code & ~0xffULL) == NGTCP2_CRYPTO_ERROR) {
-				tls_failure(a, buf, sizeof(buf));
-				attempt_failed(a, ERR_TLS, buf);
-			} else {
-				snprintf(
-				    buf, sizeof(buf),
-				    "QUIC handshake failed: origin closed the connection (0x%llx)",
-				    (unsigned long long)cc.error_code);
-				attempt_failed(a, ERR_CONNECT, buf);
-			}
-		} else if (rv == NGTCP2_ERR_RECV_VERSION_NEGOTIATION) {
-			attempt_failed(a, ERR_CONNECT,
-			               "QUIC handshake failed: no common QUIC version");
-		} else {
-			snprintf(buf, sizeof(buf), "QUIC handshake failed: %s",
-			         ngtcp2_strerror(rv));
-			attempt_failed(a, ERR_CONNECT, buf);
-		}
-		return;
-	}
-	if (rv == NGTCP2_ERR_DRAINING) {
-		log_debug("h3: %s closed the connection", origin(c));
-		conn_fail(c, ERR_CLOSED, "connection closed by origin", false);
-	} else {
-		snprintf(buf, sizeof(buf), "QUIC error: %s", ngtcp2_strerror(rv));
-		log_debug("h3: %s: %s", origin(c), buf);
-		conn_fail(c, ERR_CLOSED, buf, false);
-	}
-}
-
-/* Returns false when the path (or connection) ended. */
-static bool path_read(struct h3_path *a)
-{
-	struct h3_conn *c = a->c;
-	uint8_t buf[65536];
-	ngtcp2_path path = {
-	    {(ngtcp2_sockaddr *)&a->local, a->local_len},
-	    {(ngtcp2_sockaddr *)&a->remote, a->remote_len},
-	    NULL,
-	};
-	ngtcp2_pkt_info pi = {0};
-
-	for (int i = 0; i < H3_MAX_READ; i++) {
-		ssize_t n = recv(a->fd, buf, sizeof(buf), 0);
-		int rv;
-
-		if (n < 0) {
-			char why[160];
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				break;
-			snprintf(why, sizeof(why), "%s: %s", a->addr,
-			         errno == ECONNREFUSED ? "refused (ICMP port unreachable)"
-			                               : strerror(errno));
-			if (!c->established || a != c->a)
-				attempt_failed(a, ERR_CONNECT, why);
-			else
-				conn_fail(c, ERR_CLOSED, why, false);
-			return false;
-		}
-		c->in_lib = true;
-		rv = ngtcp2_conn_read_pkt(a->q, &path, &pi, buf, (size_t)n, now_ts());
-		c->in_lib = false;
-		if (c->mc.freeing || a->dead || c->mc.failed)
-			return false;
-		if (rv != 0) {
-			read_error(a, rv);
-			return false;
-		}
-	}
-	if (c->established && a == c->a)
-		maybe_store_session(c);
-	return true;
-}
-
-static void on_io(evutil_socket_t fd, short what, void *arg)
-{
-	struct h3_path *a = arg;
-	struct h3_conn *c = a->c;
-
-	(void)fd;
-	mux_hold(&c->mc);
-	if ((what & EV_READ) && !a->dead && !c->mc.freeing && !c->mc.failed)
-		path_read(a);
-	if (!a->dead && !c->mc.freeing && !c->mc.failed)
-		path_write(a);
-	mux_release(&c->mc);
-}
-
-static void on_expiry(evutil_socket_t fd, short what, void *arg)
-{
-	struct h3_path *a = arg;
-	struct h3_conn *c = a->c;
-	int rv;
-
-	(void)fd;
-	(void)what;
-	mux_hold(&c->mc);
-	if (a->dead || c->mc.freeing || c->mc.failed)
-		goto out;
-	c->in_lib = true;
-	rv = ngtcp2_conn_handle_expiry(a->q, now_ts());
-	c->in_lib = false;
-	if (c->mc.freeing)
-		goto out;
-	if (rv == NGTCP2_ERR_IDLE_CLOSE) {
-		if (!c->established || a != c->a) {
-			attempt_failed(a, ERR_CONNECT_TIMEOUT, "QUIC handshake timed out");
-		} else {
-			log_debug("h3: connection to %s idle: closed", origin(c));
-			c->silent = true;
-			conn_fail(c, ERR_CLOSED, "QUIC idle timeout", false);
-		}
-		goto out;
-	}
-	if (rv == NGTCP2_ERR_HANDSHAKE_TIMEOUT) {
-		attempt_failed(a, ERR_CONNECT_TIMEOUT, "QUIC handshake timed out");
-		goto out;
-	}
-	if (rv != 0) {
-		char buf[128];
-		snprintf(buf, sizeof(buf), "QUIC error: %s", ngtcp2_strerror(rv));
-		path_failed(a, ERR_CLOSED, buf);
-		goto out;
-	}
-	path_write(a);
-out:
-	mux_release(&c->mc);
-}
-
-static void path_io_update(struct h3_path *a)
-{
-	short what = EV_READ | EV_PERSIST | (a->want_write ? EV_WRITE : 0);
-
-	if (a->dead)
-		return;
-	event_del(a->io);
-	event_assign(a->io, a->c->mc.m->base, a->fd, what, on_io, a);
-	event_add(a->io, NULL);
-}
-
-static ngtcp2_conn *get_conn_cb(ngtcp2_crypto_conn_ref *ref)
-{
-	return ((struct h3_path *)ref->user_data)->q;
-}
-
-static bool is_ip_literal(const char *s)
-{
-	unsigned char buf[sizeof(struct in6_addr)];
-
-	return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
-}
-
-/* The GnuTLS session for an attempt; reason filled on failure. */
-static bool tls_setup(struct h3_path *a, char *reason, size_t len)
-{
-	struct h3_conn *c = a->c;
-	gnutls_certificate_credentials_t cred;
-	gnutls_datum_t alpn = {(unsigned char *)"h3", 2}, cached;
-	int r;
-
-	cred = tls_client_creds(c->mc.m->tls, c->p.ca_file, c->p.verify, reason, len);
-	if (!cred)
-		return false;
-	if ((r = gnutls_init(&a->tls, GNUTLS_CLIENT | GNUTLS_NO_END_OF_EARLY_DATA)) < 0) {
-		a->tls = NULL;
-		goto fail;
-	}
-	if ((r = gnutls_priority_set_direct(a->tls, H3_PRIORITY, NULL)) < 0 ||
-	    (r = gnutls_credentials_set(a->tls, GNUTLS_CRD_CERTIFICATE, cred)) < 0 ||
-	    (r = ngtcp2_crypto_gnutls_configure_client_session(a->tls)) != 0 ||
-	    (r = gnutls_alpn_set_protocols(a->tls, &alpn, 1, GNUTLS_ALPN_MANDATORY)) < 0)
-		goto fail;
-	if (c->p.sni && *c->p.sni && !is_ip_literal(c->p.sni) &&
-	    (r = gnutls_server_name_set(a->tls, GNUTLS_NAME_DNS, c->p.sni, strlen(c->p.sni))) < 0)
-		goto fail;
-	if (c->p.verify)
-		gnutls_session_set_verify_cert(a->tls, c->p.sni && *c->p.sni ? c->p.sni : NULL, 0);
-	if (c->p.session_key && tls_session_get(c->mc.m->tls, c->p.session_key, &cached))
-		gnutls_session_set_data(a->tls, cached.data, cached.size);
-	a->ref.get_conn = get_conn_cb;
-	a->ref.user_data = a;
-	gnutls_session_set_ptr(a->tls, &a->ref);
-	return true;
-fail:
-	snprintf(reason, len, "cannot set up TLS for QUIC: %s",
-	         r < 0 ? gnutls_strerror(r) : "ngtcp2_crypto_gnutls");
-	return false;
-}
-
-static bool quic_setup(struct h3_path *a, char *reason, size_t len)
-{
-	static const ngtcp2_callbacks cb = {
-	    .client_initial = ngtcp2_crypto_client_initial_cb,
-	    .recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb,
-	    .handshake_completed = handshake_completed_cb,
-	    .encrypt = ngtcp2_crypto_encrypt_cb,
-	    .decrypt = ngtcp2_crypto_decrypt_cb,
-	    .hp_mask = ngtcp2_crypto_hp_mask_cb,
-	    .recv_stream_data = recv_stream_data_cb,
-	    .acked_stream_data_offset = acked_offset_cb,
-	    .stream_close = stream_close_cb,
-	    .recv_retry = ngtcp2_crypto_recv_retry_cb,
-	    .extend_max_local_streams_bidi = extend_max_bidi_cb,
-	    .rand = rand_cb,
-	    .get_new_connection_id = get_new_cid_cb,
-	    .update_key = ngtcp2_crypto_update_key_cb,
-	    .stream_reset = stream_reset_cb,
-	    .extend_max_stream_data = extend_max_stream_data_cb,
-	    .delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb,
-	    .delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb,
-	    .get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb,
-	    .stream_stop_sending = stream_stop_sending_cb,
-	    .version_negotiation = ngtcp2_crypto_version_negotiation_cb,
-	};
-	ngtcp2_path path = {
-	    {(ngtcp2_sockaddr *)&a->local, a->local_len},
-	    {(ngtcp2_sockaddr *)&a->remote, a->remote_len},
-	    NULL,
-	};
-	ngtcp2_cid dcid, scid;
-	ngtcp2_settings st;
-	ngtcp2_transport_params tp;
-	int r;
-
-	dcid.datalen = NGTCP2_MIN_INITIAL_DCIDLEN + 10;
-	scid.datalen = H3_SCID_LEN;
-	if (gnutls_rnd(GNUTLS_RND_RANDOM, dcid.data, dcid.datalen) != 0 ||
-	    gnutls_rnd(GNUTLS_RND_RANDOM, scid.data, scid.datalen) != 0) {
-		snprintf(reason, len, "no random bytes");
-		return false;
-	}
-	ngtcp2_settings_default(&st);
-	st.initial_ts = now_ts();
-	st.max_window = H3_CONN_WINDOW;
-	st.max_stream_window = H3_STREAM_WINDOW;
-	st.handshake_timeout = (uint64_t)H3_HANDSHAKE_MS * NGTCP2_MILLISECONDS;
-	ngtcp2_transport_params_default(&tp);
-	tp.initial_max_stream_data_bidi_local = H3_STREAM_WINDOW;
-	tp.initial_max_stream_data_bidi_remote = H3_STREAM_WINDOW;
-	tp.initial_max_stream_data_uni = H3_STREAM_WINDOW;
-	tp.initial_max_data = H3_CONN_WINDOW;
-	tp.initial_max_streams_bidi = 0;
-	tp.initial_max_streams_uni = 16;
-	tp.max_idle_timeout = (uint64_t)H3_IDLE_TIMEOUT_MS * NGTCP2_MILLISECONDS;
-	r = ngtcp2_conn_client_new(&a->q, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1, &cb, &st, &tp,
-	                           NULL, a);
-	if (r != 0) {
-		a->q = NULL;
-		snprintf(reason, len, "cannot create the QUIC connection: %s", ngtcp2_strerror(r));
-		return false;
-	}
-	ngtcp2_conn_set_tls_native_handle(a->q, a->tls);
-	return true;
-}
-
-static void addr_name(const struct sockaddr_storage *ss, char *buf, size_t len)
-{
-	char host[INET6_ADDRSTRLEN] = "?";
-	unsigned port = 0;
-
-	if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
-		inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
-		port = ntohs(s6->sin6_port);
-		snprintf(buf, len, "[%s]:%u", host, port);
-	} else {
-		const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
-		inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
-		port = ntohs(s4->sin_port);
-		snprintf(buf, len, "%s:%u", host, port);
-	}
-}
-
-/* Start a QUIC handshake to the next address. */
-static void start_next(struct h3_conn *c)
-{
-	char reason[256];
-	struct h3_path *a;
-
-	while (c->next_addr < c->addrs.n) {
-		const struct sockaddr_storage *ss = &c->addrs.addr[c->next_addr++];
-		socklen_t sl = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-		                                         : sizeof(struct sockaddr_in);
-
-		if (!(a = calloc(1, sizeof(*a)))) {
-			snprintf(reason, sizeof(reason), "out of memory");
-			goto failed_early;
-		}
-		a->c = c;
-		a->fd = -1;
-		memcpy(&a->remote, ss, sl);
-		a->remote_len = sl;
-		addr_name(ss, a->addr, sizeof(a->addr));
-		a->next = c->paths;
-		c->paths = a;
-		a->batch = malloc(H3_BATCH * sizeof(*a->batch));
-		a->io = event_new(c->mc.m->base, -1, 0, on_io, a);
-		a->expiry = evtimer_new(c->mc.m->base, on_expiry, a);
-		if (!a->batch || !a->io || !a->expiry) {
-			snprintf(reason, sizeof(reason), "out of memory");
-			goto failed;
-		}
-		a->fd = socket(ss->ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		a->local_len = sizeof(a->local);
-		if (a->fd < 0 || connect(a->fd, (const struct sockaddr *)ss, sl) != 0 ||
-		    getsockname(a->fd, (struct sockaddr *)&a->local, &a->local_len) != 0) {
-			snprintf(reason, sizeof(reason), "%s: %s", a->addr, strerror(errno));
-			a->dead = true;
-			if (c->fail_err == ERR_NONE) {
-				c->fail_err = ERR_CONNECT;
-				snprintf(c->fail_reason, sizeof(c->fail_reason), "%s", reason);
-			}
-			continue;
-		}
-		if (!tls_setup(a, reason, sizeof(reason)) ||
-		    !quic_setup(a, reason, sizeof(reason))) {
-			a->dead = true;
-			c->fail_err = ERR_TLS;
-			snprintf(c->fail_reason, sizeof(c->fail_reason), "%s", reason);
-			c->next_addr = c->addrs.n; /* the same for every address */
-			break;
-		}
-		log_debug("h3: connecting to %s at %s", origin(c), a->addr);
-		path_io_update(a);
-		path_write(a); /* the Initial packet */
-		if (c->next_addr < c->addrs.n && !a->dead)
-			mux_set_timer(c->eyeballs, H3_EYEBALLS_MS);
-		mux_kick(&c->mc);
-		return;
-	}
-	for (struct h3_path *o = c->paths; o; o = o->next)
-		if (!o->dead)
-			return;
-	setup_failed(c);
-	mux_kick(&c->mc);
-	return;
-failed:
-	a->dead = true;
-failed_early:
-	c->fail_err = ERR_CONNECT;
-	snprintf(c->fail_reason, sizeof(c->fail_reason), "%s", reason);
-	setup_failed(c);
-	mux_kick(&c->mc);
-}
-
-static void on_eyeballs(evutil_socket_t fd, short what, void *arg)
-{
-	struct h3_conn *c = arg;
-
-	(void)fd;
-	(void)what;
-	mux_hold(&c->mc);
-	if (!c->established && !c->setup_failed)
-		start_next(c);
-	mux_release(&c->mc);
-}
-
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
-{
-	struct h3_conn *c = arg;
-
-	(void)fd;
-	(void)what;
-	mux_hold(&c->mc);
-	if (!c->established && !c->setup_failed) {
-		c->fail_err = ERR_CONNECT_TIMEOUT;
-		snprintf(c->fail_reason, sizeof(c->fail_reason),
-		         "QUIC handshake with %s not done within %d s", origin(c),
-		         H3_HANDSHAKE_MS / 1000);
-		setup_failed(c);
-	}
-	mux_release(&c->mc);
-}
-
-static void on_resolved(void *ctx, int err, const char *reason, const struct dns_addrs *addrs)
+static void q_failed(void *ctx, enum muxd_err err, const char *reason)
 {
 	struct h3_conn *c = ctx;
 
-	mux_hold(&c->mc);
-	c->dq = NULL;
-	if (err != 0 || !addrs || addrs->n == 0) {
-		c->fail_err = ERR_DNS;
-		snprintf(c->fail_reason, sizeof(c->fail_reason), "cannot resolve %s: %s", c->p.host,
-		         reason ? reason : "no address");
-		setup_failed(c);
-	} else {
-		c->addrs = *addrs;
-		start_next(c);
-	}
-	mux_release(&c->mc);
+	c->fail_err = err;
+	snprintf(c->fail_reason, sizeof(c->fail_reason), "%s", reason);
+	c->setup_failed = true;
+	mux_kick(&c->mc);
 }
 
-/* --- the connection going down --- */
-
-static void close_paths(struct h3_conn *c)
+static void q_closed(void *ctx, enum muxd_err err, const char *reason)
 {
-	if (c->a) {
-		c->a->dead = true;
-		event_del(c->a->io);
-		evtimer_del(c->a->expiry);
-	}
-}
-
-static void conn_fail(struct h3_conn *c, enum muxd_err err, const char *reason, bool dead)
-{
+	struct h3_conn *c = ctx;
 	bool running;
 
 	if (c->mc.failed || c->mc.freeing)
 		return;
-	if (c->established)
-		send_close(c); /* nothing happens when the origin closed or we idled out */
 	running = mux_mark_failed(&c->mc);
-	close_paths(c);
-	mux_fail_streams(&c->mc, err, reason, dead, running);
+	mux_fail_streams(&c->mc, err, reason, false, running);
 }
 
-/* Best effort CONNECTION_CLOSE (c->app_err) on the established path. */
-static void send_close(struct h3_conn *c)
+static int64_t q_recv_data(void *ctx, int64_t id, const uint8_t *data, size_t len, bool fin,
+                           void *sud)
 {
-	struct h3_path *a = c->a;
-	ngtcp2_connection_close_error cc;
-	ngtcp2_pkt_info pi;
-	uint8_t buf[H3_PKT_MAX];
-	ngtcp2_ssize n;
+	struct h3_conn *c = ctx;
+	nghttp3_ssize n;
 
-	if (c->close_sent || c->silent || !a || a->fd < 0 || !a->q ||
-	    ngtcp2_conn_is_in_closing_period(a->q) || ngtcp2_conn_is_in_draining_period(a->q))
-		return;
-	c->close_sent = true;
-	ngtcp2_connection_close_error_default(&cc);
-	ngtcp2_connection_close_error_set_application_error(&cc, c->app_err, NULL, 0);
-	n = ngtcp2_conn_write_connection_close(a->q, NULL, &pi, buf, sizeof(buf), &cc, now_ts());
-	if (n > 0 && send(a->fd, buf, (size_t)n, 0) < 0)
-		log_debug("h3: CONNECTION_CLOSE to %s not sent: %s", origin(c), strerror(errno));
+	(void)sud;
+	n = nghttp3_conn_read_stream(c->h3, id, data, len, fin);
+	if (c->mc.freeing)
+		return -1;
+	if (n < 0) {
+		log_debug("h3: %s: nghttp3_conn_read_stream: %s", mux_origin(&c->mc),
+		          nghttp3_strerror((int)n));
+		quic_set_app_error(c->q, nghttp3_err_infer_quic_app_error_code((int)n));
+		return -1;
+	}
+	return n;
 }
 
-/* --- the kick --- */
-
-static void submit(struct h3_stream *s);
-
-static void apply_credit(struct h3_conn *c)
+static int q_acked(void *ctx, int64_t id, uint64_t len, void *sud)
 {
-	for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
-		if (s->credit == 0)
-			continue;
-		if (s->ms.id >= 0 && c->a && c->a->q)
-			give_window(c->a->q, s->ms.id, s->credit);
-		s->credit = 0;
+	(void)sud;
+	return nghttp3_conn_add_ack_offset(((struct h3_conn *)ctx)->h3, id, len) == 0 ? 0 : -1;
+}
+
+static int q_stream_close(void *ctx, int64_t id, bool code_set, uint64_t code, void *sud)
+{
+	struct h3_conn *c = ctx;
+	int r;
+
+	(void)sud;
+	r = nghttp3_conn_close_stream(c->h3, id, code_set ? code : NGHTTP3_H3_NO_ERROR);
+	if (r != 0 && r != NGHTTP3_ERR_STREAM_NOT_FOUND)
+		return -1;
+	return c->mc.freeing ? -1 : 0;
+}
+
+/* The origin will send no more on stream id (reset, or STOP_SENDING). */
+static int q_read_shut(void *ctx, int64_t id, bool reset, void *sud)
+{
+	struct h3_stream *s = sud;
+
+	if (reset && s)
+		s->ms.peer_reset = true;
+	return nghttp3_conn_shutdown_stream_read(((struct h3_conn *)ctx)->h3, id) == 0 ? 0 : -1;
+}
+
+static int q_unblocked(void *ctx, int64_t id)
+{
+	return nghttp3_conn_unblock_stream(((struct h3_conn *)ctx)->h3, id) == 0 ? 0 : -1;
+}
+
+static void q_more_streams(void *ctx)
+{
+	struct h3_conn *c = ctx;
+
+	if (c->established) {
+		c->mc.want_available = true;
+		mux_kick(&c->mc);
 	}
 }
 
-static void on_kick(evutil_socket_t fd, short what, void *arg)
+static int q_writev(void *ctx, int64_t *id, bool *fin, struct quic_vec *vec, size_t nvec)
 {
-	struct h3_conn *c = arg;
+	nghttp3_vec v[16];
+	int f = 0;
+	nghttp3_ssize n = nghttp3_conn_writev_stream(((struct h3_conn *)ctx)->h3, id, &f, v,
+	                                             nvec < 16 ? nvec : 16);
 
-	(void)fd;
-	(void)what;
-	mux_hold(&c->mc);
-	if (c->setup_failed && !c->mc.told) {
-		c->mc.told = true;
-		c->mc.base.reusable = false;
-		log_debug("h3: set-up for %s failed: %s", origin(c), c->fail_reason);
-		c->mc.base.owner_cbs.on_failed(c->mc.base.owner, &c->mc.base,
-		                               c->fail_err ? c->fail_err : ERR_CONNECT,
-		                               c->fail_reason);
-		c->mc.freeing = true;
-		mux_release(&c->mc);
-		return;
-	}
-	mux_deliver_errors(&c->mc);
-	if (c->established && !c->mc.failed && !c->mc.freeing) {
-		for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
-			if (s->submit_pending && s->ms.user)
-				submit(s);
-			if (s->cancel_pending && s->ms.open && s->ms.id >= 0) {
-				s->cancel_pending = false;
-				nghttp3_conn_shutdown_stream_read(c->h3, s->ms.id);
-				ngtcp2_conn_shutdown_stream(c->a->q, s->ms.id,
-				                            NGHTTP3_H3_REQUEST_CANCELLED);
-			}
-			if (s->resume && s->ms.open && s->ms.id >= 0) {
-				s->resume = false;
-				nghttp3_conn_resume_stream(c->h3, s->ms.id);
-			}
-		}
-		apply_credit(c);
-		path_write(c->a);
-	}
-	mux_send_ready(&c->mc);
-	mux_offer(&c->mc);
-	mux_release(&c->mc);
+	if (n < 0)
+		return (int)n;
+	for (nghttp3_ssize i = 0; i < n; i++)
+		vec[i] = (struct quic_vec){v[i].base, v[i].len};
+	*fin = f != 0;
+	return (int)n;
 }
+
+static int q_written(void *ctx, int64_t id, size_t n)
+{
+	return nghttp3_conn_add_write_offset(((struct h3_conn *)ctx)->h3, id, n);
+}
+
+static void q_blocked(void *ctx, int64_t id, bool shut)
+{
+	struct h3_conn *c = ctx;
+
+	if (shut)
+		nghttp3_conn_shutdown_stream_write(c->h3, id);
+	else
+		nghttp3_conn_block_stream(c->h3, id);
+}
+
+static const char *q_strerror(int err)
+{
+	return nghttp3_strerror(err);
+}
+
+static const struct quic_cbs h3_quic_cbs = {
+    .enter = q_enter,
+    .leave = q_leave,
+    .on_connected = q_connected,
+    .on_failed = q_failed,
+    .on_closed = q_closed,
+    .recv_data = q_recv_data,
+    .acked = q_acked,
+    .stream_close = q_stream_close,
+    .read_shut = q_read_shut,
+    .unblocked = q_unblocked,
+    .more_streams = q_more_streams,
+    .writev = q_writev,
+    .written = q_written,
+    .blocked = q_blocked,
+    .strerror = q_strerror,
+};
 
 /* --- stream operations --- */
 
@@ -1595,7 +649,7 @@ static void submit(struct h3_stream *s)
 	int r;
 
 	s->submit_pending = false;
-	r = ngtcp2_conn_open_bidi_stream(c->a->q, &id, s);
+	r = quic_open_bidi(c->q, &id, s);
 	if (r != 0) {
 		mux_fail_later(&s->ms, ERR_UNPROCESSED, "cannot open an HTTP/3 stream");
 		mux_kick(&c->mc);
@@ -1607,7 +661,7 @@ static void submit(struct h3_stream *s)
 		                                s);
 	free(nv);
 	if (!nv || r != 0) {
-		ngtcp2_conn_shutdown_stream(c->a->q, id, NGHTTP3_H3_REQUEST_CANCELLED);
+		quic_shutdown_stream(c->q, id, NGHTTP3_H3_REQUEST_CANCELLED);
 		mux_fail_later(&s->ms, ERR_UNPROCESSED, "cannot submit the HTTP/3 request");
 		mux_kick(&c->mc);
 		return;
@@ -1687,6 +741,51 @@ static void send_buffer(struct mux_stream *ms, const void *data, size_t len)
 	}
 }
 
+/* --- the kick --- */
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+	struct h3_conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	mux_hold(&c->mc);
+	if (c->setup_failed && !c->mc.told) {
+		c->mc.told = true;
+		c->mc.base.reusable = false;
+		log_debug("h3: set-up for %s failed: %s", mux_origin(&c->mc), c->fail_reason);
+		c->mc.base.owner_cbs.on_failed(c->mc.base.owner, &c->mc.base,
+		                               c->fail_err ? c->fail_err : ERR_CONNECT,
+		                               c->fail_reason);
+		c->mc.freeing = true;
+		mux_release(&c->mc);
+		return;
+	}
+	mux_deliver_errors(&c->mc);
+	if (c->established && !c->mc.failed && !c->mc.freeing) {
+		for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
+			if (s->submit_pending && s->ms.user)
+				submit(s);
+			if (s->cancel_pending && s->ms.open && s->ms.id >= 0) {
+				s->cancel_pending = false;
+				nghttp3_conn_shutdown_stream_read(c->h3, s->ms.id);
+				quic_shutdown_stream(c->q, s->ms.id, NGHTTP3_H3_REQUEST_CANCELLED);
+			}
+			if (s->resume && s->ms.open && s->ms.id >= 0) {
+				s->resume = false;
+				nghttp3_conn_resume_stream(c->h3, s->ms.id);
+			}
+			if (s->credit > 0 && s->ms.id >= 0) /* consumed bytes reopen the windows */
+				quic_extend_offsets(c->q, s->ms.id, s->credit);
+			s->credit = 0;
+		}
+		quic_write(c->q);
+	}
+	mux_send_ready(&c->mc);
+	mux_offer(&c->mc);
+	mux_release(&c->mc);
+}
+
 static const struct mux_ops h3_mux_ops = {
     .name = "h3",
     .window = H3_STREAM_WINDOW,
@@ -1716,7 +815,7 @@ static unsigned h3_free_slots(struct upstream_conn *uc)
 		live += s->user || s->open;
 		unsubmitted += s->user && s->id < 0;
 	}
-	left = ngtcp2_conn_get_streams_bidi_left(c->a->q);
+	left = quic_bidi_left(c->q);
 	left = left > unsubmitted ? left - unsubmitted : 0;
 	if (live >= H3_MAX_STREAMS)
 		return 0;
@@ -1749,9 +848,7 @@ static void h3_close(struct upstream_conn *uc)
 {
 	struct h3_conn *c = (struct h3_conn *)uc;
 
-	if (c->established && !c->mc.failed && !c->in_lib)
-		send_close(c);
-	close_paths(c);
+	quic_shutdown(c->q); /* CONNECTION_CLOSE unless inside ngtcp2 */
 	mux_close(&c->mc);
 }
 
@@ -1767,42 +864,32 @@ struct upstream_conn *h3_conn_new(struct muxd *m, const struct h3_params *p,
 {
 	struct h3_conn *c = calloc(1, sizeof(*c));
 	bool v6 = p->host && strchr(p->host, ':');
+	struct quic_params qp = {
+	    .host = p->host,
+	    .port = p->port,
+	    .sni = p->sni ? p->sni : p->host,
+	    .alpn = "h3",
+	    .ca_file = p->ca_file,
+	    .verify = p->verify,
+	    .session_key = p->session_key,
+	    .stream_window = H3_STREAM_WINDOW,
+	    .conn_window = H3_CONN_WINDOW,
+	    .max_uni_streams = 16,
+	};
 	bool ok;
 
 	if (!c)
 		return NULL;
 	ok = mux_conn_init(&c->mc, m, &h3_mux_ops, &h3_conn_ops, PROTO_H3, owner_cbs, owner,
 	                   on_kick);
-	c->goaway_id = INT64_MAX;
-	c->app_err = NGHTTP3_H3_NO_ERROR;
-	c->p = *p;
-	c->p.host = p->host ? strdup(p->host) : NULL;
-	c->p.sni = strdup(p->sni ? p->sni : (p->host ? p->host : ""));
-	c->p.authority = NULL;
-	c->p.ca_file = p->ca_file ? strdup(p->ca_file) : NULL;
-	if (p->session_key) {
-		/* apart from TCP's: a QUIC ticket is TLS 1.3 with QUIC parameters */
-		size_t n = strlen(p->session_key) + 4;
-		char *k = malloc(n);
-		if (k)
-			snprintf(k, n, "h3|%s", p->session_key);
-		c->p.session_key = k;
-	}
 	snprintf(c->mc.name, sizeof(c->mc.name), v6 ? "[%s]:%u" : "%s:%u", p->host ? p->host : "",
 	         (unsigned)p->port);
-	c->eyeballs = evtimer_new(m->base, on_eyeballs, c);
-	c->deadline = evtimer_new(m->base, on_deadline, c);
-	if (!c->p.host || !c->p.sni || (p->ca_file && !c->p.ca_file) ||
-	    (p->session_key && !c->p.session_key) || !ok || !c->eyeballs || !c->deadline) {
+	if (ok && p->host)
+		c->q = quic_connect(m, &qp, &h3_quic_cbs, c);
+	if (!c->q) {
 		conn_free(&c->mc);
 		return NULL;
 	}
-	mux_set_timer(c->deadline, H3_HANDSHAKE_MS);
-	c->dq = dns_resolve(m->dns, c->p.host, p->port, on_resolved, c);
-	if (!c->dq) {
-		c->fail_err = ERR_DNS;
-		snprintf(c->fail_reason, sizeof(c->fail_reason), "cannot resolve %s", c->p.host);
-		setup_failed(c);
-	}
+	quic_set_app_error(c->q, NGHTTP3_H3_NO_ERROR);
 	return &c->mc.base;
 }

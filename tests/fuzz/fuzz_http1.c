@@ -111,12 +111,50 @@ static void check_chunked(const char *in, size_t len)
 	free(ob);
 }
 
+/*
+ * The head scan (what tells downstream to run the parser) never misses a
+ * decision: whenever the parser decides (OK or BAD within HTTP1_MAX_HEAD),
+ * the scan stops at or before the end of the input, and the parser's answer
+ * on the bytes up to that stop is already a decision or INCOMPLETE only for
+ * empty lines before the request line. Fed whole or byte by byte, it stops at
+ * the same byte.
+ */
+static void check_head_scan(const char *in, size_t len, enum http1_result r)
+{
+	struct http1_head_scan a, b;
+	bool stopped_a, stopped_b = false;
+
+	memset(&a, 0, sizeof(a));
+	memset(&b, 0, sizeof(b));
+	stopped_a = http1_head_scan(&a, in, len);
+	for (size_t i = 0; i < len && !stopped_b; i++)
+		stopped_b = http1_head_scan(&b, in + i, 1);
+	CHECK(stopped_a == stopped_b && a.seen == b.seen);
+	CHECK(stopped_a ? a.seen <= len : a.seen == len);
+	if (len < HTTP1_MAX_HEAD && (r == HTTP1_OK || r == HTTP1_BAD)) {
+		/* scan on past stops where the parser still waits (leading CRLFs) */
+		struct http1_msg m;
+		size_t used;
+		memset(&a, 0, sizeof(a));
+		while (http1_head_scan(&a, in + a.seen, len - a.seen)) {
+			enum http1_result q = http1_parse_request(in, a.seen, &m, &used);
+			http1_msg_free(&m);
+			if (q != HTTP1_INCOMPLETE)
+				return;
+			if (a.seen == len)
+				break;
+		}
+		CHECK(!"the parser decided but the head scan never stopped for it");
+	}
+}
+
 static void check_request(const char *in, size_t len)
 {
 	struct http1_msg m, m2;
 	size_t used = (size_t)-1, used2;
 	enum http1_result r = http1_parse_request(in, len, &m, &used);
 
+	check_head_scan(in, len, r);
 	if (r != HTTP1_OK) {
 		CHECK(m.head == NULL && m.nfields == 0);
 		if (r == HTTP1_INCOMPLETE)

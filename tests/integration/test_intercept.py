@@ -163,7 +163,9 @@ def test_muxd_env_points_curl_and_requests_at_muxd(muxd, nginx_tls, pki):
     (nginx_tls.root / "x").write_bytes(ONE_K)
     m = muxd(intercept_conf(pki, nginx_tls.port))
     env_cmd = [MUXD_BIN, "env", "-c", str(m.conf_path), "-S", str(m.state_dir), "-l", f"{LOCALHOST}:{m.port}"]
-    out = subprocess.run(env_cmd, capture_output=True, text=True, timeout=10, env=clean_env())
+    env = clean_env()
+    env["XDG_CACHE_HOME"] = str(m.dir / "cache")  # where muxd env writes the running daemon's CA
+    out = subprocess.run(env_cmd, capture_output=True, text=True, timeout=10, env=env)
     assert out.returncode == 0, out.stderr
     exports = dict(re.findall(r"^export (\w+)='([^']*)'$", out.stdout, re.M))
     proxy = f"http://{LOCALHOST}:{m.port}"
@@ -171,12 +173,12 @@ def test_muxd_env_points_curl_and_requests_at_muxd(muxd, nginx_tls, pki):
         assert exports.get(name) == proxy, f"{name}: {exports.get(name)!r}\n{out.stdout}"
     for name in ("no_proxy", "NO_PROXY"):
         assert exports.get(name) == "localhost,127.0.0.1,::1", f"{name}: {exports.get(name)!r}"
-    bundle = str(m.state_dir / "ca-bundle.pem")
+    bundle = m.dir / "cache" / "muxd" / "ca-bundle.pem"
     for name in ("SSL_CERT_FILE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO"):
-        assert exports.get(name) == bundle, f"{name}: {exports.get(name)!r}"
-    assert exports.get("NODE_EXTRA_CA_CERTS") == str(local_ca(m))
-    assert local_ca(m).read_text().strip() in (m.state_dir / "ca-bundle.pem").read_text(), \
-        "ca-bundle.pem does not contain the local CA"
+        assert exports.get(name) == str(bundle), f"{name}: {exports.get(name)!r}"
+    assert exports.get("NODE_EXTRA_CA_CERTS") == str(m.dir / "cache" / "muxd" / "ca.pem")
+    assert (m.dir / "cache" / "muxd" / "ca.pem").read_text() == local_ca(m).read_text()
+    assert local_ca(m).read_text().strip() in bundle.read_text(), "ca-bundle.pem does not contain the local CA"
 
     url = f"https://localhost:{nginx_tls.port}/x"
     script = f"""
@@ -194,7 +196,7 @@ open(sys.argv[1], "wb").write(r.content)
 EOF
 """
     done = subprocess.run(["bash", "-c", script, "bash", str(m.dir)], capture_output=True, text=True,
-                          timeout=60, env=clean_env())
+                          timeout=60, env=env)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     assert (m.dir / "curl.out").read_bytes() == ONE_K
     assert (m.dir / "py.out").read_bytes() == ONE_K
@@ -226,8 +228,10 @@ eval "$({' '.join(env_cmd)})"
 unset no_proxy NO_PROXY   # the test origin is on loopback (see the test above)
 git clone -q https://localhost:{nginx_tls.port}/repo.git "$1/clone"
 """
+    env = clean_env()
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     done = subprocess.run(["bash", "-c", script, "bash", str(tmp_path)], capture_output=True, text=True,
-                          timeout=60, env=clean_env())
+                          timeout=60, env=env)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     assert (tmp_path / "clone" / "hello.txt").read_text() == "through muxd\n"
     assert leaf_issued(m) == 1  # git's TLS ended at muxd, with muxd's leaf

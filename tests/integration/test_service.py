@@ -456,10 +456,12 @@ def test_example_config_lists_every_key():
 
 def test_man_page_documents_every_option_and_command():
     main = (ROOT / "src/main.c").read_text()
-    optstring = re.search(r'getopt\(argc, argv, "([^"]+)"\)', main).group(1)
+    optstring = re.search(r'getopt(?:_long)?\(argc, argv, "([^"]+)"', main).group(1)
     page = (ROOT / "man/muxd.8").read_text()
     for opt in optstring.replace(":", ""):
         assert re.search(rf"^\.It Fl {opt}\b", page, re.M), f"-{opt} is not documented in muxd.8"
+    for opt in re.findall(r'\{"([\w-]+)", (?:required|no)_argument', main):
+        assert re.search(rf"\bFl \\-{opt}\b", page), f"--{opt} is not documented in muxd.8"
     for command in set(re.findall(r'strcmp\(argv\[optind\], "(\w+)"\)', main)) | {"env", "ca", "status"}:
         assert re.search(rf"^\.It Cm {command}\b", page, re.M), f"muxd {command} is not documented in muxd.8"
     for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "SIGNALS", "ENVIRONMENT", "FILES", "EXIT STATUS",

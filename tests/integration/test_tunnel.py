@@ -13,12 +13,15 @@ import pytest
 from support import (
     LOCALHOST,
     SANITIZE,
+    HTTPReader,
     closed_port,
+    connect,
     curl,
     echo_stream,
     open_tunnel,
     pattern_bytes,
     pattern_chunks,
+    proxy_request,
     recv_all,
     vm_hwm_kib,
     wait_until,
@@ -315,3 +318,133 @@ def test_active_tunnel_outlives_idle_timeout(muxd, stream_server):
             sock.sendall(b"tick")
             assert recv_exact(sock, 4) == b"tick"
             time.sleep(0.3)
+
+
+# --------------------------------------------------------------------------
+# tunnels are upstream connections of the pool: max_connections and metrics
+
+
+def pool_metric(m, name, **labels):
+    return m.metrics().value(name, **labels)
+
+
+def tunnel_get(m, url, timeout=10):
+    """One absolute-form GET on its own client connection."""
+    with connect(m.port, timeout=timeout) as s:
+        s.sendall(proxy_request("GET", url))
+        return HTTPReader(s).read_response()
+
+
+def test_tunnel_counts_as_upstream_connection(muxd, stream_server):
+    """An established tunnel counts in
+    muxd_upstream_connections_opened_total{proto="tunnel"} and as an active
+    tunnel connection while open; a refused one is not counted."""
+    srv = stream_server(echo_stream)
+    port = closed_port()
+    m = muxd(tunnel_conf(srv.port, port))
+    assert pool_metric(m, "muxd_upstream_connections_opened_total", proto="tunnel") == 0
+    for n in (1, 2):
+        sock, _ = established(m, srv.authority)
+        with sock:
+            sock.sendall(b"ping")
+            assert recv_exact(sock, 4) == b"ping"
+            assert pool_metric(m, "muxd_upstream_connections_opened_total", proto="tunnel") == n
+            assert pool_metric(m, "muxd_upstream_connections", proto="tunnel", state="active") == 1
+        wait_until(
+            lambda: pool_metric(m, "muxd_upstream_connections", proto="tunnel", state="active") == 0,
+            timeout=5,
+            what="the closed tunnel to leave the pool",
+        )
+    resp, reader = open_tunnel(m.port, f"{LOCALHOST}:{port}")
+    reader.sock.close()
+    assert resp.status == 502, resp
+    assert pool_metric(m, "muxd_upstream_connections_opened_total", proto="tunnel") == 2
+    assert pool_metric(m, "muxd_upstream_connections_opened_total", proto="h1") == 0
+
+
+def test_tunnel_waits_on_max_connections_then_503(muxd, stream_server, origin):
+    """max_connections = 1 held by a tunnel: another tunnel and a request
+    each wait connect_timeout (1 s), then get 503; once the tunnel is closed
+    a new one gets the slot."""
+    srv = stream_server(echo_stream)
+    o = origin()
+    m = muxd(dict(tunnel_conf(srv.port), pool={"max_connections": 1, "connect_timeout": "1s"}))
+    sock, _ = established(m, srv.authority)
+    with sock:
+        t0 = time.monotonic()
+        resp, reader = open_tunnel(m.port, srv.authority)
+        elapsed = time.monotonic() - t0
+        reader.sock.close()
+        assert resp.status == 503, resp
+        assert "upstream connection limit reached" in resp.text, resp
+        assert 0.8 <= elapsed <= 3.0, f"503 after {elapsed:.2f}s, connect_timeout is 1s"
+        assert srv.connections == 1
+        resp = tunnel_get(m, o.url("/blocked"))
+        assert resp.status == 503, resp
+        assert o.connections == 0
+        sock.sendall(b"still here")
+        assert recv_exact(sock, 10) == b"still here", "the open tunnel was disturbed"
+    wait_until(
+        lambda: pool_metric(m, "muxd_upstream_connections", proto="tunnel", state="active") == 0,
+        timeout=5,
+        what="the closed tunnel to give its slot back",
+    )
+    sock, _ = established(m, srv.authority)
+    with sock:
+        sock.sendall(b"again")
+        assert recv_exact(sock, 5) == b"again"
+
+
+def test_tunnel_waiting_on_max_connections_gets_freed_slot(muxd, stream_server):
+    """A tunnel blocked on max_connections gets the slot as soon as the
+    tunnel holding it closes, within connect_timeout."""
+    srv = stream_server(echo_stream)
+    m = muxd(
+        dict(tunnel_conf(srv.port), pool={"max_connections": 1, "connect_timeout": "10s"}),
+        args=["-v"],
+    )
+    first, _ = established(m, srv.authority)
+    out = []
+    waiter = threading.Thread(target=lambda: out.append(established(m, srv.authority)))
+    waiter.start()
+    try:
+        wait_until(
+            lambda: "waits for a connection slot (max_connections)" in m.log(),
+            timeout=5,
+            what="the second tunnel to wait for a slot",
+        )
+        assert srv.connections == 1
+        first.close()
+        waiter.join(8)
+        assert out, "the waiting tunnel got no slot"
+        sock, _ = out[0]
+        with sock:
+            sock.sendall(b"second")
+            assert recv_exact(sock, 6) == b"second"
+    finally:
+        first.close()
+        waiter.join(10)
+    assert pool_metric(m, "muxd_upstream_connections_opened_total", proto="tunnel") == 2
+
+
+def test_tunnel_evicts_idle_connection_under_max_connections(muxd, stream_server, origin):
+    """max_connections = 1 taken by an idle pooled connection: a tunnel
+    evicts it (reason limit) instead of waiting."""
+    srv = stream_server(echo_stream)
+    o = origin()
+    m = muxd(dict(tunnel_conf(srv.port), pool={"max_connections": 1, "connect_timeout": "5s"}))
+    resp = tunnel_get(m, o.url("/warm"))
+    assert resp.status == 200, resp
+    wait_until(
+        lambda: pool_metric(m, "muxd_upstream_connections", proto="h1", state="idle") == 1,
+        timeout=5,
+        what="the origin connection to be idle",
+    )
+    t0 = time.monotonic()
+    sock, _ = established(m, srv.authority)
+    with sock:
+        assert time.monotonic() - t0 < 2.5, "the tunnel waited instead of evicting"
+        sock.sendall(b"ok")
+        assert recv_exact(sock, 2) == b"ok"
+        wait_until(lambda: o.active == 0, timeout=5, what="the idle connection to be closed")
+        assert pool_metric(m, "muxd_pool_evictions_total", reason="limit") == 1

@@ -96,6 +96,9 @@ START_TEST(defaults)
 	ck_assert_uint_eq(cfg->nconnect_ports, 1);
 	ck_assert_uint_eq(cfg->connect_ports[0], 443);
 	ck_assert_uint_eq(cfg->tunnel_idle_timeout_ms, 600000);
+	ck_assert_uint_eq(cfg->request_header_timeout_ms, 30000);
+	ck_assert_uint_eq(cfg->client_idle_timeout_ms, 120000);
+	ck_assert_uint_eq(cfg->client_timeout_ms, 300000);
 	ck_assert_uint_eq(cfg->idle_timeout_ms, 90000);
 	ck_assert_uint_eq(cfg->max_idle_per_origin, 6);
 	ck_assert_uint_eq(cfg->max_idle, 256);
@@ -146,6 +149,9 @@ START_TEST(every_key)
 	                             "shutdown_timeout = 0\n"
 	                             "connect_ports = 443 8443,22\n"
 	                             "tunnel_idle_timeout = 2h\n"
+	                             "request_header_timeout = 1500ms\n"
+	                             "client_idle_timeout = 1s\n"
+	                             "client_timeout = 2m\n"
 	                             "\n"
 	                             "[pool]\n"
 	                             "idle_timeout = 5\n"
@@ -178,6 +184,9 @@ START_TEST(every_key)
 	ck_assert_uint_eq(cfg->nconnect_ports, 3);
 	ck_assert_uint_eq(cfg->connect_ports[2], 22);
 	ck_assert_uint_eq(cfg->tunnel_idle_timeout_ms, 7200000);
+	ck_assert_uint_eq(cfg->request_header_timeout_ms, 1500);
+	ck_assert_uint_eq(cfg->client_idle_timeout_ms, 1000);
+	ck_assert_uint_eq(cfg->client_timeout_ms, 120000);
 	ck_assert_uint_eq(cfg->idle_timeout_ms, 5000);
 	ck_assert_uint_eq(cfg->max_idle_per_origin, 0);
 	ck_assert_uint_eq(cfg->max_idle, 7);

@@ -1,5 +1,6 @@
 /*
- * Unit tests for src/upstream/h3.c: HTTP/3 upstream connections against
+ * Unit tests for src/upstream/h3.c and the QUIC transport under it
+ * (src/transport/quic*.c): HTTP/3 upstream connections against
  * ngtcp2's example server gtlsserver (Debian package ngtcp2-server), started
  * as a child on a free UDP port of 127.0.0.1 with a certificate of a test CA
  * made by certtool. It serves a docroot:

@@ -316,6 +316,86 @@ START_TEST(bad_bare_lf)
 }
 END_TEST
 
+/* Feed s[0..len) to a head scan byte by byte (fresh state); returns how
+ * many bytes were fed when it stopped, 0 when it never did. */
+static size_t scan_bytewise(const char *s, size_t len)
+{
+	struct http1_head_scan sc;
+
+	memset(&sc, 0, sizeof(sc));
+	for (size_t i = 0; i < len; i++)
+		if (http1_head_scan(&sc, s + i, 1))
+			return sc.seen;
+	return 0;
+}
+
+static size_t scan_whole(const char *s, size_t len)
+{
+	struct http1_head_scan sc;
+
+	memset(&sc, 0, sizeof(sc));
+	return http1_head_scan(&sc, s, len) ? sc.seen : 0;
+}
+
+/* A head with bare line endings (or other rejected bytes) and no CRLF CRLF
+ * at all: the scan stops at the first such byte and the parser, given the
+ * bytes up to there, answers BAD at once (not INCOMPLETE: 400, never a
+ * client held open waiting for a blank line that never comes). */
+START_TEST(bad_bytes_stop_the_head_scan)
+{
+	static const char *const bad[] = {
+	    "GET / HTTP/1.1\nHost: a\n\n",       "GET / HTTP/1.1\nHost: a\nX-A: b\n",
+	    "GET / HTTP/1.1\r\nHost: a\nX-A: b", "\nGET / HTTP/1.1\r\nHost: a",
+	    "GET / HTTP/1.1\r\nHost: a\rb",      "GET / HTTP/1.1\r\nHost: a\r\n\rX",
+	};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		size_t len = strlen(bad[i]), at = scan_bytewise(bad[i], len), used = 0;
+		ck_assert_msg(at > 0, "case %zu: the scan never stopped", i);
+		ck_assert_uint_eq(scan_whole(bad[i], len), at);
+		ck_assert_int_eq(http1_parse_request(bad[i], at, &msg, &used), HTTP1_BAD);
+	}
+	/* NUL */
+	ck_assert_uint_eq(scan_bytewise("GET /\0 HTTP/1.1", 16), 6);
+}
+END_TEST
+
+START_TEST(head_scan_stops_at_the_end_of_a_head)
+{
+	static const char head[] = "GET / HTTP/1.1\r\n" H11 "X-A: a\r\n\r\n";
+	char buf[sizeof(head) + 8];
+	size_t n = sizeof(head) - 1, used = 0;
+
+	ck_assert_uint_eq(scan_bytewise(head, n), n);
+	memcpy(buf, head, n);
+	memcpy(buf + n, "BODYBODY", 8);
+	ck_assert_uint_eq(scan_whole(buf, n + 8), n);
+	ck_assert_int_eq(http1_parse_request(buf, n, &msg, &used), HTTP1_OK);
+	ck_assert_uint_eq(used, n);
+	/* a CR at the end of what arrived is not decided until the next byte */
+	ck_assert_uint_eq(scan_bytewise("GET / HTTP/1.1\r", 15), 0);
+	/* a good prefix never stops the scan */
+	for (size_t k = 1; k < n; k++)
+		ck_assert_uint_eq(scan_whole(head, k), 0);
+}
+END_TEST
+
+START_TEST(head_scan_leading_empty_lines)
+{
+	static const char s[] = "\r\n\r\nGET / HTTP/1.1\r\n" H11 "\r\n";
+	struct http1_head_scan sc;
+	size_t n = sizeof(s) - 1, used = 0;
+
+	memset(&sc, 0, sizeof(sc));
+	ck_assert(http1_head_scan(&sc, s, n)); /* the empty lines: the parser waits */
+	ck_assert_uint_eq(sc.seen, 4);
+	ck_assert_int_eq(http1_parse_request(s, sc.seen, &msg, &used), HTTP1_INCOMPLETE);
+	ck_assert(http1_head_scan(&sc, s + sc.seen, n - sc.seen));
+	ck_assert_uint_eq(sc.seen, n);
+	ck_assert_int_eq(http1_parse_request(s, n, &msg, &used), HTTP1_OK);
+}
+END_TEST
+
 START_TEST(bad_nul)
 {
 	ASSERT_REQ("GET / HTTP/1.1\r\n" H11 "X-A: a\0b\r\n\r\n", HTTP1_BAD);
@@ -974,7 +1054,7 @@ END_TEST
 
 START_TEST(uri_too_long)
 {
-	static char s[9000];
+	static char s[HTTP1_MAX_TARGET + 300];
 	size_t n = sprintf(s, "http://h/");
 
 	memset(s + n, 'a', sizeof(uri.path) - 2);
@@ -988,6 +1068,22 @@ START_TEST(uri_too_long)
 	ck_assert(!http1_parse_absolute_uri(s, &uri));
 	s[7 + 255] = '\0';
 	ck_assert(http1_parse_absolute_uri(s, &uri));
+}
+END_TEST
+
+/* Request targets of 16 KiB are common (long query strings); longer ones
+ * get 414 from downstream, so the URI buffer takes any target up to the
+ * limit. */
+START_TEST(uri_takes_targets_up_to_the_limit)
+{
+	static char s[HTTP1_MAX_TARGET + 1];
+	size_t n = (size_t)sprintf(s, "http://example.com/?q=");
+
+	ck_assert_uint_ge(HTTP1_MAX_TARGET, 16 * 1024);
+	memset(s + n, 'a', HTTP1_MAX_TARGET - n);
+	s[HTTP1_MAX_TARGET] = '\0';
+	ck_assert(http1_parse_absolute_uri(s, &uri));
+	ck_assert_uint_eq(strlen(uri.path), HTTP1_MAX_TARGET - strlen("http://example.com"));
 }
 END_TEST
 
@@ -1099,6 +1195,9 @@ static Suite *http1_suite(void)
 	ADD(t, bad_obs_fold);
 	ADD(t, bad_bare_cr);
 	ADD(t, bad_bare_lf);
+	ADD(t, bad_bytes_stop_the_head_scan);
+	ADD(t, head_scan_stops_at_the_end_of_a_head);
+	ADD(t, head_scan_leading_empty_lines);
 	ADD(t, bad_nul);
 	ADD(t, bad_ctl_in_field);
 	ADD(t, bad_ws_before_colon);
@@ -1153,6 +1252,7 @@ static Suite *http1_suite(void)
 	ADD(t, uri_ipv6);
 	ADD(t, uri_rejects);
 	ADD(t, uri_too_long);
+	ADD(t, uri_takes_targets_up_to_the_limit);
 	ADD(t, authority);
 	ADD(t, authority_rejects);
 	ADD(t, reason);

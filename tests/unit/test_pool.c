@@ -3,8 +3,11 @@
  * that the pool relies on): key equality, matchmaking (an idle HTTP/1.1
  * connection is reused, a fresh-only waiter is not given it), the
  * connect_timeout deadline over the whole set-up chain (504 naming the step,
- * the slot freed) and the wait for capacity under max_h1_per_origin (503
- * after connect_timeout, or the connection once it frees up).
+ * the slot freed), the wait for capacity under max_h1_per_origin (503
+ * after connect_timeout, or the connection once it frees up), and client
+ * tunnels (pool_open_tunnel): the deadline through a mute parent of each
+ * kind, the counters, and max_connections (wait, 503, eviction of an idle
+ * connection).
  *
  * The peers are fakes that run in the test's own event loop, so the test
  * decides exactly when they accept, answer or stay mute: a listener whose
@@ -340,6 +343,45 @@ START_TEST(key_equality)
 }
 END_TEST
 
+/* A tunnel's key and its chain: through the route's hops, credentials
+ * included, never forwarded, no TLS of muxd's; an https:// request to the
+ * same place has another key. */
+START_TEST(tunnel_key_chain)
+{
+	struct config_hop hops[2] = {
+	    {.kind = HOP_HTTP, .host = "proxy.example", .port = 3128, .user = "u", .pass = "p"},
+	    {.kind = HOP_SOCKS5H, .host = "socks.example", .port = 1080},
+	};
+	struct route r = {.verify = true, .h2 = true, .hops = hops, .nhops = 1};
+	struct pool_key t, h;
+	struct chain_hop ch[CONFIG_MAX_HOPS];
+	struct chain_spec sp;
+
+	ck_assert(pool_key_init(&t, &m, "tunnel", "origin.example", 8080, &r));
+	ck_assert(!t.forward && !t.tls);
+	ck_assert(pool_key_init(&h, &m, "http", "origin.example", 8080, &r));
+	ck_assert(h.forward);
+	ck_assert(!pool_key_equal(&t, &h));
+	pool_key_chain(&t, ch, &sp, 1234);
+	ck_assert_uint_eq(sp.nhops, 1);
+	ck_assert(!sp.forward && !sp.tls);
+	ck_assert_str_eq(sp.host, "origin.example");
+	ck_assert_uint_eq(sp.port, 8080);
+	ck_assert_str_eq(sp.hops[0].host, "proxy.example");
+	ck_assert_str_eq(sp.hops[0].user, "u");
+	ck_assert_str_eq(sp.hops[0].pass, "p");
+	ck_assert_uint_eq(sp.timeout_ms, 1234);
+	ck_assert_ptr_null(sp.shared_hop.open);
+	r.nhops = 2;
+	ck_assert(pool_key_init(&t, &m, "tunnel", "origin.example", 8080, &r));
+	pool_key_chain(&t, ch, &sp, 0);
+	ck_assert_uint_eq(sp.nhops, 2);
+	ck_assert_int_eq(sp.hops[1].kind, HOP_SOCKS5H);
+	ck_assert_ptr_null(sp.hops[1].user);
+	ck_assert_uint_eq(pool_key_hash(&t), pool_key_hash(&t));
+}
+END_TEST
+
 /* ---- matchmaking ---- */
 
 START_TEST(idle_h1_reused)
@@ -510,6 +552,248 @@ START_TEST(cap_waiter_served_when_freed)
 }
 END_TEST
 
+/* ---- client tunnels (pool_open_tunnel) ---- */
+
+struct tun {
+	struct transport *t;
+	bool connected, failed, eof;
+	enum muxd_err err;
+	char reason[700];
+	char got[64];
+	size_t got_len;
+};
+
+static void tun_read(void *ctx)
+{
+	struct tun *u = ctx;
+	struct evbuffer *in = transport_input(u->t);
+	size_t n = evbuffer_get_length(in);
+
+	if (n > sizeof(u->got) - u->got_len)
+		n = sizeof(u->got) - u->got_len;
+	evbuffer_remove(in, u->got + u->got_len, n);
+	u->got_len += n;
+	event_base_loopbreak(m.base);
+}
+
+static void tun_drain(void *ctx)
+{
+	(void)ctx;
+}
+
+static void tun_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
+{
+	struct tun *u = ctx;
+
+	if (ev == TRANSPORT_CONNECTED) {
+		u->connected = true;
+	} else if (ev == TRANSPORT_EOF) {
+		u->eof = true;
+	} else {
+		u->failed = true;
+		u->err = err;
+		snprintf(u->reason, sizeof(u->reason), "%s", reason ? reason : "");
+	}
+	event_base_loopbreak(m.base);
+}
+
+static const struct transport_cbs tun_cbs = {tun_read, tun_drain, tun_event};
+
+/* A tunnel to host:port along r (default: the configured route). */
+static void tun_open(struct tun *u, const char *host, uint16_t port, const struct route *r)
+{
+	struct route def;
+
+	memset(u, 0, sizeof(*u));
+	if (!r) {
+		route_for(m.cfg, host, port, &def);
+		r = &def;
+	}
+	u->t = pool_open_tunnel(m.pool, r, host, port, &tun_cbs, u);
+	ck_assert_ptr_nonnull(u->t);
+	ck_assert(!u->connected && !u->failed); /* never from inside the call */
+}
+
+static void tun_run(struct tun *u, int ms)
+{
+	for (int spent = 0; !u->connected && !u->failed && spent < ms; spent += 50)
+		loop_run(50);
+}
+
+static void tun_close(struct tun *u)
+{
+	if (u->t)
+		transport_close(u->t);
+	u->t = NULL;
+}
+
+static unsigned active_tunnels(void)
+{
+	struct pool_counts c;
+	pool_count(m.pool, &c);
+	return c.active[PROTO_TUNNEL];
+}
+
+/* A parent that never answers a client tunnel: connect_timeout bounds it,
+ * naming the step (via an https:// parent: the shared connection's TLS
+ * handshake or the CONNECT stream, whichever deadline passes first). */
+static void mute_parent_tunnel(int kind, const char *step)
+{
+	struct config_hop hop = {.kind = kind, .host = "127.0.0.1"};
+	struct route r = {.verify = true, .hops = &hop, .nhops = 1};
+	struct tun u;
+	char want[200];
+
+	peer_start(PEER_MUTE);
+	hop.port = peer.port;
+	tun_open(&u, "origin.example", 443, &r);
+	tun_run(&u, 5000);
+	ck_assert_msg(u.failed, "no answer");
+	ck_assert_int_eq(u.err, ERR_CONNECT_TIMEOUT);
+	ck_assert_int_eq(muxd_err_status(u.err), 504);
+	if (step) {
+		snprintf(want, sizeof(want), "%s via proxy 127.0.0.1:%u timed out after 300 ms",
+		         step, peer.port);
+		ck_assert_msg(strstr(u.reason, want), "reason: %s", u.reason);
+	} else {
+		snprintf(want, sizeof(want), "127.0.0.1:%u", peer.port);
+		ck_assert_msg(strstr(u.reason, want), "reason: %s", u.reason);
+		ck_assert_msg(strstr(u.reason, "timed out after 300 ms"), "reason: %s", u.reason);
+	}
+	ck_assert_uint_eq(peer.nconns, 1);
+	ck_assert_uint_eq(m.metrics.upstream_opened[PROTO_TUNNEL], 0);
+	tun_close(&u);
+	ck_assert_uint_eq(pool_conns(), 0);
+	ck_assert_uint_eq(active_tunnels(), 0);
+}
+
+START_TEST(tunnel_mute_http_parent_deadline)
+{
+	mute_parent_tunnel(HOP_HTTP, "CONNECT");
+}
+END_TEST
+
+START_TEST(tunnel_mute_socks5_parent_deadline)
+{
+	mute_parent_tunnel(HOP_SOCKS5H, "SOCKS5");
+}
+END_TEST
+
+START_TEST(tunnel_mute_https_parent_deadline)
+{
+	mute_parent_tunnel(HOP_HTTPS, NULL);
+}
+END_TEST
+
+/* A direct tunnel carries bytes both ways and counts as an upstream
+ * connection: opened once, active while open. */
+START_TEST(tunnel_direct_counts)
+{
+	static const char head[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+	struct tun u;
+
+	peer_start(PEER_ANSWER);
+	tun_open(&u, "127.0.0.1", peer.port, NULL);
+	tun_run(&u, 5000);
+	ck_assert_msg(u.connected, "%s", u.reason);
+	ck_assert_uint_eq(m.metrics.upstream_opened[PROTO_TUNNEL], 1);
+	ck_assert_uint_eq(active_tunnels(), 1);
+	evbuffer_add(transport_output(u.t), head, sizeof(head) - 1);
+	for (int i = 0; i < 100 && !memmem(u.got, u.got_len, "ok", 2); i++)
+		loop_run(50);
+	ck_assert_msg(memmem(u.got, u.got_len, "\r\n\r\nok", 6), "got %zu bytes", u.got_len);
+	tun_close(&u);
+	ck_assert_uint_eq(active_tunnels(), 0);
+	ck_assert_uint_eq(pool_conns(), 0); /* a tunnel is not a pooled connection */
+}
+END_TEST
+
+/* max_connections = 1 held by a tunnel: the next tunnel waits
+ * connect_timeout, then gets 503; a pooled request does too; once the
+ * first tunnel is closed the slot is free again. */
+START_TEST(tunnel_budget_503)
+{
+	struct tun a, b;
+	struct pool_key k;
+	struct req r;
+
+	m.cfg->max_connections = 1;
+	peer_start(PEER_ANSWER);
+	tun_open(&a, "127.0.0.1", peer.port, NULL);
+	tun_run(&a, 5000);
+	ck_assert_msg(a.connected, "%s", a.reason);
+	tun_open(&b, "127.0.0.1", peer.port, NULL);
+	tun_run(&b, 5000);
+	ck_assert_msg(b.failed, "the waiting tunnel got no answer");
+	ck_assert_int_eq(b.err, ERR_BUDGET);
+	ck_assert_int_eq(muxd_err_status(b.err), 503);
+	ck_assert_msg(strstr(b.reason, "upstream connection limit reached; waited 300 ms"),
+	              "reason: %s", b.reason);
+	tun_close(&b);
+	key_for(&k, "http", peer.port);
+	req_start(&r, &k, false);
+	req_run(&r, 5000);
+	ck_assert(r.failed && r.err == ERR_BUDGET);
+	ck_assert_uint_eq(peer.nconns, 1);
+	tun_close(&a);
+	ck_assert_uint_eq(active_tunnels(), 0);
+	tun_open(&b, "127.0.0.1", peer.port, NULL);
+	tun_run(&b, 5000);
+	ck_assert_msg(b.connected, "%s", b.reason);
+	tun_close(&b);
+}
+END_TEST
+
+/* A tunnel waiting for the budget gets the slot once it is freed; one
+ * closed while it waits is simply gone. */
+START_TEST(tunnel_budget_freed)
+{
+	struct tun a, b, c;
+
+	m.cfg->max_connections = 1;
+	m.cfg->connect_timeout_ms = 5000;
+	peer_start(PEER_ANSWER);
+	tun_open(&a, "127.0.0.1", peer.port, NULL);
+	tun_run(&a, 5000);
+	ck_assert_msg(a.connected, "%s", a.reason);
+	tun_open(&c, "127.0.0.1", peer.port, NULL);
+	tun_open(&b, "127.0.0.1", peer.port, NULL);
+	loop_run(100);
+	ck_assert(!b.connected && !b.failed && !c.connected && !c.failed);
+	tun_close(&c); /* leaves the queue */
+	tun_close(&a);
+	tun_run(&b, 2000);
+	ck_assert_msg(b.connected, "%s", b.failed ? b.reason : "still waiting");
+	ck_assert_uint_eq(peer.nconns, 2);
+	ck_assert_uint_eq(m.metrics.upstream_opened[PROTO_TUNNEL], 2);
+	tun_close(&b);
+}
+END_TEST
+
+/* An idle pooled connection is evicted to make room for a tunnel. */
+START_TEST(tunnel_evicts_idle)
+{
+	struct pool_key k;
+	struct req r;
+	struct tun u;
+
+	m.cfg->max_connections = 1;
+	peer_start(PEER_ANSWER);
+	key_for(&k, "http", peer.port);
+	req_start(&r, &k, false);
+	req_run(&r, 5000);
+	ck_assert_msg(r.done, "%s", r.reason);
+	loop_run(50); /* the connection goes idle */
+	ck_assert_uint_eq(pool_conns(), 1);
+	tun_open(&u, "127.0.0.1", peer.port, NULL);
+	tun_run(&u, 5000);
+	ck_assert_msg(u.connected, "%s", u.reason);
+	ck_assert_uint_eq(pool_conns(), 0);
+	ck_assert_uint_eq(m.metrics.evictions[EVICT_LIMIT], 1);
+	tun_close(&u);
+}
+END_TEST
+
 static Suite *pool_suite(void)
 {
 	Suite *s = suite_create("pool");
@@ -518,6 +802,7 @@ static Suite *pool_suite(void)
 	tcase_add_checked_fixture(t, setup, teardown);
 	tcase_set_timeout(t, 30);
 	tcase_add_test(t, key_equality);
+	tcase_add_test(t, tunnel_key_chain);
 	tcase_add_test(t, idle_h1_reused);
 	tcase_add_test(t, tls_handshake_deadline);
 	tcase_add_test(t, connect_via_parent_deadline);
@@ -525,6 +810,13 @@ static Suite *pool_suite(void)
 	tcase_add_test(t, no_deadline_once_up);
 	tcase_add_test(t, cap_waiter_gets_503);
 	tcase_add_test(t, cap_waiter_served_when_freed);
+	tcase_add_test(t, tunnel_mute_http_parent_deadline);
+	tcase_add_test(t, tunnel_mute_socks5_parent_deadline);
+	tcase_add_test(t, tunnel_mute_https_parent_deadline);
+	tcase_add_test(t, tunnel_direct_counts);
+	tcase_add_test(t, tunnel_budget_503);
+	tcase_add_test(t, tunnel_budget_freed);
+	tcase_add_test(t, tunnel_evicts_idle);
 	suite_add_tcase(s, t);
 	return s;
 }

@@ -1,0 +1,141 @@
+/*
+ * pool_internal — the pool's private parts, shared by its three files and
+ * included by nothing else: pool.c (matchmaking, limits and eviction: the
+ * origins, their connections and waiters), pool_h3.c (HTTP/3 selection and
+ * the Alt-Svc cache) and pool_tunnel.c (CONNECT streams on pooled parents,
+ * client tunnels). It declares the structures and the calls between those
+ * files; the rules of each are in its file.
+ */
+#ifndef MUXD_POOL_INTERNAL_H
+#define MUXD_POOL_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <time.h>
+
+#include "pool.h"
+#include "transport/transport.h"
+#include "upstream/upstream.h"
+
+#define POOL_BUCKETS 256
+
+struct pool_origin;
+
+struct pool_conn {
+	struct pool *pool;
+	struct pool_origin *o;
+	struct upstream_conn *uc;  /* NULL while a transport chain connects */
+	bool connecting;           /* not ready for streams yet (counted in nconnecting) */
+	struct transport *pending; /* the transport chain being connected */
+	uint64_t serial;           /* order of creation, for fresh-only waiters */
+	TAILQ_ENTRY(pool_conn) o_link;
+	TAILQ_ENTRY(pool_conn) idle_link;
+	bool idle;
+	struct event *idle_timer;
+	struct timespec created, idle_since;
+	bool retired;                 /* takes no new streams; closed once idle */
+	enum evict_reason retire_why; /* counted then (EVICT_COUNT: not counted) */
+	struct event *age_timer;      /* max_connection_age */
+	struct event *setup_timer;    /* the rest of connect_timeout while warming */
+};
+
+struct pool_wait {
+	struct pool_origin *o;
+	TAILQ_ENTRY(pool_wait) link;
+	uint64_t min_serial; /* accepts only connections created from then on */
+	struct upstream_stream_cbs stream_cbs;
+	struct pool_wait_cbs cbs;
+	void *ctx;
+	struct event *budget_timer; /* armed once blocked on a limit: then 503 */
+	char why[200];              /* the limit, for the 503 */
+};
+
+TAILQ_HEAD(pool_conn_list, pool_conn);
+TAILQ_HEAD(pool_wait_list, pool_wait);
+
+struct pool_origin {
+	struct pool *pool;
+	struct pool_key key;
+	struct pool_origin *next; /* hash chain */
+	struct pool_conn_list conns;
+	struct pool_wait_list waiters;
+	unsigned nconns; /* including connecting */
+	unsigned nconnecting;
+	unsigned nwaiters;
+	unsigned nidle;
+	enum proto learned; /* what ALPN chose last time (PROTO_COUNT: not known) */
+	unsigned holds;     /* dispatch running: callbacks must not free the origin */
+	struct event *dispatch_ev;
+	struct pool_conn *h3_attempt; /* QUIC connection being set up */
+	struct event *race_timer;     /* h3_timeout: TCP may start; later: give up */
+	bool race_fired;
+};
+
+struct pool_tunnel; /* pool_tunnel.c */
+TAILQ_HEAD(pool_tunnel_list, pool_tunnel);
+
+struct pool {
+	struct muxd *m;
+	struct pool_origin *buckets[POOL_BUCKETS];
+	struct pool_conn_list idle; /* LRU first */
+	struct event *trim_timer;   /* closes idle connections over the caps */
+	struct altsvc_cache *altsvc;
+	struct event *save_timer; /* writes the Alt-Svc cache soon after a change */
+	unsigned nconns;          /* including client tunnels with a slot */
+	unsigned nidle;
+	uint64_t next_serial;
+	struct pool_tunnel_list tunnels;        /* client tunnels with a slot */
+	struct pool_tunnel_list tunnel_waiters; /* ... waiting for one, FIFO */
+	struct event *tunnel_ev;                /* serves the tunnel waiters */
+};
+
+/* ---- pool.c ---- */
+
+/* A connection of o, not in o yet (pool_conn_add); NULL when out of memory. */
+struct pool_conn *pool_conn_alloc(struct pool_origin *o);
+/* Frees a connection that pool_conn_add never took. */
+void pool_conn_release(struct pool_conn *pc);
+/* pc joins o as a connection being set up (counted in the budget). */
+void pool_conn_add(struct pool_origin *o, struct pool_conn *pc);
+/* Forget a connection (already closed or about to be); frees pc. */
+void pool_conn_forget(struct pool_conn *pc);
+/* Close an idle connection (why is counted unless EVICT_COUNT). */
+void pool_evict(struct pool_conn *pc, enum evict_reason why);
+/* The owner callbacks of every pooled upstream connection (owner: its pc). */
+const struct upstream_owner_cbs *pool_owner_cbs(void);
+/* Dispatch o from the loop; every origin with waiters that may use a slot. */
+void pool_schedule(struct pool_origin *o);
+void pool_schedule_all(struct pool *p);
+/* A duration as "10 s" or "1500 ms", for messages. */
+void pool_duration(uint64_t ms, char *buf, size_t size);
+
+/* ---- pool_h3.c ---- */
+
+bool pool_h3_init(struct pool *p); /* the Alt-Svc cache, loaded from its file */
+void pool_h3_free(struct pool *p); /* a last, durable write of the cache; frees it */
+/* Start a QUIC connection for o when the Alt-Svc cache says it has h3. */
+void pool_h3_start(struct pool_origin *o);
+/* TCP waits: a QUIC attempt of o is younger than h3_timeout. */
+bool pool_h3_holds_tcp(const struct pool_origin *o);
+/* Connections of o being set up that are QUIC (0 or 1). */
+unsigned pool_h3_connecting(const struct pool_origin *o);
+/* pc is ready, failed (the alternative is broken), or goes away. */
+void pool_h3_ready(struct pool_conn *pc);
+void pool_h3_failed(struct pool_conn *pc, const char *reason);
+void pool_h3_forget(struct pool_conn *pc);
+void pool_h3_origin_free(struct pool_origin *o);
+
+/* ---- pool_tunnel.c ---- */
+
+bool pool_tunnels_init(struct pool *p);
+/* Tunnels still open lose their chains (their users close them later). */
+void pool_tunnels_free(struct pool *p);
+/* Slots may be free: serve the waiting tunnels from the loop. */
+void pool_tunnels_schedule(struct pool *p);
+/* Client tunnels that are up. */
+unsigned pool_tunnels_up(struct pool *p);
+/* The opener of chains' shared first hops: streams on p's connections. */
+struct chain_shared_hop pool_shared_hop(struct pool *p);
+
+#endif

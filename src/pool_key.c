@@ -1,0 +1,219 @@
+/*
+ * pool_key — keys of the pool: the canonical id of a destination and its
+ * route, the credentials' keyed identity, equality, hashing, and the
+ * transport chain of a key.
+ */
+#include "pool_key.h"
+
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "route.h"
+#include "transport/transport.h"
+
+void pool_cred_id(const struct muxd *m, const char *user, const char *pass, char out[17])
+{
+	size_t ul = strlen(user), pl = pass ? strlen(pass) : 0;
+	unsigned char digest[32];
+	char *text = malloc(ul + pl + 1);
+
+	memset(digest, 0, sizeof(digest));
+	if (text) { /* user NUL pass: no two pairs give the same text */
+		memcpy(text, user, ul);
+		text[ul] = '\0';
+		if (pl)
+			memcpy(text + ul + 1, pass, pl);
+		gnutls_hmac_fast(GNUTLS_MAC_SHA256, m->secret, sizeof(m->secret), text, ul + 1 + pl,
+		                 digest);
+		explicit_bzero(text, ul + pl + 1);
+		free(text);
+	}
+	for (int i = 0; i < 8; i++)
+		snprintf(out + 2 * i, 3, "%02x", digest[i]);
+}
+
+static bool append(char *buf, size_t size, size_t *len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static bool append(char *buf, size_t size, size_t *len, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf + *len, size - *len, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= size - *len)
+		return false;
+	*len += (size_t)n;
+	return true;
+}
+
+/* Trust anchors (and client certificates and keys) by file identity: the same
+ * path with new contents is another key. The identity is the one the route
+ * took at config load (no stat per request); a route made by hand has none,
+ * and then the file is examined now. */
+static bool append_file_id(char *buf, size_t size, size_t *len, const char *name, const char *path,
+                           const char *id)
+{
+	char now[1200];
+
+	if (!path || !*path)
+		return append(buf, size, len, " %s=system", name);
+	if (!id) {
+		if (!config_file_id(path, now, sizeof(now)))
+			return false;
+		id = now;
+	}
+	return append(buf, size, len, " %s=%s", name, id);
+}
+
+bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *scheme, const char *host,
+                   uint16_t port, const struct route *route)
+{
+	return pool_key_init_sni(key, m, scheme, host, port, NULL, route);
+}
+
+bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *scheme,
+                       const char *host, uint16_t port, const char *sni, const struct route *route)
+{
+	static const char *const kinds[] = {"http", "https", "socks5", "socks5h"};
+	bool v6 = strchr(host, ':') != NULL, ok = true;
+	bool tunnel = strcmp(scheme, "tunnel") == 0;
+	size_t len = 0;
+
+	memset(key, 0, sizeof(*key));
+	snprintf(key->scheme, sizeof(key->scheme), "%s", scheme);
+	snprintf(key->host, sizeof(key->host), "%s", host);
+	snprintf(key->sni, sizeof(key->sni), "%s", sni ? sni : host);
+	key->port = port;
+	key->tls = strcmp(scheme, "https") == 0;
+	if (route->nhops > sizeof(key->hops) / sizeof(key->hops[0]))
+		return false;
+	for (size_t i = 0; i < route->nhops; i++) {
+		const struct config_hop *h = &route->hops[i];
+		struct pool_hop *k = &key->hops[i];
+		k->kind = h->kind;
+		snprintf(k->host, sizeof(k->host), "%s", h->host);
+		k->port = h->port;
+		k->auth = h->user != NULL;
+		if (h->user &&
+		    ((size_t)snprintf(k->user, sizeof(k->user), "%s", h->user) >= sizeof(k->user) ||
+		     (size_t)snprintf(k->pass, sizeof(k->pass), "%s", h->pass) >= sizeof(k->pass)))
+			return false;
+	}
+	key->nhops = route->nhops;
+	if (route->proxy_ca_file)
+		snprintf(key->proxy_ca_file, sizeof(key->proxy_ca_file), "%s",
+		         route->proxy_ca_file);
+	if (route->proxy_ca_file_id)
+		snprintf(key->proxy_ca_file_id, sizeof(key->proxy_ca_file_id), "%s",
+		         route->proxy_ca_file_id);
+	key->forward = !key->tls && !tunnel && key->nhops > 0 &&
+	               (key->hops[key->nhops - 1].kind == HOP_HTTP ||
+	                key->hops[key->nhops - 1].kind == HOP_HTTPS);
+	key->deny_loopback = route->deny_loopback && key->nhops == 0;
+
+	/* forwarding to an HTTP parent shares the parent's connections across
+	 * all http:// origins */
+	if (key->forward)
+		ok = append(key->id, sizeof(key->id), &len, "http-forward");
+	else
+		ok = append(key->id, sizeof(key->id), &len, "%s://%s%s%s:%u", scheme, v6 ? "[" : "",
+		            host, v6 ? "]" : "", port);
+	if (ok && key->tls) {
+		key->verify = route->verify;
+		/* QUIC does not pass through parents. The HTTP/3 layer presents no client
+		 * certificate: a route with one stays on TCP, so that what the origin sees
+		 * (and what it grants) is the same whatever the transport. */
+		key->h3 = route->h3 && key->nhops == 0 && !route->client_cert;
+		snprintf(key->alpn, sizeof(key->alpn), "%s",
+		         route->h2 ? "h2,http/1.1" : "http/1.1");
+		if (route->ca_file && (size_t)snprintf(key->ca_file, sizeof(key->ca_file), "%s",
+		                                       route->ca_file) >= sizeof(key->ca_file))
+			return false;
+		if (route->client_cert &&
+		    ((size_t)snprintf(key->client_cert, sizeof(key->client_cert), "%s",
+		                      route->client_cert) >= sizeof(key->client_cert) ||
+		     (size_t)snprintf(key->client_key, sizeof(key->client_key), "%s",
+		                      route->client_key ? route->client_key : "") >=
+		         sizeof(key->client_key)))
+			return false;
+		ok = append(key->id, sizeof(key->id), &len, " sni=%s alpn=%s%s verify=%d", key->sni,
+		            key->alpn, key->h3 ? ",h3" : "", key->verify) &&
+		     append_file_id(key->id, sizeof(key->id), &len, "ca", key->ca_file,
+		                    route->ca_file_id);
+		/* connections with different client certificates are never shared */
+		if (ok && key->client_cert[0])
+			ok = append_file_id(key->id, sizeof(key->id), &len, "cert",
+			                    key->client_cert, route->client_cert_id) &&
+			     append_file_id(key->id, sizeof(key->id), &len, "key", key->client_key,
+			                    route->client_key_id);
+	}
+	/* made before deny_loopback_targets came on: not for requests after it */
+	if (ok && key->deny_loopback)
+		ok = append(key->id, sizeof(key->id), &len, " lo=deny");
+	for (size_t i = 0; ok && i < key->nhops; i++) {
+		const struct pool_hop *h = &key->hops[i];
+		ok = append(key->id, sizeof(key->id), &len, " via=%s://%s%s%s:%u", kinds[h->kind],
+		            strchr(h->host, ':') ? "[" : "", h->host,
+		            strchr(h->host, ':') ? "]" : "", h->port);
+		if (ok && h->auth) {
+			char cred[17];
+			pool_cred_id(m, h->user, h->pass, cred);
+			ok = append(key->id, sizeof(key->id), &len, "#%s", cred);
+		}
+		if (ok && h->kind == HOP_HTTPS)
+			ok = append_file_id(key->id, sizeof(key->id), &len, "proxy_ca",
+			                    key->proxy_ca_file, route->proxy_ca_file_id);
+	}
+	return ok;
+}
+
+bool pool_key_equal(const struct pool_key *a, const struct pool_key *b)
+{
+	return strcmp(a->id, b->id) == 0;
+}
+
+unsigned pool_key_hash(const struct pool_key *key)
+{
+	const char *s = key->id;
+	unsigned h = 2166136261u;
+
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 16777619u;
+	return h;
+}
+
+void pool_key_chain(const struct pool_key *key, struct chain_hop *hops, struct chain_spec *sp,
+                    uint64_t timeout_ms)
+{
+	for (size_t i = 0; i < key->nhops; i++)
+		hops[i] =
+		    (struct chain_hop){key->hops[i].kind, key->hops[i].host, key->hops[i].port,
+		                       key->hops[i].auth ? key->hops[i].user : NULL,
+		                       key->hops[i].auth ? key->hops[i].pass : NULL};
+	*sp = (struct chain_spec){
+	    .hops = hops,
+	    .nhops = key->nhops,
+	    .proxy_ca_file = key->proxy_ca_file[0] ? key->proxy_ca_file : NULL,
+	    .proxy_ca_file_id = key->proxy_ca_file_id[0] ? key->proxy_ca_file_id : NULL,
+	    .host = key->host,
+	    .port = key->port,
+	    .forward = key->forward,
+	    .tls = key->tls,
+	    .sni = key->sni,
+	    .alpn = key->alpn,
+	    .ca_file = key->ca_file[0] ? key->ca_file : NULL,
+	    .client_cert = key->client_cert[0] ? key->client_cert : NULL,
+	    .client_key = key->client_key[0] ? key->client_key : NULL,
+	    .session_key = key->id,
+	    .verify = key->verify,
+	    .timeout_ms = timeout_ms,
+	    .deny_loopback = key->deny_loopback,
+	};
+}

@@ -1,0 +1,82 @@
+/*
+ * pool_key — the identity of an upstream connection (DESIGN.md principle 2):
+ * everything that decides whether two requests may share a connection, made
+ * from a request's destination and its route. Owns: the canonical key id
+ * (proxy credentials only as a keyed hash, pool_cred_id), key equality and
+ * hashing, and the conversion of a key into the transport chain that
+ * reaches it (route -> key -> chain spec, for pooled connections and client
+ * tunnels alike). Pure code: no connections, no event loop.
+ */
+#ifndef MUXD_POOL_KEY_H
+#define MUXD_POOL_KEY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "muxd.h"
+
+/* Everything that decides whether two requests may share a connection
+ * (DESIGN.md principle 2); two keys are equal iff their id strings are. The
+ * pool builds a new connection's transport chain from the key alone. */
+struct pool_key {
+	char scheme[8];
+	char host[256]; /* IPv6 literal without brackets */
+	char sni[256];  /* the TLS name (SNI, verification): host, or a name for an address */
+	uint16_t port;
+	bool tls;
+	bool verify;
+	bool h3;                                /* HTTP/3 allowed when the Alt-Svc cache knows it */
+	char ca_file[512];                      /* "" = system trust store */
+	char client_cert[512], client_key[512]; /* "" = no client certificate */
+	/* parent proxies in order (none: direct); credentials are in the key but
+	 * only a hash of them is in id, which is logged */
+	struct pool_hop {
+		int kind; /* enum hop_kind */
+		char host[256];
+		uint16_t port;
+		char user[128], pass[128];
+		bool auth;
+	} hops[4];
+	size_t nhops;
+	char proxy_ca_file[512];
+	/* its identity from config load ("": look it up) */
+	char proxy_ca_file_id[1200];
+	/* direct: never connect to a loopback address (deny_loopback_targets) */
+	bool deny_loopback;
+	bool forward;  /* http:// origin, last hop an HTTP parent: absolute-form to it */
+	char alpn[32]; /* offered protocols, comma-separated */
+	char id[2048]; /* canonical form of all of the above */
+};
+
+struct route;
+/* Fails (false) only when a field does not fit. Files are named by the
+ * identities the route took at config load; credentials by pool_cred_id.
+ * scheme "tunnel": a client tunnel, a byte stream to host:port along the
+ * route's hops (no TLS of muxd's, never forwarded). */
+bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *scheme, const char *host,
+                   uint16_t port, const struct route *route);
+/* The identity of proxy credentials shown in key ids (logs, status page):
+ * HMAC-SHA-256 keyed with m->secret, random per process, cut to 16 hex
+ * digits, so that it cannot be brute-forced offline into the password. */
+void pool_cred_id(const struct muxd *m, const char *user, const char *pass, char out[17]);
+/* The same for an origin reached at host (an address) but verified, and
+ * named in SNI, as sni (NULL: host). */
+bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *scheme,
+                       const char *host, uint16_t port, const char *sni, const struct route *route);
+
+/* Whether requests with keys a and b may share connections. */
+bool pool_key_equal(const struct pool_key *a, const struct pool_key *b);
+/* A hash of the key (of its id), for tables of keys. */
+unsigned pool_key_hash(const struct pool_key *key);
+
+/* The connection path of key, for chain_connect: spec points into key and
+ * hops (room for CONFIG_MAX_HOPS), which must outlive its use; timeout_ms
+ * bounds the whole set-up. spec->shared_hop is left empty: the caller that
+ * shares first hops gives its own. */
+struct chain_hop;
+struct chain_spec;
+void pool_key_chain(const struct pool_key *key, struct chain_hop *hops, struct chain_spec *spec,
+                    uint64_t timeout_ms);
+
+#endif

@@ -1,0 +1,312 @@
+"""Real clients through muxd with the exact lines docs/clients.md gives:
+each test evaluates `muxd env` in bash, runs the client's documented command
+against an HTTPS origin (nginx with the test CA, which muxd's route trusts),
+and checks that the body arrived and that the client's TLS ended at muxd
+(a leaf was issued), i.e. the request went through muxd's pool.
+
+The test origins are on loopback, which `muxd env` leaves in no_proxy on
+purpose (muxd's own admin pages, local services); each script drops that
+exemption first. test_loopback_stays_direct checks the exemption itself.
+
+git over https is covered by
+test_intercept.py::test_muxd_env_makes_git_clone_over_https_go_through_muxd,
+curl and requests also by test_intercept.py::test_muxd_env_points_curl_and_requests_at_muxd.
+Clients that are not packaged here (Go programs, docker) are documented only;
+node runs when it is installed (its proxy support depends on the version)."""
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import zipfile
+
+import pytest
+
+from support import LOCALHOST, MUXD_BIN, clean_env, free_port, pattern_bytes, require_tool, wait_until
+
+BODY = pattern_bytes(2048, seed=19)
+PY = "/usr/bin/python3"
+
+
+def intercept_conf(pki, port):
+    return {"intercept": {"ports": port}, "route *": {"ca_file": pki.ca_cert}}
+
+
+def env_cmd(m):
+    return f"{MUXD_BIN} env -c {m.conf_path} -S {m.state_dir} -l {LOCALHOST}:{m.port}"
+
+
+def run_client(m, script, cwd, keep_no_proxy=False, timeout=90):
+    """bash: eval "$(muxd env ...)", then script ($1 is cwd)."""
+    prologue = f'set -e\neval "$({env_cmd(m)})"\n'
+    if not keep_no_proxy:
+        prologue += "unset no_proxy NO_PROXY  # the test origin is on loopback\n"
+    r = subprocess.run(["bash", "-c", prologue + script, "bash", str(cwd)], capture_output=True, text=True,
+                       timeout=timeout, env=clean_env(), cwd=str(cwd))
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    return r
+
+
+def leaf_issued(m):
+    return m.metrics().sum("muxd_tls_leaf_issued_total")
+
+
+@pytest.fixture
+def site(muxd, nginx_tls, pki):
+    """(muxd, nginx, https URL of a 2 KiB file)."""
+    (nginx_tls.root / "file.bin").write_bytes(BODY)
+    m = muxd(intercept_conf(pki, nginx_tls.port))
+    return m, nginx_tls, f"https://localhost:{nginx_tls.port}/file.bin"
+
+
+def went_through_muxd(m, nginx, requests=1):
+    wait_until(lambda: len(nginx.log_lines()) >= requests, timeout=5, what="nginx access log")
+    assert leaf_issued(m) >= 1, "the client's TLS did not end at muxd"
+    assert m.metrics().sum("muxd_requests_total") >= requests
+
+
+def test_curl(site, tmp_path):
+    m, nginx, url = site
+    run_client(m, f'curl -sS --fail -o "$1/out" {url}\n', tmp_path)
+    assert (tmp_path / "out").read_bytes() == BODY
+    went_through_muxd(m, nginx)
+
+
+def test_wget_with_ca_certificate(site, tmp_path):
+    """wget (GnuTLS) reads the system store only, not SSL_CERT_FILE: it
+    needs --ca-certificate (or `muxd trust`)."""
+    require_tool("wget", "wget")
+    m, nginx, url = site
+    run_client(m, f'wget -q --ca-certificate="$SSL_CERT_FILE" -O "$1/out" {url}\n', tmp_path)
+    assert (tmp_path / "out").read_bytes() == BODY
+    went_through_muxd(m, nginx)
+
+
+@pytest.mark.parametrize("client", ["urllib", "requests", "httpx"])
+def test_python(site, tmp_path, client):
+    m, nginx, url = site
+    code = {
+        "urllib": f'import urllib.request; body = urllib.request.urlopen("{url}", timeout=20).read()',
+        "requests": f'import requests; body = requests.get("{url}", timeout=20).content',
+        "httpx": f'import httpx; body = httpx.get("{url}", timeout=20).content',
+    }[client]
+    run_client(m, f"""{PY} - "$1/out" <<'EOF'
+import sys
+{code}
+open(sys.argv[1], "wb").write(body)
+EOF
+""", tmp_path)
+    assert (tmp_path / "out").read_bytes() == BODY
+    went_through_muxd(m, nginx)
+
+
+def tiny_wheel(name, version):
+    """A minimal pure-python wheel (dist-info only), as bytes."""
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: muxd-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{p},,\n" for p in files) + f"{dist}/RECORD,,\n"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p, text in {**files, f"{dist}/RECORD": record}.items():
+            z.writestr(p, text)
+    return buf.getvalue()
+
+
+def test_pip_download(muxd, nginx_tls, pki, tmp_path):
+    """pip (requests inside) takes REQUESTS_CA_BUNDLE from muxd env and the
+    proxy from https_proxy: a simple index served over https."""
+    m = muxd(intercept_conf(pki, nginx_tls.port))
+    wheel = tiny_wheel("muxdtest", "1.0")
+    name = "muxdtest-1.0-py3-none-any.whl"
+    index = nginx_tls.root / "simple/muxdtest"
+    index.mkdir(parents=True)
+    (index / name).write_bytes(wheel)
+    digest = hashlib.sha256(wheel).hexdigest()
+    (index / "index.html").write_text(f'<html><body><a href="{name}#sha256={digest}">{name}</a></body></html>\n')
+    url = f"https://localhost:{nginx_tls.port}/simple/"
+    run_client(m, f'{PY} -m pip download -q --no-deps --disable-pip-version-check --no-cache-dir '
+                  f'--index-url {url} -d "$1/dl" muxdtest\n', tmp_path)
+    assert (tmp_path / "dl" / name).read_bytes() == wheel
+    went_through_muxd(m, nginx_tls, requests=2)
+
+
+JAVA_FETCH = """
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+import java.nio.file.Path;
+
+public class Fetch {
+    public static void main(String[] args) throws Exception {
+        HttpClient client = HttpClient.newBuilder().proxy(java.net.ProxySelector.getDefault()).build();
+        HttpRequest req = HttpRequest.newBuilder(URI.create(args[0])).build();
+        HttpResponse<Path> resp = client.send(req, HttpResponse.BodyHandlers.ofFile(Path.of(args[1])));
+        if (resp.statusCode() != 200) throw new RuntimeException("status " + resp.statusCode());
+    }
+}
+"""
+
+
+def test_java_with_keystore_and_proxy_properties(site, tmp_path):
+    """Java reads neither https_proxy nor SSL_CERT_FILE: keytool imports
+    muxd's CA into a trust store, and -Dhttps.proxyHost/Port name muxd."""
+    if not shutil.which("java") or not shutil.which("keytool"):
+        pytest.skip("no java/keytool here (a JRE is not part of the test set)")
+    m, nginx, url = site
+    (tmp_path / "Fetch.java").write_text(JAVA_FETCH)
+    run_client(m, f"""
+curl -s --noproxy '*' http://{LOCALHOST}:{m.port}/ca.pem -o "$1/muxd-ca.pem"
+if [ -f /etc/ssl/certs/java/cacerts ]; then cp /etc/ssl/certs/java/cacerts "$1/muxd-cacerts"; fi
+keytool -importcert -noprompt -alias muxd -file "$1/muxd-ca.pem" -keystore "$1/muxd-cacerts" \\
+    -storepass changeit >/dev/null
+java -Djavax.net.ssl.trustStore="$1/muxd-cacerts" -Djavax.net.ssl.trustStorePassword=changeit \\
+    -Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort={m.port} -Dhttp.nonProxyHosts= \\
+    "$1/Fetch.java" {url} "$1/out"
+""", tmp_path, timeout=120)
+    assert (tmp_path / "out").read_bytes() == BODY
+    went_through_muxd(m, nginx)
+
+
+def node_major():
+    if not shutil.which("node"):
+        return None
+    out = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
+    return int(re.match(r"v(\d+)", out).group(1))
+
+
+def test_node_fetch(site, tmp_path):
+    """node's fetch: NODE_USE_ENV_PROXY=1 on node >= 24; on older ones the
+    undici package's EnvHttpProxyAgent (when it is installed)."""
+    major = node_major()
+    if major is None:
+        pytest.skip("node is not installed")
+    m, nginx, url = site
+    fetch = f'fetch("{url}").then(r => r.arrayBuffer()).then(b => ' \
+            f'require("fs").writeFileSync(process.argv[1], Buffer.from(b)))'
+    if major >= 24:
+        script = f"NODE_USE_ENV_PROXY=1 node -e '{fetch}' \"$1/out\"\n"
+    else:
+        probe = subprocess.run(["node", "-e", "require.resolve('undici')"], capture_output=True, cwd=tmp_path)
+        if probe.returncode != 0:
+            pytest.skip(f"node {major} honours no proxy variable by itself and the undici package is not installed")
+        setup = 'const {setGlobalDispatcher, EnvHttpProxyAgent} = require("undici"); ' \
+                'setGlobalDispatcher(new EnvHttpProxyAgent()); '
+        script = f"node -e '{setup}{fetch}' \"$1/out\"\n"
+    run_client(m, script, tmp_path)
+    assert (tmp_path / "out").read_bytes() == BODY
+    went_through_muxd(m, nginx)
+
+
+def test_npm_view(muxd, nginx_tls, pki, tmp_path):
+    """npm takes its https-proxy from https_proxy; its trust comes from
+    NODE_EXTRA_CA_CERTS unless an npmrc sets cafile (Debian's and
+    nodesource's global npmrc do), hence --cafile with muxd env's bundle."""
+    if not shutil.which("npm"):
+        pytest.skip("npm is not installed")
+    m = muxd(intercept_conf(pki, nginx_tls.port))
+    (nginx_tls.root / "muxdtest").write_text(
+        '{"name":"muxdtest","dist-tags":{"latest":"1.2.3"},'
+        '"versions":{"1.2.3":{"name":"muxdtest","version":"1.2.3"}}}')
+    registry = f"https://localhost:{nginx_tls.port}/"
+    r = run_client(m, f'HOME="$1" npm view muxdtest version --cafile="$SSL_CERT_FILE" '
+                      f'--registry={registry} --cache "$1/npm-cache" --prefer-online --no-update-notifier\n', tmp_path, timeout=120)
+    assert r.stdout.strip() == "1.2.3", r.stdout + r.stderr
+    went_through_muxd(m, nginx_tls)
+
+
+def test_loopback_stays_direct(site, pki, tmp_path):
+    """muxd env keeps loopback in no_proxy: a client asking a loopback origin
+    goes there directly (muxd sees nothing) unless told --noproxy ''."""
+    m, nginx, url = site
+    run_client(m, f'curl -sS --fail --cacert {pki.ca_cert} -o "$1/direct" {url}\n', tmp_path, keep_no_proxy=True)
+    assert (tmp_path / "direct").read_bytes() == BODY
+    wait_until(lambda: len(nginx.log_lines()) >= 1, timeout=5, what="nginx access log")
+    assert m.metrics().sum("muxd_requests_total") == 0
+    assert leaf_issued(m) == 0
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """`python3 -m http.server --protocol HTTP/1.1` (keep-alive) on loopback,
+    as in the README's first request."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "hello.txt").write_text("hello\n")
+    port = free_port()
+    p = subprocess.Popen([PY, "-m", "http.server", "--protocol", "HTTP/1.1", "--bind", LOCALHOST,
+                          "--directory", str(root), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up():
+            return subprocess.run(["curl", "-s", "--noproxy", "*", "-o", "/dev/null",
+                                   f"http://{LOCALHOST}:{port}/hello.txt"]).returncode == 0
+        wait_until(up, timeout=10, what="http.server listening")
+        yield port
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def test_readme_first_request_shows_reuse(muxd, http_server, tmp_path):
+    """The README's first request: two fresh curl processes through muxd to
+    a local http.server; the second reuses the first one's connection."""
+    m = muxd({})
+    url = f"http://{LOCALHOST}:{http_server}/hello.txt"
+    r = run_client(m, f"curl -sS --noproxy '' {url}\ncurl -sS --noproxy '' {url}\n", tmp_path,
+                   keep_no_proxy=True)
+    assert r.stdout == "hello\nhello\n"
+    assert m.metrics().sum("muxd_upstream_reuses_total") >= 1
+
+
+APT_SNIPPET = 'Acquire::http::Proxy "http://127.0.0.1:{port}/";\nAcquire::https::Proxy "http://127.0.0.1:{port}/";\n'
+
+
+def test_apt_with_proxy_snippet(muxd, nginx, tmp_path):
+    """apt-get (update, download) with docs/clients.md's apt.conf snippet and
+    nothing else, in a scratch apt tree: a flat repository on an http://
+    origin, fetched through muxd (the host's own apt state is not used)."""
+    for tool in ("apt-get", "dpkg-deb", "dpkg-scanpackages"):
+        require_tool(tool, "dpkg-dev")
+    if os.geteuid() != 0:
+        pytest.skip("apt-get's scratch tree runs its methods as root here (APT::Sandbox::User)")
+    pkg = tmp_path / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN/control").write_text("Package: muxd-apt-test\nVersion: 1.0\nArchitecture: all\n"
+                                        "Maintainer: t <t@t.invalid>\nDescription: a test package\n")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(pkg), str(nginx.root / "muxd-apt-test_1.0_all.deb")],
+                   check=True, capture_output=True)
+    packages = subprocess.run(["dpkg-scanpackages", "-m", "."], cwd=nginx.root, check=True,
+                              capture_output=True).stdout
+    (nginx.root / "Packages").write_bytes(packages)
+    (nginx.root / "Release").write_text(
+        "Origin: muxd-test\nLabel: muxd-test\nSuite: test\nCodename: test\n"
+        "Date: Tue, 01 Dec 2026 10:00:00 UTC\nArchitectures: amd64 all\n"
+        f"SHA256:\n {hashlib.sha256(packages).hexdigest()} {len(packages)} Packages\n")
+
+    m = muxd({})
+    apt = tmp_path / "apt"
+    for d in ("state/lists/partial", "cache/archives/partial", "parts", "sources.d", "prefs.d", "dl"):
+        (apt / d).mkdir(parents=True)
+    (apt / "status").touch()
+    (apt / "sources.list").write_text(f"deb [trusted=yes] http://{LOCALHOST}:{nginx.port}/ ./\n")
+    (apt / "80muxd").write_text(APT_SNIPPET.format(port=m.port))
+    cmd = ["apt-get", "-q", "-c", str(apt / "80muxd"),
+           "-o", f"Dir::Etc::SourceList={apt / 'sources.list'}", "-o", f"Dir::Etc::SourceParts={apt / 'sources.d'}",
+           "-o", f"Dir::Etc::Parts={apt / 'parts'}", "-o", f"Dir::Etc::Preferences={apt / 'prefs'}",
+           "-o", f"Dir::Etc::PreferencesParts={apt / 'prefs.d'}", "-o", f"Dir::State={apt / 'state'}",
+           "-o", f"Dir::State::status={apt / 'status'}", "-o", f"Dir::Cache={apt / 'cache'}",
+           "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root"]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}  # no proxy variables: only the snippet
+    for args in (["update"], ["download", "muxd-apt-test"]):
+        r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120, env=env, cwd=apt / "dl")
+        assert r.returncode == 0 and "W:" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert (apt / "dl/muxd-apt-test_1.0_all.deb").read_bytes() == \
+        (nginx.root / "muxd-apt-test_1.0_all.deb").read_bytes()
+    # Release, Packages and the .deb went through muxd, on pooled connections
+    assert m.metrics().sum("muxd_requests_total") >= 3
+    assert m.metrics().sum("muxd_upstream_reuses_total") >= 1
