@@ -24,7 +24,7 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 UNIT_HELPERS := $(BUILD)/tests/unit/harness.o
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: all run check lint unit integration deps clean format bench fuzz deb
+.PHONY: all run check lint unit integration deps clean format bench fuzz fuzz-merge deb
 
 all: $(BUILD)/muxd
 
@@ -101,13 +101,39 @@ bench:
 	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/compare
 	$(BUILD)/bench/ca_issue 200
 
-fuzz:
-	@for f in $(FUZZ_SRCS); do \
-	    n=$$(basename $$f .c); mkdir -p build/libfuzzer; \
-	    seams=; [ $$n = fuzz_body_relay ] && seams='$(EXCHANGE_SEAMS)'; \
-	    clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc -fsanitize=fuzzer,address,undefined \
-	        -o build/libfuzzer/$$n $$f $(filter-out src/main.c,$(SRCS)) $(LDLIBS) $$seams || exit 1; \
-	    build/libfuzzer/$$n -max_total_time=60 tests/fuzz/corpus/$${n#fuzz_}; done
+# libFuzzer (clang, ASan+UBSan): `make fuzz FUZZ_SECONDS=N` runs every target
+# for N seconds, one after the other, and stops at the first crash (written to
+# build/libfuzzer/crash-NAME-*). The seeds in tests/fuzz/corpus/NAME are only
+# read; new inputs go to build/libfuzzer/corpus/NAME, and `make fuzz-merge`
+# adds those that reach new code edges to the seeds (minimised: libFuzzer
+# -merge=1, with hit counts not counted as new coverage).
+FUZZ_SECONDS ?= 60
+LF        := build/libfuzzer
+LF_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Isrc \
+             $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
+             -fsanitize=address,undefined -fno-sanitize-recover=undefined
+LF_OBJS   := $(filter-out $(LF)/src/main.o,$(SRCS:%.c=$(LF)/%.o))
+LF_BINS   := $(FUZZ_SRCS:tests/fuzz/%.c=$(LF)/%)
+.SECONDARY: $(LF_OBJS)
+
+$(LF)/src/%.o: src/%.c $(wildcard src/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	clang $(LF_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+$(LF)/fuzz_%: tests/fuzz/fuzz_%.c $(LF_OBJS)
+	clang $(LF_CFLAGS) -fsanitize=fuzzer $(LF_LDFLAGS) -o $@ $< $(LF_OBJS) $(LDLIBS)
+$(LF)/fuzz_body_relay: LF_LDFLAGS += $(EXCHANGE_SEAMS)
+
+fuzz: $(LF_BINS)
+	@set -e; for b in $(LF_BINS); do n=$${b##*/fuzz_}; mkdir -p $(LF)/corpus/$$n; \
+	    echo "== $$b: $(FUZZ_SECONDS) s"; \
+	    $$b -max_total_time=$(FUZZ_SECONDS) -timeout=25 -print_final_stats=1 \
+	        -artifact_prefix=$(LF)/crash-$$n- $(LF)/corpus/$$n tests/fuzz/corpus/$$n; done
+
+fuzz-merge: $(LF_BINS)
+	@set -e; for b in $(LF_BINS); do n=$${b##*/fuzz_}; [ -d $(LF)/corpus/$$n ] || continue; \
+	    echo "== $$b: merge into tests/fuzz/corpus/$$n"; \
+	    $$b -merge=1 -use_counters=0 tests/fuzz/corpus/$$n $(LF)/corpus/$$n; done
 
 # The Debian package (debian/): dpkg-buildpackage runs on a copy of the tree
 # (it writes its outputs to the parent directory and its work files under

@@ -592,7 +592,9 @@ void config_errors_free(struct config_errors *errs)
 /* ---- values ------------------------------------------------------------- */
 
 /* The next space- or comma-separated token of *p into tok; false at the end.
- * A token too long for tok is truncated (it is invalid anyway). */
+ * A token too long for tok is cut short and ends in "..." (which no address,
+ * network or port takes): cut alone it could become another valid value
+ * ("10.0.0.0/0000...08" as 10.0.0.0/0). */
 static bool next_token(const char **p, char *tok, size_t size)
 {
 	size_t len;
@@ -601,7 +603,10 @@ static bool next_token(const char **p, char *tok, size_t size)
 	if (!**p)
 		return false;
 	len = strcspn(*p, " \t,");
-	snprintf(tok, size, "%.*s", (int)len, *p);
+	if (len < size)
+		snprintf(tok, size, "%.*s", (int)len, *p);
+	else
+		snprintf(tok, size, "%.*s...", (int)(size - 4), *p);
 	*p += len;
 	return true;
 }
@@ -855,6 +860,7 @@ struct load {
 	bool handled;      /* ... and it did */
 	bool continuation; /* it is an indented continuation of the previous key */
 	bool have_name;    /* a key was seen since the last section header */
+	long route;        /* the [route] section lines are in: its index, or -1 (none or bad) */
 	int first_syntax;  /* the first line reported as a syntax error */
 	int seen[NKEYS];   /* the line each key was given on */
 };
@@ -942,6 +948,7 @@ static void add_route(struct load *ld, const char *pattern, size_t len)
 	}
 	r.pattern = p;
 	r.line = ld->line;
+	ld->route = (long)ld->cfg->nroutes;
 	routes[ld->cfg->nroutes++] = r;
 	ld->cfg->routes = routes;
 }
@@ -967,12 +974,27 @@ static bool hop_is_self(const struct config *cfg, const struct config_hop *hop)
 	return false;
 }
 
+/* proxy's URLs (on its line or a continuation line), appended to the hops. */
+static bool route_hops(struct config_route *r, const char *v, char *why, size_t size)
+{
+	char tok[512];
+
+	while (next_token(&v, tok, sizeof(tok))) {
+		if (r->nhops == CONFIG_MAX_HOPS) {
+			snprintf(why, size, "too many hops (expected at most %d)", CONFIG_MAX_HOPS);
+			return false;
+		}
+		if (!config_parse_hop(tok, &r->hops[r->nhops], why, size))
+			return false;
+		r->nhops++;
+	}
+	return true;
+}
+
 /* proxy = direct | env | URL... */
 static bool route_proxy(const struct config *cfg, struct config_route *r, const char *v, char *why,
                         size_t size)
 {
-	char tok[512];
-
 	r->proxy_set = 1;
 	if (strcasecmp(v, "direct") == 0)
 		return true;
@@ -1000,27 +1022,50 @@ static bool route_proxy(const struct config *cfg, struct config_route *r, const 
 		}
 		return true;
 	}
-	while (next_token(&v, tok, sizeof(tok))) {
-		if (r->nhops == CONFIG_MAX_HOPS) {
-			snprintf(why, size, "too many hops (expected at most %d)", CONFIG_MAX_HOPS);
-			return false;
-		}
-		if (!config_parse_hop(tok, &r->hops[r->nhops], why, size))
-			return false;
-		r->nhops++;
-	}
-	return true;
+	return route_hops(r, v, why, size);
 }
 
-/* A key inside a [route PATTERN] section. */
-static void route_key(struct load *ld, const char *section, const char *name, const char *v)
+/* Why the client certificate or key file at path cannot be loaded now (GnuTLS
+ * reads it whole, at load): unreadable, not a regular file (a device or a
+ * FIFO would be read without end), or far larger than any PEM key or chain.
+ * NULL when it can. */
+#define KEY_FILE_MAX (1024 * 1024)
+static const char *key_file_problem(const char *path)
 {
-	struct config_route *r = find_route(ld->cfg, section + 6);
-	char why[256];
+	struct stat st;
+
+	if (access(path, R_OK) != 0 || stat(path, &st) != 0)
+		return strerror(errno);
+	if (!S_ISREG(st.st_mode))
+		return "not a regular file";
+	if (st.st_size > KEY_FILE_MAX)
+		return "larger than 1 MiB";
+	return NULL;
+}
+
+/* A key inside a [route PATTERN] section: the one the reader saw last, not
+ * inih's section name (which keeps the spaces around the pattern, and is cut
+ * short at inih's section length). */
+static void route_key(struct load *ld, const char *name, const char *v, bool cont)
+{
+	struct config_route *r = ld->route >= 0 ? &ld->cfg->routes[ld->route] : NULL;
+	char why[256], section[300];
+	const char *bad;
 	bool b;
 
 	if (!r)
 		return; /* its header was reported */
+	snprintf(section, sizeof(section), "route %s", r->pattern);
+	if (cont) {
+		/* an indented line continues the key above: only proxy's URLs are a list */
+		if (strcmp(name, "proxy") != 0 || r->proxy_env || r->nhops == 0)
+			errf(ld, ld->line,
+			     "[%s] %s: continuation line (expected one value on the key's line)",
+			     section, name);
+		else if (!route_hops(r, v, why, sizeof(why)))
+			errf(ld, ld->line, "[%s] %s: %s", section, name, why);
+		return;
+	}
 	if (strcmp(name, "verify") == 0 || strcmp(name, "h2") == 0 || strcmp(name, "h3") == 0) {
 		int *field = name[0] == 'v' ? &r->verify : name[1] == '2' ? &r->h2 : &r->h3;
 		if (*field != -1)
@@ -1067,9 +1112,9 @@ static void route_key(struct load *ld, const char *section, const char *name, co
 		if (!*v)
 			errf(ld, ld->line, "[%s] %s: empty value (expected a PEM file)", section,
 			     name);
-		else if (access(v, R_OK) != 0)
+		else if ((bad = key_file_problem(v)) != NULL)
 			errf(ld, ld->line, "[%s] %s: cannot read '%s': %s (expected a PEM file)",
-			     section, name, v, strerror(errno));
+			     section, name, v, bad);
 		else if (!replace_str(field, v, why, sizeof(why)))
 			errf(ld, ld->line, "[%s] %s: %s", section, name, why);
 	} else {
@@ -1162,6 +1207,7 @@ static void classify(struct load *ld, const char *line)
 			return;
 		}
 		ld->have_name = false;
+		ld->route = -1;
 		if (is_route_section(s + 1, (size_t)(end - s - 1)))
 			add_route(ld, s + 7, (size_t)(end - s - 7));
 		else if (!known_section(s + 1, (size_t)(end - s - 1)))
@@ -1212,8 +1258,7 @@ static int on_pair(void *user, const char *section, const char *name, const char
 	if (!known_section(section, strlen(section)))
 		return 1; /* reported at its header */
 	if (is_route_section(section, strlen(section))) {
-		if (!cont)
-			route_key(ld, section, name, value);
+		route_key(ld, name, value, cont);
 		return 1;
 	}
 	for (size_t i = 0; i < NKEYS && !k; i++)
@@ -1300,9 +1345,12 @@ bool config_deny_loopback(const struct config *cfg)
 	return false;
 }
 
-struct config *config_load(const char *path, struct config_errors *errs)
+/* config_load and config_load_buffer: the file at path, or text[0..len) named
+ * path when text is set. */
+static struct config *load(const char *path, const char *text, size_t len,
+                           struct config_errors *errs)
 {
-	struct load ld = {.path = path, .errs = errs};
+	struct load ld = {.path = path, .errs = errs, .route = -1};
 	int ret;
 
 	if (errs)
@@ -1313,7 +1361,7 @@ struct config *config_load(const char *path, struct config_errors *errs)
 		config_unref(ld.cfg);
 		return NULL;
 	}
-	ld.f = fopen(path, "r");
+	ld.f = text ? fmemopen((void *)text, len, "r") : fopen(path, "r");
 	if (!ld.f) {
 		errf(&ld, 0, "cannot open: %s", strerror(errno));
 		config_unref(ld.cfg);
@@ -1337,4 +1385,15 @@ struct config *config_load(const char *path, struct config_errors *errs)
 		return NULL;
 	}
 	return ld.cfg;
+}
+
+struct config *config_load(const char *path, struct config_errors *errs)
+{
+	return load(path, NULL, 0, errs);
+}
+
+struct config *config_load_buffer(const char *name, const char *text, size_t len,
+                                  struct config_errors *errs)
+{
+	return load(name, text, len, errs);
 }

@@ -158,6 +158,11 @@ struct config *config_defaults(void);
  */
 struct config *config_load(const char *path, struct config_errors *errs);
 
+/* The same from the file's text in text[0..len) (any bytes); name stands for
+ * the file in messages and in cfg->file. */
+struct config *config_load_buffer(const char *name, const char *text, size_t len,
+                                  struct config_errors *errs);
+
 /* Replace the listen list (the -l options); returns false on a bad address,
  * with a message in err. */
 bool config_set_listen(struct config *cfg, const char *const *addrs, size_t n, char *err,

@@ -16,6 +16,7 @@
 #include "http1.h"
 #include "log.h"
 #include "transport/handshake.h"
+#include "transport/proxy_answer.h"
 #include "transport/transport.h"
 
 struct hc {
@@ -33,20 +34,60 @@ static void fail(struct hc *t, const char *reason)
 	handshake_fail(&t->hs, ERR_CONNECT, reason);
 }
 
-static void fail_malformed(struct hc *t)
-{
-	char reason[600];
-
-	snprintf(reason, sizeof(reason), "proxy %s sent a malformed answer", t->hs.name);
-	fail(t, reason);
-}
-
 /* True when the bytes so far cannot start a status line ("HTTP/1.x "). */
-static bool bad_start(const unsigned char *p, size_t len)
+static bool bad_start(const char *p, size_t len)
 {
 	static const char prefix[] = "HTTP/1.";
 
 	return memcmp(p, prefix, len < 7 ? len : 7) != 0;
+}
+
+enum proxy_answer connect_parse_answer(const char *proxy_name, const char *p, size_t len,
+                                       struct proxy_answer_result *out)
+{
+	struct http1_msg msg;
+	enum http1_result r;
+	size_t consumed = 0;
+
+	out->used = 0;
+	out->code = 0;
+	out->reason[0] = '\0';
+	if (len == 0)
+		return PROXY_ANSWER_MORE;
+	if (len > HTTP1_MAX_HEAD)
+		len = HTTP1_MAX_HEAD;
+	if (bad_start(p, len)) {
+		r = HTTP1_BAD;
+	} else {
+		r = http1_parse_response(p, len, "CONNECT", &msg, &consumed);
+		if (r == HTTP1_INCOMPLETE)
+			return PROXY_ANSWER_MORE;
+	}
+	if (r != HTTP1_OK) {
+		snprintf(out->reason, sizeof(out->reason), "proxy %s sent a malformed answer",
+		         proxy_name);
+		return PROXY_ANSWER_FAILED;
+	}
+	out->used = consumed;
+	out->code = (unsigned)msg.status;
+	if (msg.status >= 100 && msg.status < 200 && msg.status != 101) {
+		http1_msg_free(&msg);
+		return PROXY_ANSWER_NEXT; /* interim answer */
+	}
+	if (msg.status >= 200 && msg.status < 300) {
+		snprintf(out->reason, sizeof(out->reason), "%d %.200s", msg.status,
+		         msg.reason ? msg.reason : "");
+		http1_msg_free(&msg);
+		return PROXY_ANSWER_OPEN;
+	}
+	/* the parent's credentials are muxd's configuration: its 407 is
+	 * muxd's failure (502), named as such */
+	snprintf(out->reason, sizeof(out->reason), "proxy %s%s%d%s%.200s%s", proxy_name,
+	         msg.status == 407 ? ": proxy authentication required (" : " answered ", msg.status,
+	         msg.reason && *msg.reason ? " " : "", msg.reason ? msg.reason : "",
+	         msg.status == 407 ? ")" : "");
+	http1_msg_free(&msg);
+	return PROXY_ANSWER_FAILED;
 }
 
 /*
@@ -59,13 +100,11 @@ static bool read_head(struct handshake *h)
 {
 	struct hc *t = (struct hc *)h;
 	struct evbuffer *in = transport_input(h->lower);
+	struct proxy_answer_result r;
 
 	for (;;) {
-		size_t len = evbuffer_get_length(in), consumed = 0;
-		struct http1_msg msg;
-		enum http1_result r;
+		size_t len = evbuffer_get_length(in);
 		unsigned char *p;
-		char reason[600];
 
 		if (len == 0)
 			return true;
@@ -76,38 +115,21 @@ static bool read_head(struct handshake *h)
 			fail(t, "out of memory");
 			return false;
 		}
-		if (bad_start(p, len)) {
-			fail_malformed(t);
-			return false;
-		}
-		r = http1_parse_response((const char *)p, len, "CONNECT", &msg, &consumed);
-		if (r == HTTP1_INCOMPLETE)
+		switch (connect_parse_answer(h->name, (const char *)p, len, &r)) {
+		case PROXY_ANSWER_MORE:
 			return true;
-		if (r != HTTP1_OK) {
-			fail_malformed(t);
+		case PROXY_ANSWER_FAILED:
+			fail(t, r.reason);
 			return false;
-		}
-		evbuffer_drain(in, consumed);
-		if (msg.status >= 100 && msg.status < 200 && msg.status != 101) {
-			http1_msg_free(&msg);
-			continue; /* interim answer */
-		}
-		if (msg.status >= 200 && msg.status < 300) {
-			log_debug("connect: %s via %s: %d %s", t->target, h->name, msg.status,
-			          msg.reason);
-			http1_msg_free(&msg);
+		case PROXY_ANSWER_NEXT:
+			evbuffer_drain(in, r.used);
+			break;
+		case PROXY_ANSWER_OPEN:
+			evbuffer_drain(in, r.used);
+			log_debug("connect: %s via %s: %s", t->target, h->name, r.reason);
 			h->state = HANDSHAKE_OPEN;
 			return true;
 		}
-		/* the parent's credentials are muxd's configuration: its 407 is
-		 * muxd's failure (502), named as such */
-		snprintf(reason, sizeof(reason), "proxy %s%s%d%s%.200s%s", h->name,
-		         msg.status == 407 ? ": proxy authentication required (" : " answered ",
-		         msg.status, msg.reason && *msg.reason ? " " : "",
-		         msg.reason ? msg.reason : "", msg.status == 407 ? ")" : "");
-		http1_msg_free(&msg);
-		fail(t, reason);
-		return false;
 	}
 }
 

@@ -21,6 +21,7 @@
 #include "log.h"
 #include "muxd.h"
 #include "transport/handshake.h"
+#include "transport/proxy_answer.h"
 #include "transport/transport.h"
 
 #define SOCKS_VER 5
@@ -95,7 +96,7 @@ static void fail(struct s5 *t, const char *what)
 {
 	char reason[600];
 
-	snprintf(reason, sizeof(reason), "SOCKS5 proxy %s: %s", t->hs.name, what);
+	snprintf(reason, sizeof(reason), "SOCKS5 proxy %s: %.128s", t->hs.name, what);
 	handshake_fail(&t->hs, ERR_CONNECT, reason);
 }
 
@@ -172,6 +173,79 @@ static void send_request(struct s5 *t)
 	t->step = S5_REPLY;
 }
 
+enum proxy_answer socks5_parse_answer(enum socks5_phase phase, bool offered_auth,
+                                      const unsigned char *b, size_t len,
+                                      struct proxy_answer_result *out)
+{
+	const char *m;
+	size_t need;
+
+	out->used = 0;
+	out->code = 0;
+	out->reason[0] = '\0';
+	if (len < 2)
+		return PROXY_ANSWER_MORE;
+	switch (phase) {
+	case SOCKS5_PHASE_METHOD:
+		out->used = 2;
+		out->code = b[1];
+		if (b[0] != SOCKS_VER)
+			m = "malformed reply (not a SOCKS5 server?)";
+		else if (b[1] == M_NONE || (b[1] == M_USERPASS && offered_auth))
+			return PROXY_ANSWER_NEXT;
+		else if (b[1] == M_REFUSED)
+			m = offered_auth ? "no acceptable authentication method"
+			                 : "authentication required";
+		else
+			m = "selected an authentication method that was not offered";
+		break;
+	case SOCKS5_PHASE_AUTH:
+		out->used = 2;
+		if (b[0] != AUTH_VER)
+			m = "malformed authentication reply";
+		else if (b[1] != 0)
+			m = "authentication failed";
+		else
+			return PROXY_ANSWER_NEXT;
+		break;
+	default: /* SOCKS5_PHASE_REPLY */
+		if (b[0] != SOCKS_VER) {
+			m = "malformed reply";
+			break;
+		}
+		if (b[1] != 0) {
+			if ((m = reply_meaning(b[1])) == NULL) {
+				snprintf(out->reason, sizeof(out->reason), "unknown reply code %u",
+				         b[1]);
+				return PROXY_ANSWER_FAILED;
+			}
+			break;
+		}
+		if (len < 5)
+			return PROXY_ANSWER_MORE;
+		if (b[2] != 0) {
+			m = "malformed reply";
+			break;
+		}
+		if (b[3] == ATYP_V4)
+			need = 4 + 4 + 2;
+		else if (b[3] == ATYP_V6)
+			need = 4 + 16 + 2;
+		else if (b[3] == ATYP_DOMAIN && b[4] > 0)
+			need = 4 + 1 + b[4] + 2;
+		else {
+			m = "malformed reply";
+			break;
+		}
+		if (len < need)
+			return PROXY_ANSWER_MORE;
+		out->used = need; /* the bound address: not needed */
+		return PROXY_ANSWER_OPEN;
+	}
+	snprintf(out->reason, sizeof(out->reason), "%s", m);
+	return PROXY_ANSWER_FAILED;
+}
+
 /*
  * Consumes what the proxy sent so far. Returns false when the handshake
  * failed (reported; the layer may be closed); on success the state is
@@ -181,93 +255,38 @@ static bool step(struct handshake *h)
 {
 	struct s5 *t = (struct s5 *)h;
 	struct evbuffer *in = transport_input(h->lower);
-	char what[128];
+	struct proxy_answer_result r;
 
 	for (;;) {
 		size_t len = evbuffer_get_length(in);
 		unsigned char b[4 + 1 + 255 + 2];
+		enum socks5_phase phase = t->step == S5_METHOD ? SOCKS5_PHASE_METHOD
+		                          : t->step == S5_AUTH ? SOCKS5_PHASE_AUTH
+		                                               : SOCKS5_PHASE_REPLY;
 
-		switch (t->step) {
-		case S5_METHOD:
-			if (len < 2)
-				return true;
-			evbuffer_remove(in, b, 2);
-			if (b[0] != SOCKS_VER) {
-				fail(t, "malformed reply (not a SOCKS5 server?)");
-				return false;
-			}
-			if (b[1] == M_NONE) {
-				send_request(t);
-			} else if (b[1] == M_USERPASS && t->offered_auth) {
-				send_auth(t);
-			} else if (b[1] == M_REFUSED) {
-				fail(t, t->offered_auth ? "no acceptable authentication method"
-				                        : "authentication required");
-				return false;
-			} else {
-				fail(t, "selected an authentication method that was not offered");
-				return false;
-			}
-			break;
-		case S5_AUTH:
-			if (len < 2)
-				return true;
-			evbuffer_remove(in, b, 2);
-			if (b[0] != AUTH_VER) {
-				fail(t, "malformed authentication reply");
-				return false;
-			}
-			if (b[1] != 0) {
-				fail(t, "authentication failed");
-				return false;
-			}
-			send_request(t);
-			break;
-		case S5_WAIT_DNS:
+		if (t->step == S5_WAIT_DNS)
 			return true; /* the proxy must not speak now; leave bytes for later */
-		case S5_REPLY: {
-			size_t need;
-
-			if (len < 2)
-				return true;
-			evbuffer_copyout(in, b, len < 5 ? len : 5);
-			if (b[0] != SOCKS_VER) {
-				fail(t, "malformed reply");
-				return false;
-			}
-			if (b[1] != 0) {
-				const char *m = reply_meaning(b[1]);
-
-				if (m)
-					snprintf(what, sizeof(what), "%s", m);
-				else
-					snprintf(what, sizeof(what), "unknown reply code %u", b[1]);
-				fail(t, what);
-				return false;
-			}
-			if (len < 5)
-				return true;
-			if (b[2] != 0) {
-				fail(t, "malformed reply");
-				return false;
-			}
-			if (b[3] == ATYP_V4)
-				need = 4 + 4 + 2;
-			else if (b[3] == ATYP_V6)
-				need = 4 + 16 + 2;
-			else if (b[3] == ATYP_DOMAIN && b[4] > 0)
-				need = 4 + 1 + b[4] + 2;
-			else {
-				fail(t, "malformed reply");
-				return false;
-			}
-			if (len < need)
-				return true;
-			evbuffer_drain(in, need); /* the bound address: not needed */
+		if (len > sizeof(b))
+			len = sizeof(b);
+		evbuffer_copyout(in, b, len);
+		switch (socks5_parse_answer(phase, t->offered_auth, b, len, &r)) {
+		case PROXY_ANSWER_MORE:
+			return true;
+		case PROXY_ANSWER_FAILED:
+			fail(t, r.reason);
+			return false;
+		case PROXY_ANSWER_OPEN:
+			evbuffer_drain(in, r.used);
 			log_debug("socks5: %s:%u via %s: connected", t->host, t->port, h->name);
 			h->state = HANDSHAKE_OPEN;
 			return true;
-		}
+		case PROXY_ANSWER_NEXT:
+			evbuffer_drain(in, r.used);
+			if (t->step == S5_METHOD && r.code == M_USERPASS)
+				send_auth(t);
+			else
+				send_request(t);
+			break;
 		}
 	}
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char tmp_path[64];
@@ -524,6 +525,169 @@ START_TEST(empty_file)
 }
 END_TEST
 
+/* config_load_buffer: the same configuration as from a file with that text,
+ * messages naming the given name; any bytes, no terminating NUL needed. */
+START_TEST(load_buffer)
+{
+	static const char text[] = "[muxd]\nmax_clients = 7\nlisten = 127.0.0.1:1 [::1]:2\n"
+	                           "[route *.example]\nverify = off\n";
+	struct config_errors errs;
+	struct config *file = load_ok(text);
+	struct config *buf = config_load_buffer("mem.conf", text, strlen(text), &errs);
+
+	ck_assert_ptr_nonnull(buf);
+	ck_assert_uint_eq(errs.n, 0);
+	ck_assert_str_eq(buf->file, "mem.conf");
+	ck_assert_uint_eq(buf->max_clients, 7);
+	ck_assert_uint_eq(buf->nlisten, file->nlisten);
+	ck_assert_str_eq(buf->listen[1].text, file->listen[1].text);
+	ck_assert_uint_eq(buf->nroutes, 1);
+	ck_assert_int_eq(buf->routes[0].verify, 0);
+	config_unref(buf);
+	config_unref(file);
+
+	/* only len bytes count: the rest of the line is not read */
+	buf = config_load_buffer("mem.conf", "[pool]\nh2 = off\nbogus", 16, &errs);
+	ck_assert_ptr_nonnull(buf);
+	ck_assert(!buf->h2);
+	config_unref(buf);
+
+	ck_assert_ptr_null(
+	    config_load_buffer("mem.conf", "[muxd]\nvia = maybe\njunk\n", 24, &errs));
+	ck_assert_uint_eq(errs.n, 2);
+	ck_assert_str_eq(errs.lines[0], "mem.conf:2: [muxd] via: bad boolean 'maybe' (expected on, "
+	                                "off, yes, no, true, false, 1 or 0)");
+	ck_assert_str_eq(errs.lines[1], "mem.conf:3: syntax error (expected key = value, [section] "
+	                                "or ; comment)");
+	config_errors_free(&errs);
+
+	buf = config_load_buffer("empty", "", 0, NULL); /* defaults */
+	ck_assert_ptr_nonnull(buf);
+	ck_assert_uint_eq(buf->max_clients, 4096);
+	config_unref(buf);
+}
+END_TEST
+
+/* A route's keys belong to the route its header named, also when the header
+ * has spaces around the pattern or is longer than inih's section names
+ * (seen while writing fuzz_config: the keys were dropped silently). */
+START_TEST(route_header_forms)
+{
+	static const char long_host[] =
+	    "a-host-name-longer-than-inih-keeps-for-a-section.example.com";
+	char text[400], want[400];
+	struct config *cfg = load_ok("[route  *.example.com ]\nverify = off\n"
+	                             "[route 10.0.0.0/8\t]\nh2 = off\n");
+
+	ck_assert_uint_eq(cfg->nroutes, 2);
+	ck_assert_str_eq(cfg->routes[0].pattern, "*.example.com");
+	ck_assert_int_eq(cfg->routes[0].verify, 0);
+	ck_assert_str_eq(cfg->routes[1].pattern, "10.0.0.0/8");
+	ck_assert_int_eq(cfg->routes[1].h2, 0);
+	config_unref(cfg);
+
+	snprintf(text, sizeof(text), "[route %s]\nproxy = http://parent:3128\n", long_host);
+	cfg = load_ok(text);
+	ck_assert_uint_eq(cfg->nroutes, 1);
+	ck_assert_int_eq(cfg->routes[0].proxy_set, 1);
+	ck_assert_uint_eq(cfg->routes[0].nhops, 1);
+	ck_assert_str_eq(cfg->routes[0].hops[0].host, "parent");
+	config_unref(cfg);
+
+	snprintf(text, sizeof(text), "[route %s ]\nverify = maybe\n", long_host);
+	snprintf(want, sizeof(want),
+	         ":2: [route %s] verify: bad boolean 'maybe' (expected on, off, yes, no, true, "
+	         "false, 1 or 0)",
+	         long_host);
+	load_bad(text, want);
+}
+END_TEST
+
+/* A list token too long for the parser's buffer is an error, never a cut
+ * that happens to be valid (a network widened to /0, a port 0). */
+START_TEST(long_tokens)
+{
+	char text[300], want[300];
+
+	snprintf(text, sizeof(text), "[muxd]\nallow = 127.0.0.0/%0*d\n", 90, 8);
+	snprintf(want, sizeof(want),
+	         ":2: [muxd] allow: bad network '127.0.0.0/%0*d...' (expected an address or "
+	         "ADDR/PREFIX)",
+	         66, 0);
+	load_bad(text, want);
+	snprintf(text, sizeof(text), "[muxd]\nlisten = 127.0.0.1:%0*d\n", 90, 3128);
+	snprintf(want, sizeof(want),
+	         ":2: [muxd] listen: bad address '127.0.0.1:%0*d...' (expected ADDR:PORT with a "
+	         "numeric address, IPv6 in brackets)",
+	         66, 0);
+	load_bad(text, want);
+	snprintf(text, sizeof(text), "[muxd]\nconnect_ports = %0*d\n", 90, 443);
+	snprintf(want, sizeof(want),
+	         ":2: [muxd] connect_ports: bad port '%0*d...' (expected 1 to 65535)", 76, 0);
+	load_bad(text, want);
+}
+END_TEST
+
+/* A route's proxy list may continue on indented lines, like every list
+ * value; other route keys take one value (the lines were dropped silently). */
+START_TEST(route_continuation)
+{
+	struct config *cfg = load_ok("[route *]\nproxy = http://a:1\n  http://b:2, socks5://c\n"
+	                             "verify = off\n");
+
+	ck_assert_uint_eq(cfg->routes[0].nhops, 3);
+	ck_assert_str_eq(cfg->routes[0].hops[1].host, "b");
+	ck_assert_int_eq(cfg->routes[0].hops[2].kind, HOP_SOCKS5);
+	ck_assert_int_eq(cfg->routes[0].verify, 0);
+	config_unref(cfg);
+
+	load_bad("[route *]\nverify = on\n  off\n",
+	         ":3: [route *] verify: continuation line (expected one value on the key's line)");
+	load_bad("[route *]\nproxy = direct\n  http://a:1\n",
+	         ":3: [route *] proxy: continuation line (expected one value on the key's line)");
+	load_bad("[route *]\nproxy = http://a:1 http://b:2\n  http://c:3 http://d:4 http://e:5\n",
+	         ":3: [route *] proxy: too many hops (expected at most 4)");
+}
+END_TEST
+
+/* client_cert and client_key are read whole at load: a FIFO or a device
+ * would block or never end (found by fuzz_config: client_key = /dev/full),
+ * a huge file is no PEM key. */
+START_TEST(key_file_kinds)
+{
+	char fifo[64] = "/tmp/test_config.fifo.XXXXXX", big[] = "/tmp/test_config.big.XXXXXX";
+	char text[300], want[300];
+	struct config_errors errs;
+	int fd = mkstemp(big);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ftruncate(fd, 2 * 1024 * 1024), 0);
+	close(fd);
+	ck_assert_ptr_nonnull(mkdtemp(fifo));
+	strcat(fifo, "/p");
+	ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+
+	snprintf(text, sizeof(text), "[route *]\nclient_cert = %s\nclient_key = %s\n", fifo, big);
+	ck_assert_ptr_null(load_text(text, &errs));
+	ck_assert_uint_eq(errs.n, 2);
+	snprintf(want, sizeof(want),
+	         ":2: [route *] client_cert: cannot read '%s': not a regular file (expected a PEM "
+	         "file)",
+	         fifo);
+	ck_assert_str_eq(errs.lines[0] + strlen(tmp_path), want);
+	snprintf(want, sizeof(want),
+	         ":3: [route *] client_key: cannot read '%s': larger than 1 MiB (expected a PEM "
+	         "file)",
+	         big);
+	ck_assert_str_eq(errs.lines[1] + strlen(tmp_path), want);
+	config_errors_free(&errs);
+	unlink(fifo);
+	*strrchr(fifo, '/') = '\0';
+	rmdir(fifo);
+	unlink(big);
+}
+END_TEST
+
 START_TEST(example_file)
 {
 	struct config_errors errs;
@@ -596,6 +760,11 @@ int main(void)
 	tcase_add_test(tc, all_errors_reported);
 	tcase_add_test(tc, missing_file);
 	tcase_add_test(tc, empty_file);
+	tcase_add_test(tc, load_buffer);
+	tcase_add_test(tc, route_header_forms);
+	tcase_add_test(tc, long_tokens);
+	tcase_add_test(tc, route_continuation);
+	tcase_add_test(tc, key_file_kinds);
 	tcase_add_test(tc, example_file);
 	tcase_add_test(tc, set_listen);
 	tcase_add_test(tc, refcount);

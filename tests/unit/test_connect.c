@@ -20,7 +20,9 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "http1.h"
 #include "muxd.h"
+#include "transport/proxy_answer.h"
 #include "transport/transport.h"
 
 #ifndef SQUID /* -DSQUID=\"/nonexistent\" shows what happens without it */
@@ -430,6 +432,49 @@ START_TEST(close_inside_callbacks)
 }
 END_TEST
 
+/* The answers' parser alone (connect_parse_answer): verdicts, lengths and
+ * reasons on whole and partial heads. */
+START_TEST(parse_answer)
+{
+	static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\nFIRST";
+	static const char interim[] = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200";
+	static const char auth[] = "HTTP/1.1 407 Proxy Authentication Required\r\n"
+	                           "Content-Length: 3\r\n\r\nno.";
+	struct proxy_answer_result r;
+	char big[HTTP1_MAX_HEAD + 10];
+
+	for (size_t n = 0; n < sizeof(ok) - 6; n++)
+		ck_assert_int_eq(connect_parse_answer("P", ok, n, &r), PROXY_ANSWER_MORE);
+	ck_assert_int_eq(connect_parse_answer("P", ok, sizeof(ok) - 1, &r), PROXY_ANSWER_OPEN);
+	ck_assert_uint_eq(r.used, sizeof(ok) - 6);
+	ck_assert_uint_eq(r.code, 200);
+	ck_assert_str_eq(r.reason, "200 Connection established");
+
+	ck_assert_int_eq(connect_parse_answer("P", interim, sizeof(interim) - 1, &r),
+	                 PROXY_ANSWER_NEXT);
+	ck_assert_uint_eq(r.used, 25);
+	ck_assert_uint_eq(r.code, 100);
+
+	ck_assert_int_eq(connect_parse_answer("P", auth, sizeof(auth) - 1, &r),
+	                 PROXY_ANSWER_FAILED);
+	ck_assert_str_eq(
+	    r.reason, "proxy P: proxy authentication required (407 Proxy Authentication Required)");
+	ck_assert_int_eq(connect_parse_answer("P", "HTTP/1.1 101 Switching\r\n\r\n", 27, &r),
+	                 PROXY_ANSWER_FAILED);
+	ck_assert_str_eq(r.reason, "proxy P answered 101 Switching");
+	ck_assert_int_eq(connect_parse_answer("P", "SSH-2", 5, &r), PROXY_ANSWER_FAILED);
+	ck_assert_str_eq(r.reason, "proxy P sent a malformed answer");
+	ck_assert_uint_eq(r.code, 0);
+
+	/* no head within HTTP1_MAX_HEAD bytes */
+	memset(big, 'a', sizeof(big));
+	memcpy(big, "HTTP/1.1 200 OK\r\nX: ", 20);
+	ck_assert_int_eq(connect_parse_answer("P", big, HTTP1_MAX_HEAD - 1, &r), PROXY_ANSWER_MORE);
+	ck_assert_int_eq(connect_parse_answer("P", big, sizeof(big), &r), PROXY_ANSWER_FAILED);
+	ck_assert_str_eq(r.reason, "proxy P sent a malformed answer");
+}
+END_TEST
+
 static Suite *connect_suite(void)
 {
 	Suite *s = suite_create("connect");
@@ -453,6 +498,9 @@ static Suite *connect_suite(void)
 	tcase_add_test(t, pause_on_connect);
 	tcase_add_test(t, answer_then_eof);
 	tcase_add_test(t, close_inside_callbacks);
+	suite_add_tcase(s, t);
+	t = tcase_create("parse");
+	tcase_add_test(t, parse_answer);
 	suite_add_tcase(s, t);
 	return s;
 }

@@ -15,6 +15,7 @@
 
 #include "harness.h"
 #include "muxd.h"
+#include "transport/proxy_answer.h"
 #include "transport/transport.h"
 
 #define MICROSOCKS "/usr/bin/microsocks"
@@ -400,6 +401,71 @@ START_TEST(credentials_too_long)
 }
 END_TEST
 
+/* The answers' parser alone (socks5_parse_answer): verdicts, lengths and
+ * reasons, phase by phase, on whole and partial answers. */
+START_TEST(parse_answer)
+{
+	static const unsigned char v4[] = {5, 0, 0, 1, 10, 0, 0, 1, 0, 80, 'x'};
+	static const unsigned char dom[] = {5, 0, 0, 3, 2, 'h', 'i', 1, 187};
+	unsigned char v6[22] = {5, 0, 0, 4};
+	struct proxy_answer_result r;
+
+	ck_assert_int_eq(socks5_parse_answer(SOCKS5_PHASE_METHOD, false, v4, 1, &r),
+	                 PROXY_ANSWER_MORE);
+	ck_assert_int_eq(
+	    socks5_parse_answer(SOCKS5_PHASE_METHOD, false, (const unsigned char *)"\5\0", 2, &r),
+	    PROXY_ANSWER_NEXT);
+	ck_assert(r.used == 2 && r.code == 0);
+	ck_assert_int_eq(
+	    socks5_parse_answer(SOCKS5_PHASE_METHOD, true, (const unsigned char *)"\5\2", 2, &r),
+	    PROXY_ANSWER_NEXT);
+	ck_assert(r.used == 2 && r.code == 2);
+	ck_assert_int_eq(
+	    socks5_parse_answer(SOCKS5_PHASE_METHOD, false, (const unsigned char *)"\5\2", 2, &r),
+	    PROXY_ANSWER_FAILED);
+	ck_assert_str_eq(r.reason, "selected an authentication method that was not offered");
+	ck_assert_int_eq(
+	    socks5_parse_answer(SOCKS5_PHASE_METHOD, false, (const unsigned char *)"\5\377", 2, &r),
+	    PROXY_ANSWER_FAILED);
+	ck_assert_str_eq(r.reason, "authentication required");
+	ck_assert_int_eq(
+	    socks5_parse_answer(SOCKS5_PHASE_AUTH, true, (const unsigned char *)"\1\1", 2, &r),
+	    PROXY_ANSWER_FAILED);
+	ck_assert_str_eq(r.reason, "authentication failed");
+	ck_assert_int_eq(
+	    socks5_parse_answer(SOCKS5_PHASE_AUTH, true, (const unsigned char *)"\1\0", 2, &r),
+	    PROXY_ANSWER_NEXT);
+
+	for (size_t n = 0; n < 10; n++)
+		ck_assert_int_eq(socks5_parse_answer(SOCKS5_PHASE_REPLY, false, v4, n, &r),
+		                 PROXY_ANSWER_MORE);
+	ck_assert_int_eq(socks5_parse_answer(SOCKS5_PHASE_REPLY, false, v4, sizeof(v4), &r),
+	                 PROXY_ANSWER_OPEN);
+	ck_assert_uint_eq(r.used, 10); /* the 'x' is the tunnel's */
+	ck_assert_int_eq(socks5_parse_answer(SOCKS5_PHASE_REPLY, false, v6, 21, &r),
+	                 PROXY_ANSWER_MORE);
+	ck_assert_int_eq(socks5_parse_answer(SOCKS5_PHASE_REPLY, false, v6, 22, &r),
+	                 PROXY_ANSWER_OPEN);
+	ck_assert_uint_eq(r.used, 22);
+	ck_assert_int_eq(socks5_parse_answer(SOCKS5_PHASE_REPLY, false, dom, sizeof(dom), &r),
+	                 PROXY_ANSWER_OPEN);
+	ck_assert_uint_eq(r.used, 9);
+	/* a failure code is final as soon as it is seen */
+	ck_assert_int_eq(
+	    socks5_parse_answer(SOCKS5_PHASE_REPLY, false, (const unsigned char *)"\5\5", 2, &r),
+	    PROXY_ANSWER_FAILED);
+	ck_assert_str_eq(r.reason, "connection refused by destination host");
+	ck_assert_int_eq(
+	    socks5_parse_answer(SOCKS5_PHASE_REPLY, false, (const unsigned char *)"\5\200", 2, &r),
+	    PROXY_ANSWER_FAILED);
+	ck_assert_str_eq(r.reason, "unknown reply code 128");
+	v6[3] = 3; /* a domain of length 0 */
+	ck_assert_int_eq(socks5_parse_answer(SOCKS5_PHASE_REPLY, false, v6, 5, &r),
+	                 PROXY_ANSWER_FAILED);
+	ck_assert_str_eq(r.reason, "malformed reply");
+}
+END_TEST
+
 static Suite *socks5_suite(void)
 {
 	Suite *s = suite_create("socks5");
@@ -425,6 +491,9 @@ static Suite *socks5_suite(void)
 	tcase_add_test(t, close_inside_callbacks);
 	tcase_add_test(t, credentials_too_long);
 	tcase_add_test(t, early_write);
+	suite_add_tcase(s, t);
+	t = tcase_create("parse");
+	tcase_add_test(t, parse_answer);
 	suite_add_tcase(s, t);
 	return s;
 }
