@@ -72,6 +72,11 @@ void muxd_client_closed(struct muxd *m)
 	}
 	if (m->nclients < m->cfg->max_clients)
 		listeners_pause(m->listeners, false);
+	muxd_upstream_closed(m);
+}
+
+void muxd_upstream_closed(struct muxd *m)
+{
 	if (m->nclients == 0 && !m->draining) {
 		struct timeval tv = {IDLE_TRIM_MS / 1000, (IDLE_TRIM_MS % 1000) * 1000};
 		if (!m->trim_timer)
