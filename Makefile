@@ -94,12 +94,14 @@ check:
 	@$(MAKE) --no-print-directory integration
 
 # bench/compare: muxd side by side with squid, haproxy and tinyproxy (one
-# table; QUICK=1 for a short run), then the local CA's leaf issue time.
+# table; QUICK=1 for a short run), then the local CA's leaf issue time;
+# SOAK=1 adds bench/soak (load with reloads, then slowloris).
 bench:
 	@scripts/install-deps --bench
 	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue
 	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/compare
 	$(BUILD)/bench/ca_issue 200
+	@if [ "$(SOAK)" = 1 ]; then MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/soak; fi
 
 # libFuzzer (clang, ASan+UBSan): `make fuzz FUZZ_SECONDS=N` runs every target
 # for N seconds, one after the other, and stops at the first crash (written to

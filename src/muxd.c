@@ -55,6 +55,11 @@ void muxd_client_closed(struct muxd *m)
 	}
 	if (m->nclients < m->cfg->max_clients && m->resume_accepting)
 		m->resume_accepting(m);
+	muxd_upstream_closed(m);
+}
+
+void muxd_upstream_closed(struct muxd *m)
+{
 	if (m->nclients == 0 && !m->draining) {
 		struct timeval tv = ms_to_timeval(IDLE_TRIM_MS);
 		if (!m->trim_timer)

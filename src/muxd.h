@@ -100,6 +100,11 @@ bool muxd_is_loopback(const struct sockaddr *sa);
  * 20 MB -> 7.6 MB a second after 600 concurrent 1 MiB downloads over HTTP/2,
  * with 6.4 MB at idle). */
 void muxd_client_closed(struct muxd *m);
+/* An upstream connection left the pool: with no client connected, the same
+ * trim a moment later (connections closed by idle_timeout after the last
+ * client's trim would otherwise keep their freed memory: the soak measured
+ * 2.3 MB above idle after 200 clients). */
+void muxd_upstream_closed(struct muxd *m);
 /* Frees what muxd_client_closed() set up (at exit). */
 void muxd_idle_trim_free(struct muxd *m);
 

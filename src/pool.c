@@ -165,6 +165,7 @@ void pool_conn_forget(struct pool_conn *pc)
 	if (pc->setup_timer)
 		event_free(pc->setup_timer);
 	event_free(pc->idle_timer);
+	muxd_upstream_closed(pc->pool->m);
 	free(pc);
 	pool_schedule_all(o->pool);
 	origin_maybe_free(o);
