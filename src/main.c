@@ -29,6 +29,7 @@
 
 #include "admin.h"
 #include "config.h"
+#include "config_values.h"
 #include "dns.h"
 #include "downstream.h"
 #include "env_cmd.h"

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "config_values.h"
 #include "pool.h"
 #include "route.h"
 
