@@ -55,7 +55,7 @@
 #include "log.h"
 #include "transport/transport.h"
 #include "upstream/fields.h"
-#include "upstream/streams.h"
+#include "upstream/mux.h"
 #include "upstream/upstream.h"
 
 #define H2_MAX_STREAMS 256                /* streams per connection, whatever the peer allows */

@@ -43,7 +43,7 @@
 #include "transport/quic.h"
 #include "transport/transport.h"
 #include "upstream/fields.h"
-#include "upstream/streams.h"
+#include "upstream/mux.h"
 #include "upstream/upstream.h"
 
 #define H3_MAX_STREAMS 256                /* streams per connection, whatever the peer allows */
