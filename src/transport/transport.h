@@ -97,9 +97,10 @@ struct transport *socks5_connect(struct muxd *m, struct transport *lower, const 
  * status line ("proxy 127.0.0.1:3128 answered 407 Proxy Authentication
  * Required"); never retried. Takes ownership of lower.
  */
-struct transport *h1_connect_new(struct muxd *m, struct transport *lower, const char *proxy_name,
-                                 const char *host, uint16_t port, const char *auth,
-                                 const struct transport_cbs *cbs, void *ctx);
+struct transport *h1_connect_layer_new(struct muxd *m, struct transport *lower,
+                                       const char *proxy_name, const char *host, uint16_t port,
+                                       const char *auth, const struct transport_cbs *cbs,
+                                       void *ctx);
 
 /*
  * A whole connection path as one layer: TCP to the first hop (or the target),
