@@ -10,7 +10,7 @@
  * values (durations, addresses, networks, patterns, proxy URLs) are config_values.c.
  */
 #include "config.h"
-#include "config_values.h"
+#include "config_int.h"
 #include "http1.h"
 
 #include <arpa/inet.h>

@@ -153,13 +153,26 @@ struct config *config_defaults(void);
  */
 struct config *config_load(const char *path, struct config_errors *errs);
 
+/* Replace the listen list (the -l options); returns false on a bad address,
+ * with a message in err. */
+bool config_set_listen(struct config *cfg, const char *const *addrs, size_t n, char *err,
+                       size_t err_size);
+
 struct config *config_ref(struct config *cfg);
 void config_unref(struct config *cfg);
 void config_errors_free(struct config_errors *errs);
 
 /* Helpers also used elsewhere (and unit-tested); the value parsers are in
- * config_values.h. */
+ * config_values.c. */
+bool config_parse_duration(const char *s, uint64_t *ms); /* "90s", "300ms", "10m", "2h", "30" */
+bool config_parse_addr_port(const char *s,
+                            struct config_listen *out);         /* "127.0.0.1:3128", "[::1]:3128" */
+bool config_parse_cidr(const char *s, struct config_cidr *out); /* "127.0.0.0/8", "::1" */
+bool config_cidr_match(const struct config_cidr *c, const struct sockaddr *sa);
 bool config_port_allowed(const struct config *cfg, uint16_t port); /* connect_ports */
+/* A proxy URL: http://, https://, socks5://, socks5h://, [user:pass@]host[:port]. */
+bool config_parse_hop(const char *url, struct config_hop *out, char *why, size_t why_size);
+void config_hop_free(struct config_hop *hop);
 /* A file's identity "PATH@DEV:INODE:SIZE:MTIME" (MTIME with nanoseconds): the
  * same path with other contents is another identity. "PATH@missing" when it
  * cannot be examined. False only when it does not fit in size. */
@@ -167,5 +180,7 @@ bool config_file_id(const char *path, char *buf, size_t size);
 /* deny_loopback_targets resolved: auto is on when allow lists a network that
  * is not loopback. */
 bool config_deny_loopback(const struct config *cfg);
+/* "*", "host", "*.suffix", "host:port", "[v6]:port", an IP or a CIDR. */
+bool config_parse_route_pattern(const char *s, struct config_route *out);
 
 #endif

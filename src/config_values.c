@@ -1,10 +1,12 @@
 /*
- * config_values — the value parsers of the configuration: each turns one value
- * string (a duration, a number, a boolean, an address, a network, a host
- * pattern, a proxy URL, a list of them) into a typed value, or says why not.
- * Pure functions of their input; config.c calls them per key while loading.
+ * config_values — the value parsers of the configuration (declared in config.h,
+ * the private ones in config_int.h): each turns one value string (a duration,
+ * a number, a boolean, an address, a network, a host pattern, a proxy URL, a
+ * list of them) into a typed value, or says why not. Pure functions of their
+ * input; config.c calls them per key while loading.
  */
-#include "config_values.h"
+#include "config.h"
+#include "config_int.h"
 #include "http1.h"
 
 #include <arpa/inet.h>

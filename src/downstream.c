@@ -33,7 +33,6 @@
 
 #include "admin.h"
 #include "config.h"
-#include "config_values.h"
 #include "exchange.h"
 #include "http1.h"
 #include "log.h"

@@ -29,7 +29,6 @@
 
 #include "admin.h"
 #include "config.h"
-#include "config_values.h"
 #include "dns.h"
 #include "downstream.h"
 #include "env_cmd.h"

@@ -1,6 +1,5 @@
 /* route — destination -> route, by specificity of [route PATTERN] sections. */
 #include "route.h"
-#include "config_values.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -25,7 +25,6 @@
 #include <sys/socket.h>
 
 #include "config.h"
-#include "config_values.h"
 #include "route.h"
 
 #define CHECK(cond)                                                                                \

@@ -12,7 +12,6 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "config_values.h"
 #include "harness.h"
 
 /* Reads the request head, answers arg verbatim, closes. */

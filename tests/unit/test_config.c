@@ -1,7 +1,6 @@
 /* Unit tests for src/config.c and src/config_values.c: defaults, every key, value forms, error
  * reports. */
 #include "config.h"
-#include "config_values.h"
 
 #include <arpa/inet.h>
 #include <check.h>

@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "config_values.h"
 #include "pool.h"
 #include "route.h"
 
