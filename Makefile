@@ -24,7 +24,7 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 UNIT_HELPERS := $(BUILD)/tests/unit/harness.o
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: all run check unit integration deps clean format bench fuzz deb
+.PHONY: all run check lint unit integration deps clean format bench fuzz deb
 
 all: $(BUILD)/muxd
 
@@ -51,13 +51,13 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/driver.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< tests/fuzz/driver.c $(LIB_OBJS) $(LDLIBS)
 
-# Link seams (ld --wrap) of the exchange's tests: its pool and its client
-# connection are the test's own fakes (tests/unit/test_exchange.c,
-# tests/fuzz/fuzz_body_relay.c); production code is linked unchanged.
+# Link seams (ld --wrap) of the exchange's tests: its pool is the test's own
+# fake (tests/unit/test_exchange.c, tests/fuzz/fuzz_body_relay.c; the client
+# connection is a fake owner table they pass); production code is linked
+# unchanged.
 comma := ,
-EXCHANGE_SEAMS := $(foreach f,pool_start_stream pool_wait_cancel pool_altsvc_learned \
-    downstream_transport downstream_peer downstream_respond downstream_exchange_done \
-    downstream_abort,-Wl$(comma)--wrap=$(f))
+EXCHANGE_SEAMS := $(foreach f,pool_start_stream pool_wait_cancel pool_altsvc_learned,\
+    -Wl$(comma)--wrap=$(f))
 $(BUILD)/tests/test_exchange $(BUILD)/fuzz/fuzz_body_relay: LDFLAGS += $(EXCHANGE_SEAMS)
 
 # Benchmark programs over the library (run by bench/run).
@@ -78,6 +78,10 @@ unit: $(UNIT_BINS) $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 	@set -e; for f in $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%); do \
 	    echo "== $$f"; $$f 20000 tests/fuzz/corpus/$$(basename $$f | sed 's/^fuzz_//'); done
 
+# Includes point down the layer order (docs/architecture.md).
+lint:
+	/usr/bin/python3 tests/check_includes.py
+
 integration: $(BUILD)/muxd
 	MUXD_BIN=$(abspath $(BUILD)/muxd) MUXD_SANITIZE=$(SANITIZE) \
 	    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
@@ -85,6 +89,7 @@ integration: $(BUILD)/muxd
 check:
 	@$(MAKE) --no-print-directory deps
 	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
 

@@ -19,11 +19,13 @@ Prints "relay listening on BIND:PORT" once ready; runs until SIGTERM/SIGINT.
 
 import argparse
 import asyncio
+import collections
 import signal
 import socket
 import sys
 
 CHUNK = 65536
+UDP_BUF = 8 << 20  # socket buffers of the UDP relay: a burst of a fast QUIC sender is not dropped here
 UDP_IDLE = 60.0  # an upstream UDP socket with no traffic for this long is closed
 
 
@@ -86,6 +88,42 @@ async def serve_tcp(client_reader, client_writer, target, delay):
             w.close()
 
 
+class DelayLine:
+    """Datagrams sent delay seconds after they arrived, in order: one timer
+    for the oldest, not one per datagram (the relay must not be the
+    bottleneck of a fast QUIC transfer)."""
+
+    def __init__(self, delay, send):
+        self.delay = delay
+        self.send = send
+        self.queue = collections.deque()
+        self.timer = None
+
+    def push(self, item):
+        loop = asyncio.get_running_loop()
+        self.queue.append((loop.time() + self.delay, item))
+        if self.timer is None:
+            self.timer = loop.call_at(self.queue[0][0], self.drain)
+
+    def drain(self):
+        loop = asyncio.get_running_loop()
+        self.timer = None
+        now = loop.time()
+        while self.queue and self.queue[0][0] <= now:
+            self.send(*self.queue.popleft()[1])
+        if self.queue:
+            self.timer = loop.call_at(self.queue[0][0], self.drain)
+
+
+def big_buffers(transport):
+    sock = transport.get_extra_info("socket")
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, UDP_BUF)
+        except OSError:
+            pass
+
+
 class UDPUpstream(asyncio.DatagramProtocol):
     """The relay's socket towards the target for one client address."""
 
@@ -94,14 +132,15 @@ class UDPUpstream(asyncio.DatagramProtocol):
         self.client = client
         self.transport = None
         self.last = 0.0
+        self.line = DelayLine(relay.delay, relay.send_to_client)
 
     def connection_made(self, transport):
         self.transport = transport
+        big_buffers(transport)
 
     def datagram_received(self, data, addr):
-        loop = asyncio.get_running_loop()
-        self.last = loop.time()
-        loop.call_later(self.relay.delay, self.relay.send_to_client, data, self.client)
+        self.last = asyncio.get_running_loop().time()
+        self.line.push((data, self.client))
 
     def error_received(self, exc):
         pass
@@ -113,17 +152,28 @@ class UDPRelay(asyncio.DatagramProtocol):
         self.delay = delay
         self.transport = None
         self.upstreams = {}
+        self.line = DelayLine(delay, self.send_to_target)
 
     def connection_made(self, transport):
         self.transport = transport
+        big_buffers(transport)
 
     def send_to_client(self, data, client):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(data, client)
 
     def datagram_received(self, data, addr):
-        loop = asyncio.get_running_loop()
-        loop.call_later(self.delay, lambda: asyncio.ensure_future(self.forward(data, addr)))
+        self.line.push((data, addr))
+
+    def send_to_target(self, data, client):
+        fut = self.upstreams.get(client)
+        if fut is not None and fut.done() and not fut.cancelled():
+            proto = fut.result()
+            proto.last = asyncio.get_running_loop().time()
+            if proto.transport and not proto.transport.is_closing():
+                proto.transport.sendto(data)
+        else:  # the first datagram from this client: open its upstream socket
+            asyncio.ensure_future(self.forward(data, client))
 
     async def forward(self, data, client):
         up = self.upstreams.get(client)

@@ -214,6 +214,7 @@ static bool take_body(const struct http1_msg *msg, const char *buf, size_t len, 
 		memcpy(reply->body, in, out);
 		break;
 	case HTTP1_BODY_CLOSE:
+	case HTTP1_BODY_UNKNOWN: /* never from an HTTP/1.x parser; as CLOSE */
 		out = in_len;
 		memcpy(reply->body, in, out);
 		break;

@@ -92,6 +92,9 @@ static const struct key keys[] = {
     {"pool", "h3", K_BOOL, F(h3), 0, 0},
     {"pool", "h3_timeout", K_DURATION, F(h3_timeout_ms), 0, 0},
     {"pool", "altsvc_file", K_OPT_PATH, F(altsvc_file), 0, 0},
+    {"pool", "max_stream_window_kib", K_UINT, F(max_stream_window_kib), 64, 1048576},
+    {"pool", "max_conn_window_kib", K_UINT, F(max_conn_window_kib), 64, 1048576},
+    {"pool", "window_budget_kib", K_UINT, F(window_budget_kib), 0, 16777216},
     {"intercept", "enabled", K_BOOL, F(intercept_enabled), 0, 0},
     {"intercept", "ports", K_IPORTS, 0, 0, 0},
     {"intercept", "bypass", K_BYPASS, 0, 0, 0},
@@ -171,6 +174,9 @@ struct config *config_defaults(void)
 	cfg->leaf_cache = 1024;
 	cfg->h2 = cfg->h3 = true;
 	cfg->h3_timeout_ms = 300;
+	cfg->max_stream_window_kib = 16384; /* 16 MiB */
+	cfg->max_conn_window_kib = 65536;   /* 64 MiB */
+	cfg->window_budget_kib = 262144;    /* 256 MiB */
 	cfg->state_dir = default_state_dir();
 	cfg->altsvc_file = strdup("altsvc.cache");
 	if (!cfg->state_dir || !cfg->altsvc_file) {

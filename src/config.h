@@ -120,6 +120,11 @@ struct config {
 	bool h3;
 	uint64_t h3_timeout_ms;
 	char *altsvc_file; /* NULL = off; relative to state_dir unless absolute */
+	/* HTTP/2 and HTTP/3 receive windows (KiB): the most one stream / one
+	 * connection may grow to; all growth beyond the base windows together */
+	unsigned max_stream_window_kib;
+	unsigned max_conn_window_kib;
+	unsigned window_budget_kib;
 
 	/* [intercept] */
 	bool intercept_enabled;

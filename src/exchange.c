@@ -1,7 +1,9 @@
 /*
- * exchange — one request/response relayed between a client connection and
- * an upstream stream. Bytes move only while the receiving side has room
- * (TRANSPORT_BUF), so memory per exchange is bounded whatever the speeds.
+ * exchange — one request/response relayed between a client stream
+ * (client/session.h) and an upstream stream (upstream/upstream.h); each
+ * side frames its own wire. Bytes move only while the receiving side has
+ * room (its send space), so memory per exchange is bounded whatever the
+ * speeds.
  */
 #include "exchange.h"
 
@@ -12,19 +14,17 @@
 #include <strings.h>
 #include <time.h>
 
+#include "client/session.h"
 #include "config.h"
-#include "downstream.h"
 #include "log.h"
 #include "pool.h"
 #include "route.h"
-#include "transport/transport.h"
 #include "upstream/upstream.h"
 
 struct exchange {
 	struct muxd *m;
 	struct config *cfg;
-	struct downstream *ds;
-	struct transport *client;
+	struct client_stream *client;
 	struct http1_msg req;
 	struct http1_uri uri;
 	struct route route;
@@ -36,8 +36,6 @@ struct exchange {
 	size_t nfields;
 
 	/* request body, client -> upstream */
-	uint64_t req_remaining;
-	struct http1_chunked *req_chunked;
 	bool req_body_done;
 	bool req_end_sent;
 	bool body_started;
@@ -60,13 +58,10 @@ struct exchange {
 	/* response, upstream -> client */
 	bool head_sent;
 	int status;
-	bool chunk_out;  /* re-frame the body as chunked to the client */
-	bool keep_alive; /* the client connection survives this exchange */
 	uint64_t bytes_out;
 	struct timespec start;
 
-	enum http1_framing framing; /* of the final response to the client */
-	bool continue_sent;         /* muxd answered Expect: 100-continue itself */
+	bool continue_sent; /* muxd answered Expect: 100-continue itself */
 };
 
 #define REPLAY_HOLD (16 * 1024) /* request body bytes kept for a retry */
@@ -85,6 +80,12 @@ static const char *via_token(const struct exchange *ex)
 static bool body_replayable(const struct exchange *ex)
 {
 	return !ex->body_started || !ex->held_lost;
+}
+
+/* The Via entry to add to the client's heads, or NULL. */
+static const char *client_via(const struct exchange *ex)
+{
+	return ex->cfg->via ? via_token(ex) : NULL;
 }
 
 static bool is_replayable(const struct exchange *ex)
@@ -107,7 +108,6 @@ static void exchange_free(struct exchange *ex)
 	if (ex->stream)
 		ex->stream->ops->cancel(ex->stream);
 	http1_msg_free(&ex->req);
-	free(ex->req_chunked);
 	if (ex->held)
 		evbuffer_free(ex->held);
 	config_unref(ex->cfg);
@@ -144,8 +144,9 @@ static void access_log(struct exchange *ex)
 	gmtime_r(&t, &tm);
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
 	access_log_line(ex->m->access_log, "%s %s %s %s %d %llu %llu %ldms %s %s\n", when,
-	                downstream_peer(ex->ds), ex->req.method, ex->req.target, ex->status,
-	                (unsigned long long)ex->bytes_in, (unsigned long long)ex->bytes_out, ms,
+	                ex->client->ops->peer(ex->client), ex->req.method, ex->req.target,
+	                ex->status, (unsigned long long)ex->bytes_in,
+	                (unsigned long long)ex->bytes_out, ms,
 	                ex->got_stream ? proto_name(ex->proto) : "-",
 	                !ex->got_stream ? "-"
 	                : ex->reused    ? "reused"
@@ -155,21 +156,20 @@ static void access_log(struct exchange *ex)
 /* The exchange is over: log, free, and let the client connection go on. */
 static void finish(struct exchange *ex)
 {
-	struct downstream *ds = ex->ds;
-	bool keep_alive = ex->keep_alive && ex->req_body_done;
+	struct client_stream *cs = ex->client;
 
 	access_log(ex);
 	exchange_free(ex);
-	downstream_exchange_done(ds, keep_alive);
+	cs->ops->done(cs);
 }
 
 static void fail_abruptly(struct exchange *ex)
 {
-	struct downstream *ds = ex->ds;
+	struct client_stream *cs = ex->client;
 
 	access_log(ex);
 	exchange_free(ex);
-	downstream_abort(ds);
+	cs->ops->abort(cs);
 }
 
 /* Answer with muxd's own error before any response head went out. */
@@ -179,35 +179,17 @@ static void answer_error(struct exchange *ex, enum muxd_err err, const char *rea
 	int n = muxd_error_body(err, ex->uri.host, ex->uri.port, reason, body, sizeof(body));
 
 	ex->status = muxd_err_status(err);
-	ex->keep_alive = ex->keep_alive && ex->req_body_done;
-	downstream_respond(ex->ds, ex->status, "text/plain", body, (size_t)n, !ex->keep_alive);
+	ex->client->ops->respond(ex->client, ex->status, "text/plain", body, (size_t)n);
 	finish(ex);
 }
 
 /* --- request body: client -> upstream --- */
 
-/* The first contiguous bytes of in (it is not empty). Normally the first
- * chain as it is; an empty first chain gets a bounded prefix pulled up. */
-static bool first_piece(struct evbuffer *in, struct evbuffer_iovec *v)
-{
-	size_t len = evbuffer_get_length(in);
-
-	if (evbuffer_peek(in, -1, NULL, v, 1) >= 1 && v->iov_len > 0)
-		return true;
-	v->iov_len = len < 4096 ? len : 4096;
-	v->iov_base = evbuffer_pullup(in, (ev_ssize_t)v->iov_len);
-	return v->iov_base != NULL;
-}
-
-/* Move request body bytes upstream while the stream has send space. Never
- * more than the first chain holds, nor more than the space: the chunked
- * decoder is fed at most that many bytes (its data is a part of them).
- * http1_chunked_next keeps a partial size or trailer line in its own state
- * and consumes all of its input on NEED_MORE, so a line split between two
- * chains needs no pull-up, and every pass consumes at least one byte. */
+/* Move request body pieces upstream while the stream has send space (the
+ * client session reads and decodes them, session.h). */
 static void send_request_body(struct exchange *ex)
 {
-	struct evbuffer *in = transport_input(ex->client);
+	struct client_stream *cs = ex->client;
 	struct upstream_stream *s = ex->stream;
 	size_t room;
 
@@ -223,121 +205,46 @@ static void send_request_body(struct exchange *ex)
 	}
 	if (ex->replaying)
 		return; /* on_send_ready goes on */
-	while (!ex->req_body_done && (room = s->ops->send_space(s)) > 0 &&
-	       evbuffer_get_length(in) > 0) {
-		struct evbuffer_iovec v;
+	while (!ex->req_body_done && (room = s->ops->send_space(s)) > 0) {
+		const char *data;
+		size_t len;
+		enum client_body e = cs->ops->read_body(cs, room, &data, &len);
 
-		if (!first_piece(in, &v))
-			break; /* out of memory: try again on the next event */
-		if (v.iov_len > room)
-			v.iov_len = room;
-		if (!ex->req_chunked) {
-			size_t n = v.iov_len;
-			if (n > ex->req_remaining)
-				n = (size_t)ex->req_remaining;
-			s->ops->send_body(s, v.iov_base, n);
-			hold_body(ex, v.iov_base, n);
-			evbuffer_drain(in, n);
-			ex->bytes_in += n;
-			ex->req_remaining -= n;
-			ex->body_started = true;
-			ex->req_body_done = ex->req_remaining == 0;
-		} else {
-			const char *data;
-			size_t consumed = 0, dlen = 0;
-			enum http1_chunk_event e = http1_chunked_next(
-			    ex->req_chunked, v.iov_base, v.iov_len, &consumed, &data, &dlen);
-			if (e == HTTP1_CHUNK_ERROR) {
-				/* the client broke its own framing: nothing sane can follow */
-				if (ex->head_sent) {
-					fail_abruptly(ex);
-				} else {
-					ex->keep_alive = false;
-					ex->req_body_done = true;
-					ex->status = 400;
-					downstream_respond(ex->ds, 400, "text/plain",
-					                   "muxd: malformed chunked body\n", 29,
-					                   true);
-					finish(ex);
-				}
-				return;
+		if (e == CLIENT_BODY_NONE)
+			break; /* nothing waiting: the next client read comes back here */
+		if (e == CLIENT_BODY_ERROR) {
+			/* the client broke its own framing: nothing sane can follow */
+			if (ex->head_sent) {
+				fail_abruptly(ex);
+			} else {
+				ex->req_body_done = true;
+				ex->status = 400;
+				cs->ops->respond(cs, 400, "text/plain",
+				                 "muxd: malformed chunked body\n", 29);
+				finish(ex);
 			}
-			if (e == HTTP1_CHUNK_DATA) {
-				s->ops->send_body(s, data, dlen);
-				hold_body(ex, data, dlen);
-				ex->bytes_in += dlen;
-				ex->body_started = true;
-			}
-			evbuffer_drain(in, consumed);
-			ex->req_body_done = e == HTTP1_CHUNK_DONE;
-			if (consumed == 0 && e != HTTP1_CHUNK_DONE)
-				break; /* cannot happen (see above); never spin */
+			return;
 		}
+		if (data) {
+			s->ops->send_body(s, data, len);
+			hold_body(ex, data, len);
+			ex->bytes_in += len;
+			ex->body_started = true;
+		}
+		cs->ops->consumed(cs);
+		ex->req_body_done = e == CLIENT_BODY_END;
 	}
 	if (ex->req_body_done && !ex->req_end_sent) {
 		ex->req_end_sent = true;
-		if (ex->req_chunked)
-			http1_filter_trailers(ex->req_chunked->trailers);
-		s->ops->send_end(s, ex->req_chunked ? ex->req_chunked->trailers : "");
+		s->ops->send_end(s, cs->ops->trailers(cs));
 	}
 }
 
 /* --- response: upstream -> client --- */
 
-static void add_line(struct evbuffer *out, const char *name, size_t nlen, const char *value,
-                     size_t vlen)
-{
-	evbuffer_add(out, name, nlen);
-	evbuffer_add(out, ": ", 2);
-	evbuffer_add(out, value, vlen);
-	evbuffer_add(out, "\r\n", 2);
-}
-
-/* The head as the client gets it: end-to-end fields, then muxd's own
- * framing (ex->framing for a final head). The origin's framing fields never
- * pass, except the Content-Length of a HEAD or 304 answer, which describes a
- * body that is not there. */
-static void write_head(struct exchange *ex, const struct http1_msg *h, bool final)
-{
-	struct evbuffer *out = transport_output(ex->client);
-	enum http1_framing fr = final ? ex->framing : HTTP1_FRAME_NONE;
-	bool keep_length = final && fr == HTTP1_FRAME_NONE && h->status != 204;
-
-	evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", h->status, h->reason);
-	for (size_t i = 0; i < h->nfields; i++) {
-		const struct http1_field *f = &h->fields[i];
-		if (http1_is_hop_by_hop(h, f->name))
-			continue;
-		if (!keep_length && strcasecmp(f->name, "content-length") == 0)
-			continue;
-		/* trailers go only with a chunked body: else neither they nor the
-		 * field announcing them */
-		if (final && fr != HTTP1_FRAME_CHUNKED && strcasecmp(f->name, "trailer") == 0)
-			continue;
-		add_line(out, f->name, f->name_len, f->value, f->value_len);
-	}
-	if (ex->cfg->via)
-		evbuffer_add_printf(out, "Via: %s\r\n", via_token(ex));
-	if (final) {
-		if (fr == HTTP1_FRAME_EMPTY)
-			evbuffer_add_printf(out, "Content-Length: 0\r\n");
-		else if (fr == HTTP1_FRAME_LENGTH)
-			evbuffer_add_printf(out, "Content-Length: %llu\r\n",
-			                    (unsigned long long)h->content_length);
-		else if (fr == HTTP1_FRAME_CHUNKED)
-			evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
-		if (!ex->keep_alive)
-			evbuffer_add_printf(out, "Connection: close\r\n");
-		else if (ex->req.version_minor == 0)
-			evbuffer_add_printf(out, "Connection: keep-alive\r\n");
-	}
-	evbuffer_add(out, "\r\n", 2);
-}
-
 static void on_head(void *ctx, const struct http1_msg *h)
 {
 	struct exchange *ex = ctx;
-	bool client10 = ex->req.version_minor == 0;
 
 	if (h->status < 200) {
 		/* Interim heads count against the client's buffer: while it holds
@@ -345,11 +252,11 @@ static void on_head(void *ctx, const struct http1_msg *h)
 		 * dropped rather than queued (they are advisory; the codec ends a
 		 * stream after UPSTREAM_MAX_INTERIM of them). muxd answered the
 		 * client's Expect itself: not a second 100. */
-		if (evbuffer_get_length(transport_output(ex->client)) >= TRANSPORT_BUF)
+		if (ex->client->ops->send_space(ex->client) == 0)
 			log_debug("%s: interim %d dropped: the client is not reading",
-			          downstream_peer(ex->ds), h->status);
-		else if (!client10 && !(h->status == 100 && ex->continue_sent))
-			write_head(ex, h, false);
+			          ex->client->ops->peer(ex->client), h->status);
+		else if (!(h->status == 100 && ex->continue_sent))
+			ex->client->ops->send_interim(ex->client, h, client_via(ex));
 		return;
 	}
 	if (h->status == 407 && ex->key.forward) {
@@ -380,15 +287,7 @@ static void on_head(void *ctx, const struct http1_msg *h)
 	const struct http1_field *te = http1_find(&ex->req, "te");
 	bool want_trailers = ex->proto != PROTO_H1 && http1_find(h, "trailer") && te &&
 	                     http1_list_has(te->value, te->value_len, "trailers");
-	ex->framing = http1_relay_framing(h->status, ex->req.method, h->body, ex->req.version_minor,
-	                                  want_trailers);
-	ex->chunk_out = ex->framing == HTTP1_FRAME_CHUNKED;
-	if (ex->framing == HTTP1_FRAME_CLOSE)
-		ex->keep_alive =
-		    false; /* an HTTP/1.0 body of unknown length ends with the connection */
-	if (ex->m->draining)
-		ex->keep_alive = false;
-	write_head(ex, h, true);
+	ex->client->ops->send_head(ex->client, h, client_via(ex), want_trailers);
 	ex->head_sent = true;
 }
 
@@ -397,24 +296,21 @@ static void on_head(void *ctx, const struct http1_msg *h)
  * touch ex afterwards. */
 static void pump_response(struct exchange *ex)
 {
-	struct evbuffer *out = transport_output(ex->client);
+	struct client_stream *cs = ex->client;
 	struct upstream_stream *s = ex->stream;
 	struct evbuffer *body;
-	size_t n, used = evbuffer_get_length(out);
+	size_t n, room;
 
 	if (!s || !ex->head_sent)
 		return;
 	body = s->ops->body(s);
 	n = evbuffer_get_length(body);
-	if (used >= TRANSPORT_BUF || n == 0)
+	room = cs->ops->send_space(cs);
+	if (room == 0 || n == 0)
 		return;
-	if (n > TRANSPORT_BUF - used)
-		n = TRANSPORT_BUF - used;
-	if (ex->chunk_out)
-		evbuffer_add_printf(out, "%zx\r\n", n);
-	evbuffer_remove_buffer(body, out, n);
-	if (ex->chunk_out)
-		evbuffer_add(out, "\r\n", 2);
+	if (n > room)
+		n = room;
+	cs->ops->send_body(cs, body, n);
 	ex->bytes_out += n;
 	s->ops->consumed(s);
 }
@@ -427,16 +323,9 @@ static void on_body(void *ctx)
 static void on_end(void *ctx, const char *trailers)
 {
 	struct exchange *ex = ctx;
-	struct evbuffer *out = transport_output(ex->client);
 
 	ex->stream = NULL; /* the connection takes it back */
-	if (ex->chunk_out) {
-		char *t = *trailers ? strdup(trailers) : NULL; /* out of memory: none */
-		if (t)
-			http1_filter_trailers(t);
-		evbuffer_add_printf(out, "0\r\n%s\r\n", t ? t : "");
-		free(t);
-	}
+	ex->client->ops->send_end(ex->client, trailers);
 	finish(ex);
 }
 
@@ -446,8 +335,8 @@ static void on_error(void *ctx, enum muxd_err err, const char *reason, bool noth
 
 	ex->stream = NULL;
 	if (ex->head_sent) {
-		log_info("%s: response from %s broke off: %s", downstream_peer(ex->ds), ex->key.id,
-		         reason);
+		log_info("%s: response from %s broke off: %s", ex->client->ops->peer(ex->client),
+		         ex->key.id, reason);
 		fail_abruptly(ex);
 		return;
 	}
@@ -498,11 +387,9 @@ static void answer_continue(struct exchange *ex)
 		      strncasecmp(ex->fields[i].name, "expect", 6) == 0))
 			ex->fields[n++] = ex->fields[i];
 	ex->nfields = n;
-	if (ex->continue_sent || ex->head_sent || ex->req.version_minor == 0 ||
-	    ex->req.body == HTTP1_BODY_NONE)
+	if (ex->continue_sent || ex->head_sent)
 		return;
-	ex->continue_sent = true;
-	evbuffer_add_printf(transport_output(ex->client), "HTTP/1.1 100 Continue\r\n\r\n");
+	ex->continue_sent = ex->client->ops->send_continue(ex->client);
 }
 
 static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
@@ -587,7 +474,7 @@ static void build_fields(struct exchange *ex)
 	}
 }
 
-struct exchange *exchange_start(struct muxd *m, struct downstream *ds, struct http1_msg *req,
+struct exchange *exchange_start(struct muxd *m, struct client_stream *client, struct http1_msg *req,
                                 const struct http1_uri *uri, const char *tls_name)
 {
 	struct exchange *ex = calloc(1, sizeof(*ex));
@@ -597,21 +484,13 @@ struct exchange *exchange_start(struct muxd *m, struct downstream *ds, struct ht
 
 	if (!ex)
 		return NULL;
-	if (req->body == HTTP1_BODY_CHUNKED &&
-	    !(ex->req_chunked = calloc(1, sizeof(*ex->req_chunked)))) {
-		free(ex);
-		return NULL;
-	}
 	clock_gettime(CLOCK_MONOTONIC, &ex->start);
 	ex->m = m;
 	ex->cfg = config_ref(m->cfg);
-	ex->ds = ds;
-	ex->client = downstream_transport(ds);
+	ex->client = client;
 	ex->req = *req;
 	memset(req, 0, sizeof(*req));
 	ex->uri = *uri;
-	ex->keep_alive = ex->req.keep_alive && !m->draining;
-	ex->req_remaining = ex->req.body == HTTP1_BODY_LENGTH ? ex->req.content_length : 0;
 	ex->req_body_done = ex->req.body == HTTP1_BODY_NONE;
 	snprintf(ex->authority, sizeof(ex->authority), "%s%s%s", v6 ? "[" : "",
 	         tls_name ? tls_name : uri->host, v6 ? "]" : "");
@@ -653,12 +532,11 @@ void exchange_client_eof(struct exchange *ex)
 	/* A client that half-closes after its whole request still gets the
 	 * response; one that vanishes mid-request takes the exchange with it. */
 	if (!ex->req_body_done) {
-		struct downstream *ds = ex->ds;
+		struct client_stream *cs = ex->client;
 		exchange_free(ex);
-		downstream_abort(ds);
-	} else {
-		ex->keep_alive = false;
+		cs->ops->abort(cs);
 	}
+	/* else the session ends the connection after the response */
 }
 
 void exchange_abort(struct exchange *ex)

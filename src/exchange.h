@@ -13,17 +13,20 @@
 #include "muxd.h"
 
 struct exchange;
-struct downstream;
+struct client_stream;
 
-/* Start forwarding req to uri; on success the exchange owns req and answers
- * the client itself from now on (never from inside this call). NULL when out
- * of memory: req is untouched and the caller answers. tls_name: when uri's
- * host is an address, the origin's name (SNI, verification, Host); the route
- * and the connection still go by the address. NULL: none. */
-struct exchange *exchange_start(struct muxd *m, struct downstream *ds, struct http1_msg *req,
+/* Start forwarding req to uri for client, a request of a client session
+ * (client/session.h: the exchange talks to the client only through it); on
+ * success the exchange owns req and answers through client from now on
+ * (never from inside this call). NULL when out of memory: req is untouched
+ * and the caller answers. tls_name: when uri's host is an address, the
+ * origin's name (SNI, verification, Host); the route and the connection still
+ * go by the address. NULL: none. */
+struct exchange *exchange_start(struct muxd *m, struct client_stream *client, struct http1_msg *req,
                                 const struct http1_uri *uri, const char *tls_name);
 
-/* Client-side events while the exchange runs. */
+/* Client-side events while the exchange runs, from the client session:
+ * request body bytes arrived, the client drained, it half-closed. */
 void exchange_client_read(struct exchange *ex);
 void exchange_client_drain(struct exchange *ex);
 void exchange_client_eof(struct exchange *ex);

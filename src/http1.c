@@ -916,6 +916,7 @@ enum http1_framing http1_relay_framing(int status, const char *method, enum http
 		                                          : HTTP1_FRAME_LENGTH;
 	case HTTP1_BODY_CHUNKED:
 	case HTTP1_BODY_CLOSE:
+	case HTTP1_BODY_UNKNOWN:
 		break;
 	}
 	return client_minor >= 1 ? HTTP1_FRAME_CHUNKED : HTTP1_FRAME_CLOSE;

@@ -30,6 +30,10 @@ enum http1_body {
 	HTTP1_BODY_LENGTH,  /* exactly content_length bytes */
 	HTTP1_BODY_CHUNKED, /* final transfer coding is chunked */
 	HTTP1_BODY_CLOSE,   /* response only: body ends when the connection closes */
+	/* Response only, never from an HTTP/1.x wire: a protocol that frames
+	 * its own messages (HTTP/2, HTTP/3) announced no length; the body ends
+	 * with the stream. The client side frames it for its own wire. */
+	HTTP1_BODY_UNKNOWN,
 };
 
 struct http1_field {

@@ -32,12 +32,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "downstream.h"
 #include "log.h"
 #include "pool.h"
+#include "timeutil.h"
 
 struct listeners {
 	struct muxd *m;
+	const struct listener_cbs *cbs;
 	size_t n;
 	char text[CONFIG_MAX_LISTEN][64]; /* as configured */
 	struct evconnlistener *l[CONFIG_MAX_LISTEN];
@@ -114,13 +115,13 @@ static bool fds_short(struct listeners *ls)
 	free_fds = ls->nofile - open;
 	if (free_fds >= reserve)
 		return false;
-	free_fds += downstream_close_idle(m, (unsigned)(reserve - free_fds));
+	free_fds += ls->cbs->close_idle(m, (unsigned)(reserve - free_fds));
 	return free_fds < reserve;
 }
 
 static void start_backoff(struct listeners *ls)
 {
-	struct timeval tv = {0, ACCEPT_BACKOFF_MS * 1000};
+	struct timeval tv = ms_to_timeval(ACCEPT_BACKOFF_MS);
 
 	if (!ls->backoff && !(ls->backoff = evtimer_new(ls->m->base, backoff_done, ls)))
 		return;
@@ -137,7 +138,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	struct listeners *ls = arg;
 
 	(void)l;
-	downstream_accept(ls->m, fd, sa, (socklen_t)len);
+	ls->cbs->accept(ls->m, fd, sa, (socklen_t)len);
 	if (ls->m->nclients >= ls->m->cfg->max_clients)
 		listeners_pause(ls, true);
 	else if (fds_short(ls)) {
@@ -171,7 +172,7 @@ static void error_cb(struct evconnlistener *l, void *arg)
 	/* The pending connection stays readable: without a pause the loop
 	 * would spin. Give idle upstream connections back and retry shortly. */
 	pool_relieve(ls->m->pool);
-	downstream_close_idle(ls->m, FD_RESERVE_MIN);
+	ls->cbs->close_idle(ls->m, FD_RESERVE_MIN);
 	start_backoff(ls);
 }
 
@@ -232,8 +233,8 @@ static int bind_one(const struct config_listen *cl, char *actual, size_t actual_
 	return fd;
 }
 
-struct listeners *listeners_open(struct muxd *m, const struct config *cfg, char *err,
-                                 size_t err_size)
+struct listeners *listeners_open(struct muxd *m, const struct config *cfg,
+                                 const struct listener_cbs *cbs, char *err, size_t err_size)
 {
 	struct listeners *ls = calloc(1, sizeof(*ls));
 	size_t bound = 0;
@@ -243,6 +244,7 @@ struct listeners *listeners_open(struct muxd *m, const struct config *cfg, char 
 		return NULL;
 	}
 	ls->m = m;
+	ls->cbs = cbs;
 	ls->nofile = fd_limit();
 	for (size_t i = 0; i < cfg->nlisten; i++) {
 		const struct config_listen *cl = &cfg->listen[i];
@@ -317,7 +319,8 @@ static bool adopt_fd(int fd, char *out, size_t size, char *err, size_t err_size)
 	return true;
 }
 
-struct listeners *listeners_from_env(struct muxd *m, char *err, size_t err_size)
+struct listeners *listeners_from_env(struct muxd *m, const struct listener_cbs *cbs, char *err,
+                                     size_t err_size)
 {
 	const char *pid_s = getenv("LISTEN_PID"), *fds_s = getenv("LISTEN_FDS");
 	struct listeners *ls;
@@ -353,6 +356,7 @@ struct listeners *listeners_from_env(struct muxd *m, char *err, size_t err_size)
 		return NULL;
 	}
 	ls->m = m;
+	ls->cbs = cbs;
 	ls->nofile = fd_limit();
 	ls->activated = true;
 	for (long i = 0; i < n; i++) {

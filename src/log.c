@@ -10,6 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "timeutil.h"
+
 static enum log_level current_level = LOG_INFO;
 
 void log_set_level(enum log_level level)
@@ -101,7 +103,7 @@ struct access_log *access_log_open(struct event_base *base, const char *target, 
 
 void access_log_line(struct access_log *al, const char *fmt, ...)
 {
-	struct timeval tv = {ACCESS_LOG_FLUSH_MS / 1000, (ACCESS_LOG_FLUSH_MS % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ACCESS_LOG_FLUSH_MS);
 	char line[ACCESS_LOG_BUF / 4];
 	va_list ap;
 	int n;

@@ -28,9 +28,9 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "client/h1_session.h"
 #include "config.h"
 #include "dns.h"
-#include "downstream.h"
 #include "env_cmd.h"
 #include "listen.h"
 #include "log.h"
@@ -38,6 +38,7 @@
 #include "notify.h"
 #include "pool.h"
 #include "status_cmd.h"
+#include "timeutil.h"
 #include "tls/ca.h"
 #include "transport/tls.h"
 #include "trust_cmd.h"
@@ -67,6 +68,9 @@ struct daemon {
 	struct event *status_timer;   /* STATUS= to the service manager */
 	struct event *watchdog_timer; /* WATCHDOG=1 */
 };
+
+/* The listeners feed the HTTP/1.1 client side. */
+static const struct listener_cbs client_side = {downstream_accept, downstream_close_idle};
 
 static void usage(FILE *f)
 {
@@ -245,10 +249,10 @@ static void reload_config(struct daemon *d)
 		struct listeners *l;
 		listeners_free(m->listeners); /* free first: the new set may reuse ports */
 		m->listeners = NULL;
-		l = listeners_open(m, cfg, err, sizeof(err));
+		l = listeners_open(m, cfg, &client_side, err, sizeof(err));
 		if (!l) {
 			log_error("reload: %s; keeping the running configuration", err);
-			m->listeners = listeners_open(m, m->cfg, err, sizeof(err));
+			m->listeners = listeners_open(m, m->cfg, &client_side, err, sizeof(err));
 			if (!m->listeners)
 				log_error("cannot restore listeners: %s", err);
 			note_self(m);
@@ -300,7 +304,7 @@ static void begin_shutdown(struct daemon *d)
 {
 	struct muxd *m = &d->m;
 	uint64_t ms = m->cfg->shutdown_timeout_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 
 	if (m->draining)
 		return;
@@ -350,6 +354,12 @@ static int cmd_ca(const struct config *cfg)
 	return 0;
 }
 
+/* muxd_client_closed: a client slot is free again. */
+static void resume_accepting(struct muxd *m)
+{
+	listeners_pause(m->listeners, false);
+}
+
 static int run(struct daemon *d)
 {
 	struct muxd *m = &d->m;
@@ -380,13 +390,14 @@ static int run(struct daemon *d)
 		goto out;
 	if (m->cfg->intercept_enabled && !(m->ca = open_ca(m->cfg)))
 		goto out;
-	m->listeners = listeners_from_env(m, err, sizeof(err));
+	m->resume_accepting = resume_accepting;
+	m->listeners = listeners_from_env(m, &client_side, err, sizeof(err));
 	if (!m->listeners && err[0]) {
 		log_error("socket activation: %s", err);
 		goto out;
 	}
 	if (!m->listeners)
-		m->listeners = listeners_open(m, m->cfg, err, sizeof(err));
+		m->listeners = listeners_open(m, m->cfg, &client_side, err, sizeof(err));
 	if (!m->listeners) {
 		log_error("%s", err);
 		goto out;

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "listen.h"
+#include "timeutil.h"
 
 const char *proto_name(enum proto p)
 {
@@ -29,23 +29,6 @@ const char *evict_reason_name(enum evict_reason r)
 {
 	static const char *const names[] = {"idle_timeout", "limit", "dead", "goaway", "age"};
 	return r < EVICT_COUNT ? names[r] : "?";
-}
-
-int muxd_err_status(enum muxd_err err)
-{
-	switch (err) {
-	case ERR_CONNECT_TIMEOUT:
-	case ERR_RESPONSE_TIMEOUT:
-		return 504;
-	case ERR_BUDGET:
-		return 503;
-	case ERR_LOOP:
-		return 508;
-	case ERR_FORBIDDEN:
-		return 403;
-	default:
-		return 502;
-	}
 }
 
 #define IDLE_TRIM_MS 1000 /* no client for this long: trim the heap */
@@ -70,10 +53,10 @@ void muxd_client_closed(struct muxd *m)
 		event_base_loopbreak(m->base);
 		return;
 	}
-	if (m->nclients < m->cfg->max_clients)
-		listeners_pause(m->listeners, false);
+	if (m->nclients < m->cfg->max_clients && m->resume_accepting)
+		m->resume_accepting(m);
 	if (m->nclients == 0 && !m->draining) {
-		struct timeval tv = {IDLE_TRIM_MS / 1000, (IDLE_TRIM_MS % 1000) * 1000};
+		struct timeval tv = ms_to_timeval(IDLE_TRIM_MS);
 		if (!m->trim_timer)
 			m->trim_timer = evtimer_new(m->base, on_idle_trim, m);
 		if (m->trim_timer)
@@ -86,56 +69,6 @@ void muxd_idle_trim_free(struct muxd *m)
 	if (m->trim_timer)
 		event_free(m->trim_timer);
 	m->trim_timer = NULL;
-}
-
-int muxd_error_body(enum muxd_err err, const char *host, unsigned port, const char *reason,
-                    char *buf, size_t size)
-{
-	const char *v6 = strchr(host, ':') ? "[" : "", *v6e = *v6 ? "]" : "";
-	int n;
-
-	switch (err) {
-	case ERR_DNS:
-		n = snprintf(buf, size, "muxd: %s: %s\n", host, reason);
-		break;
-	case ERR_CONNECT:
-		n = snprintf(buf, size, "muxd: cannot connect to %s%s%s:%u: %s\n", v6, host, v6e,
-		             port, reason);
-		break;
-	case ERR_CONNECT_TIMEOUT:
-		n = snprintf(buf, size, "muxd: timed out connecting to %s%s%s:%u%s%s\n", v6, host,
-		             v6e, port, reason && *reason ? ": " : "", reason ? reason : "");
-		break;
-	case ERR_RESPONSE_TIMEOUT:
-		n = snprintf(buf, size, "muxd: %s%s%s:%u did not answer in time\n", v6, host, v6e,
-		             port);
-		break;
-	case ERR_BAD_RESPONSE:
-		n = snprintf(buf, size, "muxd: bad response from %s%s%s:%u: %s\n", v6, host, v6e,
-		             port, reason);
-		break;
-	case ERR_TLS:
-		n = snprintf(buf, size, "muxd: TLS with %s%s%s:%u failed: %s\n", v6, host, v6e,
-		             port, reason);
-		break;
-	case ERR_LOOP:
-		n = snprintf(buf, size, "muxd: request loops back into muxd (%s%s%s:%u: %s)\n", v6,
-		             host, v6e, port, reason);
-		break;
-	case ERR_FORBIDDEN:
-		n = snprintf(buf, size, "muxd: %s%s%s:%u: %s\n", v6, host, v6e, port, reason);
-		break;
-	default:
-		n = snprintf(buf, size, "muxd: %s%s%s:%u: %s\n", v6, host, v6e, port, reason);
-		break;
-	}
-	if (n < 0)
-		n = 0;
-	if ((size_t)n >= size) {
-		n = (int)size - 1;
-		buf[n - 1] = '\n';
-	}
-	return n;
 }
 
 #define INSTANCE_FILE "instance-id"

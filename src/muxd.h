@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <sys/socket.h>
 
+#include "errors.h"
+
 struct event_base;
 struct event;
 struct config;
@@ -22,23 +24,6 @@ struct downstream;
 struct tls_client_ctx;
 struct local_ca;
 struct access_log;
-
-/* Why an upstream attempt failed; decides the status a client sees. */
-enum muxd_err {
-	ERR_NONE = 0,
-	ERR_DNS,              /* 502 */
-	ERR_CONNECT,          /* 502: refused, unreachable, reset during connect */
-	ERR_CONNECT_TIMEOUT,  /* 504 */
-	ERR_RESPONSE_TIMEOUT, /* 504 */
-	ERR_BAD_RESPONSE,     /* 502 */
-	ERR_CLOSED,           /* 502: upstream closed or reset mid-exchange */
-	ERR_BUDGET,           /* 503: no connection could be had */
-	ERR_TLS,              /* 502: handshake or certificate failure */
-	ERR_UNPROCESSED,      /* the origin did not process the request (GOAWAY above
-	                         last-stream-id, REFUSED_STREAM): retry elsewhere */
-	ERR_LOOP,             /* 508: the target is one of muxd's own listen addresses */
-	ERR_FORBIDDEN,        /* 403: a loopback target under deny_loopback_targets */
-};
 
 enum proto { PROTO_H1 = 0, PROTO_H2, PROTO_H3, PROTO_TUNNEL, PROTO_COUNT };
 enum evict_reason {
@@ -82,15 +67,17 @@ struct muxd {
 	/* the addresses the listeners are bound to, for loop detection by address */
 	struct sockaddr_storage self[16];
 	size_t nself;
+	/* upstream/mux.c: receive-window growth beyond the base windows
+	 * granted to HTTP/2 and HTTP/3 streams, all together (window_budget_kib) */
+	uint64_t window_granted;
+	/* Set by main.c: a client connection closed below max_clients, so
+	 * accepting may resume (the listeners keep their own descriptor-reserve
+	 * pause). NULL: nothing to resume. */
+	void (*resume_accepting)(struct muxd *m);
 };
 
 const char *proto_name(enum proto p);
 const char *evict_reason_name(enum evict_reason r);
-int muxd_err_status(enum muxd_err err);
-/* The one-line text body for an upstream failure, naming host and reason.
- * Returns its length (< size). */
-int muxd_error_body(enum muxd_err err, const char *host, unsigned port, const char *reason,
-                    char *buf, size_t size);
 
 /*
  * The instance id: 16 random bytes in STATE_DIR/instance-id (hex), made on
@@ -107,10 +94,11 @@ bool muxd_is_self(const struct muxd *m, const struct sockaddr *sa);
 /* Whether sa is a loopback address (127/8, ::1, v4-mapped 127/8). */
 bool muxd_is_loopback(const struct sockaddr *sa);
 
-/* A client connection closed: lets a draining daemon finish; when it was
- * the last one, free memory goes back to the OS a moment later (glibc keeps
- * the peak of a burst otherwise: measured 20 MB -> 7.6 MB a second after
- * 600 concurrent 1 MiB downloads over HTTP/2, with 6.4 MB at idle). */
+/* A client connection closed: lets a draining daemon finish, or calls
+ * m->resume_accepting; when it was the last one, free memory goes back to
+ * the OS a moment later (glibc keeps the peak of a burst otherwise: measured
+ * 20 MB -> 7.6 MB a second after 600 concurrent 1 MiB downloads over HTTP/2,
+ * with 6.4 MB at idle). */
 void muxd_client_closed(struct muxd *m);
 /* Frees what muxd_client_closed() set up (at exit). */
 void muxd_idle_trim_free(struct muxd *m);

@@ -27,9 +27,11 @@
 #include <time.h>
 
 #include "config.h"
+#include "hold.h"
 #include "log.h"
 #include "pool_internal.h"
 #include "route.h"
+#include "timeutil.h"
 #include "transport/transport.h"
 
 #define TRIM_DELAY_MS 250 /* surplus idle connections get this long to be reused */
@@ -134,7 +136,7 @@ static void set_idle(struct pool_conn *pc, bool idle)
 	clock_gettime(CLOCK_MONOTONIC, &pc->idle_since);
 	if (idle) {
 		uint64_t ms = p->m->cfg->idle_timeout_ms;
-		struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+		struct timeval tv = ms_to_timeval(ms);
 		TAILQ_INSERT_TAIL(&p->idle, pc, idle_link);
 		p->nidle++;
 		pc->o->nidle++;
@@ -332,7 +334,7 @@ static void budget_wait(struct pool_origin *o, unsigned skip, const char *why)
 {
 	struct pool_wait *w;
 	uint64_t ms = o->pool->m->cfg->connect_timeout_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 	char d[32];
 
 	pool_duration(ms, d, sizeof(d));
@@ -458,7 +460,7 @@ static void dispatch(struct pool_origin *o)
 	struct pool_conn *pc;
 	unsigned cap;
 
-	o->holds++; /* give() runs callbacks that may close connections */
+	hold_take(&o->holds); /* give() runs callbacks that may close connections */
 	/* 0. an origin known to speak HTTP/3 gets a QUIC connection first */
 	if (o->nwaiters > 0 && !p->m->draining)
 		pool_h3_start(o);
@@ -489,7 +491,7 @@ static void dispatch(struct pool_origin *o)
 			break;
 		}
 	}
-	o->holds--;
+	hold_release(&o->holds);
 	origin_maybe_free(o);
 }
 
@@ -514,11 +516,11 @@ static void conn_available(void *owner, struct upstream_conn *uc)
 		conn_ready(pc);
 	if (pc->setup_timer && !uc->warming)
 		evtimer_del(pc->setup_timer);
-	o->holds++;
+	hold_take(&o->holds);
 	while ((pc = conn_by_serial(o, serial)) && uc->ops->free_slots(uc) > 0 &&
 	       (w = first_for(o, pc)))
 		give(pc, w);
-	o->holds--;
+	hold_release(&o->holds);
 	if (!pc || !uc->ops->is_idle(uc)) {
 		if (o->nwaiters)
 			pool_schedule(o); /* more waiters than this connection's slots */
@@ -537,7 +539,7 @@ static void conn_available(void *owner, struct upstream_conn *uc)
 	set_idle(pc, true);
 	if ((o->nidle > p->m->cfg->max_idle_per_origin || p->nidle > p->m->cfg->max_idle) &&
 	    !evtimer_pending(p->trim_timer, NULL)) {
-		struct timeval tv = {0, TRIM_DELAY_MS * 1000};
+		struct timeval tv = ms_to_timeval(TRIM_DELAY_MS);
 		evtimer_add(p->trim_timer, &tv);
 	}
 }
@@ -572,7 +574,7 @@ static void conn_ready(struct pool_conn *pc)
 	p->m->metrics.upstream_opened[pc->uc->proto]++;
 	uint64_t age = p->m->cfg->max_connection_age_ms;
 	if (age > 0 && (pc->age_timer = evtimer_new(p->m->base, age_cb, pc)) != NULL) {
-		struct timeval tv = {(time_t)(age / 1000), (suseconds_t)(age % 1000) * 1000};
+		struct timeval tv = ms_to_timeval(age);
 		evtimer_add(pc->age_timer, &tv);
 	}
 	log_debug("pool: new %s connection to %s", proto_name(pc->uc->proto), o->key.id);
@@ -634,7 +636,7 @@ static void fail_setup(struct pool_conn *pc, struct upstream_conn *uc, enum muxd
 		if (!coalesced)
 			break;
 	}
-	o->holds++; /* o outlives pc while its waiters hear about it */
+	hold_take(&o->holds); /* o outlives pc while its waiters hear about it */
 	pool_conn_forget(pc);
 	if (uc)
 		uc->ops->close(uc);
@@ -647,7 +649,7 @@ static void fail_setup(struct pool_conn *pc, struct upstream_conn *uc, enum muxd
 		free(w);
 		cbs.on_error(wctx, err, why);
 	}
-	o->holds--;
+	hold_release(&o->holds);
 	origin_maybe_free(o);
 }
 
@@ -683,7 +685,7 @@ static void arm_setup_timer(struct pool_conn *pc)
 	if (ms == 0 || !(pc->setup_timer = evtimer_new(pc->pool->m->base, setup_timeout_cb, pc)))
 		return;
 	ms = spent_ms >= (double)ms ? 1 : ms - (uint64_t)spent_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 	evtimer_add(pc->setup_timer, &tv);
 }
 

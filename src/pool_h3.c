@@ -23,6 +23,7 @@
 #include "config.h"
 #include "log.h"
 #include "pool_internal.h"
+#include "timeutil.h"
 
 #define H3_GIVE_UP 10       /* a QUIC attempt not ready after 10 x h3_timeout failed */
 #define ALTSVC_SAVE_MS 2000 /* the cache file is written at most this often after a change */
@@ -62,7 +63,7 @@ static void save_cb(evutil_socket_t fd, short what, void *arg)
 void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value, size_t len)
 {
 	struct altsvc_parsed parsed;
-	struct timeval tv = {ALTSVC_SAVE_MS / 1000, (ALTSVC_SAVE_MS % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ALTSVC_SAVE_MS);
 
 	/* only what a verified TLS origin says about itself counts */
 	if (!key->tls || !key->verify || !altsvc_parse(value, len, &parsed))
@@ -163,7 +164,7 @@ static void race_cb(evutil_socket_t fd, short what, void *arg)
 	struct pool_origin *o = arg;
 	struct pool_conn *pc = o->h3_attempt;
 	uint64_t ms = o->pool->m->cfg->h3_timeout_ms * (H3_GIVE_UP - 1);
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 
 	(void)fd;
 	(void)what;
@@ -189,7 +190,7 @@ void pool_h3_start(struct pool_origin *o)
 	struct altsvc_alt alt;
 	struct pool_conn *pc;
 	uint64_t ms = p->m->cfg->h3_timeout_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 
 	if (!o->key.h3 || o->h3_attempt || p->nconns >= p->m->cfg->max_connections)
 		return;

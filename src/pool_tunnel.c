@@ -20,6 +20,7 @@
 #include "log.h"
 #include "pool_internal.h"
 #include "route.h"
+#include "timeutil.h"
 
 /* A client tunnel: the caller's layer over its chain. */
 struct pool_tunnel {
@@ -198,7 +199,7 @@ static void tunnel_dispatch(struct pool *p)
 				continue;
 			}
 			uint64_t ms = p->m->cfg->connect_timeout_ms;
-			struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+			struct timeval tv = ms_to_timeval(ms);
 			char d[32];
 			pool_duration(ms, d, sizeof(d));
 			TAILQ_FOREACH(pt, &p->tunnel_waiters, link)

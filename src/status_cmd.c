@@ -588,6 +588,7 @@ enum status_parse status_response_feed(struct status_response *r, const char *in
 			res = parse_chunked(r, in, avail, err, errsize);
 			break;
 		case HTTP1_BODY_CLOSE:
+		case HTTP1_BODY_UNKNOWN: /* not from an HTTP/1.x parse; as CLOSE */
 			if (!eof || len > max) {
 				res = STATUS_PARSE_MORE;
 				break;

@@ -12,16 +12,17 @@
 #include <string.h>
 
 #include "config.h"
-#include "downstream.h"
 #include "log.h"
 #include "pool.h"
 #include "route.h"
+#include "timeutil.h"
 #include "transport/transport.h"
 
 struct tunnel {
 	struct muxd *m;
 	struct config *cfg;
-	struct downstream *ds;
+	const struct tunnel_owner *owner;
+	void *owner_ctx;
 	struct transport *client;
 	struct transport *origin; /* connecting until established */
 	char host[256];
@@ -47,10 +48,11 @@ static void tunnel_free(struct tunnel *tn)
  * written to the client, such as an error answer). */
 static void tunnel_end(struct tunnel *tn, bool flush)
 {
-	struct downstream *ds = tn->ds;
+	const struct tunnel_owner *owner = tn->owner;
+	void *ctx = tn->owner_ctx;
 
 	tunnel_free(tn);
-	downstream_tunnel_done(ds, flush);
+	owner->done(ctx, flush);
 }
 
 /* A tunnel half-closed by one side gets this long without traffic: a peer
@@ -63,7 +65,7 @@ static void touch(struct tunnel *tn)
 	uint64_t ms = tn->cfg->tunnel_idle_timeout_ms;
 	if ((tn->client_eof || tn->origin_eof) && ms > HALF_CLOSED_IDLE_MS)
 		ms = HALF_CLOSED_IDLE_MS;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 	evtimer_add(tn->idle, &tv);
 }
 
@@ -142,8 +144,8 @@ static void origin_event(void *ctx, enum transport_event ev, enum muxd_err err, 
 		n = muxd_error_body(err, tn->host, tn->port, reason, body, sizeof(body));
 		transport_close(tn->origin);
 		tn->origin = NULL;
-		downstream_respond(tn->ds, muxd_err_status(err), "text/plain", body, (size_t)n,
-		                   true);
+		tn->owner->respond(tn->owner_ctx, muxd_err_status(err), "text/plain", body,
+		                   (size_t)n, true);
 		tunnel_end(tn, true);
 		return;
 	}
@@ -156,8 +158,8 @@ static void origin_event(void *ctx, enum transport_event ev, enum muxd_err err, 
 	tunnel_end(tn, false); /* a reset on one side resets the other */
 }
 
-struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *host, uint16_t port,
-                            bool answered)
+struct tunnel *tunnel_start(struct muxd *m, const struct tunnel_owner *owner, void *owner_ctx,
+                            const char *host, uint16_t port, bool answered)
 {
 	static const struct transport_cbs cbs = {origin_read, origin_drain, origin_event};
 	struct tunnel *tn = calloc(1, sizeof(*tn));
@@ -166,9 +168,10 @@ struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *h
 		return NULL;
 	tn->m = m;
 	tn->cfg = config_ref(m->cfg);
-	tn->ds = ds;
+	tn->owner = owner;
+	tn->owner_ctx = owner_ctx;
 	tn->answered = answered;
-	tn->client = downstream_transport(ds);
+	tn->client = owner->transport(owner_ctx);
 	snprintf(tn->host, sizeof(tn->host), "%s", host);
 	tn->port = port;
 	tn->idle = evtimer_new(m->base, idle_cb, tn);

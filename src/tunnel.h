@@ -16,13 +16,29 @@
 #include "muxd.h"
 
 struct tunnel;
-struct downstream;
+struct transport;
+
+/* What the tunnel uses of its owner, the client connection (called through
+ * this table, never by name; ctx is the owner's). */
+struct tunnel_owner {
+	/* The client connection's transport, spliced with the origin's. */
+	struct transport *(*transport)(void *ctx);
+	/* Write a complete response of muxd's own (the tunnel failed before
+	 * its 200). close: the connection ends after it. */
+	void (*respond)(void *ctx, int status, const char *content_type, const char *body,
+	                size_t body_len, bool close);
+	/* The tunnel ended and is already freed: the connection closes, after
+	 * flushing what was written to it when flush is set (an error answer).
+	 * Comes last; may free the owner. */
+	void (*done)(void *ctx, bool flush);
+};
 
 /* NULL when out of memory (the caller answers). answered: the client has
  * had its 200 already (an intercepted port carrying something other than
- * TLS), so a failure can only close the connection. */
-struct tunnel *tunnel_start(struct muxd *m, struct downstream *ds, const char *host, uint16_t port,
-                            bool answered);
+ * TLS), so a failure can only close the connection. owner (with owner_ctx)
+ * is called back from then on. */
+struct tunnel *tunnel_start(struct muxd *m, const struct tunnel_owner *owner, void *owner_ctx,
+                            const char *host, uint16_t port, bool answered);
 
 /* Client-side events, forwarded by the downstream. */
 void tunnel_client_read(struct tunnel *tn);

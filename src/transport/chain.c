@@ -24,6 +24,8 @@
 #include <string.h>
 
 #include "config.h"
+#include "muxd.h"
+#include "timeutil.h"
 #include "transport/tls.h"
 #include "transport/transport.h"
 
@@ -361,8 +363,7 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
 		return NULL;
 	}
 	if (spec->timeout_ms > 0) {
-		struct timeval tv = {(time_t)(spec->timeout_ms / 1000),
-		                     (suseconds_t)(spec->timeout_ms % 1000) * 1000};
+		struct timeval tv = ms_to_timeval(spec->timeout_ms);
 		evtimer_add(c->deadline, &tv);
 	}
 	if (!start_step(c)) {

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
+#include "timeutil.h"
 #include "transport/eyeballs.h"
 
 enum attempt_state { IDLE, RUNNING, FAILED, DONE };
@@ -57,8 +58,7 @@ static void start_next(struct eyeballs *e)
 			e->next = e->addrs.n;
 		if (r == EYEBALLS_RUNNING && e->state[i] == RUNNING && !e->again) {
 			if (e->next < e->addrs.n) {
-				struct timeval tv = {(time_t)(e->delay_ms / 1000),
-				                     (suseconds_t)(e->delay_ms % 1000) * 1000};
+				struct timeval tv = ms_to_timeval(e->delay_ms);
 				evtimer_add(e->timer, &tv);
 			}
 			break;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hold.h"
 #include "http1.h"
 #include "transport/transport.h"
 #include "upstream/upstream.h"
@@ -34,7 +35,7 @@ struct h2_tunnel {
 	enum muxd_err err;
 	char reason[400];
 	bool report_connected, report_eof, report_error, report_read, report_drain;
-	int holds;
+	unsigned holds; /* hold.h */
 	bool closing;
 };
 
@@ -87,9 +88,7 @@ static void t_shutdown(struct transport *t)
 static void t_close(struct transport *t)
 {
 	struct h2_tunnel *st = (struct h2_tunnel *)t;
-	if (st->holds > 0)
-		st->closing = true;
-	else
+	if (hold_close(st->holds, &st->closing))
 		st_free(st);
 }
 
@@ -143,7 +142,7 @@ static void pass_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	st->holds++;
+	hold_take(&st->holds);
 	move_bytes(st);
 	if (st->report_connected && !st->closing) {
 		st->report_connected = false;
@@ -166,7 +165,7 @@ static void pass_cb(evutil_socket_t fd, short what, void *arg)
 		st->report_error = false;
 		cbs->on_event(st->base.ctx, TRANSPORT_ERROR, st->err, st->reason);
 	}
-	if (--st->holds == 0 && st->closing)
+	if (hold_release(&st->holds) && st->closing)
 		st_free(st);
 }
 

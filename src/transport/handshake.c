@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hold.h"
+#include "muxd.h"
 #include "transport/handshake.h"
 
 void handshake_free(struct handshake *h)
@@ -31,12 +33,12 @@ void handshake_free(struct handshake *h)
 
 void handshake_hold(struct handshake *h)
 {
-	h->holds++;
+	hold_take(&h->holds);
 }
 
 bool handshake_release(struct handshake *h)
 {
-	if (--h->holds == 0 && h->closing) {
+	if (hold_release(&h->holds) && h->closing) {
 		handshake_free(h);
 		return false;
 	}
@@ -238,8 +240,7 @@ static void hs_close(struct transport *base)
 {
 	struct handshake *h = (struct handshake *)base;
 
-	if (h->holds > 0) {
-		h->closing = true;
+	if (!hold_close(h->holds, &h->closing)) {
 		if (h->pass_ev)
 			event_del(h->pass_ev);
 		return;

@@ -59,7 +59,7 @@ struct handshake {
 	char lower_reason[256];
 	enum muxd_err fail_err; /* a failure found while starting, reported later */
 	char fail_reason[600];
-	int holds;
+	unsigned holds; /* hold.h */
 	bool closing;
 };
 

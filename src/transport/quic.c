@@ -17,12 +17,14 @@
 
 #include "dns.h"
 #include "log.h"
+#include "muxd.h"
+#include "timeutil.h"
 #include "transport/eyeballs.h"
 #include "transport/quic_int.h"
 
 static void set_timer(struct event *ev, uint64_t ms)
 {
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 	evtimer_add(ev, &tv);
 }
 
@@ -732,6 +734,27 @@ void quic_extend_offsets(struct quic *q, int64_t id, uint64_t n)
 		ngtcp2_conn_extend_max_stream_offset(conn, id, n);
 		ngtcp2_conn_extend_max_offset(conn, n);
 	}
+}
+
+void quic_extend_stream_offset(struct quic *q, int64_t id, uint64_t n)
+{
+	ngtcp2_conn *conn = live_conn(q);
+
+	if (conn)
+		ngtcp2_conn_extend_max_stream_offset(conn, id, n);
+}
+
+uint64_t quic_rtt_us(const struct quic *q)
+{
+	ngtcp2_conn *conn = live_conn(q);
+	ngtcp2_conn_stat st;
+
+	if (!conn)
+		return 0;
+	ngtcp2_conn_get_conn_stat(conn, &st);
+	return st.first_rtt_sample_ts && st.first_rtt_sample_ts != UINT64_MAX
+	           ? st.smoothed_rtt / NGTCP2_MICROSECONDS
+	           : 0;
 }
 
 void quic_extend_conn_offset(struct quic *q, uint64_t n)

@@ -46,10 +46,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "muxd.h"
+#include "errors.h"
 
 #define QUIC_HANDSHAKE_MS 10000 /* set-up deadline */
 
+struct muxd;
 struct quic;
 
 /* Stream data handed out for sending (the app's memory, kept until acked). */
@@ -137,6 +138,11 @@ uint64_t quic_bidi_left(const struct quic *q);
  * bytes (consumed); quic_extend_conn_offset: the connection's only. */
 void quic_extend_offsets(struct quic *q, int64_t id, uint64_t n);
 void quic_extend_conn_offset(struct quic *q, uint64_t n);
+/* Open stream id's receive window n bytes further (window growth; the
+ * connection's stays). */
+void quic_extend_stream_offset(struct quic *q, int64_t id, uint64_t n);
+/* The smoothed round trip in us; 0 before the first sample. */
+uint64_t quic_rtt_us(const struct quic *q);
 /* Reset the stream both ways / stop sending on it, with the app's code. */
 void quic_shutdown_stream(struct quic *q, int64_t id, uint64_t code);
 void quic_shutdown_stream_write(struct quic *q, int64_t id, uint64_t code);

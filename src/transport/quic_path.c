@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "muxd.h"
 #include "transport/quic_int.h"
 #include "transport/tls.h"
 

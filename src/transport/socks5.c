@@ -19,6 +19,7 @@
 
 #include "dns.h"
 #include "log.h"
+#include "muxd.h"
 #include "transport/handshake.h"
 #include "transport/transport.h"
 

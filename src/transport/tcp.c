@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include "dns.h"
+#include "muxd.h"
+#include "timeutil.h"
 #include "transport/eyeballs.h"
 #include "transport/transport.h"
 
@@ -329,7 +331,7 @@ struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port, u
                               const struct transport_cbs *cbs, void *ctx)
 {
 	struct tcp *c = calloc(1, sizeof(*c));
-	struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(timeout_ms);
 
 	if (!c)
 		return NULL;

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 
 #include "log.h"
+#include "muxd.h"
 #include "transport/tls.h"
 #include "transport/tls_io.h"
 

@@ -12,8 +12,9 @@
 #include <gnutls/gnutls.h>
 #include <stdbool.h>
 
-#include "muxd.h"
 #include "transport/transport.h"
+
+struct tls_client_ctx;
 
 /* Process-wide TLS client state: credentials per (trust store, verify, client
  * certificate), session cache. */

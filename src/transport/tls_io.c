@@ -17,7 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hold.h"
 #include "log.h"
+#include "muxd.h"
 
 #define RECORD_MAX 16384
 #define ALPN_MAX 8
@@ -39,13 +41,13 @@ void tls_io_free(struct tls_io *io)
 
 static void hold(struct tls_io *io)
 {
-	io->holds++;
+	hold_take(&io->holds);
 }
 
 /* Returns false when the layer is closed (and maybe freed): touch nothing. */
 static bool release(struct tls_io *io)
 {
-	if (--io->holds == 0 && io->closing) {
+	if (hold_release(&io->holds) && io->closing) {
 		tls_io_free(io);
 		return false;
 	}
@@ -386,8 +388,7 @@ static void io_close(struct transport *base)
 {
 	struct tls_io *io = (struct tls_io *)base;
 
-	if (io->holds > 0) {
-		io->closing = true;
+	if (!hold_close(io->holds, &io->closing)) {
 		if (io->pass_ev)
 			event_del(io->pass_ev);
 		return;

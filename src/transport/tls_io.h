@@ -13,7 +13,6 @@
 #include <gnutls/gnutls.h>
 #include <stdbool.h>
 
-#include "muxd.h"
 #include "transport/transport.h"
 
 #define TLS_IO_PRIORITY "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
@@ -61,7 +60,7 @@ struct tls_io {
 	enum muxd_err lower_err;
 	char lower_reason[256];
 	char fail_reason[512]; /* a failure found while setting up, reported later */
-	int holds;
+	unsigned holds;        /* hold.h */
 	bool closing;
 };
 

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "muxd.h"
 #include "tls/ca.h"
 #include "transport/tls.h"
 #include "transport/tls_io.h"

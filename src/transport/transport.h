@@ -5,6 +5,25 @@
  * buffers: the layer stops reading from below while its input holds
  * TRANSPORT_BUF bytes, and tells its user when its output has drained.
  * Layers: tcp (async DNS + happy eyeballs). TLS and proxy hops stack on top.
+ *
+ * Calling rules (every layer keeps them; see hold.h for the guard):
+ * - Ownership. The user owns the top layer and frees the whole stack with
+ *   exactly one transport_close(). A constructor that takes a lower layer
+ *   owns it from the call on: when it returns NULL (out of memory, bad
+ *   arguments) it has closed lower already. Buffers stay the layer's; the
+ *   user only reads from input and appends to output.
+ * - When callbacks run. Never from inside a constructor or another call of
+ *   the user: results, bytes and errors are reported from the event loop
+ *   (deferred passes in tls, handshake and stream layers). A layer calls
+ *   the user last, after its own state is settled.
+ * - A callback may free the layer: the user may call transport_close()
+ *   from inside on_read, on_drain or on_event; the layer then touches
+ *   nothing of itself afterwards (it holds itself around its calls out,
+ *   and the last release frees it).
+ * - Errors. TRANSPORT_ERROR comes once, with an err (errors.h) and a reason
+ *   valid only during the call; afterwards the only operation left is
+ *   close(). TRANSPORT_EOF means the peer finished sending: input may still
+ *   hold bytes and output may still be written (half-close).
  */
 #ifndef MUXD_TRANSPORT_H
 #define MUXD_TRANSPORT_H
@@ -12,11 +31,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "muxd.h"
+#include "errors.h"
 
 #define TRANSPORT_BUF (64 * 1024)
 
 struct evbuffer;
+struct muxd;
 struct transport;
 
 enum transport_event {

@@ -105,7 +105,7 @@ void fields_msg(struct http1_msg *m, char *head, size_t head_len, size_t nfields
 			m->body = n > 0 ? HTTP1_BODY_LENGTH : HTTP1_BODY_NONE;
 			m->content_length = n;
 		} else {
-			m->body = HTTP1_BODY_CHUNKED; /* unknown length: the exchange re-frames */
+			m->body = HTTP1_BODY_UNKNOWN; /* ends with the stream */
 		}
 	}
 }

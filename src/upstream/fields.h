@@ -41,8 +41,8 @@ const char *fields_add_trailer(struct sbuf *trailers, const void *name, size_t n
  * Fills *m for on_head from a received head: head (name\0value\0..., head_len
  * bytes) holding nfields fields, status (>= 100). Framing: no body for 1xx,
  * 204, 304 or when no_body (a HEAD request, or the stream ended with the
- * head); a length from content-length; else chunked (unknown length: the
- * exchange re-frames).
+ * head); a length from content-length; else HTTP1_BODY_UNKNOWN (the body
+ * ends with the stream; the client side frames it for its own wire).
  */
 void fields_msg(struct http1_msg *m, char *head, size_t head_len, size_t nfields, int status,
                 bool no_body);

@@ -13,7 +13,9 @@
 #include <string.h>
 
 #include "config.h"
+#include "hold.h"
 #include "log.h"
+#include "timeutil.h"
 #include "transport/transport.h"
 #include "upstream/mux.h"
 #include "upstream/upstream.h"
@@ -46,8 +48,8 @@ struct h1_conn {
 	struct h1_stream stream;
 	struct event *timer; /* response_timeout: no byte moved either way */
 	bool eof;
-	int holds;    /* callbacks running: free only at 0 */
-	bool closing; /* close() was called while held */
+	unsigned holds; /* callbacks running: free only at 0 (hold.h) */
+	bool closing;   /* close() was called while held */
 };
 
 static void conn_free(struct h1_conn *c)
@@ -68,13 +70,13 @@ static void conn_free(struct h1_conn *c)
 
 static void hold(struct h1_conn *c)
 {
-	c->holds++;
+	hold_take(&c->holds);
 }
 
 /* Returns false when the connection was freed. */
 static bool release(struct h1_conn *c)
 {
-	if (--c->holds == 0 && c->closing) {
+	if (hold_release(&c->holds) && c->closing) {
 		conn_free(c);
 		return false;
 	}
@@ -85,9 +87,7 @@ static void h1_close(struct upstream_conn *uc)
 {
 	struct h1_conn *c = (struct h1_conn *)uc;
 
-	if (c->holds > 0)
-		c->closing = true;
-	else
+	if (hold_close(c->holds, &c->closing))
 		conn_free(c);
 }
 
@@ -106,7 +106,7 @@ static void close_and_tell(struct h1_conn *c, enum evict_reason why)
 static void arm_timer(struct h1_conn *c)
 {
 	uint64_t ms = c->cfg->response_timeout_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 	evtimer_add(c->timer, &tv);
 }
 

@@ -15,11 +15,15 @@
  * slots, only when no callback is running (hold/release).
  *
  * Flow control (memory stays bounded): automatic WINDOW_UPDATEs are off. A
- * stream's window (65535) reopens only as the exchange takes bytes out of the
- * stream's body buffer (consumed), so a slow client leaves at most one window
- * of response body here; the connection window is 16 MiB so that one stalled
- * stream never blocks the others. A request body waits in a per-stream buffer
- * of at most TRANSPORT_BUF (send_space).
+ * stream's window (65535 to start with) reopens only as the exchange takes
+ * bytes out of the stream's body buffer (consumed), so a slow client leaves
+ * at most one window of response body here. The window grows (mux.c,
+ * window.h) while the client drains it faster than the origin can fill it,
+ * judged by the round trip measured from our SETTINGS and PINGs to their
+ * ACKs; up to max_stream_window_kib. The connection window is
+ * max_conn_window_kib, so that one stalled stream never blocks the others.
+ * A request body waits in a per-stream buffer of at most TRANSPORT_BUF
+ * (send_space).
  *
  * Liveness: a connection that is handed a stream after it sat without streams
  * for H2_PING_AFTER_IDLE_MS sends a PING at once; an idle connection sends
@@ -58,14 +62,13 @@
 #include "upstream/mux.h"
 #include "upstream/upstream.h"
 
-#define H2_MAX_STREAMS 256                /* streams per connection, whatever the peer allows */
-#define H2_STREAM_WINDOW 65535            /* SETTINGS_INITIAL_WINDOW_SIZE */
-#define H2_CONN_WINDOW (16 * 1024 * 1024) /* connection-level receive window */
-#define H2_PING_AFTER_IDLE_MS 2000        /* idle this long: PING on the next stream */
-#define H2_PING_TIMEOUT_MS 3000           /* no PING ACK by then: the connection is dead */
-#define H2_IDLE_PING_MS 30000             /* PING interval while idle */
-#define H2_MAX_OUTBOUND_ACK 100           /* PING/SETTINGS ACKs queued before the peer is cut */
-#define H2_SMALL_WINDOW_UPDATE 1024       /* increments below this count as flood frames */
+#define H2_MAX_STREAMS 256          /* streams per connection, whatever the peer allows */
+#define H2_STREAM_WINDOW 65535      /* SETTINGS_INITIAL_WINDOW_SIZE */
+#define H2_PING_AFTER_IDLE_MS 2000  /* idle this long: PING on the next stream */
+#define H2_PING_TIMEOUT_MS 3000     /* no PING ACK by then: the connection is dead */
+#define H2_IDLE_PING_MS 30000       /* PING interval while idle */
+#define H2_MAX_OUTBOUND_ACK 100     /* PING/SETTINGS ACKs queued before the peer is cut */
+#define H2_SMALL_WINDOW_UPDATE 1024 /* increments below this count as flood frames */
 
 /*
  * Flood limits: frames of each kind that do no work for a response, per
@@ -118,6 +121,9 @@ struct h2_conn {
 	struct timespec flood_since; /* the second the flood counters cover */
 	unsigned flood[FLOODS];
 	const char *flooded; /* which kind ended the connection */
+	/* round trip: when our SETTINGS / PING left, the smoothed sample (us) */
+	struct timespec settings_at, ping_at;
+	uint64_t rtt_us;
 };
 
 #define H2S(p) ((struct h2_stream *)(p))
@@ -233,6 +239,7 @@ static void send_ping(struct h2_conn *c)
 	if (nghttp2_submit_ping(c->session, NGHTTP2_FLAG_NONE, NULL) != 0)
 		return;
 	c->ping_out = true;
+	clock_gettime(CLOCK_MONOTONIC, &c->ping_at);
 	mux_set_timer(c->ping_timer, H2_PING_TIMEOUT_MS);
 	mux_kick(&c->mc);
 }
@@ -407,6 +414,20 @@ static void on_idle_timer(evutil_socket_t fd, short what, void *arg)
 	mux_release(&c->mc);
 }
 
+/* An ACK answered what left at t: a round-trip sample (smoothed 7/8). */
+static void rtt_sample(struct h2_conn *c, const struct timespec *t)
+{
+	struct timespec now;
+	uint64_t us;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	us = (uint64_t)(now.tv_sec - t->tv_sec) * 1000000 +
+	     (uint64_t)((now.tv_nsec - t->tv_nsec) / 1000);
+	if (us == 0)
+		us = 1;
+	c->rtt_us = c->rtt_us ? (c->rtt_us * 7 + us) / 8 : us;
+}
+
 /* --- nghttp2 callbacks --- */
 
 static struct h2_stream *stream_of(nghttp2_session *session, int32_t id)
@@ -569,6 +590,10 @@ static int cb_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 			c->mc.want_available = true;
 			mux_kick(&c->mc);
 		}
+		if ((frame->hd.flags & NGHTTP2_FLAG_ACK) && c->settings_at.tv_sec) {
+			rtt_sample(c, &c->settings_at);
+			c->settings_at.tv_sec = 0;
+		}
 		break;
 	case NGHTTP2_GOAWAY:
 		log_debug("h2: GOAWAY from %s last_stream_id=%d error=%s", origin(c),
@@ -578,7 +603,8 @@ static int cb_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 		c->mc.base.reusable = false;
 		break;
 	case NGHTTP2_PING:
-		if (frame->hd.flags & NGHTTP2_FLAG_ACK) {
+		if ((frame->hd.flags & NGHTTP2_FLAG_ACK) && c->ping_out) {
+			rtt_sample(c, &c->ping_at);
 			c->ping_out = false;
 			evtimer_del(c->ping_timer);
 		}
@@ -783,6 +809,18 @@ static void send_buffer(struct mux_stream *ms, const void *data, size_t len)
 	evbuffer_add(H2S(ms)->sendbuf, data, len);
 }
 
+static uint64_t rtt_us(struct mux_conn *mc)
+{
+	return ((struct h2_conn *)mc)->rtt_us;
+}
+
+static void grow(struct mux_stream *ms, uint64_t window)
+{
+	if (ms->id > 0 && window <= INT32_MAX)
+		nghttp2_session_set_local_window_size(H2S(ms)->c->session, NGHTTP2_FLAG_NONE,
+		                                      (int32_t)ms->id, (int32_t)window);
+}
+
 static const struct mux_ops h2_mux_ops = {
     .name = "h2",
     .window = H2_STREAM_WINDOW,
@@ -795,6 +833,8 @@ static const struct mux_ops h2_mux_ops = {
     .send_head = send_head,
     .send_used = send_used,
     .send_buffer = send_buffer,
+    .rtt_us = rtt_us,
+    .grow = grow,
 };
 
 /* --- connection operations --- */
@@ -860,6 +900,7 @@ static bool session_new(struct h2_conn *c)
 {
 	nghttp2_session_callbacks *cb;
 	nghttp2_option *opt;
+	uint64_t conn_window = (uint64_t)c->mc.cfg->max_conn_window_kib * 1024;
 	nghttp2_settings_entry iv[] = {
 	    {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
 	    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW},
@@ -898,7 +939,8 @@ static bool session_new(struct h2_conn *c)
 	return nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, iv,
 	                               sizeof(iv) / sizeof(iv[0])) == 0 &&
 	       nghttp2_session_set_local_window_size(c->session, NGHTTP2_FLAG_NONE, 0,
-	                                             H2_CONN_WINDOW) == 0;
+	                                             conn_window < INT32_MAX ? (int32_t)conn_window
+	                                                                     : INT32_MAX) == 0;
 }
 
 struct upstream_conn *h2_conn_new(struct muxd *m, struct transport *t,
@@ -921,6 +963,7 @@ struct upstream_conn *h2_conn_new(struct muxd *m, struct transport *t,
 	c->t = t;
 	clock_gettime(CLOCK_MONOTONIC, &c->idle_since);
 	c->flood_since = c->idle_since;
+	c->settings_at = c->idle_since; /* SETTINGS leave with the preface */
 	mux_set_timer(c->idle_timer, H2_IDLE_PING_MS);
 	transport_set_cbs(t, &tcbs, c);
 	t->ops->set_reading(t, true);

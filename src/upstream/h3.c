@@ -19,10 +19,14 @@
  * data; requests are submitted, cancels and flow-control credit applied,
  * and packets written from the kick.
  *
- * Flow control (memory stays bounded): a stream's receive window is
+ * Flow control (memory stays bounded): a stream's receive window starts at
  * H3_STREAM_WINDOW and reopens only as the exchange takes bytes out of the
- * stream's body buffer (consumed); the connection window is H3_CONN_WINDOW so
- * that one stalled stream never blocks the others. A request body waits in a
+ * stream's body buffer (consumed); it grows (mux.c, window.h: ngtcp2's
+ * own auto-tuning stays off) while the client drains it faster than the
+ * origin fills it, judged by QUIC's smoothed round trip, up to
+ * max_stream_window_kib. The connection window is max_conn_window_kib so
+ * that one stalled stream never blocks the others; growth is stream credit
+ * only, so the connection window never creeps beyond it. A request body waits in a
  * per-stream buffer of at most TRANSPORT_BUF, kept until acknowledged.
  *
  * Endings: GOAWAY makes the connection take no new streams; streams at or
@@ -46,10 +50,9 @@
 #include "upstream/mux.h"
 #include "upstream/upstream.h"
 
-#define H3_MAX_STREAMS 256                /* streams per connection, whatever the peer allows */
-#define H3_STREAM_WINDOW (64 * 1024)      /* per-stream receive window */
-#define H3_CONN_WINDOW (16 * 1024 * 1024) /* connection receive window */
-#define H3_BLOCK 16384                    /* request body block */
+#define H3_MAX_STREAMS 256           /* streams per connection, whatever the peer allows */
+#define H3_STREAM_WINDOW (64 * 1024) /* per-stream receive window */
+#define H3_BLOCK 16384               /* request body block */
 
 /* Request body bytes; stay put (nghttp3 points at them) until acknowledged. */
 struct h3_block {
@@ -74,6 +77,7 @@ struct h3_stream {
 	uint64_t handed;                /* ... given to nghttp3 */
 	uint64_t acked;                 /* ... acknowledged by the origin */
 	size_t credit;                  /* consumed bytes to give back from the kick */
+	uint64_t grown;                 /* window growth to grant from the kick */
 };
 
 struct h3_conn {
@@ -147,6 +151,19 @@ static void detach(struct mux_stream *ms, bool reset)
 static void give(struct mux_stream *ms, size_t n)
 {
 	H3S(ms)->credit += n;
+}
+
+static uint64_t rtt_us(struct mux_conn *mc)
+{
+	struct h3_conn *c = (struct h3_conn *)mc;
+
+	return c->established && !mc->failed ? quic_rtt_us(c->q) : 0;
+}
+
+static void grow(struct mux_stream *ms, uint64_t window)
+{
+	H3S(ms)->grown += window - ms->win;
+	mux_kick(ms->mc);
 }
 
 static void resume(struct mux_stream *ms)
@@ -778,6 +795,9 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 			if (s->credit > 0 && s->ms.id >= 0) /* consumed bytes reopen the windows */
 				quic_extend_offsets(c->q, s->ms.id, s->credit);
 			s->credit = 0;
+			if (s->grown > 0 && s->ms.open && s->ms.id >= 0)
+				quic_extend_stream_offset(c->q, s->ms.id, s->grown);
+			s->grown = 0;
 		}
 		quic_write(c->q);
 	}
@@ -798,6 +818,8 @@ static const struct mux_ops h3_mux_ops = {
     .send_head = send_head,
     .send_used = send_used,
     .send_buffer = send_buffer,
+    .rtt_us = rtt_us,
+    .grow = grow,
 };
 
 /* --- connection operations --- */
@@ -873,7 +895,7 @@ struct upstream_conn *h3_conn_new(struct muxd *m, const struct h3_params *p,
 	    .verify = p->verify,
 	    .session_key = p->session_key,
 	    .stream_window = H3_STREAM_WINDOW,
-	    .conn_window = H3_CONN_WINDOW,
+	    .conn_window = (uint64_t)m->cfg->max_conn_window_kib * 1024,
 	    .max_uni_streams = 16,
 	};
 	bool ok;

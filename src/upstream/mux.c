@@ -9,9 +9,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "hold.h"
 #include "log.h"
+#include "timeutil.h"
 #include "transport/transport.h"
 #include "upstream/mux.h"
+#include "upstream/window.h"
 
 void upstream_conn_init(struct upstream_conn *b, const struct upstream_conn_ops *ops,
                         enum proto proto, const struct upstream_owner_cbs *owner_cbs, void *owner)
@@ -25,7 +28,7 @@ void upstream_conn_init(struct upstream_conn *b, const struct upstream_conn_ops 
 
 void mux_set_timer(struct event *ev, uint64_t ms)
 {
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 	evtimer_add(ev, &tv);
 }
 
@@ -45,11 +48,72 @@ bool mux_conn_init(struct mux_conn *mc, struct muxd *m, const struct mux_ops *mo
 	return mc->kick != NULL;
 }
 
+/* --- receive windows --- */
+
+static uint64_t us_since(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (uint64_t)(now.tv_sec - t->tv_sec) * 1000000 +
+	       (uint64_t)((now.tv_nsec - t->tv_nsec) / 1000);
+}
+
+/* The stream is gone: its window growth goes back to the budgets. */
+static void win_release(struct mux_stream *s)
+{
+	uint64_t grown = s->win > s->mc->mops->window ? s->win - s->mc->mops->window : 0;
+
+	s->mc->m->window_granted -=
+	    grown < s->mc->m->window_granted ? grown : s->mc->m->window_granted;
+	s->mc->win_total -= s->win < s->mc->win_total ? s->win : s->mc->win_total;
+	s->win = 0;
+}
+
+/* n more body bytes were consumed: half a window consumed is a check
+ * (window.h), which may open the window further. */
+static void win_consumed(struct mux_stream *s, size_t n)
+{
+	struct mux_conn *mc = s->mc;
+	const struct config *cfg = mc->cfg;
+	uint64_t conn_max = (uint64_t)cfg->max_conn_window_kib * 1024;
+	uint64_t budget = (uint64_t)cfg->window_budget_kib * 1024;
+	struct window_in in;
+	uint64_t w;
+
+	s->win_consumed += n;
+	if (s->win_consumed < s->win / 2 || (s->win_at.tv_sec == 0 && s->win_at.tv_nsec == 0))
+		return;
+	in.rtt_us = mc->mops->rtt_us(mc);
+	in.elapsed_us = us_since(&s->win_at);
+	in.consumed = s->win_consumed;
+	in.window = s->win;
+	in.max = (uint64_t)cfg->max_stream_window_kib * 1024;
+	in.budget_left = budget > mc->m->window_granted ? budget - mc->m->window_granted : 0;
+	if (conn_max < mc->win_total + in.budget_left)
+		in.budget_left = conn_max > mc->win_total ? conn_max - mc->win_total : 0;
+	w = window_next(&in);
+	if (w > s->win) {
+		mc->m->window_granted += w - s->win;
+		mc->win_total += w - s->win;
+		log_debug("%s: stream %lld to %s: receive window %llu KiB (rtt %llu us, window "
+		          "drained in %llu us)",
+		          mc->mops->name, (long long)s->id, mux_origin(mc),
+		          (unsigned long long)(w / 1024), (unsigned long long)in.rtt_us,
+		          (unsigned long long)in.elapsed_us);
+		mc->mops->grow(s, w);
+		s->win = w;
+	}
+	s->win_consumed = 0;
+	clock_gettime(CLOCK_MONOTONIC, &s->win_at);
+}
+
 void mux_conn_free_base(struct mux_conn *mc)
 {
 	while (mc->streams) {
 		struct mux_stream *s = mc->streams;
 		mc->streams = s->next;
+		win_release(s);
 		mc->mops->stream_free(s);
 	}
 	if (mc->kick)
@@ -78,23 +142,18 @@ unsigned mux_live(const struct mux_conn *mc)
 
 void mux_hold(struct mux_conn *mc)
 {
-	mc->holds++;
+	hold_take(&mc->holds);
 }
 
 bool mux_release(struct mux_conn *mc)
 {
-	if (mc->holds > 1) {
-		mc->holds--;
-		return !mc->freeing;
-	}
-	if (!mc->freeing)
+	if (mc->holds == 1 && !mc->freeing)
 		mc->mops->settle(mc); /* still held once: nested hold/release do not recurse */
-	mc->holds = 0;
-	if (mc->freeing) {
+	if (hold_release(&mc->holds) && mc->freeing) {
 		mc->mops->conn_free(mc);
 		return false;
 	}
-	return true;
+	return !mc->freeing;
 }
 
 /* The owner forgets the connection; it is freed once no stream is left. */
@@ -118,6 +177,7 @@ void mux_sweep(struct mux_conn *mc, unsigned *live, unsigned *freed)
 		struct mux_stream *s = *pp;
 		if (!s->user && !s->open) {
 			*pp = s->next;
+			win_release(s);
 			mc->mops->stream_free(s);
 			(*freed)++;
 		} else {
@@ -204,9 +264,7 @@ void mux_close(struct mux_conn *mc)
 	mc->base.reusable = false;
 	for (struct mux_stream *s = mc->streams; s; s = s->next)
 		s->user = false;
-	if (mc->holds > 0)
-		mc->freeing = true;
-	else
+	if (hold_close(mc->holds, &mc->freeing))
 		mc->mops->conn_free(mc);
 }
 
@@ -228,6 +286,8 @@ void mux_stream_link(struct mux_stream *s)
 	s->next = s->mc->streams;
 	s->mc->streams = s;
 	s->mc->base.requests++;
+	s->win = s->mc->mops->window;
+	s->mc->win_total += s->win;
 }
 
 void mux_stream_free_bufs(struct mux_stream *s)
@@ -345,7 +405,9 @@ void mux_got_head(struct mux_stream *s, bool end)
 void mux_got_body(struct mux_stream *s, size_t len)
 {
 	s->unconsumed += len;
-	if (s->unconsumed >= s->mc->mops->window)
+	if (s->win_at.tv_sec == 0 && s->win_at.tv_nsec == 0)
+		clock_gettime(CLOCK_MONOTONIC, &s->win_at); /* the first window starts */
+	if (s->unconsumed >= s->win)
 		evtimer_del(s->timer); /* the origin waits for us now */
 	else
 		mux_arm(s);
@@ -442,13 +504,16 @@ static void s_consumed(struct upstream_stream *us)
 		return;
 	mux_hold(mc);
 	if (s->unconsumed > left) {
-		mc->mops->give(s, s->unconsumed - left);
+		size_t n = s->unconsumed - left;
+		mc->mops->give(s, n);
 		s->unconsumed = left;
+		if (!s->remote_ended)
+			win_consumed(s, n);
 		mux_kick(mc);
 	}
 	if (s->remote_ended)
 		mux_maybe_end(s);
-	else if (s->unconsumed < mc->mops->window && !evtimer_pending(s->timer, NULL))
+	else if (s->unconsumed < s->win && !evtimer_pending(s->timer, NULL))
 		mux_arm(s); /* the window is open again: wait for the origin */
 	mux_release(mc);
 }

@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "config.h"
 #include "upstream/fields.h"
@@ -61,11 +62,16 @@ struct mux_stream {
 	struct evbuffer *body;
 	size_t unconsumed; /* body bytes not yet given back to the window */
 	struct event *timer;
+	/* receive-window auto-tuning (upstream/window.h): the current window,
+	 * bytes consumed and the time since the last check (zero: no body yet) */
+	uint64_t win;
+	uint64_t win_consumed;
+	struct timespec win_at;
 };
 
 struct mux_ops {
 	const char *name; /* "h2", "h3": for log lines */
-	size_t window;    /* per-stream receive window */
+	size_t window;    /* per-stream receive window to start with */
 	void (*conn_free)(struct mux_conn *mc);
 	void (*settle)(struct mux_conn *mc); /* with exactly one hold, no callback running */
 	void (*stream_free)(struct mux_stream *s);
@@ -79,6 +85,11 @@ struct mux_ops {
 	void (*send_head)(struct mux_stream *s, const struct upstream_request *r);
 	uint64_t (*send_used)(const struct mux_stream *s);
 	void (*send_buffer)(struct mux_stream *s, const void *data, size_t len);
+	/* Flow control: the smoothed round trip to the origin in us (0 = not
+	 * known yet); open the stream's receive window to window bytes (more
+	 * than now), credit for the origin beyond what it consumed. */
+	uint64_t (*rtt_us)(struct mux_conn *mc);
+	void (*grow)(struct mux_stream *s, uint64_t window);
 };
 
 struct mux_conn {
@@ -94,7 +105,8 @@ struct mux_conn {
 	bool failed;  /* transport gone or session dead */
 	bool told;    /* the owner was told on_closed (or closed us) */
 	bool freeing; /* free when the last hold is released */
-	int holds;
+	unsigned holds;
+	uint64_t win_total; /* the receive windows of its streams together */
 };
 
 /* Sets what every upstream connection starts with (reusable). */

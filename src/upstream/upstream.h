@@ -6,7 +6,32 @@
  * head, body data and an end, and calls back with the response head (interim
  * 1xx heads too), body data (taken from stream->body, then "consumed"), the
  * end with trailers, or an error.
- * Owns: nothing; implementations (h1.c) own their connections and streams.
+ * Owns: nothing; implementations (h1.c, h2.c, h3.c over mux.c) own their
+ * connections and streams.
+ *
+ * Calling rules (every codec keeps them; see hold.h for the guard):
+ * - Ownership. A connection owns its transport (passed to *_conn_new) and
+ *   its streams; the owner (the pool) holds the connection until it calls
+ *   close() or hears on_closed/on_failed. A stream belongs to its user from
+ *   open_stream() until on_end, on_error or the user's cancel(), whichever
+ *   comes first; after any of them the user touches the stream no more.
+ *   Response heads and trailers handed to a callback are the codec's, valid
+ *   during the call only.
+ * - When callbacks run: from the event loop, not from inside a call of the
+ *   user, with one exception: consumed() goes on decoding, so it may call
+ *   on_body, on_end or on_error before it returns; a user calls it last and
+ *   takes the stream as possibly ended afterwards. The codec calls the user
+ *   last, after its own state is settled.
+ * - A callback may free the object: from inside on_head, on_body or
+ *   on_send_ready the user may cancel() its stream, and from inside any
+ *   callback the owner may close() the connection; the codec holds the
+ *   connection around its calls out and frees it at the last release.
+ * - Errors. A stream ends with exactly one of on_end or on_error (err from
+ *   errors.h; nothing_received tells whether a retry is safe). close()
+ *   ends streams without callbacks. on_closed (why: an evict_reason, or
+ *   EVICT_COUNT for "not an eviction") and on_failed (set-up failed) tell the
+ *   owner to forget the connection: it must not call the connection again;
+ *   streams still open on a multiplexed connection end on their own.
  */
 #ifndef MUXD_UPSTREAM_H
 #define MUXD_UPSTREAM_H

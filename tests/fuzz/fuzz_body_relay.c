@@ -1,8 +1,10 @@
 /*
  * Fuzz target for the body relay in both directions: src/exchange.c with the
  * real HTTP/1.1 upstream codec (src/upstream/h1.c) over an in-memory
- * transport, the client connection and the pool replaced by fakes at link
- * time (ld --wrap, EXCHANGE_SEAMS in the Makefile).
+ * transport, the pool replaced by a fake at link time (ld --wrap,
+ * EXCHANGE_SEAMS in the Makefile) and the client stream given to
+ * exchange_start a real h1_stream (src/client/h1_stream.c) with the
+ * connection's part faked.
  *
  * Input: flags (1 byte: the request's framing), the client's bytes after the
  * request head (3-byte little-endian length, then the bytes), the origin's
@@ -28,8 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "client/h1_stream.h"
 #include "config.h"
-#include "downstream.h"
 #include "exchange.h"
 #include "http1.h"
 #include "log.h"
@@ -146,49 +148,61 @@ static void client_blocks(void)
 
 static bool ex_done; /* finished or aborted: the exchange is freed */
 
-struct transport *__wrap_downstream_transport(struct downstream *ds);
-const char *__wrap_downstream_peer(const struct downstream *ds);
-void __wrap_downstream_respond(struct downstream *ds, int status, const char *content_type,
-                               const char *body, size_t body_len, bool close);
-void __wrap_downstream_exchange_done(struct downstream *ds, bool keep_alive);
-void __wrap_downstream_abort(struct downstream *ds);
+/* The client's request stream: the real HTTP/1.1 framing over the fake
+ * client transport, with the connection's part (respond, done, abort,
+ * peer) faked below. */
+static struct h1_stream hs;
 
-struct transport *__wrap_downstream_transport(struct downstream *ds)
+static const char *fake_peer(const struct client_stream *cs)
 {
-	(void)ds;
-	return &client.t;
-}
-
-const char *__wrap_downstream_peer(const struct downstream *ds)
-{
-	(void)ds;
+	(void)cs;
 	return "client";
 }
 
-void __wrap_downstream_respond(struct downstream *ds, int status, const char *content_type,
-                               const char *body, size_t body_len, bool close)
+static void fake_respond(struct client_stream *cs, int status, const char *content_type,
+                         const char *body, size_t body_len)
 {
-	(void)ds;
+	(void)cs;
 	(void)content_type;
-	(void)close;
 	evbuffer_add_printf(client.out, "HTTP/1.1 %d muxd\r\n\r\n", status);
 	evbuffer_add(client.out, body, body_len);
 }
 
-void __wrap_downstream_exchange_done(struct downstream *ds, bool keep_alive)
+static void fake_done(struct client_stream *cs)
 {
-	(void)ds;
+	bool keep_alive = h1_stream_keep_alive(&hs);
+
+	(void)cs;
 	(void)keep_alive;
+	h1_stream_clear(&hs);
 	CHECK(!ex_done);
 	ex_done = true;
 }
 
-void __wrap_downstream_abort(struct downstream *ds)
+static void fake_abort(struct client_stream *cs)
 {
-	(void)ds;
+	(void)cs;
+	h1_stream_clear(&hs);
 	CHECK(!ex_done);
 	ex_done = true;
 }
+
+/* The client stream's operations, as the HTTP/1.1 session's. */
+static const struct client_stream_ops fake_client_ops = {
+    h1_stream_read_body,
+    h1_stream_consumed,
+    h1_stream_trailers,
+    h1_stream_send_interim,
+    h1_stream_send_continue,
+    h1_stream_send_head,
+    h1_stream_send_space,
+    h1_stream_send_body,
+    h1_stream_send_end,
+    fake_respond,
+    fake_done,
+    fake_abort,
+    fake_peer,
+};
 
 /* ---- the fake pool: one HTTP/1.1 connection over origin ---- */
 
@@ -505,7 +519,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(http1_parse_absolute_uri(req.target, &uri));
 	decode(body.p, body.len, req.body == HTTP1_BODY_CHUNKED,
 	       req.body == HTTP1_BODY_LENGTH ? req.content_length : 0, &want);
-	ex = exchange_start(&m, (struct downstream *)&client, &req, &uri, NULL);
+	CHECK(h1_stream_begin(&hs, &fake_client_ops, &m, &client.t, &req));
+	ex = exchange_start(&m, &hs.base, &req, &uri, NULL);
 	CHECK(ex);
 
 	/* the schedule */
@@ -539,6 +554,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 3:
 			if (arg == 63 && !client_eof) {
 				client_eof = true;
+				hs.keep_alive = false; /* as the session does */
 				exchange_client_eof(ex);
 			} else if (arg == 62) {
 				client_blocks();

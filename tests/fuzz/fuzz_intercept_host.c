@@ -21,7 +21,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "downstream.h"
+#include "client/h1_session.h"
 #include "http1.h"
 
 #define CHECK(cond)                                                                                \

@@ -32,6 +32,7 @@ import threading
 import time
 
 import pytest
+from test_windows import relay  # noqa: F401 (a fixture)
 
 from support import (
     LOCALHOST,
@@ -393,3 +394,31 @@ def test_100mb_download_over_h3(muxd, tls_nginx_factory, h3_server, pki):
     assert nginx_requests(ng, "/big") == 0
     if not SANITIZE:
         assert peak < RSS_LIMIT_KIB, f"muxd peak RSS {peak} KiB >= {RSS_LIMIT_KIB} KiB"
+
+
+def test_h3_window_grows_behind_a_round_trip(muxd, tls_nginx_factory, h3_server, pki, relay):
+    """Behind a round trip to the origin, a client that keeps up gets a QUIC
+    stream window larger than the 64 KiB it starts with (stream credit
+    beyond what it consumed); the body arrives intact."""
+    size = 16 * 1024 * 1024
+    q = h3_server()
+    (q.root / "which").write_text("quic\n")
+    digest = hashlib.sha256()
+    with open(q.root / "big", "wb") as f:
+        for chunk in pattern_chunks(size, seed=5):
+            f.write(chunk)
+            digest.update(chunk)
+    port = relay(q.port, 5, udp=True)
+    ng = tls_nginx_factory(http2=True, extra=f"add_header Alt-Svc 'h3=\":{port}\"; ma=3600' always;\n")
+    (ng.root / "which").write_text("tcp\n")
+    (ng.root / "big").write_text("tcp\n")
+    m = muxd(h3_conf(pki, ng.port), args=["-v"])
+    assert which(m, ng) == "tcp"
+    cmd = ["curl", "-sS", "--noproxy", "", "--max-time", "60", "-x", f"http://{LOCALHOST}:{m.port}",
+           "--cacert", str(m.state_dir / "ca.pem"), f"https://localhost:{ng.port}/big"]
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    assert len(out.stdout) == size
+    assert hashlib.sha256(out.stdout).hexdigest() == digest.hexdigest()
+    assert metric(m, "muxd_requests_total", proto="h3") >= 1
+    assert re.search(r"h3: stream \d+ to \S+: receive window \d+ KiB", m.log()), "the stream window never grew"

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from conftest import attach_log, render_conf
+from test_windows import relay  # noqa: F401 (a fixture)
 from support import (
     LOCALHOST,
     MUXD_BIN,
@@ -1046,3 +1047,47 @@ def test_reload_changes_parent_and_pool_key(muxd, nginx, squid):
     time.sleep(0.3)
     assert not squid.requests("GET", "?direct"), squid.log_lines()
     assert len(squid.requests("GET")) == 1
+
+
+def test_https_parent_h2_tunnel_window_grows_big_download_intact(muxd, pki, nghttpx, stream_server, relay):
+    """A tunnel on an HTTP/2 parent is a stream like any other: behind a
+    round trip to the parent its receive window grows while the client
+    keeps up, and 32 MiB through it arrive intact."""
+    import hashlib
+
+    from support import pattern_chunks
+
+    size = 32 * 1024 * 1024
+
+    def send_big(sock):
+        if sock.recv(1) != b"g":
+            return
+        for chunk in pattern_chunks(size, seed=77):
+            sock.sendall(chunk)
+
+    expected = hashlib.sha256()
+    for chunk in pattern_chunks(size, seed=77):
+        expected.update(chunk)
+    target = stream_server(send_big)
+    port = relay(nghttpx.port, 5)
+    m = muxd(
+        conf(
+            route(f"https://{LOCALHOST}:{port}", proxy_ca_file=pki.ca_cert),
+            {"muxd": {"connect_ports": f"443 {target.port}"}},
+        ),
+        args=["-v"],
+    )
+    resp, reader = open_tunnel(m.port, target.authority, timeout=60)
+    assert resp.status == 200, resp
+    got = hashlib.sha256(reader.buf)
+    received = len(reader.buf)
+    with reader.sock as s:
+        s.sendall(b"g")
+        while received < size:
+            data = s.recv(1 << 20)
+            assert data, f"EOF after {received} bytes"
+            got.update(data)
+            received += len(data)
+    assert received == size
+    assert got.hexdigest() == expected.hexdigest()
+    assert re.search(r"h2: stream \d+ to \S+: receive window \d+ KiB", m.log()), "the tunnel's window never grew"

@@ -1,5 +1,6 @@
 /*
- * Unit tests for src/exchange.c: the request-body relay (fixed length and
+ * Unit tests for src/exchange.c (with the HTTP/1.1 client stream,
+ * src/client/h1_stream.c): the request-body relay (fixed length and
  * chunked, with the client's bytes in chains split at every point and an
  * upstream send space of 1..63 bytes), the response-body relay, and the
  * retry rule of DESIGN.md principle 3.
@@ -9,8 +10,9 @@
  * that hands that stream over when the test says so, and a fake client
  * connection whose input the test fills with exactly sized heap chains
  * (evbuffer_add_reference), so that a read past a chain is a wrong byte here
- * and an error under AddressSanitizer. The pool and the client connection are
- * replaced at link time (ld --wrap, see EXCHANGE_SEAMS in the Makefile).
+ * and an error under AddressSanitizer. The pool is replaced at link time (ld
+ * --wrap, see EXCHANGE_SEAMS in the Makefile); the client stream given to
+ * exchange_start is a real h1_stream with the connection's part faked.
  */
 #include "exchange.h"
 
@@ -18,8 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "client/h1_stream.h"
 #include "config.h"
-#include "downstream.h"
 #include "harness.h"
 #include "http1.h"
 #include "log.h"
@@ -31,7 +33,7 @@
 static struct fake_client {
 	struct transport t;
 	struct evbuffer *in, *out;
-	int responses; /* downstream_respond calls */
+	int responses; /* respond calls */
 	int status;    /* of the last one */
 	bool done, aborted, keep_alive;
 } fc;
@@ -68,31 +70,22 @@ static bool fc_alive(struct transport *t)
 static const struct transport_ops fc_ops = {fc_input,   fc_output,  fc_set_reading,
                                             fc_nothing, fc_nothing, fc_alive};
 
-struct transport *__wrap_downstream_transport(struct downstream *ds);
-const char *__wrap_downstream_peer(const struct downstream *ds);
-void __wrap_downstream_respond(struct downstream *ds, int status, const char *content_type,
-                               const char *body, size_t body_len, bool close);
-void __wrap_downstream_exchange_done(struct downstream *ds, bool keep_alive);
-void __wrap_downstream_abort(struct downstream *ds);
+/* The client's request stream: the real HTTP/1.1 framing over the fake
+ * client transport, with the connection's part (respond, done, abort,
+ * peer) faked below. */
+static struct h1_stream hs;
 
-struct transport *__wrap_downstream_transport(struct downstream *ds)
+static const char *fake_peer(const struct client_stream *cs)
 {
-	ck_assert_ptr_eq(ds, (struct downstream *)&fc);
-	return &fc.t;
-}
-
-const char *__wrap_downstream_peer(const struct downstream *ds)
-{
-	(void)ds;
+	(void)cs;
 	return "client";
 }
 
-void __wrap_downstream_respond(struct downstream *ds, int status, const char *content_type,
-                               const char *body, size_t body_len, bool close)
+static void fake_respond(struct client_stream *cs, int status, const char *content_type,
+                         const char *body, size_t body_len)
 {
-	(void)ds;
+	(void)cs;
 	(void)content_type;
-	(void)close;
 	fc.responses++;
 	fc.status = status;
 	evbuffer_add_printf(fc.out, "HTTP/1.1 %d muxd\r\nContent-Length: %zu\r\n\r\n", status,
@@ -100,20 +93,41 @@ void __wrap_downstream_respond(struct downstream *ds, int status, const char *co
 	evbuffer_add(fc.out, body, body_len);
 }
 
-void __wrap_downstream_exchange_done(struct downstream *ds, bool keep_alive)
+static void fake_done(struct client_stream *cs)
 {
-	(void)ds;
+	bool keep_alive = h1_stream_keep_alive(&hs);
+
+	(void)cs;
+	h1_stream_clear(&hs);
 	ck_assert(!fc.done && !fc.aborted);
 	fc.done = true;
 	fc.keep_alive = keep_alive;
 }
 
-void __wrap_downstream_abort(struct downstream *ds)
+static void fake_abort(struct client_stream *cs)
 {
-	(void)ds;
+	(void)cs;
+	h1_stream_clear(&hs);
 	ck_assert(!fc.done && !fc.aborted);
 	fc.aborted = true;
 }
+
+/* The client stream's operations, as the HTTP/1.1 session's. */
+static const struct client_stream_ops fake_client_ops = {
+    h1_stream_read_body,
+    h1_stream_consumed,
+    h1_stream_trailers,
+    h1_stream_send_interim,
+    h1_stream_send_continue,
+    h1_stream_send_head,
+    h1_stream_send_space,
+    h1_stream_send_body,
+    h1_stream_send_end,
+    fake_respond,
+    fake_done,
+    fake_abort,
+    fake_peer,
+};
 
 static void chain_free(const void *data, size_t len, void *arg)
 {
@@ -296,6 +310,8 @@ static void end_exchange(void)
 {
 	if (ex_alive())
 		exchange_abort(ex);
+	h1_stream_clear(&hs);
+	h1_stream_clear(&hs);
 	ex = NULL;
 }
 
@@ -324,7 +340,8 @@ static void start(const char *head)
 	fc.done = fc.aborted = fc.keep_alive = false;
 	fc.responses = fc.status = 0;
 	fp.calls = 0;
-	ex = exchange_start(&m, (struct downstream *)&fc, &req, &uri, NULL);
+	ck_assert(h1_stream_begin(&hs, &fake_client_ops, &m, &fc.t, &req));
+	ex = exchange_start(&m, &hs.base, &req, &uri, NULL);
 	ck_assert_ptr_nonnull(ex);
 	ck_assert_int_eq(fp.calls, 1);
 	ck_assert(!fp.fresh_only);
@@ -914,6 +931,7 @@ START_TEST(abort_while_waiting)
 {
 	start(GET_HEAD);
 	exchange_abort(ex);
+	h1_stream_clear(&hs);
 	ex = NULL;
 	ck_assert_int_eq(fp.cancels, 1);
 	ck_assert(!fp.waiting && !fc.done && !fc.aborted);

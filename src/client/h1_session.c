@@ -1,5 +1,7 @@
 /*
- * downstream — the client side of muxd: one struct per accepted connection.
+ * h1_session — the HTTP/1.1 server session (the downstream_* functions): one
+ * struct per accepted connection, its one request at a time a client_stream
+ * (session.h; the framing is h1_stream.c's).
  * Heads are parsed only once a blank line is in the buffer (or the buffer is
  * over the limit), so a head dribbled in byte by byte costs linear time.
  * Closing is "lingering": muxd's write side is shut after the last byte and
@@ -18,12 +20,13 @@
  * get 414, heads over HTTP1_MAX_HEAD 431. While descriptors run short the
  * oldest idle keep-alive connections are closed first (listen.c decides).
  */
-#include "downstream.h"
+#include "client/h1_session.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,11 +35,13 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "client/h1_stream.h"
 #include "config.h"
 #include "exchange.h"
 #include "http1.h"
 #include "log.h"
 #include "route.h"
+#include "timeutil.h"
 #include "transport/tls.h"
 #include "transport/transport.h"
 #include "tunnel.h"
@@ -64,6 +69,7 @@ struct downstream {
 	char peer[64];
 	bool loopback;
 	struct exchange *ex;
+	struct h1_stream stream; /* the request of the exchange ex */
 	struct tunnel *tunnel;
 	enum ds_mode mode;
 	char origin_host[256]; /* DS_PEEK onwards: the CONNECT authority */
@@ -96,6 +102,7 @@ static void ds_free(struct downstream *ds)
 
 	if (ds->ex)
 		exchange_abort(ds->ex);
+	h1_stream_clear(&ds->stream);
 	if (ds->tunnel)
 		tunnel_abort(ds->tunnel);
 	if (ds->prev)
@@ -144,7 +151,7 @@ static void free_soon(struct downstream *ds)
  * closes or after LINGER_MS. */
 static void start_close(struct downstream *ds)
 {
-	struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(LINGER_MS);
 
 	if (ds->closing)
 		return;
@@ -161,14 +168,22 @@ static void start_close(struct downstream *ds)
 	ds->t->ops->set_reading(ds->t, true);
 }
 
-struct transport *downstream_transport(struct downstream *ds)
+static struct transport *owner_transport(void *ctx)
 {
+	struct downstream *ds = ctx;
+
 	return ds->t;
 }
 
-const char *downstream_peer(const struct downstream *ds)
+/* The connection of one of its streams. */
+static struct downstream *stream_owner(const struct client_stream *cs)
 {
-	return ds->peer;
+	return (struct downstream *)((char *)cs - offsetof(struct downstream, stream));
+}
+
+static const char *stream_peer(const struct client_stream *cs)
+{
+	return stream_owner(cs)->peer;
 }
 
 static void respond_head(struct downstream *ds, int status, const char *content_type,
@@ -180,8 +195,9 @@ static void respond_head(struct downstream *ds, int status, const char *content_
 	                    close ? "Connection: close\r\n" : "");
 }
 
-void downstream_respond(struct downstream *ds, int status, const char *content_type,
-                        const char *body, size_t body_len, bool close)
+/* Write a complete response of muxd's own. close: end the connection after. */
+static void respond(struct downstream *ds, int status, const char *content_type, const char *body,
+                    size_t body_len, bool close)
 {
 	respond_head(ds, status, content_type, body_len, close);
 	evbuffer_add(transport_output(ds->t), body, body_len);
@@ -189,7 +205,7 @@ void downstream_respond(struct downstream *ds, int status, const char *content_t
 
 static void respond_text(struct downstream *ds, int status, const char *text, bool close)
 {
-	downstream_respond(ds, status, "text/plain", text, strlen(text), close);
+	respond(ds, status, "text/plain", text, strlen(text), close);
 	if (close)
 		start_close(ds);
 }
@@ -210,7 +226,7 @@ static void arm(struct downstream *ds, enum ds_timer kind)
 	uint64_t ms = kind == T_HEADER ? cfg->request_header_timeout_ms
 	              : kind == T_IDLE ? cfg->client_idle_timeout_ms
 	                               : cfg->client_timeout_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 
 	ds->timer_kind = kind;
 	if (kind == T_NONE) {
@@ -404,6 +420,8 @@ static bool targets_self(const struct muxd *m, const char *host, uint16_t port)
 	return false;
 }
 
+static const struct client_stream_ops stream_ops;
+static const struct tunnel_owner tunnel_owner;
 static void forward(struct downstream *ds, struct http1_msg *req, const struct http1_uri *uri,
                     const char *tls_name);
 static void start_peek(struct downstream *ds, const char *host, uint16_t port);
@@ -466,7 +484,7 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 			start_peek(ds, host, port);
 		else if (!config_port_allowed(ds->m->cfg, port))
 			respond_text(ds, 403, "muxd: CONNECT to this port is not allowed\n", true);
-		else if (!(ds->tunnel = tunnel_start(ds->m, ds, host, port, false)))
+		else if (!(ds->tunnel = tunnel_start(ds->m, &tunnel_owner, ds, host, port, false)))
 			respond_text(ds, 500, "muxd: out of memory\n", true);
 		return;
 	}
@@ -485,8 +503,7 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 		if (strcmp(req->method, "HEAD") == 0)
 			respond_head(ds, r.status, r.content_type, r.body_len, !req->keep_alive);
 		else
-			downstream_respond(ds, r.status, r.content_type, r.body, r.body_len,
-			                   !req->keep_alive);
+			respond(ds, r.status, r.content_type, r.body, r.body_len, !req->keep_alive);
 		admin_response_free(&r);
 		if (!req->keep_alive)
 			start_close(ds);
@@ -562,9 +579,15 @@ static void forward(struct downstream *ds, struct http1_msg *req, const struct h
 		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
 		return;
 	}
-	ds->ex = exchange_start(ds->m, ds, req, uri, tls_name);
-	if (!ds->ex)
+	if (!h1_stream_begin(&ds->stream, &stream_ops, ds->m, ds->t, req)) {
 		respond_text(ds, 500, "muxd: out of memory\n", true);
+		return;
+	}
+	ds->ex = exchange_start(ds->m, &ds->stream.base, req, uri, tls_name);
+	if (!ds->ex) {
+		h1_stream_clear(&ds->stream);
+		respond_text(ds, 500, "muxd: out of memory\n", true);
+	}
 }
 
 /*
@@ -648,8 +671,30 @@ static void close_after_eof(struct downstream *ds)
 		start_close(ds);
 }
 
-void downstream_exchange_done(struct downstream *ds, bool keep_alive)
+static void owner_respond(void *ctx, int status, const char *content_type, const char *body,
+                          size_t body_len, bool close)
 {
+	respond(ctx, status, content_type, body, body_len, close);
+}
+
+/* Muxd's own answer for the exchange's request; the connection survives it
+ * when the stream does. */
+static void stream_respond(struct client_stream *cs, int status, const char *content_type,
+                           const char *body, size_t body_len)
+{
+	struct downstream *ds = stream_owner(cs);
+
+	respond(ds, status, content_type, body, body_len, !h1_stream_keep_alive(&ds->stream));
+}
+
+/* The current exchange finished (it is already freed); the connection may
+ * carry the next request when the stream says so. */
+static void stream_done(struct client_stream *cs)
+{
+	struct downstream *ds = stream_owner(cs);
+	bool keep_alive = h1_stream_keep_alive(&ds->stream);
+
+	h1_stream_clear(&ds->stream);
 	ds->ex = NULL;
 	if (ds->peer_eof) {
 		close_after_eof(ds);
@@ -662,8 +707,12 @@ void downstream_exchange_done(struct downstream *ds, bool keep_alive)
 	process(ds);
 }
 
-void downstream_tunnel_done(struct downstream *ds, bool flush)
+/* The CONNECT tunnel ended (already freed): the connection closes, after
+ * flushing what was written to it when flush is set (an error answer). */
+static void tunnel_done(void *ctx, bool flush)
 {
+	struct downstream *ds = ctx;
+
 	ds->tunnel = NULL;
 	if (flush)
 		start_close(ds);
@@ -671,8 +720,13 @@ void downstream_tunnel_done(struct downstream *ds, bool flush)
 		ds_free(ds);
 }
 
-void downstream_abort(struct downstream *ds)
+/* The exchange failed after its response head went out: close abruptly so
+ * the client cannot mistake a truncated body for a whole one. */
+static void stream_abort(struct client_stream *cs)
 {
+	struct downstream *ds = stream_owner(cs);
+
+	h1_stream_clear(&ds->stream);
 	ds->ex = NULL;
 	/* What the exchange committed (a response head, body bytes) still goes
 	 * out; the close right after it, without a terminating chunk, tells the
@@ -682,6 +736,24 @@ void downstream_abort(struct downstream *ds)
 	else
 		ds_free(ds);
 }
+
+/* The HTTP/1.1 client stream: framing in h1_stream.c, the connection here. */
+static const struct client_stream_ops stream_ops = {
+    h1_stream_read_body,
+    h1_stream_consumed,
+    h1_stream_trailers,
+    h1_stream_send_interim,
+    h1_stream_send_continue,
+    h1_stream_send_head,
+    h1_stream_send_space,
+    h1_stream_send_body,
+    h1_stream_send_end,
+    stream_respond,
+    stream_done,
+    stream_abort,
+    stream_peer,
+};
+static const struct tunnel_owner tunnel_owner = {owner_transport, owner_respond, tunnel_done};
 
 static const struct transport_cbs client_cbs;
 
@@ -716,8 +788,8 @@ static void end_peek(struct downstream *ds, bool forced)
 			         "tunneled, not intercepted",
 			         ds->peer, ds->origin_host, ds->origin_port, sni);
 			ds->mode = DS_PROXY;
-			ds->tunnel =
-			    tunnel_start(ds->m, ds, ds->origin_host, ds->origin_port, true);
+			ds->tunnel = tunnel_start(ds->m, &tunnel_owner, ds, ds->origin_host,
+			                          ds->origin_port, true);
 			if (!ds->tunnel)
 				free_soon(ds);
 			return;
@@ -738,7 +810,7 @@ static void end_peek(struct downstream *ds, bool forced)
 	evtimer_del(ds->peek_timer);
 	ds->mode = DS_PROXY;
 	ds->silent_peek = evbuffer_get_length(in) == 0 && !ds->peer_eof;
-	ds->tunnel = tunnel_start(ds->m, ds, ds->origin_host, ds->origin_port, true);
+	ds->tunnel = tunnel_start(ds->m, &tunnel_owner, ds, ds->origin_host, ds->origin_port, true);
 	if (!ds->tunnel)
 		free_soon(ds);
 	else
@@ -758,7 +830,7 @@ static void start_peek(struct downstream *ds, const char *host, uint16_t port)
 	uint64_t ms = PEEK_MS < ds->m->cfg->client_idle_timeout_ms
 	                  ? PEEK_MS
 	                  : ds->m->cfg->client_idle_timeout_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	struct timeval tv = ms_to_timeval(ms);
 
 	ds->peek_timer = evtimer_new(ds->m->base, peek_timeout, ds);
 	if (!ds->peek_timer) {
@@ -854,7 +926,8 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 		return;
 	}
 	if (ev == TRANSPORT_EOF && ds->ex) {
-		exchange_client_eof(ds->ex); /* may free ds */
+		ds->stream.keep_alive = false; /* the response is the last */
+		exchange_client_eof(ds->ex);   /* may free ds */
 		return;
 	}
 	if (ev == TRANSPORT_EOF && ds->tunnel) {
