@@ -172,7 +172,8 @@ struct config *config_ref(struct config *cfg);
 void config_unref(struct config *cfg);
 void config_errors_free(struct config_errors *errs);
 
-/* Helpers also used elsewhere (and unit-tested). */
+/* Helpers also used elsewhere (and unit-tested); the value parsers are in
+ * config_values.c. */
 bool config_parse_duration(const char *s, uint64_t *ms); /* "90s", "300ms", "10m", "2h", "30" */
 bool config_parse_addr_port(const char *s,
                             struct config_listen *out);         /* "127.0.0.1:3128", "[::1]:3128" */

@@ -67,7 +67,7 @@ struct muxd {
 	/* the addresses the listeners are bound to, for loop detection by address */
 	struct sockaddr_storage self[16];
 	size_t nself;
-	/* upstream/streams.c: receive-window growth beyond the base windows
+	/* upstream/mux.c: receive-window growth beyond the base windows
 	 * granted to HTTP/2 and HTTP/3 streams, all together (window_budget_kib) */
 	uint64_t window_granted;
 	/* Set by main.c: a client connection closed below max_clients, so

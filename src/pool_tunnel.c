@@ -78,8 +78,7 @@ static struct transport *shared_hop_open(void *arg, const struct chain_spec *sp,
 	snprintf(name, sizeof(name), "%s%s%s:%u", v6 ? "[" : "", h->host, v6 ? "]" : "", h->port);
 	if (h->user)
 		snprintf(auth, sizeof(auth), "%s:%s", h->user, h->pass ? h->pass : "");
-	return stream_tunnel_connect(hs.p->m, &src, name, host, port, h->user ? auth : NULL, cbs,
-	                             ctx);
+	return h2_tunnel_connect(hs.p->m, &src, name, host, port, h->user ? auth : NULL, cbs, ctx);
 }
 
 static struct evbuffer *tun_input(struct transport *t)

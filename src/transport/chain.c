@@ -175,8 +175,8 @@ static bool start_step(struct chain *c)
 			if (h->user)
 				snprintf(auth, sizeof(auth), "%s:%s", h->user,
 				         h->pass ? h->pass : "");
-			c->top = h1_connect_new(c->m, c->top, name, host, port,
-			                        h->user ? auth : NULL, &cbs, c);
+			c->top = h1_connect_layer_new(c->m, c->top, name, host, port,
+			                              h->user ? auth : NULL, &cbs, c);
 		}
 		break;
 	}

@@ -172,9 +172,9 @@ static bool write_request(struct hc *t, struct evbuffer *out, const char *auth)
 	return ok && evbuffer_add(out, "\r\n", 2) == 0;
 }
 
-struct transport *h1_connect_new(struct muxd *m, struct transport *lower, const char *proxy_name,
-                                 const char *host, uint16_t port, const char *auth,
-                                 const struct transport_cbs *cbs, void *ctx)
+struct transport *h1_connect_layer_new(struct muxd *m, struct transport *lower,
+                                       const char *proxy_name, const char *host, uint16_t port,
+                                       const char *auth, const struct transport_cbs *cbs, void *ctx)
 {
 	struct hc *t = calloc(1, sizeof(*t));
 	char reason[600];

@@ -117,9 +117,10 @@ struct transport *socks5_connect(struct muxd *m, struct transport *lower, const 
  * status line ("proxy 127.0.0.1:3128 answered 407 Proxy Authentication
  * Required"); never retried. Takes ownership of lower.
  */
-struct transport *h1_connect_new(struct muxd *m, struct transport *lower, const char *proxy_name,
-                                 const char *host, uint16_t port, const char *auth,
-                                 const struct transport_cbs *cbs, void *ctx);
+struct transport *h1_connect_layer_new(struct muxd *m, struct transport *lower,
+                                       const char *proxy_name, const char *host, uint16_t port,
+                                       const char *auth, const struct transport_cbs *cbs,
+                                       void *ctx);
 
 /*
  * A whole connection path as one layer: TCP to the first hop (or the target),
@@ -180,7 +181,7 @@ const char *chain_alpn(struct transport *t);
  * its connection to an https:// parent; with HTTP/2 many tunnels share one
  * connection, which stays active while any of them lives, DESIGN.md
  * principle 6; with HTTP/1.1 the tunnel takes a connection of its own).
- * src->start is called once, before stream_tunnel_connect returns (src and
+ * src->start is called once, before h2_tunnel_connect returns (src and
  * src->arg need to live only that long): it asks for a stream that will
  * report through stream_cbs with ctx, and answers later, from the event
  * loop, through cbs->on_stream or cbs->on_error with ctx, unless
@@ -200,10 +201,9 @@ struct stream_source {
 	void (*cancel)(void *handle);
 	void *arg;
 };
-struct transport *stream_tunnel_connect(struct muxd *m, const struct stream_source *src,
-                                        const char *proxy_name, const char *host, uint16_t port,
-                                        const char *auth, const struct transport_cbs *cbs,
-                                        void *ctx);
+struct transport *h2_tunnel_connect(struct muxd *m, const struct stream_source *src,
+                                    const char *proxy_name, const char *host, uint16_t port,
+                                    const char *auth, const struct transport_cbs *cbs, void *ctx);
 
 /* Wrap an accepted socket (client side). */
 struct transport *tcp_accepted(struct muxd *m, int fd, const struct transport_cbs *cbs, void *ctx);

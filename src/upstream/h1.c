@@ -17,7 +17,7 @@
 #include "log.h"
 #include "timeutil.h"
 #include "transport/transport.h"
-#include "upstream/streams.h"
+#include "upstream/mux.h"
 #include "upstream/upstream.h"
 
 enum h1_state { H1_IDLE, H1_HEAD, H1_BODY, H1_DONE };

@@ -17,7 +17,7 @@
  * Flow control (memory stays bounded): automatic WINDOW_UPDATEs are off. A
  * stream's window (65535 to start with) reopens only as the exchange takes
  * bytes out of the stream's body buffer (consumed), so a slow client leaves
- * at most one window of response body here. The window grows (streams.c,
+ * at most one window of response body here. The window grows (mux.c,
  * window.h) while the client drains it faster than the origin can fill it,
  * judged by the round trip measured from our SETTINGS and PINGs to their
  * ACKs; up to max_stream_window_kib. The connection window is
@@ -59,7 +59,7 @@
 #include "log.h"
 #include "transport/transport.h"
 #include "upstream/fields.h"
-#include "upstream/streams.h"
+#include "upstream/mux.h"
 #include "upstream/upstream.h"
 
 #define H2_MAX_STREAMS 256          /* streams per connection, whatever the peer allows */

@@ -21,7 +21,7 @@
  *
  * Flow control (memory stays bounded): a stream's receive window starts at
  * H3_STREAM_WINDOW and reopens only as the exchange takes bytes out of the
- * stream's body buffer (consumed); it grows (streams.c, window.h: ngtcp2's
+ * stream's body buffer (consumed); it grows (mux.c, window.h: ngtcp2's
  * own auto-tuning stays off) while the client drains it faster than the
  * origin fills it, judged by QUIC's smoothed round trip, up to
  * max_stream_window_kib. The connection window is max_conn_window_kib so
@@ -47,7 +47,7 @@
 #include "transport/quic.h"
 #include "transport/transport.h"
 #include "upstream/fields.h"
-#include "upstream/streams.h"
+#include "upstream/mux.h"
 #include "upstream/upstream.h"
 
 #define H3_MAX_STREAMS 256           /* streams per connection, whatever the peer allows */

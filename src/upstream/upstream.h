@@ -6,7 +6,7 @@
  * head, body data and an end, and calls back with the response head (interim
  * 1xx heads too), body data (taken from stream->body, then "consumed"), the
  * end with trailers, or an error.
- * Owns: nothing; implementations (h1.c, h2.c, h3.c over streams.c) own their
+ * Owns: nothing; implementations (h1.c, h2.c, h3.c over mux.c) own their
  * connections and streams.
  *
  * Calling rules (every codec keeps them; see hold.h for the guard):

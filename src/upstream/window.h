@@ -1,7 +1,7 @@
 /*
  * window — the receive-window auto-tuning rule shared by the HTTP/2 and
  * HTTP/3 upstream streams (and so by CONNECT tunnels on an HTTP/2 parent):
- * a pure function, no state of its own. The callers (upstream/streams.c)
+ * a pure function, no state of its own. The callers (upstream/mux.c)
  * keep per stream the current window, the bytes consumed and the time since
  * the last check, and the budgets it may grow within.
  *

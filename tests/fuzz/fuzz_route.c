@@ -1,6 +1,6 @@
 /*
  * Fuzz target for route patterns and CIDRs: config_parse_route_pattern and
- * config_parse_cidr (src/config.c), route_for and route_intercepts
+ * config_parse_cidr (src/config_values.c), route_for and route_intercepts
  * (src/route.c). The input is lines:
  *
  *	patterns, space-separated (each one a [route PATTERN] section)

@@ -1,4 +1,5 @@
-/* Unit tests for src/config.c: defaults, every key, value forms, error reports. */
+/* Unit tests for src/config.c and src/config_values.c: defaults, every key, value forms, error
+ * reports. */
 #include "config.h"
 
 #include <arpa/inet.h>

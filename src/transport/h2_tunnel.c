@@ -1,5 +1,5 @@
 /*
- * stream — a byte-stream layer over an upstream stream: the CONNECT tunnel
+ * h2_tunnel — a byte-stream layer over an upstream stream: the CONNECT tunnel
  * through an https:// parent proxy. A stream source supplies the stream (the
  * pool: on a shared HTTP/2 connection, or an HTTP/1.1 connection of its
  * own); a 2xx answer makes the layer CONNECTED; then the stream's request
@@ -18,7 +18,7 @@
 #include "transport/transport.h"
 #include "upstream/upstream.h"
 
-struct stream_tunnel {
+struct h2_tunnel {
 	struct transport base;
 	struct muxd *m;
 	void (*cancel)(void *wait); /* the source's */
@@ -39,12 +39,12 @@ struct stream_tunnel {
 	bool closing;
 };
 
-static void schedule(struct stream_tunnel *st)
+static void schedule(struct h2_tunnel *st)
 {
 	event_active(st->pass, EV_TIMEOUT, 0);
 }
 
-static void st_free(struct stream_tunnel *st)
+static void st_free(struct h2_tunnel *st)
 {
 	if (st->wait)
 		st->cancel(st->wait);
@@ -63,38 +63,38 @@ static void st_free(struct stream_tunnel *st)
 
 static struct evbuffer *t_input(struct transport *t)
 {
-	return ((struct stream_tunnel *)t)->in;
+	return ((struct h2_tunnel *)t)->in;
 }
 
 static struct evbuffer *t_output(struct transport *t)
 {
-	return ((struct stream_tunnel *)t)->out;
+	return ((struct h2_tunnel *)t)->out;
 }
 
 static void t_set_reading(struct transport *t, bool on)
 {
-	struct stream_tunnel *st = (struct stream_tunnel *)t;
+	struct h2_tunnel *st = (struct h2_tunnel *)t;
 	st->reading = on;
 	schedule(st);
 }
 
 static void t_shutdown(struct transport *t)
 {
-	struct stream_tunnel *st = (struct stream_tunnel *)t;
+	struct h2_tunnel *st = (struct h2_tunnel *)t;
 	st->shut = true;
 	schedule(st);
 }
 
 static void t_close(struct transport *t)
 {
-	struct stream_tunnel *st = (struct stream_tunnel *)t;
+	struct h2_tunnel *st = (struct h2_tunnel *)t;
 	if (hold_close(st->holds, &st->closing))
 		st_free(st);
 }
 
 static bool t_is_alive(struct transport *t)
 {
-	struct stream_tunnel *st = (struct stream_tunnel *)t;
+	struct h2_tunnel *st = (struct h2_tunnel *)t;
 	return st->up && !st->eof && !st->failed;
 }
 
@@ -103,7 +103,7 @@ static const struct transport_ops stream_ops = {t_input,    t_output, t_set_read
 
 /* --- the deferred pass: move bytes, then tell the user what happened --- */
 
-static void move_bytes(struct stream_tunnel *st)
+static void move_bytes(struct h2_tunnel *st)
 {
 	struct upstream_stream *s = st->s;
 
@@ -137,7 +137,7 @@ static void move_bytes(struct stream_tunnel *st)
 
 static void pass_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct stream_tunnel *st = arg;
+	struct h2_tunnel *st = arg;
 	const struct transport_cbs *cbs = &st->base.cbs;
 
 	(void)fd;
@@ -173,7 +173,7 @@ static void pass_cb(evutil_socket_t fd, short what, void *arg)
 
 static void on_head(void *ctx, const struct http1_msg *h)
 {
-	struct stream_tunnel *st = ctx;
+	struct h2_tunnel *st = ctx;
 
 	if (h->status < 200)
 		return;
@@ -200,7 +200,7 @@ static void on_body(void *ctx)
 
 static void on_end(void *ctx, const char *trailers)
 {
-	struct stream_tunnel *st = ctx;
+	struct h2_tunnel *st = ctx;
 
 	(void)trailers;
 	st->s = NULL; /* the connection takes it back */
@@ -216,7 +216,7 @@ static void on_end(void *ctx, const char *trailers)
 
 static void on_error(void *ctx, enum muxd_err err, const char *reason, bool nothing)
 {
-	struct stream_tunnel *st = ctx;
+	struct h2_tunnel *st = ctx;
 
 	(void)nothing;
 	st->s = NULL;
@@ -240,7 +240,7 @@ static const struct upstream_stream_cbs stream_cbs = {on_head, on_body, on_end, 
 
 static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 {
-	struct stream_tunnel *st = ctx;
+	struct h2_tunnel *st = ctx;
 	struct upstream_request r = {
 	    .method = "CONNECT",
 	    .scheme = "https",
@@ -260,7 +260,7 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 
 static void wait_error(void *ctx, enum muxd_err err, const char *reason)
 {
-	struct stream_tunnel *st = ctx;
+	struct h2_tunnel *st = ctx;
 
 	st->wait = NULL;
 	st->failed = st->report_error = true;
@@ -285,12 +285,11 @@ static void in_drained(struct evbuffer *b, const struct evbuffer_cb_info *info, 
 		schedule(arg);
 }
 
-struct transport *stream_tunnel_connect(struct muxd *m, const struct stream_source *src,
-                                        const char *proxy_name, const char *host, uint16_t port,
-                                        const char *auth, const struct transport_cbs *cbs,
-                                        void *ctx)
+struct transport *h2_tunnel_connect(struct muxd *m, const struct stream_source *src,
+                                    const char *proxy_name, const char *host, uint16_t port,
+                                    const char *auth, const struct transport_cbs *cbs, void *ctx)
 {
-	struct stream_tunnel *st = calloc(1, sizeof(*st));
+	struct h2_tunnel *st = calloc(1, sizeof(*st));
 	bool v6 = strchr(host, ':') != NULL;
 
 	if (!st)

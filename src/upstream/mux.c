@@ -1,6 +1,6 @@
 /*
- * streams — the stream machinery shared by the HTTP/2 and HTTP/3 upstream
- * connections (see streams.h): stream life and callbacks, hold/release and
+ * mux — the stream machinery shared by the HTTP/2 and HTTP/3 upstream
+ * connections (see mux.h): stream life and callbacks, hold/release and
  * settle, the kick's common steps, timers. Protocol specifics come through
  * struct mux_ops.
  */
@@ -13,7 +13,7 @@
 #include "log.h"
 #include "timeutil.h"
 #include "transport/transport.h"
-#include "upstream/streams.h"
+#include "upstream/mux.h"
 #include "upstream/window.h"
 
 void upstream_conn_init(struct upstream_conn *b, const struct upstream_conn_ops *ops,

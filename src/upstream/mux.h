@@ -1,5 +1,5 @@
 /*
- * streams — private to upstream/: the stream machinery the HTTP/2 and HTTP/3
+ * mux — private to upstream/: the stream machinery the HTTP/2 and HTTP/3
  * connections (h2.c, h3.c) have in common. A struct mux_stream / mux_conn is
  * the first member of each protocol's stream / connection; struct mux_ops
  * holds what differs (freeing, resets, flow-control credit, resuming the
@@ -13,8 +13,8 @@
  * called back with the connection held; streams are freed, and the owner
  * told about freed slots, only in settle, when no callback is running.
  */
-#ifndef MUXD_UPSTREAM_STREAMS_H
-#define MUXD_UPSTREAM_STREAMS_H
+#ifndef MUXD_UPSTREAM_MUX_H
+#define MUXD_UPSTREAM_MUX_H
 
 #include <event2/buffer.h>
 #include <event2/event.h>
