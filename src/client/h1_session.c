@@ -45,6 +45,7 @@
 #include "transport/tls.h"
 #include "transport/transport.h"
 #include "tunnel.h"
+#include "via.h"
 
 #define LINGER_MS 5000
 #define PEEK_MS 1000 /* a client that sends nothing after CONNECT is tunneled */
@@ -359,34 +360,20 @@ unsigned downstream_close_idle(struct muxd *m, unsigned n)
 	return closed;
 }
 
+static bool via_is_self(void *m, const char *name, size_t len)
+{
+	return muxd_via_is_self(m, name, len);
+}
+
 /* A request whose Via names this muxd instance has been here before (another
  * muxd, a parent or a child, has another token). */
 static bool is_loop(const struct muxd *m, const struct http1_msg *req)
 {
-	for (size_t i = 0; i < req->nfields; i++) {
-		const struct http1_field *f = &req->fields[i];
-		if (strcasecmp(f->name, "via") != 0)
-			continue;
-		/* entries: "protocol pseudonym [comment]", comma separated */
-		const char *p = f->value, *end = f->value + f->value_len;
-		while (p < end) {
-			const char *comma = memchr(p, ',', (size_t)(end - p));
-			const char *stop = comma ? comma : end;
-			const char *sp;
-			while (p < stop && (*p == ' ' || *p == '\t'))
-				p++;
-			sp = memchr(p, ' ', (size_t)(stop - p));
-			if (sp) {
-				const char *name = sp + 1;
-				size_t n = 0;
-				while (name + n < stop && name[n] != ' ' && name[n] != '\t')
-					n++;
-				if (muxd_via_is_self(m, name, n))
-					return true;
-			}
-			p = stop + 1;
-		}
-	}
+	for (size_t i = 0; i < req->nfields; i++)
+		if (strcasecmp(req->fields[i].name, "via") == 0 &&
+		    via_names(req->fields[i].value, req->fields[i].value_len, via_is_self,
+		              (void *)m))
+			return true;
 	return false;
 }
 

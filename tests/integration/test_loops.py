@@ -66,6 +66,25 @@ def test_loop_through_another_muxd_is_508(muxd, nginx):
     assert nginx.log_lines() == []
 
 
+def test_own_via_entry_in_any_spelling_is_508(muxd, nginx):
+    """Its own entry is found whatever blanks separate protocol and name
+    (RWS: spaces or tabs, several), after comments holding commas; a name
+    inside a comment, a longer name or one with a port is not its own."""
+    (nginx.root / "x").write_bytes(b"ok\n")
+    m = muxd()
+    name = m.via_token()[4:]
+    for via in (f"1.1\t{name}", f"1.1   {name}", f"1.0 a (x, y),\t1.1 \t{name} (c)",
+                f"1.1 a, , HTTP/1.1 {name.upper()}"):
+        resp, reader = raw_exchange(m.port, proxy_request("GET", nginx.url("/x"), [("Via", via)]))
+        reader.sock.close()
+        assert resp.status == 508, (via, resp)
+    for via in (f"1.1 a (x, 1.1 {name} y)", f"1.1 {name}0", f"1.1 {name[:-1]}",
+                f"1.1 {name}:3128", name):
+        resp, reader = raw_exchange(m.port, proxy_request("GET", nginx.url("/x"), [("Via", via)]))
+        reader.sock.close()
+        assert resp.status == 200, (via, resp)
+
+
 def test_muxd_as_its_own_parent_is_508(muxd, nginx):
     """The parent is muxd's own address: refused by address before any byte,
     also with via = off."""
