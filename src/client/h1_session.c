@@ -249,7 +249,7 @@ static void log_refusal(struct downstream *ds, int status, const char *body, siz
 static void refuse(struct downstream *ds, int status, const char *text, bool close)
 {
 	log_refusal(ds, status, text, strlen(text));
-	respond(ds, status, "text/plain", text, strlen(text), close);
+	respond(ds, status, "text/plain; charset=utf-8", text, strlen(text), close);
 	if (close)
 		start_close(ds);
 }

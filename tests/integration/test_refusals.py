@@ -73,6 +73,7 @@ def test_403_connect_port_names_connect_ports(muxd):
     assert resp.status == 403, resp
     want = "muxd: CONNECT to port 8443 refused: port not in connect_ports (443) \u2014 see muxd.conf(5)"
     assert resp.body.decode().strip() == want, resp.body
+    assert resp.headers.get("content-type") == "text/plain; charset=utf-8", resp.headers
     one_refusal(m, 403, "CONNECT", "127.0.0.1:8443", "connect_ports (443)")
 
 
