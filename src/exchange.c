@@ -268,7 +268,6 @@ static void on_head(void *ctx, const struct http1_msg *h)
 		snprintf(why, sizeof(why), "proxy %s%s%s:%u: proxy authentication required%s",
 		         v6 ? "[" : "", last->host, v6 ? "]" : "", last->port,
 		         last->auth ? " (it refused the configured credentials)" : "");
-		log_info("%s: %s", ex->key.id, why);
 		ex->stream->ops->cancel(ex->stream);
 		ex->stream = NULL;
 		answer_error(ex, ERR_CONNECT, why);

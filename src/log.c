@@ -38,6 +38,25 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	fprintf(stderr, "muxd: %s: %s\n", names[level], line);
 }
 
+bool log_limit_pass(struct log_limit *ll, unsigned slot, uint64_t now_ms, unsigned *suppressed)
+{
+	*suppressed = 0;
+	if (slot >= LOG_LIMIT_SLOTS)
+		slot = LOG_LIMIT_SLOTS - 1;
+	if (now_ms - ll->window_ms[slot] >= 1000 || ll->lines[slot] == 0) {
+		*suppressed = ll->suppressed[slot];
+		ll->suppressed[slot] = 0;
+		ll->window_ms[slot] = now_ms;
+		ll->lines[slot] = 0;
+	}
+	if (ll->lines[slot] >= LOG_LIMIT_BURST) {
+		ll->suppressed[slot]++;
+		return false;
+	}
+	ll->lines[slot]++;
+	return true;
+}
+
 struct access_log {
 	int fd;
 	bool own_fd; /* a file of ours, not stderr */

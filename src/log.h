@@ -8,6 +8,8 @@
 #ifndef MUXD_LOG_H
 #define MUXD_LOG_H
 
+#include <stdint.h>
+
 #include "config.h"
 
 void log_set_level(enum log_level level);
@@ -30,6 +32,22 @@ void access_log_line(struct access_log *al, const char *fmt, ...)
 void access_log_flush(struct access_log *al);
 /* Flush, then close (NULL: nothing). */
 void access_log_close(struct access_log *al);
+
+/*
+ * A rate limit for lines of one kind under floods: at most LOG_LIMIT_BURST
+ * lines per slot per second; the lines over it are counted, and the next
+ * line of that slot after the second names how many were suppressed.
+ */
+#define LOG_LIMIT_SLOTS 12
+#define LOG_LIMIT_BURST 10
+struct log_limit {
+	uint64_t window_ms[LOG_LIMIT_SLOTS]; /* start of the slot's current second */
+	unsigned lines[LOG_LIMIT_SLOTS];     /* written in that second */
+	unsigned suppressed[LOG_LIMIT_SLOTS];
+};
+/* Whether a line of slot may be written at now_ms; *suppressed: how many were
+ * held back before it (to be named in a line of its own), else 0. */
+bool log_limit_pass(struct log_limit *ll, unsigned slot, uint64_t now_ms, unsigned *suppressed);
 
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)

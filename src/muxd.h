@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 #include "errors.h"
+#include "log.h"
 
 struct event_base;
 struct event;
@@ -56,6 +57,7 @@ struct muxd {
 	unsigned nclients;
 	bool draining;                 /* shutting down: no new requests */
 	struct access_log *access_log; /* log.h; NULL when off */
+	struct log_limit refusals;     /* log.h: lines for muxd's own answers, per status */
 	struct tls_client_ctx *tls;    /* trust stores and the session cache */
 	struct local_ca *ca;           /* for interception; NULL when it is off */
 	struct admin_history *history; /* admin.c: samples for the status page chart */

@@ -136,8 +136,8 @@ static void origin_event(void *ctx, enum transport_event ev, enum muxd_err err, 
 			pump_both(tn); /* bytes the client sent early */
 			return;
 		}
-		log_info("tunnel to %s:%u failed: %s", tn->host, tn->port, reason);
-		if (tn->answered) {
+		if (tn->answered) { /* else the answer is logged */
+			log_info("tunnel to %s:%u failed: %s", tn->host, tn->port, reason);
 			tunnel_end(tn, false);
 			return;
 		}

@@ -26,6 +26,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +69,7 @@ struct downstream {
 	struct muxd *m;
 	struct transport *t;
 	char peer[64];
+	char req_line[300]; /* "METHOD target" of the request in hand, for logs; "" before one */
 	bool loopback;
 	struct exchange *ex;
 	struct h1_stream stream; /* the request of the exchange ex */
@@ -204,11 +206,75 @@ static void respond(struct downstream *ds, int status, const char *content_type,
 	evbuffer_add(transport_output(ds->t), body, body_len);
 }
 
-static void respond_text(struct downstream *ds, int status, const char *text, bool close)
+static uint64_t now_ns(void);
+
+static unsigned refusal_slot(int status)
 {
-	respond(ds, status, "text/plain", text, strlen(text), close);
+	static const int statuses[] = {400, 403, 408, 414, 431, 500, 502, 503, 504, 508};
+
+	for (unsigned i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++)
+		if (statuses[i] == status)
+			return i;
+	return LOG_LIMIT_SLOTS - 1;
+}
+
+/* The log line of one of muxd's own answers: client, method, target,
+ * status and the reason (the body without "muxd: "), at most
+ * LOG_LIMIT_BURST lines a second per status, then one line counting the
+ * lines suppressed. */
+static void log_refusal(struct downstream *ds, int status, const char *body, size_t body_len)
+{
+	unsigned suppressed;
+	bool pass =
+	    log_limit_pass(&ds->m->refusals, refusal_slot(status), now_ns() / 1000000, &suppressed);
+	const char *sp = ds->req_line[0] ? strchr(ds->req_line, ' ') : NULL;
+	int mlen = sp ? (int)(sp - ds->req_line) : 1;
+	const char *method = sp ? ds->req_line : "-", *target = sp ? sp + 1 : "-";
+
+	if (suppressed)
+		log_info("refused: suppressed %u similar lines (status %d)", suppressed, status);
+	if (!pass)
+		return;
+	if (body_len > 6 && strncmp(body, "muxd: ", 6) == 0) {
+		body += 6;
+		body_len -= 6;
+	}
+	while (body_len > 0 && body[body_len - 1] == '\n')
+		body_len--;
+	log_info("refused client=%s method=%.*s target=%s status=%d: %.*s", ds->peer, mlen, method,
+	         target, status, (int)body_len, body);
+}
+
+/* The one way muxd answers by itself (not for its admin pages): log, then
+ * respond; close: end the connection after. */
+static void refuse(struct downstream *ds, int status, const char *text, bool close)
+{
+	log_refusal(ds, status, text, strlen(text));
+	respond(ds, status, "text/plain; charset=utf-8", text, strlen(text), close);
 	if (close)
 		start_close(ds);
+}
+
+static void refusef(struct downstream *ds, int status, bool close, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void refusef(struct downstream *ds, int status, bool close, const char *fmt, ...)
+{
+	char text[700];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	refuse(ds, status, text, close);
+}
+
+/* A duration as muxd.conf writes it. */
+static void format_ms(uint64_t ms, char *out, size_t size)
+{
+	if (ms % 1000 == 0)
+		snprintf(out, size, "%llus", (unsigned long long)(ms / 1000));
+	else
+		snprintf(out, size, "%llums", (unsigned long long)ms);
 }
 
 /* --- client deadlines --- */
@@ -297,6 +363,7 @@ static void raw_progress(struct evbuffer *b, const struct evbuffer_cb_info *info
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct downstream *ds = arg;
+	char dur[32];
 
 	(void)fd;
 	(void)what;
@@ -304,10 +371,13 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	switch (ds->timer_kind) {
 	case T_HEADER:
-		log_info("client %s: no complete request head within request_header_timeout",
-		         ds->peer);
 		ds->timer_kind = T_NONE;
-		respond_text(ds, 408, "muxd: request head not received in time\n", true);
+		ds->req_line[0] = '\0';
+		format_ms(ds->m->cfg->request_header_timeout_ms, dur, sizeof(dur));
+		refusef(ds, 408, true,
+		        "muxd: request head not received within request_header_timeout (%s) "
+		        "\u2014 see muxd.conf(5)\n",
+		        dur);
 		break;
 	case T_IDLE:
 		log_debug("client %s: idle for client_idle_timeout: closing", ds->peer);
@@ -407,6 +477,41 @@ static bool targets_self(const struct muxd *m, const char *host, uint16_t port)
 	return false;
 }
 
+/* 508 for a target that is muxd itself. */
+static void refuse_self(struct downstream *ds, const char *host, uint16_t port)
+{
+	bool v6 = strchr(host, ':') != NULL;
+
+	refusef(ds, 508, true,
+	        "muxd: request loops back into muxd: %s%s%s:%u is muxd's own listen address\n",
+	        v6 ? "[" : "", host, v6 ? "]" : "", port);
+}
+
+/* 508 for a request whose Via names this muxd. */
+static void refuse_via(struct downstream *ds)
+{
+	refusef(ds, 508, true,
+	        "muxd: request loops back into muxd: its Via names this muxd (%s) "
+	        "\u2014 see via in muxd.conf(5)\n",
+	        ds->m->via_token[0] ? ds->m->via_token : "1.1 muxd");
+}
+
+/* 403 for a CONNECT port outside connect_ports. */
+static void refuse_port(struct downstream *ds, uint16_t port)
+{
+	const struct config *cfg = ds->m->cfg;
+	char list[200] = "";
+	size_t off = 0;
+
+	for (size_t i = 0; i < cfg->nconnect_ports && off < sizeof(list) - 8; i++)
+		off += (size_t)snprintf(list + off, sizeof(list) - off, "%s%u", i ? ", " : "",
+		                        cfg->connect_ports[i]);
+	refusef(ds, 403, true,
+	        "muxd: CONNECT to port %u refused: port not in connect_ports (%s) "
+	        "\u2014 see muxd.conf(5)\n",
+	        port, off ? list : "none");
+}
+
 static const struct client_stream_ops stream_ops;
 static const struct tunnel_owner tunnel_owner;
 static void forward(struct downstream *ds, struct http1_msg *req, const struct http1_uri *uri,
@@ -450,8 +555,11 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 {
 	struct http1_uri uri;
 
+	snprintf(ds->req_line, sizeof(ds->req_line), "%.23s %.250s%s", req->method, req->target,
+	         strlen(req->target) > 250 ? "..." : "");
 	if (strlen(req->target) > HTTP1_MAX_TARGET) {
-		respond_text(ds, 414, "muxd: request target too long\n", true);
+		refusef(ds, 414, true, "muxd: request target too long (over %d bytes)\n",
+		        HTTP1_MAX_TARGET);
 		return;
 	}
 	if (ds->mode == DS_INTERCEPTED) {
@@ -464,25 +572,29 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 		uint16_t port;
 		bool v6;
 		if (!http1_parse_authority(req->target, host, sizeof(host), &port, &v6))
-			respond_text(ds, 400, "muxd: bad CONNECT target\n", true);
+			refusef(ds, 400, true,
+			        "muxd: bad CONNECT target '%.200s': expected host:port\n",
+			        req->target);
 		else if (targets_self(ds->m, host, port))
-			respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
+			refuse_self(ds, host, port);
 		else if (ds->m->ca && route_intercepts(ds->m->cfg, host, port))
 			start_peek(ds, host, port);
 		else if (!config_port_allowed(ds->m->cfg, port))
-			respond_text(ds, 403, "muxd: CONNECT to this port is not allowed\n", true);
+			refuse_port(ds, port);
 		else if (!(ds->tunnel = tunnel_start(ds->m, &tunnel_owner, ds, host, port, false)))
-			respond_text(ds, 500, "muxd: out of memory\n", true);
+			refuse(ds, 500, "muxd: out of memory\n", true);
 		return;
 	}
 	if (is_loop(ds->m, req)) {
-		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
+		refuse_via(ds);
 		return;
 	}
 	if (req->target[0] == '/') {
 		if (!ds->loopback) {
-			respond_text(ds, 403, "muxd: admin pages are for loopback clients only\n",
-			             false);
+			refusef(ds, 403, false,
+			        "muxd: admin pages are for loopback clients only (client %s); "
+			        "a proxy request needs an absolute URI (http://host/path)\n",
+			        ds->peer);
 			return;
 		}
 		struct admin_response r;
@@ -497,11 +609,14 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 		return;
 	}
 	if (!http1_parse_absolute_uri(req->target, &uri)) {
-		respond_text(ds, 400, "muxd: bad request target\n", true);
+		refusef(ds, 400, true,
+		        "muxd: bad request target '%.200s': a proxy request needs an absolute URI "
+		        "(http://host/path)\n",
+		        req->target);
 		return;
 	}
 	if (targets_self(ds->m, uri.host, uri.port)) {
-		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
+		refuse_self(ds, uri.host, uri.port);
 		return;
 	}
 	forward(ds, req, &uri, NULL);
@@ -521,7 +636,7 @@ static void handle_intercepted(struct downstream *ds, struct http1_msg *req)
 
 	if (status != 0) {
 		snprintf(text, sizeof(text), "muxd: %s\n", why);
-		respond_text(ds, status, text, true);
+		refuse(ds, status, text, true);
 		return;
 	}
 	forward(ds, req, &uri, name);
@@ -563,17 +678,17 @@ static void forward(struct downstream *ds, struct http1_msg *req, const struct h
                     const char *tls_name)
 {
 	if (is_loop(ds->m, req)) {
-		respond_text(ds, 508, "muxd: request loops back into muxd\n", true);
+		refuse_via(ds);
 		return;
 	}
 	if (!h1_stream_begin(&ds->stream, &stream_ops, ds->m, ds->t, req)) {
-		respond_text(ds, 500, "muxd: out of memory\n", true);
+		refuse(ds, 500, "muxd: out of memory\n", true);
 		return;
 	}
 	ds->ex = exchange_start(ds->m, &ds->stream.base, req, uri, tls_name);
 	if (!ds->ex) {
 		h1_stream_clear(&ds->stream);
-		respond_text(ds, 500, "muxd: out of memory\n", true);
+		refuse(ds, 500, "muxd: out of memory\n", true);
 	}
 }
 
@@ -626,12 +741,16 @@ static void process_heads(struct downstream *ds)
 			r = http1_parse_request(data, len, &req, &consumed);
 		} while (r == HTTP1_INCOMPLETE && len < HTTP1_MAX_HEAD);
 		memset(&ds->scan, 0, sizeof(ds->scan));
+		ds->req_line[0] = '\0';
 		if (r == HTTP1_TOO_LARGE || r == HTTP1_INCOMPLETE) {
-			respond_text(ds, 431, "muxd: request head too large\n", true);
+			refusef(ds, 431, true, "muxd: request head too large (over %d bytes)\n",
+			        HTTP1_MAX_HEAD);
 			return;
 		}
 		if (r != HTTP1_OK) {
-			respond_text(ds, 400, "muxd: malformed request\n", true);
+			refuse(ds, 400,
+			       "muxd: malformed request: not a valid HTTP/1.1 request head\n",
+			       true);
 			return;
 		}
 		evbuffer_drain(in, consumed);
@@ -661,6 +780,7 @@ static void close_after_eof(struct downstream *ds)
 static void owner_respond(void *ctx, int status, const char *content_type, const char *body,
                           size_t body_len, bool close)
 {
+	log_refusal(ctx, status, body, body_len);
 	respond(ctx, status, content_type, body, body_len, close);
 }
 
@@ -671,6 +791,7 @@ static void stream_respond(struct client_stream *cs, int status, const char *con
 {
 	struct downstream *ds = stream_owner(cs);
 
+	log_refusal(ds, status, body, body_len);
 	respond(ds, status, content_type, body, body_len, !h1_stream_keep_alive(&ds->stream));
 }
 
@@ -821,7 +942,7 @@ static void start_peek(struct downstream *ds, const char *host, uint16_t port)
 
 	ds->peek_timer = evtimer_new(ds->m->base, peek_timeout, ds);
 	if (!ds->peek_timer) {
-		respond_text(ds, 500, "muxd: out of memory\n", true);
+		refuse(ds, 500, "muxd: out of memory\n", true);
 		return;
 	}
 	snprintf(ds->origin_host, sizeof(ds->origin_host), "%s", host);
@@ -1001,8 +1122,9 @@ void downstream_accept(struct muxd *m, int fd, const struct sockaddr *peer, sock
 	for (size_t i = 0; i < m->cfg->nallow && !allowed; i++)
 		allowed = config_cidr_match(&m->cfg->allow[i], peer);
 	if (!allowed) {
-		log_info("client %s refused: not in allow", ds->peer);
-		respond_text(ds, 403, "muxd: client address not allowed\n", true);
+		refusef(ds, 403, true,
+		        "muxd: client %s refused: address not in allow \u2014 see muxd.conf(5)\n",
+		        ds->peer);
 		return;
 	}
 	update_timer(ds);
