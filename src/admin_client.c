@@ -1,8 +1,9 @@
 /*
  * admin_client — a blocking GET to a running muxd's admin pages: connect
- * within CONNECT_TIMEOUT_MS, the whole exchange within EXCHANGE_TIMEOUT_MS,
- * the response head parsed by http1, its body framed by Content-Length,
- * chunked coding or the end of the connection.
+ * within a deadline (CONNECT_TIMEOUT_MS unless the caller says), the whole
+ * exchange within another (EXCHANGE_TIMEOUT_MS), the response parsed as it
+ * arrives: heads by http1 (interim ones skipped), the body framed by
+ * Content-Length, chunked coding or the end of the connection.
  */
 #include "admin_client.h"
 
@@ -78,7 +79,8 @@ static void target_addr(const struct config_listen *l, struct sockaddr_storage *
 
 /* A connected non-blocking socket, or -1 with *no_daemon telling whether
  * nothing listens (refused, unreachable, no answer in time). */
-static int connect_to(const struct config_listen *l, bool *no_daemon, char *err, size_t errsize)
+static int connect_to(const struct config_listen *l, int timeout_ms, bool *no_daemon, char *err,
+                      size_t errsize)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
@@ -98,7 +100,7 @@ static int connect_to(const struct config_listen *l, bool *no_daemon, char *err,
 		soerr = errno;
 		goto fail;
 	}
-	n = wait_fd(fd, POLLOUT, now_ms() + CONNECT_TIMEOUT_MS);
+	n = wait_fd(fd, POLLOUT, now_ms() + timeout_ms);
 	if (n == 0)
 		soerr = ETIMEDOUT;
 	else if (n < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
@@ -135,166 +137,373 @@ static bool send_all(int fd, const char *p, size_t n, int64_t deadline)
 	return true;
 }
 
-/* Read until the peer closes (the request said Connection: close). */
-static char *recv_all(int fd, size_t *len, int64_t deadline, char *err, size_t errsize)
+/* ------------------------------------------------------- response parsing */
+
+static size_t response_max(const struct admin_resp *r)
+{
+	return r->max ? r->max : ADMIN_MAX_RESPONSE;
+}
+
+/* Room for n more body bytes (and the NUL) in r->body. */
+static bool body_reserve(struct admin_resp *r, size_t n)
+{
+	size_t cap = r->body_cap ? r->body_cap : 256;
+	char *nb;
+
+	if (r->body && r->body_len + n < r->body_cap)
+		return true;
+	while (cap <= r->body_len + n)
+		cap *= 2;
+	nb = realloc(r->body, cap);
+	if (!nb)
+		return false;
+	r->body = nb;
+	r->body_cap = cap;
+	return true;
+}
+
+static bool body_append(struct admin_resp *r, const char *p, size_t n)
+{
+	if (!body_reserve(r, n))
+		return false;
+	memcpy(r->body + r->body_len, p, n);
+	r->body_len += n;
+	r->body[r->body_len] = '\0';
+	return true;
+}
+
+/* The first line of the body, at most 160 bytes, control bytes as '?'. */
+static void first_line(const struct admin_resp *r, char *out, size_t size)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; r->body && i < r->body_len && o + 1 < size && o < 160; i++) {
+		unsigned char c = (unsigned char)r->body[i];
+		if (c == '\r' || c == '\n')
+			break;
+		out[o++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+	}
+	out[o] = '\0';
+}
+
+/* A complete message: the body, or (unless any_status) the error that a
+ * status other than 200 is. */
+static enum admin_parse finish(struct admin_resp *r, char *err, size_t errsize)
+{
+	char line[161];
+
+	if (!body_reserve(r, 0)) {
+		set_err(err, errsize, "out of memory");
+		return ADMIN_PARSE_ERROR;
+	}
+	r->body[r->body_len] = '\0';
+	if (r->status == 200 || r->any_status)
+		return ADMIN_PARSE_DONE;
+	first_line(r, line, sizeof(line));
+	set_err(err, errsize, "answered %d %s%s%s", r->status, http1_reason(r->status),
+	        *line ? ": " : "", line);
+	return ADMIN_PARSE_ERROR;
+}
+
+/* An error in the body (or the size) of a response: a final status other
+ * than 200 says more than the body does. */
+static enum admin_parse body_error(struct admin_resp *r, const char *what, char *err,
+                                   size_t errsize)
+{
+	if (r->status && r->status != 200)
+		set_err(err, errsize, "answered %d %s (%s)", r->status, http1_reason(r->status),
+		        what);
+	else
+		set_err(err, errsize, "%s", what);
+	return ADMIN_PARSE_ERROR;
+}
+
+/* Whether p[0..n) can start an HTTP/1 status line. */
+static bool http_prefix(const char *p, size_t n)
+{
+	return memcmp(p, "HTTP/", n < 5 ? n : 5) == 0;
+}
+
+/* Parses heads at r->pos until the final one; MORE when a head is incomplete. */
+static enum admin_parse parse_heads(struct admin_resp *r, const char *in, size_t len, char *err,
+                                    size_t errsize)
+{
+	while (r->status == 0) {
+		struct http1_msg msg;
+		size_t used = 0;
+		int status;
+
+		switch (http1_parse_response(in + r->pos, len - r->pos, "GET", &msg, &used)) {
+		case HTTP1_OK:
+			break;
+		case HTTP1_INCOMPLETE:
+			if (!http_prefix(in + r->pos, len - r->pos))
+				goto not_http;
+			return ADMIN_PARSE_MORE;
+		case HTTP1_TOO_LARGE:
+			set_err(err, errsize,
+			        "response head too large (over %d bytes or %d fields)",
+			        HTTP1_MAX_HEAD, HTTP1_MAX_FIELDS);
+			return ADMIN_PARSE_ERROR;
+		case HTTP1_BAD:
+		default:
+			if (!http_prefix(in + r->pos, len - r->pos))
+				goto not_http;
+			set_err(err, errsize, "malformed response head");
+			return ADMIN_PARSE_ERROR;
+		}
+		status = msg.status;
+		r->framing = msg.body;
+		r->content_length = msg.content_length;
+		http1_msg_free(&msg);
+		r->pos += used;
+		if (status >= 200 || status == 101) {
+			r->status = status;
+			break;
+		}
+		if (++r->interim > ADMIN_MAX_INTERIM) {
+			set_err(err, errsize, "more than %d interim (1xx) responses",
+			        ADMIN_MAX_INTERIM);
+			return ADMIN_PARSE_ERROR;
+		}
+	}
+	return ADMIN_PARSE_DONE;
+not_http:
+	set_err(err, errsize, "not an HTTP response (is this muxd?)");
+	return ADMIN_PARSE_ERROR;
+}
+
+/* Decodes the chunked body from r->pos on. */
+static enum admin_parse parse_chunked(struct admin_resp *r, const char *in, size_t len, char *err,
+                                      size_t errsize)
+{
+	while (r->pos < len) {
+		const char *data;
+		size_t used = 0, n = 0;
+
+		switch (
+		    http1_chunked_next(&r->chunked, in + r->pos, len - r->pos, &used, &data, &n)) {
+		case HTTP1_CHUNK_DATA:
+			r->pos += used;
+			if (!body_append(r, data, n)) {
+				set_err(err, errsize, "out of memory");
+				return ADMIN_PARSE_ERROR;
+			}
+			continue;
+		case HTTP1_CHUNK_NEED_MORE:
+			r->pos += used;
+			return ADMIN_PARSE_MORE;
+		case HTTP1_CHUNK_DONE:
+			r->pos += used;
+			return finish(r, err, errsize);
+		case HTTP1_CHUNK_ERROR:
+		default:
+			return body_error(r, "malformed chunked body", err, errsize);
+		}
+	}
+	return ADMIN_PARSE_MORE;
+}
+
+enum admin_parse admin_resp_feed(struct admin_resp *r, const char *in, size_t len, bool eof,
+                                 char *err, size_t errsize)
+{
+	size_t max = response_max(r), avail = len < max ? len : max;
+	enum admin_parse res = parse_heads(r, in, avail, err, errsize);
+	char what[160];
+
+	if (res == ADMIN_PARSE_DONE) {
+		switch (r->framing) {
+		case HTTP1_BODY_NONE:
+			return finish(r, err, errsize);
+		case HTTP1_BODY_LENGTH:
+			if (r->content_length > max - r->pos) {
+				snprintf(what, sizeof(what),
+				         "response too large: Content-Length %llu, limit %zu bytes",
+				         (unsigned long long)r->content_length, max);
+				return body_error(r, what, err, errsize);
+			}
+			if (avail - r->pos < r->content_length) {
+				res = ADMIN_PARSE_MORE;
+				break;
+			}
+			if (!body_append(r, in + r->pos, (size_t)r->content_length)) {
+				set_err(err, errsize, "out of memory");
+				return ADMIN_PARSE_ERROR;
+			}
+			return finish(r, err, errsize);
+		case HTTP1_BODY_CHUNKED:
+			res = parse_chunked(r, in, avail, err, errsize);
+			break;
+		case HTTP1_BODY_CLOSE:
+		case HTTP1_BODY_UNKNOWN: /* not from an HTTP/1.x parse; as CLOSE */
+			if (!eof || len > max) {
+				res = ADMIN_PARSE_MORE;
+				break;
+			}
+			if (!body_append(r, in + r->pos, len - r->pos)) {
+				set_err(err, errsize, "out of memory");
+				return ADMIN_PARSE_ERROR;
+			}
+			return finish(r, err, errsize);
+		}
+	}
+	if (res != ADMIN_PARSE_MORE)
+		return res;
+	if (len > max) {
+		snprintf(what, sizeof(what), "response too large (over %zu bytes)", max);
+		return body_error(r, what, err, errsize);
+	}
+	if (!eof)
+		return ADMIN_PARSE_MORE;
+	if (r->status == 0) {
+		set_err(err, errsize,
+		        len == 0 ? "connection closed without a response"
+		                 : "connection closed in the response head");
+		return ADMIN_PARSE_ERROR;
+	}
+	if (r->framing == HTTP1_BODY_LENGTH)
+		snprintf(what, sizeof(what),
+		         "truncated response: connection closed after %zu of %llu body bytes",
+		         avail - r->pos, (unsigned long long)r->content_length);
+	else
+		snprintf(what, sizeof(what),
+		         "truncated response: connection closed in the chunked body");
+	return body_error(r, what, err, errsize);
+}
+
+void admin_resp_free(struct admin_resp *r)
+{
+	free(r->body);
+	memset(r, 0, sizeof(*r));
+}
+
+char *admin_parse_response(const char *buf, size_t len, int *status, size_t *body_len, char *err,
+                           size_t errsize)
+{
+	struct admin_resp r;
+	char *body = NULL;
+
+	memset(&r, 0, sizeof(r));
+	if (admin_resp_feed(&r, buf, len, true, err, errsize) == ADMIN_PARSE_DONE) {
+		body = r.body;
+		*body_len = r.body_len;
+		r.body = NULL;
+	}
+	*status = r.status;
+	admin_resp_free(&r);
+	return body;
+}
+
+/* ------------------------------------------------------------------ GET */
+
+/* Read into r until the response is complete by its framing, within
+ * deadline; false with err set. At most max + 1 bytes are held: one more
+ * than the limit tells the parser it is over. */
+static bool read_response(int fd, struct admin_resp *r, int64_t deadline, int exchange_ms,
+                          char *err, size_t errsize)
 {
 	char *buf = NULL;
-	size_t cap = 0;
+	size_t len = 0, cap = 0, max = response_max(r);
+	bool ok = false;
 
-	*len = 0;
 	for (;;) {
+		enum admin_parse res;
+		bool eof = false;
 		ssize_t k;
-		if (cap - *len < 4096) {
+
+		if (cap - len < 4096 && cap <= max) {
+			size_t ncap = cap ? cap * 2 : 65536;
 			char *nb;
-			if (cap >= MAX_REPLY) {
-				set_err(err, errsize, "response larger than %u bytes", MAX_REPLY);
-				goto fail;
-			}
-			nb = realloc(buf, cap ? cap * 2 : 16384);
+			if (ncap > max + 1)
+				ncap = max + 1;
+			nb = realloc(buf, ncap);
 			if (!nb) {
 				set_err(err, errsize, "out of memory");
-				goto fail;
+				break;
 			}
 			buf = nb;
-			cap = cap ? cap * 2 : 16384;
+			cap = ncap;
 		}
-		k = recv(fd, buf + *len, cap - *len - 1, 0);
+		k = recv(fd, buf + len, cap - len, 0);
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k < 0 && errno == EAGAIN) {
 			int n = wait_fd(fd, POLLIN, deadline);
-			if (n <= 0) {
-				set_err(err, errsize, "reading the response: %s",
-				        n == 0 ? "timed out" : strerror(errno));
-				goto fail;
-			}
+			if (n == 0)
+				set_err(err, errsize, "reading the response: timed out after %d s",
+				        (exchange_ms + 999) / 1000);
+			else if (n < 0)
+				set_err(err, errsize, "reading the response: %s", strerror(errno));
+			if (n <= 0)
+				break;
 			continue;
 		}
 		if (k < 0) {
 			set_err(err, errsize, "reading the response: %s", strerror(errno));
-			goto fail;
+			break;
 		}
 		if (k == 0)
-			break;
-		*len += (size_t)k;
+			eof = true;
+		len += (size_t)k;
+		res = admin_resp_feed(r, buf, len, eof, err, errsize);
+		if (res == ADMIN_PARSE_MORE)
+			continue;
+		ok = res == ADMIN_PARSE_DONE;
+		break;
 	}
-	if (!buf || *len == 0) {
-		set_err(err, errsize, "connection closed without a response");
-		goto fail;
-	}
-	buf[*len] = '\0';
-	return buf;
-fail:
 	free(buf);
-	return NULL;
-}
-
-/* The body of the response in buf (head of head_len bytes), framed as the
- * head says; copied into reply. */
-static bool take_body(const struct http1_msg *msg, const char *buf, size_t len, size_t head_len,
-                      struct admin_reply *reply, char *err, size_t errsize)
-{
-	const char *in = buf + head_len;
-	size_t in_len = len - head_len, out = 0;
-
-	reply->body = malloc(in_len + 1);
-	if (!reply->body) {
-		set_err(err, errsize, "out of memory");
-		return false;
-	}
-	switch (msg->body) {
-	case HTTP1_BODY_NONE:
-		break;
-	case HTTP1_BODY_LENGTH:
-		if (msg->content_length > in_len) {
-			set_err(err, errsize, "response body cut short");
-			return false;
-		}
-		out = (size_t)msg->content_length;
-		memcpy(reply->body, in, out);
-		break;
-	case HTTP1_BODY_CLOSE:
-	case HTTP1_BODY_UNKNOWN: /* never from an HTTP/1.x parser; as CLOSE */
-		out = in_len;
-		memcpy(reply->body, in, out);
-		break;
-	case HTTP1_BODY_CHUNKED: {
-		struct http1_chunked *c = calloc(1, sizeof(*c));
-		bool done = false;
-		if (!c) {
-			set_err(err, errsize, "out of memory");
-			return false;
-		}
-		while (!done) {
-			size_t used;
-			const char *data;
-			size_t dlen;
-			switch (http1_chunked_next(c, in, in_len, &used, &data, &dlen)) {
-			case HTTP1_CHUNK_DATA:
-				memcpy(reply->body + out, data, dlen);
-				out += dlen;
-				break;
-			case HTTP1_CHUNK_DONE:
-				done = true;
-				break;
-			case HTTP1_CHUNK_NEED_MORE:
-			case HTTP1_CHUNK_ERROR:
-				free(c);
-				set_err(err, errsize, "bad or truncated chunked body");
-				return false;
-			}
-			in += used;
-			in_len -= used;
-		}
-		free(c);
-		break;
-	}
-	}
-	reply->body[out] = '\0';
-	reply->body_len = out;
-	return true;
+	return ok;
 }
 
 enum admin_fetch admin_get(const struct config_listen *l, const char *path,
-                           struct admin_reply *reply, char *err, size_t errsize)
+                           const struct admin_get_opts *opts, struct admin_reply *reply, char *err,
+                           size_t errsize)
 {
-	int64_t deadline = now_ms() + EXCHANGE_TIMEOUT_MS;
-	struct http1_msg msg;
-	char req[512], *buf;
-	size_t len, head_len;
+	static const struct admin_get_opts defaults = {0};
+	int connect_ms, exchange_ms;
+	int64_t deadline;
+	struct admin_resp r;
+	char req[768], perr[384];
 	bool no_daemon;
 	int fd;
 
+	if (!opts)
+		opts = &defaults;
+	connect_ms = opts->connect_ms > 0 ? opts->connect_ms : CONNECT_TIMEOUT_MS;
+	exchange_ms = opts->exchange_ms > 0 ? opts->exchange_ms : EXCHANGE_TIMEOUT_MS;
 	memset(reply, 0, sizeof(*reply));
-	fd = connect_to(l, &no_daemon, err, errsize);
+	memset(&r, 0, sizeof(r));
+	r.max = opts->max ? opts->max : MAX_REPLY;
+	r.any_status = !opts->only_200;
+	fd = connect_to(l, connect_ms, &no_daemon, err, errsize);
 	if (fd < 0)
 		return no_daemon ? ADMIN_FETCH_NO_DAEMON : ADMIN_FETCH_ERROR;
+	deadline = now_ms() + exchange_ms;
 	snprintf(req, sizeof(req),
-	         "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: muxd-cli\r\nConnection: close\r\n\r\n",
-	         path, l->text);
+	         "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n%s%s%sConnection: close\r\n\r\n",
+	         path, l->text, opts->user_agent ? opts->user_agent : "muxd-cli",
+	         opts->accept ? "Accept: " : "", opts->accept ? opts->accept : "",
+	         opts->accept ? "\r\n" : "");
 	if (!send_all(fd, req, strlen(req), deadline)) {
 		set_err(err, errsize, "sending the request: %s", strerror(errno));
 		close(fd);
 		return ADMIN_FETCH_ERROR;
 	}
-	buf = recv_all(fd, &len, deadline, err, errsize);
+	if (!read_response(fd, &r, deadline, exchange_ms, perr, sizeof(perr))) {
+		if (r.status && r.status != 200)
+			set_err(err, errsize, "%s %s", path, perr);
+		else
+			set_err(err, errsize, "%s", perr);
+		close(fd);
+		admin_resp_free(&r);
+		return ADMIN_FETCH_ERROR;
+	}
 	close(fd);
-	if (!buf)
-		return ADMIN_FETCH_ERROR;
-	if (http1_parse_response(buf, len, "GET", &msg, &head_len) != HTTP1_OK) {
-		set_err(err, errsize, "not an HTTP response (is this muxd?)");
-		free(buf);
-		return ADMIN_FETCH_ERROR;
-	}
-	reply->status = msg.status;
-	if (!take_body(&msg, buf, len, head_len, reply, err, errsize)) {
-		http1_msg_free(&msg);
-		free(buf);
-		admin_reply_free(reply);
-		return ADMIN_FETCH_ERROR;
-	}
-	http1_msg_free(&msg);
-	free(buf);
+	reply->status = r.status;
+	reply->body = r.body;
+	reply->body_len = r.body_len;
+	r.body = NULL;
+	admin_resp_free(&r);
 	return ADMIN_FETCH_OK;
 }
 
@@ -333,7 +542,7 @@ enum admin_ca admin_get_ca(const struct config *cfg, const struct config_listen 
 		struct admin_reply r;
 		char why[256];
 
-		switch (admin_get(l, "/ca.pem", &r, why, sizeof(why))) {
+		switch (admin_get(l, "/ca.pem", NULL, &r, why, sizeof(why))) {
 		case ADMIN_FETCH_NO_DAEMON:
 			snprintf(last, sizeof(last), "%s", why);
 			continue;

@@ -1,36 +1,25 @@
 /*
- * status_cmd — `muxd status`: a blocking HTTP/1.1 GET of /status.json from
- * the config's first listen address (an unspecified address such as 0.0.0.0
- * is asked on loopback, since admin pages answer loopback clients only), a
- * small JSON parser for that document (docs/status-json.md), and aligned
- * tables of the upstream connections and the Alt-Svc cache on stdout. The
- * response is framed by src/http1 (head parser, chunked decoder), as every
- * other HTTP/1.1 message muxd reads.
+ * status_cmd — `muxd status`: /status.json fetched from the config's first
+ * listen address by admin_client's GET (an unspecified address such as
+ * 0.0.0.0 is asked on loopback, since admin pages answer loopback clients
+ * only), a small JSON parser for that document (docs/status-json.md), and
+ * aligned tables of the upstream connections and the Alt-Svc cache on stdout.
  */
 #include "status_cmd.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <time.h>
-#include <unistd.h>
 
+#include "admin_client.h"
 #include "config.h"
-#include "http1.h"
 
 #define CONNECT_TIMEOUT_MS 3000
-#define IO_TIMEOUT_S 10       /* the whole request and response, after connecting */
-#define MAX_DEPTH 32          /* nesting of arrays and objects */
-#define MAX_VALUES (1u << 20) /* values in a document: bounds the tree's memory */
+#define EXCHANGE_TIMEOUT_MS 10000 /* the whole request and response, after connecting */
+#define MAX_DEPTH 32              /* nesting of arrays and objects */
+#define MAX_VALUES (1u << 20)     /* values in a document: bounds the tree's memory */
 
 static void set_err(char *err, size_t size, const char *fmt, ...)
 {
@@ -391,422 +380,6 @@ static double jnum(const struct jv *obj, const char *key, double dflt)
 	return v && v->t == J_NUM ? v->num : dflt;
 }
 
-/* ------------------------------------------------------- response parsing */
-
-static size_t response_max(const struct status_response *r)
-{
-	return r->max ? r->max : STATUS_MAX_RESPONSE;
-}
-
-/* Room for n more body bytes (and the NUL) in r->body. */
-static bool body_reserve(struct status_response *r, size_t n)
-{
-	size_t cap = r->body_cap ? r->body_cap : 256;
-	char *nb;
-
-	if (r->body && r->body_len + n < r->body_cap)
-		return true;
-	while (cap <= r->body_len + n)
-		cap *= 2;
-	nb = realloc(r->body, cap);
-	if (!nb)
-		return false;
-	r->body = nb;
-	r->body_cap = cap;
-	return true;
-}
-
-static bool body_append(struct status_response *r, const char *p, size_t n)
-{
-	if (!body_reserve(r, n))
-		return false;
-	memcpy(r->body + r->body_len, p, n);
-	r->body_len += n;
-	r->body[r->body_len] = '\0';
-	return true;
-}
-
-/* The first line of the body, at most 160 bytes, control bytes as '?'. */
-static void first_line(const struct status_response *r, char *out, size_t size)
-{
-	size_t o = 0;
-
-	for (size_t i = 0; r->body && i < r->body_len && o + 1 < size && o < 160; i++) {
-		unsigned char c = (unsigned char)r->body[i];
-		if (c == '\r' || c == '\n')
-			break;
-		out[o++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
-	}
-	out[o] = '\0';
-}
-
-/* A complete message: the body, or the error that a status other than 200 is. */
-static enum status_parse finish(struct status_response *r, char *err, size_t errsize)
-{
-	char line[161];
-
-	if (!body_reserve(r, 0)) {
-		set_err(err, errsize, "out of memory");
-		return STATUS_PARSE_ERROR;
-	}
-	r->body[r->body_len] = '\0';
-	if (r->status == 200)
-		return STATUS_PARSE_DONE;
-	first_line(r, line, sizeof(line));
-	set_err(err, errsize, "answered %d %s%s%s", r->status, http1_reason(r->status),
-	        *line ? ": " : "", line);
-	return STATUS_PARSE_ERROR;
-}
-
-/* An error in the body (or the size) of a response: a final status other
- * than 200 says more than the body does. */
-static enum status_parse body_error(struct status_response *r, const char *what, char *err,
-                                    size_t errsize)
-{
-	if (r->status && r->status != 200)
-		set_err(err, errsize, "answered %d %s (%s)", r->status, http1_reason(r->status),
-		        what);
-	else
-		set_err(err, errsize, "%s", what);
-	return STATUS_PARSE_ERROR;
-}
-
-/* Whether p[0..n) can start an HTTP/1 status line. */
-static bool http_prefix(const char *p, size_t n)
-{
-	return memcmp(p, "HTTP/", n < 5 ? n : 5) == 0;
-}
-
-/* Parses heads at r->pos until the final one; MORE when a head is incomplete. */
-static enum status_parse parse_heads(struct status_response *r, const char *in, size_t len,
-                                     char *err, size_t errsize)
-{
-	while (r->status == 0) {
-		struct http1_msg msg;
-		size_t used = 0;
-		int status;
-
-		switch (http1_parse_response(in + r->pos, len - r->pos, "GET", &msg, &used)) {
-		case HTTP1_OK:
-			break;
-		case HTTP1_INCOMPLETE:
-			if (!http_prefix(in + r->pos, len - r->pos))
-				goto not_http;
-			return STATUS_PARSE_MORE;
-		case HTTP1_TOO_LARGE:
-			set_err(err, errsize,
-			        "response head too large (over %d bytes or %d fields)",
-			        HTTP1_MAX_HEAD, HTTP1_MAX_FIELDS);
-			return STATUS_PARSE_ERROR;
-		case HTTP1_BAD:
-		default:
-			if (!http_prefix(in + r->pos, len - r->pos))
-				goto not_http;
-			set_err(err, errsize, "malformed response head");
-			return STATUS_PARSE_ERROR;
-		}
-		status = msg.status;
-		r->framing = msg.body;
-		r->content_length = msg.content_length;
-		http1_msg_free(&msg);
-		r->pos += used;
-		if (status >= 200 || status == 101) {
-			r->status = status;
-			break;
-		}
-		if (++r->interim > STATUS_MAX_INTERIM) {
-			set_err(err, errsize, "more than %d interim (1xx) responses",
-			        STATUS_MAX_INTERIM);
-			return STATUS_PARSE_ERROR;
-		}
-	}
-	return STATUS_PARSE_DONE;
-not_http:
-	set_err(err, errsize, "not an HTTP response (is this muxd?)");
-	return STATUS_PARSE_ERROR;
-}
-
-/* Decodes the chunked body from r->pos on. */
-static enum status_parse parse_chunked(struct status_response *r, const char *in, size_t len,
-                                       char *err, size_t errsize)
-{
-	while (r->pos < len) {
-		const char *data;
-		size_t used = 0, n = 0;
-
-		switch (
-		    http1_chunked_next(&r->chunked, in + r->pos, len - r->pos, &used, &data, &n)) {
-		case HTTP1_CHUNK_DATA:
-			r->pos += used;
-			if (!body_append(r, data, n)) {
-				set_err(err, errsize, "out of memory");
-				return STATUS_PARSE_ERROR;
-			}
-			continue;
-		case HTTP1_CHUNK_NEED_MORE:
-			r->pos += used;
-			return STATUS_PARSE_MORE;
-		case HTTP1_CHUNK_DONE:
-			r->pos += used;
-			return finish(r, err, errsize);
-		case HTTP1_CHUNK_ERROR:
-		default:
-			return body_error(r, "malformed chunked body", err, errsize);
-		}
-	}
-	return STATUS_PARSE_MORE;
-}
-
-enum status_parse status_response_feed(struct status_response *r, const char *in, size_t len,
-                                       bool eof, char *err, size_t errsize)
-{
-	size_t max = response_max(r), avail = len < max ? len : max;
-	enum status_parse res = parse_heads(r, in, avail, err, errsize);
-	char what[160];
-
-	if (res == STATUS_PARSE_DONE) {
-		switch (r->framing) {
-		case HTTP1_BODY_NONE:
-			return finish(r, err, errsize);
-		case HTTP1_BODY_LENGTH:
-			if (r->content_length > max - r->pos) {
-				snprintf(what, sizeof(what),
-				         "response too large: Content-Length %llu, limit %zu bytes",
-				         (unsigned long long)r->content_length, max);
-				return body_error(r, what, err, errsize);
-			}
-			if (avail - r->pos < r->content_length) {
-				res = STATUS_PARSE_MORE;
-				break;
-			}
-			if (!body_append(r, in + r->pos, (size_t)r->content_length)) {
-				set_err(err, errsize, "out of memory");
-				return STATUS_PARSE_ERROR;
-			}
-			return finish(r, err, errsize);
-		case HTTP1_BODY_CHUNKED:
-			res = parse_chunked(r, in, avail, err, errsize);
-			break;
-		case HTTP1_BODY_CLOSE:
-		case HTTP1_BODY_UNKNOWN: /* not from an HTTP/1.x parse; as CLOSE */
-			if (!eof || len > max) {
-				res = STATUS_PARSE_MORE;
-				break;
-			}
-			if (!body_append(r, in + r->pos, len - r->pos)) {
-				set_err(err, errsize, "out of memory");
-				return STATUS_PARSE_ERROR;
-			}
-			return finish(r, err, errsize);
-		}
-	}
-	if (res != STATUS_PARSE_MORE)
-		return res;
-	if (len > max) {
-		snprintf(what, sizeof(what), "response too large (over %zu bytes)", max);
-		return body_error(r, what, err, errsize);
-	}
-	if (!eof)
-		return STATUS_PARSE_MORE;
-	if (r->status == 0) {
-		set_err(err, errsize,
-		        len == 0 ? "connection closed without a response"
-		                 : "connection closed in the response head");
-		return STATUS_PARSE_ERROR;
-	}
-	if (r->framing == HTTP1_BODY_LENGTH)
-		snprintf(what, sizeof(what),
-		         "truncated response: connection closed after %zu of %llu body bytes",
-		         avail - r->pos, (unsigned long long)r->content_length);
-	else
-		snprintf(what, sizeof(what),
-		         "truncated response: connection closed in the chunked body");
-	return body_error(r, what, err, errsize);
-}
-
-void status_response_free(struct status_response *r)
-{
-	free(r->body);
-	memset(r, 0, sizeof(*r));
-}
-
-char *status_parse_response(const char *buf, size_t len, int *status, size_t *body_len, char *err,
-                            size_t errsize)
-{
-	struct status_response r;
-	char *body = NULL;
-
-	memset(&r, 0, sizeof(r));
-	if (status_response_feed(&r, buf, len, true, err, errsize) == STATUS_PARSE_DONE) {
-		body = r.body;
-		*body_len = r.body_len;
-		r.body = NULL;
-	}
-	*status = r.status;
-	status_response_free(&r);
-	return body;
-}
-
-/* -------------------------------------------------------------------- HTTP */
-
-static long long now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Loopback in place of an unspecified listen address. */
-static void target_addr(const struct config_listen *l, struct sockaddr_storage *ss, socklen_t *len)
-{
-	memcpy(ss, &l->addr, sizeof(*ss));
-	*len = l->addr_len;
-	if (ss->ss_family == AF_INET) {
-		struct sockaddr_in *sin = (struct sockaddr_in *)ss;
-		if (sin->sin_addr.s_addr == htonl(INADDR_ANY))
-			sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	} else if (ss->ss_family == AF_INET6) {
-		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
-		if (IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr))
-			sin6->sin6_addr = in6addr_loopback;
-	}
-}
-
-static int connect_timeout(const struct sockaddr_storage *ss, socklen_t len, char *err,
-                           size_t errsize)
-{
-	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	int soerr = 0;
-	socklen_t sl = sizeof(soerr);
-	struct timeval tv = {IO_TIMEOUT_S, 0};
-
-	if (fd < 0) {
-		set_err(err, errsize, "socket: %s", strerror(errno));
-		return -1;
-	}
-	if (connect(fd, (const struct sockaddr *)ss, len) != 0) {
-		struct pollfd pfd = {fd, POLLOUT, 0};
-		int n;
-		if (errno != EINPROGRESS) {
-			soerr = errno;
-			goto fail;
-		}
-		do
-			n = poll(&pfd, 1, CONNECT_TIMEOUT_MS);
-		while (n < 0 && errno == EINTR);
-		if (n == 0) {
-			soerr = ETIMEDOUT;
-			goto fail;
-		}
-		if (n < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
-			soerr = errno;
-		if (soerr)
-			goto fail;
-	}
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	return fd;
-fail:
-	set_err(err, errsize, "%s", strerror(soerr));
-	close(fd);
-	return -1;
-}
-
-/* GET path; the body (NUL-terminated, caller frees) of a 200 response, read
- * within IO_TIMEOUT_S. */
-static char *http_get(const struct config_listen *l, const char *path, size_t *body_len, char *err,
-                      size_t errsize)
-{
-	struct sockaddr_storage ss;
-	socklen_t sslen;
-	struct status_response r;
-	char req[512], perr[384], *buf = NULL, *body = NULL;
-	size_t len = 0, cap = 0, max = STATUS_MAX_RESPONSE;
-	long long deadline;
-	int fd;
-
-	memset(&r, 0, sizeof(r));
-	target_addr(l, &ss, &sslen);
-	fd = connect_timeout(&ss, sslen, err, errsize);
-	if (fd < 0)
-		return NULL;
-	deadline = now_ms() + IO_TIMEOUT_S * 1000;
-	snprintf(req, sizeof(req),
-	         "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: muxd-status\r\n"
-	         "Accept: application/json\r\nConnection: close\r\n\r\n",
-	         path, l->text);
-	for (size_t off = 0, n = strlen(req); off < n;) {
-		ssize_t k = send(fd, req + off, n - off, MSG_NOSIGNAL);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0) {
-			set_err(err, errsize, "sending the request: %s", strerror(errno));
-			goto out;
-		}
-		off += (size_t)k;
-	}
-	for (;;) {
-		struct pollfd pfd = {fd, POLLIN, 0};
-		enum status_parse res;
-		long long left = deadline - now_ms();
-		bool eof = false;
-		ssize_t k;
-		int n;
-
-		/* up to max + 1 bytes: one more than the limit tells the parser it is over */
-		if (cap - len < 4096 && cap <= max) {
-			size_t ncap = cap ? cap * 2 : 65536;
-			char *nb;
-			if (ncap > max + 1)
-				ncap = max + 1;
-			nb = realloc(buf, ncap);
-			if (!nb) {
-				set_err(err, errsize, "out of memory");
-				goto out;
-			}
-			buf = nb;
-			cap = ncap;
-		}
-		n = left > 0 ? poll(&pfd, 1, (int)left) : 0;
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n == 0) {
-			set_err(err, errsize, "reading the response: timed out after %d s",
-			        IO_TIMEOUT_S);
-			goto out;
-		}
-		k = n < 0 ? -1 : recv(fd, buf + len, cap - len, 0);
-		if (k < 0 && (errno == EINTR || errno == EAGAIN))
-			continue;
-		if (k < 0) {
-			set_err(err, errsize, "reading the response: %s", strerror(errno));
-			goto out;
-		}
-		if (k == 0)
-			eof = true;
-		len += (size_t)k;
-		res = status_response_feed(&r, buf, len, eof, perr, sizeof(perr));
-		if (res == STATUS_PARSE_MORE)
-			continue;
-		if (res == STATUS_PARSE_DONE) {
-			body = r.body;
-			*body_len = r.body_len;
-			r.body = NULL;
-		} else if (r.status && r.status != 200) {
-			set_err(err, errsize, "%s %s", path, perr);
-		} else {
-			set_err(err, errsize, "%s", perr);
-		}
-		break;
-	}
-out:
-	close(fd);
-	free(buf);
-	status_response_free(&r);
-	return body;
-}
-
 /* ------------------------------------------------------------------ output */
 
 #define MAX_COLS 8
@@ -998,10 +571,17 @@ bool status_render(const char *json, size_t len, const char *where, FILE *out, c
 
 int status_cmd(const struct config *cfg)
 {
+	static const struct admin_get_opts opts = {
+	    .connect_ms = CONNECT_TIMEOUT_MS,
+	    .exchange_ms = EXCHANGE_TIMEOUT_MS,
+	    .max = ADMIN_MAX_RESPONSE,
+	    .only_200 = true,
+	    .user_agent = "muxd-status",
+	    .accept = "application/json",
+	};
+	struct admin_reply reply;
 	const char *where;
 	char err[512];
-	size_t len;
-	char *body;
 	bool ok;
 
 	if (cfg->nlisten == 0) {
@@ -1009,14 +589,14 @@ int status_cmd(const struct config *cfg)
 		return 1;
 	}
 	where = cfg->listen[0].text;
-	body = http_get(&cfg->listen[0], "/status.json", &len, err, sizeof(err));
-	if (!body) {
+	if (admin_get(&cfg->listen[0], "/status.json", &opts, &reply, err, sizeof(err)) !=
+	    ADMIN_FETCH_OK) {
 		fprintf(stderr, "muxd status: cannot get the status of muxd at %s: %s\n", where,
 		        err);
 		return 1;
 	}
-	ok = status_render(body, len, where, stdout, err, sizeof(err));
-	free(body);
+	ok = status_render(reply.body, reply.body_len, where, stdout, err, sizeof(err));
+	admin_reply_free(&reply);
 	if (!ok) {
 		fprintf(stderr, "muxd status: %s answered /status.json with %s\n", where, err);
 		return 1;

@@ -1,11 +1,13 @@
 /*
- * Fuzz target for the pure parts of src/status_cmd.c: the input as the
- * response to `muxd status`'s GET (whole, and fed in pieces at split points
+ * Fuzz target for the pure parts of `muxd status` (src/admin_client.c's
+ * response parser, src/status_cmd.c's renderer): the input as the
+ * response to its GET (whole, and fed in pieces at split points
  * taken from the input, with a limit that is sometimes smaller than the
  * input: both must agree), and as a /status.json document (the input itself
  * and the body the parser decoded) through the JSON parser and the renderer.
  * Any broken invariant aborts.
  */
+#include "admin_client.h"
 #include "status_cmd.h"
 
 #include <stdint.h>
@@ -44,7 +46,7 @@ static void check_render(const char *doc, size_t len)
 }
 
 struct outcome {
-	enum status_parse res;
+	enum admin_parse res;
 	int status;
 	char *body;
 	size_t body_len;
@@ -56,30 +58,30 @@ struct outcome {
 static void feed(const char *in, size_t len, size_t max, const size_t *cuts, size_t ncuts,
                  struct outcome *o)
 {
-	struct status_response r;
+	struct admin_resp r;
 
 	memset(&r, 0, sizeof(r));
 	r.max = max;
 	o->err[0] = '\0';
-	o->res = STATUS_PARSE_MORE;
-	for (size_t i = 0; i < ncuts && o->res == STATUS_PARSE_MORE; i++)
-		o->res = status_response_feed(&r, in, cuts[i], false, o->err, sizeof(o->err));
-	if (o->res == STATUS_PARSE_MORE)
-		o->res = status_response_feed(&r, in, len, true, o->err, sizeof(o->err));
-	CHECK(o->res != STATUS_PARSE_MORE);
+	o->res = ADMIN_PARSE_MORE;
+	for (size_t i = 0; i < ncuts && o->res == ADMIN_PARSE_MORE; i++)
+		o->res = admin_resp_feed(&r, in, cuts[i], false, o->err, sizeof(o->err));
+	if (o->res == ADMIN_PARSE_MORE)
+		o->res = admin_resp_feed(&r, in, len, true, o->err, sizeof(o->err));
+	CHECK(o->res != ADMIN_PARSE_MORE);
 	o->status = r.status;
 	o->body = r.body;
 	o->body_len = r.body_len;
 	r.body = NULL;
-	if (o->res == STATUS_PARSE_DONE) {
+	if (o->res == ADMIN_PARSE_DONE) {
 		CHECK(o->body && o->body[o->body_len] == '\0' && o->status == 200);
-		CHECK(o->body_len <= len && o->body_len <= (max ? max : STATUS_MAX_RESPONSE));
+		CHECK(o->body_len <= len && o->body_len <= (max ? max : ADMIN_MAX_RESPONSE));
 	} else {
 		CHECK(o->err[0]);
 		CHECK((o->status != 0 && o->status != 200) ==
 		      (strncmp(o->err, "answered", 8) == 0));
 	}
-	status_response_free(&r);
+	admin_resp_free(&r);
 }
 
 static void check_response(const char *in, size_t len)
@@ -106,14 +108,14 @@ static void check_response(const char *in, size_t len)
 	feed(in, len, max, NULL, 0, &whole);
 	feed(in, len, max, cuts, ncuts, &pieces);
 	CHECK(whole.res == pieces.res && whole.status == pieces.status);
-	if (whole.res == STATUS_PARSE_DONE)
+	if (whole.res == ADMIN_PARSE_DONE)
 		CHECK(whole.body_len == pieces.body_len &&
 		      memcmp(whole.body, pieces.body, whole.body_len) == 0);
 
 	/* the one-shot API is the whole input with the default limit */
-	body = status_parse_response(in, len, &status, &blen, err, sizeof(err));
+	body = admin_parse_response(in, len, &status, &blen, err, sizeof(err));
 	if (max == 0) {
-		CHECK(!body == (whole.res != STATUS_PARSE_DONE) && status == whole.status);
+		CHECK(!body == (whole.res != ADMIN_PARSE_DONE) && status == whole.status);
 		if (body)
 			CHECK(blen == whole.body_len && memcmp(body, whole.body, blen) == 0);
 		else

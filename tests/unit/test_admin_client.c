@@ -52,7 +52,7 @@ static enum admin_fetch get_canned(const char *canned, struct admin_reply *r, ch
 	pid_t pid;
 	uint16_t port = fork_server(serve_canned, canned, &pid);
 	struct config *cfg = cfg_for(port);
-	enum admin_fetch f = admin_get(&cfg->listen[0], "/", r, err, errsize);
+	enum admin_fetch f = admin_get(&cfg->listen[0], "/", NULL, r, err, errsize);
 
 	reap_child(&pid);
 	config_unref(cfg);
@@ -94,7 +94,7 @@ END_TEST
 
 START_TEST(test_broken_answers_are_errors)
 {
-	expect_error("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", "cut short");
+	expect_error("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", "truncated response");
 	expect_error("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", "chunked");
 	expect_error("SSH-2.0-OpenSSH_9.6\r\n\r\n", "not an HTTP response");
 	expect_error("", "closed without a response");
@@ -109,7 +109,7 @@ START_TEST(test_nothing_listening_is_no_daemon)
 	char err[256] = "", *pem;
 	size_t len;
 
-	ck_assert_int_eq(admin_get(&cfg->listen[0], "/", &r, err, sizeof(err)),
+	ck_assert_int_eq(admin_get(&cfg->listen[0], "/", NULL, &r, err, sizeof(err)),
 	                 ADMIN_FETCH_NO_DAEMON);
 	ck_assert_ptr_nonnull(strstr(err, "refused"));
 	ck_assert_int_eq(admin_get_ca(cfg, &which, &pem, &len, err, sizeof(err)),

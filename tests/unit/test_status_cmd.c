@@ -1,7 +1,8 @@
-/* Unit tests for src/status_cmd.c without a socket: the response parser
+/* Unit tests without a socket for src/admin_client.c's response parser
  * (framing by src/http1: Content-Length, chunked split anywhere, the close;
- * errors for non-200, truncation, malformed and oversized responses) and the
+ * errors for non-200, truncation, malformed and oversized responses) and src/status_cmd.c's
  * renderer with its JSON parser (edge cases, strict numbers, limits). */
+#include "admin_client.h"
 #include "status_cmd.h"
 
 #include <check.h>
@@ -24,7 +25,7 @@ static char *parse(const char *resp, size_t len)
 	memcpy(copy, resp, len); /* exactly sized: overreads show under ASan */
 	err[0] = '\0';
 	blen = (size_t)-1;
-	body = status_parse_response(copy, len, &status, &blen, err, sizeof(err));
+	body = admin_parse_response(copy, len, &status, &blen, err, sizeof(err));
 	free(copy);
 	return body;
 }
@@ -37,41 +38,41 @@ static char *parse_str(const char *resp)
 /* Feeds resp[0..len) in two pieces (split at `split`), then eof when
  * eof_after. Expects MORE until the message is complete; returns the result
  * of the last call and the number of bytes fed when it came (*at). */
-static enum status_parse feed2(struct status_response *r, const char *resp, size_t len,
-                               size_t split, bool eof_after, size_t *at)
+static enum admin_parse feed2(struct admin_resp *r, const char *resp, size_t len, size_t split,
+                              bool eof_after, size_t *at)
 {
 	size_t cuts[] = {split, len};
-	enum status_parse res = STATUS_PARSE_MORE;
+	enum admin_parse res = ADMIN_PARSE_MORE;
 
 	memset(r, 0, sizeof(*r));
 	for (size_t i = 0; i < 2; i++) {
 		*at = cuts[i];
-		res = status_response_feed(r, resp, cuts[i], false, err, sizeof(err));
-		if (res != STATUS_PARSE_MORE)
+		res = admin_resp_feed(r, resp, cuts[i], false, err, sizeof(err));
+		if (res != ADMIN_PARSE_MORE)
 			return res;
 	}
 	if (eof_after)
-		res = status_response_feed(r, resp, len, true, err, sizeof(err));
+		res = admin_resp_feed(r, resp, len, true, err, sizeof(err));
 	return res;
 }
 
 /* Fed one byte more at a time: MORE up to done_at bytes, then DONE with body. */
 static void feed_bytewise(const char *resp, size_t done_at, const char *body)
 {
-	struct status_response r;
+	struct admin_resp r;
 
 	memset(&r, 0, sizeof(r));
 	for (size_t n = 0; n <= done_at; n++) {
-		enum status_parse res = status_response_feed(&r, resp, n, false, err, sizeof(err));
+		enum admin_parse res = admin_resp_feed(&r, resp, n, false, err, sizeof(err));
 		if (n < done_at) {
-			ck_assert_msg(res == STATUS_PARSE_MORE, "at %zu: %d %s", n, res, err);
+			ck_assert_msg(res == ADMIN_PARSE_MORE, "at %zu: %d %s", n, res, err);
 			continue;
 		}
-		ck_assert_msg(res == STATUS_PARSE_DONE, "at %zu: %d %s", n, res, err);
+		ck_assert_msg(res == ADMIN_PARSE_DONE, "at %zu: %d %s", n, res, err);
 		ck_assert_uint_eq(r.body_len, strlen(body));
 		ck_assert_str_eq(r.body, body);
 	}
-	status_response_free(&r);
+	admin_resp_free(&r);
 }
 
 /* ---- framing ---- */
@@ -120,7 +121,7 @@ START_TEST(chunked_body_split_anywhere)
 	                           "0\r\nX-Trailer: yes\r\n\r\n";
 	const char *want = "{\"connections\": []}\n";
 	size_t len = sizeof(resp) - 1;
-	struct status_response r;
+	struct admin_resp r;
 	char *body = parse(resp, len);
 
 	ck_assert_msg(body, "%s", err);
@@ -131,13 +132,13 @@ START_TEST(chunked_body_split_anywhere)
 	 * last byte without waiting for the close */
 	for (size_t split = 0; split <= len; split++) {
 		size_t at = 0;
-		enum status_parse res = feed2(&r, resp, len, split, false, &at);
+		enum admin_parse res = feed2(&r, resp, len, split, false, &at);
 
-		ck_assert_msg(res == STATUS_PARSE_DONE, "split %zu: %d %s", split, res, err);
+		ck_assert_msg(res == ADMIN_PARSE_DONE, "split %zu: %d %s", split, res, err);
 		ck_assert_uint_eq(at, len);
 		ck_assert_str_eq(r.body, want);
 		ck_assert_uint_eq(r.body_len, strlen(want));
-		status_response_free(&r);
+		admin_resp_free(&r);
 	}
 	feed_bytewise(resp, len, want);
 
@@ -152,7 +153,7 @@ END_TEST
 START_TEST(close_delimited_body)
 {
 	const char *resp = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"connections\":[]}";
-	struct status_response r;
+	struct admin_resp r;
 	size_t at;
 	char *body = parse_str(resp);
 
@@ -162,12 +163,11 @@ START_TEST(close_delimited_body)
 	/* never complete before the close, whatever has arrived */
 	for (size_t split = 0; split <= strlen(resp); split++) {
 		ck_assert_int_eq(feed2(&r, resp, strlen(resp), split, false, &at),
-		                 STATUS_PARSE_MORE);
-		ck_assert_int_eq(
-		    status_response_feed(&r, resp, strlen(resp), true, err, sizeof(err)),
-		    STATUS_PARSE_DONE);
+		                 ADMIN_PARSE_MORE);
+		ck_assert_int_eq(admin_resp_feed(&r, resp, strlen(resp), true, err, sizeof(err)),
+		                 ADMIN_PARSE_DONE);
 		ck_assert_str_eq(r.body, "{\"connections\":[]}");
-		status_response_free(&r);
+		admin_resp_free(&r);
 	}
 	/* HTTP/1.0 without Content-Length; an empty body */
 	body = parse_str("HTTP/1.0 200 OK\r\n\r\n");
@@ -189,7 +189,7 @@ START_TEST(interim_heads_skipped)
 	ck_assert_int_eq(status, 200);
 	free(body);
 
-	for (int i = 0; i < STATUS_MAX_INTERIM + 1; i++)
+	for (int i = 0; i < ADMIN_MAX_INTERIM + 1; i++)
 		strcat(resp, "HTTP/1.1 102 Processing\r\n\r\n");
 	strcat(resp, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
 	ck_assert_ptr_null(parse_str(resp));
@@ -261,7 +261,7 @@ END_TEST
 
 START_TEST(malformed_head)
 {
-	struct status_response r;
+	struct admin_resp r;
 	static const char *const bad[] = {
 	    "HTTP/1.1 200 OK\nContent-Length: 2\n\nok",             /* bare LF */
 	    "HTTP/1.1 200 OK\r\nContent-Length: 2\rX: y\r\n\r\nok", /* bare CR */
@@ -285,16 +285,14 @@ START_TEST(malformed_head)
 	/* not HTTP at all: said as soon as it shows, without waiting for more */
 	memset(&r, 0, sizeof(r));
 	ck_assert_int_eq(
-	    status_response_feed(&r, "SSH-2.0-OpenSSH_9.6\r\n", 21, false, err, sizeof(err)),
-	    STATUS_PARSE_ERROR);
+	    admin_resp_feed(&r, "SSH-2.0-OpenSSH_9.6\r\n", 21, false, err, sizeof(err)),
+	    ADMIN_PARSE_ERROR);
 	ck_assert_str_eq(err, "not an HTTP response (is this muxd?)");
-	status_response_free(&r);
-	ck_assert_int_eq(status_response_feed(&r, "HTX", 3, false, err, sizeof(err)),
-	                 STATUS_PARSE_ERROR);
-	status_response_free(&r);
-	ck_assert_int_eq(status_response_feed(&r, "HTTP", 4, false, err, sizeof(err)),
-	                 STATUS_PARSE_MORE);
-	status_response_free(&r);
+	admin_resp_free(&r);
+	ck_assert_int_eq(admin_resp_feed(&r, "HTX", 3, false, err, sizeof(err)), ADMIN_PARSE_ERROR);
+	admin_resp_free(&r);
+	ck_assert_int_eq(admin_resp_feed(&r, "HTTP", 4, false, err, sizeof(err)), ADMIN_PARSE_MORE);
+	admin_resp_free(&r);
 
 	/* a malformed chunked body */
 	ck_assert_ptr_null(parse_str("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -308,18 +306,18 @@ END_TEST
 
 START_TEST(oversized_response)
 {
-	struct status_response r;
+	struct admin_resp r;
 	char resp[256], *big, *body;
 	size_t head, len;
 
 	/* a Content-Length over the limit fails at once, before any body byte */
 	snprintf(resp, sizeof(resp), "HTTP/1.1 200 OK\r\nContent-Length: %u\r\n\r\n",
-	         STATUS_MAX_RESPONSE);
+	         ADMIN_MAX_RESPONSE);
 	memset(&r, 0, sizeof(r));
-	ck_assert_int_eq(status_response_feed(&r, resp, strlen(resp), false, err, sizeof(err)),
-	                 STATUS_PARSE_ERROR);
+	ck_assert_int_eq(admin_resp_feed(&r, resp, strlen(resp), false, err, sizeof(err)),
+	                 ADMIN_PARSE_ERROR);
 	ck_assert_msg(strstr(err, "response too large: Content-Length"), "%s", err);
-	status_response_free(&r);
+	admin_resp_free(&r);
 	ck_assert_ptr_null(
 	    parse_str("HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n"));
 
@@ -338,27 +336,26 @@ START_TEST(oversized_response)
 		len = strlen(resp);
 		memset(&r, 0, sizeof(r));
 		r.max = len;
-		ck_assert_int_eq(status_response_feed(&r, resp, len, true, err, sizeof(err)),
-		                 STATUS_PARSE_DONE);
+		ck_assert_int_eq(admin_resp_feed(&r, resp, len, true, err, sizeof(err)),
+		                 ADMIN_PARSE_DONE);
 		ck_assert_str_eq(r.body, "0123456789");
-		status_response_free(&r);
+		admin_resp_free(&r);
 		memset(&r, 0, sizeof(r));
 		r.max = len - 1;
-		ck_assert_int_eq(status_response_feed(&r, resp, len, false, err, sizeof(err)),
-		                 STATUS_PARSE_ERROR);
+		ck_assert_int_eq(admin_resp_feed(&r, resp, len, false, err, sizeof(err)),
+		                 ADMIN_PARSE_ERROR);
 		ck_assert_msg(strstr(err, "response too large"), "%d: %s", framing, err);
-		status_response_free(&r);
+		admin_resp_free(&r);
 	}
 
 	/* over the limit before a head is complete: no status to quote */
 	memset(&r, 0, sizeof(r));
 	r.max = 8;
-	ck_assert_int_eq(
-	    status_response_feed(&r, "HTTP/1.1 200 OK\r\n", 17, false, err, sizeof(err)),
-	    STATUS_PARSE_ERROR);
+	ck_assert_int_eq(admin_resp_feed(&r, "HTTP/1.1 200 OK\r\n", 17, false, err, sizeof(err)),
+	                 ADMIN_PARSE_ERROR);
 	ck_assert_str_eq(err, "response too large (over 8 bytes)");
 	ck_assert_int_eq(r.status, 0);
-	status_response_free(&r);
+	admin_resp_free(&r);
 
 	/* a head over HTTP1_MAX_HEAD */
 	big = malloc(HTTP1_MAX_HEAD + 64);
@@ -371,14 +368,14 @@ START_TEST(oversized_response)
 	free(big);
 
 	/* the default limit, close-delimited */
-	len = (size_t)STATUS_MAX_RESPONSE + 1;
+	len = (size_t)ADMIN_MAX_RESPONSE + 1;
 	big = malloc(len);
 	ck_assert_ptr_nonnull(big);
 	memset(big, ' ', len);
 	memcpy(big, "HTTP/1.1 200 OK\r\n\r\n", 19);
-	ck_assert_ptr_null(status_parse_response(big, len, &status, &blen, err, sizeof(err)));
+	ck_assert_ptr_null(admin_parse_response(big, len, &status, &blen, err, sizeof(err)));
 	ck_assert_msg(strstr(err, "response too large (over 33554432 bytes)"), "%s", err);
-	body = status_parse_response(big, len - 1, &status, &blen, err, sizeof(err));
+	body = admin_parse_response(big, len - 1, &status, &blen, err, sizeof(err));
 	ck_assert_msg(body, "%s", err);
 	ck_assert_uint_eq(blen, len - 1 - 19);
 	free(body);
