@@ -523,23 +523,6 @@ static bool hop_is_self(const struct config *cfg, const struct config_hop *hop)
 	return false;
 }
 
-/* proxy's URLs (on its line or a continuation line), appended to the hops. */
-static bool route_hops(struct config_route *r, const char *v, char *why, size_t size)
-{
-	char tok[512];
-
-	while (config_next_token(&v, tok, sizeof(tok))) {
-		if (r->nhops == CONFIG_MAX_HOPS) {
-			snprintf(why, size, "too many hops (expected at most %d)", CONFIG_MAX_HOPS);
-			return false;
-		}
-		if (!config_parse_hop(tok, &r->hops[r->nhops], why, size))
-			return false;
-		r->nhops++;
-	}
-	return true;
-}
-
 /* proxy = direct | env | URL... */
 static bool route_proxy(const struct config *cfg, struct config_route *r, const char *v, char *why,
                         size_t size)
@@ -571,25 +554,7 @@ static bool route_proxy(const struct config *cfg, struct config_route *r, const 
 		}
 		return true;
 	}
-	return route_hops(r, v, why, size);
-}
-
-/* Why the client certificate or key file at path cannot be loaded now (GnuTLS
- * reads it whole, at load): unreadable, not a regular file (a device or a
- * FIFO would be read without end), or far larger than any PEM key or chain.
- * NULL when it can. */
-#define KEY_FILE_MAX (1024 * 1024)
-static const char *key_file_problem(const char *path)
-{
-	struct stat st;
-
-	if (access(path, R_OK) != 0 || stat(path, &st) != 0)
-		return strerror(errno);
-	if (!S_ISREG(st.st_mode))
-		return "not a regular file";
-	if (st.st_size > KEY_FILE_MAX)
-		return "larger than 1 MiB";
-	return NULL;
+	return config_route_hops(r, v, why, size);
 }
 
 /* A key inside a [route PATTERN] section: the one the reader saw last, not
@@ -611,7 +576,7 @@ static void route_key(struct load *ld, const char *name, const char *v, bool con
 			errf(ld, ld->line,
 			     "[%s] %s: continuation line (expected one value on the key's line)",
 			     section, name);
-		else if (!route_hops(r, v, why, sizeof(why)))
+		else if (!config_route_hops(r, v, why, sizeof(why)))
 			errf(ld, ld->line, "[%s] %s: %s", section, name, why);
 		return;
 	}
@@ -661,7 +626,7 @@ static void route_key(struct load *ld, const char *name, const char *v, bool con
 		if (!*v)
 			errf(ld, ld->line, "[%s] %s: empty value (expected a PEM file)", section,
 			     name);
-		else if ((bad = key_file_problem(v)) != NULL)
+		else if ((bad = config_key_file_problem(v)) != NULL)
 			errf(ld, ld->line, "[%s] %s: cannot read '%s': %s (expected a PEM file)",
 			     section, name, v, bad);
 		else if (!replace_str(field, v, why, sizeof(why)))
@@ -835,21 +800,6 @@ static int on_pair(void *user, const char *section, const char *name, const char
 	if (!set_value(ld->cfg, k, value, cont, why, sizeof why))
 		errf(ld, ld->line, "[%s] %s: %s", section, name, why);
 	return 1;
-}
-
-bool config_file_id(const char *path, char *buf, size_t size)
-{
-	struct stat st;
-	int n;
-
-	if (stat(path, &st) != 0)
-		n = snprintf(buf, size, "%s@missing", path);
-	else
-		n = snprintf(buf, size, "%s@%llu:%llu:%lld:%lld.%09ld", path,
-		             (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
-		             (long long)st.st_size, (long long)st.st_mtim.tv_sec,
-		             (long)st.st_mtim.tv_nsec);
-	return n >= 0 && (size_t)n < size;
 }
 
 /* The identity of path in a new string (NULL path: NULL, true). */

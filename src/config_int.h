@@ -25,5 +25,12 @@ bool config_next_token(const char **p, char *tok, size_t size);
 /* [intercept] bypass: host patterns replacing (or, when append, extending) the
  * configured ones, only when all are good. */
 bool config_set_bypass(struct config *cfg, const char *v, bool append, char *why, size_t size);
+/* Why the client certificate or key file at path cannot be loaded now (GnuTLS
+ * reads it whole, at load): unreadable, not a regular file (a device or a
+ * FIFO would be read without end), or far larger (1 MiB) than any PEM key or
+ * chain. NULL when it can. */
+const char *config_key_file_problem(const char *path);
+/* proxy's URLs (on its line or a continuation line), appended to r's hops. */
+bool config_route_hops(struct config_route *r, const char *v, char *why, size_t size);
 
 #endif

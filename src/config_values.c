@@ -11,10 +11,13 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define LISTEN_FORM "ADDR:PORT with a numeric address, IPv6 in brackets"
 
@@ -466,4 +469,51 @@ bool config_parse_bool(const char *v, bool *out)
 		}
 	}
 	return false;
+}
+
+bool config_file_id(const char *path, char *buf, size_t size)
+{
+	struct stat st;
+	int n;
+
+	if (stat(path, &st) != 0)
+		n = snprintf(buf, size, "%s@missing", path);
+	else
+		n = snprintf(buf, size, "%s@%llu:%llu:%lld:%lld.%09ld", path,
+		             (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
+		             (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+		             (long)st.st_mtim.tv_nsec);
+	return n >= 0 && (size_t)n < size;
+}
+
+#define KEY_FILE_MAX (1024 * 1024)
+
+const char *config_key_file_problem(const char *path)
+{
+	struct stat st;
+
+	if (access(path, R_OK) != 0 || stat(path, &st) != 0)
+		return strerror(errno);
+	if (!S_ISREG(st.st_mode))
+		return "not a regular file";
+	if (st.st_size > KEY_FILE_MAX)
+		return "larger than 1 MiB";
+	return NULL;
+}
+
+/* proxy's URLs (on its line or a continuation line), appended to the hops. */
+bool config_route_hops(struct config_route *r, const char *v, char *why, size_t size)
+{
+	char tok[512];
+
+	while (config_next_token(&v, tok, sizeof(tok))) {
+		if (r->nhops == CONFIG_MAX_HOPS) {
+			snprintf(why, size, "too many hops (expected at most %d)", CONFIG_MAX_HOPS);
+			return false;
+		}
+		if (!config_parse_hop(tok, &r->hops[r->nhops], why, size))
+			return false;
+		r->nhops++;
+	}
+	return true;
 }
