@@ -187,8 +187,7 @@ static void srv_connected(struct tls_io *io)
 		alpn[proto.size] = '\0';
 	}
 	log_debug("tls server: %s for %s (%s%s%s)",
-	          gnutls_session_is_resumed(io->s) ? "resumed session" : "full handshake",
-	          t->host,
+	          gnutls_session_is_resumed(io->s) ? "resumed session" : "full handshake", t->host,
 	          gnutls_protocol_get_name(gnutls_protocol_get_version(io->s)),
 	          alpn[0] ? ", alpn " : "", alpn);
 }
