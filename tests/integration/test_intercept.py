@@ -662,3 +662,6 @@ def test_dead_parent_502_reaches_a_client_that_half_closes(muxd, pki):
         got = half_closed_tls_request(m, authority, request, eof_within=2)
         assert got.startswith(b"HTTP/1.1 502 "), f"attempt {attempt}: {got!r}"
         assert f"proxy {LOCALHOST}:{dead}: connection refused".encode() in got, got
+    # muxd freed them at once (their EOF was seen), not after the lingering close's 5 s
+    wait_until(lambda: m.metrics().value("muxd_client_connections") == 1, timeout=2,
+               what="the half-closed client connections freed")
