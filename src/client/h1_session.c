@@ -352,6 +352,10 @@ static void raw_progress(struct evbuffer *b, const struct evbuffer_cb_info *info
 	struct downstream *ds = arg;
 
 	(void)b;
+	if (ds->closing && ds->peer_eof && !output_pending(ds)) {
+		free_soon(ds); /* the last bytes are out and the client is gone */
+		return;
+	}
 	if (ds->timer_kind != T_CLIENT || (info->n_added == 0 && info->n_deleted == 0))
 		return;
 	if (!ds->ex && !output_pending(ds))
@@ -771,7 +775,7 @@ static void process(struct downstream *ds)
  * out (freed now when nothing is pending, else when it drains). */
 static void close_after_eof(struct downstream *ds)
 {
-	if (evbuffer_get_length(transport_output(ds->t)) == 0)
+	if (!output_pending(ds))
 		ds_free(ds);
 	else
 		start_close(ds);
@@ -984,7 +988,7 @@ static void on_drain(void *ctx)
 		exchange_client_drain(ds->ex);
 	else if (ds->tunnel)
 		tunnel_client_drain(ds->tunnel);
-	else if (ds->closing && ds->peer_eof && evbuffer_get_length(transport_output(ds->t)) == 0)
+	else if (ds->closing && ds->peer_eof && !output_pending(ds))
 		ds_free(ds);
 }
 
@@ -1034,6 +1038,9 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 		return;
 	}
 	if (ev == TRANSPORT_EOF && ds->ex) {
+		/* reported once (a TLS layer never again): remembered so the
+		 * close after the response does not linger for it */
+		ds->peer_eof = true;
 		ds->stream.keep_alive = false; /* the response is the last */
 		exchange_client_eof(ds->ex);   /* may free ds */
 		return;
@@ -1056,8 +1063,7 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 			close_after_eof(ds);
 		return;
 	}
-	if (ev == TRANSPORT_EOF && ds->closing &&
-	    evbuffer_get_length(transport_output(ds->t)) > 0) {
+	if (ev == TRANSPORT_EOF && ds->closing && output_pending(ds)) {
 		/* the client is done sending, not reading: free once our last
 		 * bytes are out (on_drain), or when the linger time is up */
 		ds->peer_eof = true;

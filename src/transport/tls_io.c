@@ -216,6 +216,15 @@ static int decrypt_pass(struct tls_io *io, bool *got)
 		if (evbuffer_get_length(low) == 0 && gnutls_record_check_pending(io->s) == 0 &&
 		    !io->lower_eof && !io->lower_failed)
 			break;
+		if (evbuffer_get_length(low) == 0 && gnutls_record_check_pending(io->s) == 0 &&
+		    io->lower_eof && !io->lower_failed) {
+			/* a FIN without close_notify: the peer's end of input, and a
+			 * half-close. gnutls_record_recv would call it a premature
+			 * termination and invalidate the session, and with it the
+			 * answer still to be sent. */
+			io->peer_eof = true;
+			break;
+		}
 		if (evbuffer_reserve_space(io->in, RECORD_MAX, &v, 1) < 1)
 			return GNUTLS_E_MEMORY_ERROR;
 		before = evbuffer_get_length(low);

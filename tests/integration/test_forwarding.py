@@ -2,11 +2,12 @@
 Expect: 100-continue, and large uploads in both framings."""
 
 import json
+import socket
 import time
 
 import pytest
 
-from support import HTTPReader, connect, curl, pattern_bytes, proxy_request, sha256
+from support import HTTPReader, connect, curl, pattern_bytes, proxy_request, recv_all, sha256
 
 
 def test_get_through_proxy(muxd, origin):
@@ -53,6 +54,22 @@ def test_pipelined_requests_answered_in_order(muxd, origin):
         got = [reader.read_response().json() for _ in range(4)]
     assert [g["target"] for g in got] == ["/slow", "/fast", "/post", "/last"]
     assert got[2]["sha256"] == sha256(body)
+
+
+def test_client_that_half_closes_after_its_request_gets_the_whole_response(muxd, origin):
+    """A client that sends its request and then its FIN (`printf ... | nc`)
+    gets the whole response, then muxd closes at once: the EOF it saw during
+    the exchange is not waited for again by the lingering close."""
+    o = origin()
+    m = muxd()
+    with connect(m.port) as s:
+        s.sendall(proxy_request("GET", o.url("/half")))
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(2)  # well below the lingering close's limit
+        raw = recv_all(s)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), raw
+    assert json.loads(body)["target"] == "/half"
 
 
 def test_http10_client(muxd, origin):
