@@ -156,7 +156,7 @@ deb:
 	@ls $(abspath $(DEBDIR))/*.deb
 
 format:
-	clang-format -i src/*.c src/*.h src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c bench/*.c
+	clang-format -i src/*.c src/*.h src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c tests/fuzz/*.h bench/*.c
 
 clean:
 	rm -rf build

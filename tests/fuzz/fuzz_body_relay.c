@@ -34,18 +34,13 @@
 #include "client/h1_stream.h"
 #include "config.h"
 #include "exchange.h"
+#include "fuzz.h"
 #include "http1.h"
 #include "log.h"
 #include "muxd.h"
 #include "pool.h"
 #include "transport/transport.h"
 #include "upstream/upstream.h"
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			abort();                                                                   \
-	} while (0)
 
 static struct muxd m;
 

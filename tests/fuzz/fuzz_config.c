@@ -7,18 +7,13 @@
  */
 #include "config.h"
 
+#include "fuzz.h"
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			abort();                                                                   \
-	} while (0)
 
 #define NAME "fuzz.conf"
 #define DAY_MS (24ULL * 3600 * 1000)

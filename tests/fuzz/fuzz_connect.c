@@ -10,16 +10,11 @@
 #include "http1.h"
 #include "transport/proxy_answer.h"
 
+#include "fuzz.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			abort();                                                                   \
-	} while (0)
 
 #define PROXY "127.0.0.1:3128"
 

@@ -13,14 +13,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include "fuzz.h"
 #include "http1.h"
 #include "upstream/fields.h"
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			abort();                                                                   \
-	} while (0)
 
 static bool no_body_status(int status)
 {

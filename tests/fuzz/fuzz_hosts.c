@@ -14,12 +14,7 @@
 #include <sys/socket.h>
 
 #include "dns.h"
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			abort();                                                                   \
-	} while (0)
+#include "fuzz.h"
 
 #define MAX_PAIRS 512
 

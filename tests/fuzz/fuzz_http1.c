@@ -5,16 +5,11 @@
  */
 #include "http1.h"
 
+#include "fuzz.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			abort();                                                                   \
-	} while (0)
 
 static bool inside(const struct http1_msg *m, const char *p, size_t n)
 {

@@ -22,33 +22,8 @@
 #include <strings.h>
 
 #include "client/h1_session.h"
+#include "fuzz.h"
 #include "http1.h"
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			abort();                                                                   \
-	} while (0)
-
-/* The next line of [*p, end) as a fresh string (NULL when none is left). */
-static char *next_line(const char **p, const char *end)
-{
-	const char *nl;
-	char *s;
-
-	if (*p > end)
-		return NULL;
-	nl = memchr(*p, '\n', (size_t)(end - *p));
-	if (!nl)
-		nl = end;
-	s = malloc((size_t)(nl - *p) + 1);
-	if (!s)
-		abort();
-	memcpy(s, *p, (size_t)(nl - *p));
-	s[nl - *p] = '\0';
-	*p = nl + 1;
-	return s;
-}
 
 /* Reference: value is NAME or NAME:DIGITS (NAME = host, [host] for IPv6),
  * the port 443 when absent. */

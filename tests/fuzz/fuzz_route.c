@@ -25,34 +25,10 @@
 #include <sys/socket.h>
 
 #include "config.h"
+#include "fuzz.h"
 #include "route.h"
 
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			abort();                                                                   \
-	} while (0)
-
 #define MAX_PATTERNS 8
-
-static char *next_line(const char **p, const char *end)
-{
-	const char *nl;
-	char *s;
-
-	if (*p > end)
-		return NULL;
-	nl = memchr(*p, '\n', (size_t)(end - *p));
-	if (!nl)
-		nl = end;
-	s = malloc((size_t)(nl - *p) + 1);
-	if (!s)
-		abort();
-	memcpy(s, *p, (size_t)(nl - *p));
-	s[nl - *p] = '\0';
-	*p = nl + 1;
-	return s;
-}
 
 static void check_pattern(const char *text, const struct config_route *r)
 {

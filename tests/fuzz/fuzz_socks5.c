@@ -9,16 +9,11 @@
  */
 #include "transport/proxy_answer.h"
 
+#include "fuzz.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			abort();                                                                   \
-	} while (0)
 
 #define ANSWER_MAX (4 + 1 + 255 + 2) /* the longest answer: a reply with a domain */
 

@@ -10,16 +10,11 @@
 #include "admin_client.h"
 #include "status_cmd.h"
 
+#include "fuzz.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			abort();                                                                   \
-	} while (0)
 
 /* Renders doc[0..len) (an exactly sized copy); the output never carries
  * control bytes but newlines, and nothing is printed on failure. */
