@@ -42,6 +42,7 @@
 #include "tls/ca.h"
 #include "transport/tls.h"
 #include "trust_cmd.h"
+#include "upstream/upstream.h"
 
 #define MUXD_VERSION "0.1.0"
 #define DEFAULT_CONFIG "/etc/muxd/muxd.conf"
@@ -62,6 +63,7 @@ struct options {
 /* The daemon's root state and what only main needs next to it. */
 struct daemon {
 	struct muxd m;
+	struct upstream_env env; /* m.env */
 	struct options opt;
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *shutdown_timer;
@@ -382,6 +384,16 @@ static int run(struct daemon *d)
 	m->pool = pool_new(m);
 	admin_start(m);
 	m->tls = tls_client_ctx_new();
+	d->env = (struct upstream_env){
+	    .transport = {.base = m->base,
+	                  .dns = m->dns,
+	                  .tls = m->tls,
+	                  .is_self = muxd_is_self_arg,
+	                  .self_arg = m,
+	                  .tls_leaf_issued = &m->metrics.tls_leaf_issued},
+	    .window_granted = &m->window_granted,
+	};
+	m->env = &d->env;
 	if (!m->dns || !m->pool || !m->tls) {
 		log_error("cannot start: out of memory");
 		goto out;

@@ -296,3 +296,8 @@ bool muxd_is_self(const struct muxd *m, const struct sockaddr *sa)
 	}
 	return false;
 }
+
+bool muxd_is_self_arg(const void *m, const struct sockaddr *sa)
+{
+	return muxd_is_self(m, sa);
+}

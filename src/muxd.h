@@ -25,6 +25,7 @@ struct downstream;
 struct tls_client_ctx;
 struct local_ca;
 struct access_log;
+struct upstream_env;
 
 enum proto { PROTO_H1 = 0, PROTO_H2, PROTO_H3, PROTO_TUNNEL, PROTO_COUNT };
 enum evict_reason {
@@ -59,6 +60,9 @@ struct muxd {
 	struct access_log *access_log; /* log.h; NULL when off */
 	struct log_limit refusals;     /* log.h: lines for muxd's own answers, per status */
 	struct tls_client_ctx *tls;    /* trust stores and the session cache */
+	/* what transport layers and codecs are given (upstream.h): made by
+	 * main.c from base, dns, tls and the counters below */
+	const struct upstream_env *env;
 	struct local_ca *ca;           /* for interception; NULL when it is off */
 	struct admin_history *history; /* admin.c: samples for the status page chart */
 	struct event *trim_timer;      /* muxd.c: memory back to the OS once idle */
@@ -93,6 +97,8 @@ bool muxd_via_is_self(const struct muxd *m, const char *name, size_t len);
 /* Whether sa (address and port) reaches one of muxd's own listeners: equal to
  * a bound address, or a local address on the port of a wildcard listener. */
 bool muxd_is_self(const struct muxd *m, const struct sockaddr *sa);
+/* The same as a transport_env is_self callback (arg: the struct muxd). */
+bool muxd_is_self_arg(const void *m, const struct sockaddr *sa);
 /* Whether sa is a loopback address (127/8, ::1, v4-mapped 127/8). */
 bool muxd_is_loopback(const struct sockaddr *sa);
 

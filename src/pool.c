@@ -403,7 +403,7 @@ static bool open_conn(struct pool_origin *o)
 		return false;
 	pool_key_chain(&o->key, hops, &spec, p->m->cfg->connect_timeout_ms);
 	spec.shared_hop = pool_shared_hop(p);
-	pc->pending = chain_connect(p->m, &spec, &tcbs, pc);
+	pc->pending = chain_connect(&p->m->env->transport, &spec, &tcbs, pc);
 	if (!pc->pending) {
 		pool_conn_release(pc);
 		return false;
@@ -701,8 +701,10 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 	pc->pending = NULL;
 	if (ev == TRANSPORT_CONNECTED) {
 		bool h2 = strcmp(chain_alpn(t), "h2") == 0;
-		pc->uc = h2 ? h2_conn_new(p->m, t, &owner_cbs, pc)
-		            : h1_conn_new(p->m, t, &owner_cbs, pc);
+		struct upstream_params prm;
+		upstream_params_init(&prm, p->m->cfg);
+		pc->uc = h2 ? h2_conn_new(p->m->env, &prm, t, &owner_cbs, pc)
+		            : h1_conn_new(p->m->env, &prm, NULL, t, &owner_cbs, pc);
 		if (pc->uc) {
 			o->learned = pc->uc->proto;
 			conn_ready(pc);

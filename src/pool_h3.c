@@ -213,7 +213,9 @@ void pool_h3_start(struct pool_origin *o)
 	    .verify = o->key.verify,
 	    .session_key = o->key.id,
 	};
-	pc->uc = h3_conn_new(p->m, &hp, pool_owner_cbs(), pc);
+	struct upstream_params prm;
+	upstream_params_init(&prm, p->m->cfg);
+	pc->uc = h3_conn_new(p->m->env, &prm, &hp, pool_owner_cbs(), pc);
 	if (!pc->uc) {
 		pool_conn_release(pc);
 		return;

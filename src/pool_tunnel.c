@@ -78,7 +78,8 @@ static struct transport *shared_hop_open(void *arg, const struct chain_spec *sp,
 	snprintf(name, sizeof(name), "%s%s%s:%u", v6 ? "[" : "", h->host, v6 ? "]" : "", h->port);
 	if (h->user)
 		snprintf(auth, sizeof(auth), "%s:%s", h->user, h->pass ? h->pass : "");
-	return h2_tunnel_connect(hs.p->m, &src, name, host, port, h->user ? auth : NULL, cbs, ctx);
+	return h2_tunnel_connect(&hs.p->m->env->transport, &src, name, host, port,
+	                         h->user ? auth : NULL, cbs, ctx);
 }
 
 static struct evbuffer *tun_input(struct transport *t)
@@ -229,7 +230,7 @@ static void tunnel_dispatch(struct pool *p)
 		struct chain_spec spec;
 		pool_key_chain(&pt->key, hops, &spec, p->m->cfg->connect_timeout_ms);
 		spec.shared_hop = pool_shared_hop(p);
-		pt->chain = chain_connect(p->m, &spec, &cbs, pt);
+		pt->chain = chain_connect(&p->m->env->transport, &spec, &cbs, pt);
 		if (!pt->chain)
 			event_active(pt->fail_ev, EV_TIMEOUT, 0);
 	}

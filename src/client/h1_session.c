@@ -46,6 +46,7 @@
 #include "transport/tls.h"
 #include "transport/transport.h"
 #include "tunnel.h"
+#include "upstream/upstream.h"
 #include "via.h"
 
 #define LINGER_MS 5000
@@ -909,7 +910,7 @@ static void end_peek(struct downstream *ds, bool forced)
 		struct tls_server_params p = {
 		    .ca = ds->m->ca, .default_host = ds->origin_host, .alpn = "http/1.1"};
 		ds->mode = DS_HANDSHAKE;
-		ds->t = tls_server_new(ds->m, ds->t, &p, &client_cbs, ds);
+		ds->t = tls_server_new(&ds->m->env->transport, ds->t, &p, &client_cbs, ds);
 		if (!ds->t) {
 			ds->raw_in_cb = ds->raw_out_cb = NULL; /* closed with the layer */
 			ds->raw_in = ds->raw_out = NULL;
@@ -1113,7 +1114,7 @@ void downstream_accept(struct muxd *m, int fd, const struct sockaddr *peer, sock
 		close(fd);
 		return;
 	}
-	ds->t = tcp_accepted(m, fd, &client_cbs, ds);
+	ds->t = tcp_accepted(&m->env->transport, fd, &client_cbs, ds);
 	if (!ds->t) {
 		event_free(ds->timer);
 		free(ds);

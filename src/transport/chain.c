@@ -46,7 +46,7 @@ struct step {
 
 struct chain {
 	struct transport base;
-	struct muxd *m;
+	struct transport_env env;
 	struct transport *top;
 	struct chain_spec spec; /* strings copied below */
 	struct chain_hop hops[CONFIG_MAX_HOPS];
@@ -138,7 +138,7 @@ static bool start_step(struct chain *c)
 	case STEP_TCP: {
 		const char *host = sp->nhops ? c->hops[0].host : sp->host;
 		uint16_t port = sp->nhops ? c->hops[0].port : sp->port;
-		c->top = tcp_connect(c->m, host, port, 0, &cbs, c); /* our deadline covers it */
+		c->top = tcp_connect(&c->env, host, port, 0, &cbs, c); /* our deadline covers it */
 		if (c->top && sp->deny_loopback && sp->nhops == 0)
 			tcp_deny_loopback(c->top);
 		break;
@@ -158,7 +158,7 @@ static bool start_step(struct chain *c)
 		                              .ca_file = sp->proxy_ca_file,
 		                              .verify = true,
 		                              .session_key = NULL};
-		c->top = tls_client_new(c->m, c->top, &p, &cbs, c);
+		c->top = tls_client_new(&c->env, c->top, &p, &cbs, c);
 		break;
 	}
 	case STEP_TUNNEL: {
@@ -169,13 +169,13 @@ static bool start_step(struct chain *c)
 		char auth[600];
 		hop_name(c, st->hop, name, sizeof(name));
 		if (h->kind == HOP_SOCKS5 || h->kind == HOP_SOCKS5H) {
-			c->top = socks5_connect(c->m, c->top, name, host, port,
+			c->top = socks5_connect(&c->env, c->top, name, host, port,
 			                        h->kind == HOP_SOCKS5H, h->user, h->pass, &cbs, c);
 		} else {
 			if (h->user)
 				snprintf(auth, sizeof(auth), "%s:%s", h->user,
 				         h->pass ? h->pass : "");
-			c->top = h1_connect_layer_new(c->m, c->top, name, host, port,
+			c->top = h1_connect_layer_new(&c->env, c->top, name, host, port,
 			                              h->user ? auth : NULL, &cbs, c);
 		}
 		break;
@@ -186,8 +186,8 @@ static bool start_step(struct chain *c)
 		                              .ca_file = sp->ca_file,
 		                              .verify = sp->verify,
 		                              .session_key = sp->session_key};
-		c->top =
-		    tls_client_new_cert(c->m, c->top, &p, sp->client_cert, sp->client_key, &cbs, c);
+		c->top = tls_client_new_cert(&c->env, c->top, &p, sp->client_cert, sp->client_key,
+		                             &cbs, c);
 		break;
 	}
 	}
@@ -297,7 +297,7 @@ static void copy(char *dst, size_t size, const char *src)
 	snprintf(dst, size, "%s", src ? src : "");
 }
 
-struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
+struct transport *chain_connect(const struct transport_env *env, const struct chain_spec *spec,
                                 const struct transport_cbs *cbs, void *ctx)
 {
 	struct chain *c = calloc(1, sizeof(*c));
@@ -308,7 +308,7 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
 	}
 	c->base.ops = &chain_ops;
 	transport_set_cbs(&c->base, cbs, ctx);
-	c->m = m;
+	c->env = *env;
 	c->spec = *spec;
 	for (size_t i = 0; i < spec->nhops; i++) {
 		c->hops[i] = spec->hops[i];
@@ -357,7 +357,7 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
 	}
 	if (spec->tls && !spec->forward)
 		c->steps[c->nsteps++] = (struct step){STEP_TLS_TARGET, 0};
-	c->deadline = evtimer_new(m->base, deadline_cb, c);
+	c->deadline = evtimer_new(env->base, deadline_cb, c);
 	if (!c->deadline) {
 		free(c);
 		return NULL;

@@ -172,7 +172,7 @@ static bool write_request(struct hc *t, struct evbuffer *out, const char *auth)
 	return ok && evbuffer_add(out, "\r\n", 2) == 0;
 }
 
-struct transport *h1_connect_layer_new(struct muxd *m, struct transport *lower,
+struct transport *h1_connect_layer_new(const struct transport_env *env, struct transport *lower,
                                        const char *proxy_name, const char *host, uint16_t port,
                                        const char *auth, const struct transport_cbs *cbs, void *ctx)
 {
@@ -183,7 +183,7 @@ struct transport *h1_connect_layer_new(struct muxd *m, struct transport *lower,
 		transport_close(lower);
 		return NULL;
 	}
-	if (!handshake_init(&t->hs, m, lower, &hc_ops, proxy_name, cbs, ctx)) {
+	if (!handshake_init(&t->hs, env->base, lower, &hc_ops, proxy_name, cbs, ctx)) {
 		handshake_free(&t->hs);
 		return NULL;
 	}

@@ -20,7 +20,6 @@
 
 struct h2_tunnel {
 	struct transport base;
-	struct muxd *m;
 	void (*cancel)(void *wait); /* the source's */
 	void *wait;                 /* for a stream, at the source */
 	struct upstream_stream *s;
@@ -285,9 +284,10 @@ static void in_drained(struct evbuffer *b, const struct evbuffer_cb_info *info, 
 		schedule(arg);
 }
 
-struct transport *h2_tunnel_connect(struct muxd *m, const struct stream_source *src,
-                                    const char *proxy_name, const char *host, uint16_t port,
-                                    const char *auth, const struct transport_cbs *cbs, void *ctx)
+struct transport *h2_tunnel_connect(const struct transport_env *env,
+                                    const struct stream_source *src, const char *proxy_name,
+                                    const char *host, uint16_t port, const char *auth,
+                                    const struct transport_cbs *cbs, void *ctx)
 {
 	struct h2_tunnel *st = calloc(1, sizeof(*st));
 	bool v6 = strchr(host, ':') != NULL;
@@ -296,7 +296,6 @@ struct transport *h2_tunnel_connect(struct muxd *m, const struct stream_source *
 		return NULL;
 	st->base.ops = &stream_ops;
 	transport_set_cbs(&st->base, cbs, ctx);
-	st->m = m;
 	st->reading = true;
 	snprintf(st->name, sizeof(st->name), "%s", proxy_name);
 	snprintf(st->authority, sizeof(st->authority), "%s%s%s:%u", v6 ? "[" : "", host,
@@ -306,7 +305,7 @@ struct transport *h2_tunnel_connect(struct muxd *m, const struct stream_source *
 		    (struct upstream_field){"Proxy-Authorization", 19, st->auth, strlen(st->auth)};
 	st->in = evbuffer_new();
 	st->out = evbuffer_new();
-	st->pass = event_new(m->base, -1, 0, pass_cb, st);
+	st->pass = event_new(env->base, -1, 0, pass_cb, st);
 	if (st->in && st->out && st->pass) {
 		evbuffer_add_cb(st->out, out_added, st); /* the user's writes go in a pass */
 		evbuffer_add_cb(st->in, in_drained, st); /* room to read more */

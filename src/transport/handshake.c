@@ -264,7 +264,7 @@ static const struct transport_ops hs_ops = {
     .is_alive = hs_is_alive,
 };
 
-bool handshake_init(struct handshake *h, struct muxd *m, struct transport *lower,
+bool handshake_init(struct handshake *h, struct event_base *base, struct transport *lower,
                     const struct handshake_ops *ops, const char *proxy_name,
                     const struct transport_cbs *cbs, void *ctx)
 {
@@ -276,7 +276,7 @@ bool handshake_init(struct handshake *h, struct muxd *m, struct transport *lower
 	h->name = strdup(proxy_name ? proxy_name : "");
 	h->early_in = evbuffer_new();
 	h->early_out = evbuffer_new();
-	h->pass_ev = event_new(m->base, -1, 0, pass_cb, h);
+	h->pass_ev = event_new(base, -1, 0, pass_cb, h);
 	return h->name && h->early_in && h->early_out && h->pass_ev;
 }
 

@@ -69,7 +69,7 @@ struct handshake {
  * memory: then free the layer with handshake_free. The protocol then checks
  * its own allocations and calls handshake_attach.
  */
-bool handshake_init(struct handshake *h, struct muxd *m, struct transport *lower,
+bool handshake_init(struct handshake *h, struct event_base *base, struct transport *lower,
                     const struct handshake_ops *ops, const char *proxy_name,
                     const struct transport_cbs *cbs, void *ctx);
 

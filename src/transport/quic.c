@@ -504,7 +504,7 @@ void qpath_io_update(struct quic_path *a)
 	if (a->dead)
 		return;
 	event_del(a->io);
-	event_assign(a->io, a->q->m->base, a->fd, what, on_io, a);
+	event_assign(a->io, a->q->env.base, a->fd, what, on_io, a);
 	event_add(a->io, NULL);
 }
 
@@ -559,8 +559,8 @@ static enum eyeballs_start start_attempt(void *ctx, size_t i, const struct socka
 	a->next = q->paths;
 	q->paths = a;
 	a->batch = malloc(QUIC_BATCH * sizeof(*a->batch));
-	a->io = event_new(q->m->base, -1, 0, on_io, a);
-	a->expiry = evtimer_new(q->m->base, on_expiry, a);
+	a->io = event_new(q->env.base, -1, 0, on_io, a);
+	a->expiry = evtimer_new(q->env.base, on_expiry, a);
 	if (!a->batch || !a->io || !a->expiry) {
 		a->dead = true;
 		return out_of_memory(q);
@@ -796,8 +796,8 @@ static char *dup_or_null(const char *s, bool *ok)
 	return d;
 }
 
-struct quic *quic_connect(struct muxd *m, const struct quic_params *p, const struct quic_cbs *cbs,
-                          void *ctx)
+struct quic *quic_connect(const struct transport_env *env, const struct quic_params *p,
+                          const struct quic_cbs *cbs, void *ctx)
 {
 	struct quic *q = calloc(1, sizeof(*q));
 	bool v6 = p->host && strchr(p->host, ':');
@@ -805,7 +805,7 @@ struct quic *quic_connect(struct muxd *m, const struct quic_params *p, const str
 
 	if (!q)
 		return NULL;
-	q->m = m;
+	q->env = *env;
 	q->cbs = *cbs;
 	q->ctx = ctx;
 	q->p = *p;
@@ -825,15 +825,15 @@ struct quic *quic_connect(struct muxd *m, const struct quic_params *p, const str
 	}
 	snprintf(q->name, sizeof(q->name), v6 ? "[%s]:%u" : "%s:%u", p->host ? p->host : "",
 	         (unsigned)p->port);
-	q->race = eyeballs_new(m->base, EYEBALLS_DELAY_MS, &quic_race_cbs, q);
-	q->deadline = evtimer_new(m->base, on_deadline, q);
-	q->more = event_new(m->base, -1, 0, on_more, q);
+	q->race = eyeballs_new(env->base, EYEBALLS_DELAY_MS, &quic_race_cbs, q);
+	q->deadline = evtimer_new(env->base, on_deadline, q);
+	q->more = event_new(env->base, -1, 0, on_more, q);
 	if (!ok || !q->race || !q->deadline || !q->more) {
 		quic_free(q);
 		return NULL;
 	}
 	set_timer(q->deadline, QUIC_HANDSHAKE_MS);
-	q->dq = dns_resolve(m->dns, q->p.host, p->port, on_resolved, q);
+	q->dq = dns_resolve(env->dns, q->p.host, p->port, on_resolved, q);
 	if (!q->dq) { /* reported from the deadline event, never from in here */
 		q->fail_err = ERR_DNS;
 		snprintf(q->fail_reason, sizeof(q->fail_reason), "cannot resolve %s", q->p.host);

@@ -50,8 +50,8 @@
 
 #define QUIC_HANDSHAKE_MS 10000 /* set-up deadline */
 
-struct muxd;
 struct quic;
+struct transport_env;
 
 /* Stream data handed out for sending (the app's memory, kept until acked). */
 struct quic_vec {
@@ -117,8 +117,8 @@ struct quic_cbs {
 
 /* A new connection attempt (see above); NULL when out of memory. The
  * params' strings are copied. */
-struct quic *quic_connect(struct muxd *m, const struct quic_params *p, const struct quic_cbs *cbs,
-                          void *ctx);
+struct quic *quic_connect(const struct transport_env *env, const struct quic_params *p,
+                          const struct quic_cbs *cbs, void *ctx);
 /* Frees everything; a connection still open says CONNECTION_CLOSE first. */
 void quic_free(struct quic *q);
 /* The app is done: best-effort CONNECTION_CLOSE (not from inside ngtcp2),

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "transport/quic.h"
+#include "transport/transport.h"
 
 #define QUIC_IDLE_TIMEOUT_MS 30000 /* max_idle_timeout */
 #define QUIC_PKT_MAX 1500          /* largest UDP payload we send */
@@ -52,7 +53,7 @@ struct quic_path {
 };
 
 struct quic {
-	struct muxd *m;
+	struct transport_env env; /* base, dns, tls */
 	struct quic_cbs cbs;
 	void *ctx;
 	struct quic_params p; /* strings owned */

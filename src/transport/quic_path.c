@@ -191,7 +191,7 @@ void qpath_store_session(struct quic *q)
 		return;
 	}
 	q->session_stored = true;
-	tls_session_put(q->m->tls, q->p.session_key, data);
+	tls_session_put(q->env.tls, q->p.session_key, data);
 }
 
 void qpath_tls_failure(struct quic_path *a, char *buf, size_t len)
@@ -249,7 +249,7 @@ bool qpath_tls_setup(struct quic_path *a, char *reason, size_t len)
 	gnutls_datum_t alpn = {(unsigned char *)q->p.alpn, (unsigned)strlen(q->p.alpn)}, cached;
 	int r;
 
-	cred = tls_client_creds(q->m->tls, q->p.ca_file, q->p.verify, reason, len);
+	cred = tls_client_creds(q->env.tls, q->p.ca_file, q->p.verify, reason, len);
 	if (!cred)
 		return false;
 	if ((r = gnutls_init(&a->tls, GNUTLS_CLIENT | GNUTLS_NO_END_OF_EARLY_DATA)) < 0) {
@@ -266,7 +266,7 @@ bool qpath_tls_setup(struct quic_path *a, char *reason, size_t len)
 		goto fail;
 	if (q->p.verify)
 		gnutls_session_set_verify_cert(a->tls, q->p.sni && *q->p.sni ? q->p.sni : NULL, 0);
-	if (q->p.session_key && tls_session_get(q->m->tls, q->p.session_key, &cached))
+	if (q->p.session_key && tls_session_get(q->env.tls, q->p.session_key, &cached))
 		gnutls_session_set_data(a->tls, cached.data, cached.size);
 	a->ref.get_conn = get_conn_cb;
 	a->ref.user_data = a;

@@ -344,9 +344,10 @@ static bool is_ip_literal(const char *s)
 	return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
 }
 
-struct transport *socks5_connect(struct muxd *m, struct transport *lower, const char *proxy_name,
-                                 const char *host, uint16_t port, bool remote_dns, const char *user,
-                                 const char *pass, const struct transport_cbs *cbs, void *ctx)
+struct transport *socks5_connect(const struct transport_env *env, struct transport *lower,
+                                 const char *proxy_name, const char *host, uint16_t port,
+                                 bool remote_dns, const char *user, const char *pass,
+                                 const struct transport_cbs *cbs, void *ctx)
 {
 	struct s5 *t = calloc(1, sizeof(*t));
 	unsigned char greeting[4];
@@ -358,7 +359,7 @@ struct transport *socks5_connect(struct muxd *m, struct transport *lower, const 
 		transport_close(lower);
 		return NULL;
 	}
-	ok = handshake_init(&t->hs, m, lower, &s5_ops, proxy_name, cbs, ctx);
+	ok = handshake_init(&t->hs, env->base, lower, &s5_ops, proxy_name, cbs, ctx);
 	t->port = port;
 	t->remote_dns = remote_dns;
 	t->host = strdup(host ? host : "");
@@ -387,7 +388,7 @@ struct transport *socks5_connect(struct muxd *m, struct transport *lower, const 
 		t->step = S5_METHOD;
 		if (!remote_dns || is_ip_literal(t->host)) {
 			t->remote_dns = false;
-			t->query = dns_resolve(m->dns, t->host, port, resolved, t);
+			t->query = dns_resolve(env->dns, t->host, port, resolved, t);
 			if (!t->query) {
 				snprintf(reason, sizeof(reason), "cannot resolve %s: out of memory",
 				         t->host);

@@ -30,7 +30,7 @@ struct tcp_attempt {
 
 struct tcp {
 	struct transport base;
-	struct muxd *m;
+	struct transport_env env;
 	char host[256];
 	uint16_t port;
 	struct dns_query *query;
@@ -166,7 +166,7 @@ static bool start_bev(struct tcp *c, int fd)
 	int one = 1;
 
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	c->bev = bufferevent_socket_new(c->m->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->bev = bufferevent_socket_new(c->env.base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (!c->bev) {
 		close(fd);
 		return false;
@@ -179,7 +179,8 @@ static bool start_bev(struct tcp *c, int fd)
 	return true;
 }
 
-struct transport *tcp_accepted(struct muxd *m, int fd, const struct transport_cbs *cbs, void *ctx)
+struct transport *tcp_accepted(const struct transport_env *env, int fd,
+                               const struct transport_cbs *cbs, void *ctx)
 {
 	struct tcp *c = calloc(1, sizeof(*c));
 
@@ -190,7 +191,7 @@ struct transport *tcp_accepted(struct muxd *m, int fd, const struct transport_cb
 	for (size_t i = 0; i < DNS_MAX_ADDRS; i++)
 		c->attempts[i].fd = -1;
 	c->base.ops = &tcp_ops;
-	c->m = m;
+	c->env = *env;
 	transport_set_cbs(&c->base, cbs, ctx);
 	if (!start_bev(c, fd)) {
 		free(c);
@@ -252,7 +253,7 @@ static enum eyeballs_start start_attempt(void *ctx, size_t i, const struct socka
 	}
 	a->fd = fd;
 	a->owner = c;
-	a->ev = event_new(c->m->base, fd, EV_WRITE, attempt_done, a);
+	a->ev = event_new(c->env.base, fd, EV_WRITE, attempt_done, a);
 	if (!a->ev) {
 		close_attempt(a);
 		return EYEBALLS_SKIP;
@@ -309,7 +310,7 @@ static void resolved(void *ctx, int err, const char *reason, const struct dns_ad
 	 * the host's loopback services */
 	for (size_t i = 0; i < addrs->n; i++) {
 		const struct sockaddr *sa = (const struct sockaddr *)&addrs->addr[i];
-		if (muxd_is_self(c->m, sa)) {
+		if (c->env.is_self && c->env.is_self(c->env.self_arg, sa)) {
 			fail(c, ERR_LOOP, "it is muxd's own listen address");
 			return;
 		}
@@ -327,8 +328,8 @@ void tcp_deny_loopback(struct transport *t)
 	((struct tcp *)t)->deny_loopback = true;
 }
 
-struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port, uint64_t timeout_ms,
-                              const struct transport_cbs *cbs, void *ctx)
+struct transport *tcp_connect(const struct transport_env *env, const char *host, uint16_t port,
+                              uint64_t timeout_ms, const struct transport_cbs *cbs, void *ctx)
 {
 	struct tcp *c = calloc(1, sizeof(*c));
 	struct timeval tv = ms_to_timeval(timeout_ms);
@@ -338,17 +339,17 @@ struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port, u
 	for (size_t i = 0; i < DNS_MAX_ADDRS; i++)
 		c->attempts[i].fd = -1;
 	c->base.ops = &tcp_ops;
-	c->m = m;
+	c->env = *env;
 	transport_set_cbs(&c->base, cbs, ctx);
 	snprintf(c->host, sizeof(c->host), "%s", host);
 	c->port = port;
-	c->race = eyeballs_new(m->base, EYEBALLS_DELAY_MS, &tcp_race_cbs, c);
-	c->timeout = evtimer_new(m->base, timeout_cb, c);
+	c->race = eyeballs_new(env->base, EYEBALLS_DELAY_MS, &tcp_race_cbs, c);
+	c->timeout = evtimer_new(env->base, timeout_cb, c);
 	if (!c->race || !c->timeout)
 		goto fail;
 	if (timeout_ms > 0)
 		evtimer_add(c->timeout, &tv);
-	c->query = dns_resolve(m->dns, host, port, resolved, c);
+	c->query = dns_resolve(env->dns, host, port, resolved, c);
 	if (!c->query)
 		goto fail;
 	return &c->base;

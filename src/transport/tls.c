@@ -431,14 +431,14 @@ fail:
 	         gnutls_strerror(r));
 }
 
-struct transport *tls_client_new(struct muxd *m, struct transport *lower,
+struct transport *tls_client_new(const struct transport_env *env, struct transport *lower,
                                  const struct tls_client_params *p, const struct transport_cbs *cbs,
                                  void *ctx)
 {
-	return tls_client_new_cert(m, lower, p, NULL, NULL, cbs, ctx);
+	return tls_client_new_cert(env, lower, p, NULL, NULL, cbs, ctx);
 }
 
-struct transport *tls_client_new_cert(struct muxd *m, struct transport *lower,
+struct transport *tls_client_new_cert(const struct transport_env *env, struct transport *lower,
                                       const struct tls_client_params *p, const char *client_cert,
                                       const char *client_key, const struct transport_cbs *cbs,
                                       void *ctx)
@@ -450,8 +450,8 @@ struct transport *tls_client_new_cert(struct muxd *m, struct transport *lower,
 		transport_close(lower);
 		return NULL;
 	}
-	t->ctx = m->tls;
-	ok = tls_io_init(&t->io, &tls_hooks, m, lower, cbs, ctx);
+	t->ctx = env->tls;
+	ok = tls_io_init(&t->io, &tls_hooks, env->base, lower, cbs, ctx);
 	t->host = strdup(p->sni ? p->sni : "");
 	t->io.name = t->host;
 	/* a session made with one client certificate never resumes with another,

@@ -36,7 +36,7 @@ struct tls_client_params {
  * unknown authority", "certificate name does not match", "handshake failed:
  * <GnuTLS error>". Returns NULL only when out of memory (lower is closed).
  */
-struct transport *tls_client_new(struct muxd *m, struct transport *lower,
+struct transport *tls_client_new(const struct transport_env *env, struct transport *lower,
                                  const struct tls_client_params *p, const struct transport_cbs *cbs,
                                  void *ctx);
 /*
@@ -45,7 +45,7 @@ struct transport *tls_client_new(struct muxd *m, struct transport *lower,
  * certificate and its unencrypted private key; NULL: none. A session made with
  * one client certificate is never resumed with another.
  */
-struct transport *tls_client_new_cert(struct muxd *m, struct transport *lower,
+struct transport *tls_client_new_cert(const struct transport_env *env, struct transport *lower,
                                       const struct tls_client_params *p, const char *client_cert,
                                       const char *client_key, const struct transport_cbs *cbs,
                                       void *ctx);
@@ -87,10 +87,10 @@ struct tls_server_params {
  * Terminate a client's TLS over lower (connected; ownership moves to the new
  * layer, also on failure). TLS 1.2/1.3, the leaf chosen from the SNI during
  * the handshake (local_ca_leaf_get; each new issue counts in
- * m->metrics.tls_leaf_issued), session tickets with local_ca_ticket_key.
+ * env->tls_leaf_issued), session tickets with local_ca_ticket_key.
  * Ends in TRANSPORT_CONNECTED or TRANSPORT_ERROR (ERR_TLS, reason).
  */
-struct transport *tls_server_new(struct muxd *m, struct transport *lower,
+struct transport *tls_server_new(const struct transport_env *env, struct transport *lower,
                                  const struct tls_server_params *p, const struct transport_cbs *cbs,
                                  void *ctx);
 

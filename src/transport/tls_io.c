@@ -422,7 +422,7 @@ static const struct transport_ops io_ops = {
     .is_alive = io_is_alive,
 };
 
-bool tls_io_init(struct tls_io *io, const struct tls_io_hooks *hooks, struct muxd *m,
+bool tls_io_init(struct tls_io *io, const struct tls_io_hooks *hooks, struct event_base *base,
                  struct transport *lower, const struct transport_cbs *cbs, void *ctx)
 {
 	io->base.ops = &io_ops;
@@ -432,7 +432,7 @@ bool tls_io_init(struct tls_io *io, const struct tls_io_hooks *hooks, struct mux
 	io->reading = true;
 	io->in = evbuffer_new();
 	io->out = evbuffer_new();
-	io->pass_ev = event_new(m->base, -1, 0, pass_cb, io);
+	io->pass_ev = event_new(base, -1, 0, pass_cb, io);
 	return io->in && io->out && io->pass_ev && evbuffer_add_cb(io->in, in_changed, io) &&
 	       evbuffer_add_cb(io->out, out_changed, io);
 }

@@ -66,7 +66,7 @@ struct tls_io {
 
 /* Sets io up over lower (the side's struct zeroed, io its first member).
  * False when out of memory: then the caller frees with tls_io_free. */
-bool tls_io_init(struct tls_io *io, const struct tls_io_hooks *hooks, struct muxd *m,
+bool tls_io_init(struct tls_io *io, const struct tls_io_hooks *hooks, struct event_base *base,
                  struct transport *lower, const struct transport_cbs *cbs, void *ctx);
 /* Installs s (set up by the side) with the push/pull functions over lower. */
 void tls_io_set_session(struct tls_io *io, gnutls_session_t s);

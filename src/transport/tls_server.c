@@ -30,8 +30,8 @@
 #define HOOK_REASON_MAX 600
 
 struct tls_srv {
-	struct tls_io io; /* first: the record pump (tls_io.c) */
-	struct muxd *m;
+	struct tls_io io;      /* first: the record pump (tls_io.c) */
+	uint64_t *leaf_issued; /* NULL: not counted */
 	struct local_ca *ca;
 	struct local_ca_leaf *leaf;        /* the certificate in use; kept until after deinit */
 	char *default_host;                /* NULL: none */
@@ -142,8 +142,8 @@ static int post_client_hello(gnutls_session_t s)
 		         err[0] ? err : "the local CA failed");
 		return GNUTLS_E_CERTIFICATE_ERROR;
 	}
-	if (issued)
-		t->m->metrics.tls_leaf_issued++;
+	if (issued && t->leaf_issued)
+		(*t->leaf_issued)++;
 	r = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, local_ca_leaf_creds(t->leaf));
 	if (r < 0) {
 		snprintf(t->hook_reason, sizeof(t->hook_reason),
@@ -234,7 +234,7 @@ fail:
 	         gnutls_strerror(r));
 }
 
-struct transport *tls_server_new(struct muxd *m, struct transport *lower,
+struct transport *tls_server_new(const struct transport_env *env, struct transport *lower,
                                  const struct tls_server_params *p, const struct transport_cbs *cbs,
                                  void *ctx)
 {
@@ -245,9 +245,9 @@ struct transport *tls_server_new(struct muxd *m, struct transport *lower,
 		transport_close(lower);
 		return NULL;
 	}
-	t->m = m;
+	t->leaf_issued = env->tls_leaf_issued;
 	t->ca = p->ca;
-	ok = tls_io_init(&t->io, &srv_hooks, m, lower, cbs, ctx);
+	ok = tls_io_init(&t->io, &srv_hooks, env->base, lower, cbs, ctx);
 	t->io.name = t->host;
 	if (p->default_host && *p->default_host)
 		t->default_host = strdup(p->default_host);

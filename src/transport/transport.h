@@ -35,9 +35,31 @@
 
 #define TRANSPORT_BUF (64 * 1024)
 
+struct dns;
 struct evbuffer;
-struct muxd;
+struct event_base;
+struct sockaddr;
+struct tls_client_ctx;
 struct transport;
+
+/*
+ * What the layers use of the daemon, given to every constructor (which
+ * copies it): the event loop, the resolver, the TLS client state (trust
+ * stores, client certificates, the session cache), the loop check against
+ * muxd's own listen addresses and the counter of intercepted leaves issued.
+ * main.c makes one for the daemon (tests make their own); it holds nothing
+ * that a reload changes, so a layer never sees configuration.
+ */
+struct transport_env {
+	struct event_base *base;
+	struct dns *dns;            /* tcp, socks5, quic: name resolution */
+	struct tls_client_ctx *tls; /* tls, quic: credentials and session cache */
+	/* tcp: whether sa reaches one of muxd's own listeners (ERR_LOOP); NULL:
+	 * never */
+	bool (*is_self)(const void *arg, const struct sockaddr *sa);
+	const void *self_arg;
+	uint64_t *tls_leaf_issued; /* tls_server: counts the leaves issued; NULL: not counted */
+};
 
 enum transport_event {
 	TRANSPORT_CONNECTED, /* connect finished; the layer is ready for bytes */
@@ -89,8 +111,8 @@ void transport_set_cbs(struct transport *t, const struct transport_cbs *cbs, voi
  * ERR_CONNECT, ERR_CONNECT_TIMEOUT after timeout_ms; 0: no deadline of its
  * own, the caller's covers it).
  */
-struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port, uint64_t timeout_ms,
-                              const struct transport_cbs *cbs, void *ctx);
+struct transport *tcp_connect(const struct transport_env *env, const char *host, uint16_t port,
+                              uint64_t timeout_ms, const struct transport_cbs *cbs, void *ctx);
 /* Right after tcp_connect: refuse loopback addresses (ERR_FORBIDDEN), for a
  * direct connection to an origin under deny_loopback_targets. Every connect
  * refuses muxd's own listen addresses (ERR_LOOP). */
@@ -105,9 +127,10 @@ void tcp_deny_loopback(struct transport *t);
  * naming the proxy and the reply's meaning ("SOCKS5 proxy 127.0.0.1:1080:
  * connection refused by destination host", "...: authentication failed").
  */
-struct transport *socks5_connect(struct muxd *m, struct transport *lower, const char *proxy_name,
-                                 const char *host, uint16_t port, bool remote_dns, const char *user,
-                                 const char *pass, const struct transport_cbs *cbs, void *ctx);
+struct transport *socks5_connect(const struct transport_env *env, struct transport *lower,
+                                 const char *proxy_name, const char *host, uint16_t port,
+                                 bool remote_dns, const char *user, const char *pass,
+                                 const struct transport_cbs *cbs, void *ctx);
 
 /*
  * CONNECT host:port through an HTTP/1.1 proxy connection lower (a tunnel:
@@ -117,7 +140,7 @@ struct transport *socks5_connect(struct muxd *m, struct transport *lower, const 
  * status line ("proxy 127.0.0.1:3128 answered 407 Proxy Authentication
  * Required"); never retried. Takes ownership of lower.
  */
-struct transport *h1_connect_layer_new(struct muxd *m, struct transport *lower,
+struct transport *h1_connect_layer_new(const struct transport_env *env, struct transport *lower,
                                        const char *proxy_name, const char *host, uint16_t port,
                                        const char *auth, const struct transport_cbs *cbs,
                                        void *ctx);
@@ -171,7 +194,7 @@ struct chain_spec {
 	const char *proxy_ca_file_id;
 	struct chain_shared_hop shared_hop; /* an https:// first hop (not forward) */
 };
-struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
+struct transport *chain_connect(const struct transport_env *env, const struct chain_spec *spec,
                                 const struct transport_cbs *cbs, void *ctx);
 /* The ALPN protocol of the TLS to the target ("" when none). */
 const char *chain_alpn(struct transport *t);
@@ -201,11 +224,13 @@ struct stream_source {
 	void (*cancel)(void *handle);
 	void *arg;
 };
-struct transport *h2_tunnel_connect(struct muxd *m, const struct stream_source *src,
-                                    const char *proxy_name, const char *host, uint16_t port,
-                                    const char *auth, const struct transport_cbs *cbs, void *ctx);
+struct transport *h2_tunnel_connect(const struct transport_env *env,
+                                    const struct stream_source *src, const char *proxy_name,
+                                    const char *host, uint16_t port, const char *auth,
+                                    const struct transport_cbs *cbs, void *ctx);
 
 /* Wrap an accepted socket (client side). */
-struct transport *tcp_accepted(struct muxd *m, int fd, const struct transport_cbs *cbs, void *ctx);
+struct transport *tcp_accepted(const struct transport_env *env, int fd,
+                               const struct transport_cbs *cbs, void *ctx);
 
 #endif

@@ -42,8 +42,7 @@ struct h1_stream {
 
 struct h1_conn {
 	struct upstream_conn base;
-	struct muxd *m;
-	struct config *cfg;
+	struct upstream_params params; /* copied at creation */
 	struct transport *t;
 	struct h1_stream stream;
 	struct event *timer; /* response_timeout: no byte moved either way */
@@ -64,7 +63,6 @@ static void conn_free(struct h1_conn *c)
 	if (c->timer)
 		event_free(c->timer);
 	transport_close(c->t);
-	config_unref(c->cfg);
 	free(c);
 }
 
@@ -105,7 +103,7 @@ static void close_and_tell(struct h1_conn *c, enum evict_reason why)
 
 static void arm_timer(struct h1_conn *c)
 {
-	uint64_t ms = c->cfg->response_timeout_ms;
+	uint64_t ms = c->params.response_timeout_ms;
 	struct timeval tv = ms_to_timeval(ms);
 	evtimer_add(c->timer, &tv);
 }
@@ -540,29 +538,30 @@ static const struct upstream_conn_ops h1_conn_ops = {
     .close = h1_close,
 };
 
-struct upstream_conn *h1_conn_new(struct muxd *m, struct transport *t,
-                                  const struct upstream_owner_cbs *owner_cbs, void *owner)
+struct upstream_conn *h1_conn_new(const struct upstream_env *env,
+                                  const struct upstream_params *params, const struct h1_mode *mode,
+                                  struct transport *t, const struct upstream_owner_cbs *owner_cbs,
+                                  void *owner)
 {
 	static const struct transport_cbs tcbs = {on_read, on_drain, on_event};
 	struct h1_conn *c = calloc(1, sizeof(*c));
 
 	if (!c)
 		return NULL;
-	c->m = m;
-	c->cfg = config_ref(m->cfg);
+	c->params = *params;
+	(void)mode;
 	c->t = t;
 	upstream_conn_init(&c->base, &h1_conn_ops, PROTO_H1, owner_cbs, owner);
 	c->stream.base.ops = &h1_stream_ops;
 	c->stream.base.conn = &c->base;
 	c->stream.body = evbuffer_new();
-	c->timer = evtimer_new(m->base, on_timeout, c);
+	c->timer = evtimer_new(env->transport.base, on_timeout, c);
 	if (!c->stream.body || !c->timer) {
 		c->t = NULL;
 		if (c->stream.body)
 			evbuffer_free(c->stream.body);
 		if (c->timer)
 			event_free(c->timer);
-		config_unref(c->cfg);
 		free(c);
 		return NULL;
 	}

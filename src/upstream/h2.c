@@ -900,7 +900,7 @@ static bool session_new(struct h2_conn *c)
 {
 	nghttp2_session_callbacks *cb;
 	nghttp2_option *opt;
-	uint64_t conn_window = (uint64_t)c->mc.cfg->max_conn_window_kib * 1024;
+	uint64_t conn_window = (uint64_t)c->mc.params.max_conn_window_kib * 1024;
 	nghttp2_settings_entry iv[] = {
 	    {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
 	    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW},
@@ -943,7 +943,8 @@ static bool session_new(struct h2_conn *c)
 	                                                                     : INT32_MAX) == 0;
 }
 
-struct upstream_conn *h2_conn_new(struct muxd *m, struct transport *t,
+struct upstream_conn *h2_conn_new(const struct upstream_env *env,
+                                  const struct upstream_params *params, struct transport *t,
                                   const struct upstream_owner_cbs *owner_cbs, void *owner)
 {
 	static const struct transport_cbs tcbs = {on_read, on_drain, on_event};
@@ -952,10 +953,10 @@ struct upstream_conn *h2_conn_new(struct muxd *m, struct transport *t,
 
 	if (!c)
 		return NULL;
-	ok = mux_conn_init(&c->mc, m, &h2_mux_ops, &h2_conn_ops, PROTO_H2, owner_cbs, owner,
-	                   on_kick);
-	c->ping_timer = evtimer_new(m->base, on_ping_timeout, c);
-	c->idle_timer = evtimer_new(m->base, on_idle_timer, c);
+	ok = mux_conn_init(&c->mc, env, params, &h2_mux_ops, &h2_conn_ops, PROTO_H2, owner_cbs,
+	                   owner, on_kick);
+	c->ping_timer = evtimer_new(env->transport.base, on_ping_timeout, c);
+	c->idle_timer = evtimer_new(env->transport.base, on_idle_timer, c);
 	if (!ok || !c->ping_timer || !c->idle_timer || !session_new(c)) {
 		conn_free(&c->mc); /* c->t is still NULL: the caller keeps the transport */
 		return NULL;

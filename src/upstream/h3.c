@@ -881,7 +881,8 @@ static const struct upstream_conn_ops h3_conn_ops = {
     .close = h3_close,
 };
 
-struct upstream_conn *h3_conn_new(struct muxd *m, const struct h3_params *p,
+struct upstream_conn *h3_conn_new(const struct upstream_env *env,
+                                  const struct upstream_params *params, const struct h3_params *p,
                                   const struct upstream_owner_cbs *owner_cbs, void *owner)
 {
 	struct h3_conn *c = calloc(1, sizeof(*c));
@@ -895,19 +896,19 @@ struct upstream_conn *h3_conn_new(struct muxd *m, const struct h3_params *p,
 	    .verify = p->verify,
 	    .session_key = p->session_key,
 	    .stream_window = H3_STREAM_WINDOW,
-	    .conn_window = (uint64_t)m->cfg->max_conn_window_kib * 1024,
+	    .conn_window = (uint64_t)params->max_conn_window_kib * 1024,
 	    .max_uni_streams = 16,
 	};
 	bool ok;
 
 	if (!c)
 		return NULL;
-	ok = mux_conn_init(&c->mc, m, &h3_mux_ops, &h3_conn_ops, PROTO_H3, owner_cbs, owner,
-	                   on_kick);
+	ok = mux_conn_init(&c->mc, env, params, &h3_mux_ops, &h3_conn_ops, PROTO_H3, owner_cbs,
+	                   owner, on_kick);
 	snprintf(c->mc.name, sizeof(c->mc.name), v6 ? "[%s]:%u" : "%s:%u", p->host ? p->host : "",
 	         (unsigned)p->port);
 	if (ok && p->host)
-		c->q = quic_connect(m, &qp, &h3_quic_cbs, c);
+		c->q = quic_connect(&env->transport, &qp, &h3_quic_cbs, c);
 	if (!c->q) {
 		conn_free(&c->mc);
 		return NULL;

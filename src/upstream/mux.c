@@ -34,17 +34,19 @@ void mux_set_timer(struct event *ev, uint64_t ms)
 
 /* --- connection --- */
 
-bool mux_conn_init(struct mux_conn *mc, struct muxd *m, const struct mux_ops *mops,
+bool mux_conn_init(struct mux_conn *mc, const struct upstream_env *env,
+                   const struct upstream_params *params, const struct mux_ops *mops,
                    const struct upstream_conn_ops *ops, enum proto proto,
                    const struct upstream_owner_cbs *owner_cbs, void *owner,
                    event_callback_fn on_kick)
 {
-	mc->m = m;
-	mc->cfg = config_ref(m->cfg);
+	mc->env = *env;
+	mc->params = *params;
+	mc->granted = env->window_granted ? env->window_granted : &mc->own_granted;
 	mc->mops = mops;
 	upstream_conn_init(&mc->base, ops, proto, owner_cbs, owner);
 	mc->base.warming = true;
-	mc->kick = event_new(m->base, -1, 0, on_kick, mc);
+	mc->kick = event_new(env->transport.base, -1, 0, on_kick, mc);
 	return mc->kick != NULL;
 }
 
@@ -64,8 +66,7 @@ static void win_release(struct mux_stream *s)
 {
 	uint64_t grown = s->win > s->mc->mops->window ? s->win - s->mc->mops->window : 0;
 
-	s->mc->m->window_granted -=
-	    grown < s->mc->m->window_granted ? grown : s->mc->m->window_granted;
+	*s->mc->granted -= grown < *s->mc->granted ? grown : *s->mc->granted;
 	s->mc->win_total -= s->win < s->mc->win_total ? s->win : s->mc->win_total;
 	s->win = 0;
 }
@@ -75,9 +76,9 @@ static void win_release(struct mux_stream *s)
 static void win_consumed(struct mux_stream *s, size_t n)
 {
 	struct mux_conn *mc = s->mc;
-	const struct config *cfg = mc->cfg;
-	uint64_t conn_max = (uint64_t)cfg->max_conn_window_kib * 1024;
-	uint64_t budget = (uint64_t)cfg->window_budget_kib * 1024;
+	const struct upstream_params *prm = &mc->params;
+	uint64_t conn_max = (uint64_t)prm->max_conn_window_kib * 1024;
+	uint64_t budget = (uint64_t)prm->window_budget_kib * 1024;
 	struct window_in in;
 	uint64_t w;
 
@@ -88,13 +89,13 @@ static void win_consumed(struct mux_stream *s, size_t n)
 	in.elapsed_us = us_since(&s->win_at);
 	in.consumed = s->win_consumed;
 	in.window = s->win;
-	in.max = (uint64_t)cfg->max_stream_window_kib * 1024;
-	in.budget_left = budget > mc->m->window_granted ? budget - mc->m->window_granted : 0;
+	in.max = (uint64_t)prm->max_stream_window_kib * 1024;
+	in.budget_left = budget > *mc->granted ? budget - *mc->granted : 0;
 	if (conn_max < mc->win_total + in.budget_left)
 		in.budget_left = conn_max > mc->win_total ? conn_max - mc->win_total : 0;
 	w = window_next(&in);
 	if (w > s->win) {
-		mc->m->window_granted += w - s->win;
+		*mc->granted += w - s->win;
 		mc->win_total += w - s->win;
 		log_debug("%s: stream %lld to %s: receive window %llu KiB (rtt %llu us, window "
 		          "drained in %llu us)",
@@ -118,7 +119,6 @@ void mux_conn_free_base(struct mux_conn *mc)
 	}
 	if (mc->kick)
 		event_free(mc->kick);
-	config_unref(mc->cfg);
 }
 
 const char *mux_origin(const struct mux_conn *mc)
@@ -307,8 +307,8 @@ void mux_arm(struct mux_stream *s)
 		evtimer_del(s->timer); /* an established tunnel has its own idle timer */
 		return;
 	}
-	if (s->mc->cfg->response_timeout_ms > 0)
-		mux_set_timer(s->timer, s->mc->cfg->response_timeout_ms);
+	if (s->mc->params.response_timeout_ms > 0)
+		mux_set_timer(s->timer, s->mc->params.response_timeout_ms);
 }
 
 /* No more callbacks for the stream; reset it when it still runs. */
@@ -562,7 +562,7 @@ struct mux_stream *mux_stream_new(struct mux_conn *mc, size_t size,
 	if (!s)
 		return NULL;
 	s->body = evbuffer_new();
-	s->timer = evtimer_new(mc->m->base, on_stream_timeout, s);
+	s->timer = evtimer_new(mc->env.transport.base, on_stream_timeout, s);
 	s->base.ops = &mux_stream_ops;
 	s->base.cbs = *cbs;
 	s->base.ctx = ctx;

@@ -95,8 +95,10 @@ struct mux_ops {
 struct mux_conn {
 	struct upstream_conn base; /* first: the conn ops receive it */
 	const struct mux_ops *mops;
-	struct muxd *m;
-	struct config *cfg;
+	struct upstream_env env;       /* copied at creation */
+	struct upstream_params params; /* copied at creation */
+	uint64_t *granted;             /* env.window_granted, or own_granted when it is NULL */
+	uint64_t own_granted;
 	struct mux_stream *streams;
 	struct event *kick; /* deferred write-out, errors, on_available */
 	char name[300];     /* the origin, for log lines */
@@ -119,11 +121,12 @@ void mux_set_timer(struct event *ev, uint64_t ms);
 
 /* Initialises mc (warming) with its kick event (on_kick(mc)); false when
  * out of memory (mux_conn_free_base() then frees what was made). */
-bool mux_conn_init(struct mux_conn *mc, struct muxd *m, const struct mux_ops *mops,
+bool mux_conn_init(struct mux_conn *mc, const struct upstream_env *env,
+                   const struct upstream_params *params, const struct mux_ops *mops,
                    const struct upstream_conn_ops *ops, enum proto proto,
                    const struct upstream_owner_cbs *owner_cbs, void *owner,
                    event_callback_fn on_kick);
-/* Frees the streams, the kick event, the config reference. */
+/* Frees the streams and the kick event. */
 void mux_conn_free_base(struct mux_conn *mc);
 const char *mux_origin(const struct mux_conn *mc);
 void mux_kick(struct mux_conn *mc);

@@ -42,16 +42,40 @@
 
 #include "http1.h"
 #include "muxd.h"
+#include "transport/transport.h"
 
 /* Interim (1xx) heads a response may have before its final head; one more
  * is a protocol error for that stream (502). With each head at most
  * HTTP1_MAX_HEAD bytes this bounds what an origin can queue per exchange. */
 #define UPSTREAM_MAX_INTERIM 16
 
+struct config;
 struct evbuffer;
-struct transport;
 struct upstream_conn;
 struct upstream_stream;
+
+/*
+ * What a codec uses of the daemon (copied at creation): the transport
+ * environment (the event loop; HTTP/3 makes its own QUIC transport with
+ * it) and the receive-window growth granted to HTTP/2 and HTTP/3 streams of
+ * all connections together (mux.c, against window_budget_kib).
+ */
+struct upstream_env {
+	struct transport_env transport;
+	uint64_t *window_granted;
+};
+
+/*
+ * The configuration a connection runs with, copied at its creation: a
+ * reload applies to connections made afterwards, and a connection never
+ * holds or reads a config.
+ */
+struct upstream_params {
+	uint64_t response_timeout_ms; /* no byte either way while a response is due */
+	unsigned max_stream_window_kib, max_conn_window_kib, window_budget_kib;
+};
+/* The params of cfg. */
+void upstream_params_init(struct upstream_params *p, const struct config *cfg);
 
 /* A header field to send; name and value need not be NUL-terminated. */
 struct upstream_field {
@@ -145,13 +169,32 @@ static inline void upstream_stream_send_head(struct upstream_stream *s,
 	s->ops->send_head(s, r);
 }
 
+/*
+ * How an HTTP/1.1 connection writes its requests. absolute_form: the
+ * connection goes to an HTTP parent proxy that forwards the requests itself
+ * (DESIGN.md: the last hop of an http:// origin's chain), so the target is
+ * "scheme://authority/path", Proxy-Authorization carries proxy_user and
+ * proxy_pass when set (encoded once, at creation), and a 407 from the
+ * parent ends the stream with ERR_CONNECT naming proxy_host:proxy_port.
+ * NULL mode: origin-form requests to the origin.
+ */
+struct h1_mode {
+	bool absolute_form;
+	const char *proxy_host; /* the parent, for messages */
+	uint16_t proxy_port;
+	const char *proxy_user, *proxy_pass; /* NULL: no credentials */
+};
+
 /* HTTP/1.1 over an established transport (takes ownership of it). */
-struct upstream_conn *h1_conn_new(struct muxd *m, struct transport *t,
-                                  const struct upstream_owner_cbs *owner_cbs, void *owner);
+struct upstream_conn *h1_conn_new(const struct upstream_env *env,
+                                  const struct upstream_params *params, const struct h1_mode *mode,
+                                  struct transport *t, const struct upstream_owner_cbs *owner_cbs,
+                                  void *owner);
 
 /* HTTP/2 (nghttp2 client session) over an established transport whose ALPN
  * chose "h2" (takes ownership of it). */
-struct upstream_conn *h2_conn_new(struct muxd *m, struct transport *t,
+struct upstream_conn *h2_conn_new(const struct upstream_env *env,
+                                  const struct upstream_params *params, struct transport *t,
                                   const struct upstream_owner_cbs *owner_cbs, void *owner);
 
 /* HTTP/3 over QUIC (ngtcp2 + nghttp3). The connection sets itself up:
@@ -167,7 +210,8 @@ struct h3_params {
 	bool verify;
 	const char *session_key; /* resumption cache key */
 };
-struct upstream_conn *h3_conn_new(struct muxd *m, const struct h3_params *p,
+struct upstream_conn *h3_conn_new(const struct upstream_env *env,
+                                  const struct upstream_params *params, const struct h3_params *p,
                                   const struct upstream_owner_cbs *owner_cbs, void *owner);
 
 #endif

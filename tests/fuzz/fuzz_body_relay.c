@@ -43,6 +43,7 @@
 #include "upstream/upstream.h"
 
 static struct muxd m;
+static struct upstream_env env; /* from m */
 
 /* ---- an in-memory byte stream: the client's and the origin's ---- */
 
@@ -337,7 +338,9 @@ static void pool_answers(void)
 		fp.cbs->on_error(fp.ctx, ERR_CONNECT, "no second connection");
 		return;
 	}
-	conn = h1_conn_new(&m, &origin.t, &owner_cbs, NULL);
+	struct upstream_params prm;
+	upstream_params_init(&prm, m.cfg);
+	conn = h1_conn_new(&env, &prm, NULL, &origin.t, &owner_cbs, NULL);
 	CHECK(conn);
 	conn_alive = true;
 	stream = conn->ops->open_stream(conn, fp.stream_cbs, fp.ctx);
@@ -461,6 +464,8 @@ static void init(void)
 	m.base = event_base_new();
 	m.cfg = config_defaults();
 	CHECK(m.base && m.cfg);
+	env = (struct upstream_env){{.base = m.base}, &m.window_granted};
+	m.env = &env;
 	client.t.ops = origin.t.ops = &mem_ops;
 }
 

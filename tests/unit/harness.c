@@ -24,8 +24,10 @@
 #include "config.h"
 #include "dns.h"
 #include "transport/tls.h"
+#include "upstream/upstream.h"
 
 struct muxd m;
+static struct upstream_env env; /* m.env */
 pid_t proxy_pid;
 
 /* ---- the daemon state ---- */
@@ -46,6 +48,21 @@ void muxd_setup(unsigned parts)
 		m.tls = tls_client_ctx_new();
 		ck_assert_ptr_nonnull(m.tls);
 	}
+	muxd_env_fill(&m, &env);
+}
+
+void muxd_env_fill(struct muxd *d, struct upstream_env *e)
+{
+	*e = (struct upstream_env){
+	    .transport = {.base = d->base,
+	                  .dns = d->dns,
+	                  .tls = d->tls,
+	                  .is_self = muxd_is_self_arg,
+	                  .self_arg = d,
+	                  .tls_leaf_issued = &d->metrics.tls_leaf_issued},
+	    .window_granted = &d->window_granted,
+	};
+	d->env = e;
 }
 
 void muxd_teardown(void)
@@ -587,7 +604,7 @@ void proxy_open(struct client *c, uint16_t proxy_port)
 	c->resume_timer = evtimer_new(m.base, resume_cb, c);
 	c->proxy_port = proxy_port;
 	snprintf(c->proxy_name, sizeof(c->proxy_name), "127.0.0.1:%u", proxy_port);
-	c->lower = tcp_connect(&m, "127.0.0.1", proxy_port, 5000, &tcp_cbs, c);
+	c->lower = tcp_connect(TENV, "127.0.0.1", proxy_port, 5000, &tcp_cbs, c);
 	ck_assert_ptr_nonnull(c->lower);
 }
 

@@ -22,6 +22,7 @@
 
 #include "muxd.h"
 #include "transport/transport.h"
+#include "upstream/upstream.h"
 
 #define MB (1024 * 1024)
 
@@ -32,6 +33,11 @@ extern struct muxd m;
 enum { HM_CFG = 1, HM_DNS = 2, HM_TLS = 4 }; /* what muxd_setup makes besides m.base */
 
 void muxd_setup(unsigned parts);
+/* Points d->env at e, made from d's base, dns, tls and counters (as main.c
+ * does); muxd_setup does it for m. */
+void muxd_env_fill(struct muxd *d, struct upstream_env *e);
+/* m's transport environment */
+#define TENV (&m.env->transport)
 void muxd_teardown(void); /* frees what muxd_setup made, then zeroes m */
 
 /* Runs the suite (CK_NORMAL); returns the number of failed tests. */

@@ -172,7 +172,8 @@ static uint16_t fake_start(const struct script *s)
 
 static struct transport *connect_layer(struct client *c, const struct transport_cbs *cbs)
 {
-	return h1_connect_layer_new(&m, c->lower, c->proxy_name, c->host, c->port, c->auth, cbs, c);
+	return h1_connect_layer_new(TENV, c->lower, c->proxy_name, c->host, c->port, c->auth, cbs,
+	                            c);
 }
 
 static void setup(void)

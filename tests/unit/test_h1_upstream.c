@@ -258,8 +258,10 @@ static void conn_new(uint64_t response_timeout_ms)
 	rec.got = evbuffer_new();
 	ck_assert_ptr_nonnull(rec.got);
 	fake_reset();
-	m.cfg->response_timeout_ms = response_timeout_ms;
-	uc = h1_conn_new(&m, &ft.t, &owner_cbs, NULL);
+	struct upstream_params prm;
+	upstream_params_init(&prm, m.cfg);
+	prm.response_timeout_ms = response_timeout_ms;
+	uc = h1_conn_new(m.env, &prm, NULL, &ft.t, &owner_cbs, NULL);
 	ck_assert_ptr_nonnull(uc);
 	ck_assert(ft.reading);
 	ck_assert(uc->ops->is_idle(uc));

@@ -300,6 +300,7 @@ static void srv_stop(void)
 /* ---- the client side ---- */
 
 static struct muxd mx;
+static struct upstream_env env; /* from mx */
 static struct event *tick;
 static struct transport *tr;
 static struct upstream_conn *uc;
@@ -484,13 +485,16 @@ static void start(uint32_t max_streams, bool ping_ack, uint64_t response_timeout
 	mx.cfg = config_defaults();
 	ck_assert_ptr_nonnull(mx.cfg);
 	mx.cfg->response_timeout_ms = response_timeout_ms;
+	env = (struct upstream_env){{.base = mx.base}, &mx.window_granted};
+	struct upstream_params prm;
+	upstream_params_init(&prm, mx.cfg);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
 	evutil_make_socket_nonblocking(sv[0]);
 	evutil_make_socket_nonblocking(sv[1]);
-	tr = tcp_accepted(&mx, sv[0], &tcbs, NULL);
+	tr = tcp_accepted(&env.transport, sv[0], &tcbs, NULL);
 	ck_assert_ptr_nonnull(tr);
 	srv_start(mx.base, sv[1], max_streams, ping_ack);
-	uc = h2_conn_new(&mx, tr, &owner_cbs, NULL);
+	uc = h2_conn_new(&env, &prm, tr, &owner_cbs, NULL);
 	ck_assert_ptr_nonnull(uc);
 	ck_assert_int_eq(uc->proto, PROTO_H2);
 	ck_assert(uc->warming); /* no streams before the server's SETTINGS */

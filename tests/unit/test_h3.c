@@ -206,6 +206,7 @@ static void global_teardown(void)
 /* ---- the daemon side ---- */
 
 static struct muxd m;
+static struct upstream_env env; /* from m */
 static struct upstream_conn *conn;
 
 static struct owner {
@@ -253,6 +254,7 @@ static void setup(void)
 	m.cfg = config_defaults();
 	m.dns = dns_new(m.base);
 	m.tls = tls_client_ctx_new();
+	env = (struct upstream_env){{m.base, m.dns, m.tls, NULL, NULL, NULL}, &m.window_granted};
 	ck_assert_ptr_nonnull(m.base);
 	ck_assert_ptr_nonnull(m.dns);
 	ck_assert_ptr_nonnull(m.tls);
@@ -331,7 +333,9 @@ static void connect_to(const char *host, uint16_t port, const char *sni, const c
 	    .session_key = session_key,
 	};
 
-	conn = h3_conn_new(&m, &p, &owner_cbs, &own);
+	struct upstream_params prm;
+	upstream_params_init(&prm, m.cfg);
+	conn = h3_conn_new(&env, &prm, &p, &owner_cbs, &own);
 	ck_assert_ptr_nonnull(conn);
 	ck_assert_int_eq(conn->proto, PROTO_H3);
 	ck_assert(conn->warming);

@@ -91,8 +91,8 @@ static uint16_t fake_start(const struct script *s)
 
 static struct transport *socks5_layer(struct client *c, const struct transport_cbs *cbs)
 {
-	return socks5_connect(&m, c->lower, c->proxy_name, c->host, c->port, c->remote_dns, c->user,
-	                      c->pass, cbs, c);
+	return socks5_connect(TENV, c->lower, c->proxy_name, c->host, c->port, c->remote_dns,
+	                      c->user, c->pass, cbs, c);
 }
 
 static void setup(void)

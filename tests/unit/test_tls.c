@@ -344,9 +344,9 @@ static void client_open(struct client *c, const struct srv_opts *so,
 	}
 	c->track_lower = true;
 	c->pid = server_start(so, &fd);
-	c->lower = tcp_accepted(&m, fd, &client_cbs, c);
+	c->lower = tcp_accepted(TENV, fd, &client_cbs, c);
 	ck_assert_ptr_nonnull(c->lower);
-	c->t = tls_client_new(&m, c->lower, p, &client_cbs, c);
+	c->t = tls_client_new(TENV, c->lower, p, &client_cbs, c);
 	ck_assert_ptr_nonnull(c->t);
 	ck_assert(!c->connected && !c->failed); /* nothing is reported from inside new */
 	ck_assert(!c->t->ops->is_alive(c->t));

@@ -472,11 +472,11 @@ static void start(const struct cli_opts *o, struct conn *conns, int n,
 	}
 	for (int i = 0; i < n; i++) {
 		close(sv[i][1]);
-		conns[i].lower = tcp_accepted(&m, sv[i][0], &cbs, &conns[i]);
+		conns[i].lower = tcp_accepted(TENV, sv[i][0], &cbs, &conns[i]);
 		ck_assert_ptr_nonnull(conns[i].lower);
 		if (conns[i].pre_want)
 			continue;
-		conns[i].t = tls_server_new(&m, conns[i].lower, p, &cbs, &conns[i]);
+		conns[i].t = tls_server_new(TENV, conns[i].lower, p, &cbs, &conns[i]);
 		ck_assert_ptr_nonnull(conns[i].t);
 		ck_assert(!conns[i].t->ops->is_alive(conns[i].t));
 	}
@@ -831,7 +831,7 @@ static void preread(bool split)
 				                 TLS_HELLO_INCOMPLETE);
 		}
 	}
-	c.t = tls_server_new(&m, c.lower, &p, &cbs, &c);
+	c.t = tls_server_new(TENV, c.lower, &p, &cbs, &c);
 	ck_assert_ptr_nonnull(c.t);
 	ck_assert_int_eq(run_until_child_exits(), CLI_EXIT_OK);
 	ck_assert_msg(!c.failed, "failed: %s", c.reason);
