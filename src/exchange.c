@@ -30,9 +30,7 @@ struct exchange {
 	struct route route;
 	struct pool_key key;
 	char authority[300];
-	struct upstream_field fields[HTTP1_MAX_FIELDS + 3];
-	char absolute[HTTP1_MAX_TARGET + 320]; /* forwarding to an HTTP parent: the absolute URI */
-	char proxy_auth[HTTP1_BASIC_MAX];      /* its Proxy-Authorization value */
+	struct upstream_field fields[HTTP1_MAX_FIELDS + 2];
 	size_t nfields;
 
 	/* request body, client -> upstream */
@@ -259,20 +257,6 @@ static void on_head(void *ctx, const struct http1_msg *h)
 			ex->client->ops->send_interim(ex->client, h, client_via(ex));
 		return;
 	}
-	if (h->status == 407 && ex->key.forward) {
-		/* the parent asks for credentials: they are muxd's configuration,
-		 * not the client's business (DESIGN: 502 naming the parent) */
-		const struct pool_hop *last = &ex->key.hops[ex->key.nhops - 1];
-		bool v6 = strchr(last->host, ':') != NULL;
-		char why[400];
-		snprintf(why, sizeof(why), "proxy %s%s%s:%u: proxy authentication required%s",
-		         v6 ? "[" : "", last->host, v6 ? "]" : "", last->port,
-		         last->auth ? " (it refused the configured credentials)" : "");
-		ex->stream->ops->cancel(ex->stream);
-		ex->stream = NULL;
-		answer_error(ex, ERR_CONNECT, why);
-		return;
-	}
 	ex->status = h->status;
 	if (ex->held) /* a final head: no retry any more */
 		evbuffer_free(ex->held);
@@ -402,7 +386,6 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 	    .scheme = ex->uri.scheme,
 	    .authority = ex->authority,
 	    .path = ex->uri.path,
-	    .absolute = ex->key.forward ? ex->absolute : NULL,
 	    .fields = ex->fields,
 	    .nfields = ex->nfields,
 	    .has_body = ex->req.body != HTTP1_BODY_NONE,
@@ -456,21 +439,6 @@ static void build_fields(struct exchange *ex)
 		    (struct upstream_field){"Via", 3, via_token(ex), strlen(via_token(ex))};
 	if (te && http1_list_has(te->value, te->value_len, "trailers"))
 		ex->fields[ex->nfields++] = (struct upstream_field){"TE", 2, "trailers", 8};
-	if (ex->key.forward) {
-		const struct pool_hop *last = &ex->key.hops[ex->key.nhops - 1];
-		snprintf(ex->absolute, sizeof(ex->absolute), "%s://%s%s", ex->uri.scheme,
-		         ex->authority, ex->uri.path);
-		char user_pass[sizeof(last->user) + sizeof(last->pass) + 1];
-		if (last->auth) {
-			snprintf(user_pass, sizeof(user_pass), "%s:%s", last->user, last->pass);
-			if (http1_basic_credentials(user_pass, ex->proxy_auth,
-			                            sizeof(ex->proxy_auth)))
-				ex->fields[ex->nfields++] =
-				    (struct upstream_field){"Proxy-Authorization", 19,
-				                            ex->proxy_auth, strlen(ex->proxy_auth)};
-			explicit_bzero(user_pass, sizeof(user_pass));
-		}
-	}
 }
 
 struct exchange *exchange_start(struct muxd *m, struct client_stream *client, struct http1_msg *req,

@@ -702,9 +702,11 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 	if (ev == TRANSPORT_CONNECTED) {
 		bool h2 = strcmp(chain_alpn(t), "h2") == 0;
 		struct upstream_params prm;
+		struct upstream_forward fwd_buf;
+		const struct upstream_forward *fwd = pool_key_forward(&o->key, &fwd_buf);
 		upstream_params_init(&prm, p->m->cfg);
-		pc->uc = h2 ? h2_conn_new(p->m->env, &prm, t, &owner_cbs, pc)
-		            : h1_conn_new(p->m->env, &prm, NULL, t, &owner_cbs, pc);
+		pc->uc = h2 ? h2_conn_new(p->m->env, &prm, fwd, t, &owner_cbs, pc)
+		            : h1_conn_new(p->m->env, &prm, fwd, t, &owner_cbs, pc);
 		if (pc->uc) {
 			o->learned = pc->uc->proto;
 			conn_ready(pc);

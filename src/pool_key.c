@@ -15,6 +15,7 @@
 #include "config.h"
 #include "route.h"
 #include "transport/transport.h"
+#include "upstream/upstream.h"
 
 void pool_cred_id(const struct muxd *m, const char *user, const char *pass, char out[17])
 {
@@ -216,4 +217,16 @@ void pool_key_chain(const struct pool_key *key, struct chain_hop *hops, struct c
 	    .timeout_ms = timeout_ms,
 	    .deny_loopback = key->deny_loopback,
 	};
+}
+
+const struct upstream_forward *pool_key_forward(const struct pool_key *key,
+                                                struct upstream_forward *fwd)
+{
+	const struct pool_hop *last = &key->hops[key->nhops > 0 ? key->nhops - 1 : 0];
+
+	if (!key->forward)
+		return NULL;
+	*fwd = (struct upstream_forward){last->host, last->port, last->auth ? last->user : NULL,
+	                                 last->auth ? last->pass : NULL};
+	return fwd;
 }

@@ -78,5 +78,11 @@ struct chain_hop;
 struct chain_spec;
 void pool_key_chain(const struct pool_key *key, struct chain_hop *hops, struct chain_spec *spec,
                     uint64_t timeout_ms);
+/* The codec's forwarding mode for key (the parent that takes its requests,
+ * with its credentials; fwd points into key): NULL when key is not
+ * forwarded (upstream.h). */
+struct upstream_forward;
+const struct upstream_forward *pool_key_forward(const struct pool_key *key,
+                                                struct upstream_forward *fwd);
 
 #endif

@@ -4,7 +4,9 @@
  * or chunked), parses the response strictly (http1.c) and decodes its body
  * into a bounded buffer that the exchange drains. A connection that finishes
  * a response cleanly is offered back to its owner; while idle, any byte or
- * EOF from the origin means it is dead and it leaves silently.
+ * EOF from the origin means it is dead and it leaves silently. In
+ * forwarding mode (forward.h) it writes absolute-form requests with the
+ * parent's Proxy-Authorization and takes its 407 as a refusal.
  */
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -17,6 +19,7 @@
 #include "log.h"
 #include "timeutil.h"
 #include "transport/transport.h"
+#include "upstream/forward.h"
 #include "upstream/mux.h"
 #include "upstream/upstream.h"
 
@@ -43,6 +46,7 @@ struct h1_stream {
 struct h1_conn {
 	struct upstream_conn base;
 	struct upstream_params params; /* copied at creation */
+	struct fwd_mode fwd;           /* to a parent proxy that forwards */
 	struct transport *t;
 	struct h1_stream stream;
 	struct event *timer; /* response_timeout: no byte moved either way */
@@ -63,6 +67,7 @@ static void conn_free(struct h1_conn *c)
 	if (c->timer)
 		event_free(c->timer);
 	transport_close(c->t);
+	fwd_mode_clear(&c->fwd);
 	free(c);
 }
 
@@ -214,6 +219,12 @@ static bool read_head(struct h1_conn *c, struct evbuffer *in)
 		http1_msg_free(&s->head);
 		s->head_valid = false;
 		return release(c) && s->state == H1_HEAD;
+	}
+	if (c->fwd.on && s->head.status == 407 && !s->tunnel) {
+		char why[400];
+		fwd_refused(&c->fwd, why, sizeof(why));
+		stream_error(c, ERR_CONNECT, why);
+		return false;
 	}
 	s->state = H1_BODY;
 	s->remaining = s->head.content_length;
@@ -408,14 +419,19 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 
 	snprintf(s->method, sizeof(s->method), "%s", r->method);
 	s->tunnel = strcmp(r->method, "CONNECT") == 0;
-	evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nHost: %s\r\n", r->method,
-	                    s->tunnel     ? r->authority
-	                    : r->absolute ? r->absolute
-	                                  : r->path,
-	                    r->authority);
+	if (s->tunnel)
+		evbuffer_add_printf(out, "%s %s HTTP/1.1\r\n", r->method, r->authority);
+	else if (c->fwd.on) /* the parent forwards it: absolute form */
+		evbuffer_add_printf(out, "%s %s://%s%s HTTP/1.1\r\n", r->method, r->scheme,
+		                    r->authority, r->path);
+	else
+		evbuffer_add_printf(out, "%s %s HTTP/1.1\r\n", r->method, r->path);
+	evbuffer_add_printf(out, "Host: %s\r\n", r->authority);
 	for (size_t i = 0; i < r->nfields; i++)
 		add_field(out, r->fields[i].name, r->fields[i].name_len, r->fields[i].value,
 		          r->fields[i].value_len);
+	if (c->fwd.has_auth)
+		add_field(out, "Proxy-Authorization", 19, c->fwd.auth, strlen(c->fwd.auth));
 	if (r->has_body && r->content_length >= 0 && !s->tunnel)
 		evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)r->content_length);
 	else if (r->has_body && !s->tunnel)
@@ -539,9 +555,9 @@ static const struct upstream_conn_ops h1_conn_ops = {
 };
 
 struct upstream_conn *h1_conn_new(const struct upstream_env *env,
-                                  const struct upstream_params *params, const struct h1_mode *mode,
-                                  struct transport *t, const struct upstream_owner_cbs *owner_cbs,
-                                  void *owner)
+                                  const struct upstream_params *params,
+                                  const struct upstream_forward *fwd, struct transport *t,
+                                  const struct upstream_owner_cbs *owner_cbs, void *owner)
 {
 	static const struct transport_cbs tcbs = {on_read, on_drain, on_event};
 	struct h1_conn *c = calloc(1, sizeof(*c));
@@ -549,7 +565,10 @@ struct upstream_conn *h1_conn_new(const struct upstream_env *env,
 	if (!c)
 		return NULL;
 	c->params = *params;
-	(void)mode;
+	if (!fwd_mode_init(&c->fwd, fwd)) {
+		free(c);
+		return NULL;
+	}
 	c->t = t;
 	upstream_conn_init(&c->base, &h1_conn_ops, PROTO_H1, owner_cbs, owner);
 	c->stream.base.ops = &h1_stream_ops;
@@ -562,6 +581,7 @@ struct upstream_conn *h1_conn_new(const struct upstream_env *env,
 			evbuffer_free(c->stream.body);
 		if (c->timer)
 			event_free(c->timer);
+		fwd_mode_clear(&c->fwd);
 		free(c);
 		return NULL;
 	}

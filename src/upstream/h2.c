@@ -748,7 +748,7 @@ static void send_head(struct mux_stream *ms, const struct upstream_request *r)
 		snprintf(c->mc.name, sizeof(c->mc.name), "%s", r->authority);
 	for (size_t i = 0; i < r->nfields; i++)
 		names += r->fields[i].name_len;
-	nva = calloc(r->nfields + 5, sizeof(*nva));
+	nva = calloc(r->nfields + 6, sizeof(*nva));
 	lower = malloc(names + 1);
 	if (!nva || !lower || c->mc.failed)
 		goto fail;
@@ -771,6 +771,8 @@ static void send_head(struct mux_stream *ms, const struct upstream_request *r)
 		names += f->name_len;
 		nva[nnv++] = NV(n, f->name_len, f->value, f->value_len);
 	}
+	if (c->mc.fwd.has_auth) /* to a parent that forwards it (forward.h) */
+		nva[nnv++] = NV("proxy-authorization", 19, c->mc.fwd.auth, strlen(c->mc.fwd.auth));
 	if (r->has_body && r->content_length >= 0) {
 		int len = snprintf(clen, sizeof(clen), "%lld", (long long)r->content_length);
 		nva[nnv++] = NV("content-length", 14, clen, (size_t)len);
@@ -944,7 +946,8 @@ static bool session_new(struct h2_conn *c)
 }
 
 struct upstream_conn *h2_conn_new(const struct upstream_env *env,
-                                  const struct upstream_params *params, struct transport *t,
+                                  const struct upstream_params *params,
+                                  const struct upstream_forward *fwd, struct transport *t,
                                   const struct upstream_owner_cbs *owner_cbs, void *owner)
 {
 	static const struct transport_cbs tcbs = {on_read, on_drain, on_event};
@@ -954,7 +957,8 @@ struct upstream_conn *h2_conn_new(const struct upstream_env *env,
 	if (!c)
 		return NULL;
 	ok = mux_conn_init(&c->mc, env, params, &h2_mux_ops, &h2_conn_ops, PROTO_H2, owner_cbs,
-	                   owner, on_kick);
+	                   owner, on_kick) &&
+	     fwd_mode_init(&c->mc.fwd, fwd);
 	c->ping_timer = evtimer_new(env->transport.base, on_ping_timeout, c);
 	c->idle_timer = evtimer_new(env->transport.base, on_idle_timer, c);
 	if (!ok || !c->ping_timer || !c->idle_timer || !session_new(c)) {

@@ -119,6 +119,7 @@ void mux_conn_free_base(struct mux_conn *mc)
 	}
 	if (mc->kick)
 		event_free(mc->kick);
+	fwd_mode_clear(&mc->fwd);
 }
 
 const char *mux_origin(const struct mux_conn *mc)
@@ -385,6 +386,12 @@ void mux_got_head(struct mux_stream *s, bool end)
 		          UPSTREAM_MAX_INTERIM);
 		mux_stream_error(s, ERR_BAD_RESPONSE, "too many interim (1xx) responses", false,
 		                 true);
+		return;
+	}
+	if (!interim && s->status == 407 && s->mc->fwd.on && !s->is_connect) {
+		char why[400];
+		fwd_refused(&s->mc->fwd, why, sizeof(why));
+		mux_stream_error(s, ERR_CONNECT, why, false, true);
 		return;
 	}
 	fields_msg(&s->msg, s->hdrs.p ? s->hdrs.p : "", s->hdrs.len, s->nhdrs, s->status,

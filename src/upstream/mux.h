@@ -25,6 +25,7 @@
 
 #include "config.h"
 #include "upstream/fields.h"
+#include "upstream/forward.h"
 #include "upstream/upstream.h"
 
 struct mux_conn;
@@ -99,6 +100,7 @@ struct mux_conn {
 	struct upstream_params params; /* copied at creation */
 	uint64_t *granted;             /* env.window_granted, or own_granted when it is NULL */
 	uint64_t own_granted;
+	struct fwd_mode fwd; /* HTTP/2 to a parent proxy that forwards (off: h3) */
 	struct mux_stream *streams;
 	struct event *kick; /* deferred write-out, errors, on_available */
 	char name[300];     /* the origin, for log lines */
@@ -126,7 +128,7 @@ bool mux_conn_init(struct mux_conn *mc, const struct upstream_env *env,
                    const struct upstream_conn_ops *ops, enum proto proto,
                    const struct upstream_owner_cbs *owner_cbs, void *owner,
                    event_callback_fn on_kick);
-/* Frees the streams and the kick event. */
+/* Frees the streams and the kick event; forgets fwd's credentials. */
 void mux_conn_free_base(struct mux_conn *mc);
 const char *mux_origin(const struct mux_conn *mc);
 void mux_kick(struct mux_conn *mc);

@@ -87,10 +87,9 @@ struct upstream_field {
 
 struct upstream_request {
 	const char *method;
-	const char *scheme;    /* "http" or "https", for :scheme */
-	const char *authority; /* host[:port] for Host / :authority */
-	const char *path;      /* origin-form target */
-	const char *absolute;  /* HTTP/1.1 to a parent proxy: the absolute-form target */
+	const char *scheme;                  /* "http" or "https", for :scheme */
+	const char *authority;               /* host[:port] for Host / :authority */
+	const char *path;                    /* origin-form target */
 	const struct upstream_field *fields; /* end-to-end fields only */
 	size_t nfields;
 	bool has_body;
@@ -170,31 +169,33 @@ static inline void upstream_stream_send_head(struct upstream_stream *s,
 }
 
 /*
- * How an HTTP/1.1 connection writes its requests. absolute_form: the
- * connection goes to an HTTP parent proxy that forwards the requests itself
- * (DESIGN.md: the last hop of an http:// origin's chain), so the target is
- * "scheme://authority/path", Proxy-Authorization carries proxy_user and
- * proxy_pass when set (encoded once, at creation), and a 407 from the
- * parent ends the stream with ERR_CONNECT naming proxy_host:proxy_port.
- * NULL mode: origin-form requests to the origin.
+ * The forwarding mode of an HTTP/1.1 or HTTP/2 connection (NULL: requests
+ * go to the origin). The connection goes to an HTTP parent proxy that takes
+ * the requests itself (the last hop of an http:// origin's chain): HTTP/1.1
+ * writes absolute-form targets ("scheme://authority/path"; HTTP/2 names
+ * them with :scheme and :authority anyway), every request carries
+ * Proxy-Authorization with user and pass when user is set (encoded once, at
+ * creation; the strings need to live only during the call), and the
+ * parent's 407 ends the stream with ERR_CONNECT naming proxy_host:port,
+ * never retried: muxd's credentials are not the client's business.
  */
-struct h1_mode {
-	bool absolute_form;
-	const char *proxy_host; /* the parent, for messages */
+struct upstream_forward {
+	const char *proxy_host;
 	uint16_t proxy_port;
-	const char *proxy_user, *proxy_pass; /* NULL: no credentials */
+	const char *user, *pass; /* user NULL: no credentials */
 };
 
 /* HTTP/1.1 over an established transport (takes ownership of it). */
 struct upstream_conn *h1_conn_new(const struct upstream_env *env,
-                                  const struct upstream_params *params, const struct h1_mode *mode,
-                                  struct transport *t, const struct upstream_owner_cbs *owner_cbs,
-                                  void *owner);
+                                  const struct upstream_params *params,
+                                  const struct upstream_forward *fwd, struct transport *t,
+                                  const struct upstream_owner_cbs *owner_cbs, void *owner);
 
 /* HTTP/2 (nghttp2 client session) over an established transport whose ALPN
  * chose "h2" (takes ownership of it). */
 struct upstream_conn *h2_conn_new(const struct upstream_env *env,
-                                  const struct upstream_params *params, struct transport *t,
+                                  const struct upstream_params *params,
+                                  const struct upstream_forward *fwd, struct transport *t,
                                   const struct upstream_owner_cbs *owner_cbs, void *owner);
 
 /* HTTP/3 over QUIC (ngtcp2 + nghttp3). The connection sets itself up:

@@ -6,7 +6,8 @@
  * choice. Covered: interim heads (several 1xx and the final head in one
  * buffer, and split at every point), the response timer during uploads
  * (bytes moving either way restart it), the end of a body (length, chunked,
- * none), close-delimited bodies, and what ends the connection.
+ * none), close-delimited bodies, what ends the connection, and the
+ * forwarding mode (absolute form, Proxy-Authorization, a parent's 407).
  */
 #include <check.h>
 #include <event2/buffer.h>
@@ -246,8 +247,9 @@ static void teardown(void)
 	muxd_teardown();
 }
 
-/* A fresh connection over a fresh fake transport (response_timeout ms). */
-static void conn_new(uint64_t response_timeout_ms)
+/* A fresh connection over a fresh fake transport (response_timeout ms),
+ * forwarding to a parent when fwd is set. */
+static void conn_new_mode(uint64_t response_timeout_ms, const struct upstream_forward *fwd)
 {
 	if (uc && !own.closed)
 		uc->ops->close(uc);
@@ -261,11 +263,16 @@ static void conn_new(uint64_t response_timeout_ms)
 	struct upstream_params prm;
 	upstream_params_init(&prm, m.cfg);
 	prm.response_timeout_ms = response_timeout_ms;
-	uc = h1_conn_new(m.env, &prm, NULL, &ft.t, &owner_cbs, NULL);
+	uc = h1_conn_new(m.env, &prm, fwd, &ft.t, &owner_cbs, NULL);
 	ck_assert_ptr_nonnull(uc);
 	ck_assert(ft.reading);
 	ck_assert(uc->ops->is_idle(uc));
 	ck_assert_uint_eq(uc->ops->free_slots(uc), 1);
+}
+
+static void conn_new(uint64_t response_timeout_ms)
+{
+	conn_new_mode(response_timeout_ms, NULL);
 }
 
 /* Opens the stream and sends a request head; content_length -1 with a body:
@@ -804,12 +811,90 @@ START_TEST(close_delimited_bounded)
 }
 END_TEST
 
+/* ---- forwarding to a parent proxy (the codec's mode) ---- */
+
+/* To a parent that forwards: the absolute-form target and the parent's
+ * credentials, encoded once at creation (the strings it was given may go). */
+START_TEST(forward_absolute_form_with_credentials)
+{
+	char user[] = "carol", pass[] = "n0t-it";
+	struct upstream_forward fwd = {"parent.test", 3128, user, pass};
+
+	conn_new_mode(10000, &fwd);
+	memset(user, 'x', strlen(user));
+	memset(pass, 'x', strlen(pass));
+	request("GET", "/x?y=1", false, 0);
+	ck_assert_str_eq(sent(), "GET http://origin.test/x?y=1 HTTP/1.1\r\nHost: origin.test\r\n"
+	                         "Proxy-Authorization: Basic Y2Fyb2w6bjB0LWl0\r\n\r\n");
+	feed_str("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+	expect_got("ok");
+	expect_reusable();
+	/* every request on the connection carries them */
+	evbuffer_drain(ft.out, evbuffer_get_length(ft.out));
+	request("POST", "/u", true, 3);
+	ck_assert_str_eq(sent(), "POST http://origin.test/u HTTP/1.1\r\nHost: origin.test\r\n"
+	                         "Proxy-Authorization: Basic Y2Fyb2w6bjB0LWl0\r\n"
+	                         "Content-Length: 3\r\n\r\n");
+}
+END_TEST
+
+/* The parent's 407 is its refusal of muxd's credentials: an error naming
+ * it (502 for the client), never relayed and never retried; the
+ * connection goes. */
+START_TEST(forward_407_is_an_error_naming_the_parent)
+{
+	struct upstream_forward fwd = {"::1", 3128, "carol", "n0t-it"};
+
+	conn_new_mode(10000, &fwd);
+	request("GET", "/x", false, 0);
+	feed_str("HTTP/1.1 407 Proxy Authentication Required\r\n"
+	         "Proxy-Authenticate: Basic realm=\"p\"\r\nContent-Length: 0\r\n\r\n");
+	ck_assert(rec.errored);
+	ck_assert_int_eq(rec.err, ERR_CONNECT);
+	ck_assert(!rec.nothing);
+	ck_assert_str_eq(rec.reason, "proxy [::1]:3128: proxy authentication required "
+	                             "(it refused the configured credentials)");
+	ck_assert_int_eq(rec.nheads, 0);
+	ck_assert_int_eq(own.closed, 1);
+	ck_assert(ft.closed);
+}
+END_TEST
+
+/* Without credentials: no Proxy-Authorization, and the 407 says so. */
+START_TEST(forward_without_credentials)
+{
+	struct upstream_forward fwd = {"parent.test", 8080, NULL, NULL};
+
+	conn_new_mode(10000, &fwd);
+	request("GET", "/", false, 0);
+	ck_assert_str_eq(sent(), "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n");
+	feed_str("HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n");
+	ck_assert(rec.errored);
+	ck_assert_int_eq(rec.err, ERR_CONNECT);
+	ck_assert_str_eq(rec.reason, "proxy parent.test:8080: proxy authentication required");
+}
+END_TEST
+
+/* To an origin: origin form, and a 407 is the origin's answer to relay. */
+START_TEST(origin_mode_relays_407)
+{
+	conn_new(10000);
+	request("GET", "/x", false, 0);
+	ck_assert_str_eq(sent(), "GET /x HTTP/1.1\r\nHost: origin.test\r\n\r\n");
+	feed_str("HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n");
+	ck_assert(rec.ended);
+	ck_assert_int_eq(rec.nheads, 1);
+	ck_assert_int_eq(rec.status[0], 407);
+}
+END_TEST
+
 static Suite *h1_suite(void)
 {
 	Suite *s = suite_create("h1 upstream");
 	TCase *heads = tcase_create("interim heads");
 	TCase *timer = tcase_create("response timer");
 	TCase *body = tcase_create("body");
+	TCase *fwd = tcase_create("forwarding");
 
 	tcase_add_checked_fixture(heads, setup, teardown);
 	tcase_add_test(heads, interim_heads_in_one_buffer);
@@ -839,7 +924,13 @@ static Suite *h1_suite(void)
 	tcase_add_test(body, close_delimited_body);
 	tcase_add_test(body, close_delimited_http10);
 	tcase_add_test(body, close_delimited_bounded);
+	tcase_add_checked_fixture(fwd, setup, teardown);
+	tcase_add_test(fwd, forward_absolute_form_with_credentials);
+	tcase_add_test(fwd, forward_407_is_an_error_naming_the_parent);
+	tcase_add_test(fwd, forward_without_credentials);
+	tcase_add_test(fwd, origin_mode_relays_407);
 	suite_add_tcase(s, body);
+	suite_add_tcase(s, fwd);
 	return s;
 }
 

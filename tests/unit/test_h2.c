@@ -9,6 +9,7 @@
  *   /reset   RST_STREAM(INTERNAL_ERROR)
  *   /upload  200, body "BYTES SUM" of the request body it received
  *   /hold    nothing until the test calls srv_respond()
+ *   /407     407 Proxy Authentication Required (a parent refusing muxd)
  */
 #include <check.h>
 #include <event2/buffer.h>
@@ -53,6 +54,7 @@ struct srv_stream {
 	size_t resp_sent;
 	bool trailers;
 	char upload_reply[64];
+	char proxy_auth[64]; /* the proxy-authorization field received */
 };
 
 static struct server {
@@ -136,6 +138,10 @@ static void srv_respond(struct srv_stream *st, const char *path)
 		nghttp2_nv nv[] = {SNV(":status", "204")};
 		nghttp2_submit_headers(srv.s, NGHTTP2_FLAG_NONE, st->id, NULL, early, 2, NULL);
 		nghttp2_submit_response(srv.s, st->id, nv, 1, NULL);
+	} else if (strcmp(path, "/407") == 0) {
+		nghttp2_nv nv[] = {SNV(":status", "407"),
+		                   SNV("proxy-authenticate", "Basic realm=p")};
+		nghttp2_submit_response(srv.s, st->id, nv, 2, NULL);
 	} else if (strcmp(path, "/reset") == 0) {
 		nghttp2_submit_rst_stream(srv.s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
 	} else if (strcmp(path, "/upload") == 0) {
@@ -177,6 +183,8 @@ static int srv_on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8
 			snprintf(st->path, sizeof(st->path), "%.*s", (int)vlen, value);
 		if (nlen == 7 && memcmp(name, ":method", 7) == 0)
 			snprintf(st->method, sizeof(st->method), "%.*s", (int)vlen, value);
+		if (nlen == 19 && memcmp(name, "proxy-authorization", 19) == 0)
+			snprintf(st->proxy_auth, sizeof(st->proxy_auth), "%.*s", (int)vlen, value);
 		/* names must arrive lower-cased, connection fields never */
 		for (size_t i = 0; i < nlen; i++)
 			ck_assert(!(name[i] >= 'A' && name[i] <= 'Z'));
@@ -300,7 +308,8 @@ static void srv_stop(void)
 /* ---- the client side ---- */
 
 static struct muxd mx;
-static struct upstream_env env; /* from mx */
+static struct upstream_env env;                  /* from mx */
+static const struct upstream_forward *start_fwd; /* start(): forwarding to a parent */
 static struct event *tick;
 static struct transport *tr;
 static struct upstream_conn *uc;
@@ -494,7 +503,7 @@ static void start(uint32_t max_streams, bool ping_ack, uint64_t response_timeout
 	tr = tcp_accepted(&env.transport, sv[0], &tcbs, NULL);
 	ck_assert_ptr_nonnull(tr);
 	srv_start(mx.base, sv[1], max_streams, ping_ack);
-	uc = h2_conn_new(&env, &prm, tr, &owner_cbs, NULL);
+	uc = h2_conn_new(&env, &prm, start_fwd, tr, &owner_cbs, NULL);
 	ck_assert_ptr_nonnull(uc);
 	ck_assert_int_eq(uc->proto, PROTO_H2);
 	ck_assert(uc->warming); /* no streams before the server's SETTINGS */
@@ -515,6 +524,7 @@ static void finish(void)
 		uc->ops->close(uc);
 	uc = NULL;
 	tr = NULL;
+	start_fwd = NULL;
 	srv_stop();
 	event_free(tick);
 	config_unref(mx.cfg);
@@ -630,6 +640,52 @@ START_TEST(interim_and_no_body)
 	ck_assert(cs->ended);
 	ck_assert_int_eq(cs->status, 200);
 	ck_assert_int_eq(cs->framing, HTTP1_BODY_NONE);
+	cs_free(cs);
+	finish();
+}
+END_TEST
+
+/* To a parent that forwards (the codec's mode): every request carries the
+ * parent's credentials, and its 407 ends the stream with an error naming
+ * it; the connection stays for the other streams. */
+START_TEST(forward_mode_407)
+{
+	struct upstream_forward fwd = {"parent.test", 3128, "carol", "n0t-it"};
+	struct cstream *cs;
+
+	start_fwd = &fwd;
+	start(100, true, 60000);
+	cs = request("GET", "/407", 0);
+	RUN_UNTIL(cs->ended || cs->errored, 2000);
+	ck_assert(cs->errored);
+	ck_assert_int_eq(cs->err, ERR_CONNECT);
+	ck_assert(!cs->nothing);
+	ck_assert_str_eq(cs->reason, "proxy parent.test:3128: proxy authentication required "
+	                             "(it refused the configured credentials)");
+	ck_assert_int_eq(cs->status, 0); /* never relayed */
+	ck_assert_str_eq(srv.st[0].proxy_auth, "Basic Y2Fyb2w6bjB0LWl0");
+	cs_free(cs);
+	cs = request("GET", "/hello", 0);
+	RUN_UNTIL(cs->ended || cs->errored, 2000);
+	ck_assert(cs->ended);
+	ck_assert_str_eq(srv.st[1].proxy_auth, "Basic Y2Fyb2w6bjB0LWl0");
+	ck_assert_int_eq(own.closed, 0);
+	cs_free(cs);
+	finish();
+}
+END_TEST
+
+/* To an origin: no credentials, and its 407 is an answer like any other. */
+START_TEST(origin_mode_relays_407)
+{
+	struct cstream *cs;
+
+	start(100, true, 60000);
+	cs = request("GET", "/407", 0);
+	RUN_UNTIL(cs->ended || cs->errored, 2000);
+	ck_assert(cs->ended);
+	ck_assert_int_eq(cs->status, 407);
+	ck_assert_str_eq(srv.st[0].proxy_auth, "");
 	cs_free(cs);
 	finish();
 }
@@ -996,6 +1052,8 @@ static Suite *h2_suite(void)
 	tcase_add_test(tc, response_timeout);
 	tcase_add_test(tc, peer_closes_idle);
 	tcase_add_test(tc, peer_closes_busy);
+	tcase_add_test(tc, forward_mode_407);
+	tcase_add_test(tc, origin_mode_relays_407);
 	suite_add_tcase(s, tc);
 	tcase_set_timeout(slow, 30);
 	tcase_add_test(slow, ping_after_idle);
