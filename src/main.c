@@ -381,6 +381,7 @@ static int run(struct daemon *d)
 		log_warn("%s: the Via token lasts only as long as this process", err);
 	log_debug("instance: Via: %s", m->via_token);
 	m->dns = dns_new(m->base);
+	m->clients = downstream_list_new();
 	m->pool = pool_new(m);
 	admin_start(m);
 	m->tls = tls_client_ctx_new();
@@ -394,7 +395,7 @@ static int run(struct daemon *d)
 	    .window_granted = &m->window_granted,
 	};
 	m->env = &d->env;
-	if (!m->dns || !m->pool || !m->tls) {
+	if (!m->dns || !m->clients || !m->pool || !m->tls) {
 		log_error("cannot start: out of memory");
 		goto out;
 	}
@@ -434,6 +435,8 @@ static int run(struct daemon *d)
 	rc = 0;
 out:
 	downstream_close_all(m);
+	downstream_list_free(m->clients);
+	m->clients = NULL;
 	pool_free(m->pool);
 	listeners_free(m->listeners);
 	dns_free(m->dns);

@@ -21,7 +21,7 @@ struct config;
 struct dns;
 struct pool;
 struct listeners;
-struct downstream;
+struct client_list;
 struct tls_client_ctx;
 struct local_ca;
 struct access_log;
@@ -54,8 +54,10 @@ struct muxd {
 	struct pool *pool;
 	struct listeners *listeners;
 	struct metrics metrics;
-	struct downstream *clients; /* open client connections */
-	unsigned nclients;
+	/* client/h1_session.c: the open client connections (opaque; made by
+	 * main.c with downstream_list_new) */
+	struct client_list *clients;
+	unsigned nclients;             /* how many: kept by the client sessions, read by all */
 	bool draining;                 /* shutting down: no new requests */
 	struct access_log *access_log; /* log.h; NULL when off */
 	struct log_limit refusals;     /* log.h: lines for muxd's own answers, per status */

@@ -95,9 +95,14 @@ struct downstream {
 	struct downstream *prev, *next;
 };
 
+/* The open client connections, newest first (m->clients). */
+struct client_list {
+	struct downstream *head;
+};
+
 static struct downstream **list_head(struct muxd *m)
 {
-	return &m->clients;
+	return &m->clients->head;
 }
 
 static void ds_free(struct downstream *ds)
@@ -1105,6 +1110,11 @@ void downstream_accept(struct muxd *m, int fd, const struct sockaddr *peer, sock
 		close(fd);
 		return;
 	}
+	if (!m->clients) { /* no downstream_list_new */
+		free(ds);
+		close(fd);
+		return;
+	}
 	ds->m = m;
 	format_peer(peer, ds->peer, sizeof(ds->peer));
 	ds->loopback = muxd_is_loopback(peer);
@@ -1150,6 +1160,16 @@ void downstream_drain_all(struct muxd *m)
 
 void downstream_close_all(struct muxd *m)
 {
-	while (*list_head(m))
+	while (m->clients && *list_head(m))
 		ds_free(*list_head(m));
+}
+
+struct client_list *downstream_list_new(void)
+{
+	return calloc(1, sizeof(struct client_list));
+}
+
+void downstream_list_free(struct client_list *l)
+{
+	free(l);
 }

@@ -7,7 +7,8 @@
  * CONNECT to a tunnel or, for intercepted ports, peeks and terminates the
  * client's TLS, sends origin-form requests to the admin pages, and writes
  * muxd's own answers (errors, 403, 508 ...).
- * Owns: the client transport, the current exchange or tunnel.
+ * Owns: the client transport, the current exchange or tunnel; and the list
+ * of open client connections (m->clients, opaque to the other modules).
  */
 #ifndef MUXD_DOWNSTREAM_H
 #define MUXD_DOWNSTREAM_H
@@ -19,6 +20,12 @@
 #include "muxd.h"
 
 struct downstream;
+
+/* The list of open client connections, for m->clients (main.c makes it
+ * before the listeners, frees it after downstream_close_all); NULL when out
+ * of memory. */
+struct client_list *downstream_list_new(void);
+void downstream_list_free(struct client_list *l);
 
 /* Take an accepted client socket. */
 void downstream_accept(struct muxd *m, int fd, const struct sockaddr *peer, socklen_t peer_len);
