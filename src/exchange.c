@@ -496,8 +496,7 @@ static void move_msg(struct http1_msg *dst, struct http1_msg *src)
 	memcpy(dst, src, at);
 	memcpy(dst->fields, src->fields, src->nfields * sizeof(src->fields[0]));
 	memcpy((char *)dst + end, (const char *)src + end, sizeof(*src) - end);
-	memset(src, 0, at);
-	memset((char *)src + end, 0, sizeof(*src) - end);
+	http1_msg_init(src);
 }
 
 struct exchange *exchange_start(struct muxd *m, struct client_stream *client, struct http1_msg *req,
