@@ -8,6 +8,7 @@
 #include "exchange.h"
 
 #include <event2/buffer.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,10 @@ struct exchange {
 	struct config *cfg;
 	struct client_stream *client;
 	struct http1_msg req;
+	/* From uri to proxy_auth, ~45 KiB of buffers sized for the largest
+	 * request: exchange_start does not zero them (each is written before it
+	 * is read), so a request costs what it uses. Members that need zeroing
+	 * go elsewhere. */
 	struct http1_uri uri;
 	struct route route;
 	struct pool_key key;
@@ -441,23 +446,45 @@ static void build_fields(struct exchange *ex)
 		ex->fields[ex->nfields++] = (struct upstream_field){"TE", 2, "trailers", 8};
 }
 
+/* *dst = *src, but only the used part of the path buffer. */
+static void copy_uri(struct http1_uri *dst, const struct http1_uri *src)
+{
+	size_t at = offsetof(struct http1_uri, path), end = at + sizeof(src->path);
+
+	memcpy(dst, src, at);
+	memcpy(dst->path, src->path, strlen(src->path) + 1);
+	memcpy((char *)dst + end, (const char *)src + end, sizeof(*src) - end);
+}
+
+/* *dst = *src, then src empty, copying only the fields in use. */
+static void move_msg(struct http1_msg *dst, struct http1_msg *src)
+{
+	size_t at = offsetof(struct http1_msg, fields), end = at + sizeof(src->fields);
+
+	memcpy(dst, src, at);
+	memcpy(dst->fields, src->fields, src->nfields * sizeof(src->fields[0]));
+	memcpy((char *)dst + end, (const char *)src + end, sizeof(*src) - end);
+	http1_msg_init(src);
+}
+
 struct exchange *exchange_start(struct muxd *m, struct client_stream *client, struct http1_msg *req,
                                 const struct http1_uri *uri, const char *tls_name)
 {
-	struct exchange *ex = calloc(1, sizeof(*ex));
+	struct exchange *ex = malloc(sizeof(*ex));
 	bool v6 = uri->ipv6 && !tls_name;
 	bool default_port = (strcmp(uri->scheme, "http") == 0 && uri->port == 80) ||
 	                    (strcmp(uri->scheme, "https") == 0 && uri->port == 443);
 
 	if (!ex)
 		return NULL;
+	memset(ex, 0, offsetof(struct exchange, uri));
+	memset(&ex->nfields, 0, sizeof(*ex) - offsetof(struct exchange, nfields));
 	clock_gettime(CLOCK_MONOTONIC, &ex->start);
 	ex->m = m;
 	ex->cfg = config_ref(m->cfg);
 	ex->client = client;
-	ex->req = *req;
-	memset(req, 0, sizeof(*req));
-	ex->uri = *uri;
+	move_msg(&ex->req, req);
+	copy_uri(&ex->uri, uri);
 	ex->req_body_done = ex->req.body == HTTP1_BODY_NONE;
 	snprintf(ex->authority, sizeof(ex->authority), "%s%s%s", v6 ? "[" : "",
 	         tls_name ? tls_name : uri->host, v6 ? "]" : "");
@@ -467,16 +494,14 @@ struct exchange *exchange_start(struct muxd *m, struct client_stream *client, st
 	route_for(ex->cfg, uri->host, uri->port, &ex->route);
 	if (!pool_key_init_sni(&ex->key, m, uri->scheme, uri->host, uri->port, tls_name,
 	                       &ex->route)) {
-		*req = ex->req;
-		memset(&ex->req, 0, sizeof(ex->req));
+		move_msg(req, &ex->req);
 		exchange_free(ex);
 		return NULL;
 	}
 	build_fields(ex);
 	ex->wait = pool_start_stream(m->pool, &ex->key, false, &stream_cbs, &wait_cbs, ex);
 	if (!ex->wait) {
-		*req = ex->req;
-		memset(&ex->req, 0, sizeof(ex->req));
+		move_msg(req, &ex->req);
 		exchange_free(ex);
 		return NULL;
 	}

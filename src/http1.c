@@ -350,6 +350,14 @@ static enum http1_result response_semantics(struct http1_msg *m, const char *met
 	return HTTP1_OK;
 }
 
+void http1_msg_init(struct http1_msg *m)
+{
+	size_t at = offsetof(struct http1_msg, fields), end = at + sizeof(m->fields);
+
+	memset(m, 0, at);
+	memset((char *)m + end, 0, sizeof(*m) - end);
+}
+
 static enum http1_result parse_head(const char *data, size_t len, bool request, const char *method,
                                     struct http1_msg *m, size_t *consumed)
 {
@@ -357,7 +365,7 @@ static enum http1_result parse_head(const char *data, size_t len, bool request, 
 	size_t skip = 0, end;
 	char *line, *last, *cr;
 
-	memset(m, 0, sizeof(*m));
+	http1_msg_init(m);
 	/* RFC 9112 2.2: empty lines before a request line are ignored */
 	while (request && skip + 1 < len && data[skip] == '\r' && data[skip + 1] == '\n')
 		skip += 2;
@@ -418,7 +426,7 @@ enum http1_result http1_parse_response(const char *data, size_t len, const char 
 void http1_msg_free(struct http1_msg *msg)
 {
 	free(msg->head);
-	memset(msg, 0, sizeof(*msg));
+	http1_msg_init(msg);
 }
 
 const struct http1_field *http1_find(const struct http1_msg *msg, const char *name)

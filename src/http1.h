@@ -56,7 +56,7 @@ struct http1_msg {
 
 	int version_minor; /* HTTP/1.<minor>: 0 or 1 */
 
-	struct http1_field fields[HTTP1_MAX_FIELDS];
+	struct http1_field fields[HTTP1_MAX_FIELDS]; /* [0, nfields) set, the rest undefined */
 	size_t nfields;
 
 	/* derived framing */
@@ -81,7 +81,7 @@ struct http1_msg {
  * between field name and colon; invalid tokens; versions other than 1.0/1.1;
  * HTTP/1.1 without Host. HTTP1_TOO_LARGE when no complete head fits in
  * HTTP1_MAX_HEAD bytes or there are more than HTTP1_MAX_FIELDS fields.
- * On any result but HTTP1_OK, *msg is zeroed and owns nothing.
+ * On any result but HTTP1_OK, *msg is empty (no fields) and owns nothing.
  */
 enum http1_result http1_parse_request(const char *data, size_t len, struct http1_msg *msg,
                                       size_t *consumed);
@@ -111,6 +111,11 @@ enum http1_result http1_parse_response(const char *data, size_t len, const char 
                                        struct http1_msg *msg, size_t *consumed);
 
 void http1_msg_free(struct http1_msg *msg);
+/* Make *msg empty (no fields, owning nothing; what it owned is not freed)
+ * without zeroing its 4 KiB field array: only fields[0..nfields) are ever
+ * read, and clearing the whole struct was a large part of a request's cost
+ * (parse and free do this too). */
+void http1_msg_init(struct http1_msg *msg);
 
 /* First field with this name (case-insensitive), or NULL. */
 const struct http1_field *http1_find(const struct http1_msg *msg, const char *name);

@@ -89,6 +89,7 @@ struct downstream {
 	unsigned served;         /* requests handled (on this connection or TLS session) */
 	bool silent_peek;        /* tunneled after a peek without a byte from the client */
 	uint64_t idle_since_ns;  /* when the connection last went idle (T_IDLE) */
+	uint64_t moved_ms;       /* T_CLIENT: when a byte last moved (coarse_ms) */
 	struct evbuffer *raw_in; /* the socket's buffers: progress for client_timeout */
 	struct evbuffer *raw_out;
 	struct evbuffer_cb_entry *raw_in_cb, *raw_out_cb;
@@ -293,6 +294,16 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
 }
 
+/* A cheap clock for progress stamps (a few ms of resolution: the deadlines
+ * are seconds), read on every byte move in an exchange. */
+static uint64_t coarse_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 static void arm(struct downstream *ds, enum ds_timer kind)
 {
 	const struct config *cfg = ds->m->cfg;
@@ -308,6 +319,8 @@ static void arm(struct downstream *ds, enum ds_timer kind)
 	}
 	if (kind == T_IDLE)
 		ds->idle_since_ns = now_ns();
+	if (kind == T_CLIENT)
+		ds->moved_ms = coarse_ms();
 	evtimer_add(ds->timer, &tv);
 }
 
@@ -367,7 +380,7 @@ static void raw_progress(struct evbuffer *b, const struct evbuffer_cb_info *info
 	if (!ds->ex && !output_pending(ds))
 		update_timer(ds); /* the last response is out: idle from now */
 	else
-		arm(ds, T_CLIENT);
+		ds->moved_ms = coarse_ms(); /* the timer checks the stamp when it fires */
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -397,6 +410,12 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		if (!waits_on_client(ds)) {
 			ds->timer_kind = T_NONE;
 			update_timer(ds);
+			break;
+		}
+		uint64_t quiet = coarse_ms() - ds->moved_ms, limit = ds->m->cfg->client_timeout_ms;
+		if (quiet < limit) { /* bytes moved since it was set: the rest from the last move */
+			struct timeval tv = ms_to_timeval(limit - quiet);
+			evtimer_add(ds->timer, &tv);
 			break;
 		}
 		log_info("client %s: no progress for client_timeout: closing", ds->peer);

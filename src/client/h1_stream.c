@@ -134,13 +134,53 @@ const char *h1_stream_trailers(struct client_stream *cs)
 
 /* --- response: exchange -> client --- */
 
-static void add_line(struct evbuffer *out, const char *name, size_t nlen, const char *value,
+/* A head is built here and goes to the transport in one piece: every
+ * evbuffer_add runs the buffer's callbacks (the transport's, the session's
+ * progress watch), so adding field by field cost four rounds of them per
+ * field. */
+struct head_buf {
+	struct evbuffer *out;
+	size_t len;
+	char data[4096];
+};
+
+static void put(struct head_buf *b, const char *p, size_t n)
+{
+	if (b->len + n > sizeof(b->data)) {
+		evbuffer_add(b->out, b->data, b->len);
+		b->len = 0;
+		if (n > sizeof(b->data)) {
+			evbuffer_add(b->out, p, n);
+			return;
+		}
+	}
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+}
+
+static void put_str(struct head_buf *b, const char *p)
+{
+	put(b, p, strlen(p));
+}
+
+static void put_u64(struct head_buf *b, uint64_t v)
+{
+	char d[20];
+	size_t i = sizeof(d);
+
+	do
+		d[--i] = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	put(b, d + i, sizeof(d) - i);
+}
+
+static void add_line(struct head_buf *b, const char *name, size_t nlen, const char *value,
                      size_t vlen)
 {
-	evbuffer_add(out, name, nlen);
-	evbuffer_add(out, ": ", 2);
-	evbuffer_add(out, value, vlen);
-	evbuffer_add(out, "\r\n", 2);
+	put(b, name, nlen);
+	put(b, ": ", 2);
+	put(b, value, vlen);
+	put(b, "\r\n", 2);
 }
 
 /* The head as the client gets it: end-to-end fields, then muxd's own
@@ -149,11 +189,18 @@ static void add_line(struct evbuffer *out, const char *name, size_t nlen, const 
  * body that is not there. */
 static void write_head(struct h1_stream *s, const struct http1_msg *h, const char *via, bool final)
 {
-	struct evbuffer *out = transport_output(s->t);
+	struct head_buf b;
 	enum http1_framing fr = final ? s->framing : HTTP1_FRAME_NONE;
 	bool keep_length = final && fr == HTTP1_FRAME_NONE && h->status != 204;
 
-	evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", h->status, h->reason);
+	b.out = transport_output(s->t);
+	b.len = 0;
+	put(&b, "HTTP/1.1 ", 9);
+	if (h->status >= 0)
+		put_u64(&b, (uint64_t)h->status);
+	put(&b, " ", 1);
+	put_str(&b, h->reason ? h->reason : "");
+	put(&b, "\r\n", 2);
 	for (size_t i = 0; i < h->nfields; i++) {
 		const struct http1_field *f = &h->fields[i];
 		if (http1_is_hop_by_hop(h, f->name))
@@ -164,24 +211,29 @@ static void write_head(struct h1_stream *s, const struct http1_msg *h, const cha
 		 * field announcing them */
 		if (final && fr != HTTP1_FRAME_CHUNKED && strcasecmp(f->name, "trailer") == 0)
 			continue;
-		add_line(out, f->name, f->name_len, f->value, f->value_len);
+		add_line(&b, f->name, f->name_len, f->value, f->value_len);
 	}
-	if (via)
-		evbuffer_add_printf(out, "Via: %s\r\n", via);
+	if (via) {
+		put(&b, "Via: ", 5);
+		put_str(&b, via);
+		put(&b, "\r\n", 2);
+	}
 	if (final) {
 		if (fr == HTTP1_FRAME_EMPTY)
-			evbuffer_add_printf(out, "Content-Length: 0\r\n");
-		else if (fr == HTTP1_FRAME_LENGTH)
-			evbuffer_add_printf(out, "Content-Length: %llu\r\n",
-			                    (unsigned long long)h->content_length);
-		else if (fr == HTTP1_FRAME_CHUNKED)
-			evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
+			put_str(&b, "Content-Length: 0\r\n");
+		else if (fr == HTTP1_FRAME_LENGTH) {
+			put_str(&b, "Content-Length: ");
+			put_u64(&b, h->content_length);
+			put(&b, "\r\n", 2);
+		} else if (fr == HTTP1_FRAME_CHUNKED)
+			put_str(&b, "Transfer-Encoding: chunked\r\n");
 		if (!s->keep_alive)
-			evbuffer_add_printf(out, "Connection: close\r\n");
+			put_str(&b, "Connection: close\r\n");
 		else if (s->version_minor == 0)
-			evbuffer_add_printf(out, "Connection: keep-alive\r\n");
+			put_str(&b, "Connection: keep-alive\r\n");
 	}
-	evbuffer_add(out, "\r\n", 2);
+	put(&b, "\r\n", 2);
+	evbuffer_add(b.out, b.data, b.len);
 }
 
 void h1_stream_send_interim(struct client_stream *cs, const struct http1_msg *head, const char *via)

@@ -10,7 +10,9 @@
  * layer owns the one before it.
  * While building, the chain listens to the newest layer; once everything is
  * up it forwards that layer's events to its user, and its operations go to
- * that top layer.
+ * that top layer. The build state (the spec's strings copied, the steps,
+ * the deadline: ~8 KiB) is freed then: a pooled connection idles for long
+ * and keeps only struct chain.
  *
  * One deadline (spec->timeout_ms, connect_timeout) covers the whole build,
  * from DNS to the last handshake: when it passes, the chain reports
@@ -44,8 +46,19 @@ struct step {
 	size_t hop; /* the hop this step talks to (TLS_HOP, TUNNEL) */
 };
 
+/* What the user holds, for the connection's whole life. */
 struct chain {
 	struct transport base;
+	struct transport *top;     /* once up (while building: build->top) */
+	struct chain_build *build; /* while building */
+	bool up;
+	bool tls_top; /* the last step was a TLS handshake: chain_alpn asks it */
+};
+
+/* The build: its layers' callbacks have it as their context until the
+ * chain is up, when it is freed. */
+struct chain_build {
+	struct chain *owner;
 	struct transport_env env;
 	struct transport *top;
 	struct chain_spec spec; /* strings copied below */
@@ -55,68 +68,125 @@ struct chain {
 	char proxy_ca_file_id[1200];
 	char client_cert[512], client_key[512];
 	struct step steps[CHAIN_MAX_STEPS];
-	size_t nsteps, next; /* steps planned; the next one to start */
-	bool up;
+	size_t nsteps, next;    /* steps planned; the next one to start */
 	bool timed_out;         /* reported; only close() is left */
 	struct event *deadline; /* connect_timeout for the whole build */
 };
 
+static struct transport *top_of(struct transport *t)
+{
+	struct chain *c = (struct chain *)t;
+	return c->build ? c->build->top : c->top;
+}
+
 static struct evbuffer *c_input(struct transport *t)
 {
-	return transport_input(((struct chain *)t)->top);
+	return transport_input(top_of(t));
 }
 
 static struct evbuffer *c_output(struct transport *t)
 {
-	return transport_output(((struct chain *)t)->top);
+	return transport_output(top_of(t));
 }
 
 static void c_set_reading(struct transport *t, bool on)
 {
-	struct transport *top = ((struct chain *)t)->top;
+	struct transport *top = top_of(t);
 	top->ops->set_reading(top, on);
 }
 
 static void c_shutdown(struct transport *t)
 {
-	struct transport *top = ((struct chain *)t)->top;
+	struct transport *top = top_of(t);
 	top->ops->shutdown(top);
+}
+
+static void build_free(struct chain_build *c)
+{
+	if (c->deadline)
+		event_free(c->deadline);
+	free(c);
 }
 
 static void c_close(struct transport *t)
 {
 	struct chain *c = (struct chain *)t;
-	if (c->top)
-		transport_close(c->top);
-	if (c->deadline)
-		event_free(c->deadline);
+	struct transport *top = top_of(t);
+
+	if (top)
+		transport_close(top);
+	if (c->build)
+		build_free(c->build);
 	free(c);
 }
 
 static bool c_is_alive(struct transport *t)
 {
 	struct chain *c = (struct chain *)t;
-	return c->up && !c->timed_out && c->top->ops->is_alive(c->top);
+	return c->up && c->top->ops->is_alive(c->top);
 }
 
 static const struct transport_ops chain_ops = {c_input,    c_output, c_set_reading,
                                                c_shutdown, c_close,  c_is_alive};
 
+/* While building, bytes wait for the user (it reads once told it is up). */
 static void on_read(void *ctx)
 {
-	struct chain *c = ctx;
-	if (c->up && c->base.cbs.on_read)
-		c->base.cbs.on_read(c->base.ctx);
+	(void)ctx;
 }
 
 static void on_drain(void *ctx)
 {
+	(void)ctx;
+}
+
+/* Once up, the top layer's events go straight to the user. */
+static void up_read(void *ctx)
+{
 	struct chain *c = ctx;
-	if (c->up && c->base.cbs.on_drain)
+	if (c->base.cbs.on_read)
+		c->base.cbs.on_read(c->base.ctx);
+}
+
+static void up_drain(void *ctx)
+{
+	struct chain *c = ctx;
+	if (c->base.cbs.on_drain)
 		c->base.cbs.on_drain(c->base.ctx);
 }
 
-static const char *hop_name(struct chain *c, size_t i, char *buf, size_t size)
+static void up_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
+{
+	struct chain *c = ctx;
+	c->base.cbs.on_event(c->base.ctx, ev, err, reason);
+}
+
+/* Tell the user about the build. */
+static void tell(struct chain_build *c, enum transport_event ev, enum muxd_err err,
+                 const char *reason)
+{
+	struct chain *o = c->owner;
+	o->base.cbs.on_event(o->base.ctx, ev, err, reason);
+}
+
+/* Everything is up: the user gets the top layer, the build state goes. The
+ * user is told last (it may close the chain). */
+static void go_up(struct chain_build *c)
+{
+	static const struct transport_cbs cbs = {up_read, up_drain, up_event};
+	struct chain *o = c->owner;
+	enum step_kind last = c->steps[c->nsteps - 1].kind;
+
+	o->up = true;
+	o->top = c->top;
+	o->tls_top = last == STEP_TLS_TARGET || last == STEP_TLS_HOP;
+	o->build = NULL;
+	transport_set_cbs(o->top, &cbs, o);
+	build_free(c);
+	o->base.cbs.on_event(o->base.ctx, TRANSPORT_CONNECTED, ERR_NONE, NULL);
+}
+
+static const char *hop_name(struct chain_build *c, size_t i, char *buf, size_t size)
 {
 	const struct chain_hop *h = &c->hops[i];
 	snprintf(buf, size, "%s%s%s:%u", strchr(h->host, ':') ? "[" : "", h->host,
@@ -127,7 +197,7 @@ static const char *hop_name(struct chain *c, size_t i, char *buf, size_t size)
 static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason);
 
 /* Put the next step's layer on top; false when it could not be made. */
-static bool start_step(struct chain *c)
+static bool start_step(struct chain_build *c)
 {
 	static const struct transport_cbs cbs = {on_read, on_drain, on_event};
 	const struct step *st = &c->steps[c->next++];
@@ -196,26 +266,19 @@ static bool start_step(struct chain *c)
 
 static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, const char *reason)
 {
-	struct chain *c = ctx;
+	struct chain_build *c = ctx;
 
 	if (c->timed_out)
 		return;
-	if (c->up) {
-		c->base.cbs.on_event(c->base.ctx, ev, err, reason);
-		return;
-	}
 	if (ev == TRANSPORT_CONNECTED && c->next < c->nsteps) {
 		if (!start_step(c)) { /* the failed layer closed those below it */
 			event_del(c->deadline);
-			c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR, ERR_CONNECT,
-			                     "out of memory");
+			tell(c, TRANSPORT_ERROR, ERR_CONNECT, "out of memory");
 		}
 		return;
 	}
 	if (ev == TRANSPORT_CONNECTED) {
-		c->up = true;
-		event_del(c->deadline);
-		c->base.cbs.on_event(c->base.ctx, TRANSPORT_CONNECTED, ERR_NONE, NULL);
+		go_up(c);
 		return;
 	}
 	/* a failure while building: say which hop */
@@ -227,19 +290,17 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 		snprintf(msg, sizeof(msg), "proxy %s: %s",
 		         hop_name(c, st->kind == STEP_TCP ? 0 : st->hop, name, sizeof(name)),
 		         reason ? reason : "failed");
-		c->base.cbs.on_event(
-		    c->base.ctx, TRANSPORT_ERROR,
-		    err == ERR_CONNECT_TIMEOUT || err == ERR_LOOP ? err : ERR_CONNECT, msg);
+		tell(c, TRANSPORT_ERROR,
+		     err == ERR_CONNECT_TIMEOUT || err == ERR_LOOP ? err : ERR_CONNECT, msg);
 		return;
 	}
-	c->base.cbs.on_event(c->base.ctx, ev == TRANSPORT_EOF ? TRANSPORT_ERROR : ev,
-	                     ev == TRANSPORT_EOF ? ERR_CONNECT : err,
-	                     reason ? reason : "connection closed");
+	tell(c, ev == TRANSPORT_EOF ? TRANSPORT_ERROR : ev, ev == TRANSPORT_EOF ? ERR_CONNECT : err,
+	     reason ? reason : "connection closed");
 }
 
 /* What the running step is, for the timeout message: "TLS handshake with
  * api.example.com:443", "CONNECT via proxy 127.0.0.1:3128". */
-static void step_name(struct chain *c, char *buf, size_t size)
+static void step_name(struct chain_build *c, char *buf, size_t size)
 {
 	const struct step *st = &c->steps[c->next - 1];
 	const struct chain_spec *sp = &c->spec;
@@ -275,7 +336,7 @@ static void step_name(struct chain *c, char *buf, size_t size)
 
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct chain *c = arg;
+	struct chain_build *c = arg;
 	char msg[500], step[400];
 	uint64_t ms = c->spec.timeout_ms;
 
@@ -289,7 +350,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 		snprintf(msg, sizeof(msg), "%s timed out after %llu ms", step,
 		         (unsigned long long)ms);
 	c->timed_out = true;
-	c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR, ERR_CONNECT_TIMEOUT, msg);
+	tell(c, TRANSPORT_ERROR, ERR_CONNECT_TIMEOUT, msg);
 }
 
 static void copy(char *dst, size_t size, const char *src)
@@ -300,14 +361,18 @@ static void copy(char *dst, size_t size, const char *src)
 struct transport *chain_connect(const struct transport_env *env, const struct chain_spec *spec,
                                 const struct transport_cbs *cbs, void *ctx)
 {
-	struct chain *c = calloc(1, sizeof(*c));
+	struct chain *o = calloc(1, sizeof(*o));
+	struct chain_build *c = calloc(1, sizeof(*c));
 
-	if (!c || spec->nhops > CONFIG_MAX_HOPS) {
+	if (!o || !c || spec->nhops > CONFIG_MAX_HOPS) {
+		free(o);
 		free(c);
 		return NULL;
 	}
-	c->base.ops = &chain_ops;
-	transport_set_cbs(&c->base, cbs, ctx);
+	o->base.ops = &chain_ops;
+	transport_set_cbs(&o->base, cbs, ctx);
+	o->build = c;
+	c->owner = o;
 	c->env = *env;
 	c->spec = *spec;
 	for (size_t i = 0; i < spec->nhops; i++) {
@@ -359,6 +424,7 @@ struct transport *chain_connect(const struct transport_env *env, const struct ch
 		c->steps[c->nsteps++] = (struct step){STEP_TLS_TARGET, 0};
 	c->deadline = evtimer_new(env->base, deadline_cb, c);
 	if (!c->deadline) {
+		free(o);
 		free(c);
 		return NULL;
 	}
@@ -367,19 +433,18 @@ struct transport *chain_connect(const struct transport_env *env, const struct ch
 		evtimer_add(c->deadline, &tv);
 	}
 	if (!start_step(c)) {
-		event_free(c->deadline);
-		free(c);
+		free(o);
+		build_free(c);
 		return NULL;
 	}
-	return &c->base;
+	return &o->base;
 }
 
 const char *chain_alpn(struct transport *t)
 {
 	struct chain *c = (struct chain *)t;
-	const struct step *last = &c->steps[c->nsteps - 1];
 
-	if (!c->up || (last->kind != STEP_TLS_TARGET && last->kind != STEP_TLS_HOP))
+	if (!c->up || !c->tls_top)
 		return "";
 	return tls_alpn(c->top);
 }

@@ -222,11 +222,15 @@ static void attempt_done(evutil_socket_t fd, short what, void *arg)
 		eyeballs_failed(c->race, i); /* may report the failure */
 		return;
 	}
-	/* winner: keep its fd, drop everything else */
+	/* winner: keep its fd, drop everything else (the race and its timer too:
+	 * a pooled connection idles for long, and they were a tenth of it) */
 	a->fd = -1;
 	close_attempt(a);
 	eyeballs_won(c->race, i);
-	event_del(c->timeout);
+	eyeballs_free(c->race);
+	c->race = NULL;
+	event_free(c->timeout);
+	c->timeout = NULL;
 	if (!start_bev(c, (int)fd)) {
 		fail(c, ERR_CONNECT, "out of memory");
 		return;

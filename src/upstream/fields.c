@@ -79,7 +79,7 @@ void fields_msg(struct http1_msg *m, char *head, size_t head_len, size_t nfields
 {
 	const char *p = head;
 
-	memset(m, 0, sizeof(*m));
+	http1_msg_init(m);
 	m->head = head;
 	m->head_len = head_len;
 	m->status = status;

@@ -31,10 +31,10 @@ struct h1_stream {
 	char method[32];
 	bool req_chunked;
 	bool req_done;
-	bool got_bytes; /* any response byte arrived */
-	bool body_done; /* the whole body is decoded into body */
-	bool tunnel;    /* CONNECT: after a 2xx the connection is a byte pipe */
-	struct http1_msg head;
+	bool got_bytes;         /* any response byte arrived */
+	bool body_done;         /* the whole body is decoded into body */
+	bool tunnel;            /* CONNECT: after a 2xx the connection is a byte pipe */
+	struct http1_msg *head; /* allocated per response: an idle connection holds none */
 	bool head_valid;
 	size_t scan_from; /* where to look for the end of the head next */
 	unsigned interim; /* 1xx heads so far */
@@ -60,7 +60,8 @@ static void conn_free(struct h1_conn *c)
 	struct h1_stream *s = &c->stream;
 
 	if (s->head_valid)
-		http1_msg_free(&s->head);
+		http1_msg_free(s->head);
+	free(s->head);
 	free(s->chunked);
 	if (s->body)
 		evbuffer_free(s->body);
@@ -125,8 +126,10 @@ static void request_progress(struct h1_conn *c)
 static void stream_reset(struct h1_stream *s)
 {
 	if (s->head_valid)
-		http1_msg_free(&s->head);
+		http1_msg_free(s->head);
 	s->head_valid = false;
+	free(s->head);
+	s->head = NULL;
 	free(s->chunked);
 	s->chunked = NULL;
 	evbuffer_drain(s->body, evbuffer_get_length(s->body));
@@ -155,7 +158,7 @@ static void stream_error(struct h1_conn *c, enum muxd_err err, const char *reaso
 static void stream_end(struct h1_conn *c, const char *trailers)
 {
 	struct h1_stream *s = &c->stream;
-	bool reusable = s->req_done && s->head.keep_alive && c->base.reusable && !c->eof &&
+	bool reusable = s->req_done && s->head->keep_alive && c->base.reusable && !c->eof &&
 	                evbuffer_get_length(transport_input(c->t)) == 0;
 
 	evtimer_del(c->timer);
@@ -191,8 +194,12 @@ static bool read_head(struct h1_conn *c, struct evbuffer *in)
 		s->scan_from = len > 3 ? len - 3 : 0;
 		return false;
 	}
+	if (!s->head && !(s->head = malloc(sizeof(*s->head)))) {
+		stream_error(c, ERR_BAD_RESPONSE, "out of memory");
+		return false;
+	}
 	const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
-	enum http1_result r = http1_parse_response(data, len, s->method, &s->head, &consumed);
+	enum http1_result r = http1_parse_response(data, len, s->method, s->head, &consumed);
 	if (r == HTTP1_INCOMPLETE && len < HTTP1_MAX_HEAD) {
 		s->scan_from = len > 3 ? len - 3 : 0;
 		return false;
@@ -205,36 +212,36 @@ static bool read_head(struct h1_conn *c, struct evbuffer *in)
 	evbuffer_drain(in, consumed);
 	s->scan_from = 0;
 	s->head_valid = true;
-	if (s->head.status == 101) {
+	if (s->head->status == 101) {
 		stream_error(c, ERR_BAD_RESPONSE, "unexpected protocol switch");
 		return false;
 	}
-	if (s->head.status < 200) {
+	if (s->head->status < 200) {
 		if (++s->interim > UPSTREAM_MAX_INTERIM) {
 			stream_error(c, ERR_BAD_RESPONSE, "too many interim (1xx) responses");
 			return false;
 		}
 		hold(c);
-		s->base.cbs.on_head(s->base.ctx, &s->head);
-		http1_msg_free(&s->head);
+		s->base.cbs.on_head(s->base.ctx, s->head);
+		http1_msg_free(s->head);
 		s->head_valid = false;
 		return release(c) && s->state == H1_HEAD;
 	}
-	if (c->fwd.on && s->head.status == 407 && !s->tunnel) {
+	if (c->fwd.on && s->head->status == 407 && !s->tunnel) {
 		char why[400];
 		fwd_refused(&c->fwd, why, sizeof(why));
 		stream_error(c, ERR_CONNECT, why);
 		return false;
 	}
 	s->state = H1_BODY;
-	s->remaining = s->head.content_length;
-	if (s->tunnel && s->head.status < 300) {
+	s->remaining = s->head->content_length;
+	if (s->tunnel && s->head->status < 300) {
 		/* the tunnel is up: bytes until EOF, and never another request */
-		s->head.body = HTTP1_BODY_CLOSE;
+		s->head->body = HTTP1_BODY_CLOSE;
 		c->base.reusable = false;
 		evtimer_del(c->timer);
 	}
-	if (s->head.body == HTTP1_BODY_CHUNKED) {
+	if (s->head->body == HTTP1_BODY_CHUNKED) {
 		s->chunked = calloc(1, sizeof(*s->chunked));
 		if (!s->chunked) {
 			stream_error(c, ERR_BAD_RESPONSE, "out of memory");
@@ -242,10 +249,10 @@ static bool read_head(struct h1_conn *c, struct evbuffer *in)
 		}
 	}
 	hold(c);
-	s->base.cbs.on_head(s->base.ctx, &s->head);
+	s->base.cbs.on_head(s->base.ctx, s->head);
 	if (!release(c) || s->state != H1_BODY)
 		return false;
-	if (s->head.body == HTTP1_BODY_NONE) {
+	if (s->head->body == HTTP1_BODY_NONE) {
 		stream_end(c, "");
 		return false;
 	}
@@ -262,7 +269,7 @@ static void read_body(struct h1_conn *c, struct evbuffer *in)
 	while (!done && evbuffer_get_length(s->body) < TRANSPORT_BUF &&
 	       evbuffer_get_length(in) > 0) {
 		size_t room = TRANSPORT_BUF - evbuffer_get_length(s->body);
-		if (s->head.body == HTTP1_BODY_LENGTH) {
+		if (s->head->body == HTTP1_BODY_LENGTH) {
 			size_t n = evbuffer_get_length(in);
 			if (n > s->remaining)
 				n = (size_t)s->remaining;
@@ -271,7 +278,7 @@ static void read_body(struct h1_conn *c, struct evbuffer *in)
 			evbuffer_remove_buffer(in, s->body, n);
 			s->remaining -= n;
 			done = s->remaining == 0;
-		} else if (s->head.body == HTTP1_BODY_CLOSE) {
+		} else if (s->head->body == HTTP1_BODY_CLOSE) {
 			evbuffer_remove_buffer(in, s->body, room);
 		} else {
 			struct evbuffer_iovec v;
@@ -308,7 +315,7 @@ static void read_body(struct h1_conn *c, struct evbuffer *in)
 		return;
 	}
 	if (c->eof && evbuffer_get_length(in) == 0) {
-		if (s->head.body == HTTP1_BODY_CLOSE) {
+		if (s->head->body == HTTP1_BODY_CLOSE) {
 			if (evbuffer_get_length(s->body) == 0)
 				stream_end(c, "");
 		} else {
@@ -383,7 +390,7 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 		close_and_tell(c, EVICT_DEAD);
 		return;
 	}
-	if (ev == TRANSPORT_ERROR && !(s->state == H1_BODY && s->head.body == HTTP1_BODY_CLOSE)) {
+	if (ev == TRANSPORT_ERROR && !(s->state == H1_BODY && s->head->body == HTTP1_BODY_CLOSE)) {
 		stream_error(c, err, reason);
 		return;
 	}

@@ -268,3 +268,35 @@ def test_slow_reader_of_a_finished_response_keeps_its_connection(muxd, nginx):
             time.sleep(0.02)  # a slow but steady reader (under 1 MB/s)
     body = bytes(got[got.index(b"\r\n\r\n") + 4 :])
     assert len(body) == size, f"{len(body)} of {size} bytes: the connection was cut"
+
+
+def test_steady_slow_reader_outlives_client_timeout(muxd, nginx):
+    """client_timeout is about silence, not duration: a client that takes a
+    response several times longer than client_timeout, but takes bytes all
+    the while, keeps its connection and gets the whole body (muxd stamps
+    each move and, when the timer fires, waits out the rest from the last
+    one)."""
+    size = 4 << 20
+    (nginx.root / "steady").write_bytes(b"s" * size)
+    m = muxd(conf(client_timeout=SHORT))
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    s.connect(("127.0.0.1", m.port))
+    with s:
+        s.sendall(proxy_request("GET", nginx.url("/steady")))
+        got = bytearray()
+        s.settimeout(10)
+        start = time.monotonic()
+        deadline = start + 60
+        while time.monotonic() < deadline:
+            piece = s.recv(16384)
+            if not piece:
+                break
+            got += piece
+            if b"\r\n\r\n" in got and len(got) - got.index(b"\r\n\r\n") - 4 >= size:
+                break
+            time.sleep(0.01)  # about 1.5 MB/s at most: several client_timeouts long
+        took = time.monotonic() - start
+    body = bytes(got[got.index(b"\r\n\r\n") + 4 :])
+    assert len(body) == size, f"{len(body)} of {size} bytes after {took:.1f}s: the connection was cut"
+    assert took > 2, f"read in {took:.1f}s, not longer than client_timeout: the test proves nothing"

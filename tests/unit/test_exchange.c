@@ -17,8 +17,11 @@
 #include "exchange.h"
 
 #include <event2/buffer.h>
+#include <malloc.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "client/h1_stream.h"
 #include "config.h"
@@ -214,6 +217,8 @@ struct fake_stream {
 	int heads, ends;
 	bool cancelled;
 	char method[16];
+	char authority[64], path[64], accept[16]; /* of the head sent */
+	bool has_absolute;
 	bool has_body;
 	int64_t content_length;
 	struct evbuffer *got;  /* request body bytes received */
@@ -228,6 +233,13 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 
 	s->heads++;
 	snprintf(s->method, sizeof(s->method), "%s", r->method);
+	snprintf(s->authority, sizeof(s->authority), "%s", r->authority);
+	snprintf(s->path, sizeof(s->path), "%s", r->path);
+	s->has_absolute = r->absolute != NULL;
+	for (size_t i = 0; i < r->nfields; i++)
+		if (r->fields[i].name_len == 6 && strncasecmp(r->fields[i].name, "accept", 6) == 0)
+			snprintf(s->accept, sizeof(s->accept), "%.*s", (int)r->fields[i].value_len,
+			         r->fields[i].value);
 	s->has_body = r->has_body;
 	s->content_length = r->content_length;
 }
@@ -938,6 +950,88 @@ START_TEST(abort_while_waiting)
 }
 END_TEST
 
+/* ---- cost per request (docs/performance.md, "Restructuring and deadlines") ---- */
+
+/* calloc is wrapped in this binary (the Makefile's -Wl,--wrap=calloc for
+ * test_exchange): the largest block zeroed since the last reset. */
+void *__real_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size);
+static size_t calloc_max;
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+	if (size != 0 && n <= SIZE_MAX / size && n * size > calloc_max)
+		calloc_max = n * size;
+	return __real_calloc(n, size);
+}
+
+static void count_adds(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
+{
+	(void)b;
+	if (info->n_added > 0)
+		(*(int *)arg)++;
+}
+
+/* An exchange zeroes no request-sized buffer when it starts (its ~50 KiB
+ * struct is mostly buffers for the largest target, key and head: calloc of
+ * it was a third of a keep-alive request's instructions), and nothing in
+ * it relies on them being zero: with malloc's memory poisoned
+ * (M_PERTURB), the request still goes out with its authority, path and
+ * fields right. */
+START_TEST(start_zeroes_no_buffers)
+{
+	struct fake_stream *s = &streams[0];
+
+	mallopt(M_PERTURB, 0x5a);
+	calloc_max = 0;
+	start("GET http://origin.test:8080/p/q?x=1 HTTP/1.1\r\nHost: origin.test:8080\r\n"
+	      "Accept: */*\r\n\r\n");
+	ck_assert_uint_lt(calloc_max, 4096);
+	give(s, false);
+	ck_assert_int_eq(s->heads, 1);
+	ck_assert_str_eq(s->method, "GET");
+	ck_assert_str_eq(s->authority, "origin.test:8080");
+	ck_assert_str_eq(s->path, "/p/q?x=1");
+	ck_assert_str_eq(s->accept, "*/*");
+	ck_assert(!s->has_absolute);
+	answer_ok(s);
+	ck_assert(fc.done && fc.keep_alive);
+	mallopt(M_PERTURB, 0);
+}
+END_TEST
+
+/* The response head reaches the client's buffer in one piece: each
+ * evbuffer_add runs the buffer's callbacks (the transport's, the session's
+ * progress watch), and adding it field by field cost four rounds of them
+ * per field. */
+START_TEST(head_added_once)
+{
+	struct fake_stream *s = &streams[0];
+	struct evbuffer *body = evbuffer_new();
+	int adds = 0;
+	struct evbuffer_cb_entry *cb = evbuffer_add_cb(fc.out, count_adds, &adds);
+
+	start(GET_HEAD);
+	give(s, false);
+	head_from(s, "HTTP/1.1 200 OK\r\nServer: t\r\nDate: Tue, 01 Dec 2026 12:00:00 GMT\r\n"
+	             "Content-Type: text/plain\r\nETag: \"1\"\r\nContent-Length: 5\r\n"
+	             "Cache-Control: no-cache\r\nConnection: keep-alive\r\n\r\n");
+	ck_assert_int_eq(adds, 1);
+	evbuffer_add(s->body, "hello", 5);
+	s->base.cbs.on_body(s->base.ctx);
+	s->base.cbs.on_end(s->base.ctx, "");
+	evbuffer_remove_cb_entry(fc.out, cb);
+	const char *text = (const char *)evbuffer_pullup(fc.out, -1);
+	ck_assert_ptr_nonnull(strstr(text, "HTTP/1.1 200 OK\r\nServer: t\r\n"));
+	ck_assert_ptr_nonnull(strstr(text, "\r\nETag: \"1\"\r\nCache-Control: no-cache\r\n"));
+	ck_assert_ptr_nonnull(strstr(text, "\r\nContent-Length: 5\r\n"));
+	ck_assert_ptr_null(strstr(text, "Connection:"));
+	ck_assert_int_eq(client_response(body), 200);
+	ck_assert_uint_eq(evbuffer_get_length(body), 5);
+	evbuffer_free(body);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("exchange");
@@ -969,6 +1063,12 @@ int main(void)
 	tcase_add_test(retry_tc, retry_ends_empty_chunked_body);
 	tcase_add_test(retry_tc, abort_while_waiting);
 	suite_add_tcase(s, retry_tc);
+
+	TCase *cost_tc = tcase_create("cost");
+	tcase_add_checked_fixture(cost_tc, setup, teardown);
+	tcase_add_test(cost_tc, start_zeroes_no_buffers);
+	tcase_add_test(cost_tc, head_added_once);
+	suite_add_tcase(s, cost_tc);
 
 	return run_suite(s) ? 1 : 0;
 }
