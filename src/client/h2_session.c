@@ -96,6 +96,7 @@ struct h2s {
 	bool started;    /* the request went to an exchange (or got an answer) */
 	bool closed;     /* nghttp2 closed the stream */
 	bool in_end;     /* the client's END_STREAM arrived */
+	bool head_end;   /* ... with the request's HEADERS: no body */
 	bool in_trailer; /* the header block is the request's trailers */
 	bool start_pending, read_pending, drain_pending;
 	/* the request head, while its header block arrives */
@@ -629,7 +630,7 @@ static void start(struct h2s *st)
 		evbuffer_add_buffer(h, st->cookie);
 		evbuffer_add(h, "\r\n", 2);
 	}
-	if (!st->in_end && !st->has_length)
+	if (!st->head_end && !st->has_length)
 		evbuffer_add_printf(h, "Transfer-Encoding: chunked\r\n");
 	evbuffer_add(h, "\r\n", 2);
 	len = evbuffer_get_length(h);
@@ -645,7 +646,7 @@ static void start(struct h2s *st)
 		answer(st, 400, "muxd: malformed request: not a valid HTTP/2 request head\n");
 		return;
 	}
-	if (st->in_end && req.body != HTTP1_BODY_NONE) {
+	if (st->head_end && req.body != HTTP1_BODY_NONE) {
 		/* a content-length the stream's end contradicts: nghttp2 resets
 		 * the stream for a non-zero one; nothing is to come */
 		req.body = HTTP1_BODY_NONE;
@@ -841,6 +842,8 @@ static int cb_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
 			break;
 		if (end)
 			st->in_end = true;
+		if (end && !st->in_trailer && !st->started)
+			st->head_end = true;
 		if (st->in_trailer) {
 			trailers_done(st);
 			st->read_pending = true;
@@ -878,7 +881,9 @@ static int cb_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 	struct h2s *st = stream_of(s, id);
 
 	(void)flags;
-	if (!st || !st->ex || evbuffer_add(st->in, data, len) != 0) {
+	/* kept for the exchange, also when it is still to start (the head
+	 * arrived in the same read) */
+	if (!st || (st->started && !st->ex) || evbuffer_add(st->in, data, len) != 0) {
 		nghttp2_session_consume(ng, id, len); /* nobody takes it */
 		return 0;
 	}
