@@ -128,7 +128,7 @@ struct h2_session {
 	void *ctx;
 	char peer[64];
 	unsigned max_streams;
-	struct h2s *streams;
+	struct h2s *streams, *last; /* oldest first */
 	struct event *kick, *timer;
 	enum h2t timer_kind;
 	struct evbuffer *raw_in, *raw_out;
@@ -193,10 +193,12 @@ static struct h2s *stream_new(struct h2_session *s, int32_t id)
 		free(st);
 		return NULL;
 	}
-	st->next = s->streams;
-	if (st->next)
-		st->next->prev = st;
-	s->streams = st;
+	st->prev = s->last; /* in order: requests start as they came */
+	if (st->prev)
+		st->prev->next = st;
+	else
+		s->streams = st;
+	s->last = st;
 	return st;
 }
 
@@ -210,6 +212,8 @@ static void stream_free(struct h2s *st)
 		s->streams = st->next;
 	if (st->next)
 		st->next->prev = st->prev;
+	else
+		s->last = st->prev;
 	evbuffer_free(st->fields);
 	evbuffer_free(st->cookie);
 	evbuffer_free(st->in);
