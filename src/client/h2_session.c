@@ -440,7 +440,12 @@ static bool submit_head(struct h2s *st, const struct http1_msg *h, const char *v
 		return false;
 	}
 	n = head_nv(st, h, via, final, nva, buf, status, clen, sizeof(clen));
-	if (final)
+	if (final && h->body == HTTP1_BODY_NONE) {
+		/* no body (HEAD, 204, 304, or the origin's stream ended with its
+		 * head: gRPC's trailers-only answers): END_STREAM on the HEADERS */
+		st->out_end = true;
+		rv = nghttp2_submit_response(s->ng, st->id, nva, n, NULL);
+	} else if (final)
 		rv = nghttp2_submit_response(s->ng, st->id, nva, n, &prd);
 	else
 		rv = nghttp2_submit_headers(s->ng, NGHTTP2_FLAG_NONE, st->id, NULL, nva, n, NULL);

@@ -498,3 +498,44 @@ def test_silent_h2_client_is_closed_after_request_header_timeout(h2_setup):
     m, o, authority = h2_setup(muxd={"request_header_timeout": "500ms"})
     c = H2Client(m, authority, preface=False)  # TLS with h2, then nothing
     assert wait_closed(c, timeout=10), "a client that never sent its preface stayed connected"
+
+
+# --------------------------------------------------------------------------
+# bodies and trailers both ways
+
+
+def test_trailers_both_ways(h2_setup):
+    def handler(req):
+        got = ";".join(f"{n}={v}" for n, v in req.trailers)
+        req.respond(200, [("content-type", "text/plain")], f"trailers={got}\n",
+                    trailers=[("grpc-status", "0"), ("grpc-message", "fine")])
+
+    m, o, authority = h2_setup(handler)
+    c = H2Client(m, authority)
+    sid = c.request("/t", method="POST", headers=[("te", "trailers")], end_stream=False)
+    c.conn.send_data(sid, b"payload")
+    c.conn.send_headers(sid, [("x-checksum", "abc")], end_stream=True)
+    c.flush()
+    c.until(lambda: sid in c.ended, what="the response")
+    assert c.bodies[sid] == b"trailers=x-checksum=abc\n"
+    assert c.trailers[sid] == {"grpc-status": "0", "grpc-message": "fine"}
+
+
+def test_curl_http2_upload_and_download(muxd, nginx_tls, pki, h2_origin, tmp_path):
+    import hashlib
+
+    data = pattern_bytes(3 * 1024 * 1024, seed=5)
+    f = tmp_path / "up.bin"
+    f.write_bytes(data)
+    o = h2_origin(lambda req: req.respond(200, [], hashlib.sha256(req.body).hexdigest()))
+    (nginx_tls.root / "big").write_bytes(data)
+    m = muxd(intercept_conf(pki, o.port))
+    out = curl(m.port, f"https://localhost:{o.port}/up", "--http2", "--cacert", local_ca(m),
+               "-T", str(f), "-w", " %{http_version}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode() == hashlib.sha256(data).hexdigest() + " 2"
+    m2 = muxd(intercept_conf(pki, nginx_tls.port))
+    out = curl(m2.port, f"https://localhost:{nginx_tls.port}/big", "--http2", "--cacert",
+               local_ca(m2))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == data
