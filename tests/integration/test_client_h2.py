@@ -211,10 +211,10 @@ def frame(ftype, flags, sid, payload=b""):
     return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") + payload
 
 
-def wait_closed(c, timeout=10):
+def wait_closed(c, timeout=10, **pump_kw):
     deadline = time.monotonic() + timeout
     while not c.closed and time.monotonic() < deadline:
-        c.pump()
+        c.pump(**pump_kw)
     return c.closed
 
 
@@ -539,3 +539,25 @@ def test_curl_http2_upload_and_download(muxd, nginx_tls, pki, h2_origin, tmp_pat
                local_ca(m2))
     assert out.returncode == 0, out.stderr
     assert out.stdout == data
+
+
+def test_client_that_never_opens_its_window_is_closed_after_client_timeout(h2_setup):
+    def handler(req):
+        req.send_head(200, [])
+        try:
+            for _ in range(64):
+                req.send_data(b"w" * 16384)
+            req.send_data(b"", end_stream=True)
+        except Exception:
+            pass
+
+    m, o, authority = h2_setup(handler, muxd={"client_timeout": "1s"})
+    c = H2Client(m, authority)
+    c.conn.increment_flow_control_window(16 * 1024 * 1024)
+    c.flush()
+    sid = c.request("/w")
+    c.until(lambda: len(c.bodies.get(sid, b"")) >= 65535, what="the first window", no_ack=(sid,))
+    start = time.monotonic()
+    assert wait_closed(c, timeout=15, no_ack=(sid,)), "a client that stopped reading stayed connected"
+    assert time.monotonic() - start < 10
+    assert sid not in c.ended
