@@ -38,7 +38,7 @@ struct tls_srv {
 	char sni[HOST_MAX + 1];            /* what the client sent; "" when none */
 	char host[HOST_MAX + 1];           /* the leaf's name (for messages) */
 	char hook_reason[HOOK_REASON_MAX]; /* why choosing the certificate failed */
-	char alpn[32];                     /* the protocol the client chose; "" when none */
+	char alpn[64];                     /* the protocol the client chose; "" when none */
 };
 
 /* Runs after tls_io_free has deinitialized the session. */
