@@ -1220,6 +1220,13 @@ void downstream_drain_all(struct muxd *m)
 	}
 }
 
+void downstream_reconfigured(struct muxd *m)
+{
+	for (struct downstream *ds = *list_head(m); ds; ds = ds->next)
+		if (ds->h2 && !m->cfg->client_h2)
+			h2_session_drain(ds->h2);
+}
+
 void downstream_close_all(struct muxd *m)
 {
 	while (*list_head(m))

@@ -561,3 +561,29 @@ def test_client_that_never_opens_its_window_is_closed_after_client_timeout(h2_se
     assert wait_closed(c, timeout=15, no_ack=(sid,)), "a client that stopped reading stayed connected"
     assert time.monotonic() - start < 10
     assert sid not in c.ended
+
+
+def test_reload_turning_client_h2_off_drains_with_goaway(muxd, h2_origin, pki):
+    release = threading.Event()
+
+    def handler(req):
+        if req.path == "/slow":
+            release.wait(10)
+        req.respond(200, [("content-type", "text/plain")], "ok\n")
+
+    o = h2_origin(handler)
+    m = muxd(intercept_conf(pki, o.port))
+    authority = f"localhost:{o.port}"
+    c = H2Client(m, authority)
+    sid = c.request("/slow")
+    wait_until(lambda: o.connections == 1, timeout=10, what="the request upstream")
+    m.reload(intercept_conf(pki, o.port, muxd={"client_h2": "off"}), wait=True)
+    c.until(lambda: c.goaway is not None, what="GOAWAY after the reload")
+    assert c.goaway == 0
+    release.set()
+    c.until(lambda: sid in c.ended, what="the open stream's response")
+    assert wait_closed(c), "the drained connection stayed open"
+    out = curl(m.port, f"https://{authority}/x", "--http2", "--cacert", local_ca(m),
+               "-w", "\n%{http_version}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.endswith(b"\n1.1")
