@@ -334,6 +334,21 @@ static void visit_metrics(struct muxd *m, const struct metric_visitor *v)
 	v->family(a, "muxd_client_connections", "gauge", "Open client connections.");
 	v->sample(a, "muxd_client_connections", NULL, NULL, NULL, NULL, m->nclients);
 
+	v->family(a, "muxd_client_h2_sessions", "gauge",
+	          "Open client connections served with HTTP/2 (inside interception).");
+	v->sample(a, "muxd_client_h2_sessions", NULL, NULL, NULL, NULL, mt->client_h2_open);
+
+	v->family(a, "muxd_client_h2_sessions_total", "counter",
+	          "Client connections served with HTTP/2 (inside interception).");
+	v->sample(a, "muxd_client_h2_sessions_total", NULL, NULL, NULL, NULL,
+	          mt->client_h2_sessions);
+
+	v->family(a, "muxd_client_h2_flood_total", "counter",
+	          "HTTP/2 client connections ended for a flood, by kind.");
+	for (int k = 0; k < CH2_FLOOD_COUNT; k++)
+		v->sample(a, "muxd_client_h2_flood_total", "kind", client_h2_flood_name(k), NULL,
+		          NULL, mt->client_h2_floods[k]);
+
 	v->family(a, "muxd_altsvc_entries", "gauge", "Origins with a live HTTP/3 alternative.");
 	v->sample(a, "muxd_altsvc_entries", NULL, NULL, NULL, NULL,
 	          m->pool ? pool_altsvc_count(m->pool) : 0);
@@ -491,6 +506,13 @@ static void render_json(struct muxd *m, const struct snapshot *s, FILE *f)
 	for (int r = 0; r < EVICT_COUNT; r++)
 		fprintf(f, "%s\"%s\": %llu", r ? ", " : "", evict_reason_name(r),
 		        (unsigned long long)mt->evictions[r]);
+	fprintf(f,
+	        "},\n    \"client_h2_sessions\": %llu,\n    \"client_h2_sessions_total\": %llu,\n",
+	        (unsigned long long)mt->client_h2_open, (unsigned long long)mt->client_h2_sessions);
+	fputs("    \"client_h2_flood_total\": {", f);
+	for (int k = 0; k < CH2_FLOOD_COUNT; k++)
+		fprintf(f, "%s\"%s\": %llu", k ? ", " : "", client_h2_flood_name(k),
+		        (unsigned long long)mt->client_h2_floods[k]);
 	fprintf(f,
 	        "},\n    \"client_connections\": %u,\n    \"altsvc_entries\": %zu,\n"
 	        "    \"h3_fallbacks_total\": %llu,\n    \"tls_leaf_issued_total\": %llu\n  },\n",

@@ -78,6 +78,8 @@ static const struct key keys[] = {
     {"muxd", "request_header_timeout", K_DURATION, F(request_header_timeout_ms), 0, 0},
     {"muxd", "client_idle_timeout", K_DURATION, F(client_idle_timeout_ms), 0, 0},
     {"muxd", "client_timeout", K_DURATION, F(client_timeout_ms), 0, 0},
+    {"muxd", "client_h2", K_BOOL, F(client_h2), 0, 0},
+    {"muxd", "client_h2_max_streams", K_UINT, F(client_h2_max_streams), 1, 10000},
     {"pool", "idle_timeout", K_DURATION, F(idle_timeout_ms), 0, 0},
     {"pool", "max_idle_per_origin", K_UINT, F(max_idle_per_origin), 0, 100000},
     {"pool", "max_idle", K_UINT, F(max_idle), 0, 1000000},
@@ -158,6 +160,8 @@ struct config *config_defaults(void)
 	cfg->request_header_timeout_ms = 30000;
 	cfg->client_idle_timeout_ms = 120000;
 	cfg->client_timeout_ms = 300000;
+	cfg->client_h2 = true;
+	cfg->client_h2_max_streams = 100;
 	cfg->idle_timeout_ms = 90000;
 	cfg->max_idle_per_origin = 6;
 	cfg->max_idle = 256;

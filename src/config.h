@@ -104,6 +104,8 @@ struct config {
 	uint64_t request_header_timeout_ms; /* the whole request head, else 408 */
 	uint64_t client_idle_timeout_ms; /* keep-alive idle, peeked CONNECT, client TLS handshake */
 	uint64_t client_timeout_ms;      /* no progress with the client mid-exchange */
+	bool client_h2;                  /* intercepted sessions offer ALPN h2 */
+	unsigned client_h2_max_streams;  /* concurrent streams per HTTP/2 client connection */
 
 	/* [pool] */
 	uint64_t idle_timeout_ms;

@@ -270,6 +270,7 @@ static void reload_config(struct daemon *d)
 	config_unref(m->cfg);
 	m->cfg = cfg;
 	pool_reconfigured(m->pool);
+	downstream_reconfigured(m);
 	log_info("configuration reloaded");
 }
 

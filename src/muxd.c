@@ -31,6 +31,14 @@ const char *evict_reason_name(enum evict_reason r)
 	return r < EVICT_COUNT ? names[r] : "?";
 }
 
+const char *client_h2_flood_name(enum client_h2_flood k)
+{
+	static const char *const names[] = {"ping",          "settings",   "rst_stream",
+	                                    "window_update", "empty_data", "other",
+	                                    "continuation",  "ack"};
+	return k < CH2_FLOOD_COUNT ? names[k] : "?";
+}
+
 #define IDLE_TRIM_MS 1000 /* no client for this long: trim the heap */
 
 static void on_idle_trim(evutil_socket_t fd, short what, void *arg)

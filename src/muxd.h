@@ -37,6 +37,19 @@ enum evict_reason {
 	EVICT_COUNT
 };
 
+/* Why an HTTP/2 client connection was ended as a flood (client/h2_session.c). */
+enum client_h2_flood {
+	CH2_FLOOD_PING = 0,
+	CH2_FLOOD_SETTINGS,
+	CH2_FLOOD_RST,          /* RST_STREAM: rapid reset */
+	CH2_FLOOD_WINDOW,       /* tiny WINDOW_UPDATEs */
+	CH2_FLOOD_EMPTY,        /* empty DATA frames */
+	CH2_FLOOD_OTHER,        /* PRIORITY, unknown frame types */
+	CH2_FLOOD_CONTINUATION, /* CONTINUATION frames past nghttp2's limit */
+	CH2_FLOOD_ACK,          /* PING/SETTINGS ACKs the client does not read */
+	CH2_FLOOD_COUNT
+};
+
 struct metrics {
 	uint64_t requests[PROTO_COUNT];
 	uint64_t upstream_opened[PROTO_COUNT];
@@ -45,6 +58,11 @@ struct metrics {
 	uint64_t evictions[EVICT_COUNT];
 	uint64_t tls_leaf_issued;
 	uint64_t h3_fallbacks;
+	/* client/h2_session.c: HTTP/2 client connections served (and open
+	 * now), those ended for a flood, by kind (enum client_h2_flood) */
+	uint64_t client_h2_sessions;
+	uint64_t client_h2_open;
+	uint64_t client_h2_floods[CH2_FLOOD_COUNT];
 };
 
 struct muxd {
@@ -86,6 +104,7 @@ struct muxd {
 
 const char *proto_name(enum proto p);
 const char *evict_reason_name(enum evict_reason r);
+const char *client_h2_flood_name(enum client_h2_flood k);
 
 /*
  * The instance id: 16 random bytes in STATE_DIR/instance-id (hex), made on

@@ -30,7 +30,7 @@ LAYERS = [
     ("daemon services and commands of main",
      ["status_cmd.*", "env_cmd.*", "trust_cmd.*", "admin_client.*", "notify.*"]),
     ("listen", ["listen.*"]),
-    ("client session", ["downstream.*", "client/h1_*"]),
+    ("client session", ["downstream.*", "client/h1_*", "client/h2_*"]),
     ("exchange and tunnel", ["exchange.*", "tunnel.*"]),
     # what the exchange knows of a client session: an interface, like upstream.h
     ("client session interface", ["client/session.h"]),

@@ -37,6 +37,7 @@
 
 #include "admin.h"
 #include "client/h1_stream.h"
+#include "client/h2_session.h"
 #include "config.h"
 #include "exchange.h"
 #include "http1.h"
@@ -57,6 +58,7 @@ enum ds_mode {
 	DS_PEEK,        /* 200 sent for an interceptable CONNECT: TLS or not? */
 	DS_HANDSHAKE,   /* terminating the client's TLS */
 	DS_INTERCEPTED, /* requests inside the client's TLS, for one origin */
+	DS_H2,          /* ... and the client chose HTTP/2: h2_session.c serves them */
 };
 
 enum ds_timer {
@@ -75,6 +77,7 @@ struct downstream {
 	struct exchange *ex;
 	struct h1_stream stream; /* the request of the exchange ex */
 	struct tunnel *tunnel;
+	struct h2_session *h2; /* DS_H2 */
 	enum ds_mode mode;
 	char origin_host[256]; /* DS_PEEK onwards: the CONNECT authority */
 	uint16_t origin_port;
@@ -115,6 +118,7 @@ static void ds_free(struct downstream *ds)
 	h1_stream_clear(&ds->stream);
 	if (ds->tunnel)
 		tunnel_abort(ds->tunnel);
+	h2_session_free(ds->h2);
 	if (ds->prev)
 		ds->prev->next = ds->next;
 	else
@@ -341,8 +345,8 @@ static void update_timer(struct downstream *ds)
 		kind = T_NONE;
 	else if (ds->mode == DS_HANDSHAKE)
 		kind = T_IDLE;
-	else if (ds->mode == DS_PEEK)
-		kind = T_NONE; /* the peek timer decides */
+	else if (ds->mode == DS_PEEK || ds->mode == DS_H2)
+		kind = T_NONE; /* the peek timer decides; the HTTP/2 session keeps its own */
 	else if (ds->tunnel)
 		kind = ds->silent_peek ? T_IDLE : T_NONE; /* else tunnel_idle_timeout */
 	else if (ds->ex || output_pending(ds)) /* the end of a response may still be queued */
@@ -893,6 +897,7 @@ static const struct client_stream_ops stream_ops = {
 static const struct tunnel_owner tunnel_owner = {owner_transport, owner_respond, tunnel_done};
 
 static const struct transport_cbs client_cbs;
+static void start_h2(struct downstream *ds);
 
 /* What followed an interceptable CONNECT's 200: a TLS ClientHello is
  * terminated here, anything else (or silence) is tunneled as it is, and so
@@ -931,8 +936,10 @@ static void end_peek(struct downstream *ds, bool forced)
 				free_soon(ds);
 			return;
 		}
-		struct tls_server_params p = {
-		    .ca = ds->m->ca, .default_host = ds->origin_host, .alpn = "http/1.1"};
+		struct tls_server_params p = {.ca = ds->m->ca,
+		                              .default_host = ds->origin_host,
+		                              .alpn = ds->m->cfg->client_h2 ? "h2,http/1.1"
+		                                                            : "http/1.1"};
 		ds->mode = DS_HANDSHAKE;
 		ds->t = tls_server_new(&ds->m->env->transport, ds->t, &p, &client_cbs, ds);
 		if (!ds->t) {
@@ -1057,6 +1064,10 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 	(void)err;
 	if (ev == TRANSPORT_CONNECTED) { /* the client's TLS handshake is done */
 		intercepted_names(ds, tls_server_sni(ds->t));
+		if (strcmp(tls_server_alpn(ds->t), "h2") == 0) {
+			start_h2(ds);
+			return;
+		}
 		ds->mode = DS_INTERCEPTED;
 		ds->served = 0; /* the first request in the session: request_header_timeout */
 		process(ds);
@@ -1101,6 +1112,66 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 }
 
 static const struct transport_cbs client_cbs = {on_read, on_drain, on_event};
+
+/* --- the HTTP/2 hand-off (client/h2_session.c serves the requests) --- */
+
+/* An HTTP/2 request, checked as an intercepted HTTP/1.1 one is. */
+static int h2_route(void *ctx, const struct http1_msg *req, struct http1_uri *uri,
+                    const char **tls_name, char *why, size_t why_size)
+{
+	struct downstream *ds = ctx;
+	const struct http1_field *host = http1_find(req, "host");
+	const char *w = NULL;
+	int status;
+
+	*tls_name = ds->tls_name[0] ? ds->tls_name : NULL;
+	if (is_loop(ds->m, req)) {
+		snprintf(why, why_size,
+		         "muxd: request loops back into muxd: its Via names this muxd (%s) "
+		         "\u2014 see via in muxd.conf(5)\n",
+		         ds->m->via_token[0] ? ds->m->via_token : "1.1 muxd");
+		return 508;
+	}
+	status = downstream_intercepted_uri(req->method, req->target, host ? host->value : NULL,
+	                                    ds->origin_host, ds->origin_port, *tls_name, uri, &w);
+	if (status)
+		snprintf(why, why_size, "muxd: %s\n", w);
+	return status;
+}
+
+/* The HTTP/2 session is over: the connection closes after what it wrote. */
+static void h2_over(void *ctx, bool flush, bool peer_eof)
+{
+	struct downstream *ds = ctx;
+
+	h2_session_free(ds->h2);
+	ds->h2 = NULL;
+	ds->mode = DS_INTERCEPTED;
+	transport_set_cbs(ds->t, &client_cbs, ds);
+	ds->peer_eof = peer_eof;
+	if (!flush)
+		ds_free(ds);
+	else if (peer_eof)
+		close_after_eof(ds);
+	else
+		start_close(ds);
+}
+
+static const struct h2_session_owner h2_owner = {h2_route, h2_over};
+
+static void start_h2(struct downstream *ds)
+{
+	struct h2_session_params p = {.peer = ds->peer,
+	                              .max_streams = ds->m->cfg->client_h2_max_streams,
+	                              .raw_in = ds->raw_in,
+	                              .raw_out = ds->raw_out};
+
+	ds->mode = DS_H2;
+	arm(ds, T_NONE);
+	ds->h2 = h2_session_new(ds->m, ds->t, &p, &h2_owner, ds);
+	if (!ds->h2)
+		free_soon(ds);
+}
 
 static void format_peer(const struct sockaddr *sa, char *out, size_t size)
 {
@@ -1172,9 +1243,18 @@ void downstream_drain_all(struct muxd *m)
 
 	for (; ds; ds = next) {
 		next = ds->next;
-		if (!ds->ex && !ds->tunnel)
+		if (ds->h2)
+			h2_session_drain(ds->h2); /* GOAWAY; over when its streams are */
+		else if (!ds->ex && !ds->tunnel)
 			start_close(ds);
 	}
+}
+
+void downstream_reconfigured(struct muxd *m)
+{
+	for (struct downstream *ds = *list_head(m); ds; ds = ds->next)
+		if (ds->h2 && !m->cfg->client_h2)
+			h2_session_drain(ds->h2);
 }
 
 void downstream_close_all(struct muxd *m)

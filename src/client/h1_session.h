@@ -33,6 +33,9 @@ void downstream_accept(struct muxd *m, int fd, const struct sockaddr *peer, sock
 /* Draining: close connections that sit between requests; the others close
  * after their current response. */
 void downstream_drain_all(struct muxd *m);
+/* The configuration was reloaded: HTTP/2 client connections drain (GOAWAY)
+ * when client_h2 is off now, so that their clients come back over HTTP/1.1. */
+void downstream_reconfigured(struct muxd *m);
 /* Close every client connection now (shutdown deadline). */
 void downstream_close_all(struct muxd *m);
 /* Descriptors are short: close up to n client connections that sit idle

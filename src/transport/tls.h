@@ -96,6 +96,8 @@ struct transport *tls_server_new(const struct transport_env *env, struct transpo
 
 /* After TRANSPORT_CONNECTED: the SNI the client sent ("" when none). */
 const char *tls_server_sni(struct transport *t);
+/* After TRANSPORT_CONNECTED: the ALPN protocol the client chose ("" when none). */
+const char *tls_server_alpn(struct transport *t);
 
 /* What the start of a client's byte stream says about its TLS ClientHello
  * (pure code over the bytes, which may hold one or more TLS records). */

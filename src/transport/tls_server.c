@@ -38,6 +38,7 @@ struct tls_srv {
 	char sni[HOST_MAX + 1];            /* what the client sent; "" when none */
 	char host[HOST_MAX + 1];           /* the leaf's name (for messages) */
 	char hook_reason[HOOK_REASON_MAX]; /* why choosing the certificate failed */
+	char alpn[64];                     /* the protocol the client chose; "" when none */
 };
 
 /* Runs after tls_io_free has deinitialized the session. */
@@ -186,6 +187,7 @@ static void srv_connected(struct tls_io *io)
 		memcpy(alpn, proto.data, proto.size);
 		alpn[proto.size] = '\0';
 	}
+	snprintf(t->alpn, sizeof(t->alpn), "%s", alpn);
 	log_debug("tls server: %s for %s (%s%s%s)",
 	          gnutls_session_is_resumed(io->s) ? "resumed session" : "full handshake", t->host,
 	          gnutls_protocol_get_name(gnutls_protocol_get_version(io->s)),
@@ -266,6 +268,11 @@ struct transport *tls_server_new(const struct transport_env *env, struct transpo
 const char *tls_server_sni(struct transport *base)
 {
 	return ((struct tls_srv *)base)->sni;
+}
+
+const char *tls_server_alpn(struct transport *base)
+{
+	return ((struct tls_srv *)base)->alpn;
 }
 
 /* ---- the SNI of a ClientHello, before any TLS session (RFC 8446 4.1.2, RFC 6066 3) ---- */

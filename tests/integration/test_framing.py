@@ -408,14 +408,15 @@ def test_expect_continue_answered_for_h2(muxd, h2_origin, pki):
 
 def test_expect_continue_curl_upload_h2(muxd, h2_origin, pki, tmp_path):
     """curl -T of a 2 MiB file: curl reports the 100 it got from muxd (its
-    own 1 s wait would end without one)."""
+    own 1 s wait would end without one). HTTP/1.1 to muxd: curl sends no
+    Expect over HTTP/2 (test_client_h2.py covers that client side)."""
     data = pattern_bytes(2 * MB, seed=3)
     f = tmp_path / "upload.bin"
     f.write_bytes(data)
     o = h2_origin(lambda req: req.respond(200, [], sha256(req.body)))
     m = muxd(intercept_conf(pki, o.port))
     out = subprocess.run(["curl", "-sS", "-v", "--max-time", "20", "--noproxy", "", "-x", m.proxy_url(),
-                          "--cacert", str(m.state_dir / "ca.pem"), "-T", str(f), o.url("/up")],
+                          "--cacert", str(m.state_dir / "ca.pem"), "--http1.1", "-T", str(f), o.url("/up")],
                          capture_output=True, env=clean_env(), timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.decode() == sha256(data)
