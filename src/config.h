@@ -17,6 +17,7 @@
 #define CONFIG_MAX_ALLOW 64
 #define CONFIG_MAX_PORTS 64
 #define CONFIG_MAX_BYPASS 64
+#define CONFIG_UPGRADE_MAX 256
 
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
@@ -104,6 +105,9 @@ struct config {
 	uint64_t request_header_timeout_ms; /* the whole request head, else 408 */
 	uint64_t client_idle_timeout_ms; /* keep-alive idle, peeked CONNECT, client TLS handshake */
 	uint64_t client_timeout_ms;      /* no progress with the client mid-exchange */
+	/* HTTP/1.1 Upgrade protocols relayed (over a dedicated upstream
+	 * connection), lower-cased, comma-separated ("websocket"); "": none */
+	char upgrade[CONFIG_UPGRADE_MAX];
 
 	/* [pool] */
 	uint64_t idle_timeout_ms;

@@ -192,6 +192,28 @@ void h1_stream_send_interim(struct client_stream *cs, const struct http1_msg *he
 		write_head(s, head, via, false);
 }
 
+void h1_stream_send_switch(struct h1_stream *s, const struct http1_msg *h, const char *via)
+{
+	struct evbuffer *out = transport_output(s->t);
+	const struct http1_field *up = http1_find(h, "upgrade");
+
+	evbuffer_add_printf(out, "HTTP/1.1 101 %s\r\n",
+	                    h->reason[0] ? h->reason : "Switching Protocols");
+	for (size_t i = 0; i < h->nfields; i++) {
+		const struct http1_field *f = &h->fields[i];
+		if (!http1_is_hop_by_hop(h, f->name) && strcasecmp(f->name, "content-length") != 0)
+			add_line(out, f->name, f->name_len, f->value, f->value_len);
+	}
+	if (up)
+		add_line(out, "Upgrade", 7, up->value, up->value_len);
+	evbuffer_add_printf(out, "Connection: upgrade\r\n");
+	if (via)
+		evbuffer_add_printf(out, "Via: %s\r\n", via);
+	evbuffer_add(out, "\r\n", 2);
+	s->body_done = true;
+	s->keep_alive = false;
+}
+
 bool h1_stream_send_continue(struct client_stream *cs)
 {
 	struct h1_stream *s = (struct h1_stream *)cs;
