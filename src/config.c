@@ -293,24 +293,23 @@ static bool set_list(struct config *cfg, enum kind kind, const char *v, bool app
  * lower-cased and comma-separated; "none", "off" or nothing: no upgrades. */
 static bool set_upgrade(struct config *cfg, const char *v, char *why, size_t size)
 {
-	static const char tchar[] = "!#$%&'*+-.^_`|~";
 	char list[CONFIG_UPGRADE_MAX] = "", tok[80];
 	size_t len = 0;
 
 	if (strcasecmp(v, "none") == 0 || strcasecmp(v, "off") == 0)
 		v = "";
 	while (config_next_token(&v, tok, sizeof tok)) {
-		for (char *c = tok; *c; c++) {
-			if (!isalnum((unsigned char)*c) && !strchr(tchar, *c)) {
-				snprintf(
-				    why, size,
-				    "bad protocol name '%s' (expected names such as websocket, "
-				    "or none)",
-				    tok);
-				return false;
-			}
-			*c = (char)tolower((unsigned char)*c);
+		size_t bad = strspn(tok, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		                         "0123456789!#$%&'*+-.^_`|~");
+		if (tok[bad]) {
+			snprintf(
+			    why, size,
+			    "bad protocol name '%s' (expected names such as websocket, or none)",
+			    tok);
+			return false;
 		}
+		for (char *c = tok; *c; c++)
+			*c = (char)tolower((unsigned char)*c);
 		if (len + strlen(tok) + 2 > sizeof(list)) {
 			snprintf(why, size, "list too long (expected at most %d characters)",
 			         CONFIG_UPGRADE_MAX - 1);
