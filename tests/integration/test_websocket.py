@@ -414,19 +414,23 @@ SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection:
 
 def test_request_body_goes_before_the_switch(muxd, stream_server):
     def after(sock, reader):
-        sock.sendall(SWITCH + b"early bytes|")
+        sock.sendall(SWITCH + b"early bytes|" + bytes(reader.buf))
         while (data := sock.recv(65536)):
             sock.sendall(data)
 
     srv, seen = raw_origin(stream_server, after)
     m = muxd()
     sock = connect(m.port, timeout=20)
+    # the client's first bytes of the new protocol come right after its body:
+    # they must wait for the switch, not be taken for a request
     sock.sendall(proxy_request("POST", f"http://{srv.authority}/up", body=b"the body",
-                               headers=[("Upgrade", "websocket"), ("Connection", "upgrade")]))
+                               headers=[("Upgrade", "websocket"), ("Connection", "upgrade")])
+                 + b"client early|")
     reader = HTTPReader(sock)
     _, status, _, hdrs = reader.read_head()
     assert status == 101
     assert reader.read_exact(len(b"early bytes|")) == b"early bytes|"
+    assert reader.read_exact(len(b"client early|")) == b"client early|"
     sock.sendall(b"raw after the switch")
     assert reader.read_exact(20) == b"raw after the switch"
     head = seen["head"].lower()
@@ -499,3 +503,25 @@ def test_client_that_stops_reading_is_bounded(muxd, ws_server):
     for _ in range(flood >> 20):
         assert c.recv() == chunk
     close_handshake(c)
+
+
+def test_upgrade_to_an_h2_origin_goes_over_http11(muxd, nginx_h2, pki):
+    """The pool would speak HTTP/2 to this origin; the dedicated connection
+    of an upgrade offers ALPN http/1.1 only (nginx serves no WebSocket here:
+    its 404 is relayed as a refused upgrade)."""
+    m = muxd(intercept_conf(pki, nginx_h2.port))
+    ctx = ssl.create_default_context(cafile=str(m.state_dir / "ca.pem"))
+    for upgrade in (True, False):
+        resp, reader = open_tunnel(m.port, nginx_h2.authority, timeout=20)
+        assert resp.status == 200
+        tls = ctx.wrap_socket(reader.sock, server_hostname=LOCALHOST)
+        if upgrade:
+            st, hdrs, r, _ = handshake(tls, "/no-such-socket", nginx_h2.authority)
+            assert st == 404
+            assert "close" in hdrs.tokens("connection")
+        else:
+            tls.sendall(f"GET /no-such-page HTTP/1.1\r\nHost: {nginx_h2.authority}\r\n\r\n".encode())
+            assert HTTPReader(tls).read_response().status == 404
+        tls.close()
+    wait_until(lambda: len(nginx_h2.protocols()) == 2, what="nginx to log both requests")
+    assert nginx_h2.protocols() == ["HTTP/1.1", "HTTP/2.0"]
