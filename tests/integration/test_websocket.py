@@ -525,3 +525,23 @@ def test_upgrade_to_an_h2_origin_goes_over_http11(muxd, nginx_h2, pki):
         tls.close()
     wait_until(lambda: len(nginx_h2.protocols()) == 2, what="nginx to log both requests")
     assert nginx_h2.protocols() == ["HTTP/1.1", "HTTP/2.0"]
+
+
+def test_websocket_counts_against_max_connections(muxd, ws_server, origin):
+    srv = ws_server()
+    o = origin()
+    m = muxd({"pool": {"max_connections": "1", "connect_timeout": "1s"}})
+    c, _ = ws_connect(m, srv)
+
+    def get():
+        sock = connect(m.port, timeout=20)
+        sock.sendall(proxy_request("GET", o.url("/x")))
+        resp = HTTPReader(sock).read_response()
+        sock.close()
+        return resp
+
+    assert get().status == 503  # the WebSocket holds the only slot
+    close_handshake(c)
+    wait_until(lambda: m.metrics().sum("muxd_upstream_connections", proto="h1") == 0,
+               what="the WebSocket's connection to close")
+    assert get().status == 200
