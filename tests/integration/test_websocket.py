@@ -545,3 +545,19 @@ def test_websocket_counts_against_max_connections(muxd, ws_server, origin):
     wait_until(lambda: m.metrics().sum("muxd_upstream_connections", proto="h1") == 0,
                what="the WebSocket's connection to close")
     assert get().status == 200
+
+
+def test_ws_through_an_http_parent_proxy(muxd, ws_server):
+    """The dedicated connection follows the route: here to a parent that
+    takes absolute-form requests (another muxd), which relays the upgrade
+    in turn."""
+    srv = ws_server()
+    parent = muxd()
+    m = muxd({"route *": {"proxy": f"http://{LOCALHOST}:{parent.port}"}})
+    c, hdrs = ws_connect(m, srv)
+    assert len([v for v in hdrs.get_all("via") if "muxd" in v]) >= 1
+    c.send(b"via two proxies" * 1000)
+    assert c.recv() == b"via two proxies" * 1000
+    close_handshake(c)
+    for p in (m, parent):
+        assert p.metrics().value("muxd_upstream_connections_opened_total", proto="h1") == 1
