@@ -52,6 +52,7 @@ enum kind {
 	K_DURATION_ANY, /* >= 0 */
 	K_DURATION_OFF, /* off = 0 */
 	K_AUTO_BOOL,    /* auto = -1, else a boolean (int field) */
+	K_UPGRADE,      /* a list of protocol names; none, off or empty: none */
 };
 
 struct key {
@@ -80,6 +81,7 @@ static const struct key keys[] = {
     {"muxd", "client_timeout", K_DURATION, F(client_timeout_ms), 0, 0},
     {"muxd", "client_h2", K_BOOL, F(client_h2), 0, 0},
     {"muxd", "client_h2_max_streams", K_UINT, F(client_h2_max_streams), 1, 10000},
+    {"muxd", "upgrade", K_UPGRADE, F(upgrade), 0, 0},
     {"pool", "idle_timeout", K_DURATION, F(idle_timeout_ms), 0, 0},
     {"pool", "max_idle_per_origin", K_UINT, F(max_idle_per_origin), 0, 100000},
     {"pool", "max_idle", K_UINT, F(max_idle), 0, 1000000},
@@ -162,6 +164,7 @@ struct config *config_defaults(void)
 	cfg->client_timeout_ms = 300000;
 	cfg->client_h2 = true;
 	cfg->client_h2_max_streams = 100;
+	snprintf(cfg->upgrade, sizeof(cfg->upgrade), "websocket");
 	cfg->idle_timeout_ms = 90000;
 	cfg->max_idle_per_origin = 6;
 	cfg->max_idle = 256;
@@ -290,6 +293,39 @@ static bool set_list(struct config *cfg, enum kind kind, const char *v, bool app
 	return true;
 }
 
+/* upgrade: protocol names (tokens, compared case-insensitively), kept
+ * lower-cased and comma-separated; "none", "off" or nothing: no upgrades. */
+static bool set_upgrade(struct config *cfg, const char *v, char *why, size_t size)
+{
+	char list[CONFIG_UPGRADE_MAX] = "", tok[80];
+	size_t len = 0;
+
+	if (strcasecmp(v, "none") == 0 || strcasecmp(v, "off") == 0)
+		v = "";
+	while (config_next_token(&v, tok, sizeof tok)) {
+		size_t bad = strspn(tok, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		                         "0123456789!#$%&'*+-.^_`|~");
+		if (tok[bad]) {
+			snprintf(
+			    why, size,
+			    "bad protocol name '%s' (expected names such as websocket, or none)",
+			    tok);
+			return false;
+		}
+		for (char *c = tok; *c; c++)
+			*c = (char)tolower((unsigned char)*c);
+		if (len + strlen(tok) + 2 > sizeof(list)) {
+			snprintf(why, size, "list too long (expected at most %d characters)",
+			         CONFIG_UPGRADE_MAX - 1);
+			return false;
+		}
+		len +=
+		    (size_t)snprintf(list + len, sizeof(list) - len, "%s%s", len ? "," : "", tok);
+	}
+	memcpy(cfg->upgrade, list, sizeof(list));
+	return true;
+}
+
 static bool replace_str(char **field, const char *v, char *why, size_t size)
 {
 	char *copy = v ? strdup(v) : NULL;
@@ -321,6 +357,8 @@ static bool set_value(struct config *cfg, const struct key *k, const char *v, bo
 		return set_list(cfg, k->kind, v, append, why, size);
 	case K_BYPASS:
 		return config_set_bypass(cfg, v, append, why, size);
+	case K_UPGRADE:
+		return set_upgrade(cfg, v, why, size);
 	case K_STATE_DIR:
 		if (!*v)
 			return true; /* the resolved default stays */

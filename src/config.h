@@ -17,6 +17,7 @@
 #define CONFIG_MAX_ALLOW 64
 #define CONFIG_MAX_PORTS 64
 #define CONFIG_MAX_BYPASS 64
+#define CONFIG_UPGRADE_MAX 256
 
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
@@ -106,6 +107,9 @@ struct config {
 	uint64_t client_timeout_ms;      /* no progress with the client mid-exchange */
 	bool client_h2;                  /* intercepted sessions offer ALPN h2 */
 	unsigned client_h2_max_streams;  /* concurrent streams per HTTP/2 client connection */
+	/* HTTP/1.1 Upgrade protocols relayed (over a dedicated upstream
+	 * connection), lower-cased, comma-separated ("websocket"); "": none */
+	char upgrade[CONFIG_UPGRADE_MAX];
 
 	/* [pool] */
 	uint64_t idle_timeout_ms;

@@ -20,6 +20,7 @@
 #include "log.h"
 #include "pool.h"
 #include "route.h"
+#include "transport/transport.h"
 #include "upstream/upstream.h"
 
 struct exchange {
@@ -35,7 +36,7 @@ struct exchange {
 	struct route route;
 	struct pool_key key;
 	char authority[300];
-	struct upstream_field fields[HTTP1_MAX_FIELDS + 2];
+	struct upstream_field fields[HTTP1_MAX_FIELDS + 5];
 	size_t nfields;
 
 	/* request body, client -> upstream */
@@ -65,12 +66,18 @@ struct exchange {
 	struct timespec start;
 
 	bool continue_sent; /* muxd answered Expect: 100-continue itself */
+
+	/* an HTTP/1.1 Upgrade: a dedicated connection, the exchange's own */
+	bool upgrade;
+	struct transport *dedicated; /* connecting (pool_open_dedicated) */
+	struct upstream_conn *uc;    /* then its HTTP/1.1 codec */
 };
 
 #define REPLAY_HOLD (16 * 1024) /* request body bytes kept for a retry */
 
 static const struct upstream_stream_cbs stream_cbs;
 static const struct pool_wait_cbs wait_cbs;
+static const struct transport_cbs dedicated_cbs;
 
 /* This instance's Via entry (muxd_load_instance; a bare daemon state, as in
  * the unit tests, has none yet). */
@@ -110,6 +117,10 @@ static void exchange_free(struct exchange *ex)
 		pool_wait_cancel(ex->wait);
 	if (ex->stream)
 		ex->stream->ops->cancel(ex->stream);
+	if (ex->uc) /* a dedicated connection is never pooled */
+		ex->uc->ops->close(ex->uc);
+	if (ex->dedicated)
+		transport_close(ex->dedicated);
 	http1_msg_free(&ex->req);
 	if (ex->held)
 		evbuffer_free(ex->held);
@@ -245,10 +256,50 @@ static void send_request_body(struct exchange *ex)
 
 /* --- response: upstream -> client --- */
 
+/* The origin switched protocols (a 101 to the request's Upgrade, inside
+ * on_head): the client gets the 101 and its session splices the dedicated
+ * connection's bytes with its own; the exchange is over. */
+static void switched(struct exchange *ex, const struct http1_msg *h)
+{
+	const struct http1_field *up = http1_find(h, "upgrade");
+	struct client_stream *cs = ex->client;
+	struct transport *t = NULL;
+	bool eof = false;
+
+	if (!up || !http1_upgrade_listed(up->value, up->value_len, ex->cfg->upgrade)) {
+		ex->stream->ops->cancel(ex->stream);
+		ex->stream = NULL;
+		answer_error(ex, ERR_BAD_RESPONSE,
+		             "the origin switched to a protocol not asked for");
+		return;
+	}
+	t = h1_stream_take_transport(ex->stream, &eof);
+	ex->stream = NULL;
+	ex->uc = NULL; /* the codec goes away on its own, no callback */
+	if (!t) {
+		answer_error(ex, ERR_BAD_RESPONSE, "protocol switch failed");
+		return;
+	}
+	char host[sizeof(ex->uri.host)];
+	uint16_t port = ex->uri.port;
+	const char *via = client_via(ex); /* the daemon's, not the exchange's */
+	snprintf(host, sizeof(host), "%s", ex->uri.host);
+	ex->status = h->status;
+	ex->head_sent = true;
+	access_log(ex);
+	exchange_free(ex);
+	struct client_upgrade u = {h, via, t, eof, host, port};
+	cs->ops->upgrade(cs, &u);
+}
+
 static void on_head(void *ctx, const struct http1_msg *h)
 {
 	struct exchange *ex = ctx;
 
+	if (h->status == 101 && ex->upgrade) { /* the codec passes none other */
+		switched(ex, h);
+		return;
+	}
 	if (h->status < 200) {
 		/* Interim heads count against the client's buffer: while it holds
 		 * TRANSPORT_BUF bytes the client is not reading, and a head is
@@ -313,6 +364,10 @@ static void on_end(void *ctx, const char *trailers)
 	struct exchange *ex = ctx;
 
 	ex->stream = NULL; /* the connection takes it back */
+	if (ex->uc) {      /* a refused upgrade: its connection closes */
+		ex->uc->ops->close(ex->uc);
+		ex->uc = NULL;
+	}
 	ex->client->ops->send_end(ex->client, trailers);
 	finish(ex);
 }
@@ -335,7 +390,7 @@ static void on_error(void *ctx, enum muxd_err err, const char *reason, bool noth
 	 * byte is the connection's failure, shared by every stream on it (a
 	 * peer's GOAWAY, a connection error, a flood): not this request's */
 	bool shared = ex->proto != PROTO_H1 && err == ERR_CLOSED;
-	if (!ex->retried &&
+	if (!ex->retried && !ex->upgrade &&
 	    (unprocessed || (nothing_received && (ex->reused || shared) && is_replayable(ex)))) {
 		log_debug("retrying %s %s on a new connection (%s)", ex->req.method, ex->req.target,
 		          reason);
@@ -396,6 +451,7 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 	    .has_body = ex->req.body != HTTP1_BODY_NONE,
 	    .content_length =
 	        ex->req.body == HTTP1_BODY_LENGTH ? (int64_t)ex->req.content_length : -1,
+	    .upgrade = ex->upgrade,
 	};
 
 	ex->wait = NULL;
@@ -423,6 +479,73 @@ static void wait_error(void *ctx, enum muxd_err err, const char *reason)
 
 static const struct pool_wait_cbs wait_cbs = {wait_stream, wait_error};
 
+/* --- the dedicated connection of an upgrade --- */
+
+/* Its codec is the exchange's: a stream slot never frees for anyone else
+ * (the connection closes with the exchange), and when it closes under the
+ * stream, the stream's own error follows. */
+static void dedicated_available(void *owner, struct upstream_conn *c)
+{
+	(void)owner;
+	(void)c;
+}
+
+static void dedicated_closed(void *owner, struct upstream_conn *c, enum evict_reason why)
+{
+	struct exchange *ex = owner;
+
+	(void)c;
+	(void)why;
+	ex->uc = NULL;
+}
+
+static void dedicated_failed(void *owner, struct upstream_conn *c, enum muxd_err err,
+                             const char *reason)
+{
+	dedicated_closed(owner, c, EVICT_COUNT);
+	(void)err;
+	(void)reason;
+}
+
+static const struct upstream_owner_cbs dedicated_owner = {dedicated_available, dedicated_closed,
+                                                          dedicated_failed};
+
+static void dedicated_read(void *ctx)
+{
+	(void)ctx; /* not before TRANSPORT_CONNECTED */
+}
+
+static void dedicated_event(void *ctx, enum transport_event ev, enum muxd_err err,
+                            const char *reason)
+{
+	struct exchange *ex = ctx;
+	struct transport *t = ex->dedicated;
+	struct upstream_stream *s = NULL;
+
+	ex->dedicated = NULL;
+	if (ev != TRANSPORT_CONNECTED) {
+		transport_close(t);
+		answer_error(ex, err, reason);
+		return;
+	}
+	struct upstream_params prm;
+	struct upstream_forward fwd_buf;
+	const struct upstream_forward *fwd = pool_key_forward(&ex->key, &fwd_buf);
+	upstream_params_init(&prm, ex->cfg);
+	ex->uc = h1_conn_new(ex->m->env, &prm, fwd, t, &dedicated_owner, ex);
+	if (!ex->uc)
+		transport_close(t);
+	else
+		s = ex->uc->ops->open_stream(ex->uc, &stream_cbs, ex);
+	if (!s) {
+		answer_error(ex, ERR_CONNECT, "out of memory");
+		return;
+	}
+	wait_stream(ex, s, false);
+}
+
+static const struct transport_cbs dedicated_cbs = {dedicated_read, dedicated_read, dedicated_event};
+
 /* The end-to-end fields to send upstream: hop-by-hop, Host and framing go. */
 static void build_fields(struct exchange *ex)
 {
@@ -438,6 +561,12 @@ static void build_fields(struct exchange *ex)
 		if (!drop)
 			ex->fields[ex->nfields++] =
 			    (struct upstream_field){f->name, f->name_len, f->value, f->value_len};
+	}
+	if (ex->upgrade) { /* the switch asked for goes along (its hop-by-hop fields) */
+		const struct http1_field *up = http1_find(req, "upgrade");
+		ex->fields[ex->nfields++] =
+		    (struct upstream_field){"Upgrade", 7, up->value, up->value_len};
+		ex->fields[ex->nfields++] = (struct upstream_field){"Connection", 10, "upgrade", 7};
 	}
 	if (ex->cfg->via)
 		ex->fields[ex->nfields++] =
@@ -486,6 +615,7 @@ struct exchange *exchange_start(struct muxd *m, struct client_stream *client, st
 	move_msg(&ex->req, req);
 	copy_uri(&ex->uri, uri);
 	ex->req_body_done = ex->req.body == HTTP1_BODY_NONE;
+	ex->upgrade = client->ops->upgrade && http1_upgrade_requested(&ex->req, ex->cfg->upgrade);
 	snprintf(ex->authority, sizeof(ex->authority), "%s%s%s", v6 ? "[" : "",
 	         tls_name ? tls_name : uri->host, v6 ? "]" : "");
 	if (!default_port)
@@ -499,8 +629,11 @@ struct exchange *exchange_start(struct muxd *m, struct client_stream *client, st
 		return NULL;
 	}
 	build_fields(ex);
-	ex->wait = pool_start_stream(m->pool, &ex->key, false, &stream_cbs, &wait_cbs, ex);
-	if (!ex->wait) {
+	if (ex->upgrade)
+		ex->dedicated = pool_open_dedicated(m->pool, &ex->key, &dedicated_cbs, ex);
+	else
+		ex->wait = pool_start_stream(m->pool, &ex->key, false, &stream_cbs, &wait_cbs, ex);
+	if (!ex->wait && !ex->dedicated) {
 		move_msg(req, &ex->req);
 		exchange_free(ex);
 		return NULL;

@@ -460,6 +460,63 @@ bool http1_list_has(const char *value, size_t value_len, const char *token)
 	return false;
 }
 
+/* Whether name[0..n) is an element of allowed (comma-separated, lower-case). */
+static bool allowed_has(const char *allowed, const char *name, size_t n)
+{
+	while (*allowed) {
+		size_t len = strcspn(allowed, ",");
+		if (len == n) {
+			size_t i = 0;
+			while (i < n && lower(name[i]) == allowed[i])
+				i++;
+			if (i == n)
+				return true;
+		}
+		allowed += len;
+		allowed += *allowed == ',';
+	}
+	return false;
+}
+
+bool http1_upgrade_listed(const char *value, size_t value_len, const char *allowed)
+{
+	size_t i = 0, named = 0;
+
+	while (i <= value_len) {
+		size_t s = i, e;
+
+		while (i < value_len && value[i] != ',')
+			i++;
+		e = i++;
+		trim_ows(value, &s, &e);
+		if (s == e)
+			continue; /* an empty list element */
+		const char *slash = memchr(value + s, '/', e - s);
+		size_t n = slash ? (size_t)(slash - (value + s)) : e - s;
+		if (n == 0 || !allowed_has(allowed, value + s, n))
+			return false;
+		named++;
+	}
+	return named > 0;
+}
+
+bool http1_upgrade_requested(const struct http1_msg *req, const char *allowed)
+{
+	const struct http1_field *up = NULL;
+
+	if (!*allowed || req->version_minor != 1 || strcmp(req->method, "CONNECT") == 0 ||
+	    !connection_has(req, "upgrade"))
+		return false;
+	for (size_t i = 0; i < req->nfields; i++) {
+		if (!ieq(req->fields[i].name, req->fields[i].name_len, "Upgrade"))
+			continue;
+		if (up)
+			return false; /* one Upgrade field, one decision */
+		up = &req->fields[i];
+	}
+	return up && http1_upgrade_listed(up->value, up->value_len, allowed);
+}
+
 bool http1_is_hop_by_hop(const struct http1_msg *msg, const char *name)
 {
 	static const char *const hop[] = {

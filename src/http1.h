@@ -135,6 +135,18 @@ bool http1_list_has(const char *value, size_t value_len, const char *token);
 bool http1_is_hop_by_hop(const struct http1_msg *msg, const char *name);
 
 /*
+ * HTTP/1.1 Upgrade (RFC 9110 7.8). allowed: protocol names, lower-case,
+ * comma-separated ("websocket"; "" allows none). http1_upgrade_listed: an
+ * Upgrade value names at least one protocol and only allowed ones (each
+ * "name" or "name/version", the name compared case-insensitively).
+ * http1_upgrade_requested: req asks to switch to such protocols: HTTP/1.1
+ * (an HTTP/1.0 Upgrade is ignored), not CONNECT, "upgrade" in Connection
+ * and exactly one Upgrade field, listed.
+ */
+bool http1_upgrade_listed(const char *value, size_t value_len, const char *allowed);
+bool http1_upgrade_requested(const struct http1_msg *req, const char *allowed);
+
+/*
  * True when a trailer field may be relayed (RFC 9110 6.5.1): not a field
  * that must not be in trailers (framing: Content-Length, Transfer-Encoding,
  * Trailer; routing: Host; request modifiers: Cache-Control, Expect,

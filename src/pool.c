@@ -800,7 +800,8 @@ void pool_close_idle(struct pool *p)
 void pool_count(struct pool *p, struct pool_counts *out)
 {
 	memset(out, 0, sizeof(*out));
-	out->active[PROTO_TUNNEL] = pool_tunnels_up(p);
+	out->active[PROTO_TUNNEL] = pool_tunnels_up(p, PROTO_TUNNEL);
+	out->active[PROTO_H1] = pool_tunnels_up(p, PROTO_H1); /* dedicated */
 	for (unsigned i = 0; i < POOL_BUCKETS; i++)
 		for (struct pool_origin *o = p->buckets[i]; o; o = o->next) {
 			struct pool_conn *pc;

@@ -67,6 +67,19 @@ struct transport_cbs;
 struct transport *pool_open_tunnel(struct pool *p, const struct route *route, const char *host,
                                    uint16_t port, const struct transport_cbs *cbs, void *ctx);
 
+/*
+ * A dedicated upstream connection for one exchange (an HTTP/1.1 Upgrade):
+ * along key's route and chain like a pooled connection, but TLS offers ALPN
+ * http/1.1 only (an HTTP/2- or HTTP/3-only origin then fails its handshake)
+ * and the connection is never pooled: the caller puts its own codec on it
+ * (h1_conn_new) and closes it when done. Otherwise as pool_open_tunnel:
+ * waits for a slot under max_connections, reports TRANSPORT_CONNECTED or
+ * TRANSPORT_ERROR from the loop, counts in upstream_opened[PROTO_H1] once
+ * up and as an active PROTO_H1 connection while open.
+ */
+struct transport *pool_open_dedicated(struct pool *p, const struct pool_key *key,
+                                      const struct transport_cbs *cbs, void *ctx);
+
 /* A verified TLS origin's Alt-Svc field value, from a response. */
 void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value, size_t len);
 /* Origins with a live HTTP/3 alternative (muxd_altsvc_entries). */

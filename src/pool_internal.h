@@ -133,8 +133,9 @@ bool pool_tunnels_init(struct pool *p);
 void pool_tunnels_free(struct pool *p);
 /* Slots may be free: serve the waiting tunnels from the loop. */
 void pool_tunnels_schedule(struct pool *p);
-/* Client tunnels that are up. */
-unsigned pool_tunnels_up(struct pool *p);
+/* Client tunnels (PROTO_TUNNEL) or dedicated connections (PROTO_H1) that
+ * are up. */
+unsigned pool_tunnels_up(struct pool *p, enum proto proto);
 /* The opener of chains' shared first hops: streams on p's connections. */
 struct chain_shared_hop pool_shared_hop(struct pool *p);
 

@@ -9,7 +9,9 @@
  * connection of its own kind: it waits in a FIFO for a slot under
  * max_connections (an idle connection is evicted for it when there is one;
  * else it gets 503 after connect_timeout), then builds its chain; its slot
- * is given back when its user closes it.
+ * is given back when its user closes it. A dedicated connection
+ * (pool_open_dedicated, an HTTP/1.1 Upgrade) is the same thing along an
+ * origin's key: the exchange puts its own codec on it.
  */
 #include <event2/event.h>
 #include <stdio.h>
@@ -30,6 +32,7 @@ struct pool_tunnel {
 	bool waiting;                  /* for a slot (in tunnel_waiters) */
 	bool counted;                  /* has a slot (in tunnels) */
 	bool up;                       /* the chain is connected */
+	enum proto proto;              /* PROTO_TUNNEL, or PROTO_H1: a dedicated connection */
 	struct pool_key key;           /* the path ("tunnel" key) */
 	struct transport *chain;       /* once it has a slot */
 	struct event *budget_timer;    /* armed once blocked on the budget: then 503 */
@@ -157,8 +160,10 @@ static void tun_event(void *ctx, enum transport_event ev, enum muxd_err err, con
 
 	if (ev == TRANSPORT_CONNECTED && !pt->up && pt->pool) {
 		pt->up = true;
-		pt->pool->m->metrics.upstream_opened[PROTO_TUNNEL]++;
-		log_debug("pool: new tunnel %s", pt->key.id);
+		pt->pool->m->metrics.upstream_opened[pt->proto]++;
+		log_debug("pool: new %s %s",
+		          pt->proto == PROTO_TUNNEL ? "tunnel" : "dedicated connection",
+		          pt->key.id);
 	}
 	pt->base.cbs.on_event(pt->base.ctx, ev, err, reason); /* may close pt */
 }
@@ -243,8 +248,11 @@ static void tunnel_dispatch_cb(evutil_socket_t fd, short what, void *arg)
 	tunnel_dispatch(arg);
 }
 
-struct transport *pool_open_tunnel(struct pool *p, const struct route *route, const char *host,
-                                   uint16_t port, const struct transport_cbs *cbs, void *ctx)
+/* A tunnel of proto along key (NULL: a "tunnel" key from route, host and
+ * port), queued for a slot. */
+static struct transport *open_tunnel(struct pool *p, enum proto proto, const struct pool_key *key,
+                                     const struct route *route, const char *host, uint16_t port,
+                                     const struct transport_cbs *cbs, void *ctx)
 {
 	struct pool_tunnel *pt = calloc(1, sizeof(*pt));
 
@@ -253,8 +261,11 @@ struct transport *pool_open_tunnel(struct pool *p, const struct route *route, co
 	pt->base.ops = &tunnel_ops;
 	transport_set_cbs(&pt->base, cbs, ctx);
 	pt->pool = p;
+	pt->proto = proto;
+	if (key)
+		pt->key = *key;
 	pt->fail_ev = event_new(p->m->base, -1, 0, tun_fail_cb, pt);
-	if (!pt->fail_ev || !pool_key_init(&pt->key, p->m, "tunnel", host, port, route)) {
+	if (!pt->fail_ev || (!key && !pool_key_init(&pt->key, p->m, "tunnel", host, port, route))) {
 		if (pt->fail_ev)
 			event_free(pt->fail_ev);
 		free(pt);
@@ -264,6 +275,29 @@ struct transport *pool_open_tunnel(struct pool *p, const struct route *route, co
 	TAILQ_INSERT_TAIL(&p->tunnel_waiters, pt, link);
 	event_active(p->tunnel_ev, EV_TIMEOUT, 0);
 	return &pt->base;
+}
+
+struct transport *pool_open_tunnel(struct pool *p, const struct route *route, const char *host,
+                                   uint16_t port, const struct transport_cbs *cbs, void *ctx)
+{
+	return open_tunnel(p, PROTO_TUNNEL, NULL, route, host, port, cbs, ctx);
+}
+
+struct transport *pool_open_dedicated(struct pool *p, const struct pool_key *key,
+                                      const struct transport_cbs *cbs, void *ctx)
+{
+	struct pool_key k = *key;
+	size_t len = strlen(k.id);
+
+	/* HTTP/1.1 only; and a key of its own, so that neither its TLS session
+	 * nor anything else of it is taken for a pooled connection's */
+	if (k.tls)
+		snprintf(k.alpn, sizeof(k.alpn), "http/1.1");
+	k.h3 = false;
+	if ((size_t)snprintf(k.id + len, sizeof(k.id) - len, " dedicated alpn=http/1.1") >=
+	    sizeof(k.id) - len)
+		return NULL;
+	return open_tunnel(p, PROTO_H1, &k, NULL, NULL, 0, cbs, ctx);
 }
 
 struct chain_shared_hop pool_shared_hop(struct pool *p)
@@ -285,13 +319,13 @@ void pool_tunnels_schedule(struct pool *p)
 		event_active(p->tunnel_ev, EV_TIMEOUT, 0);
 }
 
-unsigned pool_tunnels_up(struct pool *p)
+unsigned pool_tunnels_up(struct pool *p, enum proto proto)
 {
 	struct pool_tunnel *pt;
 	unsigned n = 0;
 
 	TAILQ_FOREACH(pt, &p->tunnels, link)
-	if (pt->up)
+	if (pt->up && pt->proto == proto)
 		n++;
 	return n;
 }

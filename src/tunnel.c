@@ -1,5 +1,6 @@
 /*
- * tunnel — CONNECT: a spliced pair of transports. Each direction moves
+ * tunnel — CONNECT (and a connection that switched protocols,
+ * tunnel_splice): a spliced pair of transports. Each direction moves
  * bytes only while the other side's output has room, so a tunnel holds at
  * most TRANSPORT_BUF per direction in muxd, whatever the speeds.
  */
@@ -185,6 +186,37 @@ struct tunnel *tunnel_start(struct muxd *m, const struct tunnel_owner *owner, vo
 		tunnel_free(tn);
 		return NULL;
 	}
+	return tn;
+}
+
+struct tunnel *tunnel_splice(struct muxd *m, const struct tunnel_owner *owner, void *owner_ctx,
+                             struct transport *origin, bool origin_eof, const char *host,
+                             uint16_t port)
+{
+	static const struct transport_cbs cbs = {origin_read, origin_drain, origin_event};
+	struct tunnel *tn = calloc(1, sizeof(*tn));
+
+	if (!tn || !(tn->idle = evtimer_new(m->base, idle_cb, tn))) {
+		free(tn);
+		transport_close(origin);
+		return NULL;
+	}
+	tn->m = m;
+	tn->cfg = config_ref(m->cfg);
+	tn->owner = owner;
+	tn->owner_ctx = owner_ctx;
+	tn->established = tn->answered = true;
+	tn->client = owner->transport(owner_ctx);
+	tn->origin = origin;
+	tn->origin_eof = origin_eof;
+	snprintf(tn->host, sizeof(tn->host), "%s", host);
+	tn->port = port;
+	transport_set_cbs(origin, &cbs, tn);
+	origin->ops->set_reading(origin, true);
+	touch(tn);
+	/* what is waiting already goes now; the end, if any, on the next event */
+	pump(tn, tn->client, tn->origin, tn->client_eof, &tn->origin_shut);
+	pump(tn, tn->origin, tn->client, tn->origin_eof, &tn->client_shut);
 	return tn;
 }
 

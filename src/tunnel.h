@@ -40,6 +40,24 @@ struct tunnel_owner {
 struct tunnel *tunnel_start(struct muxd *m, const struct tunnel_owner *owner, void *owner_ctx,
                             const char *host, uint16_t port, bool answered);
 
+/*
+ * Splice a connection that switched protocols (an HTTP/1.1 Upgrade today;
+ * an RFC 8441 extended CONNECT of an HTTP/2 session later): owner's
+ * transport is the client side, any byte stream (a client socket, a TLS
+ * session, a stream of a multiplexed session as a transport layer); origin
+ * is the dedicated upstream connection, whose origin already answered
+ * (origin_eof: it has finished sending). The tunnel owns origin from the
+ * call on (closed at once when NULL is returned: out of memory) and works
+ * as an established CONNECT tunnel: bytes both ways within TRANSPORT_BUF
+ * each, half-closes passed along, tunnel_idle_timeout. Bytes already waiting
+ * in either input go first. Never calls the owner from inside this call;
+ * the owner forwards its client events as for tunnel_start. host and port
+ * name the origin in logs.
+ */
+struct tunnel *tunnel_splice(struct muxd *m, const struct tunnel_owner *owner, void *owner_ctx,
+                             struct transport *origin, bool origin_eof, const char *host,
+                             uint16_t port);
+
 /* Client-side events, forwarded by the downstream. */
 void tunnel_client_read(struct tunnel *tn);
 void tunnel_client_drain(struct tunnel *tn);

@@ -718,6 +718,10 @@ static void forward(struct downstream *ds, struct http1_msg *req, const struct h
 		refuse(ds, 500, "muxd: out of memory\n", true);
 		return;
 	}
+	/* an upgrade the exchange relays: whatever the answer, no request
+	 * follows (bytes after the head may be the new protocol's) */
+	if (http1_upgrade_requested(req, ds->m->cfg->upgrade))
+		ds->stream.keep_alive = false;
 	ds->ex = exchange_start(ds->m, &ds->stream.base, req, uri, tls_name);
 	if (!ds->ex) {
 		h1_stream_clear(&ds->stream);
@@ -878,6 +882,28 @@ static void stream_abort(struct client_stream *cs)
 		ds_free(ds);
 }
 
+static const struct tunnel_owner tunnel_owner;
+
+/* The origin switched protocols: the 101 goes out, then the connection is
+ * a tunnel to the origin's dedicated connection (tunnel_idle_timeout). */
+static void stream_upgrade(struct client_stream *cs, const struct client_upgrade *u)
+{
+	struct downstream *ds = stream_owner(cs);
+
+	h1_stream_send_switch(&ds->stream, u->head, u->via);
+	h1_stream_clear(&ds->stream);
+	ds->ex = NULL;
+	ds->tunnel =
+	    tunnel_splice(ds->m, &tunnel_owner, ds, u->origin, u->origin_eof, u->host, u->port);
+	if (!ds->tunnel) {
+		start_close(ds);
+		return;
+	}
+	update_timer(ds);
+	if (ds->peer_eof) /* the client half-closed while the switch was asked for */
+		tunnel_client_eof(ds->tunnel); /* may free ds */
+}
+
 /* The HTTP/1.1 client stream: framing in h1_stream.c, the connection here. */
 static const struct client_stream_ops stream_ops = {
     h1_stream_read_body,
@@ -893,6 +919,7 @@ static const struct client_stream_ops stream_ops = {
     stream_done,
     stream_abort,
     stream_peer,
+    stream_upgrade,
 };
 static const struct tunnel_owner tunnel_owner = {owner_transport, owner_respond, tunnel_done};
 

@@ -244,6 +244,33 @@ void h1_stream_send_interim(struct client_stream *cs, const struct http1_msg *he
 		write_head(s, head, via, false);
 }
 
+void h1_stream_send_switch(struct h1_stream *s, const struct http1_msg *h, const char *via)
+{
+	struct head_buf b = {.out = transport_output(s->t)};
+	const struct http1_field *up = http1_find(h, "upgrade");
+
+	put_str(&b, "HTTP/1.1 101 ");
+	put_str(&b, h->reason[0] ? h->reason : "Switching Protocols");
+	put(&b, "\r\n", 2);
+	for (size_t i = 0; i < h->nfields; i++) {
+		const struct http1_field *f = &h->fields[i];
+		if (!http1_is_hop_by_hop(h, f->name) && strcasecmp(f->name, "content-length") != 0)
+			add_line(&b, f->name, f->name_len, f->value, f->value_len);
+	}
+	if (up)
+		add_line(&b, "Upgrade", 7, up->value, up->value_len);
+	put_str(&b, "Connection: upgrade\r\n");
+	if (via) {
+		put_str(&b, "Via: ");
+		put_str(&b, via);
+		put(&b, "\r\n", 2);
+	}
+	put(&b, "\r\n", 2);
+	evbuffer_add(b.out, b.data, b.len);
+	s->body_done = true;
+	s->keep_alive = false;
+}
+
 bool h1_stream_send_continue(struct client_stream *cs)
 {
 	struct h1_stream *s = (struct h1_stream *)cs;

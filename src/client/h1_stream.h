@@ -59,5 +59,8 @@ void h1_stream_send_head(struct client_stream *cs, const struct http1_msg *head,
 size_t h1_stream_send_space(struct client_stream *cs);
 void h1_stream_send_body(struct client_stream *cs, struct evbuffer *body, size_t n);
 void h1_stream_send_end(struct client_stream *cs, const char *trailers);
+/* The origin's 101 to the request's Upgrade, with its Upgrade field and
+ * Connection: upgrade; no request follows on the connection. */
+void h1_stream_send_switch(struct h1_stream *s, const struct http1_msg *head, const char *via);
 
 #endif

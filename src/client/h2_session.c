@@ -571,9 +571,9 @@ static const char *st_peer(const struct client_stream *cs)
 }
 
 static const struct client_stream_ops stream_ops = {
-    st_read_body, st_consumed,   st_trailers,  st_send_interim, st_send_continue,
-    st_send_head, st_send_space, st_send_body, st_send_end,     st_respond,
-    st_done,      st_abort,      st_peer,
+    st_read_body,  st_consumed,  st_trailers, st_send_interim, st_send_continue, st_send_head,
+    st_send_space, st_send_body, st_send_end, st_respond,      st_done,          st_abort,
+    st_peer,       NULL, /* upgrade: RFC 8441 not yet */
 };
 
 /* --- requests --- */

@@ -18,7 +18,7 @@
  * - The session calls the exchange (exchange.h) when request bytes arrive,
  *   when the client drains, when it half-closes, and when it is gone
  *   (exchange_abort: no callback follows).
- * - done, abort and respond+done end the exchange's use of the stream:
+ * - done, abort, upgrade and respond+done end the exchange's use of the stream:
  *   the exchange frees itself first and calls done or abort last; either
  *   may free the session. No other operation frees anything.
  * - Errors: a client that breaks its framing makes read_body return
@@ -30,11 +30,23 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "http1.h"
 
 struct evbuffer;
 struct client_stream;
+struct transport;
+
+/* A protocol switch the origin accepted (client_stream_ops.upgrade). */
+struct client_upgrade {
+	const struct http1_msg *head; /* the origin's 101, valid during the call */
+	const char *via;              /* the Via entry to add (NULL: none) */
+	struct transport *origin;     /* the dedicated upstream connection, past the 101 */
+	bool origin_eof;              /* ... whose origin has finished sending */
+	const char *host;             /* the origin, for logs */
+	uint16_t port;
+};
 
 enum client_body {
 	CLIENT_BODY_NONE,  /* nothing waiting now: exchange_client_read comes next */
@@ -88,6 +100,15 @@ struct client_stream_ops {
 
 	/* The client's address, for logs. */
 	const char *(*peer)(const struct client_stream *s);
+
+	/* The origin accepted the request's Upgrade (u->head is its 101):
+	 * send the switch to the client (u->head with its Upgrade), then
+	 * splice the client's bytes with u->origin both ways (tunnel_splice)
+	 * until either side ends. Ends the exchange's use of the stream like
+	 * done (the exchange is already freed; may free the session); the
+	 * session owns u->origin from the call on. NULL: the session cannot
+	 * switch protocols, and the exchange strips Upgrade as hop-by-hop. */
+	void (*upgrade)(struct client_stream *s, const struct client_upgrade *u);
 };
 
 struct client_stream {

@@ -23,7 +23,9 @@
 #include "upstream/mux.h"
 #include "upstream/upstream.h"
 
-enum h1_state { H1_IDLE, H1_HEAD, H1_BODY, H1_DONE };
+/* H1_SWITCHED: a 101 to an upgrade request is being reported (on_head);
+ * the user takes the transport or cancels. */
+enum h1_state { H1_IDLE, H1_HEAD, H1_BODY, H1_SWITCHED, H1_DONE };
 
 struct h1_stream {
 	struct upstream_stream base;
@@ -34,6 +36,7 @@ struct h1_stream {
 	bool got_bytes;         /* any response byte arrived */
 	bool body_done;         /* the whole body is decoded into body */
 	bool tunnel;            /* CONNECT: after a 2xx the connection is a byte pipe */
+	bool upgrade;           /* the request asked for a protocol switch */
 	struct http1_msg *head; /* allocated per response: an idle connection holds none */
 	bool head_valid;
 	size_t scan_from; /* where to look for the end of the head next */
@@ -67,7 +70,8 @@ static void conn_free(struct h1_conn *c)
 		evbuffer_free(s->body);
 	if (c->timer)
 		event_free(c->timer);
-	transport_close(c->t);
+	if (c->t) /* NULL: taken after a 101 */
+		transport_close(c->t);
 	fwd_mode_clear(&c->fwd);
 	free(c);
 }
@@ -135,6 +139,7 @@ static void stream_reset(struct h1_stream *s)
 	evbuffer_drain(s->body, evbuffer_get_length(s->body));
 	s->state = H1_IDLE;
 	s->req_done = s->req_chunked = s->got_bytes = s->body_done = s->tunnel = false;
+	s->upgrade = false;
 	s->scan_from = 0;
 	s->interim = 0;
 	s->base.ctx = NULL;
@@ -213,7 +218,21 @@ static bool read_head(struct h1_conn *c, struct evbuffer *in)
 	s->scan_from = 0;
 	s->head_valid = true;
 	if (s->head->status == 101) {
-		stream_error(c, ERR_BAD_RESPONSE, "unexpected protocol switch");
+		if (!s->upgrade || !s->req_done) {
+			stream_error(c, ERR_BAD_RESPONSE,
+			             s->upgrade
+			                 ? "protocol switch before the request body was complete"
+			                 : "unexpected protocol switch");
+			return false;
+		}
+		/* the user takes the transport (or cancels) from inside on_head */
+		s->state = H1_SWITCHED;
+		c->base.reusable = false;
+		evtimer_del(c->timer);
+		hold(c);
+		s->base.cbs.on_head(s->base.ctx, s->head);
+		if (release(c) && s->state == H1_SWITCHED)
+			stream_error(c, ERR_BAD_RESPONSE, "protocol switch not taken");
 		return false;
 	}
 	if (s->head->status < 200) {
@@ -426,6 +445,7 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 
 	snprintf(s->method, sizeof(s->method), "%s", r->method);
 	s->tunnel = strcmp(r->method, "CONNECT") == 0;
+	s->upgrade = r->upgrade && !s->tunnel;
 	if (s->tunnel)
 		evbuffer_add_printf(out, "%s %s HTTP/1.1\r\n", r->method, r->authority);
 	else if (c->fwd.on) /* the parent forwards it: absolute form */
@@ -525,6 +545,21 @@ static const struct upstream_stream_ops h1_stream_ops = {
     .consumed = s_consumed,
     .cancel = s_cancel,
 };
+
+struct transport *h1_stream_take_transport(struct upstream_stream *us, bool *eof)
+{
+	struct h1_conn *c = (struct h1_conn *)us->conn;
+	struct transport *t;
+
+	if (us->ops != &h1_stream_ops || c->stream.state != H1_SWITCHED || c->closing)
+		return NULL;
+	t = c->t;
+	*eof = c->eof;
+	c->t = NULL;
+	c->stream.state = H1_DONE;
+	h1_close(&c->base); /* held by read_head: freed once it returns */
+	return t;
+}
 
 /* --- connection operations --- */
 

@@ -94,6 +94,11 @@ struct upstream_request {
 	size_t nfields;
 	bool has_body;
 	int64_t content_length; /* -1: unknown (streamed) */
+	/* HTTP/1.1 only: the fields ask for a protocol switch (Upgrade). A 101
+	 * then reaches on_head, and the user takes the connection's byte stream
+	 * there (h1_stream_take_transport) or cancels; without it a 101 is a
+	 * protocol error (502). */
+	bool upgrade;
 };
 
 struct upstream_stream_cbs {
@@ -190,6 +195,16 @@ struct upstream_conn *h1_conn_new(const struct upstream_env *env,
                                   const struct upstream_params *params,
                                   const struct upstream_forward *fwd, struct transport *t,
                                   const struct upstream_owner_cbs *owner_cbs, void *owner);
+
+/*
+ * From inside on_head with a 101 answering an upgrade request: take the
+ * connection's transport, positioned after the 101 head (bytes the origin
+ * sent after it wait in its input); *eof: the origin has already finished
+ * sending (no TRANSPORT_EOF follows). The caller sets its own callbacks at
+ * once and owns the transport; the stream ends and the connection goes
+ * away with no further callback to its owner. NULL when s is not there.
+ */
+struct transport *h1_stream_take_transport(struct upstream_stream *s, bool *eof);
 
 /* HTTP/2 (nghttp2 client session) over an established transport whose ALPN
  * chose "h2" (takes ownership of it). */

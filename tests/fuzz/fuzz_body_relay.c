@@ -199,6 +199,7 @@ static const struct client_stream_ops fake_client_ops = {
     fake_done,
     fake_abort,
     fake_peer,
+    NULL, /* upgrade: none */
 };
 
 /* ---- the fake pool: one HTTP/1.1 connection over origin ---- */

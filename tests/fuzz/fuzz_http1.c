@@ -33,7 +33,15 @@ static void check_msg(const struct http1_msg *m, size_t len, size_t consumed)
 			      !memchr(" \t", f->value[f->value_len - 1], 2));
 		http1_is_hop_by_hop(m, f->name);
 		http1_list_has(f->value, f->value_len, "close");
+		/* every name of a listed value is allowed: listed against a
+		 * superset too; nothing is listed against an empty set */
+		if (http1_upgrade_listed(f->value, f->value_len, "websocket"))
+			CHECK(http1_upgrade_listed(f->value, f->value_len, "h2c,websocket"));
+		CHECK(!http1_upgrade_listed(f->value, f->value_len, ""));
 	}
+	/* an upgrade only from HTTP/1.1 with an Upgrade field */
+	if (m->method && http1_upgrade_requested(m, "websocket,h2c"))
+		CHECK(m->version_minor == 1 && http1_find(m, "upgrade"));
 	if (m->body == HTTP1_BODY_LENGTH)
 		CHECK(m->content_length > 0);
 	if (m->body == HTTP1_BODY_CHUNKED)

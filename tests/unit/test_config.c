@@ -704,8 +704,31 @@ START_TEST(example_file)
 	ck_assert_uint_eq(cfg->h3_timeout_ms, def->h3_timeout_ms);
 	ck_assert_uint_eq(cfg->max_connection_age_ms, def->max_connection_age_ms);
 	ck_assert_str_eq(cfg->altsvc_file, def->altsvc_file);
+	ck_assert_str_eq(cfg->upgrade, def->upgrade);
 	config_unref(def);
 	config_unref(cfg);
+}
+END_TEST
+
+START_TEST(upgrade_list)
+{
+	struct config *cfg = config_defaults();
+	ck_assert_str_eq(cfg->upgrade, "websocket");
+	config_unref(cfg);
+	cfg = load_ok("[muxd]\nupgrade = WebSocket, h2c  foo_bar\n");
+	ck_assert_str_eq(cfg->upgrade, "websocket,h2c,foo_bar");
+	config_unref(cfg);
+	const char *none[] = {"none", "off", "NONE", ""};
+	for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++) {
+		char text[64];
+		snprintf(text, sizeof(text), "[muxd]\nupgrade = %s\n", none[i]);
+		cfg = load_ok(text);
+		ck_assert_str_eq(cfg->upgrade, "");
+		config_unref(cfg);
+	}
+	load_bad("[muxd]\nupgrade = websocket HTTP/2.0\n",
+	         ":2: [muxd] upgrade: bad protocol name 'HTTP/2.0' (expected names such as "
+	         "websocket, or none)");
 }
 END_TEST
 
@@ -767,6 +790,7 @@ int main(void)
 	tcase_add_test(tc, route_continuation);
 	tcase_add_test(tc, key_file_kinds);
 	tcase_add_test(tc, example_file);
+	tcase_add_test(tc, upgrade_list);
 	tcase_add_test(tc, set_listen);
 	tcase_add_test(tc, refcount);
 	suite_add_tcase(s, tc);

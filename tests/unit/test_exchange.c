@@ -130,6 +130,7 @@ static const struct client_stream_ops fake_client_ops = {
     fake_done,
     fake_abort,
     fake_peer,
+    NULL, /* upgrade: none */
 };
 
 static void chain_free(const void *data, size_t len, void *arg)

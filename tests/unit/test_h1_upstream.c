@@ -159,6 +159,9 @@ static struct rec {
 	char reason[128];
 	char trailers[256];
 	int send_ready;
+	bool take_101;           /* on_head takes the transport of a 101 */
+	struct transport *taken; /* ... here */
+	bool taken_eof;
 } rec;
 
 static struct upstream_conn *uc;
@@ -177,6 +180,11 @@ static void r_head(void *ctx, const struct http1_msg *h)
 	(void)ctx;
 	ck_assert_int_lt(rec.nheads, 24);
 	rec.status[rec.nheads++] = h->status;
+	if (h->status == 101 && rec.take_101) {
+		rec.taken = h1_stream_take_transport(us, &rec.taken_eof);
+		us = NULL;
+		return;
+	}
 	if (h->status < 200) {
 		const struct http1_field *f = http1_find(h, "link");
 		snprintf(rec.link, sizeof(rec.link), "%s", f ? f->value : "");
@@ -467,6 +475,75 @@ START_TEST(unexpected_101)
 	ck_assert(rec.errored);
 	ck_assert_int_eq(rec.err, ERR_BAD_RESPONSE);
 	ck_assert_int_eq(own.closed, 1);
+}
+END_TEST
+
+/* An upgrade request: the 101 is reported, and on_head takes the transport
+ * with the bytes after the head; the connection goes without a word. */
+static void upgrade_request(bool take)
+{
+	struct upstream_field f[] = {{"Upgrade", 7, "websocket", 9},
+	                             {"Connection", 10, "upgrade", 7}};
+	struct upstream_request r = {.method = "GET",
+	                             .scheme = "http",
+	                             .authority = "origin.test",
+	                             .path = "/ws",
+	                             .fields = f,
+	                             .nfields = 2,
+	                             .upgrade = true};
+
+	conn_new(10000);
+	rec.take_101 = take;
+	us = uc->ops->open_stream(uc, &stream_cbs, NULL);
+	ck_assert_ptr_nonnull(us);
+	upstream_stream_send_head(us, &r);
+	ck_assert_msg(strstr(sent(), "\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"), "%s",
+	              sent());
+}
+
+START_TEST(upgrade_101_taken)
+{
+	upgrade_request(true);
+	feed_str("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n"
+	         "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\nframe bytes");
+	ck_assert_int_eq(rec.nheads, 2);
+	ck_assert_int_eq(rec.status[1], 101);
+	ck_assert_ptr_eq(rec.taken, &ft.t);
+	ck_assert(!rec.taken_eof);
+	uc = NULL; /* gone with the switch */
+	ck_assert(!rec.errored && !rec.ended);
+	ck_assert_int_eq(own.closed + own.available, 0);
+	ck_assert(!ft.closed);
+	char rest[32] = "";
+	evbuffer_copyout(ft.in, rest, sizeof(rest) - 1);
+	ck_assert_str_eq(rest, "frame bytes");
+	transport_close(&ft.t); /* the taker's now */
+}
+END_TEST
+
+START_TEST(upgrade_101_after_eof)
+{
+	upgrade_request(true);
+	const char *h = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+	evbuffer_add(ft.in, h, strlen(h));
+	feed_eof(); /* the 101 and the origin's end in one read */
+	ck_assert_ptr_eq(rec.taken, &ft.t);
+	ck_assert(rec.taken_eof);
+	uc = NULL;
+	ck_assert(!ft.closed);
+	transport_close(&ft.t);
+}
+END_TEST
+
+START_TEST(upgrade_101_not_taken)
+{
+	upgrade_request(false);
+	feed_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+	ck_assert(rec.errored);
+	ck_assert_int_eq(rec.err, ERR_BAD_RESPONSE);
+	ck_assert_msg(strstr(rec.reason, "not taken"), "reason %s", rec.reason);
+	ck_assert_int_eq(own.closed, 1);
+	ck_assert(ft.closed);
 }
 END_TEST
 
@@ -902,6 +979,9 @@ static Suite *h1_suite(void)
 	tcase_add_test(heads, interim_head_then_eof);
 	tcase_add_test(heads, too_many_interim_heads);
 	tcase_add_test(heads, unexpected_101);
+	tcase_add_test(heads, upgrade_101_taken);
+	tcase_add_test(heads, upgrade_101_after_eof);
+	tcase_add_test(heads, upgrade_101_not_taken);
 	suite_add_tcase(s, heads);
 	tcase_add_checked_fixture(timer, setup, teardown);
 	tcase_set_timeout(timer, 20);

@@ -1215,6 +1215,68 @@ START_TEST(basic_credentials)
 }
 END_TEST
 
+/* ---- Upgrade ---- */
+
+START_TEST(upgrade_listed)
+{
+	const char *ws = "websocket";
+	const char *two = "websocket,h2c";
+#define LISTED(v, a) http1_upgrade_listed(v, strlen(v), a)
+	ck_assert(LISTED("websocket", ws));
+	ck_assert(LISTED("WebSocket", ws));
+	ck_assert(LISTED(" websocket , ", ws));
+	ck_assert(LISTED("websocket/13", ws));
+	ck_assert(LISTED("h2c, websocket", two));
+	ck_assert(!LISTED("h2c, websocket", ws)); /* every one offered must be allowed */
+	ck_assert(!LISTED("websockets", ws));
+	ck_assert(!LISTED("websock", ws));
+	ck_assert(!LISTED("", ws));
+	ck_assert(!LISTED(" , ", ws));
+	ck_assert(!LISTED("/13", ws));
+	ck_assert(!LISTED("websocket", ""));
+	ck_assert(LISTED("h2c", two));
+#undef LISTED
+}
+END_TEST
+
+START_TEST(upgrade_requested)
+{
+	static const struct {
+		const char *head;
+		bool want;
+	} cases[] = {
+	    {"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+	     true},
+	    {"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, upgrade\r\n"
+	     "Upgrade: WebSocket\r\n\r\n",
+	     true},
+	    {"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+	     "Content-Length: 3\r\n\r\n",
+	     true},
+	    /* no Connection: upgrade, or no Upgrade */
+	    {"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n", false},
+	    {"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n", false},
+	    /* not allowed, HTTP/1.0, CONNECT, two Upgrade fields */
+	    {"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n", false},
+	    {"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", false},
+	    {"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nConnection: upgrade\r\n"
+	     "Upgrade: websocket\r\n\r\n",
+	     false},
+	    {"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+	     "Upgrade: websocket\r\n\r\n",
+	     false},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		ck_assert_int_eq(req(cases[i].head), HTTP1_OK);
+		ck_assert_msg(http1_upgrade_requested(&msg, "websocket") == cases[i].want,
+		              "case %zu", i);
+		ck_assert(!http1_upgrade_requested(&msg, "")); /* upgrade = none */
+		http1_msg_free(&msg);
+	}
+}
+END_TEST
+
 static Suite *http1_suite(void)
 {
 	Suite *s = suite_create("http1");
@@ -1234,6 +1296,8 @@ static Suite *http1_suite(void)
 	ADD(t, req_content_length_duplicates_collapse);
 	ADD(t, req_chunked);
 	ADD(t, req_value_htab_and_obs_text);
+	ADD(t, upgrade_listed);
+	ADD(t, upgrade_requested);
 	suite_add_tcase(s, t);
 
 	t = tcase_create("reject");
