@@ -250,9 +250,13 @@ def h2_handler(req):
         req.send_head(204, [("x-case", "204")], end_stream=True)
     elif path == "/304":
         req.send_head(304, [("etag", '"v1"'), ("content-length", "1300"), ("x-case", "304")], end_stream=True)
-    elif path == "/close":  # HTTP/2 has no Connection: close; its analogue is GOAWAY
-        req.respond(200, [("content-type", "text/plain")], BODY)
-        req.conn.goaway()
+    elif path == "/close":
+        # HTTP/2 has no Connection: close; its analogue is a GOAWAY, sent
+        # before the response ends so that muxd knows of it when the client
+        # sends its next request (a GOAWAY after the response would race it)
+        req.send_head(200, [("content-type", "text/plain"), ("content-length", str(len(BODY)))])
+        req.conn.goaway(last_stream_id=req.stream_id)
+        req.send_data(BODY, end_stream=True)
     else:
         req.respond(404, [], b"no such case\n")
 
