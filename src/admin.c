@@ -360,6 +360,12 @@ static void visit_metrics(struct muxd *m, const struct metric_visitor *v)
 	v->family(a, "muxd_tls_leaf_issued_total", "counter",
 	          "Leaf certificates issued for interception.");
 	v->sample(a, "muxd_tls_leaf_issued_total", NULL, NULL, NULL, NULL, mt->tls_leaf_issued);
+
+	v->family(a, "muxd_intercept_bypassed_total", "counter",
+	          "Interceptable CONNECTs tunneled untouched instead, by reason.");
+	for (int r = 0; r < BYPASS_COUNT; r++)
+		v->sample(a, "muxd_intercept_bypassed_total", "reason", bypass_reason_name(r), NULL,
+		          NULL, mt->intercept_bypassed[r]);
 }
 
 static void prom_family(void *arg, const char *name, const char *type, const char *help)

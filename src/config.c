@@ -622,8 +622,12 @@ static void route_key(struct load *ld, const char *name, const char *v, bool con
 			errf(ld, ld->line, "[%s] %s: %s", section, name, why);
 		return;
 	}
-	if (strcmp(name, "verify") == 0 || strcmp(name, "h2") == 0 || strcmp(name, "h3") == 0) {
-		int *field = name[0] == 'v' ? &r->verify : name[1] == '2' ? &r->h2 : &r->h3;
+	if (strcmp(name, "verify") == 0 || strcmp(name, "h2") == 0 || strcmp(name, "h3") == 0 ||
+	    strcmp(name, "intercept_without_sni") == 0) {
+		int *field = name[0] == 'v'   ? &r->verify
+		             : name[0] == 'i' ? &r->intercept_without_sni
+		             : name[1] == '2' ? &r->h2
+		                              : &r->h3;
 		if (*field != -1)
 			errf(ld, ld->line, "[%s] %s: given twice (expected once)", section, name);
 		else if (!config_parse_bool(v, &b))

@@ -66,8 +66,10 @@ struct config_route {
 	int verify;
 	int h2;
 	int h3;
-	int proxy_set;  /* -1: not set here; else hops[] (0 hops = direct) */
-	bool proxy_env; /* proxy = env: hops come from the environment */
+	int intercept_without_sni; /* a ClientHello without SNI for a DNS name: intercept (1)
+	                              or tunnel (0) */
+	int proxy_set;             /* -1: not set here; else hops[] (0 hops = direct) */
+	bool proxy_env;            /* proxy = env: hops come from the environment */
 	struct config_hop hops[CONFIG_MAX_HOPS];
 	size_t nhops;
 	char *no_proxy; /* proxy = env: the environment's no_proxy list */

@@ -39,6 +39,12 @@ const char *client_h2_flood_name(enum client_h2_flood k)
 	return k < CH2_FLOOD_COUNT ? names[k] : "?";
 }
 
+const char *bypass_reason_name(enum bypass_reason r)
+{
+	static const char *const names[] = {"host", "not_tls", "silent", "sni", "alpn", "no_sni"};
+	return r < BYPASS_COUNT ? names[r] : "?";
+}
+
 #define IDLE_TRIM_MS 1000 /* no client for this long: trim the heap */
 
 static void on_idle_trim(evutil_socket_t fd, short what, void *arg)

@@ -50,6 +50,17 @@ enum client_h2_flood {
 	CH2_FLOOD_COUNT
 };
 
+/* Why an interceptable CONNECT became a raw tunnel (muxd_intercept_bypassed_total). */
+enum bypass_reason {
+	BYPASS_HOST,    /* the host matches an [intercept] bypass pattern */
+	BYPASS_NOT_TLS, /* the client's first bytes are no TLS handshake */
+	BYPASS_SILENT,  /* the client sent nothing while muxd peeked */
+	BYPASS_SNI,     /* an SNI that TLS refuses as a server name */
+	BYPASS_ALPN,    /* ALPN offered without h2 or http/1.1 */
+	BYPASS_NO_SNI,  /* no SNI for a DNS name, and the route tunnels those */
+	BYPASS_COUNT
+};
+
 struct metrics {
 	uint64_t requests[PROTO_COUNT];
 	uint64_t upstream_opened[PROTO_COUNT];
@@ -63,6 +74,7 @@ struct metrics {
 	uint64_t client_h2_sessions;
 	uint64_t client_h2_open;
 	uint64_t client_h2_floods[CH2_FLOOD_COUNT];
+	uint64_t intercept_bypassed[BYPASS_COUNT];
 };
 
 struct muxd {
@@ -105,6 +117,7 @@ struct muxd {
 const char *proto_name(enum proto p);
 const char *evict_reason_name(enum evict_reason r);
 const char *client_h2_flood_name(enum client_h2_flood k);
+const char *bypass_reason_name(enum bypass_reason r);
 
 /*
  * The instance id: 16 random bytes in STATE_DIR/instance-id (hex), made on

@@ -83,7 +83,8 @@ static const struct sockaddr *normalise(const char *host, char *norm, size_t siz
 	return NULL;
 }
 
-bool route_intercepts(const struct config *cfg, const char *host, uint16_t port)
+/* 0: the port is not intercepted, 1: intercept, 2: a bypass pattern names the host. */
+static int intercept_decision(const struct config *cfg, const char *host, uint16_t port)
 {
 	struct sockaddr_storage ss;
 	const struct sockaddr *ip;
@@ -91,16 +92,26 @@ bool route_intercepts(const struct config *cfg, const char *host, uint16_t port)
 	bool port_ok = false;
 
 	if (!cfg->intercept_enabled)
-		return false;
+		return 0;
 	for (size_t i = 0; i < cfg->nintercept_ports; i++)
 		port_ok = port_ok || cfg->intercept_ports[i] == port;
 	if (!port_ok)
-		return false;
+		return 0;
 	ip = normalise(host, norm, sizeof(norm), &ss);
 	for (size_t i = 0; i < cfg->nbypass; i++)
 		if (specificity(&cfg->bypass[i], norm, port, ip) > 0)
-			return false;
-	return true;
+			return 2;
+	return 1;
+}
+
+bool route_intercepts(const struct config *cfg, const char *host, uint16_t port)
+{
+	return intercept_decision(cfg, host, port) == 1;
+}
+
+bool route_intercept_bypassed(const struct config *cfg, const char *host, uint16_t port)
+{
+	return intercept_decision(cfg, host, port) == 2;
 }
 
 void route_for(const struct config *cfg, const char *host, uint16_t port, struct route *out)
@@ -126,6 +137,7 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 	out->verify = true;
 	out->h2 = true;
 	out->h3 = true;
+	out->intercept_without_sni = false;
 	/* defaults, then [route *], then the winner */
 	const struct config_route *layers[2] = {any, best != any ? best : NULL};
 	out->hops = NULL;
@@ -162,6 +174,8 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 			out->h2 = layers[i]->h2;
 		if (layers[i]->h3 != -1)
 			out->h3 = layers[i]->h3;
+		if (layers[i]->intercept_without_sni != -1)
+			out->intercept_without_sni = layers[i]->intercept_without_sni;
 	}
 	out->h2 = out->h2 && cfg->h2;
 	out->h3 = out->h3 && cfg->h3;

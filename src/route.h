@@ -27,6 +27,9 @@ struct route {
 	 * the route was not made by route_for (pool_key_init then looks itself) */
 	const char *ca_file_id, *proxy_ca_file_id, *client_cert_id, *client_key_id;
 	bool deny_loopback; /* a direct connection never goes to a loopback address */
+	/* an interceptable CONNECT to a DNS name whose ClientHello has no SNI is
+	 * intercepted (true) or tunneled untouched (false, the default) */
+	bool intercept_without_sni;
 };
 
 /* host: lower-cased name or IP literal (IPv6 without brackets). */
@@ -35,5 +38,7 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 /* CONNECT to host:port is to be intercepted: [intercept] enabled, the port
  * in ports, and the host matching no bypass pattern. */
 bool route_intercepts(const struct config *cfg, const char *host, uint16_t port);
+/* CONNECT to host:port would be intercepted but for an [intercept] bypass pattern. */
+bool route_intercept_bypassed(const struct config *cfg, const char *host, uint16_t port);
 
 #endif

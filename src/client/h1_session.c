@@ -616,6 +616,8 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 			refuse_port(ds, port);
 		else if (!(ds->tunnel = tunnel_start(ds->m, &tunnel_owner, ds, host, port, false)))
 			refuse(ds, 500, "muxd: out of memory\n", true);
+		else if (ds->m->ca && route_intercept_bypassed(ds->m->cfg, host, port))
+			ds->m->metrics.intercept_bypassed[BYPASS_HOST]++;
 		return;
 	}
 	if (is_loop(ds->m, req)) {
@@ -926,11 +928,63 @@ static const struct tunnel_owner tunnel_owner = {owner_transport, owner_respond,
 static const struct transport_cbs client_cbs;
 static void start_h2(struct downstream *ds);
 
+static bool is_ip_literal(const char *s);
+
+/* An interceptable CONNECT tunneled untouched after all (the 200 is out; the
+ * client's bytes so far stay in the input for the tunnel), counted by why. */
+static void bypass(struct downstream *ds, enum bypass_reason why)
+{
+	ds->m->metrics.intercept_bypassed[why]++;
+	ds->mode = DS_PROXY;
+	ds->tunnel = tunnel_start(ds->m, &tunnel_owner, ds, ds->origin_host, ds->origin_port, true);
+	if (!ds->tunnel)
+		free_soon(ds);
+	else
+		update_timer(ds);
+}
+
+/* Why a complete ClientHello is not to be intercepted, or BYPASS_COUNT when
+ * it is: a server name TLS refuses (such as foo_bar.internal), ALPN offered
+ * without h2 or http/1.1 (acme-tls/1, a private protocol: muxd could not
+ * speak it), no SNI for a DNS name when the route tunnels those. Logs why. */
+static enum bypass_reason hello_bypass(struct downstream *ds, enum tls_hello h,
+                                       struct tls_hello_info *hello)
+{
+	struct route r;
+
+	if (h == TLS_HELLO_SNI && !tls_server_name_acceptable(hello->sni)) {
+		for (char *c = hello->sni; *c; c++) /* the client's bytes, logged */
+			if (*c < 0x21 || *c > 0x7e)
+				*c = '?';
+		log_info("client %s: CONNECT %s:%u: SNI '%s' is not a name TLS accepts: "
+		         "tunneled, not intercepted",
+		         ds->peer, ds->origin_host, ds->origin_port, hello->sni);
+		return BYPASS_SNI;
+	}
+	if (h != TLS_HELLO_SNI && h != TLS_HELLO_NO_SNI)
+		return BYPASS_COUNT; /* the TLS layer says what is wrong */
+	if (hello->alpn && !hello->alpn_h2 && !hello->alpn_http11) {
+		log_info("client %s: CONNECT %s:%u: ALPN '%s' offers neither h2 nor http/1.1: "
+		         "tunneled, not intercepted",
+		         ds->peer, ds->origin_host, ds->origin_port, hello->alpn_list);
+		return BYPASS_ALPN;
+	}
+	if (h == TLS_HELLO_NO_SNI && !is_ip_literal(ds->origin_host)) {
+		route_for(ds->m->cfg, ds->origin_host, ds->origin_port, &r);
+		if (!r.intercept_without_sni) {
+			log_info("client %s: CONNECT %s:%u: no SNI for a host name: tunneled, not "
+			         "intercepted (intercept_without_sni is off)",
+			         ds->peer, ds->origin_host, ds->origin_port);
+			return BYPASS_NO_SNI;
+		}
+	}
+	return BYPASS_COUNT;
+}
+
 /* What followed an interceptable CONNECT's 200: a TLS ClientHello is
- * terminated here, anything else (or silence) is tunneled as it is, and so
- * is a ClientHello whose server name the TLS layer would refuse (such as
- * foo_bar.internal). Waits for the rest of a ClientHello unless forced (the
- * peek timer fired, the client sent EOF). */
+ * terminated here unless hello_bypass says otherwise; anything else (or
+ * silence) is tunneled as it is. Waits for the rest of a ClientHello unless
+ * forced (the peek timer fired, the client sent EOF). */
 static void end_peek(struct downstream *ds, bool forced)
 {
 	struct evbuffer *in = transport_input(ds->t);
@@ -938,29 +992,20 @@ static void end_peek(struct downstream *ds, bool forced)
 
 	if (evbuffer_copyout(in, &first, 1) == 1 && first == 0x16) {
 		size_t len = evbuffer_get_length(in);
-		char sni[256];
+		struct tls_hello_info hello;
 		const unsigned char *data;
 		enum tls_hello h;
+		enum bypass_reason why;
 		/* at most the records of the longest ClientHello read */
 		if (len > TLS_HELLO_MAX + 1024)
 			len = TLS_HELLO_MAX + 1024;
 		data = evbuffer_pullup(in, (ev_ssize_t)len);
-		h = data ? tls_client_hello_sni(data, len, sni, sizeof(sni)) : TLS_HELLO_INVALID;
+		h = data ? tls_client_hello_parse(data, len, &hello) : TLS_HELLO_INVALID;
 		if (h == TLS_HELLO_INCOMPLETE && !forced)
 			return; /* the peek timer still runs */
 		evtimer_del(ds->peek_timer);
-		if (h == TLS_HELLO_SNI && !tls_server_name_acceptable(sni)) {
-			for (char *c = sni; *c; c++) /* the client's bytes, logged */
-				if (*c < 0x21 || *c > 0x7e)
-					*c = '?';
-			log_info("client %s: CONNECT %s:%u: SNI '%s' is not a name TLS accepts: "
-			         "tunneled, not intercepted",
-			         ds->peer, ds->origin_host, ds->origin_port, sni);
-			ds->mode = DS_PROXY;
-			ds->tunnel = tunnel_start(ds->m, &tunnel_owner, ds, ds->origin_host,
-			                          ds->origin_port, true);
-			if (!ds->tunnel)
-				free_soon(ds);
+		if ((why = hello_bypass(ds, h, &hello)) != BYPASS_COUNT) {
+			bypass(ds, why);
 			return;
 		}
 		struct tls_server_params p = {.ca = ds->m->ca,
@@ -979,13 +1024,8 @@ static void end_peek(struct downstream *ds, bool forced)
 		return;
 	}
 	evtimer_del(ds->peek_timer);
-	ds->mode = DS_PROXY;
 	ds->silent_peek = evbuffer_get_length(in) == 0 && !ds->peer_eof;
-	ds->tunnel = tunnel_start(ds->m, &tunnel_owner, ds, ds->origin_host, ds->origin_port, true);
-	if (!ds->tunnel)
-		free_soon(ds);
-	else
-		update_timer(ds);
+	bypass(ds, evbuffer_get_length(in) == 0 ? BYPASS_SILENT : BYPASS_NOT_TLS);
 }
 
 static void peek_timeout(evutil_socket_t fd, short what, void *arg)

@@ -110,6 +110,22 @@ enum tls_hello {
 #define TLS_HELLO_MAX 16384 /* longer ClientHello messages are not read (INVALID) */
 enum tls_hello tls_client_hello_sni(const unsigned char *p, size_t len, char *name, size_t size);
 
+/* What a complete ClientHello offers (tls_client_hello_parse). */
+struct tls_hello_info {
+	char sni[256];       /* the host_name, NUL-terminated; "" when none */
+	bool alpn;           /* an ALPN extension (RFC 7301) was sent */
+	bool alpn_h2;        /* ... offering "h2" */
+	bool alpn_http11;    /* ... offering "http/1.1" */
+	char alpn_list[128]; /* the offered protocols for logs, comma-separated, bytes outside
+	                        0x21..0x7e as '?', cut short with "..." */
+};
+/* The same strict reading as tls_client_hello_sni (whose answer it returns,
+ * the name at most 255 bytes), also reading the ALPN extension: a malformed
+ * one (an empty list, an empty name, lengths that disagree) or a second
+ * server_name or ALPN extension is INVALID. info is filled for NO_SNI and SNI. */
+enum tls_hello tls_client_hello_parse(const unsigned char *p, size_t len,
+                                      struct tls_hello_info *info);
+
 /* Whether GnuTLS takes name as a server name: letters, digits, '-' and '.'
  * only (a name such as foo_bar.internal is refused during the handshake). */
 bool tls_server_name_acceptable(const char *name);

@@ -7,10 +7,10 @@
  * is the server's own: the certificate is chosen while the handshake runs (a
  * leaf from the local CA for the CONNECT host, or for the SNI's name when the
  * CONNECT host is an address); session tickets use the CA's ticket key;
- * failures are told to the client with an alert. It also reads the SNI from
- * a ClientHello before any TLS session exists (for the decision whether to
- * intercept at all). Owns (besides what tls_io owns): a reference to the
- * leaf, released after the session is deinitialized.
+ * failures are told to the client with an alert. It also reads the SNI and
+ * the offered ALPN protocols from a ClientHello before any TLS session
+ * exists (for the decision whether to intercept at all). Owns (besides what tls_io owns): a
+ * reference to the leaf, released after the session is deinitialized.
  */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -275,7 +275,8 @@ const char *tls_server_alpn(struct transport *base)
 	return ((struct tls_srv *)base)->alpn;
 }
 
-/* ---- the SNI of a ClientHello, before any TLS session (RFC 8446 4.1.2, RFC 6066 3) ---- */
+/* ---- the SNI and ALPN of a ClientHello, before any TLS session (RFC 8446 4.1.2, RFC 6066 3,
+ * RFC 7301 3.1) ---- */
 
 static unsigned get16(const unsigned char *p)
 {
@@ -318,12 +319,74 @@ static enum tls_hello gather_hello(const unsigned char *p, size_t len, unsigned 
 	}
 }
 
-enum tls_hello tls_client_hello_sni(const unsigned char *p, size_t len, char *name, size_t size)
+/* The server_name extension's data ext[0..elen): the first host_name copied
+ * to info->sni. NO_SNI when the list holds none, SNI, or INVALID. */
+static enum tls_hello read_server_name(const unsigned char *ext, size_t elen,
+                                       struct tls_hello_info *info)
+{
+	size_t j;
+
+	if (elen < 2 || 2 + get16(ext) != elen)
+		return TLS_HELLO_INVALID;
+	for (j = 2; j + 3 <= elen; j += 3 + get16(ext + j + 1)) {
+		unsigned nlen = get16(ext + j + 1);
+		if (j + 3 + nlen > elen)
+			return TLS_HELLO_INVALID;
+		if (ext[j] != 0) /* host_name */
+			continue;
+		if (nlen == 0 || nlen >= sizeof(info->sni) || memchr(ext + j + 3, '\0', nlen))
+			return TLS_HELLO_INVALID;
+		memcpy(info->sni, ext + j + 3, nlen);
+		info->sni[nlen] = '\0';
+		return TLS_HELLO_SNI;
+	}
+	return j == elen ? TLS_HELLO_NO_SNI : TLS_HELLO_INVALID;
+}
+
+/* The ALPN extension's data (RFC 7301 3.1: a non-empty list of non-empty
+ * names): what it offers, into info. False when malformed. */
+static bool read_alpn(const unsigned char *ext, size_t elen, struct tls_hello_info *info)
+{
+	size_t j, out = 0, cap = sizeof(info->alpn_list);
+	bool cut = false;
+
+	if (elen < 3 || 2 + get16(ext) != elen)
+		return false;
+	info->alpn = true;
+	for (j = 2; j < elen; j += 1 + ext[j]) {
+		size_t nlen = ext[j];
+		const unsigned char *name = ext + j + 1;
+		if (nlen == 0 || j + 1 + nlen > elen)
+			return false;
+		info->alpn_h2 = info->alpn_h2 || (nlen == 2 && memcmp(name, "h2", 2) == 0);
+		info->alpn_http11 =
+		    info->alpn_http11 || (nlen == 8 && memcmp(name, "http/1.1", 8) == 0);
+		if (cut)
+			continue;
+		if (out + (out ? 1 : 0) + nlen + 4 > cap) { /* no room for it and "...": cut */
+			memcpy(info->alpn_list + out, "...", 4);
+			cut = true;
+			continue;
+		}
+		if (out)
+			info->alpn_list[out++] = ',';
+		for (size_t k = 0; k < nlen; k++)
+			info->alpn_list[out++] =
+			    (char)(name[k] >= 0x21 && name[k] <= 0x7e ? name[k] : '?');
+		info->alpn_list[out] = '\0';
+	}
+	return true;
+}
+
+enum tls_hello tls_client_hello_parse(const unsigned char *p, size_t len,
+                                      struct tls_hello_info *info)
 {
 	static unsigned char msg[TLS_HELLO_MAX]; /* one event loop thread */
 	size_t n = 0, i;
-	enum tls_hello r = gather_hello(p, len, msg, &n);
+	enum tls_hello r = gather_hello(p, len, msg, &n), sni = TLS_HELLO_NO_SNI;
+	bool seen_sni = false, seen_alpn = false;
 
+	memset(info, 0, sizeof(*info));
 	if (r != TLS_HELLO_NO_SNI)
 		return r;
 	/* version, random, session id, cipher suites, compression methods */
@@ -337,29 +400,35 @@ enum tls_hello tls_client_hello_sni(const unsigned char *p, size_t len, char *na
 		return TLS_HELLO_INVALID;
 	for (i += 2; i + 4 <= n; i += 4 + get16(msg + i + 2)) {
 		unsigned type = get16(msg + i), elen = get16(msg + i + 2);
-		size_t j = i + 4, list_end;
 		if (i + 4 + elen > n)
 			return TLS_HELLO_INVALID;
-		if (type != 0) /* server_name */
-			continue;
-		if (elen < 2 || 2 + get16(msg + j) != elen)
-			return TLS_HELLO_INVALID;
-		list_end = j + elen;
-		for (j += 2; j + 3 <= list_end; j += 3 + get16(msg + j + 1)) {
-			unsigned nlen = get16(msg + j + 1);
-			if (j + 3 + nlen > list_end)
+		if (type == 0) { /* server_name */
+			if (seen_sni)
 				return TLS_HELLO_INVALID;
-			if (msg[j] != 0) /* host_name */
-				continue;
-			if (nlen == 0 || nlen >= size || memchr(msg + j + 3, '\0', nlen))
+			seen_sni = true;
+			sni = read_server_name(msg + i + 4, elen, info);
+			if (sni == TLS_HELLO_INVALID)
 				return TLS_HELLO_INVALID;
-			memcpy(name, msg + j + 3, nlen);
-			name[nlen] = '\0';
-			return TLS_HELLO_SNI;
+		} else if (type == 16) { /* application_layer_protocol_negotiation */
+			if (seen_alpn || !read_alpn(msg + i + 4, elen, info))
+				return TLS_HELLO_INVALID;
+			seen_alpn = true;
 		}
-		return j == list_end ? TLS_HELLO_NO_SNI : TLS_HELLO_INVALID;
 	}
-	return i == n ? TLS_HELLO_NO_SNI : TLS_HELLO_INVALID;
+	return i == n ? sni : TLS_HELLO_INVALID;
+}
+
+enum tls_hello tls_client_hello_sni(const unsigned char *p, size_t len, char *name, size_t size)
+{
+	struct tls_hello_info info;
+	enum tls_hello r = tls_client_hello_parse(p, len, &info);
+
+	if (r != TLS_HELLO_SNI)
+		return r;
+	if (strlen(info.sni) >= size)
+		return TLS_HELLO_INVALID;
+	memcpy(name, info.sni, strlen(info.sni) + 1);
+	return TLS_HELLO_SNI;
 }
 
 bool tls_server_name_acceptable(const char *name)

@@ -384,6 +384,10 @@ START_TEST(intercept_and_bypass)
 	ck_assert(route_intercepts(cfg, "11.1.2.3", 443));
 	ck_assert(!route_intercepts(cfg, "pinned.test", 443));
 	ck_assert(route_intercepts(cfg, "pinned.test", 8443));
+	ck_assert(route_intercept_bypassed(cfg, "bank.example", 443));
+	ck_assert(route_intercept_bypassed(cfg, "pinned.test", 443));
+	ck_assert(!route_intercept_bypassed(cfg, "pinned.test", 8443));  /* intercepted */
+	ck_assert(!route_intercept_bypassed(cfg, "bank.example", 4443)); /* not in ports */
 	config_unref(cfg);
 
 	cfg = load("[intercept]\nenabled = off\n");
@@ -398,6 +402,31 @@ START_TEST(intercept_and_bypass)
 	load_errors("[intercept]\nbypass = a b/99\n", "[intercept] bypass: bad pattern");
 	load_errors("[intercept]\nports = 0\n", "[intercept] ports: bad port");
 	load_errors("[intercept]\nleaf_cache = 0\n", "[intercept] leaf_cache");
+}
+END_TEST
+
+/* intercept_without_sni: off by default, inherited from [route *], one
+ * boolean per route. */
+START_TEST(intercept_without_sni_key)
+{
+	struct route r;
+	struct config *cfg = load("[route *]\nintercept_without_sni = on\n"
+	                          "[route *.pinned.example]\nintercept_without_sni = off\n");
+
+	ck_assert_ptr_nonnull(cfg);
+	route_for(cfg, "api.example.com", 443, &r);
+	ck_assert(r.intercept_without_sni);
+	route_for(cfg, "a.pinned.example", 443, &r);
+	ck_assert(!r.intercept_without_sni);
+	config_unref(cfg);
+	cfg = load("[route api.example.com]\nh2 = off\n");
+	route_for(cfg, "api.example.com", 443, &r);
+	ck_assert(!r.intercept_without_sni);
+	config_unref(cfg);
+	load_errors("[route *]\nintercept_without_sni = sometimes\n",
+	            "[route *] intercept_without_sni: bad boolean 'sometimes'");
+	load_errors("[route *]\nintercept_without_sni = on\nintercept_without_sni = off\n",
+	            "[route *] intercept_without_sni: given twice");
 }
 END_TEST
 
@@ -461,6 +490,7 @@ int main(void)
 	tcase_add_test(tc, route_errors);
 	tcase_add_test(tc, pool_keys);
 	tcase_add_test(tc, intercept_and_bypass);
+	tcase_add_test(tc, intercept_without_sni_key);
 	tcase_add_test(tc, v4_mapped_destination);
 	tcase_add_test(tc, pool_key_sni);
 	suite_add_tcase(s, tc);

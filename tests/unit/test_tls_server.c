@@ -626,11 +626,13 @@ START_TEST(sni_other_than_connect_host)
 }
 END_TEST
 
-/* A ClientHello made by hand: an extension before server_name (when sni is
- * set), in records of at most record_max bytes. Returns its length. */
-static size_t hand_hello(unsigned char *out, const char *sni, size_t record_max)
+/* A ClientHello made by hand around the extensions ext[0..elen) (NULL: no
+ * extensions block at all), in records of at most record_max bytes. Returns
+ * its length. */
+static size_t hand_hello_ext(unsigned char *out, const unsigned char *ext, size_t elen,
+                             size_t record_max)
 {
-	unsigned char body[600];
+	unsigned char body[1400];
 	size_t n = 0, len = 0;
 
 	body[n++] = 3, body[n++] = 3;       /* legacy_version */
@@ -639,16 +641,10 @@ static size_t hand_hello(unsigned char *out, const char *sni, size_t record_max)
 	body[n++] = 0, body[n++] = 2;       /* cipher suites */
 	body[n++] = 0x13, body[n++] = 0x01; /* TLS_AES_128_GCM_SHA256 */
 	body[n++] = 1, body[n++] = 0;       /* compression: null */
-	if (sni) {
-		size_t sl = strlen(sni), ext = 4 + 4 + 2 + 3 + sl;
-		body[n++] = (unsigned char)(ext >> 8), body[n++] = (unsigned char)ext;
-		body[n++] = 0, body[n++] = 0x0a, body[n++] = 0, body[n++] = 0; /* empty groups */
-		body[n++] = 0, body[n++] = 0;                                  /* server_name */
-		body[n++] = (unsigned char)((sl + 5) >> 8), body[n++] = (unsigned char)(sl + 5);
-		body[n++] = (unsigned char)((sl + 3) >> 8), body[n++] = (unsigned char)(sl + 3);
-		body[n++] = 0; /* host_name */
-		body[n++] = (unsigned char)(sl >> 8), body[n++] = (unsigned char)sl;
-		memcpy(body + n, sni, sl), n += sl;
+	if (ext) {
+		ck_assert_uint_le(n + 2 + elen, sizeof(body));
+		body[n++] = (unsigned char)(elen >> 8), body[n++] = (unsigned char)elen;
+		memcpy(body + n, ext, elen), n += elen;
 	}
 	unsigned char msg[sizeof(body) + 4] = {1, 0, (unsigned char)(n >> 8), (unsigned char)n};
 	memcpy(msg + 4, body, n);
@@ -659,6 +655,52 @@ static size_t hand_hello(unsigned char *out, const char *sni, size_t record_max)
 		memcpy(out + len, msg + off, frag), len += frag;
 	}
 	return len;
+}
+
+/* Appends a server_name extension for sni to ext at *n. */
+static void ext_sni(unsigned char *ext, size_t *n, const char *sni)
+{
+	size_t sl = strlen(sni);
+
+	ext[(*n)++] = 0, ext[(*n)++] = 0; /* server_name */
+	ext[(*n)++] = (unsigned char)((sl + 5) >> 8), ext[(*n)++] = (unsigned char)(sl + 5);
+	ext[(*n)++] = (unsigned char)((sl + 3) >> 8), ext[(*n)++] = (unsigned char)(sl + 3);
+	ext[(*n)++] = 0; /* host_name */
+	ext[(*n)++] = (unsigned char)(sl >> 8), ext[(*n)++] = (unsigned char)sl;
+	memcpy(ext + *n, sni, sl), *n += sl;
+}
+
+/* Appends an ALPN extension offering the comma-separated protocols. */
+static void ext_alpn(unsigned char *ext, size_t *n, const char *protos)
+{
+	size_t start = *n, list = 0;
+
+	ext[(*n)++] = 0, ext[(*n)++] = 16; /* application_layer_protocol_negotiation */
+	*n += 4;                           /* extension and list lengths, below */
+	while (*protos) {
+		size_t pl = strcspn(protos, ",");
+		ext[(*n)++] = (unsigned char)pl;
+		memcpy(ext + *n, protos, pl), *n += pl;
+		list += 1 + pl;
+		protos += pl + (protos[pl] == ',');
+	}
+	ext[start + 2] = (unsigned char)((list + 2) >> 8),
+	            ext[start + 3] = (unsigned char)(list + 2);
+	ext[start + 4] = (unsigned char)(list >> 8), ext[start + 5] = (unsigned char)list;
+}
+
+/* A ClientHello made by hand: an extension before server_name (when sni is
+ * set), in records of at most record_max bytes. Returns its length. */
+static size_t hand_hello(unsigned char *out, const char *sni, size_t record_max)
+{
+	unsigned char ext[600];
+	size_t n = 0;
+
+	if (!sni)
+		return hand_hello_ext(out, NULL, 0, record_max);
+	ext[n++] = 0, ext[n++] = 0x0a, ext[n++] = 0, ext[n++] = 0; /* empty groups */
+	ext_sni(ext, &n, sni);
+	return hand_hello_ext(out, ext, n, record_max);
 }
 
 START_TEST(client_hello_sni_parser)
@@ -689,6 +731,104 @@ START_TEST(client_hello_sni_parser)
 	n = hand_hello(b, "x.example", 1000);
 	b[5] = 2; /* a ServerHello */
 	ck_assert_int_eq(tls_client_hello_sni(b, n, name, sizeof(name)), TLS_HELLO_INVALID);
+}
+END_TEST
+
+/* The offered ALPN protocols, read with the SNI, strictly. */
+START_TEST(client_hello_alpn_parser)
+{
+	unsigned char b[2048], ext[1200];
+	struct tls_hello_info info;
+	char longlist[700] = "";
+	size_t n, e;
+
+	e = 0; /* ALPN before and after the SNI */
+	ext_alpn(ext, &e, "h2,http/1.1");
+	ext_sni(ext, &e, "api.example");
+	n = hand_hello_ext(b, ext, e, 1000);
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_SNI);
+	ck_assert_str_eq(info.sni, "api.example");
+	ck_assert(info.alpn && info.alpn_h2 && info.alpn_http11);
+	ck_assert_str_eq(info.alpn_list, "h2,http/1.1");
+	e = 0;
+	ext_sni(ext, &e, "api.example");
+	ext_alpn(ext, &e, "acme-tls/1");
+	n = hand_hello_ext(b, ext, e, 9); /* across many records */
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_SNI);
+	ck_assert(info.alpn && !info.alpn_h2 && !info.alpn_http11);
+	ck_assert_str_eq(info.alpn_list, "acme-tls/1");
+	ck_assert_int_eq(tls_client_hello_parse(b, n - 1, &info), TLS_HELLO_INCOMPLETE);
+	e = 0; /* names that look alike are other protocols */
+	ext_alpn(ext, &e, "h2c,http/1.10,HTTP/1.1,h3");
+	n = hand_hello_ext(b, ext, e, 1000);
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_NO_SNI);
+	ck_assert(info.alpn && !info.alpn_h2 && !info.alpn_http11);
+	ck_assert_str_eq(info.sni, "");
+	e = 0;
+	ext_alpn(ext, &e, "grpc-exp,http/1.1");
+	n = hand_hello_ext(b, ext, e, 1000);
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_NO_SNI);
+	ck_assert(info.alpn && !info.alpn_h2 && info.alpn_http11);
+	n = hand_hello(b, "plain.example", 1000); /* no ALPN at all */
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_SNI);
+	ck_assert(!info.alpn && !info.alpn_h2 && !info.alpn_http11);
+	ck_assert_str_eq(info.alpn_list, "");
+	e = 0; /* bytes a log line must not carry */
+	ext_alpn(ext, &e, "a b");
+	ext[e - 2] = '\n';
+	n = hand_hello_ext(b, ext, e, 1000);
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_NO_SNI);
+	ck_assert_str_eq(info.alpn_list, "a?b");
+	for (int i = 0; i < 60; i++) /* a long list: cut short, h2 still seen at its end */
+		strcat(longlist, "proto-x,");
+	strcat(longlist, "h2");
+	e = 0;
+	ext_alpn(ext, &e, longlist);
+	n = hand_hello_ext(b, ext, e, 1000);
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_NO_SNI);
+	ck_assert(info.alpn_h2);
+	ck_assert_uint_lt(strlen(info.alpn_list), sizeof(info.alpn_list));
+	ck_assert_str_eq(info.alpn_list + strlen(info.alpn_list) - 3, "...");
+
+	/* malformed: an empty list, an empty name, a name past the list, a list
+	 * length other than the extension's, a second ALPN or server_name */
+	e = 0;
+	ext[e++] = 0, ext[e++] = 16, ext[e++] = 0, ext[e++] = 2, ext[e++] = 0, ext[e++] = 0;
+	n = hand_hello_ext(b, ext, e, 1000);
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_INVALID);
+	e = 0;
+	ext[e++] = 0, ext[e++] = 16, ext[e++] = 0, ext[e++] = 0;
+	n = hand_hello_ext(b, ext, e, 1000);
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_INVALID);
+	e = 0;
+	ext_alpn(ext, &e, "h2,,x");
+	n = hand_hello_ext(b, ext, e, 1000);
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_INVALID);
+	e = 0;
+	ext_alpn(ext, &e, "h2");
+	ext[6] = 3; /* "h2" said to be 3 bytes long */
+	n = hand_hello_ext(b, ext, e, 1000);
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_INVALID);
+	e = 0;
+	ext_alpn(ext, &e, "h2");
+	ext[5] = 2; /* the list shorter than the extension */
+	n = hand_hello_ext(b, ext, e, 1000);
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_INVALID);
+	e = 0;
+	ext_alpn(ext, &e, "h2");
+	ext_alpn(ext, &e, "http/1.1");
+	n = hand_hello_ext(b, ext, e, 1000);
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_INVALID);
+	e = 0;
+	ext_sni(ext, &e, "one.example");
+	ext_sni(ext, &e, "two.example");
+	n = hand_hello_ext(b, ext, e, 1000);
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_INVALID);
+	e = 0; /* an extension running past the end hides nothing after the SNI */
+	ext_sni(ext, &e, "one.example");
+	ext[e++] = 0, ext[e++] = 16, ext[e++] = 0, ext[e++] = 9, ext[e++] = 0;
+	n = hand_hello_ext(b, ext, e, 1000);
+	ck_assert_int_eq(tls_client_hello_parse(b, n, &info), TLS_HELLO_INVALID);
 }
 END_TEST
 
@@ -963,6 +1103,7 @@ static Suite *tls_server_suite(void)
 	tcase_add_test(t, sni_invalid);
 	tcase_add_test(t, sni_other_than_connect_host);
 	tcase_add_test(t, client_hello_sni_parser);
+	tcase_add_test(t, client_hello_alpn_parser);
 	tcase_add_test(t, resumption_tls13);
 	tcase_add_test(t, resumption_tls12);
 	tcase_add_test(t, alpn);

@@ -1,0 +1,258 @@
+"""Streamed responses are relayed as they arrive: a server-sent events origin
+sends one event, then waits until the test tells it to go on (the test does
+so only once the first event has reached the client), then sends more.  The
+first event must reach an HTTP/1.1 client while the origin is still waiting,
+within a generous deadline: muxd must not sit on a small piece of body until
+more arrives (64 KiB, the end of the response, a timer).  The measured delay
+is printed (``pytest -rP`` shows it) and recorded as a junit property.
+
+Clients: absolute-form requests over plain HTTP (``http://`` to an HTTP/1.1
+origin, ``https://`` to a TLS origin) and HTTP/1.1 inside intercepted TLS.
+Upstreams: HTTP/1.1 (a python origin: chunked, delimited by close, or with a
+Content-Length) and HTTP/2 (python-h2, h2origin.py).  HTTP/3 has no scripted
+origin here (python3-aioquic is not packaged, gtlsserver serves only files,
+Debian's nghttpx is built without QUIC): the HTTP/3 codec hands each DATA
+frame to the exchange as nghttp3 delivers it, which test_h3.py covers for
+whole bodies.
+"""
+
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+from support import (
+    LOCALHOST,
+    HTTPReader,
+    connect,
+    open_tunnel,
+    proxy_request,
+)
+
+DEADLINE = 10.0  # generous: the point is "before the origin sends more"
+EVENTS = [b"data: one\n\n", b"data: two\n\n", b"data: three\n\n"]
+
+
+class Stream:
+    """What the origin and the test share about one streamed response."""
+
+    def __init__(self):
+        self.first_sent = threading.Event()
+        self.first_sent_at = None
+        self.go = threading.Event()  # set by the test: send the rest
+        self.rest_sent = threading.Event()
+        self.errors = []
+
+    def sending_first(self):
+        """Called just before the first event goes out (the delay counts from here)."""
+        self.first_sent_at = time.monotonic()
+
+    def sent_first(self):
+        self.first_sent.set()
+
+    def wait_go(self):
+        if not self.go.wait(DEADLINE * 3):
+            self.errors.append("the test never said go")
+            return False
+        return True
+
+
+class H1StreamOrigin:
+    """An HTTP/1.1 origin (plain, or TLS with the test PKI) whose every
+    response is a stream: the head and EVENTS[0], then (after stream.go)
+    the other events, framed as chunked, close-delimited or with a
+    Content-Length."""
+
+    def __init__(self, framing, pki=None):
+        self.framing = framing
+        self.streams = []
+        self.lock = threading.Lock()
+        self.ctx = None
+        if pki:
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.load_cert_chain(str(pki.leaf_cert), str(pki.leaf_key))
+            self.ctx.set_alpn_protocols(["http/1.1"])
+        self.listener = socket.create_server((LOCALHOST, 0))
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.threads = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def new_stream(self):
+        s = Stream()
+        with self.lock:
+            self.streams.append(s)
+        return s
+
+    def _accept(self):
+        while not self.stopping.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, sock):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(DEADLINE * 4)
+        try:
+            if self.ctx:
+                sock = self.ctx.wrap_socket(sock, server_side=True)
+            reader = HTTPReader(sock)
+            reader.read_until(b"\r\n\r\n")
+            with self.lock:
+                stream = self.streams.pop(0)
+            head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            if self.framing == "chunked":
+                head += "Transfer-Encoding: chunked\r\n"
+            elif self.framing == "length":
+                head += f"Content-Length: {sum(map(len, EVENTS))}\r\n"
+            else:
+                head += "Connection: close\r\n"
+
+            def frame(data):
+                return b"%x\r\n%s\r\n" % (len(data), data) if self.framing == "chunked" else data
+
+            stream.sending_first()
+            sock.sendall(head.encode() + b"\r\n" + frame(EVENTS[0]))
+            stream.sent_first()
+            if not stream.wait_go():
+                return
+            for ev in EVENTS[1:]:
+                sock.sendall(frame(ev))
+            if self.framing == "chunked":
+                sock.sendall(b"0\r\n\r\n")
+            stream.rest_sent.set()
+            if self.framing == "close":
+                return  # the close ends the body
+            reader.read_until(b"\r\n\r\n")  # until muxd closes or sends more
+        except (OSError, ValueError, ssl.SSLError, Exception):  # noqa: BLE001
+            pass
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def stop(self):
+        self.stopping.set()
+        self.listener.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def h1_stream_origin():
+    origins = []
+
+    def start(framing, pki=None):
+        o = H1StreamOrigin(framing, pki)
+        origins.append(o)
+        return o
+
+    yield start
+    for o in origins:
+        o.stop()
+
+
+def h2_stream_handler(streams):
+    """h2origin handler: the head and EVENTS[0], then (after go) the rest."""
+
+    def handler(req):
+        stream = streams.pop(0)
+        req.send_head(200, [("content-type", "text/event-stream"), ("cache-control", "no-cache")])
+        stream.sending_first()
+        req.send_data(EVENTS[0])
+        stream.sent_first()
+        if not stream.wait_go():
+            return
+        for ev in EVENTS[1:-1]:
+            req.send_data(ev)
+        req.send_data(EVENTS[-1], end_stream=True)
+        stream.rest_sent.set()
+
+    return handler
+
+
+def open_client(m, client, scheme, authority):
+    """A socket to send the request on and the request's target."""
+    if client == "absolute":
+        return connect(m.port, timeout=DEADLINE), f"{scheme}://{authority}/events"
+    resp, reader = open_tunnel(m.port, authority)
+    assert resp.status == 200, resp
+    ctx = ssl.create_default_context(cafile=str(m.state_dir / "ca.pem"))
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx.wrap_socket(reader.sock, server_hostname="localhost"), "/events"
+
+
+def first_event_then_rest(record_property, sock, target, authority, stream, label):
+    """Send GET target; check the first event arrives before the origin was
+    told to send the second; then read the rest. Returns the delay (s)."""
+    with sock:
+        if target.startswith("/"):
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {authority}\r\nAccept: text/event-stream\r\n\r\n".encode())
+        else:
+            sock.sendall(proxy_request("GET", target, headers=[("Accept", "text/event-stream")]))
+        sock.settimeout(DEADLINE)
+        reader = HTTPReader(sock)
+        version, status, reason, headers = reader.read_head()
+        assert status == 200, (status, reason, headers)
+        body = bytearray()
+        pieces = reader.iter_body(headers, status)
+        try:
+            while not body.startswith(EVENTS[0]):
+                body += next(pieces)
+        except socket.timeout:
+            pytest.fail(f"{label}: the first event did not reach the client within {DEADLINE}s "
+                        f"(have {bytes(body)!r}); the origin is waiting to send more")
+        arrived = time.monotonic()
+        assert stream.first_sent.wait(DEADLINE)  # the origin's sendall may return after the client read
+        assert not stream.go.is_set() and not stream.rest_sent.is_set()
+        delay = arrived - stream.first_sent_at
+        print(f"{label}: first event reached the client {delay * 1000:.1f} ms after the origin sent it")
+        record_property(f"first_event_delay_ms[{label}]", round(delay * 1000, 1))
+        stream.go.set()
+        for piece in pieces:
+            body += piece
+        assert bytes(body) == b"".join(EVENTS)
+        assert not stream.errors, stream.errors
+        return delay
+
+
+CLIENTS = ["absolute", "intercepted"]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("framing", ["chunked", "close", "length"])
+def test_h1_upstream_stream_reaches_client_at_once(muxd, pki, h1_stream_origin, record_property, client, framing):
+    tls = client == "intercepted"
+    o = h1_stream_origin(framing, pki if tls else None)
+    conf = {"route *": {"ca_file": pki.ca_cert}}
+    if tls:
+        conf["intercept"] = {"ports": o.port}
+    m = muxd(conf)
+    authority = f"localhost:{o.port}" if tls else f"{LOCALHOST}:{o.port}"
+    stream = o.new_stream()
+    sock, target = open_client(m, client, "http", authority)
+    first_event_then_rest(record_property, sock, target, authority, stream, f"h1 {framing} -> {client}")
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_h2_upstream_stream_reaches_client_at_once(muxd, pki, h2_origin, record_property, client):
+    streams = []
+    o = h2_origin(h2_stream_handler(streams))
+    conf = {"route *": {"ca_file": pki.ca_cert}, "intercept": {"ports": o.port}}
+    m = muxd(conf)
+    authority = f"localhost:{o.port}"
+    stream = Stream()
+    streams.append(stream)
+    sock, target = open_client(m, client, "https", authority)
+    first_event_then_rest(record_property, sock, target, authority, stream, f"h2 -> {client}")
+    assert o.connections == 1 and o.conn(0).requests, "not served over HTTP/2"
