@@ -11,8 +11,10 @@ exemption first. test_loopback_stays_direct checks the exemption itself.
 git over https is covered by
 test_intercept.py::test_muxd_env_makes_git_clone_over_https_go_through_muxd,
 curl and requests also by test_intercept.py::test_muxd_env_points_curl_and_requests_at_muxd.
-Clients that are not packaged here (Go programs, docker) are documented only;
-node runs when it is installed (its proxy support depends on the version)."""
+Go programs are built offline from the standard library (test_go_program);
+the docker daemon is documented only (no Docker engine runs here: its drop-in
+is checked by test_env_trust.py::test_docker_drop_in); node runs when it is
+installed (its proxy support depends on the version)."""
 
 import hashlib
 import io
@@ -311,3 +313,106 @@ def test_apt_with_proxy_snippet(muxd, nginx, tmp_path):
     # Release, Packages and the .deb went through muxd, on pooled connections
     assert m.metrics().sum("muxd_requests_total") >= 3
     assert m.metrics().sum("muxd_upstream_reuses_total") >= 1
+
+
+# --------------------------------------------------------------------------
+# Go programs: net/http's default transport (ProxyFromEnvironment) and
+# crypto/x509 (SSL_CERT_FILE) with nothing but the exports of `muxd env`
+
+GO_FETCH = """package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"time"
+)
+
+func main() {
+	client := &http.Client{Timeout: 20 * time.Second} // the default transport
+	for i := 1; i+1 < len(os.Args); i += 2 {
+		resp, err := client.Get(os.Args[i])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 {
+			fmt.Fprintln(os.Stderr, os.Args[i], resp.Status, err)
+			os.Exit(1)
+		}
+		if err := os.WriteFile(os.Args[i+1], body, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+}
+"""
+
+# Go never sends localhost or a loopback address to a proxy (whatever
+# no_proxy says), but a name under .localhost goes through it, and muxd
+# resolves that name to loopback (RFC 6761).
+GO_HOST = "go.localhost"
+
+
+@pytest.fixture(scope="session")
+def go_fetch(tmp_path_factory):
+    """The Go client above, built offline (stdlib only) in a scratch GOPATH
+    and GOCACHE."""
+    go = shutil.which("go")
+    if not go:
+        pytest.skip("go is not installed (golang-go, in scripts/install-deps)")
+    d = tmp_path_factory.mktemp("go")
+    (d / "src").mkdir()
+    (d / "src" / "go.mod").write_text("module muxdtest/fetch\n\ngo 1.19\n")
+    (d / "src" / "main.go").write_text(GO_FETCH)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(d), "GOPATH": str(d / "gopath"),
+           "GOCACHE": str(d / "cache"), "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GO111MODULE": "on",
+           "CGO_ENABLED": "0", "GOTOOLCHAIN": "local"}
+    r = subprocess.run([go, "build", "-o", str(d / "fetch"), "."], cwd=d / "src", env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, f"go build failed:\n{r.stdout}\n{r.stderr}"
+    return d / "fetch"
+
+
+def go_localhost_cert(pki, d):
+    """A leaf for GO_HOST signed by the test CA (muxd verifies the origin by
+    that name)."""
+    d.mkdir(exist_ok=True)
+    key, cert, tmpl = d / "go.key", d / "go.pem", d / "go.tmpl"
+    subprocess.run(["certtool", "--generate-privkey", "--key-type=ecdsa", "--outfile", str(key)], check=True,
+                   capture_output=True)
+    tmpl.write_text(f'cn = "{GO_HOST}"\nserial = 7\nexpiration_days = 30\ndns_name = "{GO_HOST}"\n'
+                    "tls_www_server\nsigning_key\nencryption_key\n")
+    subprocess.run(["certtool", "--generate-certificate", "--load-privkey", str(key), "--load-ca-certificate",
+                    str(pki.ca_cert), "--load-ca-privkey", str(pki.ca_key), "--template", str(tmpl),
+                    "--outfile", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def test_go_program(go_fetch, muxd, nginx, tls_nginx_factory, pki, tmp_path):
+    """A Go program (net/http defaults) run after `eval "$(muxd env)"` in sh
+    fetches an https:// origin through interception (verifying muxd's leaf
+    with SSL_CERT_FILE) and an http:// one, both through muxd's pool."""
+    tls = tls_nginx_factory(cert=go_localhost_cert(pki, tmp_path / "pki"))
+    (tls.root / "file.bin").write_bytes(BODY)
+    (nginx.root / "plain.bin").write_bytes(BODY[::-1])
+    m = muxd(intercept_conf(pki, tls.port))
+    script = f"""set -e
+eval "$({env_cmd(m)})"
+unset no_proxy NO_PROXY  # the test origins are on loopback (Go exempts .localhost only through no_proxy)
+"$1" https://{GO_HOST}:{tls.port}/file.bin "$2/tls.out" http://{GO_HOST}:{nginx.port}/plain.bin "$2/plain.out"
+"""
+    r = subprocess.run(["/bin/sh", "-c", script, "sh", str(go_fetch), str(tmp_path)], capture_output=True,
+                       text=True, timeout=90, env=clean_env(), cwd=str(tmp_path))
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    assert (tmp_path / "tls.out").read_bytes() == BODY
+    assert (tmp_path / "plain.out").read_bytes() == BODY[::-1]
+    wait_until(lambda: len(tls.log_lines()) >= 1 and len(nginx.log_lines()) >= 1, timeout=5,
+               what="both nginx access logs")
+    assert leaf_issued(m) == 1, "the Go program's TLS did not end at muxd"
+    met = m.metrics()
+    assert met.sum("muxd_requests_total", proto="h1") >= 2, "both requests went through muxd's pool"
+    assert met.sum("muxd_upstream_connections_opened_total") == 2
