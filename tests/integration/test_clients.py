@@ -12,8 +12,8 @@ git over https is covered by
 test_intercept.py::test_muxd_env_makes_git_clone_over_https_go_through_muxd,
 curl and requests also by test_intercept.py::test_muxd_env_points_curl_and_requests_at_muxd.
 Go programs are built offline from the standard library (test_go_program);
-the docker daemon is documented only (no Docker engine runs here: its drop-in
-is checked by test_env_trust.py::test_docker_drop_in); node runs when it is
+the docker daemon's drop-in from docs/clients.md is verified with systemd-analyze
+and pulls from a registry when dockerd is installed: test_docker_*); node runs when it is
 installed (its proxy support depends on the version)."""
 
 import hashlib
@@ -22,7 +22,9 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -377,14 +379,14 @@ def go_fetch(tmp_path_factory):
     return d / "fetch"
 
 
-def go_localhost_cert(pki, d):
-    """A leaf for GO_HOST signed by the test CA (muxd verifies the origin by
+def leaf_for(pki, d, host):
+    """A leaf for host signed by the test CA (muxd verifies the origin by
     that name)."""
     d.mkdir(exist_ok=True)
-    key, cert, tmpl = d / "go.key", d / "go.pem", d / "go.tmpl"
+    key, cert, tmpl = d / f"{host}.key", d / f"{host}.pem", d / f"{host}.tmpl"
     subprocess.run(["certtool", "--generate-privkey", "--key-type=ecdsa", "--outfile", str(key)], check=True,
                    capture_output=True)
-    tmpl.write_text(f'cn = "{GO_HOST}"\nserial = 7\nexpiration_days = 30\ndns_name = "{GO_HOST}"\n'
+    tmpl.write_text(f'cn = "{host}"\nserial = 7\nexpiration_days = 30\ndns_name = "{host}"\n'
                     "tls_www_server\nsigning_key\nencryption_key\n")
     subprocess.run(["certtool", "--generate-certificate", "--load-privkey", str(key), "--load-ca-certificate",
                     str(pki.ca_cert), "--load-ca-privkey", str(pki.ca_key), "--template", str(tmpl),
@@ -396,7 +398,7 @@ def test_go_program(go_fetch, muxd, nginx, tls_nginx_factory, pki, tmp_path):
     """A Go program (net/http defaults) run after `eval "$(muxd env)"` in sh
     fetches an https:// origin through interception (verifying muxd's leaf
     with SSL_CERT_FILE) and an http:// one, both through muxd's pool."""
-    tls = tls_nginx_factory(cert=go_localhost_cert(pki, tmp_path / "pki"))
+    tls = tls_nginx_factory(cert=leaf_for(pki, tmp_path / "pki", GO_HOST))
     (tls.root / "file.bin").write_bytes(BODY)
     (nginx.root / "plain.bin").write_bytes(BODY[::-1])
     m = muxd(intercept_conf(pki, tls.port))
@@ -416,3 +418,176 @@ unset no_proxy NO_PROXY  # the test origins are on loopback (Go exempts .localho
     met = m.metrics()
     assert met.sum("muxd_requests_total", proto="h1") >= 2, "both requests went through muxd's pool"
     assert met.sum("muxd_upstream_connections_opened_total") == 2
+
+
+# --------------------------------------------------------------------------
+# the docker daemon: the systemd drop-in of docs/clients.md
+
+
+def docker_drop_in():
+    """The drop-in file docs/clients.md gives (the heredoc's body)."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "clients.md").read_text()
+    section = doc.split("\n## docker daemon\n", 1)[1].split("\n## ", 1)[0]
+    body = re.search(r"<<'EOF'\n(.*?)\nEOF\n", section, re.S)
+    assert body, "docs/clients.md: no drop-in heredoc in the docker section"
+    return body.group(1) + "\n"
+
+
+def drop_in_environment(text):
+    """The variables of its Environment= lines (systemd's quoting: words in
+    double quotes)."""
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("Environment="):
+            for word in re.findall(r'"([^"]*)"|(\S+)', line[len("Environment="):]):
+                k, _, v = (word[0] or word[1]).partition("=")
+                env[k] = v
+    return env
+
+
+def test_docker_drop_in_is_a_valid_unit_with_the_values_of_muxd_env(tmp_path):
+    """systemd-analyze verify accepts docker.service with the drop-in, and
+    its proxy variables are the ones `muxd env` prints for the default
+    address."""
+    require_tool("systemd-analyze", "systemd")
+    text = docker_drop_in()
+    units = tmp_path / "units"
+    (units / "docker.service.d").mkdir(parents=True)
+    (units / "docker.service").write_text("[Unit]\nDescription=stand-in for docker.service\n\n"
+                                          "[Service]\nType=simple\nExecStart=/bin/true\n")
+    (units / "docker.service.d" / "muxd.conf").write_text(text)
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(units / "docker.service")],
+                       capture_output=True, text=True, timeout=60, env={**clean_env(), "SYSTEMD_UNIT_PATH": f"{units}:"})
+    assert r.returncode == 0 and "muxd.conf" not in r.stderr, r.stderr
+    # the drop-in is read: a broken copy of it fails the same check
+    (units / "docker.service.d" / "muxd.conf").write_text(text.replace("Environment=", "Environmnt="))
+    bad = subprocess.run(["systemd-analyze", "verify", "--man=no", str(units / "docker.service")],
+                         capture_output=True, text=True, timeout=60,
+                         env={**clean_env(), "SYSTEMD_UNIT_PATH": f"{units}:"})
+    assert "Environmnt" in bad.stderr, (bad.returncode, bad.stderr)
+
+    env = drop_in_environment(text)
+    out = subprocess.run([MUXD_BIN, "env", "-l", "127.0.0.1:3128", "-S", str(tmp_path / "state")],
+                         capture_output=True, text=True, timeout=30, env=clean_env())
+    assert out.returncode == 0, out.stderr
+    exported = dict(re.findall(r"^export (\w+)='([^']*)'$", out.stdout, re.M))
+    assert env == {k: exported[k] for k in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")}, (env, exported)
+
+
+REGISTRY_HOST = "registry.localhost"  # not "localhost": Go would bypass the proxy
+
+
+def registry_image(root):
+    """A one-layer image as a registry serves it (schema 2 manifest, config,
+    gzipped layer), as static files under root/v2/muxdtest/; returns the
+    manifest's digest and the nginx directives it needs."""
+    import gzip
+    import json
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        info = tarfile.TarInfo("hello.txt")
+        info.size, info.mtime = len(BODY), 1700000000
+        t.addfile(info, io.BytesIO(BODY))
+    layer_tar = buf.getvalue()
+    layer = gzip.compress(layer_tar, mtime=0)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]},
+                         "history": [{"created_by": "muxd tests"}]}).encode()
+    blobs = root / "v2/muxdtest/blobs"
+    blobs.mkdir(parents=True)
+    digests = {}
+    for name, data in (("config", config), ("layer", layer)):
+        digests[name] = "sha256:" + hashlib.sha256(data).hexdigest()
+        (blobs / digests[name]).write_bytes(data)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": len(config),
+                   "digest": digests["config"]},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": len(layer),
+                    "digest": digests["layer"]}]}).encode()
+    (root / "v2/muxdtest/manifests").mkdir()
+    (root / "v2/muxdtest/manifests/latest").write_bytes(manifest)
+    (root / "v2/index.html").write_text("{}")
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    (root / "v2/muxdtest/manifests" / digest).write_bytes(manifest)  # docker asks by digest after the tag
+    extra = ("location /v2/muxdtest/manifests/ {\n"
+             "    default_type application/vnd.docker.distribution.manifest.v2+json;\n"
+             f"    add_header Docker-Content-Digest {digest};\n"
+             "}\n"
+             "location = /v2/ { default_type application/json; add_header Docker-Distribution-API-Version registry/2.0; }\n")
+    return digest, extra
+
+
+def test_docker_daemon_pulls_through_muxd_with_the_drop_in(muxd, tls_nginx_factory, pki, tmp_path):
+    """A real dockerd, started with the drop-in's environment (muxd's port),
+    pulls an image from an https registry through muxd's interception.
+    Trust: the drop-in relies on `sudo muxd trust` (the system store); here,
+    so that the host store stays untouched, dockerd gets muxd env's bundle
+    as SSL_CERT_FILE (Go's crypto/x509 reads it instead of the system store)."""
+    dockerd, docker = shutil.which("dockerd"), shutil.which("docker")
+    if not dockerd or not docker:
+        pytest.skip("no dockerd here (docker.io is not in scripts/install-deps)")
+    if os.geteuid() != 0:
+        pytest.skip("dockerd needs root")
+    www = tmp_path / "registry-www"
+    digest, extra = registry_image(www)
+    registry = tls_nginx_factory(cert=leaf_for(pki, tmp_path / "pki", REGISTRY_HOST), extra=extra)
+    shutil.rmtree(registry.root)
+    shutil.copytree(www, registry.root)
+    m = muxd(intercept_conf(pki, registry.port))
+    envout = subprocess.run(["sh", "-c", f'eval "$({env_cmd(m)})"; printf %s "$SSL_CERT_FILE"'],
+                            capture_output=True, text=True, timeout=30, env=clean_env())
+    assert envout.returncode == 0 and envout.stdout, envout
+
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "SSL_CERT_FILE": envout.stdout}
+    for k, v in drop_in_environment(docker_drop_in()).items():
+        env[k] = v.replace("127.0.0.1:3128", f"{LOCALHOST}:{m.port}")
+    assert env["HTTPS_PROXY"] == m.proxy_url()
+    del env["NO_PROXY"]  # the test registry is on loopback
+    top = Path(tempfile.mkdtemp(prefix="muxd-dk-"))  # short: containerd's socket path is bounded
+    sock = top / "docker.sock"
+    # the trust key goes to /etc/docker/key.json unless told otherwise
+    (top / "daemon.json").write_text('{"deprecated-key-path": "%s"}' % (top / "key.json"))
+    argv = [dockerd, "--data-root", str(top / "data"), "--exec-root", str(top / "exec"), "-H", f"unix://{sock}",
+            "--pidfile", str(top / "docker.pid"), "--config-file", str(top / "daemon.json"),
+            "--iptables=false", "--ip6tables=false",
+            "--bridge=none", "--ip-masq=false"]
+    run_docker = Path("/run/docker")  # dockerd makes run_docker/plugins whatever its exec-root
+    had_run_docker = run_docker.exists()
+    log = open(tmp_path / "dockerd.log", "wb")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                            start_new_session=True)
+    client_env = {"PATH": env["PATH"], "DOCKER_HOST": f"unix://{sock}", "HOME": str(top)}
+    try:
+        def up():
+            if proc.poll() is not None:
+                raise AssertionError(f"dockerd exited:\n{(tmp_path / 'dockerd.log').read_text()[-3000:]}")
+            return subprocess.run([docker, "version"], capture_output=True, env=client_env,
+                                  timeout=10).returncode == 0
+        wait_until(up, timeout=30, interval=0.2, what="dockerd answering")
+        ref = f"{REGISTRY_HOST}:{registry.port}/muxdtest:latest"
+        pull = subprocess.run([docker, "pull", ref], capture_output=True, text=True, env=client_env, timeout=120)
+        assert pull.returncode == 0, f"{pull.stdout}\n{pull.stderr}\n{(tmp_path / 'dockerd.log').read_text()[-3000:]}"
+        assert digest in pull.stdout, pull.stdout
+        images = subprocess.run([docker, "images", "--digests", "--format", "{{.Repository}} {{.Digest}}"],
+                                capture_output=True, text=True, env=client_env, timeout=30)
+        assert f"{REGISTRY_HOST}:{registry.port}/muxdtest {digest}" in images.stdout, images.stdout
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        subprocess.run(["umount", "-R", "-l", str(top)], capture_output=True)
+        shutil.rmtree(top, ignore_errors=True)
+        if not had_run_docker:
+            shutil.rmtree(run_docker, ignore_errors=True)
+    logged = [" ".join(f) for f in registry.log_lines()]
+    assert any("/v2/muxdtest/manifests/latest" in line for line in logged), logged
+    assert any(f"/v2/muxdtest/blobs/" in line for line in logged), logged
+    assert leaf_issued(m) == 1, "dockerd's TLS did not end at muxd"
+    assert m.metrics().sum("muxd_requests_total") >= 3
