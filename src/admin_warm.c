@@ -34,6 +34,8 @@ struct warm_item {
 	struct admin_async *a;
 	struct pool_wait *w; /* NULL once the pool answered */
 	char *url;           /* decoded, as given */
+	char *key_id;        /* its pool key's id */
+	size_t same_as;      /* 1 + the earlier item with the same key, or 0 */
 	enum warm_state state;
 	char why[300];
 };
@@ -180,6 +182,16 @@ static int start_item(struct admin_async *a, struct warm_item *it)
 		         it->url);
 		return 400;
 	}
+	if (!(it->key_id = strdup(key.id))) {
+		snprintf(a->msg, sizeof(a->msg), "muxd: out of memory\n");
+		return 500;
+	}
+	for (size_t i = 0; &a->items[i] != it; i++)
+		if (!a->items[i].same_as && strcmp(a->items[i].key_id, it->key_id) == 0) {
+			it->same_as = i + 1; /* one connection per origin: answered as that one */
+			a->left--;
+			return 0;
+		}
 	it->w = pool_warm(a->m->pool, &key, &warm_cbs, it);
 	if (!it->w) {
 		snprintf(a->msg, sizeof(a->msg), "muxd: out of memory\n");
@@ -200,8 +212,10 @@ static void stop_waits(struct admin_async *a)
 static void async_free(struct admin_async *a)
 {
 	stop_waits(a);
-	for (size_t i = 0; i < a->n; i++)
+	for (size_t i = 0; i < a->n; i++) {
 		free(a->items[i].url);
+		free(a->items[i].key_id);
+	}
 	if (a->finish)
 		event_free(a->finish);
 	free(a);
@@ -233,6 +247,10 @@ static void finish_cb(evutil_socket_t fd, short what, void *arg)
 			snprintf(d, sizeof(d), "%llums", (unsigned long long)ms);
 		for (size_t i = 0; i < a->n; i++) {
 			struct warm_item *it = &a->items[i];
+			if (it->same_as) {
+				it->state = a->items[it->same_as - 1].state;
+				memcpy(it->why, a->items[it->same_as - 1].why, sizeof(it->why));
+			}
 			if (it->state == WARM_PENDING) /* the deadline passed first */
 				snprintf(it->why, sizeof(it->why),
 				         "not connected within connect_timeout (%s)", d);
@@ -281,13 +299,13 @@ struct admin_async *admin_async_start(struct muxd *m, const struct http1_msg *re
 	} else if (!parse_query(a, q ? q + 1 : "")) {
 		a->status = 400;
 	} else {
+		a->left = a->n;
 		for (size_t i = 0; i < a->n && !a->status; i++)
 			a->status = start_item(a, &a->items[i]);
 		if (a->status)
 			stop_waits(a);
 	}
-	a->left = a->n;
-	if (a->status || a->n == 0)
+	if (a->status || a->left == 0)
 		event_active(a->finish, EV_TIMEOUT, 0);
 	else
 		evtimer_add(a->finish, &tv);
