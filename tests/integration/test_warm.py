@@ -8,7 +8,7 @@ import re
 import subprocess
 import time
 
-from support import LOCALHOST, MUXD_BIN, clean_env, closed_port, curl, raw_exchange
+from support import LOCALHOST, MUXD_BIN, clean_env, closed_port, curl, raw_exchange, wait_until
 
 BODY = b"warm body\n"
 
@@ -125,3 +125,17 @@ def test_warm_endpoint_answers_post_with_url_parameters_only(muxd, nginx):
     assert opened(m) == 1
     r = ask("POST", f"/warm?url=http://{LOCALHOST}:{closed_port()}/")
     assert r.status == 502 and r.text.startswith("failed "), r
+
+
+def test_warm_in_flight_at_shutdown_still_answers(muxd, stream_server):
+    """SIGTERM while a warm waits: the answer still comes (within
+    connect_timeout), then muxd exits cleanly."""
+    silent = stream_server(lambda sock: (sock.recv(65536), sock.recv(65536)))
+    m = muxd({"pool": {"connect_timeout": "2s"}})
+    url = f"https://{LOCALHOST}:{silent.port}/"
+    p = subprocess.Popen([MUXD_BIN, "warm", "-l", f"{LOCALHOST}:{m.port}", url], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=clean_env())
+    wait_until(lambda: silent.connections >= 1, timeout=10, what="muxd connecting to the origin")
+    assert m.stop(timeout=20) == 0, m.log()
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 1 and out.startswith(f"{url}: failed: "), (out, err)
