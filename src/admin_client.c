@@ -455,16 +455,16 @@ static bool read_response(int fd, struct admin_resp *r, int64_t deadline, int ex
 	return ok;
 }
 
-enum admin_fetch admin_get(const struct config_listen *l, const char *path,
-                           const struct admin_get_opts *opts, struct admin_reply *reply, char *err,
-                           size_t errsize)
+static enum admin_fetch fetch(const char *method, const struct config_listen *l, const char *path,
+                              const struct admin_get_opts *opts, struct admin_reply *reply,
+                              char *err, size_t errsize)
 {
 	static const struct admin_get_opts defaults = {0};
 	int connect_ms, exchange_ms;
 	int64_t deadline;
 	struct admin_resp r;
-	char req[768], perr[384];
-	bool no_daemon;
+	char *req = NULL, perr[384];
+	bool no_daemon, post = strcmp(method, "POST") == 0;
 	int fd;
 
 	if (!opts)
@@ -479,16 +479,23 @@ enum admin_fetch admin_get(const struct config_listen *l, const char *path,
 	if (fd < 0)
 		return no_daemon ? ADMIN_FETCH_NO_DAEMON : ADMIN_FETCH_ERROR;
 	deadline = now_ms() + exchange_ms;
-	snprintf(req, sizeof(req),
-	         "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n%s%s%sConnection: close\r\n\r\n",
-	         path, l->text, opts->user_agent ? opts->user_agent : "muxd-cli",
-	         opts->accept ? "Accept: " : "", opts->accept ? opts->accept : "",
-	         opts->accept ? "\r\n" : "");
-	if (!send_all(fd, req, strlen(req), deadline)) {
-		set_err(err, errsize, "sending the request: %s", strerror(errno));
+	if (asprintf(&req,
+	             "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n%s%s%s%sConnection: "
+	             "close\r\n\r\n",
+	             method, path, l->text, opts->user_agent ? opts->user_agent : "muxd-cli",
+	             opts->accept ? "Accept: " : "", opts->accept ? opts->accept : "",
+	             opts->accept ? "\r\n" : "", post ? "Content-Length: 0\r\n" : "") < 0) {
+		set_err(err, errsize, "out of memory");
 		close(fd);
 		return ADMIN_FETCH_ERROR;
 	}
+	if (!send_all(fd, req, strlen(req), deadline)) {
+		set_err(err, errsize, "sending the request: %s", strerror(errno));
+		free(req);
+		close(fd);
+		return ADMIN_FETCH_ERROR;
+	}
+	free(req);
 	if (!read_response(fd, &r, deadline, exchange_ms, perr, sizeof(perr))) {
 		if (r.status && r.status != 200)
 			set_err(err, errsize, "%s %s", path, perr);
@@ -505,6 +512,20 @@ enum admin_fetch admin_get(const struct config_listen *l, const char *path,
 	r.body = NULL;
 	admin_resp_free(&r);
 	return ADMIN_FETCH_OK;
+}
+
+enum admin_fetch admin_get(const struct config_listen *l, const char *path,
+                           const struct admin_get_opts *opts, struct admin_reply *reply, char *err,
+                           size_t errsize)
+{
+	return fetch("GET", l, path, opts, reply, err, errsize);
+}
+
+enum admin_fetch admin_post(const struct config_listen *l, const char *path,
+                            const struct admin_get_opts *opts, struct admin_reply *reply, char *err,
+                            size_t errsize)
+{
+	return fetch("POST", l, path, opts, reply, err, errsize);
 }
 
 void admin_reply_free(struct admin_reply *reply)

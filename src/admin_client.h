@@ -1,13 +1,13 @@
 /*
  * admin_client — the command-line side of muxd's admin pages: the one
- * blocking HTTP/1.1 GET to a running muxd's listen address on loopback (an
+ * blocking HTTP/1.1 GET (or POST) to a running muxd's listen address on loopback (an
  * unspecified address such as 0.0.0.0 is asked on 127.0.0.1 / ::1), with
  * deadlines on connecting and on the whole exchange; its response parser
  * (admin_resp_*, pure, callable without a socket for unit tests and
  * fuzzing: the bytes of the response to its body, framed by src/http1's head
  * parser and chunked decoder, as everywhere else in muxd); the local CA
  * fetched from /ca.pem; and the small file helpers the commands need.
- * Used by `muxd status`, `muxd env` and `muxd trust`.
+ * Used by `muxd status`, `muxd env`, `muxd trust` and `muxd warm`.
  * Owns: nothing beyond the replies it hands to the caller.
  */
 #ifndef MUXD_ADMIN_CLIENT_H
@@ -52,6 +52,11 @@ struct admin_get_opts {
 enum admin_fetch admin_get(const struct config_listen *l, const char *path,
                            const struct admin_get_opts *opts, struct admin_reply *reply, char *err,
                            size_t errsize);
+/* The same as a POST with an empty body (actions such as /warm; the query
+ * carries the arguments). */
+enum admin_fetch admin_post(const struct config_listen *l, const char *path,
+                            const struct admin_get_opts *opts, struct admin_reply *reply, char *err,
+                            size_t errsize);
 void admin_reply_free(struct admin_reply *reply);
 
 #define ADMIN_MAX_RESPONSE (32u << 20) /* bytes of a response, head and body as sent */

@@ -2,7 +2,8 @@
  * main — command line, startup, signals, reload and shutdown.
  *
  *   muxd [-c FILE] [-l ADDR:PORT]... [-S DIR] [-v] [-t] [-V] [-h]
- *   muxd env|trust|ca|status ...  (env_cmd.c, trust_cmd.c, status_cmd.c)
+ *   muxd env|trust|ca|status|warm ...  (env_cmd.c, trust_cmd.c, status_cmd.c,
+ *   warm_cmd.c)
  *
  * SIGHUP reloads the file: new requests use the new config, in-flight ones
  * keep theirs (refcounted), the pool survives, listeners are re-bound only
@@ -43,6 +44,7 @@
 #include "transport/tls.h"
 #include "trust_cmd.h"
 #include "upstream/upstream.h"
+#include "warm_cmd.h"
 
 #define MUXD_VERSION "0.1.0"
 #define DEFAULT_CONFIG "/etc/muxd/muxd.conf"
@@ -87,6 +89,9 @@ static void usage(FILE *f)
 	    "                                     install (remove) muxd's CA in the system store\n"
 	    "       muxd ca [-c FILE] [-S DIR]    create the local CA if missing; print it\n"
 	    "       muxd status [-c FILE] [-l ADDR:PORT]  print the live pool of a running muxd\n"
+	    "       muxd warm [-c FILE] [-l ADDR:PORT] URL...\n"
+	    "                                     have a running muxd connect to those origins "
+	    "now\n"
 	    "  -c FILE       configuration file (default %s when it exists)\n"
 	    "  -l ADDR:PORT  listen address, repeatable; replaces [muxd] listen\n"
 	    "  -S DIR        state directory\n"
@@ -519,8 +524,10 @@ int main(int argc, char **argv)
 	const char *command = NULL;
 	if (optind < argc &&
 	    (strcmp(argv[optind], "env") == 0 || strcmp(argv[optind], "ca") == 0 ||
-	     strcmp(argv[optind], "status") == 0 || strcmp(argv[optind], "trust") == 0))
+	     strcmp(argv[optind], "status") == 0 || strcmp(argv[optind], "trust") == 0 ||
+	     strcmp(argv[optind], "warm") == 0))
 		command = argv[optind++];
+	bool warm = command && strcmp(command, "warm") == 0; /* the rest are its URLs */
 	if ((d.opt.shell && (!command || strcmp(command, "env") != 0)) ||
 	    (d.opt.remove && (!command || strcmp(command, "trust") != 0))) {
 		fprintf(stderr, "muxd: %s goes with muxd %s only\n",
@@ -531,7 +538,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "muxd: --apt goes with muxd env only, without --shell\n");
 		return 2;
 	}
-	if (optind < argc) {
+	if (optind < argc && !warm) {
 		fprintf(stderr, "muxd: unknown command '%s'\n", argv[optind]);
 		usage(stderr);
 		return 2;
@@ -546,7 +553,8 @@ int main(int argc, char **argv)
 		         : strcmp(command, "env") == 0    ? env_cmd(d.m.cfg, d.opt.shell)
 		         : strcmp(command, "trust") == 0  ? trust_cmd(d.m.cfg, d.opt.remove)
 		         : strcmp(command, "status") == 0 ? status_cmd(d.m.cfg)
-		                                          : cmd_ca(d.m.cfg);
+		         : warm ? warm_cmd(d.m.cfg, argv + optind, (size_t)(argc - optind))
+		                : cmd_ca(d.m.cfg);
 		config_unref(d.m.cfg);
 		return rc;
 	}

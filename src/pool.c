@@ -229,11 +229,18 @@ static bool accepts(const struct pool_wait *w, const struct pool_conn *pc)
 static void give(struct pool_conn *pc, struct pool_wait *w)
 {
 	struct upstream_conn *uc = pc->uc;
-	bool reused = uc->requests > 0;
-	struct upstream_stream *s = uc->ops->open_stream(uc, &w->stream_cbs, w->ctx);
+	bool reused = uc->requests > 0 || pc->warmed;
 	struct pool_wait_cbs cbs = w->cbs;
 	void *ctx = w->ctx;
 
+	if (w->warm) { /* pool_warm: the connection is enough */
+		reused = pc->serial < w->warm_serial;
+		pc->warmed = true;
+		waiter_free(w);
+		cbs.on_stream(ctx, NULL, reused);
+		return;
+	}
+	struct upstream_stream *s = uc->ops->open_stream(uc, &w->stream_cbs, w->ctx);
 	if (!s)
 		return;
 	set_idle(pc, false);
@@ -748,6 +755,19 @@ struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, 
 	TAILQ_INSERT_TAIL(&o->waiters, w, link);
 	o->nwaiters++;
 	pool_schedule(o);
+	return w;
+}
+
+struct pool_wait *pool_warm(struct pool *p, const struct pool_key *key,
+                            const struct pool_wait_cbs *cbs, void *ctx)
+{
+	static const struct upstream_stream_cbs none;
+	struct pool_wait *w = pool_start_stream(p, key, false, &none, cbs, ctx);
+
+	if (w) {
+		w->warm = true;
+		w->warm_serial = p->next_serial;
+	}
 	return w;
 }
 

@@ -47,6 +47,20 @@ struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, 
 void pool_wait_cancel(struct pool_wait *w);
 
 /*
+ * Preconnect (`muxd warm`): make sure key has a connection that can take a
+ * stream, opening one as a request would (route's chain, limits, HTTP/3 when
+ * the Alt-Svc cache says so), but open no stream on it. The answer comes
+ * later from the event loop, as for pool_start_stream: on_stream(ctx, NULL,
+ * reused) once a connection is ready (reused: it existed before this call,
+ * "already warm"), or on_error, within connect_timeout. A warmed connection
+ * is idle like any other; its first request counts as a reuse (it may have
+ * gone stale while idle, so that request is retried like one on a reused
+ * connection). pool_wait_cancel stops waiting.
+ */
+struct pool_wait *pool_warm(struct pool *p, const struct pool_key *key,
+                            const struct pool_wait_cbs *cbs, void *ctx);
+
+/*
  * A client tunnel (CONNECT) to host:port along route (DESIGN's
  * pool_open_tunnel): a transport layer, returned at once, that reports
  * TRANSPORT_CONNECTED once its whole chain is up or TRANSPORT_ERROR, never

@@ -38,6 +38,7 @@ struct pool_conn {
 	enum evict_reason retire_why; /* counted then (EVICT_COUNT: not counted) */
 	struct event *age_timer;      /* max_connection_age */
 	struct event *setup_timer;    /* the rest of connect_timeout while warming */
+	bool warmed;                  /* pool_warm asked for it: its first request is a reuse */
 };
 
 struct pool_wait {
@@ -49,6 +50,8 @@ struct pool_wait {
 	void *ctx;
 	struct event *budget_timer; /* armed once blocked on a limit: then 503 */
 	char why[200];              /* the limit, for the 503 */
+	bool warm;                  /* pool_warm: a connection is wanted, not a stream */
+	uint64_t warm_serial;       /* pool_warm: connections from this serial on are new */
 };
 
 TAILQ_HEAD(pool_conn_list, pool_conn);

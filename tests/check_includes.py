@@ -28,7 +28,7 @@ SRC = os.path.join(ROOT, "src")
 LAYERS = [
     ("main", ["main.c"]),
     ("daemon services and commands of main",
-     ["status_cmd.*", "env_cmd.*", "trust_cmd.*", "admin_client.*", "notify.*"]),
+     ["status_cmd.*", "env_cmd.*", "trust_cmd.*", "warm_cmd.*", "admin_client.*", "notify.*"]),
     ("listen", ["listen.*"]),
     ("client session", ["downstream.*", "client/h1_*", "client/h2_*"]),
     ("exchange and tunnel", ["exchange.*", "tunnel.*"]),
@@ -36,7 +36,7 @@ LAYERS = [
     ("client session interface", ["client/session.h"]),
     # the status page and metrics: read the pool's, the CA's and the
     # config's state; called by the client session
-    ("admin", ["admin.*"]),
+    ("admin", ["admin.*", "admin_warm.*"]),
     ("pool", ["pool.*", "pool_*.*"]),
     ("upstream codecs", ["upstream/*"]),
     ("transport layers", ["transport/*"]),

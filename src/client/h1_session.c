@@ -77,7 +77,9 @@ struct downstream {
 	struct exchange *ex;
 	struct h1_stream stream; /* the request of the exchange ex */
 	struct tunnel *tunnel;
-	struct h2_session *h2; /* DS_H2 */
+	struct h2_session *h2;     /* DS_H2 */
+	struct admin_async *admin; /* an admin answer that comes later (POST /warm) */
+	bool admin_close;          /* ... the last on this connection */
 	enum ds_mode mode;
 	char origin_host[256]; /* DS_PEEK onwards: the CONNECT authority */
 	uint16_t origin_port;
@@ -115,6 +117,8 @@ static void ds_free(struct downstream *ds)
 
 	if (ds->ex)
 		exchange_abort(ds->ex);
+	if (ds->admin)
+		admin_async_cancel(ds->admin);
 	h1_stream_clear(&ds->stream);
 	if (ds->tunnel)
 		tunnel_abort(ds->tunnel);
@@ -348,8 +352,8 @@ static void update_timer(struct downstream *ds)
 	else if (ds->mode == DS_PEEK || ds->mode == DS_H2)
 		kind = T_NONE; /* the peek timer decides; the HTTP/2 session keeps its own */
 	else if (ds->tunnel)
-		kind = ds->silent_peek ? T_IDLE : T_NONE; /* else tunnel_idle_timeout */
-	else if (ds->ex || output_pending(ds)) /* the end of a response may still be queued */
+		kind = ds->silent_peek ? T_IDLE : T_NONE;   /* else tunnel_idle_timeout */
+	else if (ds->ex || ds->admin || output_pending(ds)) /* a response may still be queued */
 		kind = T_CLIENT;
 	else if (ds->served > 0 && evbuffer_get_length(transport_input(ds->t)) == 0)
 		kind = T_IDLE;
@@ -584,6 +588,22 @@ static bool names_origin(const char *value, const char *host, uint16_t port)
 	       strncasecmp(name, host, (size_t)(end - name)) == 0;
 }
 
+static void process(struct downstream *ds);
+
+/* An admin answer that came later (admin_async_start). */
+static void admin_done(void *ctx, const struct admin_response *r)
+{
+	struct downstream *ds = ctx;
+
+	ds->admin = NULL;
+	respond(ds, r->status, r->content_type, r->body, r->body_len, ds->admin_close);
+	ds->t->ops->set_reading(ds->t, true);
+	if (ds->admin_close || ds->m->draining)
+		start_close(ds);
+	else
+		process(ds);
+}
+
 static void handle_request(struct downstream *ds, struct http1_msg *req)
 {
 	struct http1_uri uri;
@@ -633,6 +653,16 @@ static void handle_request(struct downstream *ds, struct http1_msg *req)
 			return;
 		}
 		struct admin_response r;
+		if (admin_is_async(req)) {
+			ds->admin = admin_async_start(ds->m, req, admin_done, ds);
+			if (!ds->admin) {
+				refuse(ds, 500, "muxd: out of memory\n", true);
+				return;
+			}
+			ds->admin_close = !req->keep_alive;
+			ds->t->ops->set_reading(ds->t, false); /* the next request waits */
+			return;
+		}
 		admin_handle(ds->m, req, &r);
 		if (strcmp(req->method, "HEAD") == 0)
 			respond_head(ds, r.status, r.content_type, r.body_len, !req->keep_alive);
@@ -759,7 +789,7 @@ static void process_heads(struct downstream *ds)
 {
 	struct evbuffer *in = transport_input(ds->t);
 
-	while (!ds->ex && !ds->tunnel && !ds->closing &&
+	while (!ds->ex && !ds->tunnel && !ds->admin && !ds->closing &&
 	       (ds->mode == DS_PROXY || ds->mode == DS_INTERCEPTED)) {
 		size_t len = evbuffer_get_length(in), consumed = 0;
 		struct http1_msg req;
@@ -1162,7 +1192,7 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 		}
 		/* pipelined requests before the EOF are still answered */
 		process(ds);
-		if (!ds->ex && !ds->tunnel)
+		if (!ds->ex && !ds->tunnel && !ds->admin)
 			close_after_eof(ds);
 		return;
 	}
@@ -1312,7 +1342,7 @@ void downstream_drain_all(struct muxd *m)
 		next = ds->next;
 		if (ds->h2)
 			h2_session_drain(ds->h2); /* GOAWAY; over when its streams are */
-		else if (!ds->ex && !ds->tunnel)
+		else if (!ds->ex && !ds->tunnel && !ds->admin) /* a /warm answers, then closes */
 			start_close(ds);
 	}
 }

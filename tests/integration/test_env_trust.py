@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from support import LOCALHOST, MUXD_BIN, clean_env, closed_port, pattern_bytes, wait_until
+from support import LOCALHOST, MUXD_BIN, clean_env, closed_port, pattern_bytes, require_tool, wait_until
 
 ONE_K = pattern_bytes(1024, seed=31)
 SYSTEM_STORE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -352,56 +352,80 @@ def test_trust_refuses_without_privileges_and_needs_none_when_nothing_changes(mu
     assert crt.exists()
 
 
-FAKE_CERTUTIL = r"""#!/usr/bin/python3
-# certutil -d sql:DB -L|-A|-D -n NICK [-t T] [-a]: one file per nickname
-import os, sys
-a = sys.argv[1:]
-db = a[a.index("-d") + 1]
-assert db.startswith("sql:"), db
-db = db[4:]
-nick = a[a.index("-n") + 1]
-path = os.path.join(db, "fake-" + nick.replace(" ", "_"))
-with open(os.path.join(db, "calls"), "a") as f:
-    f.write(" ".join(a) + "\n")
-if "-L" in a:
-    if not os.path.exists(path):
-        sys.exit(255)
-    sys.stdout.write(open(path).read().replace("\n", "\r\n"))
-elif "-A" in a:
-    assert a[a.index("-t") + 1] == "C,,"
-    open(path, "w").write(sys.stdin.read())
-elif "-D" in a:
-    if not os.path.exists(path):
-        sys.exit(255)
-    os.unlink(path)
-"""
+NSS_NICK = "muxd local CA"
+
+
+def certutil(db, *args, input=None):
+    return subprocess.run(["certutil", "-d", f"sql:{db}"] + list(args), capture_output=True, text=True,
+                          input=input, timeout=60)
+
+
+def nss_trust_flags(db):
+    """{nickname: trust flags} of `certutil -L` (the lines after its header)."""
+    out = certutil(db, "-L")
+    assert out.returncode == 0, out
+    rows = {}
+    for line in out.stdout.splitlines():
+        line = line.rstrip()
+        m = re.match(r"^(.*\S)\s+(\S*,\S*,\S*)$", line)
+        if m:
+            rows[m.group(1)] = m.group(2)
+    return rows
+
+
+def nss_cert_pem(db):
+    out = certutil(db, "-L", "-n", NSS_NICK, "-a")
+    return out.stdout.replace("\r\n", "\n") if out.returncode == 0 else None
+
+
+def pem_body(pem):
+    return "".join(line for line in pem.splitlines() if line and not line.startswith("-----"))
+
+
+@pytest.fixture
+def nss_home(tmp_path):
+    """A scratch HOME with an empty NSS database (~/.pki/nssdb), made by the
+    real certutil as Chromium's first start would."""
+    require_tool("certutil", "libnss3-tools")
+    home = tmp_path / "home"
+    db = home / ".pki" / "nssdb"
+    db.mkdir(parents=True)
+    out = certutil(db, "-N", "--empty-password")
+    assert out.returncode == 0, out
+    return home, db
 
 
 @needs_root
-def test_trust_adds_the_ca_to_the_users_nss_database(muxd, pki, scratch_root, tmp_path):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "certutil").write_text(FAKE_CERTUTIL)
-    (bindir / "certutil").chmod(0o755)
-    path = f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
-    home = tmp_path / "home"
-    nssdb = home / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True)
+def test_trust_adds_the_ca_to_the_users_nss_database(muxd, pki, scratch_root, nss_home):
+    """The real certutil: muxd trust adds the daemon's CA as a trusted SSL
+    CA ("C,,", what Chromium needs), replaces an older muxd CA under the same
+    nickname, and --remove takes it out; both idempotent."""
+    home, db = nss_home
     m = muxd(intercept_conf(pki, 443))
     ca = (m.state_dir / "ca.pem").read_text()
 
-    out = trust(m, scratch_root, home=home, path=path)
+    # a CA of an earlier muxd (another key) under muxd's nickname is replaced
+    assert certutil(db, "-A", "-n", NSS_NICK, "-t", "C,,", input=pki.ca_cert.read_text()).returncode == 0
+    out = trust(m, scratch_root, home=home)
     assert out.returncode == 0, out.stderr
-    assert (nssdb / "fake-muxd_local_CA").read_text() == ca
-    assert f"added \"muxd local CA\" to {nssdb}" in out.stdout, out.stdout
-    calls = len((nssdb / "calls").read_text().splitlines())
-    again = trust(m, scratch_root, home=home, path=path)
+    assert f'added "{NSS_NICK}" to {db}' in out.stdout, out.stdout
+    assert nss_trust_flags(db) == {NSS_NICK: "C,,"}, certutil(db, "-L").stdout
+    assert pem_body(nss_cert_pem(db)) == pem_body(ca), "the NSS database holds another certificate"
+
+    again = trust(m, scratch_root, home=home)
     assert again.returncode == 0 and again.stdout.count("unchanged") == 2, again.stdout
-    assert not [c for c in (nssdb / "calls").read_text().splitlines()[calls:] if " -A " in c]
-    gone = trust(m, scratch_root, "--remove", home=home, path=path)
+    assert f"{db} already holds this CA: unchanged" in again.stdout
+    assert nss_trust_flags(db) == {NSS_NICK: "C,,"}
+
+    gone = trust(m, scratch_root, "--remove", home=home)
     assert gone.returncode == 0, gone.stderr
-    assert not (nssdb / "fake-muxd_local_CA").exists()
-    assert f"removed \"muxd local CA\" from {nssdb}" in gone.stdout
+    assert f'removed "{NSS_NICK}" from {db}' in gone.stdout, gone.stdout
+    assert nss_trust_flags(db) == {}
+    assert nss_cert_pem(db) is None
+
+    twice = trust(m, scratch_root, "--remove", home=home)
+    assert twice.returncode == 0, twice.stderr
+    assert f'no "{NSS_NICK}" in {db}: unchanged' in twice.stdout, twice.stdout
 
 
 def test_trust_without_interception_says_there_is_no_ca(muxd, scratch_root, tmp_path):
@@ -460,3 +484,39 @@ def test_status_does_not_count_its_own_query_as_a_client(muxd):
         assert m.admin("/status.json").json()["clients"] == 1
         out = run_muxd(["status", "-l", f"{LOCALHOST}:{m.port}"])
         assert ", 1 client connection," in out.stdout.splitlines()[0], out.stdout
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-extensions", "--disable-default-apps"]
+
+
+@needs_root
+def test_chromium_trusts_the_ca_that_muxd_trust_added(muxd, nginx_tls, pki, scratch_root, nss_home, tmp_path):
+    """Headless Chromium through muxd, with only the NSS database muxd trust
+    filled (no --ignore-certificate-errors), loads an intercepted https page."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("chromium is not installed")
+    home, db = nss_home
+    (nginx_tls.root / "index.html").write_text("<html><body><p id=x>muxd-chromium-ok</p></body></html>\n")
+    m = muxd(intercept_conf(pki, nginx_tls.port))
+    assert trust(m, scratch_root, home=home).returncode == 0
+    url = f"https://localhost:{nginx_tls.port}/index.html"
+    env = clean_env()
+    env["HOME"] = str(home)
+    # <-loopback>: Chromium would otherwise go to a localhost origin directly
+    argv = [chromium] + CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}",
+                                          f"--proxy-server=http://{LOCALHOST}:{m.port}",
+                                          "--proxy-bypass-list=<-loopback>", "--dump-dom", url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=str(tmp_path))
+    assert "muxd-chromium-ok" in out.stdout, f"stdout:\n{out.stdout[:2000]}\nstderr:\n{out.stderr[-3000:]}"
+    assert m.metrics().sum("muxd_tls_leaf_issued_total") == 1, "Chromium's TLS did not end at muxd"
+    wait_until(lambda: any("GET /index.html" in " ".join(f) for f in nginx_tls.log_lines()), timeout=5,
+               what="the page in nginx's access log")
+
+    # without muxd's CA in the database the same page is refused
+    assert trust(m, scratch_root, "--remove", home=home).returncode == 0
+    argv[len(CHROMIUM_FLAGS) + 1] = f"--user-data-dir={tmp_path / 'profile2'}"
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=str(tmp_path))
+    assert "muxd-chromium-ok" not in out.stdout, "Chromium loaded the page without trusting muxd's CA"

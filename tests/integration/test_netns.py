@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from support import curl, wait_until
+from support import LOCALHOST, MUXD_BIN, curl, wait_until
 
 
 def sh(*cmd, check=True, ns=None):
@@ -92,6 +92,23 @@ def test_admin_pages_only_for_loopback_clients(muxd, nginx, netns):
 
     # the same page from loopback works
     assert m.admin("/metrics").status == 200
+
+
+def test_warm_is_for_loopback_clients_only(muxd, nginx, netns):
+    """POST /warm (muxd warm) from an allowed but non-loopback client is
+    refused like the other admin pages, and opens nothing."""
+    ns, host_ip, client_ip = netns
+    m, port = start_muxd(muxd, host_ip, {"muxd": {"allow": f"127.0.0.0/8 {client_ip}/32",
+                                                  "deny_loopback_targets": "off"}})
+    url = nginx.url("/")
+    status, body = status_of(curl_from(ns, "-X", "POST", f"http://{host_ip}:{port}/warm?url={url}"))
+    assert status == "403" and "loopback" in body, (status, body)
+    out = sh(MUXD_BIN, "warm", "-l", f"{host_ip}:{port}", url, ns=ns, check=False)
+    assert out.returncode == 1 and "403" in out.stderr and "loopback" in out.stderr, out
+    assert m.metrics().sum("muxd_upstream_connections_opened_total") == 0
+    # from loopback it works
+    out = sh(MUXD_BIN, "warm", "-l", f"{LOCALHOST}:{m.port}", url, check=False)
+    assert out.returncode == 0 and out.stdout == f"{url}: connected\n", out
 
 
 @pytest.mark.parametrize("via", ["on", "off"])
