@@ -92,6 +92,7 @@ static const struct key keys[] = {
     {"pool", "h3", K_BOOL, F(h3), 0, 0},
     {"pool", "h3_timeout", K_DURATION, F(h3_timeout_ms), 0, 0},
     {"pool", "altsvc_file", K_OPT_PATH, F(altsvc_file), 0, 0},
+    {"pool", "session_file", K_OPT_PATH, F(session_file), 0, 0},
     {"pool", "max_stream_window_kib", K_UINT, F(max_stream_window_kib), 64, 1048576},
     {"pool", "max_conn_window_kib", K_UINT, F(max_conn_window_kib), 64, 1048576},
     {"pool", "window_budget_kib", K_UINT, F(window_budget_kib), 0, 16777216},
@@ -179,7 +180,8 @@ struct config *config_defaults(void)
 	cfg->window_budget_kib = 262144;    /* 256 MiB */
 	cfg->state_dir = default_state_dir();
 	cfg->altsvc_file = strdup("altsvc.cache");
-	if (!cfg->state_dir || !cfg->altsvc_file) {
+	cfg->session_file = strdup("sessions.cache");
+	if (!cfg->state_dir || !cfg->altsvc_file || !cfg->session_file) {
 		config_unref(cfg);
 		return NULL;
 	}
@@ -200,6 +202,7 @@ void config_unref(struct config *cfg)
 	free(cfg->state_dir);
 	free(cfg->access_log);
 	free(cfg->altsvc_file);
+	free(cfg->session_file);
 	for (size_t i = 0; i < cfg->nroutes; i++) {
 		struct config_route *r = &cfg->routes[i];
 		free(r->pattern);
@@ -580,8 +583,12 @@ static void route_key(struct load *ld, const char *name, const char *v, bool con
 			errf(ld, ld->line, "[%s] %s: %s", section, name, why);
 		return;
 	}
-	if (strcmp(name, "verify") == 0 || strcmp(name, "h2") == 0 || strcmp(name, "h3") == 0) {
-		int *field = name[0] == 'v' ? &r->verify : name[1] == '2' ? &r->h2 : &r->h3;
+	if (strcmp(name, "verify") == 0 || strcmp(name, "h2") == 0 || strcmp(name, "h3") == 0 ||
+	    strcmp(name, "early_data") == 0) {
+		int *field = name[0] == 'v'   ? &r->verify
+		             : name[0] == 'e' ? &r->early_data
+		             : name[1] == '2' ? &r->h2
+		                              : &r->h3;
 		if (*field != -1)
 			errf(ld, ld->line, "[%s] %s: given twice (expected once)", section, name);
 		else if (!config_parse_bool(v, &b))

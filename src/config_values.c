@@ -323,6 +323,7 @@ bool config_parse_route_pattern(const char *s, struct config_route *out)
 	out->verify = -1;
 	out->h2 = -1;
 	out->h3 = -1;
+	out->early_data = -1;
 	out->proxy_set = -1;
 	if (strcmp(s, "*") == 0) {
 		out->kind = ROUTE_ANY;

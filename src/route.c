@@ -126,6 +126,7 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 	out->verify = true;
 	out->h2 = true;
 	out->h3 = true;
+	out->early_data = true;
 	/* defaults, then [route *], then the winner */
 	const struct config_route *layers[2] = {any, best != any ? best : NULL};
 	out->hops = NULL;
@@ -162,6 +163,8 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 			out->h2 = layers[i]->h2;
 		if (layers[i]->h3 != -1)
 			out->h3 = layers[i]->h3;
+		if (layers[i]->early_data != -1)
+			out->early_data = layers[i]->early_data;
 	}
 	out->h2 = out->h2 && cfg->h2;
 	out->h3 = out->h3 && cfg->h3;

@@ -185,7 +185,8 @@ static bool start_step(struct chain *c)
 		                              .alpn = sp->alpn,
 		                              .ca_file = sp->ca_file,
 		                              .verify = sp->verify,
-		                              .session_key = sp->session_key};
+		                              .session_key = sp->session_key,
+		                              .early_data = sp->early_data};
 		c->top =
 		    tls_client_new_cert(c->m, c->top, &p, sp->client_cert, sp->client_key, &cbs, c);
 		break;
@@ -382,4 +383,23 @@ const char *chain_alpn(struct transport *t)
 	if (!c->up || (last->kind != STEP_TLS_TARGET && last->kind != STEP_TLS_HOP))
 		return "";
 	return tls_alpn(c->top);
+}
+
+/* The chain's own top is its TLS to the target, and it is up. */
+static bool tls_target_up(struct transport *t)
+{
+	struct chain *c = (struct chain *)t;
+
+	return t->ops == &chain_ops && c->up && c->steps[c->nsteps - 1].kind == STEP_TLS_TARGET;
+}
+
+bool chain_early(struct transport *t)
+{
+	return tls_target_up(t) && tls_early(((struct chain *)t)->top);
+}
+
+void chain_early_safe(struct transport *t, size_t n)
+{
+	if (tls_target_up(t))
+		tls_early_safe(((struct chain *)t)->top, n);
 }

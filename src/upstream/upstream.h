@@ -71,6 +71,10 @@ struct upstream_request {
 	size_t nfields;
 	bool has_body;
 	int64_t content_length; /* -1: unknown (streamed) */
+	/* replay-safe and allowed by its route: may go as 0-RTT early data on a
+	 * connection still in its handshake (HTTP/1.1 then adds Early-Data: 1,
+	 * RFC 8470) */
+	bool early_data;
 };
 
 struct upstream_stream_cbs {
