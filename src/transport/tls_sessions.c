@@ -70,6 +70,19 @@ static void push_node(struct tls_sessions *s, struct node *nd)
 	s->bytes += node_bytes(nd);
 }
 
+static void append_node(struct tls_sessions *s, struct node *nd)
+{
+	nd->next = NULL;
+	nd->prev = s->oldest;
+	if (s->oldest)
+		s->oldest->next = nd;
+	else
+		s->newest = nd;
+	s->oldest = nd;
+	s->n++;
+	s->bytes += node_bytes(nd);
+}
+
 static void free_node(struct node *nd)
 {
 	if (nd->e.data) /* resumption secrets: not left in freed memory */
@@ -304,10 +317,18 @@ const char *tls_sessions_parse(struct tls_sessions *s, const char *buf, size_t l
 		else
 			p = nl + 1;
 	}
-	/* oldest first, so that the newest of the file stay the newest */
-	for (struct node *nd = t->oldest; !why && nd; nd = nd->prev)
-		if (!find(s, nd->e.key))
-			tls_sessions_put(s, &nd->e, now);
+	/* the file's entries go behind those in memory (which are newer), newest
+	 * first, while they fit: none in memory is pushed out */
+	while (!why && t->newest) {
+		struct node *nd = t->newest;
+		unlink_node(t, nd);
+		if (find(s, nd->e.key) || s->n >= TLS_SESSIONS_MAX ||
+		    s->bytes + node_bytes(nd) > TLS_SESSIONS_MAX_BYTES) {
+			free_node(nd);
+			continue;
+		}
+		append_node(s, nd);
+	}
 	tls_sessions_free(t);
 	s->dirty = was_dirty; /* what came from the file is in the file */
 	return why;
