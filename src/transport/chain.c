@@ -186,7 +186,8 @@ static bool start_step(struct chain *c)
 		                              .ca_file = sp->ca_file,
 		                              .verify = sp->verify,
 		                              .session_key = sp->session_key,
-		                              .early_data = sp->early_data};
+		                              .early_data = sp->early_data,
+		                              .early_timeout_ms = sp->timeout_ms};
 		c->top =
 		    tls_client_new_cert(c->m, c->top, &p, sp->client_cert, sp->client_key, &cbs, c);
 		break;

@@ -505,6 +505,7 @@ static void setup_session(struct tls *t, const struct tls_client_params *p, cons
 			 * session's protocol (tls_io.c). HTTP/1.1 only: HTTP/2
 			 * sends no request before the server's SETTINGS. */
 			t->io.early_max = cached->max_early;
+			t->io.early_timeout_ms = p->early_timeout_ms;
 			snprintf(t->early_alpn, sizeof(t->early_alpn), "%s", cached->alpn);
 			snprintf(t->alpn, sizeof(t->alpn), "%s", cached->alpn);
 		}

@@ -46,6 +46,8 @@ struct tls_client_params {
 	 * and its ticket allows early data, the layer reports TRANSPORT_CONNECTED
 	 * before the handshake (tls_early) with the session's ALPN protocol */
 	bool early_data;
+	/* then the handshake's own deadline, ERR_CONNECT_TIMEOUT (0: none) */
+	uint64_t early_timeout_ms;
 };
 
 /*

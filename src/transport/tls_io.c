@@ -20,6 +20,7 @@
 #include "hold.h"
 #include "log.h"
 #include "muxd.h"
+#include "timeutil.h"
 
 #define RECORD_MAX 16384
 #define ALPN_MAX 8
@@ -30,6 +31,8 @@ void tls_io_free(struct tls_io *io)
 		gnutls_deinit(io->s);
 	if (io->pass_ev)
 		event_free(io->pass_ev);
+	if (io->early_deadline)
+		event_free(io->early_deadline);
 	if (io->in)
 		evbuffer_free(io->in);
 	if (io->out)
@@ -157,6 +160,8 @@ static bool do_handshake(struct tls_io *io)
 		return false;
 	}
 	io->state = TLS_IO_OPEN;
+	if (io->early_deadline)
+		evtimer_del(io->early_deadline);
 	io->hooks->connected(io);
 	if (io->fail_reason[0]) {
 		tls_io_fail(io, io->fail_reason);
@@ -172,6 +177,25 @@ static bool do_handshake(struct tls_io *io)
 	return report(io, TRANSPORT_CONNECTED, ERR_NONE, NULL);
 }
 
+/* The handshake that an early TRANSPORT_CONNECTED left running did not end
+ * within its deadline (the chain's connect_timeout no longer covers it). */
+static void early_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct tls_io *io = arg;
+	char reason[160];
+
+	(void)fd;
+	(void)what;
+	hold(io);
+	if (io->state == TLS_IO_HANDSHAKE) {
+		snprintf(reason, sizeof(reason), "TLS handshake with %s timed out after %llu ms",
+		         io->name ? io->name : "?", (unsigned long long)io->early_timeout_ms);
+		log_debug("%s: %s", io->hooks->log_name, reason);
+		report(io, TRANSPORT_ERROR, ERR_CONNECT_TIMEOUT, reason);
+	}
+	release(io);
+}
+
 /* 0-RTT: before the handshake, the user is told the layer is up; the pass
  * after that hands the replay-safe bytes written by then to GnuTLS, which
  * sends them as early data right after the ClientHello. Returns false when
@@ -182,6 +206,12 @@ static bool early_step(struct tls_io *io)
 
 	if (!io->connected_reported) {
 		io->connected_reported = io->early_wait = true;
+		if (io->early_timeout_ms > 0 &&
+		    (io->early_deadline =
+		         evtimer_new(event_get_base(io->pass_ev), early_deadline_cb, io))) {
+			struct timeval tv = ms_to_timeval(io->early_timeout_ms);
+			evtimer_add(io->early_deadline, &tv);
+		}
 		if (!report(io, TRANSPORT_CONNECTED, ERR_NONE, NULL))
 			return false;
 		schedule(io); /* the handshake, once the user's first bytes are in */

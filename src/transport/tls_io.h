@@ -71,6 +71,8 @@ struct tls_io {
 	 * They stay in out until the server accepted them: when it refuses, they
 	 * are sent again after the handshake. */
 	size_t early_max;
+	uint64_t early_timeout_ms; /* the handshake's deadline after that (0: none) */
+	struct event *early_deadline;
 	size_t early_safe;       /* bytes at the head of out the user marked replay-safe */
 	size_t early_len;        /* handed to GnuTLS as early data */
 	bool early_wait;         /* CONNECTED reported, the handshake not started */

@@ -173,3 +173,26 @@ def test_refused_early_data_is_sent_again_after_the_handshake(muxd, tls_nginx_fa
     got = seen(https_request(m, "GET", ng.url("/")))
     assert got["reused"] == "." and got["early"] == "", got
     assert "refused: sent again" in m.log()
+
+
+# --------------------------------------------------------------------------
+# QUIC
+
+
+def test_quic_session_resumed_after_restart(muxd, tls_nginx_factory, h3_server, pki):
+    """The QUIC handshake's ticket (kept apart from TCP's, under "h3|" and the
+    pool key) is in the file too: after a restart the first QUIC connection
+    to gtlsserver resumes (GnuTLS on muxd's side says so)."""
+    from test_h3 import altsvc_origin, h3_conf, which
+
+    ng, q = altsvc_origin(tls_nginx_factory, h3_server, keepalive=False)
+    m = muxd(h3_conf(pki, ng.port), args=["-v"])
+    assert which(m, ng) == "tcp"
+    assert which(m, ng) == "quic"
+    assert ", resumed" not in m.log()
+    restart(m)
+    keys = [bytes.fromhex(line.split()[3]) for line in session_file(m).read_text().splitlines()[1:]]
+    assert any(k.startswith(b"h3|") for k in keys), keys
+    assert which(m, ng) == "quic"
+    wait_until(lambda: "quic: handshake done with" in m.log(), timeout=5, what="the QUIC handshake")
+    assert ", resumed" in m.log(), "the first QUIC connection after the restart was a full handshake"

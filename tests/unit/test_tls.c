@@ -375,7 +375,7 @@ static void client_free(struct client *c)
 		evbuffer_free(c->got);
 }
 
-static const struct tls_client_params good = {"localhost", "http/1.1", NULL, true, NULL, false};
+static const struct tls_client_params good = {"localhost", "http/1.1", NULL, true, NULL, false, 0};
 
 static struct tls_client_params params(const char *sni, const char *ca_file, bool verify)
 {
