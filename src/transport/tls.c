@@ -564,7 +564,9 @@ struct transport *tls_client_new_cert(struct muxd *m, struct transport *lower,
 /* base is the first member of io, io the first of struct tls */
 const char *tls_alpn(struct transport *base)
 {
-	return ((struct tls *)base)->alpn;
+	struct tls *t = (struct tls *)base;
+
+	return t->io.connected_reported ? t->alpn : "";
 }
 
 bool tls_resumed(struct transport *base)
