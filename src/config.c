@@ -96,6 +96,7 @@ static const struct key keys[] = {
     {"pool", "h3", K_BOOL, F(h3), 0, 0},
     {"pool", "h3_timeout", K_DURATION, F(h3_timeout_ms), 0, 0},
     {"pool", "altsvc_file", K_OPT_PATH, F(altsvc_file), 0, 0},
+    {"pool", "session_file", K_OPT_PATH, F(session_file), 0, 0},
     {"pool", "max_stream_window_kib", K_UINT, F(max_stream_window_kib), 64, 1048576},
     {"pool", "max_conn_window_kib", K_UINT, F(max_conn_window_kib), 64, 1048576},
     {"pool", "window_budget_kib", K_UINT, F(window_budget_kib), 0, 16777216},
@@ -186,7 +187,8 @@ struct config *config_defaults(void)
 	cfg->window_budget_kib = 262144;    /* 256 MiB */
 	cfg->state_dir = default_state_dir();
 	cfg->altsvc_file = strdup("altsvc.cache");
-	if (!cfg->state_dir || !cfg->altsvc_file) {
+	cfg->session_file = strdup("sessions.cache");
+	if (!cfg->state_dir || !cfg->altsvc_file || !cfg->session_file) {
 		config_unref(cfg);
 		return NULL;
 	}
@@ -207,6 +209,7 @@ void config_unref(struct config *cfg)
 	free(cfg->state_dir);
 	free(cfg->access_log);
 	free(cfg->altsvc_file);
+	free(cfg->session_file);
 	for (size_t i = 0; i < cfg->nroutes; i++) {
 		struct config_route *r = &cfg->routes[i];
 		free(r->pattern);
@@ -623,9 +626,10 @@ static void route_key(struct load *ld, const char *name, const char *v, bool con
 		return;
 	}
 	if (strcmp(name, "verify") == 0 || strcmp(name, "h2") == 0 || strcmp(name, "h3") == 0 ||
-	    strcmp(name, "intercept_without_sni") == 0) {
+	    strcmp(name, "intercept_without_sni") == 0 || strcmp(name, "early_data") == 0) {
 		int *field = name[0] == 'v'   ? &r->verify
 		             : name[0] == 'i' ? &r->intercept_without_sni
+		             : name[0] == 'e' ? &r->early_data
 		             : name[1] == '2' ? &r->h2
 		                              : &r->h3;
 		if (*field != -1)

@@ -68,6 +68,7 @@ struct config_route {
 	int h3;
 	int intercept_without_sni; /* a ClientHello without SNI for a DNS name: intercept (1)
 	                              or tunnel (0) */
+	int early_data;            /* 0-RTT for safe requests */
 	int proxy_set;             /* -1: not set here; else hops[] (0 hops = direct) */
 	bool proxy_env;            /* proxy = env: hops come from the environment */
 	struct config_hop hops[CONFIG_MAX_HOPS];
@@ -127,7 +128,8 @@ struct config {
 	bool h2;
 	bool h3;
 	uint64_t h3_timeout_ms;
-	char *altsvc_file; /* NULL = off; relative to state_dir unless absolute */
+	char *altsvc_file;  /* NULL = off; relative to state_dir unless absolute */
+	char *session_file; /* TLS/QUIC resumption state; NULL = off; relative to state_dir */
 	/* HTTP/2 and HTTP/3 receive windows (KiB): the most one stream / one
 	 * connection may grow to; all growth beyond the base windows together */
 	unsigned max_stream_window_kib;

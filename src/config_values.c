@@ -324,6 +324,7 @@ bool config_parse_route_pattern(const char *s, struct config_route *out)
 	out->h2 = -1;
 	out->h3 = -1;
 	out->intercept_without_sni = -1;
+	out->early_data = -1;
 	out->proxy_set = -1;
 	if (strcmp(s, "*") == 0) {
 		out->kind = ROUTE_ANY;

@@ -56,6 +56,8 @@ struct exchange {
 	struct upstream_stream *stream;
 	bool reused;
 	bool retried;
+	bool early;    /* the request went out allowed to use 0-RTT */
+	bool no_early; /* a 425 Too Early came: the retry does without */
 	bool got_stream;
 	enum proto proto; /* of the stream's connection */
 
@@ -313,6 +315,20 @@ static void on_head(void *ctx, const struct http1_msg *h)
 			ex->client->ops->send_interim(ex->client, h, client_via(ex));
 		return;
 	}
+	if (h->status == 425 && ex->early && !ex->retried) {
+		/* RFC 8470 5.2: the origin wants the request after the handshake */
+		log_debug("retrying %s %s without early data (425)", ex->req.method,
+		          ex->req.target);
+		ex->stream->ops->cancel(ex->stream);
+		ex->stream = NULL;
+		ex->retried = ex->no_early = true;
+		ex->m->metrics.upstream_retries++;
+		ex->wait =
+		    pool_start_stream(ex->m->pool, &ex->key, false, &stream_cbs, &wait_cbs, ex);
+		if (!ex->wait)
+			answer_error(ex, ERR_CONNECT, "out of memory");
+		return;
+	}
 	ex->status = h->status;
 	if (ex->held) /* a final head: no retry any more */
 		evbuffer_free(ex->held);
@@ -435,6 +451,18 @@ static void answer_continue(struct exchange *ex)
 	ex->continue_sent = ex->client->ops->send_continue(ex->client);
 }
 
+/* 0-RTT for this request: safe methods without a body, where the route
+ * allows it, not after a 425, and not for a request a client already sent
+ * as early data (its own Early-Data field: a 425 is for that client). */
+static bool early_allowed(const struct exchange *ex)
+{
+	const char *m = ex->req.method;
+
+	return ex->route.early_data && !ex->no_early && ex->req.body == HTTP1_BODY_NONE &&
+	       (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 || strcmp(m, "OPTIONS") == 0) &&
+	       !http1_find(&ex->req, "early-data");
+}
+
 static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 {
 	struct exchange *ex = ctx;
@@ -452,10 +480,12 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 	    .content_length =
 	        ex->req.body == HTTP1_BODY_LENGTH ? (int64_t)ex->req.content_length : -1,
 	    .upgrade = ex->upgrade,
+	    .early_data = early_allowed(ex),
 	};
 
 	ex->wait = NULL;
 	ex->stream = s;
+	ex->early = r.early_data;
 	ex->reused = reused;
 	ex->req_end_sent = false; /* a retry: the new stream needs the end too */
 	ex->proto = s->conn->proto;

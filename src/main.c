@@ -168,6 +168,19 @@ static bool open_access_log(struct muxd *m, const struct config *cfg)
 	return true;
 }
 
+/* TLS/QUIC session resumption across restarts: [pool] session_file,
+ * relative to state_dir. */
+static bool persist_sessions(struct muxd *m, const struct config *cfg)
+{
+	char path[4200];
+
+	if (cfg->session_file && cfg->session_file[0] != '/')
+		snprintf(path, sizeof(path), "%s/%s", cfg->state_dir, cfg->session_file);
+	else if (cfg->session_file)
+		snprintf(path, sizeof(path), "%s", cfg->session_file);
+	return tls_client_ctx_persist(m->tls, m->base, cfg->session_file ? path : NULL);
+}
+
 /* What muxd must never connect to: its own listeners. */
 static void note_self(struct muxd *m)
 {
@@ -270,6 +283,7 @@ static void reload_config(struct daemon *d)
 		note_self(m);
 	}
 	open_access_log(m, cfg);
+	persist_sessions(m, cfg);
 	log_set_level(cfg->log_level);
 	warn_insecure(cfg);
 	config_unref(m->cfg);
@@ -401,7 +415,7 @@ static int run(struct daemon *d)
 	    .window_granted = &m->window_granted,
 	};
 	m->env = &d->env;
-	if (!m->dns || !m->clients || !m->pool || !m->tls) {
+	if (!m->dns || !m->clients || !m->pool || !m->tls || !persist_sessions(m, m->cfg)) {
 		log_error("cannot start: out of memory");
 		goto out;
 	}

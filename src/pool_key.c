@@ -144,8 +144,10 @@ bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *s
 		                      route->client_key ? route->client_key : "") >=
 		         sizeof(key->client_key)))
 			return false;
-		ok = append(key->id, sizeof(key->id), &len, " sni=%s alpn=%s%s verify=%d", key->sni,
-		            key->alpn, key->h3 ? ",h3" : "", key->verify) &&
+		key->early_data = route->early_data;
+		ok = append(key->id, sizeof(key->id), &len, " sni=%s alpn=%s%s verify=%d%s",
+		            key->sni, key->alpn, key->h3 ? ",h3" : "", key->verify,
+		            key->early_data ? "" : " early=off") &&
 		     append_file_id(key->id, sizeof(key->id), &len, "ca", key->ca_file,
 		                    route->ca_file_id);
 		/* connections with different client certificates are never shared */
@@ -214,6 +216,7 @@ void pool_key_chain(const struct pool_key *key, struct chain_hop *hops, struct c
 	    .client_key = key->client_key[0] ? key->client_key : NULL,
 	    .session_key = key->id,
 	    .verify = key->verify,
+	    .early_data = key->early_data,
 	    .timeout_ms = timeout_ms,
 	    .deny_loopback = key->deny_loopback,
 	};

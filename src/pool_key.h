@@ -26,8 +26,9 @@ struct pool_key {
 	uint16_t port;
 	bool tls;
 	bool verify;
-	bool h3;                                /* HTTP/3 allowed when the Alt-Svc cache knows it */
-	char ca_file[512];                      /* "" = system trust store */
+	bool h3;           /* HTTP/3 allowed when the Alt-Svc cache knows it */
+	bool early_data;   /* 0-RTT allowed on new connections (in the id only when off) */
+	char ca_file[512]; /* "" = system trust store */
 	char client_cert[512], client_key[512]; /* "" = no client certificate */
 	/* parent proxies in order (none: direct); credentials are in the key but
 	 * only a hash of them is in id, which is logged */

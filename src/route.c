@@ -138,6 +138,7 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 	out->h2 = true;
 	out->h3 = true;
 	out->intercept_without_sni = false;
+	out->early_data = true;
 	/* defaults, then [route *], then the winner */
 	const struct config_route *layers[2] = {any, best != any ? best : NULL};
 	out->hops = NULL;
@@ -176,6 +177,8 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 			out->h3 = layers[i]->h3;
 		if (layers[i]->intercept_without_sni != -1)
 			out->intercept_without_sni = layers[i]->intercept_without_sni;
+		if (layers[i]->early_data != -1)
+			out->early_data = layers[i]->early_data;
 	}
 	out->h2 = out->h2 && cfg->h2;
 	out->h3 = out->h3 && cfg->h3;

@@ -18,6 +18,7 @@ struct route {
 	bool verify;
 	bool h2;                       /* offer h2 by ALPN: [pool] h2 and the route's h2 */
 	bool h3;                       /* HTTP/3 when advertised: [pool] h3 and the route's h3 */
+	bool early_data;               /* 0-RTT (TLS 1.3 early data) for safe requests */
 	const struct config_hop *hops; /* parent proxies in order; none = direct */
 	size_t nhops;
 	const char *proxy_ca_file; /* trust anchors for https:// parents; NULL = system */

@@ -52,7 +52,8 @@ struct chain {
 	struct transport *top;     /* once up (while building: build->top) */
 	struct chain_build *build; /* while building */
 	bool up;
-	bool tls_top; /* the last step was a TLS handshake: chain_alpn asks it */
+	bool tls_top;    /* the last step was a TLS handshake: chain_alpn asks it */
+	bool tls_target; /* ... the TLS to the target (not to a forwarding parent) */
 };
 
 /* The build: its layers' callbacks have it as their context until the
@@ -180,6 +181,7 @@ static void go_up(struct chain_build *c)
 	o->up = true;
 	o->top = c->top;
 	o->tls_top = last == STEP_TLS_TARGET || last == STEP_TLS_HOP;
+	o->tls_target = last == STEP_TLS_TARGET;
 	o->build = NULL;
 	transport_set_cbs(o->top, &cbs, o);
 	build_free(c);
@@ -255,7 +257,9 @@ static bool start_step(struct chain_build *c)
 		                              .alpn = sp->alpn,
 		                              .ca_file = sp->ca_file,
 		                              .verify = sp->verify,
-		                              .session_key = sp->session_key};
+		                              .session_key = sp->session_key,
+		                              .early_data = sp->early_data,
+		                              .early_timeout_ms = sp->timeout_ms};
 		c->top = tls_client_new_cert(&c->env, c->top, &p, sp->client_cert, sp->client_key,
 		                             &cbs, c);
 		break;
@@ -447,4 +451,23 @@ const char *chain_alpn(struct transport *t)
 	if (!c->up || !c->tls_top)
 		return "";
 	return tls_alpn(c->top);
+}
+
+/* The chain's own top is its TLS to the target, and it is up. */
+static bool tls_target_up(struct transport *t)
+{
+	struct chain *c = (struct chain *)t;
+
+	return t->ops == &chain_ops && c->up && c->tls_target;
+}
+
+bool chain_early(struct transport *t)
+{
+	return tls_target_up(t) && tls_early(((struct chain *)t)->top);
+}
+
+void chain_early_safe(struct transport *t, size_t n)
+{
+	if (tls_target_up(t))
+		tls_early_safe(((struct chain *)t)->top, n);
 }

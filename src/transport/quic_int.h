@@ -74,6 +74,7 @@ struct quic {
 	bool stopped;      /* quic_shutdown(): nothing more */
 	bool in_lib;       /* inside ngtcp2 */
 	bool session_stored;
+	uint32_t ticket_lifetime; /* of the last NewSessionTicket (0: none seen) */
 	bool close_sent;
 	bool silent; /* idled out: no CONNECTION_CLOSE */
 };

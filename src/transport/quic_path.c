@@ -191,7 +191,20 @@ void qpath_store_session(struct quic *q)
 		return;
 	}
 	q->session_stored = true;
-	tls_session_put(q->env.tls, q->p.session_key, data);
+	tls_session_put(q->env.tls, q->p.session_key, data, q->ticket_lifetime);
+}
+
+/* Notes each NewSessionTicket's lifetime: the cache entry expires with it. */
+static int ticket_hook(gnutls_session_t s, unsigned type, unsigned when, unsigned incoming,
+                       const gnutls_datum_t *msg)
+{
+	ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(s);
+	struct quic_path *a = ref ? ref->user_data : NULL;
+
+	(void)when;
+	if (a && incoming && type == GNUTLS_HANDSHAKE_NEW_SESSION_TICKET)
+		a->q->ticket_lifetime = tls_ticket_lifetime(msg);
+	return 0;
 }
 
 void qpath_tls_failure(struct quic_path *a, char *buf, size_t len)
@@ -271,6 +284,8 @@ bool qpath_tls_setup(struct quic_path *a, char *reason, size_t len)
 	a->ref.get_conn = get_conn_cb;
 	a->ref.user_data = a;
 	gnutls_session_set_ptr(a->tls, &a->ref);
+	gnutls_handshake_set_hook_function(a->tls, GNUTLS_HANDSHAKE_NEW_SESSION_TICKET,
+	                                   GNUTLS_HOOK_POST, ticket_hook);
 	return true;
 fail:
 	snprintf(reason, len, "cannot set up TLS for QUIC: %s",

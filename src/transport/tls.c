@@ -17,13 +17,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "log.h"
 #include "muxd.h"
+#include "timeutil.h"
 #include "transport/tls.h"
 #include "transport/tls_io.h"
+#include "transport/tls_sessions.h"
 
-#define SESSION_CACHE_MAX 1024
+#define SESSION_SAVE_MS 2000 /* the session file is written at most this often after a change */
+/* ... and without fsync: the loop must not wait for the disk (durably at exit) */
+#define SESSION_DEFAULT_LIFETIME (6 * 3600) /* no lifetime known (TLS 1.2, no hint) */
 
 /* ---- the process-wide context ---- */
 
@@ -38,17 +43,13 @@ struct tls_cred {
 	gnutls_certificate_credentials_t cred;
 };
 
-struct tls_cached_session {
-	struct tls_cached_session *prev, *next; /* newest first */
-	char *key;
-	gnutls_datum_t data;
-};
-
 struct tls_client_ctx {
 	gnutls_priority_t priority;
 	struct tls_cred *creds;
-	struct tls_cached_session *newest, *oldest;
-	size_t nsessions;
+	struct tls_sessions *sessions;
+	char *session_file;       /* NULL: memory only */
+	struct event *save_timer; /* a write of session_file is due */
+	bool save_warned;         /* a failed write was logged (until one works) */
 };
 
 struct tls_client_ctx *tls_client_ctx_new(void)
@@ -58,56 +59,84 @@ struct tls_client_ctx *tls_client_ctx_new(void)
 
 	if (!ctx)
 		return NULL;
+	if (!(ctx->sessions = tls_sessions_new())) {
+		free(ctx);
+		return NULL;
+	}
 	if (gnutls_priority_init(&ctx->priority, TLS_IO_PRIORITY, &err_pos) < 0) {
 		log_error("tls: bad priority string at \"%s\"", err_pos ? err_pos : "");
+		tls_sessions_free(ctx->sessions);
 		free(ctx);
 		return NULL;
 	}
 	return ctx;
 }
 
-static void session_unlink(struct tls_client_ctx *ctx, struct tls_cached_session *e)
+static void save_sessions(struct tls_client_ctx *ctx, bool durable)
 {
-	if (e->prev)
-		e->prev->next = e->next;
-	else
-		ctx->newest = e->next;
-	if (e->next)
-		e->next->prev = e->prev;
-	else
-		ctx->oldest = e->prev;
-	e->prev = e->next = NULL;
-	ctx->nsessions--;
+	char dir[4096];
+	const char *slash;
+
+	if (!ctx->session_file || !tls_sessions_dirty(ctx->sessions))
+		return;
+	slash = strrchr(ctx->session_file, '/');
+	if (slash && slash > ctx->session_file) { /* the state directory, made on demand */
+		snprintf(dir, sizeof(dir), "%.*s", (int)(slash - ctx->session_file),
+		         ctx->session_file);
+		mkdir(dir, 0700);
+	}
+	if (tls_sessions_save(ctx->sessions, ctx->session_file, time(NULL), durable)) {
+		ctx->save_warned = false;
+	} else if (!ctx->save_warned) {
+		ctx->save_warned = true;
+		log_warn("tls: cannot write the session file %s: %s", ctx->session_file,
+		         strerror(errno));
+	}
 }
 
-static void session_push(struct tls_client_ctx *ctx, struct tls_cached_session *e)
+static void save_cb(evutil_socket_t fd, short what, void *arg)
 {
-	e->prev = NULL;
-	e->next = ctx->newest;
-	if (ctx->newest)
-		ctx->newest->prev = e;
-	else
-		ctx->oldest = e;
-	ctx->newest = e;
-	ctx->nsessions++;
+	(void)fd;
+	(void)what;
+	save_sessions(arg, false);
 }
 
-static void session_free(struct tls_cached_session *e)
+bool tls_client_ctx_persist(struct tls_client_ctx *ctx, struct event_base *base, const char *path)
 {
-	gnutls_free(e->data.data);
-	free(e->key);
-	free(e);
+	bool same = path && ctx->session_file && strcmp(path, ctx->session_file) == 0;
+	char *copy = NULL;
+
+	if (same)
+		return true;
+	if (path && !(copy = strdup(path)))
+		return false;
+	if (!ctx->save_timer && !(ctx->save_timer = evtimer_new(base, save_cb, ctx))) {
+		free(copy);
+		return false;
+	}
+	if (!ctx->session_file && copy && tls_sessions_count(ctx->sessions) == 0) {
+		const char *why = tls_sessions_load(ctx->sessions, copy, time(NULL));
+		if (why)
+			log_warn("tls: ignoring the session file %s: %s", copy, why);
+		else if (tls_sessions_count(ctx->sessions) > 0)
+			log_debug("tls: %zu sessions from %s", tls_sessions_count(ctx->sessions),
+			          copy);
+	}
+	free(ctx->session_file);
+	ctx->session_file = copy;
+	return true;
 }
 
 void tls_client_ctx_free(struct tls_client_ctx *ctx)
 {
 	if (!ctx)
 		return;
-	while (ctx->newest) {
-		struct tls_cached_session *e = ctx->newest;
-		session_unlink(ctx, e);
-		session_free(e);
+	if (ctx->save_timer) {
+		save_sessions(ctx, true); /* the last write, durable */
+		event_free(ctx->save_timer);
 	}
+	free(ctx->session_file);
+	tls_sessions_free(ctx->sessions);
 	while (ctx->creds) {
 		struct tls_cred *c = ctx->creds;
 		ctx->creds = c->next;
@@ -120,39 +149,47 @@ void tls_client_ctx_free(struct tls_client_ctx *ctx)
 	free(ctx);
 }
 
-static struct tls_cached_session *session_find(struct tls_client_ctx *ctx, const char *key)
+static const struct tls_session_entry *session_find(struct tls_client_ctx *ctx, const char *key)
 {
-	for (struct tls_cached_session *e = ctx->newest; e; e = e->next)
-		if (strcmp(e->key, key) == 0)
-			return e;
-	return NULL;
+	return tls_sessions_get(ctx->sessions, key, time(NULL));
 }
 
-/* Takes ownership of data (allocated by GnuTLS). */
-static void session_store(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data)
+/* Keep data (allocated by GnuTLS; freed here) under key: lifetime is the
+ * ticket's (0: not known), max_early the early data it allows, alpn the
+ * session's protocol. */
+static void session_store(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data,
+                          uint32_t lifetime, uint32_t max_early, const char *alpn)
 {
-	struct tls_cached_session *e = session_find(ctx, key);
+	time_t now = time(NULL), exp = gnutls_db_check_entry_expire_time(&data);
+	struct tls_session_entry e = {
+	    .key = key, .data = data.data, .len = data.size, .max_early = max_early};
 
-	if (e) {
-		session_unlink(ctx, e);
-		gnutls_free(e->data.data);
-	} else {
-		e = calloc(1, sizeof(*e));
-		if (e)
-			e->key = strdup(key);
-		if (!e || !e->key) {
-			free(e);
-			gnutls_free(data.data);
-			return;
-		}
+	if (lifetime == 0)
+		lifetime = exp > now && exp - now < SESSION_DEFAULT_LIFETIME
+		               ? (uint32_t)(exp - now)
+		               : SESSION_DEFAULT_LIFETIME;
+	if (lifetime > TLS_SESSION_MAX_LIFETIME)
+		lifetime = TLS_SESSION_MAX_LIFETIME;
+	e.expires = now + (time_t)lifetime;
+	snprintf(e.alpn, sizeof(e.alpn), "%s", alpn ? alpn : "");
+	if (tls_sessions_put(ctx->sessions, &e, now) && ctx->session_file && ctx->save_timer &&
+	    !evtimer_pending(ctx->save_timer, NULL)) {
+		struct timeval tv = ms_to_timeval(SESSION_SAVE_MS);
+		evtimer_add(ctx->save_timer, &tv);
 	}
-	e->data = data;
-	session_push(ctx, e);
-	while (ctx->nsessions > SESSION_CACHE_MAX) {
-		struct tls_cached_session *old = ctx->oldest;
-		session_unlink(ctx, old);
-		session_free(old);
-	}
+	if (data.data)
+		explicit_bzero(data.data, data.size);
+	gnutls_free(data.data);
+}
+
+uint32_t tls_ticket_lifetime(const gnutls_datum_t *msg)
+{
+	/* NewSessionTicket, TLS 1.2 (RFC 5077) and 1.3 (RFC 8446 4.6.1), starts
+	 * with the lifetime in seconds */
+	if (!msg || msg->size < 4)
+		return 0;
+	return (uint32_t)msg->data[0] << 24 | (uint32_t)msg->data[1] << 16 |
+	       (uint32_t)msg->data[2] << 8 | msg->data[3];
 }
 
 /* A client certificate and key by file identity (config_file_id: path,
@@ -277,6 +314,10 @@ struct tls {
 	char *host;        /* for messages */
 	char *session_key; /* NULL: no resumption */
 	char alpn[256];
+	/* 0-RTT: the ALPN protocol the resumed session had, reported before the
+	 * handshake; the server must agree */
+	char early_alpn[32];
+	uint32_t ticket_lifetime; /* of the last NewSessionTicket (0: none seen) */
 	bool resumed;
 	bool ticket_stored; /* session data saved for this connection */
 };
@@ -341,7 +382,25 @@ static void maybe_store_session(struct tls_io *io)
 		return;
 	}
 	t->ticket_stored = true;
-	session_store(t->ctx, t->session_key, data);
+	/* early data only where the ticket says how much (GnuTLS leaves the
+	 * limit at UINT32_MAX when it did not) */
+	uint32_t early = gnutls_protocol_get_version(io->s) == GNUTLS_TLS1_3
+	                     ? (uint32_t)gnutls_record_get_max_early_data_size(io->s)
+	                     : 0;
+	session_store(t->ctx, t->session_key, data, t->ticket_lifetime,
+	              early == UINT32_MAX ? 0 : early, t->alpn);
+}
+
+/* Notes each NewSessionTicket's lifetime: the cache entry expires with it. */
+static int ticket_hook(gnutls_session_t s, unsigned type, unsigned when, unsigned incoming,
+                       const gnutls_datum_t *msg)
+{
+	struct tls *t = gnutls_session_get_ptr(s);
+
+	(void)when;
+	if (t && incoming && type == GNUTLS_HANDSHAKE_NEW_SESSION_TICKET)
+		t->ticket_lifetime = tls_ticket_lifetime(msg);
+	return 0;
 }
 
 static void tls_handshake_failed(struct tls_io *io, int r)
@@ -367,9 +426,22 @@ static void tls_connected(struct tls_io *io)
 	gnutls_datum_t proto;
 
 	t->resumed = gnutls_session_is_resumed(io->s) != 0;
+	t->alpn[0] = '\0';
 	if (gnutls_alpn_get_selected_protocol(io->s, &proto) == 0 && proto.size < sizeof(t->alpn)) {
 		memcpy(t->alpn, proto.data, proto.size);
 		t->alpn[proto.size] = '\0';
+	}
+	if (io->early_max > 0) {
+		io->early_accepted =
+		    (gnutls_session_get_flags(io->s) & GNUTLS_SFLAGS_EARLY_DATA) != 0;
+		/* the user chose its protocol by the session's ALPN */
+		if (strcmp(t->alpn, t->early_alpn) != 0)
+			snprintf(io->fail_reason, sizeof(io->fail_reason),
+			         "the resumed session's protocol %s changed to %s", t->early_alpn,
+			         t->alpn[0] ? t->alpn : "none");
+		if (io->early_len > 0)
+			log_debug("tls: %s: %zu bytes of early data %s", t->host, io->early_len,
+			          io->early_accepted ? "accepted" : "refused: sent again");
 	}
 	log_debug("tls: %s for %s (%s%s%s)", t->resumed ? "resumed session" : "full handshake",
 	          t->session_key ? t->session_key : t->host,
@@ -399,7 +471,7 @@ static void setup_session(struct tls *t, const struct tls_client_params *p, cons
                           const char *client_key)
 {
 	gnutls_certificate_credentials_t cred;
-	struct tls_cached_session *cached;
+	const struct tls_session_entry *cached;
 	gnutls_session_t s;
 	int r;
 
@@ -420,8 +492,24 @@ static void setup_session(struct tls *t, const struct tls_client_params *p, cons
 		gnutls_session_set_verify_cert(s, p->sni && *p->sni ? p->sni : NULL, 0);
 	if (p->alpn && (r = tls_io_set_alpn(s, p->alpn, 0)) < 0)
 		goto fail_deinit;
-	if (t->session_key && (cached = session_find(t->ctx, t->session_key)))
-		gnutls_session_set_data(s, cached->data.data, cached->data.size);
+	gnutls_session_set_ptr(s, t);
+	gnutls_handshake_set_hook_function(s, GNUTLS_HANDSHAKE_NEW_SESSION_TICKET, GNUTLS_HOOK_POST,
+	                                   ticket_hook);
+	if (t->session_key && (cached = session_find(t->ctx, t->session_key))) {
+		if (gnutls_session_set_data(s, cached->data, cached->len) < 0) {
+			log_debug("tls: %s: stored session unusable: dropped", t->host);
+			tls_sessions_remove(t->ctx->sessions, t->session_key);
+		} else if (p->early_data && cached->max_early > 0 &&
+		           strcmp(cached->alpn, "http/1.1") == 0) {
+			/* 0-RTT: the layer is up before the handshake, with the
+			 * session's protocol (tls_io.c). HTTP/1.1 only: HTTP/2
+			 * sends no request before the server's SETTINGS. */
+			t->io.early_max = cached->max_early;
+			t->io.early_timeout_ms = p->early_timeout_ms;
+			snprintf(t->early_alpn, sizeof(t->early_alpn), "%s", cached->alpn);
+			snprintf(t->alpn, sizeof(t->alpn), "%s", cached->alpn);
+		}
+	}
 	tls_io_set_session(&t->io, s);
 	return;
 fail_deinit:
@@ -476,7 +564,9 @@ struct transport *tls_client_new_cert(const struct transport_env *env, struct tr
 /* base is the first member of io, io the first of struct tls */
 const char *tls_alpn(struct transport *base)
 {
-	return ((struct tls *)base)->alpn;
+	struct tls *t = (struct tls *)base;
+
+	return t->io.connected_reported ? t->alpn : "";
 }
 
 bool tls_resumed(struct transport *base)
@@ -499,19 +589,31 @@ gnutls_priority_t tls_client_priority(struct tls_client_ctx *ctx)
 
 bool tls_session_get(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t *data)
 {
-	struct tls_cached_session *e = key ? session_find(ctx, key) : NULL;
+	const struct tls_session_entry *e = key ? session_find(ctx, key) : NULL;
 
 	if (!e)
 		return false;
-	*data = e->data;
+	data->data = (unsigned char *)e->data;
+	data->size = (unsigned)e->len;
 	return true;
 }
 
-void tls_session_put(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data)
+void tls_session_put(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data,
+                     uint32_t lifetime)
 {
 	if (!key) {
 		gnutls_free(data.data);
 		return;
 	}
-	session_store(ctx, key, data);
+	session_store(ctx, key, data, lifetime, 0, NULL);
+}
+
+bool tls_early(struct transport *base)
+{
+	return ((struct tls_io *)base)->early_wait;
+}
+
+void tls_early_safe(struct transport *base, size_t n)
+{
+	tls_io_early_safe((struct tls_io *)base, n);
 }

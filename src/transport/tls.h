@@ -3,7 +3,9 @@
  * (custom push/pull functions on that layer's buffers, never a socket).
  * TLS 1.2 and 1.3 only, SNI, ALPN, certificate and host name verification
  * against the system trust store or a CA file, verification off on request,
- * and session resumption through a cache keyed by the pool key.
+ * session resumption through a cache keyed by the pool key (tls_sessions.h;
+ * kept in the session file across restarts), and 0-RTT early data on
+ * resumed TLS 1.3 sessions whose ticket allows it.
  * Owns: the GnuTLS session and the layer below.
  */
 #ifndef MUXD_TLS_H
@@ -11,6 +13,8 @@
 
 #include <gnutls/gnutls.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "transport/transport.h"
 
@@ -19,7 +23,18 @@ struct tls_client_ctx;
 /* Process-wide TLS client state: credentials per (trust store, verify, client
  * certificate), session cache. */
 struct tls_client_ctx *tls_client_ctx_new(void);
+/* Writes the session file a last time (durably) and frees everything. */
 void tls_client_ctx_free(struct tls_client_ctx *ctx);
+/*
+ * Keep the session cache in the file path (NULL: memory only; [pool]
+ * session_file): the first call reads it (a corrupt or truncated file is
+ * ignored with one warning); after a change the file is written atomically
+ * at most every few seconds from a timer on base (no fsync), and durably by
+ * tls_client_ctx_free. A later call with another path (reload) writes there
+ * from then on. False when out of memory.
+ */
+struct event_base;
+bool tls_client_ctx_persist(struct tls_client_ctx *ctx, struct event_base *base, const char *path);
 
 struct tls_client_params {
 	const char *sni;     /* host name for SNI and verification; IP literals: no SNI */
@@ -27,6 +42,12 @@ struct tls_client_params {
 	const char *ca_file; /* PEM trust anchors; NULL = the system trust store */
 	bool verify;         /* false: no certificate or host name check */
 	const char *session_key; /* resumption cache key (the pool key id); NULL = none */
+	/* 0-RTT allowed ([route] early_data): when the cached session is TLS 1.3
+	 * and its ticket allows early data, the layer reports TRANSPORT_CONNECTED
+	 * before the handshake (tls_early) with the session's ALPN protocol */
+	bool early_data;
+	/* then the handshake's own deadline, ERR_CONNECT_TIMEOUT (0: none) */
+	uint64_t early_timeout_ms;
 };
 
 /*
@@ -55,6 +76,18 @@ struct transport *tls_client_new_cert(const struct transport_env *env, struct tr
 const char *tls_alpn(struct transport *t);
 bool tls_resumed(struct transport *t);
 
+/*
+ * 0-RTT. tls_early: TRANSPORT_CONNECTED came before the handshake, which
+ * starts once the current event is over; until then tls_early_safe(t, n)
+ * says the first n bytes now in the output are replay-safe (a whole
+ * idempotent request): those (up to the ticket's limit) go as TLS 1.3 early
+ * data, everything else after the handshake. Early data the server refuses
+ * is sent again after the handshake, unseen by the user. A server that
+ * resumes with another ALPN protocol fails the layer (ERR_TLS).
+ */
+bool tls_early(struct transport *t);
+void tls_early_safe(struct transport *t, size_t n);
+
 /* --- for layers that run their own GnuTLS session (HTTP/3 over QUIC) --- */
 
 /* The shared credentials for a trust store (ca_file NULL: the system store;
@@ -67,8 +100,12 @@ gnutls_priority_t tls_client_priority(struct tls_client_ctx *ctx);
 /* Session resumption data cached under key: borrowed, valid until the next
  * tls_session_put or the next TLS layer's handshake. */
 bool tls_session_get(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t *data);
-/* Store session data under key; takes ownership of data.data (gnutls_malloc). */
-void tls_session_put(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data);
+/* Store session data under key; takes ownership of data.data (gnutls_malloc).
+ * lifetime: the ticket's, seconds (0: not known). */
+void tls_session_put(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data,
+                     uint32_t lifetime);
+/* The lifetime a NewSessionTicket message (its body, TLS 1.2 or 1.3) gives. */
+uint32_t tls_ticket_lifetime(const gnutls_datum_t *msg);
 
 /* --- server side, for interception (tls_server.c) --- */
 

@@ -20,6 +20,7 @@
 #include "hold.h"
 #include "log.h"
 #include "muxd.h"
+#include "timeutil.h"
 
 #define RECORD_MAX 16384
 #define ALPN_MAX 8
@@ -30,6 +31,8 @@ void tls_io_free(struct tls_io *io)
 		gnutls_deinit(io->s);
 	if (io->pass_ev)
 		event_free(io->pass_ev);
+	if (io->early_deadline)
+		event_free(io->early_deadline);
 	if (io->in)
 		evbuffer_free(io->in);
 	if (io->out)
@@ -115,7 +118,8 @@ void tls_io_set_session(struct tls_io *io, gnutls_session_t s)
 
 static void apply_reading(struct tls_io *io)
 {
-	bool on = io->state == TLS_IO_HANDSHAKE || (io->state == TLS_IO_OPEN && io->reading);
+	bool on = (io->state == TLS_IO_HANDSHAKE && !io->early_wait) ||
+	          (io->state == TLS_IO_OPEN && io->reading);
 
 	io->lower->ops->set_reading(io->lower, on);
 }
@@ -156,9 +160,84 @@ static bool do_handshake(struct tls_io *io)
 		return false;
 	}
 	io->state = TLS_IO_OPEN;
+	if (io->early_deadline)
+		evtimer_del(io->early_deadline);
 	io->hooks->connected(io);
+	if (io->fail_reason[0]) {
+		tls_io_fail(io, io->fail_reason);
+		return false;
+	}
+	if (io->early_len > 0 && io->early_accepted) /* else they go again now */
+		evbuffer_drain(io->out, io->early_len);
+	io->early_safe = io->early_len = 0;
 	apply_reading(io);
+	if (io->connected_reported)
+		return true; /* the user was told before the handshake (0-RTT) */
+	io->connected_reported = true;
 	return report(io, TRANSPORT_CONNECTED, ERR_NONE, NULL);
+}
+
+/* The handshake that an early TRANSPORT_CONNECTED left running did not end
+ * within its deadline (the chain's connect_timeout no longer covers it). */
+static void early_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct tls_io *io = arg;
+	char reason[160];
+
+	(void)fd;
+	(void)what;
+	hold(io);
+	if (io->state == TLS_IO_HANDSHAKE) {
+		snprintf(reason, sizeof(reason), "TLS handshake with %s timed out after %llu ms",
+		         io->name ? io->name : "?", (unsigned long long)io->early_timeout_ms);
+		log_debug("%s: %s", io->hooks->log_name, reason);
+		report(io, TRANSPORT_ERROR, ERR_CONNECT_TIMEOUT, reason);
+	}
+	release(io);
+}
+
+/* 0-RTT: before the handshake, the user is told the layer is up; the pass
+ * after that hands the replay-safe bytes written by then to GnuTLS, which
+ * sends them as early data right after the ClientHello. Returns false when
+ * the layer is closed or there is nothing more to do in this pass. */
+static bool early_step(struct tls_io *io)
+{
+	size_t n;
+
+	if (!io->connected_reported) {
+		io->connected_reported = io->early_wait = true;
+		if (io->early_timeout_ms > 0 &&
+		    (io->early_deadline =
+		         evtimer_new(event_get_base(io->pass_ev), early_deadline_cb, io))) {
+			struct timeval tv = ms_to_timeval(io->early_timeout_ms);
+			evtimer_add(io->early_deadline, &tv);
+		}
+		if (!report(io, TRANSPORT_CONNECTED, ERR_NONE, NULL))
+			return false;
+		schedule(io); /* the handshake, once the user's first bytes are in */
+		return false;
+	}
+	io->early_wait = false;
+	n = evbuffer_get_length(io->out);
+	if (n > io->early_safe)
+		n = io->early_safe;
+	if (n > io->early_max)
+		n = io->early_max;
+	if (n > 0) {
+		unsigned char *p = evbuffer_pullup(io->out, (ssize_t)n);
+		/* GnuTLS keeps them all (or none) for after the ClientHello and
+		 * answers 0 */
+		ssize_t r = p ? gnutls_record_send_early_data(io->s, p, n) : -1;
+		io->early_len = r >= 0 ? n : 0;
+	}
+	apply_reading(io);
+	return true;
+}
+
+void tls_io_early_safe(struct tls_io *io, size_t n)
+{
+	if (io->early_wait)
+		io->early_safe = n;
 }
 
 /* Plaintext out → ciphertext below while the layer below has room. Returns
@@ -272,6 +351,9 @@ static void run_pass(struct tls_io *io)
 		tls_io_fail(io, io->fail_reason);
 		return;
 	}
+	if (io->state == TLS_IO_HANDSHAKE && io->early_max > 0 &&
+	    (!io->connected_reported || io->early_wait) && !early_step(io))
+		return;
 	if (io->state == TLS_IO_HANDSHAKE && !do_handshake(io))
 		return;
 	if (io->state != TLS_IO_OPEN)
@@ -409,7 +491,11 @@ static bool io_is_alive(struct transport *base)
 {
 	struct tls_io *io = (struct tls_io *)base;
 
-	return io->state == TLS_IO_OPEN && !io->peer_eof && !io->lower_eof && !io->lower_failed &&
+	/* after an early TRANSPORT_CONNECTED (0-RTT) the handshake still runs */
+	bool up =
+	    io->state == TLS_IO_OPEN || (io->state == TLS_IO_HANDSHAKE && io->connected_reported);
+
+	return up && !io->peer_eof && !io->lower_eof && !io->lower_failed &&
 	       io->lower->ops->is_alive(io->lower);
 }
 

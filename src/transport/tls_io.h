@@ -31,7 +31,9 @@ struct tls_io_hooks {
 	 * during it); reports the failure with tls_io_fail. */
 	void (*handshake_failed)(struct tls_io *io, int r);
 	/* The handshake completed (state is TLS_IO_OPEN); runs before reading is
-	 * applied and TRANSPORT_CONNECTED reported. */
+	 * applied and TRANSPORT_CONNECTED reported. It may refuse the session by
+	 * filling io->fail_reason (reported as a TLS failure). With early data
+	 * it sets io->early_accepted. */
 	void (*connected)(struct tls_io *io);
 	/* NULL, or runs after each gnutls_record_recv. */
 	void (*after_record)(struct tls_io *io);
@@ -62,6 +64,20 @@ struct tls_io {
 	char fail_reason[512]; /* a failure found while setting up, reported later */
 	unsigned holds;        /* hold.h */
 	bool closing;
+	/* 0-RTT, client side (TLS 1.3 early data). early_max > 0 (set by the
+	 * side before tls_io_start): TRANSPORT_CONNECTED comes before the
+	 * handshake starts; the handshake starts in the pass after it, and the
+	 * first early_safe bytes of out (at most early_max) go as early data.
+	 * They stay in out until the server accepted them: when it refuses, they
+	 * are sent again after the handshake. */
+	size_t early_max;
+	uint64_t early_timeout_ms; /* the handshake's deadline after that (0: none) */
+	struct event *early_deadline;
+	size_t early_safe;       /* bytes at the head of out the user marked replay-safe */
+	size_t early_len;        /* handed to GnuTLS as early data */
+	bool early_wait;         /* CONNECTED reported, the handshake not started */
+	bool early_accepted;     /* the server took the early data (hooks->connected) */
+	bool connected_reported; /* TRANSPORT_CONNECTED went to the user */
 };
 
 /* Sets io up over lower (the side's struct zeroed, io its first member).
@@ -78,6 +94,9 @@ void tls_io_free(struct tls_io *io);
 /* Logs and reports a TLS failure, marking the layer dead. Returns false when
  * the user closed the layer. */
 bool tls_io_fail(struct tls_io *io, const char *reason);
+/* While io->early_wait: the first n bytes now in out are replay-safe (a
+ * whole idempotent request) and may go as early data. */
+void tls_io_early_safe(struct tls_io *io, size_t n);
 /* Sets the ALPN protocols from a comma-separated list. */
 int tls_io_set_alpn(gnutls_session_t s, const char *list, unsigned flags);
 

@@ -29,6 +29,7 @@
 #define MUXD_TRANSPORT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "errors.h"
@@ -186,6 +187,7 @@ struct chain_spec {
 	bool tls; /* TLS to the target after the hops */
 	const char *sni, *alpn, *ca_file, *session_key;
 	bool verify;
+	bool early_data;     /* TLS to the target may send 0-RTT (tls.h: tls_client_params) */
 	uint64_t timeout_ms; /* connect_timeout: one deadline for the whole chain (0: none) */
 	/* PEM client certificate and key presented to the target; NULL = none */
 	const char *client_cert, *client_key;
@@ -198,6 +200,12 @@ struct transport *chain_connect(const struct transport_env *env, const struct ch
                                 const struct transport_cbs *cbs, void *ctx);
 /* The ALPN protocol of the TLS to the target ("" when none). */
 const char *chain_alpn(struct transport *t);
+/* 0-RTT on the TLS to the target (tls.h: tls_early, tls_early_safe): t
+ * reported TRANSPORT_CONNECTED before that handshake started, and the first
+ * n bytes now in its output are replay-safe. Any layer may be asked: false
+ * and nothing for those that are not a chain ending in such TLS. */
+bool chain_early(struct transport *t);
+void chain_early_safe(struct transport *t, size_t n);
 
 /*
  * A tunnel to host:port as a CONNECT stream that src supplies (the pool: on

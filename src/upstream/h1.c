@@ -442,6 +442,8 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 	struct h1_stream *s = (struct h1_stream *)us;
 	struct h1_conn *c = (struct h1_conn *)us->conn;
 	struct evbuffer *out = transport_output(c->t);
+	/* the connection's TLS handshake has not started: 0-RTT */
+	bool early = r->early_data && chain_early(c->t);
 
 	snprintf(s->method, sizeof(s->method), "%s", r->method);
 	s->tunnel = strcmp(r->method, "CONNECT") == 0;
@@ -463,7 +465,11 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 		evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)r->content_length);
 	else if (r->has_body && !s->tunnel)
 		evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
+	if (early)
+		evbuffer_add(out, "Early-Data: 1\r\n", 15);
 	evbuffer_add(out, "\r\n", 2);
+	if (early) /* the whole head, and nothing else, may go early */
+		chain_early_safe(c->t, evbuffer_get_length(out));
 	s->req_chunked = r->has_body && r->content_length < 0 && !s->tunnel;
 	s->req_done = !r->has_body;
 	s->state = H1_HEAD;

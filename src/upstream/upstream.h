@@ -99,6 +99,10 @@ struct upstream_request {
 	 * there (h1_stream_take_transport) or cancels; without it a 101 is a
 	 * protocol error (502). */
 	bool upgrade;
+	/* replay-safe and allowed by its route: may go as 0-RTT early data on a
+	 * connection still in its handshake (HTTP/1.1 then adds Early-Data: 1,
+	 * RFC 8470) */
+	bool early_data;
 };
 
 struct upstream_stream_cbs {

@@ -1,6 +1,7 @@
 /* Unit tests for src/config.c and src/config_values.c: defaults, every key, value forms, error
  * reports. */
 #include "config.h"
+#include "route.h"
 
 #include <arpa/inet.h>
 #include <check.h>
@@ -764,6 +765,34 @@ START_TEST(refcount)
 }
 END_TEST
 
+/* [pool] session_file (default sessions.cache, off) and [route] early_data
+ * (default on, inherited from [route *]). */
+START_TEST(session_file_and_early_data)
+{
+	struct config *def = config_defaults(), *cfg;
+	struct route r;
+
+	ck_assert_str_eq(def->session_file, "sessions.cache");
+	route_for(def, "example.com", 443, &r);
+	ck_assert(r.early_data);
+	config_unref(def);
+	cfg = load_ok("[pool]\nsession_file = off\n[route *]\nearly_data = off\n"
+	              "[route a.example]\nearly_data = on\n");
+	ck_assert_ptr_null(cfg->session_file);
+	route_for(cfg, "example.com", 443, &r);
+	ck_assert(!r.early_data);
+	route_for(cfg, "a.example", 443, &r);
+	ck_assert(r.early_data);
+	config_unref(cfg);
+	cfg = load_ok("[pool]\nsession_file = /abs/sessions\n");
+	ck_assert_str_eq(cfg->session_file, "/abs/sessions");
+	config_unref(cfg);
+	load_bad("[route *]\nearly_data = maybe\n",
+	         ":2: [route *] early_data: bad boolean 'maybe' (expected on, off, yes, no, true, "
+	         "false, 1 or 0)");
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("config");
@@ -793,6 +822,7 @@ int main(void)
 	tcase_add_test(tc, upgrade_list);
 	tcase_add_test(tc, set_listen);
 	tcase_add_test(tc, refcount);
+	tcase_add_test(tc, session_file_and_early_data);
 	suite_add_tcase(s, tc);
 
 	SRunner *sr = srunner_create(s);

@@ -32,6 +32,9 @@ static char empty_path[128];
 static gnutls_x509_privkey_t ca1_key, ca2_key, leaf_key;
 static gnutls_x509_crt_t ca1, ca2, leaf_good, leaf_foreign, leaf_expired;
 static gnutls_datum_t ticket_key;
+/* One anti-replay context for every server child: GnuTLS refuses early data
+ * on tickets older than the context. */
+static gnutls_anti_replay_t anti_replay;
 
 /* ---- certificates ---- */
 
@@ -157,10 +160,11 @@ static void free_certs(void)
 /* ---- the server: a forked child, blocking GnuTLS ---- */
 
 enum srv_mode {
-	SRV_ECHO,         /* echo until the client's close_notify, then close_notify */
-	SRV_HELLO_BYE,    /* send "hello", close_notify, close */
-	SRV_HELLO_ABRUPT, /* send "hello", close without close_notify */
-	SRV_HANDSHAKE_EOF /* read the ClientHello, close */
+	SRV_ECHO,          /* echo until the client's close_notify, then close_notify */
+	SRV_HELLO_BYE,     /* send "hello", close_notify, close */
+	SRV_HELLO_ABRUPT,  /* send "hello", close without close_notify */
+	SRV_HANDSHAKE_EOF, /* read the ClientHello, close */
+	SRV_STALL          /* read the ClientHello, answer nothing for 2 s */
 };
 
 struct srv_opts {
@@ -168,6 +172,8 @@ struct srv_opts {
 	gnutls_x509_crt_t leaf; /* NULL: leaf_good */
 	const char *priority;   /* NULL: NORMAL */
 	bool alpn;              /* offers h2 and http/1.1 */
+	bool early;             /* takes 0-RTT early data (and its tickets allow it); echoes it
+	                         * first, after "[early]" */
 };
 
 static void send_all(gnutls_session_t s, const char *p, size_t n)
@@ -183,6 +189,17 @@ static void send_all(gnutls_session_t s, const char *p, size_t n)
 	}
 }
 
+/* Anti-replay's memory of ClientHellos (GnuTLS takes early data only with
+ * anti-replay on): every one is new, each child serves one connection. */
+static int replay_add(void *ptr, time_t exp, const gnutls_datum_t *key, const gnutls_datum_t *data)
+{
+	(void)ptr;
+	(void)exp;
+	(void)key;
+	(void)data;
+	return 0;
+}
+
 static void serve(int fd, const struct srv_opts *o)
 {
 	gnutls_certificate_credentials_t cred;
@@ -193,27 +210,42 @@ static void serve(int fd, const struct srv_opts *o)
 	int r;
 
 	alarm(20);
-	if (o->mode == SRV_HANDSHAKE_EOF) {
+	if (o->mode == SRV_HANDSHAKE_EOF || o->mode == SRV_STALL) {
 		if (read(fd, buf, sizeof(buf)) <= 0)
 			_exit(1);
+		if (o->mode == SRV_STALL)
+			sleep(2);
 		close(fd);
 		_exit(0);
 	}
 	if (gnutls_certificate_allocate_credentials(&cred) < 0 ||
 	    gnutls_certificate_set_x509_key(cred, &leaf, 1, leaf_key) < 0 ||
-	    gnutls_init(&s, GNUTLS_SERVER | GNUTLS_NO_SIGNAL) < 0 ||
+	    gnutls_init(&s, GNUTLS_SERVER | GNUTLS_NO_SIGNAL |
+	                        (o->early ? GNUTLS_ENABLE_EARLY_DATA : 0)) < 0 ||
+	    (o->early && gnutls_record_set_max_early_data_size(s, 16384) < 0) ||
 	    gnutls_priority_set_direct(s, o->priority ? o->priority : "NORMAL", NULL) < 0 ||
 	    gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, cred) < 0 ||
 	    gnutls_session_ticket_enable_server(s, &ticket_key) < 0)
 		_exit(2);
 	if (o->alpn)
 		gnutls_alpn_set_protocols(s, protos, 2, GNUTLS_ALPN_SERVER_PRECEDENCE);
+	if (o->early) {
+		gnutls_anti_replay_set_add_function(anti_replay, replay_add);
+		gnutls_anti_replay_enable(s, anti_replay);
+	}
 	gnutls_transport_set_int(s, fd);
 	do {
 		r = gnutls_handshake(s);
 	} while (r < 0 && !gnutls_error_is_fatal(r));
 	if (r < 0)
 		_exit(1);
+	if (o->early) {
+		ssize_t n = gnutls_record_recv_early_data(s, buf, sizeof(buf));
+		if (n > 0) {
+			send_all(s, "[early]", 7);
+			send_all(s, buf, (size_t)n);
+		}
+	}
 	switch (o->mode) {
 	case SRV_ECHO:
 		for (;;) {
@@ -234,6 +266,7 @@ static void serve(int fd, const struct srv_opts *o)
 		send_all(s, "hello", 5);
 		break;
 	case SRV_HANDSHAKE_EOF:
+	case SRV_STALL:
 		break;
 	}
 	close(fd);
@@ -265,6 +298,9 @@ static void server_wait(pid_t pid)
 }
 
 /* ---- the client side ---- */
+
+static bool mark_early; /* on CONNECTED before the handshake: what was sent is replay-safe */
+static bool early_seen; /* the last CONNECTED came before the handshake (tls_early) */
 
 static void drain_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -312,9 +348,12 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 		}
 		if (c->pause_on_connect)
 			c->t->ops->set_reading(c->t, false);
-		if (c->src)
+		early_seen = tls_early(c->t);
+		if (c->src) {
 			pump(c);
-		else if (!c->expect)
+			if (mark_early && early_seen)
+				tls_early_safe(c->t, evbuffer_get_length(transport_output(c->t)));
+		} else if (!c->expect)
 			event_base_loopbreak(m.base);
 		break;
 	case TRANSPORT_EOF:
@@ -375,7 +414,7 @@ static void client_free(struct client *c)
 		evbuffer_free(c->got);
 }
 
-static const struct tls_client_params good = {"localhost", "http/1.1", NULL, true, NULL};
+static const struct tls_client_params good = {"localhost", "http/1.1", NULL, true, NULL, false, 0};
 
 static struct tls_client_params params(const char *sni, const char *ca_file, bool verify)
 {
@@ -426,7 +465,7 @@ static void expect_echo(struct client *c, const struct srv_opts *so,
 
 static void echo_1mb(bool slow)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, false};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 	unsigned char *src = pattern_new(MB, 12345);
@@ -468,7 +507,7 @@ END_TEST
 
 START_TEST(echo_tls12)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, "NORMAL:-VERS-ALL:+VERS-TLS1.2", false};
+	struct srv_opts so = {SRV_ECHO, NULL, "NORMAL:-VERS-ALL:+VERS-TLS1.2", false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 
@@ -480,7 +519,7 @@ END_TEST
 
 START_TEST(tls11_server_refused)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, "NORMAL:-VERS-ALL:+VERS-TLS1.1", false};
+	struct srv_opts so = {SRV_ECHO, NULL, "NORMAL:-VERS-ALL:+VERS-TLS1.1", false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 
@@ -498,7 +537,7 @@ END_TEST
 
 START_TEST(unknown_authority)
 {
-	struct srv_opts so = {SRV_ECHO, leaf_foreign, NULL, false};
+	struct srv_opts so = {SRV_ECHO, leaf_foreign, NULL, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 
 	expect_failure(&so, &p, "certificate signed by unknown authority");
@@ -507,7 +546,7 @@ END_TEST
 
 START_TEST(unknown_authority_system_store)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, false};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false};
 	struct tls_client_params p = params("localhost", NULL, true);
 
 	expect_failure(&so, &p, "certificate signed by unknown authority");
@@ -516,7 +555,7 @@ END_TEST
 
 START_TEST(name_mismatch)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, false};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false};
 	struct tls_client_params p = params("example.com", ca_path, true);
 
 	expect_failure(&so, &p, "certificate name does not match example.com");
@@ -525,7 +564,7 @@ END_TEST
 
 START_TEST(ip_literal)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, false};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false};
 	struct tls_client_params p = params("127.0.0.1", ca_path, true);
 	struct client c = {0};
 
@@ -541,7 +580,7 @@ END_TEST
 
 START_TEST(expired)
 {
-	struct srv_opts so = {SRV_ECHO, leaf_expired, NULL, false};
+	struct srv_opts so = {SRV_ECHO, leaf_expired, NULL, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 
 	expect_failure(&so, &p, "certificate has expired");
@@ -550,7 +589,7 @@ END_TEST
 
 START_TEST(no_verify)
 {
-	struct srv_opts so = {SRV_ECHO, leaf_foreign, NULL, false};
+	struct srv_opts so = {SRV_ECHO, leaf_foreign, NULL, false, false};
 	struct tls_client_params p = params("example.com", ca_path, false);
 	struct client c = {0};
 
@@ -566,7 +605,7 @@ END_TEST
 
 START_TEST(missing_ca_file)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, false};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false};
 	struct tls_client_params p = params("localhost", "/nonexistent/ca.pem", true);
 	char reason[256];
 
@@ -589,7 +628,7 @@ END_TEST
 
 START_TEST(alpn)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, true};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, true, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct {
 		const char *offer, *want;
@@ -622,7 +661,7 @@ END_TEST
 
 static void resumption(const char *server_priority)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, server_priority, false};
+	struct srv_opts so = {SRV_ECHO, NULL, server_priority, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 
@@ -661,9 +700,124 @@ START_TEST(resumption_tls12)
 }
 END_TEST
 
+#define TLS13 "NORMAL:-VERS-ALL:+VERS-TLS1.3"
+
+/* Connect (0-RTT allowed), send msg marked replay-safe, expect want back. */
+static void early_echo(struct client *c, const struct srv_opts *so,
+                       const struct tls_client_params *p, const char *msg, const char *want)
+{
+	mark_early = true;
+	client_open(c, so, p);
+	c->src = (const unsigned char *)msg;
+	c->src_len = strlen(msg);
+	c->sent = 0;
+	c->shutdown_after_send = true;
+	run(c, 5000);
+	mark_early = false;
+	ck_assert_msg(!c->failed, "failed: %s", c->reason);
+	ck_assert(c->connected && c->eof);
+	client_expect_got(c, want, strlen(want));
+}
+
+/* A first connection that leaves a ticket allowing early data. */
+static struct tls_client_params early_params(struct client *c)
+{
+	struct srv_opts so = {SRV_ECHO, NULL, TLS13, true, true};
+	struct tls_client_params p = params("localhost", ca_path, true);
+
+	p.session_key = "https://localhost:443 early";
+	p.early_data = true;
+	early_echo(c, &so, &p, "first", "first");
+	ck_assert(!early_seen); /* nothing to resume yet: a normal handshake */
+	ck_assert(!tls_resumed(c->t));
+	client_done(c);
+	return p;
+}
+
+START_TEST(early_data_accepted)
+{
+	struct srv_opts so = {SRV_ECHO, NULL, TLS13, true, true};
+	struct client c = {0};
+	struct tls_client_params p = early_params(&c);
+
+	early_echo(&c, &so, &p, "GET / HTTP/1.1\r\n\r\n", "[early]GET / HTTP/1.1\r\n\r\n");
+	ck_assert(early_seen);
+	ck_assert(tls_resumed(c.t));
+	ck_assert_str_eq(tls_alpn(c.t), "http/1.1");
+	client_done(&c);
+	/* not allowed by the caller: a resumed handshake, nothing early */
+	p.early_data = false;
+	early_echo(&c, &so, &p, "late", "late");
+	ck_assert(!early_seen && tls_resumed(c.t));
+	client_done(&c);
+	client_free(&c);
+}
+END_TEST
+
+START_TEST(early_data_not_marked_waits_for_the_handshake)
+{
+	struct srv_opts so = {SRV_ECHO, NULL, TLS13, true, true};
+	struct client c = {0};
+	struct tls_client_params p = early_params(&c);
+
+	/* CONNECTED before the handshake, but the bytes are not marked safe */
+	client_open(&c, &so, &p);
+	c.src = (const unsigned char *)"POST";
+	c.src_len = 4;
+	c.sent = 0;
+	c.shutdown_after_send = true;
+	run(&c, 5000);
+	ck_assert_msg(!c.failed, "%s", c.reason);
+	ck_assert(early_seen);
+	ck_assert(c.eof);
+	client_expect_got(&c, "POST", 4);
+	client_done(&c);
+	client_free(&c);
+}
+END_TEST
+
+START_TEST(early_data_refused_is_sent_again)
+{
+	struct srv_opts refuses = {SRV_ECHO, NULL, TLS13, true, false};
+	struct client c = {0};
+	struct tls_client_params p = early_params(&c);
+
+	/* the same ticket key, but this server takes no early data */
+	early_echo(&c, &refuses, &p, "GET /again", "GET /again");
+	ck_assert(early_seen);
+	ck_assert(tls_resumed(c.t));
+	client_done(&c);
+	client_free(&c);
+}
+END_TEST
+
+START_TEST(early_handshake_has_a_deadline)
+{
+	struct srv_opts stall = {SRV_STALL, NULL, TLS13, true, true};
+	struct client c = {0};
+	struct tls_client_params p = early_params(&c);
+
+	p.early_timeout_ms = 200;
+	client_open(&c, &stall, &p);
+	c.src = (const unsigned char *)"GET";
+	c.src_len = 3;
+	c.sent = 0;
+	mark_early = true;
+	run(&c, 3000);
+	mark_early = false;
+	ck_assert(early_seen && c.connected);
+	ck_assert(!c.timed_out);
+	ck_assert(c.failed);
+	ck_assert_int_eq(c.err, ERR_CONNECT_TIMEOUT);
+	ck_assert_msg(strstr(c.reason, "timed out after 200 ms") != NULL, "%s", c.reason);
+	client_done(&c);
+	client_free(&c);
+}
+END_TEST
+
 static void peer_close(enum srv_mode mode)
 {
-	struct srv_opts so = {mode, NULL, NULL, false};
+	struct srv_opts so = {mode, NULL, NULL, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 
@@ -696,7 +850,7 @@ END_TEST
 
 START_TEST(pause_reading)
 {
-	struct srv_opts so = {SRV_HELLO_BYE, NULL, NULL, false};
+	struct srv_opts so = {SRV_HELLO_BYE, NULL, NULL, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 
@@ -721,7 +875,7 @@ END_TEST
 
 START_TEST(closed_during_handshake)
 {
-	struct srv_opts so = {SRV_HANDSHAKE_EOF, NULL, NULL, false};
+	struct srv_opts so = {SRV_HANDSHAKE_EOF, NULL, NULL, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 
 	expect_failure(&so, &p, "connection closed during the TLS handshake");
@@ -730,7 +884,7 @@ END_TEST
 
 START_TEST(close_inside_callbacks)
 {
-	struct srv_opts so = {SRV_HELLO_BYE, NULL, NULL, false};
+	struct srv_opts so = {SRV_HELLO_BYE, NULL, NULL, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 
@@ -757,7 +911,7 @@ END_TEST
 
 START_TEST(close_before_connect)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, false};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false};
 	struct tls_client_params p = params("localhost", "/nonexistent/ca.pem", true);
 	struct client c = {0};
 
@@ -807,6 +961,10 @@ static Suite *tls_suite(void)
 	tcase_add_test(t, closed_during_handshake);
 	tcase_add_test(t, close_inside_callbacks);
 	tcase_add_test(t, close_before_connect);
+	tcase_add_test(t, early_data_accepted);
+	tcase_add_test(t, early_data_not_marked_waits_for_the_handshake);
+	tcase_add_test(t, early_data_refused_is_sent_again);
+	tcase_add_test(t, early_handshake_has_a_deadline);
 	suite_add_tcase(s, t);
 	return s;
 }
@@ -817,6 +975,8 @@ int main(void)
 
 	signal(SIGPIPE, SIG_IGN);
 	make_certs();
+	if (gnutls_anti_replay_init(&anti_replay) < 0)
+		return EXIT_FAILURE;
 	failed = run_suite(tls_suite());
 	free_certs();
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;

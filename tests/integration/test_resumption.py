@@ -1,0 +1,198 @@
+"""TLS session resumption that survives a restart ([pool] session_file) and
+0-RTT early data for safe requests ([route] early_data).
+
+The origin is nginx; what it saw comes back in the body of its answer:
+$ssl_session_reused ("r" for a resumed handshake, "." for a full one),
+$ssl_early_data ("1" when the request arrived in TLS 1.3 early data) and the
+request's Early-Data field (RFC 8470).  muxd is restarted on the same state
+directory in between, so the only way to resume is the session file."""
+
+import os
+import signal
+import stat
+
+import pytest
+
+from support import HTTPReader, connect, proxy_request, wait_until
+
+# what nginx saw, as the body of every answer
+SHOW = 'location / { return 200 "reused=$ssl_session_reused early=$ssl_early_data hdr=$http_early_data\\n"; }'
+# RFC 8470: nginx asks for a request that came as early data to come again
+TOO_EARLY = 'location / { if ($http_early_data) { return 425; } ' + SHOW[len("location / { "):]
+
+
+def https_request(m, method, url, body=None, timeout=10):
+    with connect(m.port, timeout=timeout) as s:
+        s.sendall(proxy_request(method, url, body=body))
+        return HTTPReader(s).read_response()
+
+
+def seen(resp):
+    """The fields of nginx's answer: {"reused": "r", "early": "1", "hdr": "1"}."""
+    assert resp.status == 200, resp
+    return dict(part.split("=", 1) for part in resp.text.split())
+
+
+def session_file(m):
+    return m.state_dir / "sessions.cache"
+
+
+def restart(m):
+    """SIGTERM (the session file is written at shutdown), then start again on
+    the same state directory."""
+    assert m.stop() == 0, m.log()
+    return m.start()
+
+
+def conf(pki, pool=None, route=None):
+    c = {"route *": dict({"ca_file": pki.ca_cert}, **(route or {}))}
+    if pool:
+        c["pool"] = pool
+    return c
+
+
+@pytest.mark.parametrize("protocol", ["TLSv1.2", "TLSv1.3"])
+def test_session_resumed_after_restart(muxd, tls_nginx_factory, pki, protocol):
+    ng = tls_nginx_factory(protocols=protocol, extra=SHOW)
+    m = muxd(conf(pki), args=["-v"])
+    assert seen(https_request(m, "GET", ng.url("/")))["reused"] == "."
+    restart(m)
+    path = session_file(m)
+    assert path.exists(), "no session file after the shutdown"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, oct(os.stat(path).st_mode)
+    assert seen(https_request(m, "GET", ng.url("/")))["reused"] == "r", (
+        "the first connection after the restart was a full handshake")
+
+
+def test_session_file_written_soon_after_a_new_session(muxd, nginx_tls, pki):
+    """Off the hot path, but soon: the file appears a few seconds after the
+    first session, with no shutdown (a crash keeps it)."""
+    m = muxd(conf(pki))
+    assert https_request(m, "GET", nginx_tls.url("/")).status in (200, 403, 404)
+    wait_until(lambda: session_file(m).exists(), timeout=10, what="the session file")
+    assert stat.S_IMODE(os.stat(session_file(m)).st_mode) == 0o600
+
+
+def test_session_file_off_means_full_handshake_after_restart(muxd, tls_nginx_factory, pki):
+    ng = tls_nginx_factory(extra=SHOW)
+    m = muxd(conf(pki, pool={"session_file": "off"}))
+    assert seen(https_request(m, "GET", ng.url("/")))["reused"] == "."
+    restart(m)
+    assert not session_file(m).exists()
+    assert list(m.state_dir.glob("sessions*")) == []
+    assert seen(https_request(m, "GET", ng.url("/")))["reused"] == "."
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_session_file_is_ignored_with_a_warning(muxd, tls_nginx_factory, pki, damage):
+    ng = tls_nginx_factory(extra=SHOW)
+    m = muxd(conf(pki))
+    https_request(m, "GET", ng.url("/"))
+    assert m.stop() == 0
+    path = session_file(m)
+    good = path.read_bytes()
+    if damage == "garbage":
+        path.write_bytes(b"\x00\xffnot a session file\n" * 50)
+    else:
+        path.write_bytes(good[: len(good) // 2])
+    m.start()
+    wait_until(lambda: "ignoring the session file" in m.log(), timeout=5, what="the warning")
+    assert m.log().count("ignoring the session file") == 1
+    # the damaged file is not used: a full handshake, and muxd works
+    assert seen(https_request(m, "GET", ng.url("/")))["reused"] == "."
+    restart(m)
+    assert path.read_bytes().startswith(b"muxd-tls-sessions 1\n"), "the file was not rewritten"
+    assert seen(https_request(m, "GET", ng.url("/")))["reused"] == "r"
+
+
+# --------------------------------------------------------------------------
+# 0-RTT
+
+
+def early_nginx(tls_nginx_factory, extra=SHOW):
+    return tls_nginx_factory(protocols="TLSv1.3", extra="ssl_early_data on;\n" + extra)
+
+
+def test_get_after_restart_goes_as_early_data(muxd, tls_nginx_factory, pki):
+    ng = early_nginx(tls_nginx_factory)
+    m = muxd(conf(pki), args=["-v"])
+    first = seen(https_request(m, "GET", ng.url("/")))
+    assert first["reused"] == "." and first["early"] == "", first
+    restart(m)
+    got = seen(https_request(m, "GET", ng.url("/")))
+    assert got == {"reused": "r", "early": "1", "hdr": "1"}, got
+    # once: accepted early data is not sent again after the handshake
+    m.stop()
+    wait_until(lambda: len(ng.log_lines()) >= 2, timeout=5, what="nginx access log")
+    assert len(ng.log_lines()) == 2, ng.log_lines()
+
+
+def test_post_and_route_off_do_not_use_early_data(muxd, tls_nginx_factory, pki):
+    ng = early_nginx(tls_nginx_factory)
+    m = muxd(conf(pki))
+    https_request(m, "GET", ng.url("/"))
+    restart(m)
+    # a request with a body is not replay-safe: after the handshake
+    got = seen(https_request(m, "POST", ng.url("/"), body=b"x=1"))
+    assert got["reused"] == "r" and got["early"] == "" and got["hdr"] == "", got
+    # early_data = off: resumed, but nothing early
+    m.stop()
+    m.write_conf(conf(pki, route={"early_data": "off"}))
+    m.start()
+    got = seen(https_request(m, "GET", ng.url("/")))
+    assert got["early"] == "" and got["hdr"] == "", got
+
+
+def test_425_is_retried_without_early_data(muxd, tls_nginx_factory, pki):
+    ng = early_nginx(tls_nginx_factory, extra=TOO_EARLY)
+    m = muxd(conf(pki), args=["-v"])
+    https_request(m, "GET", ng.url("/"))
+    restart(m)
+    resp = https_request(m, "GET", ng.url("/"))
+    got = seen(resp)
+    assert got["early"] == "" and got["hdr"] == "", got
+    wait_until(lambda: len(ng.log_lines()) >= 3, timeout=5, what="nginx access log")
+    statuses = [line[2].split('"')[-1].split()[0] for line in ng.log_lines()]
+    assert statuses[-2:] == ["425", "200"], statuses
+    assert "without early data (425)" in m.log()
+
+
+def test_refused_early_data_is_sent_again_after_the_handshake(muxd, tls_nginx_factory, pki):
+    """nginx reloaded: new ticket keys, so the ticket is refused, and with it
+    the early data; the request still gets its answer (a full handshake)."""
+    ng = early_nginx(tls_nginx_factory)
+    m = muxd(conf(pki), args=["-v"])
+    https_request(m, "GET", ng.url("/"))
+    restart(m)
+    reloads = ng.error_log.read_text().count("reconfiguring")
+    os.kill(ng.proc.pid, signal.SIGHUP)
+    wait_until(lambda: ng.error_log.read_text().count("reconfiguring") > reloads, timeout=10,
+               what="nginx to reload")
+    wait_until(lambda: ng.error_log.read_text().count("gracefully shutting down") > reloads,
+               timeout=10, what="the old nginx worker to stop")
+    got = seen(https_request(m, "GET", ng.url("/")))
+    assert got["reused"] == "." and got["early"] == "", got
+    assert "refused: sent again" in m.log()
+
+
+# --------------------------------------------------------------------------
+# QUIC
+
+
+def test_quic_session_resumed_after_restart(muxd, tls_nginx_factory, h3_server, pki):
+    """The QUIC handshake's ticket (kept apart from TCP's, under "h3|" and the
+    pool key) is in the file too: after a restart the first QUIC connection
+    to gtlsserver resumes (GnuTLS on muxd's side says so)."""
+    from test_h3 import altsvc_origin, h3_conf, which
+
+    ng, q = altsvc_origin(tls_nginx_factory, h3_server, keepalive=False)
+    m = muxd(h3_conf(pki, ng.port), args=["-v"])
+    assert which(m, ng) == "tcp"
+    assert which(m, ng) == "quic"
+    assert ", resumed" not in m.log()
+    restart(m)
+    keys = [bytes.fromhex(line.split()[3]) for line in session_file(m).read_text().splitlines()[1:]]
+    assert any(k.startswith(b"h3|") for k in keys), keys
+    assert which(m, ng) == "quic"
+    wait_until(lambda: "quic: handshake done with" in m.log(), timeout=5, what="the QUIC handshake")
+    assert ", resumed" in m.log(), "the first QUIC connection after the restart was a full handshake"
