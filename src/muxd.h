@@ -44,6 +44,7 @@ struct metrics {
 	uint64_t evictions[EVICT_COUNT];
 	uint64_t tls_leaf_issued;
 	uint64_t h3_fallbacks;
+	uint64_t keep_warm_reconnects; /* warm connections re-opened in the background */
 };
 
 struct muxd {

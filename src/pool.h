@@ -88,6 +88,22 @@ struct pool_counts {
 };
 void pool_count(struct pool *p, struct pool_counts *out);
 
+/* Keep-warm (pool_warm.c). An exponentially decayed request rate, in
+ * requests per minute: rate after elapsed_s more seconds, and after a
+ * request that came elapsed_s seconds after the last one. */
+double pool_rate_decay(double rate, double elapsed_s);
+double pool_rate_hit(double rate, double elapsed_s);
+/* Whether a key with this rate may have a warm connection when nwarm other
+ * keys have one (keep_warm on, its route verifies, rate at least
+ * keep_warm_min_rate, nwarm under keep_warm_max). */
+struct config;
+bool pool_warm_eligible(const struct config *cfg, const struct pool_key *key, double rate,
+                        unsigned nwarm);
+/* How often a warm HTTP/2 or HTTP/3 connection shows it is alive (ms). */
+uint64_t pool_warm_interval(const struct config *cfg);
+/* Connections kept warm now (muxd_keep_warm_connections). */
+unsigned pool_keep_warm_count(struct pool *p);
+
 /* One upstream connection, for the status page. */
 struct pool_conn_info {
 	const char *key;  /* the pool key id (credentials only as a hash) */
@@ -98,7 +114,9 @@ struct pool_conn_info {
 	unsigned streams;  /* open now */
 	uint64_t requests; /* served so far */
 	double age_s;
-	double idle_s; /* 0 unless idle */
+	double idle_s;     /* 0 unless idle */
+	bool warm;         /* kept open past idle_timeout (keep-warm) */
+	const char *hosts; /* the hosts it serves, space-separated (coalescing) */
 };
 void pool_foreach_conn(struct pool *p, void (*fn)(void *arg, const struct pool_conn_info *c),
                        void *arg);

@@ -38,6 +38,8 @@ struct pool_conn {
 	enum evict_reason retire_why; /* counted then (EVICT_COUNT: not counted) */
 	struct event *age_timer;      /* max_connection_age */
 	struct event *setup_timer;    /* the rest of connect_timeout while warming */
+	bool warm;                    /* kept open past idle_timeout (pool_warm.c) */
+	bool background;              /* opened by keep-warm, not for a request */
 };
 
 struct pool_wait {
@@ -70,6 +72,13 @@ struct pool_origin {
 	struct pool_conn *h3_attempt; /* QUIC connection being set up */
 	struct event *race_timer;     /* h3_timeout: TCP may start; later: give up */
 	bool race_fired;
+	/* keep-warm (pool_warm.c): the decayed request rate (per minute) as of
+	 * rate_at (monotonic seconds; 0: no request yet), the warm connection,
+	 * the background re-open and its backoff */
+	double rate, rate_at;
+	struct pool_conn *warm;
+	struct event *warm_timer;
+	uint64_t warm_backoff_ms;
 };
 
 struct pool_tunnel; /* pool_tunnel.c */
@@ -88,6 +97,7 @@ struct pool {
 	struct pool_tunnel_list tunnels;        /* client tunnels with a slot */
 	struct pool_tunnel_list tunnel_waiters; /* ... waiting for one, FIFO */
 	struct event *tunnel_ev;                /* serves the tunnel waiters */
+	unsigned nwarm;                         /* warm connections (keep_warm_max) */
 };
 
 /* ---- pool.c ---- */
@@ -109,6 +119,30 @@ void pool_schedule(struct pool_origin *o);
 void pool_schedule_all(struct pool *p);
 /* A duration as "10 s" or "1500 ms", for messages. */
 void pool_duration(uint64_t ms, char *buf, size_t size);
+/* Open a connection for o (set-up under way); NULL when it cannot. */
+struct pool_conn *pool_open_conn(struct pool_origin *o);
+/* Free o unless something still needs it. */
+void pool_origin_maybe_free(struct pool_origin *o);
+
+/* ---- pool_warm.c ---- */
+
+/* A request for o (its rate goes up); o's rate decayed to now. */
+void pool_warm_hit(struct pool_origin *o);
+double pool_warm_rate(const struct pool_origin *o);
+/* pc reached idle_timeout: true when it stays open as o's warm connection
+ * (the caller re-arms the timer), false when it is to close. */
+bool pool_warm_keep(struct pool_conn *pc);
+/* pc leaves the pool: it is warm no more. */
+void pool_warm_forget(struct pool_conn *pc);
+/* The origin closed pc (before pool_conn_forget): re-open in the background
+ * when pc was warm, or o's last idle connection, and o is hot. */
+void pool_warm_lost(struct pool_conn *pc);
+/* A background connection is up, or its set-up failed (why). */
+void pool_warm_ready(struct pool_conn *pc);
+void pool_warm_setup_failed(struct pool_conn *pc, const char *why);
+/* A re-open of o is pending: o must stay. */
+bool pool_warm_holds(const struct pool_origin *o);
+void pool_warm_origin_free(struct pool_origin *o);
 
 /* ---- pool_h3.c ---- */
 

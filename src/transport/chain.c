@@ -383,3 +383,13 @@ const char *chain_alpn(struct transport *t)
 		return "";
 	return tls_alpn(c->top);
 }
+
+bool chain_peer(struct transport *t, struct sockaddr_storage *addr, const void **cert,
+                size_t *cert_len)
+{
+	struct chain *c = (struct chain *)t;
+
+	if (!c->up || c->spec.nhops > 0 || c->nsteps != 2 || c->steps[1].kind != STEP_TLS_TARGET)
+		return false;
+	return tls_peer_cert(c->top, cert, cert_len) && tcp_peer_addr(tls_lower(c->top), addr);
+}

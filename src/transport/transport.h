@@ -29,6 +29,7 @@
 #define MUXD_TRANSPORT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "errors.h"
@@ -91,6 +92,10 @@ void transport_set_cbs(struct transport *t, const struct transport_cbs *cbs, voi
  */
 struct transport *tcp_connect(struct muxd *m, const char *host, uint16_t port, uint64_t timeout_ms,
                               const struct transport_cbs *cbs, void *ctx);
+/* The address a connected TCP layer (tcp_connect) talks to; false for any
+ * other layer or before it connected. */
+struct sockaddr_storage;
+bool tcp_peer_addr(struct transport *t, struct sockaddr_storage *addr);
 /* Right after tcp_connect: refuse loopback addresses (ERR_FORBIDDEN), for a
  * direct connection to an origin under deny_loopback_targets. Every connect
  * refuses muxd's own listen addresses (ERR_LOOP). */
@@ -175,6 +180,11 @@ struct transport *chain_connect(struct muxd *m, const struct chain_spec *spec,
                                 const struct transport_cbs *cbs, void *ctx);
 /* The ALPN protocol of the TLS to the target ("" when none). */
 const char *chain_alpn(struct transport *t);
+/* A direct chain (no parent proxies) with TLS to the target, once up: the
+ * address it connected to and the DER of the target's leaf certificate
+ * (borrowed, valid while the chain lives). False otherwise. */
+bool chain_peer(struct transport *t, struct sockaddr_storage *addr, const void **cert,
+                size_t *cert_len);
 
 /*
  * A tunnel to host:port as a CONNECT stream that src supplies (the pool: on
