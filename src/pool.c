@@ -98,6 +98,7 @@ static void origin_maybe_free(struct pool_origin *o)
 	event_free(o->dispatch_ev);
 	pool_h3_origin_free(o);
 	pool_warm_origin_free(o);
+	pool_coalesce_origin_free(o);
 	free(o);
 }
 
@@ -161,6 +162,7 @@ void pool_conn_forget(struct pool_conn *pc)
 
 	set_idle(pc, false);
 	pool_warm_forget(pc);
+	pool_coalesce_forget(pc);
 	TAILQ_REMOVE(&o->conns, pc, o_link);
 	o->nconns--;
 	pc->pool->nconns--;
@@ -242,7 +244,7 @@ static bool accepts(const struct pool_wait *w, const struct pool_conn *pc)
 }
 
 /* Open a stream on pc for w and hand it over; w is freed. */
-static void give(struct pool_conn *pc, struct pool_wait *w)
+void pool_give(struct pool_conn *pc, struct pool_wait *w)
 {
 	struct upstream_conn *uc = pc->uc;
 	/* a connection opened ahead of need (keep-warm) may have gone stale
@@ -486,7 +488,13 @@ static void dispatch(struct pool_origin *o)
 		pool_h3_start(o);
 	/* 1. free stream slots on existing connections */
 	while ((pc = find_match(o, &w)) != NULL)
-		give(pc, w);
+		pool_give(pc, w);
+	/* 1b. no connection of its own: one made for another name may do */
+	if (pool_coalesce(o)) {
+		hold_release(&o->holds);
+		origin_maybe_free(o);
+		return; /* back when the name is resolved */
+	}
 	/* 2. new connections for the waiters left */
 	while (o->nwaiters > 0 && wanted(o, &cap) > 0 && !p->m->draining) {
 		if (o->nconns >= cap) {
@@ -539,7 +547,7 @@ static void conn_available(void *owner, struct upstream_conn *uc)
 	hold_take(&o->holds);
 	while ((pc = conn_by_serial(o, serial)) && uc->ops->free_slots(uc) > 0 &&
 	       (w = first_for(o, pc)))
-		give(pc, w);
+		pool_give(pc, w);
 	hold_release(&o->holds);
 	if (!pc || !uc->ops->is_idle(uc)) {
 		if (o->nwaiters)
@@ -600,6 +608,7 @@ static void conn_ready(struct pool_conn *pc)
 	log_debug("pool: new %s connection to %s", proto_name(pc->uc->proto), o->key.id);
 	pool_h3_ready(pc);
 	pool_warm_ready(pc);
+	pool_coalesce_ready(pc);
 }
 
 static void conn_failed(void *owner, struct upstream_conn *uc, enum muxd_err err,
@@ -861,7 +870,7 @@ void pool_foreach_conn(struct pool *p, void (*fn)(void *arg, const struct pool_c
 				    .age_s = since(&pc->created),
 				    .idle_s = pc->idle ? since(&pc->idle_since) : 0,
 				    .warm = pc->warm,
-				    .hosts = o->key.host,
+				    .hosts = pc->hosts[0] ? pc->hosts : o->key.host,
 				};
 				fn(arg, &c);
 			}

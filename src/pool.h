@@ -104,6 +104,20 @@ uint64_t pool_warm_interval(const struct config *cfg);
 /* Connections kept warm now (muxd_keep_warm_connections). */
 unsigned pool_keep_warm_count(struct pool *p);
 
+/* Coalescing (pool_coalesce.c; RFC 9113 9.1.1, RFC 9114 3.3). Whether a
+ * connection made for key conn may carry requests of key req as far as the
+ * keys tell (direct, verified TLS, equal but for the host); whether the DER
+ * certificate covers host; whether peer's address is among addrs. */
+bool pool_key_coalescable(const struct pool_key *conn, const struct pool_key *req);
+bool pool_cert_covers(const void *der, size_t len, const char *host);
+bool pool_addr_listed(const struct sockaddr_storage *peer, const struct sockaddr_storage *addrs,
+                      size_t n);
+/* A 421 Misdirected Request came on stream s for a request of key: when s's
+ * connection was made for another name, that pair is never coalesced again
+ * and true says "retry on a connection of the request's own name"; false
+ * (the request's own connection): the 421 is the answer. */
+bool pool_misdirected(struct pool *p, const struct pool_key *key, struct upstream_stream *s);
+
 /* One upstream connection, for the status page. */
 struct pool_conn_info {
 	const char *key;  /* the pool key id (credentials only as a hash) */

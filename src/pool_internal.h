@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "pool.h"
@@ -19,6 +20,7 @@
 #include "upstream/upstream.h"
 
 #define POOL_BUCKETS 256
+#define POOL_MISDIRECTED 256 /* (connection, name) pairs never coalesced again */
 
 struct pool_origin;
 
@@ -40,6 +42,12 @@ struct pool_conn {
 	struct event *setup_timer;    /* the rest of connect_timeout while warming */
 	bool warm;                    /* kept open past idle_timeout (pool_warm.c) */
 	bool background;              /* opened by keep-warm, not for a request */
+	/* coalescing (pool_coalesce.c): the peer's address and leaf certificate
+	 * (NULL: not shareable with other names), the names served */
+	struct sockaddr_storage peer;
+	void *cert_der;
+	size_t cert_len;
+	char hosts[512];
 };
 
 struct pool_wait {
@@ -79,6 +87,11 @@ struct pool_origin {
 	struct pool_conn *warm;
 	struct event *warm_timer;
 	uint64_t warm_backoff_ms;
+	/* coalescing: the host's addresses, looked up once a connection of
+	 * another name might serve it */
+	enum { POOL_CO_NONE, POOL_CO_RESOLVING, POOL_CO_KNOWN } co_state;
+	struct dns_query *co_query;
+	struct dns_addrs *co_addrs; /* NULL: no answer */
 };
 
 struct pool_tunnel; /* pool_tunnel.c */
@@ -98,6 +111,8 @@ struct pool {
 	struct pool_tunnel_list tunnel_waiters; /* ... waiting for one, FIFO */
 	struct event *tunnel_ev;                /* serves the tunnel waiters */
 	unsigned nwarm;                         /* warm connections (keep_warm_max) */
+	uint64_t misdirected[POOL_MISDIRECTED]; /* pairs that got 421, as pair ids */
+	unsigned nmisdirected, misdirected_next;
 };
 
 /* ---- pool.c ---- */
@@ -119,10 +134,23 @@ void pool_schedule(struct pool_origin *o);
 void pool_schedule_all(struct pool *p);
 /* A duration as "10 s" or "1500 ms", for messages. */
 void pool_duration(uint64_t ms, char *buf, size_t size);
+/* Open a stream on pc for w and hand it over; w is freed. */
+void pool_give(struct pool_conn *pc, struct pool_wait *w);
 /* Open a connection for o (set-up under way); NULL when it cannot. */
 struct pool_conn *pool_open_conn(struct pool_origin *o);
 /* Free o unless something still needs it. */
 void pool_origin_maybe_free(struct pool_origin *o);
+
+/* ---- pool_coalesce.c ---- */
+
+/* pc can carry streams: what it serves, and whether other names may share
+ * it (its peer address and certificate, kept); pc goes. */
+void pool_coalesce_ready(struct pool_conn *pc);
+void pool_coalesce_forget(struct pool_conn *pc);
+/* Give o's waiters streams on other names' connections that may serve them;
+ * true while o's host is being resolved for that (dispatch waits). */
+bool pool_coalesce(struct pool_origin *o);
+void pool_coalesce_origin_free(struct pool_origin *o);
 
 /* ---- pool_warm.c ---- */
 
