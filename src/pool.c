@@ -565,6 +565,7 @@ static void conn_available(void *owner, struct upstream_conn *uc)
 		return;
 	}
 	set_idle(pc, true);
+	pool_warm_idle(pc);
 	if ((o->nidle > p->m->cfg->max_idle_per_origin || p->nidle > p->m->cfg->max_idle) &&
 	    !evtimer_pending(p->trim_timer, NULL)) {
 		struct timeval tv = ms_to_timeval(TRIM_DELAY_MS);

@@ -126,23 +126,27 @@ static bool misdirected(const struct pool *p, uint64_t pair)
 void pool_coalesce_ready(struct pool_conn *pc)
 {
 	struct upstream_conn *uc = pc->uc;
+	gnutls_datum_t d;
 	const void *der;
 	size_t len;
 
 	snprintf(pc->hosts, sizeof(pc->hosts), "%s", pc->o->key.host);
-	if (pc->cert_der || !uc->ops->peer || (uc->proto != PROTO_H2 && uc->proto != PROTO_H3) ||
-	    !shareable(&pc->o->key))
+	if (pc->cert || !uc->ops->peer || (uc->proto != PROTO_H2 && uc->proto != PROTO_H3) ||
+	    !shareable(&pc->o->key) || !uc->ops->peer(uc, &pc->peer, &der, &len) || len == 0 ||
+	    gnutls_x509_crt_init(&pc->cert) < 0)
 		return;
-	if (!uc->ops->peer(uc, &pc->peer, &der, &len) || len == 0 || !(pc->cert_der = malloc(len)))
-		return;
-	memcpy(pc->cert_der, der, len);
-	pc->cert_len = len;
+	d = (gnutls_datum_t){(unsigned char *)der, (unsigned)len};
+	if (gnutls_x509_crt_import(pc->cert, &d, GNUTLS_X509_FMT_DER) < 0) {
+		gnutls_x509_crt_deinit(pc->cert);
+		pc->cert = NULL;
+	}
 }
 
 void pool_coalesce_forget(struct pool_conn *pc)
 {
-	free(pc->cert_der);
-	pc->cert_der = NULL;
+	if (pc->cert)
+		gnutls_x509_crt_deinit(pc->cert);
+	pc->cert = NULL;
 }
 
 /* An HTTP/2 or HTTP/3 connection of another origin that may serve o's
@@ -159,12 +163,12 @@ static struct pool_conn *candidate(struct pool_origin *o, const struct dns_addrs
 				continue;
 			TAILQ_FOREACH(pc, &a->conns, o_link)
 			{
-				if (!pc->uc || pc->connecting || pc->retired || !pc->cert_der ||
+				if (!pc->uc || pc->connecting || pc->retired || !pc->cert ||
 				    pc->uc->ops->free_slots(pc->uc) == 0)
 					continue;
 				if (addrs && !pool_addr_listed(&pc->peer, addrs->addr, addrs->n))
 					continue;
-				if (pool_cert_covers(pc->cert_der, pc->cert_len, o->key.host))
+				if (gnutls_x509_crt_check_hostname(pc->cert, o->key.host))
 					return pc;
 			}
 		}

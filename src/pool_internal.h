@@ -9,6 +9,7 @@
 #ifndef MUXD_POOL_INTERNAL_H
 #define MUXD_POOL_INTERNAL_H
 
+#include <gnutls/x509.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
@@ -45,8 +46,7 @@ struct pool_conn {
 	/* coalescing (pool_coalesce.c): the peer's address and leaf certificate
 	 * (NULL: not shareable with other names), the names served */
 	struct sockaddr_storage peer;
-	void *cert_der;
-	size_t cert_len;
+	gnutls_x509_crt_t cert;
 	char hosts[512];
 };
 
@@ -157,6 +157,8 @@ void pool_coalesce_origin_free(struct pool_origin *o);
 /* A request for o (its rate goes up); o's rate decayed to now. */
 void pool_warm_hit(struct pool_origin *o);
 double pool_warm_rate(const struct pool_origin *o);
+/* pc became idle: o's warm connection when o is hot and has none. */
+void pool_warm_idle(struct pool_conn *pc);
 /* pc reached idle_timeout: true when it stays open as o's warm connection
  * (the caller re-arms the timer), false when it is to close. */
 bool pool_warm_keep(struct pool_conn *pc);

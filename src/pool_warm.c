@@ -10,12 +10,14 @@
  * with verify = off) and the pool keeps fewer than keep_warm_max connections
  * warm.
  *
- * Keeping: when an idle connection of a hot key reaches idle_timeout and no
- * other connection of the key is warm, it becomes the key's warm connection
- * instead of closing: HTTP/2 and HTTP/3 connections then show the origin
- * they are alive every idle_timeout / 2 (at most WARM_PING_MAX_MS; HTTP/2
- * PING, QUIC PING), HTTP/1.1 ones cannot. At each later idle expiry the key
- * is judged again; a key that cooled loses its warm connection then.
+ * Keeping: when a connection of a hot key becomes idle (or reaches
+ * idle_timeout) and no other connection of the key is warm, it becomes the
+ * key's warm connection, which idle_timeout does not close: HTTP/2 and
+ * HTTP/3 connections then show the origin they are alive every
+ * idle_timeout / 2 (at most WARM_PING_MAX_MS, and within half the QUIC idle
+ * timeout; HTTP/2 PING, QUIC PING), HTTP/1.1 ones cannot. At each idle
+ * expiry the key is judged again; a key that cooled loses its warm
+ * connection then.
  *
  * Re-opening: when the origin closes (or stops answering on) the warm
  * connection, or the last, idle connection of a hot key, the pool opens a
@@ -139,6 +141,17 @@ void pool_warm_forget(struct pool_conn *pc)
 	pc->warm = false;
 	pc->o->warm = NULL;
 	pc->pool->nwarm--;
+}
+
+void pool_warm_idle(struct pool_conn *pc)
+{
+	struct pool_origin *o = pc->o;
+
+	if (pc->warm || o->warm || pc->retired || !pc->uc || !hot(o))
+		return;
+	mark(pc);
+	log_debug("pool: keeping a %s connection to %s warm (%.1f requests/min)",
+	          proto_name(pc->uc->proto), o->key.id, pool_warm_rate(o));
 }
 
 bool pool_warm_keep(struct pool_conn *pc)

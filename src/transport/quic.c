@@ -709,9 +709,19 @@ void quic_keep_alive(struct quic *q, uint64_t ms)
 {
 	ngtcp2_conn *conn = live_conn(q);
 
+	const ngtcp2_transport_params *tp;
+	uint64_t idle = QUIC_IDLE_TIMEOUT_MS;
+
 	if (!conn)
 		return;
-	ngtcp2_conn_set_keep_alive_timeout(conn, ms * NGTCP2_MILLISECONDS);
+	/* within half of the idle timeout in force (the shorter of ours and
+	 * the origin's) */
+	tp = ngtcp2_conn_get_remote_transport_params(conn);
+	if (tp && tp->max_idle_timeout > 0 && tp->max_idle_timeout / NGTCP2_MILLISECONDS < idle)
+		idle = tp->max_idle_timeout / NGTCP2_MILLISECONDS;
+	if (ms > idle / 2)
+		ms = idle / 2;
+	ngtcp2_conn_set_keep_alive_timeout(conn, (ms ? ms : 1) * NGTCP2_MILLISECONDS);
 	if (!q->in_lib)
 		qpath_schedule_expiry(q->a);
 }
