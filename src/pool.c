@@ -620,6 +620,7 @@ static void conn_failed(void *owner, struct upstream_conn *uc, enum muxd_err err
 	(void)uc;
 	(void)err;
 	pool_h3_failed(pc, reason);
+	pool_warm_setup_failed(pc, reason);
 	pool_conn_forget(pc); /* the connection frees itself */
 }
 

@@ -21,7 +21,8 @@
  *
  * Re-opening: when the origin closes (or stops answering on) the warm
  * connection, or the last, idle connection of a hot key, the pool opens a
- * new one in the background (over TCP) that is warm from the start; it
+ * new one in the background (QUIC when the Alt-Svc cache says the origin
+ * has HTTP/3, else TCP) that is warm from the start; it
  * counts in muxd_keep_warm_reconnects_total once up. The first re-open is
  * at once; further ones (an origin that keeps closing, or set-ups that
  * fail) back off exponentially from WARM_BACKOFF_MIN_MS to
@@ -181,11 +182,16 @@ static void reopen_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (o->nconns == 0 && !o->warm && hot(o) && p->nconns < p->m->cfg->max_connections &&
-	    (pc = pool_open_conn(o)) != NULL) {
-		pc->background = true;
-		mark(pc);
-		log_debug("pool: re-opening a warm connection to %s in the background", o->key.id);
+	if (o->nconns == 0 && !o->warm && hot(o) && p->nconns < p->m->cfg->max_connections) {
+		/* over QUIC when the Alt-Svc cache says so, else over TCP */
+		pool_h3_start(o);
+		pc = o->h3_attempt ? o->h3_attempt : pool_open_conn(o);
+		if (pc) {
+			pc->background = true;
+			mark(pc);
+			log_debug("pool: re-opening a warm connection to %s in the background",
+			          o->key.id);
+		}
 	}
 	pool_origin_maybe_free(o);
 }

@@ -179,3 +179,25 @@ def test_keep_warm_off(muxd, http_nginx):
     get(m, ng.url("/x"), HOT)
     wait_until(lambda: not conns(m, ng.port), timeout=10, what="the connection to close")
     assert m.metrics().value("muxd_keep_warm_connections") == 0
+
+
+def test_http3_warm_connection_outlives_the_origins_idle_timeout(muxd, tls_nginx_factory, h3_server, pki):
+    """A warm QUIC connection sends keep-alive PINGs (within half the idle
+    timeout in force, here the origin's 2 s): it outlives that timeout and
+    serves the next request."""
+    from test_h3 import h3_conf, which
+
+    q = h3_server(options=("--timeout=2s",))
+    (q.root / "which").write_text("quic\n")
+    ng = tls_nginx_factory(http2=True, extra=f"add_header Alt-Svc 'h3=\":{q.port}\"; ma=3600' always;")
+    (ng.root / "which").write_text("tcp\n")
+    m = muxd({**h3_conf(pki, ng.port), **conf()})
+    assert which(m, ng) == "tcp"
+    assert [which(m, ng) for _ in range(HOT)] == ["quic"] * HOT
+    c = wait_until(lambda: [c for c in conns(m, ng.port) if c["proto"] == "h3" and c["idle_s"] >= 5],
+                   timeout=20, what="the QUIC connection idle for 5 s")[0]
+    assert c["warm"] is True
+    assert which(m, ng) == "quic"
+    mt = m.metrics()
+    assert mt.sum("muxd_upstream_connections_opened_total", proto="h3") == 1
+    assert mt.sum("muxd_h3_fallbacks_total") == 0
