@@ -258,6 +258,7 @@ bool pool_coalesce(struct pool_origin *o)
 		log_debug("pool: %s coalesced onto the %s connection to %s", o->key.host,
 		          proto_name(pc->uc->proto), a->key.id);
 		add_host(pc, o->key.host);
+		pool_warm_hit(a); /* its connection's use counts for its keep-warm */
 		hold_take(&a->holds);
 		pool_give(pc, w);
 		hold_release(&a->holds);
