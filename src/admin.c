@@ -124,6 +124,8 @@ void admin_stop(struct muxd *m)
 
 struct conn_row {
 	char *key, *host;
+	char *hosts; /* served, space-separated */
+	bool warm;
 	uint16_t port;
 	enum proto proto; /* PROTO_COUNT while connecting */
 	char state[16];
@@ -174,9 +176,11 @@ static void collect_conn(void *arg, const struct pool_conn_info *c)
 	memset(r, 0, sizeof(*r));
 	r->key = strdup(c->key ? c->key : "");
 	r->host = strdup(c->host ? c->host : "");
-	if (!r->key || !r->host) {
+	r->hosts = strdup(c->hosts ? c->hosts : (c->host ? c->host : ""));
+	if (!r->key || !r->host || !r->hosts) {
 		free(r->key);
 		free(r->host);
+		free(r->hosts);
 		s->oom = true;
 		return;
 	}
@@ -188,6 +192,7 @@ static void collect_conn(void *arg, const struct pool_conn_info *c)
 	r->requests = c->requests;
 	r->age_s = c->age_s;
 	r->idle_s = c->idle_s;
+	r->warm = c->warm;
 }
 
 static void collect_alt(void *arg, const char *origin, const char *alt_host, uint16_t alt_port,
@@ -242,6 +247,7 @@ static void snapshot_free(struct snapshot *s)
 	for (size_t i = 0; i < s->nconns; i++) {
 		free(s->conns[i].key);
 		free(s->conns[i].host);
+		free(s->conns[i].hosts);
 	}
 	for (size_t i = 0; i < s->nalts; i++) {
 		free(s->alts[i].origin);
@@ -366,6 +372,16 @@ static void visit_metrics(struct muxd *m, const struct metric_visitor *v)
 	for (int r = 0; r < BYPASS_COUNT; r++)
 		v->sample(a, "muxd_intercept_bypassed_total", "reason", bypass_reason_name(r), NULL,
 		          NULL, mt->intercept_bypassed[r]);
+
+	v->family(a, "muxd_keep_warm_connections", "gauge",
+	          "Connections of hot origins kept open past idle_timeout.");
+	v->sample(a, "muxd_keep_warm_connections", NULL, NULL, NULL, NULL,
+	          m->pool ? pool_keep_warm_count(m->pool) : 0);
+
+	v->family(a, "muxd_keep_warm_reconnects_total", "counter",
+	          "Warm connections re-opened in the background after the origin closed them.");
+	v->sample(a, "muxd_keep_warm_reconnects_total", NULL, NULL, NULL, NULL,
+	          mt->keep_warm_reconnects);
 }
 
 static void prom_family(void *arg, const char *name, const char *type, const char *help)
@@ -429,6 +445,26 @@ static void json_str(FILE *f, const char *s)
 	fputc('"', f);
 }
 
+/* The space-separated words of s as JSON strings, comma-separated. */
+static void json_words(FILE *f, const char *s)
+{
+	char word[300];
+	bool first = true;
+
+	while (*s) {
+		size_t n = strcspn(s, " ");
+		if (n > 0 && n < sizeof(word)) {
+			memcpy(word, s, n);
+			word[n] = '\0';
+			fputs(first ? "" : ", ", f);
+			json_str(f, word);
+			first = false;
+		}
+		s += n;
+		s += strspn(s, " ");
+	}
+}
+
 static void json_proto_counts(FILE *f, const char *name, const uint64_t *v)
 {
 	fprintf(f, "    ");
@@ -482,8 +518,11 @@ static void render_json(struct muxd *m, const struct snapshot *s, FILE *f)
 		json_str(f, c->state);
 		fprintf(f,
 		        ", \"streams\": %u, \"requests\": %llu, \"age_s\": %.1f, "
-		        "\"idle_s\": %.1f}",
-		        c->streams, (unsigned long long)c->requests, c->age_s, c->idle_s);
+		        "\"idle_s\": %.1f, \"warm\": %s, \"hosts\": [",
+		        c->streams, (unsigned long long)c->requests, c->age_s, c->idle_s,
+		        c->warm ? "true" : "false");
+		json_words(f, c->hosts);
+		fputs("]}", f);
 	}
 	fputs(s->nconns ? "\n  ],\n  \"altsvc\": [" : "],\n  \"altsvc\": [", f);
 	for (size_t i = 0; i < s->nalts; i++) {
@@ -519,11 +558,15 @@ static void render_json(struct muxd *m, const struct snapshot *s, FILE *f)
 	for (int k = 0; k < CH2_FLOOD_COUNT; k++)
 		fprintf(f, "%s\"%s\": %llu", k ? ", " : "", client_h2_flood_name(k),
 		        (unsigned long long)mt->client_h2_floods[k]);
-	fprintf(f,
-	        "},\n    \"client_connections\": %u,\n    \"altsvc_entries\": %zu,\n"
-	        "    \"h3_fallbacks_total\": %llu,\n    \"tls_leaf_issued_total\": %llu\n  },\n",
-	        m->nclients, m->pool ? pool_altsvc_count(m->pool) : 0,
-	        (unsigned long long)mt->h3_fallbacks, (unsigned long long)mt->tls_leaf_issued);
+	fprintf(
+	    f,
+	    "},\n    \"client_connections\": %u,\n    \"altsvc_entries\": %zu,\n"
+	    "    \"h3_fallbacks_total\": %llu,\n    \"tls_leaf_issued_total\": %llu,\n"
+	    "    \"keep_warm_connections\": %u,\n    \"keep_warm_reconnects_total\": %llu\n  },\n",
+	    m->nclients, m->pool ? pool_altsvc_count(m->pool) : 0,
+	    (unsigned long long)mt->h3_fallbacks, (unsigned long long)mt->tls_leaf_issued,
+	    m->pool ? pool_keep_warm_count(m->pool) : 0,
+	    (unsigned long long)mt->keep_warm_reconnects);
 	fprintf(f, "  \"history\": {\"interval_s\": %d, \"samples\": [", HISTORY_INTERVAL_S);
 	for (unsigned i = 0; h && i < h->n; i++) {
 		const struct history_sample *hs = history_at(h, i);
@@ -706,10 +749,11 @@ static void render_html(struct muxd *m, const struct snapshot *s, FILE *f)
 	        html_style, buf, s->clients, s->clients == 1 ? "" : "s", s->nconns,
 	        s->nconns == 1 ? "" : "s", m->draining ? ", <b>draining</b>" : "");
 
-	fputs("<h2>Upstream connections</h2>\n<table id=\"connections\">\n<thead><tr>"
-	      "<th>origin</th><th>key</th><th>proto</th><th>state</th><th>streams</th>"
-	      "<th>requests</th><th>age</th><th>idle</th></tr></thead>\n<tbody>\n",
-	      f);
+	fputs(
+	    "<h2>Upstream connections</h2>\n<table id=\"connections\">\n<thead><tr>"
+	    "<th>origin</th><th>key</th><th>proto</th><th>state</th><th>serves</th><th>streams</th>"
+	    "<th>requests</th><th>age</th><th>idle</th></tr></thead>\n<tbody>\n",
+	    f);
 	for (size_t i = 0; i < s->nconns; i++) {
 		const struct conn_row *c = &s->conns[i];
 		char origin[300];
@@ -720,7 +764,9 @@ static void render_html(struct muxd *m, const struct snapshot *s, FILE *f)
 		html_td(f, NULL, origin);
 		html_td(f, "key", c->key);
 		html_td(f, NULL, c->proto < PROTO_COUNT ? proto_name(c->proto) : "-");
-		html_td(f, NULL, c->state);
+		snprintf(buf, sizeof(buf), "%s%s", c->state, c->warm ? ", warm" : "");
+		html_td(f, c->warm ? "warm" : NULL, buf);
+		html_td(f, "hosts", c->hosts);
 		snprintf(buf, sizeof(buf), "%u", c->streams);
 		html_td(f, "n", buf);
 		snprintf(buf, sizeof(buf), "%llu", (unsigned long long)c->requests);
@@ -735,7 +781,7 @@ static void render_html(struct muxd *m, const struct snapshot *s, FILE *f)
 		fputs("</tr>\n", f);
 	}
 	if (!s->nconns)
-		fputs("<tr><td colspan=\"8\" class=\"muted\">no upstream connections</td></tr>\n",
+		fputs("<tr><td colspan=\"9\" class=\"muted\">no upstream connections</td></tr>\n",
 		      f);
 	fputs("</tbody></table>\n", f);
 

@@ -100,6 +100,9 @@ static const struct key keys[] = {
     {"pool", "max_stream_window_kib", K_UINT, F(max_stream_window_kib), 64, 1048576},
     {"pool", "max_conn_window_kib", K_UINT, F(max_conn_window_kib), 64, 1048576},
     {"pool", "window_budget_kib", K_UINT, F(window_budget_kib), 0, 16777216},
+    {"pool", "keep_warm", K_BOOL, F(keep_warm), 0, 0},
+    {"pool", "keep_warm_min_rate", K_UINT, F(keep_warm_min_rate), 1, 1000000},
+    {"pool", "keep_warm_max", K_UINT, F(keep_warm_max), 0, 100000},
     {"intercept", "enabled", K_BOOL, F(intercept_enabled), 0, 0},
     {"intercept", "ports", K_IPORTS, 0, 0, 0},
     {"intercept", "bypass", K_BYPASS, 0, 0, 0},
@@ -185,6 +188,12 @@ struct config *config_defaults(void)
 	cfg->max_stream_window_kib = 16384; /* 16 MiB */
 	cfg->max_conn_window_kib = 65536;   /* 64 MiB */
 	cfg->window_budget_kib = 262144;    /* 256 MiB */
+	/* keep-warm: on, so that a hot origin's next request after a quiet spell
+	 * does not pay the handshakes again; one request a minute (decayed) makes
+	 * an origin hot; at most 16 kept connections cost little */
+	cfg->keep_warm = true;
+	cfg->keep_warm_min_rate = 1;
+	cfg->keep_warm_max = 16;
 	cfg->state_dir = default_state_dir();
 	cfg->altsvc_file = strdup("altsvc.cache");
 	cfg->session_file = strdup("sessions.cache");

@@ -135,6 +135,11 @@ struct config {
 	unsigned max_stream_window_kib;
 	unsigned max_conn_window_kib;
 	unsigned window_budget_kib;
+	/* keep-warm of hot origins: on/off, the decayed request rate (requests
+	 * per minute) that makes a pool key hot, and the most kept connections */
+	bool keep_warm;
+	unsigned keep_warm_min_rate;
+	unsigned keep_warm_max;
 
 	/* [intercept] */
 	bool intercept_enabled;

@@ -315,6 +315,22 @@ static void on_head(void *ctx, const struct http1_msg *h)
 			ex->client->ops->send_interim(ex->client, h, client_via(ex));
 		return;
 	}
+	if (h->status == 421 && !ex->retried && body_replayable(ex) && ex->m->pool &&
+	    pool_misdirected(ex->m->pool, &ex->key, ex->stream)) {
+		/* a connection made for another name (coalescing) was the wrong
+		 * one: once more on a connection of the request's own name */
+		log_debug("retrying %s %s on its own connection (421 on a shared one)",
+		          ex->req.method, ex->req.target);
+		ex->stream->ops->cancel(ex->stream);
+		ex->stream = NULL;
+		ex->retried = true;
+		ex->m->metrics.upstream_retries++;
+		ex->wait =
+		    pool_start_stream(ex->m->pool, &ex->key, true, &stream_cbs, &wait_cbs, ex);
+		if (!ex->wait)
+			answer_error(ex, ERR_CONNECT, "out of memory");
+		return;
+	}
 	if (h->status == 425 && ex->early && !ex->retried) {
 		/* RFC 8470 5.2: the origin wants the request after the handshake */
 		log_debug("retrying %s %s without early data (425)", ex->req.method,

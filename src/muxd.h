@@ -75,6 +75,7 @@ struct metrics {
 	uint64_t client_h2_open;
 	uint64_t client_h2_floods[CH2_FLOOD_COUNT];
 	uint64_t intercept_bypassed[BYPASS_COUNT];
+	uint64_t keep_warm_reconnects; /* warm connections re-opened in the background */
 };
 
 struct muxd {

@@ -90,14 +90,21 @@ static void origin_maybe_free(struct pool_origin *o)
 {
 	struct pool_origin **pp;
 
-	if (o->nconns || o->nwaiters || o->holds)
+	if (o->nconns || o->nwaiters || o->holds || pool_warm_holds(o))
 		return;
 	for (pp = &o->pool->buckets[bucket(&o->key)]; *pp != o; pp = &(*pp)->next)
 		;
 	*pp = o->next;
 	event_free(o->dispatch_ev);
 	pool_h3_origin_free(o);
+	pool_warm_origin_free(o);
+	pool_coalesce_origin_free(o);
 	free(o);
+}
+
+void pool_origin_maybe_free(struct pool_origin *o)
+{
+	origin_maybe_free(o);
 }
 
 void pool_schedule(struct pool_origin *o)
@@ -154,6 +161,8 @@ void pool_conn_forget(struct pool_conn *pc)
 	struct pool_origin *o = pc->o;
 
 	set_idle(pc, false);
+	pool_warm_forget(pc);
+	pool_coalesce_forget(pc);
 	TAILQ_REMOVE(&o->conns, pc, o_link);
 	o->nconns--;
 	pc->pool->nconns--;
@@ -202,11 +211,20 @@ static void age_cb(evutil_socket_t fd, short what, void *arg)
 	retire(arg, EVICT_AGE);
 }
 
+/* idle_timeout passed: the connection closes, unless keep-warm keeps it
+ * (then it is judged again after another idle_timeout). */
 static void idle_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
+	struct pool_conn *pc = arg;
+
 	(void)fd;
 	(void)what;
-	pool_evict(arg, EVICT_IDLE_TIMEOUT);
+	if (pool_warm_keep(pc)) {
+		struct timeval tv = ms_to_timeval(pc->pool->m->cfg->idle_timeout_ms);
+		evtimer_add(pc->idle_timer, &tv);
+		return;
+	}
+	pool_evict(pc, EVICT_IDLE_TIMEOUT);
 }
 
 static void waiter_free(struct pool_wait *w)
@@ -226,10 +244,12 @@ static bool accepts(const struct pool_wait *w, const struct pool_conn *pc)
 }
 
 /* Open a stream on pc for w and hand it over; w is freed. */
-static void give(struct pool_conn *pc, struct pool_wait *w)
+void pool_give(struct pool_conn *pc, struct pool_wait *w)
 {
 	struct upstream_conn *uc = pc->uc;
-	bool reused = uc->requests > 0 || pc->warmed;
+	/* a connection opened ahead of need (keep-warm) may have gone stale
+	 * like any other that sat idle: a failure on it is retried */
+	bool reused = uc->requests > 0 || pc->warmed || pc->background;
 	struct pool_wait_cbs cbs = w->cbs;
 	void *ctx = w->ctx;
 
@@ -244,6 +264,7 @@ static void give(struct pool_conn *pc, struct pool_wait *w)
 	if (!s)
 		return;
 	set_idle(pc, false);
+	pc->o->warm_backoff_ms = 0; /* in use: a re-open, if needed, goes at once */
 	if (reused)
 		pc->pool->m->metrics.upstream_reuses++;
 	unsigned max = pc->pool->m->cfg->max_requests_per_connection;
@@ -398,7 +419,7 @@ void pool_conn_add(struct pool_origin *o, struct pool_conn *pc)
 	o->pool->nconns++;
 }
 
-static bool open_conn(struct pool_origin *o)
+struct pool_conn *pool_open_conn(struct pool_origin *o)
 {
 	struct pool *p = o->pool;
 	struct pool_conn *pc = pool_conn_alloc(o);
@@ -407,16 +428,16 @@ static bool open_conn(struct pool_origin *o)
 	struct chain_spec spec;
 
 	if (!pc)
-		return false;
+		return NULL;
 	pool_key_chain(&o->key, hops, &spec, p->m->cfg->connect_timeout_ms);
 	spec.shared_hop = pool_shared_hop(p);
 	pc->pending = chain_connect(&p->m->env->transport, &spec, &tcbs, pc);
 	if (!pc->pending) {
 		pool_conn_release(pc);
-		return false;
+		return NULL;
 	}
 	pool_conn_add(o, pc);
-	return true;
+	return pc;
 }
 
 /* How many more connections the waiters of o call for now. HTTP/2 (or a
@@ -474,7 +495,13 @@ static void dispatch(struct pool_origin *o)
 		pool_h3_start(o);
 	/* 1. free stream slots on existing connections */
 	while ((pc = find_match(o, &w)) != NULL)
-		give(pc, w);
+		pool_give(pc, w);
+	/* 1b. no connection of its own: one made for another name may do */
+	if (pool_coalesce(o)) {
+		hold_release(&o->holds);
+		origin_maybe_free(o);
+		return; /* back when the name is resolved */
+	}
 	/* 2. new connections for the waiters left */
 	while (o->nwaiters > 0 && wanted(o, &cap) > 0 && !p->m->draining) {
 		if (o->nconns >= cap) {
@@ -494,7 +521,7 @@ static void dispatch(struct pool_origin *o)
 			pool_evict(TAILQ_FIRST(&p->idle), EVICT_LIMIT);
 			continue;
 		}
-		if (!open_conn(o)) {
+		if (!pool_open_conn(o)) {
 			budget_wait(o, 0, "upstream connection limit reached");
 			break;
 		}
@@ -527,7 +554,7 @@ static void conn_available(void *owner, struct upstream_conn *uc)
 	hold_take(&o->holds);
 	while ((pc = conn_by_serial(o, serial)) && uc->ops->free_slots(uc) > 0 &&
 	       (w = first_for(o, pc)))
-		give(pc, w);
+		pool_give(pc, w);
 	hold_release(&o->holds);
 	if (!pc || !uc->ops->is_idle(uc)) {
 		if (o->nwaiters)
@@ -545,6 +572,7 @@ static void conn_available(void *owner, struct upstream_conn *uc)
 		return;
 	}
 	set_idle(pc, true);
+	pool_warm_idle(pc);
 	if ((o->nidle > p->m->cfg->max_idle_per_origin || p->nidle > p->m->cfg->max_idle) &&
 	    !evtimer_pending(p->trim_timer, NULL)) {
 		struct timeval tv = ms_to_timeval(TRIM_DELAY_MS);
@@ -587,6 +615,8 @@ static void conn_ready(struct pool_conn *pc)
 	}
 	log_debug("pool: new %s connection to %s", proto_name(pc->uc->proto), o->key.id);
 	pool_h3_ready(pc);
+	pool_warm_ready(pc);
+	pool_coalesce_ready(pc);
 }
 
 static void conn_failed(void *owner, struct upstream_conn *uc, enum muxd_err err,
@@ -597,6 +627,7 @@ static void conn_failed(void *owner, struct upstream_conn *uc, enum muxd_err err
 	(void)uc;
 	(void)err;
 	pool_h3_failed(pc, reason);
+	pool_warm_setup_failed(pc, reason);
 	pool_conn_forget(pc); /* the connection frees itself */
 }
 
@@ -611,6 +642,7 @@ static void conn_closed(void *owner, struct upstream_conn *uc, enum evict_reason
 		log_debug("pool: %s connection to %s left the pool (%s)", proto_name(uc->proto),
 		          pc->o->key.id, evict_reason_name(why));
 	}
+	pool_warm_lost(pc); /* a hot origin gets another one in the background */
 	pool_conn_forget(pc);
 }
 
@@ -645,6 +677,7 @@ static void fail_setup(struct pool_conn *pc, struct upstream_conn *uc, enum muxd
 			break;
 	}
 	hold_take(&o->holds); /* o outlives pc while its waiters hear about it */
+	pool_warm_setup_failed(pc, why);
 	pool_conn_forget(pc);
 	if (uc)
 		uc->ops->close(uc);
@@ -754,6 +787,8 @@ struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, 
 	w->ctx = ctx;
 	TAILQ_INSERT_TAIL(&o->waiters, w, link);
 	o->nwaiters++;
+	if (!fresh_only)
+		pool_warm_hit(o); /* retries are the same request */
 	pool_schedule(o);
 	return w;
 }
@@ -861,6 +896,8 @@ void pool_foreach_conn(struct pool *p, void (*fn)(void *arg, const struct pool_c
 				    .requests = uc ? uc->requests : 0,
 				    .age_s = since(&pc->created),
 				    .idle_s = pc->idle ? since(&pc->idle_since) : 0,
+				    .warm = pc->warm,
+				    .hosts = pc->hosts[0] ? pc->hosts : o->key.host,
 				};
 				fn(arg, &c);
 			}
@@ -880,6 +917,8 @@ void pool_free(struct pool *p)
 			while ((w = TAILQ_FIRST(&o->waiters)))
 				waiter_free(w);
 			o->nwaiters = 0;
+			if (o->warm_timer)
+				evtimer_del(o->warm_timer); /* no more re-opens */
 			o->nconns++; /* keep the origin alive while emptying it */
 			while ((pc = TAILQ_FIRST(&o->conns))) {
 				struct upstream_conn *uc = pc->uc;

@@ -115,6 +115,36 @@ struct pool_counts {
 };
 void pool_count(struct pool *p, struct pool_counts *out);
 
+/* Keep-warm (pool_warm.c). An exponentially decayed request rate, in
+ * requests per minute: rate after elapsed_s more seconds, and after a
+ * request that came elapsed_s seconds after the last one. */
+double pool_rate_decay(double rate, double elapsed_s);
+double pool_rate_hit(double rate, double elapsed_s);
+/* Whether a key with this rate may have a warm connection when nwarm other
+ * keys have one (keep_warm on, its route verifies, rate at least
+ * keep_warm_min_rate, nwarm under keep_warm_max). */
+struct config;
+bool pool_warm_eligible(const struct config *cfg, const struct pool_key *key, double rate,
+                        unsigned nwarm);
+/* How often a warm HTTP/2 or HTTP/3 connection shows it is alive (ms). */
+uint64_t pool_warm_interval(const struct config *cfg);
+/* Connections kept warm now (muxd_keep_warm_connections). */
+unsigned pool_keep_warm_count(struct pool *p);
+
+/* Coalescing (pool_coalesce.c; RFC 9113 9.1.1, RFC 9114 3.3). Whether a
+ * connection made for key conn may carry requests of key req as far as the
+ * keys tell (direct, verified TLS, equal but for the host); whether the DER
+ * certificate covers host; whether peer's address is among addrs. */
+bool pool_key_coalescable(const struct pool_key *conn, const struct pool_key *req);
+bool pool_cert_covers(const void *der, size_t len, const char *host);
+bool pool_addr_listed(const struct sockaddr_storage *peer, const struct sockaddr_storage *addrs,
+                      size_t n);
+/* A 421 Misdirected Request came on stream s for a request of key: when s's
+ * connection was made for another name, that pair is never coalesced again
+ * and true says "retry on a connection of the request's own name"; false
+ * (the request's own connection): the 421 is the answer. */
+bool pool_misdirected(struct pool *p, const struct pool_key *key, struct upstream_stream *s);
+
 /* One upstream connection, for the status page. */
 struct pool_conn_info {
 	const char *key;  /* the pool key id (credentials only as a hash) */
@@ -125,7 +155,9 @@ struct pool_conn_info {
 	unsigned streams;  /* open now */
 	uint64_t requests; /* served so far */
 	double age_s;
-	double idle_s; /* 0 unless idle */
+	double idle_s;     /* 0 unless idle */
+	bool warm;         /* kept open past idle_timeout (keep-warm) */
+	const char *hosts; /* the hosts it serves, space-separated (coalescing) */
 };
 void pool_foreach_conn(struct pool *p, void (*fn)(void *arg, const struct pool_conn_info *c),
                        void *arg);

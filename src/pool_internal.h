@@ -9,9 +9,11 @@
 #ifndef MUXD_POOL_INTERNAL_H
 #define MUXD_POOL_INTERNAL_H
 
+#include <gnutls/x509.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "pool.h"
@@ -19,6 +21,7 @@
 #include "upstream/upstream.h"
 
 #define POOL_BUCKETS 256
+#define POOL_MISDIRECTED 256 /* (connection, name) pairs never coalesced again */
 
 struct pool_origin;
 
@@ -39,6 +42,13 @@ struct pool_conn {
 	struct event *age_timer;      /* max_connection_age */
 	struct event *setup_timer;    /* the rest of connect_timeout while warming */
 	bool warmed;                  /* pool_warm asked for it: its first request is a reuse */
+	bool warm;                    /* kept open past idle_timeout (pool_warm.c) */
+	bool background;              /* opened by keep-warm, not for a request */
+	/* coalescing (pool_coalesce.c): the peer's address and leaf certificate
+	 * (NULL: not shareable with other names), the names served */
+	struct sockaddr_storage peer;
+	gnutls_x509_crt_t cert;
+	char hosts[512];
 };
 
 struct pool_wait {
@@ -73,6 +83,18 @@ struct pool_origin {
 	struct pool_conn *h3_attempt; /* QUIC connection being set up */
 	struct event *race_timer;     /* h3_timeout: TCP may start; later: give up */
 	bool race_fired;
+	/* keep-warm (pool_warm.c): the decayed request rate (per minute) as of
+	 * rate_at (monotonic seconds; 0: no request yet), the warm connection,
+	 * the background re-open and its backoff */
+	double rate, rate_at;
+	struct pool_conn *warm;
+	struct event *warm_timer;
+	uint64_t warm_backoff_ms;
+	/* coalescing: the host's addresses, looked up once a connection of
+	 * another name might serve it */
+	enum { POOL_CO_NONE, POOL_CO_RESOLVING, POOL_CO_KNOWN } co_state;
+	struct dns_query *co_query;
+	struct dns_addrs *co_addrs; /* NULL: no answer */
 };
 
 struct pool_tunnel; /* pool_tunnel.c */
@@ -91,6 +113,9 @@ struct pool {
 	struct pool_tunnel_list tunnels;        /* client tunnels with a slot */
 	struct pool_tunnel_list tunnel_waiters; /* ... waiting for one, FIFO */
 	struct event *tunnel_ev;                /* serves the tunnel waiters */
+	unsigned nwarm;                         /* warm connections (keep_warm_max) */
+	uint64_t misdirected[POOL_MISDIRECTED]; /* pairs that got 421, as pair ids */
+	unsigned nmisdirected, misdirected_next;
 };
 
 /* ---- pool.c ---- */
@@ -112,6 +137,45 @@ void pool_schedule(struct pool_origin *o);
 void pool_schedule_all(struct pool *p);
 /* A duration as "10 s" or "1500 ms", for messages. */
 void pool_duration(uint64_t ms, char *buf, size_t size);
+/* Open a stream on pc for w and hand it over; w is freed. */
+void pool_give(struct pool_conn *pc, struct pool_wait *w);
+/* Open a connection for o (set-up under way); NULL when it cannot. */
+struct pool_conn *pool_open_conn(struct pool_origin *o);
+/* Free o unless something still needs it. */
+void pool_origin_maybe_free(struct pool_origin *o);
+
+/* ---- pool_coalesce.c ---- */
+
+/* pc can carry streams: what it serves, and whether other names may share
+ * it (its peer address and certificate, kept); pc goes. */
+void pool_coalesce_ready(struct pool_conn *pc);
+void pool_coalesce_forget(struct pool_conn *pc);
+/* Give o's waiters streams on other names' connections that may serve them;
+ * true while o's host is being resolved for that (dispatch waits). */
+bool pool_coalesce(struct pool_origin *o);
+void pool_coalesce_origin_free(struct pool_origin *o);
+
+/* ---- pool_warm.c ---- */
+
+/* A request for o (its rate goes up); o's rate decayed to now. */
+void pool_warm_hit(struct pool_origin *o);
+double pool_warm_rate(const struct pool_origin *o);
+/* pc became idle: o's warm connection when o is hot and has none. */
+void pool_warm_idle(struct pool_conn *pc);
+/* pc reached idle_timeout: true when it stays open as o's warm connection
+ * (the caller re-arms the timer), false when it is to close. */
+bool pool_warm_keep(struct pool_conn *pc);
+/* pc leaves the pool: it is warm no more. */
+void pool_warm_forget(struct pool_conn *pc);
+/* The origin closed pc (before pool_conn_forget): re-open in the background
+ * when pc was warm, or o's last idle connection, and o is hot. */
+void pool_warm_lost(struct pool_conn *pc);
+/* A background connection is up, or its set-up failed (why). */
+void pool_warm_ready(struct pool_conn *pc);
+void pool_warm_setup_failed(struct pool_conn *pc, const char *why);
+/* A re-open of o is pending: o must stay. */
+bool pool_warm_holds(const struct pool_origin *o);
+void pool_warm_origin_free(struct pool_origin *o);
 
 /* ---- pool_h3.c ---- */
 

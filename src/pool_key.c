@@ -118,6 +118,7 @@ bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *s
 	               (key->hops[key->nhops - 1].kind == HOP_HTTP ||
 	                key->hops[key->nhops - 1].kind == HOP_HTTPS);
 	key->deny_loopback = route->deny_loopback && key->nhops == 0;
+	key->warm_ok = route->verify;
 
 	/* forwarding to an HTTP parent shares the parent's connections across
 	 * all http:// origins */

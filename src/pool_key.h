@@ -47,6 +47,9 @@ struct pool_key {
 	bool deny_loopback;
 	bool forward;  /* http:// origin, last hop an HTTP parent: absolute-form to it */
 	char alpn[32]; /* offered protocols, comma-separated */
+	/* the route allows keep-warm (verify on); not part of the identity: a
+	 * destination's route decides both */
+	bool warm_ok;
 	char id[2048]; /* canonical form of all of the above */
 };
 

@@ -380,6 +380,12 @@ static double jnum(const struct jv *obj, const char *key, double dflt)
 	return v && v->t == J_NUM ? v->num : dflt;
 }
 
+static bool jbool(const struct jv *obj, const char *key)
+{
+	const struct jv *v = jget(obj, key);
+	return v && v->t == J_BOOL && v->b;
+}
+
 /* ------------------------------------------------------------------ output */
 
 #define MAX_COLS 8
@@ -502,16 +508,24 @@ static bool print_status(const char *where, const struct jv *doc, FILE *out, cha
 	}
 	for (size_t i = 0; i < conns->n; i++) {
 		const struct jv *c = &conns->items[i];
-		char streams[32], requests[32], idle[32];
+		char streams[32], requests[32], idle[32], st[40], origin[600];
 		const char *state = jstr(c, "state", "?");
+		const struct jv *hosts = jget(c, "hosts");
+		size_t len;
 		snprintf(streams, sizeof(streams), "%.0f", jnum(c, "streams", 0));
 		snprintf(requests, sizeof(requests), "%.0f", jnum(c, "requests", 0));
 		if (strcmp(state, "idle") == 0)
 			fmt_duration(idle, sizeof(idle), jnum(c, "idle_s", 0));
 		else
 			snprintf(idle, sizeof(idle), "-");
-		const char *row[] = {
-		    jstr(c, "origin", "?"), jstr(c, "proto", "-"), state, streams, requests, idle};
+		/* kept open by keep-warm; other names coalesced onto it */
+		snprintf(st, sizeof(st), "%s%s", state, jbool(c, "warm") ? ",warm" : "");
+		snprintf(origin, sizeof(origin), "%s", jstr(c, "origin", "?"));
+		for (size_t k = 1; hosts && hosts->t == J_ARR && k < hosts->n; k++)
+			if (hosts->items[k].t == J_STR && (len = strlen(origin)) < sizeof(origin))
+				snprintf(origin + len, sizeof(origin) - len, " +%s",
+				         hosts->items[k].str);
+		const char *row[] = {origin, jstr(c, "proto", "-"), st, streams, requests, idle};
 		table_row(&ct, row);
 	}
 	for (size_t i = 0; alts && alts->t == J_ARR && i < alts->n; i++) {

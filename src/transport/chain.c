@@ -54,6 +54,7 @@ struct chain {
 	bool up;
 	bool tls_top;    /* the last step was a TLS handshake: chain_alpn asks it */
 	bool tls_target; /* ... the TLS to the target (not to a forwarding parent) */
+	bool direct_tls; /* TCP then TLS to the target, no parent (chain_peer) */
 };
 
 /* The build: its layers' callbacks have it as their context until the
@@ -182,6 +183,7 @@ static void go_up(struct chain_build *c)
 	o->top = c->top;
 	o->tls_top = last == STEP_TLS_TARGET || last == STEP_TLS_HOP;
 	o->tls_target = last == STEP_TLS_TARGET;
+	o->direct_tls = c->spec.nhops == 0 && c->nsteps == 2 && c->steps[1].kind == STEP_TLS_TARGET;
 	o->build = NULL;
 	transport_set_cbs(o->top, &cbs, o);
 	build_free(c);
@@ -470,4 +472,14 @@ void chain_early_safe(struct transport *t, size_t n)
 {
 	if (tls_target_up(t))
 		tls_early_safe(((struct chain *)t)->top, n);
+}
+
+bool chain_peer(struct transport *t, struct sockaddr_storage *addr, const void **cert,
+                size_t *cert_len)
+{
+	struct chain *c = (struct chain *)t;
+
+	if (!c->up || !c->direct_tls)
+		return false;
+	return tls_peer_cert(c->top, cert, cert_len) && tcp_peer_addr(tls_lower(c->top), addr);
 }

@@ -705,6 +705,43 @@ static ngtcp2_conn *live_conn(const struct quic *q)
 	return q->a && q->a->conn && !q->failed ? q->a->conn : NULL;
 }
 
+void quic_keep_alive(struct quic *q, uint64_t ms)
+{
+	ngtcp2_conn *conn = live_conn(q);
+
+	const ngtcp2_transport_params *tp;
+	uint64_t idle = QUIC_IDLE_TIMEOUT_MS;
+
+	if (!conn)
+		return;
+	/* within half of the idle timeout in force (the shorter of ours and
+	 * the origin's) */
+	tp = ngtcp2_conn_get_remote_transport_params(conn);
+	if (tp && tp->max_idle_timeout > 0 && tp->max_idle_timeout / NGTCP2_MILLISECONDS < idle)
+		idle = tp->max_idle_timeout / NGTCP2_MILLISECONDS;
+	if (ms > idle / 2)
+		ms = idle / 2;
+	ngtcp2_conn_set_keep_alive_timeout(conn, (ms ? ms : 1) * NGTCP2_MILLISECONDS);
+	if (!q->in_lib)
+		qpath_schedule_expiry(q->a);
+}
+
+bool quic_peer(const struct quic *q, struct sockaddr_storage *addr, const void **cert, size_t *len)
+{
+	unsigned n = 0;
+	const gnutls_datum_t *certs;
+
+	if (!live_conn(q) || !q->established || !q->a->tls)
+		return false;
+	certs = gnutls_certificate_get_peers(q->a->tls, &n);
+	if (!certs || n == 0)
+		return false;
+	*addr = q->a->remote;
+	*cert = certs[0].data;
+	*len = certs[0].size;
+	return true;
+}
+
 int quic_open_bidi(struct quic *q, int64_t *id, void *sud)
 {
 	ngtcp2_conn *conn = live_conn(q);

@@ -45,6 +45,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "errors.h"
 
@@ -148,5 +149,12 @@ void quic_shutdown_stream(struct quic *q, int64_t id, uint64_t code);
 void quic_shutdown_stream_write(struct quic *q, int64_t id, uint64_t code);
 /* The application error code our CONNECTION_CLOSE carries (0 until set). */
 void quic_set_app_error(struct quic *q, uint64_t code);
+/* Send a PING whenever the connection was quiet for ms (keep-warm), so that
+ * neither side's idle timeout ends it. */
+void quic_keep_alive(struct quic *q, uint64_t ms);
+/* The established connection's peer address and the DER of the origin's
+ * leaf certificate (borrowed, valid while q lives); false before that. */
+bool quic_peer(const struct quic *q, struct sockaddr_storage *addr, const void **cert,
+               size_t *len);
 
 #endif

@@ -114,6 +114,15 @@ static bool tcp_is_alive(struct transport *t)
 	return ((struct tcp *)t)->alive;
 }
 
+bool tcp_peer_addr(struct transport *t, struct sockaddr_storage *addr)
+{
+	struct tcp *c = (struct tcp *)t;
+	socklen_t len = sizeof(*addr);
+
+	return t->ops->close == tcp_close && c->bev &&
+	       getpeername(bufferevent_getfd(c->bev), (struct sockaddr *)addr, &len) == 0;
+}
+
 static const struct transport_ops tcp_ops = {
     .input = tcp_input,
     .output = tcp_output,

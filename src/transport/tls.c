@@ -574,6 +574,24 @@ bool tls_resumed(struct transport *base)
 	return ((struct tls *)base)->resumed;
 }
 
+bool tls_peer_cert(struct transport *base, const void **der, size_t *len)
+{
+	struct tls_io *io = (struct tls_io *)base;
+	unsigned n = 0;
+	const gnutls_datum_t *certs = io->s ? gnutls_certificate_get_peers(io->s, &n) : NULL;
+
+	if (!certs || n == 0)
+		return false;
+	*der = certs[0].data;
+	*len = certs[0].size;
+	return true;
+}
+
+struct transport *tls_lower(struct transport *base)
+{
+	return ((struct tls_io *)base)->lower;
+}
+
 /* ---- for layers that run their own GnuTLS session (HTTP/3 over QUIC) ---- */
 
 gnutls_certificate_credentials_t tls_client_creds(struct tls_client_ctx *ctx, const char *ca_file,

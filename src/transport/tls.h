@@ -75,6 +75,11 @@ struct transport *tls_client_new_cert(const struct transport_env *env, struct tr
  * whether the session was resumed. */
 const char *tls_alpn(struct transport *t);
 bool tls_resumed(struct transport *t);
+/* After TRANSPORT_CONNECTED: the DER of the peer's leaf certificate
+ * (borrowed from the session, valid while the layer lives), and the layer
+ * below. */
+bool tls_peer_cert(struct transport *t, const void **der, size_t *len);
+struct transport *tls_lower(struct transport *t);
 
 /*
  * 0-RTT. tls_early: TRANSPORT_CONNECTED came before the handshake, which

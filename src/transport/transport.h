@@ -114,6 +114,10 @@ void transport_set_cbs(struct transport *t, const struct transport_cbs *cbs, voi
  */
 struct transport *tcp_connect(const struct transport_env *env, const char *host, uint16_t port,
                               uint64_t timeout_ms, const struct transport_cbs *cbs, void *ctx);
+/* The address a connected TCP layer (tcp_connect) talks to; false for any
+ * other layer or before it connected. */
+struct sockaddr_storage;
+bool tcp_peer_addr(struct transport *t, struct sockaddr_storage *addr);
 /* Right after tcp_connect: refuse loopback addresses (ERR_FORBIDDEN), for a
  * direct connection to an origin under deny_loopback_targets. Every connect
  * refuses muxd's own listen addresses (ERR_LOOP). */
@@ -206,6 +210,11 @@ const char *chain_alpn(struct transport *t);
  * and nothing for those that are not a chain ending in such TLS. */
 bool chain_early(struct transport *t);
 void chain_early_safe(struct transport *t, size_t n);
+/* A direct chain (no parent proxies) with TLS to the target, once up: the
+ * address it connected to and the DER of the target's leaf certificate
+ * (borrowed, valid while the chain lives). False otherwise. */
+bool chain_peer(struct transport *t, struct sockaddr_storage *addr, const void **cert,
+                size_t *cert_len);
 
 /*
  * A tunnel to host:port as a CONNECT stream that src supplies (the pool: on

@@ -27,8 +27,8 @@
  *
  * Liveness: a connection that is handed a stream after it sat without streams
  * for H2_PING_AFTER_IDLE_MS sends a PING at once; an idle connection sends
- * one every H2_IDLE_PING_MS. A PING not acknowledged within H2_PING_TIMEOUT_MS
- * means the origin is gone: its streams fail with ERR_CLOSED (nothing
+ * one every H2_IDLE_PING_MS (more often when the pool keeps it warm). A PING not acknowledged
+ * within H2_PING_TIMEOUT_MS means the origin is gone: its streams fail with ERR_CLOSED (nothing
  * received, so replayable requests are retried on a fresh connection) and the
  * connection leaves the pool as EVICT_DEAD.
  *
@@ -115,7 +115,8 @@ struct h2_conn {
 	struct event *ping_timer; /* PING ACK deadline */
 	struct event *idle_timer; /* PING interval while idle */
 	struct timespec idle_since;
-	bool settings_seen; /* the peer's SETTINGS arrived: its limits are known */
+	uint64_t idle_ping_ms; /* PING interval while idle (shorter when kept warm) */
+	bool settings_seen;    /* the peer's SETTINGS arrived: its limits are known */
 	bool ping_out;
 	bool in_session;             /* inside mem_recv or mem_send */
 	struct timespec flood_since; /* the second the flood counters cover */
@@ -177,7 +178,7 @@ static void settle(struct mux_conn *mc)
 	if (live == 0 && freed > 0 && !mc->told) {
 		clock_gettime(CLOCK_MONOTONIC, &c->idle_since);
 		if (c->t)
-			mux_set_timer(c->idle_timer, H2_IDLE_PING_MS);
+			mux_set_timer(c->idle_timer, c->idle_ping_ms);
 	}
 	mux_settle_tail(mc, live, freed);
 }
@@ -409,7 +410,7 @@ static void on_idle_timer(evutil_socket_t fd, short what, void *arg)
 	mux_hold(&c->mc);
 	if (!c->mc.failed && mux_live(&c->mc) == 0) {
 		send_ping(c);
-		mux_set_timer(c->idle_timer, H2_IDLE_PING_MS);
+		mux_set_timer(c->idle_timer, c->idle_ping_ms);
 	}
 	mux_release(&c->mc);
 }
@@ -890,12 +891,35 @@ static void h2_close(struct upstream_conn *uc)
 	mux_close((struct mux_conn *)uc);
 }
 
+/* Kept warm: PING at least every interval_ms while idle, so that the
+ * origin's idle limit never passes (and a dead origin is noticed). */
+static void h2_keep_warm(struct upstream_conn *uc, uint64_t interval_ms)
+{
+	struct h2_conn *c = (struct h2_conn *)uc;
+
+	if (interval_ms == 0 || interval_ms >= c->idle_ping_ms)
+		return;
+	c->idle_ping_ms = interval_ms;
+	if (c->t && !c->mc.failed && mux_live(&c->mc) == 0)
+		mux_set_timer(c->idle_timer, c->idle_ping_ms);
+}
+
+static bool h2_peer(struct upstream_conn *uc, struct sockaddr_storage *addr, const void **cert,
+                    size_t *cert_len)
+{
+	struct h2_conn *c = (struct h2_conn *)uc;
+
+	return c->t && !c->mc.failed && chain_peer(c->t, addr, cert, cert_len);
+}
+
 static const struct upstream_conn_ops h2_conn_ops = {
     .open_stream = h2_open_stream,
     .free_slots = h2_free_slots,
     .is_idle = mux_is_idle,
     .close = h2_close,
     .streams = mux_streams,
+    .keep_warm = h2_keep_warm,
+    .peer = h2_peer,
 };
 
 static bool session_new(struct h2_conn *c)
@@ -966,10 +990,11 @@ struct upstream_conn *h2_conn_new(const struct upstream_env *env,
 		return NULL;
 	}
 	c->t = t;
+	c->idle_ping_ms = H2_IDLE_PING_MS;
 	clock_gettime(CLOCK_MONOTONIC, &c->idle_since);
 	c->flood_since = c->idle_since;
 	c->settings_at = c->idle_since; /* SETTINGS leave with the preface */
-	mux_set_timer(c->idle_timer, H2_IDLE_PING_MS);
+	mux_set_timer(c->idle_timer, c->idle_ping_ms);
 	transport_set_cbs(t, &tcbs, c);
 	t->ops->set_reading(t, true);
 	mux_kick(&c->mc); /* the preface and SETTINGS */

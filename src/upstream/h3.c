@@ -874,11 +874,31 @@ static void h3_close(struct upstream_conn *uc)
 	mux_close(&c->mc);
 }
 
+/* Kept warm: QUIC PINGs while idle (the idle timeout of either side never
+ * passes). */
+static void h3_keep_warm(struct upstream_conn *uc, uint64_t interval_ms)
+{
+	struct h3_conn *c = (struct h3_conn *)uc;
+
+	if (c->q && !c->mc.failed)
+		quic_keep_alive(c->q, interval_ms);
+}
+
+static bool h3_peer(struct upstream_conn *uc, struct sockaddr_storage *addr, const void **cert,
+                    size_t *cert_len)
+{
+	struct h3_conn *c = (struct h3_conn *)uc;
+
+	return c->q && c->established && !c->mc.failed && quic_peer(c->q, addr, cert, cert_len);
+}
+
 static const struct upstream_conn_ops h3_conn_ops = {
     .open_stream = h3_open_stream,
     .free_slots = h3_free_slots,
     .is_idle = mux_is_idle,
     .close = h3_close,
+    .keep_warm = h3_keep_warm,
+    .peer = h3_peer,
 };
 
 struct upstream_conn *h3_conn_new(const struct upstream_env *env,

@@ -149,6 +149,16 @@ struct upstream_conn_ops {
 	void (*close)(struct upstream_conn *c);
 	/* Streams open now; optional (NULL: 0 when idle, else 1). */
 	unsigned (*streams)(struct upstream_conn *c);
+	/* Optional: the pool keeps this idle connection open (keep-warm); the
+	 * connection shows the origin it is alive at least every interval_ms
+	 * (HTTP/2 PING, QUIC PING). */
+	void (*keep_warm)(struct upstream_conn *c, uint64_t interval_ms);
+	/* Optional: the address connected to and the DER of the origin's leaf
+	 * certificate (borrowed, valid while the connection lives), for
+	 * connection coalescing; false when not known (not TLS, not verified,
+	 * through parent proxies). */
+	bool (*peer)(struct upstream_conn *c, struct sockaddr_storage *addr, const void **cert,
+	             size_t *cert_len);
 };
 
 /* Owner of connections: told when a connection becomes free, or dies. */

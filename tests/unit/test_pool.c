@@ -14,14 +14,18 @@
  * connections either answer every request head with a small 200, hold their
  * answer until told, or never say anything.
  */
+#include <arpa/inet.h>
 #include <check.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -123,7 +127,8 @@ static void peer_answer(unsigned i)
 static void peer_stop(void)
 {
 	for (unsigned i = 0; i < peer.nconns; i++)
-		bufferevent_free(peer.conns[i]);
+		if (peer.conns[i])
+			bufferevent_free(peer.conns[i]);
 	if (peer.accept_ev)
 		event_free(peer.accept_ev);
 	if (peer.fd > 0)
@@ -794,6 +799,265 @@ START_TEST(tunnel_evicts_idle)
 }
 END_TEST
 
+/* ---- keep-warm ---- */
+
+START_TEST(warm_rate_decay)
+{
+	double r = 0;
+
+	/* one request adds 0.2 a minute (60 s over a 5 min time constant) */
+	ck_assert_double_eq_tol(pool_rate_hit(0, 0), 0.2, 1e-9);
+	/* a time constant later, e^-1 of it is left; after an hour, nothing */
+	ck_assert_double_eq_tol(pool_rate_decay(1.0, 300), 0.367879, 0.002);
+	ck_assert_double_eq_tol(pool_rate_decay(1.0, 30), 0.904837, 0.002);
+	ck_assert_double_lt(pool_rate_decay(1.0, 3600), 1e-5);
+	ck_assert_double_eq(pool_rate_decay(1.0, 0), 1.0);
+	/* eight at once read 1.6 */
+	for (int i = 0; i < 8; i++)
+		r = pool_rate_hit(r, 0);
+	ck_assert_double_eq_tol(r, 1.6, 1e-9);
+	/* a steady rate reads itself: one request a minute for an hour */
+	r = 0;
+	for (int i = 0; i < 60; i++)
+		r = pool_rate_hit(r, 60);
+	ck_assert_double_eq_tol(r, 1.1, 0.1);
+	/* and four a minute */
+	r = 0;
+	for (int i = 0; i < 240; i++)
+		r = pool_rate_hit(r, 15);
+	ck_assert_double_eq_tol(r, 4.1, 0.15);
+}
+END_TEST
+
+START_TEST(warm_selection)
+{
+	struct route r = {.verify = true, .h2 = true};
+	struct pool_key k, off, tunnel;
+
+	ck_assert(pool_key_init(&k, &m, "https", "example.com", 443, &r));
+	ck_assert(pool_key_init(&tunnel, &m, "tunnel", "example.com", 443, &r));
+	r.verify = false;
+	ck_assert(pool_key_init(&off, &m, "https", "example.com", 443, &r));
+	m.cfg->keep_warm = true;
+	m.cfg->keep_warm_min_rate = 2;
+	m.cfg->keep_warm_max = 3;
+	/* hot enough, room left */
+	ck_assert(pool_warm_eligible(m.cfg, &k, 2.0, 0));
+	ck_assert(pool_warm_eligible(m.cfg, &k, 5.0, 2));
+	/* too cold; keep_warm_max reached */
+	ck_assert(!pool_warm_eligible(m.cfg, &k, 1.99, 0));
+	ck_assert(!pool_warm_eligible(m.cfg, &k, 5.0, 3));
+	/* never with verify = off, never for tunnels */
+	ck_assert(!pool_warm_eligible(m.cfg, &off, 100, 0));
+	ck_assert(!pool_warm_eligible(m.cfg, &tunnel, 100, 0));
+	/* keep_warm = off; keep_warm_max = 0 */
+	m.cfg->keep_warm = false;
+	ck_assert(!pool_warm_eligible(m.cfg, &k, 100, 0));
+	m.cfg->keep_warm = true;
+	m.cfg->keep_warm_max = 0;
+	ck_assert(!pool_warm_eligible(m.cfg, &k, 100, 0));
+	/* the liveness interval: idle_timeout / 2, 30 s at most */
+	m.cfg->idle_timeout_ms = 90000;
+	ck_assert_uint_eq(pool_warm_interval(m.cfg), 30000);
+	m.cfg->idle_timeout_ms = 1000;
+	ck_assert_uint_eq(pool_warm_interval(m.cfg), 500);
+}
+END_TEST
+
+struct warm_seen {
+	const char *host;
+	unsigned n, warm;
+};
+
+static void see_conn(void *arg, const struct pool_conn_info *c)
+{
+	struct warm_seen *w = arg;
+	if (strcmp(c->host, w->host) == 0) {
+		w->n++;
+		w->warm += c->warm;
+	}
+}
+
+static struct warm_seen seen(const char *host)
+{
+	struct warm_seen w = {host, 0, 0};
+	pool_foreach_conn(m.pool, see_conn, &w);
+	return w;
+}
+
+static void requests(const char *host, uint16_t port, unsigned n)
+{
+	struct route rt;
+	struct pool_key k;
+	struct req r;
+
+	route_for(m.cfg, host, port, &rt);
+	ck_assert(pool_key_init(&k, &m, "http", host, port, &rt));
+	for (unsigned i = 0; i < n; i++) {
+		req_start(&r, &k, false);
+		req_run(&r, 5000);
+		ck_assert_msg(r.done, "request %u to %s: %s", i, host, r.reason);
+	}
+}
+
+/* A hot key keeps its idle connection past idle_timeout, a cold one does
+ * not; when the origin closes the warm connection, a new one is opened in
+ * the background; a key whose keep-warm went off loses it at the next
+ * idle expiry. */
+START_TEST(warm_keeps_hot_key)
+{
+	struct warm_seen w;
+
+	m.cfg->idle_timeout_ms = 150;
+	m.cfg->keep_warm_min_rate = 1;
+	peer_start(PEER_ANSWER);
+	requests("127.0.0.1", peer.port, 8); /* 1.6 a minute: hot */
+	requests("localhost", peer.port, 1); /* 0.2: cold */
+	ck_assert_uint_eq(peer.nconns, 2);
+	loop_run(700); /* several idle timeouts */
+	w = seen("localhost");
+	ck_assert_uint_eq(w.n, 0);
+	w = seen("127.0.0.1");
+	ck_assert_uint_eq(w.n, 1);
+	ck_assert_uint_eq(w.warm, 1);
+	ck_assert_uint_eq(pool_keep_warm_count(m.pool), 1);
+	ck_assert_uint_eq(m.metrics.evictions[EVICT_IDLE_TIMEOUT], 1);
+
+	/* the origin closes it: another one, in the background */
+	bufferevent_free(peer.conns[0]);
+	peer.conns[0] = NULL;
+	for (int i = 0; i < 20 && m.metrics.keep_warm_reconnects == 0; i++)
+		loop_run(50);
+	ck_assert_uint_eq(m.metrics.keep_warm_reconnects, 1);
+	ck_assert_uint_eq(peer.nconns, 3);
+	w = seen("127.0.0.1");
+	ck_assert_uint_eq(w.n, 1);
+	ck_assert_uint_eq(w.warm, 1);
+	/* and a request uses it */
+	requests("127.0.0.1", peer.port, 1);
+	ck_assert_uint_eq(peer.nconns, 3);
+
+	/* keep-warm goes off: the next idle expiry closes it */
+	m.cfg->keep_warm = false;
+	loop_run(400);
+	ck_assert_uint_eq(seen("127.0.0.1").n, 0);
+	ck_assert_uint_eq(pool_keep_warm_count(m.pool), 0);
+}
+END_TEST
+
+/* ---- coalescing ---- */
+
+START_TEST(coalesce_keys)
+{
+	struct config_hop hop = {.kind = HOP_HTTP, .host = "proxy.example", .port = 3128};
+	struct route r = {.verify = true, .h2 = true, .h3 = true};
+	struct pool_key a, b, x;
+
+	ck_assert(pool_key_init(&a, &m, "https", "a.example", 443, &r));
+	ck_assert(pool_key_init(&b, &m, "https", "b.example", 443, &r));
+	/* the same but for the host: yes, both ways; not a key with itself */
+	ck_assert(pool_key_coalescable(&a, &b));
+	ck_assert(pool_key_coalescable(&b, &a));
+	ck_assert(!pool_key_coalescable(&a, &a));
+	/* another port, plain http, verification off, no h2, other trust
+	 * anchors, through a parent: no */
+	ck_assert(pool_key_init(&x, &m, "https", "b.example", 8443, &r));
+	ck_assert(!pool_key_coalescable(&a, &x));
+	ck_assert(pool_key_init(&x, &m, "http", "b.example", 443, &r));
+	ck_assert(!pool_key_coalescable(&a, &x));
+	r.verify = false;
+	ck_assert(pool_key_init(&x, &m, "https", "b.example", 443, &r));
+	ck_assert(!pool_key_coalescable(&a, &x));
+	r.verify = true;
+	r.h2 = false;
+	ck_assert(pool_key_init(&x, &m, "https", "b.example", 443, &r));
+	ck_assert(!pool_key_coalescable(&a, &x));
+	r.h2 = true;
+	r.ca_file = "/nonexistent/ca.pem";
+	r.ca_file_id = "ca-id-1";
+	ck_assert(pool_key_init(&x, &m, "https", "b.example", 443, &r));
+	ck_assert(!pool_key_coalescable(&a, &x));
+	r.ca_file = NULL;
+	r.ca_file_id = NULL;
+	r.hops = &hop;
+	r.nhops = 1;
+	ck_assert(pool_key_init(&x, &m, "https", "b.example", 443, &r));
+	ck_assert(pool_key_init(&a, &m, "https", "a.example", 443, &r));
+	ck_assert(!pool_key_coalescable(&a, &x)); /* equal chains, but not direct */
+	/* a key named by another SNI than its host (an address) does not share */
+	r.hops = NULL;
+	r.nhops = 0;
+	ck_assert(pool_key_init(&a, &m, "https", "a.example", 443, &r));
+	ck_assert(pool_key_init_sni(&x, &m, "https", "192.0.2.1", 443, "b.example", &r));
+	ck_assert(!pool_key_coalescable(&a, &x));
+}
+END_TEST
+
+/* A self-signed certificate for names, as DER (gnutls_free it). */
+static gnutls_datum_t make_cert(const char *const *names, size_t n)
+{
+	gnutls_x509_privkey_t key;
+	gnutls_x509_crt_t crt;
+	gnutls_datum_t der = {NULL, 0};
+	time_t now = time(NULL);
+
+	ck_assert_int_ge(gnutls_x509_privkey_init(&key), 0);
+	ck_assert_int_ge(
+	    gnutls_x509_privkey_generate(key, GNUTLS_PK_ECDSA,
+	                                 GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0),
+	    0);
+	ck_assert_int_ge(gnutls_x509_crt_init(&crt), 0);
+	ck_assert_int_ge(gnutls_x509_crt_set_version(crt, 3), 0);
+	ck_assert_int_ge(gnutls_x509_crt_set_serial(crt, "\x01", 1), 0);
+	ck_assert_int_ge(gnutls_x509_crt_set_activation_time(crt, now - 60), 0);
+	ck_assert_int_ge(gnutls_x509_crt_set_expiration_time(crt, now + 3600), 0);
+	ck_assert_int_ge(gnutls_x509_crt_set_key(crt, key), 0);
+	for (size_t i = 0; i < n; i++)
+		ck_assert_int_ge(gnutls_x509_crt_set_subject_alt_name(crt, GNUTLS_SAN_DNSNAME,
+		                                                      names[i], strlen(names[i]),
+		                                                      GNUTLS_FSAN_APPEND),
+		                 0);
+	ck_assert_int_ge(gnutls_x509_crt_sign2(crt, crt, key, GNUTLS_DIG_SHA256, 0), 0);
+	ck_assert_int_ge(gnutls_x509_crt_export2(crt, GNUTLS_X509_FMT_DER, &der), 0);
+	gnutls_x509_crt_deinit(crt);
+	gnutls_x509_privkey_deinit(key);
+	return der;
+}
+
+START_TEST(coalesce_cert_and_address)
+{
+	static const char *const names[] = {"a.example", "b.example", "*.wild.example"};
+	gnutls_datum_t der = make_cert(names, 3);
+	struct sockaddr_storage peer, addrs[3];
+	struct sockaddr_in *p4 = (struct sockaddr_in *)&peer;
+
+	ck_assert(pool_cert_covers(der.data, der.size, "a.example"));
+	ck_assert(pool_cert_covers(der.data, der.size, "B.example"));
+	ck_assert(pool_cert_covers(der.data, der.size, "x.wild.example"));
+	ck_assert(!pool_cert_covers(der.data, der.size, "c.example"));
+	ck_assert(!pool_cert_covers(der.data, der.size, "a.b.wild.example"));
+	ck_assert(!pool_cert_covers(der.data, 10, "a.example")); /* not a certificate */
+	ck_assert(!pool_cert_covers(NULL, 0, "a.example"));
+	gnutls_free(der.data);
+
+	memset(&peer, 0, sizeof(peer));
+	memset(addrs, 0, sizeof(addrs));
+	p4->sin_family = AF_INET;
+	p4->sin_port = htons(443);
+	inet_pton(AF_INET, "192.0.2.7", &p4->sin_addr);
+	((struct sockaddr_in6 *)&addrs[0])->sin6_family = AF_INET6;
+	inet_pton(AF_INET6, "2001:db8::7", &((struct sockaddr_in6 *)&addrs[0])->sin6_addr);
+	((struct sockaddr_in *)&addrs[1])->sin_family = AF_INET;
+	inet_pton(AF_INET, "192.0.2.8", &((struct sockaddr_in *)&addrs[1])->sin_addr);
+	((struct sockaddr_in *)&addrs[2])->sin_family = AF_INET;
+	inet_pton(AF_INET, "192.0.2.7", &((struct sockaddr_in *)&addrs[2])->sin_addr);
+	/* the port does not matter (a name resolves to addresses, not ports) */
+	ck_assert(pool_addr_listed(&peer, addrs, 3));
+	ck_assert(!pool_addr_listed(&peer, addrs, 2));
+	ck_assert(!pool_addr_listed(&peer, addrs, 0));
+}
+END_TEST
+
 static Suite *pool_suite(void)
 {
 	Suite *s = suite_create("pool");
@@ -817,6 +1081,11 @@ static Suite *pool_suite(void)
 	tcase_add_test(t, tunnel_budget_503);
 	tcase_add_test(t, tunnel_budget_freed);
 	tcase_add_test(t, tunnel_evicts_idle);
+	tcase_add_test(t, warm_rate_decay);
+	tcase_add_test(t, warm_selection);
+	tcase_add_test(t, warm_keeps_hot_key);
+	tcase_add_test(t, coalesce_keys);
+	tcase_add_test(t, coalesce_cert_and_address);
 	suite_add_tcase(s, t);
 	return s;
 }

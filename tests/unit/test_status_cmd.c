@@ -457,6 +457,29 @@ START_TEST(render_document)
 }
 END_TEST
 
+/* A connection kept open by keep-warm reads "idle,warm"; names coalesced
+ * onto a connection follow its origin. */
+START_TEST(render_warm_and_coalesced)
+{
+	const char *doc =
+	    "{\"uptime_s\": 1, \"clients\": 0, \"connections\": [\n"
+	    "  {\"origin\": \"a.example:443\", \"proto\": \"h2\", \"state\": \"idle\","
+	    "   \"streams\": 0, \"requests\": 9, \"idle_s\": 2.0, \"warm\": true,"
+	    "   \"hosts\": [\"a.example\", \"b.example\"]},\n"
+	    "  {\"origin\": \"c.example:443\", \"proto\": \"h2\", \"state\": \"active\","
+	    "   \"streams\": 1, \"requests\": 1, \"warm\": false, \"hosts\": [\"c.example\"]}]}";
+
+	ck_assert_msg(render(doc), "%s", err);
+	ck_assert_str_eq(out,
+	                 "muxd at 127.0.0.1:3128: up 1.0s, 0 client connections, "
+	                 "2 upstream connections\n\n"
+	                 "ORIGIN                    PROTO  STATE      STREAMS  REQUESTS  IDLE\n"
+	                 "a.example:443 +b.example  h2     idle,warm        0         9  2.0s\n"
+	                 "c.example:443             h2     active           1         1     -\n"
+	                 "\nAlt-Svc cache:\nno entries\n");
+}
+END_TEST
+
 /* A value in a document that is otherwise muxd's: whether it parses. */
 static bool value_ok(const char *value)
 {
@@ -606,6 +629,7 @@ int main(void)
 	tc = tcase_create("render");
 	tcase_add_checked_fixture(tc, NULL, render_teardown);
 	tcase_add_test(tc, render_document);
+	tcase_add_test(tc, render_warm_and_coalesced);
 	tcase_add_test(tc, json_numbers);
 	tcase_add_test(tc, json_strings);
 	tcase_add_test(tc, json_structure);
