@@ -13,7 +13,7 @@ test_intercept.py::test_muxd_env_makes_git_clone_over_https_go_through_muxd,
 curl and requests also by test_intercept.py::test_muxd_env_points_curl_and_requests_at_muxd.
 Go programs are built offline from the standard library (test_go_program);
 the docker daemon's drop-in from docs/clients.md is verified with systemd-analyze
-and pulls from a registry when dockerd is installed: test_docker_*); node runs when it is
+and a real dockerd (docker.io, in install-deps) pulls from a registry: test_docker_*); node runs when it is
 installed (its proxy support depends on the version)."""
 
 import hashlib
@@ -528,7 +528,7 @@ def test_docker_daemon_pulls_through_muxd_with_the_drop_in(muxd, tls_nginx_facto
     as SSL_CERT_FILE (Go's crypto/x509 reads it instead of the system store)."""
     dockerd, docker = shutil.which("dockerd"), shutil.which("docker")
     if not dockerd or not docker:
-        pytest.skip("no dockerd here (docker.io is not in scripts/install-deps)")
+        pytest.skip("no dockerd here (docker.io, in scripts/install-deps)")
     if os.geteuid() != 0:
         pytest.skip("dockerd needs root")
     www = tmp_path / "registry-www"
