@@ -7,6 +7,8 @@
  * Layers: tcp (async DNS + happy eyeballs). TLS and proxy hops stack on top.
  *
  * Calling rules (every layer keeps them; see hold.h for the guard):
+ * - What a layer is given. A constructor takes a struct transport_env
+ *   (below) and copies it; no layer sees the daemon's state or a config.
  * - Ownership. The user owns the top layer and frees the whole stack with
  *   exactly one transport_close(). A constructor that takes a lower layer
  *   owns it from the call on: when it returns NULL (out of memory, bad
