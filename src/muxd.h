@@ -1,7 +1,10 @@
 /*
  * muxd — the daemon's root state: the event loop, the current configuration,
- * the resolver, the pool, the listeners and the counters. This is the only
- * global state; every module reaches it through a pointer.
+ * the resolver, the pool, the listeners and the counters, and opaque
+ * pointers to the state that modules own (the client list, the admin
+ * history, the access log). This is the only global state; the modules
+ * above the codecs reach it through a pointer, the codecs and transport
+ * layers only through what they are given (m->env, upstream_params).
  */
 #ifndef MUXD_MUXD_H
 #define MUXD_MUXD_H

@@ -47,18 +47,168 @@ struct hop_source {
 	struct pool_key key;
 };
 
-static void *hop_stream_start(void *arg, const struct upstream_stream_cbs *stream_cbs,
-                              const struct stream_source_cbs *cbs, void *ctx)
-{
-	struct hop_source *hs = arg;
-	struct pool_wait_cbs wcbs = {cbs->on_stream, cbs->on_error};
+/* A CONNECT stream on a pooled connection to a parent, handed to the HTTP/2
+ * tunnel layer as a struct tunnel_stream: it sends the CONNECT head and
+ * passes on what the tunnel needs of the answer. Freed when the stream
+ * ends, fails or is cancelled (before the user hears of it: call the user
+ * last, hold.h). */
+struct hop_stream {
+	struct tunnel_stream base;
+	struct pool_wait *wait; /* for the upstream stream */
+	struct upstream_stream *s;
+	struct tunnel_stream_cbs cbs;
+	void *ctx;
+	char authority[300];
+	char auth[HTTP1_BASIC_MAX]; /* "": no Proxy-Authorization */
+};
 
-	return pool_start_stream(hs->p, &hs->key, false, stream_cbs, &wcbs, ctx);
+static size_t hs_send_space(struct tunnel_stream *t)
+{
+	struct upstream_stream *s = ((struct hop_stream *)t)->s;
+	return s->ops->send_space(s);
 }
 
-static void hop_stream_cancel(void *w)
+static void hs_send(struct tunnel_stream *t, const void *data, size_t len)
 {
-	pool_wait_cancel(w);
+	struct upstream_stream *s = ((struct hop_stream *)t)->s;
+	s->ops->send_body(s, data, len);
+}
+
+static void hs_send_end(struct tunnel_stream *t)
+{
+	struct upstream_stream *s = ((struct hop_stream *)t)->s;
+	s->ops->send_end(s, "");
+}
+
+static struct evbuffer *hs_body(struct tunnel_stream *t)
+{
+	struct upstream_stream *s = ((struct hop_stream *)t)->s;
+	return s->ops->body(s);
+}
+
+static void hs_consumed(struct tunnel_stream *t)
+{
+	struct upstream_stream *s = ((struct hop_stream *)t)->s;
+	s->ops->consumed(s); /* may end the stream and free t: nothing after it */
+}
+
+static void hs_cancel(struct tunnel_stream *t)
+{
+	struct hop_stream *h = (struct hop_stream *)t;
+
+	if (h->wait)
+		pool_wait_cancel(h->wait);
+	if (h->s)
+		h->s->ops->cancel(h->s);
+	free(h);
+}
+
+static const struct tunnel_stream_ops hop_stream_ops = {hs_send_space, hs_send,     hs_send_end,
+                                                        hs_body,       hs_consumed, hs_cancel};
+
+static void hs_on_head(void *ctx, const struct http1_msg *m)
+{
+	struct hop_stream *h = ctx;
+
+	if (m->status >= 200) /* interim answers say nothing about the tunnel */
+		h->cbs.on_answer(h->ctx, m->status, m->reason);
+}
+
+static void hs_on_body(void *ctx)
+{
+	struct hop_stream *h = ctx;
+	h->cbs.on_body(h->ctx);
+}
+
+static void hs_on_end(void *ctx, const char *trailers)
+{
+	struct hop_stream *h = ctx;
+	struct tunnel_stream_cbs cbs = h->cbs;
+	void *uctx = h->ctx;
+
+	(void)trailers;
+	free(h); /* the connection took the stream back */
+	cbs.on_end(uctx);
+}
+
+static void hs_on_error(void *ctx, enum muxd_err err, const char *reason, bool nothing)
+{
+	struct hop_stream *h = ctx;
+	struct tunnel_stream_cbs cbs = h->cbs;
+	void *uctx = h->ctx;
+
+	(void)nothing;
+	free(h);
+	cbs.on_error(uctx, err, reason);
+}
+
+static void hs_on_send_ready(void *ctx)
+{
+	struct hop_stream *h = ctx;
+	h->cbs.on_send_ready(h->ctx);
+}
+
+static const struct upstream_stream_cbs hop_upstream_cbs = {hs_on_head, hs_on_body, hs_on_end,
+                                                            hs_on_error, hs_on_send_ready};
+
+static void hs_wait_stream(void *ctx, struct upstream_stream *s, bool reused)
+{
+	struct hop_stream *h = ctx;
+	struct upstream_field auth = {"Proxy-Authorization", 19, h->auth, strlen(h->auth)};
+	struct upstream_request r = {
+	    .method = "CONNECT",
+	    .scheme = "https",
+	    .authority = h->authority,
+	    .path = "",
+	    .fields = &auth,
+	    .nfields = h->auth[0] ? 1 : 0,
+	    .has_body = true,
+	    .content_length = -1,
+	};
+
+	(void)reused;
+	h->wait = NULL;
+	h->s = s;
+	upstream_stream_send_head(s, &r);
+	h->cbs.on_stream(h->ctx, &h->base);
+}
+
+static void hs_wait_error(void *ctx, enum muxd_err err, const char *reason)
+{
+	struct hop_stream *h = ctx;
+	struct tunnel_stream_cbs cbs = h->cbs;
+	void *uctx = h->ctx;
+
+	free(h); /* the waiter is gone */
+	cbs.on_error(uctx, err, reason);
+}
+
+static const struct pool_wait_cbs hop_wait_cbs = {hs_wait_stream, hs_wait_error};
+
+static void *hop_stream_start(void *arg, const char *authority, const char *proxy_auth,
+                              const struct tunnel_stream_cbs *cbs, void *ctx)
+{
+	struct hop_source *src = arg;
+	struct hop_stream *h = calloc(1, sizeof(*h));
+
+	if (!h)
+		return NULL;
+	h->base.ops = &hop_stream_ops;
+	h->cbs = *cbs;
+	h->ctx = ctx;
+	snprintf(h->authority, sizeof(h->authority), "%s", authority);
+	snprintf(h->auth, sizeof(h->auth), "%s", proxy_auth ? proxy_auth : "");
+	h->wait = pool_start_stream(src->p, &src->key, false, &hop_upstream_cbs, &hop_wait_cbs, h);
+	if (!h->wait) {
+		free(h);
+		return NULL;
+	}
+	return h;
+}
+
+static void hop_stream_cancel(void *handle)
+{
+	hs_cancel(handle);
 }
 
 /* The first hop of a chain, an https:// parent: a CONNECT stream to

@@ -1,8 +1,9 @@
 /*
- * h2_tunnel — a byte-stream layer over an upstream stream: the CONNECT tunnel
- * through an https:// parent proxy. A stream source supplies the stream (the
- * pool: on a shared HTTP/2 connection, or an HTTP/1.1 connection of its
- * own); a 2xx answer makes the layer CONNECTED; then the stream's request
+ * h2_tunnel — a byte-stream layer over a CONNECT stream (struct
+ * tunnel_stream, transport.h): the tunnel through an https:// parent proxy.
+ * A stream source supplies the stream (the pool: a stream on a shared
+ * HTTP/2 connection, or an HTTP/1.1 connection of its own, behind that
+ * interface); a 2xx answer makes the layer CONNECTED; then the stream's request
  * body carries what the user writes and its response body what the user
  * reads, with the same TRANSPORT_BUF bounds as every layer. Work is done in deferred passes
  * so no callback runs inside another module's call.
@@ -16,20 +17,17 @@
 #include "hold.h"
 #include "http1.h"
 #include "transport/transport.h"
-#include "upstream/upstream.h"
 
 struct h2_tunnel {
 	struct transport base;
 	void (*cancel)(void *wait); /* the source's */
 	void *wait;                 /* for a stream, at the source */
-	struct upstream_stream *s;
+	struct tunnel_stream *s;
 	struct evbuffer *in, *out; /* the tunnel's bytes: to read, to send */
 	struct event *pass;        /* deferred work */
 	char name[300];            /* the proxy, for messages */
 	char authority[300];
-	struct upstream_field fields[1];
-	size_t nfields;
-	char auth[HTTP1_BASIC_MAX];
+	char auth[HTTP1_BASIC_MAX]; /* the Proxy-Authorization value; "": none */
 	bool up, eof, failed, shut, shut_sent, reading;
 	enum muxd_err err;
 	char reason[400];
@@ -104,7 +102,7 @@ static const struct transport_ops stream_ops = {t_input,    t_output, t_set_read
 
 static void move_bytes(struct h2_tunnel *st)
 {
-	struct upstream_stream *s = st->s;
+	struct tunnel_stream *s = st->s;
 
 	if (!s || !st->up)
 		return;
@@ -114,13 +112,13 @@ static void move_bytes(struct h2_tunnel *st)
 		struct evbuffer_iovec v;
 		evbuffer_peek(st->out, -1, NULL, &v, 1);
 		n = v.iov_len < room ? v.iov_len : room;
-		s->ops->send_body(s, v.iov_base, n);
+		s->ops->send(s, v.iov_base, n);
 		evbuffer_drain(st->out, n);
 		st->report_drain = true;
 	}
 	if (st->shut && !st->shut_sent && evbuffer_get_length(st->out) == 0) {
 		st->shut_sent = true;
-		s->ops->send_end(s, "");
+		s->ops->send_end(s);
 	}
 	/* stream -> user */
 	struct evbuffer *body = s->ops->body(s);
@@ -170,19 +168,17 @@ static void pass_cb(evutil_socket_t fd, short what, void *arg)
 
 /* --- stream callbacks --- */
 
-static void on_head(void *ctx, const struct http1_msg *h)
+static void on_answer(void *ctx, int status, const char *reason)
 {
 	struct h2_tunnel *st = ctx;
 
-	if (h->status < 200)
-		return;
-	if (h->status < 300) {
+	if (status < 300) {
 		st->up = true;
 		st->report_connected = true;
 	} else {
 		snprintf(st->reason, sizeof(st->reason), "proxy %s%s%d %s%s", st->name,
-		         h->status == 407 ? ": proxy authentication required (" : " answered ",
-		         h->status, h->reason, h->status == 407 ? ")" : "");
+		         status == 407 ? ": proxy authentication required (" : " answered ", status,
+		         reason, status == 407 ? ")" : "");
 		st->err = ERR_CONNECT;
 		st->failed = true;
 		st->report_error = true;
@@ -197,11 +193,10 @@ static void on_body(void *ctx)
 	schedule(ctx);
 }
 
-static void on_end(void *ctx, const char *trailers)
+static void on_end(void *ctx)
 {
 	struct h2_tunnel *st = ctx;
 
-	(void)trailers;
 	st->s = NULL; /* the connection takes it back */
 	if (!st->up && !st->failed) {
 		snprintf(st->reason, sizeof(st->reason), "proxy %s ended the tunnel", st->name);
@@ -213,11 +208,18 @@ static void on_end(void *ctx, const char *trailers)
 	schedule(st);
 }
 
-static void on_error(void *ctx, enum muxd_err err, const char *reason, bool nothing)
+static void on_error(void *ctx, enum muxd_err err, const char *reason)
 {
 	struct h2_tunnel *st = ctx;
 
-	(void)nothing;
+	if (st->wait) { /* no stream could be had */
+		st->wait = NULL;
+		st->failed = st->report_error = true;
+		st->err = err == ERR_CONNECT_TIMEOUT ? err : ERR_CONNECT;
+		snprintf(st->reason, sizeof(st->reason), "proxy %s: %s", st->name, reason);
+		schedule(st);
+		return;
+	}
 	st->s = NULL;
 	st->failed = st->report_error = true;
 	st->err = st->up ? err : ERR_CONNECT;
@@ -234,41 +236,16 @@ static void on_send_ready(void *ctx)
 	schedule(ctx);
 }
 
-static const struct upstream_stream_cbs stream_cbs = {on_head, on_body, on_end, on_error,
-                                                      on_send_ready};
-
-static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
+static void on_stream(void *ctx, struct tunnel_stream *s)
 {
 	struct h2_tunnel *st = ctx;
-	struct upstream_request r = {
-	    .method = "CONNECT",
-	    .scheme = "https",
-	    .authority = st->authority,
-	    .path = "",
-	    .fields = st->fields,
-	    .nfields = st->nfields,
-	    .has_body = true,
-	    .content_length = -1,
-	};
 
-	(void)reused;
 	st->wait = NULL;
 	st->s = s;
-	upstream_stream_send_head(s, &r);
 }
 
-static void wait_error(void *ctx, enum muxd_err err, const char *reason)
-{
-	struct h2_tunnel *st = ctx;
-
-	st->wait = NULL;
-	st->failed = st->report_error = true;
-	st->err = err == ERR_CONNECT_TIMEOUT ? err : ERR_CONNECT;
-	snprintf(st->reason, sizeof(st->reason), "proxy %s: %s", st->name, reason);
-	schedule(st);
-}
-
-static const struct stream_source_cbs wait_cbs = {wait_stream, wait_error};
+static const struct tunnel_stream_cbs stream_cbs = {on_stream, on_answer, on_body,
+                                                    on_end,    on_error,  on_send_ready};
 
 static void out_added(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
 {
@@ -300,9 +277,8 @@ struct transport *h2_tunnel_connect(const struct transport_env *env,
 	snprintf(st->name, sizeof(st->name), "%s", proxy_name);
 	snprintf(st->authority, sizeof(st->authority), "%s%s%s:%u", v6 ? "[" : "", host,
 	         v6 ? "]" : "", port);
-	if (auth && http1_basic_credentials(auth, st->auth, sizeof(st->auth)))
-		st->fields[st->nfields++] =
-		    (struct upstream_field){"Proxy-Authorization", 19, st->auth, strlen(st->auth)};
+	if (!auth || !http1_basic_credentials(auth, st->auth, sizeof(st->auth)))
+		st->auth[0] = '\0';
 	st->in = evbuffer_new();
 	st->out = evbuffer_new();
 	st->pass = event_new(env->base, -1, 0, pass_cb, st);
@@ -310,7 +286,8 @@ struct transport *h2_tunnel_connect(const struct transport_env *env,
 		evbuffer_add_cb(st->out, out_added, st); /* the user's writes go in a pass */
 		evbuffer_add_cb(st->in, in_drained, st); /* room to read more */
 		st->cancel = src->cancel;
-		st->wait = src->start(src->arg, &stream_cbs, &wait_cbs, st);
+		st->wait = src->start(src->arg, st->authority, st->auth[0] ? st->auth : NULL,
+		                      &stream_cbs, st);
 	}
 	if (!st->wait) {
 		st_free(st);

@@ -7,6 +7,8 @@
  * Layers: tcp (async DNS + happy eyeballs). TLS and proxy hops stack on top.
  *
  * Calling rules (every layer keeps them; see hold.h for the guard):
+ * - What a layer is given. A constructor takes a struct transport_env
+ *   (below) and copies it; no layer sees the daemon's state or a config.
  * - Ownership. The user owns the top layer and frees the whole stack with
  *   exactly one transport_close(). A constructor that takes a lower layer
  *   owns it from the call on: when it returns NULL (out of memory, bad
@@ -222,23 +224,48 @@ bool chain_peer(struct transport *t, struct sockaddr_storage *addr, const void *
  * connection, which stays active while any of them lives, DESIGN.md
  * principle 6; with HTTP/1.1 the tunnel takes a connection of its own).
  * src->start is called once, before h2_tunnel_connect returns (src and
- * src->arg need to live only that long): it asks for a stream that will
- * report through stream_cbs with ctx, and answers later, from the event
- * loop, through cbs->on_stream or cbs->on_error with ctx, unless
- * src->cancel(handle) came first. It returns that handle, NULL when it
- * cannot ask. proxy_name names the parent in messages; auth:
- * "user:password" for Proxy-Authorization, or NULL.
+ * src->arg need to live only that long): it asks for a CONNECT to authority
+ * (proxy_auth: the Proxy-Authorization value, or NULL; both copied) and
+ * answers later, from the event loop, through cbs with ctx: on_stream once
+ * the request went out on a stream, or on_error, unless src->cancel(handle)
+ * came first. It returns that handle, NULL when it cannot ask. proxy_name
+ * names the parent in messages; auth: "user:password" for
+ * Proxy-Authorization, or NULL.
+ *
+ * The stream is a byte stream both ways with a head on the way back: the
+ * parent's final answer (on_answer, interim ones are not reported), then
+ * its bytes in body(), taken and then acknowledged with consumed() (which
+ * may report on_end or on_error before it returns), until on_end (the
+ * parent finished) or on_error (the stream failed). Bytes go out with send,
+ * at most send_space() of them, and send_end half-closes. After on_end,
+ * on_error or cancel() the stream is gone; from inside on_answer, on_body
+ * or on_send_ready the user may cancel() it.
  */
-struct upstream_stream;
-struct upstream_stream_cbs;
-struct stream_source_cbs {
-	void (*on_stream)(void *ctx, struct upstream_stream *s, bool reused);
+struct tunnel_stream;
+struct tunnel_stream_ops {
+	size_t (*send_space)(struct tunnel_stream *s);
+	void (*send)(struct tunnel_stream *s, const void *data, size_t len);
+	void (*send_end)(struct tunnel_stream *s);
+	struct evbuffer *(*body)(struct tunnel_stream *s);
+	void (*consumed)(struct tunnel_stream *s);
+	void (*cancel)(struct tunnel_stream *s);
+};
+struct tunnel_stream {
+	const struct tunnel_stream_ops *ops;
+};
+struct tunnel_stream_cbs {
+	void (*on_stream)(void *ctx, struct tunnel_stream *s);
+	void (*on_answer)(void *ctx, int status, const char *reason);
+	void (*on_body)(void *ctx);
+	void (*on_end)(void *ctx);
+	/* before on_stream: no stream could be had; after: the stream failed */
 	void (*on_error)(void *ctx, enum muxd_err err, const char *reason);
+	void (*on_send_ready)(void *ctx); /* send_space() > 0 again */
 };
 struct stream_source {
-	void *(*start)(void *arg, const struct upstream_stream_cbs *stream_cbs,
-	               const struct stream_source_cbs *cbs, void *ctx);
-	void (*cancel)(void *handle);
+	void *(*start)(void *arg, const char *authority, const char *proxy_auth,
+	               const struct tunnel_stream_cbs *cbs, void *ctx);
+	void (*cancel)(void *handle); /* only before on_stream or on_error */
 	void *arg;
 };
 struct transport *h2_tunnel_connect(const struct transport_env *env,

@@ -10,6 +10,9 @@
  * connections and streams.
  *
  * Calling rules (every codec keeps them; see hold.h for the guard):
+ * - What a connection is given. *_conn_new takes a struct upstream_env and
+ *   a struct upstream_params (below) and copies both: a connection never
+ *   holds or reads a config, so a reload applies to new connections only.
  * - Ownership. A connection owns its transport (passed to *_conn_new) and
  *   its streams; the owner (the pool) holds the connection until it calls
  *   close() or hears on_closed/on_failed. A stream belongs to its user from
