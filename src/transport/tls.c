@@ -434,11 +434,18 @@ static void tls_connected(struct tls_io *io)
 	if (io->early_max > 0) {
 		io->early_accepted =
 		    (gnutls_session_get_flags(io->s) & GNUTLS_SFLAGS_EARLY_DATA) != 0;
-		/* the user chose its protocol by the session's ALPN */
-		if (strcmp(t->alpn, t->early_alpn) != 0)
+		/* the user chose its protocol by the session's ALPN; a server
+		 * that changed it refused the early data (RFC 8446 4.2.10), so
+		 * the request was not processed: a fresh connection, without
+		 * this session, may carry it again */
+		if (strcmp(t->alpn, t->early_alpn) != 0) {
 			snprintf(io->fail_reason, sizeof(io->fail_reason),
 			         "the resumed session's protocol %s changed to %s", t->early_alpn,
 			         t->alpn[0] ? t->alpn : "none");
+			io->fail_err = ERR_UNPROCESSED;
+			tls_sessions_remove(t->ctx->sessions, t->session_key);
+			return;
+		}
 		if (io->early_len > 0)
 			log_debug("tls: %s: %zu bytes of early data %s", t->host, io->early_len,
 			          io->early_accepted ? "accepted" : "refused: sent again");

@@ -164,7 +164,9 @@ static bool do_handshake(struct tls_io *io)
 		evtimer_del(io->early_deadline);
 	io->hooks->connected(io);
 	if (io->fail_reason[0]) {
-		tls_io_fail(io, io->fail_reason);
+		log_debug("%s: %s: %s", io->hooks->log_name, io->hooks->fail_name(io),
+		          io->fail_reason);
+		report(io, TRANSPORT_ERROR, io->fail_err ? io->fail_err : ERR_TLS, io->fail_reason);
 		return false;
 	}
 	if (io->early_len > 0 && io->early_accepted) /* else they go again now */

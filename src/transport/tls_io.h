@@ -61,8 +61,9 @@ struct tls_io {
 	bool shut_done;
 	enum muxd_err lower_err;
 	char lower_reason[256];
-	char fail_reason[512]; /* a failure found while setting up, reported later */
-	unsigned holds;        /* hold.h */
+	char fail_reason[512];  /* a failure found while setting up, reported later */
+	enum muxd_err fail_err; /* hooks->connected's refusal: its error (ERR_NONE: ERR_TLS) */
+	unsigned holds;         /* hold.h */
 	bool closing;
 	/* 0-RTT, client side (TLS 1.3 early data). early_max > 0 (set by the
 	 * side before tls_io_start): TRANSPORT_CONNECTED comes before the

@@ -118,13 +118,24 @@ def test_get_after_restart_goes_as_early_data(muxd, tls_nginx_factory, pki):
     m = muxd(conf(pki), args=["-v"])
     first = seen(https_request(m, "GET", ng.url("/")))
     assert first["reused"] == "." and first["early"] == "", first
-    restart(m)
-    got = seen(https_request(m, "GET", ng.url("/")))
-    assert got == {"reused": "r", "early": "1", "hdr": "1"}, got
-    # once: accepted early data is not sent again after the handshake
+    # nginx's $ssl_early_data is "1" only while its side of the handshake is
+    # still running when it reads the request; on a loaded machine the
+    # client's Finished may be in by then. What muxd sends early is marked
+    # (Early-Data: 1) and the server's acceptance is logged, every time.
+    nginx_says = []
+    for _ in range(3):
+        restart(m)
+        got = seen(https_request(m, "GET", ng.url("/")))
+        assert got["reused"] == "r" and got["hdr"] == "1", got
+        assert "bytes of early data accepted" in m.log()
+        nginx_says.append(got["early"])
+        if got["early"] == "1":
+            break
+    assert "1" in nginx_says, f"nginx never saw the request as early data: {nginx_says}"
+    # once each: accepted early data is not sent again after the handshake
     m.stop()
-    wait_until(lambda: len(ng.log_lines()) >= 2, timeout=5, what="nginx access log")
-    assert len(ng.log_lines()) == 2, ng.log_lines()
+    wait_until(lambda: len(ng.log_lines()) >= 1 + len(nginx_says), timeout=5, what="nginx access log")
+    assert len(ng.log_lines()) == 1 + len(nginx_says), ng.log_lines()
 
 
 def test_post_and_route_off_do_not_use_early_data(muxd, tls_nginx_factory, pki):

@@ -174,6 +174,7 @@ struct srv_opts {
 	bool alpn;              /* offers h2 and http/1.1 */
 	bool early;             /* takes 0-RTT early data (and its tickets allow it); echoes it
 	                         * first, after "[early]" */
+	bool h2_only;           /* with alpn: offers h2 alone */
 };
 
 static void send_all(gnutls_session_t s, const char *p, size_t n)
@@ -228,7 +229,8 @@ static void serve(int fd, const struct srv_opts *o)
 	    gnutls_session_ticket_enable_server(s, &ticket_key) < 0)
 		_exit(2);
 	if (o->alpn)
-		gnutls_alpn_set_protocols(s, protos, 2, GNUTLS_ALPN_SERVER_PRECEDENCE);
+		gnutls_alpn_set_protocols(s, protos, o->h2_only ? 1 : 2,
+		                          GNUTLS_ALPN_SERVER_PRECEDENCE);
 	if (o->early) {
 		gnutls_anti_replay_set_add_function(anti_replay, replay_add);
 		gnutls_anti_replay_enable(s, anti_replay);
@@ -465,7 +467,7 @@ static void expect_echo(struct client *c, const struct srv_opts *so,
 
 static void echo_1mb(bool slow)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 	unsigned char *src = pattern_new(MB, 12345);
@@ -507,7 +509,7 @@ END_TEST
 
 START_TEST(echo_tls12)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, "NORMAL:-VERS-ALL:+VERS-TLS1.2", false, false};
+	struct srv_opts so = {SRV_ECHO, NULL, "NORMAL:-VERS-ALL:+VERS-TLS1.2", false, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 
@@ -519,7 +521,7 @@ END_TEST
 
 START_TEST(tls11_server_refused)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, "NORMAL:-VERS-ALL:+VERS-TLS1.1", false, false};
+	struct srv_opts so = {SRV_ECHO, NULL, "NORMAL:-VERS-ALL:+VERS-TLS1.1", false, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 
@@ -537,7 +539,7 @@ END_TEST
 
 START_TEST(unknown_authority)
 {
-	struct srv_opts so = {SRV_ECHO, leaf_foreign, NULL, false, false};
+	struct srv_opts so = {SRV_ECHO, leaf_foreign, NULL, false, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 
 	expect_failure(&so, &p, "certificate signed by unknown authority");
@@ -546,7 +548,7 @@ END_TEST
 
 START_TEST(unknown_authority_system_store)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false, false};
 	struct tls_client_params p = params("localhost", NULL, true);
 
 	expect_failure(&so, &p, "certificate signed by unknown authority");
@@ -555,7 +557,7 @@ END_TEST
 
 START_TEST(name_mismatch)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false, false};
 	struct tls_client_params p = params("example.com", ca_path, true);
 
 	expect_failure(&so, &p, "certificate name does not match example.com");
@@ -564,7 +566,7 @@ END_TEST
 
 START_TEST(ip_literal)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false, false};
 	struct tls_client_params p = params("127.0.0.1", ca_path, true);
 	struct client c = {0};
 
@@ -580,7 +582,7 @@ END_TEST
 
 START_TEST(expired)
 {
-	struct srv_opts so = {SRV_ECHO, leaf_expired, NULL, false, false};
+	struct srv_opts so = {SRV_ECHO, leaf_expired, NULL, false, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 
 	expect_failure(&so, &p, "certificate has expired");
@@ -589,7 +591,7 @@ END_TEST
 
 START_TEST(no_verify)
 {
-	struct srv_opts so = {SRV_ECHO, leaf_foreign, NULL, false, false};
+	struct srv_opts so = {SRV_ECHO, leaf_foreign, NULL, false, false, false};
 	struct tls_client_params p = params("example.com", ca_path, false);
 	struct client c = {0};
 
@@ -605,7 +607,7 @@ END_TEST
 
 START_TEST(missing_ca_file)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false, false};
 	struct tls_client_params p = params("localhost", "/nonexistent/ca.pem", true);
 	char reason[256];
 
@@ -628,7 +630,7 @@ END_TEST
 
 START_TEST(alpn)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, true, false};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, true, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct {
 		const char *offer, *want;
@@ -661,7 +663,7 @@ END_TEST
 
 static void resumption(const char *server_priority)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, server_priority, false, false};
+	struct srv_opts so = {SRV_ECHO, NULL, server_priority, false, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 
@@ -722,7 +724,7 @@ static void early_echo(struct client *c, const struct srv_opts *so,
 /* A first connection that leaves a ticket allowing early data. */
 static struct tls_client_params early_params(struct client *c)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, TLS13, true, true};
+	struct srv_opts so = {SRV_ECHO, NULL, TLS13, true, true, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 
 	p.session_key = "https://localhost:443 early";
@@ -736,7 +738,7 @@ static struct tls_client_params early_params(struct client *c)
 
 START_TEST(early_data_accepted)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, TLS13, true, true};
+	struct srv_opts so = {SRV_ECHO, NULL, TLS13, true, true, false};
 	struct client c = {0};
 	struct tls_client_params p = early_params(&c);
 
@@ -756,7 +758,7 @@ END_TEST
 
 START_TEST(early_data_not_marked_waits_for_the_handshake)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, TLS13, true, true};
+	struct srv_opts so = {SRV_ECHO, NULL, TLS13, true, true, false};
 	struct client c = {0};
 	struct tls_client_params p = early_params(&c);
 
@@ -778,7 +780,7 @@ END_TEST
 
 START_TEST(early_data_refused_is_sent_again)
 {
-	struct srv_opts refuses = {SRV_ECHO, NULL, TLS13, true, false};
+	struct srv_opts refuses = {SRV_ECHO, NULL, TLS13, true, false, false};
 	struct client c = {0};
 	struct tls_client_params p = early_params(&c);
 
@@ -791,9 +793,37 @@ START_TEST(early_data_refused_is_sent_again)
 }
 END_TEST
 
+START_TEST(early_alpn_change_fails_unprocessed)
+{
+	struct srv_opts h2_only = {SRV_ECHO, NULL, TLS13, true, true, true};
+	struct srv_opts so = {SRV_ECHO, NULL, TLS13, true, true, false};
+	struct client c = {0};
+	struct tls_client_params p = early_params(&c);
+
+	/* the server no longer speaks http/1.1, which the user was told */
+	mark_early = true;
+	client_open(&c, &h2_only, &p);
+	c.src = (const unsigned char *)"GET";
+	c.src_len = 3;
+	c.sent = 0;
+	run(&c, 5000);
+	mark_early = false;
+	ck_assert(early_seen && c.failed);
+	ck_assert_int_eq(c.err, ERR_UNPROCESSED); /* the exchange may send it again */
+	ck_assert_msg(strstr(c.reason, "protocol http/1.1 changed to none") != NULL, "%s",
+	              c.reason);
+	client_done(&c);
+	/* that session is gone: the next connection is a full handshake */
+	early_echo(&c, &so, &p, "again", "again");
+	ck_assert(!early_seen && !tls_resumed(c.t));
+	client_done(&c);
+	client_free(&c);
+}
+END_TEST
+
 START_TEST(early_handshake_has_a_deadline)
 {
-	struct srv_opts stall = {SRV_STALL, NULL, TLS13, true, true};
+	struct srv_opts stall = {SRV_STALL, NULL, TLS13, true, true, false};
 	struct client c = {0};
 	struct tls_client_params p = early_params(&c);
 
@@ -817,7 +847,7 @@ END_TEST
 
 static void peer_close(enum srv_mode mode)
 {
-	struct srv_opts so = {mode, NULL, NULL, false, false};
+	struct srv_opts so = {mode, NULL, NULL, false, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 
@@ -850,7 +880,7 @@ END_TEST
 
 START_TEST(pause_reading)
 {
-	struct srv_opts so = {SRV_HELLO_BYE, NULL, NULL, false, false};
+	struct srv_opts so = {SRV_HELLO_BYE, NULL, NULL, false, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 
@@ -875,7 +905,7 @@ END_TEST
 
 START_TEST(closed_during_handshake)
 {
-	struct srv_opts so = {SRV_HANDSHAKE_EOF, NULL, NULL, false, false};
+	struct srv_opts so = {SRV_HANDSHAKE_EOF, NULL, NULL, false, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 
 	expect_failure(&so, &p, "connection closed during the TLS handshake");
@@ -884,7 +914,7 @@ END_TEST
 
 START_TEST(close_inside_callbacks)
 {
-	struct srv_opts so = {SRV_HELLO_BYE, NULL, NULL, false, false};
+	struct srv_opts so = {SRV_HELLO_BYE, NULL, NULL, false, false, false};
 	struct tls_client_params p = params("localhost", ca_path, true);
 	struct client c = {0};
 
@@ -911,7 +941,7 @@ END_TEST
 
 START_TEST(close_before_connect)
 {
-	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false};
+	struct srv_opts so = {SRV_ECHO, NULL, NULL, false, false, false};
 	struct tls_client_params p = params("localhost", "/nonexistent/ca.pem", true);
 	struct client c = {0};
 
@@ -965,6 +995,7 @@ static Suite *tls_suite(void)
 	tcase_add_test(t, early_data_not_marked_waits_for_the_handshake);
 	tcase_add_test(t, early_data_refused_is_sent_again);
 	tcase_add_test(t, early_handshake_has_a_deadline);
+	tcase_add_test(t, early_alpn_change_fails_unprocessed);
 	suite_add_tcase(s, t);
 	return s;
 }
