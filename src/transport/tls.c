@@ -495,8 +495,11 @@ static void setup_session(struct tls *t, const struct tls_client_params *p, cons
 	if (p->sni && *p->sni && !is_ip_literal(p->sni) &&
 	    (r = gnutls_server_name_set(s, GNUTLS_NAME_DNS, p->sni, strlen(p->sni))) < 0)
 		goto fail_deinit;
+	/* GnuTLS keeps the name's pointer, not a copy: the layer's own copy
+	 * outlives the caller's (a chain frees its build once up, which with
+	 * 0-RTT is before the certificate is verified) */
 	if (p->verify)
-		gnutls_session_set_verify_cert(s, p->sni && *p->sni ? p->sni : NULL, 0);
+		gnutls_session_set_verify_cert(s, t->host && *t->host ? t->host : NULL, 0);
 	if (p->alpn && (r = tls_io_set_alpn(s, p->alpn, 0)) < 0)
 		goto fail_deinit;
 	gnutls_session_set_ptr(s, t);
