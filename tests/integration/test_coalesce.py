@@ -1,14 +1,12 @@
 """HTTP/2 and HTTP/3 connection coalescing (RFC 9113 9.1.1, RFC 9114 3.3): a
-request for b.localhost
-goes on the open connection made for a.localhost when b.localhost resolves to
-that connection's peer address (every *.localhost name is loopback, RFC 6761),
-the certificate the origin presented covers b.localhost, and the rest of the
-pool key is equal. A name the certificate does not cover gets its own
+request for b.localhost goes on the open connection made for a.localhost when
+b.localhost resolves to that connection's peer address (every *.localhost
+name is loopback, RFC 6761), the certificate the origin presented covers
+b.localhost, and the rest of the pool key is equal. A name the certificate does not cover gets its own
 connection; a 421 Misdirected Request on a shared connection is retried on a
 connection of the request's own name, and that pair is not coalesced again."""
 
 import subprocess
-from types import SimpleNamespace
 
 import pytest
 
