@@ -39,10 +39,12 @@ struct dns {
 	struct dns_entry *hosts[DNS_HOSTS_BUCKETS]; /* from /etc/hosts, by host_bucket */
 	struct dns_entry *cache;
 	size_t ncache;
+	struct dns_query *queries; /* not delivered yet (freed by dns_free) */
 };
 
 struct dns_query {
 	struct dns *dns;
+	struct dns_query *prev, *next; /* in dns->queries */
 	char host[256];
 	uint16_t port;
 	dns_cb cb;
@@ -196,6 +198,8 @@ struct dns *dns_new(struct event_base *base)
 	return dns;
 }
 
+static void query_free(struct dns_query *q);
+
 static void free_list(struct dns_entry *e)
 {
 	while (e) {
@@ -210,6 +214,8 @@ void dns_free(struct dns *dns)
 	if (!dns)
 		return;
 	evdns_base_free(dns->evdns, 1);
+	while (dns->queries) /* cancelled at exit, their delivery never ran */
+		query_free(dns->queries);
 	for (size_t i = 0; i < DNS_HOSTS_BUCKETS; i++)
 		free_list(dns->hosts[i]);
 	free_list(dns->cache);
@@ -272,6 +278,18 @@ static void cache_store(struct dns *dns, const struct dns_entry *answer, uint32_
 	e->expires = now_s() + ttl;
 }
 
+static void query_free(struct dns_query *q)
+{
+	if (q->prev)
+		q->prev->next = q->next;
+	else
+		q->dns->queries = q->next;
+	if (q->next)
+		q->next->prev = q->prev;
+	event_free(q->deliver);
+	free(q);
+}
+
 static void deliver_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct dns_query *q = arg;
@@ -283,8 +301,7 @@ static void deliver_cb(evutil_socket_t fd, short what, void *arg)
 		entry_to_addrs(&q->answer, q->port, &addrs);
 	if (q->cb)
 		q->cb(q->ctx, q->err, q->reason, q->err ? NULL : &addrs);
-	event_free(q->deliver);
-	free(q);
+	query_free(q);
 }
 
 static void finish(struct dns_query *q)
@@ -403,6 +420,10 @@ struct dns_query *dns_resolve(struct dns *dns, const char *host, uint16_t port, 
 		free(q);
 		return NULL;
 	}
+	q->next = dns->queries;
+	if (q->next)
+		q->next->prev = q;
+	dns->queries = q;
 	if (answer_locally(q)) {
 		event_active(q->deliver, EV_TIMEOUT, 0);
 		return q;

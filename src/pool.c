@@ -244,7 +244,7 @@ static bool accepts(const struct pool_wait *w, const struct pool_conn *pc)
 }
 
 /* Open a stream on pc for w and hand it over; w is freed. */
-void pool_give(struct pool_conn *pc, struct pool_wait *w)
+static void give(struct pool_conn *pc, struct pool_wait *w)
 {
 	struct upstream_conn *uc = pc->uc;
 	/* a connection opened ahead of need (keep-warm) may have gone stale
@@ -272,6 +272,11 @@ void pool_give(struct pool_conn *pc, struct pool_wait *w)
 		retire(pc, EVICT_AGE);
 	waiter_free(w);
 	cbs.on_stream(ctx, s, reused);
+}
+
+void pool_give(struct pool_conn *pc, struct pool_wait *w)
+{
+	give(pc, w);
 }
 
 /* The first waiter that pc may serve, or NULL. */
@@ -419,7 +424,7 @@ void pool_conn_add(struct pool_origin *o, struct pool_conn *pc)
 	o->pool->nconns++;
 }
 
-struct pool_conn *pool_open_conn(struct pool_origin *o)
+static bool open_conn(struct pool_origin *o)
 {
 	struct pool *p = o->pool;
 	struct pool_conn *pc = pool_conn_alloc(o);
@@ -428,16 +433,22 @@ struct pool_conn *pool_open_conn(struct pool_origin *o)
 	struct chain_spec spec;
 
 	if (!pc)
-		return NULL;
+		return false;
 	pool_key_chain(&o->key, hops, &spec, p->m->cfg->connect_timeout_ms);
 	spec.shared_hop = pool_shared_hop(p);
 	pc->pending = chain_connect(&p->m->env->transport, &spec, &tcbs, pc);
 	if (!pc->pending) {
 		pool_conn_release(pc);
-		return NULL;
+		return false;
 	}
 	pool_conn_add(o, pc);
-	return pc;
+	return true;
+}
+
+struct pool_conn *pool_open_conn(struct pool_origin *o)
+{
+	/* pool_conn_add puts the new connection last */
+	return open_conn(o) ? TAILQ_LAST(&o->conns, pool_conn_list) : NULL;
 }
 
 /* How many more connections the waiters of o call for now. HTTP/2 (or a
@@ -495,7 +506,7 @@ static void dispatch(struct pool_origin *o)
 		pool_h3_start(o);
 	/* 1. free stream slots on existing connections */
 	while ((pc = find_match(o, &w)) != NULL)
-		pool_give(pc, w);
+		give(pc, w);
 	/* 1b. no connection of its own: one made for another name may do */
 	if (pool_coalesce(o)) {
 		hold_release(&o->holds);
@@ -521,7 +532,7 @@ static void dispatch(struct pool_origin *o)
 			pool_evict(TAILQ_FIRST(&p->idle), EVICT_LIMIT);
 			continue;
 		}
-		if (!pool_open_conn(o)) {
+		if (!open_conn(o)) {
 			budget_wait(o, 0, "upstream connection limit reached");
 			break;
 		}
@@ -554,7 +565,7 @@ static void conn_available(void *owner, struct upstream_conn *uc)
 	hold_take(&o->holds);
 	while ((pc = conn_by_serial(o, serial)) && uc->ops->free_slots(uc) > 0 &&
 	       (w = first_for(o, pc)))
-		pool_give(pc, w);
+		give(pc, w);
 	hold_release(&o->holds);
 	if (!pc || !uc->ops->is_idle(uc)) {
 		if (o->nwaiters)

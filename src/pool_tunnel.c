@@ -228,6 +228,7 @@ static struct transport *shared_hop_open(void *arg, const struct chain_spec *sp,
 
 	if (!pool_key_init(&hs.key, hs.p->m, "https", h->host, h->port, &r))
 		return NULL;
+	hs.key.warm_ok = false; /* keep-warm is for origins, not parent proxies */
 	snprintf(name, sizeof(name), "%s%s%s:%u", v6 ? "[" : "", h->host, v6 ? "]" : "", h->port);
 	if (h->user)
 		snprintf(auth, sizeof(auth), "%s:%s", h->user, h->pass ? h->pass : "");

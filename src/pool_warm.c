@@ -170,7 +170,6 @@ bool pool_warm_keep(struct pool_conn *pc)
 		log_debug("pool: keeping a %s connection to %s warm (%.1f requests/min)",
 		          proto_name(pc->uc->proto), o->key.id, pool_warm_rate(o));
 	}
-	o->warm_backoff_ms = 0; /* it lived through idle_timeout */
 	return true;
 }
 

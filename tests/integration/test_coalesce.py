@@ -1,13 +1,12 @@
-"""HTTP/2 connection coalescing (RFC 9113 9.1.1): a request for b.localhost
-goes on the open connection made for a.localhost when b.localhost resolves to
-that connection's peer address (every *.localhost name is loopback, RFC 6761),
-the certificate the origin presented covers b.localhost, and the rest of the
-pool key is equal. A name the certificate does not cover gets its own
+"""HTTP/2 and HTTP/3 connection coalescing (RFC 9113 9.1.1, RFC 9114 3.3): a
+request for b.localhost goes on the open connection made for a.localhost when
+b.localhost resolves to that connection's peer address (every *.localhost
+name is loopback, RFC 6761), the certificate the origin presented covers
+b.localhost, and the rest of the pool key is equal. A name the certificate does not cover gets its own
 connection; a 421 Misdirected Request on a shared connection is retried on a
 connection of the request's own name, and that pair is not coalesced again."""
 
 import subprocess
-from types import SimpleNamespace
 
 import pytest
 
@@ -140,3 +139,31 @@ def test_misdirected_request_is_retried_on_its_own_connection(muxd, h2_origin, p
     r = get(m, f"https://b.localhost:{o.port}/x")
     assert r.status == 200 and r.body == b"b.localhost on 2\n", r
     assert m.metrics().value("muxd_upstream_retries_total") == 1
+
+
+def test_http3_connection_is_shared_too(request, muxd, h3_server, pki, tmp_path):
+    """a.localhost's requests go over HTTP/3 once nginx advertised it (nginx
+    then closes each TCP connection after one request); b.localhost, never
+    advertised, shares that QUIC connection: its answer comes from the QUIC
+    server, not from nginx."""
+    cert = make_cert(pki, tmp_path / "certs", ["a.localhost", "b.localhost"], 43)
+    q = h3_server(cert=cert)
+    (q.root / "which").write_text("quic\n")
+    ng = Nginx(tmp_path / "nginx_h3", tls=cert, http2=True,
+               extra=f"add_header Alt-Svc 'h3=\":{q.port}\"; ma=3600' always;\nkeepalive_requests 1;")
+    attach_log(request, "nginx error log (h3)", ng.error_log)
+    ng.start()
+    try:
+        (ng.root / "which").write_text("tcp\n")
+        m = muxd(conf(pki))
+        a, b = f"https://a.localhost:{ng.port}/which", f"https://b.localhost:{ng.port}/which"
+        assert get(m, a).body == b"tcp\n"
+        assert get(m, a).body == b"quic\n"
+        assert get(m, b).body == b"quic\n"
+        mt = m.metrics()
+        assert mt.sum("muxd_upstream_connections_opened_total", proto="h3") == 1
+        assert mt.sum("muxd_requests_total", proto="h3") == 2
+        cs = [c for c in connections(m) if c["proto"] == "h3"]
+        assert len(cs) == 1 and cs[0]["hosts"] == ["a.localhost", "b.localhost"], cs
+    finally:
+        ng.stop()

@@ -139,8 +139,9 @@ def test_memory_returns_near_idle_after_pool_idle_timeout(muxd, tls_nginx_factor
 
     ng = tls_nginx_factory()  # HTTP/1.1 over TLS: one upstream connection per concurrent client
     (ng.root / "f").write_bytes(b"x" * (256 * 1024))
+    # keep_warm off: idle_timeout is to close every upstream connection here
     m = muxd({"pool": {"idle_timeout": "3s", "max_h1_per_origin": "300", "max_idle_per_origin": "300",
-                       "max_idle": "300"},
+                       "max_idle": "300", "keep_warm": "off"},
               "route *": {"ca_file": str(pki.ca_cert)}})
 
     def one(_):
