@@ -587,3 +587,46 @@ def test_reload_turning_client_h2_off_drains_with_goaway(muxd, h2_origin, pki):
                "-w", "\n%{http_version}")
     assert out.returncode == 0, out.stderr
     assert out.stdout.endswith(b"\n1.1")
+
+
+# --------------------------------------------------------------------------
+# HEAD, 204, 304 and Expect over HTTP/2 to the client, h1 and h2 upstreams
+
+
+@pytest.mark.parametrize("upstream", ["h1", "h2"])
+def test_bodyless_answers_over_http2(muxd, tls_nginx_factory, pki, upstream):
+    ng = tls_nginx_factory(http2=upstream == "h2",
+                           extra="location = /nothing { return 204; }")
+    (ng.root / "1k").write_bytes(ONE_K)
+    m = muxd(intercept_conf(pki, ng.port))
+    base = f"https://localhost:{ng.port}"
+    ca = local_ca(m)
+    out = curl(m.port, base + "/1k", "--http2", "--cacert", ca, "-I", "-w", "%{http_version}")
+    assert out.returncode == 0, out.stderr
+    head = out.stdout.decode().lower()
+    assert "\nhttp/2 200" in head, head
+    assert "content-length: 1024" in head
+    assert head.endswith("2")
+    out = curl(m.port, base + "/nothing", "--http2", "--cacert", ca, "-w", "%{http_code} %{http_version}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"204 2"
+    etag = re.search(r"etag: (\S+)", head).group(1)
+    out = curl(m.port, base + "/1k", "--http2", "--cacert", ca, "-H", f"If-None-Match: {etag}",
+               "-w", "%{http_code} %{http_version}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"304 2"
+
+
+def test_expect_continue_from_an_http2_client(h2_origin, muxd, pki):
+    """Towards an HTTP/2 origin muxd answers Expect itself: a 100 HEADERS."""
+    o = h2_origin(lambda req: req.respond(200, [], f"got {len(req.body)}\n"))
+    m = muxd(intercept_conf(pki, o.port))
+    c = H2Client(m, f"localhost:{o.port}")
+    sid = c.request("/up", method="PUT", headers=[("expect", "100-continue"),
+                                                 ("content-length", "3")], end_stream=False)
+    c.until(lambda: any(isinstance(e, h2.events.InformationalResponseReceived)
+                        and e.stream_id == sid for e in c.got), what="100 Continue")
+    c.conn.send_data(sid, b"abc", end_stream=True)
+    c.flush()
+    c.until(lambda: sid in c.ended, what="the response")
+    assert c.bodies[sid] == b"got 3\n"
