@@ -630,3 +630,18 @@ def test_expect_continue_from_an_http2_client(h2_origin, muxd, pki):
     c.flush()
     c.until(lambda: sid in c.ended, what="the response")
     assert c.bodies[sid] == b"got 3\n"
+
+
+def test_unread_response_tail_still_has_client_timeout(h2_setup):
+    """The exchange is over (its whole response buffered in muxd), but the
+    client never opens its window for the rest: client_timeout still holds."""
+    m, o, authority = h2_setup(lambda req: req.respond(200, [], b"t" * (120 * 1024)),
+                               muxd={"client_timeout": "1s"})
+    c = H2Client(m, authority)
+    c.conn.increment_flow_control_window(16 * 1024 * 1024)
+    c.flush()
+    sid = c.request("/t")
+    c.until(lambda: len(c.bodies.get(sid, b"")) >= 65535, what="the first window", no_ack=(sid,))
+    start = time.monotonic()
+    assert wait_closed(c, timeout=15, no_ack=(sid,)), "a client that stopped reading stayed connected"
+    assert time.monotonic() - start < 10
