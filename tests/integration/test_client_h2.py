@@ -645,3 +645,60 @@ def test_unread_response_tail_still_has_client_timeout(h2_setup):
     start = time.monotonic()
     assert wait_closed(c, timeout=15, no_ack=(sid,)), "a client that stopped reading stayed connected"
     assert time.monotonic() - start < 10
+
+
+def test_trailers_between_an_http2_client_and_an_h1_chunked_origin(muxd, pki):
+    """h2 client -> h1 upstream: the request's trailers go out as chunked
+    trailers, the origin's chunked trailers come back as a trailing HEADERS."""
+    seen = {}
+    lsock = socket.socket()
+    lsock.bind((LOCALHOST, 0))
+    lsock.listen(4)
+    port = lsock.getsockname()[1]
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(str(pki.leaf_cert), str(pki.leaf_key))
+    sctx.set_alpn_protocols(["http/1.1"])
+
+    def serve():
+        raw, _ = lsock.accept()
+        with sctx.wrap_socket(raw, server_side=True) as s:
+            f = s.makefile("rb")
+            head = []
+            while (line := f.readline()) not in (b"\r\n", b""):
+                head.append(line.decode("latin-1").rstrip("\r\n"))
+            seen["head"] = head
+            body = b""
+            while True:
+                size = int(f.readline().split(b";")[0], 16)
+                if size == 0:
+                    break
+                body += f.read(size)
+                f.readline()
+            trailers = []
+            while (line := f.readline()) not in (b"\r\n", b""):
+                trailers.append(line.decode("latin-1").rstrip("\r\n"))
+            seen["body"], seen["trailers"] = body, trailers
+            s.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status\r\n"
+                      b"Content-Type: text/plain\r\n\r\n4\r\ndone\r\n0\r\ngrpc-status: 7\r\n\r\n")
+            try:
+                f.read()
+            except OSError:
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        m = muxd(intercept_conf(pki, port))
+        c = H2Client(m, f"localhost:{port}")
+        sid = c.request("/c", method="POST", headers=[("te", "trailers")], end_stream=False)
+        c.conn.send_data(sid, b"chunk")
+        c.conn.send_headers(sid, [("x-checksum", "abc")], end_stream=True)
+        c.flush()
+        c.until(lambda: sid in c.ended, what="the response")
+        assert seen["body"] == b"chunk"
+        assert any(h.lower() == "x-checksum: abc" for h in seen["trailers"]), seen
+        assert c.bodies[sid] == b"done"
+        assert c.trailers[sid] == {"grpc-status": "7"}
+        c.close()
+    finally:
+        lsock.close()
