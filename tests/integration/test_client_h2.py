@@ -702,3 +702,31 @@ def test_trailers_between_an_http2_client_and_an_h1_chunked_origin(muxd, pki):
         c.close()
     finally:
         lsock.close()
+
+
+def test_descriptor_shortage_closes_idle_http2_clients(muxd, h2_origin, pki):
+    """RLIMIT_NOFILE 64: HTTP/2 clients that made one request and sit idle
+    would take every descriptor; muxd closes the oldest idle ones, and new
+    clients are still served."""
+    import resource
+
+    o = h2_origin()
+    m = muxd(intercept_conf(pki, o.port),
+             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))
+    authority = f"localhost:{o.port}"
+    clients = []
+    try:
+        for i in range(70):
+            c = H2Client(m, authority)
+            clients.append(c)
+            sid = c.request(f"/idle{i}")
+            c.until(lambda: sid in c.ended, what=f"client {i}'s response")
+            assert c.heads[sid][":status"] == "200"
+        assert wait_closed(clients[0], timeout=5), "the oldest idle client was not closed"
+        last = clients[-1]
+        sid = last.request("/again")
+        last.until(lambda: sid in last.ended, what="the newest client's second response")
+        assert m.proc.poll() is None
+    finally:
+        for c in clients:
+            c.close()
