@@ -60,10 +60,10 @@ EXCHANGE_SEAMS := $(foreach f,pool_start_stream pool_wait_cancel pool_altsvc_lea
     -Wl$(comma)--wrap=$(f))
 $(BUILD)/tests/test_exchange $(BUILD)/fuzz/fuzz_body_relay: LDFLAGS += $(EXCHANGE_SEAMS)
 # The HTTP/2 client session's tests: its exchanges are the test's fakes
-# (tests/unit/test_h2_session.c).
+# (tests/unit/test_h2_session.c, tests/fuzz/fuzz_h2_session.c).
 H2_SESSION_SEAMS := $(foreach f,exchange_start exchange_client_read exchange_client_drain \
     exchange_abort exchange_awaits_client,-Wl$(comma)--wrap=$(f))
-$(BUILD)/tests/test_h2_session: LDFLAGS += $(H2_SESSION_SEAMS)
+$(BUILD)/tests/test_h2_session $(BUILD)/fuzz/fuzz_h2_session: LDFLAGS += $(H2_SESSION_SEAMS)
 
 # Benchmark programs over the library (run by bench/run).
 $(BUILD)/bench/%: bench/%.c $(LIB_OBJS)
