@@ -62,10 +62,10 @@ $(BUILD)/tests/test_exchange $(BUILD)/fuzz/fuzz_body_relay: LDFLAGS += $(EXCHANG
 # ... and calloc, to see what an exchange zeroes (test_exchange.c, cost)
 $(BUILD)/tests/test_exchange: LDFLAGS += -Wl$(comma)--wrap=calloc
 # The HTTP/2 client session's tests: its exchanges are the test's fakes
-# (tests/unit/test_h2_session.c).
+# (tests/unit/test_h2_session.c, tests/fuzz/fuzz_h2_session.c).
 H2_SESSION_SEAMS := $(foreach f,exchange_start exchange_client_read exchange_client_drain \
     exchange_abort exchange_awaits_client,-Wl$(comma)--wrap=$(f))
-$(BUILD)/tests/test_h2_session: LDFLAGS += $(H2_SESSION_SEAMS)
+$(BUILD)/tests/test_h2_session $(BUILD)/fuzz/fuzz_h2_session: LDFLAGS += $(H2_SESSION_SEAMS)
 
 # Benchmark programs over the library (run by bench/run).
 $(BUILD)/bench/%: bench/%.c $(LIB_OBJS)

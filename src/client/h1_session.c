@@ -457,6 +457,10 @@ unsigned downstream_close_idle(struct muxd *m, unsigned n)
 			    evbuffer_get_length(transport_output(ds->t)) == 0 &&
 			    (!oldest || ds->idle_since_ns <= oldest->idle_since_ns))
 				oldest = ds;
+		if (!oldest) /* HTTP/2 clients with no open stream, the oldest first */
+			for (ds = *list_head(m); ds; ds = ds->next)
+				if (ds->h2 && !ds->closing && h2_session_idle(ds->h2))
+					oldest = ds;
 		if (!oldest)
 			break;
 		log_debug("client %s: closing an idle connection: descriptors are short",

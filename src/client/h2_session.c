@@ -1047,11 +1047,10 @@ static bool waits_on_client(struct h2_session *s)
 	    (s->raw_out && evbuffer_get_length(s->raw_out) > 0))
 		return true;
 	for (struct h2s *st = s->streams; st; st = st->next) {
-		if (!st->ex)
-			continue;
-		if (evbuffer_get_length(st->out) > 0)
-			return true; /* the client keeps its window closed */
-		if (exchange_awaits_client(st->ex) && evbuffer_get_length(st->in) == 0)
+		if (!st->closed && evbuffer_get_length(st->out) > 0)
+			return true; /* the client keeps its window closed (the exchange may be
+			                over) */
+		if (st->ex && exchange_awaits_client(st->ex) && evbuffer_get_length(st->in) == 0)
 			return true;
 	}
 	return false;
@@ -1075,17 +1074,14 @@ static void arm(struct h2_session *s, enum h2t kind)
 static void update_timer(struct h2_session *s)
 {
 	enum h2t kind;
-	bool any = false;
 
-	for (struct h2s *st = s->streams; st && !any; st = st->next)
-		any = st->ex != NULL;
 	if (s->over)
 		kind = H2T_NONE;
 	else if (!s->preface || s->in_head)
 		kind = H2T_HEADER;
 	else if (open_streams(s) == 0)
 		kind = H2T_IDLE;
-	else if (any && waits_on_client(s))
+	else if (waits_on_client(s))
 		kind = H2T_CLIENT;
 	else
 		kind = H2T_NONE;

@@ -587,3 +587,146 @@ def test_reload_turning_client_h2_off_drains_with_goaway(muxd, h2_origin, pki):
                "-w", "\n%{http_version}")
     assert out.returncode == 0, out.stderr
     assert out.stdout.endswith(b"\n1.1")
+
+
+# --------------------------------------------------------------------------
+# HEAD, 204, 304 and Expect over HTTP/2 to the client, h1 and h2 upstreams
+
+
+@pytest.mark.parametrize("upstream", ["h1", "h2"])
+def test_bodyless_answers_over_http2(muxd, tls_nginx_factory, pki, upstream):
+    ng = tls_nginx_factory(http2=upstream == "h2",
+                           extra="location = /nothing { return 204; }")
+    (ng.root / "1k").write_bytes(ONE_K)
+    m = muxd(intercept_conf(pki, ng.port))
+    base = f"https://localhost:{ng.port}"
+    ca = local_ca(m)
+    out = curl(m.port, base + "/1k", "--http2", "--cacert", ca, "-I", "-w", "%{http_version}")
+    assert out.returncode == 0, out.stderr
+    head = out.stdout.decode().lower()
+    assert "\nhttp/2 200" in head, head
+    assert "content-length: 1024" in head
+    assert head.endswith("2")
+    out = curl(m.port, base + "/nothing", "--http2", "--cacert", ca, "-w", "%{http_code} %{http_version}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"204 2"
+    etag = re.search(r"etag: (\S+)", head).group(1)
+    out = curl(m.port, base + "/1k", "--http2", "--cacert", ca, "-H", f"If-None-Match: {etag}",
+               "-w", "%{http_code} %{http_version}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"304 2"
+
+
+def test_expect_continue_from_an_http2_client(h2_origin, muxd, pki):
+    """Towards an HTTP/2 origin muxd answers Expect itself: a 100 HEADERS."""
+    o = h2_origin(lambda req: req.respond(200, [], f"got {len(req.body)}\n"))
+    m = muxd(intercept_conf(pki, o.port))
+    c = H2Client(m, f"localhost:{o.port}")
+    sid = c.request("/up", method="PUT", headers=[("expect", "100-continue"),
+                                                 ("content-length", "3")], end_stream=False)
+    c.until(lambda: any(isinstance(e, h2.events.InformationalResponseReceived)
+                        and e.stream_id == sid for e in c.got), what="100 Continue")
+    c.conn.send_data(sid, b"abc", end_stream=True)
+    c.flush()
+    c.until(lambda: sid in c.ended, what="the response")
+    assert c.bodies[sid] == b"got 3\n"
+
+
+def test_unread_response_tail_still_has_client_timeout(h2_setup):
+    """The exchange is over (its whole response buffered in muxd), but the
+    client never opens its window for the rest: client_timeout still holds."""
+    m, o, authority = h2_setup(lambda req: req.respond(200, [], b"t" * (120 * 1024)),
+                               muxd={"client_timeout": "1s"})
+    c = H2Client(m, authority)
+    c.conn.increment_flow_control_window(16 * 1024 * 1024)
+    c.flush()
+    sid = c.request("/t")
+    c.until(lambda: len(c.bodies.get(sid, b"")) >= 65535, what="the first window", no_ack=(sid,))
+    start = time.monotonic()
+    assert wait_closed(c, timeout=15, no_ack=(sid,)), "a client that stopped reading stayed connected"
+    assert time.monotonic() - start < 10
+
+
+def test_trailers_between_an_http2_client_and_an_h1_chunked_origin(muxd, pki):
+    """h2 client -> h1 upstream: the request's trailers go out as chunked
+    trailers, the origin's chunked trailers come back as a trailing HEADERS."""
+    seen = {}
+    lsock = socket.socket()
+    lsock.bind((LOCALHOST, 0))
+    lsock.listen(4)
+    port = lsock.getsockname()[1]
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(str(pki.leaf_cert), str(pki.leaf_key))
+    sctx.set_alpn_protocols(["http/1.1"])
+
+    def serve():
+        raw, _ = lsock.accept()
+        with sctx.wrap_socket(raw, server_side=True) as s:
+            f = s.makefile("rb")
+            head = []
+            while (line := f.readline()) not in (b"\r\n", b""):
+                head.append(line.decode("latin-1").rstrip("\r\n"))
+            seen["head"] = head
+            body = b""
+            while True:
+                size = int(f.readline().split(b";")[0], 16)
+                if size == 0:
+                    break
+                body += f.read(size)
+                f.readline()
+            trailers = []
+            while (line := f.readline()) not in (b"\r\n", b""):
+                trailers.append(line.decode("latin-1").rstrip("\r\n"))
+            seen["body"], seen["trailers"] = body, trailers
+            s.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status\r\n"
+                      b"Content-Type: text/plain\r\n\r\n4\r\ndone\r\n0\r\ngrpc-status: 7\r\n\r\n")
+            try:
+                f.read()
+            except OSError:
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        m = muxd(intercept_conf(pki, port))
+        c = H2Client(m, f"localhost:{port}")
+        sid = c.request("/c", method="POST", headers=[("te", "trailers")], end_stream=False)
+        c.conn.send_data(sid, b"chunk")
+        c.conn.send_headers(sid, [("x-checksum", "abc")], end_stream=True)
+        c.flush()
+        c.until(lambda: sid in c.ended, what="the response")
+        assert seen["body"] == b"chunk"
+        assert any(h.lower() == "x-checksum: abc" for h in seen["trailers"]), seen
+        assert c.bodies[sid] == b"done"
+        assert c.trailers[sid] == {"grpc-status": "7"}
+        c.close()
+    finally:
+        lsock.close()
+
+
+def test_descriptor_shortage_closes_idle_http2_clients(muxd, h2_origin, pki):
+    """RLIMIT_NOFILE 64: HTTP/2 clients that made one request and sit idle
+    would take every descriptor; muxd closes the oldest idle ones, and new
+    clients are still served."""
+    import resource
+
+    o = h2_origin()
+    m = muxd(intercept_conf(pki, o.port),
+             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))
+    authority = f"localhost:{o.port}"
+    clients = []
+    try:
+        for i in range(70):
+            c = H2Client(m, authority)
+            clients.append(c)
+            sid = c.request(f"/idle{i}")
+            c.until(lambda: sid in c.ended, what=f"client {i}'s response")
+            assert c.heads[sid][":status"] == "200"
+        assert wait_closed(clients[0], timeout=5), "the oldest idle client was not closed"
+        last = clients[-1]
+        sid = last.request("/again")
+        last.until(lambda: sid in last.ended, what="the newest client's second response")
+        assert m.proc.poll() is None
+    finally:
+        for c in clients:
+            c.close()
