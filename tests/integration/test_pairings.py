@@ -13,8 +13,9 @@ Clients (``CLIENTS``, each a class with ``request()`` and ``close()``):
 * ``intercepted`` HTTP/1.1 inside TLS intercepted by muxd (CONNECT, then
                   origin-form requests).
 
-An HTTP/2 client is another class with the same two methods, added to
-``CLIENTS``.
+An HTTP/2 client is another class with the same interface (``request()``
+returning a ``Result``, ``connected``, ``close()``), added to ``CLIENTS``;
+``Result.keep_alive`` is then whether its connection goes on (no GOAWAY).
 
 Upstreams (``UPSTREAMS``, each a factory returning an object with
 ``.authority``, ``.scheme_for(client)``, ``.conf`` and ``.supports(case)``):
@@ -127,6 +128,11 @@ class H1Client:
         if not res.keep_alive:
             self.close()
         return res
+
+    @property
+    def connected(self):
+        """Whether the next request goes on the connection in use."""
+        return self.sock is not None
 
     def close(self):
         if self.sock is not None:
@@ -426,7 +432,7 @@ def test_pairing(pairing, client, upstream, case):
         # muxd cannot tell whether the body follows (RFC 9110 10.1.1): it
         # says it closes, so the client neither sends it nor reuses the connection
         assert not r.keep_alive, f"{label}: a keep-alive answer before the body: {r!r}"
-        assert c.sock is None
+        assert not c.connected
     elif case == "head":
         r = c.request("HEAD", "/ok")
         assert r.status == 200, f"{label}: {r!r}"
@@ -454,7 +460,7 @@ def test_pairing(pairing, client, upstream, case):
         assert r.body == BODY
         # the origin's Connection: close is hop-by-hop: the client's connection goes on
         assert r.keep_alive, f"{label}: muxd passed the origin's close on: {r!r}"
-        assert c.sock is not None
+        assert c.connected
         # the next request needs a fresh upstream connection, not the closed one
         check_followup(c, label)
         assert up.upstream_connections() == 2, f"{label}: {up.upstream_connections()} upstream connections"
