@@ -294,6 +294,13 @@ void h1_stream_send_head(struct client_stream *cs, const struct http1_msg *h, co
 		    false; /* an HTTP/1.0 body of unknown length ends with the connection */
 	if (s->m->draining)
 		s->keep_alive = false;
+	/* A final answer before the whole request body (an origin refusing an
+	 * upload, often before a 100 Continue): the exchange ends with the
+	 * response, so the rest of the body is never read and the connection
+	 * closes after it. Said in the head (RFC 9110 10.1.1), so that the client
+	 * neither sends the body it held back nor reuses the connection. */
+	if (!s->body_done)
+		s->keep_alive = false;
 	write_head(s, h, via, true);
 }
 

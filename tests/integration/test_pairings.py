@@ -13,8 +13,9 @@ Clients (``CLIENTS``, each a class with ``request()`` and ``close()``):
 * ``intercepted`` HTTP/1.1 inside TLS intercepted by muxd (CONNECT, then
                   origin-form requests).
 
-An HTTP/2 client is another class with the same two methods, added to
-``CLIENTS``.
+An HTTP/2 client is another class with the same interface (``request()``
+returning a ``Result``, ``connected``, ``close()``), added to ``CLIENTS``;
+``Result.keep_alive`` is then whether its connection goes on (no GOAWAY).
 
 Upstreams (``UPSTREAMS``, each a factory returning an object with
 ``.authority``, ``.scheme_for(client)``, ``.conf`` and ``.supports(case)``):
@@ -37,8 +38,10 @@ from h2origin import H2Origin
 from support import (
     GTLSSERVER,
     LOCALHOST,
+    Headers,
     HTTPReader,
     Origin,
+    OriginRequest,
     connect,
     require_tool,
     wait_until,
@@ -126,6 +129,11 @@ class H1Client:
             self.close()
         return res
 
+    @property
+    def connected(self):
+        """Whether the next request goes on the connection in use."""
+        return self.sock is not None
+
     def close(self):
         if self.sock is not None:
             self.sock.close()
@@ -162,7 +170,7 @@ CLIENTS = {"absolute": AbsoluteClient, "intercepted": InterceptedClient}
 # --------------------------------------------------------------------------
 # upstreams
 
-CASES = ["expect_continue", "head", "head_chunked", "204", "304", "connection_close", "close_delimited"]
+CASES = ["expect_continue", "expect_refused", "head", "head_chunked", "204", "304", "connection_close", "close_delimited"]
 
 
 def upload_answer(body):
@@ -174,6 +182,9 @@ def h1_handler(req, conn):
     path = "/" + path.lstrip("/")
     if path == "/upload":
         conn.respond(200, [("Content-Type", "application/json")], upload_answer(req.body))
+    elif path == "/refuse":  # before the body, which is never read
+        conn.respond(403, [("Connection", "close"), ("Content-Type", "text/plain")], b"no upload\n")
+        conn.close()
     elif path == "/ok" and req.method == "HEAD":
         conn.send(f"HTTP/1.1 200 OK\r\nContent-Length: {len(BODY)}\r\nContent-Type: text/plain\r\n\r\n".encode())
     elif path == "/chunked" and req.method == "HEAD":  # what a GET would get: chunked
@@ -195,8 +206,45 @@ def h1_handler(req, conn):
         conn.respond(404, [], b"no such case\n")
 
 
-class TLSOrigin(Origin):
-    """support.Origin behind TLS (the test PKI's leaf, ALPN http/1.1)."""
+class PairingOrigin(Origin):
+    """support.Origin, except that a request for /refuse is handed to the
+    handler as soon as its head is in: no 100 Continue, its body unread (an
+    origin that refuses an upload before it starts)."""
+
+    def _read_request(self, rfile, conn, conn_id, index):
+        line = rfile.readline(70000)
+        if not line:
+            return None
+        if b" /refuse " not in line and b"/refuse HTTP/" not in line:
+            return self._read_rest(line, rfile, conn, conn_id, index)
+        headers = []
+        while (h := rfile.readline(200000)) not in (b"\r\n", b""):
+            name, _, value = h.rstrip(b"\r\n").partition(b":")
+            headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+        method, target, version = line.decode("latin-1").split()
+        req = OriginRequest(conn_id, index, method, target, version, Headers(headers))
+        return req
+
+    def _read_rest(self, line, rfile, conn, conn_id, index):
+        """support.Origin's reading, given the request line already read."""
+        class Replay:
+            def __init__(self):
+                self.first = line
+
+            def readline(self, n=-1):
+                if self.first is not None:
+                    out, self.first = self.first, None
+                    return out
+                return rfile.readline(n)
+
+            def read(self, n=-1):
+                return rfile.read(n)
+
+        return Origin._read_request(self, Replay(), conn, conn_id, index)
+
+
+class TLSOrigin(PairingOrigin):
+    """PairingOrigin behind TLS (the test PKI's leaf, ALPN http/1.1)."""
 
     def __init__(self, pki, handler):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -220,7 +268,7 @@ class H1Upstream:
 
     def __init__(self, client, pki, **_):
         tls = client == "intercepted"
-        self.origin = TLSOrigin(pki, h1_handler) if tls else Origin(h1_handler)
+        self.origin = TLSOrigin(pki, h1_handler) if tls else PairingOrigin(h1_handler)
         self.scheme = "https" if tls else "http"
         host = "localhost" if tls else LOCALHOST
         self.authority = f"{host}:{self.origin.port}"
@@ -271,7 +319,11 @@ class H2Upstream:
         self.port = self.origin.port
 
     def supports(self, case):
-        return "HTTP/2 has no close-delimited responses" if case == "close_delimited" else None
+        if case == "close_delimited":
+            return "HTTP/2 has no close-delimited responses"
+        if case == "expect_refused":
+            return "muxd answers 100 itself for HTTP/2 (and h2origin answers only whole requests)"
+        return None
 
     def upstream_connections(self):
         return self.origin.connections
@@ -372,6 +424,15 @@ def test_pairing(pairing, client, upstream, case):
         assert r.status == 200, f"{label}: {r!r}"
         if upstream != "h3":  # gtlsserver answers a POST with the file
             assert json.loads(r.body) == json.loads(upload_answer(UPLOAD)), f"{label}: {r.body!r}"
+    elif case == "expect_refused":
+        r = c.request("POST", "/refuse", body=UPLOAD, expect_continue=True)
+        assert r.interim == [], f"{label}: interim answers {r.interim}"
+        assert r.status == 403, f"{label}: {r!r}"
+        assert r.body == b"no upload\n"
+        # muxd cannot tell whether the body follows (RFC 9110 10.1.1): it
+        # says it closes, so the client neither sends it nor reuses the connection
+        assert not r.keep_alive, f"{label}: a keep-alive answer before the body: {r!r}"
+        assert not c.connected
     elif case == "head":
         r = c.request("HEAD", "/ok")
         assert r.status == 200, f"{label}: {r!r}"
@@ -399,7 +460,7 @@ def test_pairing(pairing, client, upstream, case):
         assert r.body == BODY
         # the origin's Connection: close is hop-by-hop: the client's connection goes on
         assert r.keep_alive, f"{label}: muxd passed the origin's close on: {r!r}"
-        assert c.sock is not None
+        assert c.connected
         # the next request needs a fresh upstream connection, not the closed one
         check_followup(c, label)
         assert up.upstream_connections() == 2, f"{label}: {up.upstream_connections()} upstream connections"

@@ -8,8 +8,8 @@ is printed (``pytest -rP`` shows it) and recorded as a junit property.
 
 Clients: absolute-form requests over plain HTTP (``http://`` to an HTTP/1.1
 origin, ``https://`` to a TLS origin) and HTTP/1.1 inside intercepted TLS.
-Upstreams: HTTP/1.1 (a python origin: chunked, delimited by close, or with a
-Content-Length) and HTTP/2 (python-h2, h2origin.py).  HTTP/3 has no scripted
+Upstreams: HTTP/1.1 (a python origin: a chunk per event, all events in one
+chunk written as they come, delimited by close, or with a Content-Length) and HTTP/2 (python-h2, h2origin.py).  HTTP/3 has no scripted
 origin here (python3-aioquic is not packaged, gtlsserver serves only files,
 Debian's nghttpx is built without QUIC): the HTTP/3 codec hands each DATA
 frame to the exchange as nghttp3 delivers it, which test_h3.py covers for
@@ -111,7 +111,7 @@ class H1StreamOrigin:
             with self.lock:
                 stream = self.streams.pop(0)
             head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-            if self.framing == "chunked":
+            if self.framing in ("chunked", "one_chunk"):
                 head += "Transfer-Encoding: chunked\r\n"
             elif self.framing == "length":
                 head += f"Content-Length: {sum(map(len, EVENTS))}\r\n"
@@ -121,14 +121,20 @@ class H1StreamOrigin:
             def frame(data):
                 return b"%x\r\n%s\r\n" % (len(data), data) if self.framing == "chunked" else data
 
+            if self.framing == "one_chunk":  # all events in one chunk, written as they come
+                first = b"%x\r\n" % sum(map(len, EVENTS)) + EVENTS[0]
+            else:
+                first = frame(EVENTS[0])
             stream.sending_first()
-            sock.sendall(head.encode() + b"\r\n" + frame(EVENTS[0]))
+            sock.sendall(head.encode() + b"\r\n" + first)
             stream.sent_first()
             if not stream.wait_go():
                 return
             for ev in EVENTS[1:]:
-                sock.sendall(frame(ev))
-            if self.framing == "chunked":
+                sock.sendall(ev if self.framing == "one_chunk" else frame(ev))
+            if self.framing == "one_chunk":
+                sock.sendall(b"\r\n0\r\n\r\n")
+            elif self.framing == "chunked":
                 sock.sendall(b"0\r\n\r\n")
             stream.rest_sent.set()
             if self.framing == "close":
@@ -230,7 +236,7 @@ CLIENTS = ["absolute", "intercepted"]
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-@pytest.mark.parametrize("framing", ["chunked", "close", "length"])
+@pytest.mark.parametrize("framing", ["chunked", "one_chunk", "close", "length"])
 def test_h1_upstream_stream_reaches_client_at_once(muxd, pki, h1_stream_origin, record_property, client, framing):
     tls = client == "intercepted"
     o = h1_stream_origin(framing, pki if tls else None)
