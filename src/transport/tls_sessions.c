@@ -4,9 +4,11 @@
  * bounds drop from the tail.
  *
  * The file: a header line, then one line per entry,
- *   <expires> <max_early> <alpn or -> <key in hex> <data in hex>
- * (expires: seconds since the epoch). Any line that does not parse, a
- * truncated last line or too many entries make the whole file ignored.
+ *   <expires> <max_early> <alpn or -> <key in hex> <data in hex> <tp in hex or ->
+ * (expires: seconds since the epoch; tp: QUIC transport parameters). Any
+ * line that does not parse, a truncated last line or too many entries make
+ * the whole file ignored; so does a file of another format version (the
+ * first, without tp: its QUIC entries could not do 0-RTT).
  */
 #include "transport/tls_sessions.h"
 
@@ -18,7 +20,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define FILE_HEADER "muxd-tls-sessions 1"
+#define FILE_HEADER "muxd-tls-sessions 2"
+#define FILE_HEADER_V1 "muxd-tls-sessions 1\n"
 #define FILE_MAX (2 * (size_t)TLS_SESSIONS_MAX_BYTES + 256 * (size_t)TLS_SESSIONS_MAX)
 
 struct node {
@@ -39,7 +42,7 @@ struct tls_sessions *tls_sessions_new(void)
 
 static size_t node_bytes(const struct node *nd)
 {
-	return strlen(nd->e.key) + nd->e.len;
+	return strlen(nd->e.key) + nd->e.len + nd->e.tp_len;
 }
 
 static void unlink_node(struct tls_sessions *s, struct node *nd)
@@ -88,6 +91,7 @@ static void free_node(struct node *nd)
 	if (nd->e.data) /* resumption secrets: not left in freed memory */
 		explicit_bzero((void *)nd->e.data, nd->e.len);
 	free((void *)nd->e.data);
+	free((void *)nd->e.tp);
 	free((void *)nd->e.key);
 	free(nd);
 }
@@ -130,7 +134,8 @@ bool tls_sessions_put(struct tls_sessions *s, const struct tls_session_entry *e,
 	struct node *nd, *old;
 
 	if (!s || klen == 0 || klen > TLS_SESSION_MAX_KEY || e->len == 0 ||
-	    e->len > TLS_SESSION_MAX_DATA || e->expires <= now)
+	    e->len > TLS_SESSION_MAX_DATA || e->expires <= now || e->tp_len > TLS_SESSION_MAX_TP ||
+	    (e->tp_len > 0 && !e->tp))
 		return false;
 	nd = calloc(1, sizeof(*nd));
 	if (!nd)
@@ -138,13 +143,19 @@ bool tls_sessions_put(struct tls_sessions *s, const struct tls_session_entry *e,
 	nd->e = *e;
 	nd->e.key = strdup(e->key);
 	nd->e.data = malloc(e->len);
-	if (!nd->e.key || !nd->e.data) {
+	nd->e.tp = e->tp_len > 0 ? malloc(e->tp_len) : NULL;
+	if (!nd->e.key || !nd->e.data || (e->tp_len > 0 && !nd->e.tp)) {
 		free((void *)nd->e.key);
 		free((void *)nd->e.data);
+		free((void *)nd->e.tp);
 		free(nd);
 		return false;
 	}
 	memcpy((void *)nd->e.data, e->data, e->len);
+	if (e->tp_len > 0)
+		memcpy((void *)nd->e.tp, e->tp, e->tp_len);
+	else
+		nd->e.tp = NULL;
 	if (!alpn_ok(e->alpn))
 		nd->e.alpn[0] = '\0';
 	if ((old = find(s, e->key)) != NULL) {
@@ -244,34 +255,39 @@ static bool parse_num(const char *p, size_t n, unsigned long long max, unsigned 
 /* One line [p, p + n) (without its newline) into the staging store t. */
 static bool parse_line(struct tls_sessions *t, const char *p, size_t n, time_t now)
 {
-	const char *f[5];
-	size_t fl[5], nf = 0, start = 0;
+	const char *f[6];
+	size_t fl[6], nf = 0, start = 0;
 	unsigned long long expires, early;
 	struct tls_session_entry e;
 	char alpn[sizeof(e.alpn)];
-	unsigned char *key, *data;
-	bool ok;
+	unsigned char *key, *data, *tp = NULL;
+	bool ok, has_tp;
 
 	for (size_t i = 0; i <= n; i++) {
 		if (i < n && p[i] != ' ')
 			continue;
-		if (nf == 5 || i == start)
+		if (nf == 6 || i == start)
 			return false; /* too many fields, or an empty one */
 		f[nf] = p + start;
 		fl[nf++] = i - start;
 		start = i + 1;
 	}
-	if (nf != 5 || !parse_num(f[0], fl[0], (unsigned long long)INT64_MAX, &expires) ||
+	if (nf != 6 || !parse_num(f[0], fl[0], (unsigned long long)INT64_MAX, &expires) ||
 	    !parse_num(f[1], fl[1], UINT32_MAX, &early) || fl[2] >= sizeof(alpn) ||
-	    fl[3] / 2 > TLS_SESSION_MAX_KEY || fl[4] / 2 > TLS_SESSION_MAX_DATA)
+	    fl[3] / 2 > TLS_SESSION_MAX_KEY || fl[4] / 2 > TLS_SESSION_MAX_DATA ||
+	    fl[5] / 2 > TLS_SESSION_MAX_TP)
 		return false;
+	has_tp = !(fl[5] == 1 && f[5][0] == '-');
 	memcpy(alpn, f[2], fl[2]);
 	alpn[fl[2]] = '\0';
 	if (strcmp(alpn, "-") != 0 && !alpn_ok(alpn))
 		return false;
 	key = malloc(fl[3] / 2 + 1);
 	data = malloc(fl[4] / 2 + 1);
-	ok = key && data && unhex(f[3], fl[3], key) && unhex(f[4], fl[4], data);
+	if (has_tp)
+		tp = malloc(fl[5] / 2 + 1);
+	ok = key && data && (!has_tp || tp) && unhex(f[3], fl[3], key) &&
+	     unhex(f[4], fl[4], data) && (!has_tp || unhex(f[5], fl[5], tp));
 	if (ok) {
 		key[fl[3] / 2] = '\0';
 		ok = strlen((char *)key) == fl[3] / 2; /* no NUL inside a key */
@@ -283,6 +299,8 @@ static bool parse_line(struct tls_sessions *t, const char *p, size_t n, time_t n
 		e.len = fl[4] / 2;
 		e.expires = (time_t)expires;
 		e.max_early = (uint32_t)early;
+		e.tp = tp;
+		e.tp_len = has_tp ? fl[5] / 2 : 0;
 		snprintf(e.alpn, sizeof(e.alpn), "%s", strcmp(alpn, "-") == 0 ? "" : alpn);
 		ok = tls_sessions_put(t, &e, now);
 	}
@@ -290,6 +308,7 @@ static bool parse_line(struct tls_sessions *t, const char *p, size_t n, time_t n
 		explicit_bzero(data, fl[4] / 2);
 	free(key);
 	free(data);
+	free(tp);
 	return ok;
 }
 
@@ -301,6 +320,9 @@ const char *tls_sessions_parse(struct tls_sessions *s, const char *buf, size_t l
 	size_t lines = 0;
 	bool was_dirty = s->dirty;
 
+	if (len >= sizeof(FILE_HEADER_V1) - 1 &&
+	    memcmp(buf, FILE_HEADER_V1, sizeof(FILE_HEADER_V1) - 1) == 0)
+		return "an older format (version 1): full handshakes until it is rewritten";
 	if (len < sizeof(header) - 1 || memcmp(buf, header, sizeof(header) - 1) != 0)
 		return "not a session file (bad header)";
 	if (!(t = tls_sessions_new()))
@@ -376,7 +398,7 @@ char *tls_sessions_format(const struct tls_sessions *s, time_t now, size_t *len)
 
 		if (e->expires <= now)
 			continue;
-		if (!grow(&buf, &cap, n + 80 + sizeof(e->alpn) + 2 * (klen + e->len))) {
+		if (!grow(&buf, &cap, n + 80 + sizeof(e->alpn) + 2 * (klen + e->len + e->tp_len))) {
 			explicit_bzero(buf, n);
 			free(buf);
 			return NULL;
@@ -386,6 +408,11 @@ char *tls_sessions_format(const struct tls_sessions *s, time_t now, size_t *len)
 		n += put_hex(buf + n, (const unsigned char *)e->key, klen);
 		buf[n++] = ' ';
 		n += put_hex(buf + n, e->data, e->len);
+		buf[n++] = ' ';
+		if (e->tp_len > 0)
+			n += put_hex(buf + n, e->tp, e->tp_len);
+		else
+			buf[n++] = '-';
 		buf[n++] = '\n';
 	}
 	*len = n;

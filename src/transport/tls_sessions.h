@@ -2,13 +2,12 @@
  * tls_sessions — the store of TLS session resumption data behind the TLS
  * client layer and QUIC: per key (the pool key id; QUIC's under "h3|" and
  * the id) the session data GnuTLS packed, when it expires (the ticket's
- * lifetime), how much early data (0-RTT) the ticket allows and the ALPN
- * protocol the session had. Bounded in entries and bytes (least recently
- * stored out first), expired entries dropped; and its persistence: the
- * session file's format (written and parsed here, pure code, fuzzed) and
- * writing it atomically (temporary file, rename), mode 0600 — it holds
- * resumption secrets.
- * Owns: the entries and their bytes.
+ * lifetime), how much early data (0-RTT) the ticket allows, the ALPN
+ * protocol the session had and, for QUIC, the server's transport parameters
+ * (opaque bytes encoded by transport/quic: 0-RTT needs them). Bounded in entries and bytes (least
+ * recently stored out first), expired entries dropped; and its persistence: the session file's
+ * format (written and parsed here, pure code, fuzzed) and writing it atomically (temporary file,
+ * rename), mode 0600 — it holds resumption secrets. Owns: the entries and their bytes.
  */
 #ifndef MUXD_TLS_SESSIONS_H
 #define MUXD_TLS_SESSIONS_H
@@ -22,6 +21,7 @@
 #define TLS_SESSIONS_MAX_BYTES (8u << 20)    /* keys and data together */
 #define TLS_SESSION_MAX_DATA (32u << 10)     /* one entry's session data */
 #define TLS_SESSION_MAX_KEY 4096             /* one entry's key */
+#define TLS_SESSION_MAX_TP 1024              /* one entry's QUIC transport parameters */
 #define TLS_SESSION_MAX_LIFETIME (7 * 86400) /* RFC 8446 4.6.1: at most 7 days */
 
 struct tls_sessions;
@@ -33,6 +33,10 @@ struct tls_session_entry {
 	time_t expires;     /* wall clock */
 	uint32_t max_early; /* early data the ticket allows, bytes; 0: none */
 	char alpn[32];      /* the session's ALPN protocol; "" when none */
+	/* QUIC: the server's transport parameters as the QUIC layer encoded
+	 * them (NULL, 0: none) */
+	const unsigned char *tp;
+	size_t tp_len;
 };
 
 struct tls_sessions *tls_sessions_new(void);

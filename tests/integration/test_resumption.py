@@ -101,7 +101,7 @@ def test_corrupt_session_file_is_ignored_with_a_warning(muxd, tls_nginx_factory,
     # the damaged file is not used: a full handshake, and muxd works
     assert seen(https_request(m, "GET", ng.url("/")))["reused"] == "."
     restart(m)
-    assert path.read_bytes().startswith(b"muxd-tls-sessions 1\n"), "the file was not rewritten"
+    assert path.read_bytes().startswith(b"muxd-tls-sessions 2\n"), "the file was not rewritten"
     assert seen(https_request(m, "GET", ng.url("/")))["reused"] == "r"
 
 

@@ -101,7 +101,7 @@ START_TEST(format_parse_round_trip)
 	ck_assert(put("h3|https://a:443", "q", T0 + 200, 0, "h3"));
 	buf = tls_sessions_format(s, T0, &len);
 	ck_assert_ptr_nonnull(buf);
-	ck_assert(strncmp(buf, "muxd-tls-sessions 1\n", 20) == 0);
+	ck_assert(strncmp(buf, "muxd-tls-sessions 2\n", 20) == 0);
 	ck_assert_ptr_null(tls_sessions_parse(t, buf, len, T0));
 	ck_assert_uint_eq(tls_sessions_count(t), 2);
 	ck_assert(!tls_sessions_dirty(t)); /* it is what the file holds */
@@ -122,20 +122,58 @@ START_TEST(format_parse_round_trip)
 }
 END_TEST
 
+/* QUIC's entries keep the server's transport parameters (0-RTT needs
+ * them): stored, written and read back byte for byte. */
+START_TEST(transport_params_round_trip)
+{
+	struct tls_sessions *t = tls_sessions_new();
+	static const unsigned char tp[] = {0x01, 0x00, 0xff, 0x42};
+	struct tls_session_entry e = {.key = "h3|https://a:443",
+	                              .data = (const unsigned char *)"q",
+	                              .len = 1,
+	                              .expires = T0 + 100,
+	                              .tp = tp,
+	                              .tp_len = sizeof(tp)};
+	const struct tls_session_entry *g;
+	char *buf;
+	size_t len;
+
+	ck_assert(tls_sessions_put(s, &e, T0));
+	ck_assert(put("plain", "p", T0 + 100, 0, ""));
+	buf = tls_sessions_format(s, T0, &len);
+	ck_assert_ptr_nonnull(buf);
+	ck_assert_ptr_nonnull(strstr(buf, " 0100ff42\n"));
+	ck_assert_ptr_null(tls_sessions_parse(t, buf, len, T0));
+	g = tls_sessions_get(t, "h3|https://a:443", T0);
+	ck_assert(g && g->tp_len == sizeof(tp) && memcmp(g->tp, tp, sizeof(tp)) == 0);
+	g = tls_sessions_get(t, "plain", T0);
+	ck_assert(g && g->tp_len == 0 && g->tp == NULL);
+	/* too large a set is refused */
+	e.tp_len = TLS_SESSION_MAX_TP + 1;
+	ck_assert(!tls_sessions_put(t, &e, T0));
+	free(buf);
+	tls_sessions_free(t);
+}
+END_TEST
+
 START_TEST(parse_refuses_damage)
 {
 	static const char *const bad[] = {
 	    "",
-	    "muxd-tls-sessions 2\n",
-	    "muxd-tls-sessions 1\n1800000000 0 - 6b 7a",       /* no end of line */
-	    "muxd-tls-sessions 1\n1800000000 0 - 6b 7",        /* odd hex */
-	    "muxd-tls-sessions 1\n1800000000 0 - 6B 7a\n",     /* upper-case hex */
-	    "muxd-tls-sessions 1\n1800000000 0 - 6b006b 7a\n", /* NUL in a key */
-	    "muxd-tls-sessions 1\n1800000000 0 -  6b 7a\n",    /* empty field */
-	    "muxd-tls-sessions 1\n1800000000 0 - 6b 7a 7a\n",
-	    "muxd-tls-sessions 1\n1800000000 4294967296 - 6b 7a\n",
-	    "muxd-tls-sessions 1\n-1 0 - 6b 7a\n",
-	    "muxd-tls-sessions 1\n1800000000 0 - 6b\n",
+	    "muxd-tls-sessions 3\n",
+	    "muxd-tls-sessions 2\n1800000000 0 - 6b 7a -",       /* no end of line */
+	    "muxd-tls-sessions 2\n1800000000 0 - 6b 7 -\n",      /* odd hex */
+	    "muxd-tls-sessions 2\n1800000000 0 - 6B 7a -\n",     /* upper-case hex */
+	    "muxd-tls-sessions 2\n1800000000 0 - 6b006b 7a -\n", /* NUL in a key */
+	    "muxd-tls-sessions 2\n1800000000 0 -  6b 7a -\n",    /* empty field */
+	    "muxd-tls-sessions 2\n1800000000 0 - 6b 7a 7a 7a\n", /* a field too many */
+	    "muxd-tls-sessions 2\n1800000000 0 - 6b 7a\n",       /* no tp field */
+	    "muxd-tls-sessions 2\n1800000000 0 - 6b 7a 7\n",     /* odd tp hex */
+	    "muxd-tls-sessions 2\n1800000000 4294967296 - 6b 7a -\n",
+	    "muxd-tls-sessions 2\n-1 0 - 6b 7a -\n",
+	    "muxd-tls-sessions 2\n1800000000 0 - 6b -\n",
+	    /* the first format: ignored as a whole */
+	    "muxd-tls-sessions 1\n1800000000 0 - 6b 7a\n",
 	};
 
 	ck_assert(put("mine", "x", T0 + 100, 0, ""));
@@ -149,9 +187,9 @@ END_TEST
 
 START_TEST(parse_keeps_what_memory_knows)
 {
-	const char *file = "muxd-tls-sessions 1\n"
-	                   "1800000000 0 - 6b 6f6c64\n"  /* k = "old" */
-	                   "1800000000 0 - 6c 6f6c64\n"; /* l = "old" */
+	const char *file = "muxd-tls-sessions 2\n"
+	                   "1800000000 0 - 6b 6f6c64 -\n"  /* k = "old" */
+	                   "1800000000 0 - 6c 6f6c64 -\n"; /* l = "old" */
 	const struct tls_session_entry *e;
 
 	ck_assert(put("k", "new", T0 + 100, 0, ""));
@@ -183,7 +221,7 @@ START_TEST(save_and_load)
 	ck_assert(tls_sessions_save(s, path, T0, true));
 	/* a damaged file is refused as a whole */
 	FILE *f = fopen(path, "w");
-	fputs("muxd-tls-sessions 1\n1800000000 0 - 6b", f);
+	fputs("muxd-tls-sessions 2\n1800000000 0 - 6b", f);
 	fclose(f);
 	tls_sessions_free(t);
 	t = tls_sessions_new();
@@ -205,6 +243,7 @@ static Suite *sessions_suite(void)
 	tcase_add_test(t, expiry);
 	tcase_add_test(t, bounds);
 	tcase_add_test(t, format_parse_round_trip);
+	tcase_add_test(t, transport_params_round_trip);
 	tcase_add_test(t, parse_refuses_damage);
 	tcase_add_test(t, parse_keeps_what_memory_knows);
 	tcase_add_test(t, save_and_load);
