@@ -212,6 +212,7 @@ void pool_h3_start(struct pool_origin *o)
 	    .ca_file = o->key.ca_file[0] ? o->key.ca_file : NULL,
 	    .verify = o->key.verify,
 	    .session_key = o->key.id,
+	    .early_data = o->key.early_data,
 	};
 	struct upstream_params prm;
 	upstream_params_init(&prm, p->m->cfg);

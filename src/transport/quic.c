@@ -132,6 +132,8 @@ void quic_write(struct quic *q)
 {
 	if (q->established && q->a)
 		path_write(q->a);
+	else if (q->early && q->ea && !q->ea->dead)
+		path_write(q->ea);
 }
 
 static void on_more(evutil_socket_t fd, short what, void *arg)
@@ -225,10 +227,27 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *ud)
 	struct quic *q = a->q;
 	struct quic_path **pp;
 
-	(void)conn;
 	a->handshake_done = true;
 	if (q->established || q->stopped || q->setup_failed)
 		return 0; /* another attempt won: this one is dropped */
+	if (q->early) {
+		/* the streams opened early stay only when this attempt carried
+		 * them and the server took its 0-RTT */
+		bool kept =
+		    a == q->ea && (gnutls_session_get_flags(a->tls) & GNUTLS_SFLAGS_EARLY_DATA);
+		q->early = false; /* no stream callbacks from the discarding */
+		log_debug("quic: 0-RTT to %s %s", q->name,
+		          kept         ? "accepted"
+		          : a == q->ea ? "refused: streams sent again"
+		                       : "lost to another address: streams sent again");
+		if (!kept) {
+			if (a == q->ea && ngtcp2_conn_early_data_rejected(conn) != 0)
+				return NGTCP2_ERR_CALLBACK_FAILURE;
+			if (q->cbs.early_rejected)
+				q->cbs.early_rejected(q->ctx);
+		}
+	}
+	q->ea = NULL;
 	q->a = a;
 	if (q->cbs.on_connected(q->ctx) != 0) {
 		q->a = NULL;
@@ -252,7 +271,10 @@ static int handshake_completed_cb(ngtcp2_conn *conn, void *ud)
 
 static bool is_ours(struct quic_path *a)
 {
-	return a->q->a == a && a->q->established && !a->q->stopped;
+	struct quic *q = a->q;
+
+	return !q->stopped && ((q->a == a && q->established) ||
+	                       (q->early && q->ea == a && !a->dead && !q->established));
 }
 
 static int cb_result(struct quic *q, int r)
@@ -584,9 +606,22 @@ static enum eyeballs_start start_attempt(void *ctx, size_t i, const struct socka
 		snprintf(q->fail_reason, sizeof(q->fail_reason), "%s", reason);
 		return EYEBALLS_STOP; /* the same for every address */
 	}
-	log_debug("quic: connecting to %s at %s", q->name, a->addr);
+	log_debug("quic: connecting to %s at %s%s", q->name, a->addr,
+	          a->early ? " (resuming, 0-RTT)" : "");
 	qpath_io_update(a);
 	path_write(a); /* the Initial packet; a failure tells the race at once */
+	if (a->early && !a->dead && !q->stopped && !q->setup_failed && q->cbs.on_early &&
+	    ngtcp2_conn_get_early_crypto_ctx(a->conn)->aead.native_handle) {
+		/* the 0-RTT key is in place: the app may open its streams */
+		q->ea = a;
+		q->early = true;
+		if (q->cbs.on_early(q->ctx) != 0) {
+			q->early = false;
+			q->ea = NULL;
+		} else {
+			path_write(a); /* the 0-RTT packets, with the Initial's flight */
+		}
+	}
 	return EYEBALLS_RUNNING;
 }
 
@@ -702,7 +737,11 @@ void quic_shutdown(struct quic *q)
 
 static ngtcp2_conn *live_conn(const struct quic *q)
 {
-	return q->a && q->a->conn && !q->failed ? q->a->conn : NULL;
+	if (q->a && q->a->conn && !q->failed)
+		return q->a->conn;
+	/* before the handshake: the attempt carrying 0-RTT */
+	return q->early && q->ea && !q->ea->dead && !q->stopped && !q->setup_failed ? q->ea->conn
+	                                                                            : NULL;
 }
 
 void quic_keep_alive(struct quic *q, uint64_t ms)

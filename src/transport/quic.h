@@ -17,6 +17,17 @@
  * QUIC_HANDSHAKE_MS) is on_failed(), with the most telling reason of all attempts (TLS over timeout
  * over refusal).
  *
+ * 0-RTT (quic_params.early_data): when the session cache holds a ticket for
+ * the key together with the server's transport parameters (stored with the
+ * ticket), the first attempt resumes with early data: right after its
+ * Initial went out on_early() lets the app open streams on it (their data
+ * goes in 0-RTT packets). When the handshake completes, a server that took
+ * the early data keeps the streams; one that refused it (or another
+ * attempt winning the race) makes quic drop them (ngtcp2_conn_early_data_
+ * rejected) and call early_rejected() right before on_connected(): the app
+ * forgets the streams and opens them again there. A set-up failure after
+ * on_early() is still on_failed().
+ *
  * I/O: readable → recv() loop → ngtcp2; writes pull stream data from the
  * app (writev) and go out in sendmmsg batches (a batch that meets EAGAIN
  * waits for EV_WRITE); at most QUIC_MAX_WRITE datagrams per write-out, the
@@ -70,6 +81,7 @@ struct quic_params {
 	/* TLS resumption cache key, NULL = no resumption; quic's tickets are
 	 * kept apart from TCP's under "<alpn>|<session_key>" */
 	const char *session_key;
+	bool early_data;          /* 0-RTT allowed when the cache has what it needs */
 	uint64_t stream_window;   /* receive window per stream */
 	uint64_t conn_window;     /* receive window of the connection */
 	uint64_t max_uni_streams; /* unidirectional streams the peer may open */
@@ -81,6 +93,12 @@ struct quic_cbs {
 	/* A handshake completed and won: open the app's streams; 0, or -1 to
 	 * fail the attempt (as a TLS failure). */
 	int (*on_connected)(void *ctx);
+	/* Optional (NULL: no 0-RTT). Before the handshake: the app may open
+	 * streams now, as 0-RTT; 0, or -1 to open none. */
+	int (*on_early)(void *ctx);
+	/* The streams opened since on_early() are gone (0-RTT refused, or
+	 * another attempt won): right before on_connected(). */
+	void (*early_rejected)(void *ctx);
 	/* Set-up failed: err is ERR_DNS, ERR_CONNECT, ERR_CONNECT_TIMEOUT or
 	 * ERR_TLS; reason is only valid during the call. */
 	void (*on_failed)(void *ctx, enum muxd_err err, const char *reason);
@@ -126,7 +144,8 @@ void quic_free(struct quic *q);
  * all I/O stops, nothing more is called back. */
 void quic_shutdown(struct quic *q);
 
-/* --- on the established connection (after on_connected) --- */
+/* --- on the established connection (after on_connected; the stream
+ * calls also between on_early and on_connected) --- */
 
 /* Write out what is pending (packets, and stream data from writev). */
 void quic_write(struct quic *q);
@@ -154,7 +173,6 @@ void quic_set_app_error(struct quic *q, uint64_t code);
 void quic_keep_alive(struct quic *q, uint64_t ms);
 /* The established connection's peer address and the DER of the origin's
  * leaf certificate (borrowed, valid while q lives); false before that. */
-bool quic_peer(const struct quic *q, struct sockaddr_storage *addr, const void **cert,
-               size_t *len);
+bool quic_peer(const struct quic *q, struct sockaddr_storage *addr, const void **cert, size_t *len);
 
 #endif

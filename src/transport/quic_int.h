@@ -46,6 +46,8 @@ struct quic_path {
 	char addr[64];
 	bool handshake_done;
 	bool dead;
+	bool early; /* resumes with 0-RTT: early_tp holds the server's params */
+	ngtcp2_transport_params early_tp;
 	bool want_write; /* EV_WRITE armed: a batch waits */
 	uint8_t (*batch)[QUIC_PKT_MAX];
 	size_t batch_len[QUIC_BATCH];
@@ -62,12 +64,15 @@ struct quic {
 	struct eyeballs *race;   /* starts the attempts */
 	struct quic_path *paths; /* attempts while warming */
 	struct quic_path *a;     /* the established path */
+	struct quic_path *ea;    /* the attempt carrying 0-RTT streams (on_early) */
 	struct event *deadline;  /* set-up deadline */
 	struct event *more;      /* continue a long write-out */
 	enum muxd_err fail_err;  /* the most telling set-up failure so far */
 	char fail_reason[512];
 	uint64_t app_err; /* application error code for our CONNECTION_CLOSE */
 	bool established;
+	bool early;        /* the app opened streams on ea before the handshake */
+	bool early_tried;  /* one attempt per connection tries 0-RTT */
 	bool setup_failed; /* on_failed was called (or is due: fail_now) */
 	bool fail_now;     /* the deadline event reports fail_err at once */
 	bool failed;       /* the established connection is gone */
@@ -95,7 +100,8 @@ bool qpath_tls_setup(struct quic_path *a, char *reason, size_t len);
 bool qpath_conn_new(struct quic_path *a, const ngtcp2_callbacks *cb, char *reason, size_t len);
 /* Why a handshake failed, from the certificate check or the TLS alert. */
 void qpath_tls_failure(struct quic_path *a, char *buf, size_t len);
-/* Keeps the established path's session ticket for resumption (once). */
+/* Keeps the established path's session ticket for resumption (once), with
+ * the server's transport parameters (for 0-RTT). */
 void qpath_store_session(struct quic *q);
 void qpath_addr_name(const struct sockaddr_storage *ss, char *buf, size_t len);
 /*

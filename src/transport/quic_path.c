@@ -17,9 +17,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "muxd.h"
 #include "transport/quic_int.h"
 #include "transport/tls.h"
+#include "transport/tls_sessions.h"
 
 void qpath_free(struct quic_path *a)
 {
@@ -124,7 +126,8 @@ int qpath_write_pkts(struct quic_path *a, bool *app)
 		ngtcp2_pkt_info pi;
 		uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE;
 
-		if (a->handshake_done && q->established && a == q->a) {
+		if ((a->handshake_done && q->established && a == q->a) ||
+		    (q->early && a == q->ea && !q->established)) {
 			nvec = q->cbs.writev(q->ctx, &sid, &fin, qv, QUIC_NVEC);
 			if (nvec < 0) {
 				*app = true;
@@ -181,6 +184,10 @@ int qpath_write_pkts(struct quic_path *a, bool *app)
 void qpath_store_session(struct quic *q)
 {
 	gnutls_datum_t data = {NULL, 0};
+	const ngtcp2_transport_params *rtp;
+	uint8_t tp[TLS_SESSION_MAX_TP];
+	ngtcp2_ssize tplen = 0;
+	size_t early;
 
 	if (q->session_stored || !q->p.session_key || !q->a || !q->a->tls)
 		return;
@@ -191,7 +198,16 @@ void qpath_store_session(struct quic *q)
 		return;
 	}
 	q->session_stored = true;
-	tls_session_put(q->env.tls, q->p.session_key, data, q->ticket_lifetime);
+	/* 0-RTT sends under the parameters the server gave this connection
+	 * (RFC 9000 7.4.1): they go with the ticket */
+	rtp = ngtcp2_conn_get_remote_transport_params(q->a->conn);
+	if (rtp)
+		tplen = ngtcp2_encode_transport_params(
+		    tp, sizeof(tp), NGTCP2_TRANSPORT_PARAMS_TYPE_ENCRYPTED_EXTENSIONS, rtp);
+	early = gnutls_record_get_max_early_data_size(q->a->tls);
+	tls_session_put_quic(q->env.tls, q->p.session_key, data, q->ticket_lifetime,
+	                     early > UINT32_MAX ? UINT32_MAX : (uint32_t)early, q->p.alpn, tp,
+	                     tplen > 0 ? (size_t)tplen : 0);
 }
 
 /* Notes each NewSessionTicket's lifetime: the cache entry expires with it. */
@@ -259,13 +275,26 @@ bool qpath_tls_setup(struct quic_path *a, char *reason, size_t len)
 {
 	struct quic *q = a->q;
 	gnutls_certificate_credentials_t cred;
-	gnutls_datum_t alpn = {(unsigned char *)q->p.alpn, (unsigned)strlen(q->p.alpn)}, cached;
+	gnutls_datum_t alpn = {(unsigned char *)q->p.alpn, (unsigned)strlen(q->p.alpn)};
+	const struct tls_session_entry *cached =
+	    q->p.session_key ? tls_session_entry(q->env.tls, q->p.session_key) : NULL;
+	unsigned flags = GNUTLS_CLIENT | GNUTLS_NO_END_OF_EARLY_DATA;
 	int r;
 
 	cred = tls_client_creds(q->env.tls, q->p.ca_file, q->p.verify, reason, len);
 	if (!cred)
 		return false;
-	if ((r = gnutls_init(&a->tls, GNUTLS_CLIENT | GNUTLS_NO_END_OF_EARLY_DATA)) < 0) {
+	/* 0-RTT on one attempt only, with a ticket that came with the server's
+	 * transport parameters */
+	if (cached && q->p.early_data && !q->early_tried && cached->tp_len > 0 &&
+	    ngtcp2_decode_transport_params(&a->early_tp,
+	                                   NGTCP2_TRANSPORT_PARAMS_TYPE_ENCRYPTED_EXTENSIONS,
+	                                   cached->tp, cached->tp_len) == 0) {
+		a->early = true;
+		q->early_tried = true;
+		flags |= GNUTLS_ENABLE_EARLY_DATA;
+	}
+	if ((r = gnutls_init(&a->tls, flags)) < 0) {
 		a->tls = NULL;
 		goto fail;
 	}
@@ -279,8 +308,8 @@ bool qpath_tls_setup(struct quic_path *a, char *reason, size_t len)
 		goto fail;
 	if (q->p.verify)
 		gnutls_session_set_verify_cert(a->tls, q->p.sni && *q->p.sni ? q->p.sni : NULL, 0);
-	if (q->p.session_key && tls_session_get(q->env.tls, q->p.session_key, &cached))
-		gnutls_session_set_data(a->tls, cached.data, cached.size);
+	if (cached && gnutls_session_set_data(a->tls, cached->data, cached->len) < 0)
+		a->early = false;
 	a->ref.get_conn = get_conn_cb;
 	a->ref.user_data = a;
 	gnutls_session_set_ptr(a->tls, &a->ref);
@@ -334,6 +363,8 @@ bool qpath_conn_new(struct quic_path *a, const ngtcp2_callbacks *cb, char *reaso
 		return false;
 	}
 	ngtcp2_conn_set_tls_native_handle(a->conn, a->tls);
+	if (a->early)
+		ngtcp2_conn_set_early_remote_transport_params(a->conn, &a->early_tp);
 	return true;
 }
 

@@ -157,12 +157,17 @@ static const struct tls_session_entry *session_find(struct tls_client_ctx *ctx, 
 /* Keep data (allocated by GnuTLS; freed here) under key: lifetime is the
  * ticket's (0: not known), max_early the early data it allows, alpn the
  * session's protocol. */
-static void session_store(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data,
-                          uint32_t lifetime, uint32_t max_early, const char *alpn)
+static void session_store_tp(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data,
+                             uint32_t lifetime, uint32_t max_early, const char *alpn,
+                             const unsigned char *tp, size_t tp_len)
 {
 	time_t now = time(NULL), exp = gnutls_db_check_entry_expire_time(&data);
-	struct tls_session_entry e = {
-	    .key = key, .data = data.data, .len = data.size, .max_early = max_early};
+	struct tls_session_entry e = {.key = key,
+	                              .data = data.data,
+	                              .len = data.size,
+	                              .max_early = max_early,
+	                              .tp = tp,
+	                              .tp_len = tp_len};
 
 	if (lifetime == 0)
 		lifetime = exp > now && exp - now < SESSION_DEFAULT_LIFETIME
@@ -180,6 +185,12 @@ static void session_store(struct tls_client_ctx *ctx, const char *key, gnutls_da
 	if (data.data)
 		explicit_bzero(data.data, data.size);
 	gnutls_free(data.data);
+}
+
+static void session_store(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data,
+                          uint32_t lifetime, uint32_t max_early, const char *alpn)
+{
+	session_store_tp(ctx, key, data, lifetime, max_early, alpn, NULL, 0);
 }
 
 uint32_t tls_ticket_lifetime(const gnutls_datum_t *msg)
@@ -634,6 +645,22 @@ void tls_session_put(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t
 		return;
 	}
 	session_store(ctx, key, data, lifetime, 0, NULL);
+}
+
+const struct tls_session_entry *tls_session_entry(struct tls_client_ctx *ctx, const char *key)
+{
+	return key ? session_find(ctx, key) : NULL;
+}
+
+void tls_session_put_quic(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data,
+                          uint32_t lifetime, uint32_t max_early, const char *alpn,
+                          const unsigned char *tp, size_t tp_len)
+{
+	if (!key) {
+		gnutls_free(data.data);
+		return;
+	}
+	session_store_tp(ctx, key, data, lifetime, max_early, alpn, tp, tp_len);
 }
 
 bool tls_early(struct transport *base)

@@ -105,10 +105,18 @@ gnutls_priority_t tls_client_priority(struct tls_client_ctx *ctx);
 /* Session resumption data cached under key: borrowed, valid until the next
  * tls_session_put or the next TLS layer's handshake. */
 bool tls_session_get(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t *data);
+/* The whole live entry under key (tls_sessions.h; borrowed as above), or NULL. */
+struct tls_session_entry;
+const struct tls_session_entry *tls_session_entry(struct tls_client_ctx *ctx, const char *key);
 /* Store session data under key; takes ownership of data.data (gnutls_malloc).
  * lifetime: the ticket's, seconds (0: not known). */
 void tls_session_put(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data,
                      uint32_t lifetime);
+/* The same for QUIC: with the early data the ticket allows, the session's
+ * ALPN protocol and the server's transport parameters (copied; NULL, 0: none). */
+void tls_session_put_quic(struct tls_client_ctx *ctx, const char *key, gnutls_datum_t data,
+                          uint32_t lifetime, uint32_t max_early, const char *alpn,
+                          const unsigned char *tp, size_t tp_len);
 /* The lifetime a NewSessionTicket message (its body, TLS 1.2 or 1.3) gives. */
 uint32_t tls_ticket_lifetime(const gnutls_datum_t *msg);
 

@@ -8,7 +8,16 @@
  * head, body and trailers).
  *
  * Set-up: until the QUIC handshake completes the connection is "warming"
- * (free_slots 0); then the HTTP/3 session starts on it. Success is reported
+ * (free_slots 0); then the HTTP/3 session starts on it. With 0-RTT (a
+ * resumed QUIC session that allows it, h3_params.early_data) the session
+ * starts before the handshake (quic's on_early) and the connection takes
+ * streams at once, but submits only the replay-safe requests
+ * (upstream_request.early_data) before the handshake; the others wait for
+ * it. When the server refuses the 0-RTT, quic drops the early streams and
+ * the codec re-sends them itself after the handshake on a new HTTP/3
+ * session (early requests have no body, so the head is all there is to
+ * send again): the exchange never notices. A set-up failure after 0-RTT
+ * began fails the streams as unprocessed (the exchange retries them). Success is reported
  * as on_available, failure (DNS, ICMP refusal, TLS, no handshake in time)
  * as on_failed, after which the connection frees itself; both from the
  * deferred kick event, never from inside ngtcp2/nghttp3.
@@ -67,6 +76,7 @@ struct h3_stream {
 	struct mux_stream ms; /* first; ms.id: -1 until the request is submitted */
 	struct h3_conn *c;
 	bool submit_pending;            /* send_head() was called; submit from the kick */
+	bool early;                     /* replay-safe: may be submitted as 0-RTT */
 	bool cancel_pending;            /* reset the stream from the kick */
 	bool resume;                    /* more request body for nghttp3 */
 	struct sbuf req;                /* the request head: name\0value\0... */
@@ -87,6 +97,7 @@ struct h3_conn {
 	enum muxd_err fail_err; /* set-up failure, told from the kick */
 	char fail_reason[512];
 	bool established;
+	bool early;        /* the session runs on 0-RTT: the handshake is not done */
 	bool setup_failed; /* tell on_failed from the kick */
 };
 
@@ -131,7 +142,7 @@ static void settle(struct mux_conn *mc)
 		if (!ms->user && !ms->open && H3S(ms)->credit > 0 && !mc->failed)
 			quic_extend_conn_offset(c->q, H3S(ms)->credit);
 	mux_sweep(mc, &live, &freed);
-	if (c->established)
+	if (c->established || c->early)
 		mux_settle_tail(mc, live, freed);
 }
 
@@ -386,8 +397,8 @@ static void q_leave(void *ctx)
 	mux_release(&((struct h3_conn *)ctx)->mc);
 }
 
-/* The handshake completed: the HTTP/3 session starts on it. */
-static int q_connected(void *ctx)
+/* The HTTP/3 session starts: at the handshake, or before it with 0-RTT. */
+static int start_session(struct h3_conn *c)
 {
 	static const nghttp3_callbacks cb = {
 	    .acked_stream_data = h3_acked_cb,
@@ -405,7 +416,6 @@ static int q_connected(void *ctx)
 	    .reset_stream = h3_shutdown_write_cb,
 	    .shutdown = h3_shutdown_cb,
 	};
-	struct h3_conn *c = ctx;
 	nghttp3_settings st;
 	int64_t ctrl, qenc, qdec;
 
@@ -423,16 +433,73 @@ static int q_connected(void *ctx)
 		c->h3 = NULL;
 		return -1;
 	}
-	c->established = true;
 	c->mc.base.warming = false;
 	c->mc.want_available = true;
 	mux_kick(&c->mc);
 	return 0;
 }
 
+/* The handshake completed: the HTTP/3 session starts on it (or goes on,
+ * when it began with 0-RTT that the server took). */
+static int q_connected(void *ctx)
+{
+	struct h3_conn *c = ctx;
+
+	if (!c->h3 && start_session(c) != 0)
+		return -1;
+	c->established = true;
+	c->early = false;
+	c->mc.want_available = true;
+	mux_kick(&c->mc);
+	return 0;
+}
+
+/* 0-RTT: the session starts before the handshake. */
+static int q_early(void *ctx)
+{
+	struct h3_conn *c = ctx;
+
+	if (start_session(c) != 0)
+		return -1;
+	c->early = true;
+	log_debug("h3: %s: 0-RTT: safe requests go before the handshake", mux_origin(&c->mc));
+	return 0;
+}
+
+/* The 0-RTT streams are gone (the server refused them): the session starts
+ * again at the handshake, and every stream submitted early goes again. */
+static void q_early_rejected(void *ctx)
+{
+	struct h3_conn *c = ctx;
+
+	if (c->h3)
+		nghttp3_conn_del(c->h3);
+	c->h3 = NULL;
+	c->early = false;
+	for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
+		if (s->ms.id < 0)
+			continue;
+		s->ms.id = -1;
+		s->ms.open = false;
+		s->cancel_pending = s->resume = false;
+		s->credit = s->grown = 0;
+		s->submit_pending = s->ms.user; /* a detached one is just freed */
+	}
+}
+
 static void q_failed(void *ctx, enum muxd_err err, const char *reason)
 {
 	struct h3_conn *c = ctx;
+
+	if (c->early && !c->mc.failed && !c->mc.freeing) {
+		/* the pool took the connection as up: its streams were never
+		 * processed, and go again elsewhere */
+		bool running = mux_mark_failed(&c->mc);
+		c->early = false;
+		snprintf(c->fail_reason, sizeof(c->fail_reason), "%.480s (after 0-RTT)", reason);
+		mux_fail_streams(&c->mc, ERR_UNPROCESSED, c->fail_reason, false, running);
+		return;
+	}
 
 	c->fail_err = err;
 	snprintf(c->fail_reason, sizeof(c->fail_reason), "%s", reason);
@@ -552,6 +619,8 @@ static const struct quic_cbs h3_quic_cbs = {
     .enter = q_enter,
     .leave = q_leave,
     .on_connected = q_connected,
+    .on_early = q_early,
+    .early_rejected = q_early_rejected,
     .on_failed = q_failed,
     .on_closed = q_closed,
     .recv_data = q_recv_data,
@@ -699,6 +768,7 @@ static void send_head(struct mux_stream *ms, const struct upstream_request *r)
 		return;
 	s->ms.head_sent = true;
 	s->ms.is_head = strcmp(r->method, "HEAD") == 0;
+	s->early = r->early_data && !r->has_body;
 	ok = add_field(&s->req, &s->nreq, ":method", 7, r->method, strlen(r->method)) &&
 	     add_field(&s->req, &s->nreq, ":scheme", 7, r->scheme, strlen(r->scheme)) &&
 	     add_field(&s->req, &s->nreq, ":authority", 10, r->authority, strlen(r->authority)) &&
@@ -779,9 +849,10 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	mux_deliver_errors(&c->mc);
-	if (c->established && !c->mc.failed && !c->mc.freeing) {
+	if ((c->established || c->early) && !c->mc.failed && !c->mc.freeing) {
 		for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
-			if (s->submit_pending && s->ms.user)
+			/* before the handshake only what is safe to replay */
+			if (s->submit_pending && s->ms.user && (c->established || s->early))
 				submit(s);
 			if (s->cancel_pending && s->ms.open && s->ms.id >= 0) {
 				s->cancel_pending = false;
@@ -830,8 +901,8 @@ static unsigned h3_free_slots(struct upstream_conn *uc)
 	uint64_t left;
 	unsigned live = 0, unsubmitted = 0;
 
-	if (!uc->reusable || !c->established || c->mc.goaway || c->mc.failed || c->mc.told ||
-	    c->mc.freeing)
+	if (!uc->reusable || !(c->established || c->early) || c->mc.goaway || c->mc.failed ||
+	    c->mc.told || c->mc.freeing)
 		return 0;
 	for (const struct mux_stream *s = c->mc.streams; s; s = s->next) {
 		live += s->user || s->open;
@@ -915,6 +986,7 @@ struct upstream_conn *h3_conn_new(const struct upstream_env *env,
 	    .ca_file = p->ca_file,
 	    .verify = p->verify,
 	    .session_key = p->session_key,
+	    .early_data = p->early_data,
 	    .stream_window = H3_STREAM_WINDOW,
 	    .conn_window = (uint64_t)params->max_conn_window_kib * 1024,
 	    .max_uni_streams = 16,

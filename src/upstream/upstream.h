@@ -242,6 +242,7 @@ struct h3_params {
 	const char *ca_file;   /* NULL = system store */
 	bool verify;
 	const char *session_key; /* resumption cache key */
+	bool early_data;         /* 0-RTT for replay-safe requests on a resumed session */
 };
 struct upstream_conn *h3_conn_new(const struct upstream_env *env,
                                   const struct upstream_params *params, const struct h3_params *p,

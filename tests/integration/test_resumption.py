@@ -207,3 +207,59 @@ def test_quic_session_resumed_after_restart(muxd, tls_nginx_factory, h3_server, 
     assert which(m, ng) == "quic"
     wait_until(lambda: "quic: handshake done with" in m.log(), timeout=5, what="the QUIC handshake")
     assert ", resumed" in m.log(), "the first QUIC connection after the restart was a full handshake"
+
+
+def quic_restart_origin(muxd, tls_nginx_factory, h3_server, pki, **route):
+    """A QUIC origin muxd knows, and muxd restarted: the session file holds
+    the QUIC ticket with the server's transport parameters."""
+    from test_h3 import altsvc_origin, h3_conf, which
+
+    ng, q = altsvc_origin(tls_nginx_factory, h3_server, keepalive=False)
+    m = muxd(h3_conf(pki, ng.port, **({"route *": route} if route else {})), args=["-v"])
+    assert which(m, ng) == "tcp"
+    assert which(m, ng) == "quic"
+    wait_until(lambda: session_file(m).exists() and b"h3|" in b"".join(
+        bytes.fromhex(line.split()[3]) for line in session_file(m).read_text().splitlines()[1:]),
+        timeout=10, what="the QUIC ticket in the session file")
+    restart(m)
+    lines = session_file(m).read_text().splitlines()
+    assert lines[0] == "muxd-tls-sessions 2", lines[0]
+    quic = [line.split() for line in lines[1:] if bytes.fromhex(line.split()[3]).startswith(b"h3|")]
+    assert quic and quic[0][5] != "-", "the QUIC ticket was stored without the transport parameters"
+    return m, ng, q
+
+
+def test_quic_get_after_restart_goes_as_0rtt(muxd, tls_nginx_factory, h3_server, pki):
+    """After a restart the first QUIC connection resumes with 0-RTT: the GET
+    goes before the handshake completes and gtlsserver takes it."""
+    from test_h3 import which
+
+    m, ng, q = quic_restart_origin(muxd, tls_nginx_factory, h3_server, pki)
+    assert which(m, ng) == "quic"
+    wait_until(lambda: "quic: 0-RTT to" in m.log(), timeout=5, what="the 0-RTT verdict")
+    assert "(resuming, 0-RTT)" in m.log()
+    assert "0-RTT: safe requests go before the handshake" in m.log()
+    assert "quic: 0-RTT to localhost:%d accepted" % q.port in m.log(), m.log()[-3000:]
+
+
+def test_quic_refused_0rtt_is_sent_again(muxd, tls_nginx_factory, h3_server, pki):
+    """A gtlsserver restarted in between has new ticket keys: it refuses the
+    0-RTT (a full handshake); the GET is sent again on the new HTTP/3
+    session and still answers."""
+    from test_h3 import which
+
+    m, ng, q = quic_restart_origin(muxd, tls_nginx_factory, h3_server, pki)
+    q.stop()
+    q.start()
+    assert which(m, ng) == "quic"
+    assert "(resuming, 0-RTT)" in m.log()
+    assert "quic: 0-RTT to localhost:%d refused: streams sent again" % q.port in m.log(), m.log()[-3000:]
+
+
+def test_quic_route_early_data_off_means_no_0rtt(muxd, tls_nginx_factory, h3_server, pki):
+    from test_h3 import which
+
+    m, ng, q = quic_restart_origin(muxd, tls_nginx_factory, h3_server, pki, early_data="off")
+    assert which(m, ng) == "quic"
+    wait_until(lambda: ", resumed" in m.log(), timeout=5, what="the resumed QUIC handshake")
+    assert "0-RTT" not in m.log()
