@@ -609,19 +609,22 @@ static enum eyeballs_start start_attempt(void *ctx, size_t i, const struct socka
 	log_debug("quic: connecting to %s at %s%s", q->name, a->addr,
 	          a->early ? " (resuming, 0-RTT)" : "");
 	qpath_io_update(a);
-	path_write(a); /* the Initial packet; a failure tells the race at once */
-	if (a->early && !a->dead && !q->stopped && !q->setup_failed && q->cbs.on_early &&
-	    ngtcp2_conn_get_early_crypto_ctx(a->conn)->aead.native_handle) {
-		/* the 0-RTT key is in place: the app may open its streams */
+	if (a->early && q->cbs.on_early && !q->ea && !q->stopped && !q->setup_failed) {
+		/* 0-RTT: the app opens its streams before the first packet, so
+		 * that their data rides the Initial's datagram (its later packets
+		 * would wait for pacing, longer than the handshake on a short
+		 * path) */
 		q->ea = a;
 		q->early = true;
 		if (q->cbs.on_early(q->ctx) != 0) {
 			q->early = false;
 			q->ea = NULL;
-		} else {
-			path_write(a); /* the 0-RTT packets, with the Initial's flight */
 		}
 	}
+	if (q->early && q->ea == a)
+		event_active(q->more, EV_TIMEOUT, 0); /* after the app's own event, which writes */
+	else
+		path_write(a); /* the Initial packet; a failure tells the race at once */
 	return EYEBALLS_RUNNING;
 }
 

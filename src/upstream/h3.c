@@ -828,27 +828,9 @@ static void send_buffer(struct mux_stream *ms, const void *data, size_t len)
 	}
 }
 
-/* --- the kick --- */
-
-static void on_kick(evutil_socket_t fd, short what, void *arg)
+/* Submit, cancel, resume and credit what the streams asked for; write out. */
+static void flush(struct h3_conn *c)
 {
-	struct h3_conn *c = arg;
-
-	(void)fd;
-	(void)what;
-	mux_hold(&c->mc);
-	if (c->setup_failed && !c->mc.told) {
-		c->mc.told = true;
-		c->mc.base.reusable = false;
-		log_debug("h3: set-up for %s failed: %s", mux_origin(&c->mc), c->fail_reason);
-		c->mc.base.owner_cbs.on_failed(c->mc.base.owner, &c->mc.base,
-		                               c->fail_err ? c->fail_err : ERR_CONNECT,
-		                               c->fail_reason);
-		c->mc.freeing = true;
-		mux_release(&c->mc);
-		return;
-	}
-	mux_deliver_errors(&c->mc);
 	if ((c->established || c->early) && !c->mc.failed && !c->mc.freeing) {
 		for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
 			/* before the handshake only what is safe to replay */
@@ -872,8 +854,39 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		}
 		quic_write(c->q);
 	}
+}
+
+/* --- the kick --- */
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+	struct h3_conn *c = arg;
+	bool early;
+
+	(void)fd;
+	(void)what;
+	mux_hold(&c->mc);
+	if (c->setup_failed && !c->mc.told) {
+		c->mc.told = true;
+		c->mc.base.reusable = false;
+		log_debug("h3: set-up for %s failed: %s", mux_origin(&c->mc), c->fail_reason);
+		c->mc.base.owner_cbs.on_failed(c->mc.base.owner, &c->mc.base,
+		                               c->fail_err ? c->fail_err : ERR_CONNECT,
+		                               c->fail_reason);
+		c->mc.freeing = true;
+		mux_release(&c->mc);
+		return;
+	}
+	mux_deliver_errors(&c->mc);
+	/* 0-RTT: after the offer, so that the requests it brings go out in
+	 * the first flight (later packets wait for pacing) */
+	early = c->early;
+	if (!early)
+		flush(c);
 	mux_send_ready(&c->mc);
 	mux_offer(&c->mc);
+	if (early)
+		flush(c);
 	mux_release(&c->mc);
 }
 

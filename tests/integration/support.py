@@ -871,12 +871,14 @@ class H3Server:
         self.options = list(options)
         self.port = port
         self.proc = None
+        self.quiet = True  # False: gtlsserver logs packets (not frames' data)
 
     def start(self, timeout=10.0):
         for _ in range(5):
             port = self.port or free_udp_port()
-            cmd = [GTLSSERVER, "-q", "-d", str(self.root), *self.options, LOCALHOST, str(port), str(self.key),
-                   str(self.cert)]
+            verbosity = ["-q"] if self.quiet else ["--no-quic-dump", "--no-http-dump"]
+            cmd = [GTLSSERVER, *verbosity, "-d", str(self.root), *self.options, LOCALHOST, str(port),
+                   str(self.key), str(self.cert)]
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             deadline = time.monotonic() + timeout

@@ -211,10 +211,14 @@ def test_quic_session_resumed_after_restart(muxd, tls_nginx_factory, h3_server, 
 
 def quic_restart_origin(muxd, tls_nginx_factory, h3_server, pki, **route):
     """A QUIC origin muxd knows, and muxd restarted: the session file holds
-    the QUIC ticket with the server's transport parameters."""
+    the QUIC ticket with the server's transport parameters.  gtlsserver logs
+    the packets it receives."""
     from test_h3 import altsvc_origin, h3_conf, which
 
     ng, q = altsvc_origin(tls_nginx_factory, h3_server, keepalive=False)
+    q.stop()  # again, logging packets (same port: the Alt-Svc stays right)
+    q.quiet = False
+    q.start()
     m = muxd(h3_conf(pki, ng.port, **({"route *": route} if route else {})), args=["-v"])
     assert which(m, ng) == "tcp"
     assert which(m, ng) == "quic"
@@ -240,6 +244,8 @@ def test_quic_get_after_restart_goes_as_0rtt(muxd, tls_nginx_factory, h3_server,
     assert "(resuming, 0-RTT)" in m.log()
     assert "0-RTT: safe requests go before the handshake" in m.log()
     assert "quic: 0-RTT to localhost:%d accepted" % q.port in m.log(), m.log()[-3000:]
+    # the request itself rode a 0-RTT packet
+    assert "type=0RTT" in q.log_path.read_text(errors="replace"), "gtlsserver received no 0-RTT packet"
 
 
 def test_quic_refused_0rtt_is_sent_again(muxd, tls_nginx_factory, h3_server, pki):
@@ -263,3 +269,4 @@ def test_quic_route_early_data_off_means_no_0rtt(muxd, tls_nginx_factory, h3_ser
     assert which(m, ng) == "quic"
     wait_until(lambda: ", resumed" in m.log(), timeout=5, what="the resumed QUIC handshake")
     assert "0-RTT" not in m.log()
+    assert "type=0RTT" not in q.log_path.read_text(errors="replace")
