@@ -27,6 +27,7 @@
 #include "log.h"
 #include "muxd.h"
 #include "transport/tls.h"
+#include "transport/tls_sessions.h"
 #include "upstream/upstream.h"
 
 #define MB (1024 * 1024)
@@ -320,6 +321,8 @@ static bool failed(void)
 	return own.failed > 0;
 }
 
+static bool use_early; /* the next connections and requests may use 0-RTT */
+
 static void connect_to(const char *host, uint16_t port, const char *sni, const char *ca,
                        bool verify, const char *session_key)
 {
@@ -331,6 +334,7 @@ static void connect_to(const char *host, uint16_t port, const char *sni, const c
 	    .ca_file = ca,
 	    .verify = verify,
 	    .session_key = session_key,
+	    .early_data = use_early,
 	};
 
 	struct upstream_params prm;
@@ -445,6 +449,7 @@ static void get(struct req *r, const char *path, const unsigned char *expect, si
 	    .nfields = 2,
 	    .has_body = false,
 	    .content_length = -1,
+	    .early_data = use_early,
 	};
 
 	snprintf(authority, sizeof(authority), "localhost:%u", srv_port);
@@ -726,6 +731,44 @@ START_TEST(session_cached)
 }
 END_TEST
 
+/* 0-RTT: the ticket comes with the server's transport parameters; the next
+ * connection takes streams before its handshake is done (no peer certificate
+ * yet), submits the safe request as 0-RTT and holds the other until the
+ * handshake; both answer. */
+START_TEST(early_data)
+{
+	struct req r[2];
+	const struct tls_session_entry *e;
+	struct sockaddr_storage ss;
+	const void *cert;
+	size_t len;
+
+	use_early = true;
+	connect_ok("localhost", ca_path, true, "h3:localhost");
+	ck_assert(conn->ops->peer(conn, &ss, &cert, &len)); /* a full handshake: done first */
+	get(&r[0], "/small", small_data, SMALL_LEN);
+	wait_all(r, 1, 5000);
+	check_ok(&r[0]);
+	run_for(100);
+	e = tls_session_entry(m.tls, "h3|h3:localhost");
+	ck_assert_ptr_nonnull(e);
+	ck_assert_uint_gt(e->tp_len, 0);
+	conn->ops->close(conn);
+	conn = NULL;
+	memset(&own, 0, sizeof(own));
+	connect_ok("localhost", ca_path, true, "h3:localhost");
+	ck_assert(!conn->ops->peer(conn, &ss, &cert, &len)); /* available before the handshake */
+	get(&r[0], "/small", small_data, SMALL_LEN);
+	use_early = false; /* not replay-safe: waits for the handshake */
+	get(&r[1], "/small", small_data, SMALL_LEN);
+	wait_all(r, 2, 5000);
+	check_ok(&r[0]);
+	check_ok(&r[1]);
+	ck_assert(conn->ops->peer(conn, &ss, &cert, &len));
+	ck_assert_int_eq(own.closed, 0);
+}
+END_TEST
+
 static bool closed(void)
 {
 	return own.closed > 0;
@@ -859,6 +902,7 @@ static Suite *suite(void)
 	tcase_add_test(t, close_while_warming);
 	tcase_add_test(t, close_with_streams);
 	tcase_add_test(t, session_cached);
+	tcase_add_test(t, early_data);
 	tcase_add_test(t, upload);
 	tcase_add_test(t, idle_timeout);
 	tcase_add_test(t, origin_dies);
