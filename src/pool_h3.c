@@ -153,7 +153,8 @@ static void h3_fallback(struct pool_origin *o, const char *reason)
 
 void pool_h3_failed(struct pool_conn *pc, const char *reason)
 {
-	if (pc->o->h3_attempt == pc)
+	/* also a QUIC connection that 0-RTT made ready before its handshake */
+	if (pc->o->h3_attempt == pc || (pc->uc && pc->uc->proto == PROTO_H3))
 		h3_fallback(pc->o, reason);
 }
 
@@ -213,6 +214,8 @@ void pool_h3_start(struct pool_origin *o)
 	    .verify = o->key.verify,
 	    .session_key = o->key.id,
 	    .early_data = o->key.early_data,
+	    /* what the pool would wait before giving QUIC up (race_cb) */
+	    .early_timeout_ms = p->m->cfg->h3_timeout_ms * H3_GIVE_UP,
 	};
 	struct upstream_params prm;
 	upstream_params_init(&prm, p->m->cfg);

@@ -619,6 +619,11 @@ static enum eyeballs_start start_attempt(void *ctx, size_t i, const struct socka
 		if (q->cbs.on_early(q->ctx) != 0) {
 			q->early = false;
 			q->ea = NULL;
+		} else if (q->p.early_timeout_ms > 0 && q->p.early_timeout_ms < QUIC_HANDSHAKE_MS) {
+			/* requests wait on this handshake now: they go elsewhere
+			 * sooner when it does not end */
+			evtimer_del(q->deadline);
+			set_timer(q->deadline, q->p.early_timeout_ms);
 		}
 	}
 	if (q->early && q->ea == a)
@@ -670,10 +675,17 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 	q->cbs.enter(q->ctx);
 	if (!q->established && !q->setup_failed) {
 		if (!q->fail_now) {
+			bool early = q->early && q->p.early_timeout_ms > 0 &&
+			             q->p.early_timeout_ms < QUIC_HANDSHAKE_MS;
 			q->fail_err = ERR_CONNECT_TIMEOUT;
-			snprintf(q->fail_reason, sizeof(q->fail_reason),
-			         "QUIC handshake with %s not done within %d s", q->name,
-			         QUIC_HANDSHAKE_MS / 1000);
+			if (early)
+				snprintf(q->fail_reason, sizeof(q->fail_reason),
+				         "QUIC handshake with %s (0-RTT) not done within %llu ms",
+				         q->name, (unsigned long long)q->p.early_timeout_ms);
+			else
+				snprintf(q->fail_reason, sizeof(q->fail_reason),
+				         "QUIC handshake with %s not done within %d s", q->name,
+				         QUIC_HANDSHAKE_MS / 1000);
 		}
 		setup_failed(q);
 	}

@@ -26,7 +26,8 @@
  * attempt winning the race) makes quic drop them (ngtcp2_conn_early_data_
  * rejected) and call early_rejected() right before on_connected(): the app
  * forgets the streams and opens them again there. A set-up failure after
- * on_early() is still on_failed().
+ * on_early() is still on_failed(); the deadline is then early_timeout_ms
+ * from on_early() (when shorter than QUIC_HANDSHAKE_MS).
  *
  * I/O: readable → recv() loop → ngtcp2; writes pull stream data from the
  * app (writev) and go out in sendmmsg batches (a batch that meets EAGAIN
@@ -81,10 +82,11 @@ struct quic_params {
 	/* TLS resumption cache key, NULL = no resumption; quic's tickets are
 	 * kept apart from TCP's under "<alpn>|<session_key>" */
 	const char *session_key;
-	bool early_data;          /* 0-RTT allowed when the cache has what it needs */
-	uint64_t stream_window;   /* receive window per stream */
-	uint64_t conn_window;     /* receive window of the connection */
-	uint64_t max_uni_streams; /* unidirectional streams the peer may open */
+	bool early_data;           /* 0-RTT allowed when the cache has what it needs */
+	uint64_t early_timeout_ms; /* the set-up deadline once on_early() ran (0: the same) */
+	uint64_t stream_window;    /* receive window per stream */
+	uint64_t conn_window;      /* receive window of the connection */
+	uint64_t max_uni_streams;  /* unidirectional streams the peer may open */
 };
 
 struct quic_cbs {

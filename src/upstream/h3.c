@@ -98,6 +98,7 @@ struct h3_conn {
 	char fail_reason[512];
 	bool established;
 	bool early;        /* the session runs on 0-RTT: the handshake is not done */
+	bool early_failed; /* set-up failed after streams were taken with 0-RTT */
 	bool setup_failed; /* tell on_failed from the kick */
 };
 
@@ -491,14 +492,12 @@ static void q_failed(void *ctx, enum muxd_err err, const char *reason)
 {
 	struct h3_conn *c = ctx;
 
-	if (c->early && !c->mc.failed && !c->mc.freeing) {
+	if (c->early) {
 		/* the pool took the connection as up: its streams were never
-		 * processed, and go again elsewhere */
-		bool running = mux_mark_failed(&c->mc);
+		 * processed, and fail (to go again elsewhere) once the owner
+		 * heard of the failure */
 		c->early = false;
-		snprintf(c->fail_reason, sizeof(c->fail_reason), "%.480s (after 0-RTT)", reason);
-		mux_fail_streams(&c->mc, ERR_UNPROCESSED, c->fail_reason, false, running);
-		return;
+		c->early_failed = true;
 	}
 
 	c->fail_err = err;
@@ -873,6 +872,9 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		c->mc.base.owner_cbs.on_failed(c->mc.base.owner, &c->mc.base,
 		                               c->fail_err ? c->fail_err : ERR_CONNECT,
 		                               c->fail_reason);
+		if (c->early_failed && !c->mc.freeing) /* the owner is told: no more */
+			mux_fail_streams(&c->mc, ERR_UNPROCESSED, c->fail_reason, false,
+			                 mux_mark_failed(&c->mc));
 		c->mc.freeing = true;
 		mux_release(&c->mc);
 		return;
@@ -1000,6 +1002,7 @@ struct upstream_conn *h3_conn_new(const struct upstream_env *env,
 	    .verify = p->verify,
 	    .session_key = p->session_key,
 	    .early_data = p->early_data,
+	    .early_timeout_ms = p->early_timeout_ms,
 	    .stream_window = H3_STREAM_WINDOW,
 	    .conn_window = (uint64_t)params->max_conn_window_kib * 1024,
 	    .max_uni_streams = 16,

@@ -243,6 +243,9 @@ struct h3_params {
 	bool verify;
 	const char *session_key; /* resumption cache key */
 	bool early_data;         /* 0-RTT for replay-safe requests on a resumed session */
+	/* with 0-RTT the owner takes the connection as up before the handshake,
+	 * which then has this deadline instead of QUIC's own (0: that one) */
+	uint64_t early_timeout_ms;
 };
 struct upstream_conn *h3_conn_new(const struct upstream_env *env,
                                   const struct upstream_params *params, const struct h3_params *p,

@@ -270,3 +270,27 @@ def test_quic_route_early_data_off_means_no_0rtt(muxd, tls_nginx_factory, h3_ser
     wait_until(lambda: ", resumed" in m.log(), timeout=5, what="the resumed QUIC handshake")
     assert "0-RTT" not in m.log()
     assert "type=0RTT" not in q.log_path.read_text(errors="replace")
+
+
+@pytest.mark.parametrize("how", ["refused", "silent"])
+def test_quic_0rtt_that_never_completes_falls_back_to_tcp(muxd, tls_nginx_factory, h3_server, pki, how):
+    """The QUIC server is gone after the restart (its port refuses, or it
+    drops every packet): the requests that 0-RTT took before the handshake
+    go over TCP instead, the client never notices, and the alternative is
+    marked broken.  A silent server costs at most 10 x h3_timeout."""
+    from test_h3 import which
+
+    m, ng, q = quic_restart_origin(muxd, tls_nginx_factory, h3_server, pki)
+    if how == "silent":
+        m.stop()
+        q.stop()
+        q.options = ["--rx-loss=1.0"]
+        q.start()
+        m.start()
+    else:
+        q.stop()
+    assert which(m, ng, timeout=20) == "tcp"
+    assert "(resuming, 0-RTT)" in m.log()
+    wait_until(lambda: "using TCP" in m.log(), timeout=5, what="the fallback")
+    if how == "silent":
+        assert "(0-RTT) not done within" in m.log(), m.log()[-3000:]
