@@ -521,10 +521,12 @@ static void setup_session(struct tls *t, const struct tls_client_params *p, cons
 			log_debug("tls: %s: stored session unusable: dropped", t->host);
 			tls_sessions_remove(t->ctx->sessions, t->session_key);
 		} else if (p->early_data && cached->max_early > 0 &&
-		           strcmp(cached->alpn, "http/1.1") == 0) {
+		           (strcmp(cached->alpn, "http/1.1") == 0 ||
+		            strcmp(cached->alpn, "h2") == 0)) {
 			/* 0-RTT: the layer is up before the handshake, with the
-			 * session's protocol (tls_io.c). HTTP/1.1 only: HTTP/2
-			 * sends no request before the server's SETTINGS. */
+			 * session's protocol (tls_io.c); HTTP/2 sends its preface
+			 * and safe requests without waiting for the server's
+			 * SETTINGS (upstream/h2.c) */
 			t->io.early_max = cached->max_early;
 			t->io.early_timeout_ms = p->early_timeout_ms;
 			snprintf(t->early_alpn, sizeof(t->early_alpn), "%s", cached->alpn);

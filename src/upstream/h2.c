@@ -117,6 +117,11 @@ struct h2_conn {
 	struct timespec idle_since;
 	uint64_t idle_ping_ms; /* PING interval while idle (shorter when kept warm) */
 	bool settings_seen;    /* the peer's SETTINGS arrived: its limits are known */
+	/* 0-RTT (the TLS layer is up before its handshake, chain_early): streams
+	 * open at once under the default settings; the preface, SETTINGS and the
+	 * replay-safe requests' HEADERS go as early data until anything else is
+	 * written (early_unsafe) */
+	bool early, early_unsafe;
 	bool ping_out;
 	bool in_session;             /* inside mem_recv or mem_send */
 	struct timespec flood_since; /* the second the flood counters cover */
@@ -276,29 +281,40 @@ static void check_session_over(struct h2_conn *c)
 	conn_fail(c, ERR_CLOSED, "HTTP/2 session ended (protocol error)", false);
 }
 
-static void flush(struct h2_conn *c)
+/* nghttp2's frames into the transport's output while it has room; false
+ * when the session failed (the error is the kick's to tell). */
+static bool pump(struct h2_conn *c, ssize_t *err)
 {
-	struct evbuffer *out;
+	struct evbuffer *out = transport_output(c->t);
 
-	if (!c->t || c->mc.failed || c->mc.freeing || c->in_session)
-		return;
-	out = transport_output(c->t);
+	*err = 0;
 	c->in_session = true;
 	while (evbuffer_get_length(out) < TRANSPORT_BUF && !c->mc.freeing) {
 		const uint8_t *data;
 		ssize_t n = nghttp2_session_mem_send(c->session, &data);
 		if (n < 0) {
-			c->in_session = false;
-			log_debug("h2: sending to %s failed: %s", origin(c),
-			          nghttp2_strerror((int)n));
-			conn_fail(c, ERR_CLOSED, "HTTP/2 session error", false);
-			return;
+			*err = n;
+			break;
 		}
 		if (n == 0)
 			break;
 		evbuffer_add(out, data, (size_t)n);
 	}
 	c->in_session = false;
+	return *err == 0;
+}
+
+static void flush(struct h2_conn *c)
+{
+	ssize_t n;
+
+	if (!c->t || c->mc.failed || c->mc.freeing || c->in_session)
+		return;
+	if (!pump(c, &n)) {
+		log_debug("h2: sending to %s failed: %s", origin(c), nghttp2_strerror((int)n));
+		conn_fail(c, ERR_CLOSED, "HTTP/2 session error", false);
+		return;
+	}
 	mux_send_ready(&c->mc);
 	check_session_over(c);
 }
@@ -738,6 +754,7 @@ static void send_head(struct mux_stream *ms, const struct upstream_request *r)
 	char clen[24], *lower = NULL;
 	nghttp2_nv *nva = NULL;
 	int32_t id = -1;
+	bool early = false;
 
 	mux_hold(&c->mc);
 	if (!s->ms.user || s->ms.head_sent)
@@ -749,7 +766,7 @@ static void send_head(struct mux_stream *ms, const struct upstream_request *r)
 		snprintf(c->mc.name, sizeof(c->mc.name), "%s", r->authority);
 	for (size_t i = 0; i < r->nfields; i++)
 		names += r->fields[i].name_len;
-	nva = calloc(r->nfields + 6, sizeof(*nva));
+	nva = calloc(r->nfields + 7, sizeof(*nva));
 	lower = malloc(names + 1);
 	if (!nva || !lower || c->mc.failed)
 		goto fail;
@@ -778,6 +795,14 @@ static void send_head(struct mux_stream *ms, const struct upstream_request *r)
 		int len = snprintf(clen, sizeof(clen), "%lld", (long long)r->content_length);
 		nva[nnv++] = NV("content-length", 14, clen, (size_t)len);
 	}
+	/* 0-RTT: a replay-safe request while everything before it was safe too
+	 * goes as early data, saying so (RFC 8470) */
+	early = c->early && !c->early_unsafe && c->t && chain_early(c->t) && r->early_data &&
+	        !r->has_body;
+	if (early)
+		nva[nnv++] = NV("early-data", 10, "1", 1);
+	else if (c->early)
+		c->early_unsafe = true;
 	s->ms.req_body = r->has_body;
 	s->ms.eof_sent = !r->has_body;
 	id = nghttp2_submit_request(c->session, NULL, nva, nnv, r->has_body ? &prd : NULL, s);
@@ -796,6 +821,11 @@ fail:
 		s->ms.id = id;
 		s->ms.open = true;
 		mux_arm(&s->ms);
+		ssize_t err;
+		/* out now (the TLS layer takes early data in this event only),
+		 * without calling anyone back: a failure is the kick's */
+		if (early && c->t && !c->mc.failed && !c->in_session && pump(c, &err))
+			chain_early_safe(c->t, evbuffer_get_length(transport_output(c->t)));
 	}
 	mux_kick(&c->mc);
 out:
@@ -849,7 +879,7 @@ static unsigned h2_free_slots(struct upstream_conn *uc)
 	unsigned live;
 
 	if (!uc->reusable || c->mc.goaway || c->mc.failed || c->mc.told || c->mc.freeing ||
-	    !c->settings_seen)
+	    (!c->settings_seen && !c->early))
 		return 0;
 	max = nghttp2_session_get_remote_settings(c->session,
 	                                          NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
@@ -997,6 +1027,10 @@ struct upstream_conn *h2_conn_new(const struct upstream_env *env,
 	mux_set_timer(c->idle_timer, c->idle_ping_ms);
 	transport_set_cbs(t, &tcbs, c);
 	t->ops->set_reading(t, true);
+	if (chain_early(t)) { /* 0-RTT: streams before the origin's SETTINGS */
+		c->early = true;
+		c->mc.base.warming = false;
+	}
 	mux_kick(&c->mc); /* the preface and SETTINGS */
 	return &c->mc.base;
 }

@@ -186,6 +186,37 @@ def test_refused_early_data_is_sent_again_after_the_handshake(muxd, tls_nginx_fa
     assert "refused: sent again" in m.log()
 
 
+def test_h2_get_after_restart_goes_as_early_data(muxd, tls_nginx_factory, pki):
+    """HTTP/2 over a resumed TLS 1.3 session: the preface, SETTINGS and the
+    GET's HEADERS go as early data without waiting for the server's
+    SETTINGS, marked Early-Data: 1; nginx answers over h2."""
+    ng = tls_nginx_factory(protocols="TLSv1.3", http2=True,
+                           extra="ssl_early_data on;\n" + SHOW.replace('early_data\\n', 'early_data proto=$server_protocol\\n'))
+    m = muxd(conf(pki), args=["-v"])
+    first = seen(https_request(m, "GET", ng.url("/")))
+    assert first["reused"] == "." and first["proto"] == "HTTP/2.0", first
+    nginx_says = []
+    for _ in range(3):
+        restart(m)
+        got = seen(https_request(m, "GET", ng.url("/")))
+        assert got["reused"] == "r" and got["hdr"] == "1" and got["proto"] == "HTTP/2.0", got
+        assert "bytes of early data accepted" in m.log()
+        nginx_says.append(got["early"])
+        if got["early"] == "1":
+            break
+    assert "1" in nginx_says, f"nginx never saw the request as early data: {nginx_says}"
+
+
+def test_h2_post_waits_for_the_handshake(muxd, tls_nginx_factory, pki):
+    """A POST on a connection that starts with 0-RTT is not early data."""
+    ng = tls_nginx_factory(protocols="TLSv1.3", http2=True, extra="ssl_early_data on;\n" + SHOW)
+    m = muxd(conf(pki), args=["-v"])
+    seen(https_request(m, "GET", ng.url("/")))
+    restart(m)
+    got = seen(https_request(m, "POST", ng.url("/"), body=b"x"))
+    assert got["reused"] == "r" and got["early"] == "" and got["hdr"] == "", got
+
+
 # --------------------------------------------------------------------------
 # QUIC
 
