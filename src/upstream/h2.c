@@ -6,6 +6,13 @@
  * waiting for the data provider, the decoded response head, body and
  * trailers).
  *
+ * 0-RTT: on a TLS layer that is up before its handshake (chain_early) the
+ * connection takes streams at once, under the default settings; a
+ * replay-safe request (upstream_request.early_data) submitted while all
+ * output so far was safe carries Early-Data: 1 and is written out from
+ * send_head together with the preface and SETTINGS, and those bytes are
+ * marked safe (chain_early_safe); everything else goes after the handshake.
+ *
  * I/O: bytes from the transport go through nghttp2_session_mem_recv; frames
  * go out through nghttp2_session_mem_send while the transport's output holds
  * less than TRANSPORT_BUF, and continue on on_drain. The session is never
