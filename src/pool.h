@@ -5,8 +5,10 @@
  * idle connections (idle timeout, per-origin and global idle caps, the
  * connection budget). Owns: every upstream connection and all waiters.
  * Keys are pool_key.h; the code is in pool.c (matchmaking, limits,
- * eviction), pool_h3.c (HTTP/3 selection, the Alt-Svc cache) and
- * pool_tunnel.c (tunnels), which share pool_internal.h.
+ * eviction), pool_h3.c (HTTP/3 selection, the Alt-Svc cache),
+ * pool_tunnel.c (tunnels), pool_warm.c (keep-warm of hot keys) and
+ * pool_coalesce.c (HTTP/2 and HTTP/3 connections shared across names),
+ * which share pool_internal.h.
  */
 #ifndef MUXD_POOL_H
 #define MUXD_POOL_H

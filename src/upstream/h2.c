@@ -27,10 +27,11 @@
  *
  * Liveness: a connection that is handed a stream after it sat without streams
  * for H2_PING_AFTER_IDLE_MS sends a PING at once; an idle connection sends
- * one every H2_IDLE_PING_MS (more often when the pool keeps it warm). A PING not acknowledged
- * within H2_PING_TIMEOUT_MS means the origin is gone: its streams fail with ERR_CLOSED (nothing
- * received, so replayable requests are retried on a fresh connection) and the
- * connection leaves the pool as EVICT_DEAD.
+ * one every H2_IDLE_PING_MS (more often when the pool keeps it warm). A
+ * PING not acknowledged within H2_PING_TIMEOUT_MS means the origin is gone:
+ * its streams fail with ERR_CLOSED (nothing received, so replayable requests
+ * are retried on a fresh connection) and the connection leaves the pool as
+ * EVICT_DEAD.
  *
  * Endings: GOAWAY makes the connection take no new streams; streams above
  * last_stream_id fail with ERR_UNPROCESSED (nghttp2 closes them with
