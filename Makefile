@@ -59,8 +59,8 @@ comma := ,
 EXCHANGE_SEAMS := $(foreach f,pool_start_stream pool_wait_cancel pool_altsvc_learned,\
     -Wl$(comma)--wrap=$(f))
 $(BUILD)/tests/test_exchange $(BUILD)/fuzz/fuzz_body_relay: LDFLAGS += $(EXCHANGE_SEAMS)
-# ... and calloc, to see what an exchange zeroes (test_exchange.c, cost)
-$(BUILD)/tests/test_exchange: LDFLAGS += -Wl$(comma)--wrap=calloc
+# ... and calloc, to see what an exchange or an h2 stream zeroes (their cost tests)
+$(BUILD)/tests/test_exchange $(BUILD)/tests/test_h2: LDFLAGS += -Wl$(comma)--wrap=calloc
 # The HTTP/2 client session's tests: its exchanges are the test's fakes
 # (tests/unit/test_h2_session.c, tests/fuzz/fuzz_h2_session.c).
 H2_SESSION_SEAMS := $(foreach f,exchange_start exchange_client_read exchange_client_drain \
