@@ -1,0 +1,363 @@
+"""WebSocket over HTTP/2 to intercepted clients (RFC 8441, issue 14 item 3).
+
+Inside interception an HTTP/2 client gets SETTINGS_ENABLE_CONNECT_PROTOCOL=1
+when ``[muxd] upgrade`` lists websocket; its extended CONNECT (``:protocol
+websocket``) becomes an HTTP/1.1 upgrade on a dedicated connection to the
+origin (muxd makes the Sec-WebSocket-Key and checks the Accept), the 101
+becomes ``:status 200`` and the stream's DATA is spliced with the origin:
+windows reopen only as the origin takes the bytes, END_STREAM is a
+half-close, RST_STREAM a close, tunnel_idle_timeout applies.
+
+The client is python-h2 over TLS through a CONNECT that muxd intercepts
+(ALPN h2); the WebSocket frames are written and read with websockets'
+sans-I/O protocol on the stream's DATA.  The origin is test_websocket.py's
+WsServer (python3-websockets, TLS with the test PKI).
+"""
+
+import socket
+import ssl
+import time
+
+import pytest
+
+from support import LOCALHOST, open_tunnel, pattern_bytes, wait_until
+
+try:
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.exceptions
+    import h2.settings
+    from websockets.connection import Connection, Side
+    from websockets.frames import Close, Opcode
+
+    from test_websocket import WsServer
+except ImportError:  # a broken setup, not a reason to test less
+    h2 = None
+
+
+@pytest.fixture(autouse=True)
+def _need_modules():
+    if h2 is None:
+        pytest.fail("python3-h2 or python3-websockets is not installed (scripts/install-deps)")
+
+
+@pytest.fixture
+def wss(pki):
+    """A started TLS WsServer (stopped at teardown)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*map(str, pki.leaf))
+    s = WsServer(ctx)
+    yield s
+    s.stop()
+
+
+def conf(pki, port, **muxd_keys):
+    c = {"intercept": {"ports": port}, "route *": {"ca_file": pki.ca_cert}}
+    if muxd_keys:
+        c["muxd"] = muxd_keys
+    return c
+
+
+class H2:
+    """One HTTP/2 connection inside muxd's interception of a CONNECT."""
+
+    def __init__(self, m, authority):
+        resp, reader = open_tunnel(m.port, authority, timeout=20)
+        assert resp.status == 200, resp
+        ctx = ssl.create_default_context(cafile=str(m.state_dir / "ca.pem"))
+        ctx.set_alpn_protocols(["h2"])
+        self.sock = ctx.wrap_socket(reader.sock, server_hostname=LOCALHOST)
+        assert self.sock.selected_alpn_protocol() == "h2"
+        self.authority = authority
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.conn.initiate_connection()
+        self.flush()
+        self.settings = False
+        self.heads, self.bodies, self.ended, self.reset = {}, {}, set(), {}
+        self.closed = False
+        self.ws = {}  # stream id -> websockets Connection
+        self.ws_events = {}
+
+    def flush(self):
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def pump(self, timeout=0.2):
+        if self.closed:
+            return False
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(1 << 16)
+        except (socket.timeout, TimeoutError):
+            return True
+        except (ConnectionResetError, ssl.SSLError, OSError):
+            self.closed = True
+            return False
+        if not data:
+            self.closed = True
+            return False
+        for ev in self.conn.receive_data(data):
+            sid = getattr(ev, "stream_id", None)
+            if isinstance(ev, h2.events.RemoteSettingsChanged):
+                self.settings = True
+            elif isinstance(ev, h2.events.ResponseReceived):
+                self.heads[sid] = dict(ev.headers)
+            elif isinstance(ev, h2.events.DataReceived):
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                if sid in self.ws:
+                    self.ws[sid].receive_data(ev.data)
+                    self.ws_events[sid] += self.ws[sid].events_received()
+                    self._ws_flush(sid)
+                else:
+                    self.bodies[sid] = self.bodies.get(sid, b"") + ev.data
+            elif isinstance(ev, h2.events.StreamEnded):
+                self.ended.add(sid)
+                if sid in self.ws:
+                    self.ws[sid].receive_eof()
+                    self.ws_events[sid] += self.ws[sid].events_received()
+                    self._ws_flush(sid)
+            elif isinstance(ev, h2.events.StreamReset):
+                self.reset[sid] = ev.error_code
+        self.flush()
+        return True
+
+    def until(self, pred, timeout=15, what="condition"):
+        deadline = time.monotonic() + timeout
+        while not pred():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            if not self.pump() and not pred():
+                raise AssertionError(f"connection closed while waiting for {what}")
+
+    def request(self, path, method="GET", headers=(), end_stream=True):
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, [(":method", method), (":scheme", "https"),
+                                     (":authority", self.authority), (":path", path),
+                                     *headers], end_stream=end_stream)
+        self.flush()
+        return sid
+
+    def connect_ws(self, path, headers=(("sec-websocket-version", "13"),)):
+        """An extended CONNECT for a WebSocket; returns its stream id once
+        the head came back."""
+        self.until(lambda: self.settings, what="muxd's SETTINGS")
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                                     (":scheme", "https"), (":authority", self.authority),
+                                     (":path", path), *headers])
+        self.flush()
+        self.until(lambda: sid in self.heads or sid in self.reset, what="the CONNECT's answer")
+        return sid
+
+    def open_ws(self, path="/echo"):
+        sid = self.connect_ws(path)
+        assert self.heads[sid][":status"] == "200", self.heads[sid]
+        self.ws[sid] = Connection(Side.CLIENT, max_size=None)
+        self.ws_events[sid] = []
+        return sid
+
+    def send_data(self, sid, data, end=False):
+        """Send data on sid as the windows allow (reading meanwhile)."""
+        view = memoryview(data)
+        while view:
+            window = min(self.conn.local_flow_control_window(sid),
+                         self.conn.max_outbound_frame_size)
+            if window <= 0:
+                self.until(lambda: self.conn.local_flow_control_window(sid) > 0,
+                           what="muxd to open its window")
+                continue
+            self.conn.send_data(sid, bytes(view[:window]))
+            view = view[window:]
+            self.flush()
+        if end:
+            self.conn.end_stream(sid)
+            self.flush()
+
+    def _ws_flush(self, sid):
+        for data in self.ws[sid].data_to_send():
+            if sid in self.ended and sid in self.reset:
+                return
+            try:
+                if data:
+                    self.send_data(sid, data)
+                else:
+                    self.conn.end_stream(sid)
+                    self.flush()
+            except h2.exceptions.StreamClosedError:
+                return
+
+    def ws_send(self, sid, msg):
+        if isinstance(msg, str):
+            self.ws[sid].send_text(msg.encode())
+        else:
+            self.ws[sid].send_binary(msg)
+        self._ws_flush(sid)
+
+    def ws_frame(self, sid, timeout=30):
+        self.until(lambda: self.ws_events[sid], timeout=timeout, what="a WebSocket frame")
+        return self.ws_events[sid].pop(0)
+
+    def ws_recv(self, sid):
+        f = self.ws_frame(sid)
+        assert f.opcode in (Opcode.TEXT, Opcode.BINARY), f
+        return f.data.decode() if f.opcode == Opcode.TEXT else f.data
+
+
+def dedicated(m):
+    return m.metrics().sum("muxd_upstream_connections", proto="h1")
+
+
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("upgrade,advertised", [(None, 1), ("none", 0), ("h2c", 0)],
+                         ids=["default", "none", "not-websocket"])
+def test_enable_connect_protocol_only_with_websocket(muxd, wss, pki, upgrade, advertised):
+    m = muxd(conf(pki, wss.port, **({"upgrade": upgrade} if upgrade else {})))
+    c = H2(m, f"{LOCALHOST}:{wss.port}")
+    c.until(lambda: c.settings, what="muxd's SETTINGS")
+    assert c.conn.remote_settings.enable_connect_protocol == advertised
+
+
+def test_ws_echo_over_h2(muxd, wss, pki):
+    m = muxd(conf(pki, wss.port))
+    c = H2(m, f"{LOCALHOST}:{wss.port}")
+    sid = c.open_ws()
+    head = c.heads[sid]
+    assert "sec-websocket-accept" not in head  # RFC 8441: no Accept on HTTP/2
+    assert "content-length" not in head
+    assert "muxd" in head.get("via", "")
+    c.ws_send(sid, "hello over h2")
+    assert c.ws_recv(sid) == "hello over h2"
+    c.ws_send(sid, b"\x00\x01binary\xff")
+    assert c.ws_recv(sid) == b"\x00\x01binary\xff"
+    assert wss.handshakes == 1
+    # the client closes: the server's close comes back, then its end
+    c.ws[sid].send_close(1000, "done")
+    c._ws_flush(sid)
+    f = c.ws_frame(sid)
+    assert f.opcode == Opcode.CLOSE and Close.parse(f.data).code == 1000
+    c.until(lambda: sid in c.ended, what="the stream's END_STREAM")
+    assert sid not in c.reset
+    mt = m.metrics()
+    assert mt.value("muxd_upstream_connections_opened_total", proto="h1") == 1
+    wait_until(lambda: dedicated(m) == 0, what="the dedicated connection to close")
+
+
+def test_large_messages_both_ways(muxd, wss, pki):
+    """Far more than every window and buffer on the way, both directions."""
+    m = muxd(conf(pki, wss.port))
+    c = H2(m, f"{LOCALHOST}:{wss.port}")
+    sid = c.open_ws()
+    big = pattern_bytes(3 * 1024 * 1024 + 17, seed=9)
+    for _ in range(2):
+        c.ws_send(sid, big)
+        got = c.ws_recv(sid)
+        assert len(got) == len(big) and got == big
+
+
+def test_server_close_propagated(muxd, wss, pki):
+    m = muxd(conf(pki, wss.port))
+    c = H2(m, f"{LOCALHOST}:{wss.port}")
+    sid = c.open_ws("/bye")
+    c.ws_send(sid, "anything")
+    f = c.ws_frame(sid)
+    assert f.opcode == Opcode.CLOSE
+    assert (Close.parse(f.data).code, Close.parse(f.data).reason) == (1000, "bye")
+    # our close answer and END_STREAM went; the origin's end comes back as ours
+    c.until(lambda: sid in c.ended, what="the stream's END_STREAM")
+    assert sid not in c.reset
+    wait_until(lambda: dedicated(m) == 0, what="the dedicated connection to close")
+
+
+def test_client_reset_closes_the_origin_connection(muxd, wss, pki):
+    m = muxd(conf(pki, wss.port))
+    c = H2(m, f"{LOCALHOST}:{wss.port}")
+    sid = c.open_ws("/silent")
+    assert dedicated(m) == 1
+    c.conn.reset_stream(sid)
+    c.flush()
+    wait_until(lambda: dedicated(m) == 0, what="the dedicated connection to close")
+    # the connection goes on
+    other = c.request("/plain")
+    c.until(lambda: other in c.ended, what="a normal response")
+    assert c.heads[other][":status"] == "200"
+
+
+def test_idle_websocket_reset_after_tunnel_idle_timeout(muxd, wss, pki):
+    m = muxd(conf(pki, wss.port, tunnel_idle_timeout="1s"))
+    c = H2(m, f"{LOCALHOST}:{wss.port}")
+    sid = c.open_ws("/silent")
+    c.until(lambda: sid in c.reset or sid in c.ended, what="the idle stream to end")
+    wait_until(lambda: dedicated(m) == 0, what="the dedicated connection to close")
+
+
+@pytest.mark.parametrize("path,status,body", [("/refuse403", "403", b"forbidden here\n"),
+                                               ("/plain", "502", None)])
+def test_refused_upgrade_relayed(muxd, wss, pki, path, status, body):
+    """A refusal is an ordinary response; a 2xx that did not switch would
+    read as "switched" to an HTTP/2 client, so it is a 502."""
+    m = muxd(conf(pki, wss.port))
+    c = H2(m, f"{LOCALHOST}:{wss.port}")
+    sid = c.connect_ws(path)
+    assert c.heads[sid][":status"] == status
+    c.until(lambda: sid in c.ended or sid in c.reset, what="the response's end")
+    if body is not None:
+        assert c.bodies.get(sid, b"") == body
+    else:
+        assert b"did not switch" in c.bodies.get(sid, b"")
+    wait_until(lambda: dedicated(m) == 0, what="the dedicated connection to close")
+
+
+def test_normal_stream_alongside_a_websocket(muxd, wss, pki):
+    m = muxd(conf(pki, wss.port))
+    c = H2(m, f"{LOCALHOST}:{wss.port}")
+    sid = c.open_ws()
+    c.ws_send(sid, "first")
+    assert c.ws_recv(sid) == "first"
+    other = c.request("/plain")
+    c.until(lambda: other in c.ended, what="the normal response")
+    assert c.heads[other][":status"] == "200"
+    assert c.bodies[other] == b"a plain page\n"
+    c.ws_send(sid, "still open")
+    assert c.ws_recv(sid) == "still open"
+    mt = m.metrics()
+    assert mt.value("muxd_upstream_connections_opened_total", proto="h1") == 2
+    assert mt.value("muxd_client_h2_sessions_total") == 1
+
+
+def test_wrong_accept_is_502(muxd, stream_server, pki):
+    """The 101's Sec-WebSocket-Accept must match the key muxd sent."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*map(str, pki.leaf))
+    seen = {}
+
+    def handler(sock):
+        tls = ctx.wrap_socket(sock, server_side=True)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = tls.recv(4096)
+            if not data:
+                return
+            head += data
+        seen["head"] = head
+        tls.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: bm90IHRoZSByaWdodCBvbmU=\r\n\r\n")
+        tls.recv(1)
+
+    srv = stream_server(handler)
+    m = muxd(conf(pki, srv.port))
+    c = H2(m, f"{LOCALHOST}:{srv.port}")
+    sid = c.connect_ws("/x", headers=(("sec-websocket-version", "13"),
+                                      ("sec-websocket-protocol", "chat")))
+    assert c.heads[sid][":status"] == "502"
+    head = seen["head"].lower()
+    assert head.startswith(b"get /x http/1.1\r\n")
+    assert b"\r\nupgrade: websocket\r\n" in head
+    assert b"\r\nconnection: upgrade\r\n" in head
+    assert b"\r\nsec-websocket-key: " in head
+    assert b"\r\nsec-websocket-version: 13\r\n" in head
+    assert b"\r\nsec-websocket-protocol: chat\r\n" in head
