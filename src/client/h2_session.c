@@ -863,7 +863,7 @@ static bool ws_dispatch(struct h2s *st)
 			tunnel_client_read(st->tn); /* may end it */
 		}
 	}
-	if (st->tn && st->in_end && !st->eof_told && evbuffer_get_length(st->in) == 0) {
+	if (st->tn && st->in_end && !st->eof_told) { /* its bytes still go first */
 		st->eof_told = true;
 		any = true;
 		tunnel_client_eof(st->tn);

@@ -361,3 +361,60 @@ def test_wrong_accept_is_502(muxd, stream_server, pki):
     assert b"\r\nsec-websocket-key: " in head
     assert b"\r\nsec-websocket-version: 13\r\n" in head
     assert b"\r\nsec-websocket-protocol: chat\r\n" in head
+
+
+def test_half_close_after_a_stalled_upload(muxd, stream_server, pki):
+    """The client's END_STREAM comes while its bytes still wait in muxd (the
+    origin reads nothing yet): they all reach the origin, then its EOF."""
+    import base64
+    import hashlib
+    import threading
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*map(str, pki.leaf))
+    go = threading.Event()
+    got = {"n": 0, "eof": False}
+
+    def handler(sock):
+        tls = ctx.wrap_socket(sock, server_side=True)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += tls.recv(4096)
+        key = [ln.split(b":", 1)[1].strip() for ln in head.split(b"\r\n")
+               if ln.lower().startswith(b"sec-websocket-key:")][0]
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+                                  .digest())
+        tls.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        go.wait(60)
+        tls.settimeout(20)
+        while (data := tls.recv(1 << 16)):
+            got["n"] += len(data)
+        got["eof"] = True
+
+    srv = stream_server(handler)
+    m = muxd(conf(pki, srv.port))
+    c = H2(m, f"{LOCALHOST}:{srv.port}")
+    sid = c.connect_ws("/up")
+    assert c.heads[sid][":status"] == "200"
+    chunk = pattern_bytes(1 << 14, seed=3)
+    sent, stalled_since = 0, None
+    while sent < 256 << 20:
+        w = min(c.conn.local_flow_control_window(sid), c.conn.max_outbound_frame_size)
+        if w > 0:
+            c.conn.send_data(sid, chunk[:w])
+            c.flush()
+            sent += w
+            stalled_since = None
+        elif stalled_since is None:
+            stalled_since = time.monotonic()
+        elif time.monotonic() - stalled_since > 0.5:
+            break
+        else:
+            c.pump(timeout=0.1)
+    assert stalled_since is not None, "muxd kept opening its window to an origin reading nothing"
+    c.conn.end_stream(sid)  # an empty DATA frame: no window needed
+    c.flush()
+    go.set()
+    wait_until(lambda: got["eof"], timeout=30, what="the origin to see the client's end")
+    assert got["n"] == sent
