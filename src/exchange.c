@@ -8,6 +8,8 @@
 #include "exchange.h"
 
 #include <event2/buffer.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +75,9 @@ struct exchange {
 	bool upgrade;
 	struct transport *dedicated; /* connecting (pool_open_dedicated) */
 	struct upstream_conn *uc;    /* then its HTTP/1.1 codec */
+	/* ... or a WebSocket as an extended CONNECT (RFC 8441) on a pooled
+	 * HTTP/2 connection whose origin allows it */
+	bool ext_connect;
 };
 
 #define REPLAY_HOLD (16 * 1024) /* request body bytes kept for a retry */
@@ -80,6 +85,7 @@ struct exchange {
 static const struct upstream_stream_cbs stream_cbs;
 static const struct pool_wait_cbs wait_cbs;
 static const struct transport_cbs dedicated_cbs;
+static void build_fields(struct exchange *ex);
 
 /* This instance's Via entry (muxd_load_instance; a bare daemon state, as in
  * the unit tests, has none yet). */
@@ -294,12 +300,90 @@ static void switched(struct exchange *ex, const struct http1_msg *h)
 	cs->ops->upgrade(cs, &u);
 }
 
+static void ext_closed_early(void *ctx, enum transport_event ev, enum muxd_err err,
+                             const char *reason)
+{
+	(void)ctx; /* the client session sets its own callbacks at once */
+	(void)ev;
+	(void)err;
+	(void)reason;
+}
+
+/*
+ * The origin accepted the extended CONNECT (its 2xx): the client gets the
+ * 101 its HTTP/1.1 upgrade asked for (Sec-WebSocket-Accept for its key, the
+ * origin's end-to-end fields such as Sec-WebSocket-Protocol), and its
+ * session splices the stream, as a byte stream (h2_tunnel_adopt), with its
+ * own; the exchange is over.
+ */
+static void ext_switched(struct exchange *ex, const struct http1_msg *h)
+{
+	static const struct transport_cbs early = {NULL, NULL, ext_closed_early};
+	struct client_stream *cs = ex->client;
+	const struct http1_field *key = http1_find(&ex->req, "sec-websocket-key");
+	struct http1_msg *sw = malloc(sizeof(*sw));
+	char in[96], accept[32];
+	unsigned char sha[20];
+	struct transport *t;
+	int n = key ? snprintf(in, sizeof(in), "%.*s258EAFA5-E914-47DA-95CA-C5AB0DC85B11",
+	                       (int)key->value_len, key->value)
+	            : -1;
+
+	if (!sw || n < 0 || (size_t)n >= sizeof(in) ||
+	    gnutls_hash_fast(GNUTLS_DIG_SHA1, in, (size_t)n, sha) != 0) {
+		free(sw);
+		ex->stream->ops->cancel(ex->stream);
+		ex->stream = NULL;
+		answer_error(ex, ERR_BAD_RESPONSE, "protocol switch failed");
+		return;
+	}
+	http1_base64(sha, sizeof(sha), accept);
+	memset(sw, 0, offsetof(struct http1_msg, fields));
+	sw->status = 101;
+	sw->reason = "Switching Protocols";
+	sw->version_minor = 1;
+	sw->body = HTTP1_BODY_NONE;
+	sw->fields[sw->nfields++] = (struct http1_field){"Upgrade", 7, "websocket", 9};
+	sw->fields[sw->nfields++] = (struct http1_field){"Connection", 10, "Upgrade", 7};
+	sw->fields[sw->nfields++] =
+	    (struct http1_field){"Sec-WebSocket-Accept", 20, accept, strlen(accept)};
+	for (size_t i = 0; i < h->nfields && sw->nfields < HTTP1_MAX_FIELDS; i++) {
+		const struct http1_field *f = &h->fields[i];
+		if (!http1_is_hop_by_hop(h, f->name) &&
+		    strcasecmp(f->name, "content-length") != 0 &&
+		    strcasecmp(f->name, "sec-websocket-accept") != 0)
+			sw->fields[sw->nfields++] = *f;
+	}
+	t = h2_tunnel_adopt(&ex->m->env->transport, ex->stream, ex->uri.host, &early, NULL);
+	ex->stream = NULL; /* the layer's now (or cancelled) */
+	if (!t) {
+		free(sw);
+		answer_error(ex, ERR_BAD_RESPONSE, "protocol switch failed");
+		return;
+	}
+	char host[sizeof(ex->uri.host)];
+	uint16_t port = ex->uri.port;
+	const char *via = client_via(ex);
+	snprintf(host, sizeof(host), "%s", ex->uri.host);
+	ex->status = 101;
+	ex->head_sent = true;
+	access_log(ex);
+	exchange_free(ex);
+	struct client_upgrade u = {sw, via, t, false, host, port};
+	cs->ops->upgrade(cs, &u);
+	free(sw);
+}
+
 static void on_head(void *ctx, const struct http1_msg *h)
 {
 	struct exchange *ex = ctx;
 
 	if (h->status == 101 && ex->upgrade) { /* the codec passes none other */
 		switched(ex, h);
+		return;
+	}
+	if (ex->ext_connect && h->status >= 200 && h->status < 300) {
+		ext_switched(ex, h);
 		return;
 	}
 	if (h->status < 200) {
@@ -483,20 +567,34 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 {
 	struct exchange *ex = ctx;
 
+	if (ex->ext_connect &&
+	    !(s->conn->ops->connect_protocol && s->conn->ops->connect_protocol(s->conn))) {
+		/* the connection the pool gave cannot: a dedicated one after all */
+		s->ops->cancel(s);
+		ex->wait = NULL;
+		ex->ext_connect = false;
+		ex->nfields = 0;
+		build_fields(ex);
+		ex->dedicated = pool_open_dedicated(ex->m->pool, &ex->key, &dedicated_cbs, ex);
+		if (!ex->dedicated)
+			answer_error(ex, ERR_CONNECT, "out of memory");
+		return;
+	}
 	if (s->conn->proto != PROTO_H1 && ex->req.expect_continue)
 		answer_continue(ex);
 	struct upstream_request r = {
-	    .method = ex->req.method,
+	    .method = ex->ext_connect ? "CONNECT" : ex->req.method,
 	    .scheme = ex->uri.scheme,
 	    .authority = ex->authority,
 	    .path = ex->uri.path,
 	    .fields = ex->fields,
 	    .nfields = ex->nfields,
-	    .has_body = ex->req.body != HTTP1_BODY_NONE,
+	    .has_body = ex->ext_connect || ex->req.body != HTTP1_BODY_NONE,
 	    .content_length =
 	        ex->req.body == HTTP1_BODY_LENGTH ? (int64_t)ex->req.content_length : -1,
-	    .upgrade = ex->upgrade,
-	    .early_data = early_allowed(ex),
+	    .upgrade = ex->upgrade && !ex->ext_connect,
+	    .protocol = ex->ext_connect ? "websocket" : NULL,
+	    .early_data = !ex->ext_connect && early_allowed(ex),
 	};
 
 	ex->wait = NULL;
@@ -504,6 +602,8 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 	ex->early = r.early_data;
 	ex->reused = reused;
 	ex->req_end_sent = false; /* a retry: the new stream needs the end too */
+	if (ex->ext_connect)
+		ex->req_end_sent = true; /* the stream stays open for the new protocol */
 	ex->proto = s->conn->proto;
 	if (!ex->got_stream)
 		ex->m->metrics.requests[ex->proto]++;
@@ -601,14 +701,15 @@ static void build_fields(struct exchange *ex)
 
 	for (size_t i = 0; i < req->nfields; i++) {
 		const struct http1_field *f = &req->fields[i];
-		bool drop = http1_is_hop_by_hop(req, f->name);
+		bool drop = http1_is_hop_by_hop(req, f->name) ||
+		            (ex->ext_connect && strcasecmp(f->name, "sec-websocket-key") == 0);
 		for (size_t k = 0; k < sizeof(skip) / sizeof(skip[0]); k++)
 			drop = drop || strcasecmp(f->name, skip[k]) == 0;
 		if (!drop)
 			ex->fields[ex->nfields++] =
 			    (struct upstream_field){f->name, f->name_len, f->value, f->value_len};
 	}
-	if (ex->upgrade) { /* the switch asked for goes along (its hop-by-hop fields) */
+	if (ex->upgrade && !ex->ext_connect) { /* the switch asked for goes along (hop-by-hop) */
 		const struct http1_field *up = http1_find(req, "upgrade");
 		ex->fields[ex->nfields++] =
 		    (struct upstream_field){"Upgrade", 7, up->value, up->value_len};
@@ -674,8 +775,14 @@ struct exchange *exchange_start(struct muxd *m, struct client_stream *client, st
 		exchange_free(ex);
 		return NULL;
 	}
+	/* a WebSocket without a body may go to an HTTP/2 origin that allows it */
+	if (ex->upgrade && ex->req.body == HTTP1_BODY_NONE && m->pool &&
+	    http1_upgrade_listed(http1_find(&ex->req, "upgrade")->value,
+	                         http1_find(&ex->req, "upgrade")->value_len, "websocket") &&
+	    http1_find(&ex->req, "sec-websocket-key") && pool_connect_protocol(m->pool, &ex->key))
+		ex->ext_connect = true;
 	build_fields(ex);
-	if (ex->upgrade)
+	if (ex->upgrade && !ex->ext_connect)
 		ex->dedicated = pool_open_dedicated(m->pool, &ex->key, &dedicated_cbs, ex);
 	else
 		ex->wait = pool_start_stream(m->pool, &ex->key, false, &stream_cbs, &wait_cbs, ex);

@@ -12,6 +12,10 @@ The client is python-h2 over TLS through a CONNECT that muxd intercepts
 (ALPN h2); the WebSocket frames are written and read with websockets'
 sans-I/O protocol on the stream's DATA.  The origin is test_websocket.py's
 WsServer (python3-websockets, TLS with the test PKI).
+
+Upstream extended CONNECT: ConnectProtocolOrigin, a python-h2 origin that
+advertises SETTINGS_ENABLE_CONNECT_PROTOCOL and echoes on such streams,
+takes WebSockets of HTTP/1.1 and HTTP/2 clients on its pooled connection.
 """
 
 import socket
@@ -418,3 +422,205 @@ def test_half_close_after_a_stalled_upload(muxd, stream_server, pki):
     go.set()
     wait_until(lambda: got["eof"], timeout=30, what="the origin to see the client's end")
     assert got["n"] == sent
+
+
+# --------------------------------------------------------------------------
+# upstream: an HTTP/2 origin that allows extended CONNECT (RFC 8441)
+
+
+class ConnectProtocolOrigin:
+    """python-h2 over TLS (ALPN h2) that advertises
+    SETTINGS_ENABLE_CONNECT_PROTOCOL: an extended CONNECT gets 200 and its
+    DATA echoed (its END_STREAM too); any other request gets 200 "plain\\n".
+    .requests: the header lists seen; .connections: TLS connections."""
+
+    def __init__(self, pki):
+        import threading
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(*map(str, pki.leaf))
+        self.ctx.set_alpn_protocols(["h2"])
+        self.requests = []
+        self.connections = 0
+        self.stopping = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind((LOCALHOST, 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self):
+        import threading
+        while not self.stopping.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            t = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, sock):
+        try:
+            tls = self.ctx.wrap_socket(sock, server_side=True)
+        except (OSError, ssl.SSLError):
+            sock.close()
+            return
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.local_settings = h2.settings.Settings(
+            client=False, initial_values={h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1})
+        conn.initiate_connection()
+        tunnels, pending, ending = set(), {}, set()
+        tls.settimeout(0.05)
+        try:
+            while not self.stopping.is_set():
+                for sid in list(pending):  # echo what the windows allow
+                    data = pending[sid]
+                    n = min(len(data), conn.local_flow_control_window(sid),
+                            conn.max_outbound_frame_size)
+                    if n > 0:
+                        conn.send_data(sid, data[:n])
+                        pending[sid] = data[n:]
+                    if not pending[sid]:
+                        del pending[sid]
+                        if sid in ending:
+                            conn.end_stream(sid)
+                            ending.discard(sid)
+                out = conn.data_to_send()
+                if out:
+                    tls.sendall(out)
+                try:
+                    data = tls.recv(1 << 16)
+                except (socket.timeout, ssl.SSLWantReadError):
+                    continue
+                if not data:
+                    return
+                for ev in conn.receive_data(data):
+                    sid = getattr(ev, "stream_id", None)
+                    if isinstance(ev, h2.events.RequestReceived):
+                        hdrs = dict(ev.headers)
+                        self.requests.append(list(ev.headers))
+                        if hdrs.get(":method") == "CONNECT" and ":protocol" in hdrs:
+                            tunnels.add(sid)
+                            conn.send_headers(sid, [(":status", "200"),
+                                                    ("sec-websocket-protocol", "chat")])
+                        elif ev.stream_ended is not None or hdrs.get(":method") == "GET":
+                            conn.send_headers(sid, [(":status", "200"),
+                                                    ("content-length", "6")])
+                            conn.send_data(sid, b"plain\n", end_stream=True)
+                    elif isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                        if sid in tunnels:
+                            pending[sid] = pending.get(sid, b"") + ev.data
+                    elif isinstance(ev, h2.events.StreamEnded) and sid in tunnels:
+                        if sid in pending:
+                            ending.add(sid)
+                        else:
+                            conn.end_stream(sid)
+                    elif isinstance(ev, h2.events.StreamReset):
+                        tunnels.discard(sid)
+                        pending.pop(sid, None)
+        except (OSError, ssl.SSLError, h2.exceptions.ProtocolError):
+            return
+        finally:
+            tls.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.listener.close()
+        for t in self.threads:
+            t.join(5)
+
+
+@pytest.fixture
+def cp_origin(pki):
+    o = ConnectProtocolOrigin(pki)
+    yield o
+    o.stop()
+
+
+def test_h1_websocket_as_extended_connect_upstream(muxd, cp_origin, pki):
+    """An HTTP/1.1 client's wss:// upgrade goes as an extended CONNECT stream
+    on the pooled HTTP/2 connection of an origin that allows it."""
+    from test_websocket import accept_value, handshake
+    m = muxd(conf(pki, cp_origin.port))
+    authority = f"{LOCALHOST}:{cp_origin.port}"
+    ctx = ssl.create_default_context(cafile=str(m.state_dir / "ca.pem"))
+    # a first request: the pooled HTTP/2 connection and the origin's SETTINGS
+    resp, reader = open_tunnel(m.port, authority, timeout=20)
+    tls = ctx.wrap_socket(reader.sock, server_hostname=LOCALHOST)
+    tls.sendall(f"GET /plain HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    from support import HTTPReader
+    assert HTTPReader(tls).read_response().body == b"plain\n"
+    tls.close()
+    resp, reader = open_tunnel(m.port, authority, timeout=20)
+    tls = ctx.wrap_socket(reader.sock, server_hostname=LOCALHOST)
+    status, hdrs, r, key = handshake(tls, "/ws", authority,
+                                     extra=[("Sec-WebSocket-Protocol", "chat")])
+    assert status == 101, (status, hdrs)
+    assert hdrs.get("sec-websocket-accept") == accept_value(key)
+    assert hdrs.get("sec-websocket-protocol") == "chat"
+    assert "websocket" in hdrs.tokens("upgrade")
+    tls.sendall(b"raw bytes both ways")
+    got = bytes(r.buf)
+    r.buf.clear()
+    while len(got) < 19:
+        got += tls.recv(1 << 16)
+    assert got == b"raw bytes both ways"
+    big = pattern_bytes(2 * 1024 * 1024 + 3, seed=4)
+    import threading
+    sender = threading.Thread(target=tls.sendall, args=(big,), daemon=True)
+    sender.start()
+    got = b""
+    while len(got) < len(big):
+        got += tls.recv(1 << 18)
+    sender.join(10)
+    assert got == big
+    # the client's half-close is the stream's END_STREAM; the origin's comes back
+    tls.shutdown(socket.SHUT_WR)
+    assert r.wait_eof(10)
+    tls.close()
+    connect_req = [dict(h) for h in cp_origin.requests if dict(h).get(":method") == "CONNECT"]
+    assert len(connect_req) == 1
+    h = connect_req[0]
+    assert (h[":protocol"], h[":scheme"], h[":path"]) == ("websocket", "https", "/ws")
+    assert h.get("sec-websocket-version") == "13"
+    assert h.get("sec-websocket-protocol") == "chat"
+    assert "sec-websocket-key" not in h and "upgrade" not in h and "connection" not in h
+    mt = m.metrics()
+    assert mt.value("muxd_upstream_connections_opened_total", proto="h2") == 1
+    assert mt.value("muxd_upstream_connections_opened_total", proto="h1") in (0, None)
+    assert cp_origin.connections == 1
+
+
+def test_h2_websocket_as_extended_connect_upstream(muxd, cp_origin, pki):
+    """An HTTP/2 client's extended CONNECT goes on as one, on the pooled
+    connection, next to a normal stream."""
+    m = muxd(conf(pki, cp_origin.port))
+    c = H2(m, f"{LOCALHOST}:{cp_origin.port}")
+    first = c.request("/plain")
+    c.until(lambda: first in c.ended, what="the first response")
+    assert c.bodies[first] == b"plain\n"
+    sid = c.connect_ws("/ws")
+    assert c.heads[sid][":status"] == "200"
+    assert c.heads[sid].get("sec-websocket-protocol") == "chat"
+    c.send_data(sid, b"over two HTTP/2 streams")
+    c.until(lambda: c.bodies.get(sid, b"") == b"over two HTTP/2 streams", what="the echo")
+    big = pattern_bytes(1024 * 1024 + 5, seed=6)
+    c.bodies[sid] = b""
+    c.send_data(sid, big)
+    c.until(lambda: len(c.bodies.get(sid, b"")) >= len(big), timeout=30, what="the big echo")
+    assert c.bodies[sid] == big
+    c.conn.end_stream(sid)
+    c.flush()
+    c.until(lambda: sid in c.ended, what="the origin's END_STREAM")
+    assert sid not in c.reset
+    mt = m.metrics()
+    assert mt.value("muxd_upstream_connections_opened_total", proto="h2") == 1
+    assert mt.value("muxd_upstream_connections_opened_total", proto="h1") in (0, None)
+    assert cp_origin.connections == 1
