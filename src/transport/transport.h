@@ -253,6 +253,7 @@ struct transport *h2_tunnel_connect(const struct transport_env *env,
  * a connected byte stream at once. name names the peer in messages. NULL
  * when out of memory (the stream is cancelled then).
  */
+struct upstream_stream;
 struct transport *h2_tunnel_adopt(const struct transport_env *env, struct upstream_stream *s,
                                   const char *name, const struct transport_cbs *cbs, void *ctx);
 
