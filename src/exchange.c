@@ -8,6 +8,7 @@
 #include "exchange.h"
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <stddef.h>
@@ -19,6 +20,7 @@
 
 #include "client/session.h"
 #include "config.h"
+#include "hold.h"
 #include "log.h"
 #include "pool.h"
 #include "route.h"
@@ -300,13 +302,218 @@ static void switched(struct exchange *ex, const struct http1_msg *h)
 	cs->ops->upgrade(cs, &u);
 }
 
-static void ext_closed_early(void *ctx, enum transport_event ev, enum muxd_err err,
-                             const char *reason)
+/*
+ * --- an extended CONNECT stream as a byte stream (RFC 8441) ---
+ *
+ * Once the origin's 2xx came, the upstream stream carries the WebSocket both
+ * ways: this layer (the origin transport the client session splices with)
+ * moves what its user writes into the stream's request body as send_space
+ * allows and the stream's response body into its input up to TRANSPORT_BUF,
+ * consumed only then (the stream's window opens as the client side takes
+ * the bytes); shutdown is the stream's end, the origin's end is EOF, a
+ * stream error is TRANSPORT_ERROR, close cancels the stream. Work is done in
+ * deferred passes, so no callback runs inside another module's call.
+ */
+struct ext_layer {
+	struct transport base;
+	struct upstream_stream *s; /* NULL once ended, failed or cancelled */
+	struct evbuffer *in, *out;
+	struct event *pass;
+	bool shut, shut_sent, eof, report_read, report_drain, report_eof, report_error;
+	enum muxd_err err;
+	char reason[300];
+	unsigned holds; /* hold.h */
+	bool closing;
+};
+
+static void xl_schedule(struct ext_layer *xl)
 {
-	(void)ctx; /* the client session sets its own callbacks at once */
-	(void)ev;
-	(void)err;
-	(void)reason;
+	event_active(xl->pass, EV_TIMEOUT, 0);
+}
+
+static void xl_free(struct ext_layer *xl)
+{
+	if (xl->s)
+		xl->s->ops->cancel(xl->s);
+	if (xl->in)
+		evbuffer_free(xl->in);
+	if (xl->out)
+		evbuffer_free(xl->out);
+	if (xl->pass)
+		event_free(xl->pass);
+	free(xl);
+}
+
+static struct evbuffer *xl_input(struct transport *t)
+{
+	return ((struct ext_layer *)t)->in;
+}
+
+static struct evbuffer *xl_output(struct transport *t)
+{
+	return ((struct ext_layer *)t)->out;
+}
+
+static void xl_set_reading(struct transport *t, bool on)
+{
+	(void)on; /* the input's bound says how much is taken */
+	xl_schedule((struct ext_layer *)t);
+}
+
+static void xl_shutdown(struct transport *t)
+{
+	struct ext_layer *xl = (struct ext_layer *)t;
+
+	xl->shut = true;
+	xl_schedule(xl);
+}
+
+static void xl_close(struct transport *t)
+{
+	struct ext_layer *xl = (struct ext_layer *)t;
+
+	if (hold_close(xl->holds, &xl->closing))
+		xl_free(xl);
+}
+
+static bool xl_alive(struct transport *t)
+{
+	struct ext_layer *xl = (struct ext_layer *)t;
+
+	return xl->s && !xl->eof;
+}
+
+static const struct transport_ops xl_ops = {xl_input,    xl_output, xl_set_reading,
+                                            xl_shutdown, xl_close,  xl_alive};
+
+static void xl_move(struct ext_layer *xl)
+{
+	struct upstream_stream *s = xl->s;
+
+	if (!s)
+		return;
+	while (evbuffer_get_length(xl->out) > 0 && s->ops->send_space(s) > 0) {
+		size_t room = s->ops->send_space(s), n;
+		struct evbuffer_iovec v;
+		evbuffer_peek(xl->out, -1, NULL, &v, 1);
+		n = v.iov_len < room ? v.iov_len : room;
+		s->ops->send_body(s, v.iov_base, n);
+		evbuffer_drain(xl->out, n);
+		xl->report_drain = true;
+	}
+	if (xl->shut && !xl->shut_sent && evbuffer_get_length(xl->out) == 0) {
+		xl->shut_sent = true;
+		s->ops->send_end(s, "");
+	}
+	struct evbuffer *body = s->ops->body(s);
+	size_t have = evbuffer_get_length(xl->in), n = evbuffer_get_length(body);
+	if (n > 0 && have < TRANSPORT_BUF) {
+		if (n > TRANSPORT_BUF - have)
+			n = TRANSPORT_BUF - have;
+		evbuffer_remove_buffer(body, xl->in, n);
+		xl->report_read = true;
+		s->ops->consumed(s); /* may end the stream: xl_end, xl_error */
+	}
+}
+
+static void xl_pass(evutil_socket_t fd, short what, void *arg)
+{
+	struct ext_layer *xl = arg;
+	const struct transport_cbs *cbs = &xl->base.cbs;
+
+	(void)fd;
+	(void)what;
+	hold_take(&xl->holds);
+	xl_move(xl);
+	if (xl->report_read && !xl->closing && cbs->on_read) {
+		xl->report_read = false;
+		cbs->on_read(xl->base.ctx);
+	}
+	if (xl->report_drain && !xl->closing && cbs->on_drain &&
+	    evbuffer_get_length(xl->out) < TRANSPORT_BUF / 2) {
+		xl->report_drain = false;
+		cbs->on_drain(xl->base.ctx);
+	}
+	if (xl->report_eof && !xl->closing && evbuffer_get_length(xl->in) == 0) {
+		xl->report_eof = false;
+		cbs->on_event(xl->base.ctx, TRANSPORT_EOF, ERR_CLOSED, "connection closed");
+	}
+	if (xl->report_error && !xl->closing) {
+		xl->report_error = false;
+		cbs->on_event(xl->base.ctx, TRANSPORT_ERROR, xl->err, xl->reason);
+	}
+	if (hold_release(&xl->holds) && xl->closing)
+		xl_free(xl);
+}
+
+static void xl_head(void *ctx, const struct http1_msg *h)
+{
+	(void)h; /* the final head came already */
+	xl_schedule(ctx);
+}
+
+static void xl_body(void *ctx)
+{
+	xl_schedule(ctx);
+}
+
+static void xl_end(void *ctx, const char *trailers)
+{
+	struct ext_layer *xl = ctx;
+
+	(void)trailers;
+	xl->s = NULL; /* the connection takes it back */
+	xl->eof = xl->report_eof = true;
+	xl_schedule(xl);
+}
+
+static void xl_error(void *ctx, enum muxd_err err, const char *reason, bool nothing)
+{
+	struct ext_layer *xl = ctx;
+
+	(void)nothing;
+	xl->s = NULL;
+	xl->err = err;
+	xl->report_error = true;
+	snprintf(xl->reason, sizeof(xl->reason), "%s", reason);
+	xl_schedule(xl);
+}
+
+static const struct upstream_stream_cbs xl_stream_cbs = {xl_head, xl_body, xl_end, xl_error,
+                                                         xl_body};
+
+static void xl_moved(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
+{
+	(void)b;
+	if (info->n_added > 0 || info->n_deleted > 0)
+		xl_schedule(arg); /* bytes to send, or room to read more */
+}
+
+/* The layer over s (whose 2xx head came); NULL when out of memory (s is
+ * cancelled then). Its user sets its callbacks before the loop runs. */
+static struct transport *ext_layer_new(struct exchange *ex, struct upstream_stream *s)
+{
+	struct ext_layer *xl = calloc(1, sizeof(*xl));
+
+	if (!xl) {
+		s->ops->cancel(s);
+		return NULL;
+	}
+	xl->base.ops = &xl_ops;
+	xl->s = s;
+	xl->in = evbuffer_new();
+	xl->out = evbuffer_new();
+	xl->pass = event_new(ex->m->base, -1, 0, xl_pass, xl);
+	if (!xl->in || !xl->out || !xl->pass) {
+		xl_free(xl);
+		return NULL;
+	}
+	evbuffer_add_cb(xl->out, xl_moved, xl);
+	evbuffer_add_cb(xl->in, xl_moved, xl);
+	s->cbs = xl_stream_cbs;
+	s->ctx = xl;
+	xl_schedule(xl); /* body bytes that came with the head */
+	return &xl->base;
 }
 
 /*
@@ -318,7 +525,6 @@ static void ext_closed_early(void *ctx, enum transport_event ev, enum muxd_err e
  */
 static void ext_switched(struct exchange *ex, const struct http1_msg *h)
 {
-	static const struct transport_cbs early = {NULL, NULL, ext_closed_early};
 	struct client_stream *cs = ex->client;
 	const struct http1_field *key = http1_find(&ex->req, "sec-websocket-key");
 	struct http1_msg *sw = malloc(sizeof(*sw));
@@ -354,7 +560,7 @@ static void ext_switched(struct exchange *ex, const struct http1_msg *h)
 		    strcasecmp(f->name, "sec-websocket-accept") != 0)
 			sw->fields[sw->nfields++] = *f;
 	}
-	t = h2_tunnel_adopt(&ex->m->env->transport, ex->stream, ex->uri.host, &early, NULL);
+	t = ext_layer_new(ex, ex->stream);
 	ex->stream = NULL; /* the layer's now (or cancelled) */
 	if (!t) {
 		free(sw);

@@ -318,33 +318,3 @@ struct transport *h2_tunnel_connect(const struct transport_env *env,
 	}
 	return &st->base;
 }
-
-struct transport *h2_tunnel_adopt(const struct transport_env *env, struct upstream_stream *s,
-                                  const char *name, const struct transport_cbs *cbs, void *ctx)
-{
-	struct h2_tunnel *st = calloc(1, sizeof(*st));
-
-	if (!st) {
-		s->ops->cancel(s);
-		return NULL;
-	}
-	st->base.ops = &stream_ops;
-	transport_set_cbs(&st->base, cbs, ctx);
-	st->reading = true;
-	snprintf(st->name, sizeof(st->name), "%s", name);
-	st->in = evbuffer_new();
-	st->out = evbuffer_new();
-	st->pass = event_new(env->base, -1, 0, pass_cb, st);
-	st->s = s; /* freed with it from here on */
-	if (!st->in || !st->out || !st->pass) {
-		st_free(st);
-		return NULL;
-	}
-	evbuffer_add_cb(st->out, out_added, st);
-	evbuffer_add_cb(st->in, in_drained, st);
-	s->cbs = stream_cbs;
-	s->ctx = st;
-	st->up = true;
-	schedule(st); /* body bytes that came with the head */
-	return &st->base;
-}

@@ -246,17 +246,6 @@ struct transport *h2_tunnel_connect(const struct transport_env *env,
                                     const char *host, uint16_t port, const char *auth,
                                     const struct transport_cbs *cbs, void *ctx);
 
-/*
- * The same layer over a stream whose request went already and whose 2xx
- * head arrived (an RFC 8441 extended CONNECT the exchange made): takes the
- * stream over (its callbacks become the layer's; cancelled on close) and is
- * a connected byte stream at once. name names the peer in messages. NULL
- * when out of memory (the stream is cancelled then).
- */
-struct upstream_stream;
-struct transport *h2_tunnel_adopt(const struct transport_env *env, struct upstream_stream *s,
-                                  const char *name, const struct transport_cbs *cbs, void *ctx);
-
 /* Wrap an accepted socket (client side). */
 struct transport *tcp_accepted(const struct transport_env *env, int fd,
                                const struct transport_cbs *cbs, void *ctx);
