@@ -1004,7 +1004,7 @@ enum http1_framing http1_relay_framing(int status, const char *method, enum http
 }
 
 /* Base64 (RFC 4648, with padding) of src into dst (4 * ((n + 2) / 3) + 1 bytes). */
-static void base64(const unsigned char *src, size_t n, char *dst)
+void http1_base64(const unsigned char *src, size_t n, char *dst)
 {
 	static const char alphabet[] =
 	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -1036,6 +1036,6 @@ bool http1_basic_credentials(const char *user_pass, char *out, size_t size)
 	if (6 + 4 * ((n + 2) / 3) + 1 > size)
 		return false;
 	memcpy(out, "Basic ", 6);
-	base64((const unsigned char *)user_pass, n, out + 6);
+	http1_base64((const unsigned char *)user_pass, n, out + 6);
 	return true;
 }

@@ -95,6 +95,10 @@ struct transport *pool_open_tunnel(struct pool *p, const struct route *route, co
  */
 struct transport *pool_open_dedicated(struct pool *p, const struct pool_key *key,
                                       const struct transport_cbs *cbs, void *ctx);
+/* An HTTP/2 connection of key is open, takes streams and its origin allows
+ * extended CONNECT (RFC 8441): an upgrade may go as a stream on it
+ * (pool_start_stream) instead of a dedicated connection. */
+bool pool_connect_protocol(struct pool *p, const struct pool_key *key);
 
 /* A verified TLS origin's Alt-Svc field value, from a response. */
 void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value, size_t len);

@@ -750,15 +750,18 @@ static void send_head(struct mux_stream *ms, const struct upstream_request *r)
 		snprintf(c->mc.name, sizeof(c->mc.name), "%s", r->authority);
 	for (size_t i = 0; i < r->nfields; i++)
 		names += r->fields[i].name_len;
-	nva = calloc(r->nfields + 6, sizeof(*nva));
+	nva = calloc(r->nfields + 7, sizeof(*nva));
 	lower = malloc(names + 1);
 	if (!nva || !lower || c->mc.failed)
 		goto fail;
 	nva[nnv++] = NV(":method", 7, r->method, strlen(r->method));
-	if (!s->ms.is_connect) /* CONNECT names only the authority (RFC 9113 8.5) */
+	if (s->ms.is_connect && r->protocol) /* extended CONNECT (RFC 8441 4) */
+		nva[nnv++] = NV(":protocol", 9, r->protocol, strlen(r->protocol));
+	/* a plain CONNECT names only the authority (RFC 9113 8.5) */
+	if (!s->ms.is_connect || r->protocol)
 		nva[nnv++] = NV(":scheme", 7, r->scheme, strlen(r->scheme));
 	nva[nnv++] = NV(":authority", 10, r->authority, strlen(r->authority));
-	if (!s->ms.is_connect)
+	if (!s->ms.is_connect || r->protocol)
 		nva[nnv++] = NV(":path", 5, r->path, strlen(r->path));
 	names = 0;
 	for (size_t i = 0; i < r->nfields; i++) {
@@ -913,6 +916,16 @@ static bool h2_peer(struct upstream_conn *uc, struct sockaddr_storage *addr, con
 	return c->t && !c->mc.failed && chain_peer(c->t, addr, cert, cert_len);
 }
 
+/* The origin's SETTINGS allow extended CONNECT (RFC 8441 3). */
+static bool h2_connect_protocol(struct upstream_conn *uc)
+{
+	struct h2_conn *c = (struct h2_conn *)uc;
+
+	return c->settings_seen && !c->mc.failed && !c->mc.goaway &&
+	       nghttp2_session_get_remote_settings(c->session,
+	                                           NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL) == 1;
+}
+
 static const struct upstream_conn_ops h2_conn_ops = {
     .open_stream = h2_open_stream,
     .free_slots = h2_free_slots,
@@ -921,6 +934,7 @@ static const struct upstream_conn_ops h2_conn_ops = {
     .streams = mux_streams,
     .keep_warm = h2_keep_warm,
     .peer = h2_peer,
+    .connect_protocol = h2_connect_protocol,
 };
 
 static bool session_new(struct h2_conn *c)
