@@ -33,6 +33,9 @@
 #define HOST_MAX 253
 #define FILE_MAX (16 * 1024 * 1024)
 #define CACHE_MAX (1u << 22)
+/* a new master key for client session tickets once a day: a ticket made
+ * under the previous one (GnuTLS's tickets live 6 h) gets a full handshake */
+#define TICKET_KEY_LIFETIME (24 * 60 * 60)
 
 struct local_ca_leaf {
 	unsigned refs;
@@ -58,6 +61,7 @@ struct local_ca {
 	unsigned char ca_key_id[64]; /* the CA's subject key id: the leaves' authority key id */
 	size_t ca_key_id_len;
 	gnutls_datum_t ticket_key;
+	time_t ticket_key_made;
 	/* the leaf cache */
 	struct local_ca_leaf **buckets;
 	size_t nbuckets; /* a power of two */
@@ -623,10 +627,21 @@ struct local_ca *local_ca_open(const char *state_dir, unsigned leaf_cache_size, 
 		        gnutls_strerror(r));
 		goto fail;
 	}
+	ca->ticket_key_made = time(NULL);
 	return ca;
 fail:
 	local_ca_free(ca);
 	return NULL;
+}
+
+static void free_ticket_key(gnutls_datum_t *key)
+{
+	if (!key->data)
+		return;
+	gnutls_memset(key->data, 0, key->size);
+	gnutls_free(key->data);
+	key->data = NULL;
+	key->size = 0;
 }
 
 static void leaf_unref(struct local_ca_leaf *leaf)
@@ -650,10 +665,7 @@ void local_ca_free(struct local_ca *ca)
 		l = next;
 	}
 	free(ca->buckets);
-	if (ca->ticket_key.data) {
-		gnutls_memset(ca->ticket_key.data, 0, ca->ticket_key.size);
-		gnutls_free(ca->ticket_key.data);
-	}
+	free_ticket_key(&ca->ticket_key);
 	if (ca->leaf_key)
 		gnutls_x509_privkey_deinit(ca->leaf_key);
 	if (ca->signer)
@@ -692,8 +704,19 @@ void local_ca_fingerprint(const struct local_ca *ca, char *out, size_t size)
 		snprintf(out, size, "%s", ca->fingerprint);
 }
 
-const gnutls_datum_t *local_ca_ticket_key(const struct local_ca *ca)
+const gnutls_datum_t *local_ca_ticket_key(struct local_ca *ca)
 {
+	time_t now = time(NULL);
+	gnutls_datum_t fresh = {NULL, 0};
+
+	/* a session copies the key (gnutls_session_ticket_enable_server): the
+	 * old one can go at once; if no new one can be made, the old one stays */
+	if ((now - ca->ticket_key_made >= TICKET_KEY_LIFETIME || now < ca->ticket_key_made) &&
+	    gnutls_session_ticket_key_generate(&fresh) >= 0) {
+		free_ticket_key(&ca->ticket_key);
+		ca->ticket_key = fresh;
+		ca->ticket_key_made = now;
+	}
 	return &ca->ticket_key;
 }
 
