@@ -55,7 +55,9 @@ struct local_ca {
 	char *pem;
 	size_t pem_len;
 	char fingerprint[7 + 32 * 3];
+	gnutls_datum_t der; /* the CA certificate, DER */
 	gnutls_x509_privkey_t leaf_key;
+	gnutls_privkey_t leaf_priv; /* the same key, for its public part */
 	unsigned char leaf_key_id[64];
 	size_t leaf_key_id_len;
 	unsigned char ca_key_id[64]; /* the CA's subject key id: the leaves' authority key id */
@@ -614,6 +616,12 @@ struct local_ca *local_ca_open(const char *state_dir, unsigned leaf_cache_size, 
 		set_err(err, err_size, "cannot generate the leaf key: %s", gnutls_strerror(r));
 		goto fail;
 	}
+	if ((r = gnutls_privkey_init(&ca->leaf_priv)) < 0 ||
+	    (r = gnutls_privkey_import_x509(ca->leaf_priv, ca->leaf_key, 0)) < 0 ||
+	    (r = gnutls_x509_crt_export2(ca->crt, GNUTLS_X509_FMT_DER, &ca->der)) < 0) {
+		set_err(err, err_size, "cannot prepare the leaf key: %s", gnutls_strerror(r));
+		goto fail;
+	}
 	ca->leaf_key_id_len = sizeof ca->leaf_key_id;
 	r = gnutls_x509_privkey_get_key_id(ca->leaf_key, GNUTLS_KEYID_USE_SHA1, ca->leaf_key_id,
 	                                   &ca->leaf_key_id_len);
@@ -666,8 +674,11 @@ void local_ca_free(struct local_ca *ca)
 	}
 	free(ca->buckets);
 	free_ticket_key(&ca->ticket_key);
+	if (ca->leaf_priv)
+		gnutls_privkey_deinit(ca->leaf_priv);
 	if (ca->leaf_key)
 		gnutls_x509_privkey_deinit(ca->leaf_key);
+	gnutls_free(ca->der.data);
 	if (ca->signer)
 		gnutls_privkey_deinit(ca->signer);
 	if (ca->key)
@@ -832,10 +843,39 @@ static int normalize_host(const char *host, char *out, unsigned char *ip, size_t
 	return 0;
 }
 
+/* A certificate of a chain for gnutls_certificate_set_key: a copy of der,
+ * and the public key of key (the certificate's), with the given usage. */
+static int make_pcert(gnutls_pcert_st *pc, const gnutls_datum_t *der, gnutls_privkey_t key,
+                      unsigned usage)
+{
+	memset(pc, 0, sizeof *pc);
+	pc->type = GNUTLS_CRT_X509;
+	int r = gnutls_pubkey_init(&pc->pubkey);
+	if (r < 0) {
+		pc->pubkey = NULL;
+		return r;
+	}
+	if ((r = gnutls_pubkey_import_privkey(pc->pubkey, key, usage, 0)) >= 0 &&
+	    !(pc->cert.data = gnutls_malloc(der->size)))
+		r = GNUTLS_E_MEMORY_ERROR;
+	if (r < 0) {
+		gnutls_pubkey_deinit(pc->pubkey);
+		pc->pubkey = NULL;
+		return r;
+	}
+	memcpy(pc->cert.data, der->data, der->size);
+	pc->cert.size = der->size;
+	return 0;
+}
+
 static struct local_ca_leaf *issue(struct local_ca *ca, const char *host, const unsigned char *ip,
                                    size_t ip_len, time_t now, char *err, size_t err_size)
 {
 	gnutls_x509_crt_t crt = NULL;
+	gnutls_datum_t der = {NULL, 0};
+	gnutls_pcert_st chain[2];
+	gnutls_privkey_t key = NULL;
+	memset(chain, 0, sizeof chain);
 	struct local_ca_leaf *leaf = calloc(1, sizeof *leaf);
 	if (!leaf || !(leaf->host = strdup(host))) {
 		free(leaf);
@@ -864,20 +904,36 @@ static struct local_ca_leaf *issue(struct local_ca *ca, const char *host, const 
 	    (r = gnutls_x509_crt_set_authority_key_id(crt, ca->ca_key_id, ca->ca_key_id_len)) < 0 ||
 	    (r = gnutls_x509_crt_privkey_sign(crt, ca->crt, ca->signer, GNUTLS_DIG_SHA256, 0)) <
 	        0 ||
-	    (r = reimport(&crt)) < 0)
+	    (r = gnutls_x509_crt_export2(crt, GNUTLS_X509_FMT_DER, &der)) < 0)
 		goto fail;
 	if ((r = gnutls_certificate_allocate_credentials(&leaf->creds)) < 0)
 		goto fail;
 	/* The leaf key and certificate match by construction: skip GnuTLS's
 	 * sign-and-verify check, which would double the cost of an issue. */
 	gnutls_certificate_set_flags(leaf->creds, GNUTLS_CERTIFICATE_SKIP_KEY_CERT_MATCH);
-	gnutls_x509_crt_t chain[2] = {crt, ca->crt};
-	if ((r = gnutls_certificate_set_x509_key(leaf->creds, chain, 2, ca->leaf_key)) < 0)
+	/* The credentials straight from the DER and the keys we hold: parsing the
+	 * new certificate again and importing the CA's, as building them from
+	 * certificate objects does, was a third of an issue. */
+	if ((r = make_pcert(&chain[0], &der, ca->leaf_priv, GNUTLS_KEY_DIGITAL_SIGNATURE)) < 0 ||
+	    (r = make_pcert(&chain[1], &ca->der, ca->signer,
+	                    GNUTLS_KEY_KEY_CERT_SIGN | GNUTLS_KEY_CRL_SIGN)) < 0 ||
+	    (r = gnutls_privkey_init(&key)) < 0 ||
+	    (r = gnutls_privkey_import_x509(key, ca->leaf_key, GNUTLS_PRIVKEY_IMPORT_COPY)) < 0 ||
+	    (r = gnutls_certificate_set_key(leaf->creds, (const char *[]){host}, 1, chain, 2,
+	                                    key)) < 0)
 		goto fail;
+	/* the credentials own the chain's contents and the key now */
+	gnutls_free(der.data);
 	gnutls_x509_crt_deinit(crt);
 	return leaf;
 fail:
 	set_err(err, err_size, "cannot issue a certificate for %s: %s", host, gnutls_strerror(r));
+	gnutls_free(der.data);
+	for (int i = 0; i < 2; i++)
+		if (chain[i].pubkey)
+			gnutls_pcert_deinit(&chain[i]);
+	if (key)
+		gnutls_privkey_deinit(key);
 	if (crt)
 		gnutls_x509_crt_deinit(crt);
 	if (leaf->creds)
