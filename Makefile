@@ -101,13 +101,15 @@ check:
 	@$(MAKE) --no-print-directory integration
 
 # bench/compare: muxd side by side with squid, haproxy and tinyproxy (one
-# table; QUICK=1 for a short run), then the local CA's leaf issue time;
+# table; QUICK=1 for a short run), then the local CA's leaf issue time and
+# the client-facing TLS handshake (bench/tls, against gnutls-serv);
 # SOAK=1 adds bench/soak (load with reloads, then slowloris).
 bench:
 	@scripts/install-deps --bench
-	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue
+	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue $(BUILD)/bench/tls_hs
 	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/compare
 	$(BUILD)/bench/ca_issue 200
+	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/tls
 	@if [ "$(SOAK)" = 1 ]; then MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/soak; fi
 
 # libFuzzer (clang, ASan+UBSan): `make fuzz FUZZ_SECONDS=N` runs every target
