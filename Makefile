@@ -59,8 +59,8 @@ comma := ,
 EXCHANGE_SEAMS := $(foreach f,pool_start_stream pool_wait_cancel pool_altsvc_learned,\
     -Wl$(comma)--wrap=$(f))
 $(BUILD)/tests/test_exchange $(BUILD)/fuzz/fuzz_body_relay: LDFLAGS += $(EXCHANGE_SEAMS)
-# ... and calloc, to see what an exchange zeroes (test_exchange.c, cost)
-$(BUILD)/tests/test_exchange: LDFLAGS += -Wl$(comma)--wrap=calloc
+# ... and calloc, to see what an exchange or an h2 stream zeroes (their cost tests)
+$(BUILD)/tests/test_exchange $(BUILD)/tests/test_h2: LDFLAGS += -Wl$(comma)--wrap=calloc
 # The HTTP/2 client session's tests: its exchanges are the test's fakes
 # (tests/unit/test_h2_session.c, tests/fuzz/fuzz_h2_session.c).
 H2_SESSION_SEAMS := $(foreach f,exchange_start exchange_client_read exchange_client_drain \
@@ -101,13 +101,15 @@ check:
 	@$(MAKE) --no-print-directory integration
 
 # bench/compare: muxd side by side with squid, haproxy and tinyproxy (one
-# table; QUICK=1 for a short run), then the local CA's leaf issue time;
+# table; QUICK=1 for a short run), then the local CA's leaf issue time and
+# the client-facing TLS handshake (bench/tls, against gnutls-serv);
 # SOAK=1 adds bench/soak (load with reloads, then slowloris).
 bench:
 	@scripts/install-deps --bench
-	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue
+	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue $(BUILD)/bench/tls_hs
 	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/compare
 	$(BUILD)/bench/ca_issue 200
+	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/tls
 	@if [ "$(SOAK)" = 1 ]; then MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/soak; fi
 
 # libFuzzer (clang, ASan+UBSan): `make fuzz FUZZ_SECONDS=N` runs every target

@@ -8,6 +8,9 @@
 #include "exchange.h"
 
 #include <event2/buffer.h>
+#include <event2/event.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +20,7 @@
 
 #include "client/session.h"
 #include "config.h"
+#include "hold.h"
 #include "log.h"
 #include "pool.h"
 #include "route.h"
@@ -73,6 +77,9 @@ struct exchange {
 	bool upgrade;
 	struct transport *dedicated; /* connecting (pool_open_dedicated) */
 	struct upstream_conn *uc;    /* then its HTTP/1.1 codec */
+	/* ... or a WebSocket as an extended CONNECT (RFC 8441) on a pooled
+	 * HTTP/2 connection whose origin allows it */
+	bool ext_connect;
 };
 
 #define REPLAY_HOLD (16 * 1024) /* request body bytes kept for a retry */
@@ -80,6 +87,7 @@ struct exchange {
 static const struct upstream_stream_cbs stream_cbs;
 static const struct pool_wait_cbs wait_cbs;
 static const struct transport_cbs dedicated_cbs;
+static void build_fields(struct exchange *ex);
 
 /* This instance's Via entry (muxd_load_instance; a bare daemon state, as in
  * the unit tests, has none yet). */
@@ -294,12 +302,294 @@ static void switched(struct exchange *ex, const struct http1_msg *h)
 	cs->ops->upgrade(cs, &u);
 }
 
+/*
+ * --- an extended CONNECT stream as a byte stream (RFC 8441) ---
+ *
+ * Once the origin's 2xx came, the upstream stream carries the WebSocket both
+ * ways: this layer (the origin transport the client session splices with)
+ * moves what its user writes into the stream's request body as send_space
+ * allows and the stream's response body into its input up to TRANSPORT_BUF,
+ * consumed only then (the stream's window opens as the client side takes
+ * the bytes); shutdown is the stream's end, the origin's end is EOF, a
+ * stream error is TRANSPORT_ERROR, close cancels the stream. Work is done in
+ * deferred passes, so no callback runs inside another module's call.
+ */
+struct ext_layer {
+	struct transport base;
+	struct upstream_stream *s; /* NULL once ended, failed or cancelled */
+	struct evbuffer *in, *out;
+	struct event *pass;
+	bool shut, shut_sent, eof, report_read, report_drain, report_eof, report_error;
+	enum muxd_err err;
+	char reason[300];
+	unsigned holds; /* hold.h */
+	bool closing;
+};
+
+static void xl_schedule(struct ext_layer *xl)
+{
+	event_active(xl->pass, EV_TIMEOUT, 0);
+}
+
+static void xl_free(struct ext_layer *xl)
+{
+	if (xl->s)
+		xl->s->ops->cancel(xl->s);
+	if (xl->in)
+		evbuffer_free(xl->in);
+	if (xl->out)
+		evbuffer_free(xl->out);
+	if (xl->pass)
+		event_free(xl->pass);
+	free(xl);
+}
+
+static struct evbuffer *xl_input(struct transport *t)
+{
+	return ((struct ext_layer *)t)->in;
+}
+
+static struct evbuffer *xl_output(struct transport *t)
+{
+	return ((struct ext_layer *)t)->out;
+}
+
+static void xl_set_reading(struct transport *t, bool on)
+{
+	(void)on; /* the input's bound says how much is taken */
+	xl_schedule((struct ext_layer *)t);
+}
+
+static void xl_shutdown(struct transport *t)
+{
+	struct ext_layer *xl = (struct ext_layer *)t;
+
+	xl->shut = true;
+	xl_schedule(xl);
+}
+
+static void xl_close(struct transport *t)
+{
+	struct ext_layer *xl = (struct ext_layer *)t;
+
+	if (hold_close(xl->holds, &xl->closing))
+		xl_free(xl);
+}
+
+static bool xl_alive(struct transport *t)
+{
+	struct ext_layer *xl = (struct ext_layer *)t;
+
+	return xl->s && !xl->eof;
+}
+
+static const struct transport_ops xl_ops = {xl_input,    xl_output, xl_set_reading,
+                                            xl_shutdown, xl_close,  xl_alive};
+
+static void xl_move(struct ext_layer *xl)
+{
+	struct upstream_stream *s = xl->s;
+
+	if (!s)
+		return;
+	while (evbuffer_get_length(xl->out) > 0 && s->ops->send_space(s) > 0) {
+		size_t room = s->ops->send_space(s), n;
+		struct evbuffer_iovec v;
+		evbuffer_peek(xl->out, -1, NULL, &v, 1);
+		n = v.iov_len < room ? v.iov_len : room;
+		s->ops->send_body(s, v.iov_base, n);
+		evbuffer_drain(xl->out, n);
+		xl->report_drain = true;
+	}
+	if (xl->shut && !xl->shut_sent && evbuffer_get_length(xl->out) == 0) {
+		xl->shut_sent = true;
+		s->ops->send_end(s, "");
+	}
+	struct evbuffer *body = s->ops->body(s);
+	size_t have = evbuffer_get_length(xl->in), n = evbuffer_get_length(body);
+	if (n > 0 && have < TRANSPORT_BUF) {
+		if (n > TRANSPORT_BUF - have)
+			n = TRANSPORT_BUF - have;
+		evbuffer_remove_buffer(body, xl->in, n);
+		xl->report_read = true;
+		s->ops->consumed(s); /* may end the stream: xl_end, xl_error */
+	}
+}
+
+static void xl_pass(evutil_socket_t fd, short what, void *arg)
+{
+	struct ext_layer *xl = arg;
+	const struct transport_cbs *cbs = &xl->base.cbs;
+
+	(void)fd;
+	(void)what;
+	hold_take(&xl->holds);
+	xl_move(xl);
+	if (xl->report_read && !xl->closing && cbs->on_read) {
+		xl->report_read = false;
+		cbs->on_read(xl->base.ctx);
+	}
+	if (xl->report_drain && !xl->closing && cbs->on_drain &&
+	    evbuffer_get_length(xl->out) < TRANSPORT_BUF / 2) {
+		xl->report_drain = false;
+		cbs->on_drain(xl->base.ctx);
+	}
+	if (xl->report_eof && !xl->closing && evbuffer_get_length(xl->in) == 0) {
+		xl->report_eof = false;
+		cbs->on_event(xl->base.ctx, TRANSPORT_EOF, ERR_CLOSED, "connection closed");
+	}
+	if (xl->report_error && !xl->closing) {
+		xl->report_error = false;
+		cbs->on_event(xl->base.ctx, TRANSPORT_ERROR, xl->err, xl->reason);
+	}
+	if (hold_release(&xl->holds) && xl->closing)
+		xl_free(xl);
+}
+
+static void xl_head(void *ctx, const struct http1_msg *h)
+{
+	(void)h; /* the final head came already */
+	xl_schedule(ctx);
+}
+
+static void xl_body(void *ctx)
+{
+	xl_schedule(ctx);
+}
+
+static void xl_end(void *ctx, const char *trailers)
+{
+	struct ext_layer *xl = ctx;
+
+	(void)trailers;
+	xl->s = NULL; /* the connection takes it back */
+	xl->eof = xl->report_eof = true;
+	xl_schedule(xl);
+}
+
+static void xl_error(void *ctx, enum muxd_err err, const char *reason, bool nothing)
+{
+	struct ext_layer *xl = ctx;
+
+	(void)nothing;
+	xl->s = NULL;
+	xl->err = err;
+	xl->report_error = true;
+	snprintf(xl->reason, sizeof(xl->reason), "%s", reason);
+	xl_schedule(xl);
+}
+
+static const struct upstream_stream_cbs xl_stream_cbs = {xl_head, xl_body, xl_end, xl_error,
+                                                         xl_body};
+
+static void xl_moved(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
+{
+	(void)b;
+	if (info->n_added > 0 || info->n_deleted > 0)
+		xl_schedule(arg); /* bytes to send, or room to read more */
+}
+
+/* The layer over s (whose 2xx head came); NULL when out of memory (s is
+ * cancelled then). Its user sets its callbacks before the loop runs. */
+static struct transport *ext_layer_new(struct exchange *ex, struct upstream_stream *s)
+{
+	struct ext_layer *xl = calloc(1, sizeof(*xl));
+
+	if (!xl) {
+		s->ops->cancel(s);
+		return NULL;
+	}
+	xl->base.ops = &xl_ops;
+	xl->s = s;
+	xl->in = evbuffer_new();
+	xl->out = evbuffer_new();
+	xl->pass = event_new(ex->m->base, -1, 0, xl_pass, xl);
+	if (!xl->in || !xl->out || !xl->pass) {
+		xl_free(xl);
+		return NULL;
+	}
+	evbuffer_add_cb(xl->out, xl_moved, xl);
+	evbuffer_add_cb(xl->in, xl_moved, xl);
+	s->cbs = xl_stream_cbs;
+	s->ctx = xl;
+	xl_schedule(xl); /* body bytes that came with the head */
+	return &xl->base;
+}
+
+/*
+ * The origin accepted the extended CONNECT (its 2xx): the client gets the
+ * 101 its HTTP/1.1 upgrade asked for (Sec-WebSocket-Accept for its key, the
+ * origin's end-to-end fields such as Sec-WebSocket-Protocol), and its
+ * session splices the stream, as a byte stream (h2_tunnel_adopt), with its
+ * own; the exchange is over.
+ */
+static void ext_switched(struct exchange *ex, const struct http1_msg *h)
+{
+	struct client_stream *cs = ex->client;
+	const struct http1_field *key = http1_find(&ex->req, "sec-websocket-key");
+	struct http1_msg *sw = malloc(sizeof(*sw));
+	char in[96], accept[32];
+	unsigned char sha[20];
+	struct transport *t;
+	int n = key ? snprintf(in, sizeof(in), "%.*s258EAFA5-E914-47DA-95CA-C5AB0DC85B11",
+	                       (int)key->value_len, key->value)
+	            : -1;
+
+	if (!sw || n < 0 || (size_t)n >= sizeof(in) ||
+	    gnutls_hash_fast(GNUTLS_DIG_SHA1, in, (size_t)n, sha) != 0) {
+		free(sw);
+		ex->stream->ops->cancel(ex->stream);
+		ex->stream = NULL;
+		answer_error(ex, ERR_BAD_RESPONSE, "protocol switch failed");
+		return;
+	}
+	http1_base64(sha, sizeof(sha), accept);
+	memset(sw, 0, offsetof(struct http1_msg, fields));
+	sw->status = 101;
+	sw->reason = "Switching Protocols";
+	sw->version_minor = 1;
+	sw->body = HTTP1_BODY_NONE;
+	sw->fields[sw->nfields++] = (struct http1_field){"Upgrade", 7, "websocket", 9};
+	sw->fields[sw->nfields++] = (struct http1_field){"Connection", 10, "Upgrade", 7};
+	sw->fields[sw->nfields++] =
+	    (struct http1_field){"Sec-WebSocket-Accept", 20, accept, strlen(accept)};
+	for (size_t i = 0; i < h->nfields && sw->nfields < HTTP1_MAX_FIELDS; i++) {
+		const struct http1_field *f = &h->fields[i];
+		if (!http1_is_hop_by_hop(h, f->name) &&
+		    strcasecmp(f->name, "content-length") != 0 &&
+		    strcasecmp(f->name, "sec-websocket-accept") != 0)
+			sw->fields[sw->nfields++] = *f;
+	}
+	t = ext_layer_new(ex, ex->stream);
+	ex->stream = NULL; /* the layer's now (or cancelled) */
+	if (!t) {
+		free(sw);
+		answer_error(ex, ERR_BAD_RESPONSE, "protocol switch failed");
+		return;
+	}
+	char host[sizeof(ex->uri.host)];
+	uint16_t port = ex->uri.port;
+	const char *via = client_via(ex);
+	snprintf(host, sizeof(host), "%s", ex->uri.host);
+	ex->status = 101;
+	ex->head_sent = true;
+	access_log(ex);
+	exchange_free(ex);
+	struct client_upgrade u = {sw, via, t, false, host, port};
+	cs->ops->upgrade(cs, &u);
+	free(sw);
+}
+
 static void on_head(void *ctx, const struct http1_msg *h)
 {
 	struct exchange *ex = ctx;
 
 	if (h->status == 101 && ex->upgrade) { /* the codec passes none other */
 		switched(ex, h);
+		return;
+	}
+	if (ex->ext_connect && h->status >= 200 && h->status < 300) {
+		ext_switched(ex, h);
 		return;
 	}
 	if (h->status < 200) {
@@ -483,20 +773,34 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 {
 	struct exchange *ex = ctx;
 
+	if (ex->ext_connect &&
+	    !(s->conn->ops->connect_protocol && s->conn->ops->connect_protocol(s->conn))) {
+		/* the connection the pool gave cannot: a dedicated one after all */
+		s->ops->cancel(s);
+		ex->wait = NULL;
+		ex->ext_connect = false;
+		ex->nfields = 0;
+		build_fields(ex);
+		ex->dedicated = pool_open_dedicated(ex->m->pool, &ex->key, &dedicated_cbs, ex);
+		if (!ex->dedicated)
+			answer_error(ex, ERR_CONNECT, "out of memory");
+		return;
+	}
 	if (s->conn->proto != PROTO_H1 && ex->req.expect_continue)
 		answer_continue(ex);
 	struct upstream_request r = {
-	    .method = ex->req.method,
+	    .method = ex->ext_connect ? "CONNECT" : ex->req.method,
 	    .scheme = ex->uri.scheme,
 	    .authority = ex->authority,
 	    .path = ex->uri.path,
 	    .fields = ex->fields,
 	    .nfields = ex->nfields,
-	    .has_body = ex->req.body != HTTP1_BODY_NONE,
+	    .has_body = ex->ext_connect || ex->req.body != HTTP1_BODY_NONE,
 	    .content_length =
 	        ex->req.body == HTTP1_BODY_LENGTH ? (int64_t)ex->req.content_length : -1,
-	    .upgrade = ex->upgrade,
-	    .early_data = early_allowed(ex),
+	    .upgrade = ex->upgrade && !ex->ext_connect,
+	    .protocol = ex->ext_connect ? "websocket" : NULL,
+	    .early_data = !ex->ext_connect && early_allowed(ex),
 	};
 
 	ex->wait = NULL;
@@ -504,6 +808,8 @@ static void wait_stream(void *ctx, struct upstream_stream *s, bool reused)
 	ex->early = r.early_data;
 	ex->reused = reused;
 	ex->req_end_sent = false; /* a retry: the new stream needs the end too */
+	if (ex->ext_connect)
+		ex->req_end_sent = true; /* the stream stays open for the new protocol */
 	ex->proto = s->conn->proto;
 	if (!ex->got_stream)
 		ex->m->metrics.requests[ex->proto]++;
@@ -601,14 +907,15 @@ static void build_fields(struct exchange *ex)
 
 	for (size_t i = 0; i < req->nfields; i++) {
 		const struct http1_field *f = &req->fields[i];
-		bool drop = http1_is_hop_by_hop(req, f->name);
+		bool drop = http1_is_hop_by_hop(req, f->name) ||
+		            (ex->ext_connect && strcasecmp(f->name, "sec-websocket-key") == 0);
 		for (size_t k = 0; k < sizeof(skip) / sizeof(skip[0]); k++)
 			drop = drop || strcasecmp(f->name, skip[k]) == 0;
 		if (!drop)
 			ex->fields[ex->nfields++] =
 			    (struct upstream_field){f->name, f->name_len, f->value, f->value_len};
 	}
-	if (ex->upgrade) { /* the switch asked for goes along (its hop-by-hop fields) */
+	if (ex->upgrade && !ex->ext_connect) { /* the switch asked for goes along (hop-by-hop) */
 		const struct http1_field *up = http1_find(req, "upgrade");
 		ex->fields[ex->nfields++] =
 		    (struct upstream_field){"Upgrade", 7, up->value, up->value_len};
@@ -674,8 +981,14 @@ struct exchange *exchange_start(struct muxd *m, struct client_stream *client, st
 		exchange_free(ex);
 		return NULL;
 	}
+	/* a WebSocket without a body may go to an HTTP/2 origin that allows it */
+	if (ex->upgrade && ex->req.body == HTTP1_BODY_NONE && m->pool &&
+	    http1_upgrade_listed(http1_find(&ex->req, "upgrade")->value,
+	                         http1_find(&ex->req, "upgrade")->value_len, "websocket") &&
+	    http1_find(&ex->req, "sec-websocket-key") && pool_connect_protocol(m->pool, &ex->key))
+		ex->ext_connect = true;
 	build_fields(ex);
-	if (ex->upgrade)
+	if (ex->upgrade && !ex->ext_connect)
 		ex->dedicated = pool_open_dedicated(m->pool, &ex->key, &dedicated_cbs, ex);
 	else
 		ex->wait = pool_start_stream(m->pool, &ex->key, false, &stream_cbs, &wait_cbs, ex);

@@ -58,6 +58,10 @@ static bool ieq(const char *s, size_t n, const char *b)
 	return b[n] == '\0';
 }
 
+/* ieq against a string literal: the length decides most comparisons (the
+ * header filters run these for every field against every name). */
+#define IEQ_LIT(s, n, lit) ((n) == sizeof(lit) - 1 && ieq((s), (n), (lit)))
+
 static void trim_ows(const char *s, size_t *start, size_t *end)
 {
 	while (*start < *end && is_ows(s[*start]))
@@ -255,7 +259,7 @@ static bool connection_has(const struct http1_msg *m, const char *token)
 	for (size_t i = 0; i < m->nfields; i++) {
 		const struct http1_field *f = &m->fields[i];
 
-		if (ieq(f->name, f->name_len, "Connection") &&
+		if (IEQ_LIT(f->name, f->name_len, "Connection") &&
 		    http1_list_has(f->value, f->value_len, token))
 			return true;
 	}
@@ -275,10 +279,10 @@ static enum http1_result framing(struct http1_msg *m)
 	for (size_t i = 0; i < m->nfields; i++) {
 		const struct http1_field *f = &m->fields[i];
 
-		if (ieq(f->name, f->name_len, "Content-Length")) {
+		if (IEQ_LIT(f->name, f->name_len, "Content-Length")) {
 			if (!parse_content_length(f, &have_cl, &cl))
 				return HTTP1_BAD;
-		} else if (ieq(f->name, f->name_len, "Transfer-Encoding")) {
+		} else if (IEQ_LIT(f->name, f->name_len, "Transfer-Encoding")) {
 			te_fields++;
 			if (!parse_transfer_encoding(f, &te_count))
 				return HTTP1_BAD;
@@ -318,7 +322,7 @@ static enum http1_result request_semantics(struct http1_msg *m)
 	enum http1_result r;
 
 	for (size_t i = 0; i < m->nfields; i++) {
-		if (!ieq(m->fields[i].name, m->fields[i].name_len, "Host"))
+		if (!IEQ_LIT(m->fields[i].name, m->fields[i].name_len, "Host"))
 			continue;
 		if (host || !valid_host_value(&m->fields[i]))
 			return HTTP1_BAD;
@@ -519,17 +523,24 @@ bool http1_upgrade_requested(const struct http1_msg *req, const char *allowed)
 
 bool http1_is_hop_by_hop(const struct http1_msg *msg, const char *name)
 {
-	static const char *const hop[] = {
-	    "Connection",        "Keep-Alive",          "Proxy-Connection",   "TE",
-	    "Transfer-Encoding", "Proxy-Authorization", "Proxy-Authenticate", "Upgrade",
+	static const struct {
+		const char *name;
+		size_t len;
+	} hop[] = {
+#define HOP(s) {s, sizeof(s) - 1}
+	    HOP("Connection"),         HOP("Keep-Alive"),
+	    HOP("Proxy-Connection"),   HOP("TE"),
+	    HOP("Transfer-Encoding"),  HOP("Proxy-Authorization"),
+	    HOP("Proxy-Authenticate"), HOP("Upgrade"),
+#undef HOP
 	};
 	size_t n = strlen(name);
 
 	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-		if (ieq(name, n, hop[i]))
+		if (n == hop[i].len && ieq(name, n, hop[i].name))
 			return true;
 	/* framing is never dropped by Connection processing (RFC 9110 7.6.1) */
-	if (ieq(name, n, "Content-Length"))
+	if (IEQ_LIT(name, n, "Content-Length"))
 		return false;
 	return msg && connection_has(msg, name);
 }
@@ -993,7 +1004,7 @@ enum http1_framing http1_relay_framing(int status, const char *method, enum http
 }
 
 /* Base64 (RFC 4648, with padding) of src into dst (4 * ((n + 2) / 3) + 1 bytes). */
-static void base64(const unsigned char *src, size_t n, char *dst)
+void http1_base64(const unsigned char *src, size_t n, char *dst)
 {
 	static const char alphabet[] =
 	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -1025,6 +1036,6 @@ bool http1_basic_credentials(const char *user_pass, char *out, size_t size)
 	if (6 + 4 * ((n + 2) / 3) + 1 > size)
 		return false;
 	memcpy(out, "Basic ", 6);
-	base64((const unsigned char *)user_pass, n, out + 6);
+	http1_base64((const unsigned char *)user_pass, n, out + 6);
 	return true;
 }

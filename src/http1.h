@@ -146,6 +146,10 @@ bool http1_is_hop_by_hop(const struct http1_msg *msg, const char *name);
 bool http1_upgrade_listed(const char *value, size_t value_len, const char *allowed);
 bool http1_upgrade_requested(const struct http1_msg *req, const char *allowed);
 
+/* Base64 (RFC 4648, with padding) of src[0..n) into dst, which holds
+ * 4 * ((n + 2) / 3) + 1 bytes. */
+void http1_base64(const unsigned char *src, size_t n, char *dst);
+
 /*
  * True when a trailer field may be relayed (RFC 9110 6.5.1): not a field
  * that must not be in trailers (framing: Content-Length, Transfer-Encoding,

@@ -948,3 +948,20 @@ void pool_free(struct pool *p)
 	pool_h3_free(p);
 	free(p);
 }
+
+bool pool_connect_protocol(struct pool *p, const struct pool_key *key)
+{
+	struct pool_origin *o = origin_get(p, key, false);
+	struct pool_conn *pc;
+
+	if (!o)
+		return false;
+	TAILQ_FOREACH(pc, &o->conns, o_link)
+	{
+		struct upstream_conn *uc = pc->uc;
+		if (uc && !pc->connecting && !pc->retired && uc->ops->connect_protocol &&
+		    uc->ops->free_slots(uc) > 0 && uc->ops->connect_protocol(uc))
+			return true;
+	}
+	return false;
+}

@@ -5,8 +5,10 @@
  * idle connections (idle timeout, per-origin and global idle caps, the
  * connection budget). Owns: every upstream connection and all waiters.
  * Keys are pool_key.h; the code is in pool.c (matchmaking, limits,
- * eviction), pool_h3.c (HTTP/3 selection, the Alt-Svc cache) and
- * pool_tunnel.c (tunnels), which share pool_internal.h.
+ * eviction), pool_h3.c (HTTP/3 selection, the Alt-Svc cache),
+ * pool_tunnel.c (tunnels), pool_warm.c (keep-warm of hot keys) and
+ * pool_coalesce.c (HTTP/2 and HTTP/3 connections shared across names),
+ * which share pool_internal.h.
  */
 #ifndef MUXD_POOL_H
 #define MUXD_POOL_H
@@ -93,6 +95,10 @@ struct transport *pool_open_tunnel(struct pool *p, const struct route *route, co
  */
 struct transport *pool_open_dedicated(struct pool *p, const struct pool_key *key,
                                       const struct transport_cbs *cbs, void *ctx);
+/* An HTTP/2 connection of key is open, takes streams and its origin allows
+ * extended CONNECT (RFC 8441): an upgrade may go as a stream on it
+ * (pool_start_stream) instead of a dedicated connection. */
+bool pool_connect_protocol(struct pool *p, const struct pool_key *key);
 
 /* A verified TLS origin's Alt-Svc field value, from a response. */
 void pool_altsvc_learned(struct pool *p, const struct pool_key *key, const char *value, size_t len);

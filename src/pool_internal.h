@@ -1,9 +1,10 @@
 /*
- * pool_internal — the pool's private parts, shared by its three files and
+ * pool_internal — the pool's private parts, shared by its files and
  * included by nothing else: pool.c (matchmaking, limits and eviction: the
  * origins, their connections and waiters), pool_h3.c (HTTP/3 selection and
- * the Alt-Svc cache) and pool_tunnel.c (CONNECT streams on pooled parents,
- * client tunnels). It declares the structures and the calls between those
+ * the Alt-Svc cache), pool_tunnel.c (CONNECT streams on pooled parents,
+ * client tunnels), pool_warm.c (keep-warm) and pool_coalesce.c (connections
+ * shared across names). It declares the structures and the calls between those
  * files; the rules of each are in its file.
  */
 #ifndef MUXD_POOL_INTERNAL_H

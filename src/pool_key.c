@@ -79,6 +79,21 @@ bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *schem
 	return pool_key_init_sni(key, m, scheme, host, port, NULL, route);
 }
 
+/* dst = src, cut to size like snprintf; false when it did not fit. (The
+ * key is made per request: this is cheaper than snprintf's "%s".) */
+static bool copy(char *dst, size_t size, const char *src)
+{
+	size_t n = strlen(src);
+
+	if (n >= size) {
+		memcpy(dst, src, size - 1);
+		dst[size - 1] = '\0';
+		return false;
+	}
+	memcpy(dst, src, n + 1);
+	return true;
+}
+
 bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *scheme,
                        const char *host, uint16_t port, const char *sni, const struct route *route)
 {
@@ -88,9 +103,9 @@ bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *s
 	size_t len = 0;
 
 	memset(key, 0, sizeof(*key));
-	snprintf(key->scheme, sizeof(key->scheme), "%s", scheme);
-	snprintf(key->host, sizeof(key->host), "%s", host);
-	snprintf(key->sni, sizeof(key->sni), "%s", sni ? sni : host);
+	copy(key->scheme, sizeof(key->scheme), scheme);
+	copy(key->host, sizeof(key->host), host);
+	copy(key->sni, sizeof(key->sni), sni ? sni : host);
 	key->port = port;
 	key->tls = strcmp(scheme, "https") == 0;
 	if (route->nhops > sizeof(key->hops) / sizeof(key->hops[0]))
@@ -99,21 +114,18 @@ bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *s
 		const struct config_hop *h = &route->hops[i];
 		struct pool_hop *k = &key->hops[i];
 		k->kind = h->kind;
-		snprintf(k->host, sizeof(k->host), "%s", h->host);
+		copy(k->host, sizeof(k->host), h->host);
 		k->port = h->port;
 		k->auth = h->user != NULL;
-		if (h->user &&
-		    ((size_t)snprintf(k->user, sizeof(k->user), "%s", h->user) >= sizeof(k->user) ||
-		     (size_t)snprintf(k->pass, sizeof(k->pass), "%s", h->pass) >= sizeof(k->pass)))
+		if (h->user && (!copy(k->user, sizeof(k->user), h->user) ||
+		                !copy(k->pass, sizeof(k->pass), h->pass ? h->pass : "")))
 			return false;
 	}
 	key->nhops = route->nhops;
 	if (route->proxy_ca_file)
-		snprintf(key->proxy_ca_file, sizeof(key->proxy_ca_file), "%s",
-		         route->proxy_ca_file);
+		copy(key->proxy_ca_file, sizeof(key->proxy_ca_file), route->proxy_ca_file);
 	if (route->proxy_ca_file_id)
-		snprintf(key->proxy_ca_file_id, sizeof(key->proxy_ca_file_id), "%s",
-		         route->proxy_ca_file_id);
+		copy(key->proxy_ca_file_id, sizeof(key->proxy_ca_file_id), route->proxy_ca_file_id);
 	key->forward = !key->tls && !tunnel && key->nhops > 0 &&
 	               (key->hops[key->nhops - 1].kind == HOP_HTTP ||
 	                key->hops[key->nhops - 1].kind == HOP_HTTPS);
@@ -133,17 +145,13 @@ bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *s
 		 * certificate: a route with one stays on TCP, so that what the origin sees
 		 * (and what it grants) is the same whatever the transport. */
 		key->h3 = route->h3 && key->nhops == 0 && !route->client_cert;
-		snprintf(key->alpn, sizeof(key->alpn), "%s",
-		         route->h2 ? "h2,http/1.1" : "http/1.1");
-		if (route->ca_file && (size_t)snprintf(key->ca_file, sizeof(key->ca_file), "%s",
-		                                       route->ca_file) >= sizeof(key->ca_file))
+		copy(key->alpn, sizeof(key->alpn), route->h2 ? "h2,http/1.1" : "http/1.1");
+		if (route->ca_file && !copy(key->ca_file, sizeof(key->ca_file), route->ca_file))
 			return false;
 		if (route->client_cert &&
-		    ((size_t)snprintf(key->client_cert, sizeof(key->client_cert), "%s",
-		                      route->client_cert) >= sizeof(key->client_cert) ||
-		     (size_t)snprintf(key->client_key, sizeof(key->client_key), "%s",
-		                      route->client_key ? route->client_key : "") >=
-		         sizeof(key->client_key)))
+		    (!copy(key->client_cert, sizeof(key->client_cert), route->client_cert) ||
+		     !copy(key->client_key, sizeof(key->client_key),
+		           route->client_key ? route->client_key : "")))
 			return false;
 		key->early_data = route->early_data;
 		ok = append(key->id, sizeof(key->id), &len, " sni=%s alpn=%s%s verify=%d%s",

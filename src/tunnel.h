@@ -41,8 +41,8 @@ struct tunnel *tunnel_start(struct muxd *m, const struct tunnel_owner *owner, vo
                             const char *host, uint16_t port, bool answered);
 
 /*
- * Splice a connection that switched protocols (an HTTP/1.1 Upgrade today;
- * an RFC 8441 extended CONNECT of an HTTP/2 session later): owner's
+ * Splice a connection that switched protocols (an HTTP/1.1 Upgrade, or an
+ * RFC 8441 extended CONNECT of an HTTP/2 session): owner's
  * transport is the client side, any byte stream (a client socket, a TLS
  * session, a stream of a multiplexed session as a transport layer); origin
  * is the dedicated upstream connection, whose origin already answered

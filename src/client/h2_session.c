@@ -50,6 +50,8 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
 #include <nghttp2/nghttp2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +65,7 @@
 #include "log.h"
 #include "timeutil.h"
 #include "transport/transport.h"
+#include "tunnel.h"
 
 #define H2S_OUT_MAX (64 * 1024)    /* response body buffered per stream */
 #define H2S_WINDOW 65535           /* the request body window of a stream */
@@ -117,6 +120,15 @@ struct h2s {
 	bool out_end, deferred, head_out;
 	char *trailers_out;
 	char req_method[32];
+	/* an extended CONNECT (RFC 8441): a WebSocket over an HTTP/1.1 upgrade */
+	char protocol[32];   /* its :protocol */
+	char ws_key[32];     /* the Sec-WebSocket-Key muxd sent for it */
+	bool ws_refused;     /* the origin answered 2xx without switching: 502 */
+	bool upgraded;       /* switched: the stream's DATA is a tunnel's bytes */
+	bool eof_told;       /* the tunnel knows the client's END_STREAM */
+	struct tunnel *tn;   /* splicing the stream with the origin */
+	struct transport tt; /* the stream as the tunnel's client transport */
+	struct evbuffer_cb_entry *in_cb, *out_cb;
 	struct h2s *prev, *next;
 };
 
@@ -150,6 +162,8 @@ struct h2_session {
 
 static const struct client_stream_ops stream_ops;
 static void run(struct h2_session *s);
+static void ws_closed(struct h2s *st);
+static bool ws_dispatch(struct h2s *st);
 
 static uint64_t ms_since(const struct timespec *t)
 {
@@ -381,7 +395,7 @@ static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
 	(void)ud;
 	if (n > 0) {
 		evbuffer_remove(st->out, buf, n);
-		if (st->ex)
+		if (st->ex || st->tn)
 			st->drain_pending = true;
 	}
 	if (n == have && st->out_end) {
@@ -586,6 +600,8 @@ static void answer(struct h2s *st, int status, const char *text)
 	st_respond(&st->base, status, "text/plain; charset=utf-8", text, strlen(text));
 }
 
+static void ws_start(struct h2s *st);
+
 /* A complete request head: to an exchange, or muxd's answer. */
 static void start(struct h2s *st)
 {
@@ -601,6 +617,12 @@ static void start(struct h2s *st)
 
 	st->started = true;
 	snprintf(st->req_method, sizeof(st->req_method), "%s", st->method);
+	if (st->protocol[0] && !st->head_status) {
+		if (h)
+			evbuffer_free(h);
+		ws_start(st);
+		return;
+	}
 	if (!h) {
 		answer(st, 500, "muxd: out of memory\n");
 		return;
@@ -670,6 +692,370 @@ static void start(struct h2s *st)
 	st->ex = exchange_start(s->m, &st->base, &req, &uri, tls_name);
 	if (!st->ex) {
 		http1_msg_free(&req);
+		answer(st, 500, "muxd: out of memory\n");
+	}
+}
+
+/* --- WebSocket over HTTP/2 (RFC 8441): an extended CONNECT --- */
+
+/*
+ * An extended CONNECT with :protocol websocket becomes the HTTP/1.1 upgrade
+ * it stands for (RFC 8441 5): GET :path with Upgrade: websocket, Connection:
+ * Upgrade and a Sec-WebSocket-Key of muxd's own (the HTTP/2 request has
+ * none), the client's other fields (Sec-WebSocket-Version, -Protocol,
+ * -Extensions, Origin ...) as they came. The exchange sends it over a
+ * dedicated HTTP/1.1 connection like an HTTP/1.1 client's upgrade. Its 101
+ * (Sec-WebSocket-Accept checked, then dropped) becomes :status 200, and the
+ * stream's DATA is a tunnel's client transport (tunnel_splice): the input is
+ * st->in, whose bytes reopen the windows only as the tunnel moves them to
+ * the origin; the output is st->out (at most TRANSPORT_BUF), taken by the
+ * data provider; the client's END_STREAM is the tunnel's client EOF, the
+ * tunnel's shutdown our END_STREAM; a reset either way ends the tunnel, and
+ * a tunnel that ends otherwise than by both ends resets the stream.
+ * Anything but a 101 is relayed as a response, except a 2xx: to an HTTP/2
+ * client that would mean "switched", so it becomes a 502.
+ */
+
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+static bool ws_enabled(const struct config *cfg)
+{
+	return http1_upgrade_listed("websocket", 9, cfg->upgrade);
+}
+
+/* The Sec-WebSocket-Accept an origin owes for key (29 bytes with the NUL). */
+static bool ws_accept(const char *key, char *out)
+{
+	char in[64];
+	unsigned char sha[20];
+	int n = snprintf(in, sizeof(in), "%s%s", key, WS_GUID);
+
+	if (n < 0 || (size_t)n >= sizeof(in) ||
+	    gnutls_hash_fast(GNUTLS_DIG_SHA1, in, (size_t)n, sha) != 0)
+		return false;
+	http1_base64(sha, sizeof(sha), out);
+	return true;
+}
+
+#define TT(t) ((struct h2s *)((char *)(t)-offsetof(struct h2s, tt)))
+
+static struct evbuffer *tt_input(struct transport *t)
+{
+	return TT(t)->in;
+}
+
+static struct evbuffer *tt_output(struct transport *t)
+{
+	return TT(t)->out;
+}
+
+static void tt_set_reading(struct transport *t, bool on)
+{
+	(void)t; /* the windows say how much may come */
+	(void)on;
+}
+
+/* The origin's side ended: END_STREAM after what is buffered. */
+static void tt_shutdown(struct transport *t)
+{
+	struct h2s *st = TT(t);
+
+	st->out_end = true;
+	resume(st);
+}
+
+static void tt_close(struct transport *t)
+{
+	(void)t; /* the stream is the session's */
+}
+
+static bool tt_alive(struct transport *t)
+{
+	return !TT(t)->closed;
+}
+
+static const struct transport_ops tt_ops = {tt_input,    tt_output, tt_set_reading,
+                                            tt_shutdown, tt_close,  tt_alive};
+
+/* Bytes the tunnel took from st->in went to the origin: the windows reopen. */
+static void tt_in_moved(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct h2s *st = arg;
+
+	(void)b;
+	if (info->n_deleted == 0 || st->closed)
+		return;
+	nghttp2_session_consume(st->sess->ng, st->id, info->n_deleted);
+	kick(st->sess);
+}
+
+/* The tunnel wrote towards the client: the data provider goes on. */
+static void tt_out_added(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
+{
+	(void)b;
+	if (info->n_added > 0)
+		resume(arg);
+}
+
+static void ws_detach(struct h2s *st)
+{
+	if (st->in_cb)
+		evbuffer_remove_cb_entry(st->in, st->in_cb);
+	if (st->out_cb)
+		evbuffer_remove_cb_entry(st->out, st->out_cb);
+	st->in_cb = st->out_cb = NULL;
+}
+
+/* The stream is closed (or the session going): its tunnel goes too. */
+static void ws_closed(struct h2s *st)
+{
+	ws_detach(st);
+	if (st->tn) {
+		struct tunnel *tn = st->tn;
+		st->tn = NULL;
+		tunnel_abort(tn);
+	}
+}
+
+static struct transport *ws_owner_transport(void *ctx)
+{
+	return &((struct h2s *)ctx)->tt;
+}
+
+static void ws_owner_respond(void *ctx, int status, const char *content_type, const char *body,
+                             size_t body_len, bool close)
+{
+	(void)close;
+	st_respond(&((struct h2s *)ctx)->base, status, content_type, body, body_len);
+}
+
+/* The tunnel ended (already freed): a stream not ended both ways is reset. */
+static void ws_owner_done(void *ctx, bool flush)
+{
+	struct h2s *st = ctx;
+
+	(void)flush;
+	st->tn = NULL;
+	ws_detach(st);
+	if (!st->closed) {
+		give_back(st);
+		if (!st->in_end || !st->out_end || evbuffer_get_length(st->out) > 0) {
+			evbuffer_drain(st->out, evbuffer_get_length(st->out));
+			nghttp2_submit_rst_stream(st->sess->ng, NGHTTP2_FLAG_NONE, st->id,
+			                          NGHTTP2_CANCEL);
+		}
+	}
+	kick(st->sess);
+}
+
+static const struct tunnel_owner ws_owner = {ws_owner_transport, ws_owner_respond, ws_owner_done};
+
+/* What the nghttp2 callbacks recorded, for the stream's tunnel. */
+static bool ws_dispatch(struct h2s *st)
+{
+	bool any = false;
+
+	st->start_pending = false;
+	if (st->read_pending) {
+		st->read_pending = false;
+		if (st->tn) {
+			any = true;
+			tunnel_client_read(st->tn); /* may end it */
+		}
+	}
+	if (st->tn && st->in_end && !st->eof_told) { /* its bytes still go first */
+		st->eof_told = true;
+		any = true;
+		tunnel_client_eof(st->tn);
+	}
+	if (st->drain_pending) {
+		st->drain_pending = false;
+		if (st->tn) {
+			any = true;
+			tunnel_client_drain(st->tn);
+		}
+	}
+	return any;
+}
+
+/* A 2xx that is not a switch would tell an HTTP/2 client that it switched. */
+static void ws_send_head(struct client_stream *cs, const struct http1_msg *head, const char *via,
+                         bool want_trailers)
+{
+	struct h2s *st = ST(cs);
+	char why[120];
+
+	if (head->status >= 200 && head->status < 300) {
+		st->ws_refused = true;
+		snprintf(why, sizeof(why),
+		         "muxd: the origin did not switch to websocket (it answered %d)\n",
+		         head->status);
+		answer(st, 502, why);
+		return;
+	}
+	st_send_head(cs, head, via, want_trailers);
+}
+
+static size_t ws_send_space(struct client_stream *cs)
+{
+	return ST(cs)->ws_refused ? H2S_OUT_MAX : st_send_space(cs);
+}
+
+static void ws_send_body(struct client_stream *cs, struct evbuffer *body, size_t n)
+{
+	if (ST(cs)->ws_refused)
+		evbuffer_drain(body, n); /* the 2xx's body: not for this client */
+	else
+		st_send_body(cs, body, n);
+}
+
+static void ws_send_end(struct client_stream *cs, const char *trailers)
+{
+	if (!ST(cs)->ws_refused)
+		st_send_end(cs, trailers);
+}
+
+/* The origin switched: :status 200, then the stream is spliced with it. */
+static void ws_upgrade(struct client_stream *cs, const struct client_upgrade *u)
+{
+	struct h2s *st = ST(cs);
+	struct h2_session *s = st->sess;
+	const struct http1_msg *h = u->head;
+	const struct http1_field *acc = http1_find(h, "sec-websocket-accept");
+	nghttp2_data_provider prd = {.source.ptr = st, .read_callback = data_read};
+	nghttp2_nv *nva = NULL;
+	char expect[32], *names = NULL;
+	size_t n = 0, off = 0, len = 0;
+
+	st->ex = NULL;
+	if (st->closed) {
+		transport_close(u->origin);
+		kick(s);
+		return;
+	}
+	if (!acc || !ws_accept(st->ws_key, expect) || acc->value_len != strlen(expect) ||
+	    memcmp(acc->value, expect, acc->value_len) != 0) {
+		transport_close(u->origin);
+		answer(st, 502, "muxd: the origin's Sec-WebSocket-Accept does not match the key\n");
+		return;
+	}
+	for (size_t i = 0; i < h->nfields; i++)
+		len += h->fields[i].name_len;
+	nva = calloc(h->nfields + 2, sizeof(*nva));
+	names = malloc(len + 1);
+	if (nva) {
+		nva[n++] = NV(":status", 7, "200", 3);
+		for (size_t i = 0; names && i < h->nfields; i++) {
+			const struct http1_field *f = &h->fields[i];
+			if (http1_is_hop_by_hop(h, f->name) ||
+			    strcasecmp(f->name, "sec-websocket-accept") == 0 ||
+			    strcasecmp(f->name, "content-length") == 0 ||
+			    strcasecmp(f->name, "transfer-encoding") == 0 || f->name[0] == ':')
+				continue;
+			for (size_t k = 0; k < f->name_len; k++)
+				names[off + k] = lower(f->name[k]);
+			nva[n++] = NV(names + off, f->name_len, f->value, f->value_len);
+			off += f->name_len;
+		}
+		if (u->via)
+			nva[n++] = NV("via", 3, u->via, strlen(u->via));
+	}
+	st->tt.ops = &tt_ops;
+	st->in_cb = evbuffer_add_cb(st->in, tt_in_moved, st);
+	st->out_cb = evbuffer_add_cb(st->out, tt_out_added, st);
+	if (!nva || !names || !st->in_cb || !st->out_cb ||
+	    nghttp2_submit_response(s->ng, st->id, nva, n, &prd) != 0) {
+		free(nva);
+		free(names);
+		ws_detach(st);
+		transport_close(u->origin);
+		nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+		kick(s);
+		return;
+	}
+	free(nva);
+	free(names);
+	st->head_out = true;
+	st->upgraded = true;
+	st->tn = tunnel_splice(s->m, &ws_owner, st, u->origin, u->origin_eof, u->host, u->port);
+	if (!st->tn) {
+		ws_detach(st);
+		nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+	}
+	st->read_pending = true; /* a client END_STREAM that came already */
+	kick(s);
+}
+
+static const struct client_stream_ops ws_ops = {
+    st_read_body, st_consumed,   st_trailers,  st_send_interim, st_send_continue,
+    ws_send_head, ws_send_space, ws_send_body, ws_send_end,     st_respond,
+    st_done,      st_abort,      st_peer,      ws_upgrade,
+};
+
+/* An extended CONNECT: the translated upgrade to an exchange, or an answer. */
+static void ws_start(struct h2s *st)
+{
+	struct h2_session *s = st->sess;
+	struct evbuffer *h;
+	struct http1_msg req;
+	struct http1_uri uri;
+	const char *tls_name = NULL;
+	unsigned char raw[16];
+	char why[700];
+	size_t consumed = 0, len;
+	int status;
+
+	if (strcmp(st->method, "CONNECT") != 0 || !st->path || strcmp(st->scheme, "https") != 0 ||
+	    !st->authority[0]) {
+		answer(st, 400, "muxd: malformed extended CONNECT\n");
+		return;
+	}
+	if (strcasecmp(st->protocol, "websocket") != 0 || !ws_enabled(s->m->cfg)) {
+		snprintf(why, sizeof(why),
+		         "muxd: protocol %s is not relayed (see [muxd] upgrade)\n", st->protocol);
+		answer(st, 501, why);
+		return;
+	}
+	if (gnutls_rnd(GNUTLS_RND_NONCE, raw, sizeof(raw)) != 0 || !(h = evbuffer_new())) {
+		answer(st, 500, "muxd: out of memory\n");
+		return;
+	}
+	http1_base64(raw, sizeof(raw), st->ws_key);
+	evbuffer_add_printf(h,
+	                    "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+	                    "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n",
+	                    st->path, st->authority, st->ws_key);
+	if (evbuffer_search(st->fields, "sec-websocket-version:", 22, NULL).pos < 0)
+		evbuffer_add_printf(h, "Sec-WebSocket-Version: 13\r\n");
+	evbuffer_add_buffer(h, st->fields);
+	if (evbuffer_get_length(st->cookie) > 0) {
+		evbuffer_add(h, "Cookie: ", 8);
+		evbuffer_add_buffer(h, st->cookie);
+		evbuffer_add(h, "\r\n", 2);
+	}
+	evbuffer_add(h, "\r\n", 2);
+	len = evbuffer_get_length(h);
+	enum http1_result r =
+	    http1_parse_request((const char *)evbuffer_pullup(h, -1), len, &req, &consumed);
+	evbuffer_free(h);
+	if (r != HTTP1_OK) {
+		answer(st, r == HTTP1_TOO_LARGE ? 431 : 400,
+		       "muxd: malformed request: not a valid extended CONNECT\n");
+		return;
+	}
+	req.body = HTTP1_BODY_NONE; /* what follows is the new protocol's */
+	why[0] = '\0';
+	status = s->owner->route(s->ctx, &req, &uri, &tls_name, why, sizeof(why));
+	if (status) {
+		http1_msg_free(&req);
+		answer(st, status, why[0] ? why : "muxd: request refused\n");
+		return;
+	}
+	st->base.ops = &ws_ops;
+	st->ex = exchange_start(s->m, &st->base, &req, &uri, tls_name);
+	if (!st->ex) {
+		http1_msg_free(&req);
+		st->base.ops = &stream_ops;
 		answer(st, 500, "muxd: out of memory\n");
 	}
 }
@@ -789,8 +1175,10 @@ static int cb_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
 			st->path =
 			    vlen > HTTP1_MAX_TARGET ? NULL : strndup((const char *)value, vlen);
 			ok = st->path != NULL;
-		} else
-			ok = false; /* :protocol (extended CONNECT) is not served */
+		} else if (nlen == 9 && memcmp(name, ":protocol", 9) == 0)
+			ok = copy_pseudo(st->protocol, sizeof(st->protocol), value, vlen);
+		else
+			ok = false;
 		if (!ok)
 			st->head_status = vlen > HTTP1_MAX_TARGET ? 431 : 400;
 		return 0;
@@ -811,6 +1199,8 @@ static int cb_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
 	}
 	if (nlen == 14 && memcmp(name, "content-length", 14) == 0)
 		st->has_length = true;
+	if (st->protocol[0] && nlen == 17 && memcmp(name, "sec-websocket-key", 17) == 0)
+		return 0; /* muxd makes the key of the translated upgrade */
 	evbuffer_add(st->fields, name, nlen);
 	evbuffer_add(st->fields, ": ", 2);
 	evbuffer_add(st->fields, value, vlen);
@@ -892,7 +1282,7 @@ static int cb_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 	(void)flags;
 	/* kept for the exchange, also when it is still to start (the head
 	 * arrived in the same read) */
-	if (!st || (st->started && !st->ex) || evbuffer_add(st->in, data, len) != 0) {
+	if (!st || (st->started && !st->ex && !st->tn) || evbuffer_add(st->in, data, len) != 0) {
 		nghttp2_session_consume(ng, id, len); /* nobody takes it */
 		return 0;
 	}
@@ -909,7 +1299,7 @@ static int cb_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
 
 	if (st && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
 	    (frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) && !st->in_end &&
-	    !st->ex)
+	    !st->ex && !st->upgraded)
 		nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
 	return 0;
 }
@@ -925,6 +1315,7 @@ static int cb_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 	if (!st)
 		return 0;
 	st->closed = true;
+	ws_closed(st);
 	give_back(st);
 	if (st->ex) {
 		struct exchange *ex = st->ex;
@@ -1017,6 +1408,10 @@ static bool dispatch(struct h2_session *s)
 	bool any = false;
 
 	for (struct h2s *st = s->streams; st && !s->failed; st = st->next) {
+		if (st->upgraded) {
+			any = ws_dispatch(st) || any;
+			continue;
+		}
 		if (st->start_pending) {
 			st->start_pending = false;
 			any = true;
@@ -1092,12 +1487,14 @@ static void update_timer(struct h2_session *s)
 /* Every exchange ends (the connection is going). */
 static void abort_all(struct h2_session *s)
 {
-	for (struct h2s *st = s->streams; st; st = st->next)
+	for (struct h2s *st = s->streams; st; st = st->next) {
 		if (st->ex) {
 			struct exchange *ex = st->ex;
 			st->ex = NULL;
 			exchange_abort(ex);
 		}
+		ws_closed(st);
+	}
 }
 
 static void run(struct h2_session *s)
@@ -1215,7 +1612,9 @@ static bool session_setup(struct h2_session *s)
 	    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2S_WINDOW},
 	    {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, HTTP1_MAX_HEAD},
 	    {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+	    {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1}, /* RFC 8441: when websocket is */
 	};
+	size_t niv = sizeof(iv) / sizeof(iv[0]) - !ws_enabled(s->m->cfg);
 	int rv;
 
 	if (nghttp2_session_callbacks_new(&cb) != 0)
@@ -1245,8 +1644,7 @@ static bool session_setup(struct h2_session *s)
 		s->ng = NULL;
 		return false;
 	}
-	return nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0])) ==
-	           0 &&
+	return nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, iv, niv) == 0 &&
 	       nghttp2_session_set_local_window_size(s->ng, NGHTTP2_FLAG_NONE, 0,
 	                                             conn_window < INT32_MAX ? (int32_t)conn_window
 	                                                                     : INT32_MAX) == 0;

@@ -33,6 +33,9 @@
 #define HOST_MAX 253
 #define FILE_MAX (16 * 1024 * 1024)
 #define CACHE_MAX (1u << 22)
+/* a new master key for client session tickets once a day: a ticket made
+ * under the previous one (GnuTLS's tickets live 6 h) gets a full handshake */
+#define TICKET_KEY_LIFETIME (24 * 60 * 60)
 
 struct local_ca_leaf {
 	unsigned refs;
@@ -52,12 +55,15 @@ struct local_ca {
 	char *pem;
 	size_t pem_len;
 	char fingerprint[7 + 32 * 3];
+	gnutls_datum_t der; /* the CA certificate, DER */
 	gnutls_x509_privkey_t leaf_key;
+	gnutls_privkey_t leaf_priv; /* the same key, for its public part */
 	unsigned char leaf_key_id[64];
 	size_t leaf_key_id_len;
 	unsigned char ca_key_id[64]; /* the CA's subject key id: the leaves' authority key id */
 	size_t ca_key_id_len;
 	gnutls_datum_t ticket_key;
+	time_t ticket_key_made;
 	/* the leaf cache */
 	struct local_ca_leaf **buckets;
 	size_t nbuckets; /* a power of two */
@@ -610,6 +616,12 @@ struct local_ca *local_ca_open(const char *state_dir, unsigned leaf_cache_size, 
 		set_err(err, err_size, "cannot generate the leaf key: %s", gnutls_strerror(r));
 		goto fail;
 	}
+	if ((r = gnutls_privkey_init(&ca->leaf_priv)) < 0 ||
+	    (r = gnutls_privkey_import_x509(ca->leaf_priv, ca->leaf_key, 0)) < 0 ||
+	    (r = gnutls_x509_crt_export2(ca->crt, GNUTLS_X509_FMT_DER, &ca->der)) < 0) {
+		set_err(err, err_size, "cannot prepare the leaf key: %s", gnutls_strerror(r));
+		goto fail;
+	}
 	ca->leaf_key_id_len = sizeof ca->leaf_key_id;
 	r = gnutls_x509_privkey_get_key_id(ca->leaf_key, GNUTLS_KEYID_USE_SHA1, ca->leaf_key_id,
 	                                   &ca->leaf_key_id_len);
@@ -623,10 +635,21 @@ struct local_ca *local_ca_open(const char *state_dir, unsigned leaf_cache_size, 
 		        gnutls_strerror(r));
 		goto fail;
 	}
+	ca->ticket_key_made = time(NULL);
 	return ca;
 fail:
 	local_ca_free(ca);
 	return NULL;
+}
+
+static void free_ticket_key(gnutls_datum_t *key)
+{
+	if (!key->data)
+		return;
+	gnutls_memset(key->data, 0, key->size);
+	gnutls_free(key->data);
+	key->data = NULL;
+	key->size = 0;
 }
 
 static void leaf_unref(struct local_ca_leaf *leaf)
@@ -650,12 +673,12 @@ void local_ca_free(struct local_ca *ca)
 		l = next;
 	}
 	free(ca->buckets);
-	if (ca->ticket_key.data) {
-		gnutls_memset(ca->ticket_key.data, 0, ca->ticket_key.size);
-		gnutls_free(ca->ticket_key.data);
-	}
+	free_ticket_key(&ca->ticket_key);
+	if (ca->leaf_priv)
+		gnutls_privkey_deinit(ca->leaf_priv);
 	if (ca->leaf_key)
 		gnutls_x509_privkey_deinit(ca->leaf_key);
+	gnutls_free(ca->der.data);
 	if (ca->signer)
 		gnutls_privkey_deinit(ca->signer);
 	if (ca->key)
@@ -692,8 +715,19 @@ void local_ca_fingerprint(const struct local_ca *ca, char *out, size_t size)
 		snprintf(out, size, "%s", ca->fingerprint);
 }
 
-const gnutls_datum_t *local_ca_ticket_key(const struct local_ca *ca)
+const gnutls_datum_t *local_ca_ticket_key(struct local_ca *ca)
 {
+	time_t now = time(NULL);
+	gnutls_datum_t fresh = {NULL, 0};
+
+	/* a session copies the key (gnutls_session_ticket_enable_server): the
+	 * old one can go at once; if no new one can be made, the old one stays */
+	if ((now - ca->ticket_key_made >= TICKET_KEY_LIFETIME || now < ca->ticket_key_made) &&
+	    gnutls_session_ticket_key_generate(&fresh) >= 0) {
+		free_ticket_key(&ca->ticket_key);
+		ca->ticket_key = fresh;
+		ca->ticket_key_made = now;
+	}
 	return &ca->ticket_key;
 }
 
@@ -809,10 +843,39 @@ static int normalize_host(const char *host, char *out, unsigned char *ip, size_t
 	return 0;
 }
 
+/* A certificate of a chain for gnutls_certificate_set_key: a copy of der,
+ * and the public key of key (the certificate's), with the given usage. */
+static int make_pcert(gnutls_pcert_st *pc, const gnutls_datum_t *der, gnutls_privkey_t key,
+                      unsigned usage)
+{
+	memset(pc, 0, sizeof *pc);
+	pc->type = GNUTLS_CRT_X509;
+	int r = gnutls_pubkey_init(&pc->pubkey);
+	if (r < 0) {
+		pc->pubkey = NULL;
+		return r;
+	}
+	if ((r = gnutls_pubkey_import_privkey(pc->pubkey, key, usage, 0)) >= 0 &&
+	    !(pc->cert.data = gnutls_malloc(der->size)))
+		r = GNUTLS_E_MEMORY_ERROR;
+	if (r < 0) {
+		gnutls_pubkey_deinit(pc->pubkey);
+		pc->pubkey = NULL;
+		return r;
+	}
+	memcpy(pc->cert.data, der->data, der->size);
+	pc->cert.size = der->size;
+	return 0;
+}
+
 static struct local_ca_leaf *issue(struct local_ca *ca, const char *host, const unsigned char *ip,
                                    size_t ip_len, time_t now, char *err, size_t err_size)
 {
 	gnutls_x509_crt_t crt = NULL;
+	gnutls_datum_t der = {NULL, 0};
+	gnutls_pcert_st chain[2];
+	gnutls_privkey_t key = NULL;
+	memset(chain, 0, sizeof chain);
 	struct local_ca_leaf *leaf = calloc(1, sizeof *leaf);
 	if (!leaf || !(leaf->host = strdup(host))) {
 		free(leaf);
@@ -841,20 +904,36 @@ static struct local_ca_leaf *issue(struct local_ca *ca, const char *host, const 
 	    (r = gnutls_x509_crt_set_authority_key_id(crt, ca->ca_key_id, ca->ca_key_id_len)) < 0 ||
 	    (r = gnutls_x509_crt_privkey_sign(crt, ca->crt, ca->signer, GNUTLS_DIG_SHA256, 0)) <
 	        0 ||
-	    (r = reimport(&crt)) < 0)
+	    (r = gnutls_x509_crt_export2(crt, GNUTLS_X509_FMT_DER, &der)) < 0)
 		goto fail;
 	if ((r = gnutls_certificate_allocate_credentials(&leaf->creds)) < 0)
 		goto fail;
 	/* The leaf key and certificate match by construction: skip GnuTLS's
 	 * sign-and-verify check, which would double the cost of an issue. */
 	gnutls_certificate_set_flags(leaf->creds, GNUTLS_CERTIFICATE_SKIP_KEY_CERT_MATCH);
-	gnutls_x509_crt_t chain[2] = {crt, ca->crt};
-	if ((r = gnutls_certificate_set_x509_key(leaf->creds, chain, 2, ca->leaf_key)) < 0)
+	/* The credentials straight from the DER and the keys we hold: parsing the
+	 * new certificate again and importing the CA's, as building them from
+	 * certificate objects does, was a third of an issue. */
+	if ((r = make_pcert(&chain[0], &der, ca->leaf_priv, GNUTLS_KEY_DIGITAL_SIGNATURE)) < 0 ||
+	    (r = make_pcert(&chain[1], &ca->der, ca->signer,
+	                    GNUTLS_KEY_KEY_CERT_SIGN | GNUTLS_KEY_CRL_SIGN)) < 0 ||
+	    (r = gnutls_privkey_init(&key)) < 0 ||
+	    (r = gnutls_privkey_import_x509(key, ca->leaf_key, GNUTLS_PRIVKEY_IMPORT_COPY)) < 0 ||
+	    (r = gnutls_certificate_set_key(leaf->creds, (const char *[]){host}, 1, chain, 2,
+	                                    key)) < 0)
 		goto fail;
+	/* the credentials own the chain's contents and the key now */
+	gnutls_free(der.data);
 	gnutls_x509_crt_deinit(crt);
 	return leaf;
 fail:
 	set_err(err, err_size, "cannot issue a certificate for %s: %s", host, gnutls_strerror(r));
+	gnutls_free(der.data);
+	for (int i = 0; i < 2; i++)
+		if (chain[i].pubkey)
+			gnutls_pcert_deinit(&chain[i]);
+	if (key)
+		gnutls_privkey_deinit(key);
 	if (crt)
 		gnutls_x509_crt_deinit(crt);
 	if (leaf->creds)

@@ -4,8 +4,9 @@
  * never regenerated), leaf certificates issued on the fly per host name or
  * IP literal (one shared leaf key, a few days of validity, renewed before
  * expiry, kept in an LRU cache), and state_dir/ca-bundle.pem (the system
- * trust store plus the CA) for clients.
- * Owns: the CA key and certificate, the leaf key, the leaf cache.
+ * trust store plus the CA) for clients, and the session ticket key.
+ * Owns: the CA key and certificate, the leaf key, the leaf cache, the
+ * ticket key.
  */
 #ifndef MUXD_TLS_CA_H
 #define MUXD_TLS_CA_H
@@ -44,9 +45,13 @@ void local_ca_fingerprint(const struct local_ca *ca, char *out, size_t size);
 struct local_ca_leaf *local_ca_leaf_get(struct local_ca *ca, const char *host, bool *issued,
                                         char *err, size_t err_size);
 gnutls_certificate_credentials_t local_ca_leaf_creds(const struct local_ca_leaf *leaf);
-/* The key for client session tickets of intercepted sessions (random, made
- * when the CA is opened; tickets do not survive a restart). */
-const gnutls_datum_t *local_ca_ticket_key(const struct local_ca *ca);
+/* The master key for client session tickets of intercepted sessions (TLS
+ * 1.3 and 1.2; random, in memory only: tickets do not survive a restart).
+ * Made when the CA is opened and replaced by a new one on the first call a
+ * day (24 h) later, or when the clock went back; a session copies it (GnuTLS
+ * derives its ticket keys from it per 18 h window), so the pointer is valid
+ * only until the next call. */
+const gnutls_datum_t *local_ca_ticket_key(struct local_ca *ca);
 void local_ca_leaf_put(struct local_ca_leaf *leaf);
 
 #endif

@@ -762,7 +762,6 @@ static ngtcp2_conn *live_conn(const struct quic *q)
 void quic_keep_alive(struct quic *q, uint64_t ms)
 {
 	ngtcp2_conn *conn = live_conn(q);
-
 	const ngtcp2_transport_params *tp;
 	uint64_t idle = QUIC_IDLE_TIMEOUT_MS;
 

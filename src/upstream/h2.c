@@ -34,10 +34,11 @@
  *
  * Liveness: a connection that is handed a stream after it sat without streams
  * for H2_PING_AFTER_IDLE_MS sends a PING at once; an idle connection sends
- * one every H2_IDLE_PING_MS (more often when the pool keeps it warm). A PING not acknowledged
- * within H2_PING_TIMEOUT_MS means the origin is gone: its streams fail with ERR_CLOSED (nothing
- * received, so replayable requests are retried on a fresh connection) and the
- * connection leaves the pool as EVICT_DEAD.
+ * one every H2_IDLE_PING_MS (more often when the pool keeps it warm). A
+ * PING not acknowledged within H2_PING_TIMEOUT_MS means the origin is gone:
+ * its streams fail with ERR_CLOSED (nothing received, so replayable requests
+ * are retried on a fresh connection) and the connection leaves the pool as
+ * EVICT_DEAD.
  *
  * Endings: GOAWAY makes the connection take no new streams; streams above
  * last_stream_id fail with ERR_UNPROCESSED (nghttp2 closes them with
@@ -778,10 +779,13 @@ static void send_head(struct mux_stream *ms, const struct upstream_request *r)
 	if (!nva || !lower || c->mc.failed)
 		goto fail;
 	nva[nnv++] = NV(":method", 7, r->method, strlen(r->method));
-	if (!s->ms.is_connect) /* CONNECT names only the authority (RFC 9113 8.5) */
+	if (s->ms.is_connect && r->protocol) /* extended CONNECT (RFC 8441 4) */
+		nva[nnv++] = NV(":protocol", 9, r->protocol, strlen(r->protocol));
+	/* a plain CONNECT names only the authority (RFC 9113 8.5) */
+	if (!s->ms.is_connect || r->protocol)
 		nva[nnv++] = NV(":scheme", 7, r->scheme, strlen(r->scheme));
 	nva[nnv++] = NV(":authority", 10, r->authority, strlen(r->authority));
-	if (!s->ms.is_connect)
+	if (!s->ms.is_connect || r->protocol)
 		nva[nnv++] = NV(":path", 5, r->path, strlen(r->path));
 	names = 0;
 	for (size_t i = 0; i < r->nfields; i++) {
@@ -949,6 +953,16 @@ static bool h2_peer(struct upstream_conn *uc, struct sockaddr_storage *addr, con
 	return c->t && !c->mc.failed && chain_peer(c->t, addr, cert, cert_len);
 }
 
+/* The origin's SETTINGS allow extended CONNECT (RFC 8441 3). */
+static bool h2_connect_protocol(struct upstream_conn *uc)
+{
+	struct h2_conn *c = (struct h2_conn *)uc;
+
+	return c->settings_seen && !c->mc.failed && !c->mc.goaway &&
+	       nghttp2_session_get_remote_settings(c->session,
+	                                           NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL) == 1;
+}
+
 static const struct upstream_conn_ops h2_conn_ops = {
     .open_stream = h2_open_stream,
     .free_slots = h2_free_slots,
@@ -957,6 +971,7 @@ static const struct upstream_conn_ops h2_conn_ops = {
     .streams = mux_streams,
     .keep_warm = h2_keep_warm,
     .peer = h2_peer,
+    .connect_protocol = h2_connect_protocol,
 };
 
 static bool session_new(struct h2_conn *c)

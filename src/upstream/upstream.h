@@ -102,6 +102,11 @@ struct upstream_request {
 	 * there (h1_stream_take_transport) or cancels; without it a 101 is a
 	 * protocol error (502). */
 	bool upgrade;
+	/* HTTP/2 only: an extended CONNECT (RFC 8441) for this protocol
+	 * ("websocket"; NULL: none), with method "CONNECT", scheme and path; a
+	 * 2xx head means the stream carries the new protocol both ways. Only on
+	 * a connection whose connect_protocol() is true. */
+	const char *protocol;
 	/* replay-safe and allowed by its route: may go as 0-RTT early data on a
 	 * connection still in its handshake (HTTP/1.1 then adds Early-Data: 1,
 	 * RFC 8470) */
@@ -162,6 +167,9 @@ struct upstream_conn_ops {
 	 * through parent proxies). */
 	bool (*peer)(struct upstream_conn *c, struct sockaddr_storage *addr, const void **cert,
 	             size_t *cert_len);
+	/* Optional: the peer allows extended CONNECT (RFC 8441
+	 * SETTINGS_ENABLE_CONNECT_PROTOCOL); NULL: never. */
+	bool (*connect_protocol)(struct upstream_conn *c);
 };
 
 /* Owner of connections: told when a connection becomes free, or dies. */

@@ -445,23 +445,33 @@ def test_host_must_name_the_connect_target(muxd, nginx_tls, pki):
     assert len(nginx_tls.log_lines()) == 1, "a request with a wrong Host reached the origin"
 
 
-def test_client_tls_session_resumption(muxd, nginx_tls, pki):
+@pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
+def test_client_tls_session_resumption(muxd, nginx_tls, pki, version):
+    """A client that reconnects with muxd's session ticket (TLS 1.3 PSK, or
+    the TLS 1.2 SessionTicket extension) resumes: no certificate is sent,
+    and the leaf is not issued again."""
     (nginx_tls.root / "1k").write_bytes(ONE_K)
     m = muxd(intercept_conf(pki, nginx_tls.port))
     ctx = ssl.create_default_context(cafile=str(local_ca(m)))
+    ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, version)
     authority = f"localhost:{nginx_tls.port}"
     with intercepted_tls(m, authority, ctx) as first:
+        assert first.version() == version.replace("_", ".")
         # a full exchange, so the TLS 1.3 ticket has arrived before we look
         resp = tls_get(first, "/1k", authority)
         assert resp.status == 200, resp
         session = first.session
         assert not first.session_reused
     assert session is not None and session.has_ticket, "muxd sent no session ticket"
-    with intercepted_tls(m, authority, ctx, session=session) as second:
-        assert second.session_reused, "the second handshake was a full one"
-        resp = tls_get(second, "/1k", authority)
-        assert resp.status == 200, resp
-        assert resp.body == ONE_K
+    for i in range(2):
+        with intercepted_tls(m, authority, ctx, session=session) as again:
+            assert again.session_reused, f"handshake {i + 2} was a full one"
+            assert again.version() == version.replace("_", ".")
+            resp = tls_get(again, "/1k", authority)
+            assert resp.status == 200, resp
+            assert resp.body == ONE_K
+            session = again.session
+    assert leaf_issued(m) == 1, "the leaf was issued again for a resuming client"
 
 
 def client_connections(m):

@@ -11,11 +11,13 @@ Clients (``CLIENTS``, each a class with ``request()`` and ``close()``):
 * ``absolute``    HTTP/1.1 to muxd in plain text, absolute-form targets
                   (``http://`` to an HTTP/1.1 origin, ``https://`` to a TLS one);
 * ``intercepted`` HTTP/1.1 inside TLS intercepted by muxd (CONNECT, then
-                  origin-form requests).
-
-An HTTP/2 client is another class with the same interface (``request()``
-returning a ``Result``, ``connected``, ``close()``), added to ``CLIENTS``;
-``Result.keep_alive`` is then whether its connection goes on (no GOAWAY).
+                  origin-form requests);
+* ``h2``          HTTP/2 inside TLS intercepted by muxd (ALPN h2; python-h2,
+                  h2client.py, since curl sends no Expect over HTTP/2): one
+                  stream per request, on one client connection as long as
+                  muxd does not send GOAWAY.  HTTP/2 has no Connection
+                  header and no close-delimited bodies: every response must
+                  end with END_STREAM and carry no hop-by-hop field.
 
 Upstreams (``UPSTREAMS``, each a factory returning an object with
 ``.authority``, ``.scheme_for(client)``, ``.conf`` and ``.supports(case)``):
@@ -34,6 +36,7 @@ import ssl
 
 import pytest
 
+from h2client import H2TunnelClient
 from h2origin import H2Origin
 from support import (
     GTLSSERVER,
@@ -164,7 +167,58 @@ class InterceptedClient(H1Client):
         return path
 
 
-CLIENTS = {"absolute": AbsoluteClient, "intercepted": InterceptedClient}
+class H2Client:
+    """HTTP/2 to muxd inside its interception, one stream per request."""
+
+    def __init__(self, m, scheme, authority):
+        self.m, self.scheme, self.authority = m, scheme, authority
+        self.sock = None  # the H2TunnelClient (named as the HTTP/1.1 clients' socket)
+
+    def request(self, method, path, headers=(), body=None, expect_continue=False):
+        c = self.sock
+        if c is None or c.closed or c.goaway is not None:
+            self.close()
+            c = self.sock = H2TunnelClient(self.m, self.authority, timeout=TIMEOUT)
+        fields = [(n.lower(), v) for n, v in headers]
+        if body is not None:
+            fields.append(("content-length", str(len(body))))
+        if expect_continue:
+            fields.append(("expect", "100-continue"))
+        st = c.send_request(method, path, fields, end_stream=body is None)
+        if expect_continue:
+            c.until(lambda: st.interim or st.status is not None or st.done,
+                    what="a 100 Continue (or a final answer)")
+            if not st.interim:  # a final answer without the body
+                c.until(lambda: st.done, what="the response")
+                return self._result(st)
+        if body is not None:
+            c.send_body(st, body)
+        c.until(lambda: st.done, what=f"the response to {method} {path}")
+        return self._result(st)
+
+    @property
+    def connected(self):
+        """Whether the next request goes on the connection in use (no GOAWAY)."""
+        c = self.sock
+        return c is not None and not c.closed and c.goaway is None
+
+    @staticmethod
+    def _result(st):
+        # after a complete response a server may reset the stream with
+        # NO_ERROR to stop an upload it does not want (RFC 9113 8.1)
+        assert st.reset is None or (st.reset == 0 and st.ended), f"stream reset ({st.reset}): {st!r}"
+        assert st.ended and st.status is not None, st
+        for name in ("connection", "keep-alive", "transfer-encoding", "upgrade"):
+            assert name not in st.headers, f"hop-by-hop {name} in an HTTP/2 response: {st!r}"
+        return Result(st.status, st.headers, st.body, st.interim)
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+CLIENTS = {"absolute": AbsoluteClient, "intercepted": InterceptedClient, "h2": H2Client}
 
 
 # --------------------------------------------------------------------------
@@ -267,7 +321,7 @@ class H1Upstream:
     proto = "h1"
 
     def __init__(self, client, pki, **_):
-        tls = client == "intercepted"
+        tls = client != "absolute"
         self.origin = TLSOrigin(pki, h1_handler) if tls else PairingOrigin(h1_handler)
         self.scheme = "https" if tls else "http"
         host = "localhost" if tls else LOCALHOST
@@ -429,10 +483,14 @@ def test_pairing(pairing, client, upstream, case):
         assert r.interim == [], f"{label}: interim answers {r.interim}"
         assert r.status == 403, f"{label}: {r!r}"
         assert r.body == b"no upload\n"
-        # muxd cannot tell whether the body follows (RFC 9110 10.1.1): it
-        # says it closes, so the client neither sends it nor reuses the connection
-        assert not r.keep_alive, f"{label}: a keep-alive answer before the body: {r!r}"
-        assert not c.connected
+        if client == "h2":
+            # only the stream ends (RST_STREAM NO_ERROR); the connection goes on
+            assert c.connected, f"{label}: the client connection ended"
+        else:
+            # muxd cannot tell whether the body follows (RFC 9110 10.1.1): it
+            # says it closes, so the client neither sends it nor reuses the connection
+            assert not r.keep_alive, f"{label}: a keep-alive answer before the body: {r!r}"
+            assert not c.connected
     elif case == "head":
         r = c.request("HEAD", "/ok")
         assert r.status == 200, f"{label}: {r!r}"
@@ -469,7 +527,11 @@ def test_pairing(pairing, client, upstream, case):
         r = c.request("GET", "/eof")
         assert r.status == 200, f"{label}: {r!r}"
         assert r.body == BODY, f"{label}: {len(r.body)} bytes"
-        # re-framed for the client (chunked) so its connection goes on
-        assert r.headers.tokens("transfer-encoding") == ["chunked"] or not r.keep_alive, f"{label}: {r!r}"
+        # re-framed for the client (chunked; END_STREAM over HTTP/2) so its connection goes on
+        assert client == "h2" or r.headers.tokens("transfer-encoding") == ["chunked"] or not r.keep_alive, \
+            f"{label}: {r!r}"
     assert requests_over(m, up.proto) == before + 1, f"{label}: not served over {up.proto}"
     check_followup(c, label)
+    if client == "h2":  # every request (priming included) was a stream of one client connection
+        assert c.sock.goaway is None, f"{label}: muxd sent GOAWAY ({c.sock.goaway})"
+        assert m.metrics().value("muxd_client_h2_sessions_total") == 1, f"{label}: more than one h2 session"

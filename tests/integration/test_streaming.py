@@ -7,7 +7,9 @@ more arrives (64 KiB, the end of the response, a timer).  The measured delay
 is printed (``pytest -rP`` shows it) and recorded as a junit property.
 
 Clients: absolute-form requests over plain HTTP (``http://`` to an HTTP/1.1
-origin, ``https://`` to a TLS origin) and HTTP/1.1 inside intercepted TLS.
+origin, ``https://`` to a TLS origin), HTTP/1.1 inside intercepted TLS, and
+HTTP/2 inside intercepted TLS (python-h2, h2client.py: the first event must
+come in a DATA frame of its own, before the origin sends the second).
 Upstreams: HTTP/1.1 (a python origin: a chunk per event, all events in one
 chunk written as they come, delimited by close, or with a Content-Length) and HTTP/2 (python-h2, h2origin.py).  HTTP/3 has no scripted
 origin here (python3-aioquic is not packaged, gtlsserver serves only files,
@@ -23,6 +25,7 @@ import time
 
 import pytest
 
+from h2client import H2TunnelClient
 from support import (
     LOCALHOST,
     HTTPReader,
@@ -232,13 +235,40 @@ def first_event_then_rest(record_property, sock, target, authority, stream, labe
         return delay
 
 
-CLIENTS = ["absolute", "intercepted"]
+def first_event_then_rest_h2(record_property, m, authority, stream, label):
+    """The same over HTTP/2: one stream of an intercepted h2 connection."""
+    c = H2TunnelClient(m, authority, timeout=DEADLINE)
+    try:
+        st = c.send_request("GET", "/events", [("accept", "text/event-stream")])
+        try:
+            c.until(lambda: st.done or st.body.startswith(EVENTS[0]), what="the first event")
+        except AssertionError as e:
+            pytest.fail(f"{label}: the first event did not reach the client within {DEADLINE}s "
+                        f"(have {st!r}; {e}); the origin is waiting to send more")
+        assert st.status == 200 and not st.done, st
+        arrived = st.chunks[-1][0]
+        assert stream.first_sent.wait(DEADLINE)
+        assert not stream.go.is_set() and not stream.rest_sent.is_set()
+        delay = arrived - stream.first_sent_at
+        print(f"{label}: first event reached the client {delay * 1000:.1f} ms after the origin sent it")
+        record_property(f"first_event_delay_ms[{label}]", round(delay * 1000, 1))
+        stream.go.set()
+        c.until(lambda: st.done, what="the rest of the stream")
+        assert st.ended and st.reset is None, st
+        assert st.body == b"".join(EVENTS)
+        assert not stream.errors, stream.errors
+        return delay
+    finally:
+        c.close()
+
+
+CLIENTS = ["absolute", "intercepted", "h2"]
 
 
 @pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("framing", ["chunked", "one_chunk", "close", "length"])
 def test_h1_upstream_stream_reaches_client_at_once(muxd, pki, h1_stream_origin, record_property, client, framing):
-    tls = client == "intercepted"
+    tls = client != "absolute"
     o = h1_stream_origin(framing, pki if tls else None)
     conf = {"route *": {"ca_file": pki.ca_cert}}
     if tls:
@@ -246,6 +276,9 @@ def test_h1_upstream_stream_reaches_client_at_once(muxd, pki, h1_stream_origin, 
     m = muxd(conf)
     authority = f"localhost:{o.port}" if tls else f"{LOCALHOST}:{o.port}"
     stream = o.new_stream()
+    if client == "h2":
+        first_event_then_rest_h2(record_property, m, authority, stream, f"h1 {framing} -> {client}")
+        return
     sock, target = open_client(m, client, "http", authority)
     first_event_then_rest(record_property, sock, target, authority, stream, f"h1 {framing} -> {client}")
 
@@ -259,6 +292,9 @@ def test_h2_upstream_stream_reaches_client_at_once(muxd, pki, h2_origin, record_
     authority = f"localhost:{o.port}"
     stream = Stream()
     streams.append(stream)
-    sock, target = open_client(m, client, "https", authority)
-    first_event_then_rest(record_property, sock, target, authority, stream, f"h2 -> {client}")
+    if client == "h2":
+        first_event_then_rest_h2(record_property, m, authority, stream, f"h2 -> {client}")
+    else:
+        sock, target = open_client(m, client, "https", authority)
+        first_event_then_rest(record_property, sock, target, authority, stream, f"h2 -> {client}")
     assert o.connections == 1 and o.conn(0).requests, "not served over HTTP/2"

@@ -677,6 +677,32 @@ START_TEST(renewal)
 }
 END_TEST
 
+START_TEST(ticket_key_rotation)
+{
+	struct local_ca *ca = open_ok(state, 8);
+	unsigned char first[64], second[64];
+	const gnutls_datum_t *tk = local_ca_ticket_key(ca);
+	ck_assert_uint_eq(tk->size, sizeof first);
+	memcpy(first, tk->data, sizeof first);
+
+	clock_offset = 86400 - 60; /* under a day: the same key */
+	tk = local_ca_ticket_key(ca);
+	ck_assert_int_eq(memcmp(tk->data, first, sizeof first), 0);
+	clock_offset = 86400 + 60; /* a day old: a new one */
+	tk = local_ca_ticket_key(ca);
+	ck_assert_uint_eq(tk->size, sizeof second);
+	ck_assert_int_ne(memcmp(tk->data, first, sizeof first), 0);
+	memcpy(second, tk->data, sizeof second);
+	clock_offset = 2 * 86400; /* counted from the new key */
+	ck_assert_int_eq(memcmp(local_ca_ticket_key(ca)->data, second, sizeof second), 0);
+	clock_offset = 0; /* the clock went back: a new one again */
+	tk = local_ca_ticket_key(ca);
+	ck_assert_int_ne(memcmp(tk->data, second, sizeof second), 0);
+	ck_assert_int_ne(memcmp(tk->data, first, sizeof first), 0);
+	local_ca_free(ca);
+}
+END_TEST
+
 /* ---- a TLS handshake with the leaf's credentials ---- */
 
 static int handshake_step(gnutls_session_t s, bool *done)
@@ -828,6 +854,7 @@ int main(void)
 	tcase_add_test(tc, lru_eviction);
 	tcase_add_test(tc, cache_size_one);
 	tcase_add_test(tc, renewal);
+	tcase_add_test(tc, ticket_key_rotation);
 	tcase_add_test(tc, tls_handshake);
 	tcase_add_test(tc, bundle);
 	suite_add_tcase(s, tc);

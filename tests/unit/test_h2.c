@@ -15,7 +15,9 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <malloc.h>
 #include <nghttp2/nghttp2.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1031,6 +1033,45 @@ START_TEST(ping_answered)
 }
 END_TEST
 
+/* calloc is wrapped in this binary (the Makefile's -Wl,--wrap=calloc for
+ * test_h2): the largest block zeroed since the last reset. */
+void *__real_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size);
+static size_t calloc_max;
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+	if (size != 0 && n <= SIZE_MAX / size && n * size > calloc_max)
+		calloc_max = n * size;
+	return __real_calloc(n, size);
+}
+
+/* A stream zeroes no 4 KiB head field array when it starts (calloc of the
+ * whole stream was its largest cost), and nothing relies on it being zero:
+ * with malloc's memory poisoned (M_PERTURB) the response still arrives
+ * whole, head, body and trailers. */
+START_TEST(stream_start_zeroes_no_head)
+{
+	struct cstream *cs;
+
+	start(100, true, 60000);
+	mallopt(M_PERTURB, 0x5a);
+	calloc_max = 0;
+	cs = request("GET", "/hello", 0);
+	ck_assert_uint_lt(calloc_max, 2048);
+	RUN_UNTIL(cs->ended || cs->errored, 2000);
+	mallopt(M_PERTURB, 0);
+	ck_assert(cs->ended);
+	ck_assert_int_eq(cs->status, 200);
+	ck_assert(cs->has_ctype);
+	ck_assert_int_eq(evbuffer_get_length(cs->got), 11);
+	ck_assert(memcmp(evbuffer_pullup(cs->got, -1), "hello world", 11) == 0);
+	ck_assert_str_eq(cs->trailers, "x-check: ok\r\n");
+	cs_free(cs);
+	finish();
+}
+END_TEST
+
 static Suite *h2_suite(void)
 {
 	Suite *s = suite_create("h2");
@@ -1039,6 +1080,7 @@ static Suite *h2_suite(void)
 
 	tcase_set_timeout(tc, 20);
 	tcase_add_test(tc, get_with_trailers);
+	tcase_add_test(tc, stream_start_zeroes_no_head);
 	tcase_add_test(tc, interim_and_no_body);
 	tcase_add_test(tc, concurrent_streams);
 	tcase_add_test(tc, max_concurrent_streams);

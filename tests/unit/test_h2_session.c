@@ -13,9 +13,12 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
 #include <nghttp2/nghttp2.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "client/session.h"
 #include "config.h"
@@ -351,6 +354,22 @@ static ssize_t body_src(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t le
 	return (ssize_t)n;
 }
 
+/* A request body of src->ptr, ending the stream. */
+static ssize_t body_src_end(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len,
+                            uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+	size_t n = strlen(src->ptr);
+
+	(void)ng;
+	(void)id;
+	(void)ud;
+	if (n > len)
+		n = len;
+	memcpy(buf, src->ptr, n);
+	*flags |= NGHTTP2_DATA_FLAG_EOF;
+	return (ssize_t)n;
+}
+
 static int32_t get(const char *path)
 {
 	nghttp2_nv nva[] = {NVS(":method", "GET"), NVS(":scheme", "https"),
@@ -505,6 +524,201 @@ START_TEST(header_list_over_the_limit_gets_431)
 }
 END_TEST
 
+/* ---- RFC 8441: an extended CONNECT becomes an HTTP/1.1 WebSocket upgrade ---- */
+
+static struct fake_o {
+	struct transport t;
+	struct evbuffer *in, *out; /* in: origin -> muxd; out: muxd -> origin */
+	bool shut, closed;
+} fo;
+
+static struct evbuffer *fo_input(struct transport *t)
+{
+	(void)t;
+	return fo.in;
+}
+
+static struct evbuffer *fo_output(struct transport *t)
+{
+	(void)t;
+	return fo.out;
+}
+
+static void fo_shutdown(struct transport *t)
+{
+	(void)t;
+	fo.shut = true;
+}
+
+static void fo_close(struct transport *t)
+{
+	(void)t;
+	fo.closed = true;
+}
+
+static const struct transport_ops fo_ops = {fo_input,    fo_output, ft_set_reading,
+                                            fo_shutdown, fo_close,  ft_alive};
+
+static int32_t ws_connect(void)
+{
+	nghttp2_nv nva[] = {NVS(":method", "CONNECT"),
+	                    NVS(":protocol", "websocket"),
+	                    NVS(":scheme", "https"),
+	                    NVS(":authority", "origin.test"),
+	                    NVS(":path", "/chat?room=1"),
+	                    NVS("sec-websocket-version", "13"),
+	                    NVS("sec-websocket-protocol", "chat"),
+	                    NVS("sec-websocket-key", "dGhlIGNsaWVudCdzIG93bg==")};
+
+	/* HEADERS without END_STREAM: the stream stays open for the new protocol */
+	return nghttp2_submit_headers(cl.ng, NGHTTP2_FLAG_NONE, -1, NULL, nva,
+	                              sizeof(nva) / sizeof(nva[0]), NULL);
+}
+
+static unsigned count_fields(const struct http1_msg *h, const char *name)
+{
+	unsigned n = 0;
+
+	for (size_t i = 0; i < h->nfields; i++)
+		n += strcasecmp(h->fields[i].name, name) == 0;
+	return n;
+}
+
+/* The 101 of an origin; accept: its Sec-WebSocket-Accept (NULL: the right one). */
+static void switch_to_ws(struct exchange *ex, const char *accept)
+{
+	const struct http1_field *key = http1_find(&ex->req, "sec-websocket-key");
+	char in[128], good[32];
+	unsigned char sha[20];
+	struct http1_msg h;
+
+	ck_assert_ptr_nonnull(key);
+	snprintf(in, sizeof(in), "%.*s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", (int)key->value_len,
+	         key->value);
+	ck_assert_int_eq(gnutls_hash_fast(GNUTLS_DIG_SHA1, in, strlen(in), sha), 0);
+	http1_base64(sha, sizeof(sha), good);
+	memset(&h, 0, sizeof(h));
+	h.status = 101;
+	h.reason = "Switching Protocols";
+	h.body = HTTP1_BODY_NONE;
+	h.fields[0] = (struct http1_field){"Upgrade", 7, "websocket", 9};
+	h.fields[1] = (struct http1_field){"Connection", 10, "Upgrade", 7};
+	h.fields[2] = (struct http1_field){"Sec-WebSocket-Accept", 20, accept ? accept : good,
+	                                   strlen(accept ? accept : good)};
+	h.fields[3] = (struct http1_field){"Sec-WebSocket-Protocol", 22, "chat", 4};
+	h.nfields = 4;
+	memset(&fo, 0, sizeof(fo));
+	fo.t.ops = &fo_ops;
+	fo.in = evbuffer_new();
+	fo.out = evbuffer_new();
+	struct client_upgrade u = {&h, "1.1 muxd", &fo.t, false, "origin.test", 443};
+	ex->cs->ops->upgrade(ex->cs, &u);
+}
+
+static void fo_free(void)
+{
+	evbuffer_free(fo.in);
+	evbuffer_free(fo.out);
+}
+
+START_TEST(extended_connect_becomes_a_websocket_upgrade)
+{
+	int32_t id = ws_connect();
+	int i = slot(id);
+
+	ck_assert_int_gt(id, 0);
+	exchange_bytes();
+	ck_assert_int_eq(nex, 1);
+	struct exchange *ex = &exs[0];
+	ck_assert_str_eq(ex->req.method, "GET");
+	ck_assert_str_eq(ex->req.target, "/chat?room=1");
+	ck_assert_int_eq(ex->req.body, HTTP1_BODY_NONE);
+	ck_assert(http1_upgrade_requested(&ex->req, "websocket"));
+	ck_assert_str_eq(http1_find(&ex->req, "host")->value, "origin.test");
+	ck_assert_str_eq(http1_find(&ex->req, "sec-websocket-version")->value, "13");
+	ck_assert_str_eq(http1_find(&ex->req, "sec-websocket-protocol")->value, "chat");
+	/* muxd's own key, not the client's */
+	ck_assert_uint_eq(count_fields(&ex->req, "sec-websocket-key"), 1);
+	ck_assert_uint_eq(http1_find(&ex->req, "sec-websocket-key")->value_len, 24);
+	ck_assert_str_ne(http1_find(&ex->req, "sec-websocket-key")->value,
+	                 "dGhlIGNsaWVudCdzIG93bg==");
+
+	switch_to_ws(ex, NULL);
+	exchange_bytes();
+	ck_assert_str_eq(cl.status[i], "200");
+	ck_assert(!cl.ended[i]);
+	ck_assert_uint_eq(cl.reset[i], 0);
+	/* origin -> client */
+	evbuffer_add(fo.in, "from origin", 11);
+	fo.t.cbs.on_read(fo.t.ctx);
+	exchange_bytes();
+	ck_assert_uint_eq(cl.body_len[i], 11);
+	ck_assert(memcmp(cl.body[i], "from origin", 11) == 0);
+	/* client -> origin, then its END_STREAM: the origin's half-close */
+	static char up[] = "from client";
+	nghttp2_data_provider prd = {.source.ptr = up, .read_callback = body_src_end};
+	ck_assert_int_eq(nghttp2_submit_data(cl.ng, NGHTTP2_FLAG_END_STREAM, id, &prd), 0);
+	exchange_bytes();
+	ck_assert_uint_eq(evbuffer_get_length(fo.out), 11);
+	ck_assert(memcmp(evbuffer_pullup(fo.out, -1), "from client", 11) == 0);
+	ck_assert(fo.shut);
+	/* the origin ends too: END_STREAM, no reset */
+	fo.t.cbs.on_event(fo.t.ctx, TRANSPORT_EOF, ERR_NONE, NULL);
+	exchange_bytes();
+	ck_assert(cl.ended[i]);
+	ck_assert_uint_eq(cl.reset[i], 0);
+	ck_assert(fo.closed);
+	ck_assert(!own.over);
+	fo_free();
+}
+END_TEST
+
+START_TEST(client_reset_closes_the_websocket_origin)
+{
+	int32_t id = ws_connect();
+
+	exchange_bytes();
+	ck_assert_int_eq(nex, 1);
+	switch_to_ws(&exs[0], NULL);
+	exchange_bytes();
+	ck_assert_str_eq(cl.status[slot(id)], "200");
+	ck_assert(!fo.closed);
+	ck_assert_int_eq(nghttp2_submit_rst_stream(cl.ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL),
+	                 0);
+	exchange_bytes();
+	ck_assert(fo.closed);
+	ck_assert(!own.over);
+	fo_free();
+}
+END_TEST
+
+START_TEST(wrong_websocket_accept_gets_502)
+{
+	int32_t id = ws_connect();
+
+	exchange_bytes();
+	ck_assert_int_eq(nex, 1);
+	switch_to_ws(&exs[0], "bm90IHRoZSByaWdodCBvbmU=");
+	exchange_bytes();
+	ck_assert_str_eq(cl.status[slot(id)], "502");
+	ck_assert(fo.closed);
+	fo_free();
+}
+END_TEST
+
+START_TEST(websocket_answered_2xx_without_switching_gets_502)
+{
+	int32_t id = ws_connect();
+
+	exchange_bytes();
+	ck_assert_int_eq(nex, 1);
+	respond_ok(&exs[0], "a plain page", "");
+	exchange_bytes();
+	ck_assert_str_eq(cl.status[slot(id)], "502");
+	ck_assert(cl.ended[slot(id)]);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("h2_session");
@@ -517,6 +731,10 @@ int main(void)
 	tcase_add_test(tc, ping_flood_ends_the_connection_calmly);
 	tcase_add_test(tc, pings_under_the_limit_are_fine);
 	tcase_add_test(tc, header_list_over_the_limit_gets_431);
+	tcase_add_test(tc, extended_connect_becomes_a_websocket_upgrade);
+	tcase_add_test(tc, client_reset_closes_the_websocket_origin);
+	tcase_add_test(tc, wrong_websocket_accept_gets_502);
+	tcase_add_test(tc, websocket_answered_2xx_without_switching_gets_502);
 	suite_add_tcase(s, tc);
 	return run_suite(s) ? 1 : 0;
 }
