@@ -580,6 +580,23 @@ static void ext_switched(struct exchange *ex, const struct http1_msg *h)
 	free(sw);
 }
 
+/* The one retry an exchange gets: its stream (if any) cancelled, the
+ * request once more through the pool (fresh: on a new connection). */
+static void retry(struct exchange *ex, bool fresh, const char *why)
+{
+	log_debug("retrying %s %s%s (%s)", ex->req.method, ex->req.target,
+	          fresh ? " on a new connection" : "", why);
+	if (ex->stream) {
+		ex->stream->ops->cancel(ex->stream);
+		ex->stream = NULL;
+	}
+	ex->retried = true;
+	ex->m->metrics.upstream_retries++;
+	ex->wait = pool_start_stream(ex->m->pool, &ex->key, fresh, &stream_cbs, &wait_cbs, ex);
+	if (!ex->wait)
+		answer_error(ex, ERR_CONNECT, "out of memory");
+}
+
 static void on_head(void *ctx, const struct http1_msg *h)
 {
 	struct exchange *ex = ctx;
@@ -609,30 +626,13 @@ static void on_head(void *ctx, const struct http1_msg *h)
 	    pool_misdirected(ex->m->pool, &ex->key, ex->stream)) {
 		/* a connection made for another name (coalescing) was the wrong
 		 * one: once more on a connection of the request's own name */
-		log_debug("retrying %s %s on its own connection (421 on a shared one)",
-		          ex->req.method, ex->req.target);
-		ex->stream->ops->cancel(ex->stream);
-		ex->stream = NULL;
-		ex->retried = true;
-		ex->m->metrics.upstream_retries++;
-		ex->wait =
-		    pool_start_stream(ex->m->pool, &ex->key, true, &stream_cbs, &wait_cbs, ex);
-		if (!ex->wait)
-			answer_error(ex, ERR_CONNECT, "out of memory");
+		retry(ex, true, "421 on a shared connection");
 		return;
 	}
 	if (h->status == 425 && ex->early && !ex->retried) {
 		/* RFC 8470 5.2: the origin wants the request after the handshake */
-		log_debug("retrying %s %s without early data (425)", ex->req.method,
-		          ex->req.target);
-		ex->stream->ops->cancel(ex->stream);
-		ex->stream = NULL;
-		ex->retried = ex->no_early = true;
-		ex->m->metrics.upstream_retries++;
-		ex->wait =
-		    pool_start_stream(ex->m->pool, &ex->key, false, &stream_cbs, &wait_cbs, ex);
-		if (!ex->wait)
-			answer_error(ex, ERR_CONNECT, "out of memory");
+		ex->no_early = true;
+		retry(ex, false, "without early data (425)");
 		return;
 	}
 	ex->status = h->status;
@@ -714,15 +714,8 @@ static void on_error(void *ctx, enum muxd_err err, const char *reason, bool noth
 	bool shared = ex->proto != PROTO_H1 && err == ERR_CLOSED;
 	if (!ex->retried && !ex->upgrade &&
 	    (unprocessed || (nothing_received && (ex->reused || shared) && is_replayable(ex)))) {
-		log_debug("retrying %s %s on a new connection (%s)", ex->req.method, ex->req.target,
-		          reason);
-		ex->retried = true;
-		ex->m->metrics.upstream_retries++;
-		ex->wait =
-		    pool_start_stream(ex->m->pool, &ex->key, true, &stream_cbs, &wait_cbs, ex);
-		if (ex->wait)
-			return;
-		reason = "out of memory";
+		retry(ex, true, reason);
+		return;
 	}
 	answer_error(ex, err, reason);
 }
