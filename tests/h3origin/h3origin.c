@@ -17,7 +17,8 @@
  *   /status/N        an empty response with status N (204, 304, ...)
  *   /echo            the request body back, after the whole body; with
  *                    Expect: 100-continue a 100 head first
- *   /interim?n=N     N 103 heads, then 200 "ok"
+ *   /interim?n=N&kib=K  N 103 heads (a link field of K KiB each), then
+ *                    200 "ok"
  *   /bigheader?kib=K 200 "ok" with an x-big header of K KiB
  *   /reset           the stream is reset (H3_INTERNAL_ERROR), no response
  *   /noread          no answer, and the request body is never consumed:
@@ -347,13 +348,24 @@ static int on_request(struct stream *s)
 		s->len = 2; /* content-length of the GET, no body */
 	s->eof = true;
 	if (strncmp(p, "/interim", 8) == 0) {
-		static const nghttp3_nv early[] = {NV(":status", "103"),
-		                                   NV("link", "</style.css>; rel=preload")};
+		/* kib=K: each head carries a link field of K KiB */
+		size_t k = (size_t)qint(p, "kib=", 0) * 1024;
+		char *link = malloc(k + 32);
+		nghttp3_nv early[] = {NV(":status", "103"),
+		                      NV("link", "</style.css>; rel=preload")};
 		long n = qint(p, "n=", 1);
+		int r = 0;
+		if (k) {
+			snprintf(link, k + 32, "</%0*d>", (int)k, 0);
+			early[1].value = (uint8_t *)link;
+			early[1].valuelen = strlen(link);
+		}
 		s->mode = M_INTERIM;
-		for (long i = 0; i < n; i++)
-			if (nghttp3_conn_submit_info(c->h3, s->id, early, 2) != 0)
-				return -1;
+		for (long i = 0; i < n && r == 0; i++)
+			r = nghttp3_conn_submit_info(c->h3, s->id, early, 2);
+		free(link);
+		if (r != 0)
+			return -1;
 	} else if (strncmp(p, "/bigheader", 10) == 0) {
 		size_t k = (size_t)qint(p, "kib=", 100) * 1024;
 		char *big = malloc(k + 1);
