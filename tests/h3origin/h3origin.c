@@ -11,8 +11,9 @@
  * tell whether two requests shared a connection.  The behaviour is chosen
  * by the request's :path:
  *
- *   /sse             200 text/event-stream: "data: 1\n\n" at once, then one
- *                    event per line read on stdin ("data: LINE\n\n"); the
+ *   /sse?first=W     200 text/event-stream: "data: W\n\n" (W: 1 by default)
+ *                    at once, then one event per line read on stdin
+ *                    ("data: LINE\n\n"); the
  *                    line "end" ends the stream.  No timing needed.
  *   /status/N        an empty response with status N (204, 304, ...)
  *   /echo            the request body back, after the whole body; with
@@ -320,7 +321,12 @@ static int on_request(struct stream *s)
 		s->mode = M_SSE;
 		s->buf = malloc(SSE_MAX);
 		s->cap = SSE_MAX;
-		set_body(s, "data: 1\n\n");
+		const char *f = strstr(p, "first=");
+		char ev[128];
+		/* first=WORD: the first event's data (default 1) */
+		snprintf(ev, sizeof(ev), "data: %.*s\n\n", f ? (int)strcspn(f + 6, "&") : 1,
+		         f ? f + 6 : "1");
+		set_body(s, ev);
 		return respond(s, "200", "cache-control", "no-cache", true);
 	}
 	if (strncmp(p, "/status/", 8) == 0) {
