@@ -3,7 +3,7 @@
  * (ngtcp2 + ngtcp2_crypto_gnutls + nghttp3 + GnuTLS + libevent, the
  * libraries muxd uses). Not part of muxd.
  *
- *   h3origin CERT KEY [PORT]     (PORT 0 or absent: an ephemeral one)
+ *   h3origin CERT KEY [PORT [DIR]]   (PORT 0 or absent: an ephemeral one)
  *
  * Listens on UDP 127.0.0.1, ALPN h3, prints "port N" on stdout once ready.
  * Logs "conn N" for every new QUIC connection and "request N METHOD PATH"
@@ -24,6 +24,11 @@
  *   /reset           the stream is reset (H3_INTERNAL_ERROR), no response
  *   /noread          no answer, and the request body is never consumed:
  *                    the stream's flow-control window stays closed
+ *   /NAME            with a DIR argument, when DIR/NAME or DIR/NAME.head
+ *                    exists: answered after the whole request body (with
+ *                    Expect: 100-continue a 100 first), body DIR/NAME,
+ *                    head DIR/NAME.head: the status on its first line, then
+ *                    "name: value" lines (default 200, content-length)
  *   anything else    200 "ok" (HEAD: no body)
  *
  * One connection per client address; everything is in memory.
@@ -51,7 +56,7 @@
 #define ECHO_MAX (16 * 1024 * 1024)
 #define SSE_MAX (64 * 1024)
 
-enum mode { M_OK, M_SSE, M_STATUS, M_ECHO, M_INTERIM, M_BIGHEADER, M_RESET, M_NOREAD };
+enum mode { M_OK, M_SSE, M_STATUS, M_ECHO, M_INTERIM, M_BIGHEADER, M_RESET, M_NOREAD, M_FILE };
 
 struct conn;
 
@@ -92,6 +97,7 @@ static struct {
 	gnutls_certificate_credentials_t cred;
 	struct conn *conns;
 	unsigned nconns;
+	const char *dir; /* response files (see the top), or NULL */
 } S;
 
 static ngtcp2_tstamp now(void)
@@ -309,14 +315,80 @@ static void set_body(struct stream *s, const char *text)
 	s->len += n;
 }
 
+/* DIR/NAME for a request path /NAME (no query, no sub-directories). */
+static bool file_path(const char *path, const char *suffix, char *out, size_t len)
+{
+	size_t n = strcspn(path + 1, "?");
+
+	if (!S.dir || path[0] != '/' || n == 0 || memchr(path + 1, '/', n) || path[1] == '.')
+		return false;
+	snprintf(out, len, "%s/%.*s%s", S.dir, (int)n, path + 1, suffix);
+	return access(out, R_OK) == 0;
+}
+
+/* Answer from DIR/NAME and DIR/NAME.head (see the top). */
+static int respond_file(struct stream *s)
+{
+	char fn[1024], head[4096] = "200\n", *save = NULL, *status, *l;
+	char clen[32];
+	nghttp3_nv nva[16];
+	size_t n = 1, got;
+	bool has_len = false, no_body;
+	FILE *f;
+
+	s->len = s->sent = 0;
+	if (file_path(s->path, "", fn, sizeof(fn)) && (f = fopen(fn, "rb"))) {
+		fseek(f, 0, SEEK_END);
+		s->cap = (size_t)ftell(f) + 1;
+		rewind(f);
+		free(s->buf);
+		s->buf = malloc(s->cap);
+		s->len = fread(s->buf, 1, s->cap, f);
+		fclose(f);
+	}
+	if (file_path(s->path, ".head", fn, sizeof(fn)) && (f = fopen(fn, "rb"))) {
+		got = fread(head, 1, sizeof(head) - 1, f);
+		head[got] = '\0';
+		fclose(f);
+	}
+	status = strtok_r(head, "\r\n", &save);
+	nva[0] = (nghttp3_nv)NV(":status", status);
+	while ((l = strtok_r(NULL, "\r\n", &save)) && n < 15) {
+		char *colon = strchr(l, ':'), *v;
+		if (!colon)
+			continue;
+		*colon = '\0';
+		for (v = colon + 1; *v == ' '; v++)
+			;
+		nva[n] = (nghttp3_nv)NV("x", v);
+		nva[n].name = (uint8_t *)l;
+		nva[n++].namelen = strlen(l);
+		has_len |= strcasecmp(l, "content-length") == 0;
+	}
+	no_body = strcmp(s->method, "HEAD") == 0 || atoi(status) == 204 || atoi(status) == 304;
+	if (!has_len && atoi(status) != 204 && atoi(status) != 304) {
+		snprintf(clen, sizeof(clen), "%zu", s->len);
+		nva[n++] = (nghttp3_nv)NV("content-length", clen);
+	}
+	s->eof = true;
+	return nghttp3_conn_submit_response(s->c->h3, s->id, nva, n,
+	                                    no_body ? NULL : &(nghttp3_data_reader){read_body});
+}
+
 /* The headers are in: answer what can be answered now. */
 static int on_request(struct stream *s)
 {
 	struct conn *c = s->c;
 	const char *p = s->path;
 	bool head = strcmp(s->method, "HEAD") == 0;
+	char fn[1024];
 
 	fprintf(stderr, "request %u %s %s\n", c->num, s->method, p);
+	if (file_path(p, "", fn, sizeof(fn)) || file_path(p, ".head", fn, sizeof(fn))) {
+		static const nghttp3_nv cont[] = {NV(":status", "100")};
+		s->mode = M_FILE; /* answered at the end of the request */
+		return s->expect100 ? nghttp3_conn_submit_info(c->h3, s->id, cont, 1) : 0;
+	}
 	if (strncmp(p, "/sse", 4) == 0) {
 		s->mode = M_SSE;
 		s->buf = malloc(SSE_MAX);
@@ -480,6 +552,8 @@ static int h3_end_stream(nghttp3_conn *h3, int64_t id, void *cud, void *sud)
 	(void)h3;
 	(void)id;
 	(void)cud;
+	if (s->mode == M_FILE)
+		return respond_file(s) == 0 ? 0 : NGHTTP3_ERR_CALLBACK_FAILURE;
 	if (s->mode != M_ECHO)
 		return 0;
 	s->eof = true;
@@ -842,7 +916,7 @@ int main(int argc, char **argv)
 	struct event *udp, *in;
 
 	if (argc < 3) {
-		fprintf(stderr, "usage: h3origin CERT KEY [PORT]\n");
+		fprintf(stderr, "usage: h3origin CERT KEY [PORT [DIR]]\n");
 		return 2;
 	}
 	if (gnutls_certificate_allocate_credentials(&S.cred) < 0 ||
@@ -854,6 +928,7 @@ int main(int argc, char **argv)
 	S.fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
 	S.local.sin_family = AF_INET;
 	S.local.sin_port = htons((uint16_t)(argc > 3 ? atoi(argv[3]) : 0));
+	S.dir = argc > 4 ? argv[4] : NULL;
 	inet_pton(AF_INET, "127.0.0.1", &S.local.sin_addr);
 	if (S.fd < 0 || bind(S.fd, (struct sockaddr *)&S.local, sizeof(S.local)) != 0 ||
 	    getsockname(S.fd, (struct sockaddr *)&S.local, &len) != 0) {

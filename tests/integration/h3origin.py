@@ -5,7 +5,10 @@ does (see the comment at the top of h3origin.c): /sse (one event now, the
 next one per ``trigger()``), /status/N, /echo (with 100-continue),
 /interim?n=N, /bigheader?kib=K, /reset, /noread, anything else 200 "ok".
 
-``H3Origin(workdir, cert)`` listens on UDP 127.0.0.1:.port.  ``.log()`` is
+``H3Origin(workdir, cert)`` listens on UDP 127.0.0.1:.port; a request for
+/NAME is answered from the files .root/NAME (the body) and .root/NAME.head
+(the status on the first line, then "name: value" lines) when either
+exists, after the whole request body (100 first for Expect: 100-continue).  ``.log()`` is
 its stderr: "conn N" per QUIC connection, "request N METHOD PATH" per
 request; ``.requests()`` parses it into (conn number, method, path).
 
@@ -35,9 +38,12 @@ class H3Origin:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "h3origin.log"
+        self.root = self.dir / "www"  # response files: NAME (body), NAME.head (status, fields)
+        self.root.mkdir(exist_ok=True)
         cert_path, key_path = cert
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([H3ORIGIN, str(cert_path), str(key_path), "0"], stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen([H3ORIGIN, str(cert_path), str(key_path), "0", str(self.root)],
+                                         stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=log)
         line = self.proc.stdout.readline().decode()
         if not line.startswith("port "):
