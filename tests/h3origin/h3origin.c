@@ -13,8 +13,8 @@
  *
  *   /sse?first=W     200 text/event-stream: "data: W\n\n" (W: 1 by default)
  *                    at once, then one event per line read on stdin
- *                    ("data: LINE\n\n"); the
- *                    line "end" ends the stream.  No timing needed.
+ *                    ("data: LINE\n\n"); the line "end" ends the stream.
+ *                    No timing needed.
  *   /status/N        an empty response with status N (204, 304, ...)
  *   /echo            the request body back, after the whole body; with
  *                    Expect: 100-continue a 100 head first
