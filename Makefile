@@ -26,7 +26,9 @@ FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 
 .PHONY: all run check lint unit integration deps clean format bench fuzz fuzz-merge deb
 
-all: $(BUILD)/muxd
+H3ORIGIN := $(BUILD)/tests/h3origin
+
+all: $(BUILD)/muxd $(H3ORIGIN)
 
 $(BUILD)/muxd: $(OBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -47,6 +49,11 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/harness.h $(LIB_OBJS) $(UNIT_HELPERS
 
 # Fuzz targets replayed over their seed corpus plus random inputs (a plain
 # driver; `make fuzz` runs them under libFuzzer with clang).
+# The integration tests' scriptable HTTP/3 origin (not part of muxd).
+$(H3ORIGIN): tests/h3origin/h3origin.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LDLIBS)
+
 $(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/driver.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< tests/fuzz/driver.c $(LIB_OBJS) $(LDLIBS)
@@ -89,8 +96,8 @@ unit: $(UNIT_BINS) $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 lint:
 	/usr/bin/python3 tests/check_includes.py
 
-integration: $(BUILD)/muxd
-	MUXD_BIN=$(abspath $(BUILD)/muxd) MUXD_SANITIZE=$(SANITIZE) \
+integration: $(BUILD)/muxd $(H3ORIGIN)
+	MUXD_BIN=$(abspath $(BUILD)/muxd) MUXD_H3ORIGIN=$(abspath $(H3ORIGIN)) MUXD_SANITIZE=$(SANITIZE) \
 	    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 
 check:

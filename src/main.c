@@ -479,6 +479,10 @@ out:
 	m->access_log = NULL;
 	config_unref(m->cfg);
 	admin_stop(m);
+	/* a bufferevent freed while its deferred callback was queued (a client
+	 * closed in the loop's last pass) is released only when that callback
+	 * runs: one more pass, with nothing of muxd's left to call */
+	event_base_loop(m->base, EVLOOP_NONBLOCK);
 	event_base_free(m->base);
 	return rc;
 }

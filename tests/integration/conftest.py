@@ -473,3 +473,22 @@ def h2_origin(pki):
     yield start
     for o in origins:
         o.stop()
+
+
+@pytest.fixture
+def h3_origin(request, tmp_path, pki):
+    """Factory: h3_origin(cert=pki.leaf) -> a started h3origin.H3Origin
+    (the scriptable HTTP/3 origin, tests/h3origin/h3origin.c)."""
+    from h3origin import H3Origin
+
+    origins = []
+
+    def start(cert=None):
+        o = H3Origin(tmp_path / f"h3origin{len(origins)}", cert or pki.leaf)
+        origins.append(o)
+        attach_log(request, f"h3origin log ({o.dir.name})", o.log_path)
+        return o
+
+    yield start
+    for o in origins:
+        o.stop()

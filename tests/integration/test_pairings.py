@@ -25,8 +25,8 @@ Upstreams (``UPSTREAMS``, each a factory returning an object with
 * ``h1``  a python HTTP/1.1 origin (support.Origin; over TLS for
           intercepted clients);
 * ``h2``  python-h2 (h2origin.H2Origin);
-* ``h3``  gtlsserver (files only) behind an nginx that advertises it with
-          Alt-Svc; the cases it cannot script (204, 304, close) are skipped.
+* ``h3``  h3origin (tests/h3origin/h3origin.c, response files) behind an
+          nginx that advertises it with Alt-Svc; HTTP/3 has no close cases.
 """
 
 import hashlib
@@ -39,14 +39,12 @@ import pytest
 from h2client import H2TunnelClient
 from h2origin import H2Origin
 from support import (
-    GTLSSERVER,
     LOCALHOST,
     Headers,
     HTTPReader,
     Origin,
     OriginRequest,
     connect,
-    require_tool,
     wait_until,
 )
 
@@ -387,39 +385,44 @@ class H2Upstream:
 
 
 class H3Upstream:
-    """gtlsserver on UDP, advertised by an HTTP/2 nginx on the same port
-    number; the first request learns the Alt-Svc, then /which must say quic.
-    Both serve the same files (ok; POST answers with the file too)."""
+    """h3origin (tests/h3origin/h3origin.c) on UDP, advertised by an HTTP/2
+    nginx (Alt-Svc h3=":UDPPORT"); the first request learns the Alt-Svc,
+    then /which must come from h3origin ("ok").  h3origin answers from
+    response files (body and head); it answers after the whole request
+    body, with a 100 first when asked to."""
 
     proto = "h3"
 
-    def __init__(self, client, pki, tls_nginx_factory=None, h3_server=None):
-        require_tool(GTLSSERVER, "ngtcp2-server")
-        self.q = h3_server()
-        (self.q.root / "which").write_text("quic\n")
+    def __init__(self, client, pki, tls_nginx_factory=None, h3_origin=None):
+        self.q = h3_origin()
         self.ng = tls_nginx_factory(http2=True, extra=f"add_header Alt-Svc 'h3=\":{self.q.port}\"; ma=3600' always;\n")
         (self.ng.root / "which").write_text("tcp\n")
-        for root in (self.q.root, self.ng.root):
-            (root / "ok").write_bytes(BODY)
-            (root / "upload").write_bytes(BODY)
+        r = self.q.root
+        (r / "ok").write_bytes(BODY)
+        (r / "upload").write_bytes(BODY)
+        (r / "chunked.head").write_text("200\nx-case: head_chunked\n")
+        (r / "204.head").write_text("204\nx-case: 204\n")
+        (r / "304.head").write_text('304\netag: "v1"\ncontent-length: 1300\nx-case: 304\n')
         self.scheme = "https"
         self.authority = f"localhost:{self.ng.port}"
         self.port = self.ng.port
 
     def supports(self, case):
-        if case in ("head", "expect_continue"):
-            return None
-        return "gtlsserver serves files only (no 204, 304, GOAWAY or close on demand)"
+        if case in ("connection_close", "close_delimited"):
+            return "HTTP/3 has no Connection: close or close-delimited responses (h3origin sends no GOAWAY)"
+        if case == "expect_refused":
+            return "h3origin answers only whole requests"
+        return None
 
     def prime(self, client):
         """Learn the Alt-Svc over TCP, then wait until requests go over QUIC."""
         def over_quic():
             r = client.request("GET", "/which")
-            return r.status == 200 and r.body == b"quic\n"
+            return r.status == 200 and r.body == b"ok"
         wait_until(over_quic, timeout=TIMEOUT, interval=0.1, what="requests over HTTP/3")
 
     def stop(self):
-        pass  # the fixtures stop nginx and gtlsserver
+        pass  # the fixtures stop nginx and h3origin
 
 
 UPSTREAMS = {"h1": H1Upstream, "h2": H2Upstream, "h3": H3Upstream}
@@ -436,7 +439,7 @@ def pairing(request, muxd, pki):
     kw = {}
     if upstream_name == "h3":
         kw = {"tls_nginx_factory": request.getfixturevalue("tls_nginx_factory"),
-              "h3_server": request.getfixturevalue("h3_server")}
+              "h3_origin": request.getfixturevalue("h3_origin")}
     up = UPSTREAMS[upstream_name](client_name, pki, **kw)
     reason = up.supports(request.node.callspec.params["case"])
     if reason:
@@ -476,7 +479,9 @@ def test_pairing(pairing, client, upstream, case):
         r = c.request("POST", "/upload", body=UPLOAD, expect_continue=True)
         assert r.interim == [100], f"{label}: interim answers {r.interim}, want one 100"
         assert r.status == 200, f"{label}: {r!r}"
-        if upstream != "h3":  # gtlsserver answers a POST with the file
+        if upstream == "h3":  # h3origin answers with its response file
+            assert r.body == BODY, f"{label}: {r.body[:100]!r}"
+        else:
             assert json.loads(r.body) == json.loads(upload_answer(UPLOAD)), f"{label}: {r.body!r}"
     elif case == "expect_refused":
         r = c.request("POST", "/refuse", body=UPLOAD, expect_continue=True)

@@ -11,11 +11,9 @@ origin, ``https://`` to a TLS origin), HTTP/1.1 inside intercepted TLS, and
 HTTP/2 inside intercepted TLS (python-h2, h2client.py: the first event must
 come in a DATA frame of its own, before the origin sends the second).
 Upstreams: HTTP/1.1 (a python origin: a chunk per event, all events in one
-chunk written as they come, delimited by close, or with a Content-Length) and HTTP/2 (python-h2, h2origin.py).  HTTP/3 has no scripted
-origin here (python3-aioquic is not packaged, gtlsserver serves only files,
-Debian's nghttpx is built without QUIC): the HTTP/3 codec hands each DATA
-frame to the exchange as nghttp3 delivers it, which test_h3.py covers for
-whole bodies.
+chunk written as they come, delimited by close, or with a Content-Length) and HTTP/2 (python-h2, h2origin.py) and HTTP/3 (tests/h3origin/h3origin.c:
+its /sse sends the next event only when the test writes a line to its
+stdin; muxd reaches it through a pre-loaded Alt-Svc cache).
 """
 
 import socket
@@ -26,6 +24,7 @@ import time
 import pytest
 
 from h2client import H2TunnelClient
+from h3origin import h3_only_muxd
 from support import (
     LOCALHOST,
     HTTPReader,
@@ -298,3 +297,38 @@ def test_h2_upstream_stream_reaches_client_at_once(muxd, pki, h2_origin, record_
         sock, target = open_client(m, client, "https", authority)
         first_event_then_rest(record_property, sock, target, authority, stream, f"h2 -> {client}")
     assert o.connections == 1 and o.conn(0).requests, "not served over HTTP/2"
+
+
+class H3Go:
+    """Stream.go for h3origin: set() has the origin send the other events
+    and end the stream."""
+
+    def __init__(self, o):
+        self.o = o
+        self.done = False
+
+    def set(self):
+        for ev in EVENTS[1:]:
+            self.o.trigger(ev[len(b"data: "):].strip().decode())
+        self.o.trigger("end")
+        self.done = True
+
+    def is_set(self):
+        return self.done
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_h3_upstream_stream_reaches_client_at_once(muxd, pki, h3_origin, record_property, client):
+    o = h3_origin()
+    m = h3_only_muxd(muxd, pki, o, args=())
+    authority = f"localhost:{o.port}"
+    stream = Stream()
+    stream.go = H3Go(o)
+    sock, target = open_client(m, client, "https", authority)
+    # the origin sends the first event as soon as the request arrives: the
+    # delay counted from the request (an upper bound, QUIC handshake included)
+    stream.sending_first()
+    stream.sent_first()
+    target = target.replace("/events", "/sse?first=one")
+    first_event_then_rest(record_property, sock, target, authority, stream, f"h3 -> {client}")
+    assert [p for _, _, p in o.requests()] == ["/sse?first=one"], "not served over HTTP/3"
