@@ -141,6 +141,7 @@ $(LF)/src/%.o: src/%.c $(wildcard src/*.h src/*/*.h)
 $(LF)/fuzz_%: tests/fuzz/fuzz_%.c $(LF_OBJS)
 	clang $(LF_CFLAGS) -fsanitize=fuzzer $(LF_LDFLAGS) -o $@ $< $(LF_OBJS) $(LDLIBS)
 $(LF)/fuzz_body_relay: LF_LDFLAGS += $(EXCHANGE_SEAMS)
+$(LF)/fuzz_h2_session: LF_LDFLAGS += $(H2_SESSION_SEAMS)
 
 fuzz: $(LF_BINS)
 	@set -e; for b in $(LF_BINS); do n=$${b##*/fuzz_}; mkdir -p $(LF)/corpus/$$n; \
