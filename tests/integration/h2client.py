@@ -13,7 +13,6 @@ client goes on reading after a GOAWAY from muxd (streams it opened before
 it still finish); ``c.goaway`` records its error code.
 """
 
-import socket
 import ssl
 import time
 
@@ -21,7 +20,7 @@ import h2.config
 import h2.connection
 import h2.events
 
-from support import Headers, open_tunnel
+from support import Headers, open_tunnel, recv_within
 
 
 class H2Stream:
@@ -115,17 +114,12 @@ class H2TunnelClient:
         """Read what arrives within timeout; False once the connection is gone."""
         if self.closed:
             return False
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(1 << 16)
-        except (socket.timeout, TimeoutError):
-            return True
-        except (ConnectionResetError, ssl.SSLError, OSError):
+        data = recv_within(self.sock, timeout)
+        if data is None:
             self.closed = True
             return False
         if not data:
-            self.closed = True
-            return False
+            return True
         now = time.monotonic()
         for ev in self.conn.receive_data(data):
             st = self.streams.get(getattr(ev, "stream_id", None))

@@ -902,3 +902,16 @@ class H3Server:
                 self.proc.wait()
         if self.port:
             wait_until(lambda: not udp_bound(self.port), timeout=5, what=f"UDP port {self.port} released")
+
+
+def recv_within(sock, timeout):
+    """What a socket gives within timeout seconds: the bytes, b"" when
+    nothing came, None once the connection is gone (EOF, reset, TLS error)."""
+    sock.settimeout(timeout)
+    try:
+        data = sock.recv(1 << 16)
+    except (socket.timeout, TimeoutError):
+        return b""
+    except OSError:  # ConnectionResetError and ssl.SSLError among them
+        return None
+    return data or None

@@ -11,13 +11,12 @@ whose window stays closed, and GOAWAY on drain.
 import re
 import socket
 import ssl
-import subprocess
 import threading
 import time
 
 import pytest
 
-from support import LOCALHOST, clean_env, curl, pattern_bytes, wait_until
+from support import LOCALHOST, curl, pattern_bytes, wait_until
 
 ONE_K = pattern_bytes(1024, seed=41)
 
@@ -68,9 +67,8 @@ import h2.config  # noqa: E402
 import h2.connection  # noqa: E402
 import h2.events  # noqa: E402
 import h2.settings  # noqa: E402
-import hyperframe.frame  # noqa: E402
 
-from support import open_tunnel  # noqa: E402
+from support import open_tunnel, recv_within  # noqa: E402
 
 
 class _Conn(h2.connection.H2Connection):
@@ -149,17 +147,12 @@ class H2Client:
         """Read what arrives within timeout; True while the connection lives."""
         if self.closed:
             return False
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(1 << 16)
-        except (socket.timeout, TimeoutError):
-            return True
-        except (ConnectionResetError, ssl.SSLError, OSError):
+        data = recv_within(self.sock, timeout)
+        if data is None:
             self.closed = True
             return False
         if not data:
-            self.closed = True
-            return False
+            return True
         if not hasattr(self, "_preface_skipped"):
             self._preface_skipped = True
         self._scan(data)

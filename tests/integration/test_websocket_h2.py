@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from support import LOCALHOST, open_tunnel, pattern_bytes, wait_until
+from support import LOCALHOST, open_tunnel, pattern_bytes, recv_within, wait_until
 
 try:
     import h2.config
@@ -92,17 +92,12 @@ class H2:
     def pump(self, timeout=0.2):
         if self.closed:
             return False
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(1 << 16)
-        except (socket.timeout, TimeoutError):
-            return True
-        except (ConnectionResetError, ssl.SSLError, OSError):
+        data = recv_within(self.sock, timeout)
+        if data is None:
             self.closed = True
             return False
         if not data:
-            self.closed = True
-            return False
+            return True
         for ev in self.conn.receive_data(data):
             sid = getattr(ev, "stream_id", None)
             if isinstance(ev, h2.events.RemoteSettingsChanged):
