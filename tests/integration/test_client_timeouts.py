@@ -198,7 +198,10 @@ def test_client_that_stops_reading_is_closed_and_its_slot_freed(muxd, big_file):
     stuck.connect(("127.0.0.1", m.port))
     try:
         stuck.sendall(proxy_request("GET", big_file))
-        time.sleep(0.2)  # let muxd accept it first (the next one waits for the slot)
+        # muxd has accepted it (and holds the only slot) once the response
+        # starts arriving; MSG_PEEK leaves it unread
+        stuck.settimeout(DEADLINE + 5)
+        assert stuck.recv(1, socket.MSG_PEEK), "muxd closed the first client at once"
         with connect(m.port, timeout=DEADLINE + 5) as s:
             start = time.monotonic()
             s.sendall(proxy_request("GET", big_file, headers=[("Range", "bytes=0-9")]))
@@ -230,7 +233,7 @@ def test_slow_response_is_not_a_client_timeout(muxd, origin):
     """client_timeout counts only while muxd waits on the client: an origin
     that takes longer than it to answer is response_timeout's business."""
     def slow(req, conn):
-        time.sleep(2.5)
+        time.sleep(2.5)  # the origin's slowness under test: longer than client_timeout
         conn.respond(200, body=b"late")
 
     origin = origin(slow)
