@@ -162,6 +162,12 @@ class Muxd:
         assert resp.status == 200, resp
         return Metrics.parse(resp.text)
 
+    def status(self):
+        """/status.json, parsed (connections, altsvc, counters)."""
+        resp = self.admin("/status.json")
+        assert resp.status == 200, resp
+        return resp.json()
+
     def reload(self, conf=None, wait=False):
         """Optionally rewrite the config file, then SIGHUP.  wait: return
         only once muxd has logged the outcome (applied, or kept the running

@@ -94,7 +94,7 @@ def text_handler(delay=0.0):
 
     def handler(req):
         if delay:
-            time.sleep(delay)
+            time.sleep(delay)  # the origin's pace: requests overlap while it thinks
         req.respond(200, [("content-type", "text/plain")], f"{req.path} conn={req.conn.id}")
 
     return handler
@@ -350,7 +350,11 @@ def test_unanswered_ping_replaces_connection(muxd, h2_origin, pki):
     assert r.status == 200 and r.body == b"/one conn=0", r
     assert not o.conn(0).pings, "muxd PINGed a connection that was not idle"
 
-    time.sleep(2.5)
+    # muxd PINGs before a stream on a connection idle for 2 s: wait until its
+    # own /status.json has the connection idle that long (2.3: the pool's and
+    # the codec's idle stamps are taken a moment apart)
+    wait_until(lambda: [c for c in m.status()["connections"] if c["idle_s"] >= 2.3], timeout=30,
+               what="the connection to be idle for 2 s")
     start = time.monotonic()
     r = fetch(m, o.url("/two"), timeout=20)
     elapsed = time.monotonic() - start
@@ -401,7 +405,7 @@ def test_large_response_to_slow_client_bounded(muxd, h2_origin, pki):
             received += len(piece)
             ahead = received / rate - (time.monotonic() - start)
             if ahead > 0:
-                time.sleep(ahead)
+                time.sleep(ahead)  # the client's reading rate is the behaviour under test
     assert received == size
     assert got.hexdigest() == expected.hexdigest(), "body differs"
     peak = vm_hwm_kib(m.pid)
@@ -434,7 +438,7 @@ def test_trailers_relayed_to_http11_client(muxd, h2_origin, pki):
 def test_interim_response_relayed(muxd, h2_origin, pki):
     def handler(req):
         req.send_head(103, [("link", "</style.css>; rel=preload")])
-        time.sleep(0.05)
+        time.sleep(0.05)  # the origin's pace: the hint goes out on its own, ahead of the answer
         req.respond(200, [], b"final")
 
     o = h2_origin(handler)
@@ -481,7 +485,7 @@ def test_alpn_http11_origin_spreads_waiters(muxd, h2_origin, pki):
     (at most max_h1_per_origin) and all succeed."""
 
     def handler(req):
-        time.sleep(0.3)
+        time.sleep(0.3)  # the origin's pace: the 20 requests overlap, so muxd must spread them
         req.respond(200, [], f"{req.path} {req.protocol}")
 
     o = h2_origin(handler, alpn=("http/1.1",))
