@@ -174,6 +174,14 @@ class Squid:
     def requests(self, method=None, contains=""):
         return [f for f in self.log_lines() if (method is None or f[1] == method) and contains in f[2]]
 
+    def caught_up(self, url):
+        """For checks that something is NOT in the log: squid logs each
+        request as it ends, one after the other, so once a HEAD of url sent
+        now is logged, a request that ended before it would be too."""
+        r = curl(self.port, url, "-I")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: self.requests("HEAD", url), timeout=10, what="squid's log to catch up")
+
     def stop(self):
         stop_group(self.proc)
         for shm in Path("/dev/shm").glob(f"{self.name}-*"):
@@ -856,7 +864,9 @@ def test_parent_407_is_502_without_retry(muxd, stream_server):
     text = one_line(resp.text)
     assert fake.authority in text, text
     assert "407" in text and "Proxy Authentication Required" in text, text
-    time.sleep(1.0)  # room for a retry loop to show itself
+    # nothing to wait for: a retry would follow the 407 at once, so 1 s (a
+    # long time on loopback) gives a retry loop room to show itself
+    time.sleep(1.0)
     assert fake.request_lines() == [f"CONNECT {target} HTTP/1.1"], fake.request_lines()
     assert fake.connections == 1
     # the URL's credentials went to the parent as Basic
@@ -872,7 +882,7 @@ def test_parent_407_on_https_request_is_502(muxd, nginx_tls, pki, stream_server)
     assert resp.status == 502, resp
     text = one_line(resp.text)
     assert fake.authority in text and "407" in text, text
-    time.sleep(1.0)
+    time.sleep(1.0)  # room for a retry loop to show itself (see above)
     assert fake.request_lines() == [f"CONNECT {nginx_tls.authority} HTTP/1.1"], fake.request_lines()
     assert not nginx_tls.log_lines()
 
@@ -925,7 +935,7 @@ def test_proxy_env_upper_case_and_no_proxy(muxd, nginx, origin, squid, monkeypat
     r = curl(m.port, f"http://localhost:{o.port}/direct")
     assert r.returncode == 0, r.stderr
     wait_until(lambda: squid.requests("GET", nginx.url("/1k")), timeout=5, what="the GET in squid's log")
-    time.sleep(0.3)
+    squid.caught_up(nginx.url("/1k?marker"))
     assert not squid.requests("GET", "/direct"), squid.log_lines()
     assert [q.target for q in o.requests] == ["/direct"]
     assert not o.requests[0].headers.get("via", "").count("squid"), o.requests[0].headers
@@ -1022,8 +1032,8 @@ def test_route_pattern_selects_parent_per_host(muxd, nginx, origin, squid):
     r = curl(m.port, o.url("/elsewhere"))
     assert r.returncode == 0, r.stderr
     wait_until(lambda: squid.requests("GET", nginx.url("/1k")), timeout=5, what="the GET in squid's log")
-    time.sleep(0.3)
-    assert [f[2] for f in squid.log_lines()] == [nginx.url("/1k")], squid.log_lines()
+    squid.caught_up(nginx.url("/1k?marker"))
+    assert [f[2] for f in squid.log_lines() if f[1] != "HEAD"] == [nginx.url("/1k")], squid.log_lines()
     assert [q.target for q in o.requests] == ["/elsewhere"]  # origin form: straight from muxd
     assert "squid" not in (o.requests[0].headers.get("via") or "")
 
@@ -1040,11 +1050,11 @@ def test_reload_changes_parent_and_pool_key(muxd, nginx, squid):
     wait_until(lambda: squid.requests("GET", "via=squid"), timeout=5, what="the GET in squid's log")
     m.reload(route("direct"), wait=True)
     assert curl(m.port, nginx.url("/1k?direct")).returncode == 0
-    # a check for absence: once nginx has logged the GET, give a GET wrongly
-    # sent through squid a moment to reach squid's log too
+    # a check for absence: once nginx has logged the GET, and squid a
+    # request sent after it, a GET wrongly sent through squid is in its log
     wait_until(lambda: any("?direct" in f[2] for f in nginx.log_lines()), timeout=5,
                what="the direct GET in nginx's log")
-    time.sleep(0.3)
+    squid.caught_up(nginx.url("/1k?marker"))
     assert not squid.requests("GET", "?direct"), squid.log_lines()
     assert len(squid.requests("GET")) == 1
 
