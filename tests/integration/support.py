@@ -619,6 +619,26 @@ def parse_access_log(path):
     return out
 
 
+def tcp_connections_to(port):
+    """{(local, remote)} of the TCP connections to port (any state), as the
+    kernel lists them in /proc/net/tcp{,6} (hex addresses): a connect()
+    shows here at once, before any server thread accepts it, and stays (in
+    TIME_WAIT) after its socket closed.  Compare with an earlier call, since
+    older connections to the same port number may still be listed."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, remote = row.split()[1:3]
+            if int(remote.rsplit(":", 1)[1], 16) == port:
+                found.add((local, remote))
+    return found
+
+
 def vm_hwm_kib(pid):
     """Peak resident set size of a process, in KiB."""
     with open(f"/proc/{pid}/status") as f:
