@@ -83,7 +83,7 @@ def test_origin_closing_connections_back_to_back(muxd, origin):
 
 def test_max_h1_per_origin_queues_requests(muxd, origin):
     def handler(req, conn):
-        time.sleep(0.2)
+        time.sleep(0.2)  # the origin's pace: the six requests queue for the one connection
         conn.respond_json(req.as_json())
 
     o = origin(handler)

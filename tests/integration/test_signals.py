@@ -113,7 +113,7 @@ def slow_download(size, pieces, delay):
         conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
         for i in range(0, size, step):
             conn.send(payload[i:i + step])
-            time.sleep(delay)
+            time.sleep(delay)  # the origin's pace: the download is still running when the signal comes
 
     return payload, handler
 

@@ -446,7 +446,7 @@ def test_origin_switches_then_closes_or_says_nothing(muxd, stream_server, then):
     def after(sock, reader):
         sock.sendall(SWITCH)
         if then == "silent":
-            time.sleep(0)  # say nothing; the server closes the socket at teardown
+            # say nothing; the server closes the socket at teardown
             sock.recv(1)  # until the tunnel is closed on us
 
     srv, _ = raw_origin(stream_server, after)
@@ -489,6 +489,8 @@ def test_client_that_stops_reading_is_bounded(muxd, ws_server):
     # the client reads nothing: the server gets stuck far short of the end
     def stalled():
         a = srv.flooded
+        # no event says "held back": the count standing still for 0.5 s
+        # (megabytes' worth on loopback) is the sign
         time.sleep(0.5)
         return a == srv.flooded and a > 0
 
