@@ -74,6 +74,11 @@ H2_SESSION_SEAMS := $(foreach f,exchange_start exchange_client_read exchange_cli
     exchange_abort exchange_awaits_client,-Wl$(comma)--wrap=$(f))
 $(BUILD)/tests/test_h2_session $(BUILD)/fuzz/fuzz_h2_session: LDFLAGS += $(H2_SESSION_SEAMS)
 
+# The benchmarks' delay relay (bench/compare, bench/fresh, bench/h3): libevent only.
+$(BUILD)/bench/delay_relay: bench/delay_relay.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(shell pkg-config --libs libevent)
+
 # Benchmark programs over the library (run by bench/run).
 $(BUILD)/bench/%: bench/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
@@ -113,7 +118,7 @@ check:
 # SOAK=1 adds bench/soak (load with reloads, then slowloris).
 bench:
 	@scripts/install-deps --bench
-	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue $(BUILD)/bench/tls_hs
+	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue $(BUILD)/bench/tls_hs $(BUILD)/bench/delay_relay
 	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/compare
 	$(BUILD)/bench/ca_issue 200
 	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/tls
