@@ -96,7 +96,7 @@ struct relay {
 	struct udp_peer *peers;          /* UDP: one upstream socket per client */
 	unsigned long long udp_drops, udp_send_errors, udp_bufs, udp_bytes;
 	int gro; /* 1: UDP sockets receive coalesced (UDP_GRO) and send them on with UDP_SEGMENT */
-	unsigned long conns;
+	struct conn *conns; /* TCP: the open connections */
 };
 
 /* ---------------------------------------------------------------------- */
@@ -122,6 +122,7 @@ struct pipe_dir {
 };
 
 struct conn {
+	struct conn *prev, *next; /* the relay's open connections */
 	struct relay *r;
 	int cfd, ufd;
 	struct event *connect_ev, *start_timer;
@@ -154,6 +155,12 @@ static void conn_free(struct conn *c)
 		close(c->cfd);
 	if (c->ufd >= 0)
 		close(c->ufd);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		c->r->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
 	free(c);
 }
 
@@ -377,7 +384,10 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 		c->ufd = ufd;
 		pipe_init(c, &c->up, cfd, ufd);
 		pipe_init(c, &c->down, ufd, cfd);
-		r->conns++;
+		c->next = r->conns;
+		if (r->conns)
+			r->conns->prev = c;
+		r->conns = c;
 		if (connect(ufd, (struct sockaddr *)&r->target, r->target_len) < 0 &&
 		    errno != EINPROGRESS) {
 			conn_free(c);
@@ -869,6 +879,9 @@ int main(int argc, char **argv)
 		if (r.udp_fd < 0) {
 			fprintf(stderr, "delay_relay: cannot bind UDP %s:%d: %s\n", bind_addr,
 			        bound, strerror(errno));
+			event_free(r.accept_ev);
+			close(r.tcp_fd);
+			event_base_free(r.base);
 			return 1;
 		}
 		big_buffers(r.udp_fd);
@@ -902,5 +915,28 @@ int main(int argc, char **argv)
 		    "delay_relay: udp: %llu bytes in %llu buffers (GRO %s), %llu datagrams dropped "
 		    "(queue full), %llu send errors\n",
 		    r.udp_bytes, r.udp_bufs, r.gro ? "on" : "off", r.udp_drops, r.udp_send_errors);
+
+	while (r.conns)
+		conn_free(r.conns);
+	while (r.peers) {
+		struct udp_peer *p = r.peers;
+		r.peers = p->next;
+		udp_peer_free(p);
+	}
+	struct udp_queue *queues[2] = {r.up_q, r.down_q};
+	for (int i = 0; i < 2 && udp; i++) {
+		while (queues[i]->head)
+			free(udp_pop(queues[i]));
+		event_free(queues[i]->timer);
+		event_free(queues[i]->wr);
+	}
+	struct event *evs[] = {r.accept_ev, r.udp_ev, r.reap_ev, r.sig_term, r.sig_int};
+	for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
+		if (evs[i])
+			event_free(evs[i]);
+	close(r.tcp_fd);
+	if (r.udp_fd >= 0)
+		close(r.udp_fd);
+	event_base_free(r.base);
 	return 0;
 }
