@@ -95,6 +95,8 @@ struct relay {
 	struct udp_queue *up_q, *down_q; /* UDP: toward the target, toward the clients */
 	struct udp_peer *peers;          /* UDP: one upstream socket per client */
 	unsigned long long udp_drops, udp_send_errors, udp_bufs, udp_bytes;
+	unsigned long long udp_kernel_drops_closed; /* SO_RXQ_OVFL of the closed peer sockets */
+	uint32_t udp_kernel_drops;                  /* ... of the listen socket */
 	int gro; /* 1: UDP sockets receive coalesced (UDP_GRO) and send them on with UDP_SEGMENT */
 	struct conn *conns; /* TCP: the open connections */
 };
@@ -431,6 +433,8 @@ struct udp_peer {
 	int fd;
 	struct event *rd;
 	int64_t last;
+	uint32_t
+	    kernel_drops; /* SO_RXQ_OVFL: datagrams the kernel dropped on fd (its buffer full) */
 };
 
 static bool same_addr(const struct sockaddr_storage *a, socklen_t alen,
@@ -510,6 +514,8 @@ static struct udp_peer *udp_peer_get(struct relay *r, const struct sockaddr_stor
 	big_buffers(fd);
 	if (r->gro)
 		setsockopt(fd, SOL_UDP, UDP_GRO, &r->gro, sizeof r->gro);
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof one);
 	if (connect(fd, (struct sockaddr *)&r->target, r->target_len) < 0) {
 		close(fd);
 		return NULL;
@@ -532,6 +538,7 @@ static struct udp_peer *udp_peer_get(struct relay *r, const struct sockaddr_stor
 
 static void udp_peer_free(struct udp_peer *p)
 {
+	p->r->udp_kernel_drops_closed += p->kernel_drops;
 	event_free(p->rd);
 	close(p->fd);
 	free(p);
@@ -546,7 +553,7 @@ static void udp_read_batch(struct relay *r, int fd, struct udp_queue *q, struct 
 	struct iovec iov[UDP_BATCH];
 	struct sockaddr_storage from[UDP_BATCH];
 	union {
-		char buf[CMSG_SPACE(sizeof(int))];
+		char buf[CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(uint32_t))];
 		struct cmsghdr align;
 	} ctrl[UDP_BATCH];
 	/* a bounded batch per wake-up, so that sending keeps pace with reading */
@@ -576,6 +583,10 @@ static void udp_read_batch(struct relay *r, int fd, struct udp_queue *q, struct 
 			     cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm))
 				if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO)
 					memcpy(&seg, CMSG_DATA(cm), sizeof seg);
+				else if (cm->cmsg_level == SOL_SOCKET &&
+				         cm->cmsg_type == SO_RXQ_OVFL)
+					memcpy(peer ? &peer->kernel_drops : &r->udp_kernel_drops,
+					       CMSG_DATA(cm), sizeof(uint32_t));
 			uint16_t s16 = seg > 0 && seg <= UINT16_MAX ? (uint16_t)seg : 0;
 			if (peer)
 				udp_push(r, q, bufs[i], msgs[i].msg_len, s16, &peer->client,
@@ -887,6 +898,7 @@ int main(int argc, char **argv)
 		big_buffers(r.udp_fd);
 		/* a GSO sender's burst arrives as one buffer and leaves as one */
 		int one = 1;
+		setsockopt(r.udp_fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof one);
 		if (!no_gro && setsockopt(r.udp_fd, SOL_UDP, UDP_GRO, &one, sizeof one) == 0)
 			r.gro = 1;
 		r.up_q = &up_q;
@@ -909,12 +921,6 @@ int main(int argc, char **argv)
 	printf("relay listening on %s:%d%s\n", bind_addr, bound, udp ? " (tcp+udp)" : "");
 	fflush(stdout);
 	event_base_dispatch(r.base);
-	if (udp)
-		fprintf(
-		    stderr,
-		    "delay_relay: udp: %llu bytes in %llu buffers (GRO %s), %llu datagrams dropped "
-		    "(queue full), %llu send errors\n",
-		    r.udp_bytes, r.udp_bufs, r.gro ? "on" : "off", r.udp_drops, r.udp_send_errors);
 
 	while (r.conns)
 		conn_free(r.conns);
@@ -923,6 +929,15 @@ int main(int argc, char **argv)
 		r.peers = p->next;
 		udp_peer_free(p);
 	}
+	if (udp)
+		fprintf(
+		    stderr,
+		    "delay_relay: udp: %llu bytes in %llu buffers (GRO %s); dropped: %llu "
+		    "datagrams "
+		    "beyond the queue bound, %llu by the kernel (socket buffers full); %llu send "
+		    "errors\n",
+		    r.udp_bytes, r.udp_bufs, r.gro ? "on" : "off", r.udp_drops,
+		    r.udp_kernel_drops_closed + r.udp_kernel_drops, r.udp_send_errors);
 	struct udp_queue *queues[2] = {r.up_q, r.down_q};
 	for (int i = 0; i < 2 && udp; i++) {
 		while (queues[i]->head)
