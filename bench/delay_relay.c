@@ -15,7 +15,7 @@
  * after it arrived; one upstream socket per client address (QUIC needs a
  * stable 4-tuple), closed after 60 s without traffic. Datagrams beyond
  * --max-queue-mb per direction are dropped, like a router's full queue, and
- * counted (printed on exit). Where the kernel has UDP GRO, a GSO sender's
+ * counted (printed on exit and on SIGUSR1). Where the kernel has UDP GRO, a GSO sender's
  * burst (QUIC servers send up to 64 datagrams per call) is received as one
  * buffer and sent on as the same datagrams with UDP_SEGMENT (--no-gro: one
  * datagram at a time).
@@ -91,7 +91,7 @@ struct relay {
 	size_t max_queue; /* bytes per direction */
 	int tcp_fd, udp_fd;
 	struct event *accept_ev, *udp_ev, *reap_ev;
-	struct event *sig_term, *sig_int;
+	struct event *sig_term, *sig_int, *sig_usr1;
 	struct udp_queue *up_q, *down_q; /* UDP: toward the target, toward the clients */
 	struct udp_peer *peers;          /* UDP: one upstream socket per client */
 	unsigned long long udp_drops, udp_send_errors, udp_bufs, udp_bytes;
@@ -736,6 +736,29 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	event_base_loopbreak(arg);
 }
 
+/* The UDP counters, on exit and on SIGUSR1 (bench/compare asks after its
+ * HTTP/3 rows whether the relay dropped anything). */
+static void udp_report(struct relay *r)
+{
+	unsigned long long kernel = r->udp_kernel_drops_closed + r->udp_kernel_drops;
+	for (struct udp_peer *p = r->peers; p; p = p->next)
+		kernel += p->kernel_drops;
+	fprintf(
+	    stderr,
+	    "delay_relay: udp: %llu bytes in %llu buffers (GRO %s); dropped: %llu datagrams "
+	    "beyond the queue bound, %llu by the kernel (socket buffers full); %llu send errors\n",
+	    r->udp_bytes, r->udp_bufs, r->gro ? "on" : "off", r->udp_drops, kernel,
+	    r->udp_send_errors);
+	fflush(stderr);
+}
+
+static void on_usr1(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig;
+	(void)what;
+	udp_report(arg);
+}
+
 static int parse_target(const char *text, struct sockaddr_storage *ss, socklen_t *len)
 {
 	const char *colon = strrchr(text, ':');
@@ -917,6 +940,10 @@ int main(int argc, char **argv)
 	r.sig_int = evsignal_new(r.base, SIGINT, on_signal, r.base);
 	event_add(r.sig_term, NULL);
 	event_add(r.sig_int, NULL);
+	if (udp) {
+		r.sig_usr1 = evsignal_new(r.base, SIGUSR1, on_usr1, &r);
+		event_add(r.sig_usr1, NULL);
+	}
 
 	printf("relay listening on %s:%d%s\n", bind_addr, bound, udp ? " (tcp+udp)" : "");
 	fflush(stdout);
@@ -930,14 +957,7 @@ int main(int argc, char **argv)
 		udp_peer_free(p);
 	}
 	if (udp)
-		fprintf(
-		    stderr,
-		    "delay_relay: udp: %llu bytes in %llu buffers (GRO %s); dropped: %llu "
-		    "datagrams "
-		    "beyond the queue bound, %llu by the kernel (socket buffers full); %llu send "
-		    "errors\n",
-		    r.udp_bytes, r.udp_bufs, r.gro ? "on" : "off", r.udp_drops,
-		    r.udp_kernel_drops_closed + r.udp_kernel_drops, r.udp_send_errors);
+		udp_report(&r);
 	struct udp_queue *queues[2] = {r.up_q, r.down_q};
 	for (int i = 0; i < 2 && udp; i++) {
 		while (queues[i]->head)
@@ -945,7 +965,7 @@ int main(int argc, char **argv)
 		event_free(queues[i]->timer);
 		event_free(queues[i]->wr);
 	}
-	struct event *evs[] = {r.accept_ev, r.udp_ev, r.reap_ev, r.sig_term, r.sig_int};
+	struct event *evs[] = {r.accept_ev, r.udp_ev, r.reap_ev, r.sig_term, r.sig_int, r.sig_usr1};
 	for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
 		if (evs[i])
 			event_free(evs[i]);
