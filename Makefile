@@ -74,6 +74,12 @@ H2_SESSION_SEAMS := $(foreach f,exchange_start exchange_client_read exchange_cli
     exchange_abort exchange_awaits_client,-Wl$(comma)--wrap=$(f))
 $(BUILD)/tests/test_h2_session $(BUILD)/fuzz/fuzz_h2_session: LDFLAGS += $(H2_SESSION_SEAMS)
 
+# The benchmarks' delay relay (bench/compare, bench/fresh, bench/h3;
+# tests/integration/test_delay_relay.py): libevent only.
+$(BUILD)/bench/delay_relay: bench/delay_relay.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(shell pkg-config --libs libevent)
+
 # Benchmark programs over the library (run by bench/run).
 $(BUILD)/bench/%: bench/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
@@ -96,8 +102,9 @@ unit: $(UNIT_BINS) $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 lint:
 	/usr/bin/python3 tests/check_includes.py
 
-integration: $(BUILD)/muxd $(H3ORIGIN)
+integration: $(BUILD)/muxd $(H3ORIGIN) $(BUILD)/bench/delay_relay
 	MUXD_BIN=$(abspath $(BUILD)/muxd) MUXD_H3ORIGIN=$(abspath $(H3ORIGIN)) MUXD_SANITIZE=$(SANITIZE) \
+	    MUXD_DELAY_RELAY=$(abspath $(BUILD)/bench/delay_relay) \
 	    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 
 check:
@@ -113,7 +120,7 @@ check:
 # SOAK=1 adds bench/soak (load with reloads, then slowloris).
 bench:
 	@scripts/install-deps --bench
-	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue $(BUILD)/bench/tls_hs
+	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue $(BUILD)/bench/tls_hs $(BUILD)/bench/delay_relay
 	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/compare
 	$(BUILD)/bench/ca_issue 200
 	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/tls
