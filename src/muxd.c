@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "heap.h"
 #include "timeutil.h"
 
 const char *proto_name(enum proto p)
@@ -53,12 +54,8 @@ static void on_idle_trim(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-#ifdef __GLIBC__
 	if (m->nclients == 0)
-		malloc_trim(0);
-#else
-	(void)m;
-#endif
+		heap_trim();
 }
 
 void muxd_client_closed(struct muxd *m)
