@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "heap.h"
+#include "log.h"
 #include "timeutil.h"
 
 const char *proto_name(enum proto p)
@@ -54,8 +55,10 @@ static void on_idle_trim(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (m->nclients == 0)
+	if (m->nclients == 0) {
 		heap_trim();
+		log_debug("heap trimmed: no client for %d ms", IDLE_TRIM_MS);
+	}
 }
 
 void muxd_client_closed(struct muxd *m)
