@@ -13,7 +13,9 @@
  * bottom up; freed cells go on a list and are reused first. Pages the
  * kernel has not been asked for cost nothing, so the reservation can be
  * generous: 16 MiB is half a million cells, far more descriptors than
- * muxd can have. When it is full, malloc serves the rest.
+ * muxd can have. When it is full, malloc serves the rest. This state and
+ * the reserve below are process-wide, like malloc's own: libevent's
+ * allocation hooks take no argument to find a struct muxd by.
  */
 #define REGION_BYTES ((size_t)16 << 20)
 

@@ -5,7 +5,7 @@
  * libevent keeps a small slot per descriptor number once one was watched,
  * until the event base is freed. Made from malloc during a load peak, each
  * slot takes a hole of the peak's freed heap and pins that page after the
- * peak (1800 descriptors left ~1.2 MiB that malloc_trim could not return).
+ * peak (1600 descriptors left ~1.2 MiB that malloc_trim could not return).
  * heap_libevent_init() gives libevent allocation functions that put its
  * allocations of at most HEAP_SMALL_MAX bytes (those slots) on pages of
  * their own, packed, and hand everything else to malloc. Call it first,
@@ -35,12 +35,12 @@ bool heap_libevent_init(void);
 /* Reserves the chunks heap_trim() swaps into glibc's cache (none elsewhere). */
 void heap_trim_init(void);
 /* Returns free heap memory to the system: glibc's small-chunk cache swapped
- * for the reserve, then malloc_trim. Call while idle: it costs ~1400 mallocs
- * and frees and two walks of the free heap. */
+ * for the reserve, then malloc_trim. Call while idle: it costs ~1800 malloc
+ * and free calls and two walks of the free heap. */
 void heap_trim(void);
 
 /* The small-allocation region's use: cells handed out now, and bytes of
- * the region ever touched (for tests and the debug dump). */
+ * the region ever touched (for tests). */
 void heap_small_usage(size_t *cells_in_use, size_t *bytes_touched);
 
 /* Whether p lies in the small-allocation region (tests). */
