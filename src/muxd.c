@@ -8,7 +8,6 @@
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <ifaddrs.h>
-#include <malloc.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>

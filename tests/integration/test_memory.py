@@ -334,12 +334,12 @@ def test_memory_returns_near_idle_after_a_peak_of_descriptors(muxd):
 @pytest.mark.skipif(SANITIZE, reason="ASan's shadow memory and quarantine make RSS meaningless")
 def test_memory_returns_near_idle_after_a_mixed_peak(muxd, nginx_h2, pki):
     """bench/soak in small: a peak of plain requests, intercepted HTTPS
-    (HTTP/2 to the origin) and CONNECT tunnels, about 1500 descriptors,
-    with the default keep_warm; RSS returns near idle within idle_timeout.
-    Found by the soak (2.9 MiB above idle after 1000 clients): libevent's
-    per-descriptor slots and glibc's cache of small freed chunks pinned
-    pages all over the freed heap. Measured here: +2.0-2.5 MiB before
-    (src/heap.c), +0.4-0.8 after."""
+    (HTTP/2 to the origin) and CONNECT tunnels, about 1600 descriptors,
+    with the default keep_warm; RSS returns within 1 MiB of idle within
+    idle_timeout. Found by the soak (2.9 MiB above idle after 1000
+    clients): libevent's per-descriptor slots and glibc's cache of small
+    freed chunks pinned pages all over the freed heap. Measured here:
+    +1.3-2.4 MiB before src/heap.c, +0.5 after (either half alone +1.0-1.3)."""
     import asyncio
     import ssl
 
