@@ -33,6 +33,7 @@
 #include "config.h"
 #include "dns.h"
 #include "env_cmd.h"
+#include "heap.h"
 #include "listen.h"
 #include "log.h"
 #include "muxd.h"
@@ -388,6 +389,9 @@ static int run(struct daemon *d)
 	char err[300];
 	int rc = 1;
 
+	if (!heap_libevent_init())
+		log_warn("cannot reserve memory for libevent's small allocations: using malloc");
+	heap_trim_init();
 	m->base = event_base_new();
 	if (!m->base)
 		return 1;

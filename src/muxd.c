@@ -8,7 +8,6 @@
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <ifaddrs.h>
-#include <malloc.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,6 +16,8 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "heap.h"
+#include "log.h"
 #include "timeutil.h"
 
 const char *proto_name(enum proto p)
@@ -53,12 +54,10 @@ static void on_idle_trim(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-#ifdef __GLIBC__
-	if (m->nclients == 0)
-		malloc_trim(0);
-#else
-	(void)m;
-#endif
+	if (m->nclients == 0) {
+		heap_trim();
+		log_debug("heap trimmed: no client for %d ms", IDLE_TRIM_MS);
+	}
 }
 
 void muxd_client_closed(struct muxd *m)

@@ -126,6 +126,13 @@ def _rss_kib(pid):
     raise AssertionError("no VmRSS in /proc status")
 
 
+def heap_trims(m):
+    """How many times muxd has trimmed its heap: it logs each one at debug
+    level (a second after its last client left, or after an upstream
+    connection left the pool with no client connected)."""
+    return m.log().count("heap trimmed")
+
+
 @pytest.mark.skipif(SANITIZE, reason="RSS means nothing under ASan")
 def test_memory_returns_near_idle_after_pool_idle_timeout(muxd, tls_nginx_factory, pki):
     """muxd trims its heap a second after its last client leaves; upstream
@@ -140,7 +147,8 @@ def test_memory_returns_near_idle_after_pool_idle_timeout(muxd, tls_nginx_factor
     ng = tls_nginx_factory()  # HTTP/1.1 over TLS: one upstream connection per concurrent client
     (ng.root / "f").write_bytes(b"x" * (256 * 1024))
     # keep_warm off: idle_timeout is to close every upstream connection here
-    m = muxd({"pool": {"idle_timeout": "3s", "max_h1_per_origin": "300", "max_idle_per_origin": "300",
+    m = muxd({"muxd": {"log_level": "debug"},  # logs each heap trim
+              "pool": {"idle_timeout": "3s", "max_h1_per_origin": "300", "max_idle_per_origin": "300",
                        "max_idle": "300", "keep_warm": "off"},
               "route *": {"ca_file": str(pki.ca_cert)}})
 
@@ -154,8 +162,9 @@ def test_memory_returns_near_idle_after_pool_idle_timeout(muxd, tls_nginx_factor
         return len(os.listdir(f"/proc/{m.pid}/fd"))
 
     # no admin requests below: a client's close would trim the heap itself
+    trims = heap_trims(m)
     assert one(0) == (200, 256 * 1024)
-    time.sleep(1.5)  # past muxd's trim after its last client
+    wait_until(lambda: heap_trims(m) > trims, timeout=10, what="muxd's heap trim after its last client")
     idle, idle_fds = _rss_kib(m.pid), fds()  # the warm-up's connection is idle in the pool
     with ThreadPoolExecutor(200) as ex:
         got = list(ex.map(one, range(200)))
@@ -284,7 +293,7 @@ def test_memory_returns_near_idle_after_a_peak_of_descriptors(muxd):
 
     n = 900
     origin = ManyOrigins(1, backlog=n)
-    m = muxd({"muxd": {"max_clients": str(n + 100)},
+    m = muxd({"muxd": {"max_clients": str(n + 100), "log_level": "debug"},  # debug: logs each heap trim
               "pool": {"idle_timeout": "3s", "max_h1_per_origin": str(n), "max_idle_per_origin": str(n),
                        "max_idle": str(n), "max_connections": str(n + 100), "keep_warm": "off"}})
     request = proxy_request("GET", f"http://127.0.0.1:{origin.ports[0]}/f", headers=[("Connection", "close")])
@@ -307,7 +316,8 @@ def test_memory_returns_near_idle_after_a_peak_of_descriptors(muxd):
     try:
         burst(5)  # warm-up: the code paths and a few connections
         wait_until(lambda: fds() < 12, timeout=15, what="idle_timeout to close the warm-up's connections")
-        time.sleep(1.5)  # past muxd's trim after its last client
+        trims = heap_trims(m)  # the next one comes a second after the last of them left the pool
+        wait_until(lambda: heap_trims(m) > trims, timeout=10, what="muxd's heap trim after they closed")
         idle, idle_fds = _rss_kib(m.pid), fds()
         burst(n)
         peak = _rss_kib(m.pid)
@@ -317,5 +327,89 @@ def test_memory_returns_near_idle_after_a_peak_of_descriptors(muxd):
                        what="RSS back within 2 MiB of idle after idle_timeout")
         finally:
             print(f"muxd RSS idle {idle} KiB, after the peak {peak} KiB, now {_rss_kib(m.pid)} KiB")
+    finally:
+        origin.stop()
+
+
+@pytest.mark.skipif(SANITIZE, reason="ASan's shadow memory and quarantine make RSS meaningless")
+@pytest.mark.parametrize("keep_warm,bound_kib", [("off", 512), ("on", 1280)])
+def test_memory_returns_near_idle_after_a_mixed_peak(muxd, nginx_h2, pki, keep_warm, bound_kib):
+    """bench/soak in small: a peak of plain requests, intercepted HTTPS
+    (HTTP/2 to the origin) and CONNECT tunnels, about 1600 descriptors;
+    RSS returns near idle within idle_timeout. Found by the soak (2.9 MiB
+    above idle after 1000 clients): libevent's per-descriptor slots and
+    glibc's cache of small freed chunks pinned pages all over the freed
+    heap (src/heap.c). Measured here, keep_warm off: +1.0-1.4 MiB before,
+    +0.05 after; on (the default: the HTTP/2 connection kept warm holds its
+    HPACK table, made during the peak): +1.3-2.4 before, +0.5-0.8 after."""
+    import asyncio
+    import ssl
+
+    from support import wait_until
+
+    n = 400  # clients of each kind
+    origin = ManyOrigins(1, backlog=2 * n)
+    plain = origin.ports[0]
+    tls = nginx_h2.port
+    (nginx_h2.root / "f").write_bytes(b"ok")
+    m = muxd({"muxd": {"max_clients": str(4 * n), "log_level": "debug", "connect_ports": f"{plain} {tls}"},
+              "pool": {"idle_timeout": "3s", "max_h1_per_origin": str(2 * n), "max_idle_per_origin": str(2 * n),
+                       "max_idle": str(2 * n), "max_connections": str(4 * n), "keep_warm": keep_warm},
+              "intercept": {"ports": str(tls)},
+              "route *": {"ca_file": str(pki.ca_cert)}})
+    client_ctx = ssl.create_default_context(cafile=str(m.state_dir / "ca.pem"))
+
+    def fds():
+        return len(os.listdir(f"/proc/{m.pid}/fd"))
+
+    async def client(kind, gate, setup, ready):
+        async with setup:  # a few at a time: muxd tunnels a CONNECT whose ClientHello is 1 s late
+            reader, writer = await asyncio.open_connection("127.0.0.1", m.port)
+            if kind != "plain":
+                target = f"localhost:{tls}" if kind == "intercept" else f"127.0.0.1:{plain}"
+                writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), head
+                if kind == "intercept":
+                    await writer.start_tls(client_ctx, server_hostname="localhost")
+        ready.append(kind)
+        try:
+            if kind == "plain":
+                req = proxy_request("GET", f"http://127.0.0.1:{plain}/f")
+            else:
+                req = f"GET /f HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+            await gate.wait()  # every client connected: the peak of descriptors
+            for _ in range(3):
+                writer.write(req)
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), head
+                assert await reader.readexactly(2) == b"ok"
+        finally:
+            writer.close()
+
+    async def peak(k):
+        gate, setup, ready = asyncio.Event(), asyncio.Semaphore(20), []
+        tasks = [asyncio.ensure_future(client(kind, gate, setup, ready)) for _ in range(k)
+                 for kind in ("plain", "intercept", "tunnel")]
+        while len(ready) < len(tasks):
+            if any(t.done() for t in tasks):  # a client failed before the gate: report it
+                await asyncio.gather(*tasks)
+            await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+    try:
+        trims = heap_trims(m)
+        asyncio.run(peak(1))  # warm-up: each kind once (the CA's leaf, the warm HTTP/2 connection)
+        wait_until(lambda: heap_trims(m) > trims, timeout=10, what="muxd's heap trim after its last client")
+        idle, idle_fds = _rss_kib(m.pid), fds()
+        asyncio.run(peak(n))
+        top = _rss_kib(m.pid)
+        try:
+            wait_until(lambda: fds() <= idle_fds, timeout=15, what="idle_timeout to close the upstream connections")
+            wait_until(lambda: _rss_kib(m.pid) < idle + bound_kib, timeout=4, interval=0.2,
+                       what=f"RSS back within {bound_kib} KiB of idle after idle_timeout")
+        finally:
+            print(f"muxd RSS idle {idle} KiB, after the peak {top} KiB, now {_rss_kib(m.pid)} KiB")
     finally:
         origin.stop()
