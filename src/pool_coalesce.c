@@ -33,7 +33,7 @@
 #include "pool_internal.h"
 
 /* The part of a key id after the origin and the SNI: the rest of the key. */
-static const char *id_rest(const struct pool_key *k)
+static const char *id_rest(const struct pool_key_packed *k)
 {
 	bool v6 = strchr(k->host, ':') != NULL;
 	char prefix[600];
@@ -47,15 +47,15 @@ static const char *id_rest(const struct pool_key *k)
 
 /* A key whose connections may be shared with other names: direct TLS,
  * verified, named in SNI by its host. */
-static bool shareable(const struct pool_key *k)
+static bool shareable(const struct pool_key_packed *k)
 {
 	return k->tls && k->verify && k->nhops == 0 && !k->forward &&
 	       strcmp(k->sni, k->host) == 0 && id_rest(k) != NULL;
 }
 
-bool pool_key_coalescable(const struct pool_key *conn, const struct pool_key *req)
+bool pool_key_coalescable(const struct pool_key_packed *conn, const struct pool_key_packed *req)
 {
-	const struct pool_key *k[2] = {conn, req};
+	const struct pool_key_packed *k[2] = {conn, req};
 	const char *rest[2];
 
 	for (int i = 0; i < 2; i++) {
@@ -101,11 +101,11 @@ bool pool_addr_listed(const struct sockaddr_storage *peer, const struct sockaddr
 	return false;
 }
 
-/* The pair (connection's key, request's key) as one number. */
-static uint64_t pair_id(const struct pool_key *conn, const struct pool_key *req)
+/* The pair (connection's key id, request's key id) as one number. */
+static uint64_t pair_id(const char *conn_id, const char *req_id)
 {
 	uint64_t h = 1469598103934665603ull;
-	const char *parts[2] = {conn->id, req->id};
+	const char *parts[2] = {conn_id, req_id};
 
 	for (int i = 0; i < 2; i++) {
 		for (const char *s = parts[i]; *s; s++)
@@ -130,9 +130,9 @@ void pool_coalesce_ready(struct pool_conn *pc)
 	const void *der;
 	size_t len;
 
-	snprintf(pc->hosts, sizeof(pc->hosts), "%s", pc->o->key.host);
+	snprintf(pc->hosts, sizeof(pc->hosts), "%s", pc->o->key->host);
 	if (pc->cert || !uc->ops->peer || (uc->proto != PROTO_H2 && uc->proto != PROTO_H3) ||
-	    !shareable(&pc->o->key) || !uc->ops->peer(uc, &pc->peer, &der, &len) || len == 0 ||
+	    !shareable(pc->o->key) || !uc->ops->peer(uc, &pc->peer, &der, &len) || len == 0 ||
 	    gnutls_x509_crt_init(&pc->cert) < 0)
 		return;
 	d = (gnutls_datum_t){(unsigned char *)der, (unsigned)len};
@@ -158,8 +158,8 @@ static struct pool_conn *candidate(struct pool_origin *o, const struct dns_addrs
 	for (unsigned i = 0; i < POOL_BUCKETS; i++)
 		for (struct pool_origin *a = p->buckets[i]; a; a = a->next) {
 			struct pool_conn *pc;
-			if (a == o || !pool_key_coalescable(&a->key, &o->key) ||
-			    misdirected(p, pair_id(&a->key, &o->key)))
+			if (a == o || !pool_key_coalescable(a->key, o->key) ||
+			    misdirected(p, pair_id(a->key->id, o->key->id)))
 				continue;
 			TAILQ_FOREACH(pc, &a->conns, o_link)
 			{
@@ -168,7 +168,7 @@ static struct pool_conn *candidate(struct pool_origin *o, const struct dns_addrs
 					continue;
 				if (addrs && !pool_addr_listed(&pc->peer, addrs->addr, addrs->n))
 					continue;
-				if (gnutls_x509_crt_check_hostname(pc->cert, o->key.host))
+				if (gnutls_x509_crt_check_hostname(pc->cert, o->key->host))
 					return pc;
 			}
 		}
@@ -184,7 +184,7 @@ static void resolved(void *ctx, int err, const char *reason, const struct dns_ad
 	if (err == 0 && addrs && (o->co_addrs = malloc(sizeof(*o->co_addrs))) != NULL)
 		*o->co_addrs = *addrs;
 	else
-		log_debug("pool: no coalescing for %s: %s", o->key.id,
+		log_debug("pool: no coalescing for %s: %s", o->key->id,
 		          reason ? reason : "no address");
 	pool_schedule(o);
 }
@@ -233,7 +233,7 @@ bool pool_coalesce(struct pool_origin *o)
 	struct pool_wait *w;
 
 	if (o->nconns > 0 || o->nwaiters == 0 || p->m->draining || !p->m->dns ||
-	    !shareable(&o->key))
+	    !shareable(o->key))
 		return false;
 	if (o->co_state == POOL_CO_RESOLVING)
 		return true;
@@ -241,7 +241,7 @@ bool pool_coalesce(struct pool_origin *o)
 		if (!candidate(o, NULL))
 			return false; /* nothing to share: no lookup */
 		o->co_state = POOL_CO_RESOLVING;
-		o->co_query = dns_resolve(p->m->dns, o->key.host, o->key.port, resolved, o);
+		o->co_query = dns_resolve(p->m->dns, o->key->host, o->key->port, resolved, o);
 		if (o->co_query)
 			return true;
 		o->co_state = POOL_CO_KNOWN;
@@ -255,9 +255,9 @@ bool pool_coalesce(struct pool_origin *o)
 			break;
 		if (!w)
 			break; /* fresh-only waiters want a new connection of their own */
-		log_debug("pool: %s coalesced onto the %s connection to %s", o->key.host,
-		          proto_name(pc->uc->proto), a->key.id);
-		add_host(pc, o->key.host);
+		log_debug("pool: %s coalesced onto the %s connection to %s", o->key->host,
+		          proto_name(pc->uc->proto), a->key->id);
+		add_host(pc, o->key->host);
 		pool_warm_hit(a); /* its connection's use counts for its keep-warm */
 		hold_take(&a->holds);
 		pool_give(pc, w);
@@ -276,13 +276,13 @@ bool pool_misdirected(struct pool *p, const struct pool_key *key, struct upstrea
 			{
 				if (pc->uc != s->conn)
 					continue;
-				if (pool_key_equal(&a->key, key))
+				if (pool_key_packed_equal(a->key, key))
 					return false; /* its own connection: the 421 is the answer
 					               */
-				uint64_t pair = pair_id(&a->key, key);
+				uint64_t pair = pair_id(a->key->id, key->id);
 				log_info(
 				    "pool: %s answered 421 for %s: no more coalescing of the two",
-				    a->key.id, key->host);
+				    a->key->id, key->host);
 				remove_host(pc, key->host);
 				if (misdirected(p, pair)) {
 					/* known already */
