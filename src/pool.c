@@ -96,7 +96,8 @@ static void origin_maybe_free(struct pool_origin *o)
 
 	if (o->nconns || o->nwaiters || o->holds || pool_warm_holds(o))
 		return;
-	for (pp = &o->pool->buckets[bucket(pool_key_packed_hash(o->key))]; *pp != o; pp = &(*pp)->next)
+	for (pp = &o->pool->buckets[bucket(pool_key_packed_hash(o->key))]; *pp != o;
+	     pp = &(*pp)->next)
 		;
 	*pp = o->next;
 	event_free(o->dispatch_ev);

@@ -232,8 +232,7 @@ bool pool_coalesce(struct pool_origin *o)
 	struct pool_conn *pc;
 	struct pool_wait *w;
 
-	if (o->nconns > 0 || o->nwaiters == 0 || p->m->draining || !p->m->dns ||
-	    !shareable(o->key))
+	if (o->nconns > 0 || o->nwaiters == 0 || p->m->draining || !p->m->dns || !shareable(o->key))
 		return false;
 	if (o->co_state == POOL_CO_RESOLVING)
 		return true;

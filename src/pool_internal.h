@@ -71,7 +71,7 @@ TAILQ_HEAD(pool_wait_list, pool_wait);
 struct pool_origin {
 	struct pool *pool;
 	struct pool_key_packed *key; /* owned */
-	struct pool_origin *next; /* hash chain */
+	struct pool_origin *next;    /* hash chain */
 	struct pool_conn_list conns;
 	struct pool_wait_list waiters;
 	unsigned nconns; /* including connecting */

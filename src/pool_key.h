@@ -68,7 +68,7 @@ struct pool_key_packed {
 		uint16_t port;
 		const char *user, *pass;
 		bool auth;
-	} *hops;
+	} * hops;
 	size_t nhops;
 	const char *proxy_ca_file, *proxy_ca_file_id;
 	bool deny_loopback, forward;
