@@ -921,7 +921,7 @@ void pool_foreach_conn(struct pool *p, void (*fn)(void *arg, const struct pool_c
 				    .age_s = since(&pc->created),
 				    .idle_s = pc->idle ? since(&pc->idle_since) : 0,
 				    .warm = pc->warm,
-				    .hosts = pc->hosts[0] ? pc->hosts : o->key->host,
+				    .hosts = pc->hosts && pc->hosts[0] ? pc->hosts : o->key->host,
 				};
 				fn(arg, &c);
 			}

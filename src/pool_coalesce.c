@@ -130,7 +130,6 @@ void pool_coalesce_ready(struct pool_conn *pc)
 	const void *der;
 	size_t len;
 
-	snprintf(pc->hosts, sizeof(pc->hosts), "%s", pc->o->key->host);
 	if (pc->cert || !uc->ops->peer || (uc->proto != PROTO_H2 && uc->proto != PROTO_H3) ||
 	    !shareable(pc->o->key) || !uc->ops->peer(uc, &pc->peer, &der, &len) || len == 0 ||
 	    gnutls_x509_crt_init(&pc->cert) < 0)
@@ -147,6 +146,8 @@ void pool_coalesce_forget(struct pool_conn *pc)
 	if (pc->cert)
 		gnutls_x509_crt_deinit(pc->cert);
 	pc->cert = NULL;
+	free(pc->hosts);
+	pc->hosts = NULL;
 }
 
 /* An HTTP/2 or HTTP/3 connection of another origin that may serve o's
@@ -189,11 +190,18 @@ static void resolved(void *ctx, int err, const char *reason, const struct dns_ad
 	pool_schedule(o);
 }
 
+/* The names pc serves. */
+static const char *hosts_of(const struct pool_conn *pc)
+{
+	return pc->hosts ? pc->hosts : pc->o->key->host;
+}
+
 /* The served names of pc gain host (when it fits). */
 static void add_host(struct pool_conn *pc, const char *host)
 {
-	size_t len = strlen(pc->hosts), hl = strlen(host);
-	const char *s = pc->hosts;
+	const char *s = hosts_of(pc);
+	size_t len = strlen(s), hl = strlen(host);
+	char *grown;
 
 	while (*s) { /* listed already? */
 		size_t n = strcspn(s, " ");
@@ -202,16 +210,22 @@ static void add_host(struct pool_conn *pc, const char *host)
 		s += n;
 		s += strspn(s, " ");
 	}
-	if (len + 1 + hl < sizeof(pc->hosts))
-		snprintf(pc->hosts + len, sizeof(pc->hosts) - len, "%s%s", len ? " " : "", host);
+	if (len + 1 + hl >= POOL_HOSTS_MAX || !(grown = malloc(len + 1 + hl + 1)))
+		return;
+	memcpy(grown, hosts_of(pc), len);
+	if (len)
+		grown[len++] = ' ';
+	memcpy(grown + len, host, hl + 1);
+	free(pc->hosts);
+	pc->hosts = grown;
 }
 
 /* The served names of pc lose host (it answered 421 for it). */
 static void remove_host(struct pool_conn *pc, const char *host)
 {
-	char out[sizeof(pc->hosts)];
+	char out[POOL_HOSTS_MAX], *kept;
 	size_t len = 0, hl = strlen(host);
-	const char *s = pc->hosts;
+	const char *s = hosts_of(pc);
 
 	out[0] = '\0';
 	while (*s) {
@@ -223,7 +237,10 @@ static void remove_host(struct pool_conn *pc, const char *host)
 		s += n;
 		s += strspn(s, " ");
 	}
-	memcpy(pc->hosts, out, sizeof(out));
+	if (!(kept = strdup(out)))
+		return; /* host stays listed: one more 421 for it */
+	free(pc->hosts);
+	pc->hosts = kept;
 }
 
 bool pool_coalesce(struct pool_origin *o)
