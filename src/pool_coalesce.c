@@ -19,6 +19,7 @@
  *
  * A connection remembers the names it served (for the status page).
  */
+#include <arpa/inet.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #include <netinet/in.h>
@@ -81,6 +82,107 @@ bool pool_cert_covers(const void *der, size_t len, const char *host)
 	return ok;
 }
 
+/* A connection's leaf certificate, kept compact: the DER, and the names it
+ * may cover (subject alternative DNS names, IP addresses as text, the
+ * common name), NUL-separated, ending in an empty one. The names only sort
+ * out the certificates that cannot cover a host; gnutls decides on the DER.
+ * (A parsed gnutls_x509_crt_t costs ~22 KiB per connection.) */
+struct pool_cert {
+	size_t der_len;
+	char *names;
+	unsigned char der[];
+};
+
+/* Appends name (and its NUL) to *buf of *len bytes; false: out of memory. */
+static bool names_add(char **buf, size_t *len, const char *name, size_t n)
+{
+	char *grown = realloc(*buf, *len + n + 2);
+
+	if (!grown)
+		return false;
+	memcpy(grown + *len, name, n);
+	grown[*len + n] = '\0';
+	grown[*len + n + 1] = '\0'; /* the list's end, overwritten by the next */
+	*len += n + 1;
+	*buf = grown;
+	return true;
+}
+
+struct pool_cert *pool_cert_new(const void *der, size_t len)
+{
+	gnutls_x509_crt_t crt;
+	gnutls_datum_t d = {(unsigned char *)der, (unsigned)len};
+	struct pool_cert *c = NULL;
+	char *names = NULL;
+	size_t nlen = 0;
+	bool ok;
+
+	if (!der || len == 0 || len > UINT32_MAX || gnutls_x509_crt_init(&crt) < 0)
+		return NULL;
+	ok = gnutls_x509_crt_import(crt, &d, GNUTLS_X509_FMT_DER) >= 0;
+	for (unsigned i = 0; ok; i++) {
+		char buf[512], text[INET6_ADDRSTRLEN];
+		size_t size = sizeof(buf) - 1;
+		int type = gnutls_x509_crt_get_subject_alt_name(crt, i, buf, &size, NULL);
+		if (type == GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE)
+			break;
+		if (type == GNUTLS_SAN_DNSNAME)
+			ok = names_add(&names, &nlen, buf, strnlen(buf, size));
+		else if (type == GNUTLS_SAN_IPADDRESS && (size == 4 || size == 16) &&
+		         inet_ntop(size == 4 ? AF_INET : AF_INET6, buf, text, sizeof(text)))
+			ok = names_add(&names, &nlen, text, strlen(text));
+		/* other types, and names too long for buf: never a match here */
+	}
+	if (ok) {
+		char cn[512];
+		size_t size = sizeof(cn) - 1;
+		if (gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, cn,
+		                                  &size) == 0)
+			ok = names_add(&names, &nlen, cn, strnlen(cn, size));
+	}
+	gnutls_x509_crt_deinit(crt);
+	if (ok && !names) /* no names: an empty list */
+		ok = (names = calloc(1, 1)) != NULL;
+	if (ok && (c = malloc(sizeof(*c) + len)) != NULL) {
+		c->der_len = len;
+		memcpy(c->der, der, len);
+		c->names = names;
+		return c;
+	}
+	free(names);
+	return NULL;
+}
+
+void pool_cert_free(struct pool_cert *c)
+{
+	if (c) {
+		free(c->names);
+		free(c);
+	}
+}
+
+/* Whether name (from a certificate) might cover host: equal, or with a
+ * wildcard, host ends in what follows its last '*'. A superset of what
+ * gnutls accepts: the certificate decides. */
+static bool name_may_cover(const char *name, const char *host)
+{
+	const char *star = strrchr(name, '*');
+	size_t hl = strlen(host), sl;
+
+	if (!star)
+		return strcasecmp(name, host) == 0;
+	sl = strlen(star + 1);
+	return hl >= sl && strcasecmp(host + hl - sl, star + 1) == 0;
+}
+
+bool pool_cert_serves(const struct pool_cert *c, const char *host)
+{
+	for (const char *n = c->names; *n; n += strlen(n) + 1)
+		if (name_may_cover(n, host))
+			return pool_cert_covers(c->der, c->der_len, host);
+	return false;
+}
+
 bool pool_addr_listed(const struct sockaddr_storage *peer, const struct sockaddr_storage *addrs,
                       size_t n)
 {
@@ -126,25 +228,18 @@ static bool misdirected(const struct pool *p, uint64_t pair)
 void pool_coalesce_ready(struct pool_conn *pc)
 {
 	struct upstream_conn *uc = pc->uc;
-	gnutls_datum_t d;
 	const void *der;
 	size_t len;
 
 	if (pc->cert || !uc->ops->peer || (uc->proto != PROTO_H2 && uc->proto != PROTO_H3) ||
-	    !shareable(pc->o->key) || !uc->ops->peer(uc, &pc->peer, &der, &len) || len == 0 ||
-	    gnutls_x509_crt_init(&pc->cert) < 0)
+	    !shareable(pc->o->key) || !uc->ops->peer(uc, &pc->peer, &der, &len) || len == 0)
 		return;
-	d = (gnutls_datum_t){(unsigned char *)der, (unsigned)len};
-	if (gnutls_x509_crt_import(pc->cert, &d, GNUTLS_X509_FMT_DER) < 0) {
-		gnutls_x509_crt_deinit(pc->cert);
-		pc->cert = NULL;
-	}
+	pc->cert = pool_cert_new(der, len);
 }
 
 void pool_coalesce_forget(struct pool_conn *pc)
 {
-	if (pc->cert)
-		gnutls_x509_crt_deinit(pc->cert);
+	pool_cert_free(pc->cert);
 	pc->cert = NULL;
 	free(pc->hosts);
 	pc->hosts = NULL;
@@ -169,7 +264,7 @@ static struct pool_conn *candidate(struct pool_origin *o, const struct dns_addrs
 					continue;
 				if (addrs && !pool_addr_listed(&pc->peer, addrs->addr, addrs->n))
 					continue;
-				if (gnutls_x509_crt_check_hostname(pc->cert, o->key->host))
+				if (pool_cert_serves(pc->cert, o->key->host))
 					return pc;
 			}
 		}

@@ -50,7 +50,7 @@ struct pool_conn {
 	 * (NULL: not shareable with other names), the names served (space-
 	 * separated, at most POOL_HOSTS_MAX bytes; NULL: only its origin's) */
 	struct sockaddr_storage peer;
-	gnutls_x509_crt_t cert;
+	struct pool_cert *cert;
 	char *hosts;
 };
 

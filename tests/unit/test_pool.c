@@ -1126,11 +1126,20 @@ static gnutls_datum_t make_cert(const char *const *names, size_t n)
 	ck_assert_int_ge(gnutls_x509_crt_set_activation_time(crt, now - 60), 0);
 	ck_assert_int_ge(gnutls_x509_crt_set_expiration_time(crt, now + 3600), 0);
 	ck_assert_int_ge(gnutls_x509_crt_set_key(crt, key), 0);
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ip[16];
+		if (strncmp(names[i], "ip:", 3) == 0) { /* an IPv4 address SAN */
+			ck_assert_int_eq(inet_pton(AF_INET, names[i] + 3, ip), 1);
+			ck_assert_int_ge(gnutls_x509_crt_set_subject_alt_name(
+			                     crt, GNUTLS_SAN_IPADDRESS, ip, 4, GNUTLS_FSAN_APPEND),
+			                 0);
+			continue;
+		}
 		ck_assert_int_ge(gnutls_x509_crt_set_subject_alt_name(crt, GNUTLS_SAN_DNSNAME,
 		                                                      names[i], strlen(names[i]),
 		                                                      GNUTLS_FSAN_APPEND),
 		                 0);
+	}
 	ck_assert_int_ge(gnutls_x509_crt_sign2(crt, crt, key, GNUTLS_DIG_SHA256, 0), 0);
 	ck_assert_int_ge(gnutls_x509_crt_export2(crt, GNUTLS_X509_FMT_DER, &der), 0);
 	gnutls_x509_crt_deinit(crt);
@@ -1172,6 +1181,42 @@ START_TEST(coalesce_cert_and_address)
 }
 END_TEST
 
+/* The compact certificate the pool keeps per connection (pool_cert_new):
+ * covers exactly what the full certificate covers. */
+START_TEST(coalesce_cert_compact)
+{
+	static const char *const names[] = {"a.example", "B.Example", "*.wild.example",
+	                                    "ip:192.0.2.7"};
+	static const char *const hosts[] = {
+	    "a.example", "b.example",       "x.wild.example", "wild.example", "a.b.wild.example",
+	    "c.example", "xa.example",      "192.0.2.7",      "192.0.2.8",    "example",
+	    "A.EXAMPLE", "x.wild.example.", ".wild.example",  "b.example.com"};
+	gnutls_datum_t der = make_cert(names, 4);
+	struct pool_cert *c = pool_cert_new(der.data, der.size);
+
+	ck_assert_ptr_nonnull(c);
+	for (size_t i = 0; i < sizeof(hosts) / sizeof(hosts[0]); i++)
+		ck_assert_msg(pool_cert_serves(c, hosts[i]) ==
+		                  pool_cert_covers(der.data, der.size, hosts[i]),
+		              "%s", hosts[i]);
+	ck_assert(pool_cert_serves(c, "a.example"));
+	ck_assert(pool_cert_serves(c, "x.wild.example"));
+	ck_assert(pool_cert_serves(c, "192.0.2.7"));
+	ck_assert(!pool_cert_serves(c, "c.example"));
+	pool_cert_free(c);
+	ck_assert_ptr_null(pool_cert_new(der.data, 10)); /* not a certificate */
+	ck_assert_ptr_null(pool_cert_new(NULL, 0));
+	gnutls_free(der.data);
+	c = pool_cert_new(NULL, 0);
+	pool_cert_free(c);        /* NULL: nothing */
+	der = make_cert(NULL, 0); /* no names at all */
+	ck_assert_ptr_nonnull(c = pool_cert_new(der.data, der.size));
+	ck_assert(!pool_cert_serves(c, "a.example"));
+	pool_cert_free(c);
+	gnutls_free(der.data);
+}
+END_TEST
+
 static Suite *pool_suite(void)
 {
 	Suite *s = suite_create("pool");
@@ -1200,6 +1245,7 @@ static Suite *pool_suite(void)
 	tcase_add_test(t, warm_selection);
 	tcase_add_test(t, warm_keeps_hot_key);
 	tcase_add_test(t, coalesce_keys);
+	tcase_add_test(t, coalesce_cert_compact);
 	tcase_add_test(t, coalesce_cert_and_address);
 	suite_add_tcase(s, t);
 	return s;
