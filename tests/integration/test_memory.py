@@ -248,7 +248,7 @@ def test_idle_pooled_connection_memory(muxd):
     are done with, and the origin keeps its pool key packed (exact-length
     strings, not the 7.9 KiB struct pool_key; bench/scale measures the same
     at 10 000 connections; issue 15 item 4). 26 KiB each before the first,
-    ~12.8 KiB before the packed key, ~5 KiB after it, ~3.6 KiB once the
+    ~12.5 KiB before the packed key, ~5 KiB after it, ~3.6 KiB once the
     forwarding mode and the served names are allocated only when used."""
     n = 300
     origins = ManyOrigins(n + 10)
@@ -278,14 +278,14 @@ def test_idle_pooled_connection_memory(muxd):
 @pytest.mark.skipif(SANITIZE, reason="ASan's shadow memory and quarantine make RSS meaningless")
 def test_idle_pooled_h2_connection_memory(muxd, tls_nginx_factory, pki):
     """An idle pooled HTTP/2 connection over verified TLS (to an origin of
-    its own: one nginx listening on many ports) keeps ~34 KiB, most of it
+    its own: one nginx listening on many ports) keeps ~33 KiB, most of it
     GnuTLS's and nghttp2's per-session state. The origin's certificate is
     kept for coalescing as DER and names, not as a parsed gnutls_x509_crt_t
     (~22 KiB); nghttp2's 16 KiB outbound frame buffer is mapped on its own
     (upstream/h2_mem.c) so that only the page frames were written to takes
     memory; the forwarding-mode and served-names buffers are allocated only
     when used (issue 15 item 4; bench/scale phase 3 measures the same, with
-    verify = off, at 10 000). 55-69 KiB each before."""
+    verify = off, at 10 000). 54-67 KiB each before."""
     import socket
 
     n = 150
