@@ -36,10 +36,10 @@
 
 #define TRIM_DELAY_MS 250 /* surplus idle connections get this long to be reused */
 
-/* The hash chain of key. */
-static unsigned bucket(const struct pool_key *key)
+/* The hash chain of a key (pool_key_hash or pool_key_packed_hash). */
+static unsigned bucket(unsigned hash)
 {
-	return pool_key_hash(key) % POOL_BUCKETS;
+	return hash % POOL_BUCKETS;
 }
 
 static void trim_cb(evutil_socket_t fd, short what, void *arg);
@@ -63,21 +63,25 @@ static void dispatch_cb(evutil_socket_t fd, short what, void *arg);
 
 static struct pool_origin *origin_get(struct pool *p, const struct pool_key *key, bool create)
 {
-	unsigned h = bucket(key);
+	unsigned h = bucket(pool_key_hash(key));
 	struct pool_origin *o;
 
 	for (o = p->buckets[h]; o; o = o->next)
-		if (pool_key_equal(&o->key, key))
+		if (pool_key_packed_equal(o->key, key))
 			return o;
 	if (!create || !(o = calloc(1, sizeof(*o))))
 		return NULL;
 	o->pool = p;
-	o->key = *key;
+	if (!(o->key = pool_key_pack(key))) {
+		free(o);
+		return NULL;
+	}
 	o->learned = key->tls ? PROTO_COUNT : PROTO_H1;
 	TAILQ_INIT(&o->conns);
 	TAILQ_INIT(&o->waiters);
 	o->dispatch_ev = event_new(p->m->base, -1, 0, dispatch_cb, o);
 	if (!o->dispatch_ev) {
+		free(o->key);
 		free(o);
 		return NULL;
 	}
@@ -92,13 +96,15 @@ static void origin_maybe_free(struct pool_origin *o)
 
 	if (o->nconns || o->nwaiters || o->holds || pool_warm_holds(o))
 		return;
-	for (pp = &o->pool->buckets[bucket(&o->key)]; *pp != o; pp = &(*pp)->next)
+	for (pp = &o->pool->buckets[bucket(pool_key_packed_hash(o->key))]; *pp != o;
+	     pp = &(*pp)->next)
 		;
 	*pp = o->next;
 	event_free(o->dispatch_ev);
 	pool_h3_origin_free(o);
 	pool_warm_origin_free(o);
 	pool_coalesce_origin_free(o);
+	free(o->key);
 	free(o);
 }
 
@@ -184,7 +190,7 @@ void pool_evict(struct pool_conn *pc, enum evict_reason why)
 {
 	struct upstream_conn *uc = pc->uc;
 
-	log_debug("pool: closing %s connection to %s (%s)", proto_name(uc->proto), pc->o->key.id,
+	log_debug("pool: closing %s connection to %s (%s)", proto_name(uc->proto), pc->o->key->id,
 	          evict_reason_name(why));
 	if (why < EVICT_COUNT)
 		pc->pool->m->metrics.evictions[why]++;
@@ -431,10 +437,12 @@ static bool open_conn(struct pool_origin *o)
 	static const struct transport_cbs tcbs = {NULL, NULL, conn_event};
 	struct chain_hop hops[CONFIG_MAX_HOPS];
 	struct chain_spec spec;
+	struct pool_key key; /* chain_connect copies what it keeps */
 
 	if (!pc)
 		return false;
-	pool_key_chain(&o->key, hops, &spec, p->m->cfg->connect_timeout_ms);
+	pool_key_unpack(o->key, &key);
+	pool_key_chain(&key, hops, &spec, p->m->cfg->connect_timeout_ms);
 	spec.shared_hop = pool_shared_hop(p);
 	pc->pending = chain_connect(&p->m->env->transport, &spec, &tcbs, pc);
 	if (!pc->pending) {
@@ -457,7 +465,7 @@ struct pool_conn *pool_open_conn(struct pool_origin *o)
 static unsigned wanted(const struct pool_origin *o, unsigned *cap)
 {
 	const struct config *cfg = o->pool->m->cfg;
-	bool maybe_h2 = strstr(o->key.alpn, "h2") != NULL && o->learned != PROTO_H1;
+	bool maybe_h2 = strstr(o->key->alpn, "h2") != NULL && o->learned != PROTO_H1;
 
 	/* TCP connections being set up (a QUIC attempt is not one of them) */
 	unsigned connecting = o->nconnecting - pool_h3_connecting(o);
@@ -484,7 +492,7 @@ static unsigned wanted(const struct pool_origin *o, unsigned *cap)
 static void cap_wait(struct pool_origin *o, unsigned cap)
 {
 	/* as in wanted(): HTTP/2 unless ALPN said HTTP/1.1 */
-	bool h2 = strstr(o->key.alpn, "h2") != NULL && o->learned != PROTO_H1;
+	bool h2 = strstr(o->key->alpn, "h2") != NULL && o->learned != PROTO_H1;
 	unsigned connecting = o->nconnecting - pool_h3_connecting(o);
 	char why[160];
 
@@ -624,7 +632,7 @@ static void conn_ready(struct pool_conn *pc)
 		struct timeval tv = ms_to_timeval(age);
 		evtimer_add(pc->age_timer, &tv);
 	}
-	log_debug("pool: new %s connection to %s", proto_name(pc->uc->proto), o->key.id);
+	log_debug("pool: new %s connection to %s", proto_name(pc->uc->proto), o->key->id);
 	pool_h3_ready(pc);
 	pool_warm_ready(pc);
 	pool_coalesce_ready(pc);
@@ -651,7 +659,7 @@ static void conn_closed(void *owner, struct upstream_conn *uc, enum evict_reason
 	if (why < EVICT_COUNT) {
 		pc->pool->m->metrics.evictions[why]++;
 		log_debug("pool: %s connection to %s left the pool (%s)", proto_name(uc->proto),
-		          pc->o->key.id, evict_reason_name(why));
+		          pc->o->key->id, evict_reason_name(why));
 	}
 	pool_warm_lost(pc); /* a hot origin gets another one in the background */
 	pool_conn_forget(pc);
@@ -672,7 +680,7 @@ static void fail_setup(struct pool_conn *pc, struct upstream_conn *uc, enum muxd
                        const char *why)
 {
 	struct pool_origin *o = pc->o;
-	bool coalesced = strstr(o->key.alpn, "h2") != NULL && o->learned != PROTO_H1;
+	bool coalesced = strstr(o->key->alpn, "h2") != NULL && o->learned != PROTO_H1;
 	struct pool_wait_list failed;
 	struct pool_wait *w, *next;
 
@@ -711,8 +719,8 @@ static void setup_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct pool_conn *pc = arg;
 	struct upstream_conn *uc = pc->uc;
-	const struct pool_key *k = &pc->o->key;
-	const struct pool_hop *last = k->forward ? &k->hops[k->nhops - 1] : NULL;
+	const struct pool_key_packed *k = pc->o->key;
+	const struct pool_packed_hop *last = k->forward ? &k->hops[k->nhops - 1] : NULL;
 	const char *host = last ? last->host : k->host;
 	bool v6 = strchr(host, ':') != NULL;
 	char why[400], d[32];
@@ -754,7 +762,12 @@ static void conn_event(void *ctx, enum transport_event ev, enum muxd_err err, co
 		bool h2 = strcmp(chain_alpn(t), "h2") == 0;
 		struct upstream_params prm;
 		struct upstream_forward fwd_buf;
-		const struct upstream_forward *fwd = pool_key_forward(&o->key, &fwd_buf);
+		struct pool_key key; /* the codecs copy what they keep of fwd */
+		const struct upstream_forward *fwd = NULL;
+		if (o->key->forward) {
+			pool_key_unpack(o->key, &key);
+			fwd = pool_key_forward(&key, &fwd_buf);
+		}
 		upstream_params_init(&prm, p->m->cfg);
 		pc->uc = h2 ? h2_conn_new(p->m->env, &prm, fwd, t, &owner_cbs, pc)
 		            : h1_conn_new(p->m->env, &prm, fwd, t, &owner_cbs, pc);
@@ -833,10 +846,10 @@ void pool_reconfigured(struct pool *p)
 			struct pool_key k;
 			struct pool_conn *pc, *pnext;
 			next = o->next;
-			route_for(p->m->cfg, o->key.host, o->key.port, &r);
-			if (pool_key_init_sni(&k, p->m, o->key.scheme, o->key.host, o->key.port,
-			                      o->key.sni, &r) &&
-			    strcmp(k.id, o->key.id) == 0)
+			route_for(p->m->cfg, o->key->host, o->key->port, &r);
+			if (pool_key_init_sni(&k, p->m, o->key->scheme, o->key->host, o->key->port,
+			                      o->key->sni, &r) &&
+			    strcmp(k.id, o->key->id) == 0)
 				continue;
 			/* no route leads here any more: drain what serves it */
 			o->nconns++; /* keep o while its idle connections go */
@@ -893,9 +906,9 @@ void pool_foreach_conn(struct pool *p, void (*fn)(void *arg, const struct pool_c
 			{
 				struct upstream_conn *uc = pc->uc;
 				struct pool_conn_info c = {
-				    .key = o->key.id,
-				    .host = o->key.host,
-				    .port = o->key.port,
+				    .key = o->key->id,
+				    .host = o->key->host,
+				    .port = o->key->port,
 				    .proto = uc ? uc->proto : PROTO_COUNT,
 				    .state = pc->connecting ? "connecting"
 				             : pc->idle     ? "idle"
@@ -908,7 +921,7 @@ void pool_foreach_conn(struct pool *p, void (*fn)(void *arg, const struct pool_c
 				    .age_s = since(&pc->created),
 				    .idle_s = pc->idle ? since(&pc->idle_since) : 0,
 				    .warm = pc->warm,
-				    .hosts = pc->hosts[0] ? pc->hosts : o->key.host,
+				    .hosts = pc->hosts && pc->hosts[0] ? pc->hosts : o->key->host,
 				};
 				fn(arg, &c);
 			}

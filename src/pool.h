@@ -130,7 +130,7 @@ double pool_rate_hit(double rate, double elapsed_s);
  * keys have one (keep_warm on, its route verifies, rate at least
  * keep_warm_min_rate, nwarm under keep_warm_max). */
 struct config;
-bool pool_warm_eligible(const struct config *cfg, const struct pool_key *key, double rate,
+bool pool_warm_eligible(const struct config *cfg, const struct pool_key_packed *key, double rate,
                         unsigned nwarm);
 /* How often a warm HTTP/2 or HTTP/3 connection shows it is alive (ms). */
 uint64_t pool_warm_interval(const struct config *cfg);
@@ -141,8 +141,15 @@ unsigned pool_keep_warm_count(struct pool *p);
  * connection made for key conn may carry requests of key req as far as the
  * keys tell (direct, verified TLS, equal but for the host); whether the DER
  * certificate covers host; whether peer's address is among addrs. */
-bool pool_key_coalescable(const struct pool_key *conn, const struct pool_key *req);
+bool pool_key_coalescable(const struct pool_key_packed *conn, const struct pool_key_packed *req);
 bool pool_cert_covers(const void *der, size_t len, const char *host);
+/* A connection's certificate as the pool keeps it (DER and its names; NULL
+ * when der is no certificate or memory runs out), and whether it covers
+ * host (pool_cert_covers, tried only when one of its names may). */
+struct pool_cert;
+struct pool_cert *pool_cert_new(const void *der, size_t len);
+void pool_cert_free(struct pool_cert *cert);
+bool pool_cert_serves(const struct pool_cert *cert, const char *host);
 bool pool_addr_listed(const struct sockaddr_storage *peer, const struct sockaddr_storage *addrs,
                       size_t n);
 /* A 421 Misdirected Request came on stream s for a request of key: when s's

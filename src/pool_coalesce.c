@@ -19,6 +19,7 @@
  *
  * A connection remembers the names it served (for the status page).
  */
+#include <arpa/inet.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #include <netinet/in.h>
@@ -33,7 +34,7 @@
 #include "pool_internal.h"
 
 /* The part of a key id after the origin and the SNI: the rest of the key. */
-static const char *id_rest(const struct pool_key *k)
+static const char *id_rest(const struct pool_key_packed *k)
 {
 	bool v6 = strchr(k->host, ':') != NULL;
 	char prefix[600];
@@ -47,15 +48,15 @@ static const char *id_rest(const struct pool_key *k)
 
 /* A key whose connections may be shared with other names: direct TLS,
  * verified, named in SNI by its host. */
-static bool shareable(const struct pool_key *k)
+static bool shareable(const struct pool_key_packed *k)
 {
 	return k->tls && k->verify && k->nhops == 0 && !k->forward &&
 	       strcmp(k->sni, k->host) == 0 && id_rest(k) != NULL;
 }
 
-bool pool_key_coalescable(const struct pool_key *conn, const struct pool_key *req)
+bool pool_key_coalescable(const struct pool_key_packed *conn, const struct pool_key_packed *req)
 {
-	const struct pool_key *k[2] = {conn, req};
+	const struct pool_key_packed *k[2] = {conn, req};
 	const char *rest[2];
 
 	for (int i = 0; i < 2; i++) {
@@ -81,6 +82,107 @@ bool pool_cert_covers(const void *der, size_t len, const char *host)
 	return ok;
 }
 
+/* A connection's leaf certificate, kept compact: the DER, and the names it
+ * may cover (subject alternative DNS names, IP addresses as text, the
+ * common name), NUL-separated, ending in an empty one. The names only sort
+ * out the certificates that cannot cover a host; gnutls decides on the DER.
+ * (A parsed gnutls_x509_crt_t costs ~22 KiB per connection.) */
+struct pool_cert {
+	size_t der_len;
+	char *names;
+	unsigned char der[];
+};
+
+/* Appends name (and its NUL) to *buf of *len bytes; false: out of memory. */
+static bool names_add(char **buf, size_t *len, const char *name, size_t n)
+{
+	char *grown = realloc(*buf, *len + n + 2);
+
+	if (!grown)
+		return false;
+	memcpy(grown + *len, name, n);
+	grown[*len + n] = '\0';
+	grown[*len + n + 1] = '\0'; /* the list's end, overwritten by the next */
+	*len += n + 1;
+	*buf = grown;
+	return true;
+}
+
+struct pool_cert *pool_cert_new(const void *der, size_t len)
+{
+	gnutls_x509_crt_t crt;
+	gnutls_datum_t d = {(unsigned char *)der, (unsigned)len};
+	struct pool_cert *c = NULL;
+	char *names = NULL;
+	size_t nlen = 0;
+	bool ok;
+
+	if (!der || len == 0 || len > UINT32_MAX || gnutls_x509_crt_init(&crt) < 0)
+		return NULL;
+	ok = gnutls_x509_crt_import(crt, &d, GNUTLS_X509_FMT_DER) >= 0;
+	for (unsigned i = 0; ok; i++) {
+		char buf[512], text[INET6_ADDRSTRLEN];
+		size_t size = sizeof(buf) - 1;
+		int type = gnutls_x509_crt_get_subject_alt_name(crt, i, buf, &size, NULL);
+		if (type == GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE)
+			break;
+		if (type == GNUTLS_SAN_DNSNAME)
+			ok = names_add(&names, &nlen, buf, strnlen(buf, size));
+		else if (type == GNUTLS_SAN_IPADDRESS && (size == 4 || size == 16) &&
+		         inet_ntop(size == 4 ? AF_INET : AF_INET6, buf, text, sizeof(text)))
+			ok = names_add(&names, &nlen, text, strlen(text));
+		/* other types, and names too long for buf: never a match here */
+	}
+	if (ok) {
+		char cn[512];
+		size_t size = sizeof(cn) - 1;
+		if (gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, cn,
+		                                  &size) == 0)
+			ok = names_add(&names, &nlen, cn, strnlen(cn, size));
+	}
+	gnutls_x509_crt_deinit(crt);
+	if (ok && !names) /* no names: an empty list */
+		ok = (names = calloc(1, 1)) != NULL;
+	if (ok && (c = malloc(sizeof(*c) + len)) != NULL) {
+		c->der_len = len;
+		memcpy(c->der, der, len);
+		c->names = names;
+		return c;
+	}
+	free(names);
+	return NULL;
+}
+
+void pool_cert_free(struct pool_cert *c)
+{
+	if (c) {
+		free(c->names);
+		free(c);
+	}
+}
+
+/* Whether name (from a certificate) might cover host: equal, or with a
+ * wildcard, host ends in what follows its last '*'. A superset of what
+ * gnutls accepts: the certificate decides. */
+static bool name_may_cover(const char *name, const char *host)
+{
+	const char *star = strrchr(name, '*');
+	size_t hl = strlen(host), sl;
+
+	if (!star)
+		return strcasecmp(name, host) == 0;
+	sl = strlen(star + 1);
+	return hl >= sl && strcasecmp(host + hl - sl, star + 1) == 0;
+}
+
+bool pool_cert_serves(const struct pool_cert *c, const char *host)
+{
+	for (const char *n = c->names; *n; n += strlen(n) + 1)
+		if (name_may_cover(n, host))
+			return pool_cert_covers(c->der, c->der_len, host);
+	return false;
+}
+
 bool pool_addr_listed(const struct sockaddr_storage *peer, const struct sockaddr_storage *addrs,
                       size_t n)
 {
@@ -101,11 +203,11 @@ bool pool_addr_listed(const struct sockaddr_storage *peer, const struct sockaddr
 	return false;
 }
 
-/* The pair (connection's key, request's key) as one number. */
-static uint64_t pair_id(const struct pool_key *conn, const struct pool_key *req)
+/* The pair (connection's key id, request's key id) as one number. */
+static uint64_t pair_id(const char *conn_id, const char *req_id)
 {
 	uint64_t h = 1469598103934665603ull;
-	const char *parts[2] = {conn->id, req->id};
+	const char *parts[2] = {conn_id, req_id};
 
 	for (int i = 0; i < 2; i++) {
 		for (const char *s = parts[i]; *s; s++)
@@ -126,27 +228,21 @@ static bool misdirected(const struct pool *p, uint64_t pair)
 void pool_coalesce_ready(struct pool_conn *pc)
 {
 	struct upstream_conn *uc = pc->uc;
-	gnutls_datum_t d;
 	const void *der;
 	size_t len;
 
-	snprintf(pc->hosts, sizeof(pc->hosts), "%s", pc->o->key.host);
 	if (pc->cert || !uc->ops->peer || (uc->proto != PROTO_H2 && uc->proto != PROTO_H3) ||
-	    !shareable(&pc->o->key) || !uc->ops->peer(uc, &pc->peer, &der, &len) || len == 0 ||
-	    gnutls_x509_crt_init(&pc->cert) < 0)
+	    !shareable(pc->o->key) || !uc->ops->peer(uc, &pc->peer, &der, &len) || len == 0)
 		return;
-	d = (gnutls_datum_t){(unsigned char *)der, (unsigned)len};
-	if (gnutls_x509_crt_import(pc->cert, &d, GNUTLS_X509_FMT_DER) < 0) {
-		gnutls_x509_crt_deinit(pc->cert);
-		pc->cert = NULL;
-	}
+	pc->cert = pool_cert_new(der, len);
 }
 
 void pool_coalesce_forget(struct pool_conn *pc)
 {
-	if (pc->cert)
-		gnutls_x509_crt_deinit(pc->cert);
+	pool_cert_free(pc->cert);
 	pc->cert = NULL;
+	free(pc->hosts);
+	pc->hosts = NULL;
 }
 
 /* An HTTP/2 or HTTP/3 connection of another origin that may serve o's
@@ -158,8 +254,8 @@ static struct pool_conn *candidate(struct pool_origin *o, const struct dns_addrs
 	for (unsigned i = 0; i < POOL_BUCKETS; i++)
 		for (struct pool_origin *a = p->buckets[i]; a; a = a->next) {
 			struct pool_conn *pc;
-			if (a == o || !pool_key_coalescable(&a->key, &o->key) ||
-			    misdirected(p, pair_id(&a->key, &o->key)))
+			if (a == o || !pool_key_coalescable(a->key, o->key) ||
+			    misdirected(p, pair_id(a->key->id, o->key->id)))
 				continue;
 			TAILQ_FOREACH(pc, &a->conns, o_link)
 			{
@@ -168,7 +264,7 @@ static struct pool_conn *candidate(struct pool_origin *o, const struct dns_addrs
 					continue;
 				if (addrs && !pool_addr_listed(&pc->peer, addrs->addr, addrs->n))
 					continue;
-				if (gnutls_x509_crt_check_hostname(pc->cert, o->key.host))
+				if (pool_cert_serves(pc->cert, o->key->host))
 					return pc;
 			}
 		}
@@ -184,16 +280,23 @@ static void resolved(void *ctx, int err, const char *reason, const struct dns_ad
 	if (err == 0 && addrs && (o->co_addrs = malloc(sizeof(*o->co_addrs))) != NULL)
 		*o->co_addrs = *addrs;
 	else
-		log_debug("pool: no coalescing for %s: %s", o->key.id,
+		log_debug("pool: no coalescing for %s: %s", o->key->id,
 		          reason ? reason : "no address");
 	pool_schedule(o);
+}
+
+/* The names pc serves. */
+static const char *hosts_of(const struct pool_conn *pc)
+{
+	return pc->hosts ? pc->hosts : pc->o->key->host;
 }
 
 /* The served names of pc gain host (when it fits). */
 static void add_host(struct pool_conn *pc, const char *host)
 {
-	size_t len = strlen(pc->hosts), hl = strlen(host);
-	const char *s = pc->hosts;
+	const char *s = hosts_of(pc);
+	size_t len = strlen(s), hl = strlen(host);
+	char *grown;
 
 	while (*s) { /* listed already? */
 		size_t n = strcspn(s, " ");
@@ -202,16 +305,22 @@ static void add_host(struct pool_conn *pc, const char *host)
 		s += n;
 		s += strspn(s, " ");
 	}
-	if (len + 1 + hl < sizeof(pc->hosts))
-		snprintf(pc->hosts + len, sizeof(pc->hosts) - len, "%s%s", len ? " " : "", host);
+	if (len + 1 + hl >= POOL_HOSTS_MAX || !(grown = malloc(len + 1 + hl + 1)))
+		return;
+	memcpy(grown, hosts_of(pc), len);
+	if (len)
+		grown[len++] = ' ';
+	memcpy(grown + len, host, hl + 1);
+	free(pc->hosts);
+	pc->hosts = grown;
 }
 
 /* The served names of pc lose host (it answered 421 for it). */
 static void remove_host(struct pool_conn *pc, const char *host)
 {
-	char out[sizeof(pc->hosts)];
+	char out[POOL_HOSTS_MAX], *kept;
 	size_t len = 0, hl = strlen(host);
-	const char *s = pc->hosts;
+	const char *s = hosts_of(pc);
 
 	out[0] = '\0';
 	while (*s) {
@@ -223,7 +332,10 @@ static void remove_host(struct pool_conn *pc, const char *host)
 		s += n;
 		s += strspn(s, " ");
 	}
-	memcpy(pc->hosts, out, sizeof(out));
+	if (!(kept = strdup(out)))
+		return; /* host stays listed: one more 421 for it */
+	free(pc->hosts);
+	pc->hosts = kept;
 }
 
 bool pool_coalesce(struct pool_origin *o)
@@ -232,8 +344,7 @@ bool pool_coalesce(struct pool_origin *o)
 	struct pool_conn *pc;
 	struct pool_wait *w;
 
-	if (o->nconns > 0 || o->nwaiters == 0 || p->m->draining || !p->m->dns ||
-	    !shareable(&o->key))
+	if (o->nconns > 0 || o->nwaiters == 0 || p->m->draining || !p->m->dns || !shareable(o->key))
 		return false;
 	if (o->co_state == POOL_CO_RESOLVING)
 		return true;
@@ -241,7 +352,7 @@ bool pool_coalesce(struct pool_origin *o)
 		if (!candidate(o, NULL))
 			return false; /* nothing to share: no lookup */
 		o->co_state = POOL_CO_RESOLVING;
-		o->co_query = dns_resolve(p->m->dns, o->key.host, o->key.port, resolved, o);
+		o->co_query = dns_resolve(p->m->dns, o->key->host, o->key->port, resolved, o);
 		if (o->co_query)
 			return true;
 		o->co_state = POOL_CO_KNOWN;
@@ -255,9 +366,9 @@ bool pool_coalesce(struct pool_origin *o)
 			break;
 		if (!w)
 			break; /* fresh-only waiters want a new connection of their own */
-		log_debug("pool: %s coalesced onto the %s connection to %s", o->key.host,
-		          proto_name(pc->uc->proto), a->key.id);
-		add_host(pc, o->key.host);
+		log_debug("pool: %s coalesced onto the %s connection to %s", o->key->host,
+		          proto_name(pc->uc->proto), a->key->id);
+		add_host(pc, o->key->host);
 		pool_warm_hit(a); /* its connection's use counts for its keep-warm */
 		hold_take(&a->holds);
 		pool_give(pc, w);
@@ -276,13 +387,13 @@ bool pool_misdirected(struct pool *p, const struct pool_key *key, struct upstrea
 			{
 				if (pc->uc != s->conn)
 					continue;
-				if (pool_key_equal(&a->key, key))
+				if (pool_key_packed_equal(a->key, key))
 					return false; /* its own connection: the 421 is the answer
 					               */
-				uint64_t pair = pair_id(&a->key, key);
+				uint64_t pair = pair_id(a->key->id, key->id);
 				log_info(
 				    "pool: %s answered 421 for %s: no more coalescing of the two",
-				    a->key.id, key->host);
+				    a->key->id, key->host);
 				remove_host(pc, key->host);
 				if (misdirected(p, pair)) {
 					/* known already */

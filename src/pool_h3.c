@@ -121,7 +121,7 @@ void pool_h3_ready(struct pool_conn *pc)
 		return;
 	o->h3_attempt = NULL;
 	evtimer_del(o->race_timer);
-	altsvc_cache_mark_ok(pc->pool->altsvc, o->key.scheme, o->key.host, o->key.port);
+	altsvc_cache_mark_ok(pc->pool->altsvc, o->key->scheme, o->key->host, o->key->port);
 }
 
 void pool_h3_forget(struct pool_conn *pc)
@@ -145,9 +145,9 @@ static void h3_fallback(struct pool_origin *o, const char *reason)
 {
 	struct pool *p = o->pool;
 
-	log_info("pool: HTTP/3 to %s failed (%s): using TCP", o->key.id, reason);
+	log_info("pool: HTTP/3 to %s failed (%s): using TCP", o->key->id, reason);
 	p->m->metrics.h3_fallbacks++;
-	altsvc_cache_mark_broken(p->altsvc, o->key.scheme, o->key.host, o->key.port, time(NULL));
+	altsvc_cache_mark_broken(p->altsvc, o->key->scheme, o->key->host, o->key->port, time(NULL));
 	o->race_fired = true;
 }
 
@@ -172,7 +172,7 @@ static void race_cb(evutil_socket_t fd, short what, void *arg)
 	if (!pc)
 		return;
 	if (!o->race_fired) {
-		log_debug("pool: QUIC to %s not ready after h3_timeout: racing TCP", o->key.id);
+		log_debug("pool: QUIC to %s not ready after h3_timeout: racing TCP", o->key->id);
 		o->race_fired = true;
 		evtimer_add(o->race_timer, &tv);
 		pool_schedule(o);
@@ -193,12 +193,12 @@ void pool_h3_start(struct pool_origin *o)
 	uint64_t ms = p->m->cfg->h3_timeout_ms;
 	struct timeval tv = ms_to_timeval(ms);
 
-	if (!o->key.h3 || o->h3_attempt || p->nconns >= p->m->cfg->max_connections)
+	if (!o->key->h3 || o->h3_attempt || p->nconns >= p->m->cfg->max_connections)
 		return;
 	TAILQ_FOREACH(pc, &o->conns, o_link)
 	if (pc->uc && pc->uc->proto == PROTO_H3)
 		return; /* one QUIC connection per origin */
-	if (!altsvc_cache_lookup(p->altsvc, o->key.scheme, o->key.host, o->key.port, time(NULL),
+	if (!altsvc_cache_lookup(p->altsvc, o->key->scheme, o->key->host, o->key->port, time(NULL),
 	                         &alt))
 		return;
 	if (!o->race_timer && !(o->race_timer = evtimer_new(p->m->base, race_cb, o)))
@@ -206,14 +206,14 @@ void pool_h3_start(struct pool_origin *o)
 	if (!(pc = pool_conn_alloc(o)))
 		return;
 	struct h3_params hp = {
-	    .host = alt.host[0] ? alt.host : o->key.host,
+	    .host = alt.host[0] ? alt.host : o->key->host,
 	    .port = alt.port,
-	    .sni = o->key.sni,
-	    .authority = o->key.id,
-	    .ca_file = o->key.ca_file[0] ? o->key.ca_file : NULL,
-	    .verify = o->key.verify,
-	    .session_key = o->key.id,
-	    .early_data = o->key.early_data,
+	    .sni = o->key->sni,
+	    .authority = o->key->id,
+	    .ca_file = o->key->ca_file[0] ? o->key->ca_file : NULL,
+	    .verify = o->key->verify,
+	    .session_key = o->key->id,
+	    .early_data = o->key->early_data,
 	    /* what the pool would wait before giving QUIC up (race_cb) */
 	    .early_timeout_ms = p->m->cfg->h3_timeout_ms * H3_GIVE_UP,
 	};
@@ -224,7 +224,7 @@ void pool_h3_start(struct pool_origin *o)
 		pool_conn_release(pc);
 		return;
 	}
-	log_debug("pool: trying HTTP/3 for %s at %s:%u", o->key.id, hp.host, hp.port);
+	log_debug("pool: trying HTTP/3 for %s at %s:%u", o->key->id, hp.host, hp.port);
 	pool_conn_add(o, pc);
 	o->h3_attempt = pc;
 	o->race_fired = false;

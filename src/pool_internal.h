@@ -23,6 +23,7 @@
 
 #define POOL_BUCKETS 256
 #define POOL_MISDIRECTED 256 /* (connection, name) pairs never coalesced again */
+#define POOL_HOSTS_MAX 512   /* pool_conn.hosts, with its NUL */
 
 struct pool_origin;
 
@@ -46,10 +47,11 @@ struct pool_conn {
 	bool warm;                    /* kept open past idle_timeout (pool_warm.c) */
 	bool background;              /* opened by keep-warm, not for a request */
 	/* coalescing (pool_coalesce.c): the peer's address and leaf certificate
-	 * (NULL: not shareable with other names), the names served */
+	 * (NULL: not shareable with other names), the names served (space-
+	 * separated, at most POOL_HOSTS_MAX bytes; NULL: only its origin's) */
 	struct sockaddr_storage peer;
-	gnutls_x509_crt_t cert;
-	char hosts[512];
+	struct pool_cert *cert;
+	char *hosts;
 };
 
 struct pool_wait {
@@ -70,8 +72,8 @@ TAILQ_HEAD(pool_wait_list, pool_wait);
 
 struct pool_origin {
 	struct pool *pool;
-	struct pool_key key;
-	struct pool_origin *next; /* hash chain */
+	struct pool_key_packed *key; /* owned */
+	struct pool_origin *next;    /* hash chain */
 	struct pool_conn_list conns;
 	struct pool_wait_list waiters;
 	unsigned nconns; /* including connecting */

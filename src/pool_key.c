@@ -191,14 +191,140 @@ bool pool_key_equal(const struct pool_key *a, const struct pool_key *b)
 	return strcmp(a->id, b->id) == 0;
 }
 
-unsigned pool_key_hash(const struct pool_key *key)
+static unsigned id_hash(const char *s)
 {
-	const char *s = key->id;
 	unsigned h = 2166136261u;
 
 	while (*s)
 		h = (h ^ (unsigned char)*s++) * 16777619u;
 	return h;
+}
+
+unsigned pool_key_hash(const struct pool_key *key)
+{
+	return id_hash(key->id);
+}
+
+bool pool_key_packed_equal(const struct pool_key_packed *packed, const struct pool_key *key)
+{
+	return strcmp(packed->id, key->id) == 0;
+}
+
+unsigned pool_key_packed_hash(const struct pool_key_packed *packed)
+{
+	return id_hash(packed->id);
+}
+
+/* Packing: the header, the hops, then the strings end to end. A walk over
+ * the key's strings in one order serves both to size and to fill. */
+struct packer {
+	char *at; /* NULL: only counting */
+	size_t size;
+};
+
+static const char *put(struct packer *pk, const char *s)
+{
+	size_t n = strlen(s) + 1;
+	const char *out = pk->at;
+
+	if (pk->at) {
+		memcpy(pk->at, s, n);
+		pk->at += n;
+	}
+	pk->size += n;
+	return out;
+}
+
+static void put_hop(struct packer *pk, const struct pool_hop *h, struct pool_packed_hop *out)
+{
+	out->kind = h->kind;
+	out->port = h->port;
+	out->auth = h->auth;
+	out->host = put(pk, h->host);
+	out->user = put(pk, h->user);
+	out->pass = put(pk, h->pass);
+}
+
+static void put_key(struct packer *pk, const struct pool_key *key, struct pool_key_packed *out,
+                    struct pool_packed_hop *hops)
+{
+	out->scheme = put(pk, key->scheme);
+	out->host = put(pk, key->host);
+	out->sni = put(pk, key->sni);
+	out->ca_file = put(pk, key->ca_file);
+	out->client_cert = put(pk, key->client_cert);
+	out->client_key = put(pk, key->client_key);
+	out->proxy_ca_file = put(pk, key->proxy_ca_file);
+	out->proxy_ca_file_id = put(pk, key->proxy_ca_file_id);
+	out->alpn = put(pk, key->alpn);
+	out->id = put(pk, key->id);
+	for (size_t i = 0; i < key->nhops; i++)
+		put_hop(pk, &key->hops[i], &hops[i]);
+}
+
+struct pool_key_packed *pool_key_pack(const struct pool_key *key)
+{
+	struct pool_key_packed tmp, *out;
+	struct pool_packed_hop tmp_hops[sizeof(key->hops) / sizeof(key->hops[0])], *hops;
+	struct packer pk = {NULL, 0};
+	size_t head = sizeof(*out) + key->nhops * sizeof(*hops);
+	char *mem;
+
+	put_key(&pk, key, &tmp, tmp_hops);
+	if (!(mem = malloc(head + pk.size)))
+		return NULL;
+	out = (struct pool_key_packed *)mem;
+	hops = (struct pool_packed_hop *)(mem + sizeof(*out));
+	*out = (struct pool_key_packed){
+	    .port = key->port,
+	    .tls = key->tls,
+	    .verify = key->verify,
+	    .h3 = key->h3,
+	    .early_data = key->early_data,
+	    .hops = hops,
+	    .nhops = key->nhops,
+	    .deny_loopback = key->deny_loopback,
+	    .forward = key->forward,
+	    .warm_ok = key->warm_ok,
+	};
+	pk = (struct packer){mem + head, 0};
+	put_key(&pk, key, out, hops);
+	return out;
+}
+
+void pool_key_unpack(const struct pool_key_packed *pk, struct pool_key *key)
+{
+	/* the packed strings came from these fields: they fit */
+	memset(key, 0, sizeof(*key));
+	copy(key->scheme, sizeof(key->scheme), pk->scheme);
+	copy(key->host, sizeof(key->host), pk->host);
+	copy(key->sni, sizeof(key->sni), pk->sni);
+	key->port = pk->port;
+	key->tls = pk->tls;
+	key->verify = pk->verify;
+	key->h3 = pk->h3;
+	key->early_data = pk->early_data;
+	copy(key->ca_file, sizeof(key->ca_file), pk->ca_file);
+	copy(key->client_cert, sizeof(key->client_cert), pk->client_cert);
+	copy(key->client_key, sizeof(key->client_key), pk->client_key);
+	for (size_t i = 0; i < pk->nhops; i++) {
+		const struct pool_packed_hop *h = &pk->hops[i];
+		struct pool_hop *k = &key->hops[i];
+		k->kind = h->kind;
+		copy(k->host, sizeof(k->host), h->host);
+		k->port = h->port;
+		copy(k->user, sizeof(k->user), h->user);
+		copy(k->pass, sizeof(k->pass), h->pass);
+		k->auth = h->auth;
+	}
+	key->nhops = pk->nhops;
+	copy(key->proxy_ca_file, sizeof(key->proxy_ca_file), pk->proxy_ca_file);
+	copy(key->proxy_ca_file_id, sizeof(key->proxy_ca_file_id), pk->proxy_ca_file_id);
+	key->deny_loopback = pk->deny_loopback;
+	key->forward = pk->forward;
+	copy(key->alpn, sizeof(key->alpn), pk->alpn);
+	key->warm_ok = pk->warm_ok;
+	copy(key->id, sizeof(key->id), pk->id);
 }
 
 void pool_key_chain(const struct pool_key *key, struct chain_hop *hops, struct chain_spec *sp,

@@ -53,6 +53,38 @@ struct pool_key {
 	char id[2048]; /* canonical form of all of the above */
 };
 
+/* A pool_key as kept for long (per pool origin, per client tunnel): the same
+ * fields, every string at its exact length ("" when unset) in the one
+ * allocation pool_key_pack makes — a few hundred bytes instead of
+ * sizeof(struct pool_key). free() frees it. Read-only once made. */
+struct pool_key_packed {
+	const char *scheme, *host, *sni;
+	uint16_t port;
+	bool tls, verify, h3, early_data;
+	const char *ca_file, *client_cert, *client_key;
+	const struct pool_packed_hop {
+		int kind;
+		const char *host;
+		uint16_t port;
+		const char *user, *pass;
+		bool auth;
+	} * hops;
+	size_t nhops;
+	const char *proxy_ca_file, *proxy_ca_file_id;
+	bool deny_loopback, forward;
+	const char *alpn;
+	bool warm_ok;
+	const char *id;
+};
+/* A packed copy of key; NULL when out of memory. */
+struct pool_key_packed *pool_key_pack(const struct pool_key *key);
+/* The full key again (where a connection is built from it). */
+void pool_key_unpack(const struct pool_key_packed *packed, struct pool_key *key);
+/* Equality and hash as for pool_key (by id): equal keys hash alike whatever
+ * their form. */
+bool pool_key_packed_equal(const struct pool_key_packed *packed, const struct pool_key *key);
+unsigned pool_key_packed_hash(const struct pool_key_packed *packed);
+
 struct route;
 /* Fails (false) only when a field does not fit. Files are named by the
  * identities the route took at config load; credentials by pool_cred_id.

@@ -33,7 +33,7 @@ struct pool_tunnel {
 	bool counted;                  /* has a slot (in tunnels) */
 	bool up;                       /* the chain is connected */
 	enum proto proto;              /* PROTO_TUNNEL, or PROTO_H1: a dedicated connection */
-	struct pool_key key;           /* the path ("tunnel" key) */
+	struct pool_key_packed *key;   /* the path ("tunnel" key); owned */
 	struct transport *chain;       /* once it has a slot */
 	struct event *budget_timer;    /* armed once blocked on the budget: then 503 */
 	struct event *fail_ev;         /* reports that the chain could not be made */
@@ -279,6 +279,7 @@ static void tun_close(struct transport *t)
 		event_free(pt->budget_timer);
 	if (pt->fail_ev)
 		event_free(pt->fail_ev);
+	free(pt->key);
 	free(pt);
 }
 
@@ -314,7 +315,7 @@ static void tun_event(void *ctx, enum transport_event ev, enum muxd_err err, con
 		pt->pool->m->metrics.upstream_opened[pt->proto]++;
 		log_debug("pool: new %s %s",
 		          pt->proto == PROTO_TUNNEL ? "tunnel" : "dedicated connection",
-		          pt->key.id);
+		          pt->key->id);
 	}
 	pt->base.cbs.on_event(pt->base.ctx, ev, err, reason); /* may close pt */
 }
@@ -364,7 +365,7 @@ static void tunnel_dispatch(struct pool *p)
 				if (pt->budget_timer)
 					continue;
 				log_debug("pool: %s waits for a connection slot (max_connections)",
-				          pt->key.id);
+				          pt->key->id);
 				snprintf(pt->why, sizeof(pt->why),
 				         "upstream connection limit reached; waited %s", d);
 				pt->budget_timer = evtimer_new(p->m->base, tun_budget_cb, pt);
@@ -384,7 +385,9 @@ static void tunnel_dispatch(struct pool *p)
 		}
 		struct chain_hop hops[CONFIG_MAX_HOPS];
 		struct chain_spec spec;
-		pool_key_chain(&pt->key, hops, &spec, p->m->cfg->connect_timeout_ms);
+		struct pool_key key; /* chain_connect copies what it keeps */
+		pool_key_unpack(pt->key, &key);
+		pool_key_chain(&key, hops, &spec, p->m->cfg->connect_timeout_ms);
 		spec.shared_hop = pool_shared_hop(p);
 		pt->chain = chain_connect(&p->m->env->transport, &spec, &cbs, pt);
 		if (!pt->chain)
@@ -406,6 +409,7 @@ static struct transport *open_tunnel(struct pool *p, enum proto proto, const str
                                      const struct transport_cbs *cbs, void *ctx)
 {
 	struct pool_tunnel *pt = calloc(1, sizeof(*pt));
+	struct pool_key k;
 
 	if (!pt)
 		return NULL;
@@ -413,12 +417,14 @@ static struct transport *open_tunnel(struct pool *p, enum proto proto, const str
 	transport_set_cbs(&pt->base, cbs, ctx);
 	pt->pool = p;
 	pt->proto = proto;
-	if (key)
-		pt->key = *key;
+	if (!key && pool_key_init(&k, p->m, "tunnel", host, port, route))
+		key = &k;
+	pt->key = key ? pool_key_pack(key) : NULL;
 	pt->fail_ev = event_new(p->m->base, -1, 0, tun_fail_cb, pt);
-	if (!pt->fail_ev || (!key && !pool_key_init(&pt->key, p->m, "tunnel", host, port, route))) {
+	if (!pt->fail_ev || !pt->key) {
 		if (pt->fail_ev)
 			event_free(pt->fail_ev);
+		free(pt->key);
 		free(pt);
 		return NULL;
 	}

@@ -77,7 +77,7 @@ double pool_rate_hit(double rate, double elapsed_s)
 	return pool_rate_decay(rate, elapsed_s) + 60.0 / WARM_TAU_S;
 }
 
-bool pool_warm_eligible(const struct config *cfg, const struct pool_key *key, double rate,
+bool pool_warm_eligible(const struct config *cfg, const struct pool_key_packed *key, double rate,
                         unsigned nwarm)
 {
 	return cfg->keep_warm && key->warm_ok && strcmp(key->scheme, "tunnel") != 0 &&
@@ -121,7 +121,7 @@ static bool hot(const struct pool_origin *o)
 	const struct pool *p = o->pool;
 	unsigned others = p->nwarm - (o->warm ? 1 : 0);
 
-	return !p->m->draining && pool_warm_eligible(p->m->cfg, &o->key, pool_warm_rate(o), others);
+	return !p->m->draining && pool_warm_eligible(p->m->cfg, o->key, pool_warm_rate(o), others);
 }
 
 static void mark(struct pool_conn *pc)
@@ -152,7 +152,7 @@ void pool_warm_idle(struct pool_conn *pc)
 		return;
 	mark(pc);
 	log_debug("pool: keeping a %s connection to %s warm (%.1f requests/min)",
-	          proto_name(pc->uc->proto), o->key.id, pool_warm_rate(o));
+	          proto_name(pc->uc->proto), o->key->id, pool_warm_rate(o));
 }
 
 bool pool_warm_keep(struct pool_conn *pc)
@@ -161,14 +161,14 @@ bool pool_warm_keep(struct pool_conn *pc)
 
 	if (pc->retired || !pc->uc || (o->warm && o->warm != pc) || !hot(o)) {
 		if (pc->warm)
-			log_debug("pool: %s cooled down: its warm connection closes", o->key.id);
+			log_debug("pool: %s cooled down: its warm connection closes", o->key->id);
 		pool_warm_forget(pc);
 		return false;
 	}
 	if (!pc->warm) {
 		mark(pc);
 		log_debug("pool: keeping a %s connection to %s warm (%.1f requests/min)",
-		          proto_name(pc->uc->proto), o->key.id, pool_warm_rate(o));
+		          proto_name(pc->uc->proto), o->key->id, pool_warm_rate(o));
 	}
 	return true;
 }
@@ -189,7 +189,7 @@ static void reopen_cb(evutil_socket_t fd, short what, void *arg)
 			pc->background = true;
 			mark(pc);
 			log_debug("pool: re-opening a warm connection to %s in the background",
-			          o->key.id);
+			          o->key->id);
 		}
 	}
 	pool_origin_maybe_free(o);
@@ -238,7 +238,7 @@ void pool_warm_setup_failed(struct pool_conn *pc, const char *why)
 	if (!pc->background)
 		return;
 	log_debug(
-	    "pool: background connection to %s failed: %s (next try in %llu ms)", o->key.id, why,
+	    "pool: background connection to %s failed: %s (next try in %llu ms)", o->key->id, why,
 	    (unsigned long long)(o->warm_backoff_ms ? o->warm_backoff_ms : WARM_BACKOFF_MIN_MS));
 	pool_warm_forget(pc);
 	if (o->warm_backoff_ms == 0)

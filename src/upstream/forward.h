@@ -17,17 +17,19 @@
 
 struct upstream_forward;
 
+/* Allocated only when forwarding: every pooled HTTP/1.1 and HTTP/2
+ * connection has one, most of them off. */
 struct fwd_mode {
-	bool on;                    /* forwarding to a parent */
-	bool has_auth;              /* auth holds the Proxy-Authorization value */
-	char auth[HTTP1_BASIC_MAX]; /* "Basic ..." */
-	char name[300];             /* the parent, host:port ([v6]:port) */
+	bool on;       /* forwarding to a parent */
+	bool has_auth; /* auth holds the Proxy-Authorization value */
+	char *auth;    /* "Basic ..." (owned; NULL without has_auth) */
+	char *name;    /* the parent, host:port ([v6]:port) (owned; NULL when off) */
 };
 
 /* Sets m from f (NULL: not forwarding); false when the credentials do not
- * fit (then m is off). */
+ * fit or memory runs out (then m is off). */
 bool fwd_mode_init(struct fwd_mode *m, const struct upstream_forward *f);
-/* Forgets the credentials. */
+/* Forgets the credentials; frees what m holds (m is off then). */
 void fwd_mode_clear(struct fwd_mode *m);
 /* The error reason for the parent's 407 ("proxy h:p: proxy authentication
  * required ..."): the parent wants credentials, which are muxd's

@@ -67,6 +67,7 @@
 #include "log.h"
 #include "transport/transport.h"
 #include "upstream/fields.h"
+#include "upstream/h2_mem.h"
 #include "upstream/mux.h"
 #include "upstream/upstream.h"
 
@@ -1007,7 +1008,7 @@ static bool session_new(struct h2_conn *c)
 	nghttp2_option_set_max_outbound_ack(opt, H2_MAX_OUTBOUND_ACK);
 	nghttp2_option_set_max_settings(opt, 32);
 	nghttp2_option_set_max_continuations(opt, 8);
-	rv = nghttp2_session_client_new2(&c->session, cb, c, opt);
+	rv = nghttp2_session_client_new3(&c->session, cb, c, opt, h2_mem()); /* h2_mem.h */
 	nghttp2_session_callbacks_del(cb);
 	nghttp2_option_del(opt);
 	if (rv != 0) {

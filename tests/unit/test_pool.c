@@ -387,6 +387,96 @@ START_TEST(tunnel_key_chain)
 }
 END_TEST
 
+/* s filled with n copies of c (and its NUL) */
+static void fill(char *s, size_t n, char c)
+{
+	memset(s, c, n);
+	s[n] = '\0';
+}
+
+/* pk unpacks to exactly key, is equal to it, hashes like it, is not equal
+ * to other. */
+static void check_packed(const struct pool_key *key, const struct pool_key *other)
+{
+	struct pool_key_packed *pk = pool_key_pack(key);
+	static struct pool_key back; /* 8 KiB: not on Check's stack */
+
+	ck_assert_ptr_nonnull(pk);
+	memset(&back, 0x5a, sizeof(back));
+	pool_key_unpack(pk, &back);
+	ck_assert_str_eq(back.id, key->id);
+	ck_assert(memcmp(&back, key, sizeof(back)) == 0);
+	ck_assert_str_eq(pk->id, key->id);
+	ck_assert_str_eq(pk->host, key->host);
+	ck_assert_uint_eq(pk->nhops, key->nhops);
+	for (size_t i = 0; i < key->nhops; i++) {
+		ck_assert_str_eq(pk->hops[i].host, key->hops[i].host);
+		ck_assert_str_eq(pk->hops[i].pass, key->hops[i].pass);
+	}
+	ck_assert(pool_key_packed_equal(pk, key));
+	ck_assert(!pool_key_packed_equal(pk, other));
+	ck_assert_uint_eq(pool_key_packed_hash(pk), pool_key_hash(key));
+	free(pk);
+}
+
+/* The pool's packed keys (one per origin, exact-length strings): the same
+ * key after a round trip, equal and hashed by id; with every string at its
+ * longest, and with hops that carry credentials. */
+START_TEST(key_packed_round_trip)
+{
+	struct config_hop hops[2] = {
+	    {.kind = HOP_HTTPS, .host = "proxy.example", .port = 3128, .user = "u", .pass = "p"},
+	    {.kind = HOP_SOCKS5H, .host = "socks.example", .port = 1080},
+	};
+	struct route r = {.verify = true, .h2 = true, .h3 = true};
+	static struct pool_key a, b, big;
+
+	ck_assert(pool_key_init(&a, &m, "https", "example.com", 443, &r));
+	ck_assert(pool_key_init(&b, &m, "https", "example.com", 8443, &r));
+	check_packed(&a, &b);
+	ck_assert(pool_key_init(&a, &m, "http", "127.0.0.1", 80, &r));
+	check_packed(&a, &b);
+	r.hops = hops;
+	r.nhops = 2;
+	r.proxy_ca_file = "/etc/proxy-ca.pem";
+	r.proxy_ca_file_id = "proxy-ca-id";
+	ck_assert(pool_key_init_sni(&a, &m, "https", "2001:db8::1", 443, "v6.example", &r));
+	check_packed(&a, &b);
+	ck_assert(pool_key_init(&a, &m, "tunnel", "origin.example", 8080, &r));
+	check_packed(&a, &b);
+
+	/* every string one short of its buffer, four hops with credentials */
+	memset(&big, 0, sizeof(big));
+	fill(big.scheme, sizeof(big.scheme) - 1, 's');
+	fill(big.host, sizeof(big.host) - 1, 'h');
+	fill(big.sni, sizeof(big.sni) - 1, 'n');
+	fill(big.ca_file, sizeof(big.ca_file) - 1, 'c');
+	fill(big.client_cert, sizeof(big.client_cert) - 1, 'e');
+	fill(big.client_key, sizeof(big.client_key) - 1, 'k');
+	fill(big.proxy_ca_file, sizeof(big.proxy_ca_file) - 1, 'p');
+	fill(big.proxy_ca_file_id, sizeof(big.proxy_ca_file_id) - 1, 'q');
+	fill(big.alpn, sizeof(big.alpn) - 1, 'a');
+	fill(big.id, sizeof(big.id) - 1, 'i');
+	big.nhops = sizeof(big.hops) / sizeof(big.hops[0]);
+	for (size_t i = 0; i < big.nhops; i++) {
+		big.hops[i].kind = (int)(i % 4);
+		fill(big.hops[i].host, sizeof(big.hops[i].host) - 1, (char)('0' + i));
+		big.hops[i].port = (uint16_t)(65535 - i);
+		fill(big.hops[i].user, sizeof(big.hops[i].user) - 1, 'u');
+		fill(big.hops[i].pass, sizeof(big.hops[i].pass) - 1, 'w');
+		big.hops[i].auth = true;
+	}
+	big.port = 65535;
+	big.tls = big.verify = big.h3 = big.early_data = true;
+	big.deny_loopback = big.forward = big.warm_ok = true;
+	check_packed(&big, &b);
+	/* ids that differ only in their last byte */
+	b = big;
+	b.id[sizeof(b.id) - 2] = 'j';
+	check_packed(&big, &b);
+}
+END_TEST
+
 /* ---- matchmaking ---- */
 
 START_TEST(idle_h1_reused)
@@ -829,6 +919,30 @@ START_TEST(warm_rate_decay)
 }
 END_TEST
 
+/* The pool keeps its keys packed (pool_key_pack): the checks below on full keys. */
+static bool warm_eligible(const struct pool_key *key, double rate, unsigned nwarm)
+{
+	struct pool_key_packed *pk = pool_key_pack(key);
+	bool yes;
+
+	ck_assert_ptr_nonnull(pk);
+	yes = pool_warm_eligible(m.cfg, pk, rate, nwarm);
+	free(pk);
+	return yes;
+}
+
+static bool coalescable(const struct pool_key *conn, const struct pool_key *req)
+{
+	struct pool_key_packed *a = pool_key_pack(conn), *b = pool_key_pack(req);
+	bool yes;
+
+	ck_assert(a && b);
+	yes = pool_key_coalescable(a, b);
+	free(a);
+	free(b);
+	return yes;
+}
+
 START_TEST(warm_selection)
 {
 	struct route r = {.verify = true, .h2 = true};
@@ -842,20 +956,20 @@ START_TEST(warm_selection)
 	m.cfg->keep_warm_min_rate = 2;
 	m.cfg->keep_warm_max = 3;
 	/* hot enough, room left */
-	ck_assert(pool_warm_eligible(m.cfg, &k, 2.0, 0));
-	ck_assert(pool_warm_eligible(m.cfg, &k, 5.0, 2));
+	ck_assert(warm_eligible(&k, 2.0, 0));
+	ck_assert(warm_eligible(&k, 5.0, 2));
 	/* too cold; keep_warm_max reached */
-	ck_assert(!pool_warm_eligible(m.cfg, &k, 1.99, 0));
-	ck_assert(!pool_warm_eligible(m.cfg, &k, 5.0, 3));
+	ck_assert(!warm_eligible(&k, 1.99, 0));
+	ck_assert(!warm_eligible(&k, 5.0, 3));
 	/* never with verify = off, never for tunnels */
-	ck_assert(!pool_warm_eligible(m.cfg, &off, 100, 0));
-	ck_assert(!pool_warm_eligible(m.cfg, &tunnel, 100, 0));
+	ck_assert(!warm_eligible(&off, 100, 0));
+	ck_assert(!warm_eligible(&tunnel, 100, 0));
 	/* keep_warm = off; keep_warm_max = 0 */
 	m.cfg->keep_warm = false;
-	ck_assert(!pool_warm_eligible(m.cfg, &k, 100, 0));
+	ck_assert(!warm_eligible(&k, 100, 0));
 	m.cfg->keep_warm = true;
 	m.cfg->keep_warm_max = 0;
-	ck_assert(!pool_warm_eligible(m.cfg, &k, 100, 0));
+	ck_assert(!warm_eligible(&k, 100, 0));
 	/* the liveness interval: idle_timeout / 2, 30 s at most */
 	m.cfg->idle_timeout_ms = 90000;
 	ck_assert_uint_eq(pool_warm_interval(m.cfg), 30000);
@@ -956,40 +1070,40 @@ START_TEST(coalesce_keys)
 	ck_assert(pool_key_init(&a, &m, "https", "a.example", 443, &r));
 	ck_assert(pool_key_init(&b, &m, "https", "b.example", 443, &r));
 	/* the same but for the host: yes, both ways; not a key with itself */
-	ck_assert(pool_key_coalescable(&a, &b));
-	ck_assert(pool_key_coalescable(&b, &a));
-	ck_assert(!pool_key_coalescable(&a, &a));
+	ck_assert(coalescable(&a, &b));
+	ck_assert(coalescable(&b, &a));
+	ck_assert(!coalescable(&a, &a));
 	/* another port, plain http, verification off, no h2, other trust
 	 * anchors, through a parent: no */
 	ck_assert(pool_key_init(&x, &m, "https", "b.example", 8443, &r));
-	ck_assert(!pool_key_coalescable(&a, &x));
+	ck_assert(!coalescable(&a, &x));
 	ck_assert(pool_key_init(&x, &m, "http", "b.example", 443, &r));
-	ck_assert(!pool_key_coalescable(&a, &x));
+	ck_assert(!coalescable(&a, &x));
 	r.verify = false;
 	ck_assert(pool_key_init(&x, &m, "https", "b.example", 443, &r));
-	ck_assert(!pool_key_coalescable(&a, &x));
+	ck_assert(!coalescable(&a, &x));
 	r.verify = true;
 	r.h2 = false;
 	ck_assert(pool_key_init(&x, &m, "https", "b.example", 443, &r));
-	ck_assert(!pool_key_coalescable(&a, &x));
+	ck_assert(!coalescable(&a, &x));
 	r.h2 = true;
 	r.ca_file = "/nonexistent/ca.pem";
 	r.ca_file_id = "ca-id-1";
 	ck_assert(pool_key_init(&x, &m, "https", "b.example", 443, &r));
-	ck_assert(!pool_key_coalescable(&a, &x));
+	ck_assert(!coalescable(&a, &x));
 	r.ca_file = NULL;
 	r.ca_file_id = NULL;
 	r.hops = &hop;
 	r.nhops = 1;
 	ck_assert(pool_key_init(&x, &m, "https", "b.example", 443, &r));
 	ck_assert(pool_key_init(&a, &m, "https", "a.example", 443, &r));
-	ck_assert(!pool_key_coalescable(&a, &x)); /* equal chains, but not direct */
+	ck_assert(!coalescable(&a, &x)); /* equal chains, but not direct */
 	/* a key named by another SNI than its host (an address) does not share */
 	r.hops = NULL;
 	r.nhops = 0;
 	ck_assert(pool_key_init(&a, &m, "https", "a.example", 443, &r));
 	ck_assert(pool_key_init_sni(&x, &m, "https", "192.0.2.1", 443, "b.example", &r));
-	ck_assert(!pool_key_coalescable(&a, &x));
+	ck_assert(!coalescable(&a, &x));
 }
 END_TEST
 
@@ -1012,11 +1126,20 @@ static gnutls_datum_t make_cert(const char *const *names, size_t n)
 	ck_assert_int_ge(gnutls_x509_crt_set_activation_time(crt, now - 60), 0);
 	ck_assert_int_ge(gnutls_x509_crt_set_expiration_time(crt, now + 3600), 0);
 	ck_assert_int_ge(gnutls_x509_crt_set_key(crt, key), 0);
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ip[16];
+		if (strncmp(names[i], "ip:", 3) == 0) { /* an IPv4 address SAN */
+			ck_assert_int_eq(inet_pton(AF_INET, names[i] + 3, ip), 1);
+			ck_assert_int_ge(gnutls_x509_crt_set_subject_alt_name(
+			                     crt, GNUTLS_SAN_IPADDRESS, ip, 4, GNUTLS_FSAN_APPEND),
+			                 0);
+			continue;
+		}
 		ck_assert_int_ge(gnutls_x509_crt_set_subject_alt_name(crt, GNUTLS_SAN_DNSNAME,
 		                                                      names[i], strlen(names[i]),
 		                                                      GNUTLS_FSAN_APPEND),
 		                 0);
+	}
 	ck_assert_int_ge(gnutls_x509_crt_sign2(crt, crt, key, GNUTLS_DIG_SHA256, 0), 0);
 	ck_assert_int_ge(gnutls_x509_crt_export2(crt, GNUTLS_X509_FMT_DER, &der), 0);
 	gnutls_x509_crt_deinit(crt);
@@ -1058,6 +1181,42 @@ START_TEST(coalesce_cert_and_address)
 }
 END_TEST
 
+/* The compact certificate the pool keeps per connection (pool_cert_new):
+ * covers exactly what the full certificate covers. */
+START_TEST(coalesce_cert_compact)
+{
+	static const char *const names[] = {"a.example", "B.Example", "*.wild.example",
+	                                    "ip:192.0.2.7"};
+	static const char *const hosts[] = {
+	    "a.example", "b.example",       "x.wild.example", "wild.example", "a.b.wild.example",
+	    "c.example", "xa.example",      "192.0.2.7",      "192.0.2.8",    "example",
+	    "A.EXAMPLE", "x.wild.example.", ".wild.example",  "b.example.com"};
+	gnutls_datum_t der = make_cert(names, 4);
+	struct pool_cert *c = pool_cert_new(der.data, der.size);
+
+	ck_assert_ptr_nonnull(c);
+	for (size_t i = 0; i < sizeof(hosts) / sizeof(hosts[0]); i++)
+		ck_assert_msg(pool_cert_serves(c, hosts[i]) ==
+		                  pool_cert_covers(der.data, der.size, hosts[i]),
+		              "%s", hosts[i]);
+	ck_assert(pool_cert_serves(c, "a.example"));
+	ck_assert(pool_cert_serves(c, "x.wild.example"));
+	ck_assert(pool_cert_serves(c, "192.0.2.7"));
+	ck_assert(!pool_cert_serves(c, "c.example"));
+	pool_cert_free(c);
+	ck_assert_ptr_null(pool_cert_new(der.data, 10)); /* not a certificate */
+	ck_assert_ptr_null(pool_cert_new(NULL, 0));
+	gnutls_free(der.data);
+	c = pool_cert_new(NULL, 0);
+	pool_cert_free(c);        /* NULL: nothing */
+	der = make_cert(NULL, 0); /* no names at all */
+	ck_assert_ptr_nonnull(c = pool_cert_new(der.data, der.size));
+	ck_assert(!pool_cert_serves(c, "a.example"));
+	pool_cert_free(c);
+	gnutls_free(der.data);
+}
+END_TEST
+
 static Suite *pool_suite(void)
 {
 	Suite *s = suite_create("pool");
@@ -1067,6 +1226,7 @@ static Suite *pool_suite(void)
 	tcase_set_timeout(t, 30);
 	tcase_add_test(t, key_equality);
 	tcase_add_test(t, tunnel_key_chain);
+	tcase_add_test(t, key_packed_round_trip);
 	tcase_add_test(t, idle_h1_reused);
 	tcase_add_test(t, tls_handshake_deadline);
 	tcase_add_test(t, connect_via_parent_deadline);
@@ -1085,6 +1245,7 @@ static Suite *pool_suite(void)
 	tcase_add_test(t, warm_selection);
 	tcase_add_test(t, warm_keeps_hot_key);
 	tcase_add_test(t, coalesce_keys);
+	tcase_add_test(t, coalesce_cert_compact);
 	tcase_add_test(t, coalesce_cert_and_address);
 	suite_add_tcase(s, t);
 	return s;
