@@ -50,7 +50,7 @@
  * those bytes consumed, so quic opens the flow-control windows for more at
  * once: an origin could keep muxd busy at line rate while delivering
  * nothing. Such bytes (what nghttp3_conn_read_stream consumed beyond the
- * header fields and DATA frames it delivered, flood_credit) are metered per
+ * response heads and DATA frames it delivered, flood_check) are metered per
  * connection and second against h3_floods[], apart for request streams and
  * for the origin's unidirectional streams; past a limit the connection ends
  * with H3_EXCESSIVE_LOAD (requests with no response byte yet are retried on
@@ -96,13 +96,12 @@ static const struct {
     [UPSTREAM_FLOOD_H3_FRAMES] = {"bytes of empty or unknown frames on request streams", 16384},
     [UPSTREAM_FLOOD_H3_CONTROL] = {"bytes on its control, QPACK or reserved streams", 262144},
 };
-/* What flood_credit() counts as useful for what nghttp3 delivers: a DATA
- * frame's header (at most 9 bytes), a HEADERS frame's header and QPACK
- * prefix, a field's encoding beyond its name and value (never more than
- * these in any encoding). */
+/* What counts as useful of what nghttp3 consumed in one read: the header
+ * of each DATA frame it delivered payload of (at most 9 bytes), and all of
+ * a read in which a response head or trailers were being decoded (their
+ * size is bounded per stream by fields.c: HTTP1_MAX_HEAD, HTTP1_MAX_FIELDS,
+ * UPSTREAM_MAX_INTERIM). */
 #define H3_CREDIT_DATA 16
-#define H3_CREDIT_HEAD 32
-#define H3_CREDIT_FIELD 16
 
 /* Request body bytes; stay put (nghttp3 points at them) until acknowledged. */
 struct h3_block {
@@ -120,6 +119,7 @@ struct h3_stream {
 	bool early;                     /* replay-safe: may be submitted as 0-RTT */
 	bool cancel_pending;            /* reset the stream from the kick */
 	bool resume;                    /* more request body for nghttp3 */
+	bool in_head;                   /* a response head or trailers are being decoded */
 	struct sbuf req;                /* the request head: name\0value\0... */
 	size_t nreq;                    /* fields in req */
 	struct h3_block *blocks, *last; /* request body, oldest first */
@@ -142,8 +142,10 @@ struct h3_conn {
 	bool early_failed; /* set-up failed after streams were taken with 0-RTT */
 	bool setup_failed; /* tell on_failed from the kick */
 	int64_t goaway_id; /* the lowest GOAWAY id so far (mc.goaway) */
-	/* floods: useful bytes delivered during the current read, the meter */
+	/* floods: useful bytes delivered during the current read (head: a
+	 * head was being decoded), the meter */
 	uint64_t work;
+	bool head;
 	struct flood_meter flood;
 	const char *flooded; /* what ended the connection as a flood */
 };
@@ -319,7 +321,9 @@ static int h3_begin_headers_cb(nghttp3_conn *h, int64_t id, void *ud, void *sud)
 
 	(void)h;
 	(void)id;
-	c->work += H3_CREDIT_HEAD;
+	c->head = true;
+	if (s)
+		s->in_head = true;
 	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
 	if (!s)
@@ -339,7 +343,7 @@ static int h3_recv_header_cb(nghttp3_conn *h, int64_t id, int32_t token, nghttp3
 	(void)id;
 	(void)token;
 	(void)flags;
-	c->work += n.len + v.len + H3_CREDIT_FIELD;
+	c->head = true;
 	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
 	if (!s || !s->ms.user || s->ms.bad)
@@ -356,6 +360,9 @@ static int h3_end_headers_cb(nghttp3_conn *h, int64_t id, int fin, void *ud, voi
 
 	(void)h;
 	(void)id;
+	c->head = true;
+	if (s)
+		s->in_head = false;
 	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
 	if (!s || !s->ms.user)
@@ -377,6 +384,9 @@ static int h3_end_trailers_cb(nghttp3_conn *h, int64_t id, int fin, void *ud, vo
 	(void)h;
 	(void)id;
 	(void)fin;
+	c->head = true;
+	if (s)
+		s->in_head = false;
 	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
 	if (s && s->ms.user && s->ms.bad)
@@ -574,14 +584,17 @@ static void q_closed(void *ctx, enum muxd_err err, const char *reason)
  * waste, metered on the kind of stream id (client-initiated bidirectional:
  * a request; else one of the origin's unidirectional streams). True when
  * it is a flood: the connection is to end with H3_EXCESSIVE_LOAD. */
-static bool flood_check(struct h3_conn *c, int64_t id, uint64_t consumed)
+static bool flood_check(struct h3_conn *c, int64_t id, uint64_t consumed, bool in_head)
 {
 	enum upstream_flood kind =
 	    (id & 0x2) ? UPSTREAM_FLOOD_H3_CONTROL : UPSTREAM_FLOOD_H3_FRAMES;
 	uint64_t waste = consumed > c->work ? consumed - c->work : 0;
 	struct timespec ts;
 
+	if (in_head || c->head)
+		waste = 0; /* a head's bytes: bounded per stream (fields.c) */
 	c->work = 0;
+	c->head = false;
 	if (waste == 0)
 		return false;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -602,10 +615,12 @@ static int64_t q_recv_data(void *ctx, int64_t id, const uint8_t *data, size_t le
                            void *sud)
 {
 	struct h3_conn *c = ctx;
+	struct h3_stream *s = sud;
+	bool in_head = s && s->in_head;
 	nghttp3_ssize n;
 
-	(void)sud;
 	c->work = 0;
+	c->head = false;
 	n = nghttp3_conn_read_stream(c->h3, id, data, len, fin);
 	if (c->mc.freeing)
 		return -1;
@@ -615,7 +630,7 @@ static int64_t q_recv_data(void *ctx, int64_t id, const uint8_t *data, size_t le
 		quic_set_app_error(c->q, nghttp3_err_infer_quic_app_error_code((int)n));
 		return -1;
 	}
-	if (flood_check(c, id, (uint64_t)n))
+	if (flood_check(c, id, (uint64_t)n, in_head))
 		return -1;
 	return n;
 }
