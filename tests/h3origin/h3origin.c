@@ -13,7 +13,8 @@
  *
  *   /sse?first=W     200 text/event-stream: "data: W\n\n" (W: 1 by default)
  *                    at once, then one event per line read on stdin
- *                    ("data: LINE\n\n"); the line "end" ends the stream.
+ *                    ("data: LINE\n\n"); the line "end" ends the stream
+ *                    ("release" is no event: see /held).
  *                    No timing needed.
  *   /status/N        an empty response with status N (204, 304, ...)
  *   /echo            the request body back, after the whole body; with
@@ -24,6 +25,8 @@
  *   /reset           the stream is reset (H3_INTERNAL_ERROR), no response
  *   /noread          no answer, and the request body is never consumed:
  *                    the stream's flow-control window stays closed
+ *   /held            no answer until the line "release" on stdin, then
+ *                    200 "ok" (a request the origin has not processed yet)
  *   /stop            STOP_SENDING (H3_NO_ERROR) on the request stream at
  *                    once, then 200 "ok": the upload is refused, the
  *                    response is complete (RFC 9114 4.1)
@@ -89,7 +92,8 @@ enum mode {
 	M_RESET,
 	M_NOREAD,
 	M_FILE,
-	M_RAW
+	M_RAW,
+	M_HELD
 };
 
 struct conn;
@@ -564,7 +568,8 @@ static void open_unis(struct conn *c)
 		struct stream *s = c->uni_req;
 		c->uni_req = NULL;
 		s->mode = M_OK;
-		snprintf(text, sizeof(text), "%s %ld", blocked ? "blocked" : "opened", c->uni_opened);
+		snprintf(text, sizeof(text), "%s %ld", blocked ? "blocked" : "opened",
+		         c->uni_opened);
 		set_body(s, text);
 		s->eof = true;
 		respond(s, "200", NULL, NULL, true);
@@ -614,6 +619,10 @@ static int on_request(struct stream *s)
 	}
 	if (strncmp(p, "/noread", 7) == 0) {
 		s->mode = M_NOREAD;
+		return 0;
+	}
+	if (strncmp(p, "/held", 5) == 0) {
+		s->mode = M_HELD;
 		return 0;
 	}
 	if (strncmp(p, "/stop", 5) == 0) {
@@ -1161,7 +1170,14 @@ static void on_stdin(evutil_socket_t fd, short what, void *arg)
 	for (char *l = strtok(line, "\n"); l; l = strtok(NULL, "\n")) {
 		for (c = S.conns; c; c = c->next)
 			for (struct stream *s = c->streams; s; s = s->next) {
-				if (s->mode != M_SSE || s->eof)
+				if (s->mode == M_HELD && strcmp(l, "release") == 0) {
+					s->mode = M_OK;
+					set_body(s, "ok");
+					s->eof = true;
+					respond(s, "200", NULL, NULL, true);
+					continue;
+				}
+				if (s->mode != M_SSE || s->eof || strcmp(l, "release") == 0)
 					continue;
 				if (strcmp(l, "end") == 0) {
 					s->eof = true;
