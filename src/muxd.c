@@ -47,12 +47,13 @@ const char *bypass_reason_name(enum bypass_reason r)
 
 const char *upstream_flood_proto(enum upstream_flood k)
 {
-	return k < UPSTREAM_FLOOD_COUNT ? "h3" : "?";
+	return k >= UPSTREAM_FLOOD_COUNT ? "?" : k >= UPSTREAM_FLOOD_H2_PING ? "h2" : "h3";
 }
 
 const char *upstream_flood_kind(enum upstream_flood k)
 {
-	static const char *const names[] = {"frames", "control"};
+	static const char *const names[] = {"frames",     "control",       "ping",       "settings",
+	                                    "rst_stream", "window_update", "empty_data", "other"};
 	return k < UPSTREAM_FLOOD_COUNT ? names[k] : "?";
 }
 

@@ -54,10 +54,16 @@ enum client_h2_flood {
 };
 
 /* Why an upstream connection was ended as a flood: muxd_upstream_flood_total{proto,kind}
- * (upstream/h3.c; upstream_flood_proto and upstream_flood_kind name them). */
+ * (upstream/h3.c, upstream/h2.c; upstream_flood_proto and upstream_flood_kind name them). */
 enum upstream_flood {
 	UPSTREAM_FLOOD_H3_FRAMES = 0, /* HTTP/3: empty DATA or unknown frames on request streams */
 	UPSTREAM_FLOOD_H3_CONTROL,    /* HTTP/3: the origin's control, QPACK and reserved streams */
+	UPSTREAM_FLOOD_H2_PING,       /* HTTP/2, in the order of h2.c's enum h2_flood: */
+	UPSTREAM_FLOOD_H2_SETTINGS,
+	UPSTREAM_FLOOD_H2_RST,
+	UPSTREAM_FLOOD_H2_WINDOW,
+	UPSTREAM_FLOOD_H2_EMPTY,
+	UPSTREAM_FLOOD_H2_OTHER,
 	UPSTREAM_FLOOD_COUNT
 };
 

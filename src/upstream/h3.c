@@ -92,7 +92,7 @@
 static const struct {
 	const char *what;
 	uint64_t limit;
-} h3_floods[UPSTREAM_FLOOD_COUNT] = {
+} h3_floods[UPSTREAM_FLOOD_H3_CONTROL + 1] = {
     [UPSTREAM_FLOOD_H3_FRAMES] = {"bytes of empty or unknown frames on request streams", 16384},
     [UPSTREAM_FLOOD_H3_CONTROL] = {"bytes on its control, QPACK or reserved streams", 262144},
 };
