@@ -355,6 +355,12 @@ static void visit_metrics(struct muxd *m, const struct metric_visitor *v)
 		v->sample(a, "muxd_client_h2_flood_total", "kind", client_h2_flood_name(k), NULL,
 		          NULL, mt->client_h2_floods[k]);
 
+	v->family(a, "muxd_upstream_flood_total", "counter",
+	          "Upstream connections ended for a flood, by protocol and kind.");
+	for (int k = 0; k < UPSTREAM_FLOOD_COUNT; k++)
+		v->sample(a, "muxd_upstream_flood_total", "proto", upstream_flood_proto(k), "kind",
+		          upstream_flood_kind(k), mt->upstream_floods[k]);
+
 	v->family(a, "muxd_altsvc_entries", "gauge", "Origins with a live HTTP/3 alternative.");
 	v->sample(a, "muxd_altsvc_entries", NULL, NULL, NULL, NULL,
 	          m->pool ? pool_altsvc_count(m->pool) : 0);

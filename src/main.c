@@ -417,6 +417,7 @@ static int run(struct daemon *d)
 	                  .self_arg = m,
 	                  .tls_leaf_issued = &m->metrics.tls_leaf_issued},
 	    .window_granted = &m->window_granted,
+	    .floods = m->metrics.upstream_floods,
 	};
 	m->env = &d->env;
 	if (!m->dns || !m->clients || !m->pool || !m->tls || !persist_sessions(m, m->cfg)) {

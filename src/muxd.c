@@ -46,6 +46,18 @@ const char *bypass_reason_name(enum bypass_reason r)
 	return r < BYPASS_COUNT ? names[r] : "?";
 }
 
+const char *upstream_flood_proto(enum upstream_flood k)
+{
+	return k >= UPSTREAM_FLOOD_COUNT ? "?" : k >= UPSTREAM_FLOOD_H2_PING ? "h2" : "h3";
+}
+
+const char *upstream_flood_kind(enum upstream_flood k)
+{
+	static const char *const names[] = {"frames",     "control",       "ping",       "settings",
+	                                    "rst_stream", "window_update", "empty_data", "other"};
+	return k < UPSTREAM_FLOOD_COUNT ? names[k] : "?";
+}
+
 #define IDLE_TRIM_MS 1000 /* no client for this long: trim the heap */
 
 static void on_idle_trim(evutil_socket_t fd, short what, void *arg)

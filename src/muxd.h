@@ -53,6 +53,20 @@ enum client_h2_flood {
 	CH2_FLOOD_COUNT
 };
 
+/* Why an upstream connection was ended as a flood: muxd_upstream_flood_total{proto,kind}
+ * (upstream/h3.c, upstream/h2.c; upstream_flood_proto and upstream_flood_kind name them). */
+enum upstream_flood {
+	UPSTREAM_FLOOD_H3_FRAMES = 0, /* HTTP/3: empty DATA or unknown frames on request streams */
+	UPSTREAM_FLOOD_H3_CONTROL,    /* HTTP/3: the origin's control, QPACK and reserved streams */
+	UPSTREAM_FLOOD_H2_PING,       /* HTTP/2, in the order of h2.c's enum h2_flood: */
+	UPSTREAM_FLOOD_H2_SETTINGS,
+	UPSTREAM_FLOOD_H2_RST,
+	UPSTREAM_FLOOD_H2_WINDOW,
+	UPSTREAM_FLOOD_H2_EMPTY,
+	UPSTREAM_FLOOD_H2_OTHER,
+	UPSTREAM_FLOOD_COUNT
+};
+
 /* Why an interceptable CONNECT became a raw tunnel (muxd_intercept_bypassed_total). */
 enum bypass_reason {
 	BYPASS_HOST,    /* the host matches an [intercept] bypass pattern */
@@ -78,6 +92,7 @@ struct metrics {
 	uint64_t client_h2_open;
 	uint64_t client_h2_floods[CH2_FLOOD_COUNT];
 	uint64_t intercept_bypassed[BYPASS_COUNT];
+	uint64_t upstream_floods[UPSTREAM_FLOOD_COUNT]; /* upstream connections ended for a flood */
 	uint64_t keep_warm_reconnects; /* warm connections re-opened in the background */
 };
 
@@ -122,6 +137,8 @@ const char *proto_name(enum proto p);
 const char *evict_reason_name(enum evict_reason r);
 const char *client_h2_flood_name(enum client_h2_flood k);
 const char *bypass_reason_name(enum bypass_reason r);
+const char *upstream_flood_proto(enum upstream_flood k);
+const char *upstream_flood_kind(enum upstream_flood k);
 
 /*
  * The instance id: 16 random bytes in STATE_DIR/instance-id (hex), made on

@@ -98,6 +98,8 @@ enum h2_flood {
 	FLOOD_OTHER,
 	FLOODS
 };
+_Static_assert(UPSTREAM_FLOOD_H2_OTHER - UPSTREAM_FLOOD_H2_PING == FLOOD_OTHER,
+               "enum upstream_flood lists the h2 kinds in this order");
 static const struct {
 	const char *name;
 	unsigned limit;
@@ -512,6 +514,8 @@ static int flood_count(struct h2_conn *c, nghttp2_session *session, enum h2_floo
 	log_info("h2: %s sent more than %u %s frames in a second (a flood): closing the connection",
 	         origin(c), h2_floods[kind].limit, h2_floods[kind].name);
 	c->flooded = h2_floods[kind].name;
+	if (c->mc.env.floods) /* muxd_upstream_flood_total{proto="h2"} */
+		c->mc.env.floods[UPSTREAM_FLOOD_H2_PING + kind]++;
 	nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
 	return NGHTTP2_ERR_CALLBACK_FAILURE;
 }

@@ -40,9 +40,24 @@
  *
  * Endings: GOAWAY makes the connection take no new streams; streams at or
  * above its id fail with ERR_UNPROCESSED, the others finish, and then the
- * connection leaves with EVICT_GOAWAY. CONNECTION_CLOSE from the origin, an
- * idle timeout or a fatal error fail the unfinished streams with ERR_CLOSED;
- * the owner hears on_closed (EVICT_DEAD when no stream ran, else EVICT_COUNT).
+ * connection leaves with EVICT_GOAWAY (repeated GOAWAYs that lower nothing
+ * change nothing). CONNECTION_CLOSE from the origin, an idle timeout or a
+ * fatal error fail the unfinished streams with ERR_CLOSED; the owner hears
+ * on_closed (EVICT_DEAD when no stream ran, else EVICT_COUNT).
+ *
+ * Hostile origins: nghttp3 skips what carries nothing (reserved and unknown
+ * frames, empty DATA, reserved stream types, repeated GOAWAYs) and reports
+ * those bytes consumed, so quic opens the flow-control windows for more at
+ * once: an origin could keep muxd busy at line rate while delivering
+ * nothing. Such bytes (what nghttp3_conn_read_stream consumed beyond the
+ * response heads and DATA frames it delivered, flood_check) are metered per
+ * connection and second against h3_floods[], apart for request streams and
+ * for the origin's unidirectional streams; past a limit the connection ends
+ * with H3_EXCESSIVE_LOAD (requests with no response byte yet are retried on
+ * a new one, as for a connection error), logged and counted in
+ * env.floods. ngtcp2 keeps the origin to the 16 unidirectional streams of
+ * quic_params.max_uni_streams (never extended), and resets of request
+ * streams only end those streams.
  */
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -50,18 +65,43 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
 #include "log.h"
 #include "transport/quic.h"
 #include "transport/transport.h"
 #include "upstream/fields.h"
+#include "upstream/flood.h"
 #include "upstream/mux.h"
 #include "upstream/upstream.h"
 
 #define H3_MAX_STREAMS 256           /* streams per connection, whatever the peer allows */
 #define H3_STREAM_WINDOW (64 * 1024) /* per-stream receive window */
 #define H3_BLOCK 16384               /* request body block */
+
+/*
+ * Flood limits: bytes an origin may send per connection in any one second
+ * that deliver nothing (see "Hostile origins" above); one more ends the
+ * connection with H3_EXCESSIVE_LOAD. Request streams: 16 KiB, e.g. 8192
+ * empty DATA frames (an HTTP/3 DATA frame has no END_STREAM flag: an empty
+ * one is never needed). Unidirectional streams: 256 KiB, SETTINGS and
+ * GOAWAY being a few bytes and QPACK encoder instructions bounded by the
+ * 4 KiB dynamic table muxd allows (refilled 64 times a second).
+ */
+static const struct {
+	const char *what;
+	uint64_t limit;
+} h3_floods[UPSTREAM_FLOOD_H3_CONTROL + 1] = {
+    [UPSTREAM_FLOOD_H3_FRAMES] = {"bytes of empty or unknown frames on request streams", 16384},
+    [UPSTREAM_FLOOD_H3_CONTROL] = {"bytes on its control, QPACK or reserved streams", 262144},
+};
+/* What counts as useful of what nghttp3 consumed in one read: the header
+ * of each DATA frame it delivered payload of (at most 9 bytes), and all of
+ * a read in which a response head or trailers were being decoded (their
+ * size is bounded per stream by fields.c: HTTP1_MAX_HEAD, HTTP1_MAX_FIELDS,
+ * UPSTREAM_MAX_INTERIM). */
+#define H3_CREDIT_DATA 16
 
 /* Request body bytes; stay put (nghttp3 points at them) until acknowledged. */
 struct h3_block {
@@ -79,6 +119,7 @@ struct h3_stream {
 	bool early;                     /* replay-safe: may be submitted as 0-RTT */
 	bool cancel_pending;            /* reset the stream from the kick */
 	bool resume;                    /* more request body for nghttp3 */
+	bool in_head;                   /* a response head or trailers are being decoded */
 	struct sbuf req;                /* the request head: name\0value\0... */
 	size_t nreq;                    /* fields in req */
 	struct h3_block *blocks, *last; /* request body, oldest first */
@@ -100,6 +141,13 @@ struct h3_conn {
 	bool early;        /* the session runs on 0-RTT: the handshake is not done */
 	bool early_failed; /* set-up failed after streams were taken with 0-RTT */
 	bool setup_failed; /* tell on_failed from the kick */
+	int64_t goaway_id; /* the lowest GOAWAY id so far (mc.goaway) */
+	/* floods: useful bytes delivered during the current read (head: a
+	 * head was being decoded), the meter */
+	uint64_t work;
+	bool head;
+	struct flood_meter flood;
+	const char *flooded; /* what ended the connection as a flood */
 };
 
 #define H3S(p) ((struct h3_stream *)(p))
@@ -236,6 +284,7 @@ static int h3_recv_data_cb(nghttp3_conn *h, int64_t id, const uint8_t *data, siz
 	struct h3_stream *s = sud;
 
 	(void)h;
+	c->work += H3_CREDIT_DATA;
 	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
 	if (!s || !s->ms.user) {
@@ -272,6 +321,9 @@ static int h3_begin_headers_cb(nghttp3_conn *h, int64_t id, void *ud, void *sud)
 
 	(void)h;
 	(void)id;
+	c->head = true;
+	if (s)
+		s->in_head = true;
 	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
 	if (!s)
@@ -291,6 +343,7 @@ static int h3_recv_header_cb(nghttp3_conn *h, int64_t id, int32_t token, nghttp3
 	(void)id;
 	(void)token;
 	(void)flags;
+	c->head = true;
 	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
 	if (!s || !s->ms.user || s->ms.bad)
@@ -307,6 +360,9 @@ static int h3_end_headers_cb(nghttp3_conn *h, int64_t id, int fin, void *ud, voi
 
 	(void)h;
 	(void)id;
+	c->head = true;
+	if (s)
+		s->in_head = false;
 	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
 	if (!s || !s->ms.user)
@@ -328,6 +384,9 @@ static int h3_end_trailers_cb(nghttp3_conn *h, int64_t id, int fin, void *ud, vo
 	(void)h;
 	(void)id;
 	(void)fin;
+	c->head = true;
+	if (s)
+		s->in_head = false;
 	if (c->mc.freeing)
 		return NGHTTP3_ERR_CALLBACK_FAILURE;
 	if (s && s->ms.user && s->ms.bad)
@@ -372,7 +431,10 @@ static int h3_shutdown_cb(nghttp3_conn *h, int64_t id, void *ud)
 	struct h3_conn *c = ud;
 
 	(void)h;
+	if (c->mc.goaway && id >= c->goaway_id)
+		return 0; /* nothing new (an id may not grow) */
 	log_debug("h3: GOAWAY from %s (stream id %lld)", mux_origin(&c->mc), (long long)id);
+	c->goaway_id = id;
 	c->mc.goaway = true;
 	c->mc.base.reusable = false;
 	for (struct h3_stream *s = H3S(c->mc.streams); s; s = H3S(s->ms.next)) {
@@ -514,16 +576,51 @@ static void q_closed(void *ctx, enum muxd_err err, const char *reason)
 	if (c->mc.failed || c->mc.freeing)
 		return;
 	running = mux_mark_failed(&c->mc);
-	mux_fail_streams(&c->mc, err, reason, false, running);
+	mux_fail_streams(&c->mc, err, c->flooded ? "HTTP/3 origin flooded the connection" : reason,
+	                 false, running);
+}
+
+/* What nghttp3 consumed of a read beyond what it delivered (work):
+ * waste, metered on the kind of stream id (client-initiated bidirectional:
+ * a request; else one of the origin's unidirectional streams). True when
+ * it is a flood: the connection is to end with H3_EXCESSIVE_LOAD. */
+static bool flood_check(struct h3_conn *c, int64_t id, uint64_t consumed, bool in_head)
+{
+	enum upstream_flood kind =
+	    (id & 0x2) ? UPSTREAM_FLOOD_H3_CONTROL : UPSTREAM_FLOOD_H3_FRAMES;
+	uint64_t waste = consumed > c->work ? consumed - c->work : 0;
+	struct timespec ts;
+
+	if (in_head || c->head)
+		waste = 0; /* a head's bytes: bounded per stream (fields.c) */
+	c->work = 0;
+	c->head = false;
+	if (waste == 0)
+		return false;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	if (!flood_add(&c->flood, (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000, kind,
+	               waste, h3_floods[kind].limit))
+		return false;
+	log_info("h3: %s sent more than %llu %s in a second (a flood): closing the connection",
+	         mux_origin(&c->mc), (unsigned long long)h3_floods[kind].limit,
+	         h3_floods[kind].what);
+	c->flooded = h3_floods[kind].what;
+	if (c->mc.env.floods)
+		c->mc.env.floods[kind]++;
+	quic_set_app_error(c->q, NGHTTP3_H3_EXCESSIVE_LOAD);
+	return true;
 }
 
 static int64_t q_recv_data(void *ctx, int64_t id, const uint8_t *data, size_t len, bool fin,
                            void *sud)
 {
 	struct h3_conn *c = ctx;
+	struct h3_stream *s = sud;
+	bool in_head = s && s->in_head;
 	nghttp3_ssize n;
 
-	(void)sud;
+	c->work = 0;
+	c->head = false;
 	n = nghttp3_conn_read_stream(c->h3, id, data, len, fin);
 	if (c->mc.freeing)
 		return -1;
@@ -533,6 +630,8 @@ static int64_t q_recv_data(void *ctx, int64_t id, const uint8_t *data, size_t le
 		quic_set_app_error(c->q, nghttp3_err_infer_quic_app_error_code((int)n));
 		return -1;
 	}
+	if (flood_check(c, id, (uint64_t)n, in_head))
+		return -1;
 	return n;
 }
 

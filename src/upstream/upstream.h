@@ -60,12 +60,14 @@ struct upstream_stream;
 /*
  * What a codec uses of the daemon (copied at creation): the transport
  * environment (the event loop; HTTP/3 makes its own QUIC transport with
- * it) and the receive-window growth granted to HTTP/2 and HTTP/3 streams of
- * all connections together (mux.c, against window_budget_kib).
+ * it), the receive-window growth granted to HTTP/2 and HTTP/3 streams of
+ * all connections together (mux.c, against window_budget_kib), and the
+ * counters of connections ended for a flood (enum upstream_flood).
  */
 struct upstream_env {
 	struct transport_env transport;
 	uint64_t *window_granted;
+	uint64_t *floods; /* [UPSTREAM_FLOOD_COUNT]: connections ended for a flood, or NULL */
 };
 
 /*

@@ -465,7 +465,7 @@ static void init(void)
 	m.base = event_base_new();
 	m.cfg = config_defaults();
 	CHECK(m.base && m.cfg);
-	env = (struct upstream_env){{.base = m.base}, &m.window_granted};
+	env = (struct upstream_env){{.base = m.base}, &m.window_granted, NULL};
 	m.env = &env;
 	client.t.ops = origin.t.ops = &mem_ops;
 }

@@ -13,7 +13,8 @@
  *
  *   /sse?first=W     200 text/event-stream: "data: W\n\n" (W: 1 by default)
  *                    at once, then one event per line read on stdin
- *                    ("data: LINE\n\n"); the line "end" ends the stream.
+ *                    ("data: LINE\n\n"); the line "end" ends the stream
+ *                    ("release" is no event: see /held).
  *                    No timing needed.
  *   /status/N        an empty response with status N (204, 304, ...)
  *   /echo            the request body back, after the whole body; with
@@ -24,6 +25,31 @@
  *   /reset           the stream is reset (H3_INTERNAL_ERROR), no response
  *   /noread          no answer, and the request body is never consumed:
  *                    the stream's flow-control window stays closed
+ *   /held            no answer until the line "release" on stdin, then
+ *                    200 "ok" (a request the origin has not processed yet)
+ *   /stop            STOP_SENDING (H3_NO_ERROR) on the request stream at
+ *                    once, then 200 "ok": the upload is refused, the
+ *                    response is complete (RFC 9114 4.1)
+ *
+ * Floods (issue 16), written raw with ngtcp2 where nghttp3 cannot make
+ * them; each logs "flood N KIND done" on stderr once all of it was handed
+ * to ngtcp2 (N: the connection):
+ *   /ctrlflood?n=N   N reserved frames (type 0x21, empty) on the server's
+ *                    control stream, after nghttp3's SETTINGS there (nghttp3
+ *                    writes there again only for a GOAWAY, never sent
+ *                    here); then 200 "ok" on the request stream
+ *   /goawayflood?n=N&id=I  N GOAWAY frames, all with stream id I (default
+ *                    4000: not increasing, valid), on the control stream
+ *   /greasestream?mib=M  a unidirectional stream of reserved type 0x21 with
+ *                    M MiB (default 32) of bytes after its type, then 200
+ *                    "ok" on the request stream
+ *   /unistreams?n=N  N unidirectional streams of reserved type 0x21, each
+ *                    of 16 bytes and FIN, opened as fast as the client's
+ *                    MAX_STREAMS allows ("unistreams N K" on stderr: K open
+ *                    so far, each time the limit stops it); 200 "blocked K"
+ *                    the first time the limit stops it, else "opened N"
+ *   /emptydata?n=N   a raw response: HEADERS (:status 200), N empty DATA
+ *                    frames (default 100000), DATA "ok", FIN
  *   /NAME            with a DIR argument, when DIR/NAME or DIR/NAME.head
  *                    exists: answered after the whole request body (with
  *                    Expect: 100-continue a 100 first), body DIR/NAME,
@@ -56,7 +82,19 @@
 #define ECHO_MAX (16 * 1024 * 1024)
 #define SSE_MAX (64 * 1024)
 
-enum mode { M_OK, M_SSE, M_STATUS, M_ECHO, M_INTERIM, M_BIGHEADER, M_RESET, M_NOREAD, M_FILE };
+enum mode {
+	M_OK,
+	M_SSE,
+	M_STATUS,
+	M_ECHO,
+	M_INTERIM,
+	M_BIGHEADER,
+	M_RESET,
+	M_NOREAD,
+	M_FILE,
+	M_RAW,
+	M_HELD
+};
 
 struct conn;
 
@@ -75,6 +113,22 @@ struct stream {
 	size_t len, cap, sent;
 };
 
+/* A stream written raw with ngtcp2, nghttp3 unaware: head, then units
+ * copies of a unit, then tail, then FIN (fin).  Bytes below base (the
+ * control stream: nghttp3's own) are nghttp3's.  rep holds the unit
+ * repeated, so that one write takes many; every buffer stays until the
+ * connection is freed (ngtcp2 keeps pointers until acknowledged). */
+struct raw {
+	struct raw *next;
+	int64_t id;
+	uint64_t base, off, total; /* off: bytes written of head+units+tail */
+	uint8_t *head, *rep, *tail;
+	size_t headlen, unitlen, replen, taillen;
+	uint64_t units;
+	bool fin, blocked, done;
+	const char *kind; /* logged when done, or NULL */
+};
+
 struct conn {
 	struct conn *next;
 	unsigned num;
@@ -87,6 +141,11 @@ struct conn {
 	struct event *timer;
 	struct stream *streams;
 	bool dead;
+	int64_t ctrl;          /* nghttp3's control stream */
+	uint64_t ctrl_written; /* ... bytes nghttp3 wrote there */
+	struct raw *raws;
+	long uni_want, uni_opened; /* /unistreams */
+	struct stream *uni_req;    /* answered when all are opened */
 };
 
 /* The program's state (a test tool: one instance per process). */
@@ -129,6 +188,14 @@ static void conn_free(struct conn *c)
 		c->streams = s->next;
 		free(s->buf);
 		free(s);
+	}
+	while (c->raws) {
+		struct raw *r = c->raws;
+		c->raws = r->next;
+		free(r->head);
+		free(r->rep);
+		free(r->tail);
+		free(r);
 	}
 	if (c->h3)
 		nghttp3_conn_del(c->h3);
@@ -178,6 +245,85 @@ static void arm_timer(struct conn *c)
 		evtimer_add(c->timer, &tv);
 }
 
+static uint8_t *memdup(const void *p, size_t n)
+{
+	uint8_t *d = malloc(n ? n : 1);
+	if (n)
+		memcpy(d, p, n);
+	return d;
+}
+
+/* A raw stream on id from stream offset base (see struct raw). */
+static struct raw *raw_new(struct conn *c, int64_t id, uint64_t base, const void *head,
+                           size_t headlen, const void *unit, size_t unitlen, uint64_t units,
+                           const void *tail, size_t taillen, bool fin, const char *kind)
+{
+	struct raw *r = calloc(1, sizeof(*r));
+
+	r->id = id;
+	r->base = base;
+	r->head = memdup(head, headlen);
+	r->headlen = headlen;
+	r->unitlen = unitlen;
+	r->units = unitlen ? units : 0;
+	r->replen = unitlen ? (16384 / unitlen + 1) * unitlen : 0;
+	r->rep = malloc(r->replen ? r->replen : 1);
+	for (size_t i = 0; i < r->replen; i += unitlen)
+		memcpy(r->rep + i, unit, unitlen);
+	r->tail = memdup(tail, taillen);
+	r->taillen = taillen;
+	r->total = headlen + r->units * unitlen + taillen;
+	r->fin = fin;
+	r->kind = kind;
+	r->next = c->raws;
+	c->raws = r;
+	return r;
+}
+
+static struct raw *raw_find(struct conn *c, int64_t id)
+{
+	for (struct raw *r = c->raws; r; r = r->next)
+		if (r->id == id)
+			return r;
+	return NULL;
+}
+
+/* The next piece of a raw stream with something to write, or NULL. */
+static struct raw *raw_next(struct conn *c, ngtcp2_vec *v, int *fin)
+{
+	for (struct raw *r = c->raws; r; r = r->next) {
+		uint64_t p = r->off, units = r->units * r->unitlen;
+		if (r->done || r->blocked)
+			continue;
+		*fin = 0;
+		if (p < r->headlen) {
+			v->base = r->head + p;
+			v->len = r->headlen - p;
+		} else if (p < r->headlen + units) {
+			uint64_t q = p - r->headlen;
+			size_t at = (size_t)(q % r->unitlen), n = r->replen - at;
+			v->base = r->rep + at;
+			v->len = units - q < n ? (size_t)(units - q) : n;
+		} else {
+			v->base = r->tail + (p - r->headlen - units);
+			v->len = (size_t)(r->total - p);
+			*fin = r->fin;
+		}
+		return r;
+	}
+	return NULL;
+}
+
+static void raw_wrote(struct conn *c, struct raw *r, size_t n)
+{
+	r->off += n;
+	if (r->off >= r->total && !r->done) {
+		r->done = true;
+		if (r->kind)
+			fprintf(stderr, "flood %u %s done\n", c->num, r->kind);
+	}
+}
+
 /* Write everything ngtcp2 and nghttp3 have; false when c was dropped. */
 static bool conn_write(struct conn *c)
 {
@@ -193,6 +339,8 @@ static bool conn_write(struct conn *c)
 		ngtcp2_pkt_info pi;
 		uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE;
 
+		struct raw *r = NULL;
+
 		if (c->h3) {
 			nv = nghttp3_conn_writev_stream(c->h3, &sid, &fin, v, 16);
 			if (nv < 0) {
@@ -200,11 +348,21 @@ static bool conn_write(struct conn *c)
 				return false;
 			}
 		}
+		if (sid < 0 && (r = raw_next(c, (ngtcp2_vec *)v, &fin))) {
+			sid = r->id;
+			nv = 1;
+		}
 		if (fin)
 			flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
 		n = ngtcp2_conn_writev_stream(c->q, NULL, &pi, buf, sizeof(buf), &ndatalen, flags,
 		                              sid, (const ngtcp2_vec *)v, (size_t)nv, ts);
 		if (n < 0) {
+			if (r && (n == NGTCP2_ERR_STREAM_DATA_BLOCKED ||
+			          n == NGTCP2_ERR_STREAM_SHUT_WR)) {
+				r->blocked = n == NGTCP2_ERR_STREAM_DATA_BLOCKED;
+				r->done |= n == NGTCP2_ERR_STREAM_SHUT_WR;
+				continue;
+			}
 			if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
 				nghttp3_conn_block_stream(c->h3, sid);
 				continue;
@@ -214,14 +372,24 @@ static bool conn_write(struct conn *c)
 				continue;
 			}
 			if (n == NGTCP2_ERR_WRITE_MORE) {
-				nghttp3_conn_add_write_offset(c->h3, sid, (size_t)ndatalen);
+				if (r)
+					raw_wrote(c, r, (size_t)ndatalen);
+				else
+					nghttp3_conn_add_write_offset(c->h3, sid, (size_t)ndatalen);
+				if (!r && sid == c->ctrl)
+					c->ctrl_written += (size_t)ndatalen;
 				continue;
 			}
 			conn_close(c, (int)n);
 			return false;
 		}
-		if (ndatalen >= 0 && sid >= 0)
+		if (ndatalen >= 0 && sid >= 0 && r)
+			raw_wrote(c, r, (size_t)ndatalen);
+		else if (ndatalen >= 0 && sid >= 0) {
 			nghttp3_conn_add_write_offset(c->h3, sid, (size_t)ndatalen);
+			if (sid == c->ctrl)
+				c->ctrl_written += (size_t)ndatalen;
+		}
 		if (n == 0)
 			break;
 		send_pkt(c, buf, (size_t)n);
@@ -375,6 +543,39 @@ static int respond_file(struct stream *s)
 	                                    no_body ? NULL : &(nghttp3_data_reader){read_body});
 }
 
+/* /unistreams: open what the client's limit allows, and more whenever it
+ * grows; the request is answered the first time the limit stops it
+ * ("blocked K") or once all are open ("opened K"). */
+static void open_unis(struct conn *c)
+{
+	static const uint8_t type[] = {0x21}, bytes[15] = "0123456789abcde";
+	int64_t id;
+	bool blocked = false;
+	char text[64];
+
+	while (c->uni_opened < c->uni_want && !blocked) {
+		if (ngtcp2_conn_open_uni_stream(c->q, &id, NULL) != 0) {
+			fprintf(stderr, "unistreams %u %ld\n", c->num, c->uni_opened);
+			blocked = true;
+			break;
+		}
+		raw_new(c, id, 0, type, 1, NULL, 0, 0, bytes, sizeof(bytes), true, NULL);
+		c->uni_opened++;
+	}
+	if (!blocked)
+		fprintf(stderr, "flood %u unistreams done\n", c->num);
+	if (c->uni_req) {
+		struct stream *s = c->uni_req;
+		c->uni_req = NULL;
+		s->mode = M_OK;
+		snprintf(text, sizeof(text), "%s %ld", blocked ? "blocked" : "opened",
+		         c->uni_opened);
+		set_body(s, text);
+		s->eof = true;
+		respond(s, "200", NULL, NULL, true);
+	}
+}
+
 /* The headers are in: answer what can be answered now. */
 static int on_request(struct stream *s)
 {
@@ -418,6 +619,50 @@ static int on_request(struct stream *s)
 	}
 	if (strncmp(p, "/noread", 7) == 0) {
 		s->mode = M_NOREAD;
+		return 0;
+	}
+	if (strncmp(p, "/held", 5) == 0) {
+		s->mode = M_HELD;
+		return 0;
+	}
+	if (strncmp(p, "/stop", 5) == 0) {
+		nghttp3_conn_shutdown_stream_read(c->h3, s->id);
+		ngtcp2_conn_shutdown_stream_read(c->q, s->id, NGHTTP3_H3_NO_ERROR);
+	}
+	if (strncmp(p, "/emptydata", 10) == 0) {
+		/* HEADERS: QPACK prefix 0 0, static index 25 (:status 200) */
+		static const uint8_t hd[] = {0x01, 0x03, 0x00, 0x00, 0xc0 | 25},
+		                     empty[] = {0x00, 0x00}, ok[] = {0x00, 0x02, 'o', 'k'};
+		s->mode = M_RAW;
+		raw_new(c, s->id, 0, hd, sizeof(hd), empty, sizeof(empty),
+		        (uint64_t)qint(p, "n=", 100000), ok, sizeof(ok), true, "emptydata");
+		return 0;
+	}
+	if (strncmp(p, "/ctrlflood", 10) == 0 || strncmp(p, "/goawayflood", 12) == 0) {
+		static const uint8_t reserved[] = {0x21, 0x00};
+		uint8_t goaway[] = {0x07, 0x02, 0x40, 0x00};
+		bool ga = p[1] == 'g';
+		long id = qint(p, "id=", 4000) & 0x3ffc;
+		goaway[2] = (uint8_t)(0x40 | (id >> 8));
+		goaway[3] = (uint8_t)(id & 0xff);
+		if (raw_find(c, c->ctrl) || c->ctrl_written == 0)
+			return -1; /* one flood per connection, after SETTINGS */
+		raw_new(c, c->ctrl, c->ctrl_written, NULL, 0, ga ? goaway : reserved, 2u + 2 * ga,
+		        (uint64_t)qint(p, "n=", 100000), NULL, 0, false, ga ? "goaway" : "ctrl");
+	}
+	if (strncmp(p, "/greasestream", 13) == 0) {
+		static const uint8_t type[] = {0x21}, junk[] = {'g', 'r', 'e', 'a', 's', 'e', '\n'};
+		int64_t id;
+		uint64_t n = (uint64_t)qint(p, "mib=", 32) * 1024 * 1024 / sizeof(junk);
+		if (ngtcp2_conn_open_uni_stream(c->q, &id, NULL) != 0)
+			return -1;
+		raw_new(c, id, 0, type, 1, junk, sizeof(junk), n, NULL, 0, false, "grease");
+	}
+	if (strncmp(p, "/unistreams", 11) == 0) {
+		c->uni_want = qint(p, "n=", 1000);
+		c->uni_req = s;
+		s->mode = M_RAW;
+		open_unis(c);
 		return 0;
 	}
 	if (!head)
@@ -625,6 +870,7 @@ static int h3_setup(struct conn *c)
 	    nghttp3_conn_bind_control_stream(c->h3, ctrl) != 0 ||
 	    nghttp3_conn_bind_qpack_streams(c->h3, enc, dec) != 0)
 		return -1;
+	c->ctrl = ctrl;
 	return 0;
 }
 
@@ -675,10 +921,14 @@ static int recv_stream_data_cb(ngtcp2_conn *q, uint32_t flags, int64_t id, uint6
 static int acked_cb(ngtcp2_conn *q, int64_t id, uint64_t offset, uint64_t len, void *ud, void *sud)
 {
 	struct conn *c = ud;
+	struct raw *r = raw_find(c, id);
 
 	(void)q;
-	(void)offset;
 	(void)sud;
+	if (r) /* only the bytes below base are nghttp3's */
+		len = offset >= r->base ? 0 : offset + len > r->base ? r->base - offset : len;
+	if (len == 0)
+		return 0;
 	return c->h3 && nghttp3_conn_add_ack_offset(c->h3, id, len) != 0
 	           ? NGTCP2_ERR_CALLBACK_FAILURE
 	           : 0;
@@ -694,6 +944,16 @@ static int stream_close_cb(ngtcp2_conn *q, uint32_t flags, int64_t id, uint64_t 
 	(void)sud;
 	if (!(flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET))
 		code = NGHTTP3_H3_NO_ERROR;
+	for (struct raw **pp = &c->raws; *pp; pp = &(*pp)->next)
+		if ((*pp)->id == id) {
+			struct raw *r = *pp;
+			*pp = r->next;
+			free(r->head);
+			free(r->rep);
+			free(r->tail);
+			free(r);
+			break;
+		}
 	if (!c->h3)
 		return 0;
 	r = nghttp3_conn_close_stream(c->h3, id, code);
@@ -723,9 +983,15 @@ static int extend_stream_data_cb(ngtcp2_conn *q, int64_t id, uint64_t max, void 
 {
 	struct conn *c = ud;
 
+	struct raw *r = raw_find(c, id);
+
 	(void)q;
 	(void)max;
 	(void)sud;
+	if (r)
+		r->blocked = false;
+	if (r && r->base == 0)
+		return 0;
 	return c->h3 && nghttp3_conn_unblock_stream(c->h3, id) != 0 ? NGTCP2_ERR_CALLBACK_FAILURE
 	                                                            : 0;
 }
@@ -737,6 +1003,17 @@ static int extend_remote_bidi_cb(ngtcp2_conn *q, uint64_t max, void *ud)
 	(void)q;
 	if (c->h3)
 		nghttp3_conn_set_max_client_streams_bidi(c->h3, max);
+	return 0;
+}
+
+static int extend_local_uni_cb(ngtcp2_conn *q, uint64_t max, void *ud)
+{
+	struct conn *c = ud;
+
+	(void)q;
+	(void)max;
+	if (c->uni_want > c->uni_opened)
+		open_unis(c);
 	return 0;
 }
 
@@ -765,6 +1042,7 @@ static struct conn *conn_new(const struct sockaddr_storage *peer, socklen_t peer
 	    .update_key = ngtcp2_crypto_update_key_cb,
 	    .stream_reset = stream_reset_cb,
 	    .extend_max_remote_streams_bidi = extend_remote_bidi_cb,
+	    .extend_max_local_streams_uni = extend_local_uni_cb,
 	    .extend_max_stream_data = extend_stream_data_cb,
 	    .delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb,
 	    .delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb,
@@ -892,7 +1170,14 @@ static void on_stdin(evutil_socket_t fd, short what, void *arg)
 	for (char *l = strtok(line, "\n"); l; l = strtok(NULL, "\n")) {
 		for (c = S.conns; c; c = c->next)
 			for (struct stream *s = c->streams; s; s = s->next) {
-				if (s->mode != M_SSE || s->eof)
+				if (s->mode == M_HELD && strcmp(l, "release") == 0) {
+					s->mode = M_OK;
+					set_body(s, "ok");
+					s->eof = true;
+					respond(s, "200", NULL, NULL, true);
+					continue;
+				}
+				if (s->mode != M_SSE || s->eof || strcmp(l, "release") == 0)
 					continue;
 				if (strcmp(l, "end") == 0) {
 					s->eof = true;

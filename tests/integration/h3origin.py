@@ -3,7 +3,9 @@ tests/h3origin/h3origin.c (built by ``make`` as build/tests/h3origin; found
 through $MUXD_H3ORIGIN, else next to $MUXD_BIN).  Its :path chooses what it
 does (see the comment at the top of h3origin.c): /sse (one event now, the
 next one per ``trigger()``), /status/N, /echo (with 100-continue),
-/interim?n=N, /bigheader?kib=K, /reset, /noread, anything else 200 "ok".
+/interim?n=N, /bigheader?kib=K, /reset, /noread, /held (answered at
+``trigger("release")``), /stop, the floods /ctrlflood, /goawayflood,
+/greasestream, /unistreams, /emptydata; anything else 200 "ok".
 
 ``H3Origin(workdir, cert)`` listens on UDP 127.0.0.1:.port; a request for
 /NAME is answered from the files .root/NAME (the body) and .root/NAME.head

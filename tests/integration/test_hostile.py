@@ -561,6 +561,9 @@ def test_h2_control_frame_floods_end_the_connection(muxd, h2_origin, pki, flood)
     assert_rss(m)
     if flood is not continuation_flood:  # nghttp2's own limit, before ours
         assert "flood" in m.log(), m.log()[-3000:]
+        kind = {ping_flood: "ping", settings_flood: "settings", window_update_flood: "window_update",
+                empty_data_flood: "empty_data", rst_flood: "rst_stream"}[flood]
+        assert m.metrics().value("muxd_upstream_flood_total", proto="h2", kind=kind) == 1
 
 
 def invalid_pseudo(req):

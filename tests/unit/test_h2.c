@@ -496,7 +496,7 @@ static void start(uint32_t max_streams, bool ping_ack, uint64_t response_timeout
 	mx.cfg = config_defaults();
 	ck_assert_ptr_nonnull(mx.cfg);
 	mx.cfg->response_timeout_ms = response_timeout_ms;
-	env = (struct upstream_env){{.base = mx.base}, &mx.window_granted};
+	env = (struct upstream_env){{.base = mx.base}, &mx.window_granted, NULL};
 	struct upstream_params prm;
 	upstream_params_init(&prm, mx.cfg);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
