@@ -185,7 +185,7 @@ struct config *config_defaults(void)
 	cfg->leaf_cache = 1024;
 	cfg->h2 = cfg->h3 = true;
 	cfg->h3_timeout_ms = 300;
-	cfg->max_stream_window_kib = 16384; /* 16 MiB */
+	cfg->max_stream_window_kib = 24576; /* 24 MiB */
 	cfg->max_conn_window_kib = 65536;   /* 64 MiB */
 	cfg->window_budget_kib = 262144;    /* 256 MiB */
 	/* keep-warm: on, so that a hot origin's next request after a quiet spell

@@ -588,6 +588,13 @@ static enum eyeballs_start start_attempt(void *ctx, size_t i, const struct socka
 		return out_of_memory(q);
 	}
 	a->fd = socket(sa->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (a->fd >= 0) {
+		/* a download's burst outruns the default 208 KiB between two
+		 * passes: drops the origin's congestion control takes for loss
+		 * (the kernel caps this at net.core.rmem_max; best effort) */
+		int rcvbuf = QUIC_RCVBUF;
+		(void)setsockopt(a->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+	}
 	a->local_len = sizeof(a->local);
 	if (a->fd < 0 || connect(a->fd, sa, sl) != 0 ||
 	    getsockname(a->fd, (struct sockaddr *)&a->local, &a->local_len) != 0) {

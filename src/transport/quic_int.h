@@ -25,6 +25,7 @@
 #define QUIC_BATCH 16              /* datagrams per sendmmsg */
 #define QUIC_MAX_WRITE 256         /* datagrams per write-out before yielding to the loop */
 #define QUIC_MAX_READ 128          /* datagrams per readable event */
+#define QUIC_RCVBUF (2 << 20)      /* SO_RCVBUF asked for (the kernel doubles it) */
 #define QUIC_NVEC 16               /* stream data vectors per packet */
 #define QUIC_SCID_LEN 18
 #define QUIC_PRIORITY "NORMAL:-VERS-ALL:+VERS-TLS1.3:%DISABLE_TLS13_COMPAT_MODE"

@@ -84,6 +84,7 @@ static void win_consumed(struct mux_stream *s, size_t n)
 	uint64_t w;
 
 	s->win_consumed += n;
+	s->win_total_consumed += n;
 	if (s->win_consumed < s->win / 2 || (s->win_at.tv_sec == 0 && s->win_at.tv_nsec == 0))
 		return;
 	in.rtt_us = mc->mops->rtt_us(mc);
@@ -98,10 +99,12 @@ static void win_consumed(struct mux_stream *s, size_t n)
 	if (w > s->win) {
 		*mc->granted += w - s->win;
 		mc->win_total += w - s->win;
-		log_debug("%s: stream %lld to %s: receive window %llu KiB (rtt %llu us, window "
-		          "drained in %llu us)",
+		log_debug("%s: stream %lld to %s: receive window %llu KiB after %llu KiB (rtt %llu "
+		          "us, %llu KiB drained in %llu us)",
 		          mc->mops->name, (long long)s->id, mux_origin(mc),
-		          (unsigned long long)(w / 1024), (unsigned long long)in.rtt_us,
+		          (unsigned long long)(w / 1024),
+		          (unsigned long long)(s->win_total_consumed / 1024),
+		          (unsigned long long)in.rtt_us, (unsigned long long)(in.consumed / 1024),
 		          (unsigned long long)in.elapsed_us);
 		mc->mops->grow(s, w);
 		s->win = w;

@@ -64,9 +64,11 @@ struct mux_stream {
 	size_t unconsumed; /* body bytes not yet given back to the window */
 	struct event *timer;
 	/* receive-window auto-tuning (upstream/window.h): the current window,
-	 * bytes consumed and the time since the last check (zero: no body yet) */
+	 * bytes consumed and the time since the last check (zero: no body yet),
+	 * bytes consumed in all (for the log) */
 	uint64_t win;
 	uint64_t win_consumed;
+	uint64_t win_total_consumed;
 	struct timespec win_at;
 };
 

@@ -6,14 +6,23 @@
  * the last check, and the budgets it may grow within.
  *
  * Rule: a check happens each time the client consumed half a window (when
- * the window update goes out). When the client drained at a rate that would
- * empty the whole window in less than WINDOW_GROW_RTTS round trips, the
- * origin was held back by the window, not by the client: it doubles, up to
- * the stream's maximum and within what the connection and the global
- * budget can still grant. A client slower than the origin takes longer
- * than that, so its window stays where it is (about WINDOW_GROW_RTTS round
- * trips of the client's drain rate): windows only open as fast as the
- * client consumes (DESIGN principle 5).
+ * the window update goes out). The client's drain rate since the last
+ * check (consumed / elapsed) times WINDOW_GROW_RTTS round trips is the
+ * window it could use. When that is more than the window, the origin was
+ * held back by the window, not by the client: the window goes to that
+ * target at once (at least doubling), up to the stream's maximum and within
+ * what the connection and the global budget can still grant. The first
+ * check comes after half of the first window, which arrives as one burst at
+ * the path's rate, so a fast client gets the bandwidth-delay product (x2)
+ * at its first check, while the first window is still arriving: the origin
+ * sends at the path's rate from the second round trip on, instead of after
+ * doubling from 64 KiB for log2(BDP / 64 KiB) round trips. A client slower
+ * than the origin drains less than the window in WINDOW_GROW_RTTS round
+ * trips, so its window stays where it is (about WINDOW_GROW_RTTS round trips
+ * of the client's drain rate): windows only open as fast as the client
+ * consumes (DESIGN principle 5). Until the socket buffers toward a slow
+ * client fill, it looks fast: behind a long round trip its window may reach
+ * the maximum at the first check, so the maximum bounds what muxd holds.
  */
 #ifndef MUXD_UPSTREAM_WINDOW_H
 #define MUXD_UPSTREAM_WINDOW_H

@@ -60,6 +60,64 @@ START_TEST(capped_by_max_and_budget)
 }
 END_TEST
 
+START_TEST(reaches_the_bdp_in_one_check)
+{
+	/* the first half window arrives in one burst at the path's rate: the
+	 * first check opens the window to two round trips of that rate at once
+	 * (doubling from 64 KiB would take 9 checks to reach 32 MiB) */
+	uint64_t rtt = 100000, rate = 300000000; /* 100 ms, 300 MB/s */
+	uint64_t burst = 32 * KIB * 1000000 / rate;
+	ck_assert_uint_eq(next(rtt, burst, 32 * KIB, 64 * KIB, 32 * MIB, 1024 * MIB), 32 * MIB);
+	/* 100 MB/s behind 20 ms: 2 MB in flight, the window goes to twice that */
+	rtt = 20000, rate = 100000000;
+	burst = 32 * KIB * 1000000 / rate;
+	uint64_t w = next(rtt, burst, 32 * KIB, 64 * KIB, 32 * MIB, 1024 * MIB);
+	ck_assert_uint_ge(w, 2 * rate * rtt / 1000000 * 95 / 100);
+	ck_assert_uint_le(w, 2 * rate * rtt / 1000000 * 105 / 100);
+	/* an immeasurably fast drain (0 us) counts as 1 us, not as no growth */
+	ck_assert_uint_eq(next(rtt, 0, 32 * KIB, 64 * KIB, 32 * MIB, 1024 * MIB), 32 * MIB);
+}
+END_TEST
+
+START_TEST(reaches_the_bdp_of_a_window_limited_path)
+{
+	/* simulated: origin 150 MB/s behind 100 ms (15 MB in flight); per round
+	 * trip the origin sends one window as a burst at its rate; the client
+	 * drains at once. Within two round trips the window covers the path. */
+	uint64_t rtt = 100000, rate = 150000000, w = 64 * KIB, checks = 0;
+	for (int trip = 0; trip < 2; trip++) {
+		uint64_t left = w, consumed = 0, elapsed = 0;
+		while (left > 0) {
+			uint64_t piece = left < 16 * KIB ? left : 16 * KIB;
+			left -= piece;
+			consumed += piece;
+			elapsed += piece * 1000000 / rate;
+			if (consumed >= w / 2) {
+				w = next(rtt, elapsed, consumed, w, 32 * MIB, 1024 * MIB);
+				consumed = elapsed = 0;
+				checks++;
+			}
+		}
+	}
+	ck_assert_uint_ge(w, rate * rtt / 1000000);
+	ck_assert_uint_le(w, 32 * MIB);
+	ck_assert_uint_le(checks, 4);
+}
+END_TEST
+
+START_TEST(slow_drain_never_grows)
+{
+	/* 25 MB/s behind 100 ms: once the window holds two round trips of that
+	 * rate (5 MB), no check grows it, however often */
+	uint64_t rtt = 100000, rate = 25000000;
+	for (uint64_t w = 5 * 1000 * 1000; w <= 32 * MIB; w *= 2) {
+		uint64_t elapsed = w / 2 * 1000000 / rate;
+		ck_assert_uint_eq(next(rtt, elapsed, w / 2, w, 32 * MIB, 1024 * MIB), w);
+		ck_assert_uint_eq(next(rtt, elapsed * 4, w * 2, w, 32 * MIB, 1024 * MIB), w);
+	}
+}
+END_TEST
+
 START_TEST(growth_converges_to_the_drain_rate)
 {
 	/* a client draining 25 MB/s behind a 20 ms round trip: the window grows
@@ -85,6 +143,9 @@ int main(void)
 	tcase_add_test(tc, slow_client_keeps_the_window);
 	tcase_add_test(tc, needs_half_a_window_and_an_rtt);
 	tcase_add_test(tc, capped_by_max_and_budget);
+	tcase_add_test(tc, reaches_the_bdp_in_one_check);
+	tcase_add_test(tc, reaches_the_bdp_of_a_window_limited_path);
+	tcase_add_test(tc, slow_drain_never_grows);
 	tcase_add_test(tc, growth_converges_to_the_drain_rate);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
