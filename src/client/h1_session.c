@@ -51,7 +51,10 @@
 #include "via.h"
 
 #define LINGER_MS 5000
-#define PEEK_MS 1000 /* a client that sends nothing after CONNECT is tunneled */
+/* A client that sends nothing after an interceptable CONNECT for this long is
+ * tunneled as it is (a server-first protocol). 3 s: a TLS client on a loaded
+ * host can take more than a second to send its ClientHello. */
+#define PEEK_MS 3000
 
 enum ds_mode {
 	DS_PROXY,       /* requests to the proxy (absolute-form, CONNECT, admin) */

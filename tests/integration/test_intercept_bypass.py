@@ -271,7 +271,7 @@ def test_every_bypass_is_counted_by_reason(muxd, nginx_tls, pki, private_server,
     with reader.sock as s:
         assert resp.status == 200, resp
         want["silent"] += 1
-        wait_until(lambda: bypassed(m) == want, timeout=5, what="the silent peek to end")
+        wait_until(lambda: bypassed(m) == want, timeout=15, what="the silent peek to end")
         s.sendall(b"late\n")
         s.shutdown(socket.SHUT_WR)
         assert recv_all(s) == b"late\n"
