@@ -220,42 +220,38 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 		io_failed(c, ENOMEM);
 		return;
 	}
-	for (int i = 0; i < n; i++) {
-		iov[i].iov_base = vec[i].iov_base;
-		iov[i].iov_len = vec[i].iov_len;
-	}
 	/* the reservation may be larger than asked: read no more than the bound */
 	size_t left = want;
 	for (int i = 0; i < n; i++) {
-		if (iov[i].iov_len > left)
-			iov[i].iov_len = left;
+		iov[i].iov_base = vec[i].iov_base;
+		iov[i].iov_len = vec[i].iov_len < left ? vec[i].iov_len : left;
 		left -= iov[i].iov_len;
 	}
 	got = readv((int)fd, iov, n);
-	if (got < 0) {
-		int e = errno;
-		evbuffer_commit_space(c->in, vec, 0);
+	if (got <= 0) {
+		int e = got < 0 ? errno : 0;
 		if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR)
+			return; /* level-triggered: asked again when there is data */
+		c->rd_eof = true;
+		if (e) {
+			io_failed(c, e);
 			return;
-		c->rd_eof = true;
-		io_failed(c, e);
-		return;
-	}
-	if (got == 0) {
-		evbuffer_commit_space(c->in, vec, 0);
-		c->rd_eof = true;
+		}
 		c->alive = false;
 		update_reading(c, len);
 		c->base.cbs.on_event(c->base.ctx, TRANSPORT_EOF, ERR_CLOSED, "connection closed");
 		return;
 	}
-	left = (size_t)got;
-	for (int i = 0; i < n; i++) {
-		if (vec[i].iov_len > left)
-			vec[i].iov_len = left;
-		left -= vec[i].iov_len;
+	/* commit what arrived: the vectors it filled, the last one in part */
+	int used = 0;
+	for (left = (size_t)got; left > 0; used++) {
+		vec[used].iov_len = iov[used].iov_len < left ? iov[used].iov_len : left;
+		left -= vec[used].iov_len;
 	}
-	evbuffer_commit_space(c->in, vec, n);
+	if (evbuffer_commit_space(c->in, vec, used) < 0) {
+		io_failed(c, ENOMEM);
+		return;
+	}
 	if ((size_t)got == want && c->rd_size < RD_MAX)
 		c->rd_size = c->rd_size * 2 + 256 > RD_MAX ? RD_MAX : c->rd_size * 2 + 256;
 	else if ((size_t)got < want / 4 && c->rd_size > RD_MIN)
