@@ -352,7 +352,7 @@ START_TEST(large_reads)
 	pair_unix();
 	ck_assert_uint_eq(peer_write(src, TRANSPORT_BUF), TRANSPORT_BUF);
 	ck_assert(until(input_full, 5000));
-	ck_assert_int_le(r.reads, 4);
+	ck_assert_int_le(r.reads, 6); /* 4 KiB, doubling; libevent: 16 or more */
 	ck_assert_mem_eq(evbuffer_pullup(transport_input(r.t), -1), src, TRANSPORT_BUF);
 	free(src);
 }
