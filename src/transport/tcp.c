@@ -56,10 +56,10 @@ struct tcp {
 	/* the connected socket (fd >= 0 once connected) */
 	int fd;
 	struct evbuffer *in, *out;
-	struct event
-	    *rd_ev; /* EV_READ|EV_PERSIST: added while reading is wanted and there is room */
-	struct event
-	    *wr_ev; /* EV_WRITE|EV_PERSIST: the flush; activated on append, added on EAGAIN */
+	/* EV_READ|EV_PERSIST: added while reading is wanted and there is room */
+	struct event *rd_ev;
+	/* EV_WRITE|EV_PERSIST: the flush; activated on append, added on EAGAIN */
+	struct event *wr_ev;
 	size_t rd_size;
 	bool reading;  /* the user wants bytes (set_reading) */
 	bool rd_added; /* rd_ev is pending */
