@@ -273,7 +273,8 @@ struct transport *h2_tunnel_connect(const struct transport_env *env,
                                     const char *host, uint16_t port, const char *auth,
                                     const struct transport_cbs *cbs, void *ctx);
 
-/* Wrap an accepted socket (client side). */
+/* Wrap an accepted socket (client side); fd must be non-blocking (the
+ * listener's accept4 makes it so). */
 struct transport *tcp_accepted(const struct transport_env *env, int fd,
                                const struct transport_cbs *cbs, void *ctx);
 

@@ -288,6 +288,7 @@ static pid_t server_start(const struct srv_opts *o, int *client_fd)
 		serve(sv[1], o);
 	}
 	close(sv[1]);
+	evutil_make_socket_nonblocking(sv[0]); /* tcp_accepted wants it so */
 	*client_fd = sv[0];
 	return pid;
 }

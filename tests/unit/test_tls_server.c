@@ -472,6 +472,7 @@ static void start(const struct cli_opts *o, struct conn *conns, int n,
 	}
 	for (int i = 0; i < n; i++) {
 		close(sv[i][1]);
+		evutil_make_socket_nonblocking(sv[i][0]); /* tcp_accepted wants it so */
 		conns[i].lower = tcp_accepted(TENV, sv[i][0], &cbs, &conns[i]);
 		ck_assert_ptr_nonnull(conns[i].lower);
 		if (conns[i].pre_want)
