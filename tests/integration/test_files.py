@@ -129,17 +129,16 @@ def test_no_stat_per_request_for_pool_keys(muxd, nginx_tls, pki, tmp_path):
     assert calls == [], f"{len(calls)} stat calls on the CA file for 30 requests: {calls[:3]}"
 
 
-@pytest.mark.skipif(STRACE is None, reason="strace is not installed")
-def test_no_descriptor_count_between_accept_and_request(muxd, nginx, tmp_path):
-    """Fresh clients more than FD_RECOUNT_MS (100 ms) apart find the
-    descriptor count stale at every accept; far from the reserve, the count
-    of /proc/self/fd is made by a timer afterwards, not in the accept
-    callback before the client's request is read."""
+def trace_fresh_clients(muxd, nginx, tmp_path):
+    """strace of muxd (accepts, opens, stats, directory reads, loop passes)
+    while four fresh clients come 150 ms apart, until muxd has counted its
+    descriptors at least once: the trace's lines."""
     (nginx.root / "1k").write_bytes(ONE_K)
     m = muxd()
     assert https_get(m, nginx.url("/1k")).status == 200  # warm pool
     out = tmp_path / "strace.out"
-    proc = subprocess.Popen([STRACE, "-f", "-qq", "-e", "trace=accept4,accept,openat,epoll_wait",
+    proc = subprocess.Popen([STRACE, "-f", "-qq", "-e",
+                             "trace=accept4,accept,openat,getdents64,stat,newfstatat,statx,epoll_wait",
                              "-o", str(out), "-p", str(m.pid)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_until(lambda: _traced_by(m.pid) == proc.pid or proc.poll() is not None, timeout=10,
@@ -155,18 +154,45 @@ def test_no_descriptor_count_between_accept_and_request(muxd, nginx, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
-    lines = out.read_text().splitlines()
+    return out.read_text().splitlines()
+
+
+def _is_accept(line):
+    return "accept" in line and "EAGAIN" not in line and "resumed" not in line
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed")
+def test_no_descriptor_count_between_accept_and_request(muxd, nginx, tmp_path):
+    """Fresh clients more than FD_RECOUNT_MS (100 ms) apart find the
+    descriptor count stale at every accept; far from the reserve, the count
+    of /proc/self/fd is made by a timer afterwards, not in the accept
+    callback before the client's request is read."""
+    lines = trace_fresh_clients(muxd, nginx, tmp_path)
     inline, after_accept = 0, False
     for line in lines:
-        if "accept" in line and "EAGAIN" not in line and "resumed" not in line:
+        if _is_accept(line):
             after_accept = True
         elif "epoll_wait" in line:
             after_accept = False
         elif "/proc/self/fd" in line and after_accept:
             inline += 1
-    accepts = sum(1 for line in lines if "accept" in line and "EAGAIN" not in line and "resumed" not in line)
+    accepts = sum(1 for line in lines if _is_accept(line))
     assert accepts >= 4, lines
     assert inline == 0, f"{inline} counts of /proc/self/fd right after an accept, of {accepts} accepts"
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed")
+def test_descriptor_count_is_one_stat(muxd, nginx, tmp_path):
+    """Where the kernel gives the number of open descriptors as the size of
+    /proc/self/fd (Linux 6.2 and later), the count is that one stat, not a
+    walk of the directory (7.6 ms at 10 000 descriptors)."""
+    if os.stat("/proc/self/fd").st_size <= 0:
+        pytest.skip("this kernel does not report the open descriptors as the size of /proc/self/fd")
+    lines = trace_fresh_clients(muxd, nginx, tmp_path)
+    counts = [line for line in lines if "/proc/self/fd" in line]
+    walks = [line for line in lines if "getdents64" in line or ("openat" in line and "/proc/self/fd" in line)]
+    assert counts, lines
+    assert walks == [], f"/proc/self/fd walked: {walks[:3]}"
 
 
 # --------------------------------------------------------------------------
