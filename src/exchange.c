@@ -544,7 +544,9 @@ static void ext_switched(struct exchange *ex, const struct http1_msg *h)
 		return;
 	}
 	http1_base64(sha, sizeof(sha), accept);
+	/* all but the field array: nfields and the framing come after it */
 	memset(sw, 0, offsetof(struct http1_msg, fields));
+	memset(&sw->nfields, 0, sizeof(*sw) - offsetof(struct http1_msg, nfields));
 	sw->status = 101;
 	sw->reason = "Switching Protocols";
 	sw->version_minor = 1;

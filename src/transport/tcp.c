@@ -330,11 +330,21 @@ static void in_changed(struct evbuffer *b, const struct evbuffer_cb_info *info, 
 		update_reading(c, info->orig_size + info->n_added - info->n_deleted);
 }
 
+/*
+ * How many bytes not yet sent the kernel may hold for the socket. Without a
+ * bound the send buffer autotunes to megabytes on a fast path: muxd would
+ * read that much from the other side ahead of a slow reader, and then see
+ * no room (EPOLLOUT) for seconds while the reader still takes bytes, which
+ * looks like no progress to client_timeout.
+ */
+#define NOTSENT_LOWAT (2 * TRANSPORT_BUF)
+
 static bool start_io(struct tcp *c, int fd)
 {
-	int one = 1;
+	int one = 1, lowat = NOTSENT_LOWAT;
 
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 	c->fd = fd;
 	c->in = evbuffer_new();
 	c->out = evbuffer_new();
