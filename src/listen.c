@@ -9,7 +9,10 @@
  * client connections idle longest between requests are closed. Open
  * descriptors are counted in /proc/self/fd, and only when the estimate
  * (descriptors not of clients at the last count, plus the clients now) comes
- * near the reserve or the last count is older than FD_RECOUNT_MS.
+ * near the reserve or the last count is older than FD_RECOUNT_MS. Only a
+ * count near the reserve is made in the accept callback; a count that is
+ * merely stale is left to a timer FD_RECOUNT_DEFER_MS later, so that a
+ * fresh client's request does not wait for the directory scan.
  */
 #include "listen.h"
 
@@ -28,6 +31,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,6 +49,7 @@ struct listeners {
 	bool paused;
 	bool activated;        /* sockets from the service manager: never re-bound */
 	struct event *backoff; /* accepting paused after running out of descriptors */
+	struct event *recount; /* the deferred count of a stale estimate */
 	bool backing_off;      /* backoff pending: only it resumes accepting */
 	long nofile;           /* RLIMIT_NOFILE; 0 when unlimited or unknown */
 	long other_fds;        /* open descriptors not of clients, at the last count */
@@ -55,7 +60,9 @@ struct listeners {
 #define ACCEPT_BACKOFF_MS 100
 
 static void backoff_done(evutil_socket_t fd, short what, void *arg);
+static void recount_cb(evutil_socket_t fd, short what, void *arg);
 #define FD_RECOUNT_MS 100
+#define FD_RECOUNT_DEFER_MS 5
 #define FD_RESERVE_MIN 16
 
 static uint64_t mono_ms(void)
@@ -76,14 +83,19 @@ static long fd_limit(void)
 	return (long)rl.rlim_cur;
 }
 
-/* Open descriptors of this process; -1 when they cannot be counted. */
+/* Open descriptors of this process; -1 when they cannot be counted. Linux
+ * 6.2 and later give the number as the size of /proc/self/fd: one stat,
+ * 2 us, where walking the directory takes 7.6 ms at 10 000 descriptors. */
 static long count_open_fds(void)
 {
-	DIR *d = opendir("/proc/self/fd");
+	struct stat st;
+	DIR *d;
 	struct dirent *e;
 	long n = 0;
 
-	if (!d)
+	if (stat("/proc/self/fd", &st) == 0 && st.st_size > 0)
+		return (long)st.st_size;
+	if (!(d = opendir("/proc/self/fd")))
 		return errno == EMFILE || errno == ENFILE ? LONG_MAX : -1;
 	while ((e = readdir(d)) != NULL)
 		if (e->d_name[0] != '.')
@@ -93,8 +105,9 @@ static long count_open_fds(void)
 }
 
 /* Whether free descriptors are below the reserve, after closing idle
- * client connections to make up for it. */
-static bool fds_short(struct listeners *ls)
+ * client connections to make up for it. force: count now even when the
+ * estimate is far from the reserve (else a stale count is deferred). */
+static bool fds_short(struct listeners *ls, bool force)
 {
 	struct muxd *m = ls->m;
 	long reserve, open, free_fds;
@@ -103,9 +116,18 @@ static bool fds_short(struct listeners *ls)
 	if (ls->nofile <= 0)
 		return false;
 	reserve = ls->nofile / 10 > FD_RESERVE_MIN ? ls->nofile / 10 : FD_RESERVE_MIN;
-	if (ls->nofile - (ls->other_fds + (long)m->nclients) >= 2 * reserve &&
-	    now - ls->counted_ms < FD_RECOUNT_MS)
+	if (!force && ls->nofile - (ls->other_fds + (long)m->nclients) >= 2 * reserve) {
+		struct timeval tv = ms_to_timeval(FD_RECOUNT_DEFER_MS);
+
+		if (now - ls->counted_ms < FD_RECOUNT_MS)
+			return false;
+		/* stale but far from the reserve: count off the accept path */
+		if (!ls->recount && !(ls->recount = evtimer_new(m->base, recount_cb, ls)))
+			return false;
+		if (!evtimer_pending(ls->recount, NULL))
+			evtimer_add(ls->recount, &tv);
 		return false;
+	}
 	open = count_open_fds();
 	if (open < 0)
 		return false;
@@ -188,7 +210,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	ls->cbs->accept(ls->m, fd, sa, (socklen_t)len);
 	if (ls->m->nclients >= ls->m->cfg->max_clients)
 		listeners_pause(ls, true);
-	else if (fds_short(ls)) {
+	else if (fds_short(ls, false)) {
 		log_debug("fewer than max(%d, 10 %%) of %ld descriptors free: accepting paused",
 		          FD_RESERVE_MIN, ls->nofile);
 		start_backoff(ls);
@@ -201,10 +223,25 @@ static void backoff_done(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	ls->backing_off = false;
-	if (fds_short(ls))
+	if (fds_short(ls, true))
 		start_backoff(ls);
 	else if (ls->m->nclients < ls->m->cfg->max_clients)
 		listeners_pause(ls, false);
+}
+
+static void recount_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct listeners *ls = arg;
+
+	(void)fd;
+	(void)what;
+	if (ls->backing_off || ls->paused)
+		return; /* resuming counts again */
+	if (fds_short(ls, true)) {
+		log_debug("fewer than max(%d, 10 %%) of %ld descriptors free: accepting paused",
+		          FD_RESERVE_MIN, ls->nofile);
+		start_backoff(ls);
+	}
 }
 
 static void error_cb(struct evconnlistener *l, void *arg)
@@ -485,5 +522,7 @@ void listeners_free(struct listeners *ls)
 			evconnlistener_free(ls->l[i]);
 	if (ls->backoff)
 		event_free(ls->backoff);
+	if (ls->recount)
+		event_free(ls->recount);
 	free(ls);
 }
