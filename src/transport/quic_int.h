@@ -25,6 +25,8 @@
 #define QUIC_BATCH 16              /* datagrams per sendmmsg */
 #define QUIC_MAX_WRITE 256         /* datagrams per write-out before yielding to the loop */
 #define QUIC_MAX_READ 128          /* datagrams per readable event */
+#define QUIC_RX_BATCH 32           /* datagrams per recvmmsg */
+#define QUIC_RX_SLOT 2048          /* receive slot = max_udp_payload_size we announce */
 #define QUIC_RCVBUF (2 << 20)      /* SO_RCVBUF asked for (the kernel doubles it) */
 #define QUIC_NVEC 16               /* stream data vectors per packet */
 #define QUIC_SCID_LEN 18
