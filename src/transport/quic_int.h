@@ -52,6 +52,7 @@ struct quic_path {
 	bool early; /* resumes with 0-RTT: early_tp holds the server's params */
 	ngtcp2_transport_params early_tp;
 	bool want_write; /* EV_WRITE armed: a batch waits */
+	bool gro;        /* UDP_GRO on: a sender's GSO burst arrives as one buffer */
 	uint8_t (*batch)[QUIC_PKT_MAX];
 	size_t batch_len[QUIC_BATCH];
 	size_t nbatch, batch_sent;
