@@ -25,6 +25,8 @@
 #define QUIC_BATCH 16              /* datagrams per sendmmsg */
 #define QUIC_MAX_WRITE 256         /* datagrams per write-out before yielding to the loop */
 #define QUIC_MAX_READ 128          /* datagrams per readable event */
+#define QUIC_RX_BATCH 32           /* datagrams per recvmmsg */
+#define QUIC_RX_SLOT 2048          /* receive slot = max_udp_payload_size we announce */
 #define QUIC_RCVBUF (2 << 20)      /* SO_RCVBUF asked for (the kernel doubles it) */
 #define QUIC_NVEC 16               /* stream data vectors per packet */
 #define QUIC_SCID_LEN 18
@@ -50,6 +52,7 @@ struct quic_path {
 	bool early; /* resumes with 0-RTT: early_tp holds the server's params */
 	ngtcp2_transport_params early_tp;
 	bool want_write; /* EV_WRITE armed: a batch waits */
+	bool gro;        /* UDP_GRO on: a sender's GSO burst arrives as one buffer */
 	uint8_t (*batch)[QUIC_PKT_MAX];
 	size_t batch_len[QUIC_BATCH];
 	size_t nbatch, batch_sent;

@@ -355,6 +355,7 @@ bool qpath_conn_new(struct quic_path *a, const ngtcp2_callbacks *cb, char *reaso
 	tp.initial_max_streams_bidi = 0;
 	tp.initial_max_streams_uni = q->p.max_uni_streams;
 	tp.max_idle_timeout = (uint64_t)QUIC_IDLE_TIMEOUT_MS * NGTCP2_MILLISECONDS;
+	tp.max_udp_payload_size = QUIC_RX_SLOT; /* path_read's slots */
 	r = ngtcp2_conn_client_new(&a->conn, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1, cb, &st, &tp,
 	                           NULL, a);
 	if (r != 0) {
