@@ -61,10 +61,12 @@ static const struct sockaddr *normalise(const char *host, char *norm, size_t siz
 	struct in6_addr a6;
 
 	memset(ss, 0, sizeof(*ss));
-	snprintf(norm, size, "%s", host);
-	for (char *c = norm; *c; c++)
-		if (*c >= 'A' && *c <= 'Z')
-			*c = (char)(*c - 'A' + 'a');
+	/* copied and lowered in one pass, cut to size (no snprintf per request) */
+	size_t n = 0;
+	for (; n + 1 < size && host[n]; n++)
+		norm[n] = host[n] >= 'A' && host[n] <= 'Z' ? (char)(host[n] - 'A' + 'a') : host[n];
+	if (size)
+		norm[n] = '\0';
 	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
 		ss->ss_family = AF_INET;
 		return (const struct sockaddr *)ss;

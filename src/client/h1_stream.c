@@ -14,6 +14,16 @@
 
 #include "transport/transport.h"
 
+/* dst = src, cut to size like snprintf's "%s" (which costs ~500 instructions
+ * a request here). */
+static void copy_cut(char *dst, size_t size, const char *src)
+{
+	size_t n = strnlen(src, size - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
 bool h1_stream_begin(struct h1_stream *s, const struct client_stream_ops *ops, struct muxd *m,
                      struct transport *t, const struct http1_msg *req)
 {
@@ -24,7 +34,7 @@ bool h1_stream_begin(struct h1_stream *s, const struct client_stream_ops *ops, s
 	s->m = m;
 	s->t = t;
 	s->version_minor = req->version_minor;
-	snprintf(s->method, sizeof(s->method), "%s", req->method);
+	copy_cut(s->method, sizeof(s->method), req->method);
 	s->body = req->body;
 	s->keep_alive = req->keep_alive && !m->draining;
 	s->remaining = req->body == HTTP1_BODY_LENGTH ? req->content_length : 0;

@@ -437,6 +437,21 @@ static void add_field(struct evbuffer *out, const char *name, size_t nlen, const
 	evbuffer_add(out, "\r\n", 2);
 }
 
+/* dst = src, cut to size like snprintf's "%s" (which costs ~500 instructions
+ * a request here). */
+static void copy_cut(char *dst, size_t size, const char *src)
+{
+	size_t n = strnlen(src, size - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+static void add_str(struct evbuffer *out, const char *str)
+{
+	evbuffer_add(out, str, strlen(str));
+}
+
 static void s_send_head(struct upstream_stream *us, const struct upstream_request *r)
 {
 	struct h1_stream *s = (struct h1_stream *)us;
@@ -445,17 +460,25 @@ static void s_send_head(struct upstream_stream *us, const struct upstream_reques
 	/* the connection's TLS handshake has not started: 0-RTT */
 	bool early = r->early_data && chain_early(c->t);
 
-	snprintf(s->method, sizeof(s->method), "%s", r->method);
+	copy_cut(s->method, sizeof(s->method), r->method);
 	s->tunnel = strcmp(r->method, "CONNECT") == 0;
 	s->upgrade = r->upgrade && !s->tunnel;
-	if (s->tunnel)
-		evbuffer_add_printf(out, "%s %s HTTP/1.1\r\n", r->method, r->authority);
-	else if (c->fwd.on) /* the parent forwards it: absolute form */
-		evbuffer_add_printf(out, "%s %s://%s%s HTTP/1.1\r\n", r->method, r->scheme,
-		                    r->authority, r->path);
-	else
-		evbuffer_add_printf(out, "%s %s HTTP/1.1\r\n", r->method, r->path);
-	evbuffer_add_printf(out, "Host: %s\r\n", r->authority);
+	/* pieces, not printf: this runs for every request */
+	add_str(out, r->method);
+	evbuffer_add(out, " ", 1);
+	if (s->tunnel) {
+		add_str(out, r->authority);
+	} else if (c->fwd.on) { /* the parent forwards it: absolute form */
+		add_str(out, r->scheme);
+		evbuffer_add(out, "://", 3);
+		add_str(out, r->authority);
+		add_str(out, r->path);
+	} else {
+		add_str(out, r->path);
+	}
+	evbuffer_add(out, " HTTP/1.1\r\nHost: ", 17);
+	add_str(out, r->authority);
+	evbuffer_add(out, "\r\n", 2);
 	for (size_t i = 0; i < r->nfields; i++)
 		add_field(out, r->fields[i].name, r->fields[i].name_len, r->fields[i].value,
 		          r->fields[i].value_len);
