@@ -255,7 +255,8 @@ static void setup(void)
 	m.cfg = config_defaults();
 	m.dns = dns_new(m.base);
 	m.tls = tls_client_ctx_new();
-	env = (struct upstream_env){{m.base, m.dns, m.tls, NULL, NULL, NULL}, &m.window_granted, NULL};
+	env = (struct upstream_env){
+	    {m.base, m.dns, m.tls, NULL, NULL, NULL}, &m.window_granted, NULL};
 	ck_assert_ptr_nonnull(m.base);
 	ck_assert_ptr_nonnull(m.dns);
 	ck_assert_ptr_nonnull(m.tls);
