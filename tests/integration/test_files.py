@@ -86,9 +86,14 @@ def test_rotated_ca_file_new_anchors_succeed(muxd, nginx_tls, pki, tmp_path):
 # no stat() per request
 
 
-def strace_attach(pid, out):
-    proc = subprocess.Popen([STRACE, "-f", "-qq", "-e", "trace=stat,lstat,newfstatat,statx,fstatat64",
-                             "-o", str(out), "-p", str(pid)],
+STAT_CALLS = "stat,lstat,newfstatat,statx,fstatat64"
+
+
+def strace_attach(pid, out, calls=STAT_CALLS, extra=()):
+    """strace -f of pid's calls into out, once attached (skips when strace
+    cannot attach here); stop it with SIGINT."""
+    proc = subprocess.Popen([STRACE, "-f", "-qq", *extra, "-e", f"trace={calls}", "-o", str(out),
+                             "-p", str(pid)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # strace prints nothing when attached with -qq: wait for the first traced
     # process to appear in /proc as a tracer of muxd
@@ -137,14 +142,7 @@ def trace_fresh_clients(muxd, nginx, tmp_path):
     m = muxd()
     assert https_get(m, nginx.url("/1k")).status == 200  # warm pool
     out = tmp_path / "strace.out"
-    proc = subprocess.Popen([STRACE, "-f", "-qq", "-e",
-                             "trace=accept4,accept,openat,getdents64,stat,newfstatat,statx,epoll_wait",
-                             "-o", str(out), "-p", str(m.pid)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_until(lambda: _traced_by(m.pid) == proc.pid or proc.poll() is not None, timeout=10,
-               what="strace to attach")
-    if proc.poll() is not None:
-        pytest.skip("strace cannot attach here")
+    proc = strace_attach(m.pid, out, "accept4,accept,openat,getdents64,stat,newfstatat,statx,epoll_wait")
     try:
         for _ in range(4):
             time.sleep(0.15)  # longer than FD_RECOUNT_MS: the count is stale at the accept
@@ -219,13 +217,7 @@ def test_access_log_not_written_per_request(muxd, nginx, tmp_path):
     assert get_many(m, nginx.url("/x"), 1)[-1].status == 200
     wait_until(lambda: len(parse_access_log(log)) == 1, timeout=5, what="the first line")
     out = tmp_path / "strace.out"
-    tracer = subprocess.Popen([STRACE, "-f", "-qq", "-s", "64", "-e", "trace=write,writev,pwrite64",
-                               "-o", str(out), "-p", str(m.pid)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_until(lambda: _traced_by(m.pid) == tracer.pid or tracer.poll() is not None, timeout=10,
-               what="strace to attach")
-    if tracer.poll() is not None:
-        pytest.skip("strace cannot attach here")
+    tracer = strace_attach(m.pid, out, "write,writev,pwrite64", extra=("-s", "64"))
     try:
         assert all(r.status == 200 for r in get_many(m, nginx.url("/x"), 20))
         wait_until(lambda: len(parse_access_log(log)) == 21, timeout=5, what="21 access log lines")
@@ -273,13 +265,7 @@ def test_altsvc_saved_without_fsync_on_the_loop(muxd, tls_nginx_factory, pki, tm
     (ng.root / "1k").write_bytes(ONE_K)
     m = muxd({"route *": {"ca_file": pki.ca_cert, "h3": "off"}})
     out = tmp_path / "strace.out"
-    tracer = subprocess.Popen([STRACE, "-f", "-qq", "-e", "trace=fsync,fdatasync,sync_file_range",
-                               "-o", str(out), "-p", str(m.pid)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_until(lambda: _traced_by(m.pid) == tracer.pid or tracer.poll() is not None, timeout=10,
-               what="strace to attach")
-    if tracer.poll() is not None:
-        pytest.skip("strace cannot attach here")
+    tracer = strace_attach(m.pid, out, "fsync,fdatasync,sync_file_range")
     try:
         assert https_get(m, ng.url("/1k")).status == 200
         lines = wait_until(lambda: len(altsvc_lines(m)) >= 2 and altsvc_lines(m), timeout=10,
