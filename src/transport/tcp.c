@@ -1,7 +1,7 @@
 /*
  * tcp — the bottom transport layer: a socket, read and written by muxd on
  * plain events (no bufferevent: no FIONREAD per read, no epoll_ctl per
- * write, the writes of one loop pass coalesced into one writev).
+ * write, the writes of one loop pass coalesced into one send).
  * Connecting resolves the host, then races the addresses (happy eyeballs,
  * RFC 8305): one attempt starts, the next 250 ms later or as soon as one
  * fails, and the first socket to connect wins; the others are closed.
@@ -38,7 +38,7 @@ struct tcp_attempt {
  * libevent's chain (rounded up to a power of two with its header) at 4 to
  * 64 KiB: a small message costs a small chain (16 KiB ones made glibc trim
  * and regrow the heap, a brk every 25 requests under wrk), a bulk stream
- * reaches 64 KiB per readv after four reads.
+ * reaches 64 KiB per read after four reads.
  */
 #define RD_MIN (4 * 1024 - 256)
 #define RD_MAX (64 * 1024 - 256)
@@ -201,6 +201,53 @@ static void io_failed(struct tcp *c, int err)
 	                     err ? strerror(err) : "connection error");
 }
 
+/*
+ * The socket calls themselves: recv and send when the bytes are in one
+ * piece (the usual case: a message fits one buffer chain), recvmsg and
+ * sendmsg when they span several. recv/send take the kernel's short path
+ * (no iovec import, no file-position lock, no rw_verify_area): readv and
+ * writev cost ~1 µs more per request in kernel time under wrk (perf,
+ * docs/performance.md). MSG_NOSIGNAL: a peer's reset is an EPIPE, never a
+ * SIGPIPE.
+ */
+#define WR_IOV 16
+
+static ssize_t sock_read(int fd, struct iovec *iov, int n)
+{
+	if (n == 1)
+		return recv(fd, iov[0].iov_base, iov[0].iov_len, 0);
+	struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+	return recvmsg(fd, &msg, 0);
+}
+
+/* Sends what out holds (up to WR_IOV chains in one call) and drains what
+ * the kernel took: bytes sent, or -1 with errno. */
+static int sock_write(int fd, struct evbuffer *out)
+{
+	struct evbuffer_iovec vec[WR_IOV];
+	int n = evbuffer_peek(out, -1, NULL, vec, WR_IOV);
+	ssize_t sent;
+
+	if (n <= 0)
+		return 0;
+	if (n > WR_IOV)
+		n = WR_IOV;
+	if (n == 1) {
+		sent = send(fd, vec[0].iov_base, vec[0].iov_len, MSG_NOSIGNAL);
+	} else {
+		struct iovec iov[WR_IOV];
+		for (int i = 0; i < n; i++) {
+			iov[i].iov_base = vec[i].iov_base;
+			iov[i].iov_len = vec[i].iov_len;
+		}
+		struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+		sent = sendmsg(fd, &msg, MSG_NOSIGNAL);
+	}
+	if (sent > 0)
+		evbuffer_drain(out, (size_t)sent);
+	return sent > INT32_MAX ? INT32_MAX : (int)sent;
+}
+
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
 	struct tcp *c = arg;
@@ -230,7 +277,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 		iov[i].iov_len = vec[i].iov_len < left ? vec[i].iov_len : left;
 		left -= iov[i].iov_len;
 	}
-	got = readv((int)fd, iov, n);
+	got = sock_read((int)fd, iov, n);
 	if (got <= 0) {
 		int e = got < 0 ? errno : 0;
 		if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR)
@@ -264,7 +311,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 }
 
 /*
- * The flush: one writev of everything the callbacks of this loop pass
+ * The flush: one send of everything the callbacks of this loop pass
  * appended (the event is activated on the first append and runs after
  * them), straight to the socket; EV_WRITE is waited for only when the socket
  * is full. Then on_drain when output is at or below TRANSPORT_BUF / 2 (0
@@ -285,7 +332,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 		c->wr_added = false;
 		return;
 	}
-	n = evbuffer_write_atmost(c->out, c->fd, -1);
+	n = sock_write(c->fd, c->out);
 	if (n < 0) {
 		int e = errno;
 		if (e != EAGAIN && e != EWOULDBLOCK && e != EINTR) {
