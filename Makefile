@@ -109,9 +109,10 @@ unit: $(UNIT_BINS) $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 lint:
 	/usr/bin/python3 tests/check_includes.py
 
-integration: $(BUILD)/muxd $(H3ORIGIN) $(BUILD)/bench/delay_relay
+integration: $(BUILD)/muxd $(H3ORIGIN) $(BUILD)/bench/delay_relay $(BUILD)/bench/udp_rcvbuf.so
 	MUXD_BIN=$(abspath $(BUILD)/muxd) MUXD_H3ORIGIN=$(abspath $(H3ORIGIN)) MUXD_SANITIZE=$(SANITIZE) \
 	    MUXD_DELAY_RELAY=$(abspath $(BUILD)/bench/delay_relay) \
+	    MUXD_RCVBUF_SHIM=$(abspath $(BUILD)/bench/udp_rcvbuf.so) \
 	    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 
 check:
