@@ -80,6 +80,13 @@ $(BUILD)/bench/delay_relay: bench/delay_relay.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(shell pkg-config --libs libevent)
 
+# bench/compare's direct HTTP/3 reference: gtlsclient with muxd's UDP
+# receive buffer (LD_PRELOAD shim, bench/udp_rcvbuf.c); never sanitized: it
+# is loaded into a program that is not.
+$(BUILD)/bench/udp_rcvbuf.so: bench/udp_rcvbuf.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -O2 -fPIC -shared -o $@ $< -ldl
+
 # Benchmark programs over the library (run by bench/run).
 $(BUILD)/bench/%: bench/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
@@ -102,9 +109,10 @@ unit: $(UNIT_BINS) $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 lint:
 	/usr/bin/python3 tests/check_includes.py
 
-integration: $(BUILD)/muxd $(H3ORIGIN) $(BUILD)/bench/delay_relay
+integration: $(BUILD)/muxd $(H3ORIGIN) $(BUILD)/bench/delay_relay $(BUILD)/bench/udp_rcvbuf.so
 	MUXD_BIN=$(abspath $(BUILD)/muxd) MUXD_H3ORIGIN=$(abspath $(H3ORIGIN)) MUXD_SANITIZE=$(SANITIZE) \
 	    MUXD_DELAY_RELAY=$(abspath $(BUILD)/bench/delay_relay) \
+	    MUXD_RCVBUF_SHIM=$(abspath $(BUILD)/bench/udp_rcvbuf.so) \
 	    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 
 check:
@@ -120,7 +128,8 @@ check:
 # SOAK=1 adds bench/soak (load with reloads, then slowloris).
 bench:
 	@scripts/install-deps --bench
-	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue $(BUILD)/bench/tls_hs $(BUILD)/bench/delay_relay
+	@$(MAKE) --no-print-directory all $(BUILD)/bench/ca_issue $(BUILD)/bench/tls_hs $(BUILD)/bench/delay_relay \
+	    $(BUILD)/bench/udp_rcvbuf.so
 	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/compare
 	$(BUILD)/bench/ca_issue 200
 	MUXD_BIN=$(CURDIR)/$(BUILD)/muxd bench/tls
