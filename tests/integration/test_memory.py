@@ -308,6 +308,7 @@ def test_idle_pooled_h2_connection_memory(muxd, tls_nginx_factory, pki):
     ng = tls_nginx_factory(http2=True, extra=listens)
     (ng.root / "f").write_bytes(b"ok")
     ports = [ng.port] + ports
+    bound = 28 * 1024
     m = muxd({"pool": {"max_idle": "1000", "max_connections": "1000", "idle_timeout": "10m",
                        "keep_warm": "off"},
               "route *": {"ca_file": str(pki.ca_cert)}})
@@ -325,11 +326,20 @@ def test_idle_pooled_h2_connection_memory(muxd, tls_nginx_factory, pki):
         for port in ports[10:]:
             get(port)
         after = vm_rss_kib(m.pid)
+        print(f"right after the requests: {(after - before) * 1024 / n:,.0f} B per connection")
+
+        # each connection gives nghttp2's buffer pages back 1 s into its
+        # idle period (upstream/h2.c, h2_mem_release): poll for it
+        def per_conn():
+            return (vm_rss_kib(m.pid) - before) * 1024 / n
+
+        deadline = time.monotonic() + 10
+        while (per := per_conn()) >= bound and time.monotonic() < deadline:
+            time.sleep(0.1)
     opened = m.metrics().value("muxd_upstream_connections_opened_total", proto="h2")
-    per = (after - before) * 1024 / n
-    print(f"RSS per idle pooled HTTP/2 connection: {per:,.0f} B ({before} -> {after} KiB)")
+    print(f"RSS per idle pooled HTTP/2 connection: {per:,.0f} B (from {before} KiB)")
     assert opened == n + 10, f"{opened} HTTP/2 connections opened, not one per origin"
-    assert per < 40 * 1024, f"{per:,.0f} B of RSS per idle pooled HTTP/2 connection"
+    assert per < bound, f"{per:,.0f} B of RSS per idle pooled HTTP/2 connection"
 
 
 @pytest.mark.skipif(SANITIZE, reason="ASan's shadow memory and quarantine make RSS meaningless")
