@@ -815,8 +815,8 @@ static void send_head(struct mux_stream *ms, const struct upstream_request *r)
 	s->ms.head_sent = true;
 	s->ms.is_head = strcmp(r->method, "HEAD") == 0;
 	s->ms.is_connect = strcmp(r->method, "CONNECT") == 0;
-	if (!c->mc.name[0])
-		snprintf(c->mc.name, sizeof(c->mc.name), "%s", r->authority);
+	if (!c->mc.name)
+		mux_set_name(&c->mc, "%s", r->authority);
 	for (size_t i = 0; i < r->nfields; i++)
 		names += r->fields[i].name_len;
 	nva = calloc(r->nfields + 7, sizeof(*nva));
