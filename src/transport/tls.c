@@ -324,7 +324,10 @@ struct tls {
 	struct tls_client_ctx *ctx;
 	char *host;        /* for messages */
 	char *session_key; /* NULL: no resumption */
-	char alpn[256];
+	/* the protocol ALPN chose ("" until known): alpn_short, or from malloc
+	 * when longer (protocol ids are up to 255 bytes) */
+	char *alpn;
+	char alpn_short[16];
 	/* 0-RTT: the ALPN protocol the resumed session had, reported before the
 	 * handshake; the server must agree */
 	char early_alpn[32];
@@ -339,7 +342,25 @@ static void tls_destroy(struct tls_io *io)
 
 	free(t->host);
 	free(t->session_key);
+	if (t->alpn != t->alpn_short)
+		free(t->alpn);
 	free(t);
+}
+
+/* Keeps the protocol ALPN chose (n bytes of p); "" when out of memory. */
+static void set_alpn(struct tls *t, const char *p, size_t n)
+{
+	char *dst = t->alpn_short;
+
+	if (t->alpn != t->alpn_short)
+		free(t->alpn);
+	if (n >= sizeof(t->alpn_short) && !(dst = malloc(n + 1))) {
+		dst = t->alpn_short;
+		n = 0;
+	}
+	memcpy(dst, p, n);
+	dst[n] = '\0';
+	t->alpn = dst;
 }
 
 static const char *tls_fail_name(struct tls_io *io)
@@ -437,11 +458,10 @@ static void tls_connected(struct tls_io *io)
 	gnutls_datum_t proto;
 
 	t->resumed = gnutls_session_is_resumed(io->s) != 0;
-	t->alpn[0] = '\0';
-	if (gnutls_alpn_get_selected_protocol(io->s, &proto) == 0 && proto.size < sizeof(t->alpn)) {
-		memcpy(t->alpn, proto.data, proto.size);
-		t->alpn[proto.size] = '\0';
-	}
+	if (gnutls_alpn_get_selected_protocol(io->s, &proto) == 0)
+		set_alpn(t, (const char *)proto.data, proto.size);
+	else
+		set_alpn(t, "", 0);
 	if (io->early_max > 0) {
 		io->early_accepted =
 		    (gnutls_session_get_flags(io->s) & GNUTLS_SFLAGS_EARLY_DATA) != 0;
@@ -450,9 +470,9 @@ static void tls_connected(struct tls_io *io)
 		 * the request was not processed: a fresh connection, without
 		 * this session, may carry it again */
 		if (strcmp(t->alpn, t->early_alpn) != 0) {
-			snprintf(io->fail_reason, sizeof(io->fail_reason),
-			         "the resumed session's protocol %s changed to %s", t->early_alpn,
-			         t->alpn[0] ? t->alpn : "none");
+			tls_io_reason(&io->fail_reason,
+			              "the resumed session's protocol %s changed to %s",
+			              t->early_alpn, t->alpn[0] ? t->alpn : "none");
 			io->fail_err = ERR_UNPROCESSED;
 			tls_sessions_remove(t->ctx->sessions, t->session_key);
 			return;
@@ -491,12 +511,15 @@ static void setup_session(struct tls *t, const struct tls_client_params *p, cons
 	gnutls_certificate_credentials_t cred;
 	const struct tls_session_entry *cached;
 	gnutls_session_t s;
+	char reason[512] = "";
 	int r;
 
-	cred = get_cred(t->ctx, p->ca_file, p->verify, client_cert, client_key, t->io.fail_reason,
-	                sizeof(t->io.fail_reason));
-	if (!cred)
+	cred = get_cred(t->ctx, p->ca_file, p->verify, client_cert, client_key, reason,
+	                sizeof(reason));
+	if (!cred) {
+		tls_io_reason(&t->io.fail_reason, "%s", reason);
 		return;
+	}
 	r = gnutls_init(&s, GNUTLS_CLIENT | GNUTLS_NONBLOCK);
 	if (r < 0)
 		goto fail;
@@ -530,7 +553,7 @@ static void setup_session(struct tls *t, const struct tls_client_params *p, cons
 			t->io.early_max = cached->max_early;
 			t->io.early_timeout_ms = p->early_timeout_ms;
 			snprintf(t->early_alpn, sizeof(t->early_alpn), "%s", cached->alpn);
-			snprintf(t->alpn, sizeof(t->alpn), "%s", cached->alpn);
+			set_alpn(t, cached->alpn, strlen(cached->alpn));
 		}
 	}
 	tls_io_set_session(&t->io, s);
@@ -538,8 +561,7 @@ static void setup_session(struct tls *t, const struct tls_client_params *p, cons
 fail_deinit:
 	gnutls_deinit(s);
 fail:
-	snprintf(t->io.fail_reason, sizeof(t->io.fail_reason), "cannot set up the TLS session: %s",
-	         gnutls_strerror(r));
+	tls_io_reason(&t->io.fail_reason, "cannot set up the TLS session: %s", gnutls_strerror(r));
 }
 
 struct transport *tls_client_new(const struct transport_env *env, struct transport *lower,
@@ -562,6 +584,7 @@ struct transport *tls_client_new_cert(const struct transport_env *env, struct tr
 		return NULL;
 	}
 	t->ctx = env->tls;
+	t->alpn = t->alpn_short;
 	ok = tls_io_init(&t->io, &tls_hooks, env->base, lower, cbs, ctx);
 	t->host = strdup(p->sni ? p->sni : "");
 	t->io.name = t->host;

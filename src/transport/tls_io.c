@@ -13,6 +13,7 @@
 #include "transport/tls_io.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,27 @@
 
 #define RECORD_MAX 16384
 #define ALPN_MAX 8
+
+static const char oom_reason[] = "out of memory";
+
+static void free_reason(const char *r)
+{
+	if (r != oom_reason)
+		free((char *)r);
+}
+
+void tls_io_reason(const char **reason, const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		s = NULL;
+	va_end(ap);
+	free_reason(*reason);
+	*reason = s ? s : oom_reason;
+}
 
 void tls_io_free(struct tls_io *io)
 {
@@ -39,6 +61,8 @@ void tls_io_free(struct tls_io *io)
 		evbuffer_free(io->out);
 	if (io->lower)
 		transport_close(io->lower);
+	free_reason(io->lower_reason);
+	free_reason(io->fail_reason);
 	io->hooks->destroy(io);
 }
 
@@ -163,7 +187,7 @@ static bool do_handshake(struct tls_io *io)
 	if (io->early_deadline)
 		evtimer_del(io->early_deadline);
 	io->hooks->connected(io);
-	if (io->fail_reason[0]) {
+	if (io->fail_reason) {
 		log_debug("%s: %s: %s", io->hooks->log_name, io->hooks->fail_name(io),
 		          io->fail_reason);
 		report(io, TRANSPORT_ERROR, io->fail_err ? io->fail_err : ERR_TLS, io->fail_reason);
@@ -350,7 +374,8 @@ static void run_pass(struct tls_io *io)
 	if (io->state == TLS_IO_DEAD)
 		return;
 	if (!io->s) {
-		tls_io_fail(io, io->fail_reason);
+		tls_io_fail(io,
+		            io->fail_reason ? io->fail_reason : "cannot set up the TLS session");
 		return;
 	}
 	if (io->state == TLS_IO_HANDSHAKE && io->early_max > 0 &&
@@ -379,7 +404,8 @@ static void run_pass(struct tls_io *io)
 			return;
 	}
 	if (io->lower_failed && (!io->reading || io->peer_eof)) {
-		report(io, TRANSPORT_ERROR, io->lower_err, io->lower_reason);
+		report(io, TRANSPORT_ERROR, io->lower_err,
+		       io->lower_reason ? io->lower_reason : "connection error");
 		return;
 	}
 	if (io->peer_eof && !io->eof_reported) {
@@ -419,8 +445,7 @@ static void lower_on_event(void *ctx, enum transport_event ev, enum muxd_err err
 	} else if (ev == TRANSPORT_ERROR) {
 		io->lower_failed = true;
 		io->lower_err = err;
-		snprintf(io->lower_reason, sizeof(io->lower_reason), "%s",
-		         reason ? reason : "connection error");
+		tls_io_reason(&io->lower_reason, "%s", reason ? reason : "connection error");
 	} else {
 		return; /* CONNECTED: lower was connected already */
 	}

@@ -60,8 +60,10 @@ struct tls_io {
 	bool shut_wanted; /* user asked for a half-close */
 	bool shut_done;
 	enum muxd_err lower_err;
-	char lower_reason[256];
-	char fail_reason[512];  /* a failure found while setting up, reported later */
+	/* Reasons, made when needed (tls_io_reason; NULL: none): the layer
+	 * below's error, and a failure found while setting up, reported later */
+	const char *lower_reason;
+	const char *fail_reason;
 	enum muxd_err fail_err; /* hooks->connected's refusal: its error (ERR_NONE: ERR_TLS) */
 	unsigned holds;         /* hold.h */
 	bool closing;
@@ -98,6 +100,9 @@ bool tls_io_fail(struct tls_io *io, const char *reason);
 /* While io->early_wait: the first n bytes now in out are replay-safe (a
  * whole idempotent request) and may go as early data. */
 void tls_io_early_safe(struct tls_io *io, size_t n);
+/* Sets *reason (io->fail_reason, io->lower_reason) to the formatted text
+ * ("out of memory" when it cannot be made); tls_io_free frees both. */
+void tls_io_reason(const char **reason, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Sets the ALPN protocols from a comma-separated list. */
 int tls_io_set_alpn(gnutls_session_t s, const char *list, unsigned flags);
 

@@ -211,8 +211,7 @@ static void setup_session(struct tls_srv *t, const struct tls_server_params *p)
 	int r;
 
 	if (!t->ca) {
-		snprintf(t->io.fail_reason, sizeof(t->io.fail_reason),
-		         "cannot set up the TLS session: no local CA");
+		tls_io_reason(&t->io.fail_reason, "cannot set up the TLS session: no local CA");
 		return;
 	}
 	r = gnutls_init(&s, GNUTLS_SERVER | GNUTLS_NONBLOCK);
@@ -232,8 +231,7 @@ static void setup_session(struct tls_srv *t, const struct tls_server_params *p)
 fail_deinit:
 	gnutls_deinit(s);
 fail:
-	snprintf(t->io.fail_reason, sizeof(t->io.fail_reason), "cannot set up the TLS session: %s",
-	         gnutls_strerror(r));
+	tls_io_reason(&t->io.fail_reason, "cannot set up the TLS session: %s", gnutls_strerror(r));
 }
 
 struct transport *tls_server_new(const struct transport_env *env, struct transport *lower,

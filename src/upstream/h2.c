@@ -40,6 +40,11 @@
  * are retried on a fresh connection) and the connection leaves the pool as
  * EVICT_DEAD.
  *
+ * Memory while idle: H2_RELEASE_AFTER_IDLE_MS into each idle period, and
+ * after each idle PING's answer, the pages of nghttp2's frame buffer and of
+ * its empty stream map go back to the system (h2_mem.h): an idle pooled
+ * connection keeps neither.
+ *
  * Endings: GOAWAY makes the connection take no new streams; streams above
  * last_stream_id fail with ERR_UNPROCESSED (nghttp2 closes them with
  * REFUSED_STREAM), the others finish, and then the connection closes with
@@ -71,13 +76,14 @@
 #include "upstream/mux.h"
 #include "upstream/upstream.h"
 
-#define H2_MAX_STREAMS 256          /* streams per connection, whatever the peer allows */
-#define H2_STREAM_WINDOW 65535      /* SETTINGS_INITIAL_WINDOW_SIZE */
-#define H2_PING_AFTER_IDLE_MS 2000  /* idle this long: PING on the next stream */
-#define H2_PING_TIMEOUT_MS 3000     /* no PING ACK by then: the connection is dead */
-#define H2_IDLE_PING_MS 30000       /* PING interval while idle */
-#define H2_MAX_OUTBOUND_ACK 100     /* PING/SETTINGS ACKs queued before the peer is cut */
-#define H2_SMALL_WINDOW_UPDATE 1024 /* increments below this count as flood frames */
+#define H2_MAX_STREAMS 256            /* streams per connection, whatever the peer allows */
+#define H2_STREAM_WINDOW 65535        /* SETTINGS_INITIAL_WINDOW_SIZE */
+#define H2_PING_AFTER_IDLE_MS 2000    /* idle this long: PING on the next stream */
+#define H2_PING_TIMEOUT_MS 3000       /* no PING ACK by then: the connection is dead */
+#define H2_IDLE_PING_MS 30000         /* PING interval while idle */
+#define H2_RELEASE_AFTER_IDLE_MS 1000 /* idle this long: nghttp2's buffer pages go back */
+#define H2_MAX_OUTBOUND_ACK 100       /* PING/SETTINGS ACKs queued before the peer is cut */
+#define H2_SMALL_WINDOW_UPDATE 1024   /* increments below this count as flood frames */
 
 /*
  * Flood limits: frames of each kind that do no work for a response, per
@@ -127,6 +133,7 @@ struct h2_conn {
 	struct event *idle_timer; /* PING interval while idle */
 	struct timespec idle_since;
 	uint64_t idle_ping_ms; /* PING interval while idle (shorter when kept warm) */
+	bool released;         /* this idle period's h2_mem_release is done */
 	bool settings_seen;    /* the peer's SETTINGS arrived: its limits are known */
 	/* 0-RTT (the TLS layer is up before its handshake, chain_early): streams
 	 * open at once under the default settings; the preface, SETTINGS and the
@@ -141,6 +148,7 @@ struct h2_conn {
 	/* round trip: when our SETTINGS / PING left, the smoothed sample (us) */
 	struct timespec settings_at, ping_at;
 	uint64_t rtt_us;
+	struct h2_mem mem; /* the session's allocator (h2_mem.h) */
 };
 
 #define H2S(p) ((struct h2_stream *)(p))
@@ -183,6 +191,26 @@ static uint64_t ms_since(const struct timespec *t)
 	return (uint64_t)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
 }
 
+/* Idle from now: the timer's first step gives memory back (on_idle_timer). */
+static void arm_idle(struct h2_conn *c)
+{
+	c->released = false;
+	mux_set_timer(c->idle_timer, c->idle_ping_ms < H2_RELEASE_AFTER_IDLE_MS
+	                                 ? c->idle_ping_ms
+	                                 : H2_RELEASE_AFTER_IDLE_MS);
+}
+
+/* Idle: the pages of nghttp2's frame buffer (when nothing is in flight) and
+ * of its empty stream map go back to the system (h2_mem.h). Safe inside the
+ * session's callbacks too: frames are only written by mem_send. */
+static void release_idle(struct h2_conn *c)
+{
+	if (!c->t || c->mc.failed || mux_live(&c->mc) != 0)
+		return;
+	h2_mem_release(&c->mem, nghttp2_session_want_read(c->session) &&
+	                            !nghttp2_session_want_write(c->session));
+}
+
 /* Free finished streams; close after GOAWAY; offer freed slots. Runs with
  * exactly one hold, when no callback is running. */
 static void settle(struct mux_conn *mc)
@@ -194,7 +222,7 @@ static void settle(struct mux_conn *mc)
 	if (live == 0 && freed > 0 && !mc->told) {
 		clock_gettime(CLOCK_MONOTONIC, &c->idle_since);
 		if (c->t)
-			mux_set_timer(c->idle_timer, c->idle_ping_ms);
+			arm_idle(c);
 	}
 	mux_settle_tail(mc, live, freed);
 }
@@ -436,6 +464,16 @@ static void on_idle_timer(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	mux_hold(&c->mc);
 	if (!c->mc.failed && mux_live(&c->mc) == 0) {
+		if (!c->released) { /* the idle period's first step */
+			uint64_t idle = ms_since(&c->idle_since);
+			c->released = true;
+			release_idle(c);
+			if (idle < c->idle_ping_ms) {
+				mux_set_timer(c->idle_timer, c->idle_ping_ms - idle);
+				mux_release(&c->mc);
+				return;
+			}
+		}
 		send_ping(c);
 		mux_set_timer(c->idle_timer, c->idle_ping_ms);
 	}
@@ -637,6 +675,8 @@ static int cb_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 			rtt_sample(c, &c->ping_at);
 			c->ping_out = false;
 			evtimer_del(c->ping_timer);
+			if (c->released)
+				release_idle(c); /* the PING wrote to the frame buffer again */
 		}
 		break;
 	default:
@@ -775,8 +815,8 @@ static void send_head(struct mux_stream *ms, const struct upstream_request *r)
 	s->ms.head_sent = true;
 	s->ms.is_head = strcmp(r->method, "HEAD") == 0;
 	s->ms.is_connect = strcmp(r->method, "CONNECT") == 0;
-	if (!c->mc.name[0])
-		snprintf(c->mc.name, sizeof(c->mc.name), "%s", r->authority);
+	if (!c->mc.name)
+		mux_set_name(&c->mc, "%s", r->authority);
 	for (size_t i = 0; i < r->nfields; i++)
 		names += r->fields[i].name_len;
 	nva = calloc(r->nfields + 7, sizeof(*nva));
@@ -1012,13 +1052,15 @@ static bool session_new(struct h2_conn *c)
 	nghttp2_option_set_max_outbound_ack(opt, H2_MAX_OUTBOUND_ACK);
 	nghttp2_option_set_max_settings(opt, 32);
 	nghttp2_option_set_max_continuations(opt, 8);
-	rv = nghttp2_session_client_new3(&c->session, cb, c, opt, h2_mem()); /* h2_mem.h */
+	h2_mem_init(&c->mem);
+	rv = nghttp2_session_client_new3(&c->session, cb, c, opt, h2_mem_nghttp2(&c->mem));
 	nghttp2_session_callbacks_del(cb);
 	nghttp2_option_del(opt);
 	if (rv != 0) {
 		c->session = NULL;
 		return false;
 	}
+	h2_mem_mark_frames(&c->mem);
 	return nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, iv,
 	                               sizeof(iv) / sizeof(iv[0])) == 0 &&
 	       nghttp2_session_set_local_window_size(c->session, NGHTTP2_FLAG_NONE, 0,
@@ -1051,7 +1093,7 @@ struct upstream_conn *h2_conn_new(const struct upstream_env *env,
 	clock_gettime(CLOCK_MONOTONIC, &c->idle_since);
 	c->flood_since = c->idle_since;
 	c->settings_at = c->idle_since; /* SETTINGS leave with the preface */
-	mux_set_timer(c->idle_timer, c->idle_ping_ms);
+	arm_idle(c);
 	transport_set_cbs(t, &tcbs, c);
 	t->ops->set_reading(t, true);
 	if (chain_early(t)) { /* 0-RTT: streams before the origin's SETTINGS */

@@ -1112,8 +1112,7 @@ struct upstream_conn *h3_conn_new(const struct upstream_env *env,
 		return NULL;
 	ok = mux_conn_init(&c->mc, env, params, &h3_mux_ops, &h3_conn_ops, PROTO_H3, owner_cbs,
 	                   owner, on_kick);
-	snprintf(c->mc.name, sizeof(c->mc.name), v6 ? "[%s]:%u" : "%s:%u", p->host ? p->host : "",
-	         (unsigned)p->port);
+	mux_set_name(&c->mc, v6 ? "[%s]:%u" : "%s:%u", p->host ? p->host : "", (unsigned)p->port);
 	if (ok && p->host)
 		c->q = quic_connect(&env->transport, &qp, &h3_quic_cbs, c);
 	if (!c->q) {

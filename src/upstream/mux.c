@@ -4,6 +4,7 @@
  * settle, the kick's common steps, timers. Protocol specifics come through
  * struct mux_ops.
  */
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,11 +125,28 @@ void mux_conn_free_base(struct mux_conn *mc)
 	if (mc->kick)
 		event_free(mc->kick);
 	fwd_mode_clear(&mc->fwd);
+	free(mc->name);
+	mc->name = NULL;
 }
 
 const char *mux_origin(const struct mux_conn *mc)
 {
-	return mc->name[0] ? mc->name : "origin";
+	return mc->name && mc->name[0] ? mc->name : "origin";
+}
+
+void mux_set_name(struct mux_conn *mc, const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		s = NULL;
+	va_end(ap);
+	if (s && strlen(s) > 299)
+		s[299] = '\0';
+	free(mc->name);
+	mc->name = s;
 }
 
 void mux_kick(struct mux_conn *mc)

@@ -105,7 +105,7 @@ struct mux_conn {
 	struct fwd_mode fwd; /* HTTP/2 to a parent proxy that forwards (off: h3) */
 	struct mux_stream *streams;
 	struct event *kick; /* deferred write-out, errors, on_available */
-	char name[300];     /* the origin, for log lines */
+	char *name;         /* the origin, for log lines (NULL: not known; mux_set_name) */
 	bool want_available;
 	bool goaway;
 	bool failed;  /* transport gone or session dead */
@@ -133,6 +133,8 @@ bool mux_conn_init(struct mux_conn *mc, const struct upstream_env *env,
 /* Frees the streams and the kick event; forgets fwd's credentials. */
 void mux_conn_free_base(struct mux_conn *mc);
 const char *mux_origin(const struct mux_conn *mc);
+/* Names the origin (formatted, at most 299 bytes kept); out of memory: unnamed. */
+void mux_set_name(struct mux_conn *mc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void mux_kick(struct mux_conn *mc);
 unsigned mux_live(const struct mux_conn *mc);
 void mux_hold(struct mux_conn *mc);

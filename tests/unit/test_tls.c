@@ -174,8 +174,11 @@ struct srv_opts {
 	bool alpn;              /* offers h2 and http/1.1 */
 	bool early;             /* takes 0-RTT early data (and its tickets allow it); echoes it
 	                         * first, after "[early]" */
-	bool h2_only;           /* with alpn: offers h2 alone */
+	int h2_only;            /* with alpn: 1 offers h2 alone, LONG_FIRST LONG_PROTO first */
 };
+
+#define LONG_PROTO "x-a-protocol-id-of-30-bytes-xx" /* longer than tls.c keeps inline */
+#define LONG_FIRST 2
 
 static void send_all(gnutls_session_t s, const char *p, size_t n)
 {
@@ -205,7 +208,9 @@ static void serve(int fd, const struct srv_opts *o)
 {
 	gnutls_certificate_credentials_t cred;
 	gnutls_x509_crt_t leaf = o->leaf ? o->leaf : leaf_good;
-	gnutls_datum_t protos[2] = {{(unsigned char *)"h2", 2}, {(unsigned char *)"http/1.1", 8}};
+	gnutls_datum_t protos[3] = {{(unsigned char *)"h2", 2}, {(unsigned char *)"http/1.1", 8}};
+	gnutls_datum_t long_protos[3] = {
+	    {(unsigned char *)LONG_PROTO, sizeof(LONG_PROTO) - 1}, protos[0], protos[1]};
 	gnutls_session_t s;
 	static char buf[32768];
 	int r;
@@ -228,7 +233,9 @@ static void serve(int fd, const struct srv_opts *o)
 	    gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, cred) < 0 ||
 	    gnutls_session_ticket_enable_server(s, &ticket_key) < 0)
 		_exit(2);
-	if (o->alpn)
+	if (o->alpn && o->h2_only == LONG_FIRST)
+		gnutls_alpn_set_protocols(s, long_protos, 3, GNUTLS_ALPN_SERVER_PRECEDENCE);
+	else if (o->alpn)
 		gnutls_alpn_set_protocols(s, protos, o->h2_only ? 1 : 2,
 		                          GNUTLS_ALPN_SERVER_PRECEDENCE);
 	if (o->early) {
@@ -649,6 +656,19 @@ START_TEST(alpn)
 		client_done(&c);
 		client_free(&c);
 	}
+	/* a protocol id longer than the layer keeps inline */
+	so.h2_only = LONG_FIRST;
+	for (int i = 0; i < 2; i++) {
+		struct client c = {0};
+		p.alpn = i ? "h2," LONG_PROTO : "h2";
+		client_open(&c, &so, &p);
+		run(&c, 5000);
+		ck_assert_msg(c.connected, "%s", c.reason);
+		ck_assert_str_eq(tls_alpn(c.t), i ? LONG_PROTO : "h2");
+		client_done(&c);
+		client_free(&c);
+	}
+	so.h2_only = 0;
 	/* a server without ALPN: nothing chosen */
 	so.alpn = false;
 	p.alpn = "h2,http/1.1";
