@@ -945,6 +945,33 @@ static void move_msg(struct http1_msg *dst, struct http1_msg *src)
 	http1_msg_init(src);
 }
 
+/* out = host ("[host]" when v6), then ":port" when with_port; cut to size
+ * as snprintf would (it never is: a host has at most 255 bytes). Per
+ * request, so without printf. */
+static void make_authority(char *out, size_t size, const char *host, bool v6, uint16_t port,
+                           bool with_port)
+{
+	char tail[8], *p = tail + sizeof(tail);
+	size_t hl = strlen(host), tl = 0, len = 0;
+
+	if (with_port) {
+		unsigned v = port;
+		do
+			*--p = (char)('0' + v % 10);
+		while ((v /= 10) > 0);
+		*--p = ':';
+		tl = (size_t)(tail + sizeof(tail) - p);
+	}
+	const char *parts[] = {"[", host, "]", p};
+	size_t lens[] = {v6 ? 1 : 0, hl, v6 ? 1 : 0, tl};
+	for (size_t i = 0; i < 4; i++) {
+		size_t n = lens[i] < size - 1 - len ? lens[i] : size - 1 - len;
+		memcpy(out + len, parts[i], n);
+		len += n;
+	}
+	out[len] = '\0';
+}
+
 struct exchange *exchange_start(struct muxd *m, struct client_stream *client, struct http1_msg *req,
                                 const struct http1_uri *uri, const char *tls_name)
 {
@@ -965,11 +992,8 @@ struct exchange *exchange_start(struct muxd *m, struct client_stream *client, st
 	copy_uri(&ex->uri, uri);
 	ex->req_body_done = ex->req.body == HTTP1_BODY_NONE;
 	ex->upgrade = client->ops->upgrade && http1_upgrade_requested(&ex->req, ex->cfg->upgrade);
-	snprintf(ex->authority, sizeof(ex->authority), "%s%s%s", v6 ? "[" : "",
-	         tls_name ? tls_name : uri->host, v6 ? "]" : "");
-	if (!default_port)
-		snprintf(ex->authority + strlen(ex->authority),
-		         sizeof(ex->authority) - strlen(ex->authority), ":%u", uri->port);
+	make_authority(ex->authority, sizeof(ex->authority), tls_name ? tls_name : uri->host, v6,
+	               uri->port, !default_port);
 	route_for(ex->cfg, uri->host, uri->port, &ex->route);
 	if (!pool_key_init_sni(&ex->key, m, uri->scheme, uri->host, uri->port, tls_name,
 	                       &ex->route)) {
