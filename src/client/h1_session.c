@@ -75,7 +75,8 @@ struct downstream {
 	struct muxd *m;
 	struct transport *t;
 	char peer[64];
-	char req_line[300]; /* "METHOD target" of the request in hand, for logs; "" before one */
+	/* "METHOD target" of the request in hand, for logs; "" before one */
+	char req_line[DOWNSTREAM_REQ_LINE];
 	bool loopback;
 	struct exchange *ex;
 	struct h1_stream stream; /* the request of the exchange ex */
@@ -611,13 +612,24 @@ static void admin_done(void *ctx, const struct admin_response *r)
 		process(ds);
 }
 
+size_t downstream_req_line(char out[DOWNSTREAM_REQ_LINE], const char *method, const char *target)
+{
+	size_t ml = strnlen(method, 23), tl = strlen(target), n = tl > 250 ? 250 : tl;
+
+	memcpy(out, method, ml);
+	out[ml] = ' ';
+	memcpy(out + ml + 1, target, n);
+	memcpy(out + ml + 1 + n, tl > 250 ? "..." : "", tl > 250 ? 4 : 1);
+	return tl;
+}
+
 static void handle_request(struct downstream *ds, struct http1_msg *req)
 {
 	struct http1_uri uri;
 
-	snprintf(ds->req_line, sizeof(ds->req_line), "%.23s %.250s%s", req->method, req->target,
-	         strlen(req->target) > 250 ? "..." : "");
-	if (strlen(req->target) > HTTP1_MAX_TARGET) {
+	size_t target_len = downstream_req_line(ds->req_line, req->method, req->target);
+
+	if (target_len > HTTP1_MAX_TARGET) {
 		refusef(ds, 414, true, "muxd: request target too long (over %d bytes)\n",
 		        HTTP1_MAX_TARGET);
 		return;
