@@ -233,6 +233,31 @@ static void idle_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	pool_evict(pc, EVICT_IDLE_TIMEOUT);
 }
 
+/* A request's waiter comes from the pool's spare list when it has one: a
+ * keep-alive request costs no calloc and free for it (pool_internal.h). */
+static struct pool_wait *waiter_new(struct pool *p)
+{
+	struct pool_wait *w = p->spare_waiters;
+
+	if (!w)
+		return calloc(1, sizeof(*w));
+	p->spare_waiters = w->next_spare;
+	p->nspare_waiters--;
+	memset(w, 0, sizeof(*w));
+	return w;
+}
+
+static void waiter_release(struct pool *p, struct pool_wait *w)
+{
+	if (p->nspare_waiters >= POOL_SPARE_WAITERS) {
+		free(w);
+		return;
+	}
+	w->next_spare = p->spare_waiters;
+	p->spare_waiters = w;
+	p->nspare_waiters++;
+}
+
 static void waiter_free(struct pool_wait *w)
 {
 	struct pool_origin *o = w->o;
@@ -241,7 +266,7 @@ static void waiter_free(struct pool_wait *w)
 	o->nwaiters--;
 	if (w->budget_timer)
 		event_free(w->budget_timer);
-	free(w);
+	waiter_release(o->pool, w);
 }
 
 static bool accepts(const struct pool_wait *w, const struct pool_conn *pc)
@@ -706,7 +731,7 @@ static void fail_setup(struct pool_conn *pc, struct upstream_conn *uc, enum muxd
 		TAILQ_REMOVE(&failed, w, link);
 		if (w->budget_timer)
 			event_free(w->budget_timer);
-		free(w);
+		waiter_release(o->pool, w);
 		cbs.on_error(wctx, err, why);
 	}
 	hold_release(&o->holds);
@@ -799,7 +824,7 @@ struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, 
 
 	if (!o)
 		return NULL;
-	w = calloc(1, sizeof(*w));
+	w = waiter_new(p);
 	if (!w) {
 		origin_maybe_free(o);
 		return NULL;
@@ -959,6 +984,11 @@ void pool_free(struct pool *p)
 	if (p->trim_timer)
 		event_free(p->trim_timer);
 	pool_h3_free(p);
+	while (p->spare_waiters) {
+		struct pool_wait *w = p->spare_waiters;
+		p->spare_waiters = w->next_spare;
+		free(w);
+	}
 	free(p);
 }
 

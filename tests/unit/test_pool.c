@@ -32,6 +32,7 @@
 #include "harness.h"
 #include "muxd.h"
 #include "pool.h"
+#include "pool_internal.h"
 #include "route.h"
 #include "transport/transport.h"
 #include "upstream/upstream.h"
@@ -535,6 +536,28 @@ START_TEST(idle_h1_reused)
 	ck_assert_msg(r.done, "fresh-only request: %s", r.reason);
 	ck_assert(!r.reused);
 	ck_assert_uint_eq(peer.nconns, 2);
+}
+END_TEST
+
+/* Waiters are reused (no calloc and free per request), and the pool keeps
+ * at most POOL_SPARE_WAITERS of them however many went before. */
+START_TEST(spare_waiters_bounded)
+{
+	static struct req r[3 * POOL_SPARE_WAITERS + 3];
+	size_t n = sizeof(r) / sizeof(r[0]);
+	struct pool_key k;
+
+	key_for(&k, "http", free_port());
+	for (size_t i = 0; i < n; i++)
+		req_start(&r[i], &k, false);
+	ck_assert_uint_eq(m.pool->nspare_waiters, 0);
+	for (size_t i = 0; i < n; i++)
+		pool_wait_cancel(r[i].wait);
+	ck_assert_uint_eq(m.pool->nspare_waiters, POOL_SPARE_WAITERS);
+	req_start(&r[0], &k, false);
+	ck_assert_uint_eq(m.pool->nspare_waiters, POOL_SPARE_WAITERS ? POOL_SPARE_WAITERS - 1 : 0);
+	pool_wait_cancel(r[0].wait);
+	ck_assert_uint_eq(m.pool->nspare_waiters, POOL_SPARE_WAITERS);
 }
 END_TEST
 
@@ -1258,6 +1281,7 @@ static Suite *pool_suite(void)
 	tcase_add_test(t, tunnel_key_chain);
 	tcase_add_test(t, key_packed_round_trip);
 	tcase_add_test(t, idle_h1_reused);
+	tcase_add_test(t, spare_waiters_bounded);
 	tcase_add_test(t, tls_handshake_deadline);
 	tcase_add_test(t, connect_via_parent_deadline);
 	tcase_add_test(t, socks5_deadline);
