@@ -241,13 +241,26 @@ bool pool_key_equal(const struct pool_key *a, const struct pool_key *b)
 	return strcmp(a->id, b->id) == 0;
 }
 
+/* Eight bytes a step (ids run to hundreds of bytes with file identities,
+ * hashed per request), then a full avalanche: the pool takes the low bits. */
 static unsigned id_hash(const char *s)
 {
-	unsigned h = 2166136261u;
+	size_t n = strlen(s);
+	uint64_t h = n, w;
 
-	while (*s)
-		h = (h ^ (unsigned char)*s++) * 16777619u;
-	return h;
+	for (; n >= 8; s += 8, n -= 8) {
+		memcpy(&w, s, 8);
+		h = ((h << 5 | h >> 59) ^ w) * 0x517cc1b727220a95u;
+	}
+	w = 0;
+	memcpy(&w, s, n);
+	h = ((h << 5 | h >> 59) ^ w) * 0x517cc1b727220a95u;
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdu;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53u;
+	h ^= h >> 33;
+	return (unsigned)h;
 }
 
 unsigned pool_key_hash(const struct pool_key *key)

@@ -249,6 +249,35 @@ START_TEST(id_limits)
 }
 END_TEST
 
+/* Keys that differ in a byte or two spread over the pool's 256 hash chains
+ * (which take the hash's low bits): the ports of one host, the hosts of one
+ * domain, the same origin with and without verification. */
+START_TEST(hash_spreads)
+{
+	static unsigned chains[256];
+	struct route r = {.verify = true,
+	                  .h2 = true,
+	                  .ca_file = "/etc/ssl/ca.pem",
+	                  .ca_file_id = "/etc/ssl/ca.pem@2049:1234567:4096:1700000000.123456789"};
+	struct pool_key k;
+	char host[64];
+	unsigned most = 0;
+
+	secret_init();
+	for (unsigned i = 0; i < 2048; i++) {
+		snprintf(host, sizeof(host), "h%u.example.com", i % 512);
+		r.verify = i % 2;
+		ck_assert(id_of(&k, i % 4 < 2 ? "https" : "http", host, (uint16_t)(8000 + i / 4),
+		                NULL, &r));
+		unsigned c = ++chains[pool_key_hash(&k) % 256];
+		most = c > most ? c : most;
+	}
+	/* 8 a chain on average */
+	ck_assert_uint_le(most, 24);
+	ck_assert_uint_ne(pool_key_hash(&k), 0);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("pool_key");
@@ -261,6 +290,7 @@ int main(void)
 	tcase_add_test(tc, hop_ids);
 	tcase_add_test(tc, fields_set_in_garbage);
 	tcase_add_test(tc, id_limits);
+	tcase_add_test(tc, hash_spreads);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
