@@ -288,6 +288,18 @@ static void s_cancel(struct upstream_stream *us)
 static const struct upstream_stream_ops fake_ops = {
     s_send_head, s_send_space, s_send_body, s_send_end, s_body, s_consumed, s_cancel};
 
+/* exchange.c keeps an ended exchange for the next, but not under ASan */
+#if defined(__SANITIZE_ADDRESS__)
+#define SPARE_EXPECTED 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SPARE_EXPECTED 0
+#endif
+#endif
+#ifndef SPARE_EXPECTED
+#define SPARE_EXPECTED 1
+#endif
+
 #define NSTREAMS 3
 static struct fake_stream streams[NSTREAMS];
 static struct exchange *ex;
@@ -1006,6 +1018,50 @@ START_TEST(start_zeroes_no_buffers)
 }
 END_TEST
 
+/* An ended exchange's memory serves the next request (no malloc and free
+ * per keep-alive request), one kept at most, and what the first request
+ * left in it (a longer path, more fields, a body, a retry's state) never
+ * shows in the second. */
+START_TEST(spare_exchange_reused)
+{
+	struct fake_stream *s = &streams[0];
+	struct exchange *first;
+
+	start("GET http://origin.test:8080/a/much/longer/path?with=query HTTP/1.1\r\n"
+	      "Host: origin.test:8080\r\nAccept: text/html\r\nX-One: 1\r\nX-Two: 2\r\n\r\n");
+	first = ex;
+	give(s, true);
+	ck_assert_str_eq(s->path, "/a/much/longer/path?with=query");
+	ck_assert_str_eq(s->accept, "text/html");
+	answer_ok(s);
+	ck_assert(fc.done);
+	end_exchange();
+	if (SPARE_EXPECTED)
+		ck_assert_ptr_eq(m.spare_exchange, first);
+	memset(s->authority, 0, sizeof(s->authority));
+	memset(s->accept, 0, sizeof(s->accept));
+	start("GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n");
+	if (SPARE_EXPECTED)
+		ck_assert_ptr_eq(ex, first);
+	ck_assert_ptr_null(m.spare_exchange);
+	give(s, false);
+	ck_assert_str_eq(s->method, "GET");
+	ck_assert_str_eq(s->authority, "origin.test");
+	ck_assert_str_eq(s->path, "/");
+	ck_assert_str_eq(s->accept, "");
+	ck_assert(!s->has_body);
+	ck_assert_int_eq(s->content_length, -1);
+	answer_ok(s);
+	ck_assert(fc.done && fc.keep_alive);
+	end_exchange();
+	/* one kept, not more: a second ended exchange is freed */
+	start(GET_HEAD);
+	first = ex;
+	end_exchange();
+	ck_assert_ptr_eq(m.spare_exchange, SPARE_EXPECTED ? first : NULL);
+}
+END_TEST
+
 /* The authority a request goes upstream with (:authority, Host): the
  * default port of its scheme left out, any other kept, an IPv6 literal in
  * brackets, the origin's name instead of the address it was reached at,
@@ -1121,6 +1177,7 @@ int main(void)
 	tcase_add_checked_fixture(cost_tc, setup, teardown);
 	tcase_add_test(cost_tc, start_zeroes_no_buffers);
 	tcase_add_test(cost_tc, authority_forms);
+	tcase_add_test(cost_tc, spare_exchange_reused);
 	tcase_add_test(cost_tc, head_added_once);
 	suite_add_tcase(s, cost_tc);
 
