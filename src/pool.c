@@ -147,18 +147,22 @@ static void set_idle(struct pool_conn *pc, bool idle)
 		return;
 	pc->idle = idle;
 	clock_gettime(CLOCK_MONOTONIC, &pc->idle_since);
+	/* The idle timer is lazy: a connection taken for a request leaves it
+	 * armed, and idle again it arms it only when it is not (the callback
+	 * waits out the rest of idle_timeout from idle_since): no event_del and
+	 * event_add per keep-alive request. */
 	if (idle) {
 		uint64_t ms = p->m->cfg->idle_timeout_ms;
 		struct timeval tv = ms_to_timeval(ms);
 		TAILQ_INSERT_TAIL(&p->idle, pc, idle_link);
 		p->nidle++;
 		pc->o->nidle++;
-		evtimer_add(pc->idle_timer, &tv);
+		if (!evtimer_pending(pc->idle_timer, NULL))
+			evtimer_add(pc->idle_timer, &tv);
 	} else {
 		TAILQ_REMOVE(&p->idle, pc, idle_link);
 		p->nidle--;
 		pc->o->nidle--;
-		evtimer_del(pc->idle_timer);
 	}
 }
 
@@ -222,11 +226,26 @@ static void age_cb(evutil_socket_t fd, short what, void *arg)
 static void idle_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct pool_conn *pc = arg;
+	uint64_t ms = pc->pool->m->cfg->idle_timeout_ms;
+	struct timespec now;
+	int64_t idle_ms;
 
 	(void)fd;
 	(void)what;
+	if (!pc->idle)
+		return; /* in use: armed again when it is idle again */
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	idle_ms = (int64_t)(now.tv_sec - pc->idle_since.tv_sec) * 1000 +
+	          (now.tv_nsec - pc->idle_since.tv_nsec) / 1000000;
+	if (idle_ms < 0)
+		idle_ms = 0;
+	if ((uint64_t)idle_ms < ms) { /* armed in an earlier idle spell: the rest of this one */
+		struct timeval tv = ms_to_timeval(ms - (uint64_t)idle_ms);
+		evtimer_add(pc->idle_timer, &tv);
+		return;
+	}
 	if (pool_warm_keep(pc)) {
-		struct timeval tv = ms_to_timeval(pc->pool->m->cfg->idle_timeout_ms);
+		struct timeval tv = ms_to_timeval(ms);
 		evtimer_add(pc->idle_timer, &tv);
 		return;
 	}

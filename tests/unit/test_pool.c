@@ -539,6 +539,43 @@ START_TEST(idle_h1_reused)
 }
 END_TEST
 
+/* idle_timeout counts from the last use (the idle timer is not re-armed
+ * per request): a connection is not closed by the timer of an earlier idle
+ * spell, neither while a request runs on it nor when it has been idle for
+ * less than idle_timeout since; it is once idle_timeout passed idle. */
+START_TEST(idle_timeout_from_last_use)
+{
+	struct pool_key k;
+	struct req r;
+
+	m.cfg->idle_timeout_ms = 1000;
+	m.cfg->keep_warm = false;
+	peer_start(PEER_ANSWER);
+	key_for(&k, "http", peer.port);
+	req_start(&r, &k, false);
+	req_run(&r, 5000);
+	ck_assert_msg(r.done, "first request: %s", r.reason);
+	loop_run(600);
+	/* used again, and held past the first idle spell's deadline */
+	peer.mode = PEER_HOLD;
+	req_start(&r, &k, false);
+	loop_run(600);
+	ck_assert(!r.done && !r.failed);
+	ck_assert_uint_eq(m.metrics.evictions[EVICT_IDLE_TIMEOUT], 0);
+	peer_answer(0);
+	req_run(&r, 5000);
+	ck_assert_msg(r.done, "second request: %s", r.reason);
+	ck_assert(r.reused);
+	loop_run(600); /* idle for less than idle_timeout */
+	ck_assert_uint_eq(m.metrics.evictions[EVICT_IDLE_TIMEOUT], 0);
+	ck_assert_uint_eq(m.pool->nidle, 1);
+	loop_run(900); /* and now for more */
+	ck_assert_uint_eq(m.metrics.evictions[EVICT_IDLE_TIMEOUT], 1);
+	ck_assert_uint_eq(m.pool->nidle, 0);
+	ck_assert_uint_eq(peer.nconns, 1);
+}
+END_TEST
+
 /* Waiters are reused (no calloc and free per request), and the pool keeps
  * at most POOL_SPARE_WAITERS of them however many went before. */
 START_TEST(spare_waiters_bounded)
@@ -1282,6 +1319,7 @@ static Suite *pool_suite(void)
 	tcase_add_test(t, key_packed_round_trip);
 	tcase_add_test(t, idle_h1_reused);
 	tcase_add_test(t, spare_waiters_bounded);
+	tcase_add_test(t, idle_timeout_from_last_use);
 	tcase_add_test(t, tls_handshake_deadline);
 	tcase_add_test(t, connect_via_parent_deadline);
 	tcase_add_test(t, socks5_deadline);
