@@ -541,9 +541,22 @@ static bool targets_self(const struct muxd *m, const char *host, uint16_t port)
 	static const char *const lo[] = {"127.0.0.1", "::1"};
 	struct sockaddr_storage ss;
 	size_t hl = strlen(host);
-	bool local_name = strcasecmp(host, "localhost") == 0 ||
-	                  (hl > 10 && strcasecmp(host + hl - 10, ".localhost") == 0);
+	bool local_name, on_port = false;
 
+	/* muxd_is_self matches listeners on this port only: with none, no
+	 * address to parse (per request) */
+	for (size_t i = 0; i < m->nself && !on_port; i++) {
+		const struct sockaddr_storage *l = &m->self[i];
+		on_port =
+		    port != 0 && ((l->ss_family == AF_INET &&
+		                   ntohs(((const struct sockaddr_in *)l)->sin_port) == port) ||
+		                  (l->ss_family == AF_INET6 &&
+		                   ntohs(((const struct sockaddr_in6 *)l)->sin6_port) == port));
+	}
+	if (!on_port)
+		return false;
+	local_name = strcasecmp(host, "localhost") == 0 ||
+	             (hl > 10 && strcasecmp(host + hl - 10, ".localhost") == 0);
 	for (size_t i = 0; i < (local_name ? 2 : 1); i++) {
 		const char *a = local_name ? lo[i] : host;
 		memset(&ss, 0, sizeof(ss));
