@@ -939,16 +939,21 @@ static const struct transport_cbs dedicated_cbs = {dedicated_read, dedicated_rea
 /* The end-to-end fields to send upstream: hop-by-hop, Host and framing go. */
 static void build_fields(struct exchange *ex)
 {
-	static const char *const skip[] = {"host", "content-length", "transfer-encoding"};
+	static const struct {
+		const char *name;
+		size_t len;
+	} skip[] = {{"host", 4}, {"content-length", 14}, {"transfer-encoding", 17}};
 	const struct http1_msg *req = &ex->req;
 	const struct http1_field *te = http1_find(req, "te");
 
 	for (size_t i = 0; i < req->nfields; i++) {
 		const struct http1_field *f = &req->fields[i];
 		bool drop = http1_is_hop_by_hop(req, f->name) ||
-		            (ex->ext_connect && strcasecmp(f->name, "sec-websocket-key") == 0);
+		            (ex->ext_connect && f->name_len == 17 &&
+		             strcasecmp(f->name, "sec-websocket-key") == 0);
 		for (size_t k = 0; k < sizeof(skip) / sizeof(skip[0]); k++)
-			drop = drop || strcasecmp(f->name, skip[k]) == 0;
+			drop = drop || (f->name_len == skip[k].len &&
+			                strcasecmp(f->name, skip[k].name) == 0);
 		if (!drop)
 			ex->fields[ex->nfields++] =
 			    (struct upstream_field){f->name, f->name_len, f->value, f->value_len};

@@ -525,7 +525,7 @@ static bool via_is_self(void *m, const char *name, size_t len)
 static bool is_loop(const struct muxd *m, const struct http1_msg *req)
 {
 	for (size_t i = 0; i < req->nfields; i++)
-		if (strcasecmp(req->fields[i].name, "via") == 0 &&
+		if (req->fields[i].name_len == 3 && strcasecmp(req->fields[i].name, "via") == 0 &&
 		    via_names(req->fields[i].value, req->fields[i].value_len, via_is_self,
 		              (void *)m))
 			return true;
