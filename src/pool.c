@@ -268,7 +268,7 @@ static struct pool_wait *waiter_new(struct pool *p)
 
 static void waiter_release(struct pool *p, struct pool_wait *w)
 {
-	if (p->nspare_waiters >= POOL_SPARE_WAITERS) {
+	if (p->nspare_waiters + 1 > POOL_SPARE_WAITERS) { /* (not >=: 0 under ASan) */
 		free(w);
 		return;
 	}
