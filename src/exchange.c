@@ -31,6 +31,7 @@ struct exchange {
 	struct muxd *m;
 	struct config *cfg;
 	struct client_stream *client;
+	/* Not zeroed either (4 KiB): move_msg writes all of it that is defined */
 	struct http1_msg req;
 	/* From uri to proxy_auth, ~45 KiB of buffers sized for the largest
 	 * request: exchange_start does not zero them (each is written before it
@@ -121,6 +122,47 @@ static bool is_replayable(const struct exchange *ex)
 	return false;
 }
 
+/*
+ * An exchange's memory (~55 KiB) is kept for the next request when it ends
+ * (m->spare_exchange): a keep-alive request costs no malloc and free of
+ * it. One at most, so memory stays bounded whatever the traffic. Not under
+ * AddressSanitizer, so that an exchange used after its end is reported.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define SPARE_EXCHANGE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SPARE_EXCHANGE 0
+#endif
+#endif
+#ifndef SPARE_EXCHANGE
+#define SPARE_EXCHANGE 1
+#endif
+
+static struct exchange *exchange_alloc(struct muxd *m)
+{
+	struct exchange *ex = m->spare_exchange;
+
+	if (!ex)
+		return malloc(sizeof(*ex));
+	m->spare_exchange = NULL;
+	return ex;
+}
+
+static void exchange_release(struct muxd *m, struct exchange *ex)
+{
+	if (SPARE_EXCHANGE && !m->spare_exchange)
+		m->spare_exchange = ex;
+	else
+		free(ex);
+}
+
+void exchange_spare_free(struct muxd *m)
+{
+	free(m->spare_exchange);
+	m->spare_exchange = NULL;
+}
+
 static void exchange_free(struct exchange *ex)
 {
 	if (ex->wait)
@@ -135,7 +177,7 @@ static void exchange_free(struct exchange *ex)
 	if (ex->held)
 		evbuffer_free(ex->held);
 	config_unref(ex->cfg);
-	free(ex);
+	exchange_release(ex->m, ex);
 }
 
 /* Keep a copy of body bytes sent upstream, for a retry, while they fit. */
@@ -897,16 +939,21 @@ static const struct transport_cbs dedicated_cbs = {dedicated_read, dedicated_rea
 /* The end-to-end fields to send upstream: hop-by-hop, Host and framing go. */
 static void build_fields(struct exchange *ex)
 {
-	static const char *const skip[] = {"host", "content-length", "transfer-encoding"};
+	static const struct {
+		const char *name;
+		size_t len;
+	} skip[] = {{"host", 4}, {"content-length", 14}, {"transfer-encoding", 17}};
 	const struct http1_msg *req = &ex->req;
 	const struct http1_field *te = http1_find(req, "te");
 
 	for (size_t i = 0; i < req->nfields; i++) {
 		const struct http1_field *f = &req->fields[i];
 		bool drop = http1_is_hop_by_hop(req, f->name) ||
-		            (ex->ext_connect && strcasecmp(f->name, "sec-websocket-key") == 0);
+		            (ex->ext_connect && f->name_len == 17 &&
+		             strcasecmp(f->name, "sec-websocket-key") == 0);
 		for (size_t k = 0; k < sizeof(skip) / sizeof(skip[0]); k++)
-			drop = drop || strcasecmp(f->name, skip[k]) == 0;
+			drop = drop || (f->name_len == skip[k].len &&
+			                strcasecmp(f->name, skip[k].name) == 0);
 		if (!drop)
 			ex->fields[ex->nfields++] =
 			    (struct upstream_field){f->name, f->name_len, f->value, f->value_len};
@@ -945,17 +992,43 @@ static void move_msg(struct http1_msg *dst, struct http1_msg *src)
 	http1_msg_init(src);
 }
 
+/* out = host ("[host]" when v6), then ":port" when with_port; cut to size
+ * as snprintf would (it never is: a host has at most 255 bytes). Per
+ * request, so without printf. */
+static void make_authority(char *out, size_t size, const char *host, bool v6, uint16_t port,
+                           bool with_port)
+{
+	char tail[8], *p = tail + sizeof(tail);
+	size_t hl = strlen(host), tl = 0, len = 0;
+
+	if (with_port) {
+		unsigned v = port;
+		do
+			*--p = (char)('0' + v % 10);
+		while ((v /= 10) > 0);
+		*--p = ':';
+		tl = (size_t)(tail + sizeof(tail) - p);
+	}
+	const char *parts[] = {"[", host, "]", p};
+	size_t lens[] = {v6 ? 1 : 0, hl, v6 ? 1 : 0, tl};
+	for (size_t i = 0; i < 4; i++) {
+		size_t n = lens[i] < size - 1 - len ? lens[i] : size - 1 - len;
+		memcpy(out + len, parts[i], n);
+		len += n;
+	}
+	out[len] = '\0';
+}
+
 struct exchange *exchange_start(struct muxd *m, struct client_stream *client, struct http1_msg *req,
                                 const struct http1_uri *uri, const char *tls_name)
 {
-	struct exchange *ex = malloc(sizeof(*ex));
+	struct exchange *ex = exchange_alloc(m);
 	bool v6 = uri->ipv6 && !tls_name;
 	bool default_port = (strcmp(uri->scheme, "http") == 0 && uri->port == 80) ||
 	                    (strcmp(uri->scheme, "https") == 0 && uri->port == 443);
 
 	if (!ex)
 		return NULL;
-	memset(ex, 0, offsetof(struct exchange, uri));
 	memset(&ex->nfields, 0, sizeof(*ex) - offsetof(struct exchange, nfields));
 	clock_gettime(CLOCK_MONOTONIC, &ex->start);
 	ex->m = m;
@@ -965,11 +1038,8 @@ struct exchange *exchange_start(struct muxd *m, struct client_stream *client, st
 	copy_uri(&ex->uri, uri);
 	ex->req_body_done = ex->req.body == HTTP1_BODY_NONE;
 	ex->upgrade = client->ops->upgrade && http1_upgrade_requested(&ex->req, ex->cfg->upgrade);
-	snprintf(ex->authority, sizeof(ex->authority), "%s%s%s", v6 ? "[" : "",
-	         tls_name ? tls_name : uri->host, v6 ? "]" : "");
-	if (!default_port)
-		snprintf(ex->authority + strlen(ex->authority),
-		         sizeof(ex->authority) - strlen(ex->authority), ":%u", uri->port);
+	make_authority(ex->authority, sizeof(ex->authority), tls_name ? tls_name : uri->host, v6,
+	               uri->port, !default_port);
 	route_for(ex->cfg, uri->host, uri->port, &ex->route);
 	if (!pool_key_init_sni(&ex->key, m, uri->scheme, uri->host, uri->port, tls_name,
 	                       &ex->route)) {

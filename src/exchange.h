@@ -35,4 +35,7 @@ void exchange_abort(struct exchange *ex);
 /* Whether the exchange still needs request body bytes from the client. */
 bool exchange_awaits_client(const struct exchange *ex);
 
+/* Frees the exchange kept for reuse (m->spare_exchange), at exit. */
+void exchange_spare_free(struct muxd *m);
+
 #endif

@@ -33,6 +33,7 @@
 #include "config.h"
 #include "dns.h"
 #include "env_cmd.h"
+#include "exchange.h"
 #include "heap.h"
 #include "listen.h"
 #include "log.h"
@@ -463,6 +464,7 @@ out:
 	downstream_list_free(m->clients);
 	m->clients = NULL;
 	pool_free(m->pool);
+	exchange_spare_free(m);
 	listeners_free(m->listeners);
 	dns_free(m->dns);
 	tls_client_ctx_free(m->tls);

@@ -127,6 +127,9 @@ struct muxd {
 	/* upstream/mux.c: receive-window growth beyond the base windows
 	 * granted to HTTP/2 and HTTP/3 streams, all together (window_budget_kib) */
 	uint64_t window_granted;
+	/* exchange.c: one freed exchange kept for the next request (~55 KiB,
+	 * malloc'd and freed per request otherwise); exchange_spare_free */
+	struct exchange *spare_exchange;
 	/* Set by main.c: a client connection closed below max_clients, so
 	 * accepting may resume (the listeners keep their own descriptor-reserve
 	 * pause). NULL: nothing to resume. */

@@ -147,18 +147,22 @@ static void set_idle(struct pool_conn *pc, bool idle)
 		return;
 	pc->idle = idle;
 	clock_gettime(CLOCK_MONOTONIC, &pc->idle_since);
+	/* The idle timer is lazy: a connection taken for a request leaves it
+	 * armed, and idle again it arms it only when it is not (the callback
+	 * waits out the rest of idle_timeout from idle_since): no event_del and
+	 * event_add per keep-alive request. */
 	if (idle) {
 		uint64_t ms = p->m->cfg->idle_timeout_ms;
 		struct timeval tv = ms_to_timeval(ms);
 		TAILQ_INSERT_TAIL(&p->idle, pc, idle_link);
 		p->nidle++;
 		pc->o->nidle++;
-		evtimer_add(pc->idle_timer, &tv);
+		if (!evtimer_pending(pc->idle_timer, NULL))
+			evtimer_add(pc->idle_timer, &tv);
 	} else {
 		TAILQ_REMOVE(&p->idle, pc, idle_link);
 		p->nidle--;
 		pc->o->nidle--;
-		evtimer_del(pc->idle_timer);
 	}
 }
 
@@ -222,15 +226,55 @@ static void age_cb(evutil_socket_t fd, short what, void *arg)
 static void idle_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct pool_conn *pc = arg;
+	uint64_t ms = pc->pool->m->cfg->idle_timeout_ms;
+	struct timespec now;
+	int64_t idle_ms;
 
 	(void)fd;
 	(void)what;
+	if (!pc->idle)
+		return; /* in use: armed again when it is idle again */
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	idle_ms = (int64_t)(now.tv_sec - pc->idle_since.tv_sec) * 1000 +
+	          (now.tv_nsec - pc->idle_since.tv_nsec) / 1000000;
+	if (idle_ms < 0)
+		idle_ms = 0;
+	if ((uint64_t)idle_ms < ms) { /* armed in an earlier idle spell: the rest of this one */
+		struct timeval tv = ms_to_timeval(ms - (uint64_t)idle_ms);
+		evtimer_add(pc->idle_timer, &tv);
+		return;
+	}
 	if (pool_warm_keep(pc)) {
-		struct timeval tv = ms_to_timeval(pc->pool->m->cfg->idle_timeout_ms);
+		struct timeval tv = ms_to_timeval(ms);
 		evtimer_add(pc->idle_timer, &tv);
 		return;
 	}
 	pool_evict(pc, EVICT_IDLE_TIMEOUT);
+}
+
+/* A request's waiter comes from the pool's spare list when it has one: a
+ * keep-alive request costs no calloc and free for it (pool_internal.h). */
+static struct pool_wait *waiter_new(struct pool *p)
+{
+	struct pool_wait *w = p->spare_waiters;
+
+	if (!w)
+		return calloc(1, sizeof(*w));
+	p->spare_waiters = w->next_spare;
+	p->nspare_waiters--;
+	memset(w, 0, sizeof(*w));
+	return w;
+}
+
+static void waiter_release(struct pool *p, struct pool_wait *w)
+{
+	if (p->nspare_waiters + 1 > POOL_SPARE_WAITERS) { /* (not >=: 0 under ASan) */
+		free(w);
+		return;
+	}
+	w->next_spare = p->spare_waiters;
+	p->spare_waiters = w;
+	p->nspare_waiters++;
 }
 
 static void waiter_free(struct pool_wait *w)
@@ -241,7 +285,7 @@ static void waiter_free(struct pool_wait *w)
 	o->nwaiters--;
 	if (w->budget_timer)
 		event_free(w->budget_timer);
-	free(w);
+	waiter_release(o->pool, w);
 }
 
 static bool accepts(const struct pool_wait *w, const struct pool_conn *pc)
@@ -706,7 +750,7 @@ static void fail_setup(struct pool_conn *pc, struct upstream_conn *uc, enum muxd
 		TAILQ_REMOVE(&failed, w, link);
 		if (w->budget_timer)
 			event_free(w->budget_timer);
-		free(w);
+		waiter_release(o->pool, w);
 		cbs.on_error(wctx, err, why);
 	}
 	hold_release(&o->holds);
@@ -799,7 +843,7 @@ struct pool_wait *pool_start_stream(struct pool *p, const struct pool_key *key, 
 
 	if (!o)
 		return NULL;
-	w = calloc(1, sizeof(*w));
+	w = waiter_new(p);
 	if (!w) {
 		origin_maybe_free(o);
 		return NULL;
@@ -959,6 +1003,11 @@ void pool_free(struct pool *p)
 	if (p->trim_timer)
 		event_free(p->trim_timer);
 	pool_h3_free(p);
+	while (p->spare_waiters) {
+		struct pool_wait *w = p->spare_waiters;
+		p->spare_waiters = w->next_spare;
+		free(w);
+	}
 	free(p);
 }
 

@@ -34,43 +34,82 @@ void pool_cred_id(const struct muxd *m, const char *user, const char *pass, char
 		explicit_bzero(text, ul + pl + 1);
 		free(text);
 	}
-	for (int i = 0; i < 8; i++)
-		snprintf(out + 2 * i, 3, "%02x", digest[i]);
+	for (int i = 0; i < 8; i++) {
+		out[2 * i] = "0123456789abcdef"[digest[i] >> 4];
+		out[2 * i + 1] = "0123456789abcdef"[digest[i] & 15];
+	}
+	out[16] = '\0';
 }
 
-static bool append(char *buf, size_t size, size_t *len, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static bool append(char *buf, size_t size, size_t *len, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
+/* The key id under construction: text appended piece by piece with memcpy
+ * of known lengths (no printf: the key is made per request). The first
+ * piece that does not fit is cut like snprintf cuts it, and nothing is
+ * appended after it (ok stays false). */
+struct idbuf {
+	char *buf;
+	size_t size, len;
+	bool ok;
+};
 
-	va_start(ap, fmt);
-	n = vsnprintf(buf + *len, size - *len, fmt, ap);
-	va_end(ap);
-	if (n < 0 || (size_t)n >= size - *len)
-		return false;
-	*len += (size_t)n;
-	return true;
+static void put_n(struct idbuf *b, const char *s, size_t n)
+{
+	if (!b->ok)
+		return;
+	if (n >= b->size - b->len) {
+		n = b->size - b->len - 1;
+		b->ok = false;
+	}
+	memcpy(b->buf + b->len, s, n);
+	b->len += n;
+	b->buf[b->len] = '\0';
+}
+
+static void put_s(struct idbuf *b, const char *s)
+{
+	put_n(b, s, strlen(s));
+}
+
+static void put_u(struct idbuf *b, unsigned v)
+{
+	char d[12], *p = d + sizeof(d);
+
+	do
+		*--p = (char)('0' + v % 10);
+	while ((v /= 10) > 0);
+	put_n(b, p, (size_t)(d + sizeof(d) - p));
+}
+
+/* scheme://host:port with an IPv6 literal in brackets */
+static void put_origin(struct idbuf *b, const char *scheme, const char *host, unsigned port)
+{
+	bool v6 = strchr(host, ':') != NULL;
+
+	put_s(b, scheme);
+	put_n(b, "://[", v6 ? 4 : 3);
+	put_s(b, host);
+	put_n(b, v6 ? "]:" : ":", v6 ? 2 : 1);
+	put_u(b, port);
 }
 
 /* Trust anchors (and client certificates and keys) by file identity: the same
  * path with new contents is another key. The identity is the one the route
  * took at config load (no stat per request); a route made by hand has none,
  * and then the file is examined now. */
-static bool append_file_id(char *buf, size_t size, size_t *len, const char *name, const char *path,
-                           const char *id)
+static void put_file_id(struct idbuf *b, const char *name, const char *path, const char *id)
 {
 	char now[1200];
 
-	if (!path || !*path)
-		return append(buf, size, len, " %s=system", name);
-	if (!id) {
-		if (!config_file_id(path, now, sizeof(now)))
-			return false;
+	if (path && *path && !id) {
+		if (!config_file_id(path, now, sizeof(now))) {
+			b->ok = false;
+			return;
+		}
 		id = now;
 	}
-	return append(buf, size, len, " %s=%s", name, id);
+	put_n(b, " ", 1);
+	put_s(b, name);
+	put_n(b, "=", 1);
+	put_s(b, path && *path ? id : "system");
 }
 
 bool pool_key_init(struct pool_key *key, const struct muxd *m, const char *scheme, const char *host,
@@ -98,16 +137,23 @@ bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *s
                        const char *host, uint16_t port, const char *sni, const struct route *route)
 {
 	static const char *const kinds[] = {"http", "https", "socks5", "socks5h"};
-	bool v6 = strchr(host, ':') != NULL, ok = true;
 	bool tunnel = strcmp(scheme, "tunnel") == 0;
-	size_t len = 0;
+	struct idbuf b = {key->id, sizeof(key->id), 0, true};
 
-	memset(key, 0, sizeof(*key));
+	/* Every field is set here: no memset of the whole key (8
+	 * KiB, made per request). Hops past nhops are left as they are. */
 	copy(key->scheme, sizeof(key->scheme), scheme);
 	copy(key->host, sizeof(key->host), host);
 	copy(key->sni, sizeof(key->sni), sni ? sni : host);
 	key->port = port;
 	key->tls = strcmp(scheme, "https") == 0;
+	key->verify = key->h3 = key->early_data = false;
+	key->ca_file[0] = key->client_cert[0] = key->client_key[0] = '\0';
+	key->proxy_ca_file[0] = key->proxy_ca_file_id[0] = key->alpn[0] = '\0';
+	key->id[0] = '\0';
+	key->nhops = 0;
+	key->forward = key->deny_loopback = false;
+	key->warm_ok = route->verify;
 	if (route->nhops > sizeof(key->hops) / sizeof(key->hops[0]))
 		return false;
 	for (size_t i = 0; i < route->nhops; i++) {
@@ -117,6 +163,7 @@ bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *s
 		copy(k->host, sizeof(k->host), h->host);
 		k->port = h->port;
 		k->auth = h->user != NULL;
+		k->user[0] = k->pass[0] = '\0';
 		if (h->user && (!copy(k->user, sizeof(k->user), h->user) ||
 		                !copy(k->pass, sizeof(k->pass), h->pass ? h->pass : "")))
 			return false;
@@ -130,16 +177,14 @@ bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *s
 	               (key->hops[key->nhops - 1].kind == HOP_HTTP ||
 	                key->hops[key->nhops - 1].kind == HOP_HTTPS);
 	key->deny_loopback = route->deny_loopback && key->nhops == 0;
-	key->warm_ok = route->verify;
 
 	/* forwarding to an HTTP parent shares the parent's connections across
 	 * all http:// origins */
 	if (key->forward)
-		ok = append(key->id, sizeof(key->id), &len, "http-forward");
+		put_n(&b, "http-forward", 12);
 	else
-		ok = append(key->id, sizeof(key->id), &len, "%s://%s%s%s:%u", scheme, v6 ? "[" : "",
-		            host, v6 ? "]" : "", port);
-	if (ok && key->tls) {
+		put_origin(&b, scheme, host, port);
+	if (b.ok && key->tls) {
 		key->verify = route->verify;
 		/* QUIC does not pass through parents. The HTTP/3 layer presents no client
 		 * certificate: a route with one stays on TCP, so that what the origin sees
@@ -154,36 +199,41 @@ bool pool_key_init_sni(struct pool_key *key, const struct muxd *m, const char *s
 		           route->client_key ? route->client_key : "")))
 			return false;
 		key->early_data = route->early_data;
-		ok = append(key->id, sizeof(key->id), &len, " sni=%s alpn=%s%s verify=%d%s",
-		            key->sni, key->alpn, key->h3 ? ",h3" : "", key->verify,
-		            key->early_data ? "" : " early=off") &&
-		     append_file_id(key->id, sizeof(key->id), &len, "ca", key->ca_file,
-		                    route->ca_file_id);
+		put_n(&b, " sni=", 5);
+		put_s(&b, key->sni);
+		put_n(&b, " alpn=", 6);
+		put_s(&b, key->alpn);
+		if (key->h3)
+			put_n(&b, ",h3", 3);
+		put_n(&b, key->verify ? " verify=1" : " verify=0", 9);
+		if (!key->early_data)
+			put_n(&b, " early=off", 10);
+		if (b.ok)
+			put_file_id(&b, "ca", key->ca_file, route->ca_file_id);
 		/* connections with different client certificates are never shared */
-		if (ok && key->client_cert[0])
-			ok = append_file_id(key->id, sizeof(key->id), &len, "cert",
-			                    key->client_cert, route->client_cert_id) &&
-			     append_file_id(key->id, sizeof(key->id), &len, "key", key->client_key,
-			                    route->client_key_id);
+		if (b.ok && key->client_cert[0]) {
+			put_file_id(&b, "cert", key->client_cert, route->client_cert_id);
+			if (b.ok)
+				put_file_id(&b, "key", key->client_key, route->client_key_id);
+		}
 	}
 	/* made before deny_loopback_targets came on: not for requests after it */
-	if (ok && key->deny_loopback)
-		ok = append(key->id, sizeof(key->id), &len, " lo=deny");
-	for (size_t i = 0; ok && i < key->nhops; i++) {
+	if (b.ok && key->deny_loopback)
+		put_n(&b, " lo=deny", 8);
+	for (size_t i = 0; b.ok && i < key->nhops; i++) {
 		const struct pool_hop *h = &key->hops[i];
-		ok = append(key->id, sizeof(key->id), &len, " via=%s://%s%s%s:%u", kinds[h->kind],
-		            strchr(h->host, ':') ? "[" : "", h->host,
-		            strchr(h->host, ':') ? "]" : "", h->port);
-		if (ok && h->auth) {
+		put_n(&b, " via=", 5);
+		put_origin(&b, kinds[h->kind], h->host, h->port);
+		if (b.ok && h->auth) {
 			char cred[17];
 			pool_cred_id(m, h->user, h->pass, cred);
-			ok = append(key->id, sizeof(key->id), &len, "#%s", cred);
+			put_n(&b, "#", 1);
+			put_n(&b, cred, 16);
 		}
-		if (ok && h->kind == HOP_HTTPS)
-			ok = append_file_id(key->id, sizeof(key->id), &len, "proxy_ca",
-			                    key->proxy_ca_file, route->proxy_ca_file_id);
+		if (b.ok && h->kind == HOP_HTTPS)
+			put_file_id(&b, "proxy_ca", key->proxy_ca_file, route->proxy_ca_file_id);
 	}
-	return ok;
+	return b.ok;
 }
 
 bool pool_key_equal(const struct pool_key *a, const struct pool_key *b)
@@ -191,13 +241,26 @@ bool pool_key_equal(const struct pool_key *a, const struct pool_key *b)
 	return strcmp(a->id, b->id) == 0;
 }
 
+/* Eight bytes a step (ids run to hundreds of bytes with file identities,
+ * hashed per request), then a full avalanche: the pool takes the low bits. */
 static unsigned id_hash(const char *s)
 {
-	unsigned h = 2166136261u;
+	size_t n = strlen(s);
+	uint64_t h = n, w;
 
-	while (*s)
-		h = (h ^ (unsigned char)*s++) * 16777619u;
-	return h;
+	for (; n >= 8; s += 8, n -= 8) {
+		memcpy(&w, s, 8);
+		h = ((h << 5 | h >> 59) ^ w) * 0x517cc1b727220a95u;
+	}
+	w = 0;
+	memcpy(&w, s, n);
+	h = ((h << 5 | h >> 59) ^ w) * 0x517cc1b727220a95u;
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdu;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53u;
+	h ^= h >> 33;
+	return (unsigned)h;
 }
 
 unsigned pool_key_hash(const struct pool_key *key)

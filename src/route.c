@@ -54,23 +54,30 @@ static bool no_proxy_matches(const char *list, const char *host)
 }
 
 /* The host in the form patterns hold, and its address when it is an IP (a
- * v4-mapped IPv6 address is the IPv4 address it maps, as in patterns). */
+ * v4-mapped IPv6 address is the IPv4 address it maps, as in patterns). Only
+ * CIDR patterns look at the address of an IPv4 literal: without want_v4
+ * none is made for one (inet_pton per request). */
 static const struct sockaddr *normalise(const char *host, char *norm, size_t size,
-                                        struct sockaddr_storage *ss)
+                                        struct sockaddr_storage *ss, bool want_v4)
 {
 	struct in6_addr a6;
 
-	memset(ss, 0, sizeof(*ss));
 	/* copied and lowered in one pass, cut to size (no snprintf per request) */
 	size_t n = 0;
 	for (; n + 1 < size && host[n]; n++)
 		norm[n] = host[n] >= 'A' && host[n] <= 'Z' ? (char)(host[n] - 'A' + 'a') : host[n];
 	if (size)
 		norm[n] = '\0';
-	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
+	if (!strchr(host, ':')) { /* not IPv6 (every form has a colon) */
+		if (!want_v4)
+			return NULL;
+		memset(ss, 0, sizeof(*ss));
+		if (inet_pton(AF_INET, host, &((struct sockaddr_in *)ss)->sin_addr) != 1)
+			return NULL;
 		ss->ss_family = AF_INET;
 		return (const struct sockaddr *)ss;
 	}
+	memset(ss, 0, sizeof(*ss));
 	if (inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_V4MAPPED(&a6)) {
 		ss->ss_family = AF_INET;
 		memcpy(&((struct sockaddr_in *)ss)->sin_addr, a6.s6_addr + 12, 4);
@@ -83,6 +90,16 @@ static const struct sockaddr *normalise(const char *host, char *norm, size_t siz
 		return (const struct sockaddr *)ss;
 	}
 	return NULL;
+}
+
+/* Whether any of the n patterns is a CIDR (the only kind that needs an
+ * IPv4 literal's address). */
+static bool any_cidr(const struct config_route *r, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (r[i].kind == ROUTE_CIDR)
+			return true;
+	return false;
 }
 
 /* 0: the port is not intercepted, 1: intercept, 2: a bypass pattern names the host. */
@@ -99,7 +116,7 @@ static int intercept_decision(const struct config *cfg, const char *host, uint16
 		port_ok = port_ok || cfg->intercept_ports[i] == port;
 	if (!port_ok)
 		return 0;
-	ip = normalise(host, norm, sizeof(norm), &ss);
+	ip = normalise(host, norm, sizeof(norm), &ss, any_cidr(cfg->bypass, cfg->nbypass));
 	for (size_t i = 0; i < cfg->nbypass; i++)
 		if (specificity(&cfg->bypass[i], norm, port, ip) > 0)
 			return 2;
@@ -122,7 +139,8 @@ void route_for(const struct config *cfg, const char *host, uint16_t port, struct
 	const struct config_route *best = NULL, *any = NULL;
 	char norm[256];
 	int best_score = 0;
-	const struct sockaddr *ip = normalise(host, norm, sizeof(norm), &ss);
+	const struct sockaddr *ip =
+	    normalise(host, norm, sizeof(norm), &ss, any_cidr(cfg->routes, cfg->nroutes));
 
 	for (size_t i = 0; i < cfg->nroutes; i++) {
 		const struct config_route *r = &cfg->routes[i];

@@ -75,7 +75,8 @@ struct downstream {
 	struct muxd *m;
 	struct transport *t;
 	char peer[64];
-	char req_line[300]; /* "METHOD target" of the request in hand, for logs; "" before one */
+	/* "METHOD target" of the request in hand, for logs; "" before one */
+	char req_line[DOWNSTREAM_REQ_LINE];
 	bool loopback;
 	struct exchange *ex;
 	struct h1_stream stream; /* the request of the exchange ex */
@@ -98,6 +99,8 @@ struct downstream {
 	bool silent_peek;        /* tunneled after a peek without a byte from the client */
 	uint64_t idle_since_ns;  /* when the connection last went idle (T_IDLE) */
 	uint64_t moved_ms;       /* T_CLIENT: when a byte last moved (coarse_ms) */
+	uint64_t head_since_ns;  /* T_HEADER: when the head's deadline started */
+	uint64_t timer_due_ns;   /* when the pending timer fires (now_ns); 0: none */
 	struct evbuffer *raw_in; /* the socket's buffers: progress for client_timeout */
 	struct evbuffer *raw_out;
 	struct evbuffer_cb_entry *raw_in_cb, *raw_out_cb;
@@ -178,6 +181,7 @@ static void start_close(struct downstream *ds)
 		return;
 	ds->closing = true;
 	ds->timer_kind = T_NONE;
+	ds->timer_due_ns = 0;
 	evtimer_del(ds->timer);
 	ds->linger = evtimer_new(ds->m->base, linger_timeout, ds);
 	if (!ds->linger) {
@@ -315,24 +319,56 @@ static uint64_t coarse_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* The timer fires ms from now (now_ns). */
+static void timer_at(struct downstream *ds, uint64_t now, uint64_t ms)
+{
+	struct timeval tv = ms_to_timeval(ms);
+
+	ds->timer_due_ns = now + ms * 1000000;
+	evtimer_add(ds->timer, &tv);
+}
+
+/*
+ * The deadline of kind starts now. The timer is lazy: one already pending
+ * that fires no later than the new deadline is left as it is (T_NONE leaves
+ * it too), and timer_cb, finding the deadline of the state then current not
+ * passed yet, waits out the rest. So a keep-alive request (idle -> none ->
+ * client -> idle) costs no event_del and event_add: the timer fires once per
+ * client_idle_timeout or so and is set again.
+ */
 static void arm(struct downstream *ds, enum ds_timer kind)
 {
 	const struct config *cfg = ds->m->cfg;
 	uint64_t ms = kind == T_HEADER ? cfg->request_header_timeout_ms
 	              : kind == T_IDLE ? cfg->client_idle_timeout_ms
 	                               : cfg->client_timeout_ms;
-	struct timeval tv = ms_to_timeval(ms);
+	uint64_t now;
 
 	ds->timer_kind = kind;
-	if (kind == T_NONE) {
-		evtimer_del(ds->timer);
+	if (kind == T_NONE)
 		return;
-	}
+	now = now_ns();
 	if (kind == T_IDLE)
-		ds->idle_since_ns = now_ns();
+		ds->idle_since_ns = now;
 	if (kind == T_CLIENT)
 		ds->moved_ms = coarse_ms();
-	evtimer_add(ds->timer, &tv);
+	if (kind == T_HEADER)
+		ds->head_since_ns = now;
+	if (ds->timer_due_ns != 0 && ds->timer_due_ns <= now + ms * 1000000)
+		return; /* fires first: timer_cb sets it again for the rest */
+	timer_at(ds, now, ms);
+}
+
+/* Whether the deadline of ms from since (now_ns) is still ahead at now;
+ * then the timer is set for the rest of it. */
+static bool not_yet(struct downstream *ds, uint64_t now, uint64_t since, uint64_t ms)
+{
+	uint64_t passed_ms = now > since ? (now - since) / 1000000 : 0;
+
+	if (passed_ms >= ms)
+		return false;
+	timer_at(ds, now, ms - passed_ms);
+	return true;
 }
 
 /* Response bytes the client has not taken yet. */
@@ -398,13 +434,17 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct downstream *ds = arg;
 	char dur[32];
+	uint64_t now = now_ns();
 
 	(void)fd;
 	(void)what;
+	ds->timer_due_ns = 0;
 	if (ds->closing)
 		return;
 	switch (ds->timer_kind) {
 	case T_HEADER:
+		if (not_yet(ds, now, ds->head_since_ns, ds->m->cfg->request_header_timeout_ms))
+			break; /* set in an earlier state */
 		ds->timer_kind = T_NONE;
 		ds->req_line[0] = '\0';
 		format_ms(ds->m->cfg->request_header_timeout_ms, dur, sizeof(dur));
@@ -414,6 +454,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		        dur);
 		break;
 	case T_IDLE:
+		if (not_yet(ds, now, ds->idle_since_ns, ds->m->cfg->client_idle_timeout_ms))
+			break;
 		log_debug("client %s: idle for client_idle_timeout: closing", ds->peer);
 		ds_free(ds);
 		break;
@@ -425,8 +467,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		}
 		uint64_t quiet = coarse_ms() - ds->moved_ms, limit = ds->m->cfg->client_timeout_ms;
 		if (quiet < limit) { /* bytes moved since it was set: the rest from the last move */
-			struct timeval tv = ms_to_timeval(limit - quiet);
-			evtimer_add(ds->timer, &tv);
+			timer_at(ds, now, limit - quiet);
 			break;
 		}
 		log_info("client %s: no progress for client_timeout: closing", ds->peer);
@@ -484,7 +525,7 @@ static bool via_is_self(void *m, const char *name, size_t len)
 static bool is_loop(const struct muxd *m, const struct http1_msg *req)
 {
 	for (size_t i = 0; i < req->nfields; i++)
-		if (strcasecmp(req->fields[i].name, "via") == 0 &&
+		if (req->fields[i].name_len == 3 && strcasecmp(req->fields[i].name, "via") == 0 &&
 		    via_names(req->fields[i].value, req->fields[i].value_len, via_is_self,
 		              (void *)m))
 			return true;
@@ -500,9 +541,22 @@ static bool targets_self(const struct muxd *m, const char *host, uint16_t port)
 	static const char *const lo[] = {"127.0.0.1", "::1"};
 	struct sockaddr_storage ss;
 	size_t hl = strlen(host);
-	bool local_name = strcasecmp(host, "localhost") == 0 ||
-	                  (hl > 10 && strcasecmp(host + hl - 10, ".localhost") == 0);
+	bool local_name, on_port = false;
 
+	/* muxd_is_self matches listeners on this port only: with none, no
+	 * address to parse (per request) */
+	for (size_t i = 0; i < m->nself && !on_port; i++) {
+		const struct sockaddr_storage *l = &m->self[i];
+		on_port =
+		    port != 0 && ((l->ss_family == AF_INET &&
+		                   ntohs(((const struct sockaddr_in *)l)->sin_port) == port) ||
+		                  (l->ss_family == AF_INET6 &&
+		                   ntohs(((const struct sockaddr_in6 *)l)->sin6_port) == port));
+	}
+	if (!on_port)
+		return false;
+	local_name = strcasecmp(host, "localhost") == 0 ||
+	             (hl > 10 && strcasecmp(host + hl - 10, ".localhost") == 0);
 	for (size_t i = 0; i < (local_name ? 2 : 1); i++) {
 		const char *a = local_name ? lo[i] : host;
 		memset(&ss, 0, sizeof(ss));
@@ -611,13 +665,24 @@ static void admin_done(void *ctx, const struct admin_response *r)
 		process(ds);
 }
 
+size_t downstream_req_line(char out[DOWNSTREAM_REQ_LINE], const char *method, const char *target)
+{
+	size_t ml = strnlen(method, 23), tl = strlen(target), n = tl > 250 ? 250 : tl;
+
+	memcpy(out, method, ml);
+	out[ml] = ' ';
+	memcpy(out + ml + 1, target, n);
+	memcpy(out + ml + 1 + n, tl > 250 ? "..." : "", tl > 250 ? 4 : 1);
+	return tl;
+}
+
 static void handle_request(struct downstream *ds, struct http1_msg *req)
 {
 	struct http1_uri uri;
 
-	snprintf(ds->req_line, sizeof(ds->req_line), "%.23s %.250s%s", req->method, req->target,
-	         strlen(req->target) > 250 ? "..." : "");
-	if (strlen(req->target) > HTTP1_MAX_TARGET) {
+	size_t target_len = downstream_req_line(ds->req_line, req->method, req->target);
+
+	if (target_len > HTTP1_MAX_TARGET) {
 		refusef(ds, 414, true, "muxd: request target too long (over %d bytes)\n",
 		        HTTP1_MAX_TARGET);
 		return;

@@ -14,6 +14,7 @@
 #define MUXD_DOWNSTREAM_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -41,6 +42,12 @@ void downstream_close_all(struct muxd *m);
 /* Descriptors are short: close up to n client connections that sit idle
  * between requests, the longest idle first. Returns how many were closed. */
 unsigned downstream_close_idle(struct muxd *m, unsigned n);
+
+/* The request as log lines name it: the method (at most 23 bytes), a space
+ * and the target (at most 250, then "..."), in out; per request, so by
+ * memcpy. Returns the target's length. */
+#define DOWNSTREAM_REQ_LINE 300
+size_t downstream_req_line(char out[DOWNSTREAM_REQ_LINE], const char *method, const char *target);
 
 /* Inside an intercepted session (pure code, fuzzed): whether a request's
  * target and Host value (NULL: none) name the CONNECT origin

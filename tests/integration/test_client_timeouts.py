@@ -143,6 +143,38 @@ def test_keep_alive_client_within_idle_timeout_is_served(muxd, origin):
     assert origin.connections == 1
 
 
+def test_keep_alive_client_busy_past_idle_timeout_is_served(muxd, origin):
+    """client_idle_timeout counts from the last response, not from the first
+    idle spell: requests spaced under it go on being served for longer than
+    the timeout, and the connection closes once it has been idle for it."""
+    origin = origin()
+    m = muxd(conf(client_idle_timeout=SHORT))
+    with connect(m.port) as s:
+        reader = HTTPReader(s)
+        for i in range(6):  # 2.4 s in all, more than twice the timeout
+            s.sendall(proxy_request("GET", origin.url(f"/r{i}")))
+            assert reader.read_response().status == 200, f"request {i}"
+            time.sleep(0.4)  # idle between requests, well under the timeout
+        data, closed = read_until_closed(s)
+    assert closed and data == b"", data[:200]
+    assert origin.connections == 1
+
+
+def test_half_head_after_a_response_gets_408(muxd, origin):
+    """A head that starts on a keep-alive connection gets its own deadline,
+    request_header_timeout, though the idle deadline before it was longer."""
+    origin = origin()
+    m = muxd(conf(request_header_timeout=SHORT, client_idle_timeout="30s"))
+    with connect(m.port) as s:
+        reader = HTTPReader(s)
+        s.sendall(proxy_request("GET", origin.url("/first")))
+        assert reader.read_response().status == 200
+        s.sendall(proxy_request("GET", origin.url("/never"))[:30])
+        data, closed = read_until_closed(s)
+    assert data.startswith(b"HTTP/1.1 408 "), data[:200]
+    assert closed
+
+
 def test_connect_without_client_hello_is_closed(muxd, stream_server):
     """An intercepted CONNECT whose client never says anything: after the
     peek it is a tunnel to a (silent) origin that neither side ever used;

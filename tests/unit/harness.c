@@ -23,6 +23,7 @@
 
 #include "config.h"
 #include "dns.h"
+#include "exchange.h"
 #include "transport/tls.h"
 #include "upstream/upstream.h"
 
@@ -74,6 +75,7 @@ void muxd_teardown(void)
 	if (m.cfg)
 		config_unref(m.cfg);
 	muxd_idle_trim_free(&m);
+	exchange_spare_free(&m);
 	event_base_free(m.base);
 	memset(&m, 0, sizeof(m));
 }

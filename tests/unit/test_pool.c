@@ -32,6 +32,7 @@
 #include "harness.h"
 #include "muxd.h"
 #include "pool.h"
+#include "pool_internal.h"
 #include "route.h"
 #include "transport/transport.h"
 #include "upstream/upstream.h"
@@ -394,6 +395,36 @@ static void fill(char *s, size_t n, char c)
 	s[n] = '\0';
 }
 
+/* a and b hold the same key, field by field (the bytes after a string's
+ * end are not part of it: keys are made without zeroing them) */
+static void same_key(const struct pool_key *a, const struct pool_key *b)
+{
+	ck_assert_str_eq(a->scheme, b->scheme);
+	ck_assert_str_eq(a->host, b->host);
+	ck_assert_str_eq(a->sni, b->sni);
+	ck_assert_uint_eq(a->port, b->port);
+	ck_assert(a->tls == b->tls && a->verify == b->verify && a->h3 == b->h3 &&
+	          a->early_data == b->early_data);
+	ck_assert_str_eq(a->ca_file, b->ca_file);
+	ck_assert_str_eq(a->client_cert, b->client_cert);
+	ck_assert_str_eq(a->client_key, b->client_key);
+	ck_assert_uint_eq(a->nhops, b->nhops);
+	for (size_t i = 0; i < a->nhops; i++) {
+		ck_assert_int_eq(a->hops[i].kind, b->hops[i].kind);
+		ck_assert_str_eq(a->hops[i].host, b->hops[i].host);
+		ck_assert_uint_eq(a->hops[i].port, b->hops[i].port);
+		ck_assert_str_eq(a->hops[i].user, b->hops[i].user);
+		ck_assert_str_eq(a->hops[i].pass, b->hops[i].pass);
+		ck_assert(a->hops[i].auth == b->hops[i].auth);
+	}
+	ck_assert_str_eq(a->proxy_ca_file, b->proxy_ca_file);
+	ck_assert_str_eq(a->proxy_ca_file_id, b->proxy_ca_file_id);
+	ck_assert(a->deny_loopback == b->deny_loopback && a->forward == b->forward &&
+	          a->warm_ok == b->warm_ok);
+	ck_assert_str_eq(a->alpn, b->alpn);
+	ck_assert_str_eq(a->id, b->id);
+}
+
 /* pk unpacks to exactly key, is equal to it, hashes like it, is not equal
  * to other. */
 static void check_packed(const struct pool_key *key, const struct pool_key *other)
@@ -405,7 +436,7 @@ static void check_packed(const struct pool_key *key, const struct pool_key *othe
 	memset(&back, 0x5a, sizeof(back));
 	pool_key_unpack(pk, &back);
 	ck_assert_str_eq(back.id, key->id);
-	ck_assert(memcmp(&back, key, sizeof(back)) == 0);
+	same_key(&back, key);
 	ck_assert_str_eq(pk->id, key->id);
 	ck_assert_str_eq(pk->host, key->host);
 	ck_assert_uint_eq(pk->nhops, key->nhops);
@@ -505,6 +536,65 @@ START_TEST(idle_h1_reused)
 	ck_assert_msg(r.done, "fresh-only request: %s", r.reason);
 	ck_assert(!r.reused);
 	ck_assert_uint_eq(peer.nconns, 2);
+}
+END_TEST
+
+/* idle_timeout counts from the last use (the idle timer is not re-armed
+ * per request): a connection is not closed by the timer of an earlier idle
+ * spell, neither while a request runs on it nor when it has been idle for
+ * less than idle_timeout since; it is once idle_timeout passed idle. */
+START_TEST(idle_timeout_from_last_use)
+{
+	struct pool_key k;
+	struct req r;
+
+	m.cfg->idle_timeout_ms = 1000;
+	m.cfg->keep_warm = false;
+	peer_start(PEER_ANSWER);
+	key_for(&k, "http", peer.port);
+	req_start(&r, &k, false);
+	req_run(&r, 5000);
+	ck_assert_msg(r.done, "first request: %s", r.reason);
+	loop_run(600);
+	/* used again, and held past the first idle spell's deadline */
+	peer.mode = PEER_HOLD;
+	req_start(&r, &k, false);
+	loop_run(600);
+	ck_assert(!r.done && !r.failed);
+	ck_assert_uint_eq(m.metrics.evictions[EVICT_IDLE_TIMEOUT], 0);
+	peer_answer(0);
+	req_run(&r, 5000);
+	ck_assert_msg(r.done, "second request: %s", r.reason);
+	ck_assert(r.reused);
+	loop_run(600); /* idle for less than idle_timeout */
+	ck_assert_uint_eq(m.metrics.evictions[EVICT_IDLE_TIMEOUT], 0);
+	ck_assert_uint_eq(m.pool->nidle, 1);
+	loop_run(900); /* and now for more */
+	ck_assert_uint_eq(m.metrics.evictions[EVICT_IDLE_TIMEOUT], 1);
+	ck_assert_uint_eq(m.pool->nidle, 0);
+	ck_assert_uint_eq(peer.nconns, 1);
+}
+END_TEST
+
+/* Waiters are reused (no calloc and free per request), and the pool keeps
+ * at most POOL_SPARE_WAITERS of them however many went before. */
+START_TEST(spare_waiters_bounded)
+{
+	static struct req r[3 * POOL_SPARE_WAITERS + 3];
+	size_t n = sizeof(r) / sizeof(r[0]);
+	struct pool_key k;
+
+	key_for(&k, "http", free_port());
+	for (size_t i = 0; i < n; i++)
+		req_start(&r[i], &k, false);
+	ck_assert_uint_eq(m.pool->nspare_waiters, 0);
+	for (size_t i = 0; i < n; i++)
+		pool_wait_cancel(r[i].wait);
+	ck_assert_uint_eq(m.pool->nspare_waiters, POOL_SPARE_WAITERS);
+	req_start(&r[0], &k, false);
+	ck_assert_uint_eq(m.pool->nspare_waiters, POOL_SPARE_WAITERS ? POOL_SPARE_WAITERS - 1 : 0);
+	pool_wait_cancel(r[0].wait);
+	ck_assert_uint_eq(m.pool->nspare_waiters, POOL_SPARE_WAITERS);
 }
 END_TEST
 
@@ -1228,6 +1318,8 @@ static Suite *pool_suite(void)
 	tcase_add_test(t, tunnel_key_chain);
 	tcase_add_test(t, key_packed_round_trip);
 	tcase_add_test(t, idle_h1_reused);
+	tcase_add_test(t, spare_waiters_bounded);
+	tcase_add_test(t, idle_timeout_from_last_use);
 	tcase_add_test(t, tls_handshake_deadline);
 	tcase_add_test(t, connect_via_parent_deadline);
 	tcase_add_test(t, socks5_deadline);

@@ -454,6 +454,67 @@ START_TEST(v4_mapped_destination)
 }
 END_TEST
 
+/* IP literals against every kind of pattern: an IPv4 address by CIDR (the
+ * address is looked at only when some pattern is a CIDR) and by exact
+ * pattern, v4-mapped forms as the IPv4 address, IPv6 in any spelling as its
+ * canonical form, by exact pattern and by CIDR; names are never addresses. */
+START_TEST(ip_literals)
+{
+	struct config *cfg = load("[route 192.168.0.0/16]\nproxy = http://lan.test:3128\n"
+	                          "[route 2001:db8::1]\nproxy = http://exact6.test:3128\n"
+	                          "[route fd00::/8]\nproxy = http://ula.test:3128\n"
+	                          "[route 10.0.0.1:8080]\nproxy = http://port.test:3128\n"
+	                          "[intercept]\nbypass = 172.16.0.0/12\n");
+	struct config *plain = load("[route 10.1.2.3]\nproxy = http://exact4.test:3128\n");
+	static const struct {
+		const char *host;
+		uint16_t port;
+		const char *via; /* NULL: direct */
+	} cases[] = {
+	    {"192.168.1.1", 443, "lan.test"},
+	    {"192.168.255.255", 80, "lan.test"},
+	    {"192.169.0.1", 443, NULL},
+	    {"::ffff:192.168.7.7", 443, "lan.test"},
+	    {"2001:db8::1", 443, "exact6.test"},
+	    {"2001:0db8:0000::0001", 443, "exact6.test"},
+	    {"2001:db8::2", 443, NULL},
+	    {"fd12:3456::9", 443, "ula.test"},
+	    {"fe80::1", 443, NULL},
+	    {"10.0.0.1", 8080, "port.test"},
+	    {"10.0.0.1", 8081, NULL},
+	    {"192.168.1.1.example", 443, NULL},
+	    {"1.2.3.4.5", 443, NULL},
+	};
+	struct route r;
+
+	ck_assert_ptr_nonnull(cfg);
+	ck_assert_ptr_nonnull(plain);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		route_for(cfg, cases[i].host, cases[i].port, &r);
+		if (!cases[i].via) {
+			ck_assert_msg(r.nhops == 0, "%s", cases[i].host);
+			continue;
+		}
+		ck_assert_msg(r.nhops == 1, "%s", cases[i].host);
+		ck_assert_str_eq(r.hops[0].host, cases[i].via);
+	}
+	ck_assert(!route_intercepts(cfg, "172.16.3.4", 443));
+	ck_assert(!route_intercepts(cfg, "::ffff:172.31.0.1", 443));
+	ck_assert(route_intercepts(cfg, "172.32.0.1", 443));
+	ck_assert(route_intercepts(cfg, "h.test", 443));
+	/* no CIDR pattern: IPv4 literals by their text */
+	route_for(plain, "10.1.2.3", 443, &r);
+	ck_assert_uint_eq(r.nhops, 1);
+	ck_assert_str_eq(r.hops[0].host, "exact4.test");
+	route_for(plain, "::ffff:10.1.2.3", 443, &r);
+	ck_assert_uint_eq(r.nhops, 1);
+	route_for(plain, "10.1.2.4", 443, &r);
+	ck_assert_uint_eq(r.nhops, 0);
+	config_unref(cfg);
+	config_unref(plain);
+}
+END_TEST
+
 /* An origin reached at an address but named (SNI, verification) by a name
  * has a pool key of its own. */
 START_TEST(pool_key_sni)
@@ -492,6 +553,7 @@ int main(void)
 	tcase_add_test(tc, intercept_and_bypass);
 	tcase_add_test(tc, intercept_without_sni_key);
 	tcase_add_test(tc, v4_mapped_destination);
+	tcase_add_test(tc, ip_literals);
 	tcase_add_test(tc, pool_key_sni);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("client_cert");

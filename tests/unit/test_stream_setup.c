@@ -6,12 +6,15 @@
  * HTTP/2 or HTTP/3 upstream stream's response head field table (4 KiB,
  * defined only up to nfields, made by mux_stream_new). With malloc's
  * memory poisoned (M_PERTURB) and the structures pre-filled, the fields
- * they do hold are right and the buffer tails are left as they were.
+ * they do hold are right and the buffer tails are left as they were. And
+ * the request line logs name (downstream_req_line, made per request by
+ * memcpy) is what "%.23s %.250s%s" made.
  */
 #include <check.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <malloc.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -110,6 +113,33 @@ START_TEST(mux_stream_fields_tail_untouched)
 }
 END_TEST
 
+/* method and target cut as "%.23s %.250s%s" cut them, "..." after a long
+ * target, whatever the buffer held before */
+START_TEST(req_line_as_printf_made_it)
+{
+	static char target[HTTP1_MAX_TARGET + 2];
+	static const size_t mlens[] = {0, 1, 3, 22, 23, 24, 40};
+	static const size_t tlens[] = {0, 1, 249, 250, 251, 252, 16384, HTTP1_MAX_TARGET + 1};
+	char method[41], line[DOWNSTREAM_REQ_LINE], want[DOWNSTREAM_REQ_LINE];
+
+	for (size_t i = 0; i < sizeof(mlens) / sizeof(mlens[0]); i++)
+		for (size_t j = 0; j < sizeof(tlens) / sizeof(tlens[0]); j++) {
+			memset(method, 'M', mlens[i]);
+			method[mlens[i]] = '\0';
+			for (size_t k = 0; k < tlens[j]; k++)
+				target[k] = (char)('a' + k % 26);
+			target[tlens[j]] = '\0';
+			memset(line, 0x5a, sizeof(line));
+			snprintf(want, sizeof(want), "%.23s %.250s%s", method, target,
+			         strlen(target) > 250 ? "..." : "");
+			ck_assert_uint_eq(downstream_req_line(line, method, target), tlens[j]);
+			ck_assert_str_eq(line, want);
+		}
+	ck_assert_uint_eq(downstream_req_line(line, "GET", "http://h.test/x"), 15);
+	ck_assert_str_eq(line, "GET http://h.test/x");
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("stream_setup");
@@ -119,6 +149,7 @@ int main(void)
 
 	tcase_add_test(tc, intercepted_uri_path_tail_untouched);
 	tcase_add_test(tc, mux_stream_fields_tail_untouched);
+	tcase_add_test(tc, req_line_as_printf_made_it);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
