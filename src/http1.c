@@ -22,15 +22,44 @@ static bool is_alnum(unsigned char c)
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
+/*
+ * Byte classes, one table lookup per byte on the hot paths (the heads of a
+ * request and its response are most of a keep-alive request's parsing):
+ * CL_TCHAR  token characters (RFC 9110 5.6.2)
+ * CL_VALUE  field-value octets: HTAB, SP, VCHAR, obs-text (RFC 9110 5.5)
+ * CL_TARGET request-target octets: VCHAR (0x21..0x7e)
+ * CL_STOP   what the head scan stops at: NUL, CR, LF
+ */
+enum { CL_TCHAR = 1, CL_VALUE = 2, CL_TARGET = 4, CL_STOP = 8 };
+#define CL_IS_TCHAR(c)                                                                             \
+	(((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z') || \
+	 (c) == '!' || (c) == '#' || (c) == '$' || (c) == '%' || (c) == '&' || (c) == '\'' ||      \
+	 (c) == '*' || (c) == '+' || (c) == '-' || (c) == '.' || (c) == '^' || (c) == '_' ||       \
+	 (c) == '`' || (c) == '|' || (c) == '~')
+#define CL_OF(c)                                                                                   \
+	((CL_IS_TCHAR(c) ? CL_TCHAR : 0) |                                                         \
+	 ((c) == '\t' || ((c) >= 0x20 && (c) != 0x7f) ? CL_VALUE : 0) |                            \
+	 ((c) > 0x20 && (c) < 0x7f ? CL_TARGET : 0) |                                              \
+	 ((c) == 0 || (c) == '\r' || (c) == '\n' ? CL_STOP : 0))
+#define CL_4(c) CL_OF(c), CL_OF((c) + 1), CL_OF((c) + 2), CL_OF((c) + 3)
+#define CL_16(c) CL_4(c), CL_4((c) + 4), CL_4((c) + 8), CL_4((c) + 12)
+#define CL_64(c) CL_16(c), CL_16((c) + 16), CL_16((c) + 32), CL_16((c) + 48)
+static const unsigned char cls[256] = {CL_64(0), CL_64(64), CL_64(128), CL_64(192)};
+#undef CL_4
+#undef CL_16
+#undef CL_64
+#undef CL_OF
+#undef CL_IS_TCHAR
+
 static bool is_tchar(unsigned char c)
 {
-	return is_alnum(c) || (c != 0 && memchr("!#$%&'*+-.^_`|~", c, 15) != NULL);
+	return cls[c] & CL_TCHAR;
 }
 
 /* field-value octets: HTAB, SP, VCHAR, obs-text */
 static bool is_value_char(unsigned char c)
 {
-	return c == '\t' || (c >= 0x20 && c != 0x7f);
+	return cls[c] & CL_VALUE;
 }
 
 static int hex_value(unsigned char c)
