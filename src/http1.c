@@ -17,11 +17,6 @@ static bool is_ows(unsigned char c)
 	return c == ' ' || c == '\t';
 }
 
-static bool is_alnum(unsigned char c)
-{
-	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
 /*
  * Byte classes, one table lookup per byte on the hot paths (the heads of a
  * request and its response are most of a keep-alive request's parsing):
@@ -29,18 +24,29 @@ static bool is_alnum(unsigned char c)
  * CL_VALUE  field-value octets: HTAB, SP, VCHAR, obs-text (RFC 9110 5.5)
  * CL_TARGET request-target octets: VCHAR (0x21..0x7e)
  * CL_LINE   what the head scan passes over: all but NUL, CR and LF
+ * CL_HOST   what a Host value may hold: unreserved, sub-delims, '%', ':', '[', ']'
+ * CL_NAME   a reg-name's characters as muxd takes them: ALPHA DIGIT - . _ ~
  */
-enum { CL_TCHAR = 1, CL_VALUE = 2, CL_TARGET = 4, CL_LINE = 8 };
+enum { CL_TCHAR = 1, CL_VALUE = 2, CL_TARGET = 4, CL_LINE = 8, CL_HOST = 16, CL_NAME = 32 };
+#define CL_IS_ALNUM(c)                                                                             \
+	(((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
+#define CL_IS_UNRESERVED(c) ((c) == '-' || (c) == '.' || (c) == '_' || (c) == '~')
 #define CL_IS_TCHAR(c)                                                                             \
-	(((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z') || \
-	 (c) == '!' || (c) == '#' || (c) == '$' || (c) == '%' || (c) == '&' || (c) == '\'' ||      \
-	 (c) == '*' || (c) == '+' || (c) == '-' || (c) == '.' || (c) == '^' || (c) == '_' ||       \
-	 (c) == '`' || (c) == '|' || (c) == '~')
+	(CL_IS_ALNUM(c) || (c) == '!' || (c) == '#' || (c) == '$' || (c) == '%' || (c) == '&' ||   \
+	 (c) == '\'' || (c) == '*' || (c) == '+' || (c) == '-' || (c) == '.' || (c) == '^' ||      \
+	 (c) == '_' || (c) == '`' || (c) == '|' || (c) == '~')
 #define CL_OF(c)                                                                                   \
 	((CL_IS_TCHAR(c) ? CL_TCHAR : 0) |                                                         \
 	 ((c) == '\t' || ((c) >= 0x20 && (c) != 0x7f) ? CL_VALUE : 0) |                            \
 	 ((c) > 0x20 && (c) < 0x7f ? CL_TARGET : 0) |                                              \
-	 ((c) != 0 && (c) != '\r' && (c) != '\n' ? CL_LINE : 0))
+	 ((c) != 0 && (c) != '\r' && (c) != '\n' ? CL_LINE : 0) |                                  \
+	 (CL_IS_ALNUM(c) || CL_IS_UNRESERVED(c) || (c) == '%' || (c) == '!' || (c) == '$' ||       \
+	          (c) == '&' || (c) == '\'' || (c) == '(' || (c) == ')' || (c) == '*' ||           \
+	          (c) == '+' || (c) == ',' || (c) == ';' || (c) == '=' || (c) == ':' ||            \
+	          (c) == '[' || (c) == ']'                                                         \
+	      ? CL_HOST                                                                            \
+	      : 0) |                                                                               \
+	 (CL_IS_ALNUM(c) || CL_IS_UNRESERVED(c) ? CL_NAME : 0))
 #define CL_4(c) CL_OF(c), CL_OF((c) + 1), CL_OF((c) + 2), CL_OF((c) + 3)
 #define CL_16(c) CL_4(c), CL_4((c) + 4), CL_4((c) + 8), CL_4((c) + 12)
 #define CL_64(c) CL_16(c), CL_16((c) + 16), CL_16((c) + 32), CL_16((c) + 48)
@@ -50,6 +56,8 @@ static const unsigned char cls[256] = {CL_64(0), CL_64(64), CL_64(128), CL_64(19
 #undef CL_64
 #undef CL_OF
 #undef CL_IS_TCHAR
+#undef CL_IS_UNRESERVED
+#undef CL_IS_ALNUM
 
 static bool is_tchar(unsigned char c)
 {
@@ -82,9 +90,20 @@ static int hex_value(unsigned char c)
 	return -1;
 }
 
+/* ASCII lower case of every byte */
+#define LC_OF(c) ((c) >= 'A' && (c) <= 'Z' ? (c) | 0x20 : (c))
+#define LC_4(c) LC_OF(c), LC_OF((c) + 1), LC_OF((c) + 2), LC_OF((c) + 3)
+#define LC_16(c) LC_4(c), LC_4((c) + 4), LC_4((c) + 8), LC_4((c) + 12)
+#define LC_64(c) LC_16(c), LC_16((c) + 16), LC_16((c) + 32), LC_16((c) + 48)
+static const unsigned char lc[256] = {LC_64(0), LC_64(64), LC_64(128), LC_64(192)};
+#undef LC_4
+#undef LC_16
+#undef LC_64
+#undef LC_OF
+
 static char lower(char c)
 {
-	return c >= 'A' && c <= 'Z' ? (char)(c + ('a' - 'A')) : c;
+	return (char)lc[(unsigned char)c];
 }
 
 /* Case-insensitive (ASCII) comparison of s[0..n) with the string b. */
@@ -391,7 +410,7 @@ static bool valid_host_value(const struct http1_field *f)
 	for (size_t i = 0; i < f->value_len; i++) {
 		unsigned char c = f->value[i];
 
-		if (!is_alnum(c) && !memchr("-._~%!$&'()*+,;=:[]", c, 19))
+		if (!(cls[c] & CL_HOST))
 			return false;
 	}
 	return true;
@@ -632,8 +651,10 @@ void http1_msg_free(struct http1_msg *msg)
 
 const struct http1_field *http1_find(const struct http1_msg *msg, const char *name)
 {
+	size_t n = strlen(name);
+
 	for (size_t i = 0; i < msg->nfields; i++)
-		if (ieq(msg->fields[i].name, msg->fields[i].name_len, name))
+		if (msg->fields[i].name_len == n && ieq(msg->fields[i].name, n, name))
 			return &msg->fields[i];
 	return NULL;
 }
@@ -735,11 +756,6 @@ bool http1_is_hop_by_hop(const struct http1_msg *msg, const char *name)
 		if (ieq(name, n, "Connection") || ieq(name, n, "Keep-Alive"))
 			return true;
 		break;
-	case 14:
-		/* framing is never dropped by Connection processing (RFC 9110 7.6.1) */
-		if (ieq(name, n, "Content-Length"))
-			return false;
-		break;
 	case 16:
 		if (ieq(name, n, "Proxy-Connection"))
 			return true;
@@ -757,7 +773,16 @@ bool http1_is_hop_by_hop(const struct http1_msg *msg, const char *name)
 			return true;
 		break;
 	}
-	return msg && connection_has(msg, name, n);
+	if (!msg)
+		return false;
+	/* Connection lists only well-known tokens: of those, only "close"
+	 * is not a hop-by-hop name anyway (nor is it Content-Length) */
+	if ((msg->conn & (HTTP1_CONN_INDEXED | HTTP1_CONN_OTHER)) == HTTP1_CONN_INDEXED)
+		return (msg->conn & HTTP1_CONN_CLOSE) && n == 5 && ieq(name, n, "close");
+	/* framing is never dropped by Connection processing (RFC 9110 7.6.1) */
+	if (IEQ_LIT(name, n, "Content-Length"))
+		return false;
+	return connection_has(msg, name, n);
 }
 
 bool http1_trailer_allowed(const char *name, size_t name_len)
@@ -1046,7 +1071,7 @@ static bool parse_host_port(const char *s, size_t n, char *host, size_t host_siz
 		if (hn == 0)
 			return false;
 		for (i = 0; i < hn; i++)
-			if (!is_alnum(s[i]) && !memchr("-._~", s[i], 4))
+			if (!(cls[(unsigned char)s[i]] & CL_NAME))
 				return false;
 	}
 	n -= rest - s;
