@@ -70,6 +70,41 @@ static bool is_value_char(unsigned char c)
 	return cls[c] & CL_VALUE;
 }
 
+/*
+ * The control bytes (below 0x20, and DEL) among the eight bytes of x: the
+ * word tricks "has a byte less than n" and "has a zero byte". A byte's high
+ * bit is set for the first such byte (lowest address on a little-endian
+ * machine) exactly, and maybe for some after it; none before it.
+ */
+#define BYTES(b) (0x0101010101010101ULL * (b))
+static inline uint64_t ctl_bytes(uint64_t x)
+{
+	uint64_t del = x ^ BYTES(0x7f);
+
+	return (((x - BYTES(0x20)) & ~x) | ((del - BYTES(1)) & ~del)) & BYTES(0x80);
+}
+
+/* Past the bytes from p[i] (at most to p[n]) that are neither control bytes
+ * nor DEL, eight at a time: all of them are CL_VALUE and CL_LINE; the caller
+ * goes on byte by byte (HTAB is a value byte too). */
+static inline size_t run_plain(const unsigned char *p, size_t i, size_t n)
+{
+	uint64_t x, ctl;
+
+	while (i + 8 <= n) {
+		memcpy(&x, p + i, 8);
+		ctl = ctl_bytes(x);
+		if (ctl) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+			i += (size_t)__builtin_ctzll(ctl) / 8; /* to the first one */
+#endif
+			break;
+		}
+		i += 8;
+	}
+	return i;
+}
+
 /* Past the bytes of class cl (one CL_ bit) from p[i], at most to p[n]:
  * four at a time while they last. */
 static inline size_t run(const unsigned char *p, size_t i, size_t n, unsigned cl)
@@ -171,7 +206,7 @@ bool http1_head_scan(struct http1_head_scan *sc, const char *data, size_t len)
 		if ((cls[c] & CL_LINE) && prev != '\r') {
 			/* none of NUL, CR, LF and not after a CR: a run of
 			 * those decides nothing */
-			size_t k = run(p, i + 1, len, CL_LINE) - i;
+			size_t k = run(p, run_plain(p, i + 1, len), len, CL_LINE) - i;
 
 			sc->seen += k;
 			if (k >= 3) {
@@ -523,7 +558,7 @@ static size_t scan_head(const char *data, size_t n, size_t start, bool request, 
 		i += 12;
 		if (p[i] == ' ') {
 			i++;
-			i = run(p, i, n, CL_VALUE);
+			i = run(p, run_plain(p, i, n), n, CL_VALUE);
 			sl[0] = start + 13;
 		} else {
 			sl[0] = i; /* empty: the NUL that replaces CR */
@@ -554,7 +589,7 @@ static size_t scan_head(const char *data, size_t n, size_t start, bool request, 
 		while (i < n && is_ows(p[i]))
 			i++;
 		v = i;
-		i = run(p, i, n, CL_VALUE);
+		i = run(p, run_plain(p, i, n), n, CL_VALUE);
 		if (i + 1 >= n || p[i] != '\r' || p[i + 1] != '\n')
 			return 0;
 		for (e = i; e > v && is_ows(p[e - 1]); e--)
