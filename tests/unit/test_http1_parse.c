@@ -187,6 +187,38 @@ START_TEST(classes_head_scan)
 }
 END_TEST
 
+/* Long runs are skipped a word at a time: the byte at every offset of a
+ * word still decides, for values and for the head scan. */
+START_TEST(classes_long_runs_every_offset)
+{
+	char s[128];
+	int c = _i;
+
+	for (size_t pos = 0; pos < 24; pos++) {
+		struct http1_head_scan sc;
+		size_t n = (size_t)sprintf(s, "GET / HTTP/1.1\r\nHost: a\r\nX: ");
+		size_t at = n + pos;
+
+		memset(s + n, 'v', 24);
+		s[at] = (char)c;
+		n += 24;
+		n += (size_t)sprintf(s + n, "\r\n\r\n");
+		ck_assert_int_eq(parse_req(s, n), EXPECT(ref_value(c)));
+
+		memset(&sc, 0, sizeof(sc));
+		bool stop = http1_head_scan(&sc, s + at - pos, 24); /* the value alone */
+		ck_assert(stop == (c == 0 || c == '\n' || (c == '\r' && pos < 23)));
+		if (c == 0 || c == '\n')
+			ck_assert_uint_eq(sc.seen, pos + 1);
+		else if (c == '\r' && pos < 23)
+			ck_assert_uint_eq(sc.seen, pos + 2);
+		else
+			ck_assert_uint_eq(sc.seen, 24);
+		ck_assert_int_eq(sc.last[2], stop && c != '\r' ? c : pos == 23 ? c : 'v');
+	}
+}
+END_TEST
+
 START_TEST(classes_case_folding)
 {
 	char s[64], name[3] = {'q', 0, 0};
@@ -417,6 +449,7 @@ static Suite *suite(void)
 	tcase_add_loop_test(t, classes_reg_name, 0, 256);
 	tcase_add_loop_test(t, classes_chunk_extension_and_trailer_name, 0, 256);
 	tcase_add_loop_test(t, classes_head_scan, 0, 256);
+	tcase_add_loop_test(t, classes_long_runs_every_offset, 0, 256);
 	tcase_add_loop_test(t, classes_case_folding, 0, 256);
 	suite_add_tcase(s, t);
 
