@@ -169,6 +169,8 @@ static void trim_ows(const char *s, size_t *start, size_t *end)
 /*
  * Find the end of a head that starts at data[start]: the offset just past
  * CRLF CRLF. Bare CR, bare LF and NUL are rejected as soon as they are seen.
+ * Asked only when scan_head found a line wrong (or the input short), to say
+ * whether that line's answer stands yet.
  */
 static enum http1_result find_head(const char *d, size_t len, size_t start, size_t *end)
 {
