@@ -17,20 +17,103 @@ static bool is_ows(unsigned char c)
 	return c == ' ' || c == '\t';
 }
 
-static bool is_alnum(unsigned char c)
-{
-	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
+/*
+ * Byte classes, one table lookup per byte on the hot paths (the heads of a
+ * request and its response are most of a keep-alive request's parsing):
+ * CL_TCHAR  token characters (RFC 9110 5.6.2)
+ * CL_VALUE  field-value octets: HTAB, SP, VCHAR, obs-text (RFC 9110 5.5)
+ * CL_TARGET request-target octets: VCHAR (0x21..0x7e)
+ * CL_LINE   what the head scan passes over: all but NUL, CR and LF
+ * CL_HOST   what a Host value may hold: unreserved, sub-delims, '%', ':', '[', ']'
+ * CL_NAME   a reg-name's characters as muxd takes them: ALPHA DIGIT - . _ ~
+ */
+enum { CL_TCHAR = 1, CL_VALUE = 2, CL_TARGET = 4, CL_LINE = 8, CL_HOST = 16, CL_NAME = 32 };
+#define CL_IS_ALNUM(c)                                                                             \
+	(((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
+#define CL_IS_UNRESERVED(c) ((c) == '-' || (c) == '.' || (c) == '_' || (c) == '~')
+#define CL_IS_TCHAR(c)                                                                             \
+	(CL_IS_ALNUM(c) || (c) == '!' || (c) == '#' || (c) == '$' || (c) == '%' || (c) == '&' ||   \
+	 (c) == '\'' || (c) == '*' || (c) == '+' || (c) == '-' || (c) == '.' || (c) == '^' ||      \
+	 (c) == '_' || (c) == '`' || (c) == '|' || (c) == '~')
+#define CL_OF(c)                                                                                   \
+	((CL_IS_TCHAR(c) ? CL_TCHAR : 0) |                                                         \
+	 ((c) == '\t' || ((c) >= 0x20 && (c) != 0x7f) ? CL_VALUE : 0) |                            \
+	 ((c) > 0x20 && (c) < 0x7f ? CL_TARGET : 0) |                                              \
+	 ((c) != 0 && (c) != '\r' && (c) != '\n' ? CL_LINE : 0) |                                  \
+	 (CL_IS_ALNUM(c) || CL_IS_UNRESERVED(c) || (c) == '%' || (c) == '!' || (c) == '$' ||       \
+	          (c) == '&' || (c) == '\'' || (c) == '(' || (c) == ')' || (c) == '*' ||           \
+	          (c) == '+' || (c) == ',' || (c) == ';' || (c) == '=' || (c) == ':' ||            \
+	          (c) == '[' || (c) == ']'                                                         \
+	      ? CL_HOST                                                                            \
+	      : 0) |                                                                               \
+	 (CL_IS_ALNUM(c) || CL_IS_UNRESERVED(c) ? CL_NAME : 0))
+#define CL_4(c) CL_OF(c), CL_OF((c) + 1), CL_OF((c) + 2), CL_OF((c) + 3)
+#define CL_16(c) CL_4(c), CL_4((c) + 4), CL_4((c) + 8), CL_4((c) + 12)
+#define CL_64(c) CL_16(c), CL_16((c) + 16), CL_16((c) + 32), CL_16((c) + 48)
+static const unsigned char cls[256] = {CL_64(0), CL_64(64), CL_64(128), CL_64(192)};
+#undef CL_4
+#undef CL_16
+#undef CL_64
+#undef CL_OF
+#undef CL_IS_TCHAR
+#undef CL_IS_UNRESERVED
+#undef CL_IS_ALNUM
 
 static bool is_tchar(unsigned char c)
 {
-	return is_alnum(c) || (c != 0 && memchr("!#$%&'*+-.^_`|~", c, 15) != NULL);
+	return cls[c] & CL_TCHAR;
 }
 
 /* field-value octets: HTAB, SP, VCHAR, obs-text */
 static bool is_value_char(unsigned char c)
 {
-	return c == '\t' || (c >= 0x20 && c != 0x7f);
+	return cls[c] & CL_VALUE;
+}
+
+/*
+ * The control bytes (below 0x20, and DEL) among the eight bytes of x: the
+ * word tricks "has a byte less than n" and "has a zero byte". A byte's high
+ * bit is set for the first such byte (lowest address on a little-endian
+ * machine) exactly, and maybe for some after it; none before it.
+ */
+#define BYTES(b) (0x0101010101010101ULL * (b))
+static inline uint64_t ctl_bytes(uint64_t x)
+{
+	uint64_t del = x ^ BYTES(0x7f);
+
+	return (((x - BYTES(0x20)) & ~x) | ((del - BYTES(1)) & ~del)) & BYTES(0x80);
+}
+
+/* Past the bytes from p[i] (at most to p[n]) that are neither control bytes
+ * nor DEL, eight at a time: all of them are CL_VALUE and CL_LINE; the caller
+ * goes on byte by byte (HTAB is a value byte too). */
+static inline size_t run_plain(const unsigned char *p, size_t i, size_t n)
+{
+	uint64_t x, ctl;
+
+	while (i + 8 <= n) {
+		memcpy(&x, p + i, 8);
+		ctl = ctl_bytes(x);
+		if (ctl) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+			i += (size_t)__builtin_ctzll(ctl) / 8; /* to the first one */
+#endif
+			break;
+		}
+		i += 8;
+	}
+	return i;
+}
+
+/* Past the bytes of class cl (one CL_ bit) from p[i], at most to p[n]:
+ * four at a time while they last. */
+static inline size_t run(const unsigned char *p, size_t i, size_t n, unsigned cl)
+{
+	while (i + 4 <= n && (cls[p[i]] & cls[p[i + 1]] & cls[p[i + 2]] & cls[p[i + 3]] & cl))
+		i += 4;
+	while (i < n && (cls[p[i]] & cl))
+		i++;
+	return i;
 }
 
 static int hex_value(unsigned char c)
@@ -42,9 +125,20 @@ static int hex_value(unsigned char c)
 	return -1;
 }
 
+/* ASCII lower case of every byte */
+#define LC_OF(c) ((c) >= 'A' && (c) <= 'Z' ? (c) | 0x20 : (c))
+#define LC_4(c) LC_OF(c), LC_OF((c) + 1), LC_OF((c) + 2), LC_OF((c) + 3)
+#define LC_16(c) LC_4(c), LC_4((c) + 4), LC_4((c) + 8), LC_4((c) + 12)
+#define LC_64(c) LC_16(c), LC_16((c) + 16), LC_16((c) + 32), LC_16((c) + 48)
+static const unsigned char lc[256] = {LC_64(0), LC_64(64), LC_64(128), LC_64(192)};
+#undef LC_4
+#undef LC_16
+#undef LC_64
+#undef LC_OF
+
 static char lower(char c)
 {
-	return c >= 'A' && c <= 'Z' ? (char)(c + ('a' - 'A')) : c;
+	return (char)lc[(unsigned char)c];
 }
 
 /* Case-insensitive (ASCII) comparison of s[0..n) with the string b. */
@@ -75,6 +169,8 @@ static void trim_ows(const char *s, size_t *start, size_t *end)
 /*
  * Find the end of a head that starts at data[start]: the offset just past
  * CRLF CRLF. Bare CR, bare LF and NUL are rejected as soon as they are seen.
+ * Asked only when scan_head found a line wrong (or the input short), to say
+ * whether that line's answer stands yet.
  */
 static enum http1_result find_head(const char *d, size_t len, size_t start, size_t *end)
 {
@@ -102,9 +198,33 @@ static enum http1_result find_head(const char *d, size_t len, size_t start, size
 
 bool http1_head_scan(struct http1_head_scan *sc, const char *data, size_t len)
 {
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)data[i], prev = sc->last[2];
+	const unsigned char *p = (const unsigned char *)data;
+	size_t i = 0;
+
+	while (i < len) {
+		unsigned char c = p[i], prev = sc->last[2];
 		bool first = sc->seen == 0;
+
+		if ((cls[c] & CL_LINE) && prev != '\r') {
+			/* none of NUL, CR, LF and not after a CR: a run of
+			 * those decides nothing */
+			size_t k = run(p, run_plain(p, i + 1, len), len, CL_LINE) - i;
+
+			sc->seen += k;
+			if (k >= 3) {
+				memcpy(sc->last, p + i + k - 3, 3);
+			} else if (k == 2) {
+				sc->last[0] = prev;
+				sc->last[1] = c;
+				sc->last[2] = p[i + 1];
+			} else {
+				sc->last[0] = sc->last[1];
+				sc->last[1] = prev;
+				sc->last[2] = c;
+			}
+			i += k;
+			continue;
+		}
 		bool ready =
 		    c == '\0' || (c == '\n' && (first || prev != '\r')) ||
 		    (!first && prev == '\r' && c != '\n') ||
@@ -113,93 +233,11 @@ bool http1_head_scan(struct http1_head_scan *sc, const char *data, size_t len)
 		sc->last[0] = sc->last[1];
 		sc->last[1] = prev;
 		sc->last[2] = c;
+		i++;
 		if (ready)
 			return true;
 	}
 	return false;
-}
-
-static bool parse_version(const char *s, size_t n, int *minor)
-{
-	if (n != 8 || memcmp(s, "HTTP/1.", 7) != 0 || (s[7] != '0' && s[7] != '1'))
-		return false;
-	*minor = s[7] - '0';
-	return true;
-}
-
-/* method SP request-target SP HTTP-version */
-static bool parse_request_line(char *line, size_t n, struct http1_msg *m)
-{
-	char *end = line + n, *sp1, *sp2, *p;
-
-	sp1 = memchr(line, ' ', n);
-	if (!sp1 || sp1 == line)
-		return false;
-	for (p = line; p < sp1; p++)
-		if (!is_tchar(*p))
-			return false;
-	sp2 = memchr(sp1 + 1, ' ', end - sp1 - 1);
-	if (!sp2 || sp2 == sp1 + 1)
-		return false;
-	for (p = sp1 + 1; p < sp2; p++)
-		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
-			return false;
-	if (!parse_version(sp2 + 1, end - sp2 - 1, &m->version_minor))
-		return false;
-	*sp1 = *sp2 = '\0';
-	m->method = line;
-	m->target = sp1 + 1;
-	return true;
-}
-
-/* HTTP-version SP 3DIGIT [SP reason-phrase] */
-static bool parse_status_line(char *line, size_t n, struct http1_msg *m)
-{
-	size_t i;
-
-	if (n < 12 || !parse_version(line, 8, &m->version_minor) || line[8] != ' ')
-		return false;
-	for (i = 9; i < 12; i++) {
-		if (line[i] < '0' || line[i] > '9')
-			return false;
-		m->status = m->status * 10 + (line[i] - '0');
-	}
-	if (m->status < 100 || m->status > 599)
-		return false;
-	if (n == 12) {
-		m->reason = line + 12; /* the NUL that replaced CR */
-		return true;
-	}
-	if (line[12] != ' ')
-		return false;
-	for (i = 13; i < n; i++)
-		if (!is_value_char(line[i]))
-			return false;
-	m->reason = line + 13;
-	return true;
-}
-
-/* field-name ":" OWS field-value OWS; line[n] is already NUL. */
-static bool parse_field(char *line, size_t n, struct http1_field *f)
-{
-	size_t i = 0, v, e = n;
-
-	while (i < n && is_tchar(line[i]))
-		i++;
-	if (i == 0 || i == n || line[i] != ':') /* also catches obs-fold */
-		return false;
-	v = i + 1;
-	trim_ows(line, &v, &e);
-	for (size_t k = v; k < e; k++)
-		if (!is_value_char(line[k]))
-			return false;
-	line[i] = '\0';
-	line[e] = '\0';
-	f->name = line;
-	f->name_len = i;
-	f->value = line + v;
-	f->value_len = e - v;
-	return true;
 }
 
 /* A Content-Length value: a list of identical decimal numbers ("5, 5"), each
@@ -254,8 +292,101 @@ static bool parse_transfer_encoding(const struct http1_field *f, int *count)
 	return true;
 }
 
-static bool connection_has(const struct http1_msg *m, const char *token)
+/* What a field name means to the parser itself. */
+enum name_kind {
+	K_OTHER,
+	K_HOST,
+	K_EXPECT,
+	K_CONNECTION,
+	K_CONTENT_LENGTH,
+	K_TRANSFER_ENCODING,
+};
+#define K_BIT(k) (1u << (k))
+
+/* By length first: most names are none of these and cost one switch. */
+static enum name_kind name_kind(const char *s, size_t n)
 {
+	switch (n) {
+	case 4:
+		return ieq(s, n, "Host") ? K_HOST : K_OTHER;
+	case 6:
+		return ieq(s, n, "Expect") ? K_EXPECT : K_OTHER;
+	case 10:
+		return ieq(s, n, "Connection") ? K_CONNECTION : K_OTHER;
+	case 14:
+		return ieq(s, n, "Content-Length") ? K_CONTENT_LENGTH : K_OTHER;
+	case 17:
+		return ieq(s, n, "Transfer-Encoding") ? K_TRANSFER_ENCODING : K_OTHER;
+	}
+	return K_OTHER;
+}
+
+/* The HTTP1_CONN_* bit of a well-known Connection token, 0 for others. */
+static unsigned conn_token(const char *s, size_t n)
+{
+	switch (n) {
+	case 2:
+		return ieq(s, n, "te") ? HTTP1_CONN_TE : 0;
+	case 5:
+		return ieq(s, n, "close") ? HTTP1_CONN_CLOSE : 0;
+	case 7:
+		return ieq(s, n, "upgrade") ? HTTP1_CONN_UPGRADE : 0;
+	case 10:
+		return ieq(s, n, "keep-alive") ? HTTP1_CONN_KEEP_ALIVE : 0;
+	}
+	return 0;
+}
+
+/* The tokens of one Connection value, split as http1_list_has splits a list. */
+static unsigned conn_tokens(const char *value, size_t value_len)
+{
+	unsigned bits = 0;
+	size_t i = 0;
+
+	while (i <= value_len) {
+		size_t s = i, e;
+
+		while (i < value_len && value[i] != ',')
+			i++;
+		e = i++;
+		const char *semi = memchr(value + s, ';', e - s);
+		if (semi)
+			e = (size_t)(semi - value);
+		trim_ows(value, &s, &e);
+		if (s < e) { /* an empty element names nothing */
+			unsigned t = conn_token(value + s, e - s);
+			bits |= t ? t : HTTP1_CONN_OTHER;
+		}
+	}
+	return bits;
+}
+
+void http1_msg_index_connection(struct http1_msg *m)
+{
+	unsigned bits = HTTP1_CONN_INDEXED;
+
+	for (size_t i = 0; i < m->nfields; i++) {
+		const struct http1_field *f = &m->fields[i];
+
+		if (IEQ_LIT(f->name, f->name_len, "Connection"))
+			bits |= conn_tokens(f->value, f->value_len);
+	}
+	m->conn = bits;
+}
+
+/* Whether a Connection field of m lists token[0..n): from the index when
+ * there is one and the token is well known (or none but well-known ones
+ * are listed), else by looking at every field. */
+static bool connection_has(const struct http1_msg *m, const char *token, size_t n)
+{
+	if (m->conn & HTTP1_CONN_INDEXED) {
+		unsigned t = conn_token(token, n);
+
+		if (t)
+			return m->conn & t;
+		if (!(m->conn & HTTP1_CONN_OTHER))
+			return false;
+	}
 	for (size_t i = 0; i < m->nfields; i++) {
 		const struct http1_field *f = &m->fields[i];
 
@@ -269,20 +400,23 @@ static bool connection_has(const struct http1_msg *m, const char *token)
 /*
  * Content-Length / Transfer-Encoding checks shared by requests and
  * responses; sets body to CHUNKED, LENGTH or NONE (no framing fields).
+ * kind[i] is what fields[i]'s name means, kinds the K_BITs of all of them.
  */
-static enum http1_result framing(struct http1_msg *m)
+static enum http1_result framing(struct http1_msg *m, const unsigned char *kind, unsigned kinds)
 {
 	bool have_cl = false;
 	int te_count = 0, te_fields = 0;
 	uint64_t cl = 0;
 
-	for (size_t i = 0; i < m->nfields; i++) {
+	for (size_t i = 0;
+	     (kinds & (K_BIT(K_CONTENT_LENGTH) | K_BIT(K_TRANSFER_ENCODING))) && i < m->nfields;
+	     i++) {
 		const struct http1_field *f = &m->fields[i];
 
-		if (IEQ_LIT(f->name, f->name_len, "Content-Length")) {
+		if (kind[i] == K_CONTENT_LENGTH) {
 			if (!parse_content_length(f, &have_cl, &cl))
 				return HTTP1_BAD;
-		} else if (IEQ_LIT(f->name, f->name_len, "Transfer-Encoding")) {
+		} else if (kind[i] == K_TRANSFER_ENCODING) {
 			te_fields++;
 			if (!parse_transfer_encoding(f, &te_count))
 				return HTTP1_BAD;
@@ -298,9 +432,12 @@ static enum http1_result framing(struct http1_msg *m)
 	} else {
 		m->body = HTTP1_BODY_NONE;
 	}
-	m->keep_alive = m->version_minor == 1
-	                    ? !connection_has(m, "close")
-	                    : connection_has(m, "keep-alive") && !connection_has(m, "close");
+	m->conn = HTTP1_CONN_INDEXED;
+	for (size_t i = 0; (kinds & K_BIT(K_CONNECTION)) && i < m->nfields; i++)
+		if (kind[i] == K_CONNECTION)
+			m->conn |= conn_tokens(m->fields[i].value, m->fields[i].value_len);
+	m->keep_alive = !(m->conn & HTTP1_CONN_CLOSE) &&
+	                (m->version_minor == 1 || (m->conn & HTTP1_CONN_KEEP_ALIVE));
 	return HTTP1_OK;
 }
 
@@ -310,19 +447,20 @@ static bool valid_host_value(const struct http1_field *f)
 	for (size_t i = 0; i < f->value_len; i++) {
 		unsigned char c = f->value[i];
 
-		if (!is_alnum(c) && !memchr("-._~%!$&'()*+,;=:[]", c, 19))
+		if (!(cls[c] & CL_HOST))
 			return false;
 	}
 	return true;
 }
 
-static enum http1_result request_semantics(struct http1_msg *m)
+static enum http1_result request_semantics(struct http1_msg *m, const unsigned char *kind,
+                                           unsigned kinds)
 {
-	const struct http1_field *host = NULL, *expect;
+	const struct http1_field *host = NULL;
 	enum http1_result r;
 
-	for (size_t i = 0; i < m->nfields; i++) {
-		if (!IEQ_LIT(m->fields[i].name, m->fields[i].name_len, "Host"))
+	for (size_t i = 0; (kinds & K_BIT(K_HOST)) && i < m->nfields; i++) {
+		if (kind[i] != K_HOST)
 			continue;
 		if (host || !valid_host_value(&m->fields[i]))
 			return HTTP1_BAD;
@@ -330,24 +468,30 @@ static enum http1_result request_semantics(struct http1_msg *m)
 	}
 	if (!host && m->version_minor == 1)
 		return HTTP1_BAD;
-	r = framing(m);
+	r = framing(m, kind, kinds);
 	if (r != HTTP1_OK)
 		return r;
-	expect = http1_find(m, "Expect");
-	m->expect_continue = expect && ieq(expect->value, expect->value_len, "100-continue");
+	for (size_t i = 0; (kinds & K_BIT(K_EXPECT)) && i < m->nfields; i++) {
+		if (kind[i] == K_EXPECT) { /* the first one decides */
+			m->expect_continue =
+			    ieq(m->fields[i].value, m->fields[i].value_len, "100-continue");
+			break;
+		}
+	}
 	return HTTP1_OK;
 }
 
-static enum http1_result response_semantics(struct http1_msg *m, const char *method)
+static enum http1_result response_semantics(struct http1_msg *m, const char *method,
+                                            const unsigned char *kind, unsigned kinds)
 {
-	enum http1_result r = framing(m);
+	enum http1_result r = framing(m, kind, kinds);
 
 	if (r != HTTP1_OK)
 		return r;
 	if ((method && strcmp(method, "HEAD") == 0) || m->status < 200 || m->status == 204 ||
 	    m->status == 304 || (method && strcmp(method, "CONNECT") == 0 && m->status < 300))
 		m->body = HTTP1_BODY_NONE;
-	else if (m->body == HTTP1_BODY_NONE && !http1_find(m, "Content-Length"))
+	else if (m->body == HTTP1_BODY_NONE && !(kinds & K_BIT(K_CONTENT_LENGTH)))
 		m->body = HTTP1_BODY_CLOSE;
 	if (m->body == HTTP1_BODY_CLOSE)
 		m->keep_alive = false;
@@ -362,50 +506,159 @@ void http1_msg_init(struct http1_msg *m)
 	memset((char *)m + end, 0, sizeof(*m) - end);
 }
 
+/* "HTTP/1.0" or "HTTP/1.1" at p[0..8) */
+static bool is_version(const unsigned char *p, int *minor)
+{
+	if (memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1'))
+		return false;
+	*minor = p[7] - '0';
+	return true;
+}
+
+/*
+ * One pass over the head straight from the input, each byte looked at once
+ * (by class): the start line, then each field line, until the empty line.
+ * The message's pointers point into data for now. Returns the offset just
+ * past the head, or 0 when a line is not what it must be (or the input ends
+ * first, or HTTP1_MAX_HEAD is reached); *r then says BAD or TOO_LARGE for the
+ * line, and the caller decides with find_head whether that is the answer.
+ * Start line offsets: sl[0] method end / reason start, sl[1] target end,
+ * sl[2] the start line's CR.
+ */
+static size_t scan_head(const char *data, size_t n, size_t start, bool request, struct http1_msg *m,
+                        unsigned char *kind, unsigned *kinds, size_t sl[3], enum http1_result *r)
+{
+	const unsigned char *p = (const unsigned char *)data;
+	size_t i = start;
+
+	*r = HTTP1_BAD;
+	if (request) { /* method SP request-target SP HTTP-version */
+		size_t t;
+
+		i = run(p, i, n, CL_TCHAR);
+		if (i == start || i >= n || p[i] != ' ')
+			return 0;
+		sl[0] = i++;
+		t = i;
+		i = run(p, i, n, CL_TARGET);
+		if (i == t || i >= n || p[i] != ' ')
+			return 0;
+		sl[1] = i++;
+		if (n - i < 10 || !is_version(p + i, &m->version_minor) || p[i + 8] != '\r')
+			return 0;
+		i += 8;
+	} else { /* HTTP-version SP 3DIGIT [SP reason-phrase] */
+		if (n - i < 14 || !is_version(p + i, &m->version_minor) || p[i + 8] != ' ')
+			return 0;
+		for (size_t k = i + 9; k < i + 12; k++) {
+			if (p[k] < '0' || p[k] > '9')
+				return 0;
+			m->status = m->status * 10 + (p[k] - '0');
+		}
+		if (m->status < 100 || m->status > 599)
+			return 0;
+		i += 12;
+		if (p[i] == ' ') {
+			i++;
+			i = run(p, run_plain(p, i, n), n, CL_VALUE);
+			sl[0] = start + 13;
+		} else {
+			sl[0] = i; /* empty: the NUL that replaces CR */
+		}
+	}
+	if (i + 1 >= n || p[i] != '\r' || p[i + 1] != '\n')
+		return 0;
+	sl[2] = i;
+	i += 2;
+	for (;;) { /* field-name ":" OWS field-value OWS CRLF, or CRLF */
+		struct http1_field *f = &m->fields[m->nfields];
+		size_t s = i, v, e;
+
+		if (i + 1 < n && p[i] == '\r' && p[i + 1] == '\n')
+			return i + 2;
+		if (m->nfields == HTTP1_MAX_FIELDS) {
+			*r = HTTP1_TOO_LARGE;
+			return 0;
+		}
+		i = run(p, i, n, CL_TCHAR);
+		if (i == s || i >= n || p[i] != ':') /* also catches obs-fold */
+			return 0;
+		f->name = data + s;
+		f->name_len = i - s;
+		kind[m->nfields] = (unsigned char)name_kind(f->name, f->name_len);
+		*kinds |= K_BIT(kind[m->nfields]);
+		i++;
+		while (i < n && is_ows(p[i]))
+			i++;
+		v = i;
+		i = run(p, run_plain(p, i, n), n, CL_VALUE);
+		if (i + 1 >= n || p[i] != '\r' || p[i + 1] != '\n')
+			return 0;
+		for (e = i; e > v && is_ows(p[e - 1]); e--)
+			;
+		f->value = data + v;
+		f->value_len = e - v;
+		m->nfields++;
+		i += 2;
+	}
+}
+
 static enum http1_result parse_head(const char *data, size_t len, bool request, const char *method,
                                     struct http1_msg *m, size_t *consumed)
 {
+	unsigned char kind[HTTP1_MAX_FIELDS];
+	unsigned kinds = 0;
 	enum http1_result r;
-	size_t skip = 0, end;
-	char *line, *last, *cr;
+	size_t skip = 0, end, sl[3] = {0, 0, 0};
+	const char *base;
+	char *h;
 
 	http1_msg_init(m);
 	/* RFC 9112 2.2: empty lines before a request line are ignored */
 	while (request && skip + 1 < len && data[skip] == '\r' && data[skip + 1] == '\n')
 		skip += 2;
-	r = find_head(data, len, skip, &end);
-	if (r != HTTP1_OK)
-		return r;
-	m->head_len = end - skip;
-	m->head = malloc(m->head_len + 1);
-	if (!m->head)
-		return HTTP1_BAD;
-	memcpy(m->head, data + skip, m->head_len);
-	m->head[m->head_len] = '\0';
+	end = scan_head(data, len < HTTP1_MAX_HEAD ? len : HTTP1_MAX_HEAD, skip, request, m, kind,
+	                &kinds, sl, &r);
+	if (end == 0) {
+		/* a line is wrong or the head is not all there: the answer is
+		 * that line's (BAD, TOO_LARGE) only once the head is complete
+		 * and holds no byte rejected on sight (NUL, bare CR or LF) */
+		enum http1_result whole = find_head(data, len, skip, &end);
 
-	/* find_head guarantees: every CR is followed by LF, the head ends in CRLF CRLF */
-	last = m->head + m->head_len - 2;
-	line = m->head;
-	cr = memchr(line, '\r', m->head_len);
-	*cr = '\0';
-	if (request ? !parse_request_line(line, cr - line, m)
-	            : !parse_status_line(line, cr - line, m)) {
-		r = HTTP1_BAD;
-		goto fail;
+		http1_msg_init(m);
+		return whole == HTTP1_OK ? r : whole;
 	}
-	for (line = cr + 2; line < last; line = cr + 2) {
-		cr = memchr(line, '\r', last + 1 - line);
-		*cr = '\0';
-		if (m->nfields == HTTP1_MAX_FIELDS) {
-			r = HTTP1_TOO_LARGE;
-			goto fail;
-		}
-		if (!parse_field(line, cr - line, &m->fields[m->nfields++])) {
-			r = HTTP1_BAD;
-			goto fail;
-		}
+	m->head_len = end - skip;
+	m->head = h = malloc(m->head_len + 1);
+	if (!h) {
+		http1_msg_init(m);
+		return HTTP1_BAD;
 	}
-	r = request ? request_semantics(m) : response_semantics(m, method);
+	base = data + skip;
+	memcpy(h, base, m->head_len);
+	h[m->head_len] = '\0';
+	/* point into the copy; NULs after the names, values and start line */
+	if (request) {
+		m->method = h;
+		m->target = h + (sl[0] - skip) + 1;
+		h[sl[0] - skip] = h[sl[1] - skip] = '\0';
+	} else {
+		m->reason = h + (sl[0] - skip);
+	}
+	h[sl[2] - skip] = '\0';
+	for (size_t i = 0; i < m->nfields; i++) {
+		struct http1_field *f = &m->fields[i];
+		size_t v = (size_t)(f->value - base) + f->value_len, cr = v;
+
+		while (h[cr] != '\r')
+			cr++; /* past trailing OWS */
+		h[cr] = h[v] = '\0';
+		f->name = h + (f->name - base);
+		h[(f->name - h) + f->name_len] = '\0';
+		f->value = h + (f->value - base);
+	}
+	r = request ? request_semantics(m, kind, kinds)
+	            : response_semantics(m, method, kind, kinds);
 	if (r != HTTP1_OK)
 		goto fail;
 	*consumed = end;
@@ -435,8 +688,10 @@ void http1_msg_free(struct http1_msg *msg)
 
 const struct http1_field *http1_find(const struct http1_msg *msg, const char *name)
 {
+	size_t n = strlen(name);
+
 	for (size_t i = 0; i < msg->nfields; i++)
-		if (ieq(msg->fields[i].name, msg->fields[i].name_len, name))
+		if (msg->fields[i].name_len == n && ieq(msg->fields[i].name, n, name))
 			return &msg->fields[i];
 	return NULL;
 }
@@ -509,7 +764,7 @@ bool http1_upgrade_requested(const struct http1_msg *req, const char *allowed)
 	const struct http1_field *up = NULL;
 
 	if (!*allowed || req->version_minor != 1 || strcmp(req->method, "CONNECT") == 0 ||
-	    !connection_has(req, "upgrade"))
+	    !connection_has(req, "upgrade", 7))
 		return false;
 	for (size_t i = 0; i < req->nfields; i++) {
 		if (!ieq(req->fields[i].name, req->fields[i].name_len, "Upgrade"))
@@ -523,26 +778,48 @@ bool http1_upgrade_requested(const struct http1_msg *req, const char *allowed)
 
 bool http1_is_hop_by_hop(const struct http1_msg *msg, const char *name)
 {
-	static const struct {
-		const char *name;
-		size_t len;
-	} hop[] = {
-#define HOP(s) {s, sizeof(s) - 1}
-	    HOP("Connection"),         HOP("Keep-Alive"),
-	    HOP("Proxy-Connection"),   HOP("TE"),
-	    HOP("Transfer-Encoding"),  HOP("Proxy-Authorization"),
-	    HOP("Proxy-Authenticate"), HOP("Upgrade"),
-#undef HOP
-	};
 	size_t n = strlen(name);
 
-	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-		if (n == hop[i].len && ieq(name, n, hop[i].name))
+	switch (n) { /* by length: most names are none of these */
+	case 2:
+		if (ieq(name, n, "TE"))
 			return true;
+		break;
+	case 7:
+		if (ieq(name, n, "Upgrade"))
+			return true;
+		break;
+	case 10:
+		if (ieq(name, n, "Connection") || ieq(name, n, "Keep-Alive"))
+			return true;
+		break;
+	case 16:
+		if (ieq(name, n, "Proxy-Connection"))
+			return true;
+		break;
+	case 17:
+		if (ieq(name, n, "Transfer-Encoding"))
+			return true;
+		break;
+	case 18:
+		if (ieq(name, n, "Proxy-Authenticate"))
+			return true;
+		break;
+	case 19:
+		if (ieq(name, n, "Proxy-Authorization"))
+			return true;
+		break;
+	}
+	if (!msg)
+		return false;
+	/* Connection lists only well-known tokens: of those, only "close"
+	 * is not a hop-by-hop name anyway (nor is it Content-Length) */
+	if ((msg->conn & (HTTP1_CONN_INDEXED | HTTP1_CONN_OTHER)) == HTTP1_CONN_INDEXED)
+		return (msg->conn & HTTP1_CONN_CLOSE) && n == 5 && ieq(name, n, "close");
 	/* framing is never dropped by Connection processing (RFC 9110 7.6.1) */
 	if (IEQ_LIT(name, n, "Content-Length"))
 		return false;
-	return msg && connection_has(msg, name);
+	return connection_has(msg, name, n);
 }
 
 bool http1_trailer_allowed(const char *name, size_t name_len)
@@ -831,7 +1108,7 @@ static bool parse_host_port(const char *s, size_t n, char *host, size_t host_siz
 		if (hn == 0)
 			return false;
 		for (i = 0; i < hn; i++)
-			if (!is_alnum(s[i]) && !memchr("-._~", s[i], 4))
+			if (!(cls[(unsigned char)s[i]] & CL_NAME))
 				return false;
 	}
 	n -= rest - s;

@@ -64,7 +64,25 @@ struct http1_msg {
 	uint64_t content_length; /* valid when body == HTTP1_BODY_LENGTH */
 	bool keep_alive;         /* persistent after this message (version + Connection) */
 	bool expect_continue;    /* request: "Expect: 100-continue" */
+	/* The Connection tokens, HTTP1_CONN_* bits: set by the parser (and by
+	 * http1_msg_index_connection); 0 = not indexed, the fields are looked
+	 * at instead. Wrong once fields are changed: index again. */
+	unsigned conn;
 };
+
+enum {
+	HTTP1_CONN_INDEXED = 1, /* the bits below are known */
+	HTTP1_CONN_CLOSE = 2,
+	HTTP1_CONN_KEEP_ALIVE = 4,
+	HTTP1_CONN_UPGRADE = 8,
+	HTTP1_CONN_TE = 16,
+	HTTP1_CONN_OTHER = 32, /* any other token (a field name): see the fields */
+};
+
+/* Set m->conn from m's Connection fields, for a message built by hand (the
+ * parser does this itself), so that http1_is_hop_by_hop need not look at
+ * every field for each name it is asked about. */
+void http1_msg_index_connection(struct http1_msg *m);
 
 /*
  * Parse a request head from data[0..len). On HTTP1_OK, *consumed is the head

@@ -96,6 +96,7 @@ void fields_msg(struct http1_msg *m, char *head, size_t head_len, size_t nfields
 		p += f->value_len + 1;
 	}
 	m->nfields = nfields;
+	http1_msg_index_connection(m); /* the hop-by-hop filter asks per field */
 	if (status < 200 || status == 204 || status == 304 || no_body) {
 		m->body = HTTP1_BODY_NONE;
 	} else {

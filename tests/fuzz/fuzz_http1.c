@@ -16,8 +16,33 @@ static bool inside(const struct http1_msg *m, const char *p, size_t n)
 	return p >= m->head && p + n < m->head + m->head_len + 1 && p[n] == '\0' && strlen(p) == n;
 }
 
+/* The parser's Connection index answers as a scan of the fields does. */
+static void check_connection_index(const struct http1_msg *m)
+{
+	static struct http1_msg plain;
+	static const char *const names[] = {"close", "keep-alive", "upgrade", "te", "x-foo", ""};
+
+	CHECK(m->conn & HTTP1_CONN_INDEXED);
+	plain = *m;
+	plain.conn = 0;
+	for (size_t i = 0; i < m->nfields; i++) {
+		const char *name = m->fields[i].name, *value = m->fields[i].value;
+		CHECK(http1_is_hop_by_hop(m, name) == http1_is_hop_by_hop(&plain, name));
+		/* values too: any token a Connection field lists */
+		CHECK(http1_is_hop_by_hop(m, value) == http1_is_hop_by_hop(&plain, value));
+	}
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		CHECK(http1_is_hop_by_hop(m, names[i]) == http1_is_hop_by_hop(&plain, names[i]));
+	if (m->method)
+		CHECK(http1_upgrade_requested(m, "websocket") ==
+		      http1_upgrade_requested(&plain, "websocket"));
+	http1_msg_index_connection(&plain);
+	CHECK(plain.conn == m->conn);
+}
+
 static void check_msg(const struct http1_msg *m, size_t len, size_t consumed)
 {
+	check_connection_index(m);
 	CHECK(m->head && consumed >= m->head_len && consumed <= len);
 	CHECK(m->head_len <= HTTP1_MAX_HEAD && m->nfields <= HTTP1_MAX_FIELDS);
 	CHECK(m->version_minor == 0 || m->version_minor == 1);

@@ -135,6 +135,28 @@ START_TEST(h2_head_with_length)
 }
 END_TEST
 
+/* The head is indexed for the hop-by-hop filter (no Connection field can
+ * come from HTTP/2 or HTTP/3): it answers as a scan of the fields does. */
+START_TEST(h2_head_indexed_for_the_hop_filter)
+{
+	static struct http1_msg plain;
+	static const char *const names[] = {"content-type", "x-foo",   "close",
+	                                    "te",           "upgrade", "content-length"};
+
+	add("content-type", "text/plain");
+	add("x-foo", "1");
+	add("content-length", "5");
+	fields_msg(&hm, hdrs.p, hdrs.len, nhdrs, 200, false);
+	ck_assert_uint_eq(hm.conn, HTTP1_CONN_INDEXED);
+	plain = hm;
+	plain.conn = 0;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		ck_assert(http1_is_hop_by_hop(&hm, names[i]) ==
+		          http1_is_hop_by_hop(&plain, names[i]));
+	ck_assert(!http1_is_hop_by_hop(&hm, "x-foo"));
+}
+END_TEST
+
 START_TEST(h2_reason_phrases)
 {
 	static const struct {
@@ -297,6 +319,7 @@ static Suite *framing_suite(void)
 	ADD(t, h2_head_without_length_is_unknown);
 	ADD(t, h2_head_with_length);
 	ADD(t, h2_reason_phrases);
+	ADD(t, h2_head_indexed_for_the_hop_filter);
 	suite_add_tcase(s, t);
 
 	t = tcase_create("trailers");
