@@ -146,19 +146,18 @@ static void set_idle(struct pool_conn *pc, bool idle)
 	if (pc->idle == idle)
 		return;
 	pc->idle = idle;
-	clock_gettime(CLOCK_MONOTONIC, &pc->idle_since);
 	if (idle) {
-		uint64_t ms = p->m->cfg->idle_timeout_ms;
-		struct timeval tv = ms_to_timeval(ms);
+		/* for the status page only: the cheap clock (since() is in seconds) */
+		clock_gettime(CLOCK_MONOTONIC_COARSE, &pc->idle_since);
 		TAILQ_INSERT_TAIL(&p->idle, pc, idle_link);
 		p->nidle++;
 		pc->o->nidle++;
-		evtimer_add(pc->idle_timer, &tv);
+		deadline_set(&pc->idle_timer, p->m->cfg->idle_timeout_ms);
 	} else {
 		TAILQ_REMOVE(&p->idle, pc, idle_link);
 		p->nidle--;
 		pc->o->nidle--;
-		evtimer_del(pc->idle_timer);
+		deadline_clear(&pc->idle_timer);
 	}
 }
 
@@ -179,7 +178,7 @@ void pool_conn_forget(struct pool_conn *pc)
 		event_free(pc->age_timer);
 	if (pc->setup_timer)
 		event_free(pc->setup_timer);
-	event_free(pc->idle_timer);
+	deadline_free(&pc->idle_timer);
 	muxd_upstream_closed(pc->pool->m);
 	free(pc);
 	pool_schedule_all(o->pool);
@@ -219,15 +218,12 @@ static void age_cb(evutil_socket_t fd, short what, void *arg)
 
 /* idle_timeout passed: the connection closes, unless keep-warm keeps it
  * (then it is judged again after another idle_timeout). */
-static void idle_timeout_cb(evutil_socket_t fd, short what, void *arg)
+static void idle_timeout_cb(void *arg)
 {
 	struct pool_conn *pc = arg;
 
-	(void)fd;
-	(void)what;
 	if (pool_warm_keep(pc)) {
-		struct timeval tv = ms_to_timeval(pc->pool->m->cfg->idle_timeout_ms);
-		evtimer_add(pc->idle_timer, &tv);
+		deadline_set(&pc->idle_timer, pc->pool->m->cfg->idle_timeout_ms);
 		return;
 	}
 	pool_evict(pc, EVICT_IDLE_TIMEOUT);
@@ -405,8 +401,7 @@ struct pool_conn *pool_conn_alloc(struct pool_origin *o)
 		return NULL;
 	pc->pool = o->pool;
 	pc->o = o;
-	pc->idle_timer = evtimer_new(o->pool->m->base, idle_timeout_cb, pc);
-	if (!pc->idle_timer) {
+	if (!deadline_init(&pc->idle_timer, o->pool->m->base, idle_timeout_cb, pc)) {
 		free(pc);
 		return NULL;
 	}
@@ -415,7 +410,7 @@ struct pool_conn *pool_conn_alloc(struct pool_origin *o)
 
 void pool_conn_release(struct pool_conn *pc)
 {
-	event_free(pc->idle_timer);
+	deadline_free(&pc->idle_timer);
 	free(pc);
 }
 

@@ -52,7 +52,7 @@ struct h1_conn {
 	struct fwd_mode fwd;           /* to a parent proxy that forwards */
 	struct transport *t;
 	struct h1_stream stream;
-	struct event *timer; /* response_timeout: no byte moved either way */
+	struct deadline timer; /* response_timeout: no byte moved either way */
 	bool eof;
 	unsigned holds; /* callbacks running: free only at 0 (hold.h) */
 	bool closing;   /* close() was called while held */
@@ -68,8 +68,7 @@ static void conn_free(struct h1_conn *c)
 	free(s->chunked);
 	if (s->body)
 		evbuffer_free(s->body);
-	if (c->timer)
-		event_free(c->timer);
+	deadline_free(&c->timer);
 	if (c->t) /* NULL: taken after a 101 */
 		transport_close(c->t);
 	fwd_mode_clear(&c->fwd);
@@ -114,8 +113,7 @@ static void close_and_tell(struct h1_conn *c, enum evict_reason why)
 static void arm_timer(struct h1_conn *c)
 {
 	uint64_t ms = c->params.response_timeout_ms;
-	struct timeval tv = ms_to_timeval(ms);
-	evtimer_add(c->timer, &tv);
+	deadline_set(&c->timer, ms); /* on every read: cheap (timeutil.h) */
 }
 
 /* A request byte moved (from the client into the output, or from the output
@@ -123,7 +121,7 @@ static void arm_timer(struct h1_conn *c)
  * measures silence in both directions, so a long upload is never cut. */
 static void request_progress(struct h1_conn *c)
 {
-	if (evtimer_pending(c->timer, NULL))
+	if (deadline_pending(&c->timer))
 		arm_timer(c);
 }
 
@@ -152,7 +150,7 @@ static void stream_error(struct h1_conn *c, enum muxd_err err, const char *reaso
 	void *ctx = s->base.ctx;
 	bool nothing = !s->got_bytes;
 
-	evtimer_del(c->timer);
+	deadline_clear(&c->timer);
 	s->state = H1_DONE;
 	hold(c);
 	close_and_tell(c, EVICT_COUNT);
@@ -166,7 +164,7 @@ static void stream_end(struct h1_conn *c, const char *trailers)
 	bool reusable = s->req_done && s->head->keep_alive && c->base.reusable && !c->eof &&
 	                evbuffer_get_length(transport_input(c->t)) == 0;
 
-	evtimer_del(c->timer);
+	deadline_clear(&c->timer);
 	s->state = H1_DONE;
 	hold(c);
 	s->base.cbs.on_end(s->base.ctx, trailers);
@@ -228,7 +226,7 @@ static bool read_head(struct h1_conn *c, struct evbuffer *in)
 		/* the user takes the transport (or cancels) from inside on_head */
 		s->state = H1_SWITCHED;
 		c->base.reusable = false;
-		evtimer_del(c->timer);
+		deadline_clear(&c->timer);
 		hold(c);
 		s->base.cbs.on_head(s->base.ctx, s->head);
 		if (release(c) && s->state == H1_SWITCHED)
@@ -258,7 +256,7 @@ static bool read_head(struct h1_conn *c, struct evbuffer *in)
 		/* the tunnel is up: bytes until EOF, and never another request */
 		s->head->body = HTTP1_BODY_CLOSE;
 		c->base.reusable = false;
-		evtimer_del(c->timer);
+		deadline_clear(&c->timer);
 	}
 	if (s->head->body == HTTP1_BODY_CHUNKED) {
 		s->chunked = calloc(1, sizeof(*s->chunked));
@@ -365,11 +363,11 @@ static void process(struct h1_conn *c)
 	}
 	if (s->state == H1_BODY) {
 		if (s->tunnel) /* a tunnel has its own idle timer */
-			evtimer_del(c->timer);
+			deadline_clear(&c->timer);
 		else if (evbuffer_get_length(s->body) < TRANSPORT_BUF)
 			arm_timer(c);
 		else
-			evtimer_del(c->timer);
+			deadline_clear(&c->timer);
 		read_body(c, in);
 	}
 }
@@ -418,11 +416,9 @@ static void on_event(void *ctx, enum transport_event ev, enum muxd_err err, cons
 	release(c);
 }
 
-static void on_timeout(evutil_socket_t fd, short what, void *arg)
+static void on_timeout(void *arg)
 {
 	struct h1_conn *c = arg;
-	(void)fd;
-	(void)what;
 	stream_error(c, ERR_RESPONSE_TIMEOUT, "no response in time");
 }
 
@@ -561,7 +557,7 @@ static void s_cancel(struct upstream_stream *us)
 	if (c->stream.state == H1_IDLE || c->stream.state == H1_DONE)
 		return;
 	c->stream.state = H1_DONE;
-	evtimer_del(c->timer);
+	deadline_clear(&c->timer);
 	close_and_tell(c, EVICT_COUNT); /* HTTP/1.1 cannot abandon a response */
 }
 
@@ -645,13 +641,11 @@ struct upstream_conn *h1_conn_new(const struct upstream_env *env,
 	c->stream.base.ops = &h1_stream_ops;
 	c->stream.base.conn = &c->base;
 	c->stream.body = evbuffer_new();
-	c->timer = evtimer_new(env->transport.base, on_timeout, c);
-	if (!c->stream.body || !c->timer) {
+	if (!deadline_init(&c->timer, env->transport.base, on_timeout, c) || !c->stream.body) {
 		c->t = NULL;
 		if (c->stream.body)
 			evbuffer_free(c->stream.body);
-		if (c->timer)
-			event_free(c->timer);
+		deadline_free(&c->timer);
 		fwd_mode_clear(&c->fwd);
 		free(c);
 		return NULL;
