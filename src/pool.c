@@ -146,23 +146,18 @@ static void set_idle(struct pool_conn *pc, bool idle)
 	if (pc->idle == idle)
 		return;
 	pc->idle = idle;
-	clock_gettime(CLOCK_MONOTONIC, &pc->idle_since);
-	/* The idle timer is lazy: a connection taken for a request leaves it
-	 * armed, and idle again it arms it only when it is not (the callback
-	 * waits out the rest of idle_timeout from idle_since): no event_del and
-	 * event_add per keep-alive request. */
 	if (idle) {
-		uint64_t ms = p->m->cfg->idle_timeout_ms;
-		struct timeval tv = ms_to_timeval(ms);
+		/* for the status page only: the cheap clock (since() is in seconds) */
+		clock_gettime(CLOCK_MONOTONIC_COARSE, &pc->idle_since);
 		TAILQ_INSERT_TAIL(&p->idle, pc, idle_link);
 		p->nidle++;
 		pc->o->nidle++;
-		if (!evtimer_pending(pc->idle_timer, NULL))
-			evtimer_add(pc->idle_timer, &tv);
+		deadline_set(&pc->idle_timer, p->m->cfg->idle_timeout_ms);
 	} else {
 		TAILQ_REMOVE(&p->idle, pc, idle_link);
 		p->nidle--;
 		pc->o->nidle--;
+		deadline_clear(&pc->idle_timer);
 	}
 }
 
@@ -183,7 +178,7 @@ void pool_conn_forget(struct pool_conn *pc)
 		event_free(pc->age_timer);
 	if (pc->setup_timer)
 		event_free(pc->setup_timer);
-	event_free(pc->idle_timer);
+	deadline_free(&pc->idle_timer);
 	muxd_upstream_closed(pc->pool->m);
 	free(pc);
 	pool_schedule_all(o->pool);
@@ -223,30 +218,12 @@ static void age_cb(evutil_socket_t fd, short what, void *arg)
 
 /* idle_timeout passed: the connection closes, unless keep-warm keeps it
  * (then it is judged again after another idle_timeout). */
-static void idle_timeout_cb(evutil_socket_t fd, short what, void *arg)
+static void idle_timeout_cb(void *arg)
 {
 	struct pool_conn *pc = arg;
-	uint64_t ms = pc->pool->m->cfg->idle_timeout_ms;
-	struct timespec now;
-	int64_t idle_ms;
 
-	(void)fd;
-	(void)what;
-	if (!pc->idle)
-		return; /* in use: armed again when it is idle again */
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	idle_ms = (int64_t)(now.tv_sec - pc->idle_since.tv_sec) * 1000 +
-	          (now.tv_nsec - pc->idle_since.tv_nsec) / 1000000;
-	if (idle_ms < 0)
-		idle_ms = 0;
-	if ((uint64_t)idle_ms < ms) { /* armed in an earlier idle spell: the rest of this one */
-		struct timeval tv = ms_to_timeval(ms - (uint64_t)idle_ms);
-		evtimer_add(pc->idle_timer, &tv);
-		return;
-	}
 	if (pool_warm_keep(pc)) {
-		struct timeval tv = ms_to_timeval(ms);
-		evtimer_add(pc->idle_timer, &tv);
+		deadline_set(&pc->idle_timer, pc->pool->m->cfg->idle_timeout_ms);
 		return;
 	}
 	pool_evict(pc, EVICT_IDLE_TIMEOUT);
@@ -449,8 +426,7 @@ struct pool_conn *pool_conn_alloc(struct pool_origin *o)
 		return NULL;
 	pc->pool = o->pool;
 	pc->o = o;
-	pc->idle_timer = evtimer_new(o->pool->m->base, idle_timeout_cb, pc);
-	if (!pc->idle_timer) {
+	if (!deadline_init(&pc->idle_timer, o->pool->m->base, idle_timeout_cb, pc)) {
 		free(pc);
 		return NULL;
 	}
@@ -459,7 +435,7 @@ struct pool_conn *pool_conn_alloc(struct pool_origin *o)
 
 void pool_conn_release(struct pool_conn *pc)
 {
-	event_free(pc->idle_timer);
+	deadline_free(&pc->idle_timer);
 	free(pc);
 }
 

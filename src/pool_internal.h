@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "pool.h"
+#include "timeutil.h"
 #include "transport/transport.h"
 #include "upstream/upstream.h"
 
@@ -37,7 +38,7 @@ struct pool_conn {
 	TAILQ_ENTRY(pool_conn) o_link;
 	TAILQ_ENTRY(pool_conn) idle_link;
 	bool idle;
-	struct event *idle_timer;
+	struct deadline idle_timer; /* idle_timeout, set and cleared with each stream */
 	struct timespec created, idle_since;
 	bool retired;                 /* takes no new streams; closed once idle */
 	enum evict_reason retire_why; /* counted then (EVICT_COUNT: not counted) */

@@ -45,7 +45,7 @@ LAYERS = [
     ("log", ["log.*"]),
     ("routes", ["route.*"]),
     ("config values", ["config.*", "config_*.*"]),
-    ("leaves", ["http1.*", "via.*", "altsvc.*", "dns.*", "errors.*", "timeutil.h", "hold.h", "heap.*",
+    ("leaves", ["http1.*", "via.*", "altsvc.*", "dns.*", "errors.*", "timeutil.*", "hold.h", "heap.*",
                 "tls/ca.*"]),
 ]
 

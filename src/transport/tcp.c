@@ -60,6 +60,16 @@ struct tcp {
 	struct event *rd_ev;
 	/* EV_WRITE|EV_PERSIST: the flush; activated on append, added on EAGAIN */
 	struct event *wr_ev;
+	/*
+	 * The evbuffer callbacks, enabled only while they have something to do,
+	 * so that the appends and drains of a request mostly skip them: the
+	 * output's while no flush is scheduled (not activated, not waiting for
+	 * EV_WRITE), the input's while rd_ev is deleted (at the bound, or
+	 * reading off).
+	 */
+	struct evbuffer_cb_entry *in_cb, *out_cb;
+	bool in_cb_on, out_cb_on;
+	bool wr_active; /* wr_ev is activated: the flush runs in this pass */
 	size_t rd_size;
 	bool reading;  /* the user wants bytes (set_reading) */
 	bool rd_added; /* rd_ev is pending */
@@ -81,9 +91,21 @@ static struct evbuffer *tcp_output(struct transport *t)
 	return ((struct tcp *)t)->out;
 }
 
+static void set_cb(struct evbuffer *b, struct evbuffer_cb_entry *cb, bool *on, bool want)
+{
+	if (*on == want)
+		return;
+	if (want)
+		evbuffer_cb_set_flags(b, cb, EVBUFFER_CB_ENABLED);
+	else
+		evbuffer_cb_clear_flags(b, cb, EVBUFFER_CB_ENABLED);
+	*on = want;
+}
+
 /* Add or delete the read event as wanted: reading on, room in input, the
  * peer not finished. Called on changes only, so a steady stream keeps the
- * event added (no epoll_ctl per read). */
+ * event added (no epoll_ctl per read). The input's callback watches for
+ * room only while the event is deleted. */
 static void update_reading(struct tcp *c, size_t in_len)
 {
 	bool want = c->reading && !c->rd_eof && !c->failed && in_len < TRANSPORT_BUF;
@@ -95,6 +117,13 @@ static void update_reading(struct tcp *c, size_t in_len)
 	else
 		event_del(c->rd_ev);
 	c->rd_added = want;
+	set_cb(c->in, c->in_cb, &c->in_cb_on, !want);
+}
+
+/* The output's callback schedules the flush: on while none is scheduled. */
+static void update_out_cb(struct tcp *c)
+{
+	set_cb(c->out, c->out_cb, &c->out_cb_on, !c->wr_active && !c->wr_added && !c->failed);
 }
 
 static void tcp_set_reading(struct transport *t, bool on)
@@ -197,6 +226,7 @@ static void io_failed(struct tcp *c, int err)
 	if (c->wr_added)
 		event_del(c->wr_ev);
 	c->wr_added = false;
+	update_out_cb(c);
 	c->base.cbs.on_event(c->base.ctx, TRANSPORT_ERROR, ERR_CLOSED,
 	                     err ? strerror(err) : "connection error");
 }
@@ -324,15 +354,17 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	c->wr_active = false;
 	if (c->failed)
 		return;
 	if (evbuffer_get_length(c->out) == 0) {
 		if (c->wr_added)
 			event_del(c->wr_ev);
 		c->wr_added = false;
+		update_out_cb(c);
 		return;
 	}
-	n = sock_write(c->fd, c->out);
+	n = sock_write(c->fd, c->out); /* its drain skips the disabled callback */
 	if (n < 0) {
 		int e = errno;
 		if (e != EAGAIN && e != EWOULDBLOCK && e != EINTR) {
@@ -349,6 +381,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 		event_del(c->wr_ev);
 		c->wr_added = false;
 	}
+	update_out_cb(c); /* before on_drain: what it appends schedules a flush */
 	if (n == 0)
 		return;
 	if (left == 0 && c->shut_pending)
@@ -357,14 +390,18 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 		c->base.cbs.on_drain(c->base.ctx); /* last: it may close c */
 }
 
-/* Bytes appended to output: flush after the current callbacks. */
+/* Bytes appended to output: flush after the current callbacks. Called only
+ * while no flush is scheduled; the later appends of the pass skip it. */
 static void out_changed(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
 {
 	struct tcp *c = arg;
 
 	(void)b;
-	if (info->n_added > 0 && !c->wr_added && !c->failed)
-		event_active(c->wr_ev, EV_WRITE, 0); /* once: an active event stays so */
+	if (info->n_added > 0 && !c->wr_active && !c->wr_added && !c->failed) {
+		c->wr_active = true;
+		event_active(c->wr_ev, EV_WRITE, 0);
+		update_out_cb(c);
+	}
 }
 
 /* Bytes taken from input: reading resumes below the bound. */
@@ -397,9 +434,11 @@ static bool start_io(struct tcp *c, int fd)
 	c->out = evbuffer_new();
 	c->rd_ev = event_new(c->env.base, fd, EV_READ | EV_PERSIST, on_readable, c);
 	c->wr_ev = event_new(c->env.base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
-	if (!c->in || !c->out || !c->rd_ev || !c->wr_ev || !evbuffer_add_cb(c->in, in_changed, c) ||
-	    !evbuffer_add_cb(c->out, out_changed, c))
+	if (!c->in || !c->out || !c->rd_ev || !c->wr_ev ||
+	    !(c->in_cb = evbuffer_add_cb(c->in, in_changed, c)) ||
+	    !(c->out_cb = evbuffer_add_cb(c->out, out_changed, c)))
 		return false; /* the caller's close frees what was made */
+	c->in_cb_on = c->out_cb_on = true;
 	c->rd_size = RD_MIN;
 	c->reading = true;
 	update_reading(c, 0);

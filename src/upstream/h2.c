@@ -129,8 +129,8 @@ struct h2_conn {
 	struct mux_conn mc;  /* first; mc.name: the authority, for log lines */
 	struct transport *t; /* NULL once failed */
 	nghttp2_session *session;
-	struct event *ping_timer; /* PING ACK deadline */
-	struct event *idle_timer; /* PING interval while idle */
+	struct event *ping_timer;   /* PING ACK deadline */
+	struct deadline idle_timer; /* PING interval while idle (cleared per stream: cheap) */
 	struct timespec idle_since;
 	uint64_t idle_ping_ms; /* PING interval while idle (shorter when kept warm) */
 	bool released;         /* this idle period's h2_mem_release is done */
@@ -172,8 +172,7 @@ static void conn_free(struct mux_conn *mc)
 		nghttp2_session_del(c->session);
 	if (c->ping_timer)
 		event_free(c->ping_timer);
-	if (c->idle_timer)
-		event_free(c->idle_timer);
+	deadline_free(&c->idle_timer);
 	if (c->t)
 		transport_close(c->t);
 	free(c);
@@ -195,7 +194,7 @@ static uint64_t ms_since(const struct timespec *t)
 static void arm_idle(struct h2_conn *c)
 {
 	c->released = false;
-	mux_set_timer(c->idle_timer, c->idle_ping_ms < H2_RELEASE_AFTER_IDLE_MS
+	deadline_set(&c->idle_timer, c->idle_ping_ms < H2_RELEASE_AFTER_IDLE_MS
 	                                 ? c->idle_ping_ms
 	                                 : H2_RELEASE_AFTER_IDLE_MS);
 }
@@ -269,7 +268,7 @@ static void conn_fail(struct h2_conn *c, enum muxd_err err, const char *reason, 
 		return;
 	running = mux_mark_failed(&c->mc);
 	evtimer_del(c->ping_timer);
-	evtimer_del(c->idle_timer);
+	deadline_clear(&c->idle_timer);
 	if (c->t) {
 		transport_close(c->t);
 		c->t = NULL;
@@ -456,12 +455,10 @@ static void on_ping_timeout(evutil_socket_t fd, short what, void *arg)
 	mux_release(&c->mc);
 }
 
-static void on_idle_timer(evutil_socket_t fd, short what, void *arg)
+static void on_idle_timer(void *arg)
 {
 	struct h2_conn *c = arg;
 
-	(void)fd;
-	(void)what;
 	mux_hold(&c->mc);
 	if (!c->mc.failed && mux_live(&c->mc) == 0) {
 		if (!c->released) { /* the idle period's first step */
@@ -469,13 +466,13 @@ static void on_idle_timer(evutil_socket_t fd, short what, void *arg)
 			c->released = true;
 			release_idle(c);
 			if (idle < c->idle_ping_ms) {
-				mux_set_timer(c->idle_timer, c->idle_ping_ms - idle);
+				deadline_set(&c->idle_timer, c->idle_ping_ms - idle);
 				mux_release(&c->mc);
 				return;
 			}
 		}
 		send_ping(c);
-		mux_set_timer(c->idle_timer, c->idle_ping_ms);
+		deadline_set(&c->idle_timer, c->idle_ping_ms);
 	}
 	mux_release(&c->mc);
 }
@@ -957,7 +954,7 @@ static struct upstream_stream *h2_open_stream(struct upstream_conn *uc,
 	if (!(s = H2S(mux_stream_new(&c->mc, sizeof(*s), cbs, ctx))))
 		return NULL;
 	s->sendbuf = evbuffer_new();
-	if (!s->ms.body || !s->sendbuf || !s->ms.timer) {
+	if (!s->ms.body || !s->sendbuf || !s->ms.timer.ev) {
 		stream_free(&s->ms);
 		return NULL;
 	}
@@ -965,7 +962,7 @@ static struct upstream_stream *h2_open_stream(struct upstream_conn *uc,
 	was_idle = mux_live(&c->mc) == 0;
 	mux_stream_link(&s->ms);
 	if (was_idle) {
-		evtimer_del(c->idle_timer);
+		deadline_clear(&c->idle_timer);
 		if (ms_since(&c->idle_since) >= H2_PING_AFTER_IDLE_MS)
 			send_ping(c); /* is the origin still there? */
 	}
@@ -987,7 +984,7 @@ static void h2_keep_warm(struct upstream_conn *uc, uint64_t interval_ms)
 		return;
 	c->idle_ping_ms = interval_ms;
 	if (c->t && !c->mc.failed && mux_live(&c->mc) == 0)
-		mux_set_timer(c->idle_timer, c->idle_ping_ms);
+		deadline_set(&c->idle_timer, c->idle_ping_ms);
 }
 
 static bool h2_peer(struct upstream_conn *uc, struct sockaddr_storage *addr, const void **cert,
@@ -1083,8 +1080,8 @@ struct upstream_conn *h2_conn_new(const struct upstream_env *env,
 	                   owner, on_kick) &&
 	     fwd_mode_init(&c->mc.fwd, fwd);
 	c->ping_timer = evtimer_new(env->transport.base, on_ping_timeout, c);
-	c->idle_timer = evtimer_new(env->transport.base, on_idle_timer, c);
-	if (!ok || !c->ping_timer || !c->idle_timer || !session_new(c)) {
+	if (!deadline_init(&c->idle_timer, env->transport.base, on_idle_timer, c) || !ok ||
+	    !c->ping_timer || !session_new(c)) {
 		conn_free(&c->mc); /* c->t is still NULL: the caller keeps the transport */
 		return NULL;
 	}

@@ -1041,7 +1041,7 @@ static struct upstream_stream *h3_open_stream(struct upstream_conn *uc,
 		return NULL;
 	if (!(s = H3S(mux_stream_new(&c->mc, sizeof(*s), cbs, ctx))))
 		return NULL;
-	if (!s->ms.body || !s->ms.timer) {
+	if (!s->ms.body || !s->ms.timer.ev) {
 		stream_free(&s->ms);
 		return NULL;
 	}

@@ -320,25 +320,24 @@ void mux_stream_free_bufs(struct mux_stream *s)
 	free(s->trailers_out.p);
 	if (s->body)
 		evbuffer_free(s->body);
-	if (s->timer)
-		event_free(s->timer);
+	deadline_free(&s->timer);
 }
 
 void mux_arm(struct mux_stream *s)
 {
 	if (s->is_connect && s->got_final) {
-		evtimer_del(s->timer); /* an established tunnel has its own idle timer */
+		deadline_clear(&s->timer); /* an established tunnel has its own idle timer */
 		return;
 	}
-	if (s->mc->params.response_timeout_ms > 0)
-		mux_set_timer(s->timer, s->mc->params.response_timeout_ms);
+	if (s->mc->params.response_timeout_ms > 0) /* on every read: cheap (timeutil.h) */
+		deadline_set(&s->timer, s->mc->params.response_timeout_ms);
 }
 
 /* No more callbacks for the stream; reset it when it still runs. */
 static void mux_detach(struct mux_stream *s, bool rst)
 {
 	s->user = false;
-	evtimer_del(s->timer);
+	deadline_clear(&s->timer);
 	s->mc->mops->detach(s, rst && s->open && !(s->remote_ended && s->eof_sent));
 	evbuffer_drain(s->body, evbuffer_get_length(s->body));
 	mux_kick(s->mc);
@@ -371,7 +370,7 @@ static void mux_maybe_end(struct mux_stream *s)
 void mux_remote_end(struct mux_stream *s)
 {
 	s->remote_ended = true;
-	evtimer_del(s->timer);
+	deadline_clear(&s->timer);
 	mux_maybe_end(s);
 }
 
@@ -422,7 +421,7 @@ void mux_got_head(struct mux_stream *s, bool end)
 		s->got_final = true;
 	if (end) {
 		s->remote_ended = true;
-		evtimer_del(s->timer);
+		deadline_clear(&s->timer);
 	} else {
 		mux_arm(s);
 	}
@@ -437,7 +436,7 @@ void mux_got_body(struct mux_stream *s, size_t len)
 	if (s->win_at.tv_sec == 0 && s->win_at.tv_nsec == 0)
 		clock_gettime(CLOCK_MONOTONIC, &s->win_at); /* the first window starts */
 	if (s->unconsumed >= s->win)
-		evtimer_del(s->timer); /* the origin waits for us now */
+		deadline_clear(&s->timer); /* the origin waits for us now */
 	else
 		mux_arm(s);
 	s->base.cbs.on_body(s->base.ctx);
@@ -542,7 +541,7 @@ static void s_consumed(struct upstream_stream *us)
 	}
 	if (s->remote_ended)
 		mux_maybe_end(s);
-	else if (s->unconsumed < s->win && !evtimer_pending(s->timer, NULL))
+	else if (s->unconsumed < s->win && !deadline_pending(&s->timer))
 		mux_arm(s); /* the window is open again: wait for the origin */
 	mux_release(mc);
 }
@@ -559,13 +558,11 @@ static void s_cancel(struct upstream_stream *us)
 	mux_release(mc);
 }
 
-static void on_stream_timeout(evutil_socket_t fd, short what, void *arg)
+static void on_stream_timeout(void *arg)
 {
 	struct mux_stream *s = arg;
 	struct mux_conn *mc = s->mc;
 
-	(void)fd;
-	(void)what;
 	mux_hold(mc);
 	log_debug("%s: stream %lld to %s: no response in time", mc->mops->name, (long long)s->id,
 	          mux_origin(mc));
@@ -596,7 +593,8 @@ struct mux_stream *mux_stream_new(struct mux_conn *mc, size_t size,
 	memset(s, 0, at);
 	memset((char *)s + end, 0, size - end);
 	s->body = evbuffer_new();
-	s->timer = evtimer_new(mc->env.transport.base, on_stream_timeout, s);
+	deadline_init(&s->timer, mc->env.transport.base, on_stream_timeout,
+	              s); /* NULL ev: failed */
 	s->base.ops = &mux_stream_ops;
 	s->base.cbs = *cbs;
 	s->base.ctx = ctx;

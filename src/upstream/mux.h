@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "config.h"
+#include "timeutil.h"
 #include "upstream/fields.h"
 #include "upstream/forward.h"
 #include "upstream/upstream.h"
@@ -61,8 +62,8 @@ struct mux_stream {
 	struct sbuf trailers;     /* response trailers */
 	struct sbuf trailers_out; /* request trailers */
 	struct evbuffer *body;
-	size_t unconsumed; /* body bytes not yet given back to the window */
-	struct event *timer;
+	size_t unconsumed;     /* body bytes not yet given back to the window */
+	struct deadline timer; /* response_timeout (timer.ev NULL: out of memory) */
 	/* receive-window auto-tuning (upstream/window.h): the current window,
 	 * bytes consumed and the time since the last check (zero: no body yet),
 	 * bytes consumed in all (for the log) */

@@ -8,8 +8,11 @@
  * (bytes moving either way restart it), the end of a body (length, chunked,
  * none), close-delimited bodies, what ends the connection, and the
  * forwarding mode (absolute form, Proxy-Authorization, a parent's 407).
+ * And the cost: requests on a kept-alive connection re-arm the response
+ * timer without libevent's timer heap (event_add counted by wrapping it).
  */
 #include <check.h>
+#include <dlfcn.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <stdio.h>
@@ -21,6 +24,20 @@
 #include "muxd.h"
 #include "transport/transport.h"
 #include "upstream/upstream.h"
+
+/* event_add, counted: this definition wins over libevent's for the calls
+ * from the code linked into this program, and forwards to it. */
+static int n_event_add;
+
+int event_add(struct event *ev, const struct timeval *tv)
+{
+	static int (*real)(struct event *, const struct timeval *);
+
+	if (!real)
+		*(void **)&real = dlsym(RTLD_NEXT, "event_add");
+	n_event_add++;
+	return real(ev, tv);
+}
 
 /* ---- the fake transport ---- */
 
@@ -737,6 +754,31 @@ START_TEST(length_body_ends_exactly)
 }
 END_TEST
 
+/* The response timer is armed for the head, on each read and cleared at the
+ * end: after the first request, the next ones add no timer event (the one
+ * added first is still pending for an earlier time; see timeutil.h). */
+START_TEST(keep_alive_requests_add_no_timer)
+{
+	conn_new(10000);
+	request("GET", "/a", false, 0);
+	feed_str("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+	expect_reusable();
+	for (int i = 0; i < 3; i++) {
+		evbuffer_drain(ft.out, evbuffer_get_length(ft.out));
+		evbuffer_drain(rec.got, evbuffer_get_length(rec.got));
+		rec.ended = false;
+		own.available = 0;
+		n_event_add = 0;
+		request("GET", "/b", false, 0);
+		feed_str("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab");
+		feed_str("cd");
+		expect_got("abcd");
+		expect_reusable();
+		ck_assert_int_eq(n_event_add, 0);
+	}
+}
+END_TEST
+
 /* Bytes after the end of a response on an idle connection kill it. */
 START_TEST(extra_bytes_after_body)
 {
@@ -991,6 +1033,7 @@ static Suite *h1_suite(void)
 	tcase_add_test(timer, no_response_times_out);
 	tcase_add_test(timer, stalled_upload_times_out);
 	tcase_add_test(timer, slow_response_body_restarts_timer);
+	tcase_add_test(timer, keep_alive_requests_add_no_timer);
 	suite_add_tcase(s, timer);
 	tcase_add_checked_fixture(body, setup, teardown);
 	tcase_add_test(body, length_body_ends_exactly);

@@ -88,7 +88,8 @@ START_TEST(mux_stream_fields_tail_untouched)
 	ck_assert_ptr_eq(s->base.conn, &mc.base);
 	ck_assert_ptr_eq(s->base.ctx, &mc);
 	ck_assert_ptr_nonnull(s->body);
-	ck_assert_ptr_nonnull(s->timer);
+	ck_assert_ptr_nonnull(s->timer.ev);
+	ck_assert(!deadline_pending(&s->timer));
 	/* what comes before and after the field table is zero ... */
 	ck_assert_ptr_null(s->msg.head);
 	ck_assert_uint_eq(s->msg.nfields, 0);
@@ -107,7 +108,7 @@ START_TEST(mux_stream_fields_tail_untouched)
 	(void)last;
 #endif
 	evbuffer_free(s->body);
-	event_free(s->timer);
+	deadline_free(&s->timer);
 	free(s);
 	event_base_free(base);
 }

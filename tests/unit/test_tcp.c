@@ -7,8 +7,11 @@
  * away when the socket has room, partial writes and EAGAIN with on_drain at
  * the low watermark, EOF with data pending, a peer's reset reported once,
  * shutdown after the output drained, and close from inside each callback.
+ * And the cost: the appends of a pass schedule one flush (event_active is
+ * counted by wrapping libevent's).
  */
 #include <check.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -39,6 +42,20 @@ struct rec {
 
 static struct rec r;
 static int peer = -1; /* the test's end */
+
+/* event_active, counted: this definition wins over libevent's for the
+ * calls from tcp.c (linked into this program) and forwards to it. */
+static int n_active;
+
+void event_active(struct event *ev, int res, short ncalls)
+{
+	static void (*real)(struct event *, int, short);
+
+	if (!real)
+		*(void **)&real = dlsym(RTLD_NEXT, "event_active");
+	n_active++;
+	real(ev, res, ncalls);
+}
 
 static void rec_read(void *ctx)
 {
@@ -315,6 +332,49 @@ START_TEST(writes_wait_for_the_loop_then_go_at_once)
 	ck_assert_mem_eq(evbuffer_pullup(b, -1), "GET / HTTP/1.1\r\n", 16);
 	ck_assert_int_eq(r.drains, 1);
 	ck_assert_uint_eq(r.out_at_drain, 0);
+	evbuffer_free(b);
+}
+END_TEST
+
+/* A user's own callback on the output (the client session watches its
+ * socket's buffers for progress): sees every append. */
+static int user_appends;
+
+static void user_cb(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
+{
+	(void)b;
+	(void)arg;
+	if (info->n_added > 0)
+		user_appends++;
+}
+
+/* Many appends in one pass (a request head written in pieces) schedule one
+ * flush, not one each: the output's callback is off while a flush is
+ * scheduled, and on again once it ran. A user's callback on the same buffer
+ * still sees every append. */
+START_TEST(appends_of_a_pass_schedule_one_flush)
+{
+	struct evbuffer *b = evbuffer_new();
+	struct evbuffer *out;
+
+	pair_unix();
+	out = transport_output(r.t);
+	evbuffer_add_cb(out, user_cb, NULL);
+	n_active = user_appends = 0;
+	for (int i = 0; i < 20; i++)
+		evbuffer_add(out, "0123456789", 10);
+	ck_assert_int_eq(n_active, 1);
+	ck_assert_int_eq(user_appends, 20);
+	one_pass();
+	ck_assert_uint_eq(out_len(), 0);
+	ck_assert_int_eq(peer_read(b), 200);
+	/* the flush ran: the next append schedules the next one */
+	evbuffer_add(out, "x", 1);
+	evbuffer_add(out, "y", 1);
+	ck_assert_int_eq(n_active, 2);
+	one_pass();
+	ck_assert_int_eq(peer_read(b), 2);
+	ck_assert_int_eq(user_appends, 22);
 	evbuffer_free(b);
 }
 END_TEST
@@ -601,6 +661,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, stop_reading_inside_on_read);
 	tcase_add_test(tc, writes_wait_for_the_loop_then_go_at_once);
 	tcase_add_test(tc, reply_written_in_the_pass_that_read);
+	tcase_add_test(tc, appends_of_a_pass_schedule_one_flush);
 	tcase_add_test(tc, large_reads);
 	tcase_add_test(tc, partial_writes_and_eagain);
 	tcase_add_test(tc, shutdown_after_drain);
