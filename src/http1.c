@@ -164,6 +164,32 @@ static void trim_ows(const char *s, size_t *start, size_t *end)
 		(*end)--;
 }
 
+/*
+ * The next element of a comma-separated list (RFC 9110 5.6.1) from *pos:
+ * [*start, *end) without its OWS, and without its parameters (";q=1") when
+ * strip_params; false past the end. Empty elements come back empty.
+ */
+static bool list_next(const char *value, size_t value_len, size_t *pos, bool strip_params,
+                      size_t *start, size_t *end)
+{
+	size_t i = *pos;
+
+	if (i > value_len)
+		return false;
+	*start = i;
+	while (i < value_len && value[i] != ',')
+		i++;
+	*end = i;
+	*pos = i + 1;
+	if (strip_params) {
+		const char *semi = memchr(value + *start, ';', *end - *start);
+		if (semi)
+			*end = (size_t)(semi - value);
+	}
+	trim_ows(value, start, end);
+	return true;
+}
+
 /* ---- message heads ---- */
 
 /*
@@ -341,18 +367,9 @@ static unsigned conn_token(const char *s, size_t n)
 static unsigned conn_tokens(const char *value, size_t value_len)
 {
 	unsigned bits = 0;
-	size_t i = 0;
+	size_t i = 0, s, e;
 
-	while (i <= value_len) {
-		size_t s = i, e;
-
-		while (i < value_len && value[i] != ',')
-			i++;
-		e = i++;
-		const char *semi = memchr(value + s, ';', e - s);
-		if (semi)
-			e = (size_t)(semi - value);
-		trim_ows(value, &s, &e);
+	while (list_next(value, value_len, &i, true, &s, &e)) {
 		if (s < e) { /* an empty element names nothing */
 			unsigned t = conn_token(value + s, e - s);
 			bits |= t ? t : HTTP1_CONN_OTHER;
@@ -698,21 +715,12 @@ const struct http1_field *http1_find(const struct http1_msg *msg, const char *na
 
 bool http1_list_has(const char *value, size_t value_len, const char *token)
 {
-	size_t i = 0;
+	size_t i = 0, s, e;
 
 	if (!*token)
 		return false;
-	while (i <= value_len) {
-		size_t s = i, e;
-
-		while (i < value_len && value[i] != ',')
-			i++;
-		e = i++;
-		/* compare the element's token only, not its parameters (";q=1") */
-		const char *semi = memchr(value + s, ';', e - s);
-		if (semi)
-			e = (size_t)(semi - value);
-		trim_ows(value, &s, &e);
+	/* the element's token only, not its parameters (";q=1") */
+	while (list_next(value, value_len, &i, true, &s, &e)) {
 		if (ieq(value + s, e - s, token))
 			return true;
 	}
@@ -739,15 +747,9 @@ static bool allowed_has(const char *allowed, const char *name, size_t n)
 
 bool http1_upgrade_listed(const char *value, size_t value_len, const char *allowed)
 {
-	size_t i = 0, named = 0;
+	size_t i = 0, named = 0, s, e;
 
-	while (i <= value_len) {
-		size_t s = i, e;
-
-		while (i < value_len && value[i] != ',')
-			i++;
-		e = i++;
-		trim_ows(value, &s, &e);
+	while (list_next(value, value_len, &i, false, &s, &e)) {
 		if (s == e)
 			continue; /* an empty list element */
 		const char *slash = memchr(value + s, '/', e - s);
