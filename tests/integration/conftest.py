@@ -61,7 +61,7 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime
 
 # Defaults every test daemon gets unless its config says otherwise: a short
 # shutdown_timeout keeps teardown quick when a test leaves a client hanging.
-DEFAULT_CONF = {"muxd": {"shutdown_timeout": "5s"}}
+DEFAULT_CONF = {"muxd": {"shutdown_timeout": "2s"}}
 
 
 def render_conf(conf):
